@@ -1,0 +1,323 @@
+//! The contract between the runner and the crates that implement stage kinds.
+//!
+//! The runner knows a stage kind only through the [`Stage`] trait: its name,
+//! implementation version, input slots, how to canonicalise its parameters,
+//! and how to run. Domain crates (mrbm-data, mrbm-core, mrbm-eval) implement
+//! it next to the code it drives; the runner collects them in a registry.
+//!
+//! A stage writes everything it produces into `ctx.out_dir` (a temporary
+//! directory that the runner publishes atomically into the cache) and returns
+//! scalar metrics, which tables read. Stages never write outside `out_dir`:
+//! the runner copies selected outputs to `results/` itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use serde_json::Value as JsonValue;
+
+/// Where tensor work runs. Chosen once by the runner and recorded in each
+/// manifest; never part of a stage key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Wgpu(usize),
+    Cuda(usize),
+}
+
+impl Device {
+    pub fn is_accelerator(self) -> bool {
+        !matches!(self, Device::Cpu)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Wgpu(i) => write!(f, "wgpu:{i}"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// One named input of a stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct InputSlot {
+    pub name: &'static str,
+    /// File to take inside an upstream stage's output directory when the
+    /// input names the stage alone (e.g. "data.safetensors").
+    pub default_file: Option<&'static str>,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+impl InputSlot {
+    pub const fn required(name: &'static str, default_file: Option<&'static str>, doc: &'static str) -> Self {
+        InputSlot { name, default_file, required: true, doc }
+    }
+    pub const fn optional(name: &'static str, default_file: Option<&'static str>, doc: &'static str) -> Self {
+        InputSlot { name, default_file, required: false, doc }
+    }
+}
+
+/// A parameter problem, reported by the runner with the TOML file, line and
+/// column of the offending key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParamError {
+    /// The parameter key at fault, when one is.
+    pub key: Option<String>,
+    pub message: String,
+    /// The nearest valid key or value, for "did you mean".
+    pub suggestion: Option<String>,
+}
+
+impl ParamError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamError { key: Some(key.into()), message: message.into(), suggestion: None }
+    }
+    pub fn with_suggestion(mut self, s: impl Into<String>) -> Self {
+        self.suggestion = Some(s.into());
+        self
+    }
+}
+
+/// Why a stage did not complete. `User` errors (bad parameters, missing or
+/// malformed data) make `mrbm` exit 2; `Failed` (NaN in training, a bug,
+/// an I/O failure) exit 1. Nothing is cached either way.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    User(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("interrupted")]
+    Cancelled,
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl StageError {
+    pub fn user(e: impl fmt::Display) -> Self {
+        StageError::User(e.to_string())
+    }
+    pub fn failed(e: impl fmt::Display) -> Self {
+        StageError::Failed(e.to_string())
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StageError::Io { path: path.into(), source }
+    }
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, StageError::User(_))
+    }
+}
+
+/// Scalar results of a stage (test error, FID, final loss...). Tables read
+/// these; the runner stores them as `metrics.json` in the cache entry.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Everything a running stage may use.
+pub struct StageContext<'a> {
+    /// Readable id, e.g. `train[N=255,lr=0.03]`.
+    pub stage_id: &'a str,
+    /// Canonical parameters, as returned by [`Stage::params`].
+    pub params: &'a JsonValue,
+    /// Input slot name -> path (a file, or a directory for folder inputs).
+    pub inputs: &'a BTreeMap<String, PathBuf>,
+    /// Write all outputs here; it exists and is empty when `run` starts.
+    pub out_dir: &'a Path,
+    pub device: Device,
+    /// Threads this stage may use (rayon and the tensor backend).
+    pub threads: usize,
+    pub progress: Option<&'a indicatif::MultiProgress>,
+    pub cancel: &'a AtomicBool,
+    pub log: &'a Mutex<Box<dyn std::io::Write + Send>>,
+}
+
+impl<'a> StageContext<'a> {
+    /// Deserialize the canonical parameters into the stage's typed struct.
+    pub fn typed_params<T: DeserializeOwned>(&self) -> Result<T, StageError> {
+        serde_json::from_value(self.params.clone()).map_err(|e| StageError::Failed(format!("internal: canonical params do not parse: {e}")))
+    }
+
+    /// The path of a required input slot.
+    pub fn input(&self, slot: &str) -> Result<&Path, StageError> {
+        self.inputs
+            .get(slot)
+            .map(|p| p.as_path())
+            .ok_or_else(|| StageError::User(format!("stage `{}` needs input `{slot}`", self.stage_id)))
+    }
+
+    pub fn optional_input(&self, slot: &str) -> Option<&Path> {
+        self.inputs.get(slot).map(|p| p.as_path())
+    }
+
+    pub fn out(&self, file: &str) -> PathBuf {
+        self.out_dir.join(file)
+    }
+
+    /// Err(Cancelled) once Ctrl-C was pressed; call it between batches.
+    pub fn check_cancel(&self) -> Result<(), StageError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A progress bar under the runner's display (hidden when there is none).
+    pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
+        let bar = match self.progress {
+            Some(m) => m.add(indicatif::ProgressBar::new(len)),
+            None => indicatif::ProgressBar::hidden(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:.bold} {msg} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(self.stage_id.to_string());
+        bar.set_message(what.to_string());
+        bar
+    }
+
+    /// Append a line to this stage's log file (kept in the cache entry).
+    pub fn log(&self, line: impl AsRef<str>) {
+        if let Ok(mut w) = self.log.lock() {
+            let _ = writeln!(w, "{}", line.as_ref());
+        }
+    }
+}
+
+use std::io::Write as _;
+
+/// A stage kind.
+pub trait Stage: Send + Sync {
+    /// The `kind = "..."` name in pipeline files.
+    fn kind(&self) -> &'static str;
+    /// Bump whenever the outputs for the same parameters and inputs change.
+    fn version(&self) -> u32;
+    fn inputs(&self) -> &'static [InputSlot];
+    /// Validate the raw TOML parameters and return their canonical form:
+    /// defaults filled in, so that writing a default explicitly changes no key.
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError>;
+    /// Whether it runs tensor work on the selected device (accelerator
+    /// stages run one at a time per device).
+    fn uses_device(&self) -> bool {
+        false
+    }
+    /// A friendlier message when an external input path does not exist (e.g.
+    /// where a data set is published and which files were expected).
+    fn missing_input_hint(&self, _params: &JsonValue, _slot: &str, _path: &Path) -> Option<String> {
+        None
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError>;
+}
+
+/// Parse raw TOML parameters into `T` (which should use
+/// `#[serde(deny_unknown_fields)]` and defaults) and return it with its
+/// canonical JSON form. Unknown keys get the nearest valid key suggested.
+pub fn parse_params<T: DeserializeOwned + Serialize>(raw: &toml::Table) -> Result<(T, JsonValue), ParamError> {
+    let value = toml::Value::Table(raw.clone());
+    let typed: T = T::deserialize(value).map_err(|e| param_error_from_message(e.message()))?;
+    let canon = serde_json::to_value(&typed).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })?;
+    Ok((typed, canon))
+}
+
+/// Helper for the common case `fn params(..) { canonical::<MyParams>(raw) }`.
+pub fn canonical<T: DeserializeOwned + Serialize>(raw: &toml::Table) -> Result<JsonValue, ParamError> {
+    parse_params::<T>(raw).map(|(_, v)| v)
+}
+
+/// Turn serde's messages into a ParamError with the key and a suggestion.
+fn param_error_from_message(msg: &str) -> ParamError {
+    // serde: "unknown field `lrr`, expected one of `lr`, `epochs`"
+    //        "unknown variant `foo`, expected one of `a`, `b`"
+    //        "missing field `x`"
+    let ticks: Vec<&str> = msg.split('`').skip(1).step_by(2).collect();
+    let mut err = ParamError { key: None, message: msg.trim().to_string(), suggestion: None };
+    if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+        err.key = ticks.first().map(|s| s.to_string());
+    }
+    if (msg.starts_with("unknown field") || msg.starts_with("unknown variant")) && ticks.len() > 1 {
+        let bad = ticks[0];
+        err.suggestion = nearest(bad, ticks[1..].iter().copied()).map(|s| s.to_string());
+    }
+    err
+}
+
+/// The candidate closest to `word` by edit distance, if reasonably close.
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&word.to_lowercase(), &c.to_lowercase());
+        if best.map_or(true, |(b, _)| score > b) {
+            best = Some((score, c));
+        }
+    }
+    best.filter(|(s, _)| *s >= 0.7).map(|(_, c)| c)
+}
+
+/// Resolve an input path: a directory that holds `default_file` gives that
+/// file; anything else is returned as is.
+pub fn resolve_file(path: &Path, default_file: &str) -> PathBuf {
+    if path.is_dir() {
+        path.join(default_file)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename, so a
+/// crash never leaves a half-written file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| StageError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StageError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        #[serde(default = "default_lr")]
+        lr: f64,
+        #[serde(default)]
+        epochs: u32,
+    }
+    fn default_lr() -> f64 {
+        0.03
+    }
+
+    #[test]
+    fn unknown_key_suggests_nearest() {
+        let raw: toml::Table = toml::from_str("lrr = 0.1").unwrap();
+        let err = parse_params::<P>(&raw).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("lrr"));
+        assert_eq!(err.suggestion.as_deref(), Some("lr"));
+    }
+
+    #[test]
+    fn defaults_and_spelling_do_not_change_canonical_form() {
+        let a: toml::Table = toml::from_str("epochs = 2").unwrap();
+        let b: toml::Table = toml::from_str("lr = 3e-2\nepochs = 2").unwrap();
+        assert_eq!(canonical::<P>(&a).unwrap(), canonical::<P>(&b).unwrap());
+        let c: toml::Table = toml::from_str("lr = 0.01\nepochs = 2").unwrap();
+        assert_ne!(canonical::<P>(&a).unwrap(), canonical::<P>(&c).unwrap());
+    }
+}
