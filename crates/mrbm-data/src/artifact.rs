@@ -83,6 +83,18 @@ impl ImageSet {
         [self.n, self.c, self.h, self.w]
     }
 
+    /// A new owned set holding the images at `idx`, in that order (indices
+    /// must be < n).
+    pub fn select(&self, idx: &[usize]) -> ImageSet {
+        let l = self.image_len();
+        let mut pixels = Vec::with_capacity(idx.len() * l);
+        for &i in idx {
+            pixels.extend_from_slice(self.image(i));
+        }
+        let labels = idx.iter().map(|&i| self.labels[i]).collect();
+        ImageSet::new(pixels, idx.len(), self.c, self.h, self.w, labels)
+    }
+
     /// Write atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
         let label_bytes: Vec<u8> = self.labels.iter().flat_map(|l| l.to_le_bytes()).collect();

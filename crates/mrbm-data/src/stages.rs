@@ -1,0 +1,541 @@
+//! The `dataset` and `transform` stage kinds, their parameters, and the
+//! plain library functions they call ([`load_dataset`], [`transform`]).
+
+use std::path::{Path, PathBuf};
+
+use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::ImageSet;
+use crate::error::{DataError, Result};
+use crate::folder::{self, Decoded, Split};
+use crate::ops::{Crop, Filter, Gray, ImageOps, Size};
+use crate::{cifar, hints, idx, synthetic, Ctl};
+
+/// Which reader a `dataset` stage uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Built-in coloured shapes, labelled by shape (no files needed).
+    Synthetic,
+    /// IDX files: MNIST, Fashion-MNIST.
+    Idx,
+    /// CIFAR-10 binary batches.
+    Cifar10,
+    /// CelebA aligned faces (labels -1).
+    Celeba,
+    /// Caltech-101, a folder per class, BACKGROUND_Google left out.
+    Caltech101,
+    /// Any class-per-folder image tree.
+    Folder,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Synthetic => "synthetic",
+            Format::Idx => "idx",
+            Format::Cifar10 => "cifar10",
+            Format::Celeba => "celeba",
+            Format::Caltech101 => "caltech101",
+            Format::Folder => "folder",
+        }
+    }
+    fn decodes_files(self) -> bool {
+        matches!(self, Format::Celeba | Format::Caltech101 | Format::Folder)
+    }
+}
+
+/// Parameters of the `dataset` stage. Per-format keys left out get that
+/// format's default in the canonical form; a key that does not apply to
+/// the format is an error. Order of operations: subset (before decoding),
+/// then crop, resize, grayscale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetParams {
+    /// Reader: "synthetic", "idx", "cifar10", "celeba", "caltech101" or "folder".
+    pub format: Format,
+    /// Part to read: "train" or "test" (idx, cifar10, caltech101; default "train"); "all", "train", "valid" or "test" (celeba; default "all").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    /// synthetic: number of images (default 4000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// synthetic: image side in pixels (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// synthetic: number of shape classes, 1..=7, in the order circle, square, triangle, cross, diamond, ring, x (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    /// Random seed for synthetic images, the Caltech-101 split and `subset` (default 0).
+    #[serde(default)]
+    pub seed: u64,
+    /// Keep a seeded random subset of this many images (original order kept), chosen before decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<usize>,
+    /// caltech101: training images per class; the rest of each class is the test part (default 30, the usual protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<usize>,
+    /// caltech101: at most this many test images per class (default: all the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_per_class: Option<usize>,
+    /// idx: image file inside `dir` (default train-images-idx3-ubyte or t10k-images-idx3-ubyte, raw or .gz, by split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<String>,
+    /// idx: label file inside `dir` (default train-labels-idx1-ubyte or t10k-labels-idx1-ubyte, raw or .gz, by split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// Crop each image: 140 (centre square), [w, h] (centre), "square" (largest centred square) or { x, y, w, h } (box).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<Crop>,
+    /// Resize each image (after the crop): 64 or [width, height].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<Size>,
+    /// Resampling filter for `resize`: nearest, box, bilinear, hamming, bicubic, mitchell, lanczos3 (default bilinear, antialiased as Pillow's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    /// Convert to grey (ITU-R 601 luma, as Pillow's convert("L")).
+    #[serde(default)]
+    pub grayscale: bool,
+    /// With grayscale: keep three equal channels instead of one (e.g. to colourise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_channels: bool,
+    /// celeba, caltech101, folder: skip images that do not decode, with a warning and a count, instead of failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_corrupt: bool,
+}
+
+fn not_for(key: &str, format: Format, allowed: &str) -> ParamError {
+    ParamError::new(key, format!("`{key}` does not apply to format = \"{}\" (only to {allowed})", format.name()))
+}
+
+/// Shared checks of the image operation keys.
+fn check_ops(crop: &Option<Crop>, resize: &Option<Size>, filter: &mut Option<Filter>, grayscale: bool, keep_channels: bool) -> std::result::Result<(), ParamError> {
+    if resize.is_some() {
+        filter.get_or_insert(Filter::Bilinear);
+    } else if filter.is_some() {
+        return Err(ParamError::new("filter", "`filter` needs `resize`"));
+    }
+    if keep_channels && !grayscale {
+        return Err(ParamError::new("keep_channels", "`keep_channels` needs `grayscale = true`"));
+    }
+    let ops = ImageOps { crop: *crop, resize: *resize, filter: Filter::Bilinear, gray: Gray::Off };
+    ops.validate().map_err(|m| ParamError::new(if m.starts_with("crop") { "crop" } else { "resize" }, m))
+}
+
+impl DatasetParams {
+    /// Fill per-format defaults and reject keys that do not apply.
+    pub fn normalise(mut self) -> std::result::Result<Self, ParamError> {
+        use Format::*;
+        let f = self.format;
+        if f != Synthetic {
+            for (key, given) in [("n", self.n.is_some()), ("size", self.size.is_some()), ("classes", self.classes.is_some())] {
+                if given {
+                    return Err(not_for(key, f, "synthetic"));
+                }
+            }
+        }
+        if f != Caltech101 {
+            for (key, given) in [("per_class", self.per_class.is_some()), ("test_per_class", self.test_per_class.is_some())] {
+                if given {
+                    return Err(not_for(key, f, "caltech101"));
+                }
+            }
+        }
+        if f != Idx {
+            for (key, given) in [("images", self.images.is_some()), ("labels", self.labels.is_some())] {
+                if given {
+                    return Err(not_for(key, f, "idx"));
+                }
+            }
+        }
+        if !f.decodes_files() && self.skip_corrupt {
+            return Err(not_for("skip_corrupt", f, "celeba, caltech101 and folder"));
+        }
+        match f {
+            Synthetic | Folder => {
+                if self.split.is_some() {
+                    return Err(ParamError::new("split", format!("`split` does not apply to format = \"{}\"; split with a `transform` stage", f.name())));
+                }
+            }
+            Idx | Cifar10 | Caltech101 => match self.split.get_or_insert(Split::Train) {
+                Split::Train | Split::Test => {}
+                other => {
+                    return Err(ParamError::new("split", format!("split = \"{}\" is not available for format = \"{}\": use \"train\" or \"test\"", serde_json::to_value(*other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), f.name())).with_suggestion("test"))
+                }
+            },
+            Celeba => {
+                self.split.get_or_insert(Split::All);
+            }
+        }
+        if f == Synthetic {
+            let n = *self.n.get_or_insert(4000);
+            let size = *self.size.get_or_insert(16);
+            let classes = *self.classes.get_or_insert(4);
+            if n == 0 {
+                return Err(ParamError::new("n", "n must be at least 1"));
+            }
+            if !(4..=1024).contains(&size) {
+                return Err(ParamError::new("size", format!("size = {size}, expected 4..=1024")));
+            }
+            if classes == 0 || classes > synthetic::SHAPES.len() {
+                return Err(ParamError::new("classes", format!("classes = {classes}, expected 1..={} ({})", synthetic::SHAPES.len(), synthetic::SHAPES.join(", "))));
+            }
+        }
+        if f == Caltech101 {
+            let pc = *self.per_class.get_or_insert(30);
+            if pc == 0 {
+                return Err(ParamError::new("per_class", "per_class must be at least 1"));
+            }
+        }
+        if self.subset == Some(0) {
+            return Err(ParamError::new("subset", "subset must be at least 1"));
+        }
+        check_ops(&self.crop, &self.resize, &mut self.filter, self.grayscale, self.keep_channels)?;
+        Ok(self)
+    }
+
+    pub fn ops(&self) -> ImageOps {
+        ImageOps { crop: self.crop, resize: self.resize, filter: self.filter.unwrap_or_default(), gray: Gray::from_flags(self.grayscale, self.keep_channels) }
+    }
+
+    /// What the `dir` input should hold, and where the data are published.
+    pub fn expected_files(&self) -> (String, &'static str) {
+        let train = self.split != Some(Split::Test);
+        match self.format {
+            Format::Synthetic => ("nothing (generated)".into(), ""),
+            Format::Idx => {
+                let p = if train { "train" } else { "t10k" };
+                let images = self.images.clone().unwrap_or(format!("{p}-images-idx3-ubyte.gz"));
+                let labels = self.labels.clone().unwrap_or(format!("{p}-labels-idx1-ubyte.gz"));
+                (format!("a folder holding {images} and {labels} (raw or .gz)"), hints::MNIST)
+            }
+            Format::Cifar10 => (
+                if train { "a folder holding cifar-10-batches-bin/data_batch_1.bin .. data_batch_5.bin".into() } else { "a folder holding cifar-10-batches-bin/test_batch.bin".into() },
+                hints::CIFAR10,
+            ),
+            Format::Celeba => ("a folder holding img_align_celeba/000001.jpg ... (and list_eval_partition.txt for a split)".into(), hints::CELEBA),
+            Format::Caltech101 => ("a folder holding 101_ObjectCategories/<class>/image_0001.jpg ...".into(), hints::CALTECH101),
+            Format::Folder => ("a folder with one sub-folder of images per class".into(), hints::FOLDER),
+        }
+    }
+}
+
+/// Read a data set as `p` describes (p should be normalised). `dir` is the
+/// folder (or file) of the data set; synthetic needs none. Runs on rayon's
+/// current pool.
+pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<Decoded> {
+    let p = p.clone().normalise().map_err(|e| DataError::Invalid(format!("dataset parameters: {}", e.message)))?;
+    let ops = p.ops();
+    let dir = match (p.format, dir) {
+        (Format::Synthetic, _) => PathBuf::new(),
+        (_, Some(d)) => d.to_path_buf(),
+        (f, None) => {
+            let (expected, _) = p.expected_files();
+            return Err(DataError::Invalid(format!("format = \"{}\" needs the input `dir`: {expected}", f.name())));
+        }
+    };
+    if p.format != Format::Synthetic && !dir.exists() {
+        let (expected, hint) = p.expected_files();
+        return Err(DataError::Missing { path: dir, expected, hint: hint.into() });
+    }
+    let split = p.split.unwrap_or(Split::All);
+    // Array formats: read everything, then subset and transform.
+    let array = |set: ImageSet| -> Result<Decoded> {
+        let set = match p.subset {
+            Some(k) if k < set.n => set.select(&folder::subset_indices(set.n, k, p.seed)),
+            _ => set,
+        };
+        let set = if ops.is_identity() {
+            set
+        } else {
+            ctl.bar.set_length(set.n as u64);
+            crate::ops::transform_set(&set, &ops, ctl)?
+        };
+        Ok(Decoded { set, skipped: Vec::new() })
+    };
+    match p.format {
+        Format::Synthetic => array(synthetic::synthetic(p.n.unwrap_or(4000), p.size.unwrap_or(16), p.classes.unwrap_or(4), p.seed)?),
+        Format::Idx => {
+            let (mut images, mut labels) = if dir.is_file() {
+                return Err(DataError::Invalid(format!("{}: format = \"idx\" needs the folder holding the image and label files, not a file", dir.display())));
+            } else {
+                idx::idx_files(&dir, split == Split::Train)
+            };
+            if let Some(name) = &p.images {
+                images = dir.join(name);
+            }
+            if let Some(name) = &p.labels {
+                labels = dir.join(name);
+            }
+            for f in [&images, &labels] {
+                if !f.is_file() {
+                    let (expected, hint) = p.expected_files();
+                    return Err(DataError::Missing { path: f.clone(), expected, hint: hint.into() });
+                }
+            }
+            array(idx::read_idx(&images, &labels)?)
+        }
+        Format::Cifar10 => array(cifar::read_cifar10(&dir, split == Split::Train)?),
+        Format::Celeba | Format::Caltech101 | Format::Folder => {
+            let items = match p.format {
+                Format::Celeba => folder::celeba_items(&dir, split)?,
+                Format::Caltech101 => folder::caltech101_items(&dir, split, p.per_class.unwrap_or(30), p.test_per_class, p.seed)?.0,
+                _ => folder::folder_items(&dir)?.0,
+            };
+            let items: Vec<_> = match p.subset {
+                Some(k) if k < items.len() => folder::subset_indices(items.len(), k, p.seed).into_iter().map(|i| items[i].clone()).collect(),
+                _ => items,
+            };
+            ctl.bar.set_length(items.len() as u64);
+            folder::decode_items(&items, &ops, p.skip_corrupt, ctl)
+        }
+    }
+}
+
+/// How to split into train and test parts: counts; a missing one takes the
+/// rest. `{ train = 8000, test = 2000 }`, or `{ test = 2000 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Images in the training part (default: all not in the test part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<usize>,
+    /// Images in the test part (default: all not in the training part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<usize>,
+}
+
+/// Parameters of the `transform` stage. Order: subset, crop, resize,
+/// grayscale, split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformParams {
+    /// Crop each image: 140 (centre square), [w, h] (centre), "square" (largest centred square) or { x, y, w, h } (box).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<Crop>,
+    /// Resize each image (after the crop): 64 or [width, height].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<Size>,
+    /// Resampling filter for `resize`: nearest, box, bilinear, hamming, bicubic, mitchell, lanczos3 (default bilinear, antialiased as Pillow's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    /// Convert to grey (ITU-R 601 luma, as Pillow's convert("L")).
+    #[serde(default)]
+    pub grayscale: bool,
+    /// With grayscale: keep three equal channels instead of one (e.g. to colourise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_channels: bool,
+    /// Keep a seeded random subset of this many images (original order kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<usize>,
+    /// Also write train.safetensors and test.safetensors: a seeded random split by counts, e.g. { train = 8000, test = 2000 }.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitSpec>,
+    /// Random seed for `subset` and `split` (default 0).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl TransformParams {
+    pub fn normalise(mut self) -> std::result::Result<Self, ParamError> {
+        check_ops(&self.crop, &self.resize, &mut self.filter, self.grayscale, self.keep_channels)?;
+        if self.subset == Some(0) {
+            return Err(ParamError::new("subset", "subset must be at least 1"));
+        }
+        if let Some(s) = self.split {
+            match (s.train, s.test) {
+                (None, None) => return Err(ParamError::new("split", "split needs `train`, `test` or both (image counts)")),
+                (_, Some(0)) | (Some(0), _) => return Err(ParamError::new("split", "split parts must hold at least 1 image")),
+                _ => {}
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn ops(&self) -> ImageOps {
+        ImageOps { crop: self.crop, resize: self.resize, filter: self.filter.unwrap_or_default(), gray: Gray::from_flags(self.grayscale, self.keep_channels) }
+    }
+}
+
+/// The result of [`transform`].
+#[derive(Debug)]
+pub struct Transformed {
+    pub data: ImageSet,
+    /// (train, test) when a split was asked for.
+    pub split: Option<(ImageSet, ImageSet)>,
+}
+
+/// The train and test indices of a split of `n` images, each sorted.
+pub fn split_indices(n: usize, spec: SplitSpec, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    let (train, test) = match (spec.train, spec.test) {
+        (Some(a), Some(b)) => (a, b),
+        (Some(a), None) => (a, n.saturating_sub(a)),
+        (None, Some(b)) => (n.saturating_sub(b), b),
+        (None, None) => return Err(DataError::Invalid("split needs train or test".into())),
+    };
+    if train.checked_add(test).is_none_or(|t| t > n) || train == 0 || test == 0 {
+        return Err(DataError::Invalid(format!("split: train = {train} and test = {test} need {} images (at least 1 each), the data hold {n}", train.saturating_add(test))));
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    // A different stream from `subset`'s draw with the same seed.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(1);
+    perm.shuffle(&mut rng);
+    let mut te = perm[..test].to_vec();
+    let mut tr = perm[test..test + train].to_vec();
+    te.sort_unstable();
+    tr.sort_unstable();
+    Ok((tr, te))
+}
+
+/// Apply the transform parameters to a set (rayon's current pool).
+pub fn transform(set: &ImageSet, p: &TransformParams, ctl: &Ctl) -> Result<Transformed> {
+    let p = p.clone().normalise().map_err(|e| DataError::Invalid(format!("transform parameters: {}", e.message)))?;
+    let sub;
+    let src = match p.subset {
+        Some(k) if k < set.n => {
+            sub = set.select(&folder::subset_indices(set.n, k, p.seed));
+            &sub
+        }
+        _ => set,
+    };
+    ctl.bar.set_length(src.n as u64);
+    let data = crate::ops::transform_set(src, &p.ops(), ctl)?;
+    let split = match p.split {
+        Some(spec) => {
+            let (tr, te) = split_indices(data.n, spec, p.seed)?;
+            Some((data.select(&tr), data.select(&te)))
+        }
+        None => None,
+    };
+    Ok(Transformed { data, split })
+}
+
+fn pool(threads: usize) -> std::result::Result<rayon::ThreadPool, StageError> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| StageError::failed(format!("thread pool: {e}")))
+}
+
+fn set_metrics(m: &mut Metrics, prefix: &str, s: &ImageSet) {
+    m.insert(format!("{prefix}images"), s.n as f64);
+    if prefix.is_empty() {
+        m.insert("channels".into(), s.c as f64);
+        m.insert("height".into(), s.h as f64);
+        m.insert("width".into(), s.w as f64);
+        let mut labels: Vec<i64> = s.labels.clone();
+        labels.sort_unstable();
+        labels.dedup();
+        m.insert("classes".into(), labels.iter().filter(|&&l| l >= 0).count() as f64);
+    }
+}
+
+/// Print a warning above the progress bars (or on stderr) and log it.
+fn warn(ctx: &StageContext, line: &str) {
+    ctx.log(format!("warning: {line}"));
+    match ctx.progress {
+        Some(m) => {
+            let _ = m.println(format!("warning: {}: {line}", ctx.stage_id));
+        }
+        None => eprintln!("warning: {}: {line}", ctx.stage_id),
+    }
+}
+
+/// `dataset`: read a data set into data.safetensors.
+pub struct DatasetStage;
+
+const DATASET_INPUTS: &[InputSlot] = &[InputSlot::optional(
+    "dir",
+    None,
+    "the data set's folder (or CIFAR-10 .bin file), usually `data:<name>` under the data root; not used by format = \"synthetic\"",
+)];
+
+impl Stage for DatasetStage {
+    fn kind(&self) -> &'static str {
+        "dataset"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        DATASET_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> std::result::Result<JsonValue, ParamError> {
+        let (p, _) = mrbm_stage::parse_params::<DatasetParams>(raw)?;
+        let p = p.normalise()?;
+        serde_json::to_value(&p).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })
+    }
+    fn missing_input_hint(&self, params: &JsonValue, slot: &str, path: &Path) -> Option<String> {
+        if slot != "dir" {
+            return None;
+        }
+        let p: DatasetParams = serde_json::from_value(params.clone()).ok()?;
+        let (expected, hint) = p.expected_files();
+        Some(format!("{}: data set folder not found; expected {expected}.{hint}. Nothing is downloaded at run time.", path.display()))
+    }
+    fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
+        let p: DatasetParams = ctx.typed_params()?;
+        let started = std::time::Instant::now();
+        let ctl = Ctl { bar: ctx.bar(0, "reading"), cancel: Some(ctx.cancel) };
+        let decoded = pool(ctx.threads)?.install(|| load_dataset(&p, ctx.optional_input("dir"), &ctl))?;
+        ctl.bar.finish_and_clear();
+        for (path, msg) in &decoded.skipped {
+            ctx.log(format!("warning: skipped corrupt image {}: {msg}", path.display()));
+        }
+        if !decoded.skipped.is_empty() {
+            warn(ctx, &format!("skipped {} corrupt image(s) (skip_corrupt = true; listed in the stage log), first: {}", decoded.skipped.len(), decoded.skipped[0].0.display()));
+        }
+        ctx.check_cancel()?;
+        decoded.set.write(&ctx.out("data.safetensors")).map_err(DataError::from)?;
+        let mut m = Metrics::new();
+        set_metrics(&mut m, "", &decoded.set);
+        m.insert("skipped".into(), decoded.skipped.len() as f64);
+        m.insert("seconds".into(), started.elapsed().as_secs_f64());
+        Ok(m)
+    }
+}
+
+/// `transform`: crop, resize, grayscale, subset and split an image set.
+pub struct TransformStage;
+
+const TRANSFORM_INPUTS: &[InputSlot] = &[InputSlot::required("data", Some("data.safetensors"), "the image set to transform")];
+
+impl Stage for TransformStage {
+    fn kind(&self) -> &'static str {
+        "transform"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        TRANSFORM_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> std::result::Result<JsonValue, ParamError> {
+        let (p, _) = mrbm_stage::parse_params::<TransformParams>(raw)?;
+        let p = p.normalise()?;
+        serde_json::to_value(&p).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })
+    }
+    fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
+        let p: TransformParams = ctx.typed_params()?;
+        let started = std::time::Instant::now();
+        let input = mrbm_stage::resolve_file(ctx.input("data")?, "data.safetensors");
+        let set = ImageSet::read(&input).map_err(|e| StageError::user(DataError::from(e)))?;
+        let ctl = Ctl { bar: ctx.bar(set.n as u64, "transforming"), cancel: Some(ctx.cancel) };
+        let out = pool(ctx.threads)?.install(|| transform(&set, &p, &ctl))?;
+        ctl.bar.finish_and_clear();
+        ctx.check_cancel()?;
+        let mut m = Metrics::new();
+        set_metrics(&mut m, "", &out.data);
+        out.data.write(&ctx.out("data.safetensors")).map_err(DataError::from)?;
+        if let Some((train, test)) = &out.split {
+            train.write(&ctx.out("train.safetensors")).map_err(DataError::from)?;
+            test.write(&ctx.out("test.safetensors")).map_err(DataError::from)?;
+            set_metrics(&mut m, "train_", train);
+            set_metrics(&mut m, "test_", test);
+        }
+        m.insert("seconds".into(), started.elapsed().as_secs_f64());
+        Ok(m)
+    }
+}
