@@ -1,7 +1,69 @@
-//! (being written)
-use mrbm_stage::Stage;
+//! The multinary RBM of Hwang, Hwang & Jo on burn: unit types, dense and
+//! convolutional RBM layers, the paper's loss (F(v) - F(v') with v'
+//! constant), stacks (the convolutional DBN), training with Adam, sampling,
+//! reconstruction, features, checkpoints, and the `train`, `sample`,
+//! `reconstruct` and `features` stage kinds.
+//!
+//! burn 0.22 picks the backend at run time from the tensor's `Device`, so
+//! every function here is device-generic by taking a `&Device`: the same
+//! code runs on flex (CPU), wgpu or CUDA; [`device::burn_device`] maps the
+//! runner's choice to a burn device.
+
+use std::path::PathBuf;
+
+pub mod checkpoint;
+pub mod checks;
+pub mod device;
+pub mod layer;
+pub mod plot;
+pub mod reference;
+pub mod sample;
+pub mod stack;
+pub mod stages;
+pub mod train;
+pub mod unit;
+
+pub use layer::{LayerKind, LayerSpec, Rbm};
+pub use stack::{Coupling, Dbn, StackParams, StackSpec};
+pub use train::{OptimParams, Trainer};
+pub use unit::UnitType;
+
+use mrbm_stage::{Stage, StageError};
+
+/// Errors of the model crate.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// Bad parameters or data given by the user.
+    #[error("{0}")]
+    User(String),
+    #[error("non-finite value at epoch {epoch}, batch {batch}, layer {layer}: {what}")]
+    NonFinite { epoch: usize, batch: usize, layer: usize, what: String },
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error(transparent)]
+    Artifact(#[from] mrbm_data::artifact::ArtifactError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Image(String),
+    #[error("interrupted")]
+    Cancelled,
+}
+
+impl From<CoreError> for StageError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::User(m) => StageError::User(m),
+            CoreError::Cancelled => StageError::Cancelled,
+            CoreError::Io { path, source } => StageError::Io { path, source },
+            // A malformed input artifact or checkpoint is the user's data.
+            e @ (CoreError::Artifact(_) | CoreError::Checkpoint { .. }) => StageError::User(e.to_string()),
+            e => StageError::Failed(e.to_string()),
+        }
+    }
+}
 
 /// The stage kinds this crate implements, for the runner's registry.
 pub fn stages() -> Vec<Box<dyn Stage>> {
-    Vec::new()
+    stages::all()
 }

@@ -1,0 +1,381 @@
+//! One RBM layer (dense or convolutional), its free energy, the paper's loss
+//! and the closed-form CD-1 gradient.
+//!
+//! Every activation is a `[batch, channels, height, width]` tensor; a dense
+//! layer sees `[batch, units, 1, 1]` (the stack flattens conv outputs), so
+//! a whole stack handles one tensor rank. A dense weight is stored as
+//! `[visible, hidden, 1, 1]` for the same reason.
+
+use burn::tensor::module::{conv2d, conv2d_weight_backward, conv_transpose2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::unit::UnitType;
+
+/// Shape and connectivity of one RBM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LayerKind {
+    Dense {
+        visible: usize,
+        hidden: usize,
+    },
+    Conv {
+        /// Visible input [channels, height, width].
+        input: [usize; 3],
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+}
+
+/// A layer's full description (stored in checkpoints as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    pub kind: LayerKind,
+    pub visible_unit: UnitType,
+    pub hidden_unit: UnitType,
+}
+
+impl LayerSpec {
+    /// Visible shape [C, H, W] (dense: [visible, 1, 1]).
+    pub fn visible_shape(&self) -> [usize; 3] {
+        match &self.kind {
+            LayerKind::Dense { visible, .. } => [*visible, 1, 1],
+            LayerKind::Conv { input, .. } => *input,
+        }
+    }
+
+    /// Hidden shape [C, H, W] (dense: [hidden, 1, 1]).
+    pub fn hidden_shape(&self) -> [usize; 3] {
+        match &self.kind {
+            LayerKind::Dense { hidden, .. } => [*hidden, 1, 1],
+            LayerKind::Conv { input, out_channels, kernel, stride, padding } => {
+                let o = |n: usize| (n + 2 * padding - kernel) / stride + 1;
+                [*out_channels, o(input[1]), o(input[2])]
+            }
+        }
+    }
+
+    /// Weight shape: conv [C_h, C_v, k, k], dense [V, H, 1, 1].
+    pub fn weight_shape(&self) -> [usize; 4] {
+        match &self.kind {
+            LayerKind::Dense { visible, hidden } => [*visible, *hidden, 1, 1],
+            LayerKind::Conv { input, out_channels, kernel, .. } => [*out_channels, input[0], *kernel, *kernel],
+        }
+    }
+
+    pub fn visible_channels(&self) -> usize {
+        self.visible_shape()[0]
+    }
+
+    pub fn hidden_channels(&self) -> usize {
+        self.hidden_shape()[0]
+    }
+
+    /// Output padding of the transposed convolution that makes the down pass
+    /// land exactly on the visible shape (a strided conv drops up to
+    /// stride - 1 trailing rows; the transpose has to put them back).
+    pub fn output_padding(&self) -> [usize; 2] {
+        match &self.kind {
+            LayerKind::Dense { .. } => [0, 0],
+            LayerKind::Conv { input, kernel, stride, padding, .. } => {
+                let h = self.hidden_shape();
+                let back = |hn: usize, vn: usize| vn + 2 * padding - ((hn - 1) * stride + kernel);
+                [back(h[1], input[1]), back(h[2], input[2])]
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.visible_unit.validate("visible unit")?;
+        self.hidden_unit.validate("hidden unit")?;
+        match &self.kind {
+            LayerKind::Dense { visible, hidden } => {
+                if *visible == 0 || *hidden == 0 {
+                    return Err(format!("dense layer {visible}-{hidden}: sizes must be positive"));
+                }
+            }
+            LayerKind::Conv { input, out_channels, kernel, stride, padding } => {
+                if input.iter().any(|&d| d == 0) || *out_channels == 0 || *kernel == 0 || *stride == 0 {
+                    return Err(format!("conv layer {input:?} -> {out_channels}: sizes, kernel and stride must be positive"));
+                }
+                if input[1] + 2 * padding < *kernel || input[2] + 2 * padding < *kernel {
+                    return Err(format!(
+                        "conv layer: kernel {kernel} is larger than the padded input {}x{} (padding {padding})",
+                        input[1], input[2]
+                    ));
+                }
+                if *padding >= *kernel {
+                    return Err(format!("conv layer: padding {padding} must be smaller than the kernel {kernel}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        let v = self.visible_shape();
+        let h = self.hidden_shape();
+        match &self.kind {
+            LayerKind::Dense { .. } => format!("dense {}-{}", v[0], h[0]),
+            LayerKind::Conv { kernel, stride, padding, .. } => format!(
+                "conv {}x{}x{} -> {}x{}x{} (k{kernel} s{stride} p{padding})",
+                v[0], v[1], v[2], h[0], h[1], h[2]
+            ),
+        }
+    }
+}
+
+/// Gradients of one layer's parameters.
+#[derive(Clone, Debug)]
+pub struct LayerGrads {
+    pub w: Tensor<4>,
+    pub a: Tensor<1>,
+    pub b: Tensor<1>,
+}
+
+/// One RBM: weights W, visible bias a (per visible channel), hidden bias b
+/// (per hidden channel).
+#[derive(Clone, Debug)]
+pub struct Rbm {
+    pub spec: LayerSpec,
+    pub w: Tensor<4>,
+    pub a: Tensor<1>,
+    pub b: Tensor<1>,
+}
+
+/// Results of one forward pass of the loss through a layer.
+pub struct LayerLoss {
+    /// Scalar (shape [1]): mean over the batch of F(v) - F(v').
+    pub loss: Tensor<1>,
+    /// Hidden means f(x(v)) (the next layer's visible input).
+    pub hidden: Tensor<4>,
+}
+
+/// Host values -> tensor of the given dtype on `device`.
+pub fn tensor_from<const D: usize>(values: Vec<f64>, shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape).convert_dtype(dtype), (device, dtype))
+}
+
+/// Tensor -> host f64 values.
+pub fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+    t.to_data().convert::<f64>().try_into_vec::<f64>().unwrap_or_default()
+}
+
+/// Reshape helper: [B, C, H, W] -> [B, C*H*W].
+fn flat(t: Tensor<4>) -> Tensor<2> {
+    let [b, c, h, w] = t.dims();
+    t.reshape([b, c * h * w])
+}
+
+impl Rbm {
+    /// Random initial weights N(0, init_std^2) and zero biases. The draws come
+    /// from the caller's host RNG, so an initialisation is identical on every
+    /// device and backend.
+    pub fn init<R: Rng>(spec: LayerSpec, init_std: f64, rng: &mut R, device: &Device, dtype: DType) -> Self {
+        let ws = spec.weight_shape();
+        let n: usize = ws.iter().product();
+        let mut values = Vec::with_capacity(n);
+        while values.len() < n {
+            // Box-Muller pairs (rand 0.9 has no normal distribution without rand_distr).
+            let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+            let u2: f64 = rng.random::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt();
+            values.push(r * (2.0 * std::f64::consts::PI * u2).cos() * init_std);
+            if values.len() < n {
+                values.push(r * (2.0 * std::f64::consts::PI * u2).sin() * init_std);
+            }
+        }
+        let w = tensor_from(values, ws, device, dtype);
+        let a = Tensor::zeros([spec.visible_channels()], (device, dtype));
+        let b = Tensor::zeros([spec.hidden_channels()], (device, dtype));
+        Rbm { spec, w, a, b }
+    }
+
+    pub fn device(&self) -> Device {
+        self.w.device()
+    }
+
+    /// Copy with parameters detached from any autodiff graph.
+    pub fn detached(&self) -> Rbm {
+        Rbm { spec: self.spec.clone(), w: self.w.clone().detach(), a: self.a.clone().detach(), b: self.b.clone().detach() }
+    }
+
+    /// Copy with parameters marked as autodiff leaves on `device` (which
+    /// should be an autodiff device).
+    pub fn tracked(&self) -> Rbm {
+        Rbm {
+            spec: self.spec.clone(),
+            w: self.w.clone().autodiff().require_grad(),
+            a: self.a.clone().autodiff().require_grad(),
+            b: self.b.clone().autodiff().require_grad(),
+        }
+    }
+
+    /// Copy without autodiff association.
+    pub fn plain(&self) -> Rbm {
+        Rbm {
+            spec: self.spec.clone(),
+            w: self.w.clone().without_autodiff(),
+            a: self.a.clone().without_autodiff(),
+            b: self.b.clone().without_autodiff(),
+        }
+    }
+
+    fn conv_options(&self) -> (ConvOptions<2>, ConvTransposeOptions<2>) {
+        match &self.spec.kind {
+            LayerKind::Conv { stride, padding, .. } => (
+                ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
+                ConvTransposeOptions::new([*stride; 2], [*padding; 2], self.spec.output_padding(), [1, 1], 1),
+            ),
+            LayerKind::Dense { .. } => unreachable!("conv options of a dense layer"),
+        }
+    }
+
+    fn dense_w(&self) -> Tensor<2> {
+        let [v, h, _, _] = self.spec.weight_shape();
+        self.w.clone().reshape([v, h])
+    }
+
+    /// Hidden input x(v) = b + v W (conv: conv2d).
+    pub fn pre_hidden(&self, v: Tensor<4>) -> Tensor<4> {
+        match &self.spec.kind {
+            LayerKind::Dense { hidden, .. } => {
+                let bsz = v.dims()[0];
+                let x = flat(v).matmul(self.dense_w()) + self.b.clone().reshape([1, *hidden]);
+                x.reshape([bsz, *hidden, 1, 1])
+            }
+            LayerKind::Conv { .. } => {
+                let (opt, _) = self.conv_options();
+                conv2d(v, self.w.clone(), Some(self.b.clone()), opt)
+            }
+        }
+    }
+
+    /// Visible input a + h W^T (conv: the transposed convolution with the
+    /// same kernel).
+    pub fn pre_visible(&self, h: Tensor<4>) -> Tensor<4> {
+        match &self.spec.kind {
+            LayerKind::Dense { visible, .. } => {
+                let bsz = h.dims()[0];
+                let y = flat(h).matmul(self.dense_w().transpose()) + self.a.clone().reshape([1, *visible]);
+                y.reshape([bsz, *visible, 1, 1])
+            }
+            LayerKind::Conv { .. } => {
+                let (_, opt) = self.conv_options();
+                conv_transpose2d(h, self.w.clone(), Some(self.a.clone()), opt)
+            }
+        }
+    }
+
+    /// The bare linear maps without biases (for the adjoint test).
+    pub fn apply_w(&self, v: Tensor<4>) -> Tensor<4> {
+        let x = self.pre_hidden(v);
+        x - self.b.clone().reshape([1, self.spec.hidden_channels(), 1, 1])
+    }
+
+    pub fn apply_wt(&self, h: Tensor<4>) -> Tensor<4> {
+        let y = self.pre_visible(h);
+        y - self.a.clone().reshape([1, self.spec.visible_channels(), 1, 1])
+    }
+
+    /// Up: hidden means f_h(x(v)).
+    pub fn up(&self, v: Tensor<4>) -> Tensor<4> {
+        self.spec.hidden_unit.mean(self.pre_hidden(v))
+    }
+
+    /// Down: visible means f_v(a + h W^T).
+    pub fn down(&self, h: Tensor<4>) -> Tensor<4> {
+        self.spec.visible_unit.mean(self.pre_visible(h))
+    }
+
+    /// F(v) given v and its hidden input x(v): -a.v - sum_j A_h(x_j).
+    pub fn free_energy_with_x(&self, v: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
+        let bsz = v.dims()[0];
+        let a = self.a.clone().reshape([1, self.spec.visible_channels(), 1, 1]);
+        let vis = flat(v * a).sum_dim(1);
+        let hid = flat(self.spec.hidden_unit.log_partition(x)).sum_dim(1);
+        (vis + hid).neg().reshape([bsz])
+    }
+
+    /// F(v) = -a.v - (N_h/k_h) sum_j softplus(k_h x_j(v)), one value per row.
+    pub fn free_energy(&self, v: Tensor<4>) -> Tensor<1> {
+        let x = self.pre_hidden(v.clone());
+        self.free_energy_with_x(v, x)
+    }
+
+    /// The exact free energy of the sub-unit model (see `unit`):
+    /// -a.v - sum_j sum_n softplus(x_j(v) - o_n). Equal to [`Rbm::free_energy`]
+    /// for binary hidden units (N = 1, k = 1).
+    pub fn exact_free_energy(&self, v: Tensor<4>) -> Tensor<1> {
+        let bsz = v.dims()[0];
+        let x = self.pre_hidden(v.clone());
+        let a = self.a.clone().reshape([1, self.spec.visible_channels(), 1, 1]);
+        let vis = flat(v * a).sum_dim(1);
+        let mut hid = vis.zeros_like();
+        for o in self.spec.hidden_unit.offsets() {
+            hid = hid + flat(crate::unit::softplus(x.clone().sub_scalar(o))).sum_dim(1);
+        }
+        (vis + hid).neg().reshape([bsz])
+    }
+
+    /// Mean-field CD-1 reconstruction v' = f_v(a + f_h(x(v)) W^T), computed
+    /// without recording any graph.
+    pub fn reconstruct(&self, v: Tensor<4>) -> Tensor<4> {
+        let d = self.detached();
+        d.down(d.up(v.detach()))
+    }
+
+    /// The paper's loss: mean over the batch of F(v) - F(v'), with v' held
+    /// constant. Differentiable in the layer's parameters (and in `v` when
+    /// `v` is tracked).
+    pub fn loss(&self, v: Tensor<4>) -> LayerLoss {
+        let x = self.pre_hidden(v.clone());
+        let hidden = self.spec.hidden_unit.mean(x.clone());
+        let d = self.detached();
+        let v_rec = d.down(hidden.clone().detach());
+        let f_data = self.free_energy_with_x(v, x);
+        let f_rec = self.free_energy(v_rec);
+        LayerLoss { loss: (f_data - f_rec).mean(), hidden }
+    }
+
+    /// The loss value and the closed-form gradient of the loss in the
+    /// layer's parameters: minus the CD-1 mean-field update,
+    ///   dL/dW = -(<v h(v)> - <v' h(v')>),  dL/da = -<v - v'>,
+    ///   dL/db = -<h(v) - h(v')>,
+    /// averages over the batch (and sums over positions for conv). Needs no
+    /// autodiff graph: `v` and the parameters should be plain tensors.
+    pub fn cd_grads(&self, v: Tensor<4>) -> (Tensor<1>, LayerGrads, Tensor<4>) {
+        let bsz = v.dims()[0];
+        let inv_b = 1.0 / bsz as f64;
+        let x = self.pre_hidden(v.clone());
+        let h = self.spec.hidden_unit.mean(x.clone());
+        let v_rec = self.down(h.clone());
+        let x_rec = self.pre_hidden(v_rec.clone());
+        let h_rec = self.spec.hidden_unit.mean(x_rec.clone());
+        let loss = (self.free_energy_with_x(v.clone(), x) - self.free_energy_with_x(v_rec.clone(), x_rec)).mean();
+        let dv = v.clone() - v_rec.clone();
+        let dh = h.clone() - h_rec.clone();
+        let ga = dv.sum_dims(&[0, 2, 3]).reshape([self.spec.visible_channels()]).mul_scalar(-inv_b);
+        let gb = dh.sum_dims(&[0, 2, 3]).reshape([self.spec.hidden_channels()]).mul_scalar(-inv_b);
+        let gw = match &self.spec.kind {
+            LayerKind::Dense { .. } => {
+                // <v h> - <v' h'> as one matmul of the stacked batches.
+                let vv = Tensor::cat(vec![flat(v), flat(v_rec)], 0);
+                let hh = Tensor::cat(vec![flat(h.clone()), flat(h_rec).neg()], 0);
+                vv.transpose().matmul(hh).mul_scalar(-inv_b).reshape(self.spec.weight_shape())
+            }
+            LayerKind::Conv { .. } => {
+                let (opt, _) = self.conv_options();
+                let vv = Tensor::cat(vec![v, v_rec], 0);
+                let hh = Tensor::cat(vec![h.clone(), h_rec.neg()], 0);
+                conv2d_weight_backward(vv, self.w.clone(), hh, opt).mul_scalar(-inv_b)
+            }
+        };
+        (loss, LayerGrads { w: gw, a: ga, b: gb }, h)
+    }
+}

@@ -1,0 +1,122 @@
+//! Sampling: a Gibbs chain at the top RBM of a stack, then mean field down
+//! to pixels.
+
+use burn::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::layer::{tensor_from, to_f64};
+use crate::stack::Dbn;
+use crate::unit::{sigmoid_f64, UnitType};
+
+/// How a multinary unit is drawn given its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// The sum of N binary sub-units with offsets, each drawn exactly.
+    #[default]
+    Exact,
+    /// Gaussian with mean f(x) and variance f'(x), rounded and clipped.
+    Gaussian,
+}
+
+/// Draws units of one type from their inputs, reusing the offsets.
+pub struct UnitSampler {
+    unit: UnitType,
+    offsets: Vec<f64>,
+    sampler: Sampler,
+}
+
+impl UnitSampler {
+    pub fn new(unit: UnitType, sampler: Sampler) -> Self {
+        UnitSampler { unit, offsets: unit.offsets(), sampler }
+    }
+
+    /// One draw for input `x`. Exact: sub-units whose probability is within
+    /// 1e-17 of 0 or 1 are settled without a draw (a 53-bit uniform cannot
+    /// tell them from certain), found by binary search since the offsets
+    /// increase; the others are drawn one by one.
+    pub fn draw<R: Rng>(&self, x: f64, rng: &mut R) -> f64 {
+        match self.sampler {
+            Sampler::Gaussian => self.unit.sample_gaussian(x, rng),
+            Sampler::Exact => {
+                const T: f64 = 40.0; // sigmoid(-40) ~ 4e-18
+                let lo = self.offsets.partition_point(|o| x - o > T); // sure ones
+                let hi = self.offsets.partition_point(|o| x - o > -T); // beyond: sure zeros
+                let mut h = lo as u32;
+                for o in &self.offsets[lo..hi] {
+                    if rng.random::<f64>() < sigmoid_f64(x - o) {
+                        h += 1;
+                    }
+                }
+                h as f64
+            }
+        }
+    }
+}
+
+/// Gibbs sampling at the top RBM: `chains` chains started from the mean
+/// field image of uniform random pixels, `steps` alternations h ~ P(h|v),
+/// v ~ P(v|h), then the visible mean of the last h taken down the stack by
+/// mean field. Returns the pixel-level visible values [chains, C, H, W].
+pub fn gibbs(dbn: &Dbn, chains: usize, steps: usize, sampler: Sampler, seed: u64, mut on_step: impl FnMut(usize)) -> Tensor<4> {
+    let device = dbn.device();
+    let dtype = dbn.layers[0].w.dtype();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let [c, h, w] = dbn.spec.input;
+    let noise: Vec<u8> = (0..chains * c * h * w).map(|_| rng.random::<u8>()).collect();
+    let v0 = dbn.pixels_to_visible(&noise, chains, &device, dtype);
+    let top = dbn.layers.len() - 1;
+    let mut v = if top == 0 { v0 } else { dbn.as_visible_of(top, dbn.up_to(v0, top - 1)) };
+    let layer = &dbn.layers[top];
+    let hs = UnitSampler::new(layer.spec.hidden_unit, sampler);
+    let vs = UnitSampler::new(layer.spec.visible_unit, sampler);
+    let [hc, hh, hw] = layer.spec.hidden_shape();
+    let [vc, vh, vw] = layer.spec.visible_shape();
+    let mut hid = layer.up(v.clone());
+    for s in 0..steps {
+        let x = to_f64(&layer.pre_hidden(v));
+        let hv: Vec<f64> = x.iter().map(|&xi| hs.draw(xi, &mut rng)).collect();
+        hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
+        let y = to_f64(&layer.pre_visible(hid.clone()));
+        let vv: Vec<f64> = y.iter().map(|&yi| vs.draw(yi, &mut rng)).collect();
+        v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);
+        on_step(s + 1);
+    }
+    let v_mean = layer.down(hid);
+    if top == 0 {
+        v_mean
+    } else {
+        let [pc, ph, pw] = dbn.layers[top - 1].spec.hidden_shape();
+        dbn.down_from(v_mean.reshape([chains, pc, ph, pw]), top - 1)
+    }
+}
+
+/// Chi-square statistic of `draws` (values 0..=N) against the exact pmf,
+/// pooling cells with expected count below 5; returns (statistic, degrees
+/// of freedom).
+pub fn chi_square(counts: &[u64], pmf: &[f64]) -> (f64, usize) {
+    let total: u64 = counts.iter().sum();
+    let mut cells: Vec<(f64, f64)> = Vec::new(); // (observed, expected)
+    let mut acc = (0.0, 0.0);
+    for (o, p) in counts.iter().zip(pmf) {
+        acc.0 += *o as f64;
+        acc.1 += p * total as f64;
+        if acc.1 >= 5.0 {
+            cells.push(acc);
+            acc = (0.0, 0.0);
+        }
+    }
+    if acc.1 > 0.0 || acc.0 > 0.0 {
+        match cells.last_mut() {
+            Some(last) => {
+                last.0 += acc.0;
+                last.1 += acc.1;
+            }
+            None => cells.push(acc),
+        }
+    }
+    let stat = cells.iter().map(|(o, e)| (o - e) * (o - e) / e).sum();
+    (stat, cells.len().saturating_sub(1))
+}

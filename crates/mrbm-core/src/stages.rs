@@ -1,0 +1,530 @@
+//! The stage kinds of the model: `train`, `sample`, `reconstruct`,
+//! `features`.
+
+use std::time::Instant;
+
+use burn::tensor::{DType, Device};
+use mrbm_data::artifact::{FeatureSet, ImageSet};
+use mrbm_stage::{canonical, resolve_file, InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::device::{burn_device, with_threads};
+use crate::layer::to_f64;
+use crate::plot::{image_grid, loss_plot};
+use crate::sample::{gibbs, Sampler};
+use crate::stack::{Coupling, Dbn, StackParams};
+use crate::train::{train_images, GradientMode, OptimParams, Trainer};
+use crate::CoreError;
+
+pub fn all() -> Vec<Box<dyn Stage>> {
+    vec![Box::new(TrainStage), Box::new(SampleStage), Box::new(ReconstructStage), Box::new(FeaturesStage)]
+}
+
+fn read_images(ctx: &StageContext, slot: &str) -> Result<ImageSet, StageError> {
+    let p = resolve_file(ctx.input(slot)?, "data.safetensors");
+    ImageSet::read(&p).map_err(|e| StageError::User(e.to_string()))
+}
+
+fn read_model(ctx: &StageContext, device: &Device) -> Result<Dbn, StageError> {
+    let p = resolve_file(ctx.input("model")?, "model.safetensors");
+    Ok(checkpoint::load(&p, device)?)
+}
+
+fn check_input_shape(dbn: &Dbn, set: &ImageSet) -> Result<(), StageError> {
+    let want = dbn.spec.input;
+    if [set.c, set.h, set.w] != want {
+        return Err(StageError::User(format!(
+            "the data's images are {}x{}x{} (CxHxW) but the model was trained on {}x{}x{}: transform the data first",
+            set.c, set.h, set.w, want[0], want[1], want[2]
+        )));
+    }
+    Ok(())
+}
+
+fn user(e: ParamError) -> ParamError {
+    e
+}
+
+// ---------------------------------------------------------------- train
+
+/// Parameters of `train` (architecture, units, optimiser).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// Output channels of the conv RBMs, bottom first (paper: [64, 128, 256, 256]).
+    #[serde(default = "d_conv")]
+    pub conv_channels: Vec<usize>,
+    /// Square kernel of the conv RBMs (paper: 4).
+    #[serde(default = "d_kernel")]
+    pub kernel: usize,
+    /// Stride of the conv RBMs (paper: 2).
+    #[serde(default = "d_stride")]
+    pub stride: usize,
+    /// Zero padding of the conv RBMs. Assumption (paper-silent): 1, which halves sizes.
+    #[serde(default = "d_padding")]
+    pub padding: usize,
+    /// Hidden sizes of the dense RBMs after the convs (paper: [1000, 500, 200, 100]).
+    #[serde(default = "d_dense")]
+    pub dense: Vec<usize>,
+    /// N of the visible (pixel) units: 1 = binary, 255 = one level per grey value.
+    #[serde(default = "d_n")]
+    pub n: u32,
+    /// N of the hidden units. Assumption: same as `n` when unset.
+    #[serde(default)]
+    pub n_hidden: Option<u32>,
+    /// k of the pixel units. Assumption: 1 for N = 1, 4/N for N > 1 (see README of mrbm-core).
+    #[serde(default)]
+    pub k_visible: Option<f64>,
+    /// k of the hidden units. Assumption: same rule as k_visible on the hidden N.
+    #[serde(default)]
+    pub k_hidden: Option<f64>,
+    /// Visible value = pixel * visible_scale. Default N/255 (DESIGN.md).
+    #[serde(default)]
+    pub visible_scale: Option<f64>,
+    /// Std of the initial weights. Assumption (paper-silent): 0.01.
+    #[serde(default = "d_init_std")]
+    pub init_std: f64,
+    /// Adam learning rate (paper: 0.03).
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Adam beta1.
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    /// Adam beta2.
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    /// Adam epsilon (PyTorch's 1e-8).
+    #[serde(default = "d_eps")]
+    pub epsilon: f64,
+    /// Mini-batch size (paper: 128).
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Passes over the data.
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    /// Seed of the initial weights and the batch order.
+    #[serde(default)]
+    pub seed: u64,
+    /// "detached" (default): each layer trains on the layer below's means as
+    /// constants; "backprop": upper losses flow into lower layers.
+    #[serde(default)]
+    pub coupling: Coupling,
+    /// "auto" (closed-form CD gradient when detached), "autodiff", "closed_form".
+    #[serde(default)]
+    pub gradient: GradientMode,
+    /// Train on the first `max_images` images only (all when unset).
+    #[serde(default)]
+    pub max_images: Option<usize>,
+}
+
+fn d_conv() -> Vec<usize> {
+    StackParams::default().conv_channels
+}
+fn d_kernel() -> usize {
+    4
+}
+fn d_stride() -> usize {
+    2
+}
+fn d_padding() -> usize {
+    1
+}
+fn d_dense() -> Vec<usize> {
+    StackParams::default().dense
+}
+fn d_n() -> u32 {
+    1
+}
+fn d_init_std() -> f64 {
+    0.01
+}
+fn d_lr() -> f64 {
+    0.03
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.999
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+fn d_batch() -> usize {
+    128
+}
+fn d_epochs() -> usize {
+    10
+}
+
+impl TrainParams {
+    pub fn stack(&self) -> StackParams {
+        StackParams {
+            conv_channels: self.conv_channels.clone(),
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            dense: self.dense.clone(),
+            n: self.n,
+            n_hidden: self.n_hidden,
+            k_visible: self.k_visible,
+            k_hidden: self.k_hidden,
+            visible_scale: self.visible_scale,
+            init_std: self.init_std,
+        }
+    }
+
+    pub fn optim(&self) -> OptimParams {
+        OptimParams {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            epsilon: self.epsilon,
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            seed: self.seed,
+            coupling: self.coupling,
+            gradient: self.gradient,
+        }
+    }
+}
+
+pub struct TrainStage;
+
+const TRAIN_INPUTS: &[InputSlot] = &[InputSlot::required("data", Some("data.safetensors"), "training images (ImageSet)")];
+
+impl Stage for TrainStage {
+    fn kind(&self) -> &'static str {
+        "train"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        TRAIN_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        let v = canonical::<TrainParams>(raw).map_err(user)?;
+        let p: TrainParams = serde_json::from_value(v.clone()).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })?;
+        p.optim().validate().map_err(|m| ParamError { key: None, message: m, suggestion: None })?;
+        if p.epochs == 0 {
+            return Err(ParamError::new("epochs", "epochs must be at least 1"));
+        }
+        Ok(v)
+    }
+    fn uses_device(&self) -> bool {
+        true
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let p: TrainParams = ctx.typed_params()?;
+        let device = burn_device(ctx.device)?;
+        let set = read_images(ctx, "data")?;
+        let n = p.max_images.map_or(set.n, |m| m.min(set.n));
+        if n == 0 {
+            return Err(StageError::User("the training data has no images".into()));
+        }
+        let spec = p.stack().build_spec([set.c, set.h, set.w]).map_err(StageError::User)?;
+        for (i, l) in spec.layers.iter().enumerate() {
+            ctx.log(format!("layer {}: {}", i + 1, l.describe()));
+        }
+        let started = Instant::now();
+        let dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
+        let mut trainer = Trainer::new(dbn, p.optim());
+        let bs = p.batch_size.min(n);
+        let bar = ctx.bar(((n / bs) * p.epochs) as u64, "training");
+        let pixels = &set.pixels()[..n * set.image_len()];
+        let hist = with_threads(ctx.threads, || {
+            train_images(&mut trainer, pixels, n, DType::F32, |done, total, running| {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(format!("loss {running:.4}"));
+                if ctx.check_cancel().is_err() {
+                    return Err(CoreError::Cancelled);
+                }
+                Ok(())
+            })
+        });
+        bar.finish_and_clear();
+        let hist = hist?;
+        let seconds = started.elapsed().as_secs_f64();
+        checkpoint::save(&trainer.dbn, &ctx.out("model.safetensors"))?;
+        mrbm_stage::write_atomic(&ctx.out("loss.csv"), hist.to_csv().as_bytes())?;
+        let totals: Vec<f64> = hist.batches.iter().map(|b| b.2.iter().sum()).collect();
+        loss_plot(&totals, &ctx.out("loss.png"))?;
+        let epochs = hist.epoch_means();
+        for (e, l) in epochs.iter().enumerate() {
+            ctx.log(format!("epoch {}: mean loss {l:.6}", e + 1));
+        }
+        let mut m = Metrics::new();
+        m.insert("final_loss".into(), *epochs.last().unwrap_or(&f64::NAN));
+        m.insert("first_epoch_loss".into(), *epochs.first().unwrap_or(&f64::NAN));
+        m.insert("seconds".into(), seconds);
+        m.insert("images_per_second".into(), (totals.len() * bs) as f64 / seconds.max(1e-9));
+        m.insert("layers".into(), trainer.dbn.layers.len() as f64);
+        Ok(m)
+    }
+}
+
+// ---------------------------------------------------------------- sample
+
+/// Parameters of `sample`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleParams {
+    /// Gibbs steps at the top RBM.
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    /// Independent chains (= images produced).
+    #[serde(default = "d_chains")]
+    pub chains: usize,
+    /// Seed of the chains' start and draws.
+    #[serde(default)]
+    pub seed: u64,
+    /// "exact" (sum of N binary sub-units) or "gaussian" (N(f, f')).
+    #[serde(default)]
+    pub sampler: Sampler,
+    /// Images per row of grid.png.
+    #[serde(default = "d_cols")]
+    pub grid_columns: usize,
+}
+fn d_steps() -> usize {
+    1000
+}
+fn d_chains() -> usize {
+    64
+}
+fn d_cols() -> usize {
+    8
+}
+
+pub struct SampleStage;
+const SAMPLE_INPUTS: &[InputSlot] = &[InputSlot::required("model", Some("model.safetensors"), "a trained model (train stage)")];
+
+impl Stage for SampleStage {
+    fn kind(&self) -> &'static str {
+        "sample"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        SAMPLE_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        let v = canonical::<SampleParams>(raw)?;
+        if v.get("chains").and_then(|c| c.as_u64()) == Some(0) {
+            return Err(ParamError::new("chains", "chains must be at least 1"));
+        }
+        Ok(v)
+    }
+    fn uses_device(&self) -> bool {
+        true
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let p: SampleParams = ctx.typed_params()?;
+        let device = burn_device(ctx.device)?;
+        let dbn = read_model(ctx, &device)?;
+        let started = Instant::now();
+        let bar = ctx.bar(p.steps as u64, "gibbs");
+        let v = with_threads(ctx.threads, || {
+            gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {
+                bar.set_position(s as u64);
+            })
+        });
+        bar.finish_and_clear();
+        ctx.check_cancel()?;
+        let pixels = dbn.visible_to_pixels(&v);
+        let [c, h, w] = dbn.spec.input;
+        let set = ImageSet::new(pixels, p.chains, c, h, w, vec![-1; p.chains]);
+        set.write(&ctx.out("samples.safetensors")).map_err(|e| StageError::Failed(e.to_string()))?;
+        image_grid(set.pixels(), set.n, c, h, w, p.grid_columns, &ctx.out("grid.png"))?;
+        let mean = set.pixels().iter().map(|&x| x as f64).sum::<f64>() / set.pixels().len() as f64;
+        let mut m = Metrics::new();
+        m.insert("seconds".into(), started.elapsed().as_secs_f64());
+        m.insert("mean_pixel".into(), mean);
+        Ok(m)
+    }
+}
+
+// ---------------------------------------------------------------- reconstruct
+
+/// Parameters of `reconstruct`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconstructParams {
+    /// Number of images (the first ones of the data set).
+    #[serde(default = "d_count")]
+    pub count: usize,
+    /// Layers to go up through before coming back down (default: all).
+    #[serde(default)]
+    pub depth: Option<usize>,
+    /// Colourise: feed the grey version of each image as three equal
+    /// channels (the paper's Fig. 2) and reconstruct in colour.
+    #[serde(default)]
+    pub colourise: bool,
+    /// Input | reconstruction pairs per row of grid.png.
+    #[serde(default = "d_pairs")]
+    pub pairs_per_row: usize,
+}
+fn d_count() -> usize {
+    16
+}
+fn d_pairs() -> usize {
+    4
+}
+
+pub struct ReconstructStage;
+const RECON_INPUTS: &[InputSlot] = &[
+    InputSlot::required("model", Some("model.safetensors"), "a trained model"),
+    InputSlot::required("data", Some("data.safetensors"), "images to reconstruct"),
+];
+
+/// ITU-R BT.601 luma, as three equal channels.
+pub fn to_grey3(img: &[u8], h: usize, w: usize) -> Vec<u8> {
+    let hw = h * w;
+    let mut out = vec![0u8; 3 * hw];
+    for i in 0..hw {
+        let g = (0.299 * img[i] as f64 + 0.587 * img[hw + i] as f64 + 0.114 * img[2 * hw + i] as f64).round().clamp(0.0, 255.0) as u8;
+        out[i] = g;
+        out[hw + i] = g;
+        out[2 * hw + i] = g;
+    }
+    out
+}
+
+impl Stage for ReconstructStage {
+    fn kind(&self) -> &'static str {
+        "reconstruct"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        RECON_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        canonical::<ReconstructParams>(raw)
+    }
+    fn uses_device(&self) -> bool {
+        true
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let p: ReconstructParams = ctx.typed_params()?;
+        let device = burn_device(ctx.device)?;
+        let dbn = read_model(ctx, &device)?;
+        let set = read_images(ctx, "data")?;
+        check_input_shape(&dbn, &set)?;
+        if p.colourise && set.c != 3 {
+            return Err(StageError::User(format!("colourise needs 3-channel images, the data has {}", set.c)));
+        }
+        let n = p.count.min(set.n);
+        if n == 0 {
+            return Err(StageError::User("no images to reconstruct".into()));
+        }
+        let depth = p.depth.unwrap_or(dbn.layers.len());
+        if depth == 0 || depth > dbn.layers.len() {
+            return Err(StageError::User(format!("depth must be 1..={}, got {depth}", dbn.layers.len())));
+        }
+        let len = set.image_len();
+        let originals = &set.pixels()[..n * len];
+        let inputs: Vec<u8> = if p.colourise { (0..n).flat_map(|i| to_grey3(set.image(i), set.h, set.w)).collect() } else { originals.to_vec() };
+        let recon = with_threads(ctx.threads, || {
+            let v = dbn.pixels_to_visible(&inputs, n, &device, DType::F32);
+            dbn.visible_to_pixels(&dbn.reconstruct(v, depth))
+        });
+        let mse = recon.iter().zip(originals).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>() / recon.len() as f64;
+        let mut grid = Vec::with_capacity(2 * n * len);
+        for i in 0..n {
+            grid.extend_from_slice(&inputs[i * len..(i + 1) * len]);
+            grid.extend_from_slice(&recon[i * len..(i + 1) * len]);
+        }
+        image_grid(&grid, 2 * n, set.c, set.h, set.w, 2 * p.pairs_per_row.max(1), &ctx.out("grid.png"))?;
+        let out = ImageSet::new(recon, n, set.c, set.h, set.w, set.labels[..n].to_vec());
+        out.write(&ctx.out("reconstructions.safetensors")).map_err(|e| StageError::Failed(e.to_string()))?;
+        let mut m = Metrics::new();
+        m.insert("mse".into(), mse);
+        m.insert("psnr".into(), 10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10());
+        Ok(m)
+    }
+}
+
+// ---------------------------------------------------------------- features
+
+/// Parameters of `features`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesParams {
+    /// Layer whose hidden means are the features, 1-based (default: top).
+    #[serde(default)]
+    pub layer: Option<usize>,
+    /// Images per forward pass (memory only; results do not depend on it).
+    #[serde(default = "d_fbatch")]
+    pub batch_size: usize,
+}
+fn d_fbatch() -> usize {
+    256
+}
+
+pub struct FeaturesStage;
+const FEAT_INPUTS: &[InputSlot] = &[
+    InputSlot::required("model", Some("model.safetensors"), "a trained model"),
+    InputSlot::required("data", Some("data.safetensors"), "images to encode"),
+];
+
+/// Hidden means of layer `layer` (0-based) for every image, flattened.
+pub fn extract_features(dbn: &Dbn, set: &ImageSet, layer: usize, batch: usize, device: &Device, mut progress: impl FnMut(usize)) -> Vec<f32> {
+    let len = set.image_len();
+    let mut out = Vec::new();
+    let bs = batch.max(1);
+    let mut i = 0;
+    while i < set.n {
+        let m = bs.min(set.n - i);
+        let v = dbn.pixels_to_visible(&set.pixels()[i * len..(i + m) * len], m, device, DType::F32);
+        let h = dbn.up_to(v, layer);
+        out.extend(to_f64(&h).iter().map(|&x| x as f32));
+        i += m;
+        progress(i);
+    }
+    out
+}
+
+impl Stage for FeaturesStage {
+    fn kind(&self) -> &'static str {
+        "features"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        FEAT_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        canonical::<FeaturesParams>(raw)
+    }
+    fn uses_device(&self) -> bool {
+        true
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let p: FeaturesParams = ctx.typed_params()?;
+        let device = burn_device(ctx.device)?;
+        let dbn = read_model(ctx, &device)?;
+        let set = read_images(ctx, "data")?;
+        check_input_shape(&dbn, &set)?;
+        let nl = dbn.layers.len();
+        let layer = p.layer.unwrap_or(nl);
+        if layer == 0 || layer > nl {
+            return Err(StageError::User(format!("layer must be 1..={nl} (the model has {nl} layers), got {layer}")));
+        }
+        let d: usize = dbn.layers[layer - 1].spec.hidden_shape().iter().product();
+        let bar = ctx.bar(set.n as u64, "features");
+        let feats = with_threads(ctx.threads, || extract_features(&dbn, &set, layer - 1, p.batch_size, &device, |i| bar.set_position(i as u64)));
+        bar.finish_and_clear();
+        let fs = FeatureSet::new(feats, set.n, d, set.labels.clone());
+        fs.write(&ctx.out("features.safetensors")).map_err(|e| StageError::Failed(e.to_string()))?;
+        let mut m = Metrics::new();
+        m.insert("dimensions".into(), d as f64);
+        m.insert("count".into(), set.n as f64);
+        Ok(m)
+    }
+}
