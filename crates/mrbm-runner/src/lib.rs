@@ -1,1 +1,14 @@
-//! (being written)
+//! The mrbm runner: pipeline schema, DAG expansion, content-hash cache,
+//! executor, tables, and the `mrbm` command line.
+pub mod config;
+pub mod dag;
+pub mod device;
+pub mod error;
+pub mod exec;
+pub mod hashing;
+pub mod plan;
+pub mod registry;
+pub mod store;
+pub mod table;
+
+pub use error::RunnerError;

@@ -1,1 +1,386 @@
-fn main() {}
+//! `mrbm`: declare an experiment in TOML, run it, rerun only what changed.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use mrbm_runner::config::{self, parse_set};
+use mrbm_runner::dag::{self, Dag, Overrides};
+use mrbm_runner::exec::{self, RunOptions, Status};
+use mrbm_runner::hashing::Memo;
+use mrbm_runner::plan;
+use mrbm_runner::registry::Registry;
+use mrbm_runner::store::Store;
+use mrbm_runner::table;
+use mrbm_runner::{device, RunnerError};
+
+#[derive(Parser)]
+#[command(name = "mrbm", version, about = "Declarative experiment pipelines for multinary RBMs: run, cache, compare.")]
+struct Cli {
+    /// More logging (-v info, -vv debug); RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Cache directory (default: .mrbm/ at the project root, or MRBM_CACHE).
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Select {
+    /// The experiment (or pipeline) file.
+    file: PathBuf,
+    /// Override a parameter: STAGE.PARAM=VALUE (repeatable).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
+    /// A named profile of the experiment (e.g. scaled, full).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Where `data:` inputs are found (overrides data_root and MRBM_DATA).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an experiment: every stage that is not already cached.
+    Run {
+        #[command(flatten)]
+        select: Select,
+        /// Stages run at once (accelerator stages run one at a time).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// After a failure, finish the stages that do not depend on it.
+        #[arg(short = 'k', long)]
+        keep_going: bool,
+        /// auto | cpu | wgpu | cuda[:INDEX] (overrides the experiment's `device`).
+        #[arg(long)]
+        device: Option<String>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Show what `run` would do and why, without running anything.
+    Plan {
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Print the stage graph (text, or Graphviz with --dot).
+    Dag {
+        #[command(flatten)]
+        select: Select,
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Print the manifest of a cache entry, by stage id (from the last runs) or key.
+    Show {
+        /// A stage id such as `train[N=255]`, a stage name, or a key (prefix).
+        what: String,
+    },
+    /// Delete cache entries that no experiment under experiments/ references.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        /// Project root holding experiments/ (default: the current directory).
+        #[arg(long)]
+        project: Option<PathBuf>,
+    },
+    /// Re-hash every cache entry; move corrupt ones to quarantine/.
+    Verify,
+    /// List compute devices (backends compiled in and what each finds).
+    Devices {
+        /// Run the device checks on every device found.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| match cli.verbose {
+        0 => "warn".into(),
+        1 => "info".into(),
+        _ => "debug".into(),
+    });
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::stderr).without_time().init();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
+    cli_cache.clone().or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from)).unwrap_or_else(|| project_root.join(".mrbm"))
+}
+
+fn build_dag(select: &Select, reg: &Registry) -> Result<(Dag, Option<String>), RunnerError> {
+    if !select.file.is_file() {
+        return Err(RunnerError::Usage(format!("{}: no such file", select.file.display())));
+    }
+    let exp = config::load(&select.file)?;
+    let sets = select.set.iter().map(|s| parse_set(s)).collect::<Result<Vec<_>, _>>()?;
+    let ov = Overrides { sets, profile: select.profile.clone(), data_root: select.data_root.clone() };
+    let device = exp.file.device.clone();
+    Ok((dag::build(&exp, reg, &ov)?, device))
+}
+
+fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
+    let reg = Registry::builtin();
+    match &cli.command {
+        Command::Run { select, jobs, keep_going, device: dev_flag, quiet } => {
+            let t0 = Instant::now();
+            let (dag, file_device) = build_dag(select, &reg)?;
+            let spec = dev_flag.clone().or(file_device).unwrap_or_else(|| "auto".into());
+            let device = device::resolve(&spec)?;
+            let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
+            store.clean_stale();
+            let memo = Memo::load(&store.root);
+            let cancel = Arc::new(AtomicBool::new(false));
+            {
+                let c = cancel.clone();
+                let _ = ctrlc::set_handler(move || {
+                    if c.swap(true, Ordering::SeqCst) {
+                        // Second Ctrl-C: leave now. Temporary entries are never
+                        // trusted and our locks die with us, so the cache stays consistent.
+                        eprintln!("\ninterrupted again: exiting");
+                        std::process::exit(130);
+                    }
+                    eprintln!("\ninterrupt: finishing nothing new, cleaning up (Ctrl-C again to quit now)");
+                });
+            }
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let show_bars = !quiet && std::io::stderr().is_terminal();
+            let progress = show_bars.then(indicatif::MultiProgress::new);
+            let opts = RunOptions { jobs: jobs.unwrap_or(threads.min(4)), keep_going: *keep_going, device, threads, progress };
+            let results = exec::execute(&dag, &reg, &store, &memo, &opts, &cancel);
+            memo.save()?;
+            exec::save_record(&store, &dag, &results)?;
+            // Tables, printed aligned.
+            for (node, r) in dag.nodes.iter().zip(&results) {
+                if node.kind == "table" && r.status.ok() {
+                    if let Some((_, dest)) = node.publish.first() {
+                        if let Ok(bytes) = std::fs::read(dest) {
+                            println!("\n{} ({})", node.id.trim_start_matches("table:"), rel(dest, &dag.project_root));
+                            print!("{}", table::render_aligned(&table::read_csv(&bytes)));
+                        }
+                    }
+                }
+            }
+            print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), device);
+            if cancel.load(Ordering::Relaxed) {
+                return Err(RunnerError::Interrupted);
+            }
+            let failed: Vec<&Status> = results.iter().map(|r| &r.status).filter(|s| matches!(s, Status::Failed { .. })).collect();
+            if failed.is_empty() {
+                Ok(0)
+            } else if failed.iter().all(|s| matches!(s, Status::Failed { user: true, .. })) {
+                Ok(2)
+            } else {
+                Ok(1)
+            }
+        }
+        Command::Plan { select } => {
+            let (dag, _) = build_dag(select, &reg)?;
+            let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
+            let memo = Memo::load(&store.root);
+            let lines = plan::plan(&dag, &store, &memo)?;
+            print!("{}", plan::render(&lines));
+            memo.save()?;
+            Ok(0)
+        }
+        Command::Dag { select, dot } => {
+            let (dag, _) = build_dag(select, &reg)?;
+            print!("{}", if *dot { render_dot(&dag) } else { render_dag_text(&dag) });
+            Ok(0)
+        }
+        Command::Show { what } => show(&cli, what),
+        Command::Gc { dry_run, project } => gc(&cli, &reg, *dry_run, project.clone()),
+        Command::Verify => {
+            let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
+            if !root.is_dir() {
+                return Err(RunnerError::Usage(format!("no cache at {} (use --cache DIR)", root.display())));
+            }
+            let store = Store::open(&root)?;
+            let stale = store.clean_stale();
+            let keys = store.keys();
+            let mut bad = 0;
+            for k in &keys {
+                if let Err(why) = store.verify_entry(k) {
+                    bad += 1;
+                    let dest = store.quarantine(k)?;
+                    println!("corrupt {k}: {why}\n  moved to {}", dest.display());
+                }
+            }
+            println!("verified {} entries: {} ok, {bad} corrupt; removed {stale} stale temporary files or locks", keys.len(), keys.len() - bad);
+            Ok(if bad > 0 { 1 } else { 0 })
+        }
+        Command::Devices { check } => device::print_devices(*check),
+    }
+}
+
+fn rel(p: &Path, root: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}
+
+fn print_summary(dag: &Dag, results: &[exec::NodeResult], store: &Store, total: f64, device: mrbm_stage::Device) {
+    let mut rows = vec![vec!["stage".to_string(), "status".into(), "seconds".into(), "log".into()]];
+    for (node, r) in dag.nodes.iter().zip(results) {
+        let log = r.log.as_ref().map(|l| rel(l, &dag.project_root)).unwrap_or_default();
+        rows.push(vec![node.id.clone(), r.status.word().into(), format!("{:.2}", r.seconds), log]);
+    }
+    println!();
+    print!("{}", table::render_aligned(&rows));
+    let count = |f: &dyn Fn(&Status) -> bool| results.iter().filter(|r| f(&r.status)).count();
+    println!(
+        "{} ran, {} cached, {} failed, {} skipped in {total:.2}s on {device} (cache {})",
+        count(&|s| matches!(s, Status::Ran)),
+        count(&|s| matches!(s, Status::Cached)),
+        count(&|s| matches!(s, Status::Failed { .. })),
+        count(&|s| matches!(s, Status::Skipped { .. } | Status::Cancelled)),
+        store.root.display()
+    );
+    for (node, r) in dag.nodes.iter().zip(results) {
+        if let Status::Failed { message, .. } = &r.status {
+            eprintln!("\nerror: {} failed: {message}", node.id);
+            if let Some(l) = &r.log {
+                eprintln!("  log: {}", l.display());
+            }
+        }
+    }
+}
+
+fn render_dag_text(dag: &Dag) -> String {
+    let mut s = String::new();
+    for n in &dag.nodes {
+        let ins: Vec<String> = n
+            .inputs
+            .iter()
+            .map(|i| match &i.source {
+                dag::InputSource::Node { node, file } => format!("{}={}{}", i.slot, dag.nodes[*node].id, file.as_ref().map(|f| format!("/{f}")).unwrap_or_default()),
+                dag::InputSource::External { path, .. } => format!("{}={}", i.slot, path.display()),
+            })
+            .collect();
+        s.push_str(&format!("{} ({}){}\n", n.id, n.kind, if ins.is_empty() { String::new() } else { format!(" <- {}", ins.join(", ")) }));
+    }
+    s
+}
+
+fn render_dot(dag: &Dag) -> String {
+    let mut s = String::from("digraph mrbm {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+    for (i, n) in dag.nodes.iter().enumerate() {
+        s.push_str(&format!("  n{i} [label=\"{}\\n({})\"];\n", n.id.replace('"', "\\\""), n.kind));
+    }
+    for (i, n) in dag.nodes.iter().enumerate() {
+        for inp in &n.inputs {
+            match &inp.source {
+                dag::InputSource::Node { node, .. } => s.push_str(&format!("  n{node} -> n{i} [label=\"{}\"];\n", inp.slot)),
+                dag::InputSource::External { path, .. } => {
+                    s.push_str(&format!("  \"{}\" [shape=folder];\n  \"{}\" -> n{i} [label=\"{}\"];\n", path.display(), path.display(), inp.slot))
+                }
+            }
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
+    let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
+    let store = Store::open(&root)?;
+    let keys = store.keys();
+    let mut key = keys.iter().find(|k| k.starts_with(what) && what.len() >= 6).cloned();
+    if key.is_none() {
+        // Look the id up in the records of past runs.
+        if let Ok(rd) = std::fs::read_dir(root.join("runs")) {
+            for e in rd.flatten() {
+                let rec: exec::RunRecord = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                if let Some(r) = rec.stages.get(what) {
+                    key = Some(r.key.clone());
+                } else if let Some((_, r)) = rec.stages.iter().find(|(id, _)| id.split('[').next() == Some(what)) {
+                    key = Some(r.key.clone());
+                }
+            }
+        }
+    }
+    let Some(key) = key else {
+        return Err(RunnerError::Usage(format!("`{what}` is neither a key in {} nor a stage id of a past run (run the experiment first)", root.display())));
+    };
+    if !store.has(&key) {
+        return Err(RunnerError::Usage(format!("`{what}` last ran as {key}, which is no longer in the cache")));
+    }
+    let bytes = std::fs::read(store.entry_dir(&key).join("manifest.json")).map_err(|e| RunnerError::cache(store.entry_dir(&key), e))?;
+    println!("{}", String::from_utf8_lossy(&bytes));
+    println!("entry: {}", store.entry_dir(&key).display());
+    Ok(0)
+}
+
+fn gc(cli: &Cli, reg: &Registry, dry_run: bool, project: Option<PathBuf>) -> Result<u8, RunnerError> {
+    let project = project.unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    let root = cache_dir(&cli.cache, &project);
+    let store = Store::open(&root)?;
+    let memo = Memo::load(&store.root);
+    let mut keep = std::collections::BTreeSet::new();
+    let exp_dir = project.join("experiments");
+    let files: Vec<PathBuf> = std::fs::read_dir(&exp_dir)
+        .map_err(|e| RunnerError::Usage(format!("{}: {e} (run gc from the project root or pass --project)", exp_dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    for f in files {
+        let exp = match config::load(&f) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("warning: skipping {}: {e}", f.display());
+                continue;
+            }
+        };
+        let mut profiles: Vec<Option<String>> = vec![None];
+        profiles.extend(exp.file.profiles.keys().cloned().map(Some));
+        for p in profiles {
+            let ov = Overrides { sets: vec![], profile: p, data_root: None };
+            if let Ok(dag) = dag::build(&exp, reg, &ov) {
+                for l in plan::plan(&dag, &store, &memo)? {
+                    if let Some(k) = l.key {
+                        keep.insert(k);
+                    }
+                }
+            }
+        }
+    }
+    let stale = if dry_run { 0 } else { store.clean_stale() };
+    let mut removed = 0u64;
+    let mut bytes = 0u64;
+    for k in store.keys() {
+        if !keep.contains(&k) {
+            let dir = store.entry_dir(&k);
+            let size: u64 = walkdir::WalkDir::new(&dir).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum();
+            let id = store.manifest(&k).map(|m| m.stage_id).unwrap_or_default();
+            println!("{} {k} {id} ({:.1} MB)", if dry_run { "would remove" } else { "removed" }, size as f64 / 1e6);
+            if !dry_run {
+                // Rename first so a concurrent reader never sees a half-deleted entry.
+                let trash = store.root.join("tmp").join(format!("gc-{k}.{}", std::process::id()));
+                std::fs::rename(&dir, &trash).map_err(|e| RunnerError::cache(&dir, e))?;
+                let _ = std::fs::remove_dir_all(&trash);
+            }
+            removed += 1;
+            bytes += size;
+        }
+    }
+    println!("{} {removed} entries ({:.1} MB); kept {}; {stale} stale files cleaned", if dry_run { "would remove" } else { "removed" }, bytes as f64 / 1e6, keep.len());
+    Ok(0)
+}

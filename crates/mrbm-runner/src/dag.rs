@@ -1,0 +1,457 @@
+//! From a loaded experiment to the DAG of stage instances ("nodes"):
+//! check kinds, inputs and cycles, apply profile / --set overrides, expand the
+//! sweep over the stages it touches and everything downstream, and add one
+//! node per table.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use mrbm_stage::JsonValue;
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::config::{dir_of, set_param, LoadedExperiment, Source};
+use crate::error::RunnerError;
+use crate::registry::Registry;
+use crate::table::{TableCell, TableParams};
+
+/// Where one input of a node comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSource {
+    /// Another node's output directory, or a file inside it.
+    Node { node: usize, file: Option<String> },
+    /// A file or folder outside the cache. `declared` is "file:line:col".
+    External { path: PathBuf, declared: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeInput {
+    pub slot: String,
+    pub source: InputSource,
+    /// Default file inside an upstream directory (from the stage's slot).
+    pub default_file: Option<String>,
+    /// Tables still run when such an input failed; ordinary inputs do not.
+    pub soft: bool,
+}
+
+/// One stage instance (a sweep cell, or a stage the sweep does not touch).
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Readable id: `train[N=255,lr=0.03]`, or the stage name.
+    pub id: String,
+    pub stage: String,
+    pub kind: String,
+    pub version: u32,
+    /// Sweep axis -> value label, for the axes that reach this stage.
+    pub cell: Vec<(String, String)>,
+    pub params: JsonValue,
+    pub inputs: Vec<NodeInput>,
+    /// Output file -> project path, copied after the stage completes.
+    pub publish: Vec<(String, PathBuf)>,
+    pub uses_device: bool,
+    /// Indices of the nodes this one reads.
+    pub deps: Vec<usize>,
+}
+
+/// A sweep axis: its display name and its values, each a label and the
+/// parameter assignments it makes.
+#[derive(Debug, Clone)]
+pub struct Axis {
+    pub name: String,
+    /// `stage.param` for a single-parameter axis.
+    pub path: Option<String>,
+    pub values: Vec<(String, Vec<(String, String, toml::Value)>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dag {
+    pub experiment: String,
+    pub nodes: Vec<Node>,
+    pub axes: Vec<Axis>,
+    pub project_root: PathBuf,
+    pub data_root: Option<PathBuf>,
+}
+
+/// What the user asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub sets: Vec<(String, String, toml::Value)>,
+    pub profile: Option<String>,
+    pub data_root: Option<PathBuf>,
+}
+
+/// The project root: the nearest ancestor of the experiment file holding
+/// `.mrbm`, `.git` or `experiments/`; results/ and the cache live there.
+pub fn project_root_for(file: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut dir = dir_of(&abs);
+    loop {
+        if dir.join(".mrbm").is_dir() || dir.join(".git").exists() || dir.join("experiments").is_dir() {
+            return dir;
+        }
+        match dir.parent() {
+            Some(p) => dir = p.to_path_buf(),
+            None => return dir_of(&abs),
+        }
+    }
+}
+
+fn label_of(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Result<Dag, RunnerError> {
+    let names: Vec<&str> = exp.stages.keys().map(String::as_str).collect();
+    let src_of = |stage: &str| -> &Source { exp.stage_source(stage) };
+
+    // 1. Kinds.
+    for (name, (decl, _)) in &exp.stages {
+        let kind = decl.get_ref().kind.get_ref();
+        if registry.get(kind).is_none() {
+            let help = match mrbm_stage::nearest(kind, registry.kinds()) {
+                Some(n) => format!("did you mean `{n}`? valid kinds: {}", registry.kinds().collect::<Vec<_>>().join(", ")),
+                None => format!("valid kinds: {}", registry.kinds().collect::<Vec<_>>().join(", ")),
+            };
+            return Err(src_of(name).locate(Some(decl.get_ref().kind.span()), format!("stage `{name}`: unknown stage kind `{kind}`"), Some(help)));
+        }
+    }
+
+    // 2. Raw params with profile and --set overrides applied.
+    let mut raw: BTreeMap<String, toml::Table> = exp.stages.iter().map(|(n, (d, _))| (n.clone(), d.get_ref().params.clone())).collect();
+    let profile = ov.profile.clone().or_else(|| exp.file.default_profile.clone());
+    if let Some(p) = &profile {
+        let table = exp.file.profiles.get(p).ok_or_else(|| {
+            let known: Vec<&str> = exp.file.profiles.keys().map(String::as_str).collect();
+            RunnerError::Usage(format!(
+                "{}: no profile `{p}`; this experiment has {}",
+                exp.source.path.display(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ))
+        })?;
+        for (k, v) in table.get_ref() {
+            let (stage, param) = split_target(k).ok_or_else(|| {
+                exp.source.locate(exp.source.span_of(&["profiles", p, k]), format!("profile key `{k}` must be STAGE.PARAM"), None)
+            })?;
+            check_stage_name(&names, stage, || exp.source.locate(exp.source.span_of(&["profiles", p, k]), format!("profile `{p}` sets `{k}` but there is no stage `{stage}`"), None), )?;
+            set_param(raw.get_mut(stage).expect("checked"), param, v.clone());
+        }
+    }
+
+    // 3. The sweep's axes.
+    let mut axes = Vec::new();
+    for (axis_name, value) in &exp.file.sweep {
+        let span = exp.source.span_of(&["sweep", axis_name]);
+        let bad = |msg: String| exp.source.locate(span.clone(), msg, None);
+        match value.get_ref() {
+            toml::Value::Array(vals) => {
+                let (stage, param) = split_target(axis_name).ok_or_else(|| bad(format!("sweep axis `{axis_name}`: a list sweeps one parameter and must be named STAGE.PARAM")))?;
+                check_stage_name(&names, stage, || bad(format!("sweep axis `{axis_name}`: there is no stage `{stage}`")))?;
+                if vals.is_empty() {
+                    return Err(bad(format!("sweep axis `{axis_name}` has no values")));
+                }
+                axes.push(Axis {
+                    name: param.to_string(),
+                    path: Some(axis_name.clone()),
+                    values: vals.iter().map(|v| (label_of(v), vec![(stage.to_string(), param.to_string(), v.clone())])).collect(),
+                });
+            }
+            toml::Value::Table(variants) => {
+                let mut values = Vec::new();
+                for (label, assigns) in variants {
+                    let assigns = assigns.as_table().ok_or_else(|| bad(format!("sweep axis `{axis_name}`: variant `{label}` must be a table of \"STAGE.PARAM\" = value")))?;
+                    let mut list = Vec::new();
+                    for (k, v) in assigns {
+                        let (stage, param) = split_target(k).ok_or_else(|| bad(format!("sweep axis `{axis_name}`, variant `{label}`: key `{k}` must be STAGE.PARAM")))?;
+                        check_stage_name(&names, stage, || bad(format!("sweep axis `{axis_name}`, variant `{label}`: there is no stage `{stage}`")))?;
+                        list.push((stage.to_string(), param.to_string(), v.clone()));
+                    }
+                    values.push((label.clone(), list));
+                }
+                if values.is_empty() {
+                    return Err(bad(format!("sweep axis `{axis_name}` has no variants")));
+                }
+                axes.push(Axis { name: axis_name.clone(), path: None, values });
+            }
+            _ => return Err(bad(format!("sweep axis `{axis_name}`: expected a list of values or a table of named variants"))),
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for a in &axes {
+        if !seen.insert(a.name.clone()) {
+            return Err(exp.source.locate(exp.source.span_of(&["sweep"]), format!("two sweep axes are both called `{}`", a.name), Some("name a variant axis differently".into())));
+        }
+    }
+    for (stage, param, _) in &ov.sets {
+        check_stage_name(&names, stage, || {
+            let help = mrbm_stage::nearest(stage, names.iter().copied()).map(|n| format!("did you mean `{n}.{param}`?"));
+            RunnerError::Usage(format!("--set {stage}.{param}: there is no stage `{stage}` in {}{}", exp.source.path.display(), help.map(|h| format!("; {h}")).unwrap_or_default()))
+        })?;
+    }
+
+    // 4. Stage-level edges and cycle check.
+    let mut graph: DiGraph<&str, ()> = DiGraph::new();
+    let idx: HashMap<&str, NodeIndex> = names.iter().map(|n| (*n, graph.add_node(*n))).collect();
+    let data_root = ov.data_root.clone().or_else(|| std::env::var_os("MRBM_DATA").map(PathBuf::from)).or_else(|| exp.file.data_root.as_ref().map(|r| dir_of(&exp.source.path).join(r)));
+    // per stage: slot -> (upstream stage, file) or external path
+    let mut resolved: BTreeMap<&str, Vec<(String, Result<(String, Option<String>), (PathBuf, String)>, Option<String>)>> = BTreeMap::new();
+    for (name, (decl, _)) in &exp.stages {
+        let decl = decl.get_ref();
+        let stage = registry.get(decl.kind.get_ref()).expect("kind checked");
+        let src = src_of(name);
+        let slots = stage.inputs();
+        let mut list = Vec::new();
+        for (slot, value) in &decl.inputs {
+            let span = src.span_of(&["stages", name, "inputs", slot]).or_else(|| Some(value.span()));
+            let Some(spec) = slots.iter().find(|s| s.name == slot) else {
+                let valid: Vec<&str> = slots.iter().map(|s| s.name).collect();
+                let help = mrbm_stage::nearest(slot, valid.iter().copied()).map(|n| format!("did you mean `{n}`?")).unwrap_or_else(|| format!("stage kind `{}` takes inputs: {}", decl.kind.get_ref(), if valid.is_empty() { "none".into() } else { valid.join(", ") }));
+                return Err(src.locate(span, format!("stage `{name}`: unknown input `{slot}`"), Some(help)));
+            };
+            let text = value.get_ref();
+            let first = text.split('/').next().unwrap_or(text);
+            let target = if idx.contains_key(first) && !text.starts_with("data:") {
+                let rest = text[first.len()..].trim_start_matches('/');
+                if first == name.as_str() {
+                    return Err(src.locate(span, format!("stage `{name}` reads its own output"), None));
+                }
+                graph.add_edge(idx[first], idx[name.as_str()], ());
+                Ok((first.to_string(), (!rest.is_empty()).then(|| rest.to_string())))
+            } else if let Some(rel) = text.strip_prefix("data:") {
+                let Some(root) = &data_root else {
+                    return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" needs a data root"), Some("set `data_root = \"...\"` in the experiment, the MRBM_DATA variable, or --data-root".into())));
+                };
+                let (l, c) = src.line_col(value.span().start);
+                Err((root.join(rel), format!("{}:{l}:{c}", src.path.display())))
+            } else {
+                if !text.contains('/') && !text.contains('.') && !Path::new(text).exists() {
+                    let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
+                    return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
+                }
+                let (l, c) = src.line_col(value.span().start);
+                Err((dir_of(&src.path).join(text), format!("{}:{l}:{c}", src.path.display())))
+            };
+            list.push((slot.clone(), target, spec.default_file.map(str::to_string)));
+        }
+        for spec in slots.iter().filter(|s| s.required) {
+            if !decl.inputs.contains_key(spec.name) {
+                return Err(src.locate(src.span_of(&["stages", name]), format!("stage `{name}` ({}) needs input `{}`: {}", decl.kind.get_ref(), spec.name, spec.doc), Some(format!("add `inputs = {{ {} = \"<stage or path>\" }}`", spec.name))));
+            }
+        }
+        resolved.insert(name.as_str(), list);
+    }
+    let order = match petgraph::algo::toposort(&graph, None) {
+        Ok(o) => o,
+        Err(cycle) => {
+            let start = cycle.node_id();
+            let path = find_cycle(&graph, start);
+            let first = graph[start];
+            let src = src_of(first);
+            return Err(src.locate(src.span_of(&["stages", first]), format!("the stages form a cycle: {}", path.join(" -> ")), Some("a stage cannot depend, directly or not, on its own output".into())));
+        }
+    };
+
+    // 5. Which axes reach each stage: those touching it or anything upstream.
+    let mut reach: HashMap<&str, Vec<usize>> = HashMap::new();
+    for n in &order {
+        let name = graph[*n];
+        let mut set: BTreeSet<usize> = BTreeSet::new();
+        for (ai, a) in axes.iter().enumerate() {
+            if a.values.iter().any(|(_, assigns)| assigns.iter().any(|(s, _, _)| s == name)) {
+                set.insert(ai);
+            }
+        }
+        for up in graph.neighbors_directed(*n, petgraph::Direction::Incoming) {
+            set.extend(reach[graph[up]].iter().copied());
+        }
+        reach.insert(name, set.into_iter().collect());
+    }
+
+    // 6. Expand into nodes, in topological order.
+    let project_root = project_root_for(&exp.source.path);
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut by_cell: HashMap<(String, Vec<(String, String)>), usize> = HashMap::new();
+    for n in &order {
+        let name = graph[*n];
+        let (decl, _) = &exp.stages[name];
+        let decl = decl.get_ref();
+        let stage = registry.get(decl.kind.get_ref()).expect("kind checked");
+        let src = src_of(name);
+        for combo in combinations(&axes, &reach[name]) {
+            let mut params = raw[name].clone();
+            for (ai, vi) in &combo {
+                for (s, p, v) in &axes[*ai].values[*vi].1 {
+                    if s == name {
+                        set_param(&mut params, p, v.clone());
+                    }
+                }
+            }
+            for (s, p, v) in &ov.sets {
+                if s == name {
+                    set_param(&mut params, p, v.clone());
+                }
+            }
+            let cell: Vec<(String, String)> = combo.iter().map(|(ai, vi)| (axes[*ai].name.clone(), axes[*ai].values[*vi].0.clone())).collect();
+            let id = if cell.is_empty() { name.to_string() } else { format!("{name}[{}]", cell.iter().map(|(a, v)| format!("{a}={v}")).collect::<Vec<_>>().join(",")) };
+            let canon = stage.params(&params).map_err(|e| {
+                let mut path = vec!["stages", name, "params"];
+                if let Some(k) = &e.key {
+                    path.push(k.as_str());
+                }
+                let help = e.suggestion.as_ref().map(|s| format!("did you mean `{s}`?"));
+                src.locate(src.span_or_prefix(&path), format!("stage `{id}` ({}): {}", decl.kind.get_ref(), e.message), help)
+            })?;
+            let mut inputs = Vec::new();
+            let mut deps = Vec::new();
+            for (slot, target, default_file) in &resolved[name] {
+                let source = match target {
+                    Ok((up, file)) => {
+                        let up_cell: Vec<(String, String)> = cell.iter().filter(|(a, _)| reach[up.as_str()].iter().any(|ai| &axes[*ai].name == a)).cloned().collect();
+                        let node = by_cell[&(up.clone(), up_cell)];
+                        deps.push(node);
+                        InputSource::Node { node, file: file.clone() }
+                    }
+                    Err((path, declared)) => InputSource::External { path: path.clone(), declared: declared.clone() },
+                };
+                inputs.push(NodeInput { slot: slot.clone(), source, default_file: default_file.clone(), soft: false });
+            }
+            let publish = decl.publish.iter().map(|(file, to)| (file.clone(), project_root.join(fill_template(to, &cell, &params)))).collect();
+            by_cell.insert((name.to_string(), cell.clone()), nodes.len());
+            nodes.push(Node { id, stage: name.to_string(), kind: decl.kind.get_ref().clone(), version: stage.version(), cell, params: canon, inputs, publish, uses_device: stage.uses_device(), deps });
+        }
+    }
+
+    // 7. Tables.
+    for t in &exp.file.tables {
+        let tsrc = &exp.source;
+        let tspan = |_field: &str| Some(t.stage.span());
+        let stage = t.stage.get_ref();
+        if !exp.stages.contains_key(stage) {
+            let help = mrbm_stage::nearest(stage, names.iter().copied()).map(|n| format!("did you mean `{n}`?"));
+            return Err(tsrc.locate(tspan("stage"), format!("table `{}`: there is no stage `{stage}`", t.name), help));
+        }
+        let mut metrics = t.metrics.clone();
+        if let Some(m) = &t.metric {
+            metrics.insert(0, m.clone());
+        }
+        if metrics.is_empty() {
+            return Err(tsrc.locate(tspan("metric"), format!("table `{}` names no metric", t.name), Some("add `metric = \"test_error\"` (or `metrics = [...]`)".into())));
+        }
+        let find_axis = |want: &Option<String>| -> Result<Option<String>, RunnerError> {
+            match want {
+                None => Ok(None),
+                Some(w) => axes
+                    .iter()
+                    .find(|a| &a.name == w || a.path.as_deref() == Some(w.as_str()))
+                    .map(|a| Some(a.name.clone()))
+                    .ok_or_else(|| {
+                        let valid: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+                        tsrc.locate(tspan("rows"), format!("table `{}`: `{w}` is not a sweep axis", t.name), Some(format!("sweep axes: {}", if valid.is_empty() { "none".into() } else { valid.join(", ") })))
+                    }),
+            }
+        };
+        let rows = find_axis(&t.rows)?;
+        let columns = find_axis(&t.columns)?;
+        let mut cells = Vec::new();
+        let mut inputs = Vec::new();
+        let mut deps = Vec::new();
+        for (i, node) in nodes.iter().enumerate().filter(|(_, n)| &n.stage == stage) {
+            let pick = |axis: &Option<String>| axis.as_ref().and_then(|a| node.cell.iter().find(|(n, _)| n == a).map(|(_, v)| v.clone()));
+            let slot = format!("cell{}", cells.len());
+            cells.push(TableCell { slot: slot.clone(), id: node.id.clone(), row: pick(&rows).unwrap_or_else(|| "all".into()), column: pick(&columns) });
+            inputs.push(NodeInput { slot, source: InputSource::Node { node: i, file: None }, default_file: None, soft: true });
+            deps.push(i);
+        }
+        let row_order = axis_order(&axes, &rows);
+        let column_order = axis_order(&axes, &columns);
+        let reference = t.reference.iter().map(|(col, m)| (col.clone(), m.iter().map(|(r, v)| (r.clone(), v.clone())).collect())).collect();
+        let tp = TableParams { name: t.name.clone(), metrics, rows, columns, row_order, column_order, cells, reference, precision: t.precision };
+        let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
+        let id = format!("table:{}", t.name);
+        let publish = vec![("table.csv".to_string(), project_root.join("results").join(format!("{}.csv", t.name)))];
+        nodes.push(Node { id, stage: format!("table:{}", t.name), kind: "table".into(), version: crate::table::VERSION, cell: vec![], params, inputs, publish, uses_device: false, deps });
+    }
+
+    Ok(Dag { experiment: exp.name.clone(), nodes, axes, project_root, data_root })
+}
+
+fn axis_order(axes: &[Axis], axis: &Option<String>) -> Vec<String> {
+    axis.as_ref().and_then(|a| axes.iter().find(|x| &x.name == a)).map(|a| a.values.iter().map(|(l, _)| l.clone()).collect()).unwrap_or_default()
+}
+
+fn split_target(k: &str) -> Option<(&str, &str)> {
+    k.split_once('.').filter(|(s, p)| !s.is_empty() && !p.is_empty())
+}
+
+fn check_stage_name(names: &[&str], stage: &str, err: impl FnOnce() -> RunnerError) -> Result<(), RunnerError> {
+    if names.contains(&stage) {
+        Ok(())
+    } else {
+        Err(err())
+    }
+}
+
+/// Every combination of the given axes' values, as (axis, value) pairs.
+fn combinations(axes: &[Axis], which: &[usize]) -> Vec<Vec<(usize, usize)>> {
+    let mut out: Vec<Vec<(usize, usize)>> = vec![vec![]];
+    for &ai in which {
+        let mut next = Vec::new();
+        for prefix in &out {
+            for vi in 0..axes[ai].values.len() {
+                let mut c = prefix.clone();
+                c.push((ai, vi));
+                next.push(c);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// `{N}` -> the cell's value of axis N (or the parameter N), `{cell}` -> all.
+fn fill_template(t: &str, cell: &[(String, String)], params: &toml::Table) -> String {
+    let mut s = t.to_string();
+    for (a, v) in cell {
+        s = s.replace(&format!("{{{a}}}"), v);
+    }
+    for (k, v) in params {
+        s = s.replace(&format!("{{{k}}}"), &label_of(v));
+    }
+    let all = cell.iter().map(|(a, v)| format!("{a}{v}")).collect::<Vec<_>>().join("_");
+    s.replace("{cell}", &all)
+}
+
+/// The stage names around a cycle through `start`, e.g. [a, b, c, a].
+fn find_cycle(g: &DiGraph<&str, ()>, start: NodeIndex) -> Vec<String> {
+    fn dfs(g: &DiGraph<&str, ()>, at: NodeIndex, start: NodeIndex, path: &mut Vec<NodeIndex>, seen: &mut BTreeSet<NodeIndex>) -> bool {
+        for next in g.neighbors(at) {
+            if next == start {
+                return true;
+            }
+            if seen.insert(next) {
+                path.push(next);
+                if dfs(g, next, start, path, seen) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start];
+    let mut seen = BTreeSet::new();
+    dfs(g, start, start, &mut path, &mut seen);
+    path.push(start);
+    path.into_iter().map(|i| g[i].to_string()).collect()
+}
+
+impl Dag {
+    pub fn find(&self, id_or_stage: &str) -> Vec<usize> {
+        let exact: Vec<usize> = self.nodes.iter().enumerate().filter(|(_, n)| n.id == id_or_stage).map(|(i, _)| i).collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        self.nodes.iter().enumerate().filter(|(_, n)| n.stage == id_or_stage).map(|(i, _)| i).collect()
+    }
+}

@@ -1,0 +1,194 @@
+//! The `table` stage kind: rows and columns from sweep values, cells from
+//! the metrics of one stage's cells; written as CSV (published to
+//! results/NAME.csv) and printed aligned. A cell whose stage failed or was
+//! skipped is written as `missing`, so one absent data set does not lose
+//! the rest of the table.
+
+use std::collections::BTreeMap;
+
+use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+pub const VERSION: u32 = 1;
+pub const MISSING: &str = "missing";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableCell {
+    pub slot: String,
+    pub id: String,
+    pub row: String,
+    pub column: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableParams {
+    pub name: String,
+    pub metrics: Vec<String>,
+    pub rows: Option<String>,
+    pub columns: Option<String>,
+    pub row_order: Vec<String>,
+    pub column_order: Vec<String>,
+    pub cells: Vec<TableCell>,
+    /// column -> row -> value (e.g. the paper's numbers).
+    pub reference: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    pub precision: usize,
+}
+
+pub struct TableStage;
+
+impl Stage for TableStage {
+    fn kind(&self) -> &'static str {
+        "table"
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        &[]
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        mrbm_stage::canonical::<TableParams>(raw)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let p: TableParams = ctx.typed_params()?;
+        let grid = build_grid(&p, |slot| {
+            let dir = ctx.inputs.get(slot)?;
+            let bytes = std::fs::read(dir.join("metrics.json")).ok()?;
+            serde_json::from_slice::<BTreeMap<String, f64>>(&bytes).ok()
+        });
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for row in &grid {
+            w.write_record(row).map_err(StageError::failed)?;
+        }
+        let bytes = w.into_inner().map_err(StageError::failed)?;
+        mrbm_stage::write_atomic(&ctx.out("table.csv"), &bytes)?;
+        Ok(Metrics::new())
+    }
+}
+
+fn fmt_value(v: f64, precision: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.precision$}")
+    } else {
+        v.to_string()
+    }
+}
+
+/// The table as rows of strings, header first.
+pub fn build_grid(p: &TableParams, metrics_of: impl Fn(&str) -> Option<BTreeMap<String, f64>>) -> Vec<Vec<String>> {
+    let mut rows: Vec<String> = p.row_order.clone();
+    for c in &p.cells {
+        if !rows.contains(&c.row) {
+            rows.push(c.row.clone());
+        }
+    }
+    // Column headers: per column-axis value (x metric when several), or per metric.
+    let mut cols: Vec<(Option<String>, String, String)> = Vec::new(); // (axis value, metric, header)
+    if let Some(axis) = &p.columns {
+        let mut values = p.column_order.clone();
+        for c in &p.cells {
+            if let Some(v) = &c.column {
+                if !values.contains(v) {
+                    values.push(v.clone());
+                }
+            }
+        }
+        for v in values {
+            for m in &p.metrics {
+                let header = if p.metrics.len() == 1 { format!("{axis}={v}") } else { format!("{m} {axis}={v}") };
+                cols.push((Some(v.clone()), m.clone(), header));
+            }
+        }
+    } else {
+        for m in &p.metrics {
+            cols.push((None, m.clone(), m.clone()));
+        }
+    }
+    let mut header = vec![p.rows.clone().unwrap_or_else(|| "stage".into())];
+    header.extend(cols.iter().map(|(_, _, h)| h.clone()));
+    header.extend(p.reference.keys().cloned());
+    let mut out = vec![header];
+    for r in rows {
+        let mut line = vec![r.clone()];
+        for (v, m, _) in &cols {
+            let cell = p.cells.iter().find(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
+            let text = cell
+                .and_then(|c| metrics_of(&c.slot))
+                .map(|ms| ms.get(m).map(|x| fmt_value(*x, p.precision)).unwrap_or_else(|| format!("no metric {m}")))
+                .unwrap_or_else(|| MISSING.to_string());
+            line.push(text);
+        }
+        for refs in p.reference.values() {
+            line.push(match refs.get(&r) {
+                Some(toml::Value::Float(f)) => fmt_value(*f, p.precision),
+                Some(toml::Value::Integer(i)) => i.to_string(),
+                Some(toml::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            });
+        }
+        out.push(line);
+    }
+    out
+}
+
+/// Align a CSV's rows for the terminal.
+pub fn render_aligned(rows: &[Vec<String>]) -> String {
+    let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..ncol).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut s = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, v)| if c == 0 { format!("{v:<w$}", w = widths[c]) } else { format!("{v:>w$}", w = widths[c]) })
+            .collect();
+        s.push_str(cells.join("  ").trim_end());
+        s.push('\n');
+        if i == 0 {
+            s.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            s.push('\n');
+        }
+    }
+    s
+}
+
+pub fn read_csv(bytes: &[u8]) -> Vec<Vec<String>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes)
+        .records()
+        .filter_map(|r| r.ok())
+        .map(|r| r.iter().map(str::to_string).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_has_rows_columns_reference_and_missing() {
+        let cell = |slot: &str, row: &str, col: &str| TableCell { slot: slot.into(), id: slot.into(), row: row.into(), column: Some(col.into()) };
+        let mut reference = BTreeMap::new();
+        reference.insert("paper N=1".to_string(), BTreeMap::from([("mnist".to_string(), toml::Value::Float(2.44))]));
+        let p = TableParams {
+            name: "t".into(),
+            metrics: vec!["test_error".into()],
+            rows: Some("dataset".into()),
+            columns: Some("N".into()),
+            row_order: vec!["mnist".into(), "cifar".into()],
+            column_order: vec!["1".into(), "255".into()],
+            cells: vec![cell("a", "mnist", "1"), cell("b", "mnist", "255"), cell("c", "cifar", "1"), cell("d", "cifar", "255")],
+            reference,
+            precision: 2,
+        };
+        let g = build_grid(&p, |slot| (slot == "a" || slot == "b").then(|| BTreeMap::from([("test_error".to_string(), if slot == "a" { 2.5 } else { 1.25 })])));
+        assert_eq!(g[0], vec!["dataset", "N=1", "N=255", "paper N=1"]);
+        assert_eq!(g[1], vec!["mnist", "2.50", "1.25", "2.44"]);
+        assert_eq!(g[2], vec!["cifar", MISSING, MISSING, ""]);
+        let text = render_aligned(&g);
+        assert!(text.lines().nth(2).unwrap().starts_with("mnist "));
+    }
+}

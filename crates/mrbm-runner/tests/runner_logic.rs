@@ -1,0 +1,288 @@
+//! The runner's logic (schema errors, keys, plan reasons, early cutoff,
+//! inputs changing mid-run) with small stage kinds defined here, so these
+//! tests need no model training.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use mrbm_runner::config;
+use mrbm_runner::dag::{self, Overrides};
+use mrbm_runner::exec::{self, RunOptions, Status};
+use mrbm_runner::hashing::Memo;
+use mrbm_runner::plan::{self, PlanStatus};
+use mrbm_runner::registry::Registry;
+use mrbm_runner::store::Store;
+use mrbm_runner::RunnerError;
+use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NumParams {
+    #[serde(default)]
+    value: f64,
+    /// Output does not depend on it: for early-cutoff tests.
+    #[serde(default)]
+    salt: i64,
+    #[serde(default)]
+    sleep_ms: u64,
+}
+
+/// Writes `value` (plus the sum of its optional inputs) to out.txt.
+struct Num(u32);
+impl Stage for Num {
+    fn kind(&self) -> &'static str {
+        "num"
+    }
+    fn version(&self) -> u32 {
+        self.0
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        const S: &[InputSlot] = &[InputSlot::optional("a", Some("out.txt"), "a number"), InputSlot::optional("b", Some("out.txt"), "a number")];
+        S
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        mrbm_stage::canonical::<NumParams>(raw)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let p: NumParams = ctx.typed_params()?;
+        std::thread::sleep(std::time::Duration::from_millis(p.sleep_ms));
+        let mut v = p.value;
+        for slot in ["a", "b"] {
+            if let Some(path) = ctx.optional_input(slot) {
+                let path = mrbm_stage::resolve_file(path, "out.txt");
+                let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
+                v += text.trim().parse::<f64>().map_err(StageError::failed)?;
+            }
+        }
+        std::fs::write(ctx.out("out.txt"), format!("{v}")).map_err(|e| StageError::io(ctx.out("out.txt"), e))?;
+        Ok(Metrics::from([("value".to_string(), v)]))
+    }
+}
+
+fn registry(version: u32) -> Registry {
+    Registry::from_stages(vec![Box::new(Num(version)), Box::new(mrbm_runner::table::TableStage)])
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
+        Project { dir }
+    }
+    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let p = self.dir.path().join("experiments").join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn store(&self) -> Store {
+        Store::open(&self.dir.path().join(".mrbm")).unwrap()
+    }
+}
+
+fn build(file: &Path, reg: &Registry, sets: &[&str]) -> Result<dag::Dag, RunnerError> {
+    let exp = config::load(file)?;
+    let sets = sets.iter().map(|s| config::parse_set(s).unwrap()).collect();
+    dag::build(&exp, reg, &Overrides { sets, ..Default::default() })
+}
+
+fn run(p: &Project, file: &Path, reg: &Registry, sets: &[&str]) -> Vec<(String, Status)> {
+    let dag = build(file, reg, sets).unwrap();
+    let store = p.store();
+    let memo = Memo::load(&store.root);
+    let opts = RunOptions { jobs: 2, keep_going: true, device: mrbm_stage::Device::Cpu, threads: 1, progress: None };
+    let results = exec::execute(&dag, reg, &store, &memo, &opts, &AtomicBool::new(false));
+    exec::save_record(&store, &dag, &results).unwrap();
+    dag.nodes.iter().zip(results).map(|(n, r)| (n.id.clone(), r.status)).collect()
+}
+
+fn plan_of(p: &Project, file: &Path, reg: &Registry, sets: &[&str]) -> BTreeMap<String, PlanStatus> {
+    let dag = build(file, reg, sets).unwrap();
+    let store = p.store();
+    plan::plan(&dag, &store, &Memo::load(&store.root)).unwrap().into_iter().map(|l| (l.id, l.status)).collect()
+}
+
+const EXP: &str = r#"
+[stages.src]
+kind = "num"
+params = { value = 1.0 }
+
+[stages.mid]
+kind = "num"
+inputs = { a = "src" }
+params = { value = 10.0 }
+
+[stages.top]
+kind = "num"
+inputs = { a = "mid" }
+params = { value = 100.0 }
+
+[sweep]
+"mid.value" = [10.0, 20.0]
+
+[[tables]]
+name = "t"
+stage = "top"
+metric = "value"
+rows = "value"
+"#;
+
+#[test]
+fn second_run_is_all_cached_and_table_is_written() {
+    let p = Project::new();
+    let f = p.write("e.toml", EXP);
+    let reg = registry(1);
+    let first = run(&p, &f, &reg, &[]);
+    assert!(first.iter().all(|(_, s)| *s == Status::Ran), "{first:?}");
+    let ids: Vec<&str> = first.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids, vec!["src", "mid[value=10.0]", "mid[value=20.0]", "top[value=10.0]", "top[value=20.0]", "table:t"]);
+    let second = run(&p, &f, &reg, &[]);
+    assert!(second.iter().all(|(_, s)| *s == Status::Cached), "{second:?}");
+    let csv = std::fs::read_to_string(p.dir.path().join("results/t.csv")).unwrap();
+    assert_eq!(csv, "value,value\n10.0,111.00\n20.0,121.00\n");
+}
+
+#[test]
+fn set_reruns_only_dependants_and_names_the_parameter() {
+    let p = Project::new();
+    let f = p.write("e.toml", EXP);
+    let reg = registry(1);
+    run(&p, &f, &reg, &[]);
+    let plan = plan_of(&p, &f, &reg, &["top.value=5"]);
+    assert_eq!(plan["src"], PlanStatus::Cached);
+    assert_eq!(plan["mid[value=10.0]"], PlanStatus::Cached);
+    match &plan["top[value=10.0]"] {
+        PlanStatus::Run(why) => assert!(why.contains("value: 100.0 -> 5.0"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&plan["table:t"], PlanStatus::Run(why) if why.contains("top[")), "{:?}", plan["table:t"]);
+}
+
+#[test]
+fn renaming_reordering_and_reformatting_change_no_key() {
+    let p = Project::new();
+    let f = p.write("e.toml", EXP);
+    let reg = registry(1);
+    run(&p, &f, &reg, &[]);
+    let renamed = r#"
+# same experiment, other names, order and spelling
+[[tables]]
+rows = "value"
+metric = "value"
+stage = "last"
+name = "t"
+
+[sweep]
+"middle.value" = [1e1, 2.0e1]
+
+[stages.last]
+params = { value = 1e2 }
+inputs = { a = "middle" }
+kind = "num"
+
+[stages.first]
+kind = "num"
+params.value = 1.0
+params.salt = 0   # the default, written out
+
+[stages.middle]
+inputs.a = "first"
+kind = "num"
+params = { value = 10.0 }
+"#;
+    let g = p.write("renamed.toml", renamed);
+    let plan = plan_of(&p, &g, &reg, &[]);
+    for (id, s) in &plan {
+        if !id.starts_with("table:") {
+            assert_eq!(*s, PlanStatus::Cached, "{id}");
+        }
+    }
+}
+
+#[test]
+fn identical_upstream_output_leaves_downstream_cached() {
+    let p = Project::new();
+    let f = p.write("e.toml", EXP);
+    run(&p, &f, &registry(1), &[]);
+    // `salt` changes src's key but not its output bytes: src reruns and
+    // everything downstream stays cached (early cutoff).
+    let r = run(&p, &f, &registry(1), &["src.salt=3"]);
+    let st: BTreeMap<_, _> = r.into_iter().collect();
+    assert_eq!(st["src"], Status::Ran);
+    assert_eq!(st["mid[value=10.0]"], Status::Cached);
+    assert_eq!(st["top[value=20.0]"], Status::Cached);
+}
+
+#[test]
+fn config_errors_name_file_line_col_and_fix() {
+    let p = Project::new();
+    let reg = registry(1);
+    let err = |text: &str| -> String {
+        let f = p.write("bad.toml", text);
+        match build(&f, &reg, &[]) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{e}");
+                e.to_string()
+            }
+            Ok(_) => panic!("accepted: {text}"),
+        }
+    };
+    let e = err("[stages.a]\nkind = \"numm\"\n");
+    assert!(e.contains("bad.toml:2:8") && e.contains("did you mean `num`"), "{e}");
+    let e = err("[stages.a]\nkind = \"num\"\nparams = { valeu = 1 }\n");
+    assert!(e.contains("bad.toml:3:12") && e.contains("did you mean `value`"), "{e}");
+    let e = err("[stages.a]\nkind = \"num\"\nparms = { value = 1 }\n");
+    assert!(e.contains("bad.toml:3:1") && e.contains("did you mean `params`"), "{e}");
+    let e = err("[stages.a]\nkind = \"num\"\ninputs = { a = \"b\" }\n[stages.b]\nkind = \"num\"\ninputs = { a = \"c\" }\n[stages.c]\nkind = \"num\"\ninputs = { a = \"a\" }\n");
+    // Data flows b -> a -> c -> b; the report may start anywhere on the loop.
+    assert!(["a -> c -> b -> a", "b -> a -> c -> b", "c -> b -> a -> c"].iter().any(|c| e.contains(&format!("cycle: {c}"))), "{e}");
+    assert!(e.contains("bad.toml:"), "{e}");
+    let e = err("[stages.a]\nkind = \"num\"\ninputs = { a = \"srcc\" }\n[stages.src]\nkind = \"num\"\n");
+    assert!(e.contains("bad.toml:3:12") && e.contains("names no stage") && e.contains("did you mean stage `src`"), "{e}");
+    let e = err("[stages.a\nkind = \"num\"\n");
+    assert!(e.contains("bad.toml:1:"), "{e}");
+    let e = err("[stages.a]\nkind = \"num\"\n[sweep]\n\"b.value\" = [1]\n");
+    assert!(e.contains("bad.toml:4:1") && e.contains("no stage `b`"), "{e}");
+}
+
+#[test]
+fn missing_external_input_fails_that_stage_only() {
+    let p = Project::new();
+    let f = p.write("e.toml", "[stages.a]\nkind = \"num\"\ninputs = { a = \"../nowhere/x.txt\" }\n[stages.b]\nkind = \"num\"\n");
+    let r: BTreeMap<_, _> = run(&p, &f, &registry(1), &[]).into_iter().collect();
+    match &r["a"] {
+        Status::Failed { message, user } => {
+            assert!(*user);
+            assert!(message.contains("e.toml:3:16") && message.contains("does not exist"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r["b"], Status::Ran);
+}
+
+#[test]
+fn input_changed_while_running_is_not_cached() {
+    let p = Project::new();
+    let input = p.dir.path().join("in.txt");
+    std::fs::write(&input, "1").unwrap();
+    let f = p.write("e.toml", &format!("[stages.a]\nkind = \"num\"\ninputs = {{ a = \"{}\" }}\nparams = {{ sleep_ms = 600 }}\n", input.display()));
+    let writer = {
+        let input = input.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            std::fs::write(&input, "22").unwrap();
+        })
+    };
+    let r = run(&p, &f, &registry(1), &[]);
+    writer.join().unwrap();
+    match &r[0].1 {
+        Status::Failed { message, .. } => assert!(message.contains("changed while"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.store().keys().is_empty());
+}
