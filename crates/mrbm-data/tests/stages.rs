@@ -153,3 +153,31 @@ fn synthetic_is_deterministic_balanced_and_fast() {
     assert!(diff > 5.0, "circle and square masks barely differ: {diff}");
     assert!(synthetic::synthetic(10, 16, 8, 0).is_err());
 }
+
+/// The quickstart relies on the shapes being learnable: even a nearest
+/// class-mean classifier on grey pixels (far weaker than RBM features + a
+/// linear SVM) must beat chance (75% error for 4 classes) by a wide margin.
+#[test]
+fn synthetic_shapes_are_learnable() {
+    let set = synthetic::synthetic(4000, 16, 4, 11).unwrap();
+    let grey = |i: usize| -> Vec<f64> {
+        let img = set.image(i);
+        (0..256).map(|p| (img[p] as f64 + img[256 + p] as f64 + img[512 + p] as f64) / 765.0).collect()
+    };
+    let mut means = vec![vec![0.0; 256]; 4];
+    for i in 0..3000 {
+        for (m, v) in means[set.labels[i] as usize].iter_mut().zip(grey(i)) {
+            *m += v / 750.0;
+        }
+    }
+    let errors = (3000..4000)
+        .filter(|&i| {
+            let g = grey(i);
+            let d = |m: &Vec<f64>| m.iter().zip(&g).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+            let best = (0..4).min_by(|&a, &b| d(&means[a]).total_cmp(&d(&means[b]))).unwrap();
+            best as i64 != set.labels[i]
+        })
+        .count();
+    eprintln!("nearest class mean on grey pixels: {:.1}% test error", errors as f64 / 10.0);
+    assert!(errors < 350, "{errors} errors of 1000");
+}
