@@ -7,7 +7,12 @@ one run. Prints each figure and the ratio mrbm / best other.
     pip install -r bench/data_requirements.txt
     cargo build --release -p mrbm-data --example data_bench
     python3 bench/data_decode_bench.py --dir /work/shared/data/celeba-sample \
-        --threads 2 --repeat 200
+        --threads 2 --repeat 100 --rounds 3
+
+    # with libjpeg-turbo's SIMD code (needs nasm), a second build:
+    cargo build --release -p mrbm-data --example data_bench --features simd-jpeg
+    python3 bench/data_decode_bench.py --exe mrbm=/path/to/c/data_bench \
+        --exe "mrbm simd=/path/to/simd/data_bench"
 
 Every tool reads the sorted .jpg files of --dir, the list repeated --repeat
 times (files come from the page cache), crops the centre --crop square
@@ -85,31 +90,45 @@ def main():
     ap.add_argument("--crop", type=int, default=140)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--filter", default="bilinear", choices=["bilinear", "lanczos3"])
-    ap.add_argument("--exe", default=os.environ.get("CARGO_TARGET_DIR", "target") + "/release/examples/data_bench")
+    ap.add_argument("--exe", action="append", default=None,
+                    help="NAME=PATH of a data_bench build (repeatable), default mrbm=$CARGO_TARGET_DIR/release/examples/data_bench")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds; the tools alternate within each round and each tool's median is reported (the machine is shared)")
     args = ap.parse_args()
+    exes = [e.split("=", 1) for e in (args.exe or ["mrbm=" + os.environ.get("CARGO_TARGET_DIR", "target") + "/release/examples/data_bench"])]
 
     files = sorted(Path(args.dir).glob("*.jpg")) * args.repeat
     print(f"{len(files)} decodes of {len(files) // args.repeat} JPEGs from {args.dir}, "
           f"crop {args.crop} -> {args.size}x{args.size} {args.filter}, {args.threads} threads")
-    results = {}
-
-    out = subprocess.run([args.exe, args.dir, str(args.threads), str(args.repeat), str(args.crop), str(args.size), args.filter],
-                         check=True, capture_output=True, text=True).stdout
-    m = json.loads(out.strip().splitlines()[-1])
-    results["mrbm"] = (m["images_per_s"], m["seconds"], m["checksum"])
-
     import PIL
-    results[f"Pillow {PIL.__version__}"] = bench_pillow(files, args)
-    tv, why = bench_torchvision(files, args)
-    if tv is None:
-        print(f"({why})")
-    else:
-        results[why] = tv
+    runs = {}
 
-    for name, (ips, secs, checksum) in results.items():
-        print(f"{name:>22}: {ips:9.1f} images/s  ({secs:.2f} s, checksum {checksum})")
-    best_name, best = max(((k, v) for k, v in results.items() if k != "mrbm"), key=lambda kv: kv[1][0])
-    print(f"ratio mrbm / {best_name}: {results['mrbm'][0] / best[0]:.2f}x")
+    def mrbm(exe):
+        out = subprocess.run([exe, args.dir, str(args.threads), str(args.repeat), str(args.crop), str(args.size), args.filter],
+                             check=True, capture_output=True, text=True).stdout
+        m = json.loads(out.strip().splitlines()[-1])
+        return m["images_per_s"], m["seconds"], m["checksum"]
+
+    for _ in range(args.rounds):
+        for name, exe in exes:
+            runs.setdefault(name, []).append(mrbm(exe))
+        runs.setdefault(f"Pillow {PIL.__version__}", []).append(bench_pillow(files, args))
+        tv, why = bench_torchvision(files, args)
+        if tv is None:
+            print(f"({why})")
+        else:
+            runs.setdefault(why, []).append(tv)
+
+    results = {}
+    for name, rs in runs.items():
+        rs = sorted(rs)
+        results[name] = rs[len(rs) // 2]
+        print(f"{name:>26}: {results[name][0]:9.1f} images/s median of {len(rs)} "
+              f"({', '.join(f'{r[0]:.0f}' for r in rs)}), checksum {results[name][2]}")
+    others = {k: v for k, v in results.items() if not k.startswith("mrbm")}
+    for name, _ in exes:
+        for other, v in others.items():
+            print(f"ratio {name} / {other}: {results[name][0] / v[0]:.2f}x")
 
 
 if __name__ == "__main__":

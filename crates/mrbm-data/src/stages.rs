@@ -1,5 +1,44 @@
 //! The `dataset` and `transform` stage kinds, their parameters, and the
 //! plain library functions they call ([`load_dataset`], [`transform`]).
+//!
+//! Parameter examples (the `params` table of a stage):
+//!
+//! ```toml
+//! # dataset: the quickstart's synthetic shapes (no input)
+//! format = "synthetic"
+//! n = 4000
+//! size = 16
+//! classes = 4
+//! seed = 0
+//!
+//! # dataset: MNIST t10k, input dir = the folder of the *-ubyte.gz files
+//! format = "idx"
+//! split = "test"
+//! # ... then a transform stage on it: 8000 train / 2000 test
+//! split = { train = 8000, test = 2000 }
+//! seed = 0
+//!
+//! # dataset: CelebA 64x64, input dir = the folder holding img_align_celeba/
+//! format = "celeba"
+//! crop = 140          # centre 140x140 of 178x218
+//! resize = 64
+//! filter = "bilinear" # antialiased, equal to Pillow's
+//! skip_corrupt = true
+//!
+//! # dataset: CelebA 128x128 from the centre 178x178 square
+//! format = "celeba"
+//! crop = 178
+//! resize = 128
+//! filter = "lanczos3"
+//!
+//! # dataset: Caltech-101, 30 train images per class, grey 64x64
+//! format = "caltech101"
+//! split = "train"
+//! per_class = 30
+//! crop = "square"
+//! resize = 64
+//! grayscale = true
+//! ```
 
 use std::path::{Path, PathBuf};
 
