@@ -268,53 +268,30 @@ pub fn decode_rgb(path: &Path) -> std::result::Result<(Vec<u8>, u32, u32), Strin
 pub fn decode_rgb_bytes(bytes: &[u8]) -> std::result::Result<(Vec<u8>, u32, u32), String> {
     let format = image::guess_format(bytes).map_err(|e| e.to_string())?;
     if format == image::ImageFormat::Jpeg {
-        if !has_jpeg_end(bytes) {
-            // libjpeg pads a truncated JPEG with grey and only warns; Pillow
-            // refuses it ("image file is truncated"), and so do we.
-            return Err("truncated JPEG: no end-of-image marker (FF D9)".into());
-        }
-        if let Some(r) = decode_jpeg(bytes) {
-            return r;
+        check_jpeg_end(bytes)?;
+        if let Some(r) = crate::jpeg::decode_region(bytes, |_, _| Ok::<_, String>(None)) {
+            return r.map(|reg| (reg.rgb, reg.image_w, reg.image_h));
         }
     }
+    decode_other(bytes, format)
+}
+
+/// Decode with the `image` crate (PNG, and CMYK JPEGs libjpeg cannot
+/// turn into RGB).
+fn decode_other(bytes: &[u8], format: image::ImageFormat) -> std::result::Result<(Vec<u8>, u32, u32), String> {
     let img = image::load_from_memory_with_format(bytes, format).map_err(|e| e.to_string())?;
     let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
     Ok((rgb.into_raw(), w, h))
 }
 
-/// Decode a JPEG with libjpeg-turbo's decoder (islow IDCT, fancy
-/// upsampling: Pillow's defaults), so pixels equal Pillow's exactly.
-/// None for colour spaces libjpeg cannot turn into RGB (CMYK, YCCK): the
-/// caller falls back to the `image` crate.
-pub fn decode_jpeg(bytes: &[u8]) -> Option<std::result::Result<(Vec<u8>, u32, u32), String>> {
-    // libjpeg reports fatal errors by unwinding out of its error handler
-    // (mozjpeg's default); catch that here and turn it into a message.
-    let r = std::panic::catch_unwind(|| -> std::result::Result<Option<(Vec<u8>, u32, u32)>, String> {
-        let d = mozjpeg::Decompress::new_mem(bytes).map_err(|e| e.to_string())?;
-        if matches!(d.color_space(), mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK) {
-            return Ok(None);
-        }
-        let (w, h) = (d.width(), d.height());
-        if w == 0 || h == 0 || w > 65_535 || h > 65_535 {
-            return Err(format!("JPEG size {w}x{h} out of range"));
-        }
-        let mut started = d.rgb().map_err(|e| e.to_string())?;
-        let pixels: Vec<u8> = started.read_scanlines().map_err(|e| format!("reading scanlines: {e}"))?;
-        started.finish().map_err(|e| e.to_string())?;
-        if pixels.len() != w * h * 3 {
-            return Err(format!("decoded {} bytes, expected {}", pixels.len(), w * h * 3));
-        }
-        Ok(Some((pixels, w as u32, h as u32)))
-    });
-    match r {
-        Ok(Ok(Some(v))) => Some(Ok(v)),
-        Ok(Ok(None)) => None,
-        Ok(Err(m)) => Some(Err(m)),
-        Err(payload) => {
-            let msg = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "libjpeg error".into());
-            Some(Err(msg))
-        }
+fn check_jpeg_end(bytes: &[u8]) -> std::result::Result<(), String> {
+    if has_jpeg_end(bytes) {
+        Ok(())
+    } else {
+        // libjpeg pads a truncated JPEG with grey and only warns; Pillow
+        // refuses it ("image file is truncated"), and so do we.
+        Err("truncated JPEG: no end-of-image marker (FF D9)".into())
     }
 }
 
@@ -405,13 +382,50 @@ pub fn decode_items(items: &[Item], ops: &ImageOps, skip_corrupt: bool, ctl: &Ct
     Ok(Decoded { set: ImageSet::new(pixels, n, c, oh as usize, ow as usize, labels), skipped })
 }
 
-fn decode_one(resizer: &mut fr::Resizer, it: &Item, ops: &ImageOps, first: Option<(u32, u32)>, out_size: (u32, u32), dst: &mut [u8]) -> Result<()> {
-    let (rgb, w, h) = decode_rgb(&it.path).map_err(|m| DataError::CorruptImage { path: it.path.clone(), message: m })?;
-    let what = || it.path.display().to_string();
-    let (ow, oh) = ops.out_size(w, h, &what)?;
-    if (ow, oh) != out_size {
-        let (ew, eh) = first.unwrap_or(out_size);
-        return Err(DataError::SizeMismatch { path: it.path.clone(), found_w: w, found_h: h, expected_w: ew, expected_h: eh });
+/// Why decoding one file failed: the decoder's message (a corrupt file)
+/// or a typed error (size mismatch, crop out of bounds).
+enum Fail {
+    Msg(String),
+    Data(DataError),
+}
+
+impl From<String> for Fail {
+    fn from(m: String) -> Self {
+        Fail::Msg(m)
     }
+}
+
+fn decode_one(resizer: &mut fr::Resizer, it: &Item, ops: &ImageOps, first: Option<(u32, u32)>, out_size: (u32, u32), dst: &mut [u8]) -> Result<()> {
+    let corrupt = |m: String| DataError::CorruptImage { path: it.path.clone(), message: m };
+    let what = || it.path.display().to_string();
+    // The size check, given the full image size.
+    let check = |w: u32, h: u32| -> Result<()> {
+        if ops.out_size(w, h, &what)? != out_size {
+            let (ew, eh) = first.unwrap_or(out_size);
+            return Err(DataError::SizeMismatch { path: it.path.clone(), found_w: w, found_h: h, expected_w: ew, expected_h: eh });
+        }
+        Ok(())
+    };
+    let bytes = std::fs::read(&it.path).map_err(|e| DataError::io(&it.path, e))?;
+    let format = image::guess_format(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if format == image::ImageFormat::Jpeg {
+        check_jpeg_end(&bytes).map_err(corrupt)?;
+        // Decode only the crop (exactly the same pixels as a full decode).
+        let pick = |w: u32, h: u32| -> std::result::Result<Option<crate::jpeg::Rect>, Fail> {
+            check(w, h).map_err(Fail::Data)?;
+            Ok(ops.crop.and_then(|c| c.rect(w, h)))
+        };
+        match crate::jpeg::decode_region(&bytes, pick) {
+            Some(Ok(reg)) => {
+                let rest = ImageOps { crop: None, ..*ops };
+                return crate::ops::process_rgb(resizer, &reg.rgb, reg.rect.2, reg.rect.3, &rest, dst, &what);
+            }
+            Some(Err(Fail::Msg(m))) => return Err(corrupt(m)),
+            Some(Err(Fail::Data(e))) => return Err(e),
+            None => {} // CMYK: below
+        }
+    }
+    let (rgb, w, h) = decode_other(&bytes, format).map_err(corrupt)?;
+    check(w, h)?;
     crate::ops::process_rgb(resizer, &rgb, w, h, ops, dst, &what)
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod folder;
 pub mod hints;
 pub mod idx;
+pub mod jpeg;
 pub mod ops;
 pub mod resample;
 pub mod stages;

@@ -153,3 +153,55 @@ fn synthetic_is_deterministic_balanced_and_fast() {
     assert!(diff > 5.0, "circle and square masks barely differ: {diff}");
     assert!(synthetic::synthetic(10, 16, 8, 0).is_err());
 }
+
+/// The quickstart relies on the shapes being learnable: even a nearest
+/// class-mean classifier on grey pixels (far weaker than RBM features + a
+/// linear SVM) must beat chance (75% error for 4 classes) by a wide margin.
+#[test]
+fn synthetic_shapes_are_learnable() {
+    let set = synthetic::synthetic(4000, 16, 4, 11).unwrap();
+    let grey = |i: usize| -> Vec<f64> {
+        let img = set.image(i);
+        (0..256).map(|p| (img[p] as f64 + img[256 + p] as f64 + img[512 + p] as f64) / 765.0).collect()
+    };
+    let mut means = vec![vec![0.0; 256]; 4];
+    for i in 0..3000 {
+        for (m, v) in means[set.labels[i] as usize].iter_mut().zip(grey(i)) {
+            *m += v / 750.0;
+        }
+    }
+    let errors = (3000..4000)
+        .filter(|&i| {
+            let g = grey(i);
+            let d = |m: &Vec<f64>| m.iter().zip(&g).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+            let best = (0..4).min_by(|&a, &b| d(&means[a]).total_cmp(&d(&means[b]))).unwrap();
+            best as i64 != set.labels[i]
+        })
+        .count();
+    eprintln!("nearest class mean on grey pixels: {:.1}% test error", errors as f64 / 10.0);
+    assert!(errors < 350, "{errors} errors of 1000");
+}
+
+/// Decoding only a crop of a JPEG gives exactly the pixels of a full decode,
+/// for crops at every alignment against the 8/16-pixel iMCU grid.
+#[test]
+fn jpeg_region_decode_equals_full_decode() {
+    let mut files: Vec<Vec<u8>> = Vec::new();
+    let img = image::RgbImage::from_fn(53, 41, |x, y| image::Rgb([(x * 37 + y * 11) as u8, (x * x + 3 * y) as u8, (y * y * 5 + x) as u8]));
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+    files.push(buf.into_inner());
+    if let Some(root) = std::env::var_os("MRBM_SHARED_DATA") {
+        files.push(std::fs::read(Path::new(&root).join("celeba-sample/000003.jpg")).unwrap());
+    }
+    for bytes in &files {
+        let (full, w, h) = mrbm_data::folder::decode_rgb_bytes(bytes).unwrap();
+        for (x, y, rw, rh) in [(0, 0, w, h), (1, 1, 5, 7), (7, 9, 17, 3), (15, 16, 20, 20), (w - 3, h - 2, 3, 2), (16, 0, w - 16, h), (0, 17, 9, h - 17)] {
+            let reg = mrbm_data::jpeg::decode_region(bytes, |_, _| Ok::<_, String>(Some((x, y, rw, rh)))).unwrap().unwrap();
+            for r in 0..rh as usize {
+                let want = &full[((y as usize + r) * w as usize + x as usize) * 3..((y as usize + r) * w as usize + (x + rw) as usize) * 3];
+                assert_eq!(&reg.rgb[r * rw as usize * 3..(r + 1) * rw as usize * 3], want, "rect ({x}, {y}, {rw}, {rh}) row {r}");
+            }
+        }
+    }
+}

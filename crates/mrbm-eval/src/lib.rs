@@ -1,7 +1,16 @@
-//! (being written)
+//! Evaluation for mrbm: a LIBLINEAR-style linear SVM ([`svm`]), Gaussian
+//! statistics and the Frechet distance ([`frechet`]), and pytorch-fid's
+//! Inception-v3 ([`inception`]), with the stage kinds `svm`, `fid_stats` and
+//! `fid` ([`stages`]).
 use mrbm_stage::Stage;
+
+pub mod frechet;
+pub mod inception;
+pub mod linalg;
+pub mod stages;
+pub mod svm;
 
 /// The stage kinds this crate implements, for the runner's registry.
 pub fn stages() -> Vec<Box<dyn Stage>> {
-    Vec::new()
+    vec![Box::new(stages::SvmStage), Box::new(stages::FidStatsStage), Box::new(stages::FidStage)]
 }

@@ -1,0 +1,57 @@
+"""Inception (FID) feature throughput: mrbm (burn flex CPU backend) vs
+pytorch-fid 0.3.0 on CPU, same thread count, same image size and batch, one
+run each after a warm-up batch, with the ratio (> 1: mrbm faster).
+
+Both use seeded random weights (same network; the speed does not depend on
+the values) and random RGB images of the given size (CelebA's 218x178 by
+default), resized to 299x299 inside the network as pytorch-fid does.
+
+    /work/venv/bin/pip install -r tools/requirements-eval.txt
+    cargo build --release -p mrbm-eval --example fid_bench
+    /work/venv/bin/python bench/fid_bench.py [--n 20 --batch 10 --threads 2]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import fid_common  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--height", type=int, default=218)
+    ap.add_argument("--width", type=int, default=178)
+    ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples", "fid_bench"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model, _ = fid_common.build_pytorch_fid(seed=7)
+    x = torch.from_numpy(fid_common.random_images(3, a.n, 3, a.height, a.width).astype(np.float32) / 255.0)
+    with torch.no_grad():
+        model(x[: a.batch])  # warm-up
+        t = time.perf_counter()
+        for s in range(0, a.n, a.batch):
+            model(x[s : s + a.batch])
+        t_pt = time.perf_counter() - t
+    ips_pt = a.n / t_pt
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+    out = subprocess.run([a.bin, str(a.n), str(a.height), str(a.width), str(a.batch), str(a.threads)], check=True, capture_output=True, text=True, env=env).stdout
+    r = json.loads(out)
+    print(f"images {a.n} of {a.height}x{a.width}, batch {a.batch}, {a.threads} threads")
+    print(f"pytorch-fid {torch.__version__}: {ips_pt:.2f} images/s")
+    print(f"mrbm (burn flex): {r['images_per_second']:.2f} images/s")
+    print(f"ratio mrbm/pytorch-fid: {r['images_per_second'] / ips_pt:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+//! Gaussian statistics of feature sets and the Frechet distance between them
+//! (the "FID" once the features are Inception pool3 activations):
+//!
+//! ```text
+//!   d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr( (S1^{1/2} S2 S1^{1/2})^{1/2} )
+//! ```
+//!
+//! pytorch-fid computes the last trace as tr(sqrtm(S1 S2)) with scipy's
+//! general (Schur) matrix square root, which is ill-conditioned and may turn
+//! complex when a covariance is singular (fewer samples than dimensions).
+//! Here the trace comes from symmetric eigendecompositions only:
+//! S1 = V diag(l) V^T, A = V diag(sqrt(l+)), and the eigenvalues m of the
+//! symmetric PSD matrix A^T S2 A (similar to S1^{1/2} S2 S1^{1/2}) give
+//! tr sqrt = sum sqrt(m+). Stability for singular covariances: eigenvalues
+//! of S1 below `n * eps * max(l)` are set to zero (their directions dropped,
+//! which also shrinks the second problem to the rank of S1), and rounding
+//! negatives of the second spectrum are clamped to zero. The same
+//! definition is used for tr(S1) and tr(S2) (the exact diagonal sums).
+
+use rayon::prelude::*;
+
+use crate::linalg::{matmul_abt, sym_eigen};
+
+/// Mean and covariance (unbiased, ddof = 1 as numpy.cov) of a feature set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaussianStats {
+    pub dim: usize,
+    /// Number of feature vectors the statistics came from.
+    pub count: usize,
+    pub mu: Vec<f64>,
+    /// Row-major [dim, dim], symmetric.
+    pub sigma: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrechetError {
+    #[error("statistics need at least 2 feature vectors, got {0}")]
+    TooFew(usize),
+    #[error("feature buffer of {len} values is not {n} rows of {d}")]
+    Shape { len: usize, n: usize, d: usize },
+    #[error("statistics have different dimensions: {0} and {1}")]
+    DimMismatch(usize, usize),
+    #[error("statistics contain NaN or infinite values")]
+    NonFinite,
+}
+
+impl GaussianStats {
+    /// Statistics of `n` rows of `d` features (row-major), accumulated in f64.
+    pub fn from_features(x: &[f32], n: usize, d: usize) -> Result<Self, FrechetError> {
+        if x.len() != n * d {
+            return Err(FrechetError::Shape { len: x.len(), n, d });
+        }
+        if n < 2 {
+            return Err(FrechetError::TooFew(n));
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(FrechetError::NonFinite);
+        }
+        let mut mu = vec![0.0f64; d];
+        for row in x.chunks_exact(d) {
+            for (m, v) in mu.iter_mut().zip(row) {
+                *m += *v as f64;
+            }
+        }
+        mu.iter_mut().for_each(|m| *m /= n as f64);
+        // Centred data, transposed (feature-major) so that each covariance
+        // entry is a contiguous dot product; two-pass for accuracy.
+        let mut zt = vec![0.0f64; d * n];
+        for (r, row) in x.chunks_exact(d).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                zt[j * n + r] = *v as f64 - mu[j];
+            }
+        }
+        let mut sigma = vec![0.0f64; d * d];
+        sigma.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
+            let zi = &zt[i * n..(i + 1) * n];
+            for j in 0..=i {
+                row[j] = crate::linalg::dot(zi, &zt[j * n..(j + 1) * n]) / (n - 1) as f64;
+            }
+        });
+        for i in 0..d {
+            for j in 0..i {
+                sigma[j * d + i] = sigma[i * d + j];
+            }
+        }
+        Ok(GaussianStats { dim: d, count: n, mu, sigma })
+    }
+}
+
+/// The parts of the distance, for reporting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Frechet {
+    pub distance: f64,
+    pub mean_term: f64,
+    pub trace_sqrt: f64,
+}
+
+/// Frechet distance between N(mu1, s1) and N(mu2, s2), all f64.
+pub fn frechet_distance(mu1: &[f64], s1: &[f64], mu2: &[f64], s2: &[f64]) -> Result<Frechet, FrechetError> {
+    let d = mu1.len();
+    if mu2.len() != d || s1.len() != d * d || s2.len() != d * d {
+        return Err(FrechetError::DimMismatch(d, mu2.len()));
+    }
+    if [mu1, mu2, s1, s2].iter().any(|v| v.iter().any(|x| !x.is_finite())) {
+        return Err(FrechetError::NonFinite);
+    }
+    let mean_term: f64 = mu1.iter().zip(mu2).map(|(a, b)| (a - b) * (a - b)).sum();
+    let tr1: f64 = (0..d).map(|i| s1[i * d + i]).sum();
+    let tr2: f64 = (0..d).map(|i| s2[i * d + i]).sum();
+    let trace_sqrt = trace_sqrt_product(s1, s2, d);
+    Ok(Frechet { distance: mean_term + tr1 + tr2 - 2.0 * trace_sqrt, mean_term, trace_sqrt })
+}
+
+/// tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = tr(sqrtm(S1 S2)) for PSD S1, S2.
+pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize) -> f64 {
+    if d == 0 {
+        return 0.0;
+    }
+    let e1 = sym_eigen(s1, d, true);
+    let v = e1.vectors.as_ref().expect("vectors requested");
+    let lmax = e1.values.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+    let tol = d as f64 * f64::EPSILON * lmax;
+    // Rows of At = sqrt(l_k) v_k^T for the kept eigenpairs (contiguous columns of V).
+    let kept: Vec<usize> = (0..d).filter(|&k| e1.values[k] > tol).collect();
+    let r = kept.len();
+    if r == 0 {
+        return 0.0;
+    }
+    let mut at = vec![0.0; r * d];
+    for (p, &k) in kept.iter().enumerate() {
+        let s = e1.values[k].sqrt();
+        for (o, x) in at[p * d..(p + 1) * d].iter_mut().zip(&v[k * d..(k + 1) * d]) {
+            *o = s * x;
+        }
+    }
+    // Bt = At S2 (S2 symmetric, so S2's rows are its columns), then M = At Bt^T.
+    let bt = matmul_abt(&at, s2, r, d, d);
+    let mut m = matmul_abt(&at, &bt, r, r, d);
+    // Symmetrise away rounding so the eigensolver sees an exactly symmetric matrix.
+    for i in 0..r {
+        for j in 0..i {
+            let s = 0.5 * (m[i * r + j] + m[j * r + i]);
+            m[i * r + j] = s;
+            m[j * r + i] = s;
+        }
+    }
+    let e2 = sym_eigen(&m, r, false);
+    e2.values.iter().map(|x| x.max(0.0).sqrt()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn diag(v: &[f64]) -> Vec<f64> {
+        let d = v.len();
+        let mut m = vec![0.0; d * d];
+        for i in 0..d {
+            m[i * d + i] = v[i];
+        }
+        m
+    }
+
+    /// Q diag(v) Q^T with a fixed random orthogonal Q (from an eigensolve).
+    fn rotated(v: &[f64], seed: u64) -> (Vec<f64>, Vec<f64>) {
+        let d = v.len();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut a = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..=i {
+                let x = rng.random::<f64>() - 0.5;
+                a[i * d + j] = x;
+                a[j * d + i] = x;
+            }
+        }
+        let q = sym_eigen(&a, d, true).vectors.unwrap(); // columns orthonormal
+        let mut m = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                m[i * d + j] = (0..d).map(|k| q[k * d + i] * v[k] * q[k * d + j]).sum();
+            }
+        }
+        (m, q)
+    }
+
+    #[test]
+    fn identical_distributions_are_at_zero() {
+        let (s, _) = rotated(&[4.0, 1.0, 0.25, 2.0, 9.0], 1);
+        let mu = vec![0.3, -1.0, 2.0, 0.0, 5.0];
+        let f = frechet_distance(&mu, &s, &mu, &s).unwrap();
+        assert!(f.distance.abs() < 1e-12, "{f:?}");
+    }
+
+    #[test]
+    fn commuting_covariances_match_closed_form() {
+        // Same eigenvectors: tr sqrt(S1 S2) = sum sqrt(a_i b_i).
+        let a = [4.0, 1.0, 0.25, 2.0, 9.0, 0.5];
+        let b = [1.0, 1.0, 4.0, 8.0, 0.1, 3.0];
+        let d = a.len();
+        let (s1, q) = rotated(&a, 2);
+        let mut s2 = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                s2[i * d + j] = (0..d).map(|k| q[k * d + i] * b[k] * q[k * d + j]).sum();
+            }
+        }
+        let mu1 = vec![1.0; d];
+        let mu2 = vec![0.0; d];
+        let want: f64 = d as f64 + a.iter().zip(&b).map(|(x, y)| x + y - 2.0 * (x * y).sqrt()).sum::<f64>();
+        let got = frechet_distance(&mu1, &s1, &mu2, &s2).unwrap().distance;
+        assert!((got - want).abs() < 1e-11 * want, "{got} vs {want}");
+        // Diagonal case as well.
+        let got = frechet_distance(&mu1, &diag(&a), &mu2, &diag(&b)).unwrap().distance;
+        assert!((got - want).abs() < 1e-12 * want);
+    }
+
+    #[test]
+    fn rank_deficient_covariances_are_stable() {
+        // Rank 2 in 6 dimensions (fewer samples than dimensions), same
+        // eigenvectors: closed form still sum sqrt(a_i b_i), with zeros.
+        let a = [0.0, 3.0, 0.0, 0.0, 2.0, 0.0];
+        let b = [0.0, 1.0, 0.0, 5.0, 0.0, 0.0];
+        let d = a.len();
+        let (s1, q) = rotated(&a, 3);
+        let mut s2 = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                s2[i * d + j] = (0..d).map(|k| q[k * d + i] * b[k] * q[k * d + j]).sum();
+            }
+        }
+        let mu = vec![0.0; d];
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| x + y - 2.0 * (x * y).sqrt()).sum();
+        let f = frechet_distance(&mu, &s1, &mu, &s2).unwrap();
+        assert!(f.distance.is_finite());
+        assert!((f.distance - want).abs() < 1e-10 * want, "{} vs {want}", f.distance);
+        // Identical singular covariances: exactly zero up to rounding, never negative-large or NaN.
+        let z = frechet_distance(&mu, &s1, &mu, &s1).unwrap();
+        assert!(z.distance.abs() < 1e-12, "{z:?}");
+        // All-zero covariance on one side.
+        let zero = vec![0.0; d * d];
+        let f = frechet_distance(&mu, &zero, &mu, &s2).unwrap();
+        assert!((f.distance - 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn stats_match_definition() {
+        let x: Vec<f32> = vec![1.0, 2.0, 3.0, 5.0, -1.0, 0.0, 2.0, 2.0];
+        let s = GaussianStats::from_features(&x, 4, 2).unwrap();
+        assert_eq!(s.mu, vec![1.25, 2.25]);
+        // numpy.cov(x, rowvar=False)
+        let c00 = ((1.0f64 - 1.25).powi(2) + (3.0f64 - 1.25).powi(2) + (-1.0f64 - 1.25).powi(2) + (2.0f64 - 1.25).powi(2)) / 3.0;
+        let c01 = ((1.0 - 1.25) * (2.0 - 2.25) + (3.0 - 1.25) * (5.0 - 2.25) + (-1.0 - 1.25) * (0.0 - 2.25) + (2.0 - 1.25) * (2.0 - 2.25)) / 3.0;
+        assert!((s.sigma[0] - c00).abs() < 1e-14);
+        assert!((s.sigma[1] - c01).abs() < 1e-14 && s.sigma[1] == s.sigma[2]);
+        assert!(matches!(GaussianStats::from_features(&x[..2], 1, 2), Err(FrechetError::TooFew(1))));
+        assert!(matches!(GaussianStats::from_features(&[f32::NAN, 0.0, 1.0, 1.0], 2, 2), Err(FrechetError::NonFinite)));
+    }
+}

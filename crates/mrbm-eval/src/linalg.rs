@@ -1,0 +1,331 @@
+//! Dense symmetric eigendecomposition in f64: Householder reduction to
+//! tridiagonal form followed by the implicit QL method with Wilkinson-style
+//! shifts (the classical EISPACK tred2/tql2 pair, as in Golub & Van Loan
+//! ch. 8). Written here because the Frechet distance needs exactly one
+//! operation of a linear-algebra library; no BLAS/LAPACK dependency.
+//!
+//! Storage: the working matrix is column-major so that the innermost loops
+//! (over a column's rows) walk contiguous memory, and each eigenvector comes
+//! out as a contiguous column.
+
+use rayon::prelude::*;
+
+/// Eigenvalues (ascending) and, when asked for, the eigenvectors as
+/// contiguous columns: vector k is `vectors[k*n..(k+1)*n]`.
+pub struct SymEigen {
+    pub n: usize,
+    pub values: Vec<f64>,
+    pub vectors: Option<Vec<f64>>,
+}
+
+/// Eigendecomposition of the symmetric `n x n` matrix `a` (row-major; being
+/// symmetric it is also its own column-major form). Only the lower triangle
+/// is read.
+pub fn sym_eigen(a: &[f64], n: usize, want_vectors: bool) -> SymEigen {
+    assert_eq!(a.len(), n * n, "matrix size");
+    if n == 0 {
+        return SymEigen { n, values: vec![], vectors: want_vectors.then(Vec::new) };
+    }
+    // v(r, c) = v[c * n + r]; start from A (symmetric, so no transpose needed).
+    let mut v = a.to_vec();
+    let mut d = vec![0.0; n];
+    let mut e = vec![0.0; n];
+    tridiagonalize(&mut v, n, &mut d, &mut e, want_vectors);
+    ql_implicit(&mut v, n, &mut d, &mut e, want_vectors);
+    // Sort ascending (QL leaves them nearly sorted; selection keeps vectors in step).
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
+    let values: Vec<f64> = order.iter().map(|&i| d[i]).collect();
+    let vectors = want_vectors.then(|| {
+        let mut out = vec![0.0; n * n];
+        for (k, &i) in order.iter().enumerate() {
+            out[k * n..(k + 1) * n].copy_from_slice(&v[i * n..(i + 1) * n]);
+        }
+        out
+    });
+    SymEigen { n, values, vectors }
+}
+
+/// Householder reduction (tred2). On return d holds the diagonal, e the
+/// sub-diagonal in e[1..], and v the accumulated orthogonal transform.
+fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_vectors: bool) {
+    let at = |r: usize, c: usize| c * n + r;
+    for j in 0..n {
+        d[j] = v[at(n - 1, j)];
+    }
+    for i in (1..n).rev() {
+        let mut scale = 0.0;
+        let mut h = 0.0;
+        for k in 0..i {
+            scale += d[k].abs();
+        }
+        if scale == 0.0 {
+            e[i] = d[i - 1];
+            for j in 0..i {
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+                v[at(j, i)] = 0.0;
+            }
+        } else {
+            for k in 0..i {
+                d[k] /= scale;
+                h += d[k] * d[k];
+            }
+            let mut f = d[i - 1];
+            let mut g = h.sqrt();
+            if f > 0.0 {
+                g = -g;
+            }
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            for x in e[..i].iter_mut() {
+                *x = 0.0;
+            }
+            // e = A u (lower triangle only), column by column.
+            for j in 0..i {
+                f = d[j];
+                v[at(j, i)] = f;
+                let col = &v[j * n..j * n + i];
+                g = e[j] + col[j] * f;
+                for k in j + 1..i {
+                    g += col[k] * d[k];
+                    e[k] += col[k] * f;
+                }
+                e[j] = g;
+            }
+            f = 0.0;
+            for j in 0..i {
+                e[j] /= h;
+                f += e[j] * d[j];
+            }
+            let hh = f / (h + h);
+            for j in 0..i {
+                e[j] -= hh * d[j];
+            }
+            // Rank-2 update of the remaining lower triangle, columns in parallel.
+            let dd = &d[..i];
+            let ee = &e[..i];
+            v[..i * n].par_chunks_mut(n).enumerate().for_each(|(j, col)| {
+                let (f, g) = (dd[j], ee[j]);
+                for k in j..i {
+                    col[k] -= f * ee[k] + g * dd[k];
+                }
+            });
+            for j in 0..i {
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    if want_vectors {
+        // Accumulate the Householder reflections into v.
+        for i in 0..n - 1 {
+            v[at(n - 1, i)] = v[at(i, i)];
+            v[at(i, i)] = 1.0;
+            let h = d[i + 1];
+            if h != 0.0 {
+                let (head, tail) = v.split_at_mut((i + 1) * n);
+                let u = &tail[..i + 1]; // column i+1, rows 0..=i
+                for k in 0..=i {
+                    d[k] = u[k] / h;
+                }
+                let dk = &d[..=i];
+                head.par_chunks_mut(n).for_each(|col| {
+                    let g: f64 = u.iter().zip(&col[..=i]).map(|(a, b)| a * b).sum();
+                    for (c, dv) in col[..=i].iter_mut().zip(dk) {
+                        *c -= g * dv;
+                    }
+                });
+            }
+            for k in 0..=i {
+                v[at(k, i + 1)] = 0.0;
+            }
+        }
+        for j in 0..n {
+            d[j] = v[at(n - 1, j)];
+            v[at(n - 1, j)] = 0.0;
+        }
+        v[at(n - 1, n - 1)] = 1.0;
+    } else {
+        // Without accumulation the tridiagonal's diagonal is still on v's.
+        for j in 0..n {
+            d[j] = v[at(j, j)];
+        }
+    }
+    e[0] = 0.0;
+}
+
+/// Implicit QL iterations on the tridiagonal (d, e), rotating v along (tql2).
+fn ql_implicit(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_vectors: bool) {
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let mut f = 0.0;
+    let mut tst1: f64 = 0.0;
+    let eps = f64::EPSILON;
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n - 1 && e[m].abs() > eps * tst1 {
+            m += 1;
+        }
+        if m > l {
+            let mut guard = 0;
+            loop {
+                guard += 1;
+                let g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let mut h = g - d[l];
+                for x in d[l + 2..].iter_mut() {
+                    *x -= h;
+                }
+                f += h;
+                p = d[m];
+                let (mut c, mut c2, mut c3) = (1.0, 1.0, 1.0);
+                let el1 = e[l + 1];
+                let (mut s, mut s2) = (0.0, 0.0);
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    let g = c * e[i];
+                    h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    if want_vectors {
+                        let (lo, hi) = v.split_at_mut((i + 1) * n);
+                        let ci = &mut lo[i * n..];
+                        let ci1 = &mut hi[..n];
+                        for (a, b) in ci.iter_mut().zip(ci1.iter_mut()) {
+                            let hb = *b;
+                            *b = s * *a + c * hb;
+                            *a = c * *a - s * hb;
+                        }
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                // 60 sweeps per eigenvalue is far past what QL ever needs; the
+                // guard only keeps NaN input from looping forever.
+                if e[l].abs() <= eps * tst1 || guard > 60 || !e[l].is_finite() {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+}
+
+/// Row-major matrix product of `a` (m x k) and the transpose of `b` (n x k):
+/// out[i][j] = a_i . b_j, rows in parallel. All accesses are contiguous.
+pub fn matmul_abt(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut out = vec![0.0; m * n];
+    out.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
+        let ai = &a[i * k..(i + 1) * k];
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = dot(ai, &b[j * k..(j + 1) * k]);
+        }
+    });
+    out
+}
+
+/// Four-accumulator dot product (vectorisable; summation order fixed).
+#[inline]
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let ac = a.chunks_exact(4);
+    let bc = b.chunks_exact(4);
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        acc[0] += x[0] * y[0];
+        acc[1] += x[1] * y[1];
+        acc[2] += x[2] * y[2];
+        acc[3] += x[3] * y[3];
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random_sym(n: usize, seed: u64) -> Vec<f64> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut a = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                let x: f64 = rng.random::<f64>() * 2.0 - 1.0;
+                a[i * n + j] = x;
+                a[j * n + i] = x;
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn reconstructs_random_symmetric_matrices() {
+        for &n in &[1usize, 2, 3, 7, 40, 97] {
+            let a = random_sym(n, n as u64);
+            let eig = sym_eigen(&a, n, true);
+            let v = eig.vectors.as_ref().unwrap();
+            // A v_k = lambda_k v_k and V orthonormal.
+            for k in 0..n {
+                let vk = &v[k * n..(k + 1) * n];
+                for i in 0..n {
+                    let av: f64 = (0..n).map(|j| a[i * n + j] * vk[j]).sum();
+                    assert!((av - eig.values[k] * vk[i]).abs() < 1e-11 * n as f64, "n={n} k={k}");
+                }
+                for l in 0..n {
+                    let g = dot(vk, &v[l * n..(l + 1) * n]);
+                    assert!((g - (k == l) as u8 as f64).abs() < 1e-12 * n as f64);
+                }
+            }
+            assert!(eig.values.windows(2).all(|w| w[0] <= w[1]));
+            let only = sym_eigen(&a, n, false);
+            for (x, y) in only.values.iter().zip(&eig.values) {
+                assert!((x - y).abs() < 1e-11 * n as f64, "values-only path differs: {x} {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn diagonal_and_degenerate_spectra() {
+        // Repeated and zero eigenvalues (a rank-1 matrix) must come out exactly enough.
+        let n = 6;
+        let u: Vec<f64> = (0..n).map(|i| (i as f64 + 1.0) / 10.0).collect();
+        let a: Vec<f64> = (0..n * n).map(|k| u[k / n] * u[k % n]).collect();
+        let eig = sym_eigen(&a, n, true);
+        let norm2: f64 = u.iter().map(|x| x * x).sum();
+        assert!((eig.values[n - 1] - norm2).abs() < 1e-14);
+        for x in &eig.values[..n - 1] {
+            assert!(x.abs() < 1e-15, "{x}");
+        }
+        let diag = [3.0, -1.0, 2.0, 2.0];
+        let mut b = vec![0.0; 16];
+        for i in 0..4 {
+            b[i * 4 + i] = diag[i];
+        }
+        assert_eq!(sym_eigen(&b, 4, false).values, vec![-1.0, 2.0, 2.0, 3.0]);
+    }
+}
