@@ -50,7 +50,8 @@ pub struct SvmParams {
     #[serde(default = "d_loss")]
     pub loss: Loss,
     /// Cost C of margin violations (-c). Assumption: LIBLINEAR's default 1.
-    #[serde(default = "d_c")]
+    /// Written `C` as in the papers and LIBLINEAR's docs; `c` is accepted.
+    #[serde(default = "d_c", rename = "C", alias = "c")]
     pub c: f64,
     /// Stopping tolerance on the dual projected gradient (-e; LIBLINEAR's default 0.1).
     #[serde(default = "d_eps")]
@@ -111,7 +112,7 @@ impl Stage for SvmStage {
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         let (p, v) = mrbm_stage::parse_params::<SvmParams>(raw)?;
         if !(p.c > 0.0 && p.c.is_finite()) {
-            return Err(ParamError::new("c", format!("c must be a positive number, got {}", p.c)));
+            return Err(ParamError::new("C", format!("C must be a positive number, got {}", p.c)));
         }
         if !(p.eps > 0.0 && p.eps.is_finite()) {
             return Err(ParamError::new("eps", format!("eps must be a positive number, got {}", p.eps)));

@@ -99,9 +99,11 @@ pub struct ExperimentFile {
     /// auto | cpu | wgpu | cuda[:INDEX]; --device overrides it.
     #[serde(default)]
     pub device: Option<String>,
-    /// Axis -> values. `"stage.param" = [..]` sweeps one parameter; a table
-    /// of named variants, each a table of `"stage.param" = value`, sweeps
-    /// several parameters together (e.g. a data set and its channels).
+    /// Axis -> values. `"stage.param" = [..]` sweeps one parameter (the axis
+    /// is named after the parameter); `NAME = { param = "stage.param",
+    /// values = [..] }` names the axis; a table of named variants, each a
+    /// table of `"stage.param" = value`, sweeps several parameters together
+    /// (e.g. a data set and its channels).
     #[serde(default)]
     pub sweep: BTreeMap<String, Spanned<toml::Value>>,
     /// Named sets of `"stage.param" = value` overrides (e.g. `scaled`, `full`).

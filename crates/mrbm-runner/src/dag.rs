@@ -157,6 +157,24 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                     values: vals.iter().map(|v| (label_of(v), vec![(stage.to_string(), param.to_string(), v.clone())])).collect(),
                 });
             }
+            toml::Value::Table(t) if t.get("param").is_some_and(|v| v.is_str()) && t.get("values").is_some_and(|v| v.is_array()) => {
+                // `N = { param = "train.n", values = [1, 255] }`: one parameter, axis named by the user.
+                let target = t["param"].as_str().unwrap_or_default();
+                let (stage, param) = split_target(target).ok_or_else(|| bad(format!("sweep axis `{axis_name}`: param must be STAGE.PARAM, found `{target}`")))?;
+                check_stage_name(&names, stage, || bad(format!("sweep axis `{axis_name}`: there is no stage `{stage}`")))?;
+                if let Some(extra) = t.keys().find(|k| *k != "param" && *k != "values") {
+                    return Err(bad(format!("sweep axis `{axis_name}`: unknown key `{extra}` (expected `param` and `values`)")));
+                }
+                let vals = t["values"].as_array().cloned().unwrap_or_default();
+                if vals.is_empty() {
+                    return Err(bad(format!("sweep axis `{axis_name}` has no values")));
+                }
+                axes.push(Axis {
+                    name: axis_name.clone(),
+                    path: Some(target.to_string()),
+                    values: vals.iter().map(|v| (label_of(v), vec![(stage.to_string(), param.to_string(), v.clone())])).collect(),
+                });
+            }
             toml::Value::Table(variants) => {
                 let mut values = Vec::new();
                 for (label, assigns) in variants {

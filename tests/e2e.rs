@@ -1,0 +1,217 @@
+//! End-to-end tests of the `mrbm` binary on a tiny real pipeline (synthetic
+//! shapes -> split -> conv RBM -> features -> SVM -> table): caching,
+//! plan reasons, config errors and exit codes, crashes (SIGKILL at random
+//! moments) and two concurrent runs on one cache.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const TINY: &str = r#"
+name = "tiny"
+
+[stages.shapes]
+kind = "dataset"
+params = { format = "synthetic", n = 240, size = 8, classes = 3, seed = 3 }
+
+[stages.split]
+kind = "transform"
+inputs = { data = "shapes" }
+params = { split = { train = 160, test = 80 }, seed = 3 }
+
+[stages.train]
+kind = "train"
+inputs = { data = "split/train.safetensors" }
+params = { conv_channels = [4], dense = [], epochs = 1, batch_size = 32, lr = 0.01, seed = 3 }
+
+[stages.train_features]
+kind = "features"
+inputs = { model = "train", data = "split/train.safetensors" }
+
+[stages.test_features]
+kind = "features"
+inputs = { model = "train", data = "split/test.safetensors" }
+
+[stages.svm]
+kind = "svm"
+inputs = { train = "train_features", test = "test_features" }
+params = { C = 1.0 }
+
+[sweep]
+N = { param = "train.n", values = [1, 255] }
+
+[[tables]]
+name = "tiny"
+stage = "svm"
+metric = "test_error"
+rows = "N"
+"#;
+
+/// Stages in TINY: shapes, split, 2 x (train, train_features, test_features, svm), table.
+const TINY_STAGES: usize = 11;
+
+fn mrbm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
+    c.env_remove("MRBM_CACHE").env_remove("MRBM_DATA").env("NO_COLOR", "1");
+    c
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(text: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
+        std::fs::write(dir.path().join("experiments/tiny.toml"), text).unwrap();
+        Project { dir }
+    }
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    fn exp(&self) -> PathBuf {
+        self.root().join("experiments/tiny.toml")
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        mrbm().current_dir(self.root()).args(args).output().unwrap()
+    }
+    fn csv(&self) -> String {
+        std::fs::read_to_string(self.root().join("results/tiny.csv")).unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// "N ran, M cached" from the summary line.
+fn counts(o: &Output) -> (usize, usize) {
+    let t = text(o);
+    let line = t.lines().find(|l| l.contains(" ran, ") && l.contains(" cached")).unwrap_or_else(|| panic!("no summary in:\n{t}"));
+    let nums: Vec<usize> = line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).take(2).map(|s| s.parse().unwrap()).collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn run_caches_and_plan_names_the_changed_parameter() {
+    let p = Project::new(TINY);
+    let first = p.run(&["run", "experiments/tiny.toml"]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(counts(&first), (TINY_STAGES, 0));
+    let csv = p.csv();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "N,test_error");
+    assert!(lines[1].starts_with("1,") && lines[2].starts_with("255,"), "{csv}");
+    for l in &lines[1..] {
+        let err: f64 = l.split(',').nth(1).unwrap().parse().unwrap();
+        assert!((0.0..=100.0).contains(&err), "{csv}");
+    }
+
+    let second = p.run(&["run", "experiments/tiny.toml"]);
+    assert!(second.status.success());
+    assert_eq!(counts(&second), (0, TINY_STAGES));
+    assert_eq!(p.csv(), csv);
+
+    let plan = p.run(&["plan", "experiments/tiny.toml", "--set", "svm.C=2"]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let out = String::from_utf8_lossy(&plan.stdout).to_string();
+    for line in out.lines().filter(|l| l.starts_with("run") || l.starts_with("cached")) {
+        let runs = line.starts_with("run");
+        let is_svm_or_table = line.contains(" svm[") || line.contains("table:");
+        assert_eq!(runs, is_svm_or_table, "{out}");
+        if line.contains(" svm[") {
+            assert!(line.contains("param C: 1.0 -> 2.0"), "{out}");
+        }
+    }
+    assert!(out.contains("3 to run"), "{out}");
+
+    // Same experiment, other stage names and key order: all cached.
+    let renamed = TINY.replace("[stages.svm]", "[stages.classifier]").replace("stage = \"svm\"", "stage = \"classifier\"").replace("[stages.train]\nkind = \"train\"", "[stages.train]\nkind = \"train\"\n# a comment");
+    std::fs::write(p.root().join("experiments/renamed.toml"), renamed).unwrap();
+    let plan = p.run(&["plan", "experiments/renamed.toml"]);
+    let out = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(out.contains(&format!("0 to run, {TINY_STAGES} cached")), "{out}");
+
+    let verify = p.run(&["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    let show = p.run(&["show", "svm[N=255]"]);
+    assert!(String::from_utf8_lossy(&show.stdout).contains("\"kind\": \"svm\""), "{}", text(&show));
+    let dot = p.run(&["dag", "experiments/tiny.toml", "--dot"]);
+    assert!(String::from_utf8_lossy(&dot.stdout).starts_with("digraph"));
+}
+
+#[test]
+fn user_errors_exit_2_with_location_and_fix() {
+    let cases: &[(&str, &str)] = &[
+        ("[stages.a\nkind = \"dataset\"\n", "tiny.toml:1:"),
+        ("[stages.a]\nkind = \"dataset\"\nparams = { format = \"synthetic\", sizee = 8 }\n", "tiny.toml:3:"),
+        ("[stages.a]\nkind = \"datasett\"\n", "did you mean `dataset`"),
+        ("[stages.a]\nkind = \"transform\"\ninputs = { data = \"b\" }\n[stages.b]\nkind = \"transform\"\ninputs = { data = \"a\" }\n", "cycle"),
+        ("[stages.a]\nkind = \"transform\"\ninputs = { data = \"nowhere/x.safetensors\" }\n", "tiny.toml:3:19"),
+    ];
+    for (toml, expect) in cases {
+        let p = Project::new(toml);
+        let o = p.run(&["run", "experiments/tiny.toml"]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{toml}\n{t}");
+        assert!(t.contains(expect), "expected `{expect}` in:\n{t}");
+        assert!(!t.contains("panicked") && !t.contains("RUST_BACKTRACE"), "{t}");
+    }
+    let p = Project::new(TINY);
+    let o = p.run(&["run", "experiments/tiny.toml", "--set", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = p.run(&["run", "experiments/missing.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = p.run(&["run", "experiments/tiny.toml", "--device", "cuda"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn sigkill_at_random_moments_leaves_the_cache_consistent() {
+    let reference = Project::new(TINY);
+    assert!(reference.run(&["run", "experiments/tiny.toml", "--quiet"]).status.success());
+    let expected = reference.csv();
+
+    let p = Project::new(TINY);
+    // Deterministic "random" moments spread over a full run's duration.
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let ms = 20 + state % 1500;
+        let mut child = mrbm().current_dir(p.root()).args(["run", "experiments/tiny.toml", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    let verify = p.run(&["verify"]);
+    let t = text(&verify);
+    assert!(verify.status.success(), "{t}");
+    assert!(t.contains(" 0 corrupt"), "{t}");
+    // Every entry in the cache is whole: it has a manifest.
+    for e in std::fs::read_dir(p.root().join(".mrbm/entries")).unwrap() {
+        assert!(e.unwrap().path().join("manifest.json").is_file());
+    }
+    let rerun = p.run(&["run", "experiments/tiny.toml", "--quiet"]);
+    assert!(rerun.status.success(), "{}", text(&rerun));
+    assert_eq!(p.csv(), expected);
+}
+
+#[test]
+fn two_concurrent_runs_compute_each_stage_once() {
+    let p = Project::new(TINY);
+    let spawn = || mrbm().current_dir(p.root()).args(["run", "experiments/tiny.toml", "--quiet"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    let (ran_a, cached_a) = counts(&a);
+    let (ran_b, cached_b) = counts(&b);
+    assert_eq!(ran_a + ran_b, TINY_STAGES, "each stage computed once:\n{}\n{}", text(&a), text(&b));
+    assert_eq!(ran_a + cached_a, TINY_STAGES);
+    assert_eq!(ran_b + cached_b, TINY_STAGES);
+    assert_eq!(std::fs::read_dir(p.root().join(".mrbm/entries")).unwrap().count(), TINY_STAGES);
+    let _ = p.exp();
+}
