@@ -337,8 +337,9 @@ pub fn decode_items(items: &[Item], ops: &ImageOps, skip_corrupt: bool, ctl: &Ct
         }
     };
     let c = ops.gray.channels(3);
-    let len = c * (ow * oh) as usize;
-    let mut pixels = vec![0u8; items.len() * len];
+    let len = c * (ow as usize * oh as usize);
+    let total = items.len().checked_mul(len).ok_or_else(|| DataError::Invalid(format!("{} images of {c}x{oh}x{ow} do not fit in memory", items.len())))?;
+    let mut pixels = vec![0u8; total];
     // Ok(None): decoded; Ok(Some(message)): corrupt and skipped.
     let results: Vec<Result<Option<String>>> = pixels
         .par_chunks_mut(len)

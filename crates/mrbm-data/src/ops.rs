@@ -247,6 +247,10 @@ pub fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
+/// Largest crop or resize side accepted (assumption: far above any data
+/// set here; keeps buffer sizes far from overflow).
+pub const MAX_SIDE: u32 = 1 << 15;
+
 /// The per-image pipeline: optional crop, optional resize, colour handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ImageOps {
@@ -265,10 +269,16 @@ impl ImageOps {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(c) = self.crop {
             c.validate()?;
+            if c.fixed_size().is_some_and(|(w, h)| w > MAX_SIDE || h > MAX_SIDE) {
+                return Err(format!("crop sides must be at most {MAX_SIDE}"));
+            }
         }
         if let Some(s) = self.resize {
             if s.w == 0 || s.h == 0 {
                 return Err("resize width and height must be at least 1".into());
+            }
+            if s.w > MAX_SIDE || s.h > MAX_SIDE {
+                return Err(format!("resize sides must be at most {MAX_SIDE}"));
             }
         }
         Ok(())
@@ -314,7 +324,7 @@ fn crop_resize(
     let cropped: std::borrow::Cow<[u8]> = if (cx, cy, cw, ch) == (0, 0, w, h) {
         std::borrow::Cow::Borrowed(src)
     } else {
-        let mut out = Vec::with_capacity((cw * ch) as usize * channels);
+        let mut out = Vec::with_capacity((cw as usize * ch as usize) * channels);
         let stride = w as usize * channels;
         for row in cy..cy + ch {
             let start = row as usize * stride + cx as usize * channels;
@@ -348,7 +358,7 @@ pub fn process_rgb(resizer: &mut fr::Resizer, rgb: &[u8], w: u32, h: u32, ops: &
         let (v, ow, oh) = crop_resize(resizer, rgb, w, h, fr::PixelType::U8x3, ops, what)?;
         (std::borrow::Cow::Owned(v), ow, oh)
     };
-    let plane = (ow * oh) as usize;
+    let plane = ow as usize * oh as usize;
     let c = ops.gray.channels(3);
     if out.len() != c * plane {
         return Err(DataError::Invalid(format!("{}: internal: output buffer of {} bytes for {c}x{oh}x{ow}", what(), out.len())));
@@ -392,8 +402,8 @@ pub fn process_planar(
     what: &dyn Fn() -> String,
 ) -> Result<()> {
     let (ow, oh) = ops.out_size(w, h, what)?;
-    let plane_in = (w * h) as usize;
-    let plane = (ow * oh) as usize;
+    let plane_in = w as usize * h as usize;
+    let plane = ow as usize * oh as usize;
     let mut planes: Vec<std::borrow::Cow<[u8]>> = Vec::with_capacity(c);
     for ch in 0..c {
         let p = &src[ch * plane_in..(ch + 1) * plane_in];
@@ -442,8 +452,9 @@ pub fn transform_set(set: &ImageSet, ops: &ImageOps, ctl: &crate::Ctl) -> Result
     }
     let (ow, oh) = ops.out_size(w, h, &|| "every image".to_string())?;
     let oc = ops.gray.channels(set.c);
-    let olen = oc * (ow * oh) as usize;
-    let mut out = vec![0u8; set.n * olen];
+    let olen = oc * (ow as usize * oh as usize);
+    let total = set.n.checked_mul(olen).ok_or_else(|| DataError::Invalid(format!("{} images of {oc}x{oh}x{ow} do not fit in memory", set.n)))?;
+    let mut out = vec![0u8; total];
     out.par_chunks_mut(olen.max(1)).enumerate().try_for_each_init(fr::Resizer::new, |resizer, (i, dst)| {
         ctl.check()?;
         process_planar(resizer, set.image(i), set.c, w, h, ops, dst, &|| format!("image {i}"))?;
