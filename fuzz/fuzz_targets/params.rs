@@ -4,7 +4,6 @@
 //! point, and the typed parameters must deserialise from it.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mrbm_stage::Stage;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
