@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the cargo-fuzz targets of mrbm-data (fuzz/): the IDX and CIFAR-10
-# parsers and the TOML front end of the dataset/transform stages.
+# parsers, the TOML front end of the dataset/transform stages, and image
+# decoding (libjpeg, PNG) with crop/resize.
 #
 #   tools/fuzz.sh [RUNS] [MAX_SECONDS] [TARGET...]
 #
@@ -19,7 +20,7 @@ RUNS=${1:-1000000}
 MAX=${2:-600}
 shift $(( $# > 2 ? 2 : $# )) || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(idx cifar params)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(idx cifar params decode)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 if cargo +nightly --version >/dev/null 2>&1; then TC=(+nightly); else TC=(); export RUSTC_BOOTSTRAP=1; fi
 cargo "${TC[@]}" fuzz build -O
@@ -29,7 +30,7 @@ for t in "${TARGETS[@]}"; do
   log=$(mktemp)
   set +e
   cargo "${TC[@]}" fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
-    -runs="$RUNS" -max_total_time="$MAX" -max_len=8192 -rss_limit_mb=2048 \
+    -runs="$RUNS" -max_total_time="$MAX" -max_len="${MAX_LEN:-16384}" -rss_limit_mb=2048 \
     -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e

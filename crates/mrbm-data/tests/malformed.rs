@@ -241,7 +241,7 @@ fn folder_labels_follow_sorted_names_and_sizes_must_agree() {
     assert_eq!(load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap().set.shape(), [4, 3, 5, 6]);
     // A crop that does not fit names the image.
     let ops = ImageOps { crop: Some(Crop::Centre { w: 13, h: 13 }), ..Default::default() };
-    let e = decode_items(&items(&[odd.clone()]), &ops, false, &Ctl::default()).unwrap_err();
+    let e = decode_items(&items(std::slice::from_ref(&odd)), &ops, false, &Ctl::default()).unwrap_err();
     assert!(matches!(e, DataError::CropOutOfBounds { .. }), "{e:?}");
     names(&e, "2.jpg");
 }
