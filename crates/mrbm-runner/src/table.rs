@@ -15,6 +15,8 @@ pub const MISSING: &str = "missing";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableCell {
     pub slot: String,
+    /// For people only: not serialised, so renaming a stage changes no key.
+    #[serde(skip, default)]
     pub id: String,
     pub row: String,
     pub column: Option<String>,
