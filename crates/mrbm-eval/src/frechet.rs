@@ -8,18 +8,18 @@
 //! pytorch-fid computes the last trace as tr(sqrtm(S1 S2)) with scipy's
 //! general (Schur) matrix square root, which is ill-conditioned and may turn
 //! complex when a covariance is singular (fewer samples than dimensions).
-//! Here the trace comes from symmetric eigendecompositions only:
-//! S1 = V diag(l) V^T, A = V diag(sqrt(l+)), and the eigenvalues m of the
-//! symmetric PSD matrix A^T S2 A (similar to S1^{1/2} S2 S1^{1/2}) give
-//! tr sqrt = sum sqrt(m+). Stability for singular covariances: eigenvalues
-//! of S1 below `n * eps * max(l)` are set to zero (their directions dropped,
-//! which also shrinks the second problem to the rank of S1), and rounding
-//! negatives of the second spectrum are clamped to zero. The same
-//! definition is used for tr(S1) and tr(S2) (the exact diagonal sums).
+//! Here the trace comes from a symmetric eigendecomposition: factor
+//! S1 = L L^T by pivoted (rank-revealing) Cholesky, then the eigenvalues m
+//! of the symmetric PSD matrix L^T S2 L, which are the non-zero eigenvalues
+//! of S1 S2 and of S1^{1/2} S2 S1^{1/2}, give tr sqrt = sum sqrt(max(m, 0)).
+//! Stability for singular covariances (fewer samples than dimensions, or
+//! constant features): the factorisation stops at S1's numerical rank r
+//! (once every remaining pivot is <= d * eps * max diag(S1), LAPACK dpstrf's
+//! default), so L is d x r and the eigenproblem r x r, and the rounding
+//! negatives of the PSD spectrum are clamped to zero. No square root of a
+//! non-symmetric matrix is ever taken, so the result is always real.
 
-use rayon::prelude::*;
-
-use crate::linalg::{matmul_abt, sym_eigen};
+use crate::linalg::{gram_columns, matmul_abt, pivoted_cholesky, sym_eigen};
 
 /// Mean and covariance (unbiased, ddof = 1 as numpy.cov) of a feature set.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,25 +63,23 @@ impl GaussianStats {
             }
         }
         mu.iter_mut().for_each(|m| *m /= n as f64);
-        // Centred data, transposed (feature-major) so that each covariance
-        // entry is a contiguous dot product; two-pass for accuracy.
-        let mut zt = vec![0.0f64; d * n];
-        for (r, row) in x.chunks_exact(d).enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                zt[j * n + r] = *v as f64 - mu[j];
+        // Centred data (two-pass, for accuracy), then z^T z / (n - 1).
+        let mut z = vec![0.0f64; n * d];
+        for (zr, row) in z.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            for ((o, v), m) in zr.iter_mut().zip(row).zip(&mu) {
+                *o = *v as f64 - m;
             }
         }
-        let mut sigma = vec![0.0f64; d * d];
-        sigma.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-            let zi = &zt[i * n..(i + 1) * n];
-            for j in 0..=i {
-                row[j] = crate::linalg::dot(zi, &zt[j * n..(j + 1) * n]) / (n - 1) as f64;
-            }
-        });
+        let mut sigma = gram_columns(&z, n, d);
+        let inv = 1.0 / (n - 1) as f64;
         for i in 0..d {
             for j in 0..i {
-                sigma[j * d + i] = sigma[i * d + j];
+                // Exactly symmetric, whatever the kernel's summation order.
+                let s = 0.5 * (sigma[i * d + j] + sigma[j * d + i]) * inv;
+                sigma[i * d + j] = s;
+                sigma[j * d + i] = s;
             }
+            sigma[i * d + i] *= inv;
         }
         Ok(GaussianStats { dim: d, count: n, mu, sigma })
     }
@@ -116,26 +114,17 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize) -> f64 {
     if d == 0 {
         return 0.0;
     }
-    let e1 = sym_eigen(s1, d, true);
-    let v = e1.vectors.as_ref().expect("vectors requested");
-    let lmax = e1.values.iter().fold(0.0f64, |a, b| a.max(b.abs()));
-    let tol = d as f64 * f64::EPSILON * lmax;
-    // Rows of At = sqrt(l_k) v_k^T for the kept eigenpairs (contiguous columns of V).
-    let kept: Vec<usize> = (0..d).filter(|&k| e1.values[k] > tol).collect();
-    let r = kept.len();
+    let maxd = (0..d).map(|i| s1[i * d + i]).fold(0.0f64, f64::max);
+    let tol = d as f64 * f64::EPSILON * maxd;
+    // S1 = L L^T (rank r); L^T S2 L is symmetric PSD with the non-zero
+    // eigenvalues of S1 S2 (and so of S1^{1/2} S2 S1^{1/2}).
+    let (lt, r) = pivoted_cholesky(s1, d, tol);
     if r == 0 {
         return 0.0;
     }
-    let mut at = vec![0.0; r * d];
-    for (p, &k) in kept.iter().enumerate() {
-        let s = e1.values[k].sqrt();
-        for (o, x) in at[p * d..(p + 1) * d].iter_mut().zip(&v[k * d..(k + 1) * d]) {
-            *o = s * x;
-        }
-    }
-    // Bt = At S2 (S2 symmetric, so S2's rows are its columns), then M = At Bt^T.
-    let bt = matmul_abt(&at, s2, r, d, d);
-    let mut m = matmul_abt(&at, &bt, r, r, d);
+    // Bt = Lt S2 (S2 symmetric: its rows are its columns), then M = Lt Bt^T.
+    let bt = matmul_abt(&lt, s2, r, d, d);
+    let mut m = matmul_abt(&lt, &bt, r, r, d);
     // Symmetrise away rounding so the eigensolver sees an exactly symmetric matrix.
     for i in 0..r {
         for j in 0..i {
@@ -144,8 +133,9 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize) -> f64 {
             m[j * r + i] = s;
         }
     }
-    let e2 = sym_eigen(&m, r, false);
-    e2.values.iter().map(|x| x.max(0.0).sqrt()).sum()
+    let e = sym_eigen(&m, r, false);
+    // Rounding can leave tiny negative eigenvalues of a PSD matrix: clamp.
+    e.values.iter().map(|x| x.max(0.0).sqrt()).sum()
 }
 
 #[cfg(test)]

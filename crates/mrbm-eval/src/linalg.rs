@@ -232,17 +232,116 @@ fn ql_implicit(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_vecto
     }
 }
 
-/// Row-major matrix product of `a` (m x k) and the transpose of `b` (n x k):
-/// out[i][j] = a_i . b_j, rows in parallel. All accesses are contiguous.
+/// out = a b^T for row-major `a` (m x k) and `b` (n x k), by the `gemm`
+/// crate (packed, SIMD, rayon-parallel).
 pub fn matmul_abt(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64> {
+    assert!(a.len() >= m * k && b.len() >= n * k, "matmul_abt sizes");
     let mut out = vec![0.0; m * n];
-    out.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
-        let ai = &a[i * k..(i + 1) * k];
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = dot(ai, &b[j * k..(j + 1) * k]);
-        }
-    });
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    // Safety: the strides describe a (m x k, row-major), b^T (k x n, column j
+    // = row j of b) and out (m x n, row-major), all within the slices above.
+    unsafe {
+        gemm::gemm(m, n, k, out.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, par());
+    }
     out
+}
+
+/// out = z^T z for row-major `z` (n x d): the d x d Gram matrix of its columns.
+pub fn gram_columns(z: &[f64], n: usize, d: usize) -> Vec<f64> {
+    assert!(z.len() >= n * d, "gram_columns sizes");
+    let mut out = vec![0.0; d * d];
+    if n == 0 || d == 0 {
+        return out;
+    }
+    // Safety: lhs = z^T (d x n: element (i, t) = z[t d + i]), rhs = z (n x d).
+    unsafe {
+        gemm::gemm(d, d, n, out.as_mut_ptr(), 1, d as isize, false, z.as_ptr(), d as isize, 1, z.as_ptr(), 1, d as isize, 0.0, 1.0, false, false, false, par());
+    }
+    out
+}
+
+fn par() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    }
+}
+
+/// Pivoted (rank-revealing) Cholesky of a symmetric positive semi-definite
+/// `n x n` matrix, as LAPACK's dpstrf: greedily takes the largest remaining
+/// diagonal as pivot and stops once it is <= `tol` (the remainder is then
+/// rounding noise of a singular matrix). Returns the factor as r rows of
+/// length n (row k is the k-th column of L, in the original index order,
+/// zero on earlier pivots), so that a ~= sum_k l_k l_k^T = Lt^T Lt.
+///
+/// Blocked right-looking form: within a block of `NB` columns each new
+/// column is updated only by the block's earlier columns; the trailing
+/// matrix then gets one rank-NB update by gemm (most of the flops, at
+/// matrix-multiply speed). The diagonal is kept exact at every step so the
+/// pivot choice is the unblocked algorithm's.
+pub fn pivoted_cholesky(a: &[f64], n: usize, tol: f64) -> (Vec<f64>, usize) {
+    const NB: usize = 64;
+    let mut work = a[..n * n].to_vec();
+    let mut diag: Vec<f64> = (0..n).map(|i| a[i * n + i]).collect();
+    let mut done = vec![false; n];
+    let mut lt: Vec<f64> = Vec::new();
+    let mut r = 0;
+    'outer: while r < n {
+        let r0 = r;
+        while r < n && r - r0 < NB {
+            let (mut p, mut best) = (usize::MAX, f64::NEG_INFINITY);
+            for i in 0..n {
+                if !done[i] && diag[i] > best {
+                    best = diag[i];
+                    p = i;
+                }
+            }
+            if p == usize::MAX || !(best > tol) {
+                flush(&mut work, &lt[r0 * n..], n);
+                break 'outer;
+            }
+            let piv = best.sqrt();
+            // Column p of the partially updated matrix (row p: symmetric),
+            // minus this block's earlier columns.
+            let mut col = work[p * n..(p + 1) * n].to_vec();
+            for k in r0..r {
+                let f = lt[k * n + p];
+                if f != 0.0 {
+                    for (o, l) in col.iter_mut().zip(&lt[k * n..(k + 1) * n]) {
+                        *o -= f * l;
+                    }
+                }
+            }
+            done[p] = true;
+            for i in 0..n {
+                if done[i] {
+                    col[i] = 0.0;
+                } else {
+                    col[i] /= piv;
+                    diag[i] -= col[i] * col[i];
+                }
+            }
+            col[p] = piv;
+            lt.extend_from_slice(&col);
+            r += 1;
+        }
+        flush(&mut work, &lt[r0 * n..], n);
+    }
+    (lt, r)
+}
+
+/// work -= lb^T lb for the block's factor rows lb (b x n).
+fn flush(work: &mut [f64], lb: &[f64], n: usize) {
+    let b = lb.len() / n;
+    if b == 0 {
+        return;
+    }
+    // Safety: dst n x n row-major; lhs = lb^T (n x b: (i, t) = lb[t n + i]); rhs = lb (b x n).
+    unsafe {
+        gemm::gemm(n, n, b, work.as_mut_ptr(), 1, n as isize, true, lb.as_ptr(), n as isize, 1, lb.as_ptr(), 1, n as isize, 1.0, -1.0, false, false, false, par());
+    }
 }
 
 /// Four-accumulator dot product (vectorisable; summation order fixed).
@@ -305,6 +404,58 @@ mod tests {
             let only = sym_eigen(&a, n, false);
             for (x, y) in only.values.iter().zip(&eig.values) {
                 assert!((x - y).abs() < 1e-11 * n as f64, "values-only path differs: {x} {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn pivoted_cholesky_reconstructs_and_reveals_rank() {
+        // Rank 3 PSD matrix in 8 dimensions: B B^T with B 8x3.
+        let n = 8;
+        let b: Vec<f64> = (0..n * 3).map(|k| ((k * 7 % 11) as f64 - 5.0) / 3.0).collect();
+        let a: Vec<f64> = (0..n * n).map(|k| (0..3).map(|t| b[(k / n) * 3 + t] * b[(k % n) * 3 + t]).sum()).collect();
+        let maxd = (0..n).map(|i| a[i * n + i]).fold(0.0, f64::max);
+        let (lt, r) = pivoted_cholesky(&a, n, n as f64 * f64::EPSILON * maxd);
+        assert_eq!(r, 3);
+        for i in 0..n {
+            for j in 0..n {
+                let got: f64 = (0..r).map(|k| lt[k * n + i] * lt[k * n + j]).sum();
+                assert!((got - a[i * n + j]).abs() < 1e-12 * maxd);
+            }
+        }
+        // Full rank: exact reconstruction of a random SPD matrix.
+        let m = random_sym(12, 5);
+        let mut spd = matmul_abt(&m, &m, 12, 12, 12);
+        for i in 0..12 {
+            spd[i * 12 + i] += 0.1;
+        }
+        let (lt, r) = pivoted_cholesky(&spd, 12, 1e-14);
+        assert_eq!(r, 12);
+        for i in 0..12 {
+            for j in 0..12 {
+                let got: f64 = (0..r).map(|k| lt[k * 12 + i] * lt[k * 12 + j]).sum();
+                assert!((got - spd[i * 12 + j]).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_products_match_naive() {
+        let (m, n, k) = (37, 21, 13);
+        let a: Vec<f64> = (0..m * k).map(|v| (v % 17) as f64 - 8.0).collect();
+        let b: Vec<f64> = (0..n * k).map(|v| (v % 5) as f64 * 0.5).collect();
+        let c = matmul_abt(&a, &b, m, n, k);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|t| a[i * k + t] * b[j * k + t]).sum();
+                assert_eq!(c[i * n + j], want);
+            }
+        }
+        let g = gram_columns(&a, m, k);
+        for i in 0..k {
+            for j in 0..k {
+                let want: f64 = (0..m).map(|t| a[t * k + i] * a[t * k + j]).sum();
+                assert_eq!(g[i * k + j], want);
             }
         }
     }
