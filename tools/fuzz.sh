@@ -36,8 +36,10 @@ for t in "${TARGETS[@]}"; do
   set -e
   execs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' | tail -1)
   secs=$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log" | grep -Eo 'in [0-9]+' | grep -Eo '[0-9]+' | tail -1)
-  crashes=$(ls "artifacts/$t" 2>/dev/null | wc -l)
-  echo "fuzz $t: ${execs:-?} executions in ${secs:-?} s, exit $rc, crash files $crashes"
+  # slow-unit-* files only flag slow inputs; crash/leak/timeout/oom fail.
+  crashes=$(ls "artifacts/$t" 2>/dev/null | grep -Evc '^slow-unit-' || true)
+  slow=$(ls "artifacts/$t" 2>/dev/null | grep -Ec '^slow-unit-' || true)
+  echo "fuzz $t: ${execs:-?} executions in ${secs:-?} s, exit $rc, crash files $crashes, slow inputs $slow"
   if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ]; then status=1; tail -40 "$log"; fi
   rm -f "$log"
 done

@@ -12,6 +12,10 @@ use std::ffi::c_ulong;
 
 use mozjpeg_sys as ffi;
 
+/// Largest image decoded, in pixels: Pillow's decompression-bomb limit
+/// (2 x MAX_IMAGE_PIXELS), so a corrupt header cannot ask for gigabytes.
+pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
 /// (left, top, width, height) in image pixels.
 pub type Rect = (u32, u32, u32, u32);
 
@@ -79,8 +83,8 @@ pub fn decode_region<E: From<String>>(bytes: &[u8], pick: impl FnOnce(u32, u32) 
                 return Ok(None);
             }
             let (w, h) = (c.image_width, c.image_height);
-            if w == 0 || h == 0 {
-                return Err(E::from(format!("JPEG size {w}x{h}")));
+            if w == 0 || h == 0 || w as u64 * h as u64 > MAX_PIXELS {
+                return Err(E::from(format!("JPEG size {w}x{h} outside 1..={MAX_PIXELS} pixels (decompression bomb guard)")));
             }
             let (x, y, rw, rh) = (pick.take().expect("called once"))(w, h)?.unwrap_or((0, 0, w, h));
             if rw == 0 || rh == 0 || x.checked_add(rw).is_none_or(|e| e > w) || y.checked_add(rh).is_none_or(|e| e > h) {

@@ -391,6 +391,7 @@ pub fn process_rgb(resizer: &mut fr::Resizer, rgb: &[u8], w: u32, h: u32, ops: &
 /// (C' planes of the output size). Each plane is resized on its own: the
 /// convolution treats channels independently, so this equals resizing the
 /// interleaved image.
+#[allow(clippy::too_many_arguments)]
 pub fn process_planar(
     resizer: &mut fr::Resizer,
     src: &[u8],

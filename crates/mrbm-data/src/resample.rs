@@ -119,16 +119,16 @@ pub fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let n = xmax.saturating_sub(xmin).min(ksize);
         let mut ww = 0.0;
-        for x in 0..n {
+        for (x, wx) in w[..n].iter_mut().enumerate() {
             let v = f((x as f64 + xmin as f64 - center + 0.5) * ss);
-            w[x] = v;
+            *wx = v;
             ww += v;
         }
         let kk = &mut k[xx * ksize..(xx + 1) * ksize];
-        for x in 0..n {
-            let v = if ww != 0.0 { w[x] / ww } else { w[x] };
+        for (kx, &wx) in kk.iter_mut().zip(&w[..n]) {
+            let v = if ww != 0.0 { wx / ww } else { wx };
             let scaled = v * (1i64 << PRECISION_BITS) as f64;
-            kk[x] = if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            *kx = if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
         }
         bounds.push((xmin, n));
     }

@@ -22,7 +22,7 @@ fn inside(k: usize, dx: f32, dy: f32) -> bool {
         1 => dx.abs() <= 0.8 && dy.abs() <= 0.8,
         2 => {
             // Upward triangle: apex (0, -1), base from (-1, 0.8) to (1, 0.8).
-            dy <= 0.8 && dy >= -1.0 && dx.abs() <= (dy + 1.0) / 1.8
+            (-1.0..=0.8).contains(&dy) && dx.abs() <= (dy + 1.0) / 1.8
         }
         3 => (dx.abs() <= 0.3 && dy.abs() <= 1.0) || (dy.abs() <= 0.3 && dx.abs() <= 1.0),
         4 => dx.abs() + dy.abs() <= 1.0,
