@@ -134,8 +134,21 @@ fn run_caches_and_plan_names_the_changed_parameter() {
     let out = String::from_utf8_lossy(&plan.stdout).to_string();
     assert!(out.contains(&format!("0 to run, {TINY_STAGES} cached")), "{out}");
 
+    // gc keeps what experiments/ references and drops the C=2 cells.
+    std::fs::remove_file(p.root().join("experiments/renamed.toml")).unwrap();
+    let c2 = p.run(&["run", "experiments/tiny.toml", "--set", "svm.C=2"]);
+    assert_eq!(counts(&c2), (3, TINY_STAGES - 3), "{}", text(&c2));
+    let dry = p.run(&["gc", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would remove 3 entries"), "{}", text(&dry));
+    let gc = p.run(&["gc"]);
+    assert!(gc.status.success(), "{}", text(&gc));
+    let plan = p.run(&["plan", "experiments/tiny.toml"]);
+    assert!(String::from_utf8_lossy(&plan.stdout).contains(&format!("0 to run, {TINY_STAGES} cached")), "{}", text(&plan));
+    assert_eq!(std::fs::read_dir(p.root().join(".mrbm/entries")).unwrap().count(), TINY_STAGES);
+
     let verify = p.run(&["verify"]);
     assert!(verify.status.success(), "{}", text(&verify));
+    assert_eq!(counts(&p.run(&["run", "experiments/tiny.toml"])), (0, TINY_STAGES));
     let show = p.run(&["show", "svm[N=255]"]);
     assert!(String::from_utf8_lossy(&show.stdout).contains("\"kind\": \"svm\""), "{}", text(&show));
     let dot = p.run(&["dag", "experiments/tiny.toml", "--dot"]);
