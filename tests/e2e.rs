@@ -229,3 +229,20 @@ fn two_concurrent_runs_compute_each_stage_once() {
     assert_eq!(std::fs::read_dir(p.root().join(".mrbm/entries")).unwrap().count(), TINY_STAGES);
     let _ = p.exp();
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_keeps_the_cache_consistent() {
+    let p = Project::new(TINY);
+    let child = mrbm().current_dir(p.root()).args(["run", "experiments/tiny.toml", "--quiet", "--jobs", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    // Interrupted (130), or the run had already finished (0).
+    assert!(matches!(out.status.code(), Some(130) | Some(0)), "{}", text(&out));
+    assert!(!text(&out).contains("panicked"), "{}", text(&out));
+    let verify = p.run(&["verify"]);
+    assert!(verify.status.success() && text(&verify).contains(" 0 corrupt"), "{}", text(&verify));
+    assert!(std::fs::read_dir(p.root().join(".mrbm/locks")).unwrap().next().is_none(), "a lock was left behind");
+    let rerun = p.run(&["run", "experiments/tiny.toml", "--quiet"]);
+    assert!(rerun.status.success(), "{}", text(&rerun));
+}
