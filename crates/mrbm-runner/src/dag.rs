@@ -227,29 +227,11 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                 let help = mrbm_stage::nearest(slot, valid.iter().copied()).map(|n| format!("did you mean `{n}`?")).unwrap_or_else(|| format!("stage kind `{}` takes inputs: {}", decl.kind.get_ref(), if valid.is_empty() { "none".into() } else { valid.join(", ") }));
                 return Err(src.locate(span, format!("stage `{name}`: unknown input `{slot}`"), Some(help)));
             };
-            let text = value.get_ref();
-            let first = text.split('/').next().unwrap_or(text);
-            let target = if idx.contains_key(first) && !text.starts_with("data:") {
-                let rest = text[first.len()..].trim_start_matches('/');
-                if first == name.as_str() {
-                    return Err(src.locate(span, format!("stage `{name}` reads its own output"), None));
-                }
-                graph.add_edge(idx[first], idx[name.as_str()], ());
-                Ok((first.to_string(), (!rest.is_empty()).then(|| rest.to_string())))
-            } else if let Some(rel) = text.strip_prefix("data:") {
-                let Some(root) = &data_root else {
-                    return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" needs a data root"), Some("set `data_root = \"...\"` in the experiment, the MRBM_DATA variable, or --data-root".into())));
-                };
-                let (l, c) = src.line_col(value.span().start);
-                Err((root.join(rel), format!("{}:{l}:{c}", src.path.display())))
-            } else {
-                if !text.contains('/') && !text.contains('.') && !Path::new(text).exists() {
-                    let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
-                    return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
-                }
-                let (l, c) = src.line_col(value.span().start);
-                Err((dir_of(&src.path).join(text), format!("{}:{l}:{c}", src.path.display())))
-            };
+            let (l, c) = src.line_col(value.span().start);
+            let target = resolve_target(name, slot, value.get_ref(), span, &format!("{}:{l}:{c}", src.path.display()), src, &names, &data_root)?;
+            if let Ok((up, _)) = &target {
+                graph.add_edge(idx[up.as_str()], idx[name.as_str()], ());
+            }
             list.push((slot.clone(), target, spec.default_file.map(str::to_string)));
         }
         for spec in slots.iter().filter(|s| s.required) {
@@ -258,6 +240,34 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
             }
         }
         resolved.insert(name.as_str(), list);
+    }
+    // Inputs set by the sweep (`"STAGE.inputs.SLOT" = "..."` in a variant or
+    // axis): resolved like declared ones; every stage they may read becomes
+    // an edge, so the order and the axes reaching a stage hold for all cells.
+    let mut swept_inputs: HashMap<(usize, usize, String, String), (Result<(String, Option<String>), (PathBuf, String)>, Option<String>)> = HashMap::new();
+    for (ai, a) in axes.iter().enumerate() {
+        for (vi, (label, assigns)) in a.values.iter().enumerate() {
+            for (stage_name, param, v) in assigns {
+                let Some(slot) = param.strip_prefix("inputs.") else { continue };
+                let span = exp.source.span_of(&["sweep", &a.name]).or_else(|| exp.source.span_of(&["sweep"]));
+                let (decl, _) = &exp.stages[stage_name];
+                let kind = decl.get_ref().kind.get_ref();
+                let stage = registry.get(kind).expect("kind checked");
+                let Some(spec) = stage.inputs().iter().find(|s| s.name == slot) else {
+                    let valid: Vec<&str> = stage.inputs().iter().map(|s| s.name).collect();
+                    return Err(exp.source.locate(span, format!("sweep axis `{}`, value `{label}`: stage `{stage_name}` ({kind}) has no input `{slot}`", a.name), Some(format!("its inputs: {}", if valid.is_empty() { "none".into() } else { valid.join(", ") }))));
+                };
+                let Some(text) = v.as_str() else {
+                    return Err(exp.source.locate(span, format!("sweep axis `{}`, value `{label}`: input `{stage_name}.inputs.{slot}` must be a string", a.name), None));
+                };
+                let (l, c) = exp.source.line_col(span.clone().map(|s| s.start).unwrap_or(0));
+                let target = resolve_target(stage_name, slot, text, span, &format!("{}:{l}:{c}", exp.source.path.display()), &exp.source, &names, &data_root)?;
+                if let Ok((up, _)) = &target {
+                    graph.add_edge(idx[up.as_str()], idx[stage_name.as_str()], ());
+                }
+                swept_inputs.insert((ai, vi, stage_name.clone(), slot.to_string()), (target, spec.default_file.map(str::to_string)));
+            }
+        }
     }
     let order = match petgraph::algo::toposort(&graph, None) {
         Ok(o) => o,
@@ -300,7 +310,7 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
             let mut params = raw[name].clone();
             for (ai, vi) in &combo {
                 for (s, p, v) in &axes[*ai].values[*vi].1 {
-                    if s == name {
+                    if s == name && !p.starts_with("inputs.") {
                         set_param(&mut params, p, v.clone());
                     }
                 }
@@ -322,7 +332,18 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
             })?;
             let mut inputs = Vec::new();
             let mut deps = Vec::new();
-            for (slot, target, default_file) in &resolved[name] {
+            // Declared inputs, then those this cell's sweep values set (which replace them).
+            let mut wanted: Vec<(String, Result<(String, Option<String>), (PathBuf, String)>, Option<String>)> = resolved[name].clone();
+            for (ai, vi) in &combo {
+                for ((a, v, s, slot), (target, default_file)) in &swept_inputs {
+                    if a == ai && v == vi && s == name {
+                        wanted.retain(|(sl, _, _)| sl != slot);
+                        wanted.push((slot.clone(), target.clone(), default_file.clone()));
+                    }
+                }
+            }
+            wanted.sort_by(|a, b| a.0.cmp(&b.0));
+            for (slot, target, default_file) in &wanted {
                 let source = match target {
                     Ok((up, file)) => {
                         let up_cell: Vec<(String, String)> = cell.iter().filter(|(a, _)| reach[up.as_str()].iter().any(|ai| &axes[*ai].name == a)).cloned().collect();
@@ -392,6 +413,39 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
     }
 
     Ok(Dag { experiment: exp.name.clone(), nodes, axes, project_root, data_root })
+}
+
+/// Resolve one input's text: another stage (`stage` or `stage/file`), a
+/// `data:` path under the data root, or a path relative to the declaring file.
+fn resolve_target(
+    name: &str,
+    slot: &str,
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    declared: &str,
+    src: &Source,
+    names: &[&str],
+    data_root: &Option<PathBuf>,
+) -> Result<Result<(String, Option<String>), (PathBuf, String)>, RunnerError> {
+    let first = text.split('/').next().unwrap_or(text);
+    if names.contains(&first) && !text.starts_with("data:") {
+        let rest = text[first.len()..].trim_start_matches('/');
+        if first == name {
+            return Err(src.locate(span, format!("stage `{name}` reads its own output"), None));
+        }
+        Ok(Ok((first.to_string(), (!rest.is_empty()).then(|| rest.to_string()))))
+    } else if let Some(rel) = text.strip_prefix("data:") {
+        let Some(root) = data_root else {
+            return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" needs a data root"), Some("set `data_root = \"...\"` in the experiment, the MRBM_DATA variable, or --data-root".into())));
+        };
+        Ok(Err((root.join(rel), declared.to_string())))
+    } else {
+        if !text.contains('/') && !text.contains('.') && !Path::new(text).exists() {
+            let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
+            return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
+        }
+        Ok(Err((dir_of(&src.path).join(text), declared.to_string())))
+    }
 }
 
 fn axis_order(axes: &[Axis], axis: &Option<String>) -> Vec<String> {

@@ -286,3 +286,53 @@ fn input_changed_while_running_is_not_cached() {
     }
     assert!(p.store().keys().is_empty());
 }
+
+/// A named variant can set a stage's input (`"STAGE.inputs.SLOT"`): another
+/// stage, a file of it, or an external path; cells without it keep the
+/// declared input, and a missing external file fails only its own cells.
+#[test]
+fn variants_set_inputs_per_cell() {
+    let p = Project::new();
+    std::fs::write(p.dir.path().join("experiments").join("five.txt"), "5").unwrap();
+    let f = p.write(
+        "v.toml",
+        r#"
+[stages.one]
+kind = "num"
+params = { value = 1.0 }
+
+[stages.two]
+kind = "num"
+params = { value = 2.0 }
+
+[stages.top]
+kind = "num"
+inputs = { a = "one" }
+
+[sweep.src.first]
+"top.value" = 0.0
+[sweep.src.second]
+"top.inputs.a" = "two/out.txt"
+[sweep.src.file]
+"top.inputs.a" = "five.txt"
+[sweep.src.absent]
+"top.inputs.a" = "../nowhere/x.txt"
+
+[[tables]]
+name = "v"
+stage = "top"
+metric = "value"
+rows = "src"
+"#,
+    );
+    let r: BTreeMap<_, _> = run(&p, &f, &registry(1), &[]).into_iter().collect();
+    assert_eq!(r["top[src=first]"], Status::Ran);
+    assert!(matches!(&r["top[src=absent]"], Status::Failed { user: true, .. }), "{:?}", r["top[src=absent]"]);
+    let csv = std::fs::read_to_string(p.dir.path().join("results/v.csv")).unwrap();
+    // Variant rows come in key order.
+    assert_eq!(csv, "src,value\nabsent,missing\nfile,5.00\nfirst,1.00\nsecond,2.00\n");
+    // An unknown slot is a located error.
+    let bad = p.write("bad_slot.toml", "[stages.a]\nkind = \"num\"\n[sweep.x.y]\n\"a.inputs.zz\" = \"five.txt\"\n");
+    let e = build(&bad, &registry(1), &[]).unwrap_err().to_string();
+    assert!(e.contains("has no input `zz`"), "{e}");
+}
