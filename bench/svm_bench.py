@@ -31,7 +31,7 @@ import mnist_split  # noqa: E402
 
 def dense_set():
     rng = np.random.default_rng(5)
-    means = rng.normal(size=(10, 500)) * 0.06
+    means = rng.normal(size=(10, 500)) * 0.15
     y = rng.integers(0, 10, size=10000)
     x = (means[y] + rng.normal(size=(10000, 500))).astype(np.float32)
     return x[:8000], y[:8000].astype(np.int64), x[8000:], y[8000:].astype(np.int64)

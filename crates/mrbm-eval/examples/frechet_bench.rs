@@ -1,10 +1,23 @@
 //! Time of the Frechet distance between two full-rank D x D covariances
 //! (random features, N = 2D samples each).  `frechet_bench [D] [THREADS]`
+//! or, on stored statistics (mu/sigma safetensors, e.g. from bench/fid_bench.py):
+//! `frechet_bench --files A B [THREADS]` (prints a JSON line).
 use std::time::Instant;
 
 use mrbm_eval::frechet::{frechet_distance, GaussianStats};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(|s| s.as_str()) == Some("--files") {
+        let threads: usize = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(2);
+        let (m1, s1) = mrbm_eval::stages::read_stats(args[2].as_ref()).unwrap();
+        let (m2, s2) = mrbm_eval::stages::read_stats(args[3].as_ref()).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let t = Instant::now();
+        let f = pool.install(|| frechet_distance(&m1, &s1, &m2, &s2)).unwrap();
+        println!("{}", serde_json::json!({"fid": f.distance, "seconds": t.elapsed().as_secs_f64(), "dim": m1.len()}));
+        return;
+    }
     let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().unwrap()).collect();
     let d = *a.first().unwrap_or(&2048);
     let threads = *a.get(1).unwrap_or(&2);
