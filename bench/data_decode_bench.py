@@ -17,7 +17,9 @@ one run. Prints each figure and the ratio mrbm / best other.
 Every tool reads the sorted .jpg files of --dir, the list repeated --repeat
 times (files come from the page cache), crops the centre --crop square
 (floor((W - c) / 2), as mrbm), and resizes to --size with an antialiased
-bilinear filter. mrbm and Pillow give identical pixels (checksums printed);
+bilinear filter. Wall-clock images/s is the figure; images per CPU-second
+(process CPU time, all threads) is printed too because this machine is
+shared and wall time swings with other load. mrbm and Pillow give identical pixels (checksums printed);
 torchvision decodes with libjpeg-turbo too but its antialiased resize
 rounds differently (checksum differs slightly).
 """
@@ -47,11 +49,11 @@ def run_pool(fn, files, threads):
     # so a thread pool is the fair equivalent of mrbm's rayon pool.
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(fn, files[: min(len(files), 32)]))  # warm-up
-        t = time.perf_counter()
+        t, cpu0 = time.perf_counter(), time.process_time()
         out = list(ex.map(fn, files, chunksize=16))
-        secs = time.perf_counter() - t
+        secs, cpu = time.perf_counter() - t, time.process_time() - cpu0
     checksum = int(sum(int(a.astype(np.int64).sum()) for a in out))
-    return len(files) / secs, secs, checksum
+    return len(files) / secs, secs, checksum, len(files) / cpu
 
 
 def bench_pillow(files, args):
@@ -107,7 +109,7 @@ def main():
         out = subprocess.run([exe, args.dir, str(args.threads), str(args.repeat), str(args.crop), str(args.size), args.filter],
                              check=True, capture_output=True, text=True).stdout
         m = json.loads(out.strip().splitlines()[-1])
-        return m["images_per_s"], m["seconds"], m["checksum"]
+        return m["images_per_s"], m["seconds"], m["checksum"], m["images"] / m["cpu_seconds"]
 
     for _ in range(args.rounds):
         for name, exe in exes:
@@ -123,12 +125,14 @@ def main():
     for name, rs in runs.items():
         rs = sorted(rs)
         results[name] = rs[len(rs) // 2]
+        cpu = sorted(r[3] for r in rs)[len(rs) // 2]
+        results[name] = (*results[name][:3], cpu)
         print(f"{name:>26}: {results[name][0]:9.1f} images/s median of {len(rs)} "
-              f"({', '.join(f'{r[0]:.0f}' for r in rs)}), checksum {results[name][2]}")
+              f"({', '.join(f'{r[0]:.0f}' for r in rs)}); {cpu:8.1f} images per CPU-second; checksum {results[name][2]}")
     others = {k: v for k, v in results.items() if not k.startswith("mrbm")}
     for name, _ in exes:
         for other, v in others.items():
-            print(f"ratio {name} / {other}: {results[name][0] / v[0]:.2f}x")
+            print(f"ratio {name} / {other}: {results[name][0] / v[0]:.2f}x wall, {results[name][3] / v[3]:.2f}x CPU")
 
 
 if __name__ == "__main__":

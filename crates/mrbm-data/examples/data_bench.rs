@@ -45,9 +45,25 @@ fn main() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
     // Warm-up: page cache, allocator, thread start.
     pool.install(|| decode_items(&items[..files.len()], &ops, false, &Ctl::default())).expect("decode");
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_seconds());
     let out = pool.install(|| decode_items(&items, &ops, false, &Ctl::default())).expect("decode");
-    let secs = t.elapsed().as_secs_f64();
+    let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let checksum: u64 = out.set.pixels().iter().map(|&p| p as u64).sum();
-    println!("{{\"tool\": \"mrbm\", \"images\": {}, \"seconds\": {secs:.4}, \"images_per_s\": {:.1}, \"checksum\": {checksum}}}", out.set.n, out.set.n as f64 / secs);
+    println!(
+        "{{\"tool\": \"mrbm\", \"images\": {}, \"seconds\": {secs:.4}, \"cpu_seconds\": {cpu:.4}, \"images_per_s\": {:.1}, \"checksum\": {checksum}}}",
+        out.set.n,
+        out.set.n as f64 / secs
+    );
+}
+
+/// User + system CPU time of this process (all threads), from
+/// /proc/self/stat (Linux; clock ticks of 1/100 s). NaN elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
 }
