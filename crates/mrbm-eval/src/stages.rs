@@ -243,14 +243,10 @@ pub fn weights_help() -> String {
     )
 }
 
-/// The burn device for the runner's choice.
+/// The burn device for the runner's choice (mrbm-core's mapping, so every
+/// stage treats `--device` alike).
 pub fn burn_device(d: mrbm_stage::Device) -> Result<burn::tensor::Device, StageError> {
-    match d {
-        mrbm_stage::Device::Cpu => Ok(burn::tensor::Device::flex()),
-        #[cfg(feature = "cuda")]
-        mrbm_stage::Device::Cuda(i) => Ok(burn::tensor::Device::cuda(i)),
-        other => Err(StageError::User(format!("mrbm-eval was built without support for device {other}; rebuild with its cargo feature or use --device cpu"))),
-    }
+    mrbm_core::device::burn_device(d)
 }
 
 impl Stage for FidStatsStage {
