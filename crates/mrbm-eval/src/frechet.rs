@@ -19,7 +19,7 @@
 //! negatives of the PSD spectrum are clamped to zero. No square root of a
 //! non-symmetric matrix is ever taken, so the result is always real.
 
-use crate::linalg::{gram_columns, matmul_abt, pivoted_cholesky, sym_eigen};
+use crate::linalg::{gram_columns_acc, matmul_abt, pivoted_cholesky, sym_eigen};
 
 /// Mean and covariance (unbiased, ddof = 1 as numpy.cov) of a feature set.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,14 +63,22 @@ impl GaussianStats {
             }
         }
         mu.iter_mut().for_each(|m| *m /= n as f64);
-        // Centred data (two-pass, for accuracy), then z^T z / (n - 1).
-        let mut z = vec![0.0f64; n * d];
-        for (zr, row) in z.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            for ((o, v), m) in zr.iter_mut().zip(row).zip(&mu) {
-                *o = *v as f64 - m;
+        // Centred data (two-pass, for accuracy), then z^T z / (n - 1),
+        // accumulated over row chunks so memory stays O(chunk * d + d^2)
+        // however many images there are (200k CelebA features would be 3 GB
+        // as one f64 matrix).
+        const CHUNK: usize = 4096;
+        let mut sigma = vec![0.0f64; d * d];
+        let mut z = vec![0.0f64; CHUNK.min(n) * d];
+        for rows in x.chunks(CHUNK * d) {
+            let m = rows.len() / d;
+            for (zr, row) in z.chunks_exact_mut(d).zip(rows.chunks_exact(d)) {
+                for ((o, v), mu_j) in zr.iter_mut().zip(row).zip(&mu) {
+                    *o = *v as f64 - mu_j;
+                }
             }
+            gram_columns_acc(&z[..m * d], m, d, &mut sigma);
         }
-        let mut sigma = gram_columns(&z, n, d);
         let inv = 1.0 / (n - 1) as f64;
         for i in 0..d {
             for j in 0..i {
@@ -231,6 +239,22 @@ mod tests {
         let zero = vec![0.0; d * d];
         let f = frechet_distance(&mu, &zero, &mu, &s2).unwrap();
         assert!((f.distance - 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn stats_over_several_chunks_match_naive() {
+        let (n, d) = (9000, 3); // more rows than one accumulation chunk
+        let x: Vec<f32> = (0..n * d).map(|k| ((k * 37 % 101) as f32 - 50.0) / 7.0 + (k % d) as f32).collect();
+        let s = GaussianStats::from_features(&x, n, d).unwrap();
+        for i in 0..d {
+            let mi: f64 = (0..n).map(|r| x[r * d + i] as f64).sum::<f64>() / n as f64;
+            assert!((s.mu[i] - mi).abs() < 1e-12);
+            for j in 0..d {
+                let mj: f64 = (0..n).map(|r| x[r * d + j] as f64).sum::<f64>() / n as f64;
+                let c: f64 = (0..n).map(|r| (x[r * d + i] as f64 - mi) * (x[r * d + j] as f64 - mj)).sum::<f64>() / (n - 1) as f64;
+                assert!((s.sigma[i * d + j] - c).abs() < 1e-10 * c.abs().max(1.0), "{i},{j}: {} vs {c}", s.sigma[i * d + j]);
+            }
+        }
     }
 
     #[test]

@@ -250,16 +250,21 @@ pub fn matmul_abt(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64
 
 /// out = z^T z for row-major `z` (n x d): the d x d Gram matrix of its columns.
 pub fn gram_columns(z: &[f64], n: usize, d: usize) -> Vec<f64> {
-    assert!(z.len() >= n * d, "gram_columns sizes");
     let mut out = vec![0.0; d * d];
-    if n == 0 || d == 0 {
-        return out;
-    }
-    // Safety: lhs = z^T (d x n: element (i, t) = z[t d + i]), rhs = z (n x d).
-    unsafe {
-        gemm::gemm(d, d, n, out.as_mut_ptr(), 1, d as isize, false, z.as_ptr(), d as isize, 1, z.as_ptr(), 1, d as isize, 0.0, 1.0, false, false, false, par());
-    }
+    gram_columns_acc(z, n, d, &mut out);
     out
+}
+
+/// out += z^T z (out is d x d, row-major).
+pub fn gram_columns_acc(z: &[f64], n: usize, d: usize, out: &mut [f64]) {
+    assert!(z.len() >= n * d && out.len() >= d * d, "gram_columns sizes");
+    if n == 0 || d == 0 {
+        return;
+    }
+    // Safety: lhs = z^T (d x n: element (i, t) = z[t d + i]), rhs = z (n x d), dst d x d.
+    unsafe {
+        gemm::gemm(d, d, n, out.as_mut_ptr(), 1, d as isize, true, z.as_ptr(), d as isize, 1, z.as_ptr(), 1, d as isize, 1.0, 1.0, false, false, false, par());
+    }
 }
 
 fn par() -> gemm::Parallelism {
