@@ -89,12 +89,14 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:I] (tools/gpu-check.sh)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, shape = build(args.stack)
+    model = model.to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=0.03, betas=(0.9, 0.999), eps=1e-8)
-    v0 = torch.randint(0, 256, (args.batch, *shape)).float() / 255.0
+    v0 = torch.randint(0, 256, (args.batch, *shape)).float().to(args.device) / 255.0
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -105,7 +107,7 @@ def main():
             v = h.detach()
         total.backward()
         opt.step()
-        return float(total)
+        return float(total.detach())
 
     for _ in range(args.warmup):
         step()
@@ -113,7 +115,7 @@ def main():
     for _ in range(args.steps):
         step()
     dt = time.perf_counter() - t
-    print(json.dumps({"impl": "pytorch", "stack": args.stack, "batch": args.batch, "threads": args.threads,
+    print(json.dumps({"impl": "pytorch", "device": args.device, "stack": args.stack, "batch": args.batch, "threads": args.threads,
                       "steps": args.steps, "seconds_per_step": dt / args.steps,
                       "images_per_s": args.batch * args.steps / dt, "torch": torch.__version__}))
 

@@ -461,6 +461,13 @@ pub struct FeaturesParams {
     /// Images per forward pass (memory only; results do not depend on it).
     #[serde(default = "d_fbatch")]
     pub batch_size: usize,
+    /// Divide the means by the hidden N so features lie in [0, 1] whatever
+    /// N is (one SVM cost C then fits every N). false: raw means in 0..=N.
+    #[serde(default = "d_true")]
+    pub unit_scale: bool,
+}
+fn d_true() -> bool {
+    true
 }
 fn d_fbatch() -> usize {
     256
@@ -518,7 +525,11 @@ impl Stage for FeaturesStage {
         }
         let d: usize = dbn.layers[layer - 1].spec.hidden_shape().iter().product();
         let bar = ctx.bar(set.n as u64, "features");
-        let feats = with_threads(ctx.threads, || extract_features(&dbn, &set, layer - 1, p.batch_size, &device, |i| bar.set_position(i as u64)));
+        let mut feats = with_threads(ctx.threads, || extract_features(&dbn, &set, layer - 1, p.batch_size, &device, |i| bar.set_position(i as u64)));
+        if p.unit_scale {
+            let n = dbn.layers[layer - 1].spec.hidden_unit.n as f32;
+            feats.iter_mut().for_each(|x| *x /= n);
+        }
         bar.finish_and_clear();
         let fs = FeatureSet::new(feats, set.n, d, set.labels.clone());
         fs.write(&ctx.out("features.safetensors")).map_err(|e| StageError::Failed(e.to_string()))?;

@@ -66,7 +66,13 @@ fn train_features_sample_reconstruct() {
         assert_eq!(m["dimensions"], 4.0 * 4.0 * 4.0);
         let fs = FeatureSet::read(&feat_out.join("features.safetensors")).unwrap();
         assert_eq!((fs.n, fs.d), (64, 64));
-        assert!(fs.features.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= n as f32));
+        assert!(fs.features.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0));
+        let raw = run("features", "layer = 1\nunit_scale = false", &[("model", train_out.clone()), ("data", data.clone())], &dir.path().join(format!("fraw{n}")), Device::Cpu).unwrap();
+        let fr = FeatureSet::read(&dir.path().join(format!("fraw{n}")).join("features.safetensors")).unwrap();
+        assert_eq!(raw["dimensions"], 64.0);
+        for (a, b) in fr.features.iter().zip(&fs.features) {
+            assert!((a / n as f32 - b).abs() <= 1e-6 * a.abs().max(1.0));
+        }
         let top = run("features", "", &[("model", train_out.clone()), ("data", data.clone())], &dir.path().join(format!("ftop{n}")), Device::Cpu).unwrap();
         assert_eq!(top["dimensions"], 6.0);
         let sample_out = dir.path().join(format!("sample{n}"));
