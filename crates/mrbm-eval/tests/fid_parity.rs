@@ -128,3 +128,25 @@ fn statistics_and_distance_match_pytorch_fid() {
     let got = frechet_distance(&stats[0].mu, &stats[0].sigma, &stats[1].mu, &stats[1].sigma).unwrap().distance;
     assert!((got - want).abs() <= 1e-6 * want);
 }
+
+/// The converter's `--random 7` file must equal `random_weights(7)` bit for
+/// bit and load through the file path. Needs the 90 MB file, so it runs only
+/// when MRBM_TEST_RANDOM_WEIGHTS points at one:
+///     python tools/fid_weights.py --random 7 --out /tmp/rw7.safetensors
+///     MRBM_TEST_RANDOM_WEIGHTS=/tmp/rw7.safetensors cargo test -p mrbm-eval --test fid_parity
+#[test]
+fn converter_random_weights_equal_rust_ones() {
+    let Some(path) = std::env::var_os("MRBM_TEST_RANDOM_WEIGHTS") else {
+        eprintln!("note: converter_random_weights_equal_rust_ones skipped: MRBM_TEST_RANDOM_WEIGHTS is not set");
+        return;
+    };
+    let file = mrbm_eval::inception::read_weights(std::path::Path::new(&path)).unwrap();
+    let mine = random_weights(7);
+    assert_eq!(file.len(), mine.len());
+    for (name, (shape, vals)) in &mine {
+        let (fs, fv) = &file[name];
+        assert_eq!(fs, shape, "{name}");
+        assert!(fv.iter().zip(vals).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: values differ");
+    }
+    FidInception::from_file(std::path::Path::new(&path), &burn::tensor::Device::flex()).unwrap();
+}
