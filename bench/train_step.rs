@@ -3,6 +3,7 @@
 //! it beside the PyTorch reference and prints the ratios.
 //!
 //!   cargo run --release -p mrbm-core --example train_step -- --stack generation --threads 2
+//!   (GPU: build with `--features cuda` and pass `--device cuda`; tools/gpu-check.sh)
 
 use std::time::Instant;
 
@@ -33,7 +34,20 @@ fn main() {
         "mnist" => ([1, 28, 28], StackParams { conv_channels: vec![32, 64], dense: vec![500], ..StackParams::default() }),
         s => panic!("unknown --stack {s}"),
     };
-    let device = Device::flex();
+    // --device cpu | wgpu[:I] | cuda[:I] (the accelerators need the crate
+    // feature of that name); proven with a tiny kernel before timing.
+    let dev_arg = arg(&args, "--device", "cpu");
+    let (name, index) = dev_arg.split_once(':').map(|(n, i)| (n.to_string(), i.parse().expect("--device index"))).unwrap_or((dev_arg.clone(), 0usize));
+    let stage_dev = match name.as_str() {
+        "cpu" => mrbm_stage::Device::Cpu,
+        "wgpu" => mrbm_stage::Device::Wgpu(index),
+        "cuda" => mrbm_stage::Device::Cuda(index),
+        d => panic!("unknown --device {d}"),
+    };
+    let device: Device = mrbm_core::device::burn_device(stage_dev).unwrap_or_else(|e| panic!("--device {dev_arg}: {e}"));
+    if let Err(e) = mrbm_core::device::smoke(&device) {
+        panic!("--device {dev_arg}: cannot run a kernel: {e}");
+    }
     let spec = params.build_spec(input).expect("spec");
     let dbn = Dbn::init(spec, 0.01, 0, &device, DType::F32);
     let mut tr = Trainer::new(dbn, OptimParams { batch_size: batch, gradient, ..OptimParams::default() });
@@ -51,7 +65,7 @@ fn main() {
         t.elapsed().as_secs_f64()
     });
     println!(
-        "{{\"impl\": \"mrbm\", \"stack\": \"{stack}\", \"batch\": {batch}, \"threads\": {threads}, \"steps\": {steps}, \"gradient\": \"{:?}\", \"seconds_per_step\": {}, \"images_per_s\": {}}}",
+        "{{\"impl\": \"mrbm\", \"device\": \"{dev_arg}\", \"stack\": \"{stack}\", \"batch\": {batch}, \"threads\": {threads}, \"steps\": {steps}, \"gradient\": \"{:?}\", \"seconds_per_step\": {}, \"images_per_s\": {}}}",
         gradient,
         result / steps as f64,
         (batch * steps) as f64 / result
