@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Pillow reference outputs for the CelebA crop/resize test in crates/mrbm-data.
 
-For every JPEG in the CelebA sample folder (sorted by name) this writes, for
-each (crop, size, filter) case, one PNG that stacks Pillow's results
-vertically (image i occupies rows i*size .. (i+1)*size). The Rust test
-(tests/real_data.rs) decodes the same JPEGs, applies its own centre crop and
-resize, and checks every pixel against these files (within 1 grey level).
+For every JPEG in the CelebA sample folder (sorted by name) and each
+(crop, size, filter) case, this records a checksum of Pillow's RGB result
+(FNV-1a 64 over the interleaved bytes) and its pixel sum in one small JSON
+file: no image data is committed. The Rust test (tests/real_data.rs) decodes
+the same JPEGs (through MRBM_SHARED_DATA), applies its own centre crop and
+resize, and requires the same bytes as Pillow.
 
 Centre crop offset: floor((W - w) / 2), floor((H - h) / 2), the rule
 mrbm-data documents. Pillow's resize without reducing_gap is its exact
@@ -15,6 +16,7 @@ antialiased convolution (support scaled by the reduction factor).
     python3 tools/data_pillow_fixtures.py /work/shared/data/celeba-sample \
         crates/mrbm-data/tests/fixtures
 """
+import json
 import sys
 from pathlib import Path
 
@@ -42,16 +44,24 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(src.glob("*.jpg"))
     print(f"Pillow {PIL.__version__}, {len(files)} images")
+    cases = {}
     for crop, size, name, flt in CASES:
-        sheet = Image.new("RGB", (size, size * len(files)))
-        for i, f in enumerate(files):
+        rows = []
+        for f in files:
             im = Image.open(f).convert("RGB")
-            r = centre_crop(im, crop).resize((size, size), flt)
-            sheet.paste(r, (0, i * size))
-        path = out / f"celeba_c{crop}_{size}_{name}.png"
-        sheet.save(path, optimize=True)
-        print(path, path.stat().st_size, "bytes")
+            data = centre_crop(im, crop).resize((size, size), flt).tobytes()
+            rows.append({"file": f.name, "fnv1a64": f"{fnv1a64(data):016x}", "sum": sum(data)})
+        cases[f"c{crop}_{size}_{name}"] = rows
+    path = out / "celeba_pillow.json"
+    path.write_text(json.dumps({"pillow": PIL.__version__, "cases": cases}, indent=1) + "\n")
+    print(path, path.stat().st_size, "bytes")
 
+
+def fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 if __name__ == "__main__":
     main()
