@@ -20,11 +20,19 @@ fn time<F: FnMut() -> Tensor<4>>(name: &str, mut f: F) {
 }
 
 fn main() {
-    let threads: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2);
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let d = Device::flex();
     let b = 128;
     mrbm_core::device::with_threads(threads, || {
-        for (ci, co, hw) in [(3usize, 64usize, 64usize), (64, 128, 32), (128, 256, 16), (256, 256, 8)] {
+        for (ci, co, hw) in [
+            (3usize, 64usize, 64usize),
+            (64, 128, 32),
+            (128, 256, 16),
+            (256, 256, 8),
+        ] {
             let v: Tensor<4> = Tensor::random([b, ci, hw, hw], Distribution::Default, &d);
             let w: Tensor<4> = Tensor::random([co, ci, 4, 4], Distribution::Default, &d);
             let h: Tensor<4> = Tensor::random([b, co, hw / 2, hw / 2], Distribution::Default, &d);
@@ -32,8 +40,12 @@ fn main() {
             let ot = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
             println!("layer {ci}->{co} at {hw}x{hw}");
             time("conv2d", || conv2d(v.clone(), w.clone(), None, o.clone()));
-            time("conv_transpose2d", || conv_transpose2d(h.clone(), w.clone(), None, ot.clone()));
-            time("weight_backward", || conv2d_weight_backward(v.clone(), w.clone(), h.clone(), o.clone()));
+            time("conv_transpose2d", || {
+                conv_transpose2d(h.clone(), w.clone(), None, ot.clone())
+            });
+            time("weight_backward", || {
+                conv2d_weight_backward(v.clone(), w.clone(), h.clone(), o.clone())
+            });
             time("sigmoid", || burn::tensor::activation::sigmoid(h.clone()));
         }
     });

@@ -12,7 +12,11 @@ use mrbm_core::stack::{Dbn, StackParams};
 use mrbm_core::train::{GradientMode, OptimParams, Trainer};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
 }
 
 fn main() {
@@ -31,28 +35,48 @@ fn main() {
     // stack 1-32-64 conv (4x4, stride 2) then dense 3136-500.
     let (input, params) = match stack.as_str() {
         "generation" => ([3, 64, 64], StackParams::default()),
-        "mnist" => ([1, 28, 28], StackParams { conv_channels: vec![32, 64], dense: vec![500], ..StackParams::default() }),
+        "mnist" => (
+            [1, 28, 28],
+            StackParams {
+                conv_channels: vec![32, 64],
+                dense: vec![500],
+                ..StackParams::default()
+            },
+        ),
         s => panic!("unknown --stack {s}"),
     };
     // --device cpu | wgpu[:I] | cuda[:I] (the accelerators need the crate
     // feature of that name); proven with a tiny kernel before timing.
     let dev_arg = arg(&args, "--device", "cpu");
-    let (name, index) = dev_arg.split_once(':').map(|(n, i)| (n.to_string(), i.parse().expect("--device index"))).unwrap_or((dev_arg.clone(), 0usize));
+    let (name, index) = dev_arg
+        .split_once(':')
+        .map(|(n, i)| (n.to_string(), i.parse().expect("--device index")))
+        .unwrap_or((dev_arg.clone(), 0usize));
     let stage_dev = match name.as_str() {
         "cpu" => mrbm_stage::Device::Cpu,
         "wgpu" => mrbm_stage::Device::Wgpu(index),
         "cuda" => mrbm_stage::Device::Cuda(index),
         d => panic!("unknown --device {d}"),
     };
-    let device: Device = mrbm_core::device::burn_device(stage_dev).unwrap_or_else(|e| panic!("--device {dev_arg}: {e}"));
+    let device: Device = mrbm_core::device::burn_device(stage_dev)
+        .unwrap_or_else(|e| panic!("--device {dev_arg}: {e}"));
     if let Err(e) = mrbm_core::device::smoke(&device) {
         panic!("--device {dev_arg}: cannot run a kernel: {e}");
     }
     let spec = params.build_spec(input).expect("spec");
     let dbn = Dbn::init(spec, 0.01, 0, &device, DType::F32);
-    let mut tr = Trainer::new(dbn, OptimParams { batch_size: batch, gradient, ..OptimParams::default() });
+    let mut tr = Trainer::new(
+        dbn,
+        OptimParams {
+            batch_size: batch,
+            gradient,
+            ..OptimParams::default()
+        },
+    );
     let len: usize = input.iter().product();
-    let px: Vec<u8> = (0..batch * len).map(|i| ((i * 2654435761usize) >> 13) as u8).collect();
+    let px: Vec<u8> = (0..batch * len)
+        .map(|i| ((i * 2654435761usize) >> 13) as u8)
+        .collect();
     let result = mrbm_core::device::with_threads(threads, || {
         let v = tr.dbn.pixels_to_visible(&px, batch, &device, DType::F32);
         for s in 0..warmup {

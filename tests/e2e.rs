@@ -52,7 +52,9 @@ const TINY_STAGES: usize = 11;
 
 fn mrbm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE").env_remove("MRBM_DATA").env("NO_COLOR", "1");
+    c.env_remove("MRBM_CACHE")
+        .env_remove("MRBM_DATA")
+        .env("NO_COLOR", "1");
     c
 }
 
@@ -82,14 +84,26 @@ impl Project {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// "N ran, M cached" from the summary line.
 fn counts(o: &Output) -> (usize, usize) {
     let t = text(o);
-    let line = t.lines().find(|l| l.contains(" ran, ") && l.contains(" cached")).unwrap_or_else(|| panic!("no summary in:\n{t}"));
-    let nums: Vec<usize> = line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).take(2).map(|s| s.parse().unwrap()).collect();
+    let line = t
+        .lines()
+        .find(|l| l.contains(" ran, ") && l.contains(" cached"))
+        .unwrap_or_else(|| panic!("no summary in:\n{t}"));
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
     (nums[0], nums[1])
 }
 
@@ -102,7 +116,10 @@ fn run_caches_and_plan_names_the_changed_parameter() {
     let csv = p.csv();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "N,test_error");
-    assert!(lines[1].starts_with("1,") && lines[2].starts_with("255,"), "{csv}");
+    assert!(
+        lines[1].starts_with("1,") && lines[2].starts_with("255,"),
+        "{csv}"
+    );
     for l in &lines[1..] {
         let err: f64 = l.split(',').nth(1).unwrap().parse().unwrap();
         assert!((0.0..=100.0).contains(&err), "{csv}");
@@ -116,7 +133,10 @@ fn run_caches_and_plan_names_the_changed_parameter() {
     let plan = p.run(&["plan", "experiments/tiny.toml", "--set", "svm.C=2"]);
     assert!(plan.status.success(), "{}", text(&plan));
     let out = String::from_utf8_lossy(&plan.stdout).to_string();
-    for line in out.lines().filter(|l| l.starts_with("run") || l.starts_with("cached")) {
+    for line in out
+        .lines()
+        .filter(|l| l.starts_with("run") || l.starts_with("cached"))
+    {
         let runs = line.starts_with("run");
         let id = line.split_whitespace().nth(1).unwrap_or("");
         let is_svm_or_table = id.starts_with("svm[") || id.starts_with("table:");
@@ -128,29 +148,58 @@ fn run_caches_and_plan_names_the_changed_parameter() {
     assert!(out.contains("3 to run"), "{out}");
 
     // Same experiment, other stage names and key order: all cached.
-    let renamed = TINY.replace("[stages.svm]", "[stages.classifier]").replace("stage = \"svm\"", "stage = \"classifier\"").replace("[stages.train]\nkind = \"train\"", "[stages.train]\nkind = \"train\"\n# a comment");
+    let renamed = TINY
+        .replace("[stages.svm]", "[stages.classifier]")
+        .replace("stage = \"svm\"", "stage = \"classifier\"")
+        .replace(
+            "[stages.train]\nkind = \"train\"",
+            "[stages.train]\nkind = \"train\"\n# a comment",
+        );
     std::fs::write(p.root().join("experiments/renamed.toml"), renamed).unwrap();
     let plan = p.run(&["plan", "experiments/renamed.toml"]);
     let out = String::from_utf8_lossy(&plan.stdout).to_string();
-    assert!(out.contains(&format!("0 to run, {TINY_STAGES} cached")), "{out}");
+    assert!(
+        out.contains(&format!("0 to run, {TINY_STAGES} cached")),
+        "{out}"
+    );
 
     // gc keeps what experiments/ references and drops the C=2 cells.
     std::fs::remove_file(p.root().join("experiments/renamed.toml")).unwrap();
     let c2 = p.run(&["run", "experiments/tiny.toml", "--set", "svm.C=2"]);
     assert_eq!(counts(&c2), (3, TINY_STAGES - 3), "{}", text(&c2));
     let dry = p.run(&["gc", "--dry-run"]);
-    assert!(String::from_utf8_lossy(&dry.stdout).contains("would remove 3 entries"), "{}", text(&dry));
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("would remove 3 entries"),
+        "{}",
+        text(&dry)
+    );
     let gc = p.run(&["gc"]);
     assert!(gc.status.success(), "{}", text(&gc));
     let plan = p.run(&["plan", "experiments/tiny.toml"]);
-    assert!(String::from_utf8_lossy(&plan.stdout).contains(&format!("0 to run, {TINY_STAGES} cached")), "{}", text(&plan));
-    assert_eq!(std::fs::read_dir(p.root().join(".mrbm/entries")).unwrap().count(), TINY_STAGES);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains(&format!("0 to run, {TINY_STAGES} cached")),
+        "{}",
+        text(&plan)
+    );
+    assert_eq!(
+        std::fs::read_dir(p.root().join(".mrbm/entries"))
+            .unwrap()
+            .count(),
+        TINY_STAGES
+    );
 
     let verify = p.run(&["verify"]);
     assert!(verify.status.success(), "{}", text(&verify));
-    assert_eq!(counts(&p.run(&["run", "experiments/tiny.toml"])), (0, TINY_STAGES));
+    assert_eq!(
+        counts(&p.run(&["run", "experiments/tiny.toml"])),
+        (0, TINY_STAGES)
+    );
     let show = p.run(&["show", "svm[N=255]"]);
-    assert!(String::from_utf8_lossy(&show.stdout).contains("\"kind\": \"svm\""), "{}", text(&show));
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("\"kind\": \"svm\""),
+        "{}",
+        text(&show)
+    );
     let dot = p.run(&["dag", "experiments/tiny.toml", "--dot"]);
     assert!(String::from_utf8_lossy(&dot.stdout).starts_with("digraph"));
 }
@@ -170,7 +219,10 @@ fn user_errors_exit_2_with_location_and_fix() {
         let t = text(&o);
         assert_eq!(o.status.code(), Some(2), "{toml}\n{t}");
         assert!(t.contains(expect), "expected `{expect}` in:\n{t}");
-        assert!(!t.contains("panicked") && !t.contains("RUST_BACKTRACE"), "{t}");
+        assert!(
+            !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
+            "{t}"
+        );
     }
     let p = Project::new(TINY);
     let o = p.run(&["run", "experiments/tiny.toml", "--set", "nope"]);
@@ -184,7 +236,10 @@ fn user_errors_exit_2_with_location_and_fix() {
 #[test]
 fn sigkill_at_random_moments_leaves_the_cache_consistent() {
     let reference = Project::new(TINY);
-    assert!(reference.run(&["run", "experiments/tiny.toml", "--quiet"]).status.success());
+    assert!(reference
+        .run(&["run", "experiments/tiny.toml", "--quiet"])
+        .status
+        .success());
     let expected = reference.csv();
 
     let p = Project::new(TINY);
@@ -195,7 +250,13 @@ fn sigkill_at_random_moments_leaves_the_cache_consistent() {
         state ^= state >> 7;
         state ^= state << 17;
         let ms = 20 + state % 1500;
-        let mut child = mrbm().current_dir(p.root()).args(["run", "experiments/tiny.toml", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = mrbm()
+            .current_dir(p.root())
+            .args(["run", "experiments/tiny.toml", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
@@ -216,33 +277,72 @@ fn sigkill_at_random_moments_leaves_the_cache_consistent() {
 #[test]
 fn two_concurrent_runs_compute_each_stage_once() {
     let p = Project::new(TINY);
-    let spawn = || mrbm().current_dir(p.root()).args(["run", "experiments/tiny.toml", "--quiet"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn = || {
+        mrbm()
+            .current_dir(p.root())
+            .args(["run", "experiments/tiny.toml", "--quiet"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success(), "{}", text(&a));
     assert!(b.status.success(), "{}", text(&b));
     let (ran_a, cached_a) = counts(&a);
     let (ran_b, cached_b) = counts(&b);
-    assert_eq!(ran_a + ran_b, TINY_STAGES, "each stage computed once:\n{}\n{}", text(&a), text(&b));
+    assert_eq!(
+        ran_a + ran_b,
+        TINY_STAGES,
+        "each stage computed once:\n{}\n{}",
+        text(&a),
+        text(&b)
+    );
     assert_eq!(ran_a + cached_a, TINY_STAGES);
     assert_eq!(ran_b + cached_b, TINY_STAGES);
-    assert_eq!(std::fs::read_dir(p.root().join(".mrbm/entries")).unwrap().count(), TINY_STAGES);
+    assert_eq!(
+        std::fs::read_dir(p.root().join(".mrbm/entries"))
+            .unwrap()
+            .count(),
+        TINY_STAGES
+    );
     let _ = p.exp();
 }
 
 #[test]
 fn ctrl_c_stops_cleanly_and_keeps_the_cache_consistent() {
     let p = Project::new(TINY);
-    let child = mrbm().current_dir(p.root()).args(["run", "experiments/tiny.toml", "--quiet", "--jobs", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = mrbm()
+        .current_dir(p.root())
+        .args(["run", "experiments/tiny.toml", "--quiet", "--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     // Interrupted (130), or the run had already finished (0).
-    assert!(matches!(out.status.code(), Some(130) | Some(0)), "{}", text(&out));
+    assert!(
+        matches!(out.status.code(), Some(130) | Some(0)),
+        "{}",
+        text(&out)
+    );
     assert!(!text(&out).contains("panicked"), "{}", text(&out));
     let verify = p.run(&["verify"]);
-    assert!(verify.status.success() && text(&verify).contains(" 0 corrupt"), "{}", text(&verify));
-    assert!(std::fs::read_dir(p.root().join(".mrbm/locks")).unwrap().next().is_none(), "a lock was left behind");
+    assert!(
+        verify.status.success() && text(&verify).contains(" 0 corrupt"),
+        "{}",
+        text(&verify)
+    );
+    assert!(
+        std::fs::read_dir(p.root().join(".mrbm/locks"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a lock was left behind"
+    );
     let rerun = p.run(&["run", "experiments/tiny.toml", "--quiet"]);
     assert!(rerun.status.success(), "{}", text(&rerun));
 }

@@ -19,7 +19,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
 }
 
 /// Coloured shapes on coloured backgrounds (like mrbm-data's synthetic set).
@@ -32,7 +36,11 @@ fn shapes(n: usize, size: usize, classes: usize, seed: u64) -> ImageSet {
         let bg: [u8; 3] = [rng.random(), rng.random(), rng.random()];
         let fg: [u8; 3] = loop {
             let f: [u8; 3] = [rng.random(), rng.random(), rng.random()];
-            if (0..3).map(|c| (f[c] as i32 - bg[c] as i32).abs()).sum::<i32>() >= 160 {
+            if (0..3)
+                .map(|c| (f[c] as i32 - bg[c] as i32).abs())
+                .sum::<i32>()
+                >= 160
+            {
                 break f;
             }
         };
@@ -47,21 +55,39 @@ fn shapes(n: usize, size: usize, classes: usize, seed: u64) -> ImageSet {
                     0 => dx * dx + dy * dy <= 1.0,
                     1 => dx.abs() <= 0.8 && dy.abs() <= 0.8,
                     2 => dy <= 0.8 && dy >= -1.0 && dx.abs() <= (dy + 1.0) / 1.8,
-                    3 => (dx.abs() <= 0.3 && dy.abs() <= 1.0) || (dy.abs() <= 0.3 && dx.abs() <= 1.0),
+                    3 => {
+                        (dx.abs() <= 0.3 && dy.abs() <= 1.0) || (dy.abs() <= 0.3 && dx.abs() <= 1.0)
+                    }
                     4 => dx.abs() + dy.abs() <= 1.0,
                     _ => (0.3..=1.0).contains(&(dx * dx + dy * dy)),
                 };
                 for c in 0..3 {
-                    px[i * 3 * plane + c * plane + y * size + x] = if inside { fg[c] } else { bg[c] };
+                    px[i * 3 * plane + c * plane + y * size + x] =
+                        if inside { fg[c] } else { bg[c] };
                 }
             }
         }
     }
-    ImageSet::new(px, n, 3, size, size, (0..n).map(|i| (i % classes) as i64).collect())
+    ImageSet::new(
+        px,
+        n,
+        3,
+        size,
+        size,
+        (0..n).map(|i| (i % classes) as i64).collect(),
+    )
 }
 
 /// Ridge one-vs-rest on standardised features; returns the test error in %.
-fn ridge_error(train: &[f32], ytr: &[i64], test: &[f32], yte: &[i64], d: usize, classes: usize, lambda: f64) -> f64 {
+fn ridge_error(
+    train: &[f32],
+    ytr: &[i64],
+    test: &[f32],
+    yte: &[i64],
+    d: usize,
+    classes: usize,
+    lambda: f64,
+) -> f64 {
     let ntr = ytr.len();
     let mut mean = vec![0.0; d];
     let mut sd = vec![0.0; d];
@@ -76,7 +102,12 @@ fn ridge_error(train: &[f32], ytr: &[i64], test: &[f32], yte: &[i64], d: usize, 
         }
     }
     let sd: Vec<f64> = sd.iter().map(|s| s.sqrt().max(1e-6)).collect();
-    let z = |x: &[f32], i: usize| -> Vec<f64> { (0..d).map(|j| (x[i * d + j] as f64 - mean[j]) / sd[j]).chain([1.0]).collect() };
+    let z = |x: &[f32], i: usize| -> Vec<f64> {
+        (0..d)
+            .map(|j| (x[i * d + j] as f64 - mean[j]) / sd[j])
+            .chain([1.0])
+            .collect()
+    };
     let dd = d + 1;
     let mut a = vec![0.0; dd * dd];
     let mut b = vec![0.0; dd * classes];
@@ -145,28 +176,55 @@ fn main() {
     let all = shapes(n, size, classes, 1);
     let ntr = n * 4 / 5;
     let len = all.image_len();
-    let train = ImageSet::new(all.pixels()[..ntr * len].to_vec(), ntr, 3, size, size, all.labels[..ntr].to_vec());
-    let test = ImageSet::new(all.pixels()[ntr * len..].to_vec(), n - ntr, 3, size, size, all.labels[ntr..].to_vec());
+    let train = ImageSet::new(
+        all.pixels()[..ntr * len].to_vec(),
+        ntr,
+        3,
+        size,
+        size,
+        all.labels[..ntr].to_vec(),
+    );
+    let test = ImageSet::new(
+        all.pixels()[ntr * len..].to_vec(),
+        n - ntr,
+        3,
+        size,
+        size,
+        all.labels[ntr..].to_vec(),
+    );
     let device = Device::flex();
     let spec = p.stack().build_spec([3, size, size]).expect("spec");
     for l in &spec.layers {
-        println!("  {}  visible {:?} hidden {:?}", l.describe(), l.visible_unit, l.hidden_unit);
+        println!(
+            "  {}  visible {:?} hidden {:?}",
+            l.describe(),
+            l.visible_unit,
+            l.hidden_unit
+        );
     }
     let t = Instant::now();
     let dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
     let mut tr = Trainer::new(dbn, p.optim());
-    let hist = mrbm_core::device::with_threads(threads, || train_images(&mut tr, train.pixels(), ntr, DType::F32, |_, _, _| Ok(())));
+    let hist = mrbm_core::device::with_threads(threads, || {
+        train_images(&mut tr, train.pixels(), ntr, DType::F32, |_, _, _| Ok(()))
+    });
     let secs = t.elapsed().as_secs_f64();
     match hist {
         Err(e) => println!("training failed: {e}"),
         Ok(h) => {
             let em = h.epoch_means();
-            println!("train {secs:.1}s; epoch losses {:?}", em.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>());
+            println!(
+                "train {secs:.1}s; epoch losses {:?}",
+                em.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>()
+            );
             let top = tr.dbn.layers.len() - 1;
             let d: usize = tr.dbn.layers[top].spec.hidden_shape().iter().product();
             let t2 = Instant::now();
             let (ftr, fte) = mrbm_core::device::with_threads(threads, || {
-                (extract_features(&tr.dbn, &train, top, 256, &device, |_| {}), extract_features(&tr.dbn, &test, top, 256, &device, |_| {}))
+                (
+                    extract_features(&tr.dbn, &train, top, 256, &device, |_| {}),
+                    extract_features(&tr.dbn, &test, top, 256, &device, |_| {}),
+                )
             });
             let fsecs = t2.elapsed().as_secs_f64();
             let e = ridge_error(&ftr, &train.labels, &fte, &test.labels, d, classes, 10.0);
@@ -176,6 +234,18 @@ fn main() {
     let raw_tr: Vec<f32> = train.pixels().iter().map(|&x| x as f32).collect();
     let raw_te: Vec<f32> = test.pixels().iter().map(|&x| x as f32).collect();
     if args.iter().any(|a| a == "--raw") {
-        println!("raw pixels: ridge test error {:.1}% (chance {:.1}%)", ridge_error(&raw_tr, &train.labels, &raw_te, &test.labels, len, classes, 10.0), 100.0 * (1.0 - 1.0 / classes as f64));
+        println!(
+            "raw pixels: ridge test error {:.1}% (chance {:.1}%)",
+            ridge_error(
+                &raw_tr,
+                &train.labels,
+                &raw_te,
+                &test.labels,
+                len,
+                classes,
+                10.0
+            ),
+            100.0 * (1.0 - 1.0 / classes as f64)
+        );
     }
 }

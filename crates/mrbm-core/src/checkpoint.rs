@@ -19,7 +19,11 @@ use crate::CoreError;
 pub const META_KEY: &str = "mrbm_model";
 
 fn f32_bytes<const D: usize>(t: &Tensor<D>) -> Vec<u8> {
-    let v: Vec<f32> = t.to_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+    let v: Vec<f32> = t
+        .to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -27,41 +31,88 @@ fn f32_bytes<const D: usize>(t: &Tensor<D>) -> Vec<u8> {
 pub fn save(dbn: &Dbn, path: &Path) -> Result<(), CoreError> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, l) in dbn.layers.iter().enumerate() {
-        owned.push((format!("layers.{i}.w"), l.w.dims().to_vec(), f32_bytes(&l.w)));
-        owned.push((format!("layers.{i}.a"), l.a.dims().to_vec(), f32_bytes(&l.a)));
-        owned.push((format!("layers.{i}.b"), l.b.dims().to_vec(), f32_bytes(&l.b)));
+        owned.push((
+            format!("layers.{i}.w"),
+            l.w.dims().to_vec(),
+            f32_bytes(&l.w),
+        ));
+        owned.push((
+            format!("layers.{i}.a"),
+            l.a.dims().to_vec(),
+            f32_bytes(&l.a),
+        ));
+        owned.push((
+            format!("layers.{i}.b"),
+            l.b.dims().to_vec(),
+            f32_bytes(&l.b),
+        ));
     }
     let mut views = Vec::new();
     for (name, shape, bytes) in &owned {
-        let view = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| CoreError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| {
+            CoreError::Checkpoint {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
         views.push((name.as_str(), view));
     }
     let mut meta = HashMap::new();
     meta.insert("mrbm_artifact".to_string(), "model".to_string());
-    meta.insert(META_KEY.to_string(), serde_json::to_string(&dbn.spec).expect("spec serialises"));
+    meta.insert(
+        META_KEY.to_string(),
+        serde_json::to_string(&dbn.spec).expect("spec serialises"),
+    );
     mrbm_data::artifact::write_tensors(path, views, Some(meta)).map_err(CoreError::Artifact)
 }
 
 /// Read a checkpoint onto `device` as f32 tensors.
 pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
-    let err = |m: String| CoreError::Checkpoint { path: path.to_path_buf(), message: m };
-    let bytes = std::fs::read(path).map_err(|e| CoreError::Io { path: path.to_path_buf(), source: e })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let meta = header.metadata().as_ref().and_then(|m| m.get(META_KEY).cloned()).ok_or_else(|| err(format!("no `{META_KEY}` metadata: not an mrbm model checkpoint")))?;
-    let spec: StackSpec = serde_json::from_str(&meta).map_err(|e| err(format!("bad layer spec in metadata: {e}")))?;
+    let err = |m: String| CoreError::Checkpoint {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let bytes = std::fs::read(path).map_err(|e| CoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let meta = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY).cloned())
+        .ok_or_else(|| {
+            err(format!(
+                "no `{META_KEY}` metadata: not an mrbm model checkpoint"
+            ))
+        })?;
+    let spec: StackSpec =
+        serde_json::from_str(&meta).map_err(|e| err(format!("bad layer spec in metadata: {e}")))?;
     if spec.layers.is_empty() {
         return Err(err("the checkpoint has no layers".into()));
     }
     for (i, l) in spec.layers.iter().enumerate() {
-        l.validate().map_err(|e| err(format!("layer {}: {e}", i + 1)))?;
+        l.validate()
+            .map_err(|e| err(format!("layer {}: {e}", i + 1)))?;
     }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
     let get = |name: &str, shape: &[usize]| -> Result<TensorData, CoreError> {
-        let t = st.tensor(name).map_err(|e| err(format!("tensor `{name}`: {e}")))?;
+        let t = st
+            .tensor(name)
+            .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
         if t.dtype() != Dtype::F32 || t.shape() != shape {
-            return Err(err(format!("tensor `{name}`: expected f32 {shape:?}, found {:?} {:?}", t.dtype(), t.shape())));
+            return Err(err(format!(
+                "tensor `{name}`: expected f32 {shape:?}, found {:?} {:?}",
+                t.dtype(),
+                t.shape()
+            )));
         }
-        let vals: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let vals: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Ok(TensorData::new(vals, shape.to_vec()))
     };
     let mut layers = Vec::new();

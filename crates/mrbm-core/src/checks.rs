@@ -39,7 +39,11 @@ impl std::fmt::Display for CheckReport {
             self.name,
             self.max_error,
             self.tolerance,
-            if self.detail.is_empty() { String::new() } else { format!(" -- {}", self.detail) }
+            if self.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" -- {}", self.detail)
+            }
         )
     }
 }
@@ -56,19 +60,36 @@ pub fn grad_tolerance(_dtype: DType) -> f64 {
 /// the transposed convolution needs output padding).
 pub fn tiny_spec(conv: bool, visible_unit: UnitType, hidden_unit: UnitType) -> LayerSpec {
     let kind = if conv {
-        LayerKind::Conv { input: [2, 7, 7], out_channels: 3, kernel: 3, stride: 2, padding: 1 }
+        LayerKind::Conv {
+            input: [2, 7, 7],
+            out_channels: 3,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        }
     } else {
-        LayerKind::Dense { visible: 7, hidden: 5 }
+        LayerKind::Dense {
+            visible: 7,
+            hidden: 5,
+        }
     };
-    LayerSpec { kind, visible_unit, hidden_unit }
+    LayerSpec {
+        kind,
+        visible_unit,
+        hidden_unit,
+    }
 }
 
 /// A layer with N(0, 0.3^2) weights and biases, from a seeded host RNG.
 pub fn random_layer(spec: LayerSpec, seed: u64, device: &Device, dtype: DType) -> Rbm {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut r = Rbm::init(spec.clone(), 0.3, &mut rng, device, dtype);
-    let a: Vec<f64> = (0..spec.visible_channels()).map(|_| rng.random_range(-0.5..0.5)).collect();
-    let b: Vec<f64> = (0..spec.hidden_channels()).map(|_| rng.random_range(-0.5..0.5)).collect();
+    let a: Vec<f64> = (0..spec.visible_channels())
+        .map(|_| rng.random_range(-0.5..0.5))
+        .collect();
+    let b: Vec<f64> = (0..spec.hidden_channels())
+        .map(|_| rng.random_range(-0.5..0.5))
+        .collect();
     r.a = tensor_from(a, [spec.visible_channels()], device, dtype);
     r.b = tensor_from(b, [spec.hidden_channels()], device, dtype);
     r
@@ -79,7 +100,9 @@ pub fn random_visible(spec: &LayerSpec, batch: usize, seed: u64) -> Vec<Vec<f64>
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let len: usize = spec.visible_shape().iter().product();
     let n = spec.visible_unit.n;
-    (0..batch).map(|_| (0..len).map(|_| rng.random_range(0..=n) as f64).collect()).collect()
+    (0..batch)
+        .map(|_| (0..len).map(|_| rng.random_range(0..=n) as f64).collect())
+        .collect()
 }
 
 fn batch_tensor(spec: &LayerSpec, rows: &[Vec<f64>], device: &Device, dtype: DType) -> Tensor<4> {
@@ -107,17 +130,37 @@ pub fn grad_equals_cd1(device: &Device, dtype: DType, conv: bool) -> CheckReport
     let v = batch_tensor(&spec, &rows, &ad, dtype);
     let out = tracked.loss(v);
     let grads = out.loss.backward();
-    let gw = tracked.w.grad(&grads).map(|g| to_f64(&g)).unwrap_or_default();
-    let ga = tracked.a.grad(&grads).map(|g| to_f64(&g)).unwrap_or_default();
-    let gb = tracked.b.grad(&grads).map(|g| to_f64(&g)).unwrap_or_default();
-    let e_ad = rel_error(&gw, &neg(&upd.w)).max(rel_error(&ga, &neg(&upd.a))).max(rel_error(&gb, &neg(&upd.b)));
+    let gw = tracked
+        .w
+        .grad(&grads)
+        .map(|g| to_f64(&g))
+        .unwrap_or_default();
+    let ga = tracked
+        .a
+        .grad(&grads)
+        .map(|g| to_f64(&g))
+        .unwrap_or_default();
+    let gb = tracked
+        .b
+        .grad(&grads)
+        .map(|g| to_f64(&g))
+        .unwrap_or_default();
+    let e_ad = rel_error(&gw, &neg(&upd.w))
+        .max(rel_error(&ga, &neg(&upd.a)))
+        .max(rel_error(&gb, &neg(&upd.b)));
     // Closed form.
     let (loss, g, _) = layer.cd_grads(batch_tensor(&spec, &rows, device, dtype));
-    let e_cf = rel_error(&to_f64(&g.w), &neg(&upd.w)).max(rel_error(&to_f64(&g.a), &neg(&upd.a))).max(rel_error(&to_f64(&g.b), &neg(&upd.b)));
+    let e_cf = rel_error(&to_f64(&g.w), &neg(&upd.w))
+        .max(rel_error(&to_f64(&g.a), &neg(&upd.a)))
+        .max(rel_error(&to_f64(&g.b), &neg(&upd.b)));
     let host_loss = host.loss(&rows);
     let e_loss = (to_f64(&loss)[0] - host_loss).abs() / host_loss.abs().max(1.0);
     CheckReport {
-        name: format!("gradient = -CD-1 ({}, {:?})", if conv { "conv" } else { "dense" }, dtype),
+        name: format!(
+            "gradient = -CD-1 ({}, {:?})",
+            if conv { "conv" } else { "dense" },
+            dtype
+        ),
         max_error: e_ad.max(e_cf).max(e_loss),
         tolerance: grad_tolerance(dtype),
         detail: format!("autodiff {e_ad:.2e}, closed form {e_cf:.2e}, loss {e_loss:.2e}"),
@@ -134,8 +177,12 @@ pub fn conv_adjoint(device: &Device, dtype: DType) -> CheckReport {
     let b = 3;
     let [vc, vh, vw] = spec.visible_shape();
     let [hc, hh, hw] = spec.hidden_shape();
-    let v: Vec<f64> = (0..b * vc * vh * vw).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let h: Vec<f64> = (0..b * hc * hh * hw).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let v: Vec<f64> = (0..b * vc * vh * vw)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let h: Vec<f64> = (0..b * hc * hh * hw)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let wv = to_f64(&layer.apply_w(tensor_from(v.clone(), [b, vc, vh, vw], device, dtype)));
     let wth = to_f64(&layer.apply_wt(tensor_from(h.clone(), [b, hc, hh, hw], device, dtype)));
     let lhs: f64 = wv.iter().zip(&h).map(|(x, y)| x * y).sum();
@@ -148,8 +195,14 @@ pub fn conv_adjoint(device: &Device, dtype: DType) -> CheckReport {
     let (vl, hl) = (vc * vh * vw, hc * hh * hw);
     let mut e_ref: f64 = 0.0;
     for i in 0..b {
-        e_ref = e_ref.max(rel_error(&wv[i * hl..(i + 1) * hl], &host.pre_hidden(&v[i * vl..(i + 1) * vl])));
-        e_ref = e_ref.max(rel_error(&wth[i * vl..(i + 1) * vl], &host.pre_visible(&h[i * hl..(i + 1) * hl])));
+        e_ref = e_ref.max(rel_error(
+            &wv[i * hl..(i + 1) * hl],
+            &host.pre_hidden(&v[i * vl..(i + 1) * vl]),
+        ));
+        e_ref = e_ref.max(rel_error(
+            &wth[i * vl..(i + 1) * vl],
+            &host.pre_visible(&h[i * hl..(i + 1) * hl]),
+        ));
     }
     CheckReport {
         name: format!("conv adjoint <Wv,h> = <v,W^T h> ({dtype:?})"),
@@ -169,7 +222,10 @@ pub fn free_energy_matches_host(device: &Device, dtype: DType, conv: bool) -> Ch
     let f = to_f64(&layer.free_energy(batch_tensor(&spec, &rows, device, dtype)));
     let r: Vec<f64> = rows.iter().map(|v| host.free_energy(v)).collect();
     CheckReport {
-        name: format!("free energy vs host ({}, {dtype:?})", if conv { "conv" } else { "dense" }),
+        name: format!(
+            "free energy vs host ({}, {dtype:?})",
+            if conv { "conv" } else { "dense" }
+        ),
         max_error: rel_error(&f, &r),
         tolerance: grad_tolerance(dtype),
         detail: String::new(),
@@ -178,7 +234,12 @@ pub fn free_energy_matches_host(device: &Device, dtype: DType, conv: bool) -> Ch
 
 /// A small conv+dense stack and a fixed batch of toy images.
 fn toy_stack(device: &Device, dtype: DType, n: u32) -> (Dbn, Vec<u8>, usize) {
-    let params = StackParams { conv_channels: vec![4], dense: vec![6], n, ..StackParams::default() };
+    let params = StackParams {
+        conv_channels: vec![4],
+        dense: vec![6],
+        n,
+        ..StackParams::default()
+    };
     let spec = params.build_spec([3, 8, 8]).expect("toy spec");
     let dbn = Dbn::init(spec, 0.05, 5, device, dtype);
     let mut rng = ChaCha8Rng::seed_from_u64(6);
@@ -208,14 +269,23 @@ pub fn training_lowers_loss(device: &Device, dtype: DType) -> CheckReport {
     for mode in [GradientMode::ClosedForm, GradientMode::Autodiff] {
         let (dbn, px, count) = toy_stack(device, dtype, 1);
         let v = dbn.pixels_to_visible(&px, count, device, dtype);
-        let params = OptimParams { lr: 0.01, gradient: mode, ..OptimParams::default() };
+        let params = OptimParams {
+            lr: 0.01,
+            gradient: mode,
+            ..OptimParams::default()
+        };
         let mut tr = Trainer::new(dbn, params);
         let mut losses = Vec::new();
         for s in 0..25 {
             match tr.step(v.clone(), 1, s + 1) {
                 Ok(l) => losses.push(l.iter().sum::<f64>()),
                 Err(e) => {
-                    return CheckReport { name: "training lowers the loss".into(), max_error: f64::INFINITY, tolerance: 1.0, detail: e.to_string() }
+                    return CheckReport {
+                        name: "training lowers the loss".into(),
+                        max_error: f64::INFINITY,
+                        tolerance: 1.0,
+                        detail: e.to_string(),
+                    }
                 }
             }
         }
@@ -251,7 +321,10 @@ pub fn sampling_shapes_and_ranges(device: &Device, dtype: DType) -> CheckReport 
             }
             let va = to_f64(&a);
             let top = n as f64 + 1e-9;
-            if va.iter().any(|x| !(x.is_finite() && *x >= -1e-9 && *x <= top)) {
+            if va
+                .iter()
+                .any(|x| !(x.is_finite() && *x >= -1e-9 && *x <= top))
+            {
                 bad.push(format!("N={n} {sampler:?}: values outside [0, {n}]"));
             }
             if va != to_f64(&b) {
@@ -270,7 +343,11 @@ pub fn sampling_shapes_and_ranges(device: &Device, dtype: DType) -> CheckReport 
 /// Saving and loading a checkpoint gives bit-identical outputs.
 pub fn checkpoint_round_trip(device: &Device) -> CheckReport {
     let (dbn, px, count) = toy_stack(device, DType::F32, 1);
-    let dir = std::env::temp_dir().join(format!("mrbm-ckpt-check-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "mrbm-ckpt-check-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let result = (|| -> Result<f64, String> {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let path = dir.join("model.safetensors");
@@ -280,16 +357,35 @@ pub fn checkpoint_round_trip(device: &Device) -> CheckReport {
             return Err("spec differs after loading".into());
         }
         let v = dbn.pixels_to_visible(&px, count, device, DType::F32);
-        let bits = |t: Tensor<4>| -> Vec<u32> { t.to_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default().iter().map(|x| x.to_bits()).collect() };
+        let bits = |t: Tensor<4>| -> Vec<u32> {
+            t.to_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
         let depth = dbn.layers.len();
-        let same_up = bits(dbn.up_to(v.clone(), depth - 1)) == bits(back.up_to(v.clone(), depth - 1));
+        let same_up =
+            bits(dbn.up_to(v.clone(), depth - 1)) == bits(back.up_to(v.clone(), depth - 1));
         let same_rec = bits(dbn.reconstruct(v.clone(), depth)) == bits(back.reconstruct(v, depth));
         Ok(if same_up && same_rec { 0.0 } else { 1.0 })
     })();
     let _ = std::fs::remove_dir_all(&dir);
     match result {
-        Ok(e) => CheckReport { name: "checkpoint round trip is bit-identical".into(), max_error: e, tolerance: 0.0, detail: String::new() },
-        Err(m) => CheckReport { name: "checkpoint round trip is bit-identical".into(), max_error: f64::INFINITY, tolerance: 0.0, detail: m },
+        Ok(e) => CheckReport {
+            name: "checkpoint round trip is bit-identical".into(),
+            max_error: e,
+            tolerance: 0.0,
+            detail: String::new(),
+        },
+        Err(m) => CheckReport {
+            name: "checkpoint round trip is bit-identical".into(),
+            max_error: f64::INFINITY,
+            tolerance: 0.0,
+            detail: m,
+        },
     }
 }
 

@@ -68,7 +68,11 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
         // cubecl's messages carry long backtraces; the first lines say what happened.
-        msg.lines().filter(|l| !l.trim().is_empty()).take(4).collect::<Vec<_>>().join(" / ")
+        msg.lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" / ")
     })
 }
 
@@ -86,13 +90,29 @@ pub fn smoke(device: &Device) -> Result<(), String> {
         }
     }
     let got = catch(|| {
-        let ta = Tensor::<2>::from_data(burn::tensor::TensorData::new(a.clone(), [3, 4]), (device, DType::F32));
-        let tb = Tensor::<2>::from_data(burn::tensor::TensorData::new(b.clone(), [4, 2]), (device, DType::F32));
-        ta.matmul(tb).exp().into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
+        let ta = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(a.clone(), [3, 4]),
+            (device, DType::F32),
+        );
+        let tb = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(b.clone(), [4, 2]),
+            (device, DType::F32),
+        );
+        ta.matmul(tb)
+            .exp()
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))
     })??;
-    let err = got.iter().zip(&want).map(|(g, w)| ((g - w) / w.abs().max(1.0)).abs()).fold(0f32, f32::max);
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| ((g - w) / w.abs().max(1.0)).abs())
+        .fold(0f32, f32::max);
     if got.len() != want.len() || !(err < 1e-4) {
-        return Err(format!("a tiny matmul+exp kernel gave wrong results (max error {err:e})"));
+        return Err(format!(
+            "a tiny matmul+exp kernel gave wrong results (max error {err:e})"
+        ));
     }
     Ok(())
 }
@@ -102,9 +122,13 @@ pub fn smoke(device: &Device) -> Result<(), String> {
 /// identity: cubecl reports no physical card for a CPU rasterizer.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_devices() -> Vec<FoundDevice> {
-    let list = catch(|| Device::enumerate(DeviceType::Wgpu).into_iter().collect::<Vec<_>>()).unwrap_or_default();
-    list
-        .into_iter()
+    let list = catch(|| {
+        Device::enumerate(DeviceType::Wgpu)
+            .into_iter()
+            .collect::<Vec<_>>()
+    })
+    .unwrap_or_default();
+    list.into_iter()
         .enumerate()
         .map(|(i, d)| {
             let dbg = format!("{d:?}");
@@ -114,7 +138,12 @@ pub fn wgpu_devices() -> Vec<FoundDevice> {
                 None => dbg.contains("Cpu"),
             };
             let name = ident.map(|id| id.name).unwrap_or(dbg);
-            FoundDevice { device: StageDevice::Wgpu(i), name, software, burn: d }
+            FoundDevice {
+                device: StageDevice::Wgpu(i),
+                name,
+                software,
+                burn: d,
+            }
         })
         .collect()
 }
@@ -130,13 +159,26 @@ pub fn wgpu_devices() -> Vec<FoundDevice> {
 /// then; the runner names the missing piece).
 #[cfg(feature = "cuda")]
 pub fn cuda_devices() -> Vec<FoundDevice> {
-    let list = catch(|| Device::enumerate(DeviceType::Cuda).into_iter().collect::<Vec<_>>()).unwrap_or_default();
-    list
-        .into_iter()
+    let list = catch(|| {
+        Device::enumerate(DeviceType::Cuda)
+            .into_iter()
+            .collect::<Vec<_>>()
+    })
+    .unwrap_or_default();
+    list.into_iter()
         .enumerate()
         .map(|(i, d)| {
-            let name = catch(|| d.identity()).ok().flatten().map(|id| id.name).unwrap_or_else(|| format!("{d:?}"));
-            FoundDevice { device: StageDevice::Cuda(i), name, software: false, burn: d }
+            let name = catch(|| d.identity())
+                .ok()
+                .flatten()
+                .map(|id| id.name)
+                .unwrap_or_else(|| format!("{d:?}"));
+            FoundDevice {
+                device: StageDevice::Cuda(i),
+                name,
+                software: false,
+                burn: d,
+            }
         })
         .collect()
 }
@@ -163,30 +205,51 @@ pub fn burn_device(d: StageDevice) -> Result<Device, StageError> {
             if !cfg!(feature = "wgpu") {
                 return Err(StageError::User(missing_feature("wgpu")));
             }
-            pick(wgpu_devices(), i, "wgpu", "no wgpu adapter found (no Vulkan/Metal/DX12 driver)")
+            pick(
+                wgpu_devices(),
+                i,
+                "wgpu",
+                "no wgpu adapter found (no Vulkan/Metal/DX12 driver)",
+            )
         }
         StageDevice::Cuda(i) => {
             if !cfg!(feature = "cuda") {
                 return Err(StageError::User(missing_feature("cuda")));
             }
-            pick(cuda_devices(), i, "cuda", "no CUDA GPU found (run `mrbm devices` for the reason)")
+            pick(
+                cuda_devices(),
+                i,
+                "cuda",
+                "no CUDA GPU found (run `mrbm devices` for the reason)",
+            )
         }
     }
 }
 
-fn pick(found: Vec<FoundDevice>, i: usize, backend: &str, none: &str) -> Result<Device, StageError> {
+fn pick(
+    found: Vec<FoundDevice>,
+    i: usize,
+    backend: &str,
+    none: &str,
+) -> Result<Device, StageError> {
     let n = found.len();
     match found.into_iter().nth(i) {
         Some(f) => Ok(f.burn),
         None if n == 0 => Err(StageError::User(none.into())),
-        None => Err(StageError::User(format!("{backend}:{i}: this machine has {n} {backend} device(s) ({backend}:0..{backend}:{})", n - 1))),
+        None => Err(StageError::User(format!(
+            "{backend}:{i}: this machine has {n} {backend} device(s) ({backend}:0..{backend}:{})",
+            n - 1
+        ))),
     }
 }
 
 /// Run `f` with the tensor backend limited to `threads` threads (flex uses
 /// rayon; a local pool keeps the stage within its share of the machine).
 pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+    {
         Ok(pool) => pool.install(f),
         Err(_) => f(),
     }

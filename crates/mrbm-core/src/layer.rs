@@ -53,7 +53,13 @@ impl LayerSpec {
     pub fn hidden_shape(&self) -> [usize; 3] {
         match &self.kind {
             LayerKind::Dense { hidden, .. } => [*hidden, 1, 1],
-            LayerKind::Conv { input, out_channels, kernel, stride, padding } => {
+            LayerKind::Conv {
+                input,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } => {
                 let o = |n: usize| (n + 2 * padding - kernel) / stride + 1;
                 [*out_channels, o(input[1]), o(input[2])]
             }
@@ -64,7 +70,12 @@ impl LayerSpec {
     pub fn weight_shape(&self) -> [usize; 4] {
         match &self.kind {
             LayerKind::Dense { visible, hidden } => [*visible, *hidden, 1, 1],
-            LayerKind::Conv { input, out_channels, kernel, .. } => [*out_channels, input[0], *kernel, *kernel],
+            LayerKind::Conv {
+                input,
+                out_channels,
+                kernel,
+                ..
+            } => [*out_channels, input[0], *kernel, *kernel],
         }
     }
 
@@ -82,7 +93,13 @@ impl LayerSpec {
     pub fn output_padding(&self) -> [usize; 2] {
         match &self.kind {
             LayerKind::Dense { .. } => [0, 0],
-            LayerKind::Conv { input, kernel, stride, padding, .. } => {
+            LayerKind::Conv {
+                input,
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 let h = self.hidden_shape();
                 let back = |hn: usize, vn: usize| vn + 2 * padding - ((hn - 1) * stride + kernel);
                 [back(h[1], input[1]), back(h[2], input[2])]
@@ -96,11 +113,23 @@ impl LayerSpec {
         match &self.kind {
             LayerKind::Dense { visible, hidden } => {
                 if *visible == 0 || *hidden == 0 {
-                    return Err(format!("dense layer {visible}-{hidden}: sizes must be positive"));
+                    return Err(format!(
+                        "dense layer {visible}-{hidden}: sizes must be positive"
+                    ));
                 }
             }
-            LayerKind::Conv { input, out_channels, kernel, stride, padding } => {
-                if input.iter().any(|&d| d == 0) || *out_channels == 0 || *kernel == 0 || *stride == 0 {
+            LayerKind::Conv {
+                input,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } => {
+                if input.iter().any(|&d| d == 0)
+                    || *out_channels == 0
+                    || *kernel == 0
+                    || *stride == 0
+                {
                     return Err(format!("conv layer {input:?} -> {out_channels}: sizes, kernel and stride must be positive"));
                 }
                 if input[1] + 2 * padding < *kernel || input[2] + 2 * padding < *kernel {
@@ -110,7 +139,9 @@ impl LayerSpec {
                     ));
                 }
                 if *padding >= *kernel {
-                    return Err(format!("conv layer: padding {padding} must be smaller than the kernel {kernel}"));
+                    return Err(format!(
+                        "conv layer: padding {padding} must be smaller than the kernel {kernel}"
+                    ));
                 }
             }
         }
@@ -122,7 +153,12 @@ impl LayerSpec {
         let h = self.hidden_shape();
         match &self.kind {
             LayerKind::Dense { .. } => format!("dense {}-{}", v[0], h[0]),
-            LayerKind::Conv { kernel, stride, padding, .. } => format!(
+            LayerKind::Conv {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => format!(
                 "conv {}x{}x{} -> {}x{}x{} (k{kernel} s{stride} p{padding})",
                 v[0], v[1], v[2], h[0], h[1], h[2]
             ),
@@ -157,13 +193,24 @@ pub struct LayerLoss {
 }
 
 /// Host values -> tensor of the given dtype on `device`.
-pub fn tensor_from<const D: usize>(values: Vec<f64>, shape: [usize; D], device: &Device, dtype: DType) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values, shape).convert_dtype(dtype), (device, dtype))
+pub fn tensor_from<const D: usize>(
+    values: Vec<f64>,
+    shape: [usize; D],
+    device: &Device,
+    dtype: DType,
+) -> Tensor<D> {
+    Tensor::from_data(
+        TensorData::new(values, shape).convert_dtype(dtype),
+        (device, dtype),
+    )
 }
 
 /// Tensor -> host f64 values.
 pub fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
-    t.to_data().convert::<f64>().try_into_vec::<f64>().unwrap_or_default()
+    t.to_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap_or_default()
 }
 
 /// Reshape helper: [B, C, H, W] -> [B, C*H*W].
@@ -176,7 +223,13 @@ impl Rbm {
     /// Random initial weights N(0, init_std^2) and zero biases. The draws come
     /// from the caller's host RNG, so an initialisation is identical on every
     /// device and backend.
-    pub fn init<R: Rng>(spec: LayerSpec, init_std: f64, rng: &mut R, device: &Device, dtype: DType) -> Self {
+    pub fn init<R: Rng>(
+        spec: LayerSpec,
+        init_std: f64,
+        rng: &mut R,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
         let ws = spec.weight_shape();
         let n: usize = ws.iter().product();
         let mut values = Vec::with_capacity(n);
@@ -202,7 +255,12 @@ impl Rbm {
 
     /// Copy with parameters detached from any autodiff graph.
     pub fn detached(&self) -> Rbm {
-        Rbm { spec: self.spec.clone(), w: self.w.clone().detach(), a: self.a.clone().detach(), b: self.b.clone().detach() }
+        Rbm {
+            spec: self.spec.clone(),
+            w: self.w.clone().detach(),
+            a: self.a.clone().detach(),
+            b: self.b.clone().detach(),
+        }
     }
 
     /// Copy with parameters marked as autodiff leaves on `device` (which
@@ -228,9 +286,17 @@ impl Rbm {
 
     fn conv_options(&self) -> (ConvOptions<2>, ConvTransposeOptions<2>) {
         match &self.spec.kind {
-            LayerKind::Conv { stride, padding, .. } => (
+            LayerKind::Conv {
+                stride, padding, ..
+            } => (
                 ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
-                ConvTransposeOptions::new([*stride; 2], [*padding; 2], self.spec.output_padding(), [1, 1], 1),
+                ConvTransposeOptions::new(
+                    [*stride; 2],
+                    [*padding; 2],
+                    self.spec.output_padding(),
+                    [1, 1],
+                    1,
+                ),
             ),
             LayerKind::Dense { .. } => unreachable!("conv options of a dense layer"),
         }
@@ -262,7 +328,8 @@ impl Rbm {
         match &self.spec.kind {
             LayerKind::Dense { visible, .. } => {
                 let bsz = h.dims()[0];
-                let y = flat(h).matmul(self.dense_w().transpose()) + self.a.clone().reshape([1, *visible]);
+                let y = flat(h).matmul(self.dense_w().transpose())
+                    + self.a.clone().reshape([1, *visible]);
                 y.reshape([bsz, *visible, 1, 1])
             }
             LayerKind::Conv { .. } => {
@@ -275,12 +342,18 @@ impl Rbm {
     /// The bare linear maps without biases (for the adjoint test).
     pub fn apply_w(&self, v: Tensor<4>) -> Tensor<4> {
         let x = self.pre_hidden(v);
-        x - self.b.clone().reshape([1, self.spec.hidden_channels(), 1, 1])
+        x - self
+            .b
+            .clone()
+            .reshape([1, self.spec.hidden_channels(), 1, 1])
     }
 
     pub fn apply_wt(&self, h: Tensor<4>) -> Tensor<4> {
         let y = self.pre_visible(h);
-        y - self.a.clone().reshape([1, self.spec.visible_channels(), 1, 1])
+        y - self
+            .a
+            .clone()
+            .reshape([1, self.spec.visible_channels(), 1, 1])
     }
 
     /// Up: hidden means f_h(x(v)).
@@ -296,7 +369,10 @@ impl Rbm {
     /// F(v) given v and its hidden input x(v): -a.v - sum_j A_h(x_j).
     pub fn free_energy_with_x(&self, v: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
         let bsz = v.dims()[0];
-        let a = self.a.clone().reshape([1, self.spec.visible_channels(), 1, 1]);
+        let a = self
+            .a
+            .clone()
+            .reshape([1, self.spec.visible_channels(), 1, 1]);
         let vis = flat(v * a).sum_dim(1);
         let hid = flat(self.spec.hidden_unit.log_partition(x)).sum_dim(1);
         (vis + hid).neg().reshape([bsz])
@@ -314,7 +390,10 @@ impl Rbm {
     pub fn exact_free_energy(&self, v: Tensor<4>) -> Tensor<1> {
         let bsz = v.dims()[0];
         let x = self.pre_hidden(v.clone());
-        let a = self.a.clone().reshape([1, self.spec.visible_channels(), 1, 1]);
+        let a = self
+            .a
+            .clone()
+            .reshape([1, self.spec.visible_channels(), 1, 1]);
         let vis = flat(v * a).sum_dim(1);
         let mut hid = vis.zeros_like();
         for o in self.spec.hidden_unit.offsets() {
@@ -340,7 +419,10 @@ impl Rbm {
         let v_rec = d.down(hidden.clone().detach());
         let f_data = self.free_energy_with_x(v, x);
         let f_rec = self.free_energy(v_rec);
-        LayerLoss { loss: (f_data - f_rec).mean(), hidden }
+        LayerLoss {
+            loss: (f_data - f_rec).mean(),
+            hidden,
+        }
     }
 
     /// The loss value and the closed-form gradient of the loss in the
@@ -357,17 +439,28 @@ impl Rbm {
         let v_rec = self.down(h.clone());
         let x_rec = self.pre_hidden(v_rec.clone());
         let h_rec = self.spec.hidden_unit.mean(x_rec.clone());
-        let loss = (self.free_energy_with_x(v.clone(), x) - self.free_energy_with_x(v_rec.clone(), x_rec)).mean();
+        let loss = (self.free_energy_with_x(v.clone(), x)
+            - self.free_energy_with_x(v_rec.clone(), x_rec))
+        .mean();
         let dv = v.clone() - v_rec.clone();
         let dh = h.clone() - h_rec.clone();
-        let ga = dv.sum_dims(&[0, 2, 3]).reshape([self.spec.visible_channels()]).mul_scalar(-inv_b);
-        let gb = dh.sum_dims(&[0, 2, 3]).reshape([self.spec.hidden_channels()]).mul_scalar(-inv_b);
+        let ga = dv
+            .sum_dims(&[0, 2, 3])
+            .reshape([self.spec.visible_channels()])
+            .mul_scalar(-inv_b);
+        let gb = dh
+            .sum_dims(&[0, 2, 3])
+            .reshape([self.spec.hidden_channels()])
+            .mul_scalar(-inv_b);
         let gw = match &self.spec.kind {
             LayerKind::Dense { .. } => {
                 // <v h> - <v' h'> as one matmul of the stacked batches.
                 let vv = Tensor::cat(vec![flat(v), flat(v_rec)], 0);
                 let hh = Tensor::cat(vec![flat(h.clone()), flat(h_rec).neg()], 0);
-                vv.transpose().matmul(hh).mul_scalar(-inv_b).reshape(self.spec.weight_shape())
+                vv.transpose()
+                    .matmul(hh)
+                    .mul_scalar(-inv_b)
+                    .reshape(self.spec.weight_shape())
             }
             LayerKind::Conv { .. } => {
                 let (opt, _) = self.conv_options();
@@ -376,6 +469,14 @@ impl Rbm {
                 conv2d_weight_backward(vv, self.w.clone(), hh, opt).mul_scalar(-inv_b)
             }
         };
-        (loss, LayerGrads { w: gw, a: ga, b: gb }, h)
+        (
+            loss,
+            LayerGrads {
+                w: gw,
+                a: ga,
+                b: gb,
+            },
+            h,
+        )
     }
 }

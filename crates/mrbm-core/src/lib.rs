@@ -37,13 +37,21 @@ pub enum CoreError {
     #[error("{0}")]
     User(String),
     #[error("non-finite value at epoch {epoch}, batch {batch}, layer {layer}: {what}")]
-    NonFinite { epoch: usize, batch: usize, layer: usize, what: String },
+    NonFinite {
+        epoch: usize,
+        batch: usize,
+        layer: usize,
+        what: String,
+    },
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     #[error(transparent)]
     Artifact(#[from] mrbm_data::artifact::ArtifactError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Image(String),
     #[error("interrupted")]
@@ -57,7 +65,9 @@ impl From<CoreError> for StageError {
             CoreError::Cancelled => StageError::Cancelled,
             CoreError::Io { path, source } => StageError::Io { path, source },
             // A malformed input artifact or checkpoint is the user's data.
-            e @ (CoreError::Artifact(_) | CoreError::Checkpoint { .. }) => StageError::User(e.to_string()),
+            e @ (CoreError::Artifact(_) | CoreError::Checkpoint { .. }) => {
+                StageError::User(e.to_string())
+            }
             e => StageError::Failed(e.to_string()),
         }
     }

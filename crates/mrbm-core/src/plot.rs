@@ -9,8 +9,12 @@ use crate::CoreError;
 
 fn save_png(img: &RgbImage, path: &Path) -> Result<(), CoreError> {
     let tmp = path.with_extension("png.partial");
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| CoreError::Image(format!("{}: {e}", path.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| CoreError::Io { path: path.to_path_buf(), source: e })
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| CoreError::Image(format!("{}: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
 }
 
 fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: Rgb<u8>) {
@@ -45,12 +49,16 @@ pub fn loss_plot(series: &[f64], path: &Path) -> Result<(), CoreError> {
     let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
     let finite: Vec<f64> = series.iter().copied().filter(|v| v.is_finite()).collect();
     if finite.len() >= 2 {
-        let (mut lo, mut hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let (mut lo, mut hi) = finite
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
         if hi - lo < 1e-12 {
             lo -= 1.0;
             hi += 1.0;
         }
-        let px = |i: usize| m + (i as f64 / (series.len() - 1) as f64 * (w as i64 - 2 * m) as f64) as i64;
+        let px = |i: usize| {
+            m + (i as f64 / (series.len() - 1) as f64 * (w as i64 - 2 * m) as f64) as i64
+        };
         let py = |v: f64| h as i64 - m - ((v - lo) / (hi - lo) * (h as i64 - 2 * m) as f64) as i64;
         for t in 0..=10 {
             let y = m + (h as i64 - 2 * m) * t / 10;
@@ -58,7 +66,12 @@ pub fn loss_plot(series: &[f64], path: &Path) -> Result<(), CoreError> {
         }
         // The zero line, when in range, in light red.
         if lo < 0.0 && hi > 0.0 {
-            line(&mut img, (m, py(0.0)), (w as i64 - m, py(0.0)), Rgb([255, 190, 190]));
+            line(
+                &mut img,
+                (m, py(0.0)),
+                (w as i64 - m, py(0.0)),
+                Rgb([255, 190, 190]),
+            );
         }
         let mut prev: Option<(i64, i64)> = None;
         for (i, &v) in series.iter().enumerate() {
@@ -87,25 +100,44 @@ pub fn loss_plot(series: &[f64], path: &Path) -> Result<(), CoreError> {
     }
     // Axes.
     line(&mut img, (m, m), (m, h as i64 - m), Rgb([0, 0, 0]));
-    line(&mut img, (m, h as i64 - m), (w as i64 - m, h as i64 - m), Rgb([0, 0, 0]));
+    line(
+        &mut img,
+        (m, h as i64 - m),
+        (w as i64 - m, h as i64 - m),
+        Rgb([0, 0, 0]),
+    );
     save_png(&img, path)
 }
 
 /// A grid of images (u8 NCHW with C = 1 or 3), `cols` per row, 1-pixel
 /// white gutters, scaled up by an integer factor so small images stay
 /// visible.
-pub fn image_grid(pixels: &[u8], n: usize, c: usize, h: usize, w: usize, cols: usize, path: &Path) -> Result<(), CoreError> {
+pub fn image_grid(
+    pixels: &[u8],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cols: usize,
+    path: &Path,
+) -> Result<(), CoreError> {
     if n == 0 {
         return Err(CoreError::User("no images to draw".into()));
     }
     if c != 1 && c != 3 {
-        return Err(CoreError::User(format!("a PNG grid needs 1 or 3 channels, got {c}")));
+        return Err(CoreError::User(format!(
+            "a PNG grid needs 1 or 3 channels, got {c}"
+        )));
     }
     let cols = cols.clamp(1, n);
     let rows = n.div_ceil(cols);
     let zoom = (64 / h.max(w)).clamp(1, 8);
     let (ch, cw) = (h * zoom + 1, w * zoom + 1);
-    let mut img = RgbImage::from_pixel((cols * cw + 1) as u32, (rows * ch + 1) as u32, Rgb([255, 255, 255]));
+    let mut img = RgbImage::from_pixel(
+        (cols * cw + 1) as u32,
+        (rows * ch + 1) as u32,
+        Rgb([255, 255, 255]),
+    );
     let len = c * h * w;
     for i in 0..n {
         let im = &pixels[i * len..(i + 1) * len];
@@ -114,7 +146,11 @@ pub fn image_grid(pixels: &[u8], n: usize, c: usize, h: usize, w: usize, cols: u
             for x in 0..w * zoom {
                 let (sy, sx) = (y / zoom, x / zoom);
                 let px = |ch: usize| im[ch * h * w + sy * w + sx];
-                let rgb = if c == 1 { [px(0); 3] } else { [px(0), px(1), px(2)] };
+                let rgb = if c == 1 {
+                    [px(0); 3]
+                } else {
+                    [px(0), px(1), px(2)]
+                };
                 img.put_pixel((c0 + x) as u32, (r0 + y) as u32, Rgb(rgb));
             }
         }

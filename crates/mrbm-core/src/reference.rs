@@ -23,7 +23,12 @@ pub struct Cd1Update {
 
 impl HostRbm {
     pub fn from_rbm(r: &Rbm) -> Self {
-        HostRbm { spec: r.spec.clone(), w: to_f64(&r.w), a: to_f64(&r.a), b: to_f64(&r.b) }
+        HostRbm {
+            spec: r.spec.clone(),
+            w: to_f64(&r.w),
+            a: to_f64(&r.a),
+            b: to_f64(&r.b),
+        }
     }
 
     fn vis_len(&self) -> usize {
@@ -45,7 +50,13 @@ impl HostRbm {
                     }
                 }
             }
-            LayerKind::Conv { input, kernel, stride, padding, .. } => {
+            LayerKind::Conv {
+                input,
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
                 let [cv, hv, wv] = *input;
                 let [ch, hh, wh] = self.spec.hidden_shape();
                 let k = *kernel;
@@ -57,7 +68,11 @@ impl HostRbm {
                                     for kx in 0..k {
                                         let iy = (oy * stride + ky) as isize - *padding as isize;
                                         let ix = (ox * stride + kx) as isize - *padding as isize;
-                                        if iy < 0 || ix < 0 || iy as usize >= hv || ix as usize >= wv {
+                                        if iy < 0
+                                            || ix < 0
+                                            || iy as usize >= hv
+                                            || ix as usize >= wv
+                                        {
                                             continue;
                                         }
                                         let vi = (c * hv + iy as usize) * wv + ix as usize;
@@ -86,14 +101,18 @@ impl HostRbm {
 
     /// x(v) for one visible vector.
     pub fn pre_hidden(&self, v: &[f64]) -> Vec<f64> {
-        let mut x: Vec<f64> = (0..self.hid_len()).map(|j| self.b[self.hidden_channel(j)]).collect();
+        let mut x: Vec<f64> = (0..self.hid_len())
+            .map(|j| self.b[self.hidden_channel(j)])
+            .collect();
         self.for_each_edge(|i, j, wi| x[j] += v[i] * self.w[wi]);
         x
     }
 
     /// a + h W^T for one hidden vector.
     pub fn pre_visible(&self, h: &[f64]) -> Vec<f64> {
-        let mut y: Vec<f64> = (0..self.vis_len()).map(|i| self.a[self.visible_channel(i)]).collect();
+        let mut y: Vec<f64> = (0..self.vis_len())
+            .map(|i| self.a[self.visible_channel(i)])
+            .collect();
         self.for_each_edge(|i, j, wi| y[i] += h[j] * self.w[wi]);
         y
     }
@@ -101,30 +120,55 @@ impl HostRbm {
     /// Smooth free energy of one visible vector.
     pub fn free_energy(&self, v: &[f64]) -> f64 {
         let x = self.pre_hidden(v);
-        let av: f64 = v.iter().enumerate().map(|(i, vi)| self.a[self.visible_channel(i)] * vi).sum();
-        -av - x.iter().map(|&xj| self.spec.hidden_unit.log_partition_f64(xj)).sum::<f64>()
+        let av: f64 = v
+            .iter()
+            .enumerate()
+            .map(|(i, vi)| self.a[self.visible_channel(i)] * vi)
+            .sum();
+        -av - x
+            .iter()
+            .map(|&xj| self.spec.hidden_unit.log_partition_f64(xj))
+            .sum::<f64>()
     }
 
     /// Mean-field reconstruction of one visible vector.
     pub fn reconstruct(&self, v: &[f64]) -> Vec<f64> {
-        let h: Vec<f64> = self.pre_hidden(v).iter().map(|&x| self.spec.hidden_unit.mean_f64(x)).collect();
-        self.pre_visible(&h).iter().map(|&y| self.spec.visible_unit.mean_f64(y)).collect()
+        let h: Vec<f64> = self
+            .pre_hidden(v)
+            .iter()
+            .map(|&x| self.spec.hidden_unit.mean_f64(x))
+            .collect();
+        self.pre_visible(&h)
+            .iter()
+            .map(|&y| self.spec.visible_unit.mean_f64(y))
+            .collect()
     }
 
     /// The paper's loss on a batch (rows of `vs`).
     pub fn loss(&self, vs: &[Vec<f64>]) -> f64 {
-        vs.iter().map(|v| self.free_energy(v) - self.free_energy(&self.reconstruct(v))).sum::<f64>() / vs.len() as f64
+        vs.iter()
+            .map(|v| self.free_energy(v) - self.free_energy(&self.reconstruct(v)))
+            .sum::<f64>()
+            / vs.len() as f64
     }
 
     /// The CD-1 mean-field update averaged over the batch.
     pub fn cd1_update(&self, vs: &[Vec<f64>]) -> Cd1Update {
-        let mut u = Cd1Update { w: vec![0.0; self.w.len()], a: vec![0.0; self.a.len()], b: vec![0.0; self.b.len()] };
+        let mut u = Cd1Update {
+            w: vec![0.0; self.w.len()],
+            a: vec![0.0; self.a.len()],
+            b: vec![0.0; self.b.len()],
+        };
         let inv = 1.0 / vs.len() as f64;
         for v in vs {
             let hu = self.spec.hidden_unit;
             let h: Vec<f64> = self.pre_hidden(v).iter().map(|&x| hu.mean_f64(x)).collect();
             let vr = self.reconstruct(v);
-            let hr: Vec<f64> = self.pre_hidden(&vr).iter().map(|&x| hu.mean_f64(x)).collect();
+            let hr: Vec<f64> = self
+                .pre_hidden(&vr)
+                .iter()
+                .map(|&x| hu.mean_f64(x))
+                .collect();
             self.for_each_edge(|i, j, wi| u.w[wi] += inv * (v[i] * h[j] - vr[i] * hr[j]));
             for i in 0..v.len() {
                 u.a[self.visible_channel(i)] += inv * (v[i] - vr[i]);
@@ -141,7 +185,10 @@ impl HostRbm {
 /// an absolute floor keeps an all-zero reference meaningful).
 pub fn rel_error(x: &[f64], y: &[f64]) -> f64 {
     let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let diff = x.iter().zip(y).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let diff = x
+        .iter()
+        .zip(y)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     if x.len() != y.len() {
         return f64::INFINITY;
     }

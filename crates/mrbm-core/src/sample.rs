@@ -30,7 +30,11 @@ pub struct UnitSampler {
 
 impl UnitSampler {
     pub fn new(unit: UnitType, sampler: Sampler) -> Self {
-        UnitSampler { unit, offsets: unit.offsets(), sampler }
+        UnitSampler {
+            unit,
+            offsets: unit.offsets(),
+            sampler,
+        }
     }
 
     /// One draw for input `x`. Exact: sub-units whose probability is within
@@ -60,15 +64,28 @@ impl UnitSampler {
 /// field image of uniform random pixels, `steps` alternations h ~ P(h|v),
 /// v ~ P(v|h), then the visible mean of the last h taken down the stack by
 /// mean field. Returns the pixel-level visible values [chains, C, H, W].
-pub fn gibbs(dbn: &Dbn, chains: usize, steps: usize, sampler: Sampler, seed: u64, mut on_step: impl FnMut(usize)) -> Tensor<4> {
+pub fn gibbs(
+    dbn: &Dbn,
+    chains: usize,
+    steps: usize,
+    sampler: Sampler,
+    seed: u64,
+    mut on_step: impl FnMut(usize),
+) -> Tensor<4> {
     let device = dbn.device();
     let dtype = dbn.layers[0].w.dtype();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let [c, h, w] = dbn.spec.input;
-    let noise: Vec<u8> = (0..chains * c * h * w).map(|_| rng.random::<u8>()).collect();
+    let noise: Vec<u8> = (0..chains * c * h * w)
+        .map(|_| rng.random::<u8>())
+        .collect();
     let v0 = dbn.pixels_to_visible(&noise, chains, &device, dtype);
     let top = dbn.layers.len() - 1;
-    let mut v = if top == 0 { v0 } else { dbn.as_visible_of(top, dbn.up_to(v0, top - 1)) };
+    let mut v = if top == 0 {
+        v0
+    } else {
+        dbn.as_visible_of(top, dbn.up_to(v0, top - 1))
+    };
     let layer = &dbn.layers[top];
     let hs = UnitSampler::new(layer.spec.hidden_unit, sampler);
     let vs = UnitSampler::new(layer.spec.visible_unit, sampler);

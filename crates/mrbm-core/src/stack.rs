@@ -150,7 +150,10 @@ impl StackParams {
             return Err("the stack has no layers: give conv_channels and/or dense".into());
         }
         if !(self.init_std.is_finite() && self.init_std >= 0.0) {
-            return Err(format!("init_std must be a non-negative number, got {}", self.init_std));
+            return Err(format!(
+                "init_std must be a non-negative number, got {}",
+                self.init_std
+            ));
         }
         let scale = self.visible_scale();
         if !(scale.is_finite() && scale > 0.0) {
@@ -164,11 +167,18 @@ impl StackParams {
         let mut shape = input;
         for (i, &c) in self.conv_channels.iter().enumerate() {
             let spec = LayerSpec {
-                kind: LayerKind::Conv { input: shape, out_channels: c, kernel: self.kernel, stride: self.stride, padding: self.padding },
+                kind: LayerKind::Conv {
+                    input: shape,
+                    out_channels: c,
+                    kernel: self.kernel,
+                    stride: self.stride,
+                    padding: self.padding,
+                },
                 visible_unit: if i == 0 { vu } else { hu },
                 hidden_unit: hu,
             };
-            spec.validate().map_err(|e| format!("conv layer {}: {e}", i + 1))?;
+            spec.validate()
+                .map_err(|e| format!("conv layer {}: {e}", i + 1))?;
             shape = spec.hidden_shape();
             layers.push(spec);
         }
@@ -179,11 +189,16 @@ impl StackParams {
                 visible_unit: if layers.is_empty() { vu } else { hu },
                 hidden_unit: hu,
             };
-            spec.validate().map_err(|e| format!("dense layer {}: {e}", layers.len() + 1))?;
+            spec.validate()
+                .map_err(|e| format!("dense layer {}: {e}", layers.len() + 1))?;
             shape = spec.hidden_shape();
             layers.push(spec);
         }
-        Ok(StackSpec { input, visible_scale: scale, layers })
+        Ok(StackSpec {
+            input,
+            visible_scale: scale,
+            layers,
+        })
     }
 }
 
@@ -198,7 +213,11 @@ impl Dbn {
     /// Fresh stack with weights drawn from a seeded host RNG.
     pub fn init(spec: StackSpec, init_std: f64, seed: u64, device: &Device, dtype: DType) -> Dbn {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let layers = spec.layers.iter().map(|l| Rbm::init(l.clone(), init_std, &mut rng, device, dtype)).collect();
+        let layers = spec
+            .layers
+            .iter()
+            .map(|l| Rbm::init(l.clone(), init_std, &mut rng, device, dtype))
+            .collect();
         Dbn { spec, layers }
     }
 
@@ -207,17 +226,29 @@ impl Dbn {
     }
 
     /// u8 images (NCHW, contiguous) -> visible tensor pixel * visible_scale.
-    pub fn pixels_to_visible(&self, pixels: &[u8], n: usize, device: &Device, dtype: DType) -> Tensor<4> {
+    pub fn pixels_to_visible(
+        &self,
+        pixels: &[u8],
+        n: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Tensor<4> {
         let [c, h, w] = self.spec.input;
         let s = self.spec.visible_scale as f32;
         let vals: Vec<f32> = pixels.iter().map(|&p| p as f32 * s).collect();
-        Tensor::from_data(TensorData::new(vals, [n, c, h, w]).convert_dtype(dtype), (device, dtype))
+        Tensor::from_data(
+            TensorData::new(vals, [n, c, h, w]).convert_dtype(dtype),
+            (device, dtype),
+        )
     }
 
     /// Visible tensor -> u8 pixels (rounded, clipped to 0..255).
     pub fn visible_to_pixels(&self, v: &Tensor<4>) -> Vec<u8> {
         let s = self.spec.visible_scale;
-        crate::layer::to_f64(v).iter().map(|x| (x / s).round().clamp(0.0, 255.0) as u8).collect()
+        crate::layer::to_f64(v)
+            .iter()
+            .map(|x| (x / s).round().clamp(0.0, 255.0) as u8)
+            .collect()
     }
 
     /// Reshape an activation to layer `i`'s visible shape.

@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Device};
 use mrbm_data::artifact::{FeatureSet, ImageSet};
-use mrbm_stage::{canonical, resolve_file, InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use mrbm_stage::{
+    canonical, resolve_file, InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext,
+    StageError,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
@@ -18,7 +21,12 @@ use crate::train::{train_images, GradientMode, OptimParams, Trainer};
 use crate::CoreError;
 
 pub fn all() -> Vec<Box<dyn Stage>> {
-    vec![Box::new(TrainStage), Box::new(SampleStage), Box::new(ReconstructStage), Box::new(FeaturesStage)]
+    vec![
+        Box::new(TrainStage),
+        Box::new(SampleStage),
+        Box::new(ReconstructStage),
+        Box::new(FeaturesStage),
+    ]
 }
 
 fn read_images(ctx: &StageContext, slot: &str) -> Result<ImageSet, StageError> {
@@ -192,7 +200,11 @@ impl TrainParams {
 
 pub struct TrainStage;
 
-const TRAIN_INPUTS: &[InputSlot] = &[InputSlot::required("data", Some("data.safetensors"), "training images (ImageSet)")];
+const TRAIN_INPUTS: &[InputSlot] = &[InputSlot::required(
+    "data",
+    Some("data.safetensors"),
+    "training images (ImageSet)",
+)];
 
 impl Stage for TrainStage {
     fn kind(&self) -> &'static str {
@@ -206,8 +218,16 @@ impl Stage for TrainStage {
     }
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         let v = canonical::<TrainParams>(raw).map_err(user)?;
-        let p: TrainParams = serde_json::from_value(v.clone()).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })?;
-        p.optim().validate().map_err(|m| ParamError { key: None, message: m, suggestion: None })?;
+        let p: TrainParams = serde_json::from_value(v.clone()).map_err(|e| ParamError {
+            key: None,
+            message: e.to_string(),
+            suggestion: None,
+        })?;
+        p.optim().validate().map_err(|m| ParamError {
+            key: None,
+            message: m,
+            suggestion: None,
+        })?;
         if p.epochs == 0 {
             return Err(ParamError::new("epochs", "epochs must be at least 1"));
         }
@@ -224,7 +244,10 @@ impl Stage for TrainStage {
         if n == 0 {
             return Err(StageError::User("the training data has no images".into()));
         }
-        let spec = p.stack().build_spec([set.c, set.h, set.w]).map_err(StageError::User)?;
+        let spec = p
+            .stack()
+            .build_spec([set.c, set.h, set.w])
+            .map_err(StageError::User)?;
         for (i, l) in spec.layers.iter().enumerate() {
             ctx.log(format!("layer {}: {}", i + 1, l.describe()));
         }
@@ -235,15 +258,21 @@ impl Stage for TrainStage {
         let bar = ctx.bar(((n / bs) * p.epochs) as u64, "training");
         let pixels = &set.pixels()[..n * set.image_len()];
         let hist = with_threads(ctx.threads, || {
-            train_images(&mut trainer, pixels, n, DType::F32, |done, total, running| {
-                bar.set_length(total);
-                bar.set_position(done);
-                bar.set_message(format!("loss {running:.4}"));
-                if ctx.check_cancel().is_err() {
-                    return Err(CoreError::Cancelled);
-                }
-                Ok(())
-            })
+            train_images(
+                &mut trainer,
+                pixels,
+                n,
+                DType::F32,
+                |done, total, running| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                    bar.set_message(format!("loss {running:.4}"));
+                    if ctx.check_cancel().is_err() {
+                        return Err(CoreError::Cancelled);
+                    }
+                    Ok(())
+                },
+            )
         });
         bar.finish_and_clear();
         let hist = hist?;
@@ -258,9 +287,15 @@ impl Stage for TrainStage {
         }
         let mut m = Metrics::new();
         m.insert("final_loss".into(), *epochs.last().unwrap_or(&f64::NAN));
-        m.insert("first_epoch_loss".into(), *epochs.first().unwrap_or(&f64::NAN));
+        m.insert(
+            "first_epoch_loss".into(),
+            *epochs.first().unwrap_or(&f64::NAN),
+        );
         m.insert("seconds".into(), seconds);
-        m.insert("images_per_second".into(), (totals.len() * bs) as f64 / seconds.max(1e-9));
+        m.insert(
+            "images_per_second".into(),
+            (totals.len() * bs) as f64 / seconds.max(1e-9),
+        );
         m.insert("layers".into(), trainer.dbn.layers.len() as f64);
         Ok(m)
     }
@@ -299,7 +334,11 @@ fn d_cols() -> usize {
 }
 
 pub struct SampleStage;
-const SAMPLE_INPUTS: &[InputSlot] = &[InputSlot::required("model", Some("model.safetensors"), "a trained model (train stage)")];
+const SAMPLE_INPUTS: &[InputSlot] = &[InputSlot::required(
+    "model",
+    Some("model.safetensors"),
+    "a trained model (train stage)",
+)];
 
 impl Stage for SampleStage {
     fn kind(&self) -> &'static str {
@@ -337,8 +376,17 @@ impl Stage for SampleStage {
         let pixels = dbn.visible_to_pixels(&v);
         let [c, h, w] = dbn.spec.input;
         let set = ImageSet::new(pixels, p.chains, c, h, w, vec![-1; p.chains]);
-        set.write(&ctx.out("samples.safetensors")).map_err(|e| StageError::Failed(e.to_string()))?;
-        image_grid(set.pixels(), set.n, c, h, w, p.grid_columns, &ctx.out("grid.png"))?;
+        set.write(&ctx.out("samples.safetensors"))
+            .map_err(|e| StageError::Failed(e.to_string()))?;
+        image_grid(
+            set.pixels(),
+            set.n,
+            c,
+            h,
+            w,
+            p.grid_columns,
+            &ctx.out("grid.png"),
+        )?;
         let mean = set.pixels().iter().map(|&x| x as f64).sum::<f64>() / set.pixels().len() as f64;
         let mut m = Metrics::new();
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
@@ -385,7 +433,10 @@ pub fn to_grey3(img: &[u8], h: usize, w: usize) -> Vec<u8> {
     let hw = h * w;
     let mut out = vec![0u8; 3 * hw];
     for i in 0..hw {
-        let g = (0.299 * img[i] as f64 + 0.587 * img[hw + i] as f64 + 0.114 * img[2 * hw + i] as f64).round().clamp(0.0, 255.0) as u8;
+        let g =
+            (0.299 * img[i] as f64 + 0.587 * img[hw + i] as f64 + 0.114 * img[2 * hw + i] as f64)
+                .round()
+                .clamp(0.0, 255.0) as u8;
         out[i] = g;
         out[hw + i] = g;
         out[2 * hw + i] = g;
@@ -416,7 +467,10 @@ impl Stage for ReconstructStage {
         let set = read_images(ctx, "data")?;
         check_input_shape(&dbn, &set)?;
         if p.colourise && set.c != 3 {
-            return Err(StageError::User(format!("colourise needs 3-channel images, the data has {}", set.c)));
+            return Err(StageError::User(format!(
+                "colourise needs 3-channel images, the data has {}",
+                set.c
+            )));
         }
         let n = p.count.min(set.n);
         if n == 0 {
@@ -424,27 +478,53 @@ impl Stage for ReconstructStage {
         }
         let depth = p.depth.unwrap_or(dbn.layers.len());
         if depth == 0 || depth > dbn.layers.len() {
-            return Err(StageError::User(format!("depth must be 1..={}, got {depth}", dbn.layers.len())));
+            return Err(StageError::User(format!(
+                "depth must be 1..={}, got {depth}",
+                dbn.layers.len()
+            )));
         }
         let len = set.image_len();
         let originals = &set.pixels()[..n * len];
-        let inputs: Vec<u8> = if p.colourise { (0..n).flat_map(|i| to_grey3(set.image(i), set.h, set.w)).collect() } else { originals.to_vec() };
+        let inputs: Vec<u8> = if p.colourise {
+            (0..n)
+                .flat_map(|i| to_grey3(set.image(i), set.h, set.w))
+                .collect()
+        } else {
+            originals.to_vec()
+        };
         let recon = with_threads(ctx.threads, || {
             let v = dbn.pixels_to_visible(&inputs, n, &device, DType::F32);
             dbn.visible_to_pixels(&dbn.reconstruct(v, depth))
         });
-        let mse = recon.iter().zip(originals).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>() / recon.len() as f64;
+        let mse = recon
+            .iter()
+            .zip(originals)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>()
+            / recon.len() as f64;
         let mut grid = Vec::with_capacity(2 * n * len);
         for i in 0..n {
             grid.extend_from_slice(&inputs[i * len..(i + 1) * len]);
             grid.extend_from_slice(&recon[i * len..(i + 1) * len]);
         }
-        image_grid(&grid, 2 * n, set.c, set.h, set.w, 2 * p.pairs_per_row.max(1), &ctx.out("grid.png"))?;
+        image_grid(
+            &grid,
+            2 * n,
+            set.c,
+            set.h,
+            set.w,
+            2 * p.pairs_per_row.max(1),
+            &ctx.out("grid.png"),
+        )?;
         let out = ImageSet::new(recon, n, set.c, set.h, set.w, set.labels[..n].to_vec());
-        out.write(&ctx.out("reconstructions.safetensors")).map_err(|e| StageError::Failed(e.to_string()))?;
+        out.write(&ctx.out("reconstructions.safetensors"))
+            .map_err(|e| StageError::Failed(e.to_string()))?;
         let mut m = Metrics::new();
         m.insert("mse".into(), mse);
-        m.insert("psnr".into(), 10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10());
+        m.insert(
+            "psnr".into(),
+            10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10(),
+        );
         Ok(m)
     }
 }
@@ -480,7 +560,14 @@ const FEAT_INPUTS: &[InputSlot] = &[
 ];
 
 /// Hidden means of layer `layer` (0-based) for every image, flattened.
-pub fn extract_features(dbn: &Dbn, set: &ImageSet, layer: usize, batch: usize, device: &Device, mut progress: impl FnMut(usize)) -> Vec<f32> {
+pub fn extract_features(
+    dbn: &Dbn,
+    set: &ImageSet,
+    layer: usize,
+    batch: usize,
+    device: &Device,
+    mut progress: impl FnMut(usize),
+) -> Vec<f32> {
     let len = set.image_len();
     let mut out = Vec::new();
     let bs = batch.max(1);
@@ -521,18 +608,25 @@ impl Stage for FeaturesStage {
         let nl = dbn.layers.len();
         let layer = p.layer.unwrap_or(nl);
         if layer == 0 || layer > nl {
-            return Err(StageError::User(format!("layer must be 1..={nl} (the model has {nl} layers), got {layer}")));
+            return Err(StageError::User(format!(
+                "layer must be 1..={nl} (the model has {nl} layers), got {layer}"
+            )));
         }
         let d: usize = dbn.layers[layer - 1].spec.hidden_shape().iter().product();
         let bar = ctx.bar(set.n as u64, "features");
-        let mut feats = with_threads(ctx.threads, || extract_features(&dbn, &set, layer - 1, p.batch_size, &device, |i| bar.set_position(i as u64)));
+        let mut feats = with_threads(ctx.threads, || {
+            extract_features(&dbn, &set, layer - 1, p.batch_size, &device, |i| {
+                bar.set_position(i as u64)
+            })
+        });
         if p.unit_scale {
             let n = dbn.layers[layer - 1].spec.hidden_unit.n as f32;
             feats.iter_mut().for_each(|x| *x /= n);
         }
         bar.finish_and_clear();
         let fs = FeatureSet::new(feats, set.n, d, set.labels.clone());
-        fs.write(&ctx.out("features.safetensors")).map_err(|e| StageError::Failed(e.to_string()))?;
+        fs.write(&ctx.out("features.safetensors"))
+            .map_err(|e| StageError::Failed(e.to_string()))?;
         let mut m = Metrics::new();
         m.insert("dimensions".into(), d as f64);
         m.insert("count".into(), set.n as f64);

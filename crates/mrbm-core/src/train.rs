@@ -112,7 +112,10 @@ impl OptimParams {
             return Err("batch_size must be at least 1".into());
         }
         if self.gradient == GradientMode::ClosedForm && self.coupling == Coupling::Backprop {
-            return Err("gradient = \"closed_form\" needs coupling = \"detached\" (use auto or autodiff)".into());
+            return Err(
+                "gradient = \"closed_form\" needs coupling = \"detached\" (use auto or autodiff)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -151,7 +154,13 @@ impl Trainer {
             .build();
         let states = vec![LayerState::default(); dbn.layers.len()];
         let autodiff_device = dbn.device().autodiff();
-        Trainer { dbn, params, optim, states, autodiff_device }
+        Trainer {
+            dbn,
+            params,
+            optim,
+            states,
+            autodiff_device,
+        }
     }
 
     /// The gradients of the total loss for a batch of visible values, and
@@ -170,18 +179,30 @@ impl Trainer {
             (losses.iter().map(|l| to_f64(l)[0]).collect(), grads)
         } else {
             let tracked: Vec<Rbm> = self.dbn.layers.iter().map(|l| l.tracked()).collect();
-            let model = Dbn { spec: self.dbn.spec.clone(), layers: tracked };
+            let model = Dbn {
+                spec: self.dbn.spec.clone(),
+                layers: tracked,
+            };
             let v = v.to_device(&self.autodiff_device);
             let (total, losses) = model.loss(v, self.params.coupling);
-            let values: Vec<f64> = losses.iter().map(|l| to_f64(&l.clone().detach())[0]).collect();
+            let values: Vec<f64> = losses
+                .iter()
+                .map(|l| to_f64(&l.clone().detach())[0])
+                .collect();
             let grads = total.backward();
             let g = model
                 .layers
                 .iter()
                 .map(|l| LayerGrads {
-                    w: l.w.grad(&grads).unwrap_or_else(|| l.w.clone().without_autodiff().zeros_like()),
-                    a: l.a.grad(&grads).unwrap_or_else(|| l.a.clone().without_autodiff().zeros_like()),
-                    b: l.b.grad(&grads).unwrap_or_else(|| l.b.clone().without_autodiff().zeros_like()),
+                    w: l.w
+                        .grad(&grads)
+                        .unwrap_or_else(|| l.w.clone().without_autodiff().zeros_like()),
+                    a: l.a
+                        .grad(&grads)
+                        .unwrap_or_else(|| l.a.clone().without_autodiff().zeros_like()),
+                    b: l.b
+                        .grad(&grads)
+                        .unwrap_or_else(|| l.b.clone().without_autodiff().zeros_like()),
                 })
                 .collect();
             (values, g)
@@ -190,11 +211,21 @@ impl Trainer {
 
     /// One Adam step on a batch; returns the per-layer losses (before the
     /// step). Fails on a non-finite loss or weight, naming the layer.
-    pub fn step(&mut self, v: Tensor<4>, epoch: usize, batch: usize) -> Result<Vec<f64>, CoreError> {
+    pub fn step(
+        &mut self,
+        v: Tensor<4>,
+        epoch: usize,
+        batch: usize,
+    ) -> Result<Vec<f64>, CoreError> {
         let (losses, grads) = self.gradients(v);
         for (i, l) in losses.iter().enumerate() {
             if !l.is_finite() {
-                return Err(CoreError::NonFinite { epoch, batch, layer: i + 1, what: format!("loss is {l}") });
+                return Err(CoreError::NonFinite {
+                    epoch,
+                    batch,
+                    layer: i + 1,
+                    what: format!("loss is {l}"),
+                });
             }
         }
         let lr = self.params.lr;
@@ -213,7 +244,12 @@ impl Trainer {
             let check = layer.w.clone().sum() + layer.a.clone().sum() + layer.b.clone().sum();
             let c = to_f64(&check)[0];
             if !c.is_finite() {
-                return Err(CoreError::NonFinite { epoch, batch, layer: i + 1, what: "a weight or bias became NaN or infinite".into() });
+                return Err(CoreError::NonFinite {
+                    epoch,
+                    batch,
+                    layer: i + 1,
+                    what: "a weight or bias became NaN or infinite".into(),
+                });
             }
         }
         Ok(losses)
@@ -223,7 +259,8 @@ impl Trainer {
 /// One epoch's batch order: a seeded shuffle (same on every machine).
 pub fn batch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)));
     idx.shuffle(&mut rng);
     idx
 }
@@ -256,7 +293,13 @@ impl History {
         }
         s.push('\n');
         for (step, (e, b, l)) in self.batches.iter().enumerate() {
-            s.push_str(&format!("{},{},{},{}", e + 1, b + 1, step + 1, l.iter().sum::<f64>()));
+            s.push_str(&format!(
+                "{},{},{},{}",
+                e + 1,
+                b + 1,
+                step + 1,
+                l.iter().sum::<f64>()
+            ));
             for v in l {
                 s.push_str(&format!(",{v}"));
             }
@@ -290,7 +333,8 @@ pub fn train_images(
         let order = batch_order(n, p.seed, epoch);
         for b in 0..batches {
             for (j, &i) in order[b * bs..(b + 1) * bs].iter().enumerate() {
-                buf[j * image_len..(j + 1) * image_len].copy_from_slice(&pixels[i * image_len..(i + 1) * image_len]);
+                buf[j * image_len..(j + 1) * image_len]
+                    .copy_from_slice(&pixels[i * image_len..(i + 1) * image_len]);
             }
             let v = trainer.dbn.pixels_to_visible(&buf, bs, &device, dtype);
             let losses = trainer.step(v, epoch + 1, b + 1)?;

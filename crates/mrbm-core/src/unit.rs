@@ -83,7 +83,10 @@ impl UnitType {
             return Err(format!("{what}: N must be at least 1"));
         }
         if !(self.k.is_finite() && self.k > 0.0) {
-            return Err(format!("{what}: k must be a positive finite number, got {}", self.k));
+            return Err(format!(
+                "{what}: k must be a positive finite number, got {}",
+                self.k
+            ));
         }
         Ok(())
     }
@@ -94,7 +97,11 @@ impl UnitType {
 
     /// Mean activation f(x) = N sigmoid(k x).
     pub fn mean<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let s = if self.k == 1.0 { sigmoid(x) } else { sigmoid(x.mul_scalar(self.k)) };
+        let s = if self.k == 1.0 {
+            sigmoid(x)
+        } else {
+            sigmoid(x.mul_scalar(self.k))
+        };
         if self.n == 1 {
             s
         } else {
@@ -104,7 +111,11 @@ impl UnitType {
 
     /// Smooth log-partition A(x) = (N/k) softplus(k x), with A' = f.
     pub fn log_partition<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let z = if self.k == 1.0 { x } else { x.mul_scalar(self.k) };
+        let z = if self.k == 1.0 {
+            x
+        } else {
+            x.mul_scalar(self.k)
+        };
         let sp = softplus(z);
         let c = self.nf() / self.k;
         if c == 1.0 {

@@ -24,10 +24,17 @@ fn required(var: &str) -> bool {
 /// when a backend is required (env) but not compiled in or finds nothing.
 fn accelerators() -> Vec<FoundDevice> {
     let mut out = Vec::new();
-    for (backend, var, found) in [("wgpu", "MRBM_REQUIRE_WGPU", device::wgpu_devices()), ("cuda", "MRBM_REQUIRE_CUDA", device::cuda_devices())] {
+    for (backend, var, found) in [
+        ("wgpu", "MRBM_REQUIRE_WGPU", device::wgpu_devices()),
+        ("cuda", "MRBM_REQUIRE_CUDA", device::cuda_devices()),
+    ] {
         let compiled = device::compiled_backends().contains(&backend);
         if found.is_empty() {
-            let why = if compiled { format!("no {backend} device found") } else { format!("this build has no {backend} feature") };
+            let why = if compiled {
+                format!("no {backend} device found")
+            } else {
+                format!("this build has no {backend} feature")
+            };
             assert!(!required(var), "{var}=1 but {why}");
             if compiled {
                 eprintln!("note: {why}; its device checks did not run");
@@ -63,7 +70,11 @@ fn on_every_accelerator(check: impl Fn(&BurnDevice, bool) -> Vec<CheckReport>) {
         }
     }
     eprintln!("{ran} check(s) ran");
-    assert!(failures.is_empty(), "device checks failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "device checks failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn dtypes(f64: bool) -> Vec<burn::tensor::DType> {
@@ -83,17 +94,42 @@ fn device_smoke_kernel() {
 
 #[test]
 fn device_free_energy_matches_host() {
-    on_every_accelerator(|d, f64| dtypes(f64).into_iter().flat_map(|dt| [checks::free_energy_matches_host(d, dt, false), checks::free_energy_matches_host(d, dt, true)]).collect());
+    on_every_accelerator(|d, f64| {
+        dtypes(f64)
+            .into_iter()
+            .flat_map(|dt| {
+                [
+                    checks::free_energy_matches_host(d, dt, false),
+                    checks::free_energy_matches_host(d, dt, true),
+                ]
+            })
+            .collect()
+    });
 }
 
 #[test]
 fn device_gradient_equals_cd1() {
-    on_every_accelerator(|d, f64| dtypes(f64).into_iter().flat_map(|dt| [checks::grad_equals_cd1(d, dt, false), checks::grad_equals_cd1(d, dt, true)]).collect());
+    on_every_accelerator(|d, f64| {
+        dtypes(f64)
+            .into_iter()
+            .flat_map(|dt| {
+                [
+                    checks::grad_equals_cd1(d, dt, false),
+                    checks::grad_equals_cd1(d, dt, true),
+                ]
+            })
+            .collect()
+    });
 }
 
 #[test]
 fn device_conv_adjoint() {
-    on_every_accelerator(|d, f64| dtypes(f64).into_iter().map(|dt| checks::conv_adjoint(d, dt)).collect());
+    on_every_accelerator(|d, f64| {
+        dtypes(f64)
+            .into_iter()
+            .map(|dt| checks::conv_adjoint(d, dt))
+            .collect()
+    });
 }
 
 #[test]
@@ -103,7 +139,12 @@ fn device_training_lowers_loss() {
 
 #[test]
 fn device_sampling_shapes_and_ranges() {
-    on_every_accelerator(|d, _| vec![checks::sampling_shapes_and_ranges(d, burn::tensor::DType::F32)]);
+    on_every_accelerator(|d, _| {
+        vec![checks::sampling_shapes_and_ranges(
+            d,
+            burn::tensor::DType::F32,
+        )]
+    });
 }
 
 #[test]
@@ -118,8 +159,14 @@ fn device_cpu_is_always_compiled_in_and_cuda_default_is_never_used() {
     // not there is a user error, not a panic on the first tensor.
     assert!(device::burn_device(mrbm_stage::Device::Cpu).is_ok());
     if device::cuda_devices().is_empty() {
-        assert!(matches!(device::burn_device(mrbm_stage::Device::Cuda(0)), Err(mrbm_stage::StageError::User(_))));
+        assert!(matches!(
+            device::burn_device(mrbm_stage::Device::Cuda(0)),
+            Err(mrbm_stage::StageError::User(_))
+        ));
     }
     let n = device::wgpu_devices().len();
-    assert!(matches!(device::burn_device(mrbm_stage::Device::Wgpu(n)), Err(mrbm_stage::StageError::User(_))));
+    assert!(matches!(
+        device::burn_device(mrbm_stage::Device::Wgpu(n)),
+        Err(mrbm_stage::StageError::User(_))
+    ));
 }

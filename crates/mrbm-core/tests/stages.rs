@@ -11,18 +11,42 @@ use mrbm_data::artifact::{FeatureSet, ImageSet};
 use mrbm_stage::{Device, Metrics, Stage, StageContext, StageError};
 
 fn stage(kind: &str) -> Box<dyn Stage> {
-    mrbm_core::stages().into_iter().find(|s| s.kind() == kind).unwrap_or_else(|| panic!("no stage {kind}"))
+    mrbm_core::stages()
+        .into_iter()
+        .find(|s| s.kind() == kind)
+        .unwrap_or_else(|| panic!("no stage {kind}"))
 }
 
-fn run(kind: &str, params: &str, inputs: &[(&str, PathBuf)], out: &Path, device: Device) -> Result<Metrics, StageError> {
+fn run(
+    kind: &str,
+    params: &str,
+    inputs: &[(&str, PathBuf)],
+    out: &Path,
+    device: Device,
+) -> Result<Metrics, StageError> {
     let s = stage(kind);
     let raw: toml::Table = toml::from_str(params).unwrap();
-    let canon = s.params(&raw).map_err(|e| StageError::User(e.to_string()))?;
+    let canon = s
+        .params(&raw)
+        .map_err(|e| StageError::User(e.to_string()))?;
     std::fs::create_dir_all(out).unwrap();
-    let inputs: BTreeMap<String, PathBuf> = inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let inputs: BTreeMap<String, PathBuf> = inputs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let cancel = AtomicBool::new(false);
     let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
-    let ctx = StageContext { stage_id: kind, params: &canon, inputs: &inputs, out_dir: out, device, threads: 2, progress: None, cancel: &cancel, log: &log };
+    let ctx = StageContext {
+        stage_id: kind,
+        params: &canon,
+        inputs: &inputs,
+        out_dir: out,
+        device,
+        threads: 2,
+        progress: None,
+        cancel: &cancel,
+        log: &log,
+    };
     assert!(s.uses_device());
     s.run(&ctx)
 }
@@ -35,14 +59,24 @@ fn images(dir: &Path) -> PathBuf {
         for ch in 0..c {
             for y in 0..h {
                 for x in 0..w {
-                    let on = if i % 2 == 0 { y < 4 && x < 4 } else { y >= 4 && x >= 4 };
-                    px.push(if on { 200 + (ch * 20) as u8 } else { (i * 3 % 40) as u8 });
+                    let on = if i % 2 == 0 {
+                        y < 4 && x < 4
+                    } else {
+                        y >= 4 && x >= 4
+                    };
+                    px.push(if on {
+                        200 + (ch * 20) as u8
+                    } else {
+                        (i * 3 % 40) as u8
+                    });
                 }
             }
         }
     }
     let p = dir.join("data.safetensors");
-    ImageSet::new(px, n, c, h, w, (0..n as i64).map(|i| i % 2).collect()).write(&p).unwrap();
+    ImageSet::new(px, n, c, h, w, (0..n as i64).map(|i| i % 2).collect())
+        .write(&p)
+        .unwrap();
     p
 }
 
@@ -52,40 +86,101 @@ fn train_features_sample_reconstruct() {
     let data = images(dir.path());
     for n in [1, 255] {
         let train_out = dir.path().join(format!("train{n}"));
-        let params = format!("conv_channels = [4]\ndense = [6]\nn = {n}\nepochs = 2\nbatch_size = 16\nlr = 0.01");
-        let m = run("train", &params, &[("data", data.clone())], &train_out, Device::Cpu).unwrap();
+        let params = format!(
+            "conv_channels = [4]\ndense = [6]\nn = {n}\nepochs = 2\nbatch_size = 16\nlr = 0.01"
+        );
+        let m = run(
+            "train",
+            &params,
+            &[("data", data.clone())],
+            &train_out,
+            Device::Cpu,
+        )
+        .unwrap();
         assert!(m["final_loss"].is_finite(), "{m:?}");
         for f in ["model.safetensors", "loss.csv", "loss.png"] {
             assert!(train_out.join(f).is_file(), "missing {f}");
         }
         let csv = std::fs::read_to_string(train_out.join("loss.csv")).unwrap();
-        assert_eq!(csv.lines().count(), 1 + 2 * 4, "header + 2 epochs x 4 batches");
+        assert_eq!(
+            csv.lines().count(),
+            1 + 2 * 4,
+            "header + 2 epochs x 4 batches"
+        );
         // The model input accepts the stage directory (default file).
         let feat_out = dir.path().join(format!("features{n}"));
-        let m = run("features", "layer = 1", &[("model", train_out.clone()), ("data", data.clone())], &feat_out, Device::Cpu).unwrap();
+        let m = run(
+            "features",
+            "layer = 1",
+            &[("model", train_out.clone()), ("data", data.clone())],
+            &feat_out,
+            Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(m["dimensions"], 4.0 * 4.0 * 4.0);
         let fs = FeatureSet::read(&feat_out.join("features.safetensors")).unwrap();
         assert_eq!((fs.n, fs.d), (64, 64));
-        assert!(fs.features.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0));
-        let raw = run("features", "layer = 1\nunit_scale = false", &[("model", train_out.clone()), ("data", data.clone())], &dir.path().join(format!("fraw{n}")), Device::Cpu).unwrap();
-        let fr = FeatureSet::read(&dir.path().join(format!("fraw{n}")).join("features.safetensors")).unwrap();
+        assert!(fs
+            .features
+            .iter()
+            .all(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0));
+        let raw = run(
+            "features",
+            "layer = 1\nunit_scale = false",
+            &[("model", train_out.clone()), ("data", data.clone())],
+            &dir.path().join(format!("fraw{n}")),
+            Device::Cpu,
+        )
+        .unwrap();
+        let fr = FeatureSet::read(
+            &dir.path()
+                .join(format!("fraw{n}"))
+                .join("features.safetensors"),
+        )
+        .unwrap();
         assert_eq!(raw["dimensions"], 64.0);
         for (a, b) in fr.features.iter().zip(&fs.features) {
             assert!((a / n as f32 - b).abs() <= 1e-6 * a.abs().max(1.0));
         }
-        let top = run("features", "", &[("model", train_out.clone()), ("data", data.clone())], &dir.path().join(format!("ftop{n}")), Device::Cpu).unwrap();
+        let top = run(
+            "features",
+            "",
+            &[("model", train_out.clone()), ("data", data.clone())],
+            &dir.path().join(format!("ftop{n}")),
+            Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(top["dimensions"], 6.0);
         let sample_out = dir.path().join(format!("sample{n}"));
-        run("sample", "steps = 3\nchains = 5", &[("model", train_out.clone())], &sample_out, Device::Cpu).unwrap();
+        run(
+            "sample",
+            "steps = 3\nchains = 5",
+            &[("model", train_out.clone())],
+            &sample_out,
+            Device::Cpu,
+        )
+        .unwrap();
         let s = ImageSet::read(&sample_out.join("samples.safetensors")).unwrap();
         assert_eq!(s.shape(), [5, 3, 8, 8]);
         assert!(s.labels.iter().all(|&l| l == -1));
         assert!(sample_out.join("grid.png").is_file());
         let rec_out = dir.path().join(format!("rec{n}"));
-        let m = run("reconstruct", "count = 6\ncolourise = true", &[("model", train_out.clone()), ("data", data.clone())], &rec_out, Device::Cpu).unwrap();
+        let m = run(
+            "reconstruct",
+            "count = 6\ncolourise = true",
+            &[("model", train_out.clone()), ("data", data.clone())],
+            &rec_out,
+            Device::Cpu,
+        )
+        .unwrap();
         assert!(m["mse"].is_finite());
         assert!(rec_out.join("grid.png").is_file());
-        assert_eq!(ImageSet::read(&rec_out.join("reconstructions.safetensors")).unwrap().n, 6);
+        assert_eq!(
+            ImageSet::read(&rec_out.join("reconstructions.safetensors"))
+                .unwrap()
+                .n,
+            6
+        );
     }
 }
 
@@ -98,19 +193,62 @@ fn errors_are_typed() {
     let e = stage("train").params(&raw).unwrap_err();
     assert_eq!(e.suggestion.as_deref(), Some("lr"));
     // Accelerators not compiled in: a user error.
-    let e = run("train", "dense = [4]\nconv_channels = []\nepochs = 1", &[("data", data.clone())], &dir.path().join("t"), Device::Cuda(0)).unwrap_err();
+    let e = run(
+        "train",
+        "dense = [4]\nconv_channels = []\nepochs = 1",
+        &[("data", data.clone())],
+        &dir.path().join("t"),
+        Device::Cuda(0),
+    )
+    .unwrap_err();
     assert!(e.is_user_error() && e.to_string().contains("cuda"), "{e}");
     // A non-finite loss fails the stage naming epoch, batch and layer.
-    let e = run("train", "dense = [4]\nconv_channels = []\nepochs = 1\nvisible_scale = 1e308", &[("data", data.clone())], &dir.path().join("t2"), Device::Cpu).unwrap_err();
-    assert!(matches!(e, StageError::Failed(_)) && e.to_string().contains("layer 1"), "{e}");
+    let e = run(
+        "train",
+        "dense = [4]\nconv_channels = []\nepochs = 1\nvisible_scale = 1e308",
+        &[("data", data.clone())],
+        &dir.path().join("t2"),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, StageError::Failed(_)) && e.to_string().contains("layer 1"),
+        "{e}"
+    );
     // A model that does not match the data's image size: a user error.
     let out = dir.path().join("t3");
-    run("train", "dense = [4]\nconv_channels = []\nepochs = 1", &[("data", data.clone())], &out, Device::Cpu).unwrap();
+    run(
+        "train",
+        "dense = [4]\nconv_channels = []\nepochs = 1",
+        &[("data", data.clone())],
+        &out,
+        Device::Cpu,
+    )
+    .unwrap();
     let other = dir.path().join("other.safetensors");
-    ImageSet::new(vec![0; 2 * 3 * 4 * 4], 2, 3, 4, 4, vec![0, 1]).write(&other).unwrap();
-    let e = run("features", "", &[("model", out.clone()), ("data", other)], &dir.path().join("f"), Device::Cpu).unwrap_err();
+    ImageSet::new(vec![0; 2 * 3 * 4 * 4], 2, 3, 4, 4, vec![0, 1])
+        .write(&other)
+        .unwrap();
+    let e = run(
+        "features",
+        "",
+        &[("model", out.clone()), ("data", other)],
+        &dir.path().join("f"),
+        Device::Cpu,
+    )
+    .unwrap_err();
     assert!(e.is_user_error(), "{e}");
     // A file that is not a checkpoint: a user error naming the file.
-    let e = run("sample", "", &[("model", data.clone())], &dir.path().join("s"), Device::Cpu).unwrap_err();
-    assert!(e.is_user_error() && e.to_string().contains("data.safetensors"), "{e}");
+    let e = run(
+        "sample",
+        "",
+        &[("model", data.clone())],
+        &dir.path().join("s"),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(
+        e.is_user_error() && e.to_string().contains("data.safetensors"),
+        "{e}"
+    );
 }

@@ -38,15 +38,34 @@ fn main() {
     let repeat: usize = args[2].parse().expect("REPEAT");
     let crop: u32 = args[3].parse().expect("CROP");
     let size: u32 = args[4].parse().expect("SIZE");
-    let filter: Filter = serde_json::from_value(serde_json::Value::String(args[5].clone())).expect("FILTER");
+    let filter: Filter =
+        serde_json::from_value(serde_json::Value::String(args[5].clone())).expect("FILTER");
     let files = image_files(dir).expect("list files");
-    let items: Vec<Item> = (0..repeat).flat_map(|_| files.iter().map(|p| Item { path: p.clone(), label: -1 })).collect();
-    let ops = ImageOps { crop: Some(Crop::Centre { w: crop, h: crop }), resize: Some(Size { w: size, h: size }), filter, ..Default::default() };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+    let items: Vec<Item> = (0..repeat)
+        .flat_map(|_| {
+            files.iter().map(|p| Item {
+                path: p.clone(),
+                label: -1,
+            })
+        })
+        .collect();
+    let ops = ImageOps {
+        crop: Some(Crop::Centre { w: crop, h: crop }),
+        resize: Some(Size { w: size, h: size }),
+        filter,
+        ..Default::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
     // Warm-up: page cache, allocator, thread start.
-    pool.install(|| decode_items(&items[..files.len()], &ops, false, &Ctl::default())).expect("decode");
+    pool.install(|| decode_items(&items[..files.len()], &ops, false, &Ctl::default()))
+        .expect("decode");
     let (t, cpu0) = (Instant::now(), cpu_seconds());
-    let out = pool.install(|| decode_items(&items, &ops, false, &Ctl::default())).expect("decode");
+    let out = pool
+        .install(|| decode_items(&items, &ops, false, &Ctl::default()))
+        .expect("decode");
     let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let checksum: u64 = out.set.pixels().iter().map(|&p| p as u64).sum();
     println!(
@@ -59,11 +78,17 @@ fn main() {
 /// User + system CPU time of this process (all threads), from
 /// /proc/self/stat (Linux; clock ticks of 1/100 s). NaN elsewhere.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
     // Fields after the parenthesised command name; utime and stime are the
     // 14th and 15th fields of the line.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -17,25 +17,43 @@ use safetensors::SafeTensors;
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: tensor `{tensor}`: {message}")]
-    Tensor { path: PathBuf, tensor: String, message: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
 }
 
 fn format_err(path: &Path, message: impl ToString) -> ArtifactError {
-    ArtifactError::Format { path: path.to_path_buf(), message: message.to_string() }
+    ArtifactError::Format {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
 }
 
 fn tensor_err(path: &Path, tensor: &str, message: impl ToString) -> ArtifactError {
-    ArtifactError::Tensor { path: path.to_path_buf(), tensor: tensor.to_string(), message: message.to_string() }
+    ArtifactError::Tensor {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Bytes of the image tensor: owned, or a window into a memory map.
 enum Pixels {
     Owned(Vec<u8>),
-    Mapped { map: memmap2::Mmap, start: usize, len: usize },
+    Mapped {
+        map: memmap2::Mmap,
+        start: usize,
+        len: usize,
+    },
 }
 
 /// A labelled set of u8 images, NCHW.
@@ -50,16 +68,31 @@ pub struct ImageSet {
 
 impl std::fmt::Debug for ImageSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ImageSet {{ n: {}, c: {}, h: {}, w: {} }}", self.n, self.c, self.h, self.w)
+        write!(
+            f,
+            "ImageSet {{ n: {}, c: {}, h: {}, w: {} }}",
+            self.n, self.c, self.h, self.w
+        )
     }
 }
 
 impl ImageSet {
     /// Build from owned pixels; panics only on a programming error (sizes).
     pub fn new(pixels: Vec<u8>, n: usize, c: usize, h: usize, w: usize, labels: Vec<i64>) -> Self {
-        assert_eq!(pixels.len(), n * c * h * w, "pixel buffer does not match shape");
+        assert_eq!(
+            pixels.len(),
+            n * c * h * w,
+            "pixel buffer does not match shape"
+        );
         assert_eq!(labels.len(), n, "label count does not match image count");
-        ImageSet { pixels: Pixels::Owned(pixels), n, c, h, w, labels }
+        ImageSet {
+            pixels: Pixels::Owned(pixels),
+            n,
+            c,
+            h,
+            w,
+            labels,
+        }
     }
 
     pub fn pixels(&self) -> &[u8] {
@@ -98,24 +131,46 @@ impl ImageSet {
     /// Write atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
         let label_bytes: Vec<u8> = self.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
-        let images = TensorView::new(Dtype::U8, self.shape().to_vec(), self.pixels()).map_err(|e| tensor_err(path, "images", e))?;
-        let labels = TensorView::new(Dtype::I64, vec![self.n], &label_bytes).map_err(|e| tensor_err(path, "labels", e))?;
+        let images = TensorView::new(Dtype::U8, self.shape().to_vec(), self.pixels())
+            .map_err(|e| tensor_err(path, "images", e))?;
+        let labels = TensorView::new(Dtype::I64, vec![self.n], &label_bytes)
+            .map_err(|e| tensor_err(path, "labels", e))?;
         let mut meta = HashMap::new();
         meta.insert("mrbm_artifact".to_string(), "image_set".to_string());
-        write_tensors(path, vec![("images", images), ("labels", labels)], Some(meta))
+        write_tensors(
+            path,
+            vec![("images", images), ("labels", labels)],
+            Some(meta),
+        )
     }
 
     /// Read, memory-mapping the pixels.
     pub fn read(path: &Path) -> Result<Self, ArtifactError> {
-        let file = File::open(path).map_err(|e| ArtifactError::Io { path: path.to_path_buf(), source: e })?;
+        let file = File::open(path).map_err(|e| ArtifactError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         // Safety: artifacts in the cache are never modified in place (they are
         // published by rename), so the mapping stays valid while we hold it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ArtifactError::Io { path: path.to_path_buf(), source: e })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ArtifactError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let (start, len, shape, labels) = {
             let st = SafeTensors::deserialize(&map).map_err(|e| format_err(path, e))?;
-            let images = st.tensor("images").map_err(|e| tensor_err(path, "images", e))?;
+            let images = st
+                .tensor("images")
+                .map_err(|e| tensor_err(path, "images", e))?;
             if images.dtype() != Dtype::U8 || images.shape().len() != 4 {
-                return Err(tensor_err(path, "images", format!("expected u8 [N, C, H, W], found {:?} {:?}", images.dtype(), images.shape())));
+                return Err(tensor_err(
+                    path,
+                    "images",
+                    format!(
+                        "expected u8 [N, C, H, W], found {:?} {:?}",
+                        images.dtype(),
+                        images.shape()
+                    ),
+                ));
             }
             let shape = images.shape().to_vec();
             let data = images.data();
@@ -123,7 +178,14 @@ impl ImageSet {
             let labels = read_labels(path, &st, shape[0])?;
             (start, data.len(), shape, labels)
         };
-        Ok(ImageSet { pixels: Pixels::Mapped { map, start, len }, n: shape[0], c: shape[1], h: shape[2], w: shape[3], labels })
+        Ok(ImageSet {
+            pixels: Pixels::Mapped { map, start, len },
+            n: shape[0],
+            c: shape[1],
+            h: shape[2],
+            w: shape[3],
+            labels,
+        })
     }
 }
 
@@ -140,7 +202,12 @@ impl FeatureSet {
     pub fn new(features: Vec<f32>, n: usize, d: usize, labels: Vec<i64>) -> Self {
         assert_eq!(features.len(), n * d, "feature buffer does not match shape");
         assert_eq!(labels.len(), n, "label count does not match row count");
-        FeatureSet { n, d, features, labels }
+        FeatureSet {
+            n,
+            d,
+            features,
+            labels,
+        }
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -150,40 +217,76 @@ impl FeatureSet {
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
         let fbytes: Vec<u8> = self.features.iter().flat_map(|v| v.to_le_bytes()).collect();
         let lbytes: Vec<u8> = self.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
-        let f = TensorView::new(Dtype::F32, vec![self.n, self.d], &fbytes).map_err(|e| tensor_err(path, "features", e))?;
-        let l = TensorView::new(Dtype::I64, vec![self.n], &lbytes).map_err(|e| tensor_err(path, "labels", e))?;
+        let f = TensorView::new(Dtype::F32, vec![self.n, self.d], &fbytes)
+            .map_err(|e| tensor_err(path, "features", e))?;
+        let l = TensorView::new(Dtype::I64, vec![self.n], &lbytes)
+            .map_err(|e| tensor_err(path, "labels", e))?;
         let mut meta = HashMap::new();
         meta.insert("mrbm_artifact".to_string(), "feature_set".to_string());
         write_tensors(path, vec![("features", f), ("labels", l)], Some(meta))
     }
 
     pub fn read(path: &Path) -> Result<Self, ArtifactError> {
-        let bytes = std::fs::read(path).map_err(|e| ArtifactError::Io { path: path.to_path_buf(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| ArtifactError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(path, e))?;
-        let f = st.tensor("features").map_err(|e| tensor_err(path, "features", e))?;
+        let f = st
+            .tensor("features")
+            .map_err(|e| tensor_err(path, "features", e))?;
         if f.dtype() != Dtype::F32 || f.shape().len() != 2 {
-            return Err(tensor_err(path, "features", format!("expected f32 [N, D], found {:?} {:?}", f.dtype(), f.shape())));
+            return Err(tensor_err(
+                path,
+                "features",
+                format!("expected f32 [N, D], found {:?} {:?}", f.dtype(), f.shape()),
+            ));
         }
         let (n, d) = (f.shape()[0], f.shape()[1]);
-        let features = f.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let features = f
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let labels = read_labels(path, &st, n)?;
-        Ok(FeatureSet { n, d, features, labels })
+        Ok(FeatureSet {
+            n,
+            d,
+            features,
+            labels,
+        })
     }
 }
 
 fn read_labels(path: &Path, st: &SafeTensors, n: usize) -> Result<Vec<i64>, ArtifactError> {
-    let l = st.tensor("labels").map_err(|e| tensor_err(path, "labels", e))?;
+    let l = st
+        .tensor("labels")
+        .map_err(|e| tensor_err(path, "labels", e))?;
     if l.dtype() != Dtype::I64 || l.shape() != [n] {
-        return Err(tensor_err(path, "labels", format!("expected i64 [{n}], found {:?} {:?}", l.dtype(), l.shape())));
+        return Err(tensor_err(
+            path,
+            "labels",
+            format!("expected i64 [{n}], found {:?} {:?}", l.dtype(), l.shape()),
+        ));
     }
-    Ok(l.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    Ok(l.data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
 }
 
 /// Serialize tensors to `path` through a temporary file and a rename.
-pub fn write_tensors(path: &Path, tensors: Vec<(&str, TensorView<'_>)>, meta: Option<HashMap<String, String>>) -> Result<(), ArtifactError> {
+pub fn write_tensors(
+    path: &Path,
+    tensors: Vec<(&str, TensorView<'_>)>,
+    meta: Option<HashMap<String, String>>,
+) -> Result<(), ArtifactError> {
     let tmp = path.with_extension("safetensors.partial");
     safetensors::serialize_to_file(tensors, meta, &tmp).map_err(|e| format_err(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ArtifactError::Io { path: path.to_path_buf(), source: e })
+    std::fs::rename(&tmp, path).map_err(|e| ArtifactError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
 }
 
 #[cfg(test)]
@@ -195,7 +298,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mrbm-artifact-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.safetensors");
-        let set = ImageSet::new((0..2 * 3 * 4 * 5).map(|i| i as u8).collect(), 2, 3, 4, 5, vec![7, -1]);
+        let set = ImageSet::new(
+            (0..2 * 3 * 4 * 5).map(|i| i as u8).collect(),
+            2,
+            3,
+            4,
+            5,
+            vec![7, -1],
+        );
         set.write(&p).unwrap();
         let back = ImageSet::read(&p).unwrap();
         assert_eq!(back.shape(), [2, 3, 4, 5]);

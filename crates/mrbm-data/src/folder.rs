@@ -33,20 +33,36 @@ pub struct Decoded {
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 
 pub fn is_image_file(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 fn hidden(p: &Path) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 /// Image files under `dir` (recursively), sorted by path.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name().into_iter().filter_entry(|e| e.depth() == 0 || !hidden(e.path())) {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !hidden(e.path()))
+    {
         let entry = entry.map_err(|e| {
-            let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
-            DataError::io(path, e.into_io_error().unwrap_or_else(|| std::io::Error::other("file system loop")))
+            let path = e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.to_path_buf());
+            DataError::io(
+                path,
+                e.into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("file system loop")),
+            )
         })?;
         if entry.file_type().is_file() && is_image_file(entry.path()) {
             out.push(entry.into_path());
@@ -59,7 +75,11 @@ fn require_dir(dir: &Path, expected: &str, hint: &str) -> Result<()> {
     if dir.is_dir() {
         Ok(())
     } else {
-        Err(DataError::Missing { path: dir.to_path_buf(), expected: expected.to_string(), hint: hint.to_string() })
+        Err(DataError::Missing {
+            path: dir.to_path_buf(),
+            expected: expected.to_string(),
+            hint: hint.to_string(),
+        })
     }
 }
 
@@ -83,7 +103,10 @@ pub fn class_folders(root: &Path, exclude: &[&str]) -> Result<Vec<(String, Vec<P
     if dirs.is_empty() {
         let files = image_files(root)?;
         if files.is_empty() {
-            return Err(DataError::NoImages { path: root.to_path_buf(), expected: "one sub-folder of .jpg/.jpeg/.png images per class".into() });
+            return Err(DataError::NoImages {
+                path: root.to_path_buf(),
+                expected: "one sub-folder of .jpg/.jpeg/.png images per class".into(),
+            });
         }
         return Ok(vec![(".".into(), files)]);
     }
@@ -103,7 +126,16 @@ pub fn class_folders(root: &Path, exclude: &[&str]) -> Result<Vec<(String, Vec<P
 pub fn folder_items(root: &Path) -> Result<(Vec<Item>, Vec<String>)> {
     let classes = class_folders(root, &[])?;
     let names = classes.iter().map(|(n, _)| n.clone()).collect();
-    let items = classes.into_iter().enumerate().flat_map(|(label, (_, files))| files.into_iter().map(move |path| Item { path, label: label as i64 })).collect();
+    let items = classes
+        .into_iter()
+        .enumerate()
+        .flat_map(|(label, (_, files))| {
+            files.into_iter().map(move |path| Item {
+                path,
+                label: label as i64,
+            })
+        })
+        .collect();
     Ok((items, names))
 }
 
@@ -124,11 +156,28 @@ pub fn celeba_layout(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     let nested = dir.join("img_align_celeba");
     if nested.is_dir() {
         // The official archive sometimes nests the folder twice.
-        let images = if nested.join("img_align_celeba").is_dir() { nested.join("img_align_celeba") } else { nested };
-        (images, vec![dir.join("list_eval_partition.txt"), dir.join("Eval").join("list_eval_partition.txt")])
+        let images = if nested.join("img_align_celeba").is_dir() {
+            nested.join("img_align_celeba")
+        } else {
+            nested
+        };
+        (
+            images,
+            vec![
+                dir.join("list_eval_partition.txt"),
+                dir.join("Eval").join("list_eval_partition.txt"),
+            ],
+        )
     } else {
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-        (dir.to_path_buf(), vec![dir.join("list_eval_partition.txt"), parent.join("list_eval_partition.txt"), parent.join("Eval").join("list_eval_partition.txt")])
+        (
+            dir.to_path_buf(),
+            vec![
+                dir.join("list_eval_partition.txt"),
+                parent.join("list_eval_partition.txt"),
+                parent.join("Eval").join("list_eval_partition.txt"),
+            ],
+        )
     }
 }
 
@@ -141,19 +190,31 @@ pub fn parse_partition(path: &Path, text: &str) -> Result<Vec<(String, u8)>> {
         if line.is_empty() {
             continue;
         }
-        let bad = |m: String| DataError::BadListFile { path: path.to_path_buf(), line: i as u64 + 1, message: m };
+        let bad = |m: String| DataError::BadListFile {
+            path: path.to_path_buf(),
+            line: i as u64 + 1,
+            message: m,
+        };
         let mut parts = line.split_whitespace();
         let (Some(name), Some(part), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad(format!("expected `<file name> <0|1|2>`, found `{line}`")));
+            return Err(bad(format!(
+                "expected `<file name> <0|1|2>`, found `{line}`"
+            )));
         };
         let part: u8 = match part {
             "0" => 0,
             "1" => 1,
             "2" => 2,
-            _ => return Err(bad(format!("partition `{part}`, expected 0 (train), 1 (valid) or 2 (test)"))),
+            _ => {
+                return Err(bad(format!(
+                    "partition `{part}`, expected 0 (train), 1 (valid) or 2 (test)"
+                )))
+            }
         };
         if name.contains('/') || name.contains('\\') || name == ".." {
-            return Err(bad(format!("file name `{name}` must be a plain name inside img_align_celeba/")));
+            return Err(bad(format!(
+                "file name `{name}` must be a plain name inside img_align_celeba/"
+            )));
         }
         out.push((name.to_string(), part));
     }
@@ -164,13 +225,23 @@ pub fn parse_partition(path: &Path, text: &str) -> Result<Vec<(String, u8)>> {
 /// no class). `all` needs no partition file; the others do.
 pub fn celeba_items(dir: &Path, split: Split) -> Result<Vec<Item>> {
     let (images, partition_candidates) = celeba_layout(dir);
-    require_dir(&images, "CelebA's aligned images (img_align_celeba/000001.jpg ...)", crate::hints::CELEBA)?;
+    require_dir(
+        &images,
+        "CelebA's aligned images (img_align_celeba/000001.jpg ...)",
+        crate::hints::CELEBA,
+    )?;
     if split == Split::All {
         let files = image_files(&images)?;
         if files.is_empty() {
-            return Err(DataError::NoImages { path: images, expected: "CelebA's aligned JPEGs 000001.jpg ... 202599.jpg".into() });
+            return Err(DataError::NoImages {
+                path: images,
+                expected: "CelebA's aligned JPEGs 000001.jpg ... 202599.jpg".into(),
+            });
         }
-        return Ok(files.into_iter().map(|path| Item { path, label: -1 }).collect());
+        return Ok(files
+            .into_iter()
+            .map(|path| Item { path, label: -1 })
+            .collect());
     }
     let Some(pfile) = partition_candidates.iter().find(|p| p.is_file()) else {
         return Err(DataError::Missing {
@@ -191,14 +262,21 @@ pub fn celeba_items(dir: &Path, split: Split) -> Result<Vec<Item>> {
         if part == want {
             let path = images.join(&name);
             if !path.is_file() {
-                return Err(DataError::Missing { path, expected: format!("the image listed in {}", pfile.display()), hint: crate::hints::CELEBA.into() });
+                return Err(DataError::Missing {
+                    path,
+                    expected: format!("the image listed in {}", pfile.display()),
+                    hint: crate::hints::CELEBA.into(),
+                });
             }
             items.push(Item { path, label: -1 });
         }
     }
     items.sort_by(|a, b| a.path.cmp(&b.path));
     if items.is_empty() {
-        return Err(DataError::NoImages { path: pfile.clone(), expected: format!("images in partition {want}") });
+        return Err(DataError::NoImages {
+            path: pfile.clone(),
+            expected: format!("images in partition {want}"),
+        });
     }
     Ok(items)
 }
@@ -217,9 +295,25 @@ fn split_name(s: Split) -> &'static str {
 /// name. In each class the files are shuffled (seeded by `seed` and the
 /// class index), the first `per_class` are the training part and the rest
 /// (at most `test_per_class`, when given) the test part.
-pub fn caltech101_items(dir: &Path, split: Split, per_class: usize, test_per_class: Option<usize>, seed: u64) -> Result<(Vec<Item>, Vec<String>)> {
-    let root = [dir.join("101_ObjectCategories"), dir.join("caltech101").join("101_ObjectCategories")].into_iter().find(|p| p.is_dir()).unwrap_or_else(|| dir.to_path_buf());
-    require_dir(&root, "Caltech-101's 101_ObjectCategories/ (one folder per class)", crate::hints::CALTECH101)?;
+pub fn caltech101_items(
+    dir: &Path,
+    split: Split,
+    per_class: usize,
+    test_per_class: Option<usize>,
+    seed: u64,
+) -> Result<(Vec<Item>, Vec<String>)> {
+    let root = [
+        dir.join("101_ObjectCategories"),
+        dir.join("caltech101").join("101_ObjectCategories"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .unwrap_or_else(|| dir.to_path_buf());
+    require_dir(
+        &root,
+        "Caltech-101's 101_ObjectCategories/ (one folder per class)",
+        crate::hints::CALTECH101,
+    )?;
     let classes = class_folders(&root, &["BACKGROUND_Google"])?;
     let mut items = Vec::new();
     let mut names = Vec::new();
@@ -237,10 +331,21 @@ pub fn caltech101_items(dir: &Path, split: Split, per_class: usize, test_per_cla
         let chosen: Vec<PathBuf> = match split {
             Split::All => files,
             Split::Train => files.into_iter().take(per_class).collect(),
-            Split::Test => files.into_iter().skip(per_class).take(test_per_class.unwrap_or(usize::MAX)).collect(),
-            Split::Valid => return Err(DataError::Invalid("Caltech-101 has no validation part: use split = \"train\" or \"test\"".into())),
+            Split::Test => files
+                .into_iter()
+                .skip(per_class)
+                .take(test_per_class.unwrap_or(usize::MAX))
+                .collect(),
+            Split::Valid => {
+                return Err(DataError::Invalid(
+                    "Caltech-101 has no validation part: use split = \"train\" or \"test\"".into(),
+                ))
+            }
         };
-        items.extend(chosen.into_iter().map(|path| Item { path, label: label as i64 }));
+        items.extend(chosen.into_iter().map(|path| Item {
+            path,
+            label: label as i64,
+        }));
         names.push(name);
     }
     Ok((items, names))
@@ -278,7 +383,10 @@ pub fn decode_rgb_bytes(bytes: &[u8]) -> std::result::Result<(Vec<u8>, u32, u32)
 
 /// Decode with the `image` crate (PNG, and CMYK JPEGs libjpeg cannot
 /// turn into RGB).
-fn decode_other(bytes: &[u8], format: image::ImageFormat) -> std::result::Result<(Vec<u8>, u32, u32), String> {
+fn decode_other(
+    bytes: &[u8],
+    format: image::ImageFormat,
+) -> std::result::Result<(Vec<u8>, u32, u32), String> {
     let img = image::load_from_memory_with_format(bytes, format).map_err(|e| e.to_string())?;
     let rgb = img.into_rgb8();
     let (w, h) = rgb.dimensions();
@@ -310,7 +418,12 @@ fn probe_size(path: &Path) -> std::result::Result<(u32, u32), String> {
 /// parallel on rayon's current pool. Output size: the resize, else a fixed
 /// crop, else the first image's size (every image must then match). A file
 /// that does not decode is an error, or with `skip_corrupt` a skipped file.
-pub fn decode_items(items: &[Item], ops: &ImageOps, skip_corrupt: bool, ctl: &Ctl) -> Result<Decoded> {
+pub fn decode_items(
+    items: &[Item],
+    ops: &ImageOps,
+    skip_corrupt: bool,
+    ctl: &Ctl,
+) -> Result<Decoded> {
     if items.is_empty() {
         return Err(DataError::Invalid("no images to read".into()));
     }
@@ -330,15 +443,28 @@ pub fn decode_items(items: &[Item], ops: &ImageOps, skip_corrupt: bool, ctl: &Ct
                         let _ = m;
                         continue;
                     }
-                    Err(m) => return Err(DataError::CorruptImage { path: it.path.clone(), message: m }),
+                    Err(m) => {
+                        return Err(DataError::CorruptImage {
+                            path: it.path.clone(),
+                            message: m,
+                        })
+                    }
                 }
             }
-            found.ok_or_else(|| DataError::NoImages { path: items[0].path.clone(), expected: "at least one readable image".into() })?
+            found.ok_or_else(|| DataError::NoImages {
+                path: items[0].path.clone(),
+                expected: "at least one readable image".into(),
+            })?
         }
     };
     let c = ops.gray.channels(3);
     let len = c * (ow as usize * oh as usize);
-    let total = items.len().checked_mul(len).ok_or_else(|| DataError::Invalid(format!("{} images of {c}x{oh}x{ow} do not fit in memory", items.len())))?;
+    let total = items.len().checked_mul(len).ok_or_else(|| {
+        DataError::Invalid(format!(
+            "{} images of {c}x{oh}x{ow} do not fit in memory",
+            items.len()
+        ))
+    })?;
     let mut pixels = vec![0u8; total];
     // Ok(None): decoded; Ok(Some(message)): corrupt and skipped.
     let results: Vec<Result<Option<String>>> = pixels
@@ -355,7 +481,10 @@ pub fn decode_items(items: &[Item], ops: &ImageOps, skip_corrupt: bool, ctl: &Ct
             }
         })
         .collect();
-    if results.iter().any(|r| matches!(r, Err(DataError::Cancelled))) {
+    if results
+        .iter()
+        .any(|r| matches!(r, Err(DataError::Cancelled)))
+    {
         return Err(DataError::Cancelled);
     }
     // Compact the kept images to the front (in place: one buffer only).
@@ -376,11 +505,21 @@ pub fn decode_items(items: &[Item], ops: &ImageOps, skip_corrupt: bool, ctl: &Ct
         }
     }
     if n == 0 {
-        return Err(DataError::NoImages { path: items[0].path.parent().unwrap_or(Path::new(".")).to_path_buf(), expected: "at least one readable image (all were corrupt)".into() });
+        return Err(DataError::NoImages {
+            path: items[0]
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            expected: "at least one readable image (all were corrupt)".into(),
+        });
     }
     pixels.truncate(n * len);
     pixels.shrink_to_fit();
-    Ok(Decoded { set: ImageSet::new(pixels, n, c, oh as usize, ow as usize, labels), skipped })
+    Ok(Decoded {
+        set: ImageSet::new(pixels, n, c, oh as usize, ow as usize, labels),
+        skipped,
+    })
 }
 
 /// Why decoding one file failed: the decoder's message (a corrupt file)
@@ -396,14 +535,30 @@ impl From<String> for Fail {
     }
 }
 
-fn decode_one(resizer: &mut fr::Resizer, it: &Item, ops: &ImageOps, first: Option<(u32, u32)>, out_size: (u32, u32), dst: &mut [u8]) -> Result<()> {
-    let corrupt = |m: String| DataError::CorruptImage { path: it.path.clone(), message: m };
+fn decode_one(
+    resizer: &mut fr::Resizer,
+    it: &Item,
+    ops: &ImageOps,
+    first: Option<(u32, u32)>,
+    out_size: (u32, u32),
+    dst: &mut [u8],
+) -> Result<()> {
+    let corrupt = |m: String| DataError::CorruptImage {
+        path: it.path.clone(),
+        message: m,
+    };
     let what = || it.path.display().to_string();
     // The size check, given the full image size.
     let check = |w: u32, h: u32| -> Result<()> {
         if ops.out_size(w, h, &what)? != out_size {
             let (ew, eh) = first.unwrap_or(out_size);
-            return Err(DataError::SizeMismatch { path: it.path.clone(), found_w: w, found_h: h, expected_w: ew, expected_h: eh });
+            return Err(DataError::SizeMismatch {
+                path: it.path.clone(),
+                found_w: w,
+                found_h: h,
+                expected_w: ew,
+                expected_h: eh,
+            });
         }
         Ok(())
     };
@@ -419,7 +574,9 @@ fn decode_one(resizer: &mut fr::Resizer, it: &Item, ops: &ImageOps, first: Optio
         match crate::jpeg::decode_region(&bytes, pick) {
             Some(Ok(reg)) => {
                 let rest = ImageOps { crop: None, ..*ops };
-                return crate::ops::process_rgb(resizer, &reg.rgb, reg.rect.2, reg.rect.3, &rest, dst, &what);
+                return crate::ops::process_rgb(
+                    resizer, &reg.rgb, reg.rect.2, reg.rect.3, &rest, dst, &what,
+                );
             }
             Some(Err(Fail::Msg(m))) => return Err(corrupt(m)),
             Some(Err(Fail::Data(e))) => return Err(e),

@@ -18,10 +18,18 @@ pub fn maybe_gunzip<'a>(path: &Path, raw: &'a [u8]) -> Result<std::borrow::Cow<'
         let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(1 << 28));
         let mut dec = flate2::read::MultiGzDecoder::new(raw).take(MAX_DECOMPRESSED + 1);
         if let Err(e) = dec.read_to_end(&mut out) {
-            return Err(DataError::Gzip { path: path.to_path_buf(), offset: out.len() as u64, message: e.to_string() });
+            return Err(DataError::Gzip {
+                path: path.to_path_buf(),
+                offset: out.len() as u64,
+                message: e.to_string(),
+            });
         }
         if out.len() as u64 > MAX_DECOMPRESSED {
-            return Err(DataError::Gzip { path: path.to_path_buf(), offset: MAX_DECOMPRESSED, message: format!("decompresses to more than {MAX_DECOMPRESSED} bytes") });
+            return Err(DataError::Gzip {
+                path: path.to_path_buf(),
+                offset: MAX_DECOMPRESSED,
+                message: format!("decompresses to more than {MAX_DECOMPRESSED} bytes"),
+            });
         }
         Ok(std::borrow::Cow::Owned(out))
     } else {
@@ -35,7 +43,12 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], ndim: u8) -> Result<(Vec<usiz
     let p = || path.to_path_buf();
     let len = bytes.len() as u64;
     if bytes.len() < 4 {
-        return Err(DataError::Truncated { path: p(), offset: len, expected: 4, actual: len });
+        return Err(DataError::Truncated {
+            path: p(),
+            offset: len,
+            expected: 4,
+            actual: len,
+        });
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(DataError::BadHeader {
@@ -58,23 +71,55 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], ndim: u8) -> Result<(Vec<usiz
             path: p(),
             offset: 3,
             found: format!("{} dimensions", bytes[3]),
-            expected: format!("{ndim} ({})", if ndim == 1 { "a label file" } else { "an image file: count, rows, columns" }),
+            expected: format!(
+                "{ndim} ({})",
+                if ndim == 1 {
+                    "a label file"
+                } else {
+                    "an image file: count, rows, columns"
+                }
+            ),
         });
     }
     let header = 4 + 4 * ndim as usize;
     if bytes.len() < header {
-        return Err(DataError::Truncated { path: p(), offset: len, expected: header as u64, actual: len });
+        return Err(DataError::Truncated {
+            path: p(),
+            offset: len,
+            expected: header as u64,
+            actual: len,
+        });
     }
-    let dims: Vec<usize> = bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-    let total = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).and_then(|t| t.checked_add(header as u64));
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let total = dims
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .and_then(|t| t.checked_add(header as u64));
     let Some(total) = total else {
-        return Err(DataError::BadHeader { path: p(), offset: 4, found: format!("dimensions {dims:?}"), expected: "dimensions whose product fits in 64 bits".into() });
+        return Err(DataError::BadHeader {
+            path: p(),
+            offset: 4,
+            found: format!("dimensions {dims:?}"),
+            expected: "dimensions whose product fits in 64 bits".into(),
+        });
     };
     if len < total {
-        return Err(DataError::Truncated { path: p(), offset: len, expected: total, actual: len });
+        return Err(DataError::Truncated {
+            path: p(),
+            offset: len,
+            expected: total,
+            actual: len,
+        });
     }
     if len > total {
-        return Err(DataError::TrailingBytes { path: p(), offset: total, extra: len - total });
+        return Err(DataError::TrailingBytes {
+            path: p(),
+            offset: total,
+            extra: len - total,
+        });
     }
     Ok((dims, &bytes[header..]))
 }
@@ -82,7 +127,12 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], ndim: u8) -> Result<(Vec<usiz
 /// Build an image set (N, 1, rows, cols) from the bytes of an IDX image file
 /// and an IDX label file (each raw or gzip). The paths only name the files
 /// in errors; nothing is read from disk.
-pub fn idx_from_bytes(images_path: &Path, images: &[u8], labels_path: &Path, labels: &[u8]) -> Result<ImageSet> {
+pub fn idx_from_bytes(
+    images_path: &Path,
+    images: &[u8],
+    labels_path: &Path,
+    labels: &[u8],
+) -> Result<ImageSet> {
     let images_buf = maybe_gunzip(images_path, images)?;
     let (dims, pixels) = parse_idx(images_path, &images_buf, 3)?;
     if dims[1] == 0 || dims[2] == 0 {
@@ -104,7 +154,14 @@ pub fn idx_from_bytes(images_path: &Path, images: &[u8], labels_path: &Path, lab
         });
     }
     let labels = lbytes.iter().map(|&l| l as i64).collect();
-    Ok(ImageSet::new(pixels.to_vec(), dims[0], 1, dims[1], dims[2], labels))
+    Ok(ImageSet::new(
+        pixels.to_vec(),
+        dims[0],
+        1,
+        dims[1],
+        dims[2],
+        labels,
+    ))
 }
 
 /// Read an IDX image file and its label file.
@@ -127,5 +184,8 @@ pub fn idx_files(dir: &Path, train: bool) -> (std::path::PathBuf, std::path::Pat
             dir.join(format!("{stem}.gz"))
         }
     };
-    (pick(format!("{prefix}-images-idx3-ubyte")), pick(format!("{prefix}-labels-idx1-ubyte")))
+    (
+        pick(format!("{prefix}-images-idx3-ubyte")),
+        pick(format!("{prefix}-labels-idx1-ubyte")),
+    )
 }

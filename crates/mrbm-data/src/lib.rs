@@ -26,9 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use artifact::{ArtifactError, FeatureSet, ImageSet};
 pub use error::DataError;
 pub use folder::{Decoded, Item, Split};
-pub use ops::{Crop, Filter, Gray, ImageOps, Size};
-pub use stages::{load_dataset, transform, DatasetParams, Format, SplitSpec, TransformParams, Transformed};
 use mrbm_stage::Stage;
+pub use ops::{Crop, Filter, Gray, ImageOps, Size};
+pub use stages::{
+    load_dataset, transform, DatasetParams, Format, SplitSpec, TransformParams, Transformed,
+};
 
 /// Progress and cancellation for long reads: a progress bar (hidden by
 /// default) and an optional cancel flag checked between images.
@@ -39,7 +41,10 @@ pub struct Ctl<'a> {
 
 impl Default for Ctl<'_> {
     fn default() -> Self {
-        Ctl { bar: indicatif::ProgressBar::hidden(), cancel: None }
+        Ctl {
+            bar: indicatif::ProgressBar::hidden(),
+            cancel: None,
+        }
     }
 }
 
@@ -55,5 +60,8 @@ impl Ctl<'_> {
 
 /// The stage kinds this crate implements, for the runner's registry.
 pub fn stages() -> Vec<Box<dyn Stage>> {
-    vec![Box::new(stages::DatasetStage), Box::new(stages::TransformStage)]
+    vec![
+        Box::new(stages::DatasetStage),
+        Box::new(stages::TransformStage),
+    ]
 }

@@ -44,7 +44,10 @@ impl Crop {
             }
             Crop::Box { x, y, w: cw, h: ch } => (x, y, cw, ch),
         };
-        let fits = r.2 > 0 && r.3 > 0 && r.0.checked_add(r.2).is_some_and(|e| e <= w) && r.1.checked_add(r.3).is_some_and(|e| e <= h);
+        let fits = r.2 > 0
+            && r.3 > 0
+            && r.0.checked_add(r.2).is_some_and(|e| e <= w)
+            && r.1.checked_add(r.3).is_some_and(|e| e <= h);
         fits.then_some(r)
     }
 
@@ -58,7 +61,9 @@ impl Crop {
 
     fn validate(&self) -> Result<(), String> {
         match *self {
-            Crop::Centre { w, h } | Crop::Box { w, h, .. } if w == 0 || h == 0 => Err("crop width and height must be at least 1".into()),
+            Crop::Centre { w, h } | Crop::Box { w, h, .. } if w == 0 || h == 0 => {
+                Err("crop width and height must be at least 1".into())
+            }
             _ => Ok(()),
         }
     }
@@ -92,15 +97,29 @@ impl Serialize for Crop {
 }
 
 fn to_u32<E: de::Error>(v: i64, what: &str) -> std::result::Result<u32, E> {
-    u32::try_from(v).map_err(|_| E::custom(format!("{what} must be between 0 and {}, found {v}", u32::MAX)))
+    u32::try_from(v).map_err(|_| {
+        E::custom(format!(
+            "{what} must be between 0 and {}, found {v}",
+            u32::MAX
+        ))
+    })
 }
 
 /// Reads a `[a, b]` pair of non-negative integers.
-fn read_pair<'de, A: SeqAccess<'de>>(mut seq: A, what: &str) -> std::result::Result<(u32, u32), A::Error> {
-    let a: i64 = seq.next_element()?.ok_or_else(|| de::Error::custom(format!("{what}: expected [width, height]")))?;
-    let b: i64 = seq.next_element()?.ok_or_else(|| de::Error::custom(format!("{what}: expected [width, height]")))?;
+fn read_pair<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    what: &str,
+) -> std::result::Result<(u32, u32), A::Error> {
+    let a: i64 = seq
+        .next_element()?
+        .ok_or_else(|| de::Error::custom(format!("{what}: expected [width, height]")))?;
+    let b: i64 = seq
+        .next_element()?
+        .ok_or_else(|| de::Error::custom(format!("{what}: expected [width, height]")))?;
     if seq.next_element::<de::IgnoredAny>()?.is_some() {
-        return Err(de::Error::custom(format!("{what}: expected two numbers [width, height]")));
+        return Err(de::Error::custom(format!(
+            "{what}: expected two numbers [width, height]"
+        )));
     }
     Ok((to_u32(a, what)?, to_u32(b, what)?))
 }
@@ -130,7 +149,10 @@ impl<'de> Deserialize<'de> for Crop {
                 let (w, h) = read_pair(seq, "crop")?;
                 Ok(Crop::Centre { w, h })
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Crop, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Crop, A::Error> {
                 let (mut x, mut y, mut w, mut h) = (None, None, None, None);
                 while let Some(k) = map.next_key::<String>()? {
                     let v: i64 = map.next_value()?;
@@ -148,7 +170,9 @@ impl<'de> Deserialize<'de> for Crop {
                 match (x, y) {
                     (Some(x), Some(y)) => Ok(Crop::Box { x, y, w, h }),
                     (None, None) => Ok(Crop::Centre { w, h }),
-                    _ => Err(de::Error::custom("crop: give both x and y (a box) or neither (centred)")),
+                    _ => Err(de::Error::custom(
+                        "crop: give both x and y (a box) or neither (centred)",
+                    )),
                 }
             }
         }
@@ -269,7 +293,9 @@ impl ImageOps {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(c) = self.crop {
             c.validate()?;
-            if c.fixed_size().is_some_and(|(w, h)| w > MAX_SIDE || h > MAX_SIDE) {
+            if c.fixed_size()
+                .is_some_and(|(w, h)| w > MAX_SIDE || h > MAX_SIDE)
+            {
                 return Err(format!("crop sides must be at most {MAX_SIDE}"));
             }
         }
@@ -289,7 +315,12 @@ impl ImageOps {
     pub fn out_size(&self, w: u32, h: u32, what: &dyn Fn() -> String) -> Result<(u32, u32)> {
         let (mut ow, mut oh) = (w, h);
         if let Some(c) = self.crop {
-            let r = c.rect(w, h).ok_or_else(|| DataError::CropOutOfBounds { what: what(), crop: c.to_string(), w, h })?;
+            let r = c.rect(w, h).ok_or_else(|| DataError::CropOutOfBounds {
+                what: what(),
+                crop: c.to_string(),
+                w,
+                h,
+            })?;
             (ow, oh) = (r.2, r.3);
         }
         if let Some(s) = self.resize {
@@ -300,7 +331,9 @@ impl ImageOps {
 
     /// The output size when it is known without looking at an image.
     pub fn fixed_out_size(&self) -> Option<(u32, u32)> {
-        self.resize.map(|s| (s.w, s.h)).or_else(|| self.crop.and_then(|c| c.fixed_size()))
+        self.resize
+            .map(|s| (s.w, s.h))
+            .or_else(|| self.crop.and_then(|c| c.fixed_size()))
     }
 }
 
@@ -317,7 +350,12 @@ fn crop_resize(
 ) -> Result<(Vec<u8>, u32, u32)> {
     let channels = pt.size();
     let (cx, cy, cw, ch) = match ops.crop {
-        Some(c) => c.rect(w, h).ok_or_else(|| DataError::CropOutOfBounds { what: what(), crop: c.to_string(), w, h })?,
+        Some(c) => c.rect(w, h).ok_or_else(|| DataError::CropOutOfBounds {
+            what: what(),
+            crop: c.to_string(),
+            w,
+            h,
+        })?,
         None => (0, 0, w, h),
     };
     let (ow, oh) = ops.resize.map_or((cw, ch), |s| (s.w, s.h));
@@ -337,21 +375,39 @@ fn crop_resize(
     }
     if ops.filter != Filter::Nearest {
         // Pillow-exact convolution (see resample.rs for why not fast_image_resize).
-        let out = crate::resample::resize_u8(&cropped, channels, cw as usize, ch as usize, ow as usize, oh as usize, ops.filter);
+        let out = crate::resample::resize_u8(
+            &cropped,
+            channels,
+            cw as usize,
+            ch as usize,
+            ow as usize,
+            oh as usize,
+            ops.filter,
+        );
         return Ok((out, ow, oh));
     }
     let fail = |e: String| DataError::Invalid(format!("{}: resize failed: {e}", what()));
     let view = fr::images::ImageRef::new(cw, ch, &cropped, pt).map_err(|e| fail(e.to_string()))?;
     let mut dst = fr::images::Image::new(ow, oh, pt);
     let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Nearest);
-    resizer.resize(&view, &mut dst, &opts).map_err(|e| fail(e.to_string()))?;
+    resizer
+        .resize(&view, &mut dst, &opts)
+        .map_err(|e| fail(e.to_string()))?;
     Ok((dst.into_vec(), ow, oh))
 }
 
 /// Apply `ops` to an interleaved RGB8 image and write the result, planar
 /// (C, H, W), into `out`, which must hold exactly C*oh*ow bytes where
 /// (ow, oh) = ops.out_size(w, h) and C = ops.gray.channels(3).
-pub fn process_rgb(resizer: &mut fr::Resizer, rgb: &[u8], w: u32, h: u32, ops: &ImageOps, out: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+pub fn process_rgb(
+    resizer: &mut fr::Resizer,
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+    ops: &ImageOps,
+    out: &mut [u8],
+    what: &dyn Fn() -> String,
+) -> Result<()> {
     let (buf, ow, oh) = if ops.crop.is_none() && ops.resize.is_none() {
         (std::borrow::Cow::Borrowed(rgb), w, h)
     } else {
@@ -361,7 +417,11 @@ pub fn process_rgb(resizer: &mut fr::Resizer, rgb: &[u8], w: u32, h: u32, ops: &
     let plane = ow as usize * oh as usize;
     let c = ops.gray.channels(3);
     if out.len() != c * plane {
-        return Err(DataError::Invalid(format!("{}: internal: output buffer of {} bytes for {c}x{oh}x{ow}", what(), out.len())));
+        return Err(DataError::Invalid(format!(
+            "{}: internal: output buffer of {} bytes for {c}x{oh}x{ow}",
+            what(),
+            out.len()
+        )));
     }
     match ops.gray {
         Gray::Off => {
@@ -411,12 +471,18 @@ pub fn process_planar(
         if ops.crop.is_none() && ops.resize.is_none() {
             planes.push(std::borrow::Cow::Borrowed(p));
         } else {
-            planes.push(std::borrow::Cow::Owned(crop_resize(resizer, p, w, h, fr::PixelType::U8, ops, what)?.0));
+            planes.push(std::borrow::Cow::Owned(
+                crop_resize(resizer, p, w, h, fr::PixelType::U8, ops, what)?.0,
+            ));
         }
     }
     let oc = ops.gray.channels(c);
     if out.len() != oc * plane {
-        return Err(DataError::Invalid(format!("{}: internal: output buffer of {} bytes for {oc}x{oh}x{ow}", what(), out.len())));
+        return Err(DataError::Invalid(format!(
+            "{}: internal: output buffer of {} bytes for {oc}x{oh}x{ow}",
+            what(),
+            out.len()
+        )));
     }
     match (ops.gray, c) {
         (Gray::Off, _) => {
@@ -449,18 +515,41 @@ pub fn transform_set(set: &ImageSet, ops: &ImageOps, ctl: &crate::Ctl) -> Result
     use rayon::prelude::*;
     let (w, h) = (set.w as u32, set.h as u32);
     if ops.is_identity() {
-        return Ok(ImageSet::new(set.pixels().to_vec(), set.n, set.c, set.h, set.w, set.labels.clone()));
+        return Ok(ImageSet::new(
+            set.pixels().to_vec(),
+            set.n,
+            set.c,
+            set.h,
+            set.w,
+            set.labels.clone(),
+        ));
     }
     let (ow, oh) = ops.out_size(w, h, &|| "every image".to_string())?;
     let oc = ops.gray.channels(set.c);
     let olen = oc * (ow as usize * oh as usize);
-    let total = set.n.checked_mul(olen).ok_or_else(|| DataError::Invalid(format!("{} images of {oc}x{oh}x{ow} do not fit in memory", set.n)))?;
-    let mut out = vec![0u8; total];
-    out.par_chunks_mut(olen.max(1)).enumerate().try_for_each_init(fr::Resizer::new, |resizer, (i, dst)| {
-        ctl.check()?;
-        process_planar(resizer, set.image(i), set.c, w, h, ops, dst, &|| format!("image {i}"))?;
-        ctl.bar.inc(1);
-        Ok::<(), DataError>(())
+    let total = set.n.checked_mul(olen).ok_or_else(|| {
+        DataError::Invalid(format!(
+            "{} images of {oc}x{oh}x{ow} do not fit in memory",
+            set.n
+        ))
     })?;
-    Ok(ImageSet::new(out, set.n, oc, oh as usize, ow as usize, set.labels.clone()))
+    let mut out = vec![0u8; total];
+    out.par_chunks_mut(olen.max(1))
+        .enumerate()
+        .try_for_each_init(fr::Resizer::new, |resizer, (i, dst)| {
+            ctl.check()?;
+            process_planar(resizer, set.image(i), set.c, w, h, ops, dst, &|| {
+                format!("image {i}")
+            })?;
+            ctl.bar.inc(1);
+            Ok::<(), DataError>(())
+        })?;
+    Ok(ImageSet::new(
+        out,
+        set.n,
+        oc,
+        oh as usize,
+        ow as usize,
+        set.labels.clone(),
+    ))
 }

@@ -74,9 +74,16 @@ fn filter_fn(f: Filter) -> (fn(f64) -> f64, f64) {
         let (b, c) = (1.0 / 3.0, 1.0 / 3.0);
         let x = x.abs();
         if x < 1.0 {
-            ((12.0 - 9.0 * b - 6.0 * c) * x * x * x + (-18.0 + 12.0 * b + 6.0 * c) * x * x + (6.0 - 2.0 * b)) / 6.0
+            ((12.0 - 9.0 * b - 6.0 * c) * x * x * x
+                + (-18.0 + 12.0 * b + 6.0 * c) * x * x
+                + (6.0 - 2.0 * b))
+                / 6.0
         } else if x < 2.0 {
-            ((-b - 6.0 * c) * x * x * x + (6.0 * b + 30.0 * c) * x * x + (-12.0 * b - 48.0 * c) * x + (8.0 * b + 24.0 * c)) / 6.0
+            ((-b - 6.0 * c) * x * x * x
+                + (6.0 * b + 30.0 * c) * x * x
+                + (-12.0 * b - 48.0 * c) * x
+                + (8.0 * b + 24.0 * c))
+                / 6.0
         } else {
             0.0
         }
@@ -128,7 +135,11 @@ pub fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         for (kx, &wx) in kk.iter_mut().zip(&w[..n]) {
             let v = if ww != 0.0 { wx / ww } else { wx };
             let scaled = v * (1i64 << PRECISION_BITS) as f64;
-            *kx = if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            *kx = if v < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
         }
         bounds.push((xmin, n));
     }
@@ -148,7 +159,14 @@ fn clip8(v: i32) -> u8 {
 
 /// Horizontal pass over rows `y0..y0 + rows` of `src` (width `w`, `N`
 /// interleaved channels) into `dst` (width out_w, `rows` rows).
-fn horizontal<const N: usize>(src: &[u8], w: usize, y0: usize, rows: usize, c: &Coeffs, dst: &mut [u8]) {
+fn horizontal<const N: usize>(
+    src: &[u8],
+    w: usize,
+    y0: usize,
+    rows: usize,
+    c: &Coeffs,
+    dst: &mut [u8],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // Safety: the CPU supports AVX2 (checked just above).
@@ -161,7 +179,14 @@ fn horizontal<const N: usize>(src: &[u8], w: usize, y0: usize, rows: usize, c: &
 /// multiply-adds (plain x86-64 has no packed 32-bit multiply).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn horizontal_avx2<const N: usize>(src: &[u8], w: usize, y0: usize, rows: usize, c: &Coeffs, dst: &mut [u8]) {
+unsafe fn horizontal_avx2<const N: usize>(
+    src: &[u8],
+    w: usize,
+    y0: usize,
+    rows: usize,
+    c: &Coeffs,
+    dst: &mut [u8],
+) {
     horizontal_impl::<N>(src, w, y0, rows, c, dst)
 }
 
@@ -181,7 +206,14 @@ fn vertical<const N: usize>(src: &[u8], w: usize, c: &Coeffs, dst: &mut [u8]) {
 }
 
 #[inline(always)]
-fn horizontal_impl<const N: usize>(src: &[u8], w: usize, y0: usize, rows: usize, c: &Coeffs, dst: &mut [u8]) {
+fn horizontal_impl<const N: usize>(
+    src: &[u8],
+    w: usize,
+    y0: usize,
+    rows: usize,
+    c: &Coeffs,
+    dst: &mut [u8],
+) {
     let out_w = c.bounds.len();
     for y in 0..rows {
         let row = &src[(y0 + y) * w * N..(y0 + y + 1) * w * N];
@@ -224,7 +256,14 @@ fn vertical_impl<const N: usize>(src: &[u8], w: usize, c: &Coeffs, dst: &mut [u8
     }
 }
 
-fn resize_n<const N: usize>(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, filter: Filter) -> Vec<u8> {
+fn resize_n<const N: usize>(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    ow: usize,
+    oh: usize,
+    filter: Filter,
+) -> Vec<u8> {
     let need_h = ow != w;
     let need_v = oh != h;
     match (need_h, need_v) {
@@ -262,7 +301,15 @@ fn resize_n<const N: usize>(src: &[u8], w: usize, h: usize, ow: usize, oh: usize
 
 /// Resize an interleaved u8 image of `channels` (1..=4) channels from
 /// w x h to ow x oh with Pillow's convolution for `filter` (not Nearest).
-pub fn resize_u8(src: &[u8], channels: usize, w: usize, h: usize, ow: usize, oh: usize, filter: Filter) -> Vec<u8> {
+pub fn resize_u8(
+    src: &[u8],
+    channels: usize,
+    w: usize,
+    h: usize,
+    ow: usize,
+    oh: usize,
+    filter: Filter,
+) -> Vec<u8> {
     debug_assert_eq!(src.len(), w * h * channels);
     match channels {
         1 => resize_n::<1>(src, w, h, ow, oh, filter),

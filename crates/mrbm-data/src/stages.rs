@@ -148,21 +148,50 @@ pub struct DatasetParams {
 }
 
 fn not_for(key: &str, format: Format, allowed: &str) -> ParamError {
-    ParamError::new(key, format!("`{key}` does not apply to format = \"{}\" (only to {allowed})", format.name()))
+    ParamError::new(
+        key,
+        format!(
+            "`{key}` does not apply to format = \"{}\" (only to {allowed})",
+            format.name()
+        ),
+    )
 }
 
 /// Shared checks of the image operation keys.
-fn check_ops(crop: &Option<Crop>, resize: &Option<Size>, filter: &mut Option<Filter>, grayscale: bool, keep_channels: bool) -> std::result::Result<(), ParamError> {
+fn check_ops(
+    crop: &Option<Crop>,
+    resize: &Option<Size>,
+    filter: &mut Option<Filter>,
+    grayscale: bool,
+    keep_channels: bool,
+) -> std::result::Result<(), ParamError> {
     if resize.is_some() {
         filter.get_or_insert(Filter::Bilinear);
     } else if filter.is_some() {
         return Err(ParamError::new("filter", "`filter` needs `resize`"));
     }
     if keep_channels && !grayscale {
-        return Err(ParamError::new("keep_channels", "`keep_channels` needs `grayscale = true`"));
+        return Err(ParamError::new(
+            "keep_channels",
+            "`keep_channels` needs `grayscale = true`",
+        ));
     }
-    let ops = ImageOps { crop: *crop, resize: *resize, filter: Filter::Bilinear, gray: Gray::Off };
-    ops.validate().map_err(|m| ParamError::new(if m.starts_with("crop") { "crop" } else { "resize" }, m))
+    let ops = ImageOps {
+        crop: *crop,
+        resize: *resize,
+        filter: Filter::Bilinear,
+        gray: Gray::Off,
+    };
+    ops.validate().map_err(|m| {
+        ParamError::new(
+            if m.starts_with("crop") {
+                "crop"
+            } else {
+                "resize"
+            },
+            m,
+        )
+    })
 }
 
 impl DatasetParams {
@@ -171,21 +200,31 @@ impl DatasetParams {
         use Format::*;
         let f = self.format;
         if f != Synthetic {
-            for (key, given) in [("n", self.n.is_some()), ("size", self.size.is_some()), ("classes", self.classes.is_some())] {
+            for (key, given) in [
+                ("n", self.n.is_some()),
+                ("size", self.size.is_some()),
+                ("classes", self.classes.is_some()),
+            ] {
                 if given {
                     return Err(not_for(key, f, "synthetic"));
                 }
             }
         }
         if f != Caltech101 {
-            for (key, given) in [("per_class", self.per_class.is_some()), ("test_per_class", self.test_per_class.is_some())] {
+            for (key, given) in [
+                ("per_class", self.per_class.is_some()),
+                ("test_per_class", self.test_per_class.is_some()),
+            ] {
                 if given {
                     return Err(not_for(key, f, "caltech101"));
                 }
             }
         }
         if f != Idx {
-            for (key, given) in [("images", self.images.is_some()), ("labels", self.labels.is_some())] {
+            for (key, given) in [
+                ("images", self.images.is_some()),
+                ("labels", self.labels.is_some()),
+            ] {
                 if given {
                     return Err(not_for(key, f, "idx"));
                 }
@@ -218,10 +257,20 @@ impl DatasetParams {
                 return Err(ParamError::new("n", "n must be at least 1"));
             }
             if !(4..=1024).contains(&size) {
-                return Err(ParamError::new("size", format!("size = {size}, expected 4..=1024")));
+                return Err(ParamError::new(
+                    "size",
+                    format!("size = {size}, expected 4..=1024"),
+                ));
             }
             if classes == 0 || classes > synthetic::SHAPES.len() {
-                return Err(ParamError::new("classes", format!("classes = {classes}, expected 1..={} ({})", synthetic::SHAPES.len(), synthetic::SHAPES.join(", "))));
+                return Err(ParamError::new(
+                    "classes",
+                    format!(
+                        "classes = {classes}, expected 1..={} ({})",
+                        synthetic::SHAPES.len(),
+                        synthetic::SHAPES.join(", ")
+                    ),
+                ));
             }
         }
         if f == Caltech101 {
@@ -233,12 +282,23 @@ impl DatasetParams {
         if self.subset == Some(0) {
             return Err(ParamError::new("subset", "subset must be at least 1"));
         }
-        check_ops(&self.crop, &self.resize, &mut self.filter, self.grayscale, self.keep_channels)?;
+        check_ops(
+            &self.crop,
+            &self.resize,
+            &mut self.filter,
+            self.grayscale,
+            self.keep_channels,
+        )?;
         Ok(self)
     }
 
     pub fn ops(&self) -> ImageOps {
-        ImageOps { crop: self.crop, resize: self.resize, filter: self.filter.unwrap_or_default(), gray: Gray::from_flags(self.grayscale, self.keep_channels) }
+        ImageOps {
+            crop: self.crop,
+            resize: self.resize,
+            filter: self.filter.unwrap_or_default(),
+            gray: Gray::from_flags(self.grayscale, self.keep_channels),
+        }
     }
 
     /// What the `dir` input should hold, and where the data are published.
@@ -267,19 +327,29 @@ impl DatasetParams {
 /// folder (or file) of the data set; synthetic needs none. Runs on rayon's
 /// current pool.
 pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<Decoded> {
-    let p = p.clone().normalise().map_err(|e| DataError::Invalid(format!("dataset parameters: {}", e.message)))?;
+    let p = p
+        .clone()
+        .normalise()
+        .map_err(|e| DataError::Invalid(format!("dataset parameters: {}", e.message)))?;
     let ops = p.ops();
     let dir = match (p.format, dir) {
         (Format::Synthetic, _) => PathBuf::new(),
         (_, Some(d)) => d.to_path_buf(),
         (f, None) => {
             let (expected, _) = p.expected_files();
-            return Err(DataError::Invalid(format!("format = \"{}\" needs the input `dir`: {expected}", f.name())));
+            return Err(DataError::Invalid(format!(
+                "format = \"{}\" needs the input `dir`: {expected}",
+                f.name()
+            )));
         }
     };
     if p.format != Format::Synthetic && !dir.exists() {
         let (expected, hint) = p.expected_files();
-        return Err(DataError::Missing { path: dir, expected, hint: hint.into() });
+        return Err(DataError::Missing {
+            path: dir,
+            expected,
+            hint: hint.into(),
+        });
     }
     let split = p.split.unwrap_or(Split::All);
     // Array formats: read everything, then subset and transform.
@@ -294,10 +364,18 @@ pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<
             ctl.bar.set_length(set.n as u64);
             crate::ops::transform_set(&set, &ops, ctl)?
         };
-        Ok(Decoded { set, skipped: Vec::new() })
+        Ok(Decoded {
+            set,
+            skipped: Vec::new(),
+        })
     };
     match p.format {
-        Format::Synthetic => array(synthetic::synthetic(p.n.unwrap_or(4000), p.size.unwrap_or(16), p.classes.unwrap_or(4), p.seed)?),
+        Format::Synthetic => array(synthetic::synthetic(
+            p.n.unwrap_or(4000),
+            p.size.unwrap_or(16),
+            p.classes.unwrap_or(4),
+            p.seed,
+        )?),
         Format::Idx => {
             let (mut images, mut labels) = if dir.is_file() {
                 return Err(DataError::Invalid(format!("{}: format = \"idx\" needs the folder holding the image and label files, not a file", dir.display())));
@@ -313,7 +391,11 @@ pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<
             for f in [&images, &labels] {
                 if !f.is_file() {
                     let (expected, hint) = p.expected_files();
-                    return Err(DataError::Missing { path: f.clone(), expected, hint: hint.into() });
+                    return Err(DataError::Missing {
+                        path: f.clone(),
+                        expected,
+                        hint: hint.into(),
+                    });
                 }
             }
             array(idx::read_idx(&images, &labels)?)
@@ -322,11 +404,23 @@ pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<
         Format::Celeba | Format::Caltech101 | Format::Folder => {
             let items = match p.format {
                 Format::Celeba => folder::celeba_items(&dir, split)?,
-                Format::Caltech101 => folder::caltech101_items(&dir, split, p.per_class.unwrap_or(30), p.test_per_class, p.seed)?.0,
+                Format::Caltech101 => {
+                    folder::caltech101_items(
+                        &dir,
+                        split,
+                        p.per_class.unwrap_or(30),
+                        p.test_per_class,
+                        p.seed,
+                    )?
+                    .0
+                }
                 _ => folder::folder_items(&dir)?.0,
             };
             let items: Vec<_> = match p.subset {
-                Some(k) if k < items.len() => folder::subset_indices(items.len(), k, p.seed).into_iter().map(|i| items[i].clone()).collect(),
+                Some(k) if k < items.len() => folder::subset_indices(items.len(), k, p.seed)
+                    .into_iter()
+                    .map(|i| items[i].clone())
+                    .collect(),
                 _ => items,
             };
             ctl.bar.set_length(items.len() as u64);
@@ -381,14 +475,30 @@ pub struct TransformParams {
 
 impl TransformParams {
     pub fn normalise(mut self) -> std::result::Result<Self, ParamError> {
-        check_ops(&self.crop, &self.resize, &mut self.filter, self.grayscale, self.keep_channels)?;
+        check_ops(
+            &self.crop,
+            &self.resize,
+            &mut self.filter,
+            self.grayscale,
+            self.keep_channels,
+        )?;
         if self.subset == Some(0) {
             return Err(ParamError::new("subset", "subset must be at least 1"));
         }
         if let Some(s) = self.split {
             match (s.train, s.test) {
-                (None, None) => return Err(ParamError::new("split", "split needs `train`, `test` or both (image counts)")),
-                (_, Some(0)) | (Some(0), _) => return Err(ParamError::new("split", "split parts must hold at least 1 image")),
+                (None, None) => {
+                    return Err(ParamError::new(
+                        "split",
+                        "split needs `train`, `test` or both (image counts)",
+                    ))
+                }
+                (_, Some(0)) | (Some(0), _) => {
+                    return Err(ParamError::new(
+                        "split",
+                        "split parts must hold at least 1 image",
+                    ))
+                }
                 _ => {}
             }
         }
@@ -396,7 +506,12 @@ impl TransformParams {
     }
 
     pub fn ops(&self) -> ImageOps {
-        ImageOps { crop: self.crop, resize: self.resize, filter: self.filter.unwrap_or_default(), gray: Gray::from_flags(self.grayscale, self.keep_channels) }
+        ImageOps {
+            crop: self.crop,
+            resize: self.resize,
+            filter: self.filter.unwrap_or_default(),
+            gray: Gray::from_flags(self.grayscale, self.keep_channels),
+        }
     }
 }
 
@@ -433,7 +548,10 @@ pub fn split_indices(n: usize, spec: SplitSpec, seed: u64) -> Result<(Vec<usize>
 
 /// Apply the transform parameters to a set (rayon's current pool).
 pub fn transform(set: &ImageSet, p: &TransformParams, ctl: &Ctl) -> Result<Transformed> {
-    let p = p.clone().normalise().map_err(|e| DataError::Invalid(format!("transform parameters: {}", e.message)))?;
+    let p = p
+        .clone()
+        .normalise()
+        .map_err(|e| DataError::Invalid(format!("transform parameters: {}", e.message)))?;
     let sub;
     let src = match p.subset {
         Some(k) if k < set.n => {
@@ -455,7 +573,10 @@ pub fn transform(set: &ImageSet, p: &TransformParams, ctl: &Ctl) -> Result<Trans
 }
 
 fn pool(threads: usize) -> std::result::Result<rayon::ThreadPool, StageError> {
-    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| StageError::failed(format!("thread pool: {e}")))
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| StageError::failed(format!("thread pool: {e}")))
 }
 
 fn set_metrics(m: &mut Metrics, prefix: &str, s: &ImageSet) {
@@ -467,7 +588,10 @@ fn set_metrics(m: &mut Metrics, prefix: &str, s: &ImageSet) {
         let mut labels: Vec<i64> = s.labels.clone();
         labels.sort_unstable();
         labels.dedup();
-        m.insert("classes".into(), labels.iter().filter(|&&l| l >= 0).count() as f64);
+        m.insert(
+            "classes".into(),
+            labels.iter().filter(|&&l| l >= 0).count() as f64,
+        );
     }
 }
 
@@ -504,7 +628,11 @@ impl Stage for DatasetStage {
     fn params(&self, raw: &toml::Table) -> std::result::Result<JsonValue, ParamError> {
         let (p, _) = mrbm_stage::parse_params::<DatasetParams>(raw)?;
         let p = p.normalise()?;
-        serde_json::to_value(&p).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })
+        serde_json::to_value(&p).map_err(|e| ParamError {
+            key: None,
+            message: e.to_string(),
+            suggestion: None,
+        })
     }
     fn missing_input_hint(&self, params: &JsonValue, slot: &str, path: &Path) -> Option<String> {
         if slot != "dir" {
@@ -517,17 +645,27 @@ impl Stage for DatasetStage {
     fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
         let p: DatasetParams = ctx.typed_params()?;
         let started = std::time::Instant::now();
-        let ctl = Ctl { bar: ctx.bar(0, "reading"), cancel: Some(ctx.cancel) };
-        let decoded = pool(ctx.threads)?.install(|| load_dataset(&p, ctx.optional_input("dir"), &ctl))?;
+        let ctl = Ctl {
+            bar: ctx.bar(0, "reading"),
+            cancel: Some(ctx.cancel),
+        };
+        let decoded =
+            pool(ctx.threads)?.install(|| load_dataset(&p, ctx.optional_input("dir"), &ctl))?;
         ctl.bar.finish_and_clear();
         for (path, msg) in &decoded.skipped {
-            ctx.log(format!("warning: skipped corrupt image {}: {msg}", path.display()));
+            ctx.log(format!(
+                "warning: skipped corrupt image {}: {msg}",
+                path.display()
+            ));
         }
         if !decoded.skipped.is_empty() {
             warn(ctx, &format!("skipped {} corrupt image(s) (skip_corrupt = true; listed in the stage log), first: {}", decoded.skipped.len(), decoded.skipped[0].0.display()));
         }
         ctx.check_cancel()?;
-        decoded.set.write(&ctx.out("data.safetensors")).map_err(DataError::from)?;
+        decoded
+            .set
+            .write(&ctx.out("data.safetensors"))
+            .map_err(DataError::from)?;
         let mut m = Metrics::new();
         set_metrics(&mut m, "", &decoded.set);
         m.insert("skipped".into(), decoded.skipped.len() as f64);
@@ -539,7 +677,11 @@ impl Stage for DatasetStage {
 /// `transform`: crop, resize, grayscale, subset and split an image set.
 pub struct TransformStage;
 
-const TRANSFORM_INPUTS: &[InputSlot] = &[InputSlot::required("data", Some("data.safetensors"), "the image set to transform")];
+const TRANSFORM_INPUTS: &[InputSlot] = &[InputSlot::required(
+    "data",
+    Some("data.safetensors"),
+    "the image set to transform",
+)];
 
 impl Stage for TransformStage {
     fn kind(&self) -> &'static str {
@@ -554,23 +696,35 @@ impl Stage for TransformStage {
     fn params(&self, raw: &toml::Table) -> std::result::Result<JsonValue, ParamError> {
         let (p, _) = mrbm_stage::parse_params::<TransformParams>(raw)?;
         let p = p.normalise()?;
-        serde_json::to_value(&p).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })
+        serde_json::to_value(&p).map_err(|e| ParamError {
+            key: None,
+            message: e.to_string(),
+            suggestion: None,
+        })
     }
     fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
         let p: TransformParams = ctx.typed_params()?;
         let started = std::time::Instant::now();
         let input = mrbm_stage::resolve_file(ctx.input("data")?, "data.safetensors");
         let set = ImageSet::read(&input).map_err(|e| StageError::user(DataError::from(e)))?;
-        let ctl = Ctl { bar: ctx.bar(set.n as u64, "transforming"), cancel: Some(ctx.cancel) };
+        let ctl = Ctl {
+            bar: ctx.bar(set.n as u64, "transforming"),
+            cancel: Some(ctx.cancel),
+        };
         let out = pool(ctx.threads)?.install(|| transform(&set, &p, &ctl))?;
         ctl.bar.finish_and_clear();
         ctx.check_cancel()?;
         let mut m = Metrics::new();
         set_metrics(&mut m, "", &out.data);
-        out.data.write(&ctx.out("data.safetensors")).map_err(DataError::from)?;
+        out.data
+            .write(&ctx.out("data.safetensors"))
+            .map_err(DataError::from)?;
         if let Some((train, test)) = &out.split {
-            train.write(&ctx.out("train.safetensors")).map_err(DataError::from)?;
-            test.write(&ctx.out("test.safetensors")).map_err(DataError::from)?;
+            train
+                .write(&ctx.out("train.safetensors"))
+                .map_err(DataError::from)?;
+            test.write(&ctx.out("test.safetensors"))
+                .map_err(DataError::from)?;
             set_metrics(&mut m, "train_", train);
             set_metrics(&mut m, "test_", test);
         }

@@ -11,7 +11,9 @@ use crate::artifact::ImageSet;
 use crate::error::{DataError, Result};
 
 /// Shape names, in label order.
-pub const SHAPES: &[&str] = &["circle", "square", "triangle", "cross", "diamond", "ring", "x"];
+pub const SHAPES: &[&str] = &[
+    "circle", "square", "triangle", "cross", "diamond", "ring", "x",
+];
 
 /// Whether (dx, dy), relative to the centre and in units of the radius,
 /// lies inside shape `k`.
@@ -31,7 +33,10 @@ fn inside(k: usize, dx: f32, dy: f32) -> bool {
             (0.3..=1.0).contains(&d2)
         }
         _ => {
-            let (u, v) = ((dx + dy) * std::f32::consts::FRAC_1_SQRT_2, (dx - dy) * std::f32::consts::FRAC_1_SQRT_2);
+            let (u, v) = (
+                (dx + dy) * std::f32::consts::FRAC_1_SQRT_2,
+                (dx - dy) * std::f32::consts::FRAC_1_SQRT_2,
+            );
             (u.abs() <= 0.25 && v.abs() <= 1.0) || (v.abs() <= 0.25 && u.abs() <= 1.0)
         }
     }
@@ -42,8 +47,16 @@ fn inside(k: usize, dx: f32, dy: f32) -> bool {
 /// from pixels by a linear model on RBM features (random colours of either
 /// polarity make the task much harder for a small model).
 fn colour_pair(rng: &mut ChaCha8Rng) -> ([u8; 3], [u8; 3]) {
-    let bg: [u8; 3] = [rng.random_range(0..=90), rng.random_range(0..=90), rng.random_range(0..=90)];
-    let fg: [u8; 3] = [rng.random_range(150..=255), rng.random_range(150..=255), rng.random_range(150..=255)];
+    let bg: [u8; 3] = [
+        rng.random_range(0..=90),
+        rng.random_range(0..=90),
+        rng.random_range(0..=90),
+    ];
+    let fg: [u8; 3] = [
+        rng.random_range(150..=255),
+        rng.random_range(150..=255),
+        rng.random_range(150..=255),
+    ];
     (bg, fg)
 }
 
@@ -82,17 +95,31 @@ fn render(seed: u64, index: u64, label: usize, size: usize, out: &mut [u8]) {
 /// (balanced: image i shows shape i mod classes).
 pub fn synthetic(n: usize, size: usize, classes: usize, seed: u64) -> Result<ImageSet> {
     if classes == 0 || classes > SHAPES.len() {
-        return Err(DataError::Invalid(format!("synthetic: classes = {classes}, expected 1..={} ({})", SHAPES.len(), SHAPES.join(", "))));
+        return Err(DataError::Invalid(format!(
+            "synthetic: classes = {classes}, expected 1..={} ({})",
+            SHAPES.len(),
+            SHAPES.join(", ")
+        )));
     }
     if !(4..=1024).contains(&size) {
-        return Err(DataError::Invalid(format!("synthetic: size = {size}, expected 4..=1024")));
+        return Err(DataError::Invalid(format!(
+            "synthetic: size = {size}, expected 4..=1024"
+        )));
     }
     if n == 0 {
         return Err(DataError::Invalid("synthetic: n must be at least 1".into()));
     }
     let len = 3 * size * size;
-    let mut pixels = vec![0u8; n.checked_mul(len).ok_or_else(|| DataError::Invalid("synthetic: n * size^2 is too large".into()))?];
-    pixels.par_chunks_mut(len).enumerate().for_each(|(i, out)| render(seed, i as u64, i % classes, size, out));
+    let mut pixels = vec![
+        0u8;
+        n.checked_mul(len).ok_or_else(|| DataError::Invalid(
+            "synthetic: n * size^2 is too large".into()
+        ))?
+    ];
+    pixels
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(i, out)| render(seed, i as u64, i % classes, size, out));
     let labels = (0..n).map(|i| (i % classes) as i64).collect();
     Ok(ImageSet::new(pixels, n, 3, size, size, labels))
 }

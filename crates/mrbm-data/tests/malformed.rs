@@ -32,7 +32,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 /// A valid pair: 3 images of 2x2, labels 0, 1, 2.
 fn good_pair() -> (Vec<u8>, Vec<u8>) {
-    (idx_bytes(8, &[3, 2, 2], &(0..12).collect::<Vec<u8>>()), idx_bytes(8, &[3], &[0, 1, 2]))
+    (
+        idx_bytes(8, &[3, 2, 2], &(0..12).collect::<Vec<u8>>()),
+        idx_bytes(8, &[3], &[0, 1, 2]),
+    )
 }
 
 fn names(err: &DataError, file: &str) {
@@ -45,7 +48,11 @@ fn idx_valid_pair_reads_raw_and_gzip() {
     let d = tempfile::tempdir().unwrap();
     let (im, lb) = good_pair();
     let a = idx::read_idx(&write(d.path(), "i", &im), &write(d.path(), "l", &lb)).unwrap();
-    let b = idx::read_idx(&write(d.path(), "i.gz", &gz(&im)), &write(d.path(), "l.gz", &gz(&lb))).unwrap();
+    let b = idx::read_idx(
+        &write(d.path(), "i.gz", &gz(&im)),
+        &write(d.path(), "l.gz", &gz(&lb)),
+    )
+    .unwrap();
     assert_eq!(a.shape(), [3, 1, 2, 2]);
     assert_eq!(a.pixels(), b.pixels());
     assert_eq!(b.labels, vec![0, 1, 2]);
@@ -58,7 +65,18 @@ fn idx_truncated_file() {
     let (im, lb) = good_pair();
     let p = write(d.path(), "short-images-idx3-ubyte", &im[..im.len() - 5]);
     let e = idx::read_idx(&p, &write(d.path(), "l", &lb)).unwrap_err();
-    assert!(matches!(e, DataError::Truncated { offset: 23, expected: 28, actual: 23, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DataError::Truncated {
+                offset: 23,
+                expected: 28,
+                actual: 23,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     names(&e, "short-images-idx3-ubyte");
     // Shorter than the magic number, and inside the dimensions.
     for cut in [2, 9] {
@@ -106,8 +124,19 @@ fn idx_counts_disagree() {
     let d = tempfile::tempdir().unwrap();
     let (im, _) = good_pair();
     let lb = idx_bytes(8, &[4], &[0, 1, 2, 3]);
-    let e = idx::read_idx(&write(d.path(), "imgs", &im), &write(d.path(), "lbls", &lb)).unwrap_err();
-    assert!(matches!(e, DataError::CountMismatch { n_images: 3, n_labels: 4, .. }), "{e:?}");
+    let e =
+        idx::read_idx(&write(d.path(), "imgs", &im), &write(d.path(), "lbls", &lb)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::CountMismatch {
+                n_images: 3,
+                n_labels: 4,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     names(&e, "imgs");
     names(&e, "lbls");
 }
@@ -119,11 +148,24 @@ fn idx_trailing_bytes_and_overflowing_dims() {
     im.extend_from_slice(&[0; 7]);
     let l = write(d.path(), "l", &lb);
     let e = idx::read_idx(&write(d.path(), "long", &im), &l).unwrap_err();
-    assert!(matches!(e, DataError::TrailingBytes { offset: 28, extra: 7, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DataError::TrailingBytes {
+                offset: 28,
+                extra: 7,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     names(&e, "long");
     let huge = idx_bytes(8, &[u32::MAX, u32::MAX, u32::MAX], &[]);
     let e = idx::read_idx(&write(d.path(), "huge", &huge), &l).unwrap_err();
-    assert!(matches!(e, DataError::BadHeader { .. } | DataError::Truncated { .. }), "{e:?}");
+    assert!(
+        matches!(e, DataError::BadHeader { .. } | DataError::Truncated { .. }),
+        "{e:?}"
+    );
     names(&e, "huge");
 }
 
@@ -143,14 +185,37 @@ fn cifar_reads_and_rejects_bad_sizes_and_labels() {
     assert_eq!(set.labels, vec![3, 9]);
     assert_eq!(set.image(1)[3071], 1);
 
-    let e = cifar::read_cifar10(&write(d.path(), "odd.bin", &good[..good.len() - 1]), true).unwrap_err();
-    assert!(matches!(e, DataError::BadRecordSize { size: 6145, record: 3073, rest: 3072, .. }), "{e:?}");
+    let e = cifar::read_cifar10(&write(d.path(), "odd.bin", &good[..good.len() - 1]), true)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DataError::BadRecordSize {
+                size: 6145,
+                record: 3073,
+                rest: 3072,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     names(&e, "odd.bin");
 
     let mut bad = cifar_record(3, 7);
     bad.extend(cifar_record(12, 0));
     let e = cifar::read_cifar10(&write(d.path(), "label.bin", &bad), true).unwrap_err();
-    assert!(matches!(e, DataError::BadLabel { offset: 3073, index: 1, value: 12, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DataError::BadLabel {
+                offset: 3073,
+                index: 1,
+                value: 12,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     names(&e, "label.bin");
 
     let e = cifar::read_cifar10(&write(d.path(), "empty.bin", &[]), true).unwrap_err();
@@ -167,12 +232,20 @@ fn cifar_reads_and_rejects_bad_sizes_and_labels() {
 fn jpeg(dir: &Path, name: &str, w: u32, h: u32) -> PathBuf {
     let p = dir.join(name);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9) as u8, (y * 7) as u8, 128])).save(&p).unwrap();
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9) as u8, (y * 7) as u8, 128]))
+        .save(&p)
+        .unwrap();
     p
 }
 
 fn items(paths: &[PathBuf]) -> Vec<Item> {
-    paths.iter().map(|p| Item { path: p.clone(), label: 0 }).collect()
+    paths
+        .iter()
+        .map(|p| Item {
+            path: p.clone(),
+            label: 0,
+        })
+        .collect()
 }
 
 #[test]
@@ -188,17 +261,32 @@ fn corrupt_jpeg_in_folder_is_an_error_or_skipped() {
     mangled.extend_from_slice(&[0xFF, 0xD9]);
     let mangled = write(d.path(), "cls/mangled.jpg", &mangled);
     for bad in [&junk, &cut, &mangled] {
-        let e = decode_items(&items(&[a.clone(), bad.clone()]), &ImageOps::default(), false, &Ctl::default()).unwrap_err();
+        let e = decode_items(
+            &items(&[a.clone(), bad.clone()]),
+            &ImageOps::default(),
+            false,
+            &Ctl::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, DataError::CorruptImage { .. }), "{e:?}");
         names(&e, bad.file_name().unwrap().to_str().unwrap());
     }
     // skip_corrupt: a warning list with a count, the good image kept.
-    let out = decode_items(&items(&[junk.clone(), a.clone(), cut.clone(), mangled.clone()]), &ImageOps::default(), true, &Ctl::default()).unwrap();
+    let out = decode_items(
+        &items(&[junk.clone(), a.clone(), cut.clone(), mangled.clone()]),
+        &ImageOps::default(),
+        true,
+        &Ctl::default(),
+    )
+    .unwrap();
     assert_eq!(out.set.n, 1);
     assert_eq!(out.skipped.len(), 3);
     assert_eq!(out.skipped[0].0, junk);
     // Through the folder reader too.
-    let p = DatasetParams { skip_corrupt: true, ..params(Format::Folder) };
+    let p = DatasetParams {
+        skip_corrupt: true,
+        ..params(Format::Folder)
+    };
     let out = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap();
     assert_eq!((out.set.n, out.skipped.len()), (1, 3));
     let p = params(Format::Folder);
@@ -208,7 +296,11 @@ fn corrupt_jpeg_in_folder_is_an_error_or_skipped() {
 }
 
 fn params(format: Format) -> DatasetParams {
-    let raw: toml::Table = toml::from_str(&format!("format = \"{}\"", serde_json::to_value(format).unwrap().as_str().unwrap())).unwrap();
+    let raw: toml::Table = toml::from_str(&format!(
+        "format = \"{}\"",
+        serde_json::to_value(format).unwrap().as_str().unwrap()
+    ))
+    .unwrap();
     mrbm_stage::parse_params::<DatasetParams>(&raw).unwrap().0
 }
 
@@ -234,14 +326,42 @@ fn folder_labels_follow_sorted_names_and_sizes_must_agree() {
     assert_eq!(out.set.labels, vec![0, 0, 1]);
     let odd = jpeg(d.path(), "b/2.jpg", 14, 10);
     let e = load_dataset(&params(Format::Folder), Some(d.path()), &Ctl::default()).unwrap_err();
-    assert!(matches!(e, DataError::SizeMismatch { found_w: 14, expected_w: 12, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            DataError::SizeMismatch {
+                found_w: 14,
+                expected_w: 12,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     names(&e, odd.file_name().unwrap().to_str().unwrap());
     // With a resize the sizes may differ.
-    let p = DatasetParams { resize: Some(Size { w: 6, h: 5 }), ..params(Format::Folder) };
-    assert_eq!(load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap().set.shape(), [4, 3, 5, 6]);
+    let p = DatasetParams {
+        resize: Some(Size { w: 6, h: 5 }),
+        ..params(Format::Folder)
+    };
+    assert_eq!(
+        load_dataset(&p, Some(d.path()), &Ctl::default())
+            .unwrap()
+            .set
+            .shape(),
+        [4, 3, 5, 6]
+    );
     // A crop that does not fit names the image.
-    let ops = ImageOps { crop: Some(Crop::Centre { w: 13, h: 13 }), ..Default::default() };
-    let e = decode_items(&items(std::slice::from_ref(&odd)), &ops, false, &Ctl::default()).unwrap_err();
+    let ops = ImageOps {
+        crop: Some(Crop::Centre { w: 13, h: 13 }),
+        ..Default::default()
+    };
+    let e = decode_items(
+        &items(std::slice::from_ref(&odd)),
+        &ops,
+        false,
+        &Ctl::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, DataError::CropOutOfBounds { .. }), "{e:?}");
     names(&e, "2.jpg");
 }
@@ -253,15 +373,28 @@ fn missing_data_set_names_folder_files_and_source() {
     let e = load_dataset(&params(Format::Idx), Some(&gone), &Ctl::default()).unwrap_err();
     assert!(matches!(e, DataError::Missing { .. }), "{e:?}");
     let m = e.to_string();
-    assert!(m.contains(&gone.display().to_string()) && m.contains("train-images-idx3-ubyte") && m.contains("yann.lecun.com"), "{m}");
+    assert!(
+        m.contains(&gone.display().to_string())
+            && m.contains("train-images-idx3-ubyte")
+            && m.contains("yann.lecun.com"),
+        "{m}"
+    );
     // Folder exists but a file is missing: that file is named.
     std::fs::create_dir_all(&gone).unwrap();
     let e = load_dataset(&params(Format::Idx), Some(&gone), &Ctl::default()).unwrap_err();
     names(&e, "train-images-idx3-ubyte.gz");
-    for (f, url) in [(Format::Cifar10, "cs.toronto.edu"), (Format::Celeba, "CelebA"), (Format::Caltech101, "caltech.edu")] {
-        let e = load_dataset(&params(f), Some(&d.path().join("nothing")), &Ctl::default()).unwrap_err();
+    for (f, url) in [
+        (Format::Cifar10, "cs.toronto.edu"),
+        (Format::Celeba, "CelebA"),
+        (Format::Caltech101, "caltech.edu"),
+    ] {
+        let e =
+            load_dataset(&params(f), Some(&d.path().join("nothing")), &Ctl::default()).unwrap_err();
         assert!(matches!(e, DataError::Missing { .. }), "{e:?}");
-        assert!(e.to_string().contains("nothing") && e.to_string().contains(url), "{e}");
+        assert!(
+            e.to_string().contains("nothing") && e.to_string().contains(url),
+            "{e}"
+        );
     }
 }
 
@@ -272,16 +405,30 @@ fn celeba_partition_file() {
         jpeg(d.path(), &format!("img_align_celeba/{i:06}.jpg"), 18, 22);
     }
     let mut p = params(Format::Celeba);
-    assert_eq!(load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap().set.shape(), [4, 3, 22, 18]);
+    assert_eq!(
+        load_dataset(&p, Some(d.path()), &Ctl::default())
+            .unwrap()
+            .set
+            .shape(),
+        [4, 3, 22, 18]
+    );
     p.split = Some(Split::Train);
     let e = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap_err();
     assert!(matches!(e, DataError::Missing { .. }), "{e:?}");
     names(&e, "list_eval_partition.txt");
-    write(d.path(), "list_eval_partition.txt", b"000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 2\n");
+    write(
+        d.path(),
+        "list_eval_partition.txt",
+        b"000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 2\n",
+    );
     let out = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap();
     assert_eq!(out.set.n, 2);
     assert_eq!(out.set.labels, vec![-1, -1]);
-    write(d.path(), "list_eval_partition.txt", b"000001.jpg 0\n000002.jpg 7\n");
+    write(
+        d.path(),
+        "list_eval_partition.txt",
+        b"000001.jpg 0\n000002.jpg 7\n",
+    );
     let e = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap_err();
     assert!(matches!(e, DataError::BadListFile { line: 2, .. }), "{e:?}");
     names(&e, "list_eval_partition.txt");
@@ -300,17 +447,29 @@ fn caltech101_split_is_seeded_and_excludes_background() {
     p.per_class = Some(2);
     p.resize = Some(Size { w: 8, h: 8 });
     p.filter = Some(mrbm_data::Filter::Bilinear);
-    let train = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap().set;
+    let train = load_dataset(&p, Some(d.path()), &Ctl::default())
+        .unwrap()
+        .set;
     assert_eq!(train.labels, vec![0, 0, 1, 1]); // "Faces" < "airplanes" in byte order
     p.split = Some(Split::Test);
-    let test = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap().set;
+    let test = load_dataset(&p, Some(d.path()), &Ctl::default())
+        .unwrap()
+        .set;
     assert_eq!(test.labels, vec![0, 0, 1, 1, 1]);
     // Same seed, same split; the parts are disjoint and cover each class.
     let (tr_items, _) = folder::caltech101_items(d.path(), Split::Train, 2, None, 0).unwrap();
     let (te_items, _) = folder::caltech101_items(d.path(), Split::Test, 2, None, 0).unwrap();
-    assert_eq!(tr_items, folder::caltech101_items(d.path(), Split::Train, 2, None, 0).unwrap().0);
+    assert_eq!(
+        tr_items,
+        folder::caltech101_items(d.path(), Split::Train, 2, None, 0)
+            .unwrap()
+            .0
+    );
     assert!(tr_items.iter().all(|t| !te_items.contains(t)));
-    assert!(tr_items.iter().chain(&te_items).all(|t| !t.path.to_string_lossy().contains("BACKGROUND")));
+    assert!(tr_items
+        .iter()
+        .chain(&te_items)
+        .all(|t| !t.path.to_string_lossy().contains("BACKGROUND")));
     // per_class leaving nothing for test is an error naming the class folder.
     let e = folder::caltech101_items(d.path(), Split::Train, 4, None, 0).unwrap_err();
     names(&e, "Faces");
@@ -332,7 +491,10 @@ fn params_front_end_rejects_bad_keys() {
     assert_eq!(e.key.as_deref(), Some("per_class"));
     let e = bad(dataset.as_ref(), "format = \"synthetic\"\nclasses = 9");
     assert_eq!(e.key.as_deref(), Some("classes"));
-    let e = bad(dataset.as_ref(), "format = \"synthetic\"\nsplit = \"train\"");
+    let e = bad(
+        dataset.as_ref(),
+        "format = \"synthetic\"\nsplit = \"train\"",
+    );
     assert_eq!(e.key.as_deref(), Some("split"));
     let e = bad(dataset.as_ref(), "format = \"celeba\"\ncrop = -3");
     assert!(e.message.contains("crop"), "{e:?}");

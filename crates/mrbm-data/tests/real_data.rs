@@ -37,18 +37,40 @@ fn mnist_t10k_matches_numpy_reference() {
     for &l in &set.labels {
         counts[l as usize] += 1;
     }
-    assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+    assert_eq!(
+        counts,
+        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    );
     let total: u64 = set.pixels().iter().map(|&p| p as u64).sum();
     assert_eq!(total, 264_923_200);
     let mut per_class = [0u64; 10];
     for i in 0..set.n {
         per_class[set.labels[i] as usize] += set.image(i).iter().map(|&p| p as u64).sum::<u64>();
     }
-    assert_eq!(per_class, [33759319, 17412445, 30985788, 28936088, 24082260, 23548995, 27498169, 23614233, 29817245, 25268658]);
-    for (i, want) in [(0usize, 18454u64), (1, 28850), (2, 9871), (4999, 50057), (9999, 41833)] {
-        assert_eq!(set.image(i).iter().map(|&p| p as u64).sum::<u64>(), want, "pixel sum of image {i}");
+    assert_eq!(
+        per_class,
+        [
+            33759319, 17412445, 30985788, 28936088, 24082260, 23548995, 27498169, 23614233,
+            29817245, 25268658
+        ]
+    );
+    for (i, want) in [
+        (0usize, 18454u64),
+        (1, 28850),
+        (2, 9871),
+        (4999, 50057),
+        (9999, 41833),
+    ] {
+        assert_eq!(
+            set.image(i).iter().map(|&p| p as u64).sum::<u64>(),
+            want,
+            "pixel sum of image {i}"
+        );
     }
-    assert_eq!(&set.image(0)[14 * 28 + 7..14 * 28 + 21], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 59, 249, 254, 62, 0]);
+    assert_eq!(
+        &set.image(0)[14 * 28 + 7..14 * 28 + 21],
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 59, 249, 254, 62, 0]
+    );
 }
 
 /// Pillow's result for one image: FNV-1a 64 of its RGB bytes and their sum.
@@ -64,18 +86,25 @@ fn pillow_fixture(case: &str) -> Vec<PillowRef> {
         .as_array()
         .unwrap_or_else(|| panic!("{}: no case {case}", p.display()))
         .iter()
-        .map(|r| PillowRef { fnv1a64: u64::from_str_radix(r["fnv1a64"].as_str().unwrap(), 16).unwrap(), sum: r["sum"].as_u64().unwrap() })
+        .map(|r| PillowRef {
+            fnv1a64: u64::from_str_radix(r["fnv1a64"].as_str().unwrap(), 16).unwrap(),
+            sum: r["sum"].as_u64().unwrap(),
+        })
         .collect()
 }
 
 fn fnv1a64(bytes: impl Iterator<Item = u8>) -> u64 {
-    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Image i of an NCHW set as Pillow lays it out: rows of interleaved RGB.
 fn interleaved(set: &ImageSet, i: usize) -> Vec<u8> {
     let (img, plane) = (set.image(i), set.h * set.w);
-    (0..plane).flat_map(|p| (0..3).map(move |c| img[c * plane + p])).collect()
+    (0..plane)
+        .flat_map(|p| (0..3).map(move |c| img[c * plane + p]))
+        .collect()
 }
 
 /// Every image must give Pillow's exact bytes (checksum), which also
@@ -86,7 +115,12 @@ fn check(ours: &ImageSet, refs: &[PillowRef], what: &str) {
     for (i, r) in refs.iter().enumerate() {
         let bytes = interleaved(ours, i);
         let sum: u64 = bytes.iter().map(|&b| b as u64).sum();
-        assert_eq!(fnv1a64(bytes.into_iter()), r.fnv1a64, "{what}: image {i} differs from Pillow's (pixel sum {sum} vs {})", r.sum);
+        assert_eq!(
+            fnv1a64(bytes.into_iter()),
+            r.fnv1a64,
+            "{what}: image {i} differs from Pillow's (pixel sum {sum} vs {})",
+            r.sum
+        );
     }
 }
 
@@ -94,10 +128,16 @@ fn check(ours: &ImageSet, refs: &[PillowRef], what: &str) {
 fn celeba_crop_resize_matches_pillow() {
     let Some(root) = shared() else { return };
     let dir = root.join("celeba-sample");
-    let items: Vec<Item> = folder::image_files(&dir).unwrap().into_iter().map(|path| Item { path, label: -1 }).collect();
+    let items: Vec<Item> = folder::image_files(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|path| Item { path, label: -1 })
+        .collect();
     assert_eq!(items.len(), 16);
     // Full-size decode once, for the planar (transform stage) path.
-    let full = decode_items(&items, &ImageOps::default(), false, &Ctl::default()).unwrap().set;
+    let full = decode_items(&items, &ImageOps::default(), false, &Ctl::default())
+        .unwrap()
+        .set;
     assert_eq!(full.shape(), [16, 3, 218, 178]);
     for (crop, size, filter, fname) in [
         (140, 64, Filter::Bilinear, "bilinear"),
@@ -106,13 +146,24 @@ fn celeba_crop_resize_matches_pillow() {
         (178, 128, Filter::Lanczos3, "lanczos3"),
     ] {
         let refs = pillow_fixture(&format!("c{crop}_{size}_{fname}"));
-        let ops = ImageOps { crop: Some(Crop::Centre { w: crop, h: crop }), resize: Some(Size { w: size, h: size }), filter, gray: Gray::Off };
+        let ops = ImageOps {
+            crop: Some(Crop::Centre { w: crop, h: crop }),
+            resize: Some(Size { w: size, h: size }),
+            filter,
+            gray: Gray::Off,
+        };
         // Decode pipeline (interleaved resize), as the dataset stage runs it.
-        let ours = decode_items(&items, &ops, false, &Ctl::default()).unwrap().set;
+        let ours = decode_items(&items, &ops, false, &Ctl::default())
+            .unwrap()
+            .set;
         assert_eq!(ours.shape(), [16, 3, size as usize, size as usize]);
         check(&ours, &refs, &format!("crop {crop} -> {size} {fname}"));
         // Planar pipeline, as the transform stage runs it.
         let ours = transform_set(&full, &ops, &Ctl::default()).unwrap();
-        check(&ours, &refs, &format!("crop {crop} -> {size} {fname} (planar)"));
+        check(
+            &ours,
+            &refs,
+            &format!("crop {crop} -> {size} {fname} (planar)"),
+        );
     }
 }

@@ -9,13 +9,19 @@ use std::time::Instant;
 use mrbm_eval::inception::{random_weights, FidInception};
 
 fn main() {
-    let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("integer arguments")).collect();
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().expect("integer arguments"))
+        .collect();
     if a.len() != 5 {
         eprintln!("usage: fid_bench N H W BATCH THREADS");
         std::process::exit(2);
     }
     let (n, h, w, batch, threads) = (a[0], a[1], a[2], a[3], a[4]);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     pool.install(|| {
         let device = burn::tensor::Device::flex();
         let net = FidInception::from_weights(random_weights(7), &device).unwrap();

@@ -17,7 +17,11 @@ fn main() {
     let train = FeatureSet::read(a[1].as_ref()).expect("train");
     let test = FeatureSet::read(a[2].as_ref()).expect("test");
     let cfg = SvmConfig {
-        loss: if a[3] == "hinge" { Loss::Hinge } else { Loss::SquaredHinge },
+        loss: if a[3] == "hinge" {
+            Loss::Hinge
+        } else {
+            Loss::SquaredHinge
+        },
         c: a[4].parse().unwrap(),
         eps: a[5].parse().unwrap(),
         bias: a[6].parse().unwrap(),
@@ -25,9 +29,14 @@ fn main() {
         ..Default::default()
     };
     let threads: usize = a[7].parse().unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let t = Instant::now();
-    let m = pool.install(|| fit(&train.features, train.n, train.d, &train.labels, &cfg)).expect("fit");
+    let m = pool
+        .install(|| fit(&train.features, train.n, train.d, &train.labels, &cfg))
+        .expect("fit");
     let secs = t.elapsed().as_secs_f64();
     let pred = pool.install(|| m.predict(&test.features, test.n)).unwrap();
     let objs: Vec<f64> = m.reports.iter().map(|r| r.dual_objective).collect();

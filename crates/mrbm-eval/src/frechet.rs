@@ -89,7 +89,12 @@ impl GaussianStats {
             }
             sigma[i * d + i] *= inv;
         }
-        Ok(GaussianStats { dim: d, count: n, mu, sigma })
+        Ok(GaussianStats {
+            dim: d,
+            count: n,
+            mu,
+            sigma,
+        })
     }
 }
 
@@ -102,19 +107,31 @@ pub struct Frechet {
 }
 
 /// Frechet distance between N(mu1, s1) and N(mu2, s2), all f64.
-pub fn frechet_distance(mu1: &[f64], s1: &[f64], mu2: &[f64], s2: &[f64]) -> Result<Frechet, FrechetError> {
+pub fn frechet_distance(
+    mu1: &[f64],
+    s1: &[f64],
+    mu2: &[f64],
+    s2: &[f64],
+) -> Result<Frechet, FrechetError> {
     let d = mu1.len();
     if mu2.len() != d || s1.len() != d * d || s2.len() != d * d {
         return Err(FrechetError::DimMismatch(d, mu2.len()));
     }
-    if [mu1, mu2, s1, s2].iter().any(|v| v.iter().any(|x| !x.is_finite())) {
+    if [mu1, mu2, s1, s2]
+        .iter()
+        .any(|v| v.iter().any(|x| !x.is_finite()))
+    {
         return Err(FrechetError::NonFinite);
     }
     let mean_term: f64 = mu1.iter().zip(mu2).map(|(a, b)| (a - b) * (a - b)).sum();
     let tr1: f64 = (0..d).map(|i| s1[i * d + i]).sum();
     let tr2: f64 = (0..d).map(|i| s2[i * d + i]).sum();
     let trace_sqrt = trace_sqrt_product(s1, s2, d);
-    Ok(Frechet { distance: mean_term + tr1 + tr2 - 2.0 * trace_sqrt, mean_term, trace_sqrt })
+    Ok(Frechet {
+        distance: mean_term + tr1 + tr2 - 2.0 * trace_sqrt,
+        mean_term,
+        trace_sqrt,
+    })
 }
 
 /// tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = tr(sqrtm(S1 S2)) for PSD S1, S2.
@@ -205,11 +222,17 @@ mod tests {
         }
         let mu1 = vec![1.0; d];
         let mu2 = vec![0.0; d];
-        let want: f64 = d as f64 + a.iter().zip(&b).map(|(x, y)| x + y - 2.0 * (x * y).sqrt()).sum::<f64>();
+        let want: f64 = d as f64
+            + a.iter()
+                .zip(&b)
+                .map(|(x, y)| x + y - 2.0 * (x * y).sqrt())
+                .sum::<f64>();
         let got = frechet_distance(&mu1, &s1, &mu2, &s2).unwrap().distance;
         assert!((got - want).abs() < 1e-11 * want, "{got} vs {want}");
         // Diagonal case as well.
-        let got = frechet_distance(&mu1, &diag(&a), &mu2, &diag(&b)).unwrap().distance;
+        let got = frechet_distance(&mu1, &diag(&a), &mu2, &diag(&b))
+            .unwrap()
+            .distance;
         assert!((got - want).abs() < 1e-12 * want);
     }
 
@@ -228,10 +251,18 @@ mod tests {
             }
         }
         let mu = vec![0.0; d];
-        let want: f64 = a.iter().zip(&b).map(|(x, y)| x + y - 2.0 * (x * y).sqrt()).sum();
+        let want: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| x + y - 2.0 * (x * y).sqrt())
+            .sum();
         let f = frechet_distance(&mu, &s1, &mu, &s2).unwrap();
         assert!(f.distance.is_finite());
-        assert!((f.distance - want).abs() < 1e-10 * want, "{} vs {want}", f.distance);
+        assert!(
+            (f.distance - want).abs() < 1e-10 * want,
+            "{} vs {want}",
+            f.distance
+        );
         // Identical singular covariances: exactly zero up to rounding, never negative-large or NaN.
         let z = frechet_distance(&mu, &s1, &mu, &s1).unwrap();
         assert!(z.distance.abs() < 1e-12, "{z:?}");
@@ -244,15 +275,24 @@ mod tests {
     #[test]
     fn stats_over_several_chunks_match_naive() {
         let (n, d) = (9000, 3); // more rows than one accumulation chunk
-        let x: Vec<f32> = (0..n * d).map(|k| ((k * 37 % 101) as f32 - 50.0) / 7.0 + (k % d) as f32).collect();
+        let x: Vec<f32> = (0..n * d)
+            .map(|k| ((k * 37 % 101) as f32 - 50.0) / 7.0 + (k % d) as f32)
+            .collect();
         let s = GaussianStats::from_features(&x, n, d).unwrap();
         for i in 0..d {
             let mi: f64 = (0..n).map(|r| x[r * d + i] as f64).sum::<f64>() / n as f64;
             assert!((s.mu[i] - mi).abs() < 1e-12);
             for j in 0..d {
                 let mj: f64 = (0..n).map(|r| x[r * d + j] as f64).sum::<f64>() / n as f64;
-                let c: f64 = (0..n).map(|r| (x[r * d + i] as f64 - mi) * (x[r * d + j] as f64 - mj)).sum::<f64>() / (n - 1) as f64;
-                assert!((s.sigma[i * d + j] - c).abs() < 1e-10 * c.abs().max(1.0), "{i},{j}: {} vs {c}", s.sigma[i * d + j]);
+                let c: f64 = (0..n)
+                    .map(|r| (x[r * d + i] as f64 - mi) * (x[r * d + j] as f64 - mj))
+                    .sum::<f64>()
+                    / (n - 1) as f64;
+                assert!(
+                    (s.sigma[i * d + j] - c).abs() < 1e-10 * c.abs().max(1.0),
+                    "{i},{j}: {} vs {c}",
+                    s.sigma[i * d + j]
+                );
             }
         }
     }
@@ -263,11 +303,25 @@ mod tests {
         let s = GaussianStats::from_features(&x, 4, 2).unwrap();
         assert_eq!(s.mu, vec![1.25, 2.25]);
         // numpy.cov(x, rowvar=False)
-        let c00 = ((1.0f64 - 1.25).powi(2) + (3.0f64 - 1.25).powi(2) + (-1.0f64 - 1.25).powi(2) + (2.0f64 - 1.25).powi(2)) / 3.0;
-        let c01 = ((1.0 - 1.25) * (2.0 - 2.25) + (3.0 - 1.25) * (5.0 - 2.25) + (-1.0 - 1.25) * (0.0 - 2.25) + (2.0 - 1.25) * (2.0 - 2.25)) / 3.0;
+        let c00 = ((1.0f64 - 1.25).powi(2)
+            + (3.0f64 - 1.25).powi(2)
+            + (-1.0f64 - 1.25).powi(2)
+            + (2.0f64 - 1.25).powi(2))
+            / 3.0;
+        let c01 = ((1.0 - 1.25) * (2.0 - 2.25)
+            + (3.0 - 1.25) * (5.0 - 2.25)
+            + (-1.0 - 1.25) * (0.0 - 2.25)
+            + (2.0 - 1.25) * (2.0 - 2.25))
+            / 3.0;
         assert!((s.sigma[0] - c00).abs() < 1e-14);
         assert!((s.sigma[1] - c01).abs() < 1e-14 && s.sigma[1] == s.sigma[2]);
-        assert!(matches!(GaussianStats::from_features(&x[..2], 1, 2), Err(FrechetError::TooFew(1))));
-        assert!(matches!(GaussianStats::from_features(&[f32::NAN, 0.0, 1.0, 1.0], 2, 2), Err(FrechetError::NonFinite)));
+        assert!(matches!(
+            GaussianStats::from_features(&x[..2], 1, 2),
+            Err(FrechetError::TooFew(1))
+        ));
+        assert!(matches!(
+            GaussianStats::from_features(&[f32::NAN, 0.0, 1.0, 1.0], 2, 2),
+            Err(FrechetError::NonFinite)
+        ));
     }
 }

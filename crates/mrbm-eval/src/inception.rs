@@ -22,7 +22,9 @@ use std::path::Path;
 
 use burn::tensor::activation::relu;
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, interpolate, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::ops::{
+    AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// pytorch-fid's FID weights: where they are published and their SHA-256
@@ -42,8 +44,14 @@ pub enum InceptionError {
     #[error("weights: tensor `{0}` is missing")]
     Missing(String),
     #[error("weights: tensor `{name}` has shape {got:?}, expected {expected:?}")]
-    Shape { name: String, expected: Vec<usize>, got: Vec<usize> },
-    #[error("weights: unexpected tensor `{0}` (not part of pytorch-fid's Inception pool3 network)")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error(
+        "weights: unexpected tensor `{0}` (not part of pytorch-fid's Inception pool3 network)"
+    )]
     Unexpected(String),
     #[error("weights: tensor `{0}` is not f32/f64/f16")]
     Dtype(String),
@@ -64,8 +72,22 @@ struct ConvSpec {
     pad: [usize; 2],
 }
 
-fn spec(name: &str, cin: usize, cout: usize, k: [usize; 2], stride: usize, pad: [usize; 2]) -> ConvSpec {
-    ConvSpec { name: name.to_string(), cin, cout, k, stride, pad }
+fn spec(
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: [usize; 2],
+    stride: usize,
+    pad: [usize; 2],
+) -> ConvSpec {
+    ConvSpec {
+        name: name.to_string(),
+        cin,
+        cout,
+        k,
+        stride,
+        pad,
+    }
 }
 
 /// Every BasicConv2d of the pool3 network, in torchvision's names.
@@ -79,12 +101,47 @@ fn conv_specs() -> Vec<ConvSpec> {
     ];
     let a = |v: &mut Vec<ConvSpec>, m: &str, cin: usize, pool: usize| {
         v.push(spec(&format!("{m}.branch1x1"), cin, 64, [1, 1], 1, [0, 0]));
-        v.push(spec(&format!("{m}.branch5x5_1"), cin, 48, [1, 1], 1, [0, 0]));
+        v.push(spec(
+            &format!("{m}.branch5x5_1"),
+            cin,
+            48,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
         v.push(spec(&format!("{m}.branch5x5_2"), 48, 64, [5, 5], 1, [2, 2]));
-        v.push(spec(&format!("{m}.branch3x3dbl_1"), cin, 64, [1, 1], 1, [0, 0]));
-        v.push(spec(&format!("{m}.branch3x3dbl_2"), 64, 96, [3, 3], 1, [1, 1]));
-        v.push(spec(&format!("{m}.branch3x3dbl_3"), 96, 96, [3, 3], 1, [1, 1]));
-        v.push(spec(&format!("{m}.branch_pool"), cin, pool, [1, 1], 1, [0, 0]));
+        v.push(spec(
+            &format!("{m}.branch3x3dbl_1"),
+            cin,
+            64,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3dbl_2"),
+            64,
+            96,
+            [3, 3],
+            1,
+            [1, 1],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3dbl_3"),
+            96,
+            96,
+            [3, 3],
+            1,
+            [1, 1],
+        ));
+        v.push(spec(
+            &format!("{m}.branch_pool"),
+            cin,
+            pool,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
     };
     a(&mut v, "Mixed_5b", 192, 32);
     a(&mut v, "Mixed_5c", 256, 64);
@@ -96,15 +153,71 @@ fn conv_specs() -> Vec<ConvSpec> {
     v.push(spec("Mixed_6a.branch3x3dbl_3", 96, 96, [3, 3], 2, [0, 0]));
     let c = |v: &mut Vec<ConvSpec>, m: &str, c7: usize| {
         v.push(spec(&format!("{m}.branch1x1"), 768, 192, [1, 1], 1, [0, 0]));
-        v.push(spec(&format!("{m}.branch7x7_1"), 768, c7, [1, 1], 1, [0, 0]));
+        v.push(spec(
+            &format!("{m}.branch7x7_1"),
+            768,
+            c7,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
         v.push(spec(&format!("{m}.branch7x7_2"), c7, c7, [1, 7], 1, [0, 3]));
-        v.push(spec(&format!("{m}.branch7x7_3"), c7, 192, [7, 1], 1, [3, 0]));
-        v.push(spec(&format!("{m}.branch7x7dbl_1"), 768, c7, [1, 1], 1, [0, 0]));
-        v.push(spec(&format!("{m}.branch7x7dbl_2"), c7, c7, [7, 1], 1, [3, 0]));
-        v.push(spec(&format!("{m}.branch7x7dbl_3"), c7, c7, [1, 7], 1, [0, 3]));
-        v.push(spec(&format!("{m}.branch7x7dbl_4"), c7, c7, [7, 1], 1, [3, 0]));
-        v.push(spec(&format!("{m}.branch7x7dbl_5"), c7, 192, [1, 7], 1, [0, 3]));
-        v.push(spec(&format!("{m}.branch_pool"), 768, 192, [1, 1], 1, [0, 0]));
+        v.push(spec(
+            &format!("{m}.branch7x7_3"),
+            c7,
+            192,
+            [7, 1],
+            1,
+            [3, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch7x7dbl_1"),
+            768,
+            c7,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch7x7dbl_2"),
+            c7,
+            c7,
+            [7, 1],
+            1,
+            [3, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch7x7dbl_3"),
+            c7,
+            c7,
+            [1, 7],
+            1,
+            [0, 3],
+        ));
+        v.push(spec(
+            &format!("{m}.branch7x7dbl_4"),
+            c7,
+            c7,
+            [7, 1],
+            1,
+            [3, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch7x7dbl_5"),
+            c7,
+            192,
+            [1, 7],
+            1,
+            [0, 3],
+        ));
+        v.push(spec(
+            &format!("{m}.branch_pool"),
+            768,
+            192,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
     };
     c(&mut v, "Mixed_6b", 128);
     c(&mut v, "Mixed_6c", 160);
@@ -119,14 +232,70 @@ fn conv_specs() -> Vec<ConvSpec> {
     v.push(spec("Mixed_7a.branch7x7x3_4", 192, 192, [3, 3], 2, [0, 0]));
     let e = |v: &mut Vec<ConvSpec>, m: &str, cin: usize| {
         v.push(spec(&format!("{m}.branch1x1"), cin, 320, [1, 1], 1, [0, 0]));
-        v.push(spec(&format!("{m}.branch3x3_1"), cin, 384, [1, 1], 1, [0, 0]));
-        v.push(spec(&format!("{m}.branch3x3_2a"), 384, 384, [1, 3], 1, [0, 1]));
-        v.push(spec(&format!("{m}.branch3x3_2b"), 384, 384, [3, 1], 1, [1, 0]));
-        v.push(spec(&format!("{m}.branch3x3dbl_1"), cin, 448, [1, 1], 1, [0, 0]));
-        v.push(spec(&format!("{m}.branch3x3dbl_2"), 448, 384, [3, 3], 1, [1, 1]));
-        v.push(spec(&format!("{m}.branch3x3dbl_3a"), 384, 384, [1, 3], 1, [0, 1]));
-        v.push(spec(&format!("{m}.branch3x3dbl_3b"), 384, 384, [3, 1], 1, [1, 0]));
-        v.push(spec(&format!("{m}.branch_pool"), cin, 192, [1, 1], 1, [0, 0]));
+        v.push(spec(
+            &format!("{m}.branch3x3_1"),
+            cin,
+            384,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3_2a"),
+            384,
+            384,
+            [1, 3],
+            1,
+            [0, 1],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3_2b"),
+            384,
+            384,
+            [3, 1],
+            1,
+            [1, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3dbl_1"),
+            cin,
+            448,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3dbl_2"),
+            448,
+            384,
+            [3, 3],
+            1,
+            [1, 1],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3dbl_3a"),
+            384,
+            384,
+            [1, 3],
+            1,
+            [0, 1],
+        ));
+        v.push(spec(
+            &format!("{m}.branch3x3dbl_3b"),
+            384,
+            384,
+            [3, 1],
+            1,
+            [1, 0],
+        ));
+        v.push(spec(
+            &format!("{m}.branch_pool"),
+            cin,
+            192,
+            [1, 1],
+            1,
+            [0, 0],
+        ));
     };
     e(&mut v, "Mixed_7b", 1280);
     e(&mut v, "Mixed_7c", 2048);
@@ -137,7 +306,10 @@ fn conv_specs() -> Vec<ConvSpec> {
 pub fn expected_tensors() -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
     for s in conv_specs() {
-        out.push((format!("{}.conv.weight", s.name), vec![s.cout, s.cin, s.k[0], s.k[1]]));
+        out.push((
+            format!("{}.conv.weight", s.name),
+            vec![s.cout, s.cin, s.k[0], s.k[1]],
+        ));
         for p in ["weight", "bias", "running_mean", "running_var"] {
             out.push((format!("{}.bn.{p}", s.name), vec![s.cout]));
         }
@@ -151,16 +323,29 @@ pub type WeightMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Read a weights safetensors file (f32, f64 or f16 tensors).
 pub fn read_weights(path: &Path) -> Result<WeightMap, InceptionError> {
-    let ferr = |m: String| InceptionError::File { path: path.display().to_string(), message: m };
+    let ferr = |m: String| InceptionError::File {
+        path: path.display().to_string(),
+        message: m,
+    };
     let bytes = std::fs::read(path).map_err(|e| ferr(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ferr(format!("not a safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| ferr(format!("not a safetensors file: {e}")))?;
     let mut map = WeightMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            safetensors::Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
-            safetensors::Dtype::F16 => data.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            safetensors::Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            safetensors::Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
             _ => return Err(InceptionError::Dtype(name)),
         };
         map.insert(name, (view.shape().to_vec(), values));
@@ -240,7 +425,12 @@ struct ConvBn {
 
 impl ConvBn {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(conv2d(x, self.weight.clone(), Some(self.bias.clone()), self.options.clone()))
+        relu(conv2d(
+            x,
+            self.weight.clone(),
+            Some(self.bias.clone()),
+            self.options.clone(),
+        ))
     }
 }
 
@@ -258,8 +448,14 @@ impl FidInception {
         for (name, shape) in &expected {
             match map.get(name) {
                 None => return Err(InceptionError::Missing(name.clone())),
-                Some((got, vals)) if got != shape || vals.len() != shape.iter().product::<usize>() => {
-                    return Err(InceptionError::Shape { name: name.clone(), expected: shape.clone(), got: got.clone() })
+                Some((got, vals))
+                    if got != shape || vals.len() != shape.iter().product::<usize>() =>
+                {
+                    return Err(InceptionError::Shape {
+                        name: name.clone(),
+                        expected: shape.clone(),
+                        got: got.clone(),
+                    })
                 }
                 _ => {}
             }
@@ -272,23 +468,49 @@ impl FidInception {
         }
         let mut convs = BTreeMap::new();
         for s in conv_specs() {
-            let mut take = |suffix: &str| map.remove(&format!("{}.{suffix}", s.name)).expect("checked above").1;
+            let mut take = |suffix: &str| {
+                map.remove(&format!("{}.{suffix}", s.name))
+                    .expect("checked above")
+                    .1
+            };
             let w = take("conv.weight");
-            let (gamma, beta, mean, var) = (take("bn.weight"), take("bn.bias"), take("bn.running_mean"), take("bn.running_var"));
+            let (gamma, beta, mean, var) = (
+                take("bn.weight"),
+                take("bn.bias"),
+                take("bn.running_mean"),
+                take("bn.running_var"),
+            );
             let per = s.cin * s.k[0] * s.k[1];
             let mut wf = Vec::with_capacity(w.len());
             let mut bf = Vec::with_capacity(s.cout);
             for o in 0..s.cout {
                 let scale = gamma[o] as f64 / (var[o] as f64 + BN_EPS).sqrt();
-                wf.extend(w[o * per..(o + 1) * per].iter().map(|v| (*v as f64 * scale) as f32));
+                wf.extend(
+                    w[o * per..(o + 1) * per]
+                        .iter()
+                        .map(|v| (*v as f64 * scale) as f32),
+                );
                 bf.push((beta[o] as f64 - mean[o] as f64 * scale) as f32);
             }
-            let weight = Tensor::<4>::from_data(TensorData::new(wf, [s.cout, s.cin, s.k[0], s.k[1]]), device);
+            let weight = Tensor::<4>::from_data(
+                TensorData::new(wf, [s.cout, s.cin, s.k[0], s.k[1]]),
+                device,
+            );
             let bias = Tensor::<1>::from_data(TensorData::new(bf, [s.cout]), device);
             let options = ConvOptions::new([s.stride, s.stride], s.pad, [1, 1], 1);
-            convs.insert(s.name.clone(), ConvBn { weight, bias, options });
+            convs.insert(
+                s.name.clone(),
+                ConvBn {
+                    weight,
+                    bias,
+                    options,
+                },
+            );
         }
-        Ok(FidInception { convs, device: device.clone() })
+        Ok(FidInception {
+            convs,
+            device: device.clone(),
+        })
     }
 
     pub fn from_file(path: &Path, device: &Device) -> Result<Self, InceptionError> {
@@ -296,12 +518,20 @@ impl FidInception {
     }
 
     fn c(&self, name: &str, x: Tensor<4>) -> Tensor<4> {
-        self.convs.get(name).unwrap_or_else(|| panic!("internal: no conv {name}")).forward(x)
+        self.convs
+            .get(name)
+            .unwrap_or_else(|| panic!("internal: no conv {name}"))
+            .forward(x)
     }
 
     /// Features of a batch already in [0, 1], [N, 3, H, W]: the network's forward.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = interpolate(x, InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false).with_output_size([299, 299]));
+        let x = interpolate(
+            x,
+            InterpolateOptions::new(InterpolateMode::Bilinear)
+                .with_align_corners(false)
+                .with_output_size([299, 299]),
+        );
         let x = x.mul_scalar(2.0).sub_scalar(1.0);
         let x = self.c("Conv2d_1a_3x3", x);
         let x = self.c("Conv2d_2a_3x3", x);
@@ -327,14 +557,26 @@ impl FidInception {
 
     /// 3x3 stride-1 average pool that, like TensorFlow, ignores the padding.
     fn avg3(x: Tensor<4>) -> Tensor<4> {
-        avg_pool2d(x, AvgPoolOptions::new([3, 3]).with_stride([1, 1]).with_padding([1, 1]).with_count_include_pad(false))
+        avg_pool2d(
+            x,
+            AvgPoolOptions::new([3, 3])
+                .with_stride([1, 1])
+                .with_padding([1, 1])
+                .with_count_include_pad(false),
+        )
     }
 
     fn block_a(&self, m: &str, x: Tensor<4>) -> Tensor<4> {
         let b1 = self.c(&format!("{m}.branch1x1"), x.clone());
-        let b5 = self.c(&format!("{m}.branch5x5_2"), self.c(&format!("{m}.branch5x5_1"), x.clone()));
+        let b5 = self.c(
+            &format!("{m}.branch5x5_2"),
+            self.c(&format!("{m}.branch5x5_1"), x.clone()),
+        );
         let d = self.c(&format!("{m}.branch3x3dbl_1"), x.clone());
-        let d = self.c(&format!("{m}.branch3x3dbl_3"), self.c(&format!("{m}.branch3x3dbl_2"), d));
+        let d = self.c(
+            &format!("{m}.branch3x3dbl_3"),
+            self.c(&format!("{m}.branch3x3dbl_2"), d),
+        );
         let p = self.c(&format!("{m}.branch_pool"), Self::avg3(x));
         Tensor::cat(vec![b1, b5, d, p], 1)
     }
@@ -342,7 +584,10 @@ impl FidInception {
     fn block_b(&self, m: &str, x: Tensor<4>) -> Tensor<4> {
         let b3 = self.c(&format!("{m}.branch3x3"), x.clone());
         let d = self.c(&format!("{m}.branch3x3dbl_1"), x.clone());
-        let d = self.c(&format!("{m}.branch3x3dbl_3"), self.c(&format!("{m}.branch3x3dbl_2"), d));
+        let d = self.c(
+            &format!("{m}.branch3x3dbl_3"),
+            self.c(&format!("{m}.branch3x3dbl_2"), d),
+        );
         let p = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]));
         Tensor::cat(vec![b3, d, p], 1)
     }
@@ -362,7 +607,10 @@ impl FidInception {
     }
 
     fn block_d(&self, m: &str, x: Tensor<4>) -> Tensor<4> {
-        let b3 = self.c(&format!("{m}.branch3x3_2"), self.c(&format!("{m}.branch3x3_1"), x.clone()));
+        let b3 = self.c(
+            &format!("{m}.branch3x3_2"),
+            self.c(&format!("{m}.branch3x3_1"), x.clone()),
+        );
         let mut b7 = x.clone();
         for k in 1..=4 {
             b7 = self.c(&format!("{m}.branch7x7x3_{k}"), b7);
@@ -375,12 +623,29 @@ impl FidInception {
     fn block_e(&self, m: &str, x: Tensor<4>, max_pool: bool) -> Tensor<4> {
         let b1 = self.c(&format!("{m}.branch1x1"), x.clone());
         let t = self.c(&format!("{m}.branch3x3_1"), x.clone());
-        let b3 = Tensor::cat(vec![self.c(&format!("{m}.branch3x3_2a"), t.clone()), self.c(&format!("{m}.branch3x3_2b"), t)], 1);
+        let b3 = Tensor::cat(
+            vec![
+                self.c(&format!("{m}.branch3x3_2a"), t.clone()),
+                self.c(&format!("{m}.branch3x3_2b"), t),
+            ],
+            1,
+        );
         let d = self.c(&format!("{m}.branch3x3dbl_1"), x.clone());
         let d = self.c(&format!("{m}.branch3x3dbl_2"), d);
-        let bd = Tensor::cat(vec![self.c(&format!("{m}.branch3x3dbl_3a"), d.clone()), self.c(&format!("{m}.branch3x3dbl_3b"), d)], 1);
+        let bd = Tensor::cat(
+            vec![
+                self.c(&format!("{m}.branch3x3dbl_3a"), d.clone()),
+                self.c(&format!("{m}.branch3x3dbl_3b"), d),
+            ],
+            1,
+        );
         let pooled = if max_pool {
-            max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([1, 1]).with_padding([1, 1]))
+            max_pool2d(
+                x,
+                MaxPoolOptions::new([3, 3])
+                    .with_stride([1, 1])
+                    .with_padding([1, 1]),
+            )
         } else {
             Self::avg3(x)
         };
@@ -390,7 +655,14 @@ impl FidInception {
 
     /// Pool3 features (row-major [n, 2048]) of u8 NCHW images, 1 channel
     /// (replicated to RGB, as PIL's convert('RGB') does) or 3.
-    pub fn features_u8(&self, pixels: &[u8], n: usize, c: usize, h: usize, w: usize) -> Result<Vec<f32>, InceptionError> {
+    pub fn features_u8(
+        &self,
+        pixels: &[u8],
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, InceptionError> {
         if c != 1 && c != 3 {
             return Err(InceptionError::Channels(c));
         }
@@ -399,7 +671,11 @@ impl FidInception {
         for i in 0..n {
             let img = &pixels[i * c * hw..(i + 1) * c * hw];
             for ch in 0..3 {
-                let src = if c == 1 { img } else { &img[ch * hw..(ch + 1) * hw] };
+                let src = if c == 1 {
+                    img
+                } else {
+                    &img[ch * hw..(ch + 1) * hw]
+                };
                 // torchvision's ToTensor: float(p) / 255 in f32.
                 x.extend(src.iter().map(|&p| p as f32 / 255.0));
             }
@@ -408,13 +684,20 @@ impl FidInception {
     }
 
     /// Pool3 features of float images in [0, 1], [n, 3, h, w] row-major.
-    pub fn features_f32(&self, x: Vec<f32>, n: usize, h: usize, w: usize) -> Result<Vec<f32>, InceptionError> {
+    pub fn features_f32(
+        &self,
+        x: Vec<f32>,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<f32>, InceptionError> {
         if n == 0 {
             return Ok(Vec::new());
         }
         let t = Tensor::<4>::from_data(TensorData::new(x, [n, 3, h, w]), &self.device);
         let out = self.forward(t).into_data();
-        out.try_to_vec::<f32>().map_err(|e| InceptionError::Backend(format!("{e:?}")))
+        out.try_to_vec::<f32>()
+            .map_err(|e| InceptionError::Backend(format!("{e:?}")))
     }
 }
 
@@ -437,13 +720,20 @@ mod tests {
         let device = Device::flex();
         let mut m = random_weights(1);
         m.remove("Mixed_6b.branch7x7_2.bn.bias");
-        assert!(matches!(FidInception::from_weights(m, &device), Err(InceptionError::Missing(n)) if n == "Mixed_6b.branch7x7_2.bn.bias"));
+        assert!(
+            matches!(FidInception::from_weights(m, &device), Err(InceptionError::Missing(n)) if n == "Mixed_6b.branch7x7_2.bn.bias")
+        );
         let mut m = random_weights(1);
         m.get_mut("Conv2d_1a_3x3.conv.weight").unwrap().0 = vec![32, 3, 3, 2];
-        assert!(matches!(FidInception::from_weights(m, &device), Err(InceptionError::Shape { .. })));
+        assert!(matches!(
+            FidInception::from_weights(m, &device),
+            Err(InceptionError::Shape { .. })
+        ));
         let mut m = random_weights(1);
         m.insert("fc.weight".into(), (vec![1], vec![0.0]));
-        assert!(matches!(FidInception::from_weights(m, &device), Err(InceptionError::Unexpected(n)) if n == "fc.weight"));
+        assert!(
+            matches!(FidInception::from_weights(m, &device), Err(InceptionError::Unexpected(n)) if n == "fc.weight")
+        );
     }
 
     #[test]

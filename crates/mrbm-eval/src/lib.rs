@@ -12,5 +12,9 @@ pub mod svm;
 
 /// The stage kinds this crate implements, for the runner's registry.
 pub fn stages() -> Vec<Box<dyn Stage>> {
-    vec![Box::new(stages::SvmStage), Box::new(stages::FidStatsStage), Box::new(stages::FidStage)]
+    vec![
+        Box::new(stages::SvmStage),
+        Box::new(stages::FidStatsStage),
+        Box::new(stages::FidStage),
+    ]
 }

@@ -24,7 +24,11 @@ pub struct SymEigen {
 pub fn sym_eigen(a: &[f64], n: usize, want_vectors: bool) -> SymEigen {
     assert_eq!(a.len(), n * n, "matrix size");
     if n == 0 {
-        return SymEigen { n, values: vec![], vectors: want_vectors.then(Vec::new) };
+        return SymEigen {
+            n,
+            values: vec![],
+            vectors: want_vectors.then(Vec::new),
+        };
     }
     // v(r, c) = v[c * n + r]; start from A (symmetric, so no transpose needed).
     let mut v = a.to_vec();
@@ -106,12 +110,15 @@ fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_ve
             // Rank-2 update of the remaining lower triangle, columns in parallel.
             let dd = &d[..i];
             let ee = &e[..i];
-            v[..i * n].par_chunks_mut(n).enumerate().for_each(|(j, col)| {
-                let (f, g) = (dd[j], ee[j]);
-                for k in j..i {
-                    col[k] -= f * ee[k] + g * dd[k];
-                }
-            });
+            v[..i * n]
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(j, col)| {
+                    let (f, g) = (dd[j], ee[j]);
+                    for k in j..i {
+                        col[k] -= f * ee[k] + g * dd[k];
+                    }
+                });
             for j in 0..i {
                 d[j] = v[at(i - 1, j)];
                 v[at(i, j)] = 0.0;
@@ -243,7 +250,27 @@ pub fn matmul_abt(a: &[f64], b: &[f64], m: usize, n: usize, k: usize) -> Vec<f64
     // Safety: the strides describe a (m x k, row-major), b^T (k x n, column j
     // = row j of b) and out (m x n, row-major), all within the slices above.
     unsafe {
-        gemm::gemm(m, n, k, out.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, par());
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par(),
+        );
     }
     out
 }
@@ -263,7 +290,27 @@ pub fn gram_columns_acc(z: &[f64], n: usize, d: usize, out: &mut [f64]) {
     }
     // Safety: lhs = z^T (d x n: element (i, t) = z[t d + i]), rhs = z (n x d), dst d x d.
     unsafe {
-        gemm::gemm(d, d, n, out.as_mut_ptr(), 1, d as isize, true, z.as_ptr(), d as isize, 1, z.as_ptr(), 1, d as isize, 1.0, 1.0, false, false, false, par());
+        gemm::gemm(
+            d,
+            d,
+            n,
+            out.as_mut_ptr(),
+            1,
+            d as isize,
+            true,
+            z.as_ptr(),
+            d as isize,
+            1,
+            z.as_ptr(),
+            1,
+            d as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par(),
+        );
     }
 }
 
@@ -345,7 +392,27 @@ fn flush(work: &mut [f64], lb: &[f64], n: usize) {
     }
     // Safety: dst n x n row-major; lhs = lb^T (n x b: (i, t) = lb[t n + i]); rhs = lb (b x n).
     unsafe {
-        gemm::gemm(n, n, b, work.as_mut_ptr(), 1, n as isize, true, lb.as_ptr(), n as isize, 1, lb.as_ptr(), 1, n as isize, 1.0, -1.0, false, false, false, par());
+        gemm::gemm(
+            n,
+            n,
+            b,
+            work.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lb.as_ptr(),
+            n as isize,
+            1,
+            lb.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            -1.0,
+            false,
+            false,
+            false,
+            par(),
+        );
     }
 }
 
@@ -398,7 +465,10 @@ mod tests {
                 let vk = &v[k * n..(k + 1) * n];
                 for i in 0..n {
                     let av: f64 = (0..n).map(|j| a[i * n + j] * vk[j]).sum();
-                    assert!((av - eig.values[k] * vk[i]).abs() < 1e-11 * n as f64, "n={n} k={k}");
+                    assert!(
+                        (av - eig.values[k] * vk[i]).abs() < 1e-11 * n as f64,
+                        "n={n} k={k}"
+                    );
                 }
                 for l in 0..n {
                     let g = dot(vk, &v[l * n..(l + 1) * n]);
@@ -408,7 +478,10 @@ mod tests {
             assert!(eig.values.windows(2).all(|w| w[0] <= w[1]));
             let only = sym_eigen(&a, n, false);
             for (x, y) in only.values.iter().zip(&eig.values) {
-                assert!((x - y).abs() < 1e-11 * n as f64, "values-only path differs: {x} {y}");
+                assert!(
+                    (x - y).abs() < 1e-11 * n as f64,
+                    "values-only path differs: {x} {y}"
+                );
             }
         }
     }
@@ -417,8 +490,16 @@ mod tests {
     fn pivoted_cholesky_reconstructs_and_reveals_rank() {
         // Rank 3 PSD matrix in 8 dimensions: B B^T with B 8x3.
         let n = 8;
-        let b: Vec<f64> = (0..n * 3).map(|k| ((k * 7 % 11) as f64 - 5.0) / 3.0).collect();
-        let a: Vec<f64> = (0..n * n).map(|k| (0..3).map(|t| b[(k / n) * 3 + t] * b[(k % n) * 3 + t]).sum()).collect();
+        let b: Vec<f64> = (0..n * 3)
+            .map(|k| ((k * 7 % 11) as f64 - 5.0) / 3.0)
+            .collect();
+        let a: Vec<f64> = (0..n * n)
+            .map(|k| {
+                (0..3)
+                    .map(|t| b[(k / n) * 3 + t] * b[(k % n) * 3 + t])
+                    .sum()
+            })
+            .collect();
         let maxd = (0..n).map(|i| a[i * n + i]).fold(0.0, f64::max);
         let (lt, r) = pivoted_cholesky(&a, n, n as f64 * f64::EPSILON * maxd);
         assert_eq!(r, 3);

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use mrbm_data::artifact::{FeatureSet, ImageSet};
-use mrbm_stage::{canonical, InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use mrbm_stage::{
+    canonical, InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError,
+};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -91,8 +93,16 @@ impl SvmParams {
 pub struct SvmStage;
 
 const SVM_INPUTS: &[InputSlot] = &[
-    InputSlot::required("train", Some("features.safetensors"), "training features (FeatureSet)"),
-    InputSlot::required("test", Some("features.safetensors"), "held-out features (FeatureSet)"),
+    InputSlot::required(
+        "train",
+        Some("features.safetensors"),
+        "training features (FeatureSet)",
+    ),
+    InputSlot::required(
+        "test",
+        Some("features.safetensors"),
+        "held-out features (FeatureSet)",
+    ),
 ];
 
 fn read_features(path: &Path, slot: &str) -> Result<FeatureSet, StageError> {
@@ -112,10 +122,16 @@ impl Stage for SvmStage {
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         let (p, v) = mrbm_stage::parse_params::<SvmParams>(raw)?;
         if !(p.c > 0.0 && p.c.is_finite()) {
-            return Err(ParamError::new("C", format!("C must be a positive number, got {}", p.c)));
+            return Err(ParamError::new(
+                "C",
+                format!("C must be a positive number, got {}", p.c),
+            ));
         }
         if !(p.eps > 0.0 && p.eps.is_finite()) {
-            return Err(ParamError::new("eps", format!("eps must be a positive number, got {}", p.eps)));
+            return Err(ParamError::new(
+                "eps",
+                format!("eps must be a positive number, got {}", p.eps),
+            ));
         }
         if p.max_iter == 0 {
             return Err(ParamError::new("max_iter", "max_iter must be at least 1"));
@@ -128,17 +144,25 @@ impl Stage for SvmStage {
         let train = read_features(ctx.input("train")?, "train")?;
         let test = read_features(ctx.input("test")?, "test")?;
         if train.d != test.d {
-            return Err(StageError::User(format!("train features have {} dimensions but test features have {}", train.d, test.d)));
+            return Err(StageError::User(format!(
+                "train features have {} dimensions but test features have {}",
+                train.d, test.d
+            )));
         }
         ctx.check_cancel()?;
         let cfg = p.config();
         let start = Instant::now();
-        let model = run_in_pool(ctx.threads, || svm::fit(&train.features, train.n, train.d, &train.labels, &cfg))?
-            .map_err(|e| StageError::User(format!("svm: {e}")))?;
+        let model = run_in_pool(ctx.threads, || {
+            svm::fit(&train.features, train.n, train.d, &train.labels, &cfg)
+        })?
+        .map_err(|e| StageError::User(format!("svm: {e}")))?;
         let fit_seconds = start.elapsed().as_secs_f64();
         ctx.check_cancel()?;
         let (pred_test, pred_train) = run_in_pool(ctx.threads, || {
-            (model.predict(&test.features, test.n), model.predict(&train.features, train.n))
+            (
+                model.predict(&test.features, test.n),
+                model.predict(&train.features, train.n),
+            )
         })?;
         let pred_test = pred_test.map_err(|e| StageError::User(format!("svm (test): {e}")))?;
         let pred_train = pred_train.map_err(|e| StageError::User(format!("svm (train): {e}")))?;
@@ -151,11 +175,20 @@ impl Stage for SvmStage {
                 r.class,
                 r.dual_objective,
                 r.iterations,
-                if r.converged { "" } else { " (max_iter reached: not converged)" },
+                if r.converged {
+                    ""
+                } else {
+                    " (max_iter reached: not converged)"
+                },
                 r.n_sv
             ));
         }
-        write_confusion(&ctx.out("confusion.csv"), &model.classes, &test.labels, &pred_test)?;
+        write_confusion(
+            &ctx.out("confusion.csv"),
+            &model.classes,
+            &test.labels,
+            &pred_test,
+        )?;
         let report = serde_json::json!({
             "classes": model.classes,
             "reports": model.reports,
@@ -163,7 +196,12 @@ impl Stage for SvmStage {
             "train_error_percent": train_error,
             "fit_seconds": fit_seconds,
         });
-        mrbm_stage::write_atomic(&ctx.out("svm.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes())?;
+        mrbm_stage::write_atomic(
+            &ctx.out("svm.json"),
+            serde_json::to_string_pretty(&report)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
 
         let mut m = Metrics::new();
         m.insert("test_error".into(), test_error);
@@ -171,15 +209,31 @@ impl Stage for SvmStage {
         m.insert("fit_seconds".into(), fit_seconds);
         m.insert("n_train".into(), train.n as f64);
         m.insert("n_test".into(), test.n as f64);
-        m.insert("converged".into(), model.reports.iter().all(|r| r.converged) as u8 as f64);
-        m.insert("max_iterations".into(), model.reports.iter().map(|r| r.iterations).max().unwrap_or(0) as f64);
+        m.insert(
+            "converged".into(),
+            model.reports.iter().all(|r| r.converged) as u8 as f64,
+        );
+        m.insert(
+            "max_iterations".into(),
+            model
+                .reports
+                .iter()
+                .map(|r| r.iterations)
+                .max()
+                .unwrap_or(0) as f64,
+        );
         Ok(m)
     }
 }
 
 /// Confusion matrix of the test split: a row per true label, a column per
 /// predicted label (the union of labels seen in training and test).
-fn write_confusion(path: &Path, classes: &[i64], truth: &[i64], pred: &[i64]) -> Result<(), StageError> {
+fn write_confusion(
+    path: &Path,
+    classes: &[i64],
+    truth: &[i64],
+    pred: &[i64],
+) -> Result<(), StageError> {
     let mut labels: Vec<i64> = classes.iter().chain(truth.iter()).copied().collect();
     labels.sort_unstable();
     labels.dedup();
@@ -224,8 +278,16 @@ pub struct FidStatsParams {
 pub struct FidStatsStage;
 
 const FID_STATS_INPUTS: &[InputSlot] = &[
-    InputSlot::required("data", Some("data.safetensors"), "images (ImageSet, 1 or 3 channels)"),
-    InputSlot::optional("weights", None, "pytorch-fid Inception weights converted by tools/fid_weights.py (safetensors)"),
+    InputSlot::required(
+        "data",
+        Some("data.safetensors"),
+        "images (ImageSet, 1 or 3 channels)",
+    ),
+    InputSlot::optional(
+        "weights",
+        None,
+        "pytorch-fid Inception weights converted by tools/fid_weights.py (safetensors)",
+    ),
 ];
 
 /// How to obtain the Inception weights: the message a user sees.
@@ -262,7 +324,10 @@ impl Stage for FidStatsStage {
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         let (p, v) = mrbm_stage::parse_params::<FidStatsParams>(raw)?;
         if p.batch_size == 0 {
-            return Err(ParamError::new("batch_size", "batch_size must be at least 1"));
+            return Err(ParamError::new(
+                "batch_size",
+                "batch_size must be at least 1",
+            ));
         }
         Ok(v)
     }
@@ -279,21 +344,39 @@ impl Stage for FidStatsStage {
         let (weights, source) = match (ctx.optional_input("weights"), p.random_weights_seed) {
             (Some(path), _) => {
                 if !path.is_file() {
-                    return Err(StageError::User(format!("{}: no such file. {}", path.display(), weights_help())));
+                    return Err(StageError::User(format!(
+                        "{}: no such file. {}",
+                        path.display(),
+                        weights_help()
+                    )));
                 }
-                (inception::read_weights(path).map_err(StageError::user)?, path.display().to_string())
+                (
+                    inception::read_weights(path).map_err(StageError::user)?,
+                    path.display().to_string(),
+                )
             }
-            (None, Some(seed)) => (inception::random_weights(seed), format!("random weights, seed {seed}")),
+            (None, Some(seed)) => (
+                inception::random_weights(seed),
+                format!("random weights, seed {seed}"),
+            ),
             (None, None) => return Err(StageError::User(weights_help())),
         };
-        let net = FidInception::from_weights(weights, &device).map_err(|e| StageError::User(format!("{e}. {}", weights_help())))?;
+        let net = FidInception::from_weights(weights, &device)
+            .map_err(|e| StageError::User(format!("{e}. {}", weights_help())))?;
         let data_path = ctx.input("data")?;
-        let set = ImageSet::read(data_path).map_err(|e| StageError::User(format!("input `data`: {e}")))?;
+        let set = ImageSet::read(data_path)
+            .map_err(|e| StageError::User(format!("input `data`: {e}")))?;
         if set.c != 1 && set.c != 3 {
-            return Err(StageError::User(format!("input `data`: images have {} channels; FID needs 1 (grey) or 3 (RGB)", set.c)));
+            return Err(StageError::User(format!(
+                "input `data`: images have {} channels; FID needs 1 (grey) or 3 (RGB)",
+                set.c
+            )));
         }
         if set.n < 2 {
-            return Err(StageError::User(format!("input `data`: FID statistics need at least 2 images, got {}", set.n)));
+            return Err(StageError::User(format!(
+                "input `data`: FID statistics need at least 2 images, got {}",
+                set.n
+            )));
         }
         let bar = ctx.bar(set.n as u64, "inception features");
         let start = Instant::now();
@@ -313,43 +396,67 @@ impl Stage for FidStatsStage {
         })??;
         bar.finish_and_clear();
         let feature_seconds = start.elapsed().as_secs_f64();
-        let stats = GaussianStats::from_features(&feats, set.n, inception::FEATURE_DIM).map_err(|e| StageError::Failed(format!("fid_stats: {e}")))?;
+        let stats = GaussianStats::from_features(&feats, set.n, inception::FEATURE_DIM)
+            .map_err(|e| StageError::Failed(format!("fid_stats: {e}")))?;
         let mut meta = HashMap::new();
         meta.insert("mrbm_artifact".to_string(), "fid_stats".to_string());
         meta.insert("count".to_string(), set.n.to_string());
         meta.insert("weights".to_string(), source.clone());
         write_stats(&ctx.out("stats.safetensors"), &stats, meta)?;
-        ctx.log(format!("{} images, weights {source}, {:.1} images/s", set.n, set.n as f64 / feature_seconds));
+        ctx.log(format!(
+            "{} images, weights {source}, {:.1} images/s",
+            set.n,
+            set.n as f64 / feature_seconds
+        ));
         let mut m = Metrics::new();
         m.insert("count".into(), set.n as f64);
         m.insert("feature_seconds".into(), feature_seconds);
-        m.insert("images_per_second".into(), set.n as f64 / feature_seconds.max(1e-9));
+        m.insert(
+            "images_per_second".into(),
+            set.n as f64 / feature_seconds.max(1e-9),
+        );
         Ok(m)
     }
 }
 
 /// Write mu f64 [D] and sigma f64 [D, D].
-pub fn write_stats(path: &Path, s: &GaussianStats, meta: HashMap<String, String>) -> Result<(), StageError> {
+pub fn write_stats(
+    path: &Path,
+    s: &GaussianStats,
+    meta: HashMap<String, String>,
+) -> Result<(), StageError> {
     let mb: Vec<u8> = s.mu.iter().flat_map(|v| v.to_le_bytes()).collect();
     let sb: Vec<u8> = s.sigma.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mu = TensorView::new(Dtype::F64, vec![s.dim], &mb).map_err(StageError::failed)?;
     let sigma = TensorView::new(Dtype::F64, vec![s.dim, s.dim], &sb).map_err(StageError::failed)?;
-    mrbm_data::artifact::write_tensors(path, vec![("mu", mu), ("sigma", sigma)], Some(meta)).map_err(StageError::failed)
+    mrbm_data::artifact::write_tensors(path, vec![("mu", mu), ("sigma", sigma)], Some(meta))
+        .map_err(StageError::failed)
 }
 
 /// Read mu and sigma (f64; f32 accepted, e.g. from other tools).
 pub fn read_stats(path: &Path) -> Result<(Vec<f64>, Vec<f64>), StageError> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
     let bad = |m: String| StageError::User(format!("{}: {m}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let get = |name: &str, rank: usize| -> Result<(Vec<usize>, Vec<f64>), StageError> {
-        let t = st.tensor(name).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        let t = st
+            .tensor(name)
+            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
         if t.shape().len() != rank {
             return Err(bad(format!("tensor `{name}` has shape {:?}", t.shape())));
         }
         let v = match t.dtype() {
-            Dtype::F64 => t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8"))).collect(),
-            Dtype::F32 => t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64).collect(),
+            Dtype::F64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4")) as f64)
+                .collect(),
             other => return Err(bad(format!("tensor `{name}` is {other:?}, expected f64"))),
         };
         Ok((t.shape().to_vec(), v))
@@ -357,7 +464,10 @@ pub fn read_stats(path: &Path) -> Result<(Vec<f64>, Vec<f64>), StageError> {
     let (ms, mu) = get("mu", 1)?;
     let (ss, sigma) = get("sigma", 2)?;
     if ss != [ms[0], ms[0]] {
-        return Err(bad(format!("sigma has shape {ss:?} but mu has {} entries", ms[0])));
+        return Err(bad(format!(
+            "sigma has shape {ss:?} but mu has {} entries",
+            ms[0]
+        )));
     }
     Ok((mu, sigma))
 }
@@ -372,8 +482,16 @@ pub struct FidParams {}
 pub struct FidStage;
 
 const FID_INPUTS: &[InputSlot] = &[
-    InputSlot::required("a", Some("stats.safetensors"), "statistics of one image set (fid_stats output)"),
-    InputSlot::required("b", Some("stats.safetensors"), "statistics of the other image set"),
+    InputSlot::required(
+        "a",
+        Some("stats.safetensors"),
+        "statistics of one image set (fid_stats output)",
+    ),
+    InputSlot::required(
+        "b",
+        Some("stats.safetensors"),
+        "statistics of the other image set",
+    ),
 ];
 
 impl Stage for FidStage {
@@ -393,10 +511,15 @@ impl Stage for FidStage {
         let (mu1, s1) = read_stats(ctx.input("a")?)?;
         let (mu2, s2) = read_stats(ctx.input("b")?)?;
         if mu1.len() != mu2.len() {
-            return Err(StageError::User(format!("statistics `a` have {} dimensions, `b` {}", mu1.len(), mu2.len())));
+            return Err(StageError::User(format!(
+                "statistics `a` have {} dimensions, `b` {}",
+                mu1.len(),
+                mu2.len()
+            )));
         }
         let start = Instant::now();
-        let f = run_in_pool(ctx.threads, || frechet_distance(&mu1, &s1, &mu2, &s2))?.map_err(|e| StageError::User(format!("fid: {e}")))?;
+        let f = run_in_pool(ctx.threads, || frechet_distance(&mu1, &s1, &mu2, &s2))?
+            .map_err(|e| StageError::User(format!("fid: {e}")))?;
         let mut m = BTreeMap::new();
         m.insert("fid".into(), f.distance);
         m.insert("mean_term".into(), f.mean_term);

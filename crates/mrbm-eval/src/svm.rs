@@ -60,21 +60,36 @@ pub struct SvmConfig {
 
 impl Default for SvmConfig {
     fn default() -> Self {
-        SvmConfig { loss: Loss::SquaredHinge, c: 1.0, eps: 0.1, max_iter: 1000, bias: 1.0, shrinking: true, standardize: false, seed: 0 }
+        SvmConfig {
+            loss: Loss::SquaredHinge,
+            c: 1.0,
+            eps: 0.1,
+            max_iter: 1000,
+            bias: 1.0,
+            shrinking: true,
+            standardize: false,
+            seed: 0,
+        }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SvmError {
     #[error("{features} feature values do not make {rows} rows of {dim} features")]
-    ShapeMismatch { features: usize, rows: usize, dim: usize },
+    ShapeMismatch {
+        features: usize,
+        rows: usize,
+        dim: usize,
+    },
     #[error("{labels} labels for {rows} feature rows: the counts must agree")]
     LabelCountMismatch { labels: usize, rows: usize },
     #[error("the training set is empty")]
     Empty,
     #[error("the training set has a single class ({0}); an SVM needs at least two")]
     SingleClass(i64),
-    #[error("feature {col} of row {row} is {value} (NaN or infinite features cannot be classified)")]
+    #[error(
+        "feature {col} of row {row} is {value} (NaN or infinite features cannot be classified)"
+    )]
     NonFinite { row: usize, col: usize, value: f32 },
     #[error("invalid parameter: {0}")]
     Param(String),
@@ -114,8 +129,15 @@ pub struct LinearSvm {
 /// Training rows: dense, or compressed sparse rows when most entries are
 /// zero (raw pixels), which makes each coordinate step O(nnz) as in LIBLINEAR.
 enum Rows {
-    Dense { x: Vec<f32>, d: usize },
-    Sparse { ptr: Vec<usize>, idx: Vec<u32>, val: Vec<f32> },
+    Dense {
+        x: Vec<f32>,
+        d: usize,
+    },
+    Sparse {
+        ptr: Vec<usize>,
+        idx: Vec<u32>,
+        val: Vec<f32>,
+    },
 }
 
 impl Rows {
@@ -176,8 +198,14 @@ impl Rows {
 
     fn nrm2_sq(&self, i: usize) -> f64 {
         match self {
-            Rows::Dense { x, d } => x[i * d..(i + 1) * d].iter().map(|v| (*v as f64) * (*v as f64)).sum(),
-            Rows::Sparse { ptr, val, .. } => val[ptr[i]..ptr[i + 1]].iter().map(|v| (*v as f64) * (*v as f64)).sum(),
+            Rows::Dense { x, d } => x[i * d..(i + 1) * d]
+                .iter()
+                .map(|v| (*v as f64) * (*v as f64))
+                .sum(),
+            Rows::Sparse { ptr, val, .. } => val[ptr[i]..ptr[i + 1]]
+                .iter()
+                .map(|v| (*v as f64) * (*v as f64))
+                .sum(),
         }
     }
 }
@@ -205,13 +233,24 @@ fn dense_dot(x: &[f32], w: &[f64]) -> f64 {
 /// Check the shapes and values of a feature matrix and its labels.
 pub fn validate(x: &[f32], n: usize, d: usize, labels: &[i64]) -> Result<(), SvmError> {
     if x.len() != n * d {
-        return Err(SvmError::ShapeMismatch { features: x.len(), rows: n, dim: d });
+        return Err(SvmError::ShapeMismatch {
+            features: x.len(),
+            rows: n,
+            dim: d,
+        });
     }
     if labels.len() != n {
-        return Err(SvmError::LabelCountMismatch { labels: labels.len(), rows: n });
+        return Err(SvmError::LabelCountMismatch {
+            labels: labels.len(),
+            rows: n,
+        });
     }
     if let Some(p) = x.iter().position(|v| !v.is_finite()) {
-        return Err(SvmError::NonFinite { row: p / d.max(1), col: p % d.max(1), value: x[p] });
+        return Err(SvmError::NonFinite {
+            row: p / d.max(1),
+            col: p % d.max(1),
+            value: x[p],
+        });
     }
     Ok(())
 }
@@ -219,23 +258,38 @@ pub fn validate(x: &[f32], n: usize, d: usize, labels: &[i64]) -> Result<(), Svm
 impl SvmConfig {
     fn check(&self) -> Result<(), SvmError> {
         if !(self.c > 0.0 && self.c.is_finite()) {
-            return Err(SvmError::Param(format!("c must be a positive number, got {}", self.c)));
+            return Err(SvmError::Param(format!(
+                "c must be a positive number, got {}",
+                self.c
+            )));
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(SvmError::Param(format!("eps must be a positive number, got {}", self.eps)));
+            return Err(SvmError::Param(format!(
+                "eps must be a positive number, got {}",
+                self.eps
+            )));
         }
         if self.max_iter == 0 {
             return Err(SvmError::Param("max_iter must be at least 1".into()));
         }
         if !self.bias.is_finite() {
-            return Err(SvmError::Param(format!("bias must be finite, got {}", self.bias)));
+            return Err(SvmError::Param(format!(
+                "bias must be finite, got {}",
+                self.bias
+            )));
         }
         Ok(())
     }
 }
 
 /// Train on `n` rows of `d` features (row-major `x`) with integer labels.
-pub fn fit(x: &[f32], n: usize, d: usize, labels: &[i64], cfg: &SvmConfig) -> Result<LinearSvm, SvmError> {
+pub fn fit(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    labels: &[i64],
+    cfg: &SvmConfig,
+) -> Result<LinearSvm, SvmError> {
     cfg.check()?;
     validate(x, n, d, labels)?;
     if n == 0 {
@@ -259,19 +313,33 @@ pub fn fit(x: &[f32], n: usize, d: usize, labels: &[i64], cfg: &SvmConfig) -> Re
 
     // Two classes: one binary problem with the larger label as +1 (the dual
     // objective does not depend on which side is +1 when Cp = Cn).
-    let positives: Vec<i64> = if classes.len() == 2 { vec![classes[1]] } else { classes.clone() };
+    let positives: Vec<i64> = if classes.len() == 2 {
+        vec![classes[1]]
+    } else {
+        classes.clone()
+    };
     let results: Vec<(Vec<f64>, ClassReport)> = positives
         .par_iter()
         .enumerate()
         .map(|(k, &pos)| {
-            let y: Vec<i8> = labels.iter().map(|&l| if l == pos { 1 } else { -1 }).collect();
+            let y: Vec<i8> = labels
+                .iter()
+                .map(|&l| if l == pos { 1 } else { -1 })
+                .collect();
             // Each class gets its own stream, so the result does not depend on scheduling.
             let seed = cfg.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             solve_binary(&rows, n, d, &y, cfg, seed, pos)
         })
         .collect();
     let (weights, reports) = results.into_iter().unzip();
-    Ok(LinearSvm { classes, weights, dim: d, bias: cfg.bias, scaler, reports })
+    Ok(LinearSvm {
+        classes,
+        weights,
+        dim: d,
+        bias: cfg.bias,
+        scaler,
+        reports,
+    })
 }
 
 fn fit_scaler(x: &[f32], n: usize, d: usize) -> Vec<(f64, f64)> {
@@ -309,7 +377,15 @@ fn apply_scaler(scaler: &[(f64, f64)], x: &mut [f32], d: usize) {
 
 /// LIBLINEAR's solve_l2r_l1l2_svc on one binary problem. Returns w (with the
 /// bias weight last when cfg.bias >= 0) and the report.
-fn solve_binary(rows: &Rows, n: usize, d: usize, y: &[i8], cfg: &SvmConfig, seed: u64, class: i64) -> (Vec<f64>, ClassReport) {
+fn solve_binary(
+    rows: &Rows,
+    n: usize,
+    d: usize,
+    y: &[i8],
+    cfg: &SvmConfig,
+    seed: u64,
+    class: i64,
+) -> (Vec<f64>, ClassReport) {
     let has_bias = cfg.bias >= 0.0;
     let b = if has_bias { cfg.bias } else { 0.0 };
     let w_size = d + has_bias as usize;
@@ -375,7 +451,10 @@ fn solve_binary(rows: &Rows, n: usize, d: usize, y: &[i8], cfg: &SvmConfig, seed
             s += 1;
         }
         iter += 1;
-        if pg_max_new - pg_min_new <= cfg.eps && pg_max_new.abs() <= cfg.eps && pg_min_new.abs() <= cfg.eps {
+        if pg_max_new - pg_min_new <= cfg.eps
+            && pg_max_new.abs() <= cfg.eps
+            && pg_min_new.abs() <= cfg.eps
+        {
             if active == n {
                 converged = true;
                 break;
@@ -386,8 +465,16 @@ fn solve_binary(rows: &Rows, n: usize, d: usize, y: &[i8], cfg: &SvmConfig, seed
             pg_min_old = f64::NEG_INFINITY;
             continue;
         }
-        pg_max_old = if pg_max_new <= 0.0 { f64::INFINITY } else { pg_max_new };
-        pg_min_old = if pg_min_new >= 0.0 { f64::NEG_INFINITY } else { pg_min_new };
+        pg_max_old = if pg_max_new <= 0.0 {
+            f64::INFINITY
+        } else {
+            pg_max_new
+        };
+        pg_min_old = if pg_min_new >= 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            pg_min_new
+        };
     }
 
     let mut v: f64 = w.iter().map(|x| x * x).sum();
@@ -396,7 +483,16 @@ fn solve_binary(rows: &Rows, n: usize, d: usize, y: &[i8], cfg: &SvmConfig, seed
         v += a * (a * diag - 2.0);
         n_sv += (*a > 0.0) as usize;
     }
-    (w, ClassReport { class, dual_objective: v / 2.0, iterations: iter, converged, n_sv })
+    (
+        w,
+        ClassReport {
+            class,
+            dual_objective: v / 2.0,
+            iterations: iter,
+            converged,
+            n_sv,
+        },
+    )
 }
 
 impl LinearSvm {
@@ -415,24 +511,42 @@ impl LinearSvm {
         };
         self.weights
             .iter()
-            .map(|w| dense_dot(row, &w[..d]) + if self.bias >= 0.0 { w[d] * self.bias } else { 0.0 })
+            .map(|w| {
+                dense_dot(row, &w[..d])
+                    + if self.bias >= 0.0 {
+                        w[d] * self.bias
+                    } else {
+                        0.0
+                    }
+            })
             .collect()
     }
 
     /// Predicted labels of `n` rows (in parallel).
     pub fn predict(&self, x: &[f32], n: usize) -> Result<Vec<i64>, SvmError> {
         if x.len() != n * self.dim {
-            return Err(SvmError::DimMismatch { expected: self.dim, got: if n == 0 { 0 } else { x.len() / n } });
+            return Err(SvmError::DimMismatch {
+                expected: self.dim,
+                got: if n == 0 { 0 } else { x.len() / n },
+            });
         }
         if let Some(p) = x.iter().position(|v| !v.is_finite()) {
-            return Err(SvmError::NonFinite { row: p / self.dim.max(1), col: p % self.dim.max(1), value: x[p] });
+            return Err(SvmError::NonFinite {
+                row: p / self.dim.max(1),
+                col: p % self.dim.max(1),
+                value: x[p],
+            });
         }
         Ok((0..n)
             .into_par_iter()
             .map(|i| {
                 let dec = self.decision(&x[i * self.dim..(i + 1) * self.dim]);
                 if self.classes.len() == 2 {
-                    if dec[0] > 0.0 { self.classes[1] } else { self.classes[0] }
+                    if dec[0] > 0.0 {
+                        self.classes[1]
+                    } else {
+                        self.classes[0]
+                    }
                 } else {
                     // First maximum wins ties, as in LIBLINEAR's predict_values.
                     let mut best = 0;
@@ -470,7 +584,8 @@ mod tests {
             for _ in 0..n_per {
                 for j in 0..d {
                     let centre = if j as i64 == c { sep } else { 0.0 };
-                    let u: f32 = rng.random::<f32>() + rng.random::<f32>() + rng.random::<f32>() - 1.5;
+                    let u: f32 =
+                        rng.random::<f32>() + rng.random::<f32>() + rng.random::<f32>() - 1.5;
                     x.push(centre + u);
                 }
                 y.push(c * 10 + 1);
@@ -483,7 +598,11 @@ mod tests {
     fn separable_blobs_are_classified() {
         let (x, y) = blobs(60, 5, 4.0, 1);
         for loss in [Loss::Hinge, Loss::SquaredHinge] {
-            let cfg = SvmConfig { loss, eps: 1e-3, ..Default::default() };
+            let cfg = SvmConfig {
+                loss,
+                eps: 1e-3,
+                ..Default::default()
+            };
             let m = fit(&x, y.len(), 5, &y, &cfg).unwrap();
             assert_eq!(m.classes, vec![1, 11, 21]);
             assert!(m.reports.iter().all(|r| r.converged), "{:?}", m.reports);
@@ -500,7 +619,14 @@ mod tests {
         let n = y.len();
         for loss in [Loss::Hinge, Loss::SquaredHinge] {
             for bias in [-1.0, 1.0] {
-                let cfg = SvmConfig { loss, eps: 1e-6, c: 0.5, bias, max_iter: 100_000, ..Default::default() };
+                let cfg = SvmConfig {
+                    loss,
+                    eps: 1e-6,
+                    c: 0.5,
+                    bias,
+                    max_iter: 100_000,
+                    ..Default::default()
+                };
                 let m = fit(&x, n, 4, &y, &cfg).unwrap();
                 for (w, r) in m.weights.iter().zip(&m.reports) {
                     let mut primal = 0.5 * w.iter().map(|v| v * v).sum::<f64>();
@@ -515,7 +641,11 @@ mod tests {
                     }
                     let gap = primal + r.dual_objective;
                     assert!(r.converged);
-                    assert!(gap.abs() < 1e-4 * primal.abs().max(1.0), "{loss:?} bias {bias}: primal {primal} dual {} gap {gap}", -r.dual_objective);
+                    assert!(
+                        gap.abs() < 1e-4 * primal.abs().max(1.0),
+                        "{loss:?} bias {bias}: primal {primal} dual {} gap {gap}",
+                        -r.dual_objective
+                    );
                 }
             }
         }
@@ -525,10 +655,36 @@ mod tests {
     fn shrinking_and_seed_do_not_change_the_optimum() {
         let (x, y) = blobs(50, 6, 1.5, 3);
         let n = y.len();
-        let a = fit(&x, n, 6, &y, &SvmConfig { eps: 1e-5, seed: 1, ..Default::default() }).unwrap();
-        let b = fit(&x, n, 6, &y, &SvmConfig { eps: 1e-5, seed: 9, shrinking: false, ..Default::default() }).unwrap();
+        let a = fit(
+            &x,
+            n,
+            6,
+            &y,
+            &SvmConfig {
+                eps: 1e-5,
+                seed: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let b = fit(
+            &x,
+            n,
+            6,
+            &y,
+            &SvmConfig {
+                eps: 1e-5,
+                seed: 9,
+                shrinking: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         for (ra, rb) in a.reports.iter().zip(&b.reports) {
-            assert!((ra.dual_objective - rb.dual_objective).abs() < 1e-6 * ra.dual_objective.abs(), "{ra:?} {rb:?}");
+            assert!(
+                (ra.dual_objective - rb.dual_objective).abs() < 1e-6 * ra.dual_objective.abs(),
+                "{ra:?} {rb:?}"
+            );
         }
     }
 
@@ -545,7 +701,10 @@ mod tests {
         let n = y.len();
         let rows_s = Rows::build(&x, n, 10);
         assert!(matches!(rows_s, Rows::Sparse { .. }));
-        let rows_d = Rows::Dense { x: x.clone(), d: 10 };
+        let rows_d = Rows::Dense {
+            x: x.clone(),
+            d: 10,
+        };
         let w: Vec<f64> = (0..10).map(|j| j as f64 * 0.1 - 0.3).collect();
         for i in 0..n {
             assert!((rows_s.dot(i, &w) - rows_d.dot(i, &w)).abs() < 1e-12);
@@ -570,10 +729,25 @@ mod tests {
         for row in x.chunks_exact_mut(3) {
             row[0] = row[0] * 1000.0 + 5000.0;
         }
-        let m = fit(&x, y.len(), 3, &y, &SvmConfig { standardize: true, eps: 1e-3, ..Default::default() }).unwrap();
+        let m = fit(
+            &x,
+            y.len(),
+            3,
+            &y,
+            &SvmConfig {
+                standardize: true,
+                eps: 1e-3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let s = m.scaler.as_ref().unwrap();
         let mean0: f64 = x.chunks_exact(3).map(|r| r[0] as f64).sum::<f64>() / y.len() as f64;
-        assert!((s[0].0 - mean0).abs() < 1e-6 * mean0 && s[0].1 < 1e-2, "{:?} vs mean {mean0}", s[0]);
+        assert!(
+            (s[0].0 - mean0).abs() < 1e-6 * mean0 && s[0].1 < 1e-2,
+            "{:?} vs mean {mean0}",
+            s[0]
+        );
         let p = m.predict(&x, y.len()).unwrap();
         assert!(error_percent(&p, &y) < 3.0);
     }
@@ -581,13 +755,40 @@ mod tests {
     #[test]
     fn bad_input_is_a_typed_error() {
         let cfg = SvmConfig::default();
-        assert!(matches!(fit(&[0.0; 6], 2, 3, &[1], &cfg), Err(SvmError::LabelCountMismatch { .. })));
-        assert!(matches!(fit(&[0.0; 5], 2, 3, &[1, 2], &cfg), Err(SvmError::ShapeMismatch { .. })));
-        assert!(matches!(fit(&[0.0; 6], 2, 3, &[4, 4], &cfg), Err(SvmError::SingleClass(4))));
-        assert!(matches!(fit(&[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0], 2, 3, &[1, 2], &cfg), Err(SvmError::NonFinite { row: 0, col: 1, .. })));
+        assert!(matches!(
+            fit(&[0.0; 6], 2, 3, &[1], &cfg),
+            Err(SvmError::LabelCountMismatch { .. })
+        ));
+        assert!(matches!(
+            fit(&[0.0; 5], 2, 3, &[1, 2], &cfg),
+            Err(SvmError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            fit(&[0.0; 6], 2, 3, &[4, 4], &cfg),
+            Err(SvmError::SingleClass(4))
+        ));
+        assert!(matches!(
+            fit(&[0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0], 2, 3, &[1, 2], &cfg),
+            Err(SvmError::NonFinite { row: 0, col: 1, .. })
+        ));
         assert!(matches!(fit(&[], 0, 3, &[], &cfg), Err(SvmError::Empty)));
-        assert!(matches!(fit(&[0.0; 6], 2, 3, &[1, 2], &SvmConfig { c: 0.0, ..cfg.clone() }), Err(SvmError::Param(_))));
+        assert!(matches!(
+            fit(
+                &[0.0; 6],
+                2,
+                3,
+                &[1, 2],
+                &SvmConfig {
+                    c: 0.0,
+                    ..cfg.clone()
+                }
+            ),
+            Err(SvmError::Param(_))
+        ));
         let m = fit(&[0.0, 1.0, 1.0, 0.0], 2, 2, &[1, 2], &cfg).unwrap();
-        assert!(matches!(m.predict(&[0.0; 3], 1), Err(SvmError::DimMismatch { .. })));
+        assert!(matches!(
+            m.predict(&[0.0; 3], 1),
+            Err(SvmError::DimMismatch { .. })
+        ));
     }
 }

@@ -19,23 +19,47 @@ struct Fixture {
 }
 
 fn load() -> Fixture {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fid_parity.safetensors");
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fid_parity.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = md.metadata().clone().unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut fx = Fixture { f32s: HashMap::new(), f64s: HashMap::new(), i64s: HashMap::new(), meta };
+    let mut fx = Fixture {
+        f32s: HashMap::new(),
+        f64s: HashMap::new(),
+        i64s: HashMap::new(),
+        meta,
+    };
     for (name, t) in st.tensors() {
         let d = t.data();
         match t.dtype() {
             safetensors::Dtype::F32 => {
-                fx.f32s.insert(name, (t.shape().to_vec(), d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()));
+                fx.f32s.insert(
+                    name,
+                    (
+                        t.shape().to_vec(),
+                        d.chunks_exact(4)
+                            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                            .collect(),
+                    ),
+                );
             }
             safetensors::Dtype::F64 => {
-                fx.f64s.insert(name, d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect());
+                fx.f64s.insert(
+                    name,
+                    d.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                );
             }
             safetensors::Dtype::I64 => {
-                fx.i64s.insert(name, d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect());
+                fx.i64s.insert(
+                    name,
+                    d.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                );
             }
             other => panic!("{name}: {other:?}"),
         }
@@ -51,7 +75,9 @@ fn mix64(mut z: u64) -> u64 {
 
 /// fid_common.random_images: top byte of splitmix64 outputs 1.., NCHW.
 fn random_images(seed: u64, len: usize) -> Vec<u8> {
-    (1..=len as u64).map(|k| (mix64(seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15))) >> 56) as u8).collect()
+    (1..=len as u64)
+        .map(|k| (mix64(seed.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15))) >> 56) as u8)
+        .collect()
 }
 
 /// Per image: max |mrbm - pytorch| <= 1e-4 * max |pytorch| (relative to the
@@ -61,9 +87,15 @@ fn assert_features_close(what: &str, got: &[f32], want: &[f32], dim: usize) {
     for (i, (g, w)) in got.chunks(dim).zip(want.chunks(dim)).enumerate() {
         let scale = w.iter().fold(0f32, |a, b| a.max(b.abs()));
         let err = g.iter().zip(w).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
-        eprintln!("{what} image {i}: max abs diff {err:.3e}, feature scale {scale:.3}, relative {:.3e}", err / scale);
+        eprintln!(
+            "{what} image {i}: max abs diff {err:.3e}, feature scale {scale:.3}, relative {:.3e}",
+            err / scale
+        );
         assert!(scale > 0.0);
-        assert!(err <= 1e-4 * scale, "{what} image {i}: max abs diff {err} vs scale {scale}");
+        assert!(
+            err <= 1e-4 * scale,
+            "{what} image {i}: max abs diff {err} vs scale {scale}"
+        );
     }
 }
 
@@ -72,7 +104,8 @@ fn inception_features_match_pytorch_fid_on_random_images() {
     let fx = load();
     let wseed: u64 = fx.meta["weights_seed"].parse().unwrap();
     let iseed: u64 = fx.meta["images_seed"].parse().unwrap();
-    let net = FidInception::from_weights(random_weights(wseed), &burn::tensor::Device::flex()).unwrap();
+    let net =
+        FidInception::from_weights(random_weights(wseed), &burn::tensor::Device::flex()).unwrap();
     let (n, c, h, w) = (4, 3, 64, 48);
     let px = random_images(iseed, n * c * h * w);
     let got = net.features_u8(&px, n, c, h, w).unwrap();
@@ -81,13 +114,16 @@ fn inception_features_match_pytorch_fid_on_random_images() {
 
 #[test]
 fn inception_features_match_pytorch_fid_on_celeba() {
-    let Some(root) = common::shared_data("inception_features_match_pytorch_fid_on_celeba") else { return };
+    let Some(root) = common::shared_data("inception_features_match_pytorch_fid_on_celeba") else {
+        return;
+    };
     let fx = load();
     let wseed: u64 = fx.meta["weights_seed"].parse().unwrap();
     let mut pixels = Vec::new();
     let (mut h, mut w) = (0, 0);
     for i in 1..=4 {
-        let (rgb, ww, hh) = mrbm_data::folder::decode_rgb(&root.join(format!("celeba-sample/{i:06}.jpg"))).unwrap();
+        let (rgb, ww, hh) =
+            mrbm_data::folder::decode_rgb(&root.join(format!("celeba-sample/{i:06}.jpg"))).unwrap();
         (w, h) = (ww as usize, hh as usize);
         let mut chw = vec![0u8; rgb.len()];
         for p in 0..w * h {
@@ -95,11 +131,20 @@ fn inception_features_match_pytorch_fid_on_celeba() {
                 chw[ch * w * h + p] = rgb[p * 3 + ch];
             }
         }
-        let sum: i64 = chw.iter().enumerate().map(|(k, v)| *v as i64 * (k as i64 % 251 + 1)).sum();
-        assert_eq!(sum, fx.i64s["celeba_checksum"][i - 1], "image {i}: decoded pixels differ from Pillow's");
+        let sum: i64 = chw
+            .iter()
+            .enumerate()
+            .map(|(k, v)| *v as i64 * (k as i64 % 251 + 1))
+            .sum();
+        assert_eq!(
+            sum,
+            fx.i64s["celeba_checksum"][i - 1],
+            "image {i}: decoded pixels differ from Pillow's"
+        );
         pixels.extend(chw);
     }
-    let net = FidInception::from_weights(random_weights(wseed), &burn::tensor::Device::flex()).unwrap();
+    let net =
+        FidInception::from_weights(random_weights(wseed), &burn::tensor::Device::flex()).unwrap();
     let got = net.features_u8(&pixels, 4, 3, h, w).unwrap();
     assert_features_close("celeba", &got, &fx.f32s["features_celeba"].1, 2048);
 }
@@ -121,11 +166,23 @@ fn statistics_and_distance_match_pytorch_fid() {
     }
     let want = fx.f64s["fid_ab"][0];
     // On pytorch-fid's own (numpy) statistics ...
-    let got = frechet_distance(&fx.f64s["mu_a"], &fx.f64s["sigma_a"], &fx.f64s["mu_b"], &fx.f64s["sigma_b"]).unwrap().distance;
-    eprintln!("fid {got} vs pytorch-fid {want}: relative {:.2e}", (got - want).abs() / want);
+    let got = frechet_distance(
+        &fx.f64s["mu_a"],
+        &fx.f64s["sigma_a"],
+        &fx.f64s["mu_b"],
+        &fx.f64s["sigma_b"],
+    )
+    .unwrap()
+    .distance;
+    eprintln!(
+        "fid {got} vs pytorch-fid {want}: relative {:.2e}",
+        (got - want).abs() / want
+    );
     assert!((got - want).abs() <= 1e-6 * want);
     // ... and on ours.
-    let got = frechet_distance(&stats[0].mu, &stats[0].sigma, &stats[1].mu, &stats[1].sigma).unwrap().distance;
+    let got = frechet_distance(&stats[0].mu, &stats[0].sigma, &stats[1].mu, &stats[1].sigma)
+        .unwrap()
+        .distance;
     assert!((got - want).abs() <= 1e-6 * want);
 }
 
@@ -146,7 +203,10 @@ fn converter_random_weights_equal_rust_ones() {
     for (name, (shape, vals)) in &mine {
         let (fs, fv) = &file[name];
         assert_eq!(fs, shape, "{name}");
-        assert!(fv.iter().zip(vals).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: values differ");
+        assert!(
+            fv.iter().zip(vals).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: values differ"
+        );
     }
     FidInception::from_file(std::path::Path::new(&path), &burn::tensor::Device::flex()).unwrap();
 }

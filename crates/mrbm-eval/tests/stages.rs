@@ -9,7 +9,10 @@ use mrbm_data::artifact::{FeatureSet, ImageSet};
 use mrbm_stage::{Metrics, Stage, StageContext, StageError};
 
 fn stage(kind: &str) -> Box<dyn Stage> {
-    mrbm_eval::stages().into_iter().find(|s| s.kind() == kind).unwrap()
+    mrbm_eval::stages()
+        .into_iter()
+        .find(|s| s.kind() == kind)
+        .unwrap()
 }
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -19,11 +22,21 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
-fn run(kind: &str, params: &str, inputs: &[(&str, &Path)], out: &Path) -> Result<Metrics, StageError> {
+fn run(
+    kind: &str,
+    params: &str,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+) -> Result<Metrics, StageError> {
     let s = stage(kind);
     let raw: toml::Table = toml::from_str(params).unwrap();
-    let p = s.params(&raw).map_err(|e| StageError::User(e.to_string()))?;
-    let inputs: BTreeMap<String, PathBuf> = inputs.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect();
+    let p = s
+        .params(&raw)
+        .map_err(|e| StageError::User(e.to_string()))?;
+    let inputs: BTreeMap<String, PathBuf> = inputs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+        .collect();
     let cancel = AtomicBool::new(false);
     let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
     std::fs::create_dir_all(out).unwrap();
@@ -44,7 +57,9 @@ fn run(kind: &str, params: &str, inputs: &[(&str, &Path)], out: &Path) -> Result
 fn blobs(n: usize, d: usize, seed: u64) -> FeatureSet {
     let mut s = seed;
     let mut next = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
     let mut x = Vec::new();
@@ -66,14 +81,24 @@ fn svm_stage_writes_metrics_and_confusion() {
     blobs(150, 4, 1).write(&tr).unwrap();
     blobs(60, 4, 2).write(&te).unwrap();
     let out = dir.join("out");
-    let m = run("svm", "C = 1.0\nloss = \"hinge\"", &[("train", &tr), ("test", &te)], &out).unwrap();
+    let m = run(
+        "svm",
+        "C = 1.0\nloss = \"hinge\"",
+        &[("train", &tr), ("test", &te)],
+        &out,
+    )
+    .unwrap();
     assert!(m["test_error"] < 5.0, "{m:?}");
     assert!(m["train_error"] >= 0.0 && m["fit_seconds"] >= 0.0);
     assert_eq!(m["converged"], 1.0);
     let csv = std::fs::read_to_string(out.join("confusion.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "true\\predicted,0,1,2");
-    let total: u64 = lines[1..].iter().flat_map(|l| l.split(',').skip(1)).map(|v| v.parse::<u64>().unwrap()).sum();
+    let total: u64 = lines[1..]
+        .iter()
+        .flat_map(|l| l.split(',').skip(1))
+        .map(|v| v.parse::<u64>().unwrap())
+        .sum();
     assert_eq!(total, 60);
     assert!(out.join("svm.json").exists());
 }
@@ -88,51 +113,121 @@ fn svm_stage_rejects_bad_input_as_user_errors() {
     f.features[7] = f32::NAN;
     let nan = dir.join("nan.safetensors");
     f.write(&nan).unwrap();
-    let e = run("svm", "", &[("train", &nan), ("test", &good)], &dir.join("o1")).unwrap_err();
+    let e = run(
+        "svm",
+        "",
+        &[("train", &nan), ("test", &good)],
+        &dir.join("o1"),
+    )
+    .unwrap_err();
     assert!(e.is_user_error() && e.to_string().contains("NaN"), "{e}");
     // Single class.
     let one = FeatureSet::new(vec![0.5; 20], 5, 4, vec![3; 5]);
     let single = dir.join("single.safetensors");
     one.write(&single).unwrap();
-    let e = run("svm", "", &[("train", &single), ("test", &good)], &dir.join("o2")).unwrap_err();
-    assert!(e.is_user_error() && e.to_string().contains("single class"), "{e}");
+    let e = run(
+        "svm",
+        "",
+        &[("train", &single), ("test", &good)],
+        &dir.join("o2"),
+    )
+    .unwrap_err();
+    assert!(
+        e.is_user_error() && e.to_string().contains("single class"),
+        "{e}"
+    );
     // Label count that disagrees with the feature rows (written by hand).
-    let fb: Vec<u8> = vec![0.0f32; 8].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let fb: Vec<u8> = vec![0.0f32; 8]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let lb: Vec<u8> = [0i64, 1, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
     let bad = dir.join("bad.safetensors");
     mrbm_data::artifact::write_tensors(
         &bad,
         vec![
-            ("features", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 4], &fb).unwrap()),
-            ("labels", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![3], &lb).unwrap()),
+            (
+                "features",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 4], &fb)
+                    .unwrap(),
+            ),
+            (
+                "labels",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![3], &lb)
+                    .unwrap(),
+            ),
         ],
         None,
     )
     .unwrap();
-    let e = run("svm", "", &[("train", &bad), ("test", &good)], &dir.join("o3")).unwrap_err();
+    let e = run(
+        "svm",
+        "",
+        &[("train", &bad), ("test", &good)],
+        &dir.join("o3"),
+    )
+    .unwrap_err();
     assert!(e.is_user_error(), "{e}");
     // Different dimensions.
     let other = dir.join("d5.safetensors");
     blobs(30, 5, 1).write(&other).unwrap();
-    assert!(run("svm", "", &[("train", &good), ("test", &other)], &dir.join("o4")).unwrap_err().is_user_error());
+    assert!(run(
+        "svm",
+        "",
+        &[("train", &good), ("test", &other)],
+        &dir.join("o4")
+    )
+    .unwrap_err()
+    .is_user_error());
     // Unknown and invalid parameters.
-    assert!(run("svm", "cost = 1.0", &[("train", &good), ("test", &good)], &dir.join("o5")).is_err());
-    assert!(run("svm", "C = 0.5", &[("train", &good), ("test", &good)], &dir.join("o7")).is_ok());
-    assert!(run("svm", "c = -1.0", &[("train", &good), ("test", &good)], &dir.join("o6")).is_err());
+    assert!(run(
+        "svm",
+        "cost = 1.0",
+        &[("train", &good), ("test", &good)],
+        &dir.join("o5")
+    )
+    .is_err());
+    assert!(run(
+        "svm",
+        "C = 0.5",
+        &[("train", &good), ("test", &good)],
+        &dir.join("o7")
+    )
+    .is_ok());
+    assert!(run(
+        "svm",
+        "c = -1.0",
+        &[("train", &good), ("test", &good)],
+        &dir.join("o6")
+    )
+    .is_err());
 }
 
 #[test]
 fn fid_stats_without_weights_explains_how_to_get_them() {
     let dir = tmpdir("fidnow");
     let data = dir.join("data.safetensors");
-    ImageSet::new(vec![7; 2 * 3 * 8 * 8], 2, 3, 8, 8, vec![-1, -1]).write(&data).unwrap();
+    ImageSet::new(vec![7; 2 * 3 * 8 * 8], 2, 3, 8, 8, vec![-1, -1])
+        .write(&data)
+        .unwrap();
     let e = run("fid_stats", "", &[("data", &data)], &dir.join("out")).unwrap_err();
     let msg = e.to_string();
     assert!(e.is_user_error());
-    assert!(msg.contains("pt_inception-2015-12-05-6726825d.pth") && msg.contains("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"), "{msg}");
+    assert!(
+        msg.contains("pt_inception-2015-12-05-6726825d.pth")
+            && msg
+                .contains("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"),
+        "{msg}"
+    );
     assert!(msg.contains("tools/fid_weights.py"), "{msg}");
     let missing = dir.join("nope.safetensors");
-    let e = run("fid_stats", "", &[("data", &data), ("weights", &missing)], &dir.join("out2")).unwrap_err();
+    let e = run(
+        "fid_stats",
+        "",
+        &[("data", &data), ("weights", &missing)],
+        &dir.join("out2"),
+    )
+    .unwrap_err();
     assert!(e.is_user_error() && e.to_string().contains("tools/fid_weights.py"));
 }
 
@@ -144,7 +239,9 @@ fn fid_stats_then_fid() {
         let mut s = seed;
         let px: Vec<u8> = (0..n * 20 * 16)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (s >> 56) as u8
             })
             .collect();

@@ -125,21 +125,41 @@ pub struct Source {
 
 impl Source {
     pub fn read(path: &Path) -> Result<Source, RunnerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| RunnerError::Usage(format!("cannot read {}: {e}", path.display())))?;
-        Ok(Source { path: path.to_path_buf(), text })
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RunnerError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            text,
+        })
     }
 
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(0)
+            + 1;
         (line, col)
     }
 
-    pub fn locate(&self, span: Option<Range<usize>>, message: impl Into<String>, help: Option<String>) -> RunnerError {
+    pub fn locate(
+        &self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> RunnerError {
         let (line, col) = span.map(|s| self.line_col(s.start)).unwrap_or((0, 0));
-        RunnerError::Config(Box::new(Located { file: self.path.clone(), line, col, message: message.into(), help }))
+        RunnerError::Config(Box::new(Located {
+            file: self.path.clone(),
+            line,
+            col,
+            message: message.into(),
+            help,
+        }))
     }
 
     /// Span of the key at `path` (tables only), or of the deepest prefix found.
@@ -163,7 +183,9 @@ impl Source {
 
     /// Span of the key at `path`, falling back to its longest existing prefix.
     pub fn span_or_prefix(&self, path: &[&str]) -> Option<Range<usize>> {
-        (1..=path.len()).rev().find_map(|n| self.span_of(&path[..n]))
+        (1..=path.len())
+            .rev()
+            .find_map(|n| self.span_of(&path[..n]))
     }
 }
 
@@ -186,7 +208,14 @@ pub fn suggestion_from_serde(message: &str) -> Option<String> {
     let (bad, valid) = ticks.split_first()?;
     match mrbm_stage::nearest(bad, valid.iter().copied()) {
         Some(n) => Some(format!("did you mean `{n}`?")),
-        None => Some(format!("valid keys: {}", valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", "))),
+        None => Some(format!(
+            "valid keys: {}",
+            valid
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -217,7 +246,10 @@ impl LoadedExperiment {
 }
 
 pub fn dir_of(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."))
+    path.parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Load an experiment file, or a bare pipeline file (no sweep, no tables).
@@ -225,7 +257,11 @@ pub fn load(path: &Path) -> Result<LoadedExperiment, RunnerError> {
     let source = Source::read(path)?;
     // A file with only [stages] and description is also a valid experiment.
     let file: ExperimentFile = parse_toml(&source)?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("experiment").to_string();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("experiment")
+        .to_string();
     let mut stages = BTreeMap::new();
     let mut pipeline_source = None;
     if let Some(p) = &file.pipeline {
@@ -233,7 +269,11 @@ pub fn load(path: &Path) -> Result<LoadedExperiment, RunnerError> {
         if !ppath.is_file() {
             return Err(source.locate(
                 Some(p.span()),
-                format!("pipeline file `{}` not found (looked at {})", p.get_ref(), ppath.display()),
+                format!(
+                    "pipeline file `{}` not found (looked at {})",
+                    p.get_ref(),
+                    ppath.display()
+                ),
                 Some("the path is relative to this experiment file".into()),
             ));
         }
@@ -248,28 +288,48 @@ pub fn load(path: &Path) -> Result<LoadedExperiment, RunnerError> {
         stages.insert(name.clone(), (decl.clone(), true));
     }
     if stages.is_empty() {
-        return Err(source.locate(None, "no stages: declare `[stages.NAME]` tables or a `pipeline = \"path\"`", None));
+        return Err(source.locate(
+            None,
+            "no stages: declare `[stages.NAME]` tables or a `pipeline = \"path\"`",
+            None,
+        ));
     }
-    Ok(LoadedExperiment { name: file.name.clone().unwrap_or(stem), file, source, pipeline_source, stages })
+    Ok(LoadedExperiment {
+        name: file.name.clone().unwrap_or(stem),
+        file,
+        source,
+        pipeline_source,
+        stages,
+    })
 }
 
 /// Parse a `--set STAGE.PARAM=VALUE` override. The value is TOML (numbers,
 /// booleans, strings, arrays); a bare word is taken as a string.
 pub fn parse_set(arg: &str) -> Result<(String, String, toml::Value), RunnerError> {
-    let usage = || RunnerError::Usage(format!("--set `{arg}`: expected STAGE.PARAM=VALUE, e.g. --set train.lr=0.01"));
+    let usage = || {
+        RunnerError::Usage(format!(
+            "--set `{arg}`: expected STAGE.PARAM=VALUE, e.g. --set train.lr=0.01"
+        ))
+    };
     let (lhs, rhs) = arg.split_once('=').ok_or_else(usage)?;
     let (stage, param) = lhs.trim().split_once('.').ok_or_else(usage)?;
     if stage.is_empty() || param.is_empty() {
         return Err(usage());
     }
-    Ok((stage.to_string(), param.to_string(), parse_value(rhs.trim())))
+    Ok((
+        stage.to_string(),
+        param.to_string(),
+        parse_value(rhs.trim()),
+    ))
 }
 
 /// A TOML value from a command-line string; a bare word becomes a string.
 pub fn parse_value(text: &str) -> toml::Value {
     let doc = format!("v = {text}");
     match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(text.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_string())),
         Err(_) => toml::Value::String(text.to_string()),
     }
 }
@@ -280,7 +340,9 @@ pub fn set_param(params: &mut toml::Table, param: &str, value: toml::Value) {
     let last = parts.pop().unwrap_or(param);
     let mut t = params;
     for p in parts {
-        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -295,10 +357,16 @@ mod tests {
 
     #[test]
     fn line_col_and_key_spans() {
-        let src = Source { path: "x.toml".into(), text: "[stages.a]\nkind = \"t\"\nparams = { lr = 1 }\n".into() };
+        let src = Source {
+            path: "x.toml".into(),
+            text: "[stages.a]\nkind = \"t\"\nparams = { lr = 1 }\n".into(),
+        };
         let span = src.span_of(&["stages", "a", "params", "lr"]).unwrap();
         assert_eq!(src.line_col(span.start), (3, 12));
-        assert_eq!(src.line_col(src.span_of(&["stages", "a", "kind"]).unwrap().start), (2, 1));
+        assert_eq!(
+            src.line_col(src.span_of(&["stages", "a", "kind"]).unwrap().start),
+            (2, 1)
+        );
         assert!(src.span_of(&["stages", "b"]).is_none());
         assert!(src.span_or_prefix(&["stages", "a", "zzz"]).is_some());
     }
@@ -306,8 +374,14 @@ mod tests {
     #[test]
     fn set_values_are_typed() {
         assert_eq!(parse_set("svm.C=2").unwrap().2, toml::Value::Integer(2));
-        assert_eq!(parse_set("train.lr=0.01").unwrap().2, toml::Value::Float(0.01));
-        assert_eq!(parse_set("train.coupling=backprop").unwrap().2, toml::Value::String("backprop".into()));
+        assert_eq!(
+            parse_set("train.lr=0.01").unwrap().2,
+            toml::Value::Float(0.01)
+        );
+        assert_eq!(
+            parse_set("train.coupling=backprop").unwrap().2,
+            toml::Value::String("backprop".into())
+        );
         assert!(parse_set("nodot=1").is_err());
     }
 }

@@ -85,7 +85,10 @@ pub fn project_root_for(file: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let mut dir = dir_of(&abs);
     loop {
-        if dir.join(".mrbm").is_dir() || dir.join(".git").exists() || dir.join("experiments").is_dir() {
+        if dir.join(".mrbm").is_dir()
+            || dir.join(".git").exists()
+            || dir.join("experiments").is_dir()
+        {
             return dir;
         }
         match dir.parent() {
@@ -102,7 +105,11 @@ fn label_of(v: &toml::Value) -> String {
     }
 }
 
-pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Result<Dag, RunnerError> {
+pub fn build(
+    exp: &LoadedExperiment,
+    registry: &Registry,
+    ov: &Overrides,
+) -> Result<Dag, RunnerError> {
     let names: Vec<&str> = exp.stages.keys().map(String::as_str).collect();
     let src_of = |stage: &str| -> &Source { exp.stage_source(stage) };
 
@@ -111,30 +118,61 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
         let kind = decl.get_ref().kind.get_ref();
         if registry.get(kind).is_none() {
             let help = match mrbm_stage::nearest(kind, registry.kinds()) {
-                Some(n) => format!("did you mean `{n}`? valid kinds: {}", registry.kinds().collect::<Vec<_>>().join(", ")),
-                None => format!("valid kinds: {}", registry.kinds().collect::<Vec<_>>().join(", ")),
+                Some(n) => format!(
+                    "did you mean `{n}`? valid kinds: {}",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+                None => format!(
+                    "valid kinds: {}",
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
             };
-            return Err(src_of(name).locate(Some(decl.get_ref().kind.span()), format!("stage `{name}`: unknown stage kind `{kind}`"), Some(help)));
+            return Err(src_of(name).locate(
+                Some(decl.get_ref().kind.span()),
+                format!("stage `{name}`: unknown stage kind `{kind}`"),
+                Some(help),
+            ));
         }
     }
 
     // 2. Raw params with profile and --set overrides applied.
-    let mut raw: BTreeMap<String, toml::Table> = exp.stages.iter().map(|(n, (d, _))| (n.clone(), d.get_ref().params.clone())).collect();
-    let profile = ov.profile.clone().or_else(|| exp.file.default_profile.clone());
+    let mut raw: BTreeMap<String, toml::Table> = exp
+        .stages
+        .iter()
+        .map(|(n, (d, _))| (n.clone(), d.get_ref().params.clone()))
+        .collect();
+    let profile = ov
+        .profile
+        .clone()
+        .or_else(|| exp.file.default_profile.clone());
     if let Some(p) = &profile {
         let table = exp.file.profiles.get(p).ok_or_else(|| {
             let known: Vec<&str> = exp.file.profiles.keys().map(String::as_str).collect();
             RunnerError::Usage(format!(
                 "{}: no profile `{p}`; this experiment has {}",
                 exp.source.path.display(),
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ))
         })?;
         for (k, v) in table.get_ref() {
             let (stage, param) = split_target(k).ok_or_else(|| {
-                exp.source.locate(exp.source.span_of(&["profiles", p, k]), format!("profile key `{k}` must be STAGE.PARAM"), None)
+                exp.source.locate(
+                    exp.source.span_of(&["profiles", p, k]),
+                    format!("profile key `{k}` must be STAGE.PARAM"),
+                    None,
+                )
             })?;
-            check_stage_name(&names, stage, || exp.source.locate(exp.source.span_of(&["profiles", p, k]), format!("profile `{p}` sets `{k}` but there is no stage `{stage}`"), None), )?;
+            check_stage_name(&names, stage, || {
+                exp.source.locate(
+                    exp.source.span_of(&["profiles", p, k]),
+                    format!("profile `{p}` sets `{k}` but there is no stage `{stage}`"),
+                    None,
+                )
+            })?;
             set_param(raw.get_mut(stage).expect("checked"), param, v.clone());
         }
     }
@@ -147,21 +185,44 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
         match value.get_ref() {
             toml::Value::Array(vals) => {
                 let (stage, param) = split_target(axis_name).ok_or_else(|| bad(format!("sweep axis `{axis_name}`: a list sweeps one parameter and must be named STAGE.PARAM")))?;
-                check_stage_name(&names, stage, || bad(format!("sweep axis `{axis_name}`: there is no stage `{stage}`")))?;
+                check_stage_name(&names, stage, || {
+                    bad(format!(
+                        "sweep axis `{axis_name}`: there is no stage `{stage}`"
+                    ))
+                })?;
                 if vals.is_empty() {
                     return Err(bad(format!("sweep axis `{axis_name}` has no values")));
                 }
                 axes.push(Axis {
                     name: param.to_string(),
                     path: Some(axis_name.clone()),
-                    values: vals.iter().map(|v| (label_of(v), vec![(stage.to_string(), param.to_string(), v.clone())])).collect(),
+                    values: vals
+                        .iter()
+                        .map(|v| {
+                            (
+                                label_of(v),
+                                vec![(stage.to_string(), param.to_string(), v.clone())],
+                            )
+                        })
+                        .collect(),
                 });
             }
-            toml::Value::Table(t) if t.get("param").is_some_and(|v| v.is_str()) && t.get("values").is_some_and(|v| v.is_array()) => {
+            toml::Value::Table(t)
+                if t.get("param").is_some_and(|v| v.is_str())
+                    && t.get("values").is_some_and(|v| v.is_array()) =>
+            {
                 // `N = { param = "train.n", values = [1, 255] }`: one parameter, axis named by the user.
                 let target = t["param"].as_str().unwrap_or_default();
-                let (stage, param) = split_target(target).ok_or_else(|| bad(format!("sweep axis `{axis_name}`: param must be STAGE.PARAM, found `{target}`")))?;
-                check_stage_name(&names, stage, || bad(format!("sweep axis `{axis_name}`: there is no stage `{stage}`")))?;
+                let (stage, param) = split_target(target).ok_or_else(|| {
+                    bad(format!(
+                        "sweep axis `{axis_name}`: param must be STAGE.PARAM, found `{target}`"
+                    ))
+                })?;
+                check_stage_name(&names, stage, || {
+                    bad(format!(
+                        "sweep axis `{axis_name}`: there is no stage `{stage}`"
+                    ))
+                })?;
                 if let Some(extra) = t.keys().find(|k| *k != "param" && *k != "values") {
                     return Err(bad(format!("sweep axis `{axis_name}`: unknown key `{extra}` (expected `param` and `values`)")));
                 }
@@ -172,7 +233,15 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                 axes.push(Axis {
                     name: axis_name.clone(),
                     path: Some(target.to_string()),
-                    values: vals.iter().map(|v| (label_of(v), vec![(stage.to_string(), param.to_string(), v.clone())])).collect(),
+                    values: vals
+                        .iter()
+                        .map(|v| {
+                            (
+                                label_of(v),
+                                vec![(stage.to_string(), param.to_string(), v.clone())],
+                            )
+                        })
+                        .collect(),
                 });
             }
             toml::Value::Table(variants) => {
@@ -182,7 +251,9 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                     let mut list = Vec::new();
                     for (k, v) in assigns {
                         let (stage, param) = split_target(k).ok_or_else(|| bad(format!("sweep axis `{axis_name}`, variant `{label}`: key `{k}` must be STAGE.PARAM")))?;
-                        check_stage_name(&names, stage, || bad(format!("sweep axis `{axis_name}`, variant `{label}`: there is no stage `{stage}`")))?;
+                        check_stage_name(&names, stage, || {
+                            bad(format!("sweep axis `{axis_name}`, variant `{label}`: there is no stage `{stage}`"))
+                        })?;
                         list.push((stage.to_string(), param.to_string(), v.clone()));
                     }
                     values.push((label.clone(), list));
@@ -190,30 +261,63 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                 if values.is_empty() {
                     return Err(bad(format!("sweep axis `{axis_name}` has no variants")));
                 }
-                axes.push(Axis { name: axis_name.clone(), path: None, values });
+                axes.push(Axis {
+                    name: axis_name.clone(),
+                    path: None,
+                    values,
+                });
             }
-            _ => return Err(bad(format!("sweep axis `{axis_name}`: expected a list of values or a table of named variants"))),
+            _ => {
+                return Err(bad(format!(
+                "sweep axis `{axis_name}`: expected a list of values or a table of named variants"
+            )))
+            }
         }
     }
     let mut seen = BTreeSet::new();
     for a in &axes {
         if !seen.insert(a.name.clone()) {
-            return Err(exp.source.locate(exp.source.span_of(&["sweep"]), format!("two sweep axes are both called `{}`", a.name), Some("name a variant axis differently".into())));
+            return Err(exp.source.locate(
+                exp.source.span_of(&["sweep"]),
+                format!("two sweep axes are both called `{}`", a.name),
+                Some("name a variant axis differently".into()),
+            ));
         }
     }
     for (stage, param, _) in &ov.sets {
         check_stage_name(&names, stage, || {
-            let help = mrbm_stage::nearest(stage, names.iter().copied()).map(|n| format!("did you mean `{n}.{param}`?"));
-            RunnerError::Usage(format!("--set {stage}.{param}: there is no stage `{stage}` in {}{}", exp.source.path.display(), help.map(|h| format!("; {h}")).unwrap_or_default()))
+            let help = mrbm_stage::nearest(stage, names.iter().copied())
+                .map(|n| format!("did you mean `{n}.{param}`?"));
+            RunnerError::Usage(format!(
+                "--set {stage}.{param}: there is no stage `{stage}` in {}{}",
+                exp.source.path.display(),
+                help.map(|h| format!("; {h}")).unwrap_or_default()
+            ))
         })?;
     }
 
     // 4. Stage-level edges and cycle check.
     let mut graph: DiGraph<&str, ()> = DiGraph::new();
     let idx: HashMap<&str, NodeIndex> = names.iter().map(|n| (*n, graph.add_node(*n))).collect();
-    let data_root = ov.data_root.clone().or_else(|| std::env::var_os("MRBM_DATA").map(PathBuf::from)).or_else(|| exp.file.data_root.as_ref().map(|r| dir_of(&exp.source.path).join(r)));
+    let data_root = ov
+        .data_root
+        .clone()
+        .or_else(|| std::env::var_os("MRBM_DATA").map(PathBuf::from))
+        .or_else(|| {
+            exp.file
+                .data_root
+                .as_ref()
+                .map(|r| dir_of(&exp.source.path).join(r))
+        });
     // per stage: slot -> (upstream stage, file) or external path
-    let mut resolved: BTreeMap<&str, Vec<(String, Result<(String, Option<String>), (PathBuf, String)>, Option<String>)>> = BTreeMap::new();
+    let mut resolved: BTreeMap<
+        &str,
+        Vec<(
+            String,
+            Result<(String, Option<String>), (PathBuf, String)>,
+            Option<String>,
+        )>,
+    > = BTreeMap::new();
     for (name, (decl, _)) in &exp.stages {
         let decl = decl.get_ref();
         let stage = registry.get(decl.kind.get_ref()).expect("kind checked");
@@ -221,14 +325,41 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
         let slots = stage.inputs();
         let mut list = Vec::new();
         for (slot, value) in &decl.inputs {
-            let span = src.span_of(&["stages", name, "inputs", slot]).or_else(|| Some(value.span()));
+            let span = src
+                .span_of(&["stages", name, "inputs", slot])
+                .or_else(|| Some(value.span()));
             let Some(spec) = slots.iter().find(|s| s.name == slot) else {
                 let valid: Vec<&str> = slots.iter().map(|s| s.name).collect();
-                let help = mrbm_stage::nearest(slot, valid.iter().copied()).map(|n| format!("did you mean `{n}`?")).unwrap_or_else(|| format!("stage kind `{}` takes inputs: {}", decl.kind.get_ref(), if valid.is_empty() { "none".into() } else { valid.join(", ") }));
-                return Err(src.locate(span, format!("stage `{name}`: unknown input `{slot}`"), Some(help)));
+                let help = mrbm_stage::nearest(slot, valid.iter().copied())
+                    .map(|n| format!("did you mean `{n}`?"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "stage kind `{}` takes inputs: {}",
+                            decl.kind.get_ref(),
+                            if valid.is_empty() {
+                                "none".into()
+                            } else {
+                                valid.join(", ")
+                            }
+                        )
+                    });
+                return Err(src.locate(
+                    span,
+                    format!("stage `{name}`: unknown input `{slot}`"),
+                    Some(help),
+                ));
             };
             let (l, c) = src.line_col(value.span().start);
-            let target = resolve_target(name, slot, value.get_ref(), span, &format!("{}:{l}:{c}", src.path.display()), src, &names, &data_root)?;
+            let target = resolve_target(
+                name,
+                slot,
+                value.get_ref(),
+                span,
+                &format!("{}:{l}:{c}", src.path.display()),
+                src,
+                &names,
+                &data_root,
+            )?;
             if let Ok((up, _)) = &target {
                 graph.add_edge(idx[up.as_str()], idx[name.as_str()], ());
             }
@@ -236,7 +367,19 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
         }
         for spec in slots.iter().filter(|s| s.required) {
             if !decl.inputs.contains_key(spec.name) {
-                return Err(src.locate(src.span_of(&["stages", name]), format!("stage `{name}` ({}) needs input `{}`: {}", decl.kind.get_ref(), spec.name, spec.doc), Some(format!("add `inputs = {{ {} = \"<stage or path>\" }}`", spec.name))));
+                return Err(src.locate(
+                    src.span_of(&["stages", name]),
+                    format!(
+                        "stage `{name}` ({}) needs input `{}`: {}",
+                        decl.kind.get_ref(),
+                        spec.name,
+                        spec.doc
+                    ),
+                    Some(format!(
+                        "add `inputs = {{ {} = \"<stage or path>\" }}`",
+                        spec.name
+                    )),
+                ));
             }
         }
         resolved.insert(name.as_str(), list);
@@ -244,12 +387,23 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
     // Inputs set by the sweep (`"STAGE.inputs.SLOT" = "..."` in a variant or
     // axis): resolved like declared ones; every stage they may read becomes
     // an edge, so the order and the axes reaching a stage hold for all cells.
-    let mut swept_inputs: HashMap<(usize, usize, String, String), (Result<(String, Option<String>), (PathBuf, String)>, Option<String>)> = HashMap::new();
+    let mut swept_inputs: HashMap<
+        (usize, usize, String, String),
+        (
+            Result<(String, Option<String>), (PathBuf, String)>,
+            Option<String>,
+        ),
+    > = HashMap::new();
     for (ai, a) in axes.iter().enumerate() {
         for (vi, (label, assigns)) in a.values.iter().enumerate() {
             for (stage_name, param, v) in assigns {
-                let Some(slot) = param.strip_prefix("inputs.") else { continue };
-                let span = exp.source.span_of(&["sweep", &a.name]).or_else(|| exp.source.span_of(&["sweep"]));
+                let Some(slot) = param.strip_prefix("inputs.") else {
+                    continue;
+                };
+                let span = exp
+                    .source
+                    .span_of(&["sweep", &a.name])
+                    .or_else(|| exp.source.span_of(&["sweep"]));
                 let (decl, _) = &exp.stages[stage_name];
                 let kind = decl.get_ref().kind.get_ref();
                 let stage = registry.get(kind).expect("kind checked");
@@ -260,12 +414,26 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                 let Some(text) = v.as_str() else {
                     return Err(exp.source.locate(span, format!("sweep axis `{}`, value `{label}`: input `{stage_name}.inputs.{slot}` must be a string", a.name), None));
                 };
-                let (l, c) = exp.source.line_col(span.clone().map(|s| s.start).unwrap_or(0));
-                let target = resolve_target(stage_name, slot, text, span, &format!("{}:{l}:{c}", exp.source.path.display()), &exp.source, &names, &data_root)?;
+                let (l, c) = exp
+                    .source
+                    .line_col(span.clone().map(|s| s.start).unwrap_or(0));
+                let target = resolve_target(
+                    stage_name,
+                    slot,
+                    text,
+                    span,
+                    &format!("{}:{l}:{c}", exp.source.path.display()),
+                    &exp.source,
+                    &names,
+                    &data_root,
+                )?;
                 if let Ok((up, _)) = &target {
                     graph.add_edge(idx[up.as_str()], idx[stage_name.as_str()], ());
                 }
-                swept_inputs.insert((ai, vi, stage_name.clone(), slot.to_string()), (target, spec.default_file.map(str::to_string)));
+                swept_inputs.insert(
+                    (ai, vi, stage_name.clone(), slot.to_string()),
+                    (target, spec.default_file.map(str::to_string)),
+                );
             }
         }
     }
@@ -276,7 +444,11 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
             let path = find_cycle(&graph, start);
             let first = graph[start];
             let src = src_of(first);
-            return Err(src.locate(src.span_of(&["stages", first]), format!("the stages form a cycle: {}", path.join(" -> ")), Some("a stage cannot depend, directly or not, on its own output".into())));
+            return Err(src.locate(
+                src.span_of(&["stages", first]),
+                format!("the stages form a cycle: {}", path.join(" -> ")),
+                Some("a stage cannot depend, directly or not, on its own output".into()),
+            ));
         }
     };
 
@@ -286,7 +458,10 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
         let name = graph[*n];
         let mut set: BTreeSet<usize> = BTreeSet::new();
         for (ai, a) in axes.iter().enumerate() {
-            if a.values.iter().any(|(_, assigns)| assigns.iter().any(|(s, _, _)| s == name)) {
+            if a.values
+                .iter()
+                .any(|(_, assigns)| assigns.iter().any(|(s, _, _)| s == name))
+            {
                 set.insert(ai);
             }
         }
@@ -320,20 +495,44 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                     set_param(&mut params, p, v.clone());
                 }
             }
-            let cell: Vec<(String, String)> = combo.iter().map(|(ai, vi)| (axes[*ai].name.clone(), axes[*ai].values[*vi].0.clone())).collect();
-            let id = if cell.is_empty() { name.to_string() } else { format!("{name}[{}]", cell.iter().map(|(a, v)| format!("{a}={v}")).collect::<Vec<_>>().join(",")) };
+            let cell: Vec<(String, String)> = combo
+                .iter()
+                .map(|(ai, vi)| (axes[*ai].name.clone(), axes[*ai].values[*vi].0.clone()))
+                .collect();
+            let id = if cell.is_empty() {
+                name.to_string()
+            } else {
+                format!(
+                    "{name}[{}]",
+                    cell.iter()
+                        .map(|(a, v)| format!("{a}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            };
             let canon = stage.params(&params).map_err(|e| {
                 let mut path = vec!["stages", name, "params"];
                 if let Some(k) = &e.key {
                     path.push(k.as_str());
                 }
-                let help = e.suggestion.as_ref().map(|s| format!("did you mean `{s}`?"));
-                src.locate(src.span_or_prefix(&path), format!("stage `{id}` ({}): {}", decl.kind.get_ref(), e.message), help)
+                let help = e
+                    .suggestion
+                    .as_ref()
+                    .map(|s| format!("did you mean `{s}`?"));
+                src.locate(
+                    src.span_or_prefix(&path),
+                    format!("stage `{id}` ({}): {}", decl.kind.get_ref(), e.message),
+                    help,
+                )
             })?;
             let mut inputs = Vec::new();
             let mut deps = Vec::new();
             // Declared inputs, then those this cell's sweep values set (which replace them).
-            let mut wanted: Vec<(String, Result<(String, Option<String>), (PathBuf, String)>, Option<String>)> = resolved[name].clone();
+            let mut wanted: Vec<(
+                String,
+                Result<(String, Option<String>), (PathBuf, String)>,
+                Option<String>,
+            )> = resolved[name].clone();
             for (ai, vi) in &combo {
                 for ((a, v, s, slot), (target, default_file)) in &swept_inputs {
                     if a == ai && v == vi && s == name {
@@ -346,18 +545,55 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
             for (slot, target, default_file) in &wanted {
                 let source = match target {
                     Ok((up, file)) => {
-                        let up_cell: Vec<(String, String)> = cell.iter().filter(|(a, _)| reach[up.as_str()].iter().any(|ai| &axes[*ai].name == a)).cloned().collect();
+                        let up_cell: Vec<(String, String)> = cell
+                            .iter()
+                            .filter(|(a, _)| {
+                                reach[up.as_str()].iter().any(|ai| &axes[*ai].name == a)
+                            })
+                            .cloned()
+                            .collect();
                         let node = by_cell[&(up.clone(), up_cell)];
                         deps.push(node);
-                        InputSource::Node { node, file: file.clone() }
+                        InputSource::Node {
+                            node,
+                            file: file.clone(),
+                        }
                     }
-                    Err((path, declared)) => InputSource::External { path: path.clone(), declared: declared.clone() },
+                    Err((path, declared)) => InputSource::External {
+                        path: path.clone(),
+                        declared: declared.clone(),
+                    },
                 };
-                inputs.push(NodeInput { slot: slot.clone(), source, default_file: default_file.clone(), soft: false });
+                inputs.push(NodeInput {
+                    slot: slot.clone(),
+                    source,
+                    default_file: default_file.clone(),
+                    soft: false,
+                });
             }
-            let publish = decl.publish.iter().map(|(file, to)| (file.clone(), project_root.join(fill_template(to, &cell, &params)))).collect();
+            let publish = decl
+                .publish
+                .iter()
+                .map(|(file, to)| {
+                    (
+                        file.clone(),
+                        project_root.join(fill_template(to, &cell, &params)),
+                    )
+                })
+                .collect();
             by_cell.insert((name.to_string(), cell.clone()), nodes.len());
-            nodes.push(Node { id, stage: name.to_string(), kind: decl.kind.get_ref().clone(), version: stage.version(), cell, params: canon, inputs, publish, uses_device: stage.uses_device(), deps });
+            nodes.push(Node {
+                id,
+                stage: name.to_string(),
+                kind: decl.kind.get_ref().clone(),
+                version: stage.version(),
+                cell,
+                params: canon,
+                inputs,
+                publish,
+                uses_device: stage.uses_device(),
+                deps,
+            });
         }
     }
 
@@ -367,15 +603,24 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
         let tspan = |_field: &str| Some(t.stage.span());
         let stage = t.stage.get_ref();
         if !exp.stages.contains_key(stage) {
-            let help = mrbm_stage::nearest(stage, names.iter().copied()).map(|n| format!("did you mean `{n}`?"));
-            return Err(tsrc.locate(tspan("stage"), format!("table `{}`: there is no stage `{stage}`", t.name), help));
+            let help = mrbm_stage::nearest(stage, names.iter().copied())
+                .map(|n| format!("did you mean `{n}`?"));
+            return Err(tsrc.locate(
+                tspan("stage"),
+                format!("table `{}`: there is no stage `{stage}`", t.name),
+                help,
+            ));
         }
         let mut metrics = t.metrics.clone();
         if let Some(m) = &t.metric {
             metrics.insert(0, m.clone());
         }
         if metrics.is_empty() {
-            return Err(tsrc.locate(tspan("metric"), format!("table `{}` names no metric", t.name), Some("add `metric = \"test_error\"` (or `metrics = [...]`)".into())));
+            return Err(tsrc.locate(
+                tspan("metric"),
+                format!("table `{}` names no metric", t.name),
+                Some("add `metric = \"test_error\"` (or `metrics = [...]`)".into()),
+            ));
         }
         let find_axis = |want: &Option<String>| -> Result<Option<String>, RunnerError> {
             match want {
@@ -386,7 +631,18 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
                     .map(|a| Some(a.name.clone()))
                     .ok_or_else(|| {
                         let valid: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
-                        tsrc.locate(tspan("rows"), format!("table `{}`: `{w}` is not a sweep axis", t.name), Some(format!("sweep axes: {}", if valid.is_empty() { "none".into() } else { valid.join(", ") })))
+                        tsrc.locate(
+                            tspan("rows"),
+                            format!("table `{}`: `{w}` is not a sweep axis", t.name),
+                            Some(format!(
+                                "sweep axes: {}",
+                                if valid.is_empty() {
+                                    "none".into()
+                                } else {
+                                    valid.join(", ")
+                                }
+                            )),
+                        )
                     }),
             }
         };
@@ -396,23 +652,82 @@ pub fn build(exp: &LoadedExperiment, registry: &Registry, ov: &Overrides) -> Res
         let mut inputs = Vec::new();
         let mut deps = Vec::new();
         for (i, node) in nodes.iter().enumerate().filter(|(_, n)| &n.stage == stage) {
-            let pick = |axis: &Option<String>| axis.as_ref().and_then(|a| node.cell.iter().find(|(n, _)| n == a).map(|(_, v)| v.clone()));
+            let pick = |axis: &Option<String>| {
+                axis.as_ref().and_then(|a| {
+                    node.cell
+                        .iter()
+                        .find(|(n, _)| n == a)
+                        .map(|(_, v)| v.clone())
+                })
+            };
             let slot = format!("cell{}", cells.len());
-            cells.push(TableCell { slot: slot.clone(), id: node.id.clone(), row: pick(&rows).unwrap_or_else(|| "all".into()), column: pick(&columns) });
-            inputs.push(NodeInput { slot, source: InputSource::Node { node: i, file: None }, default_file: None, soft: true });
+            cells.push(TableCell {
+                slot: slot.clone(),
+                id: node.id.clone(),
+                row: pick(&rows).unwrap_or_else(|| "all".into()),
+                column: pick(&columns),
+            });
+            inputs.push(NodeInput {
+                slot,
+                source: InputSource::Node {
+                    node: i,
+                    file: None,
+                },
+                default_file: None,
+                soft: true,
+            });
             deps.push(i);
         }
         let row_order = axis_order(&axes, &rows);
         let column_order = axis_order(&axes, &columns);
-        let reference = t.reference.iter().map(|(col, m)| (col.clone(), m.iter().map(|(r, v)| (r.clone(), v.clone())).collect())).collect();
-        let tp = TableParams { name: t.name.clone(), metrics, rows, columns, row_order, column_order, cells, reference, precision: t.precision };
+        let reference = t
+            .reference
+            .iter()
+            .map(|(col, m)| {
+                (
+                    col.clone(),
+                    m.iter().map(|(r, v)| (r.clone(), v.clone())).collect(),
+                )
+            })
+            .collect();
+        let tp = TableParams {
+            name: t.name.clone(),
+            metrics,
+            rows,
+            columns,
+            row_order,
+            column_order,
+            cells,
+            reference,
+            precision: t.precision,
+        };
         let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
         let id = format!("table:{}", t.name);
-        let publish = vec![("table.csv".to_string(), project_root.join("results").join(format!("{}.csv", t.name)))];
-        nodes.push(Node { id, stage: format!("table:{}", t.name), kind: "table".into(), version: crate::table::VERSION, cell: vec![], params, inputs, publish, uses_device: false, deps });
+        let publish = vec![(
+            "table.csv".to_string(),
+            project_root.join("results").join(format!("{}.csv", t.name)),
+        )];
+        nodes.push(Node {
+            id,
+            stage: format!("table:{}", t.name),
+            kind: "table".into(),
+            version: crate::table::VERSION,
+            cell: vec![],
+            params,
+            inputs,
+            publish,
+            uses_device: false,
+            deps,
+        });
     }
 
-    Ok(Dag { experiment: exp.name.clone(), nodes, axes, project_root, data_root })
+    Ok(Dag {
+        experiment: exp.name.clone(),
+        nodes,
+        axes,
+        project_root,
+        data_root,
+    })
 }
 
 /// Resolve one input's text: another stage (`stage` or `stage/file`), a
@@ -433,7 +748,10 @@ fn resolve_target(
         if first == name {
             return Err(src.locate(span, format!("stage `{name}` reads its own output"), None));
         }
-        Ok(Ok((first.to_string(), (!rest.is_empty()).then(|| rest.to_string()))))
+        Ok(Ok((
+            first.to_string(),
+            (!rest.is_empty()).then(|| rest.to_string()),
+        )))
     } else if let Some(rel) = text.strip_prefix("data:") {
         let Some(root) = data_root else {
             return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" needs a data root"), Some("set `data_root = \"...\"` in the experiment, the MRBM_DATA variable, or --data-root".into())));
@@ -449,14 +767,22 @@ fn resolve_target(
 }
 
 fn axis_order(axes: &[Axis], axis: &Option<String>) -> Vec<String> {
-    axis.as_ref().and_then(|a| axes.iter().find(|x| &x.name == a)).map(|a| a.values.iter().map(|(l, _)| l.clone()).collect()).unwrap_or_default()
+    axis.as_ref()
+        .and_then(|a| axes.iter().find(|x| &x.name == a))
+        .map(|a| a.values.iter().map(|(l, _)| l.clone()).collect())
+        .unwrap_or_default()
 }
 
 fn split_target(k: &str) -> Option<(&str, &str)> {
-    k.split_once('.').filter(|(s, p)| !s.is_empty() && !p.is_empty())
+    k.split_once('.')
+        .filter(|(s, p)| !s.is_empty() && !p.is_empty())
 }
 
-fn check_stage_name(names: &[&str], stage: &str, err: impl FnOnce() -> RunnerError) -> Result<(), RunnerError> {
+fn check_stage_name(
+    names: &[&str],
+    stage: &str,
+    err: impl FnOnce() -> RunnerError,
+) -> Result<(), RunnerError> {
     if names.contains(&stage) {
         Ok(())
     } else {
@@ -490,13 +816,23 @@ fn fill_template(t: &str, cell: &[(String, String)], params: &toml::Table) -> St
     for (k, v) in params {
         s = s.replace(&format!("{{{k}}}"), &label_of(v));
     }
-    let all = cell.iter().map(|(a, v)| format!("{a}{v}")).collect::<Vec<_>>().join("_");
+    let all = cell
+        .iter()
+        .map(|(a, v)| format!("{a}{v}"))
+        .collect::<Vec<_>>()
+        .join("_");
     s.replace("{cell}", &all)
 }
 
 /// The stage names around a cycle through `start`, e.g. [a, b, c, a].
 fn find_cycle(g: &DiGraph<&str, ()>, start: NodeIndex) -> Vec<String> {
-    fn dfs(g: &DiGraph<&str, ()>, at: NodeIndex, start: NodeIndex, path: &mut Vec<NodeIndex>, seen: &mut BTreeSet<NodeIndex>) -> bool {
+    fn dfs(
+        g: &DiGraph<&str, ()>,
+        at: NodeIndex,
+        start: NodeIndex,
+        path: &mut Vec<NodeIndex>,
+        seen: &mut BTreeSet<NodeIndex>,
+    ) -> bool {
         for next in g.neighbors(at) {
             if next == start {
                 return true;
@@ -520,10 +856,21 @@ fn find_cycle(g: &DiGraph<&str, ()>, start: NodeIndex) -> Vec<String> {
 
 impl Dag {
     pub fn find(&self, id_or_stage: &str) -> Vec<usize> {
-        let exact: Vec<usize> = self.nodes.iter().enumerate().filter(|(_, n)| n.id == id_or_stage).map(|(i, _)| i).collect();
+        let exact: Vec<usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.id == id_or_stage)
+            .map(|(i, _)| i)
+            .collect();
         if !exact.is_empty() {
             return exact;
         }
-        self.nodes.iter().enumerate().filter(|(_, n)| n.stage == id_or_stage).map(|(i, _)| i).collect()
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.stage == id_or_stage)
+            .map(|(i, _)| i)
+            .collect()
     }
 }

@@ -26,36 +26,67 @@ use crate::error::RunnerError;
 pub fn resolve(spec: &str) -> Result<Device, RunnerError> {
     let spec = spec.trim().to_ascii_lowercase();
     let (name, index) = match spec.split_once(':') {
-        Some((n, i)) => (n.to_string(), Some(i.parse::<usize>().map_err(|_| RunnerError::Usage(format!("--device {spec}: the index after `:` must be a number")))?)),
+        Some((n, i)) => (
+            n.to_string(),
+            Some(i.parse::<usize>().map_err(|_| {
+                RunnerError::Usage(format!(
+                    "--device {spec}: the index after `:` must be a number"
+                ))
+            })?),
+        ),
         None => (spec.clone(), None),
     };
     match (name.as_str(), index) {
         ("cpu", None) => Ok(Device::Cpu),
         ("auto", None) => Ok(auto()),
-        ("cpu" | "auto", Some(_)) => Err(RunnerError::Usage(format!("--device {spec}: only wgpu and cuda take an index"))),
+        ("cpu" | "auto", Some(_)) => Err(RunnerError::Usage(format!(
+            "--device {spec}: only wgpu and cuda take an index"
+        ))),
         ("cuda", i) => {
             if !cfg!(feature = "cuda") {
-                return Err(RunnerError::Data(format!("--device {spec}: {}", core_dev::missing_feature("cuda"))));
+                return Err(RunnerError::Data(format!(
+                    "--device {spec}: {}",
+                    core_dev::missing_feature("cuda")
+                )));
             }
             let i = i.unwrap_or(0);
             let found = core_dev::cuda_devices();
-            let dev = choose(found, i, "cuda").map_err(|why| RunnerError::Data(format!("--device {spec}: {why}; {}", cuda_env().summary())))?;
-            core_dev::smoke(&dev.burn).map_err(|why| RunnerError::Data(format!("--device {spec}: {} cannot run a kernel: {why}; {}", dev.name, cuda_env().summary())))?;
+            let dev = choose(found, i, "cuda").map_err(|why| {
+                RunnerError::Data(format!("--device {spec}: {why}; {}", cuda_env().summary()))
+            })?;
+            core_dev::smoke(&dev.burn).map_err(|why| {
+                RunnerError::Data(format!(
+                    "--device {spec}: {} cannot run a kernel: {why}; {}",
+                    dev.name,
+                    cuda_env().summary()
+                ))
+            })?;
             Ok(Device::Cuda(i))
         }
         ("wgpu", i) => {
             if !cfg!(feature = "wgpu") {
-                return Err(RunnerError::Data(format!("--device {spec}: {}", core_dev::missing_feature("wgpu"))));
+                return Err(RunnerError::Data(format!(
+                    "--device {spec}: {}",
+                    core_dev::missing_feature("wgpu")
+                )));
             }
             let i = i.unwrap_or(0);
-            let dev = choose(core_dev::wgpu_devices(), i, "wgpu").map_err(|why| RunnerError::Data(format!("--device {spec}: {why}")))?;
-            core_dev::smoke(&dev.burn).map_err(|why| RunnerError::Data(format!("--device {spec}: {} cannot run a kernel: {why}", dev.name)))?;
+            let dev = choose(core_dev::wgpu_devices(), i, "wgpu")
+                .map_err(|why| RunnerError::Data(format!("--device {spec}: {why}")))?;
+            core_dev::smoke(&dev.burn).map_err(|why| {
+                RunnerError::Data(format!(
+                    "--device {spec}: {} cannot run a kernel: {why}",
+                    dev.name
+                ))
+            })?;
             if dev.software {
                 eprintln!("note: {spec} is a software adapter ({}): correct but much slower than --device cpu", dev.name);
             }
             Ok(Device::Wgpu(i))
         }
-        (other, _) => Err(RunnerError::Usage(format!("--device {other}: expected auto, cpu, wgpu[:INDEX] or cuda[:INDEX]"))),
+        (other, _) => Err(RunnerError::Usage(format!(
+            "--device {other}: expected auto, cpu, wgpu[:INDEX] or cuda[:INDEX]"
+        ))),
     }
 }
 
@@ -65,7 +96,10 @@ fn auto() -> Device {
         if let Some(dev) = core_dev::cuda_devices().into_iter().next() {
             match core_dev::smoke(&dev.burn) {
                 Ok(()) => return dev.device,
-                Err(why) => eprintln!("note: --device auto: {} found but cannot run a kernel ({why}); using the CPU", dev.name),
+                Err(why) => eprintln!(
+                    "note: --device auto: {} found but cannot run a kernel ({why}); using the CPU",
+                    dev.name
+                ),
             }
         }
     }
@@ -88,17 +122,31 @@ fn choose(found: Vec<FoundDevice>, i: usize, backend: &str) -> Result<FoundDevic
 /// Exit code 1 when a check fails.
 pub fn print_devices(check: bool) -> Result<u8, RunnerError> {
     let backends = core_dev::compiled_backends();
-    println!("backends compiled in: {}", backends.iter().map(|b| if *b == "cpu" { "cpu (burn flex)" } else { b }).collect::<Vec<_>>().join(", "));
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "backends compiled in: {}",
+        backends
+            .iter()
+            .map(|b| if *b == "cpu" { "cpu (burn flex)" } else { b })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("cpu: {threads} threads");
-    let mut devices: Vec<(String, burn_device::Dev)> = vec![("cpu".into(), burn_device::Dev::cpu())];
+    let mut devices: Vec<(String, burn_device::Dev)> =
+        vec![("cpu".into(), burn_device::Dev::cpu())];
     if cfg!(feature = "wgpu") {
         let found = core_dev::wgpu_devices();
         if found.is_empty() {
             println!("wgpu: no adapter found (no Vulkan, Metal or DX12 driver)");
         }
         for d in found {
-            let note = if d.software { "  [software adapter: correct but slow; never chosen by --device auto]" } else { "" };
+            let note = if d.software {
+                "  [software adapter: correct but slow; never chosen by --device auto]"
+            } else {
+                ""
+            };
             println!("{}: {}{note}", d.device, d.name);
             devices.push((d.device.to_string(), burn_device::Dev::from(d)));
         }
@@ -173,13 +221,19 @@ mod burn_device {
 
     impl Dev {
         pub fn cpu() -> Self {
-            Dev { burn: BurnDevice::flex(), f64: true }
+            Dev {
+                burn: BurnDevice::flex(),
+                f64: true,
+            }
         }
     }
 
     impl From<FoundDevice> for Dev {
         fn from(d: FoundDevice) -> Self {
-            Dev { f64: core_dev::supports_f64(d.device), burn: d.burn }
+            Dev {
+                f64: core_dev::supports_f64(d.device),
+                burn: d.burn,
+            }
         }
     }
 }
@@ -197,7 +251,10 @@ pub struct CudaEnv {
 impl CudaEnv {
     /// One line naming what is missing (or that all three were found).
     pub fn summary(&self) -> String {
-        let missing: Vec<&str> = [&self.driver, &self.nvrtc, &self.headers].iter().filter_map(|r| r.as_ref().err().map(|s| s.as_str())).collect();
+        let missing: Vec<&str> = [&self.driver, &self.nvrtc, &self.headers]
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|s| s.as_str()))
+            .collect();
         if missing.is_empty() {
             "driver, NVRTC and headers were all found".into()
         } else {
@@ -219,11 +276,17 @@ pub fn cuda_env() -> CudaEnv {
                 f(&mut v)
             });
             match ver {
-                Some(0) => Ok(format!("{name} (CUDA driver API {}.{})", v / 1000, (v % 1000) / 10)),
+                Some(0) => Ok(format!(
+                    "{name} (CUDA driver API {}.{})",
+                    v / 1000,
+                    (v % 1000) / 10
+                )),
                 _ => Ok(name),
             }
         }
-        None => Err("no NVIDIA driver library (libcuda.so.1) found: install the NVIDIA driver".into()),
+        None => {
+            Err("no NVIDIA driver library (libcuda.so.1) found: install the NVIDIA driver".into())
+        }
     };
     let nvrtc = match dl_open(&["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11", "libnvrtc.so.1"]) {
         Some((name, h)) => {
@@ -240,15 +303,29 @@ pub fn cuda_env() -> CudaEnv {
         }
         None => Err("no NVRTC library (libnvrtc.so) found: install the CUDA toolkit and add its lib64 to LD_LIBRARY_PATH".into()),
     };
-    let root = std::env::var_os("CUDA_PATH").map(std::path::PathBuf::from).or_else(|| {
-        ["/usr/local/cuda", "/opt/cuda"].iter().map(std::path::PathBuf::from).find(|p| p.exists()).or_else(|| std::path::Path::new("/usr/bin/nvcc").exists().then(|| "/usr".into()))
-    });
+    let root = std::env::var_os("CUDA_PATH")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            ["/usr/local/cuda", "/opt/cuda"]
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.exists())
+                .or_else(|| {
+                    std::path::Path::new("/usr/bin/nvcc")
+                        .exists()
+                        .then(|| "/usr".into())
+                })
+        });
     let headers = match root {
         Some(r) if r.join("include/cuda_fp16.h").exists() => Ok(r.join("include").display().to_string()),
         Some(r) => Err(format!("no CUDA headers in {} (cuda_fp16.h): set CUDA_PATH to the CUDA toolkit", r.join("include").display())),
         None => Err("no CUDA headers found: set CUDA_PATH to the CUDA toolkit (NVRTC needs its include folder)".into()),
     };
-    CudaEnv { driver, nvrtc, headers }
+    CudaEnv {
+        driver,
+        nvrtc,
+        headers,
+    }
 }
 
 fn show(r: &Result<String, String>) -> &str {
@@ -292,7 +369,11 @@ mod tests {
         if !cfg!(feature = "cuda") {
             let e = resolve("cuda:1").unwrap_err();
             assert_eq!(e.exit_code(), 2);
-            assert!(e.to_string().contains("this build has no cuda feature: rebuild with --features cuda"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("this build has no cuda feature: rebuild with --features cuda"),
+                "{e}"
+            );
         }
         if !cfg!(feature = "wgpu") {
             let e = resolve("wgpu").unwrap_err();

@@ -18,7 +18,14 @@ pub struct Located {
 impl fmt::Display for Located {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )?;
         } else {
             write!(f, "{}: {}", self.file.display(), self.message)?;
         }
@@ -60,6 +67,9 @@ impl RunnerError {
     }
 
     pub fn cache(path: impl Into<PathBuf>, message: impl fmt::Display) -> Self {
-        RunnerError::Cache { path: path.into(), message: message.to_string() }
+        RunnerError::Cache {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 }

@@ -94,44 +94,96 @@ pub fn stage_key(node: &Node, input_hashes: &BTreeMap<String, String>) -> String
 
 /// What one input resolves to: the path the stage reads and its hash.
 pub enum Resolved {
-    Ready { path: PathBuf, hash: String },
+    Ready {
+        path: PathBuf,
+        hash: String,
+    },
     /// An upstream node that has not (successfully) produced output.
-    Upstream { node: usize },
-    Missing { path: PathBuf, declared: String },
-    BadFile { message: String },
+    Upstream {
+        node: usize,
+    },
+    Missing {
+        path: PathBuf,
+        declared: String,
+    },
+    BadFile {
+        message: String,
+    },
 }
 
 /// Resolve `node`'s input `i` given the manifests of finished upstream nodes.
-pub fn resolve_input(dag: &Dag, store: &Store, memo: &Memo, node: &Node, i: usize, upstream: &dyn Fn(usize) -> Option<Manifest>) -> Result<Resolved, RunnerError> {
+pub fn resolve_input(
+    dag: &Dag,
+    store: &Store,
+    memo: &Memo,
+    node: &Node,
+    i: usize,
+    upstream: &dyn Fn(usize) -> Option<Manifest>,
+) -> Result<Resolved, RunnerError> {
     let input = &node.inputs[i];
     match &input.source {
         InputSource::External { path, declared } => {
             if !path.exists() {
-                return Ok(Resolved::Missing { path: path.clone(), declared: declared.clone() });
+                return Ok(Resolved::Missing {
+                    path: path.clone(),
+                    declared: declared.clone(),
+                });
             }
-            let hash = memo.path(path).map_err(|e| RunnerError::Data(format!("{}: cannot read input: {e}", path.display())))?;
-            Ok(Resolved::Ready { path: path.clone(), hash })
+            let hash = memo.path(path).map_err(|e| {
+                RunnerError::Data(format!("{}: cannot read input: {e}", path.display()))
+            })?;
+            Ok(Resolved::Ready {
+                path: path.clone(),
+                hash,
+            })
         }
         InputSource::Node { node: up, file } => {
-            let Some(m) = upstream(*up) else { return Ok(Resolved::Upstream { node: *up }) };
+            let Some(m) = upstream(*up) else {
+                return Ok(Resolved::Upstream { node: *up });
+            };
             let out = store.out_dir(&m.key);
             if input.soft {
                 // Tables read only metrics.json.
-                let h = m.files.get(store::METRICS).map(|f| f.hash.clone()).unwrap_or_default();
+                let h = m
+                    .files
+                    .get(store::METRICS)
+                    .map(|f| f.hash.clone())
+                    .unwrap_or_default();
                 return Ok(Resolved::Ready { path: out, hash: h });
             }
-            let wanted = file.clone().or_else(|| input.default_file.clone().filter(|f| m.files.contains_key(f)));
+            let wanted = file.clone().or_else(|| {
+                input
+                    .default_file
+                    .clone()
+                    .filter(|f| m.files.contains_key(f))
+            });
             match wanted {
                 Some(f) => match m.files.get(&f) {
-                    Some(fe) => Ok(Resolved::Ready { path: out.join(&f), hash: fe.hash.clone() }),
+                    Some(fe) => Ok(Resolved::Ready {
+                        path: out.join(&f),
+                        hash: fe.hash.clone(),
+                    }),
                     None => {
-                        let have: Vec<&str> = m.files.keys().map(String::as_str).filter(|k| *k != store::METRICS).collect();
+                        let have: Vec<&str> = m
+                            .files
+                            .keys()
+                            .map(String::as_str)
+                            .filter(|k| *k != store::METRICS)
+                            .collect();
                         Ok(Resolved::BadFile {
-                            message: format!("input `{}`: stage `{}` wrote no file `{f}` (it wrote: {})", input.slot, dag.nodes[*up].id, have.join(", ")),
+                            message: format!(
+                                "input `{}`: stage `{}` wrote no file `{f}` (it wrote: {})",
+                                input.slot,
+                                dag.nodes[*up].id,
+                                have.join(", ")
+                            ),
                         })
                     }
                 },
-                None => Ok(Resolved::Ready { path: out, hash: m.output_hash.clone() }),
+                None => Ok(Resolved::Ready {
+                    path: out,
+                    hash: m.output_hash.clone(),
+                }),
             }
         }
     }
@@ -146,7 +198,14 @@ struct Shared {
     stop: bool,
 }
 
-pub fn execute(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOptions, cancel: &AtomicBool) -> Vec<NodeResult> {
+pub fn execute(
+    dag: &Dag,
+    reg: &Registry,
+    store: &Store,
+    memo: &Memo,
+    opts: &RunOptions,
+    cancel: &AtomicBool,
+) -> Vec<NodeResult> {
     let n = dag.nodes.len();
     let mut dependants = vec![Vec::new(); n];
     let mut waiting_on = vec![0usize; n];
@@ -160,11 +219,24 @@ pub fn execute(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &Run
         }
     }
     let ready: VecDeque<usize> = (0..n).filter(|i| waiting_on[*i] == 0).collect();
-    let shared = Mutex::new(Shared { ready, waiting_on, results: vec![None; n], running: 0, device_busy: false, stop: false });
+    let shared = Mutex::new(Shared {
+        ready,
+        waiting_on,
+        results: vec![None; n],
+        running: 0,
+        device_busy: false,
+        stop: false,
+    });
     let cv = Condvar::new();
     let overall = opts.progress.as_ref().map(|m| {
         let b = m.add(indicatif::ProgressBar::new(n as u64));
-        b.set_style(indicatif::ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
         b.set_prefix(dag.experiment.clone());
         b
     });
@@ -182,11 +254,19 @@ pub fn execute(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &Run
                             cv.notify_all();
                             return;
                         }
-                        let pos = s.ready.iter().position(|&i| !(serial_device && dag.nodes[i].uses_device && s.device_busy));
+                        let pos = s.ready.iter().position(|&i| {
+                            !(serial_device && dag.nodes[i].uses_device && s.device_busy)
+                        });
                         if let Some(p) = pos {
                             let i = s.ready.remove(p).expect("position");
                             let node = &dag.nodes[i];
-                            let skip = blocked_by(dag, &s.results, node, s.stop, cancel.load(Ordering::Relaxed));
+                            let skip = blocked_by(
+                                dag,
+                                &s.results,
+                                node,
+                                s.stop,
+                                cancel.load(Ordering::Relaxed),
+                            );
                             if skip.is_none() {
                                 s.running += 1;
                                 if serial_device && node.uses_device {
@@ -200,7 +280,13 @@ pub fn execute(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &Run
                 };
                 let node = &dag.nodes[i];
                 let result = match skip {
-                    Some(status) => NodeResult { status, key: None, seconds: 0.0, log: None, manifest: None },
+                    Some(status) => NodeResult {
+                        status,
+                        key: None,
+                        seconds: 0.0,
+                        log: None,
+                        manifest: None,
+                    },
                     None => {
                         let upstream = |j: usize| -> Option<Manifest> {
                             let s = shared.lock().expect("executor lock");
@@ -241,32 +327,52 @@ pub fn execute(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &Run
     if let Some(b) = overall {
         b.finish_and_clear();
     }
-    shared.into_inner().expect("executor lock").results.into_iter().map(|r| r.expect("every node finished")).collect()
+    shared
+        .into_inner()
+        .expect("executor lock")
+        .results
+        .into_iter()
+        .map(|r| r.expect("every node finished"))
+        .collect()
 }
 
 fn finish_line(node: &Node, r: &NodeResult) -> String {
     match &r.status {
         Status::Ran => format!("  ran     {} ({:.1}s)", node.id, r.seconds),
         Status::Cached => format!("  cached  {}", node.id),
-        Status::Failed { message, .. } => format!("  FAILED  {}: {}", node.id, message.lines().next().unwrap_or("")),
+        Status::Failed { message, .. } => format!(
+            "  FAILED  {}: {}",
+            node.id,
+            message.lines().next().unwrap_or("")
+        ),
         Status::Skipped { because } => format!("  skipped {} ({because})", node.id),
         Status::Cancelled => format!("  cancelled {}", node.id),
     }
 }
 
 /// Why a node must not run (an input failed, the run is stopping), if so.
-fn blocked_by(dag: &Dag, results: &[Option<NodeResult>], node: &Node, stop: bool, cancelled: bool) -> Option<Status> {
+fn blocked_by(
+    dag: &Dag,
+    results: &[Option<NodeResult>],
+    node: &Node,
+    stop: bool,
+    cancelled: bool,
+) -> Option<Status> {
     if cancelled {
         return Some(Status::Cancelled);
     }
     if stop {
-        return Some(Status::Skipped { because: "stopped after a failure; --keep-going runs independent stages".into() });
+        return Some(Status::Skipped {
+            because: "stopped after a failure; --keep-going runs independent stages".into(),
+        });
     }
     for inp in node.inputs.iter().filter(|i| !i.soft) {
         if let InputSource::Node { node: up, .. } = inp.source {
             if let Some(r) = &results[up] {
                 if !r.status.ok() {
-                    return Some(Status::Skipped { because: format!("{} {}", dag.nodes[up].id, r.status.word()) });
+                    return Some(Status::Skipped {
+                        because: format!("{} {}", dag.nodes[up].id, r.status.word()),
+                    });
                 }
             }
         }
@@ -275,11 +381,28 @@ fn blocked_by(dag: &Dag, results: &[Option<NodeResult>], node: &Node, stop: bool
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOptions, cancel: &AtomicBool, i: usize, upstream: &dyn Fn(usize) -> Option<Manifest>) -> NodeResult {
+fn run_node(
+    dag: &Dag,
+    reg: &Registry,
+    store: &Store,
+    memo: &Memo,
+    opts: &RunOptions,
+    cancel: &AtomicBool,
+    i: usize,
+    upstream: &dyn Fn(usize) -> Option<Manifest>,
+) -> NodeResult {
     let node = &dag.nodes[i];
     let t0 = Instant::now();
-    let fail = |message: String, user: bool, log: Option<PathBuf>| NodeResult { status: Status::Failed { message, user }, key: None, seconds: t0.elapsed().as_secs_f64(), log, manifest: None };
-    let stage = reg.get(&node.kind).expect("kind checked when the DAG was built");
+    let fail = |message: String, user: bool, log: Option<PathBuf>| NodeResult {
+        status: Status::Failed { message, user },
+        key: None,
+        seconds: t0.elapsed().as_secs_f64(),
+        log,
+        manifest: None,
+    };
+    let stage = reg
+        .get(&node.kind)
+        .expect("kind checked when the DAG was built");
 
     // 1. Inputs and key.
     let mut paths = BTreeMap::new();
@@ -298,7 +421,16 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
             }
             Ok(Resolved::Missing { path, declared }) => {
                 let hint = stage.missing_input_hint(&node.params, &inp.slot, &path).map(|h| format!("\n  help: {h}")).unwrap_or_else(|| "\n  help: fix the path, or set the data root (data_root in the experiment, MRBM_DATA, or --data-root)".into());
-                return fail(format!("{declared}: input `{}` of `{}`: {} does not exist{hint}", inp.slot, node.id, path.display()), true, None);
+                return fail(
+                    format!(
+                        "{declared}: input `{}` of `{}`: {} does not exist{hint}",
+                        inp.slot,
+                        node.id,
+                        path.display()
+                    ),
+                    true,
+                    None,
+                );
             }
             Ok(Resolved::BadFile { message }) => return fail(message, true, None),
             Err(e) => return fail(e.to_string(), true, None),
@@ -308,7 +440,13 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
     let cached = |key: &str| -> NodeResult {
         let manifest = store.manifest(key).ok();
         let log = Some(store.entry_dir(key).join("log.txt"));
-        NodeResult { status: Status::Cached, key: Some(key.to_string()), seconds: t0.elapsed().as_secs_f64(), log, manifest }
+        NodeResult {
+            status: Status::Cached,
+            key: Some(key.to_string()),
+            seconds: t0.elapsed().as_secs_f64(),
+            log,
+            manifest,
+        }
     };
     if store.has(&key) {
         let r = cached(&key);
@@ -317,14 +455,23 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
     }
 
     // 2. Lock, run into a temporary directory, publish.
-    let waiting = |owner: &str| eprintln!("  waiting {} (being computed by process {owner})", node.id);
+    let waiting =
+        |owner: &str| eprintln!("  waiting {} (being computed by process {owner})", node.id);
     let lock = match store.lock(&key, &|| cancel.load(Ordering::Relaxed), &waiting) {
         Ok(LockOutcome::Published) => {
             publish_results(store, node, &key);
             return cached(&key);
         }
         Ok(LockOutcome::Acquired(l)) => l,
-        Err(RunnerError::Interrupted) => return NodeResult { status: Status::Cancelled, key: None, seconds: 0.0, log: None, manifest: None },
+        Err(RunnerError::Interrupted) => {
+            return NodeResult {
+                status: Status::Cancelled,
+                key: None,
+                seconds: 0.0,
+                log: None,
+                manifest: None,
+            }
+        }
         Err(e) => return fail(e.to_string(), false, None),
     };
     let tmp = match store.tmp_dir(&key) {
@@ -349,7 +496,10 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
         cancel,
         log: &log,
     };
-    ctx.log(format!("{} {} (key {key}) on {} at {started}", node.kind, node.id, opts.device));
+    ctx.log(format!(
+        "{} {} (key {key}) on {} at {started}",
+        node.kind, node.id, opts.device
+    ));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)));
     let keep_failed_log = |msg: &str| -> Option<PathBuf> {
         // Keep the log of a failed stage where the user can read it.
@@ -367,7 +517,13 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
         Ok(Ok(m)) => m,
         Ok(Err(StageError::Cancelled)) => {
             let _ = std::fs::remove_dir_all(&tmp);
-            return NodeResult { status: Status::Cancelled, key: None, seconds: t0.elapsed().as_secs_f64(), log: None, manifest: None };
+            return NodeResult {
+                status: Status::Cancelled,
+                key: None,
+                seconds: t0.elapsed().as_secs_f64(),
+                log: None,
+                manifest: None,
+            };
         }
         Ok(Err(e)) => {
             let user = e.is_user_error();
@@ -376,7 +532,11 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
             return fail(msg, user, lp);
         }
         Err(panic) => {
-            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into());
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
             let msg = format!("internal error in stage kind `{}`: {msg} (this is a bug in mrbm; please report it with the log)", node.kind);
             let lp = keep_failed_log(&msg);
             return fail(msg, false, lp);
@@ -384,7 +544,13 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
     };
     if cancel.load(Ordering::Relaxed) {
         let _ = std::fs::remove_dir_all(&tmp);
-        return NodeResult { status: Status::Cancelled, key: None, seconds: 0.0, log: None, manifest: None };
+        return NodeResult {
+            status: Status::Cancelled,
+            key: None,
+            seconds: 0.0,
+            log: None,
+            manifest: None,
+        };
     }
     let seconds = t0.elapsed().as_secs_f64();
     let publish = || -> Result<Manifest, RunnerError> {
@@ -393,9 +559,16 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
         // Inputs changed while the stage ran: fail rather than cache a lie.
         for inp in &node.inputs {
             if let InputSource::External { path, .. } = &inp.source {
-                let now = memo.recheck(path).map_err(|e| RunnerError::Data(format!("{}: {e}", path.display())))?;
+                let now = memo
+                    .recheck(path)
+                    .map_err(|e| RunnerError::Data(format!("{}: {e}", path.display())))?;
                 if hashes.get(&inp.slot) != Some(&now) {
-                    return Err(RunnerError::Data(format!("input `{}` ({}) changed while `{}` ran; nothing was cached, run again", inp.slot, path.display(), node.id)));
+                    return Err(RunnerError::Data(format!(
+                        "input `{}` ({}) changed while `{}` ran; nothing was cached, run again",
+                        inp.slot,
+                        path.display(),
+                        node.id
+                    )));
                 }
             }
         }
@@ -425,7 +598,13 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
         Ok(m) => {
             drop(lock);
             publish_results(store, node, &key);
-            NodeResult { status: Status::Ran, key: Some(key.clone()), seconds, log: Some(store.entry_dir(&key).join("log.txt")), manifest: Some(m) }
+            NodeResult {
+                status: Status::Ran,
+                key: Some(key.clone()),
+                seconds,
+                log: Some(store.entry_dir(&key).join("log.txt")),
+                manifest: Some(m),
+            }
         }
         Err(e) => {
             let user = e.exit_code() == 2;
@@ -438,7 +617,15 @@ fn run_node(dag: &Dag, reg: &Registry, store: &Store, memo: &Memo, opts: &RunOpt
 use std::io::Write as _;
 
 fn sanitize(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || "=-_,.".contains(c) { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "=-_,.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn describe_source(dag: &Dag, s: &InputSource) -> String {
@@ -472,10 +659,22 @@ pub fn publish_results(store: &Store, node: &Node, key: &str) {
 /// Save what this run computed, for the next `plan` to compare with.
 pub fn save_record(store: &Store, dag: &Dag, results: &[NodeResult]) -> Result<(), RunnerError> {
     let path = store.runs_file(&dag.experiment);
-    let mut rec: RunRecord = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let mut rec: RunRecord = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     for (node, r) in dag.nodes.iter().zip(results) {
         if let (Some(key), Some(m)) = (&r.key, &r.manifest) {
-            rec.stages.insert(node.id.clone(), StageRecord { key: key.clone(), kind: node.kind.clone(), version: node.version, params: node.params.clone(), inputs: m.inputs.clone() });
+            rec.stages.insert(
+                node.id.clone(),
+                StageRecord {
+                    key: key.clone(),
+                    kind: node.kind.clone(),
+                    version: node.version,
+                    params: node.params.clone(),
+                    inputs: m.inputs.clone(),
+                },
+            );
         }
     }
     let bytes = serde_json::to_vec_pretty(&rec).map_err(|e| RunnerError::cache(&path, e))?;
@@ -483,7 +682,10 @@ pub fn save_record(store: &Store, dag: &Dag, results: &[NodeResult]) -> Result<(
 }
 
 pub fn load_record(store: &Store, experiment: &str) -> RunRecord {
-    std::fs::read(store.runs_file(experiment)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(store.runs_file(experiment))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Files a stage wrote, for `show`.

@@ -45,11 +45,18 @@ pub fn combine(files: &BTreeMap<String, String>) -> String {
 /// Relative path (with `/`) -> absolute path of every file under `dir`, sorted.
 pub fn list_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+    for e in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         let e = e.map_err(|e| std::io::Error::other(e.to_string()))?;
         if e.file_type().is_file() {
             let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
-            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/");
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
             out.push((rel, e.path().to_path_buf()));
         }
     }
@@ -65,8 +72,17 @@ struct Stat {
 fn stat(path: &Path) -> std::io::Result<(Stat, SystemTime)> {
     let m = std::fs::metadata(path)?;
     let mtime = m.modified()?;
-    let ns = mtime.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    Ok((Stat { size: m.len(), mtime_ns: ns }, mtime))
+    let ns = mtime
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    Ok((
+        Stat {
+            size: m.len(),
+            mtime_ns: ns,
+        },
+        mtime,
+    ))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -84,8 +100,16 @@ pub struct Memo {
 impl Memo {
     pub fn load(cache: &Path) -> Memo {
         let path = cache.join("memo.json");
-        let entries = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<MemoFile>(&b).ok()).map(|m| m.entries).unwrap_or_default();
-        Memo { path, entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        let entries = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<MemoFile>(&b).ok())
+            .map(|m| m.entries)
+            .unwrap_or_default();
+        Memo {
+            path,
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// Hash of a file, from the memo when its size and mtime are unchanged.
@@ -100,9 +124,15 @@ impl Memo {
             }
         }
         let h = hash_file(path)?;
-        let fresh = SystemTime::now().duration_since(mtime).map(|d| d < Duration::from_secs(2)).unwrap_or(true);
+        let fresh = SystemTime::now()
+            .duration_since(mtime)
+            .map(|d| d < Duration::from_secs(2))
+            .unwrap_or(true);
         if !fresh {
-            self.entries.lock().expect("memo lock").insert(key, (st, h.clone()));
+            self.entries
+                .lock()
+                .expect("memo lock")
+                .insert(key, (st, h.clone()));
             *self.dirty.lock().expect("memo lock") = true;
         }
         Ok(h)
@@ -133,9 +163,14 @@ impl Memo {
         if !*self.dirty.lock().expect("memo lock") {
             return Ok(());
         }
-        let mut merged = std::fs::read(&self.path).ok().and_then(|b| serde_json::from_slice::<MemoFile>(&b).ok()).map(|m| m.entries).unwrap_or_default();
+        let mut merged = std::fs::read(&self.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<MemoFile>(&b).ok())
+            .map(|m| m.entries)
+            .unwrap_or_default();
         merged.extend(self.entries.lock().expect("memo lock").clone());
-        let bytes = serde_json::to_vec(&MemoFile { entries: merged }).map_err(|e| RunnerError::cache(&self.path, e))?;
+        let bytes = serde_json::to_vec(&MemoFile { entries: merged })
+            .map_err(|e| RunnerError::cache(&self.path, e))?;
         crate::store::write_atomic(&self.path, &bytes)
     }
 }

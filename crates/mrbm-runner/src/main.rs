@@ -19,7 +19,11 @@ use mrbm_runner::table;
 use mrbm_runner::{device, RunnerError};
 
 #[derive(Parser)]
-#[command(name = "mrbm", version, about = "Declarative experiment pipelines for multinary RBMs: run, cache, compare.")]
+#[command(
+    name = "mrbm",
+    version,
+    about = "Declarative experiment pipelines for multinary RBMs: run, cache, compare."
+)]
 struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG also works.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -113,7 +117,11 @@ fn main() -> ExitCode {
         1 => "info".into(),
         _ => "debug".into(),
     });
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::stderr).without_time().init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -124,16 +132,30 @@ fn main() -> ExitCode {
 }
 
 fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
-    cli_cache.clone().or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from)).unwrap_or_else(|| project_root.join(".mrbm"))
+    cli_cache
+        .clone()
+        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| project_root.join(".mrbm"))
 }
 
 fn build_dag(select: &Select, reg: &Registry) -> Result<(Dag, Option<String>), RunnerError> {
     if !select.file.is_file() {
-        return Err(RunnerError::Usage(format!("{}: no such file", select.file.display())));
+        return Err(RunnerError::Usage(format!(
+            "{}: no such file",
+            select.file.display()
+        )));
     }
     let exp = config::load(&select.file)?;
-    let sets = select.set.iter().map(|s| parse_set(s)).collect::<Result<Vec<_>, _>>()?;
-    let ov = Overrides { sets, profile: select.profile.clone(), data_root: select.data_root.clone() };
+    let sets = select
+        .set
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ov = Overrides {
+        sets,
+        profile: select.profile.clone(),
+        data_root: select.data_root.clone(),
+    };
     let device = exp.file.device.clone();
     Ok((dag::build(&exp, reg, &ov)?, device))
 }
@@ -141,10 +163,19 @@ fn build_dag(select: &Select, reg: &Registry) -> Result<(Dag, Option<String>), R
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
     let reg = Registry::builtin();
     match &cli.command {
-        Command::Run { select, jobs, keep_going, device: dev_flag, quiet } => {
+        Command::Run {
+            select,
+            jobs,
+            keep_going,
+            device: dev_flag,
+            quiet,
+        } => {
             let t0 = Instant::now();
             let (dag, file_device) = build_dag(select, &reg)?;
-            let spec = dev_flag.clone().or(file_device).unwrap_or_else(|| "auto".into());
+            let spec = dev_flag
+                .clone()
+                .or(file_device)
+                .unwrap_or_else(|| "auto".into());
             let device = device::resolve(&spec)?;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             store.clean_stale();
@@ -162,10 +193,18 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                     eprintln!("\ninterrupt: finishing nothing new, cleaning up (Ctrl-C again to quit now)");
                 });
             }
-            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
             let show_bars = !quiet && std::io::stderr().is_terminal();
             let progress = show_bars.then(indicatif::MultiProgress::new);
-            let opts = RunOptions { jobs: jobs.unwrap_or(threads.min(4)), keep_going: *keep_going, device, threads, progress };
+            let opts = RunOptions {
+                jobs: jobs.unwrap_or(threads.min(4)),
+                keep_going: *keep_going,
+                device,
+                threads,
+                progress,
+            };
             let results = exec::execute(&dag, &reg, &store, &memo, &opts, &cancel);
             memo.save()?;
             exec::save_record(&store, &dag, &results)?;
@@ -174,7 +213,11 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 if node.kind == "table" && r.status.ok() {
                     if let Some((_, dest)) = node.publish.first() {
                         if let Ok(bytes) = std::fs::read(dest) {
-                            println!("\n{} ({})", node.id.trim_start_matches("table:"), rel(dest, &dag.project_root));
+                            println!(
+                                "\n{} ({})",
+                                node.id.trim_start_matches("table:"),
+                                rel(dest, &dag.project_root)
+                            );
                             print!("{}", table::render_aligned(&table::read_csv(&bytes)));
                         }
                     }
@@ -184,10 +227,17 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             if cancel.load(Ordering::Relaxed) {
                 return Err(RunnerError::Interrupted);
             }
-            let failed: Vec<&Status> = results.iter().map(|r| &r.status).filter(|s| matches!(s, Status::Failed { .. })).collect();
+            let failed: Vec<&Status> = results
+                .iter()
+                .map(|r| &r.status)
+                .filter(|s| matches!(s, Status::Failed { .. }))
+                .collect();
             if failed.is_empty() {
                 Ok(0)
-            } else if failed.iter().all(|s| matches!(s, Status::Failed { user: true, .. })) {
+            } else if failed
+                .iter()
+                .all(|s| matches!(s, Status::Failed { user: true, .. }))
+            {
                 Ok(2)
             } else {
                 Ok(1)
@@ -204,7 +254,14 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
         }
         Command::Dag { select, dot } => {
             let (dag, _) = build_dag(select, &reg)?;
-            print!("{}", if *dot { render_dot(&dag) } else { render_dag_text(&dag) });
+            print!(
+                "{}",
+                if *dot {
+                    render_dot(&dag)
+                } else {
+                    render_dag_text(&dag)
+                }
+            );
             Ok(0)
         }
         Command::Show { what } => show(&cli, what),
@@ -212,7 +269,10 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
         Command::Verify => {
             let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
             if !root.is_dir() {
-                return Err(RunnerError::Usage(format!("no cache at {} (use --cache DIR)", root.display())));
+                return Err(RunnerError::Usage(format!(
+                    "no cache at {} (use --cache DIR)",
+                    root.display()
+                )));
             }
             let store = Store::open(&root)?;
             let stale = store.clean_stale();
@@ -236,11 +296,31 @@ fn rel(p: &Path, root: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
 
-fn print_summary(dag: &Dag, results: &[exec::NodeResult], store: &Store, total: f64, device: mrbm_stage::Device) {
-    let mut rows = vec![vec!["stage".to_string(), "status".into(), "seconds".into(), "log".into()]];
+fn print_summary(
+    dag: &Dag,
+    results: &[exec::NodeResult],
+    store: &Store,
+    total: f64,
+    device: mrbm_stage::Device,
+) {
+    let mut rows = vec![vec![
+        "stage".to_string(),
+        "status".into(),
+        "seconds".into(),
+        "log".into(),
+    ]];
     for (node, r) in dag.nodes.iter().zip(results) {
-        let log = r.log.as_ref().map(|l| rel(l, &dag.project_root)).unwrap_or_default();
-        rows.push(vec![node.id.clone(), r.status.word().into(), format!("{:.2}", r.seconds), log]);
+        let log = r
+            .log
+            .as_ref()
+            .map(|l| rel(l, &dag.project_root))
+            .unwrap_or_default();
+        rows.push(vec![
+            node.id.clone(),
+            r.status.word().into(),
+            format!("{:.2}", r.seconds),
+            log,
+        ]);
     }
     println!();
     print!("{}", table::render_aligned(&rows));
@@ -270,27 +350,52 @@ fn render_dag_text(dag: &Dag) -> String {
             .inputs
             .iter()
             .map(|i| match &i.source {
-                dag::InputSource::Node { node, file } => format!("{}={}{}", i.slot, dag.nodes[*node].id, file.as_ref().map(|f| format!("/{f}")).unwrap_or_default()),
+                dag::InputSource::Node { node, file } => format!(
+                    "{}={}{}",
+                    i.slot,
+                    dag.nodes[*node].id,
+                    file.as_ref().map(|f| format!("/{f}")).unwrap_or_default()
+                ),
                 dag::InputSource::External { path, .. } => format!("{}={}", i.slot, path.display()),
             })
             .collect();
-        s.push_str(&format!("{} ({}){}\n", n.id, n.kind, if ins.is_empty() { String::new() } else { format!(" <- {}", ins.join(", ")) }));
+        s.push_str(&format!(
+            "{} ({}){}\n",
+            n.id,
+            n.kind,
+            if ins.is_empty() {
+                String::new()
+            } else {
+                format!(" <- {}", ins.join(", "))
+            }
+        ));
     }
     s
 }
 
 fn render_dot(dag: &Dag) -> String {
-    let mut s = String::from("digraph mrbm {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n");
+    let mut s = String::from(
+        "digraph mrbm {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+    );
     for (i, n) in dag.nodes.iter().enumerate() {
-        s.push_str(&format!("  n{i} [label=\"{}\\n({})\"];\n", n.id.replace('"', "\\\""), n.kind));
+        s.push_str(&format!(
+            "  n{i} [label=\"{}\\n({})\"];\n",
+            n.id.replace('"', "\\\""),
+            n.kind
+        ));
     }
     for (i, n) in dag.nodes.iter().enumerate() {
         for inp in &n.inputs {
             match &inp.source {
-                dag::InputSource::Node { node, .. } => s.push_str(&format!("  n{node} -> n{i} [label=\"{}\"];\n", inp.slot)),
-                dag::InputSource::External { path, .. } => {
-                    s.push_str(&format!("  \"{}\" [shape=folder];\n  \"{}\" -> n{i} [label=\"{}\"];\n", path.display(), path.display(), inp.slot))
+                dag::InputSource::Node { node, .. } => {
+                    s.push_str(&format!("  n{node} -> n{i} [label=\"{}\"];\n", inp.slot))
                 }
+                dag::InputSource::External { path, .. } => s.push_str(&format!(
+                    "  \"{}\" [shape=folder];\n  \"{}\" -> n{i} [label=\"{}\"];\n",
+                    path.display(),
+                    path.display(),
+                    inp.slot
+                )),
             }
         }
     }
@@ -302,15 +407,25 @@ fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
     let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
     let store = Store::open(&root)?;
     let keys = store.keys();
-    let mut key = keys.iter().find(|k| k.starts_with(what) && what.len() >= 6).cloned();
+    let mut key = keys
+        .iter()
+        .find(|k| k.starts_with(what) && what.len() >= 6)
+        .cloned();
     if key.is_none() {
         // Look the id up in the records of past runs.
         if let Ok(rd) = std::fs::read_dir(root.join("runs")) {
             for e in rd.flatten() {
-                let rec: exec::RunRecord = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                let rec: exec::RunRecord = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
                 if let Some(r) = rec.stages.get(what) {
                     key = Some(r.key.clone());
-                } else if let Some((_, r)) = rec.stages.iter().find(|(id, _)| id.split('[').next() == Some(what)) {
+                } else if let Some((_, r)) = rec
+                    .stages
+                    .iter()
+                    .find(|(id, _)| id.split('[').next() == Some(what))
+                {
                     key = Some(r.key.clone());
                 }
             }
@@ -320,15 +435,23 @@ fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
         return Err(RunnerError::Usage(format!("`{what}` is neither a key in {} nor a stage id of a past run (run the experiment first)", root.display())));
     };
     if !store.has(&key) {
-        return Err(RunnerError::Usage(format!("`{what}` last ran as {key}, which is no longer in the cache")));
+        return Err(RunnerError::Usage(format!(
+            "`{what}` last ran as {key}, which is no longer in the cache"
+        )));
     }
-    let bytes = std::fs::read(store.entry_dir(&key).join("manifest.json")).map_err(|e| RunnerError::cache(store.entry_dir(&key), e))?;
+    let bytes = std::fs::read(store.entry_dir(&key).join("manifest.json"))
+        .map_err(|e| RunnerError::cache(store.entry_dir(&key), e))?;
     println!("{}", String::from_utf8_lossy(&bytes));
     println!("entry: {}", store.entry_dir(&key).display());
     Ok(0)
 }
 
-fn gc(cli: &Cli, reg: &Registry, dry_run: bool, project: Option<PathBuf>) -> Result<u8, RunnerError> {
+fn gc(
+    cli: &Cli,
+    reg: &Registry,
+    dry_run: bool,
+    project: Option<PathBuf>,
+) -> Result<u8, RunnerError> {
     let project = project.unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
     let root = cache_dir(&cli.cache, &project);
     let store = Store::open(&root)?;
@@ -336,7 +459,12 @@ fn gc(cli: &Cli, reg: &Registry, dry_run: bool, project: Option<PathBuf>) -> Res
     let mut keep = std::collections::BTreeSet::new();
     let exp_dir = project.join("experiments");
     let files: Vec<PathBuf> = std::fs::read_dir(&exp_dir)
-        .map_err(|e| RunnerError::Usage(format!("{}: {e} (run gc from the project root or pass --project)", exp_dir.display())))?
+        .map_err(|e| {
+            RunnerError::Usage(format!(
+                "{}: {e} (run gc from the project root or pass --project)",
+                exp_dir.display()
+            ))
+        })?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -352,7 +480,11 @@ fn gc(cli: &Cli, reg: &Registry, dry_run: bool, project: Option<PathBuf>) -> Res
         let mut profiles: Vec<Option<String>> = vec![None];
         profiles.extend(exp.file.profiles.keys().cloned().map(Some));
         for p in profiles {
-            let ov = Overrides { sets: vec![], profile: p, data_root: None };
+            let ov = Overrides {
+                sets: vec![],
+                profile: p,
+                data_root: None,
+            };
             if let Ok(dag) = dag::build(&exp, reg, &ov) {
                 for l in plan::plan(&dag, &store, &memo)? {
                     if let Some(k) = l.key {
@@ -368,12 +500,25 @@ fn gc(cli: &Cli, reg: &Registry, dry_run: bool, project: Option<PathBuf>) -> Res
     for k in store.keys() {
         if !keep.contains(&k) {
             let dir = store.entry_dir(&k);
-            let size: u64 = walkdir::WalkDir::new(&dir).into_iter().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum();
+            let size: u64 = walkdir::WalkDir::new(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum();
             let id = store.manifest(&k).map(|m| m.stage_id).unwrap_or_default();
-            println!("{} {k} {id} ({:.1} MB)", if dry_run { "would remove" } else { "removed" }, size as f64 / 1e6);
+            println!(
+                "{} {k} {id} ({:.1} MB)",
+                if dry_run { "would remove" } else { "removed" },
+                size as f64 / 1e6
+            );
             if !dry_run {
                 // Rename first so a concurrent reader never sees a half-deleted entry.
-                let trash = store.root.join("tmp").join(format!("gc-{k}.{}", std::process::id()));
+                let trash = store
+                    .root
+                    .join("tmp")
+                    .join(format!("gc-{k}.{}", std::process::id()));
                 std::fs::rename(&dir, &trash).map_err(|e| RunnerError::cache(&dir, e))?;
                 let _ = std::fs::remove_dir_all(&trash);
             }
@@ -381,6 +526,11 @@ fn gc(cli: &Cli, reg: &Registry, dry_run: bool, project: Option<PathBuf>) -> Res
             bytes += size;
         }
     }
-    println!("{} {removed} entries ({:.1} MB); kept {}; {stale} stale files cleaned", if dry_run { "would remove" } else { "removed" }, bytes as f64 / 1e6, keep.len());
+    println!(
+        "{} {removed} entries ({:.1} MB); kept {}; {stale} stale files cleaned",
+        if dry_run { "would remove" } else { "removed" },
+        bytes as f64 / 1e6,
+        keep.len()
+    );
     Ok(0)
 }

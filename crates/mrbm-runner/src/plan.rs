@@ -45,7 +45,13 @@ pub fn plan(dag: &Dag, store: &Store, memo: &Memo) -> Result<Vec<PlanLine>, Runn
                     pending.get_or_insert_with(|| format!("upstream {} reruns", dag.nodes[up].id));
                 }
                 Resolved::Missing { path, declared } => {
-                    pending.get_or_insert_with(|| format!("input `{}` missing: {} ({declared})", inp.slot, path.display()));
+                    pending.get_or_insert_with(|| {
+                        format!(
+                            "input `{}` missing: {} ({declared})",
+                            inp.slot,
+                            path.display()
+                        )
+                    });
                 }
                 Resolved::BadFile { message } => {
                     pending.get_or_insert(message);
@@ -74,7 +80,11 @@ pub fn plan(dag: &Dag, store: &Store, memo: &Memo) -> Result<Vec<PlanLine>, Runn
                             if p.version != node.version {
                                 format!("implementation version {} -> {}", p.version, node.version)
                             } else {
-                                let changed: Vec<String> = hashes.iter().filter(|(s, h)| p.inputs.get(*s) != Some(*h)).map(|(s, _)| format!("`{s}`")).collect();
+                                let changed: Vec<String> = hashes
+                                    .iter()
+                                    .filter(|(s, h)| p.inputs.get(*s) != Some(*h))
+                                    .map(|(s, _)| format!("`{s}`"))
+                                    .collect();
                                 if !changed.is_empty() {
                                     format!("input {} changed", changed.join(", "))
                                 } else if p.key == key {
@@ -89,7 +99,11 @@ pub fn plan(dag: &Dag, store: &Store, memo: &Memo) -> Result<Vec<PlanLine>, Runn
                 }
             }
         };
-        lines.push(PlanLine { id: node.id.clone(), status, key });
+        lines.push(PlanLine {
+            id: node.id.clone(),
+            status,
+            key,
+        });
     }
     Ok(lines)
 }
@@ -100,7 +114,11 @@ fn diff(prefix: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
         (Value::Object(a), Value::Object(b)) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for k in keys {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 match (a.get(k), b.get(k)) {
                     (Some(x), Some(y)) => diff(&path, x, y, out),
                     (None, Some(y)) => out.push(format!("{path} (added: {y})")),
@@ -123,7 +141,10 @@ pub fn render(lines: &[PlanLine]) -> String {
             PlanStatus::Run(why) => s.push_str(&format!("run     {:<w$}  {why}\n", l.id)),
         }
     }
-    let n_run = lines.iter().filter(|l| matches!(l.status, PlanStatus::Run(_))).count();
+    let n_run = lines
+        .iter()
+        .filter(|l| matches!(l.status, PlanStatus::Run(_)))
+        .count();
     s.push_str(&format!("{n_run} to run, {} cached\n", lines.len() - n_run));
     s
 }
@@ -138,6 +159,9 @@ mod tests {
         let b = serde_json::json!({"C": 2.0, "eps": 0.1, "inner": {"x": 2}});
         let mut out = vec![];
         diff("", &a, &b, &mut out);
-        assert_eq!(out, vec!["C: 1.0 -> 2.0".to_string(), "inner.x: 1 -> 2".to_string()]);
+        assert_eq!(
+            out,
+            vec!["C: 1.0 -> 2.0".to_string(), "inner.x: 1 -> 2".to_string()]
+        );
     }
 }

@@ -21,7 +21,9 @@ impl Registry {
     }
 
     pub fn from_stages(list: Vec<Box<dyn Stage>>) -> Registry {
-        Registry { stages: list.into_iter().map(|s| (s.kind(), s)).collect() }
+        Registry {
+            stages: list.into_iter().map(|s| (s.kind(), s)).collect(),
+        }
     }
 
     pub fn get(&self, kind: &str) -> Option<&dyn Stage> {

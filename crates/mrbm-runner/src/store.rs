@@ -80,7 +80,9 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 pub fn now_rfc3339() -> String {
-    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // civil-from-days (Howard Hinnant's algorithm)
@@ -94,7 +96,12 @@ pub fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = if month <= 2 { y + 1 } else { y };
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem / 60) % 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
 }
 
 /// Write through a temporary file in the same folder, fsync, rename.
@@ -136,9 +143,12 @@ impl Drop for KeyLock {
 impl Store {
     pub fn open(root: &Path) -> Result<Store, RunnerError> {
         for d in ["entries", "tmp", "locks", "runs"] {
-            std::fs::create_dir_all(root.join(d)).map_err(|e| RunnerError::cache(root.join(d), e))?;
+            std::fs::create_dir_all(root.join(d))
+                .map_err(|e| RunnerError::cache(root.join(d), e))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn entry_dir(&self, key: &str) -> PathBuf {
@@ -161,14 +171,23 @@ impl Store {
 
     /// A fresh temporary directory for building the entry `key`.
     pub fn tmp_dir(&self, key: &str) -> Result<PathBuf, RunnerError> {
-        let d = self.root.join("tmp").join(format!("{key}.{}.{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let d = self.root.join("tmp").join(format!(
+            "{key}.{}.{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(d.join("out")).map_err(|e| RunnerError::cache(&d, e))?;
         Ok(d)
     }
 
     /// Take the lock for `key`, waiting for a live owner and breaking the
     /// lock of a dead one. `cancelled` aborts the wait.
-    pub fn lock(&self, key: &str, cancelled: &dyn Fn() -> bool, waiting: &dyn Fn(&str)) -> Result<LockOutcome, RunnerError> {
+    pub fn lock(
+        &self,
+        key: &str,
+        cancelled: &dyn Fn() -> bool,
+        waiting: &dyn Fn(&str),
+    ) -> Result<LockOutcome, RunnerError> {
         let path = self.root.join("locks").join(format!("{key}.lock"));
         let me = format!("{} {} {}\n", std::process::id(), hostname(), now_rfc3339());
         let mut told = false;
@@ -176,9 +195,14 @@ impl Store {
             if self.has(key) {
                 return Ok(LockOutcome::Published);
             }
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(mut f) => {
-                    f.write_all(me.as_bytes()).map_err(|e| RunnerError::cache(&path, e))?;
+                    f.write_all(me.as_bytes())
+                        .map_err(|e| RunnerError::cache(&path, e))?;
                     let lock = KeyLock { path: path.clone() };
                     // It may have been published between our check and the lock.
                     if self.has(key) {
@@ -190,9 +214,16 @@ impl Store {
                     let owner = std::fs::read_to_string(&path).unwrap_or_default();
                     if self.owner_dead(&owner, &path) {
                         // Steal by renaming to a unique name: only one breaker wins.
-                        let stale = path.with_extension(format!("stale.{}.{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+                        let stale = path.with_extension(format!(
+                            "stale.{}.{}",
+                            std::process::id(),
+                            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+                        ));
                         if std::fs::rename(&path, &stale).is_ok() {
-                            tracing::warn!("broke the lock of dead process ({}) on {key}", owner.trim());
+                            tracing::warn!(
+                                "broke the lock of dead process ({}) on {key}",
+                                owner.trim()
+                            );
                             let _ = std::fs::remove_file(&stale);
                         }
                         continue;
@@ -221,21 +252,33 @@ impl Store {
             (Some(_), Some(_)) => false,
             // Empty or unreadable: the owner died between create and write,
             // or is writing right now; give it a moment.
-            _ => std::fs::metadata(path).and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(5)).unwrap_or(false),
+            _ => std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(5))
+                .unwrap_or(false),
         }
     }
 
     /// Hash every file of a built temporary directory's out/.
-    pub fn hash_outputs(&self, tmp: &Path) -> Result<(BTreeMap<String, FileEntry>, String), RunnerError> {
+    pub fn hash_outputs(
+        &self,
+        tmp: &Path,
+    ) -> Result<(BTreeMap<String, FileEntry>, String), RunnerError> {
         let out = tmp.join("out");
         let files = hashing::list_files(&out).map_err(|e| RunnerError::cache(&out, e))?;
         let mut map = BTreeMap::new();
         for (rel, abs) in files {
-            let size = std::fs::metadata(&abs).map_err(|e| RunnerError::cache(&abs, e))?.len();
+            let size = std::fs::metadata(&abs)
+                .map_err(|e| RunnerError::cache(&abs, e))?
+                .len();
             let hash = hashing::hash_file(&abs).map_err(|e| RunnerError::cache(&abs, e))?;
             map.insert(rel, FileEntry { hash, size });
         }
-        let combined = hashing::combine(&map.iter().map(|(k, v)| (k.clone(), v.hash.clone())).collect());
+        let combined = hashing::combine(
+            &map.iter()
+                .map(|(k, v)| (k.clone(), v.hash.clone()))
+                .collect(),
+        );
         Ok((map, combined))
     }
 
@@ -263,7 +306,11 @@ impl Store {
 
     pub fn keys(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.root.join("entries"))
-            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -271,7 +318,9 @@ impl Store {
 
     /// Check an entry's files against its manifest; Err(reason) if corrupt.
     pub fn verify_entry(&self, key: &str) -> Result<(), String> {
-        let m = self.manifest(key).map_err(|e| format!("manifest unreadable: {e}"))?;
+        let m = self
+            .manifest(key)
+            .map_err(|e| format!("manifest unreadable: {e}"))?;
         if m.key != key {
             return Err(format!("manifest says key {}", m.key));
         }
@@ -282,7 +331,11 @@ impl Store {
             let p = out.join(rel);
             let h = hashing::hash_file(&p).map_err(|e| format!("{rel}: {e}"))?;
             if h != fe.hash {
-                return Err(format!("{rel}: content changed (hash {} != {})", &h[..12], &fe.hash[..12]));
+                return Err(format!(
+                    "{rel}: content changed (hash {} != {})",
+                    &h[..12],
+                    &fe.hash[..12]
+                ));
             }
         }
         for n in names {
@@ -310,7 +363,10 @@ impl Store {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
                 if let Some(pid) = pid {
-                    if pid != std::process::id() && !pid_alive(pid) && std::fs::remove_dir_all(e.path()).is_ok() {
+                    if pid != std::process::id()
+                        && !pid_alive(pid)
+                        && std::fs::remove_dir_all(e.path()).is_ok()
+                    {
                         n += 1;
                     }
                 }
@@ -320,7 +376,9 @@ impl Store {
             for e in rd.flatten() {
                 let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let mut p = owner.split_whitespace();
-                if let (Some(pid), Some(host)) = (p.next().and_then(|x| x.parse::<u32>().ok()), p.next()) {
+                if let (Some(pid), Some(host)) =
+                    (p.next().and_then(|x| x.parse::<u32>().ok()), p.next())
+                {
                     if host == me && !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
                         n += 1;
                     }
@@ -331,7 +389,9 @@ impl Store {
     }
 
     pub fn runs_file(&self, experiment: &str) -> PathBuf {
-        self.root.join("runs").join(format!("{}.json", experiment.replace(['/', '\\'], "_")))
+        self.root
+            .join("runs")
+            .join(format!("{}.json", experiment.replace(['/', '\\'], "_")))
     }
 }
 
@@ -354,7 +414,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
         // A pid that cannot be alive (beyond pid_max on Linux).
-        std::fs::write(d.path().join("locks/k.lock"), format!("4194999 {} x\n", hostname())).unwrap();
+        std::fs::write(
+            d.path().join("locks/k.lock"),
+            format!("4194999 {} x\n", hostname()),
+        )
+        .unwrap();
         match s.lock("k", &|| false, &|_| {}).unwrap() {
             LockOutcome::Acquired(l) => drop(l),
             LockOutcome::Published => panic!("nothing was published"),
@@ -366,7 +430,11 @@ mod tests {
     fn live_owner_blocks_until_cancelled() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
-        std::fs::write(d.path().join("locks/k.lock"), format!("{} {} x\n", std::process::id(), hostname())).unwrap();
+        std::fs::write(
+            d.path().join("locks/k.lock"),
+            format!("{} {} x\n", std::process::id(), hostname()),
+        )
+        .unwrap();
         let r = s.lock("k", &|| true, &|_| {});
         assert!(matches!(r, Err(RunnerError::Interrupted)));
     }

@@ -77,7 +77,10 @@ fn fmt_value(v: f64, precision: usize) -> String {
 }
 
 /// The table as rows of strings, header first.
-pub fn build_grid(p: &TableParams, metrics_of: impl Fn(&str) -> Option<BTreeMap<String, f64>>) -> Vec<Vec<String>> {
+pub fn build_grid(
+    p: &TableParams,
+    metrics_of: impl Fn(&str) -> Option<BTreeMap<String, f64>>,
+) -> Vec<Vec<String>> {
     let mut rows: Vec<String> = p.row_order.clone();
     for c in &p.cells {
         if !rows.contains(&c.row) {
@@ -97,7 +100,11 @@ pub fn build_grid(p: &TableParams, metrics_of: impl Fn(&str) -> Option<BTreeMap<
         }
         for v in values {
             for m in &p.metrics {
-                let header = if p.metrics.len() == 1 { format!("{axis}={v}") } else { format!("{m} {axis}={v}") };
+                let header = if p.metrics.len() == 1 {
+                    format!("{axis}={v}")
+                } else {
+                    format!("{m} {axis}={v}")
+                };
                 cols.push((Some(v.clone()), m.clone(), header));
             }
         }
@@ -113,10 +120,17 @@ pub fn build_grid(p: &TableParams, metrics_of: impl Fn(&str) -> Option<BTreeMap<
     for r in rows {
         let mut line = vec![r.clone()];
         for (v, m, _) in &cols {
-            let cell = p.cells.iter().find(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
+            let cell = p
+                .cells
+                .iter()
+                .find(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
             let text = cell
                 .and_then(|c| metrics_of(&c.slot))
-                .map(|ms| ms.get(m).map(|x| fmt_value(*x, p.precision)).unwrap_or_else(|| format!("no metric {m}")))
+                .map(|ms| {
+                    ms.get(m)
+                        .map(|x| fmt_value(*x, p.precision))
+                        .unwrap_or_else(|| format!("no metric {m}"))
+                })
                 .unwrap_or_else(|| MISSING.to_string());
             line.push(text);
         }
@@ -137,18 +151,38 @@ pub fn build_grid(p: &TableParams, metrics_of: impl Fn(&str) -> Option<BTreeMap<
 /// Align a CSV's rows for the terminal.
 pub fn render_aligned(rows: &[Vec<String>]) -> String {
     let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..ncol).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..ncol)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut s = String::new();
     for (i, r) in rows.iter().enumerate() {
         let cells: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(c, v)| if c == 0 { format!("{v:<w$}", w = widths[c]) } else { format!("{v:>w$}", w = widths[c]) })
+            .map(|(c, v)| {
+                if c == 0 {
+                    format!("{v:<w$}", w = widths[c])
+                } else {
+                    format!("{v:>w$}", w = widths[c])
+                }
+            })
             .collect();
         s.push_str(cells.join("  ").trim_end());
         s.push('\n');
         if i == 0 {
-            s.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            s.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
             s.push('\n');
         }
     }
@@ -172,9 +206,17 @@ mod tests {
 
     #[test]
     fn grid_has_rows_columns_reference_and_missing() {
-        let cell = |slot: &str, row: &str, col: &str| TableCell { slot: slot.into(), id: slot.into(), row: row.into(), column: Some(col.into()) };
+        let cell = |slot: &str, row: &str, col: &str| TableCell {
+            slot: slot.into(),
+            id: slot.into(),
+            row: row.into(),
+            column: Some(col.into()),
+        };
         let mut reference = BTreeMap::new();
-        reference.insert("paper N=1".to_string(), BTreeMap::from([("mnist".to_string(), toml::Value::Float(2.44))]));
+        reference.insert(
+            "paper N=1".to_string(),
+            BTreeMap::from([("mnist".to_string(), toml::Value::Float(2.44))]),
+        );
         let p = TableParams {
             name: "t".into(),
             metrics: vec!["test_error".into()],
@@ -182,11 +224,23 @@ mod tests {
             columns: Some("N".into()),
             row_order: vec!["mnist".into(), "cifar".into()],
             column_order: vec!["1".into(), "255".into()],
-            cells: vec![cell("a", "mnist", "1"), cell("b", "mnist", "255"), cell("c", "cifar", "1"), cell("d", "cifar", "255")],
+            cells: vec![
+                cell("a", "mnist", "1"),
+                cell("b", "mnist", "255"),
+                cell("c", "cifar", "1"),
+                cell("d", "cifar", "255"),
+            ],
             reference,
             precision: 2,
         };
-        let g = build_grid(&p, |slot| (slot == "a" || slot == "b").then(|| BTreeMap::from([("test_error".to_string(), if slot == "a" { 2.5 } else { 1.25 })])));
+        let g = build_grid(&p, |slot| {
+            (slot == "a" || slot == "b").then(|| {
+                BTreeMap::from([(
+                    "test_error".to_string(),
+                    if slot == "a" { 2.5 } else { 1.25 },
+                )])
+            })
+        });
         assert_eq!(g[0], vec!["dataset", "N=1", "N=255", "paper N=1"]);
         assert_eq!(g[1], vec!["mnist", "2.50", "1.25", "2.44"]);
         assert_eq!(g[2], vec!["cifar", MISSING, MISSING, ""]);

@@ -39,7 +39,10 @@ impl Stage for Num {
         self.0
     }
     fn inputs(&self) -> &'static [InputSlot] {
-        const S: &[InputSlot] = &[InputSlot::optional("a", Some("out.txt"), "a number"), InputSlot::optional("b", Some("out.txt"), "a number")];
+        const S: &[InputSlot] = &[
+            InputSlot::optional("a", Some("out.txt"), "a number"),
+            InputSlot::optional("b", Some("out.txt"), "a number"),
+        ];
         S
     }
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
@@ -56,13 +59,17 @@ impl Stage for Num {
                 v += text.trim().parse::<f64>().map_err(StageError::failed)?;
             }
         }
-        std::fs::write(ctx.out("out.txt"), format!("{v}")).map_err(|e| StageError::io(ctx.out("out.txt"), e))?;
+        std::fs::write(ctx.out("out.txt"), format!("{v}"))
+            .map_err(|e| StageError::io(ctx.out("out.txt"), e))?;
         Ok(Metrics::from([("value".to_string(), v)]))
     }
 }
 
 fn registry(version: u32) -> Registry {
-    Registry::from_stages(vec![Box::new(Num(version)), Box::new(mrbm_runner::table::TableStage)])
+    Registry::from_stages(vec![
+        Box::new(Num(version)),
+        Box::new(mrbm_runner::table::TableStage),
+    ])
 }
 
 struct Project {
@@ -88,23 +95,49 @@ impl Project {
 fn build(file: &Path, reg: &Registry, sets: &[&str]) -> Result<dag::Dag, RunnerError> {
     let exp = config::load(file)?;
     let sets = sets.iter().map(|s| config::parse_set(s).unwrap()).collect();
-    dag::build(&exp, reg, &Overrides { sets, ..Default::default() })
+    dag::build(
+        &exp,
+        reg,
+        &Overrides {
+            sets,
+            ..Default::default()
+        },
+    )
 }
 
 fn run(p: &Project, file: &Path, reg: &Registry, sets: &[&str]) -> Vec<(String, Status)> {
     let dag = build(file, reg, sets).unwrap();
     let store = p.store();
     let memo = Memo::load(&store.root);
-    let opts = RunOptions { jobs: 2, keep_going: true, device: mrbm_stage::Device::Cpu, threads: 1, progress: None };
+    let opts = RunOptions {
+        jobs: 2,
+        keep_going: true,
+        device: mrbm_stage::Device::Cpu,
+        threads: 1,
+        progress: None,
+    };
     let results = exec::execute(&dag, reg, &store, &memo, &opts, &AtomicBool::new(false));
     exec::save_record(&store, &dag, &results).unwrap();
-    dag.nodes.iter().zip(results).map(|(n, r)| (n.id.clone(), r.status)).collect()
+    dag.nodes
+        .iter()
+        .zip(results)
+        .map(|(n, r)| (n.id.clone(), r.status))
+        .collect()
 }
 
-fn plan_of(p: &Project, file: &Path, reg: &Registry, sets: &[&str]) -> BTreeMap<String, PlanStatus> {
+fn plan_of(
+    p: &Project,
+    file: &Path,
+    reg: &Registry,
+    sets: &[&str],
+) -> BTreeMap<String, PlanStatus> {
     let dag = build(file, reg, sets).unwrap();
     let store = p.store();
-    plan::plan(&dag, &store, &Memo::load(&store.root)).unwrap().into_iter().map(|l| (l.id, l.status)).collect()
+    plan::plan(&dag, &store, &Memo::load(&store.root))
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.id, l.status))
+        .collect()
 }
 
 const EXP: &str = r#"
@@ -140,9 +173,22 @@ fn second_run_is_all_cached_and_table_is_written() {
     let first = run(&p, &f, &reg, &[]);
     assert!(first.iter().all(|(_, s)| *s == Status::Ran), "{first:?}");
     let ids: Vec<&str> = first.iter().map(|(i, _)| i.as_str()).collect();
-    assert_eq!(ids, vec!["src", "mid[value=10.0]", "mid[value=20.0]", "top[value=10.0]", "top[value=20.0]", "table:t"]);
+    assert_eq!(
+        ids,
+        vec![
+            "src",
+            "mid[value=10.0]",
+            "mid[value=20.0]",
+            "top[value=10.0]",
+            "top[value=20.0]",
+            "table:t"
+        ]
+    );
     let second = run(&p, &f, &reg, &[]);
-    assert!(second.iter().all(|(_, s)| *s == Status::Cached), "{second:?}");
+    assert!(
+        second.iter().all(|(_, s)| *s == Status::Cached),
+        "{second:?}"
+    );
     let csv = std::fs::read_to_string(p.dir.path().join("results/t.csv")).unwrap();
     assert_eq!(csv, "value,value\n10.0,111.00\n20.0,121.00\n");
 }
@@ -160,7 +206,11 @@ fn set_reruns_only_dependants_and_names_the_parameter() {
         PlanStatus::Run(why) => assert!(why.contains("value: 100.0 -> 5.0"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(&plan["table:t"], PlanStatus::Run(why) if why.contains("top[")), "{:?}", plan["table:t"]);
+    assert!(
+        matches!(&plan["table:t"], PlanStatus::Run(why) if why.contains("top[")),
+        "{:?}",
+        plan["table:t"]
+    );
 }
 
 #[test]
@@ -233,21 +283,45 @@ fn config_errors_name_file_line_col_and_fix() {
         }
     };
     let e = err("[stages.a]\nkind = \"numm\"\n");
-    assert!(e.contains("bad.toml:2:8") && e.contains("did you mean `num`"), "{e}");
+    assert!(
+        e.contains("bad.toml:2:8") && e.contains("did you mean `num`"),
+        "{e}"
+    );
     let e = err("[stages.a]\nkind = \"num\"\nparams = { valeu = 1 }\n");
-    assert!(e.contains("bad.toml:3:12") && e.contains("did you mean `value`"), "{e}");
+    assert!(
+        e.contains("bad.toml:3:12") && e.contains("did you mean `value`"),
+        "{e}"
+    );
     let e = err("[stages.a]\nkind = \"num\"\nparms = { value = 1 }\n");
-    assert!(e.contains("bad.toml:3:1") && e.contains("did you mean `params`"), "{e}");
+    assert!(
+        e.contains("bad.toml:3:1") && e.contains("did you mean `params`"),
+        "{e}"
+    );
     let e = err("[stages.a]\nkind = \"num\"\ninputs = { a = \"b\" }\n[stages.b]\nkind = \"num\"\ninputs = { a = \"c\" }\n[stages.c]\nkind = \"num\"\ninputs = { a = \"a\" }\n");
     // Data flows b -> a -> c -> b; the report may start anywhere on the loop.
-    assert!(["a -> c -> b -> a", "b -> a -> c -> b", "c -> b -> a -> c"].iter().any(|c| e.contains(&format!("cycle: {c}"))), "{e}");
+    assert!(
+        ["a -> c -> b -> a", "b -> a -> c -> b", "c -> b -> a -> c"]
+            .iter()
+            .any(|c| e.contains(&format!("cycle: {c}"))),
+        "{e}"
+    );
     assert!(e.contains("bad.toml:"), "{e}");
-    let e = err("[stages.a]\nkind = \"num\"\ninputs = { a = \"srcc\" }\n[stages.src]\nkind = \"num\"\n");
-    assert!(e.contains("bad.toml:3:12") && e.contains("names no stage") && e.contains("did you mean stage `src`"), "{e}");
+    let e = err(
+        "[stages.a]\nkind = \"num\"\ninputs = { a = \"srcc\" }\n[stages.src]\nkind = \"num\"\n",
+    );
+    assert!(
+        e.contains("bad.toml:3:12")
+            && e.contains("names no stage")
+            && e.contains("did you mean stage `src`"),
+        "{e}"
+    );
     let e = err("[stages.a\nkind = \"num\"\n");
     assert!(e.contains("bad.toml:1:"), "{e}");
     let e = err("[stages.a]\nkind = \"num\"\n[sweep]\n\"b.value\" = [1]\n");
-    assert!(e.contains("bad.toml:4:1") && e.contains("no stage `b`"), "{e}");
+    assert!(
+        e.contains("bad.toml:4:1") && e.contains("no stage `b`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -258,7 +332,10 @@ fn missing_external_input_fails_that_stage_only() {
     match &r["a"] {
         Status::Failed { message, user } => {
             assert!(*user);
-            assert!(message.contains("e.toml:3:16") && message.contains("does not exist"), "{message}");
+            assert!(
+                message.contains("e.toml:3:16") && message.contains("does not exist"),
+                "{message}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -327,12 +404,22 @@ rows = "src"
     );
     let r: BTreeMap<_, _> = run(&p, &f, &registry(1), &[]).into_iter().collect();
     assert_eq!(r["top[src=first]"], Status::Ran);
-    assert!(matches!(&r["top[src=absent]"], Status::Failed { user: true, .. }), "{:?}", r["top[src=absent]"]);
+    assert!(
+        matches!(&r["top[src=absent]"], Status::Failed { user: true, .. }),
+        "{:?}",
+        r["top[src=absent]"]
+    );
     let csv = std::fs::read_to_string(p.dir.path().join("results/v.csv")).unwrap();
     // Variant rows come in key order.
-    assert_eq!(csv, "src,value\nabsent,missing\nfile,5.00\nfirst,1.00\nsecond,2.00\n");
+    assert_eq!(
+        csv,
+        "src,value\nabsent,missing\nfile,5.00\nfirst,1.00\nsecond,2.00\n"
+    );
     // An unknown slot is a located error.
-    let bad = p.write("bad_slot.toml", "[stages.a]\nkind = \"num\"\n[sweep.x.y]\n\"a.inputs.zz\" = \"five.txt\"\n");
+    let bad = p.write(
+        "bad_slot.toml",
+        "[stages.a]\nkind = \"num\"\n[sweep.x.y]\n\"a.inputs.zz\" = \"five.txt\"\n",
+    );
     let e = build(&bad, &registry(1), &[]).unwrap_err().to_string();
     assert!(e.contains("has no input `zz`"), "{e}");
 }

@@ -59,11 +59,29 @@ pub struct InputSlot {
 }
 
 impl InputSlot {
-    pub const fn required(name: &'static str, default_file: Option<&'static str>, doc: &'static str) -> Self {
-        InputSlot { name, default_file, required: true, doc }
+    pub const fn required(
+        name: &'static str,
+        default_file: Option<&'static str>,
+        doc: &'static str,
+    ) -> Self {
+        InputSlot {
+            name,
+            default_file,
+            required: true,
+            doc,
+        }
     }
-    pub const fn optional(name: &'static str, default_file: Option<&'static str>, doc: &'static str) -> Self {
-        InputSlot { name, default_file, required: false, doc }
+    pub const fn optional(
+        name: &'static str,
+        default_file: Option<&'static str>,
+        doc: &'static str,
+    ) -> Self {
+        InputSlot {
+            name,
+            default_file,
+            required: false,
+            doc,
+        }
     }
 }
 
@@ -81,7 +99,11 @@ pub struct ParamError {
 
 impl ParamError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ParamError { key: Some(key.into()), message: message.into(), suggestion: None }
+        ParamError {
+            key: Some(key.into()),
+            message: message.into(),
+            suggestion: None,
+        }
     }
     pub fn with_suggestion(mut self, s: impl Into<String>) -> Self {
         self.suggestion = Some(s.into());
@@ -101,7 +123,10 @@ pub enum StageError {
     #[error("interrupted")]
     Cancelled,
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl StageError {
@@ -112,7 +137,10 @@ impl StageError {
         StageError::Failed(e.to_string())
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        StageError::Io { path: path.into(), source }
+        StageError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn is_user_error(&self) -> bool {
         matches!(self, StageError::User(_))
@@ -144,15 +172,16 @@ pub struct StageContext<'a> {
 impl<'a> StageContext<'a> {
     /// Deserialize the canonical parameters into the stage's typed struct.
     pub fn typed_params<T: DeserializeOwned>(&self) -> Result<T, StageError> {
-        serde_json::from_value(self.params.clone()).map_err(|e| StageError::Failed(format!("internal: canonical params do not parse: {e}")))
+        serde_json::from_value(self.params.clone()).map_err(|e| {
+            StageError::Failed(format!("internal: canonical params do not parse: {e}"))
+        })
     }
 
     /// The path of a required input slot.
     pub fn input(&self, slot: &str) -> Result<&Path, StageError> {
-        self.inputs
-            .get(slot)
-            .map(|p| p.as_path())
-            .ok_or_else(|| StageError::User(format!("stage `{}` needs input `{slot}`", self.stage_id)))
+        self.inputs.get(slot).map(|p| p.as_path()).ok_or_else(|| {
+            StageError::User(format!("stage `{}` needs input `{slot}`", self.stage_id))
+        })
     }
 
     pub fn optional_input(&self, slot: &str) -> Option<&Path> {
@@ -179,9 +208,11 @@ impl<'a> StageContext<'a> {
             None => indicatif::ProgressBar::hidden(),
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix:.bold} {msg} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{prefix:.bold} {msg} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(self.stage_id.to_string());
         bar.set_message(what.to_string());
@@ -224,15 +255,23 @@ pub trait Stage: Send + Sync {
 /// Parse raw TOML parameters into `T` (which should use
 /// `#[serde(deny_unknown_fields)]` and defaults) and return it with its
 /// canonical JSON form. Unknown keys get the nearest valid key suggested.
-pub fn parse_params<T: DeserializeOwned + Serialize>(raw: &toml::Table) -> Result<(T, JsonValue), ParamError> {
+pub fn parse_params<T: DeserializeOwned + Serialize>(
+    raw: &toml::Table,
+) -> Result<(T, JsonValue), ParamError> {
     let value = toml::Value::Table(raw.clone());
     let typed: T = T::deserialize(value).map_err(|e| param_error_from_message(e.message()))?;
-    let canon = serde_json::to_value(&typed).map_err(|e| ParamError { key: None, message: e.to_string(), suggestion: None })?;
+    let canon = serde_json::to_value(&typed).map_err(|e| ParamError {
+        key: None,
+        message: e.to_string(),
+        suggestion: None,
+    })?;
     Ok((typed, canon))
 }
 
 /// Helper for the common case `fn params(..) { canonical::<MyParams>(raw) }`.
-pub fn canonical<T: DeserializeOwned + Serialize>(raw: &toml::Table) -> Result<JsonValue, ParamError> {
+pub fn canonical<T: DeserializeOwned + Serialize>(
+    raw: &toml::Table,
+) -> Result<JsonValue, ParamError> {
     parse_params::<T>(raw).map(|(_, v)| v)
 }
 
@@ -242,7 +281,11 @@ fn param_error_from_message(msg: &str) -> ParamError {
     //        "unknown variant `foo`, expected one of `a`, `b`"
     //        "missing field `x`"
     let ticks: Vec<&str> = msg.split('`').skip(1).step_by(2).collect();
-    let mut err = ParamError { key: None, message: msg.trim().to_string(), suggestion: None };
+    let mut err = ParamError {
+        key: None,
+        message: msg.trim().to_string(),
+        suggestion: None,
+    };
     if msg.starts_with("unknown field") || msg.starts_with("missing field") {
         err.key = ticks.first().map(|s| s.to_string());
     }

@@ -17,7 +17,9 @@ pub fn shared_data(test: &str) -> Option<PathBuf> {
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&s).unwrap()
 }
@@ -41,9 +43,13 @@ pub fn splitmix_permutation(n: usize, seed: u64) -> Vec<usize> {
 fn read_idx_gz(path: &std::path::Path) -> (Vec<usize>, Vec<u8>) {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(f).read_to_end(&mut bytes).unwrap();
+    flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut bytes)
+        .unwrap();
     let ndim = bytes[3] as usize;
-    let dims: Vec<usize> = (0..ndim).map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().unwrap()) as usize).collect();
+    let dims: Vec<usize> = (0..ndim)
+        .map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().unwrap()) as usize)
+        .collect();
     (dims, bytes[4 + 4 * ndim..].to_vec())
 }
 
@@ -74,5 +80,11 @@ pub fn mnist_split(root: &std::path::Path, seed: u64, n_train: usize) -> Split {
     };
     let (xtr, ytr) = take(&perm[..n_train]);
     let (xte, yte) = take(&perm[n_train..]);
-    Split { xtr, ytr, xte, yte, perm }
+    Split {
+        xtr,
+        ytr,
+        xte,
+        yte,
+        perm,
+    }
 }
