@@ -126,44 +126,46 @@ pub struct TrainParams {
     pub max_images: Option<usize>,
 }
 
+// Defaults come from the library's own (StackParams, OptimParams), so each
+// value is written once.
 fn d_conv() -> Vec<usize> {
     StackParams::default().conv_channels
 }
 fn d_kernel() -> usize {
-    4
+    StackParams::default().kernel
 }
 fn d_stride() -> usize {
-    2
+    StackParams::default().stride
 }
 fn d_padding() -> usize {
-    1
+    StackParams::default().padding
 }
 fn d_dense() -> Vec<usize> {
     StackParams::default().dense
 }
 fn d_n() -> u32 {
-    1
+    StackParams::default().n
 }
 fn d_init_std() -> f64 {
-    0.01
+    StackParams::default().init_std
 }
 fn d_lr() -> f64 {
-    0.03
+    OptimParams::default().lr
 }
 fn d_beta1() -> f64 {
-    0.9
+    OptimParams::default().beta1
 }
 fn d_beta2() -> f64 {
-    0.999
+    OptimParams::default().beta2
 }
 fn d_eps() -> f64 {
-    1e-8
+    OptimParams::default().epsilon
 }
 fn d_batch() -> usize {
-    128
+    OptimParams::default().batch_size
 }
 fn d_epochs() -> usize {
-    10
+    OptimParams::default().epochs
 }
 
 impl TrainParams {

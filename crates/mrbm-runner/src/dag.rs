@@ -600,13 +600,14 @@ pub fn build(
     // 7. Tables.
     for t in &exp.file.tables {
         let tsrc = &exp.source;
-        let tspan = |_field: &str| Some(t.stage.span());
+        // Table errors point at the table's `stage` key.
+        let tspan = || Some(t.stage.span());
         let stage = t.stage.get_ref();
         if !exp.stages.contains_key(stage) {
             let help = mrbm_stage::nearest(stage, names.iter().copied())
                 .map(|n| format!("did you mean `{n}`?"));
             return Err(tsrc.locate(
-                tspan("stage"),
+                tspan(),
                 format!("table `{}`: there is no stage `{stage}`", t.name),
                 help,
             ));
@@ -617,7 +618,7 @@ pub fn build(
         }
         if metrics.is_empty() {
             return Err(tsrc.locate(
-                tspan("metric"),
+                tspan(),
                 format!("table `{}` names no metric", t.name),
                 Some("add `metric = \"test_error\"` (or `metrics = [...]`)".into()),
             ));
@@ -632,7 +633,7 @@ pub fn build(
                     .ok_or_else(|| {
                         let valid: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
                         tsrc.locate(
-                            tspan("rows"),
+                            tspan(),
                             format!("table `{}`: `{w}` is not a sweep axis", t.name),
                             Some(format!(
                                 "sweep axes: {}",

@@ -18,7 +18,7 @@ use crate::dag::{Dag, InputSource, Node};
 use crate::error::RunnerError;
 use crate::hashing::{self, Memo};
 use crate::registry::Registry;
-use crate::store::{self, FileEntry, LockOutcome, Manifest, Store};
+use crate::store::{self, LockOutcome, Manifest, Store};
 
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -560,7 +560,7 @@ fn run_node(
         for inp in &node.inputs {
             if let InputSource::External { path, .. } = &inp.source {
                 let now = memo
-                    .recheck(path)
+                    .path(path)
                     .map_err(|e| RunnerError::Data(format!("{}: {e}", path.display())))?;
                 if hashes.get(&inp.slot) != Some(&now) {
                     return Err(RunnerError::Data(format!(
@@ -686,13 +686,4 @@ pub fn load_record(store: &Store, experiment: &str) -> RunRecord {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
-}
-
-/// Files a stage wrote, for `show`.
-pub fn entry_files(m: &Manifest) -> &BTreeMap<String, FileEntry> {
-    &m.files
-}
-
-pub fn entry_path(store: &Store, key: &str) -> PathBuf {
-    store.entry_dir(key)
 }

@@ -152,12 +152,6 @@ impl Memo {
         }
     }
 
-    /// Hash again, trusting only the memo's stat check of each file: used
-    /// just before publishing to catch inputs changed while a stage ran.
-    pub fn recheck(&self, path: &Path) -> std::io::Result<String> {
-        self.path(path)
-    }
-
     /// Write the memo back, merged with what another process may have saved.
     pub fn save(&self) -> Result<(), RunnerError> {
         if !*self.dirty.lock().expect("memo lock") {
