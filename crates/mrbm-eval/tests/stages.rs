@@ -1,58 +1,9 @@
 //! The stage kinds end to end through the mrbm-stage contract.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+mod common;
 
+use common::{run, tmpdir};
 use mrbm_data::artifact::{FeatureSet, ImageSet};
-use mrbm_stage::{Metrics, Stage, StageContext, StageError};
-
-fn stage(kind: &str) -> Box<dyn Stage> {
-    mrbm_eval::stages()
-        .into_iter()
-        .find(|s| s.kind() == kind)
-        .unwrap()
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mrbm-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(
-    kind: &str,
-    params: &str,
-    inputs: &[(&str, &Path)],
-    out: &Path,
-) -> Result<Metrics, StageError> {
-    let s = stage(kind);
-    let raw: toml::Table = toml::from_str(params).unwrap();
-    let p = s
-        .params(&raw)
-        .map_err(|e| StageError::User(e.to_string()))?;
-    let inputs: BTreeMap<String, PathBuf> = inputs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_path_buf()))
-        .collect();
-    let cancel = AtomicBool::new(false);
-    let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
-    std::fs::create_dir_all(out).unwrap();
-    let ctx = StageContext {
-        stage_id: kind,
-        params: &p,
-        inputs: &inputs,
-        out_dir: out,
-        device: mrbm_stage::Device::Cpu,
-        threads: 2,
-        progress: None,
-        cancel: &cancel,
-        log: &log,
-    };
-    s.run(&ctx)
-}
 
 fn blobs(n: usize, d: usize, seed: u64) -> FeatureSet {
     let mut s = seed;

@@ -76,3 +76,116 @@ fn mnist_matches_liblinear() {
         }
     }
 }
+
+/// Parity on the features of a trained quickstart model (fixture written by
+/// tools/liblinear_quickstart.py): the test rebuilds the quickstart's
+/// synthetic data with the dataset and transform stages, computes the
+/// features with the committed trained models through the features stage,
+/// checks they are the ones LIBLINEAR was given, then fits both ways.
+#[test]
+fn quickstart_features_match_liblinear() {
+    use mrbm_data::artifact::FeatureSet;
+
+    let fx = common::fixture("liblinear_quickstart.json");
+    let dir = common::tmpdir("quickstart-svm");
+    let toml_of = |v: &serde_json::Value| toml::to_string(v).unwrap();
+    common::run(
+        "dataset",
+        &toml_of(&fx["dataset"]),
+        &[],
+        &dir.join("shapes"),
+    )
+    .unwrap();
+    common::run(
+        "transform",
+        &toml_of(&fx["split"]),
+        &[("data", &dir.join("shapes"))],
+        &dir.join("split"),
+    )
+    .unwrap();
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+
+    for (n, rec) in fx["models"].as_object().unwrap() {
+        let model = fixtures.join(rec["model"].as_str().unwrap());
+        let mut sets = Vec::new();
+        for (split, stats) in [
+            ("train", &rec["train_features"]),
+            ("test", &rec["test_features"]),
+        ] {
+            let out = dir.join(format!("{split}_features_N{n}"));
+            common::run(
+                "features",
+                "",
+                &[
+                    ("model", &model),
+                    ("data", &dir.join(format!("split/{split}.safetensors"))),
+                ],
+                &out,
+            )
+            .unwrap();
+            let fs = FeatureSet::read(&out.join("features.safetensors")).unwrap();
+            assert_eq!(fs.n as u64, stats["rows"].as_u64().unwrap());
+            assert_eq!(fs.d as u64, stats["dim"].as_u64().unwrap());
+            // The same features LIBLINEAR saw: f32 rounding across machines
+            // may move a sum in its last digits, nothing more.
+            let sum: f64 = fs.features.iter().map(|&v| v as f64).sum();
+            let sum_sq: f64 = fs.features.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            for (got, key) in [(sum, "sum"), (sum_sq, "sum_sq")] {
+                let want = stats[key].as_f64().unwrap();
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs(),
+                    "N={n} {split} features: {key} {got} vs {want} in the fixture; \
+                     if the model code changed on purpose, rerun tools/liblinear_quickstart.py"
+                );
+            }
+            sets.push(fs);
+        }
+        let (tr, te) = (&sets[0], &sets[1]);
+        for c in rec["configs"].as_array().unwrap() {
+            let cfg = SvmConfig {
+                loss: match c["loss"].as_str().unwrap() {
+                    "hinge" => Loss::Hinge,
+                    _ => Loss::SquaredHinge,
+                },
+                c: c["c"].as_f64().unwrap(),
+                eps: c["eps"].as_f64().unwrap(),
+                bias: c["bias"].as_f64().unwrap(),
+                max_iter: 1000,
+                ..Default::default()
+            };
+            let m = fit(&tr.features, tr.n, tr.d, &tr.labels, &cfg).unwrap();
+            let te_err = error_percent(&m.predict(&te.features, te.n).unwrap(), &te.labels);
+            let want = c["test_error_percent"].as_f64().unwrap();
+            eprintln!(
+                "N={n} {}: test error {te_err:.2}% (LIBLINEAR {want:.2}%)",
+                c["options"]
+            );
+            assert!(
+                (te_err - want).abs() <= 0.1 + 1e-9,
+                "N={n} {}: test error {te_err} vs LIBLINEAR {want}",
+                c["options"]
+            );
+            for r in &m.reports {
+                assert!(
+                    r.converged,
+                    "N={n} {}: class {} did not converge",
+                    c["options"], r.class
+                );
+                let want = c["dual_objectives"][r.class.to_string()].as_f64().unwrap();
+                let rel = (r.dual_objective - want).abs() / want.abs();
+                eprintln!(
+                    "  class {}: dual {:.6} vs {want:.6} (rel {rel:.2e}), {} iterations",
+                    r.class, r.dual_objective, r.iterations
+                );
+                assert!(
+                    rel <= 1e-3,
+                    "N={n} {}: class {} dual objective {} vs LIBLINEAR {want}",
+                    c["options"],
+                    r.class,
+                    r.dual_objective
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

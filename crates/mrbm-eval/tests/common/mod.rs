@@ -2,8 +2,13 @@
 //! deterministic MNIST split that tools/mnist_split.py reproduces.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+
+use mrbm_stage::{Metrics, Stage, StageContext, StageError};
 
 /// MRBM_SHARED_DATA, or None (with a note) so the test can skip.
 pub fn shared_data(test: &str) -> Option<PathBuf> {
@@ -87,4 +92,54 @@ pub fn mnist_split(root: &std::path::Path, seed: u64, n_train: usize) -> Split {
         yte,
         perm,
     }
+}
+
+/// The stage kind from mrbm-data, mrbm-core or mrbm-eval.
+fn stage(kind: &str) -> Box<dyn Stage> {
+    mrbm_data::stages()
+        .into_iter()
+        .chain(mrbm_core::stages())
+        .chain(mrbm_eval::stages())
+        .find(|s| s.kind() == kind)
+        .unwrap()
+}
+
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mrbm-eval-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs one stage as the runner would (CPU, 2 threads, no progress bars).
+pub fn run(
+    kind: &str,
+    params: &str,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+) -> Result<Metrics, StageError> {
+    let s = stage(kind);
+    let raw: toml::Table = toml::from_str(params).unwrap();
+    let p = s
+        .params(&raw)
+        .map_err(|e| StageError::User(e.to_string()))?;
+    let inputs: BTreeMap<String, PathBuf> = inputs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+        .collect();
+    let cancel = AtomicBool::new(false);
+    let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
+    std::fs::create_dir_all(out).unwrap();
+    let ctx = StageContext {
+        stage_id: kind,
+        params: &p,
+        inputs: &inputs,
+        out_dir: out,
+        device: mrbm_stage::Device::Cpu,
+        threads: 2,
+        progress: None,
+        cancel: &cancel,
+        log: &log,
+    };
+    s.run(&ctx)
 }
