@@ -125,8 +125,25 @@ fn run_caches_and_plan_names_the_changed_parameter() {
         assert!((0.0..=100.0).contains(&err), "{csv}");
     }
 
-    let second = p.run(&["run", "experiments/tiny.toml"]);
-    assert!(second.status.success());
+    // The device of every cell is recorded beside the table.
+    let prov: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.root().join("results/tiny.provenance.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(prov["devices"], serde_json::json!(["cpu"]), "{prov}");
+    let cells = prov["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2, "{prov}");
+    for (c, n) in cells.iter().zip(["1", "255"]) {
+        assert_eq!(c["row"], n);
+        assert_eq!(c["stage"], format!("svm[N={n}]"));
+        assert_eq!(c["device"], "cpu");
+        assert_eq!(c["key"].as_str().unwrap().len(), 64);
+    }
+
+    // The device choice is not part of any key: `--device cpu` instead of
+    // the experiment's default `auto` reuses every entry.
+    let second = p.run(&["run", "experiments/tiny.toml", "--device", "cpu"]);
+    assert!(second.status.success(), "{}", text(&second));
     assert_eq!(counts(&second), (0, TINY_STAGES));
     assert_eq!(p.csv(), csv);
 

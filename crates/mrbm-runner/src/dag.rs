@@ -704,10 +704,17 @@ pub fn build(
         };
         let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
         let id = format!("table:{}", t.name);
-        let publish = vec![(
-            "table.csv".to_string(),
-            project_root.join("results").join(format!("{}.csv", t.name)),
-        )];
+        let results = project_root.join("results");
+        let publish = vec![
+            (
+                "table.csv".to_string(),
+                results.join(format!("{}.csv", t.name)),
+            ),
+            (
+                "provenance.json".to_string(),
+                results.join(format!("{}.provenance.json", t.name)),
+            ),
+        ];
         nodes.push(Node {
             id,
             stage: format!("table:{}", t.name),

@@ -2,14 +2,20 @@
 //! the metrics of one stage's cells; written as CSV (published to
 //! results/NAME.csv) and printed aligned. A cell whose stage failed or was
 //! skipped is written as `missing`, so one absent data set does not lose
-//! the rest of the table.
+//! the rest of the table. Beside it goes provenance.json (published to
+//! results/NAME.provenance.json): per cell, the stage, cache key, device,
+//! host and time that computed it, read from that entry's manifest. The
+//! device is not part of any key, so this file is where it is recorded.
 
 use std::collections::BTreeMap;
 
 use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
-pub const VERSION: u32 = 1;
+use crate::store::Manifest;
+
+// 2: writes provenance.json beside table.csv.
+pub const VERSION: u32 = 2;
 pub const MISSING: &str = "missing";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,8 +70,46 @@ impl Stage for TableStage {
         }
         let bytes = w.into_inner().map_err(StageError::failed)?;
         mrbm_stage::write_atomic(&ctx.out("table.csv"), &bytes)?;
+        let prov = provenance(&p, |slot| {
+            // Inputs are entries' out/ folders; the manifest sits beside.
+            let entry = ctx.inputs.get(slot)?.parent()?;
+            let bytes = std::fs::read(entry.join("manifest.json")).ok()?;
+            serde_json::from_slice::<Manifest>(&bytes).ok()
+        });
+        let text = serde_json::to_string_pretty(&prov).map_err(StageError::failed)?;
+        mrbm_stage::write_atomic(&ctx.out("provenance.json"), text.as_bytes())?;
         Ok(Metrics::new())
     }
+}
+
+/// Where each cell came from: stage, key, device, host, start time; the
+/// devices used, once each, at the top. Missing cells say so.
+pub fn provenance(p: &TableParams, manifest_of: impl Fn(&str) -> Option<Manifest>) -> JsonValue {
+    let mut devices: Vec<String> = Vec::new();
+    let cells: Vec<JsonValue> = p
+        .cells
+        .iter()
+        .map(|c| {
+            let mut o = serde_json::json!({ "row": c.row, "column": c.column });
+            match manifest_of(&c.slot) {
+                Some(m) => {
+                    if !devices.contains(&m.device) {
+                        devices.push(m.device.clone());
+                    }
+                    o["stage"] = m.stage_id.into();
+                    o["key"] = m.key.into();
+                    o["device"] = m.device.into();
+                    o["host"] = m.host.into();
+                    o["started"] = m.started.into();
+                    o["seconds"] = m.seconds.into();
+                    o["mrbm"] = m.tool_version.into();
+                }
+                None => o["status"] = MISSING.into(),
+            }
+            o
+        })
+        .collect();
+    serde_json::json!({ "table": p.name, "devices": devices, "cells": cells })
 }
 
 fn fmt_value(v: f64, precision: usize) -> String {
@@ -246,5 +290,57 @@ mod tests {
         assert_eq!(g[2], vec!["cifar", MISSING, MISSING, ""]);
         let text = render_aligned(&g);
         assert!(text.lines().nth(2).unwrap().starts_with("mnist "));
+    }
+
+    #[test]
+    fn provenance_names_each_cells_device_and_marks_missing_ones() {
+        let p = TableParams {
+            name: "t".into(),
+            metrics: vec!["test_error".into()],
+            rows: Some("N".into()),
+            columns: None,
+            row_order: vec!["1".into(), "255".into()],
+            column_order: vec![],
+            cells: vec![
+                TableCell {
+                    slot: "a".into(),
+                    id: String::new(),
+                    row: "1".into(),
+                    column: None,
+                },
+                TableCell {
+                    slot: "b".into(),
+                    id: String::new(),
+                    row: "255".into(),
+                    column: None,
+                },
+            ],
+            reference: BTreeMap::new(),
+            precision: 2,
+        };
+        let prov = provenance(&p, |slot| {
+            (slot == "a").then(|| Manifest {
+                key: "k".repeat(64),
+                stage_id: "svm[N=1]".into(),
+                kind: "svm".into(),
+                version: 1,
+                params: JsonValue::Null,
+                inputs: BTreeMap::new(),
+                input_sources: BTreeMap::new(),
+                files: BTreeMap::new(),
+                output_hash: String::new(),
+                metrics: BTreeMap::new(),
+                device: "wgpu:0 (llvmpipe)".into(),
+                started: "2026-11-23T00:00:00Z".into(),
+                seconds: 1.5,
+                tool_version: "mrbm 0.1.0".into(),
+                host: "h".into(),
+            })
+        });
+        assert_eq!(prov["devices"], serde_json::json!(["wgpu:0 (llvmpipe)"]));
+        assert_eq!(prov["cells"][0]["device"], "wgpu:0 (llvmpipe)");
+        assert_eq!(prov["cells"][0]["stage"], "svm[N=1]");
+        assert_eq!(prov["cells"][1]["status"], MISSING);
+        assert!(prov["cells"][1].get("device").is_none());
     }
 }
