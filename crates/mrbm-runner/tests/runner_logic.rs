@@ -410,10 +410,10 @@ rows = "src"
         r["top[src=absent]"]
     );
     let csv = std::fs::read_to_string(p.dir.path().join("results/v.csv")).unwrap();
-    // Variant rows come in key order.
+    // Variant rows come in the order the file declares them.
     assert_eq!(
         csv,
-        "src,value\nabsent,missing\nfile,5.00\nfirst,1.00\nsecond,2.00\n"
+        "src,value\nfirst,1.00\nsecond,2.00\nfile,5.00\nabsent,missing\n"
     );
     // An unknown slot is a located error.
     let bad = p.write(
