@@ -105,6 +105,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `mrbm devices | head` or `mrbm dag x.toml | less` then quitting: end
+    // quietly like other Unix tools instead of panicking on a broken pipe
+    // (Rust ignores SIGPIPE by default). The cache stays consistent: entries
+    // are published atomically.
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
