@@ -363,3 +363,21 @@ fn ctrl_c_stops_cleanly_and_keeps_the_cache_consistent() {
     let rerun = p.run(&["run", "experiments/tiny.toml", "--quiet"]);
     assert!(rerun.status.success(), "{}", text(&rerun));
 }
+
+#[test]
+fn closed_stdout_pipe_ends_quietly() {
+    // `mrbm dag x.toml | head -0`: the reader is gone before mrbm writes.
+    let p = Project::new(TINY);
+    let mut child = mrbm()
+        .current_dir(p.root())
+        .args(["dag", "experiments/tiny.toml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
