@@ -381,3 +381,31 @@ fn closed_stdout_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+#[test]
+fn a_rerun_with_identical_results_leaves_downstream_cached() {
+    // `max_images = 160` is all of TINY's training split: the train stages
+    // rerun (their parameters changed) and write the same model bytes and
+    // metrics, timings aside, so nothing downstream runs again.
+    let p = Project::new(TINY);
+    let first = p.run(&["run", "experiments/tiny.toml"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let csv = p.csv();
+    let again = p.run(&[
+        "run",
+        "experiments/tiny.toml",
+        "--set",
+        "train.max_images=160",
+    ]);
+    assert!(again.status.success(), "{}", text(&again));
+    let out = text(&again);
+    assert_eq!(counts(&again), (2, TINY_STAGES - 2), "{out}");
+    for id in ["train[N=1]", "train[N=255]"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with("ran ") && l.contains(id)),
+            "{id} did not run:\n{out}"
+        );
+    }
+    assert_eq!(p.csv(), csv);
+}

@@ -276,17 +276,71 @@ fn read_labels(path: &Path, st: &SafeTensors, n: usize) -> Result<Vec<i64>, Arti
 }
 
 /// Serialize tensors to `path` through a temporary file and a rename.
+///
+/// The safetensors format, written here rather than by
+/// `safetensors::serialize_to_file` so the bytes are a function of the
+/// content alone: that function writes the metadata map in HashMap order,
+/// which changes from process to process, so the same model saved twice
+/// hashed differently and every stage downstream of it reran. Here the
+/// header's keys (metadata and tensor names) are sorted and the data follow
+/// in tensor-name order. Files stream to disk: nothing is copied whole.
 pub fn write_tensors(
     path: &Path,
     tensors: Vec<(&str, TensorView<'_>)>,
     meta: Option<HashMap<String, String>>,
 ) -> Result<(), ArtifactError> {
-    let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(tensors, meta, &tmp).map_err(|e| format_err(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ArtifactError::Io {
+    use std::io::Write;
+    let io_err = |e: std::io::Error| ArtifactError::Io {
         path: path.to_path_buf(),
         source: e,
-    })
+    };
+    let mut tensors = tensors;
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    if let Some(w) = tensors.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(format_err(path, format!("tensor `{}` given twice", w[0].0)));
+    }
+    // Deterministic either way serde_json is built: sorted by key, or (with
+    // its preserve_order) in this insertion order, itself sorted.
+    let mut header = serde_json::Map::new();
+    if let Some(meta) = meta {
+        let sorted: std::collections::BTreeMap<String, String> = meta.into_iter().collect();
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(sorted).map_err(|e| format_err(path, e))?,
+        );
+    }
+    let mut offset = 0usize;
+    for (name, view) in &tensors {
+        let len = view.data().len();
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({
+                "dtype": serde_json::to_value(view.dtype()).map_err(|e| format_err(path, e))?,
+                "shape": view.shape(),
+                "data_offsets": [offset, offset + len],
+            }),
+        );
+        offset += len;
+    }
+    let mut head = serde_json::to_vec(&header).map_err(|e| format_err(path, e))?;
+    // Pad with spaces so the data start 8-byte aligned, as safetensors does.
+    while head.len() % 8 != 0 {
+        head.push(b' ');
+    }
+    let tmp = path.with_extension("safetensors.partial");
+    let file = File::create(&tmp).map_err(io_err)?;
+    let mut w = std::io::BufWriter::new(file);
+    w.write_all(&(head.len() as u64).to_le_bytes())
+        .map_err(io_err)?;
+    w.write_all(&head).map_err(io_err)?;
+    for (_, view) in &tensors {
+        w.write_all(view.data()).map_err(io_err)?;
+    }
+    w.into_inner()
+        .map_err(|e| io_err(e.into_error()))?
+        .sync_all()
+        .map_err(io_err)?;
+    std::fs::rename(&tmp, path).map_err(io_err)
 }
 
 #[cfg(test)]
@@ -317,5 +371,46 @@ mod tests {
         f.write(&q).unwrap();
         assert_eq!(FeatureSet::read(&q).unwrap(), f);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn same_content_same_bytes_whatever_the_map_order() {
+        let dir = std::env::temp_dir().join(format!("mrbm-artifact-det-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a: Vec<u8> = (0..24u8).collect();
+        let b: Vec<u8> = 1.5f64.to_le_bytes().repeat(3).to_vec();
+        let mut first: Option<Vec<u8>> = None;
+        // Each HashMap has its own random iteration order: eight keys written
+        // six times would almost surely come out in two orders if it leaked.
+        for round in 0..6 {
+            let meta: HashMap<String, String> = (0..8)
+                .map(|i| (format!("key{i}"), format!("value{i}")))
+                .collect();
+            let views = if round % 2 == 0 {
+                vec![
+                    ("zeta", TensorView::new(Dtype::U8, vec![2, 12], &a).unwrap()),
+                    ("alpha", TensorView::new(Dtype::F64, vec![3], &b).unwrap()),
+                ]
+            } else {
+                vec![
+                    ("alpha", TensorView::new(Dtype::F64, vec![3], &b).unwrap()),
+                    ("zeta", TensorView::new(Dtype::U8, vec![2, 12], &a).unwrap()),
+                ]
+            };
+            let p = dir.join(format!("t{round}.safetensors"));
+            write_tensors(&p, views, Some(meta)).unwrap();
+            let bytes = std::fs::read(&p).unwrap();
+            // Readable by the safetensors crate, with the same content.
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(st.tensor("zeta").unwrap().data(), &a[..]);
+            assert_eq!(st.tensor("alpha").unwrap().shape(), &[3]);
+            let (_, md) = SafeTensors::read_metadata(&bytes).unwrap();
+            assert_eq!(md.metadata().as_ref().unwrap()["key7"], "value7");
+            match &first {
+                None => first = Some(bytes),
+                Some(f) => assert_eq!(f, &bytes, "round {round} wrote different bytes"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

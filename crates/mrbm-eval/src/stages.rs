@@ -194,7 +194,6 @@ impl Stage for SvmStage {
             "reports": model.reports,
             "test_error_percent": test_error,
             "train_error_percent": train_error,
-            "fit_seconds": fit_seconds,
         });
         mrbm_stage::write_atomic(
             &ctx.out("svm.json"),

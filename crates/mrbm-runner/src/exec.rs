@@ -572,7 +572,7 @@ fn run_node(
                 }
             }
         }
-        let (files, output_hash) = store.hash_outputs(&tmp)?;
+        let (files, output_hash) = store.hash_outputs(&tmp, &metrics)?;
         let manifest = Manifest {
             key: key.clone(),
             stage_id: node.id.clone(),

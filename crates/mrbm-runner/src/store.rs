@@ -259,10 +259,15 @@ impl Store {
         }
     }
 
-    /// Hash every file of a built temporary directory's out/.
+    /// Hash every file of a built temporary directory's out/. Each file's
+    /// own hash goes into the manifest (what `verify` checks); the combined
+    /// output hash that downstream keys use takes metrics.json as the
+    /// stage's metrics without its timings (`mrbm_stage::is_timing_metric`),
+    /// so identical results give an identical hash.
     pub fn hash_outputs(
         &self,
         tmp: &Path,
+        metrics: &mrbm_stage::Metrics,
     ) -> Result<(BTreeMap<String, FileEntry>, String), RunnerError> {
         let out = tmp.join("out");
         let files = hashing::list_files(&out).map_err(|e| RunnerError::cache(&out, e))?;
@@ -274,9 +279,20 @@ impl Store {
             let hash = hashing::hash_file(&abs).map_err(|e| RunnerError::cache(&abs, e))?;
             map.insert(rel, FileEntry { hash, size });
         }
+        let results: BTreeMap<&String, &f64> = metrics
+            .iter()
+            .filter(|(k, _)| !mrbm_stage::is_timing_metric(k))
+            .collect();
+        let results = serde_json::to_vec(&results).map_err(|e| RunnerError::cache(&out, e))?;
         let combined = hashing::combine(
             &map.iter()
-                .map(|(k, v)| (k.clone(), v.hash.clone()))
+                .map(|(k, v)| {
+                    if k == METRICS {
+                        (k.clone(), blake3::hash(&results).to_hex().to_string())
+                    } else {
+                        (k.clone(), v.hash.clone())
+                    }
+                })
                 .collect(),
         );
         Ok((map, combined))

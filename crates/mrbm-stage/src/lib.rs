@@ -151,6 +151,15 @@ impl StageError {
 /// these; the runner stores them as `metrics.json` in the cache entry.
 pub type Metrics = BTreeMap<String, f64>;
 
+/// Metrics that measure time (`seconds`, `*_seconds`, `*per_second`) differ
+/// from run to run: they are recorded and can be tabulated, but they are not
+/// part of a stage's output hash, so a rerun that computes the same results
+/// leaves the stages downstream cached. Stages put timings only here, never
+/// in their other output files.
+pub fn is_timing_metric(name: &str) -> bool {
+    name == "seconds" || name.ends_with("_seconds") || name.ends_with("per_second")
+}
+
 /// Everything a running stage may use.
 pub struct StageContext<'a> {
     /// Readable id, e.g. `train[N=255,lr=0.03]`.
