@@ -213,6 +213,16 @@ pub fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
         .unwrap_or_default()
 }
 
+/// Tensor -> host f32 values (row-major), for `host_conv`.
+fn host_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().try_into_vec::<f32>().unwrap_or_default()
+}
+
+/// Host f32 values -> tensor on `device` (the result of a `host_conv` op).
+fn host_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), (device, DType::F32))
+}
+
 /// Reshape helper: [B, C, H, W] -> [B, C*H*W].
 fn flat(t: Tensor<4>) -> Tensor<2> {
     let [b, c, h, w] = t.dims();
@@ -302,6 +312,44 @@ impl Rbm {
         }
     }
 
+    /// The conv geometry when `t` (a batch at this layer) can take the
+    /// im2col + gemm path of `host_conv`: f32, on the flex CPU device, and
+    /// neither it nor the weights in an autodiff graph. None: burn's ops.
+    fn host_geometry(&self, t: &Tensor<4>) -> Option<crate::host_conv::Geometry> {
+        let LayerKind::Conv {
+            input,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        } = &self.spec.kind
+        else {
+            return None;
+        };
+        if t.dtype() != DType::F32
+            || self.w.dtype() != DType::F32
+            || t.is_tracked()
+            || self.w.is_tracked()
+            || self.w.is_require_grad()
+            || t.device().without_autodiff() != Device::flex()
+        {
+            return None;
+        }
+        let [_, oh, ow] = self.spec.hidden_shape();
+        Some(crate::host_conv::Geometry {
+            batch: t.dims()[0],
+            c: input[0],
+            h: input[1],
+            w: input[2],
+            o: *out_channels,
+            k: *kernel,
+            stride: *stride,
+            pad: *padding,
+            oh,
+            ow,
+        })
+    }
+
     fn dense_w(&self) -> Tensor<2> {
         let [v, h, _, _] = self.spec.weight_shape();
         self.w.clone().reshape([v, h])
@@ -316,6 +364,15 @@ impl Rbm {
                 x.reshape([bsz, *hidden, 1, 1])
             }
             LayerKind::Conv { .. } => {
+                if let Some(g) = self.host_geometry(&v) {
+                    let x = crate::host_conv::conv2d(
+                        &host_f32(&v),
+                        &host_f32(&self.w),
+                        &host_f32(&self.b),
+                        &g,
+                    );
+                    return host_tensor(x, [g.batch, g.o, g.oh, g.ow], &v.device());
+                }
                 let (opt, _) = self.conv_options();
                 conv2d(v, self.w.clone(), Some(self.b.clone()), opt)
             }
@@ -333,6 +390,15 @@ impl Rbm {
                 y.reshape([bsz, *visible, 1, 1])
             }
             LayerKind::Conv { .. } => {
+                if let Some(g) = self.host_geometry(&h) {
+                    let v = crate::host_conv::conv_transpose2d(
+                        &host_f32(&h),
+                        &host_f32(&self.w),
+                        &host_f32(&self.a),
+                        &g,
+                    );
+                    return host_tensor(v, [g.batch, g.c, g.h, g.w], &h.device());
+                }
                 let (_, opt) = self.conv_options();
                 conv_transpose2d(h, self.w.clone(), Some(self.a.clone()), opt)
             }
@@ -466,7 +532,12 @@ impl Rbm {
                 let (opt, _) = self.conv_options();
                 let vv = Tensor::cat(vec![v, v_rec], 0);
                 let hh = Tensor::cat(vec![h.clone(), h_rec.neg()], 0);
-                conv2d_weight_backward(vv, self.w.clone(), hh, opt).mul_scalar(-inv_b)
+                if let Some(g) = self.host_geometry(&vv) {
+                    let gw = crate::host_conv::weight_grad(&host_f32(&vv), &host_f32(&hh), &g);
+                    host_tensor(gw, self.spec.weight_shape(), &vv.device()).mul_scalar(-inv_b)
+                } else {
+                    conv2d_weight_backward(vv, self.w.clone(), hh, opt).mul_scalar(-inv_b)
+                }
             }
         };
         (

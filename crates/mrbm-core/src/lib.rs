@@ -14,6 +14,7 @@ use std::path::PathBuf;
 pub mod checkpoint;
 pub mod checks;
 pub mod device;
+pub mod host_conv;
 pub mod layer;
 pub mod plot;
 pub mod reference;

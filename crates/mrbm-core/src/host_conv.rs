@@ -1,0 +1,400 @@
+//! The three convolutions of a conv RBM, on the CPU, as im2col + gemm.
+//!
+//! Why: burn's flex backend computes conv2d, its transpose and above all
+//! the weight gradient (conv2d_weight_backward) several times slower than
+//! PyTorch on the CPU (crates/mrbm-core README, "Benchmark"). These are the
+//! same maps written the way PyTorch's CPU path does them: per image, the
+//! k x k patches as the rows of a matrix (im2col), then one matrix product
+//! by the `gemm` crate (the kernels burn's flex backend itself uses for
+//! matmul). Images run in parallel on the caller's rayon pool.
+//!
+//! Used only for f32 tensors on the flex device that are not part of an
+//! autodiff graph (the closed-form training path, sampling, features); the
+//! autodiff path and every accelerator keep burn's ops, and the tests
+//! compare the two.
+
+use rayon::prelude::*;
+
+/// Shapes of one conv layer: input [B, C, H, W], kernel [O, C, K, K],
+/// stride S, zero padding P, output [B, O, OH, OW].
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub batch: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Geometry {
+    fn patch(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+/// cols[p, (ci, ky, kx)] = x[ci, oy*S - P + ky, ox*S - P + kx] (0 outside),
+/// p = oy*OW + ox: row-major [OH*OW, C*K*K] for one image.
+fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
+    let kk = g.patch();
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let row = &mut cols[(oy * g.ow + ox) * kk..][..kk];
+            let mut j = 0;
+            for ci in 0..g.c {
+                let plane = &x[ci * g.h * g.w..][..g.h * g.w];
+                for ky in 0..g.k {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    for kx in 0..g.k {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        row[j] = if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w
+                        {
+                            plane[iy as usize * g.w + ix as usize]
+                        } else {
+                            0.0
+                        };
+                        j += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of im2col: adds each row's entries back to their pixels.
+fn col2im(cols: &[f32], g: &Geometry, x: &mut [f32]) {
+    let kk = g.patch();
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let row = &cols[(oy * g.ow + ox) * kk..][..kk];
+            let mut j = 0;
+            for ci in 0..g.c {
+                for ky in 0..g.k {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    for kx in 0..g.k {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w {
+                            x[ci * g.h * g.w + iy as usize * g.w + ix as usize] += row[j];
+                        }
+                        j += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dst (m x n) = lhs (m x k) * rhs (k x n), each given by (row, column)
+/// strides; single-threaded (the images are the parallel dimension).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: &[f32],
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
+    let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            ((rows - 1) as isize * rs + (cols - 1) as isize * cs) as usize + 1
+        }
+    };
+    assert!(
+        dst.len() >= span(m, n, dst_rs, dst_cs),
+        "matmul: dst too small"
+    );
+    assert!(
+        lhs.len() >= span(m, k, lhs_rs, lhs_cs),
+        "matmul: lhs too small"
+    );
+    assert!(
+        rhs.len() >= span(k, n, rhs_rs, rhs_cs),
+        "matmul: rhs too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Safety: the asserts above keep every strided access inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// conv2d: x [B, C, H, W], w [O, C, K, K], bias [O] -> [B, O, OH, OW].
+pub fn conv2d(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    let (kk, p) = (g.patch(), g.positions());
+    let mut out = vec![0.0f32; g.batch * g.o * p];
+    out.par_chunks_mut(g.o * p)
+        .zip(x.par_chunks(g.image()))
+        .for_each_init(
+            || vec![0.0f32; p * kk],
+            |cols, (y, xi)| {
+                im2col(xi, g, cols);
+                for (o, plane) in y.chunks_mut(p).enumerate() {
+                    plane.fill(bias[o]);
+                }
+                // y[o, p] += sum_j cols[p, j] w[o, j]: as (p x o) = cols * w^T.
+                matmul(
+                    p,
+                    g.o,
+                    kk,
+                    y,
+                    1,
+                    p as isize,
+                    true,
+                    cols,
+                    kk as isize,
+                    1,
+                    w,
+                    1,
+                    kk as isize,
+                );
+            },
+        );
+    out
+}
+
+/// The transposed convolution with the same kernel: h [B, O, OH, OW] ->
+/// [B, C, H, W] plus bias [C] (H, W from the geometry, so output padding
+/// is just rows that receive no patch).
+pub fn conv_transpose2d(h: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    let (kk, p) = (g.patch(), g.positions());
+    let mut out = vec![0.0f32; g.batch * g.image()];
+    out.par_chunks_mut(g.image())
+        .zip(h.par_chunks(g.o * p))
+        .for_each_init(
+            || vec![0.0f32; p * kk],
+            |cols, (v, hi)| {
+                // cols[p, j] = sum_o h[o, p] w[o, j]: (p x kk) = h^T * w.
+                matmul(
+                    p,
+                    kk,
+                    g.o,
+                    cols,
+                    kk as isize,
+                    1,
+                    false,
+                    hi,
+                    1,
+                    p as isize,
+                    w,
+                    kk as isize,
+                    1,
+                );
+                for (ci, plane) in v.chunks_mut(g.h * g.w).enumerate() {
+                    plane.fill(bias[ci]);
+                }
+                col2im(cols, g, v);
+            },
+        );
+    out
+}
+
+/// The weight gradient sum_b h_b (x) patches(x_b): x [B, C, H, W],
+/// h [B, O, OH, OW] -> [O, C, K, K] (what conv2d_weight_backward computes).
+pub fn weight_grad(x: &[f32], h: &[f32], g: &Geometry) -> Vec<f32> {
+    let (kk, p) = (g.patch(), g.positions());
+    let threads = rayon::current_num_threads().max(1);
+    let per = g.batch.div_ceil(threads).max(1);
+    let partials: Vec<Vec<f32>> = (0..g.batch)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| {
+            let mut acc = vec![0.0f32; g.o * kk];
+            let mut cols = vec![0.0f32; p * kk];
+            for b in start..(start + per).min(g.batch) {
+                im2col(&x[b * g.image()..][..g.image()], g, &mut cols);
+                let hb = &h[b * g.o * p..][..g.o * p];
+                // acc[o, j] += sum_p h[o, p] cols[p, j].
+                matmul(
+                    g.o,
+                    kk,
+                    p,
+                    &mut acc,
+                    kk as isize,
+                    1,
+                    true,
+                    hb,
+                    p as isize,
+                    1,
+                    &cols,
+                    kk as isize,
+                    1,
+                );
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0.0f32; g.o * kk];
+    for part in partials {
+        for (o, v) in out.iter_mut().zip(part) {
+            *o += v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry(
+        batch: usize,
+        c: usize,
+        hw: usize,
+        o: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> Geometry {
+        let out = (hw + 2 * p - k) / s + 1;
+        Geometry {
+            batch,
+            c,
+            h: hw,
+            w: hw,
+            o,
+            k,
+            stride: s,
+            pad: p,
+            oh: out,
+            ow: out,
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Direct loops, the definition.
+    fn naive_conv(x: &[f32], w: &[f32], g: &Geometry) -> Vec<f32> {
+        let mut y = vec![0.0f32; g.batch * g.o * g.oh * g.ow];
+        for b in 0..g.batch {
+            for o in 0..g.o {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = 0.0f64;
+                        for ci in 0..g.c {
+                            for ky in 0..g.k {
+                                for kx in 0..g.k {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w
+                                    {
+                                        continue;
+                                    }
+                                    acc += x
+                                        [((b * g.c + ci) * g.h + iy as usize) * g.w + ix as usize]
+                                        as f64
+                                        * w[((o * g.c + ci) * g.k + ky) * g.k + kx] as f64;
+                                }
+                            }
+                        }
+                        y[((b * g.o + o) * g.oh + oy) * g.ow + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn conv_matches_the_definition_and_transpose_and_weight_grad_are_its_adjoints() {
+        for &(batch, c, hw, o, k, s, p) in &[
+            (3, 2, 7, 4, 3, 2, 1),
+            (2, 3, 8, 5, 4, 2, 1),
+            (2, 1, 5, 2, 2, 1, 0),
+        ] {
+            let g = geometry(batch, c, hw, o, k, s, p);
+            let x = values(batch * c * hw * hw, 1);
+            let w = values(o * c * k * k, 2);
+            let h = values(batch * o * g.oh * g.ow, 3);
+            let zero_o = vec![0.0f32; o];
+            let zero_c = vec![0.0f32; c];
+            let y = conv2d(&x, &w, &zero_o, &g);
+            for (a, b) in y.iter().zip(naive_conv(&x, &w, &g)) {
+                assert!((a - b).abs() < 1e-4, "conv {a} vs {b}");
+            }
+            // <conv(x), h> = <x, conv^T(h)>.
+            let xt = conv_transpose2d(&h, &w, &zero_c, &g);
+            let lhs: f64 = y
+                .iter()
+                .zip(&h)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            let rhs: f64 = x
+                .iter()
+                .zip(&xt)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+                "adjoint {lhs} vs {rhs}"
+            );
+            // <conv_w(x), h> is linear in w with gradient weight_grad(x, h).
+            let gw = weight_grad(&x, &h, &g);
+            let lin: f64 = gw
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            assert!(
+                (lhs - lin).abs() < 1e-3 * lhs.abs().max(1.0),
+                "weight grad {lhs} vs {lin}"
+            );
+            // Biases land on every position of their channel.
+            let ones_o = vec![1.0f32; o];
+            let yb = conv2d(&x, &w, &ones_o, &g);
+            assert!(yb.iter().zip(&y).all(|(a, b)| (a - b - 1.0).abs() < 1e-5));
+        }
+    }
+}
