@@ -213,7 +213,8 @@ impl Stage for TrainStage {
         "train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+        2
     }
     fn inputs(&self) -> &'static [InputSlot] {
         TRAIN_INPUTS
@@ -347,7 +348,8 @@ impl Stage for SampleStage {
         "sample"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+        2
     }
     fn inputs(&self) -> &'static [InputSlot] {
         SAMPLE_INPUTS
@@ -451,7 +453,8 @@ impl Stage for ReconstructStage {
         "reconstruct"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+        2
     }
     fn inputs(&self) -> &'static [InputSlot] {
         RECON_INPUTS
@@ -590,7 +593,8 @@ impl Stage for FeaturesStage {
         "features"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+        2
     }
     fn inputs(&self) -> &'static [InputSlot] {
         FEAT_INPUTS
