@@ -23,6 +23,8 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(idx cifar params decode)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 if cargo +nightly --version >/dev/null 2>&1; then TC=(+nightly); else TC=(); export RUSTC_BOOTSTRAP=1; fi
+# The binary seeds (IDX, CIFAR, JPEG/PNG) are generated, never committed.
+"${PYTHON:-python3}" ../tools/fuzz_seeds.py seeds
 cargo "${TC[@]}" fuzz build -O
 status=0
 for t in "${TARGETS[@]}"; do
