@@ -28,53 +28,68 @@ fn mnist_matches_liblinear() {
     assert_eq!(weighted as u64, fx["perm_sum_weighted"].as_u64().unwrap());
 
     for c in fx["configs"].as_array().unwrap() {
-        let loss = match c["loss"].as_str().unwrap() {
+        let tr = (&s.xtr[..], &s.ytr[..]);
+        let te = (&s.xte[..], &s.yte[..]);
+        let m = fit_like_liblinear(c, tr, te, 784, 300, "MNIST");
+        let train_error = error_percent(&m.predict(&s.xtr, s.ytr.len()).unwrap(), &s.ytr);
+        eprintln!(
+            "  train error {train_error:.2}% (LIBLINEAR {:.2}%)",
+            c["train_error_percent"].as_f64().unwrap()
+        );
+    }
+}
+
+/// Fits `c` (a fixture configuration) on `train`, then asserts LIBLINEAR's
+/// test error within 0.1 point and each class's dual objective within 1e-3
+/// relative, all classes converged. Returns the model.
+fn fit_like_liblinear(
+    c: &serde_json::Value,
+    train: (&[f32], &[i64]),
+    test: (&[f32], &[i64]),
+    dim: usize,
+    max_iter: usize,
+    what: &str,
+) -> mrbm_eval::svm::LinearSvm {
+    let cfg = SvmConfig {
+        loss: match c["loss"].as_str().unwrap() {
             "hinge" => Loss::Hinge,
             _ => Loss::SquaredHinge,
-        };
-        let cfg = SvmConfig {
-            loss,
-            c: c["c"].as_f64().unwrap(),
-            eps: c["eps"].as_f64().unwrap(),
-            bias: c["bias"].as_f64().unwrap(),
-            max_iter: 300,
-            ..Default::default()
-        };
-        let m = fit(&s.xtr, s.ytr.len(), 784, &s.ytr, &cfg).unwrap();
-        let te = error_percent(&m.predict(&s.xte, s.yte.len()).unwrap(), &s.yte);
-        let tr = error_percent(&m.predict(&s.xtr, s.ytr.len()).unwrap(), &s.ytr);
-        let ref_te = c["test_error_percent"].as_f64().unwrap();
-        let ref_tr = c["train_error_percent"].as_f64().unwrap();
+        },
+        c: c["c"].as_f64().unwrap(),
+        eps: c["eps"].as_f64().unwrap(),
+        bias: c["bias"].as_f64().unwrap(),
+        max_iter,
+        ..Default::default()
+    };
+    let m = fit(train.0, train.1.len(), dim, train.1, &cfg).unwrap();
+    let te = error_percent(&m.predict(test.0, test.1.len()).unwrap(), test.1);
+    let want = c["test_error_percent"].as_f64().unwrap();
+    let opts = &c["options"];
+    eprintln!("{what} {opts}: test error {te:.2}% (LIBLINEAR {want:.2}%)");
+    assert!(
+        (te - want).abs() <= 0.1 + 1e-9,
+        "{what} {opts}: test error {te} vs LIBLINEAR {want}"
+    );
+    for r in &m.reports {
+        assert!(
+            r.converged,
+            "{what} {opts}: class {} did not converge",
+            r.class
+        );
+        let want = c["dual_objectives"][r.class.to_string()].as_f64().unwrap();
+        let rel = (r.dual_objective - want).abs() / want.abs();
         eprintln!(
-            "{}: test error {te:.2}% (LIBLINEAR {ref_te:.2}%), train {tr:.2}% ({ref_tr:.2}%)",
-            c["options"]
+            "  class {}: dual {:.6} vs {want:.6} (rel {rel:.2e}), {} iterations",
+            r.class, r.dual_objective, r.iterations
         );
         assert!(
-            (te - ref_te).abs() <= 0.1 + 1e-9,
-            "{}: test error {te} vs {ref_te}",
-            c["options"]
+            rel <= 1e-3,
+            "{what} {opts}: class {} dual objective {} vs LIBLINEAR {want}",
+            r.class,
+            r.dual_objective
         );
-        for r in &m.reports {
-            assert!(
-                r.converged,
-                "{}: class {} did not converge",
-                c["options"], r.class
-            );
-            let want = c["dual_objectives"][r.class.to_string()].as_f64().unwrap();
-            let rel = (r.dual_objective - want).abs() / want.abs();
-            eprintln!(
-                "  class {}: dual {:.6} vs {want:.6} (rel {rel:.2e}), {} iterations",
-                r.class, r.dual_objective, r.iterations
-            );
-            assert!(
-                rel <= 1e-3,
-                "{}: class {} dual objective {} vs LIBLINEAR {want}",
-                c["options"],
-                r.class,
-                r.dual_objective
-            );
-        }
     }
+    m
 }
 
 /// Parity on the features of a trained quickstart model (fixture written by
@@ -140,51 +155,10 @@ fn quickstart_features_match_liblinear() {
             }
             sets.push(fs);
         }
-        let (tr, te) = (&sets[0], &sets[1]);
         for c in rec["configs"].as_array().unwrap() {
-            let cfg = SvmConfig {
-                loss: match c["loss"].as_str().unwrap() {
-                    "hinge" => Loss::Hinge,
-                    _ => Loss::SquaredHinge,
-                },
-                c: c["c"].as_f64().unwrap(),
-                eps: c["eps"].as_f64().unwrap(),
-                bias: c["bias"].as_f64().unwrap(),
-                max_iter: 1000,
-                ..Default::default()
-            };
-            let m = fit(&tr.features, tr.n, tr.d, &tr.labels, &cfg).unwrap();
-            let te_err = error_percent(&m.predict(&te.features, te.n).unwrap(), &te.labels);
-            let want = c["test_error_percent"].as_f64().unwrap();
-            eprintln!(
-                "N={n} {}: test error {te_err:.2}% (LIBLINEAR {want:.2}%)",
-                c["options"]
-            );
-            assert!(
-                (te_err - want).abs() <= 0.1 + 1e-9,
-                "N={n} {}: test error {te_err} vs LIBLINEAR {want}",
-                c["options"]
-            );
-            for r in &m.reports {
-                assert!(
-                    r.converged,
-                    "N={n} {}: class {} did not converge",
-                    c["options"], r.class
-                );
-                let want = c["dual_objectives"][r.class.to_string()].as_f64().unwrap();
-                let rel = (r.dual_objective - want).abs() / want.abs();
-                eprintln!(
-                    "  class {}: dual {:.6} vs {want:.6} (rel {rel:.2e}), {} iterations",
-                    r.class, r.dual_objective, r.iterations
-                );
-                assert!(
-                    rel <= 1e-3,
-                    "N={n} {}: class {} dual objective {} vs LIBLINEAR {want}",
-                    c["options"],
-                    r.class,
-                    r.dual_objective
-                );
-            }
+            let tr = (&sets[0].features[..], &sets[0].labels[..]);
+            let te = (&sets[1].features[..], &sets[1].labels[..]);
+            fit_like_liblinear(c, tr, te, sets[0].d, 1000, &format!("N={n}"));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
