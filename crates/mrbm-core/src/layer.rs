@@ -529,13 +529,19 @@ impl Rbm {
                     .reshape(self.spec.weight_shape())
             }
             LayerKind::Conv { .. } => {
-                let (opt, _) = self.conv_options();
-                let vv = Tensor::cat(vec![v, v_rec], 0);
-                let hh = Tensor::cat(vec![h.clone(), h_rec.neg()], 0);
-                if let Some(g) = self.host_geometry(&vv) {
-                    let gw = crate::host_conv::weight_grad(&host_f32(&vv), &host_f32(&hh), &g);
-                    host_tensor(gw, self.spec.weight_shape(), &vv.device()).mul_scalar(-inv_b)
+                if let Some(g) = self.host_geometry(&v) {
+                    // <v h> - <v' h'> as two accumulations: no concatenated copies.
+                    let mut gw = crate::host_conv::weight_grad(&host_f32(&v), &host_f32(&h), &g);
+                    let rec =
+                        crate::host_conv::weight_grad(&host_f32(&v_rec), &host_f32(&h_rec), &g);
+                    for (a, r) in gw.iter_mut().zip(rec) {
+                        *a -= r;
+                    }
+                    host_tensor(gw, self.spec.weight_shape(), &v.device()).mul_scalar(-inv_b)
                 } else {
+                    let (opt, _) = self.conv_options();
+                    let vv = Tensor::cat(vec![v, v_rec], 0);
+                    let hh = Tensor::cat(vec![h.clone(), h_rec.neg()], 0);
                     conv2d_weight_backward(vv, self.w.clone(), hh, opt).mul_scalar(-inv_b)
                 }
             }

@@ -73,7 +73,7 @@ impl Stage for TableStage {
         let prov = provenance(&p, |slot| {
             // Inputs are entries' out/ folders; the manifest sits beside.
             let entry = ctx.inputs.get(slot)?.parent()?;
-            let bytes = std::fs::read(entry.join("manifest.json")).ok()?;
+            let bytes = std::fs::read(entry.join(crate::store::MANIFEST)).ok()?;
             serde_json::from_slice::<Manifest>(&bytes).ok()
         });
         let text = serde_json::to_string_pretty(&prov).map_err(StageError::failed)?;
