@@ -214,7 +214,8 @@ impl Stage for TrainStage {
     }
     fn version(&self) -> u32 {
         // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-        2
+        // 3: its weight gradient sums data and reconstruction apart.
+        3
     }
     fn inputs(&self) -> &'static [InputSlot] {
         TRAIN_INPUTS
