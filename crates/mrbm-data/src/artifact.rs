@@ -336,10 +336,9 @@ pub fn write_tensors(
     for (_, view) in &tensors {
         w.write_all(view.data()).map_err(io_err)?;
     }
-    w.into_inner()
-        .map_err(|e| io_err(e.into_error()))?
-        .sync_all()
-        .map_err(io_err)?;
+    // No fsync here: the runner syncs a stage's whole output folder once
+    // before publishing it.
+    w.into_inner().map_err(|e| io_err(e.into_error()))?;
     std::fs::rename(&tmp, path).map_err(io_err)
 }
 
