@@ -97,7 +97,7 @@ fn col2im(cols: &[f32], g: &Geometry, x: &mut [f32]) {
 /// dst (m x n) = lhs (m x k) * rhs (k x n), each given by (row, column)
 /// strides; single-threaded (the images are the parallel dimension).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

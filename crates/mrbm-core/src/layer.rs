@@ -498,8 +498,6 @@ impl Rbm {
     /// averages over the batch (and sums over positions for conv). Needs no
     /// autodiff graph: `v` and the parameters should be plain tensors.
     pub fn cd_grads(&self, v: Tensor<4>) -> (Tensor<1>, LayerGrads, Tensor<4>) {
-        let bsz = v.dims()[0];
-        let inv_b = 1.0 / bsz as f64;
         let x = self.pre_hidden(v.clone());
         let h = self.spec.hidden_unit.mean(x.clone());
         let v_rec = self.down(h.clone());
@@ -508,6 +506,25 @@ impl Rbm {
         let loss = (self.free_energy_with_x(v.clone(), x)
             - self.free_energy_with_x(v_rec.clone(), x_rec))
         .mean();
+        let g = self.stats_grads(v, h.clone(), v_rec, h_rec);
+        (loss, g, h)
+    }
+
+    /// The gradient of the loss F(v) - F(v_neg) (v_neg held constant) from
+    /// the two phases' statistics: dL/dW = -(<v h> - <v_neg h_neg>),
+    /// dL/da = -<v - v_neg>, dL/db = -<h - h_neg> (batch means, summed over
+    /// positions for conv). `h`, `h_neg` are the hidden means of `v`,
+    /// `v_neg`. Every training rule (paper, CD-k, PCD, FPCD) differs only in
+    /// where v_neg comes from.
+    pub fn stats_grads(
+        &self,
+        v: Tensor<4>,
+        h: Tensor<4>,
+        v_rec: Tensor<4>,
+        h_rec: Tensor<4>,
+    ) -> LayerGrads {
+        let bsz = v.dims()[0];
+        let inv_b = 1.0 / bsz as f64;
         let dv = v.clone() - v_rec.clone();
         let dh = h.clone() - h_rec.clone();
         let ga = dv
@@ -522,7 +539,7 @@ impl Rbm {
             LayerKind::Dense { .. } => {
                 // <v h> - <v' h'> as one matmul of the stacked batches.
                 let vv = Tensor::cat(vec![flat(v), flat(v_rec)], 0);
-                let hh = Tensor::cat(vec![flat(h.clone()), flat(h_rec).neg()], 0);
+                let hh = Tensor::cat(vec![flat(h), flat(h_rec).neg()], 0);
                 vv.transpose()
                     .matmul(hh)
                     .mul_scalar(-inv_b)
@@ -541,19 +558,25 @@ impl Rbm {
                 } else {
                     let (opt, _) = self.conv_options();
                     let vv = Tensor::cat(vec![v, v_rec], 0);
-                    let hh = Tensor::cat(vec![h.clone(), h_rec.neg()], 0);
+                    let hh = Tensor::cat(vec![h, h_rec.neg()], 0);
                     conv2d_weight_backward(vv, self.w.clone(), hh, opt).mul_scalar(-inv_b)
                 }
             }
         };
-        (
-            loss,
-            LayerGrads {
-                w: gw,
-                a: ga,
-                b: gb,
-            },
-            h,
-        )
+        LayerGrads {
+            w: gw,
+            a: ga,
+            b: gb,
+        }
+    }
+
+    /// The same layer with other parameters (FPCD's regular + fast weights).
+    pub fn with_params(&self, w: Tensor<4>, a: Tensor<1>, b: Tensor<1>) -> Rbm {
+        Rbm {
+            spec: self.spec.clone(),
+            w,
+            a,
+            b,
+        }
     }
 }

@@ -11,12 +11,14 @@
 
 use std::path::PathBuf;
 
+pub mod ais;
 pub mod checkpoint;
 pub mod checks;
 pub mod device;
 pub mod host_conv;
 pub mod layer;
 pub mod plot;
+pub mod quality;
 pub mod reference;
 pub mod sample;
 pub mod stack;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layer::{tensor_from, to_f64};
 use crate::stack::Dbn;
-use crate::unit::{sigmoid_f64, UnitType};
+use crate::unit::{levels_draw, sigmoid_f64, UnitKind, UnitType};
 
 /// How a multinary unit is drawn given its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -42,6 +42,10 @@ impl UnitSampler {
     /// tell them from certain), found by binary search since the offsets
     /// increase; the others are drawn one by one.
     pub fn draw<R: Rng>(&self, x: f64, rng: &mut R) -> f64 {
+        if self.unit.kind == UnitKind::Levels {
+            // Categorical over the N + 1 levels, exactly, whatever the sampler.
+            return levels_draw(x, self.unit.n, rng) as f64 / self.unit.n as f64;
+        }
         match self.sampler {
             Sampler::Gaussian => self.unit.sample_gaussian(x, rng),
             Sampler::Exact => {
@@ -60,6 +64,24 @@ impl UnitSampler {
     }
 }
 
+/// Draw every unit of a tensor of inputs (pre-activations) exactly; the
+/// states come back as a tensor of the same shape, device and dtype.
+pub fn draw_states<R: Rng>(unit: UnitType, pre: Tensor<4>, rng: &mut R) -> Tensor<4> {
+    let s = UnitSampler::new(unit, Sampler::Exact);
+    let shape = pre.dims();
+    let (device, dtype) = (pre.device(), pre.dtype());
+    let x = to_f64(&pre);
+    let out: Vec<f64> = if unit.kind == UnitKind::Subunits && unit.n == 1 && unit.k == 1.0 {
+        // The binary unit: one comparison per unit.
+        x.iter()
+            .map(|&xi| (rng.random::<f64>() < sigmoid_f64(xi)) as u8 as f64)
+            .collect()
+    } else {
+        x.iter().map(|&xi| s.draw(xi, rng)).collect()
+    };
+    tensor_from(out, shape, &device, dtype)
+}
+
 /// Gibbs sampling at the top RBM: `chains` chains started from the mean
 /// field image of uniform random pixels, `steps` alternations h ~ P(h|v),
 /// v ~ P(v|h), then the visible mean of the last h taken down the stack by
@@ -70,16 +92,30 @@ pub fn gibbs(
     steps: usize,
     sampler: Sampler,
     seed: u64,
-    mut on_step: impl FnMut(usize),
+    on_step: impl FnMut(usize),
 ) -> Tensor<4> {
-    let device = dbn.device();
-    let dtype = dbn.layers[0].w.dtype();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let [c, h, w] = dbn.spec.input;
     let noise: Vec<u8> = (0..chains * c * h * w)
         .map(|_| rng.random::<u8>())
         .collect();
-    let v0 = dbn.pixels_to_visible(&noise, chains, &device, dtype);
+    gibbs_from(dbn, &noise, chains, steps, sampler, &mut rng, on_step)
+}
+
+/// [`gibbs`] with chains started at the given images (u8 NCHW, `chains` of
+/// them) mapped up to the top RBM by mean field.
+pub fn gibbs_from(
+    dbn: &Dbn,
+    start: &[u8],
+    chains: usize,
+    steps: usize,
+    sampler: Sampler,
+    rng: &mut ChaCha8Rng,
+    mut on_step: impl FnMut(usize),
+) -> Tensor<4> {
+    let device = dbn.device();
+    let dtype = dbn.layers[0].w.dtype();
+    let v0 = dbn.pixels_to_visible(start, chains, &device, dtype);
     let top = dbn.layers.len() - 1;
     let mut v = if top == 0 {
         v0
@@ -94,10 +130,10 @@ pub fn gibbs(
     let mut hid = layer.up(v.clone());
     for s in 0..steps {
         let x = to_f64(&layer.pre_hidden(v));
-        let hv: Vec<f64> = x.iter().map(|&xi| hs.draw(xi, &mut rng)).collect();
+        let hv: Vec<f64> = x.iter().map(|&xi| hs.draw(xi, rng)).collect();
         hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
         let y = to_f64(&layer.pre_visible(hid.clone()));
-        let vv: Vec<f64> = y.iter().map(|&yi| vs.draw(yi, &mut rng)).collect();
+        let vv: Vec<f64> = y.iter().map(|&yi| vs.draw(yi, rng)).collect();
         v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);
         on_step(s + 1);
     }

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::layer::{LayerKind, LayerSpec, Rbm};
-use crate::unit::UnitType;
+use crate::unit::{UnitKind, UnitType};
 
 /// How the layers of a stack are coupled during training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -69,6 +69,15 @@ pub struct StackParams {
     /// 0.01, Hinton's practical guide; biases start at zero.
     #[serde(default = "default_init_std")]
     pub init_std: f64,
+    /// Unit model of every layer: "subunits" (the paper's N sigmoid(k x))
+    /// or "levels" (N + 1 equal levels in [0, 1]; k unused, visible value
+    /// pixel / 255). Left out of the key at its default.
+    #[serde(default, skip_serializing_if = "is_subunits")]
+    pub unit: UnitKind,
+}
+
+fn is_subunits(k: &UnitKind) -> bool {
+    *k == UnitKind::Subunits
 }
 
 fn default_conv_channels() -> Vec<usize> {
@@ -116,6 +125,7 @@ impl Default for StackParams {
             k_hidden: None,
             visible_scale: None,
             init_std: default_init_std(),
+            unit: UnitKind::Subunits,
         }
     }
 }
@@ -132,16 +142,29 @@ pub struct StackSpec {
 
 impl StackParams {
     pub fn visible_unit(&self) -> UnitType {
-        UnitType::new(self.n, self.k_visible.unwrap_or_else(|| default_k(self.n)))
+        match self.unit {
+            UnitKind::Levels => UnitType::levels(self.n),
+            UnitKind::Subunits => {
+                UnitType::new(self.n, self.k_visible.unwrap_or_else(|| default_k(self.n)))
+            }
+        }
     }
 
     pub fn hidden_unit(&self) -> UnitType {
         let n = self.n_hidden.unwrap_or(self.n);
-        UnitType::new(n, self.k_hidden.unwrap_or_else(|| default_k(n)))
+        match self.unit {
+            UnitKind::Levels => UnitType::levels(n),
+            UnitKind::Subunits => UnitType::new(n, self.k_hidden.unwrap_or_else(|| default_k(n))),
+        }
     }
 
+    /// Default N/255 (levels units: 1/255, their values lie in [0, 1]).
     pub fn visible_scale(&self) -> f64 {
-        self.visible_scale.unwrap_or(self.n as f64 / 255.0)
+        let range = match self.unit {
+            UnitKind::Levels => 1.0,
+            UnitKind::Subunits => self.n as f64,
+        };
+        self.visible_scale.unwrap_or(range / 255.0)
     }
 
     /// The layer specs for images of shape [C, H, W].

@@ -11,13 +11,19 @@ use mrbm_stage::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::ais;
 use crate::checkpoint;
 use crate::device::{burn_device, with_threads};
 use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
-use crate::sample::{gibbs, Sampler};
+use crate::quality;
+use crate::sample::{gibbs, gibbs_from, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams};
-use crate::train::{train_images, GradientMode, OptimParams, Trainer};
+use crate::train::{
+    train_images, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
+    Reconstruction, Schedule, Trainer,
+};
+use crate::unit::UnitKind;
 use crate::CoreError;
 
 pub fn all() -> Vec<Box<dyn Stage>> {
@@ -26,6 +32,8 @@ pub fn all() -> Vec<Box<dyn Stage>> {
         Box::new(SampleStage),
         Box::new(ReconstructStage),
         Box::new(FeaturesStage),
+        Box::new(LoglikStage),
+        Box::new(PixelFeaturesStage),
     ]
 }
 
@@ -124,6 +132,53 @@ pub struct TrainParams {
     /// Train on the first `max_images` images only (all when unset).
     #[serde(default)]
     pub max_images: Option<usize>,
+    // The RBM toolbox (mrbm-core README, "Training rules"). Each is left out
+    // of the canonical form at its default, so older keys stay valid.
+    /// Unit model: "subunits" (the paper's) or "levels" (N + 1 equal levels).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub unit: UnitKind,
+    /// "paper" (F(v) - F(v')), "cd", "pcd", "fpcd".
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: Algorithm,
+    /// Gibbs steps per update of cd / pcd / fpcd.
+    #[serde(default = "d_one", skip_serializing_if = "is_one")]
+    pub cd_k: usize,
+    /// The paper's v': "mean" (mean field) or "sample" (a sampled Gibbs step).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reconstruction: Reconstruction,
+    /// "adam" or "sgd".
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub optimizer: OptimizerKind,
+    /// SGD momentum: a number, or { initial = 0.5, final = 0.9, switch_after = 5 }.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub momentum: Momentum,
+    /// L2 penalty on the weights, for either optimizer.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub weight_decay: f64,
+    /// "joint" (summed loss, every layer each step) or "greedy" (layer by
+    /// layer, `epochs` each: the classic DBN).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub schedule: Schedule,
+    /// "plain" or "binary_equivalent" (per-parameter steps of the binary
+    /// RBM the sub-unit model reparametrises).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lr_mode: LrMode,
+    /// FPCD: learning rate of the fast weights (default: lr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_lr: Option<f64>,
+    /// FPCD: decay of the fast weights per update (default 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_decay: Option<f64>,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+fn is_one(k: &usize) -> bool {
+    *k == 1
+}
+fn d_one() -> usize {
+    1
 }
 
 // Defaults come from the library's own (StackParams, OptimParams), so each
@@ -182,6 +237,7 @@ impl TrainParams {
             k_hidden: self.k_hidden,
             visible_scale: self.visible_scale,
             init_std: self.init_std,
+            unit: self.unit,
         }
     }
 
@@ -196,6 +252,16 @@ impl TrainParams {
             seed: self.seed,
             coupling: self.coupling,
             gradient: self.gradient,
+            algorithm: self.algorithm,
+            cd_k: self.cd_k,
+            reconstruction: self.reconstruction,
+            optimizer: self.optimizer,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule,
+            lr_mode: self.lr_mode,
+            fast_lr: self.fast_lr,
+            fast_decay: self.fast_decay.unwrap_or(OptimParams::default().fast_decay),
         }
     }
 }
@@ -326,6 +392,18 @@ pub struct SampleParams {
     /// Images per row of grid.png.
     #[serde(default = "d_cols")]
     pub grid_columns: usize,
+    /// Where the chains start: "noise" (uniform random pixels) or "data"
+    /// (the first `chains` images of the `start` input).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub init: ChainInit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainInit {
+    #[default]
+    Noise,
+    Data,
 }
 fn d_steps() -> usize {
     1000
@@ -338,11 +416,59 @@ fn d_cols() -> usize {
 }
 
 pub struct SampleStage;
-const SAMPLE_INPUTS: &[InputSlot] = &[InputSlot::required(
-    "model",
-    Some("model.safetensors"),
-    "a trained model (train stage)",
-)];
+const SAMPLE_INPUTS: &[InputSlot] = &[
+    InputSlot::required(
+        "model",
+        Some("model.safetensors"),
+        "a trained model (train stage)",
+    ),
+    InputSlot::optional(
+        "reference",
+        Some("data.safetensors"),
+        "real images to score the samples against (diversity, contrast, nearest_reference)",
+    ),
+    InputSlot::optional(
+        "start",
+        Some("data.safetensors"),
+        "images the chains start from when init = \"data\"",
+    ),
+];
+
+fn read_optional_images(ctx: &StageContext, slot: &str) -> Result<Option<ImageSet>, StageError> {
+    match ctx.optional_input(slot) {
+        None => Ok(None),
+        Some(p) => ImageSet::read(&resolve_file(p, "data.safetensors"))
+            .map(Some)
+            .map_err(|e| StageError::User(e.to_string())),
+    }
+}
+
+/// Insert the quality ratios of `pixels` against `reference` into `m`.
+fn insert_quality(
+    m: &mut Metrics,
+    pixels: &[u8],
+    n: usize,
+    reference: &ImageSet,
+    shape: [usize; 3],
+) -> Result<(), StageError> {
+    if [reference.c, reference.h, reference.w] != shape {
+        return Err(StageError::User(format!(
+            "the reference images are {}x{}x{} (CxHxW) but the samples are {}x{}x{}",
+            reference.c, reference.h, reference.w, shape[0], shape[1], shape[2]
+        )));
+    }
+    let q = quality::quality(
+        pixels,
+        n,
+        reference.pixels(),
+        reference.n,
+        reference.image_len(),
+    );
+    m.insert("diversity".into(), q.diversity);
+    m.insert("contrast".into(), q.contrast);
+    m.insert("nearest_reference".into(), q.nearest_reference);
+    Ok(())
+}
 
 impl Stage for SampleStage {
     fn kind(&self) -> &'static str {
@@ -369,12 +495,35 @@ impl Stage for SampleStage {
         let p: SampleParams = ctx.typed_params()?;
         let device = burn_device(ctx.device)?;
         let dbn = read_model(ctx, &device)?;
+        let reference = read_optional_images(ctx, "reference")?;
+        let start = match p.init {
+            ChainInit::Noise => None,
+            ChainInit::Data => {
+                let set = read_optional_images(ctx, "start")?.ok_or_else(|| {
+                    StageError::User("init = \"data\" needs an input `start` (an image set)".into())
+                })?;
+                check_input_shape(&dbn, &set)?;
+                if set.n < p.chains {
+                    return Err(StageError::User(format!(
+                        "init = \"data\" with {} chains needs at least {} start images, `start` has {}",
+                        p.chains, p.chains, set.n
+                    )));
+                }
+                Some(set.pixels()[..p.chains * set.image_len()].to_vec())
+            }
+        };
         let started = Instant::now();
         let bar = ctx.bar(p.steps as u64, "gibbs");
-        let v = with_threads(ctx.threads, || {
-            gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {
+        let v = with_threads(ctx.threads, || match &start {
+            None => gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {
                 bar.set_position(s as u64);
-            })
+            }),
+            Some(px) => {
+                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
+                gibbs_from(&dbn, px, p.chains, p.steps, p.sampler, &mut rng, |s| {
+                    bar.set_position(s as u64);
+                })
+            }
         });
         bar.finish_and_clear();
         ctx.check_cancel()?;
@@ -396,6 +545,9 @@ impl Stage for SampleStage {
         let mut m = Metrics::new();
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
         m.insert("mean_pixel".into(), mean);
+        if let Some(r) = &reference {
+            insert_quality(&mut m, set.pixels(), set.n, r, [c, h, w])?;
+        }
         Ok(m)
     }
 }
@@ -627,10 +779,190 @@ impl Stage for FeaturesStage {
             })
         });
         if p.unit_scale {
-            let n = dbn.layers[layer - 1].spec.hidden_unit.n as f32;
+            let n = dbn.layers[layer - 1].spec.hidden_unit.max_value() as f32;
             feats.iter_mut().for_each(|x| *x /= n);
         }
         bar.finish_and_clear();
+        let fs = FeatureSet::new(feats, set.n, d, set.labels.clone());
+        fs.write(&ctx.out("features.safetensors"))
+            .map_err(|e| StageError::Failed(e.to_string()))?;
+        let mut m = Metrics::new();
+        m.insert("dimensions".into(), d as f64);
+        m.insert("count".into(), set.n as f64);
+        Ok(m)
+    }
+}
+
+// ---------------------------------------------------------------- loglik
+
+/// Parameters of `loglik`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoglikParams {
+    /// Intermediate distributions of AIS, spaced as Salakhutdinov & Murray
+    /// (2008): 500/14500 in [0, 0.5], 4000/14500 in [0.5, 0.9], the rest
+    /// in [0.9, 1].
+    #[serde(default = "d_betas")]
+    pub betas: usize,
+    /// Independent AIS runs (chains).
+    #[serde(default = "d_runs")]
+    pub runs: usize,
+    /// Seed of the runs' draws.
+    #[serde(default)]
+    pub seed: u64,
+    /// Score at most this many images of each data input (the first ones;
+    /// all when unset).
+    #[serde(default)]
+    pub max_images: Option<usize>,
+}
+fn d_betas() -> usize {
+    14_500
+}
+fn d_runs() -> usize {
+    100
+}
+
+pub struct LoglikStage;
+const LOGLIK_INPUTS: &[InputSlot] = &[
+    InputSlot::required(
+        "model",
+        Some("model.safetensors"),
+        "a trained model whose only layer is a dense RBM",
+    ),
+    InputSlot::required(
+        "train",
+        Some("data.safetensors"),
+        "training images (the base-rate model's marginals; scored too)",
+    ),
+    InputSlot::required("test", Some("data.safetensors"), "held-out images to score"),
+];
+
+impl Stage for LoglikStage {
+    fn kind(&self) -> &'static str {
+        "loglik"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        LOGLIK_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        let v = canonical::<LoglikParams>(raw)?;
+        let p: LoglikParams = serde_json::from_value(v.clone()).map_err(|e| ParamError {
+            key: None,
+            message: e.to_string(),
+            suggestion: None,
+        })?;
+        if p.betas < 3 || p.betas > 10_000_000 {
+            return Err(ParamError::new("betas", "betas must be in 3..=10000000"));
+        }
+        if p.runs < 2 || p.runs > 100_000 {
+            return Err(ParamError::new(
+                "runs",
+                "runs must be in 2..=100000 (the spread needs two)",
+            ));
+        }
+        Ok(v)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let p: LoglikParams = ctx.typed_params()?;
+        let dbn = read_model(ctx, &Device::flex())?;
+        if dbn.layers.len() != 1 {
+            return Err(StageError::User(format!(
+                "loglik needs a model that is one dense RBM on the data; this one has {} layers (a DBN's variational bound is not implemented: train a single dense layer, e.g. conv_channels = [], dense = [500])",
+                dbn.layers.len()
+            )));
+        }
+        let model = ais::HostDense::from_rbm(&dbn.layers[0]).map_err(StageError::User)?;
+        let train = read_images(ctx, "train")?;
+        let test = read_images(ctx, "test")?;
+        check_input_shape(&dbn, &train)?;
+        check_input_shape(&dbn, &test)?;
+        let quantised = |set: &ImageSet| -> (Vec<f32>, usize) {
+            let n = p.max_images.map_or(set.n, |m| m.min(set.n));
+            let s = dbn.spec.visible_scale;
+            let vals: Vec<f64> = set.pixels()[..n * set.image_len()]
+                .iter()
+                .map(|&x| x as f64 * s)
+                .collect();
+            (model.quantise(&vals), n)
+        };
+        let (train_v, n_train) = quantised(&train);
+        let (test_v, n_test) = quantised(&test);
+        if n_train == 0 || n_test == 0 {
+            return Err(StageError::User(
+                "loglik needs at least one train and one test image".into(),
+            ));
+        }
+        let started = Instant::now();
+        let a_base = model.base_rate(&train_v, n_train);
+        let betas = ais::sm_betas(p.betas);
+        let bar = ctx.bar(p.betas as u64, "ais");
+        let est = with_threads(ctx.threads, || {
+            model.ais(
+                &a_base,
+                &betas,
+                p.runs,
+                p.seed,
+                &|k| bar.set_position(k as u64),
+                &|| ctx.check_cancel().is_err(),
+            )
+        });
+        bar.finish_and_clear();
+        let est = est.ok_or(StageError::Cancelled)?;
+        let mean_ll = |v: &[f32], n: usize| -> f64 {
+            let lp = with_threads(ctx.threads, || model.log_unnormalised(v, n));
+            lp.iter().sum::<f64>() / n as f64 - est.log_z
+        };
+        let test_ll = mean_ll(&test_v, n_test);
+        let train_ll = mean_ll(&train_v, n_train);
+        ctx.log(format!(
+            "AIS: {} betas, {} runs: log Z = {:.4} +- {:.4} (base {:.4}); test {:.4}, train {:.4} nats/image",
+            est.betas, est.runs, est.log_z, est.log_z_std, est.log_z_base, test_ll, train_ll
+        ));
+        let mut m = Metrics::new();
+        m.insert("log_z".into(), est.log_z);
+        m.insert("log_z_std".into(), est.log_z_std);
+        m.insert("test_loglik".into(), test_ll);
+        m.insert("train_loglik".into(), train_ll);
+        m.insert("seconds".into(), started.elapsed().as_secs_f64());
+        Ok(m)
+    }
+}
+
+// ---------------------------------------------------------------- pixel_features
+
+/// The baseline "features": raw pixels / 255, flattened (no model).
+pub struct PixelFeaturesStage;
+const PIXEL_INPUTS: &[InputSlot] = &[InputSlot::required(
+    "data",
+    Some("data.safetensors"),
+    "images whose pixels become the features",
+)];
+
+/// No parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PixelFeaturesParams {}
+
+impl Stage for PixelFeaturesStage {
+    fn kind(&self) -> &'static str {
+        "pixel_features"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        PIXEL_INPUTS
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        canonical::<PixelFeaturesParams>(raw)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let set = read_images(ctx, "data")?;
+        let d = set.image_len();
+        let feats: Vec<f32> = set.pixels().iter().map(|&p| p as f32 / 255.0).collect();
         let fs = FeatureSet::new(feats, set.n, d, set.labels.clone());
         fs.write(&ctx.out("features.safetensors"))
             .map_err(|e| StageError::Failed(e.to_string()))?;

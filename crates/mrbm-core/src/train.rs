@@ -8,7 +8,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::layer::{to_f64, LayerGrads, Rbm};
+use crate::sample::draw_states;
 use crate::stack::{Coupling, Dbn};
+use crate::unit::UnitKind;
 use crate::CoreError;
 
 /// How the gradient is computed.
@@ -24,6 +26,140 @@ pub enum GradientMode {
     Autodiff,
     /// Always the closed form (only valid with detached coupling).
     ClosedForm,
+}
+
+/// Where the negative phase (v' of F(v) - F(v')) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// The paper's loss: v' is one Gibbs step from the data (mean field or
+    /// sampled, see [`Reconstruction`]).
+    #[default]
+    Paper,
+    /// CD-k (Hinton 2002): h sampled from the data, k steps with sampled
+    /// states; the statistics use the last sampled visible state and its
+    /// hidden probabilities.
+    Cd,
+    /// Persistent CD (Tieleman 2008): one chain per batch row carried
+    /// across updates, advanced `cd_k` sampled steps per update.
+    Pcd,
+    /// PCD with fast weights (Tieleman & Hinton 2009): the chains run on
+    /// W + W_fast, where W_fast learns fast and decays.
+    Fpcd,
+}
+
+/// The paper's reconstruction v'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Reconstruction {
+    /// v' = f_v(a + f_h(x(v)) W^T): mean field, no randomness.
+    #[default]
+    Mean,
+    /// h ~ P(h | v), v' ~ P(v | h): one sampled Gibbs step (the paper's
+    /// derivation).
+    Sample,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam (betas, epsilon), PyTorch's update.
+    #[default]
+    Adam,
+    /// SGD with momentum (PyTorch's form: vel = m vel + g; w -= lr vel).
+    Sgd,
+}
+
+/// Layers trained together or one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Every step updates every layer (the summed loss).
+    #[default]
+    Joint,
+    /// Classic DBN (Hinton, Osindero & Teh 2006): layer l trains for
+    /// `epochs` epochs on the frozen means of the layers below, then is frozen.
+    Greedy,
+}
+
+/// How `lr` maps to each parameter's step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrMode {
+    /// One learning rate for every parameter.
+    #[default]
+    Plain,
+    /// Each parameter's step is scaled so the update equals that of the
+    /// binary RBM the sub-unit model reparametrises (W_bin = N k W,
+    /// a_bin = k a, b_bin = k b): N = 1 and N = 255 then share one
+    /// meaningful learning rate. Levels units are no reparametrisation of
+    /// a binary RBM, so for them it is the same as `plain`.
+    BinaryEquivalent,
+}
+
+/// SGD momentum: a constant, or Hinton's switch (e.g. 0.5 for the first 5
+/// epochs, then 0.9).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Momentum {
+    Constant(f64),
+    Switch {
+        initial: f64,
+        #[serde(rename = "final")]
+        final_: f64,
+        /// Epochs at `initial` before switching to `final`.
+        switch_after: usize,
+    },
+}
+
+impl Default for Momentum {
+    fn default() -> Self {
+        Momentum::Constant(0.0)
+    }
+}
+
+impl Momentum {
+    /// The momentum at a 1-based epoch.
+    pub fn at(&self, epoch: usize) -> f64 {
+        match *self {
+            Momentum::Constant(m) => m,
+            Momentum::Switch {
+                initial,
+                final_,
+                switch_after,
+            } => {
+                if epoch <= switch_after {
+                    initial
+                } else {
+                    final_
+                }
+            }
+        }
+    }
+    fn values(&self) -> [f64; 2] {
+        match *self {
+            Momentum::Constant(m) => [m, m],
+            Momentum::Switch {
+                initial, final_, ..
+            } => [initial, final_],
+        }
+    }
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+fn is_one(k: &usize) -> bool {
+    *k == 1
+}
+fn default_one() -> usize {
+    1
+}
+fn default_fast_decay() -> f64 {
+    0.95
+}
+fn is_fast_decay(d: &f64) -> bool {
+    *d == default_fast_decay()
 }
 
 /// Optimiser and schedule settings.
@@ -58,6 +194,39 @@ pub struct OptimParams {
     /// closed_form. Changes speed, not results beyond rounding.
     #[serde(default)]
     pub gradient: GradientMode,
+    // The toolbox below: each is left out of the canonical form (and so of
+    // the stage key) at its default, so keys from before it stay valid.
+    /// Training rule: paper, cd, pcd, fpcd.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: Algorithm,
+    /// Gibbs steps per update for cd / pcd / fpcd.
+    #[serde(default = "default_one", skip_serializing_if = "is_one")]
+    pub cd_k: usize,
+    /// The paper's v': mean (mean field) or sample (one sampled Gibbs step).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reconstruction: Reconstruction,
+    /// adam or sgd.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub optimizer: OptimizerKind,
+    /// SGD momentum (constant or a switch); unused by Adam (see beta1).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub momentum: Momentum,
+    /// L2 penalty on the weights (not the biases), added to the gradient.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub weight_decay: f64,
+    /// joint (summed loss) or greedy (layer by layer, classic DBN).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub schedule: Schedule,
+    /// plain or binary_equivalent per-parameter steps.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lr_mode: LrMode,
+    /// FPCD: learning rate of the fast weights (default: `lr`), plain SGD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_lr: Option<f64>,
+    /// FPCD: the fast weights are multiplied by this after every update
+    /// (Tieleman & Hinton 2009: 19/20).
+    #[serde(default = "default_fast_decay", skip_serializing_if = "is_fast_decay")]
+    pub fast_decay: f64,
 }
 
 fn default_lr() -> f64 {
@@ -91,6 +260,16 @@ impl Default for OptimParams {
             seed: 0,
             coupling: Coupling::Detached,
             gradient: GradientMode::Auto,
+            algorithm: Algorithm::Paper,
+            cd_k: 1,
+            reconstruction: Reconstruction::Mean,
+            optimizer: OptimizerKind::Adam,
+            momentum: Momentum::default(),
+            weight_decay: 0.0,
+            schedule: Schedule::Joint,
+            lr_mode: LrMode::Plain,
+            fast_lr: None,
+            fast_decay: default_fast_decay(),
         }
     }
 }
@@ -117,7 +296,55 @@ impl OptimParams {
                     .into(),
             );
         }
+        if self.cd_k == 0 {
+            return Err("cd_k must be at least 1".into());
+        }
+        if self.cd_k > 10_000 {
+            return Err(format!("cd_k = {} is absurd (at most 10000)", self.cd_k));
+        }
+        if self.sampled_negative_phase()
+            && (self.coupling == Coupling::Backprop || self.gradient == GradientMode::Autodiff)
+        {
+            return Err(format!(
+                "algorithm = \"{}\" with sampled states needs coupling = \"detached\" and the closed-form gradient (gradient = \"auto\")",
+                serde_json::to_value(self.algorithm).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            ));
+        }
+        if self.schedule == Schedule::Greedy && self.coupling == Coupling::Backprop {
+            return Err(
+                "schedule = \"greedy\" freezes lower layers: it needs coupling = \"detached\""
+                    .into(),
+            );
+        }
+        for m in self.momentum.values() {
+            if !(m.is_finite() && (0.0..1.0).contains(&m)) {
+                return Err(format!("momentum must be in [0, 1), got {m}"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight_decay must be a finite number >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if let Some(f) = self.fast_lr {
+            if !(f.is_finite() && f >= 0.0) {
+                return Err(format!("fast_lr must be a finite number >= 0, got {f}"));
+            }
+        }
+        if !(self.fast_decay.is_finite() && (0.0..=1.0).contains(&self.fast_decay)) {
+            return Err(format!(
+                "fast_decay must be in [0, 1], got {}",
+                self.fast_decay
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether the negative phase needs random draws (anything but the
+    /// paper's mean-field reconstruction).
+    pub fn sampled_negative_phase(&self) -> bool {
+        self.algorithm != Algorithm::Paper || self.reconstruction == Reconstruction::Sample
     }
 
     fn use_closed_form(&self) -> bool {
@@ -134,6 +361,63 @@ struct LayerState {
     w: Option<AdamState<4>>,
     a: Option<AdamState<1>>,
     b: Option<AdamState<1>>,
+    // SGD velocities.
+    vw: Option<Tensor<4>>,
+    va: Option<Tensor<1>>,
+    vb: Option<Tensor<1>>,
+    // PCD / FPCD: the persistent chains' visible states, one row per batch row.
+    chain: Option<Tensor<4>>,
+    // FPCD: the fast weights.
+    fast: Option<(Tensor<4>, Tensor<1>, Tensor<1>)>,
+}
+
+/// Per-parameter learning-rate factors of one layer (W, a, b).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrScale {
+    pub w: f64,
+    pub a: f64,
+    pub b: f64,
+}
+
+/// The `binary_equivalent` factors for one layer. With visible values of
+/// range R_v (pixels: 255 x visible_scale; upper layers: the N below) and
+/// hidden (N_h, k_h), the sub-unit model is the binary RBM W_bin = R_v k_h W,
+/// b_bin = k_h b, a_bin = k_v a, and its loss is (N_h / k_h) times the
+/// binary one (exactly when R_v / k_v = N_h / k_h, as for the defaults).
+/// Adam is invariant to the loss factor, so its steps scale by 1 / J; SGD's
+/// by 1 / (c J^2).
+pub fn binary_equivalent_scale(dbn: &Dbn, layer: usize, optimizer: OptimizerKind) -> LrScale {
+    let spec = &dbn.layers[layer].spec;
+    let (vu, hu) = (spec.visible_unit, spec.hidden_unit);
+    if vu.kind == UnitKind::Levels || hu.kind == UnitKind::Levels {
+        return LrScale {
+            w: 1.0,
+            a: 1.0,
+            b: 1.0,
+        };
+    }
+    let range_v = if layer == 0 {
+        255.0 * dbn.spec.visible_scale
+    } else {
+        vu.n as f64
+    };
+    let jw = range_v * hu.k;
+    let (ja, jb) = (vu.k, hu.k);
+    match optimizer {
+        OptimizerKind::Adam => LrScale {
+            w: 1.0 / jw,
+            a: 1.0 / ja,
+            b: 1.0 / jb,
+        },
+        OptimizerKind::Sgd => {
+            let c = hu.n as f64 / hu.k;
+            LrScale {
+                w: 1.0 / (c * jw * jw),
+                a: 1.0 / (c * ja * ja),
+                b: 1.0 / (c * jb * jb),
+            }
+        }
+    }
 }
 
 /// A stack with its optimiser state.
@@ -143,6 +427,10 @@ pub struct Trainer {
     optim: Adam,
     states: Vec<LayerState>,
     autodiff_device: Device,
+    rng: ChaCha8Rng,
+    /// Greedy schedule: the one layer being trained (the ones below are
+    /// frozen and only map the data up; the ones above are untouched).
+    pub active: Option<usize>,
 }
 
 impl Trainer {
@@ -154,17 +442,22 @@ impl Trainer {
             .build();
         let states = vec![LayerState::default(); dbn.layers.len()];
         let autodiff_device = dbn.device().autodiff();
+        // The negative phase's draws have their own stream, apart from the
+        // initialisation's and the batch order's.
+        let rng = ChaCha8Rng::seed_from_u64(params.seed ^ 0x5eed_0f_9166_5u64);
         Trainer {
             dbn,
             params,
             optim,
             states,
             autodiff_device,
+            rng,
+            active: None,
         }
     }
 
     /// The gradients of the total loss for a batch of visible values, and
-    /// the per-layer loss values.
+    /// the per-layer loss values (the paper's mean-field rule).
     pub fn gradients(&self, v: Tensor<4>) -> (Vec<f64>, Vec<LayerGrads>) {
         if self.params.use_closed_form() {
             let mut t = v;
@@ -209,15 +502,135 @@ impl Trainer {
         }
     }
 
-    /// One Adam step on a batch; returns the per-layer losses (before the
-    /// step). Fails on a non-finite loss or weight, naming the layer.
+    /// The negative-phase visible values for layer `i` given its data `v`,
+    /// by the configured rule. Advances the persistent chains (PCD, FPCD).
+    pub fn negative_phase(&mut self, i: usize, v: &Tensor<4>) -> Tensor<4> {
+        let p = &self.params;
+        let layer = &self.dbn.layers[i];
+        let (vu, hu) = (layer.spec.visible_unit, layer.spec.hidden_unit);
+        let rng = &mut self.rng;
+        match p.algorithm {
+            Algorithm::Paper => match p.reconstruction {
+                Reconstruction::Mean => layer.down(layer.up(v.clone())),
+                Reconstruction::Sample => {
+                    let h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
+                    draw_states(vu, layer.pre_visible(h), rng)
+                }
+            },
+            Algorithm::Cd => {
+                // k alternations with sampled states; the statistics use the
+                // last visible state and its hidden probabilities, so the
+                // update tends to the likelihood gradient as k grows.
+                let mut h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
+                let mut v_neg = draw_states(vu, layer.pre_visible(h.clone()), rng);
+                for _ in 1..p.cd_k {
+                    h = draw_states(hu, layer.pre_hidden(v_neg), rng);
+                    v_neg = draw_states(vu, layer.pre_visible(h.clone()), rng);
+                }
+                v_neg
+            }
+            Algorithm::Pcd | Algorithm::Fpcd => {
+                let st = &mut self.states[i];
+                // Chains start at the first batch's data (Tieleman 2008 notes
+                // any start works; data starts mix fastest).
+                let mut chain = match st.chain.take() {
+                    Some(c) if c.dims() == v.dims() => c,
+                    _ => v.clone(),
+                };
+                let run_on = match (&p.algorithm, &st.fast) {
+                    (Algorithm::Fpcd, Some((fw, fa, fb))) => layer.with_params(
+                        layer.w.clone() + fw.clone(),
+                        layer.a.clone() + fa.clone(),
+                        layer.b.clone() + fb.clone(),
+                    ),
+                    _ => layer.clone(),
+                };
+                for _ in 0..p.cd_k {
+                    let h = draw_states(hu, run_on.pre_hidden(chain), rng);
+                    chain = draw_states(vu, run_on.pre_visible(h), rng);
+                }
+                st.chain = Some(chain.clone());
+                chain
+            }
+        }
+    }
+
+    /// Loss, gradients and hidden means of layer `i` on its data `v`, by the
+    /// configured rule; FPCD's fast weights learn here too.
+    pub fn layer_step_grads(&mut self, i: usize, v: Tensor<4>) -> (f64, LayerGrads, Tensor<4>) {
+        if !self.params.sampled_negative_phase() {
+            let (loss, g, h) = self.dbn.layers[i].cd_grads(v);
+            return (to_f64(&loss)[0], g, h);
+        }
+        let v_neg = self.negative_phase(i, &v);
+        let layer = &self.dbn.layers[i];
+        let x = layer.pre_hidden(v.clone());
+        let h = layer.spec.hidden_unit.mean(x.clone());
+        let x_neg = layer.pre_hidden(v_neg.clone());
+        let h_neg = layer.spec.hidden_unit.mean(x_neg.clone());
+        let loss = (layer.free_energy_with_x(v.clone(), x)
+            - layer.free_energy_with_x(v_neg.clone(), x_neg))
+        .mean();
+        let g = layer.stats_grads(v, h.clone(), v_neg, h_neg);
+        if self.params.algorithm == Algorithm::Fpcd {
+            let lr = self.params.fast_lr.unwrap_or(self.params.lr);
+            let d = self.params.fast_decay;
+            let st = &mut self.states[i];
+            let (fw, fa, fb) = st.fast.take().unwrap_or_else(|| {
+                (
+                    layer.w.zeros_like(),
+                    layer.a.zeros_like(),
+                    layer.b.zeros_like(),
+                )
+            });
+            st.fast = Some((
+                fw.mul_scalar(d) - g.w.clone().mul_scalar(lr),
+                fa.mul_scalar(d) - g.a.clone().mul_scalar(lr),
+                fb.mul_scalar(d) - g.b.clone().mul_scalar(lr),
+            ));
+        }
+        (to_f64(&loss)[0], g, h)
+    }
+
+    /// One optimiser step on a batch; returns the per-layer losses (before
+    /// the step; in a greedy phase, only the active layer's, the others 0).
+    /// Fails on a non-finite loss or weight, naming the layer.
     pub fn step(
         &mut self,
         v: Tensor<4>,
         epoch: usize,
         batch: usize,
     ) -> Result<Vec<f64>, CoreError> {
-        let (losses, grads) = self.gradients(v);
+        let nl = self.dbn.layers.len();
+        let (losses, grads): (Vec<f64>, Vec<Option<LayerGrads>>) = if let Some(act) = self.active {
+            // Greedy: map the data up through the frozen layers below.
+            let below = if act == 0 {
+                v
+            } else {
+                self.dbn.up_to(v, act - 1)
+            };
+            let t = self.dbn.as_visible_of(act, below);
+            let (loss, g, _) = self.layer_step_grads(act, t);
+            let mut losses = vec![0.0; nl];
+            losses[act] = loss;
+            let grads = (0..nl).map(|i| (i == act).then(|| g.clone())).collect();
+            (losses, grads)
+        } else if self.params.sampled_negative_phase() {
+            let mut t = v;
+            let mut losses = Vec::new();
+            let mut grads = Vec::new();
+            for i in 0..nl {
+                let vi = self.dbn.as_visible_of(i, t);
+                let (loss, g, h) = self.layer_step_grads(i, vi);
+                losses.push(loss);
+                grads.push(Some(g));
+                t = h;
+            }
+            (losses, grads)
+        } else {
+            let (l, g) = self.gradients(v);
+            (l, g.into_iter().map(Some).collect())
+        };
         for (i, l) in losses.iter().enumerate() {
             if !l.is_finite() {
                 return Err(CoreError::NonFinite {
@@ -228,31 +641,80 @@ impl Trainer {
                 });
             }
         }
-        let lr = self.params.lr;
-        for (i, (layer, g)) in self.dbn.layers.iter_mut().zip(grads).enumerate() {
-            let st = &mut self.states[i];
-            let (w, s) = self.optim.step(lr, layer.w.clone(), g.w, st.w.take());
-            layer.w = w;
-            st.w = s;
-            let (a, s) = self.optim.step(lr, layer.a.clone(), g.a, st.a.take());
-            layer.a = a;
-            st.a = s;
-            let (b, s) = self.optim.step(lr, layer.b.clone(), g.b, st.b.take());
-            layer.b = b;
-            st.b = s;
-            // One read-back per layer: a NaN or Inf anywhere makes the sum non-finite.
-            let check = layer.w.clone().sum() + layer.a.clone().sum() + layer.b.clone().sum();
-            let c = to_f64(&check)[0];
-            if !c.is_finite() {
-                return Err(CoreError::NonFinite {
-                    epoch,
-                    batch,
-                    layer: i + 1,
-                    what: "a weight or bias became NaN or infinite".into(),
-                });
+        for (i, g) in grads.into_iter().enumerate() {
+            if let Some(g) = g {
+                self.apply(i, g, epoch);
+                let layer = &self.dbn.layers[i];
+                // One read-back per layer: a NaN or Inf anywhere makes the sum non-finite.
+                let check = layer.w.clone().sum() + layer.a.clone().sum() + layer.b.clone().sum();
+                let c = to_f64(&check)[0];
+                if !c.is_finite() {
+                    return Err(CoreError::NonFinite {
+                        epoch,
+                        batch,
+                        layer: i + 1,
+                        what: "a weight or bias became NaN or infinite".into(),
+                    });
+                }
             }
         }
         Ok(losses)
+    }
+
+    /// Update layer `i`'s parameters from its loss gradient.
+    fn apply(&mut self, i: usize, mut g: LayerGrads, epoch: usize) {
+        let p = &self.params;
+        let scale = match p.lr_mode {
+            LrMode::Plain => LrScale {
+                w: 1.0,
+                a: 1.0,
+                b: 1.0,
+            },
+            LrMode::BinaryEquivalent => binary_equivalent_scale(&self.dbn, i, p.optimizer),
+        };
+        let lr = p.lr;
+        let layer = &mut self.dbn.layers[i];
+        if p.weight_decay > 0.0 {
+            g.w = g.w + layer.w.clone().mul_scalar(p.weight_decay);
+        }
+        let st = &mut self.states[i];
+        match p.optimizer {
+            OptimizerKind::Adam => {
+                let (w, s) = self
+                    .optim
+                    .step(lr * scale.w, layer.w.clone(), g.w, st.w.take());
+                layer.w = w;
+                st.w = s;
+                let (a, s) = self
+                    .optim
+                    .step(lr * scale.a, layer.a.clone(), g.a, st.a.take());
+                layer.a = a;
+                st.a = s;
+                let (b, s) = self
+                    .optim
+                    .step(lr * scale.b, layer.b.clone(), g.b, st.b.take());
+                layer.b = b;
+                st.b = s;
+            }
+            OptimizerKind::Sgd => {
+                let m = p.momentum.at(epoch);
+                fn vel<const D: usize>(old: Option<Tensor<D>>, g: Tensor<D>, m: f64) -> Tensor<D> {
+                    match old {
+                        Some(v) if m > 0.0 => v.mul_scalar(m) + g,
+                        _ => g,
+                    }
+                }
+                let vw = vel(st.vw.take(), g.w, m);
+                let va = vel(st.va.take(), g.a, m);
+                let vb = vel(st.vb.take(), g.b, m);
+                layer.w = layer.w.clone() - vw.clone().mul_scalar(lr * scale.w);
+                layer.a = layer.a.clone() - va.clone().mul_scalar(lr * scale.a);
+                layer.b = layer.b.clone() - vb.clone().mul_scalar(lr * scale.b);
+                st.vw = Some(vw);
+                st.va = Some(va);
+                st.vb = Some(vb);
+            }
+        }
     }
 }
 
@@ -324,29 +786,43 @@ pub fn train_images(
     let image_len: usize = trainer.dbn.spec.input.iter().product();
     let bs = p.batch_size.min(n.max(1));
     let batches = n / bs; // drop the ragged last batch: every step sees bs images
-    let total = (batches * p.epochs) as u64;
+                          // Greedy: each layer in turn gets `epochs` epochs; joint: one phase.
+    let phases: Vec<Option<usize>> = match p.schedule {
+        Schedule::Joint => vec![None],
+        Schedule::Greedy => (0..trainer.dbn.layers.len()).map(Some).collect(),
+    };
+    let total = (batches * p.epochs * phases.len()) as u64;
     let mut hist = History::default();
     let mut running: Option<f64> = None;
     let mut done = 0u64;
     let mut buf = vec![0u8; bs * image_len];
-    for epoch in 0..p.epochs {
-        let order = batch_order(n, p.seed, epoch);
-        for b in 0..batches {
-            for (j, &i) in order[b * bs..(b + 1) * bs].iter().enumerate() {
-                buf[j * image_len..(j + 1) * image_len]
-                    .copy_from_slice(&pixels[i * image_len..(i + 1) * image_len]);
+    for (phase, active) in phases.iter().enumerate() {
+        trainer.active = *active;
+        if active.is_some() {
+            running = None;
+        }
+        for epoch_in_phase in 0..p.epochs {
+            // History epochs run on across phases; the batch order restarts.
+            let epoch = phase * p.epochs + epoch_in_phase;
+            let order = batch_order(n, p.seed, epoch_in_phase);
+            for b in 0..batches {
+                for (j, &i) in order[b * bs..(b + 1) * bs].iter().enumerate() {
+                    buf[j * image_len..(j + 1) * image_len]
+                        .copy_from_slice(&pixels[i * image_len..(i + 1) * image_len]);
+                }
+                let v = trainer.dbn.pixels_to_visible(&buf, bs, &device, dtype);
+                let losses = trainer.step(v, epoch_in_phase + 1, b + 1)?;
+                let t: f64 = losses.iter().sum();
+                running = Some(match running {
+                    None => t,
+                    Some(r) => 0.95 * r + 0.05 * t,
+                });
+                hist.batches.push((epoch, b, losses));
+                done += 1;
+                on_batch(done, total, running.unwrap_or(t))?;
             }
-            let v = trainer.dbn.pixels_to_visible(&buf, bs, &device, dtype);
-            let losses = trainer.step(v, epoch + 1, b + 1)?;
-            let t: f64 = losses.iter().sum();
-            running = Some(match running {
-                None => t,
-                Some(r) => 0.95 * r + 0.05 * t,
-            });
-            hist.batches.push((epoch, b, losses));
-            done += 1;
-            on_batch(done, total, running.unwrap_or(t))?;
         }
     }
+    trainer.active = None;
     Ok(hist)
 }

@@ -38,7 +38,29 @@ use burn::tensor::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// (N, k): the unit takes values 0..=N and its mean is N * sigmoid(k x).
+/// Which distribution a unit with N levels has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    /// The paper's unit: values 0..=N, mean N sigmoid(k x), the sum of N
+    /// binary sub-units with offsets (see the module docs).
+    #[default]
+    Subunits,
+    /// N + 1 equally spaced values m / N in [0, 1], p(m) proportional to
+    /// exp(m x / N): free energy log sum_m exp(m x / N), categorical draws.
+    /// Here N changes the distribution itself, not only a scale (k unused).
+    Levels,
+}
+
+impl UnitKind {
+    fn is_default(&self) -> bool {
+        *self == UnitKind::Subunits
+    }
+}
+
+/// (N, k): the unit takes values 0..=N and its mean is N * sigmoid(k x)
+/// (or, for [`UnitKind::Levels`], values m / N with an exponential-family
+/// distribution over the N + 1 levels).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitType {
@@ -46,6 +68,10 @@ pub struct UnitType {
     pub n: u32,
     /// Slope k of the sigmoid.
     pub k: f64,
+    /// Omitted from checkpoints when it is the paper's sub-unit model, so
+    /// models written before it existed load and hash as before.
+    #[serde(default, skip_serializing_if = "UnitKind::is_default")]
+    pub kind: UnitKind,
 }
 
 /// softplus(z) = log(1 + e^z), numerically stable, on the host.
@@ -72,10 +98,43 @@ pub fn softplus<const D: usize>(z: Tensor<D>) -> Tensor<D> {
 }
 
 impl UnitType {
-    pub const BINARY: UnitType = UnitType { n: 1, k: 1.0 };
+    pub const BINARY: UnitType = UnitType {
+        n: 1,
+        k: 1.0,
+        kind: UnitKind::Subunits,
+    };
 
     pub fn new(n: u32, k: f64) -> Self {
-        UnitType { n, k }
+        UnitType {
+            n,
+            k,
+            kind: UnitKind::Subunits,
+        }
+    }
+
+    /// The equal-levels unit with N + 1 values m / N in [0, 1].
+    pub fn levels(n: u32) -> Self {
+        UnitType {
+            n,
+            k: 1.0,
+            kind: UnitKind::Levels,
+        }
+    }
+
+    /// The largest value a unit takes: N (sub-units) or 1 (levels).
+    pub fn max_value(&self) -> f64 {
+        match self.kind {
+            UnitKind::Subunits => self.nf(),
+            UnitKind::Levels => 1.0,
+        }
+    }
+
+    /// The value of level m (0..=N).
+    pub fn level_value(&self, m: u32) -> f64 {
+        match self.kind {
+            UnitKind::Subunits => m as f64,
+            UnitKind::Levels => m as f64 / self.nf(),
+        }
     }
 
     pub fn validate(&self, what: &str) -> Result<(), String> {
@@ -95,8 +154,11 @@ impl UnitType {
         self.n as f64
     }
 
-    /// Mean activation f(x) = N sigmoid(k x).
+    /// Mean activation f(x) = N sigmoid(k x) (levels: E[m / N]).
     pub fn mean<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.kind == UnitKind::Levels {
+            return levels_mean(x, self.n);
+        }
         let s = if self.k == 1.0 {
             sigmoid(x)
         } else {
@@ -111,6 +173,9 @@ impl UnitType {
 
     /// Smooth log-partition A(x) = (N/k) softplus(k x), with A' = f.
     pub fn log_partition<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.kind == UnitKind::Levels {
+            return levels_log_partition(x, self.n);
+        }
         let z = if self.k == 1.0 {
             x
         } else {
@@ -127,6 +192,9 @@ impl UnitType {
 
     /// f(x) on the host.
     pub fn mean_f64(&self, x: f64) -> f64 {
+        if self.kind == UnitKind::Levels {
+            return levels_mean_f64(x, self.n);
+        }
         self.nf() * sigmoid_f64(self.k * x)
     }
 
@@ -137,12 +205,16 @@ impl UnitType {
         self.nf() * self.k * s * (1.0 - s)
     }
 
-    /// Smooth A(x) on the host.
+    /// Smooth A(x) on the host (levels: exact log sum_m exp(m x / N)).
     pub fn log_partition_f64(&self, x: f64) -> f64 {
+        if self.kind == UnitKind::Levels {
+            return levels_log_partition_f64(x, self.n);
+        }
         self.nf() / self.k * softplus_f64(self.k * x)
     }
 
     /// Sub-unit offsets o_n = logit((n - 1/2) / N) / k, n = 1..=N (increasing).
+    /// (Levels units have none: their distribution is categorical.)
     pub fn offsets(&self) -> Vec<f64> {
         let n = self.nf();
         (1..=self.n)
@@ -164,8 +236,16 @@ impl UnitType {
     }
 
     /// The exact distribution of h = sum of the sub-units at input x: a
-    /// Poisson-binomial pmf over 0..=N, by dynamic programming.
+    /// Poisson-binomial pmf over 0..=N, by dynamic programming (levels:
+    /// the categorical pmf proportional to exp(m x / N)).
     pub fn exact_pmf(&self, x: f64) -> Vec<f64> {
+        if self.kind == UnitKind::Levels {
+            let logits: Vec<f64> = (0..=self.n).map(|m| m as f64 * x / self.nf()).collect();
+            let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            return e.iter().map(|v| v / z).collect();
+        }
         let mut pmf = vec![0.0; self.n as usize + 1];
         pmf[0] = 1.0;
         for (i, o) in self.offsets().iter().enumerate() {
@@ -204,6 +284,107 @@ impl UnitType {
     }
 }
 
+/// log(sinh(z) / z), even and smooth (0 at 0); the building block of the
+/// levels unit's log-partition.
+fn log_sinhc_f64(z: f64) -> f64 {
+    let a = z.abs();
+    if a < 1e-4 {
+        a * a / 6.0
+    } else {
+        // sinh(a)/a = e^a (1 - e^{-2a}) / (2a)
+        a + (-(-2.0 * a).exp()).ln_1p() - (2.0 * a).ln()
+    }
+}
+
+/// Langevin function coth(z) - 1/z = d/dz log(sinh(z)/z), odd, z/3 near 0.
+fn langevin_f64(z: f64) -> f64 {
+    if z.abs() < 1e-4 {
+        z / 3.0
+    } else {
+        1.0 / z.tanh() - 1.0 / z
+    }
+}
+
+/// log sum_{m=0}^{N} exp(m x / N), closed form: with t = x / N,
+/// sum_m e^{m t} = e^{N t / 2} sinh((N+1) t / 2) / sinh(t / 2).
+pub fn levels_log_partition_f64(x: f64, n: u32) -> f64 {
+    let nf = n as f64;
+    let t = x / nf;
+    nf * t / 2.0 + (nf + 1.0).ln() + log_sinhc_f64((nf + 1.0) * t / 2.0) - log_sinhc_f64(t / 2.0)
+}
+
+/// E[m / N] under p(m) proportional to exp(m x / N): the derivative of
+/// [`levels_log_partition_f64`] in x.
+pub fn levels_mean_f64(x: f64, n: u32) -> f64 {
+    let nf = n as f64;
+    let t = x / nf;
+    let em =
+        nf / 2.0 + ((nf + 1.0) * langevin_f64((nf + 1.0) * t / 2.0) - langevin_f64(t / 2.0)) / 2.0;
+    (em / nf).clamp(0.0, 1.0)
+}
+
+/// Draw m in 0..=N with p(m) proportional to exp(m t) by inverting the
+/// truncated geometric CDF (no loop over the levels); returns m.
+pub fn levels_draw<R: Rng>(x: f64, n: u32, rng: &mut R) -> u32 {
+    let t = x / n as f64;
+    let u: f64 = rng.random::<f64>();
+    if t.abs() < 1e-12 {
+        return ((u * (n as f64 + 1.0)) as u32).min(n);
+    }
+    // Draw with a non-positive rate (no overflow), mirror for a positive one.
+    let (tn, flip) = if t > 0.0 { (-t, true) } else { (t, false) };
+    let e = ((n as f64 + 1.0) * tn).exp_m1(); // in (-1, 0)
+    let m = ((u * e).ln_1p() / tn).ceil() - 1.0;
+    let m = m.clamp(0.0, n as f64) as u32;
+    if flip {
+        n - m
+    } else {
+        m
+    }
+}
+
+// Tensor forms of the levels unit. Small |z| uses the series, elsewhere
+// the direct formula on a z kept away from 0, so neither branch is NaN
+// (mask_where then passes no NaN into the gradient either).
+const SERIES_BELOW: f64 = 0.05;
+
+fn langevin<const D: usize>(z: Tensor<D>) -> Tensor<D> {
+    let small = z.clone().abs().lower_elem(SERIES_BELOW);
+    let series = z.clone().div_scalar(3.0) - z.clone().powi_scalar(3).div_scalar(45.0);
+    let safe = z.clone().mask_fill(small.clone(), 1.0);
+    let direct = safe.clone().tanh().recip() - safe.recip();
+    direct.mask_where(small, series)
+}
+
+fn log_sinhc<const D: usize>(z: Tensor<D>) -> Tensor<D> {
+    let a = z.abs();
+    let small = a.clone().lower_elem(SERIES_BELOW);
+    let series =
+        a.clone().powi_scalar(2).div_scalar(6.0) - a.clone().powi_scalar(4).div_scalar(180.0);
+    let safe = a.mask_fill(small.clone(), 1.0);
+    let direct = safe.clone() + safe.clone().mul_scalar(-2.0).exp().neg().log1p()
+        - safe.mul_scalar(2.0).log();
+    direct.mask_where(small, series)
+}
+
+fn levels_log_partition<const D: usize>(x: Tensor<D>, n: u32) -> Tensor<D> {
+    let nf = n as f64;
+    let t = x.div_scalar(nf);
+    t.clone().mul_scalar(nf / 2.0).add_scalar((nf + 1.0).ln())
+        + log_sinhc(t.clone().mul_scalar((nf + 1.0) / 2.0))
+        - log_sinhc(t.div_scalar(2.0))
+}
+
+fn levels_mean<const D: usize>(x: Tensor<D>, n: u32) -> Tensor<D> {
+    let nf = n as f64;
+    let t = x.div_scalar(nf);
+    let em = (langevin(t.clone().mul_scalar((nf + 1.0) / 2.0)).mul_scalar(nf + 1.0)
+        - langevin(t.div_scalar(2.0)))
+    .div_scalar(2.0)
+    .add_scalar(nf / 2.0);
+    em.div_scalar(nf).clamp(0.0, 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +396,48 @@ mod tests {
             assert!((u.mean_f64(*o) - (i as f64 + 0.5)).abs() < 1e-12);
         }
         assert_eq!(UnitType::BINARY.offsets(), vec![0.0]);
+    }
+
+    #[test]
+    fn levels_closed_forms_match_the_sums() {
+        for n in [1u32, 3, 15, 255] {
+            for x in [-300.0, -7.0, -0.3, -1e-6, 0.0, 2e-3, 0.9, 11.0, 400.0] {
+                let logits: Vec<f64> = (0..=n).map(|m| m as f64 * x / n as f64).collect();
+                let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
+                let lp = mx + z.ln();
+                let mean: f64 = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(m, l)| m as f64 / n as f64 * (l - mx).exp() / z)
+                    .sum();
+                assert!(
+                    (levels_log_partition_f64(x, n) - lp).abs() < 1e-9,
+                    "n {n} x {x}"
+                );
+                assert!((levels_mean_f64(x, n) - mean).abs() < 1e-9, "n {n} x {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn levels_draws_follow_the_pmf() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (n, x) in [(3u32, 1.7), (15, -4.0), (255, 30.0), (4, 0.0)] {
+            let u = UnitType::levels(n);
+            let pmf = u.exact_pmf(x);
+            let mut counts = vec![0u64; n as usize + 1];
+            for _ in 0..40_000 {
+                counts[levels_draw(x, n, &mut rng) as usize] += 1;
+            }
+            let (stat, df) = crate::sample::chi_square(&counts, &pmf);
+            // 99.9 % quantile of chi-square is below df + 5 sqrt(2 df) + 10 here.
+            assert!(
+                stat < df as f64 + 5.0 * (2.0 * df as f64).sqrt() + 10.0,
+                "n {n}: {stat} on {df}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The mrbm runner: pipeline schema, DAG expansion, content-hash cache,
 //! executor, tables, and the `mrbm` command line.
+pub mod collect;
 pub mod config;
 pub mod dag;
 pub mod device;

@@ -17,6 +17,7 @@ impl Registry {
         all.extend(mrbm_core::stages());
         all.extend(mrbm_eval::stages());
         all.push(Box::new(crate::table::TableStage));
+        all.push(Box::new(crate::collect::CollectStage));
         Registry::from_stages(all)
     }
 

@@ -1,0 +1,480 @@
+//! Test log-likelihood of a dense RBM: log Z by annealed importance
+//! sampling (AIS; Neal 2001, Salakhutdinov & Murray 2008), checked against
+//! exact enumeration on RBMs small enough to enumerate.
+//!
+//! The model is the exact discrete one behind the sampler: visible and
+//! hidden units take levels m = 0..=N with values val(m) (m for the
+//! paper's sub-unit units, m / N for levels units). Summing out the hidden
+//! units gives the unnormalised marginal
+//!
+//!   log p*(v) = sum_i [a_i val(v_i) + g(v_i)] + sum_j H(x_j(v)),
+//!   x_j(v) = b_j + (val(v) W)_j,
+//!
+//! with H(x) = sum_n softplus(x - o_n) (sub-units; the binary unit for
+//! N = 1) or log sum_m exp(m x / N) (levels), and g(m) the log multiplicity
+//! of level m among the visible sub-unit configurations (g = 0 for levels
+//! and for binary units). The base model A has the visible units alone,
+//! biases fitted to the training data's marginals (the base-rate model).
+//! Intermediate distributions anneal both the biases and the hidden part:
+//!
+//!   log p*_beta(v) = sum_i [((1 - beta) aA_i + beta a_i) val(v_i) + g(v_i)]
+//!                    + sum_j H_beta(x_j(v)),
+//!
+//! where H_beta scales every hidden energy term (offsets included) by beta,
+//! so the Gibbs transitions at beta are exact: hidden sub-units
+//! Bernoulli(sigmoid(beta (x - o_n))), visible levels with input
+//! (1 - beta) aA + beta (a + W h). At beta = 0, H_0 is a constant
+//! (N log 2, or log(N + 1)), which enters log Z_A.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::layer::{to_f64, LayerKind, Rbm};
+use crate::sample::{Sampler, UnitSampler};
+use crate::unit::{
+    levels_draw, levels_log_partition_f64, sigmoid_f64, softplus_f64, UnitKind, UnitType,
+};
+
+/// Beyond this |z|, softplus(z) is max(z, 0) and sigmoid(z) is 0 or 1 to
+/// within e^-40.
+const SURE: f64 = 40.0;
+
+/// Salakhutdinov & Murray's spacing scaled to `total` intermediate
+/// distributions: 500 / 14500 of them in [0, 0.5], 4000 / 14500 in
+/// [0.5, 0.9], the rest in [0.9, 1]. Returns beta_0 = 0 ... beta_K = 1.
+pub fn sm_betas(total: usize) -> Vec<f64> {
+    let total = total.max(3);
+    let n1 = ((total as f64 * 500.0 / 14500.0).round() as usize).max(1);
+    let n2 = ((total as f64 * 4000.0 / 14500.0).round() as usize).max(1);
+    let n3 = total.saturating_sub(n1 + n2).max(1);
+    let mut b = vec![0.0];
+    for (lo, hi, n) in [(0.0, 0.5, n1), (0.5, 0.9, n2), (0.9, 1.0, n3)] {
+        for i in 1..=n {
+            b.push(lo + (hi - lo) * i as f64 / n as f64);
+        }
+    }
+    b
+}
+
+/// One unit type's discrete description.
+#[derive(Debug, Clone)]
+struct Levels {
+    unit: UnitType,
+    /// Sub-unit offsets (empty for levels units).
+    offsets: Vec<f64>,
+    /// Prefix sums of the offsets (prefix[i] = o_1 + ... + o_i).
+    prefix: Vec<f64>,
+    /// log multiplicity g(m) of each level (visible side).
+    log_mult: Vec<f64>,
+}
+
+impl Levels {
+    fn new(unit: UnitType) -> Self {
+        let offsets = if unit.kind == UnitKind::Subunits {
+            unit.offsets()
+        } else {
+            Vec::new()
+        };
+        let mut prefix = vec![0.0];
+        for o in &offsets {
+            prefix.push(prefix.last().unwrap() + o);
+        }
+        // g(m) = log e_m(exp(-o_1), ..., exp(-o_N)), by the elementary
+        // symmetric polynomial recursion in log space.
+        let n = unit.n as usize;
+        let log_mult = if offsets.is_empty() {
+            vec![0.0; n + 1]
+        } else {
+            let mut e = vec![f64::NEG_INFINITY; n + 1];
+            e[0] = 0.0;
+            for (i, o) in offsets.iter().enumerate() {
+                for m in (1..=i + 1).rev() {
+                    e[m] = log_add(e[m], e[m - 1] - o);
+                }
+            }
+            e
+        };
+        Levels {
+            unit,
+            offsets,
+            prefix,
+            log_mult,
+        }
+    }
+
+    fn value(&self, m: u32) -> f64 {
+        self.unit.level_value(m)
+    }
+
+    /// log sum_m exp(beta (x val(m) - energy offsets)): H_beta(x).
+    fn h_beta(&self, x: f64, beta: f64) -> f64 {
+        match self.unit.kind {
+            UnitKind::Levels => levels_log_partition_f64(beta * x, self.unit.n),
+            UnitKind::Subunits => {
+                if beta == 0.0 {
+                    return self.offsets.len() as f64 * std::f64::consts::LN_2;
+                }
+                // z_n = beta (x - o_n) decreases in n: the first `lo` are
+                // linear, those from `hi` on vanish.
+                let lo = self.offsets.partition_point(|o| beta * (x - o) > SURE);
+                let hi = self.offsets.partition_point(|o| beta * (x - o) > -SURE);
+                let mut s = beta * (lo as f64 * x - self.prefix[lo]);
+                for o in &self.offsets[lo..hi] {
+                    s += softplus_f64(beta * (x - o));
+                }
+                s
+            }
+        }
+    }
+
+    /// A hidden draw at inverse temperature beta; returns its value.
+    fn draw_beta<R: Rng>(&self, x: f64, beta: f64, rng: &mut R) -> f64 {
+        match self.unit.kind {
+            UnitKind::Levels => self.value(levels_draw(beta * x, self.unit.n, rng)),
+            UnitKind::Subunits => {
+                if beta == 0.0 {
+                    return (0..self.offsets.len())
+                        .filter(|_| rng.random::<f64>() < 0.5)
+                        .count() as f64;
+                }
+                let lo = self.offsets.partition_point(|o| beta * (x - o) > SURE);
+                let hi = self.offsets.partition_point(|o| beta * (x - o) > -SURE);
+                let mut h = lo;
+                for o in &self.offsets[lo..hi] {
+                    if rng.random::<f64>() < sigmoid_f64(beta * (x - o)) {
+                        h += 1;
+                    }
+                }
+                h as f64
+            }
+        }
+    }
+
+    /// log sum_m exp(a val(m) + g(m)): one visible unit's normaliser.
+    fn visible_log_norm(&self, a: f64) -> f64 {
+        match self.unit.kind {
+            UnitKind::Levels => levels_log_partition_f64(a, self.unit.n),
+            UnitKind::Subunits => self.offsets.iter().map(|o| softplus_f64(a - o)).sum(),
+        }
+    }
+
+    /// Mean value of a lone visible unit with bias a.
+    fn visible_mean(&self, a: f64) -> f64 {
+        match self.unit.kind {
+            UnitKind::Levels => crate::unit::levels_mean_f64(a, self.unit.n),
+            UnitKind::Subunits => self.offsets.iter().map(|o| sigmoid_f64(a - o)).sum(),
+        }
+    }
+
+    /// The bias whose lone-unit mean is `mean`, by bisection.
+    fn bias_for_mean(&self, mean: f64) -> f64 {
+        let span = 100.0
+            + self.offsets.iter().fold(0.0f64, |m, o| m.max(o.abs()))
+            + 100.0 * self.unit.n as f64;
+        let (mut lo, mut hi) = (-span, span);
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if self.visible_mean(mid) < mean {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        0.5 * (lo + hi)
+    }
+
+    /// The level nearest to a visible value.
+    fn level_of(&self, value: f64) -> u32 {
+        let step = self.value(1);
+        ((value / step).round().max(0.0) as u32).min(self.unit.n)
+    }
+}
+
+fn log_add(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY {
+        return b;
+    }
+    if b == f64::NEG_INFINITY {
+        return a;
+    }
+    let m = a.max(b);
+    m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// A dense RBM on the host, in the AIS model's terms.
+#[derive(Debug, Clone)]
+pub struct HostDense {
+    pub d: usize,
+    pub h: usize,
+    /// W, row-major [D, H].
+    pub w: Vec<f32>,
+    pub a: Vec<f64>,
+    pub b: Vec<f64>,
+    vis: Levels,
+    hid: Levels,
+}
+
+/// The result of an AIS run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AisEstimate {
+    pub log_z: f64,
+    /// Standard error of log Z from the spread of the importance weights
+    /// (delta method: sd(w) / (mean(w) sqrt(runs))).
+    pub log_z_std: f64,
+    /// log Z of the base-rate model (plus the hidden constant).
+    pub log_z_base: f64,
+    pub runs: usize,
+    pub betas: usize,
+}
+
+impl HostDense {
+    /// The top (only) layer of a model, which must be dense.
+    pub fn from_rbm(r: &Rbm) -> Result<Self, String> {
+        let (d, h) =
+            match r.spec.kind {
+                LayerKind::Dense { visible, hidden } => (visible, hidden),
+                LayerKind::Conv { .. } => return Err(
+                    "the log-likelihood needs a dense RBM on the data; this layer is convolutional"
+                        .into(),
+                ),
+            };
+        Ok(HostDense {
+            d,
+            h,
+            w: to_f64(&r.w).iter().map(|&x| x as f32).collect(),
+            a: to_f64(&r.a),
+            b: to_f64(&r.b),
+            vis: Levels::new(r.spec.visible_unit),
+            hid: Levels::new(r.spec.hidden_unit),
+        })
+    }
+
+    /// Build from parts (tests).
+    pub fn new(w: Vec<f64>, a: Vec<f64>, b: Vec<f64>, visible: UnitType, hidden: UnitType) -> Self {
+        HostDense {
+            d: a.len(),
+            h: b.len(),
+            w: w.iter().map(|&x| x as f32).collect(),
+            a,
+            b,
+            vis: Levels::new(visible),
+            hid: Levels::new(hidden),
+        }
+    }
+
+    /// Visible values (pixel * scale) to the values of their nearest levels.
+    pub fn quantise(&self, values: &[f64]) -> Vec<f32> {
+        values
+            .iter()
+            .map(|&x| self.vis.value(self.vis.level_of(x)) as f32)
+            .collect()
+    }
+
+    /// x = v W + b for `rows` visible rows.
+    fn pre_hidden(&self, v: &[f32], rows: usize) -> Vec<f32> {
+        let mut x = vec![0.0f32; rows * self.h];
+        crate::host_conv::matmul(
+            rows,
+            self.h,
+            self.d,
+            &mut x,
+            self.h as isize,
+            1,
+            false,
+            v,
+            self.d as isize,
+            1,
+            &self.w,
+            self.h as isize,
+            1,
+        );
+        for r in 0..rows {
+            for j in 0..self.h {
+                x[r * self.h + j] += self.b[j] as f32;
+            }
+        }
+        x
+    }
+
+    /// W h for `rows` hidden rows (no bias).
+    fn down_linear(&self, h: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; rows * self.d];
+        crate::host_conv::matmul(
+            rows,
+            self.d,
+            self.h,
+            &mut y,
+            self.d as isize,
+            1,
+            false,
+            h,
+            self.h as isize,
+            1,
+            &self.w,
+            1,
+            self.h as isize,
+        );
+        y
+    }
+
+    /// log p*(v) (unnormalised, beta = 1) of each row of quantised values.
+    pub fn log_unnormalised(&self, v: &[f32], rows: usize) -> Vec<f64> {
+        let x = self.pre_hidden(v, rows);
+        (0..rows)
+            .map(|r| {
+                let vr = &v[r * self.d..(r + 1) * self.d];
+                let vis: f64 = vr
+                    .iter()
+                    .zip(&self.a)
+                    .map(|(&vi, ai)| {
+                        let m = self.vis.level_of(vi as f64);
+                        ai * vi as f64 + self.vis.log_mult[m as usize]
+                    })
+                    .sum();
+                let hid: f64 = x[r * self.h..(r + 1) * self.h]
+                    .iter()
+                    .map(|&xj| self.hid.h_beta(xj as f64, 1.0))
+                    .sum();
+                vis + hid
+            })
+            .collect()
+    }
+
+    /// Base-rate biases from the training data's mean values (rows of
+    /// quantised values), smoothed away from the extremes.
+    pub fn base_rate(&self, data: &[f32], rows: usize) -> Vec<f64> {
+        let max = self.vis.value(self.vis.unit.n);
+        let eps = max * 0.5 / (rows as f64 + 1.0);
+        (0..self.d)
+            .map(|i| {
+                let mean = (0..rows).map(|r| data[r * self.d + i] as f64).sum::<f64>()
+                    / rows.max(1) as f64;
+                self.vis.bias_for_mean(mean.clamp(eps, max - eps))
+            })
+            .collect()
+    }
+
+    /// log Z by AIS from the base-rate model with biases `a_base`.
+    /// `runs` independent chains, each with its own seeded stream, so the
+    /// estimate does not depend on the thread count. `cancel` is polled
+    /// between blocks of betas.
+    pub fn ais(
+        &self,
+        a_base: &[f64],
+        betas: &[f64],
+        runs: usize,
+        seed: u64,
+        progress: &(dyn Fn(usize) + Sync),
+        cancel: &(dyn Fn() -> bool + Sync),
+    ) -> Option<AisEstimate> {
+        const BLOCK: usize = 25;
+        let log_z_base: f64 = a_base
+            .iter()
+            .map(|&a| self.vis.visible_log_norm(a))
+            .sum::<f64>()
+            + self.h as f64 * self.hid.h_beta(0.0, 0.0);
+        let blocks: Vec<(usize, usize)> = (0..runs)
+            .step_by(BLOCK)
+            .map(|s| (s, (s + BLOCK).min(runs)))
+            .collect();
+        let vis_sampler = UnitSampler::new(self.vis.unit, Sampler::Exact);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let weights: Option<Vec<Vec<f64>>> = blocks
+            .par_iter()
+            .map(|&(s, e)| {
+                let rows = e - s;
+                let mut rngs: Vec<ChaCha8Rng> = (s..e)
+                    .map(|r| ChaCha8Rng::seed_from_u64(seed ^ (0xa15_u64 << 32) ^ r as u64))
+                    .collect();
+                // v ~ p_A.
+                let mut v = vec![0.0f32; rows * self.d];
+                for (r, rng) in rngs.iter_mut().enumerate() {
+                    for i in 0..self.d {
+                        v[r * self.d + i] = vis_sampler.draw(a_base[i], rng) as f32;
+                    }
+                }
+                let mut logw = vec![0.0f64; rows];
+                let mut hbuf = vec![0.0f32; rows * self.h];
+                for k in 1..betas.len() {
+                    let (bp, bk) = (betas[k - 1], betas[k]);
+                    let x = self.pre_hidden(&v, rows);
+                    for r in 0..rows {
+                        let vr = &v[r * self.d..(r + 1) * self.d];
+                        let mut lw = 0.0;
+                        for i in 0..self.d {
+                            lw += (bk - bp) * (self.a[i] - a_base[i]) * vr[i] as f64;
+                        }
+                        for j in 0..self.h {
+                            let xj = x[r * self.h + j] as f64;
+                            lw += self.hid.h_beta(xj, bk) - self.hid.h_beta(xj, bp);
+                        }
+                        logw[r] += lw;
+                    }
+                    if k + 1 == betas.len() {
+                        break;
+                    }
+                    // Transition leaving p_bk invariant: h | v, then v | h.
+                    for (r, rng) in rngs.iter_mut().enumerate() {
+                        for j in 0..self.h {
+                            hbuf[r * self.h + j] =
+                                self.hid.draw_beta(x[r * self.h + j] as f64, bk, rng) as f32;
+                        }
+                    }
+                    let y = self.down_linear(&hbuf, rows);
+                    for (r, rng) in rngs.iter_mut().enumerate() {
+                        for i in 0..self.d {
+                            let inp = (1.0 - bk) * a_base[i]
+                                + bk * (self.a[i] + y[r * self.d + i] as f64);
+                            v[r * self.d + i] = vis_sampler.draw(inp, rng) as f32;
+                        }
+                    }
+                    if k % 100 == 0 {
+                        if cancel() {
+                            return None;
+                        }
+                        let d = done.fetch_add(100 * rows, std::sync::atomic::Ordering::Relaxed);
+                        progress((d + 100 * rows) / runs.max(1));
+                    }
+                }
+                Some(logw)
+            })
+            .collect();
+        let logw: Vec<f64> = weights?.into_iter().flatten().collect();
+        let m = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = logw.iter().map(|l| (l - m).exp()).collect();
+        let mean = w.iter().sum::<f64>() / w.len() as f64;
+        let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (w.len().max(2) - 1) as f64;
+        Some(AisEstimate {
+            log_z: log_z_base + m + mean.ln(),
+            log_z_std: var.sqrt() / (mean * (w.len() as f64).sqrt()),
+            log_z_base,
+            runs,
+            betas: betas.len() - 1,
+        })
+    }
+
+    /// log Z exactly, by enumerating every visible configuration (tests;
+    /// refuses more than 2^22 configurations).
+    pub fn exact_log_z(&self) -> Result<f64, String> {
+        let levels = self.vis.unit.n as usize + 1;
+        let total = (levels as f64).powi(self.d as i32);
+        if total > (1u64 << 22) as f64 {
+            return Err(format!(
+                "{total} visible configurations are too many to enumerate"
+            ));
+        }
+        let total = total as usize;
+        let mut acc = f64::NEG_INFINITY;
+        let mut v = vec![0.0f32; self.d];
+        for code in 0..total {
+            let mut c = code;
+            for vi in v.iter_mut() {
+                *vi = self.vis.value((c % levels) as u32) as f32;
+                c /= levels;
+            }
+            acc = log_add(acc, self.log_unnormalised(&v, 1)[0]);
+        }
+        Ok(acc)
+    }
+}

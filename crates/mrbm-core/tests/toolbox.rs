@@ -1,0 +1,340 @@
+//! The RBM toolbox against closed forms and exhaustive enumeration: AIS
+//! log Z against the exact partition function, CD-k against the exact
+//! likelihood gradient, PCD chains against the model's distribution, the
+//! greedy schedule, and the N = 255 / binary reparametrisation.
+
+use burn::tensor::{DType, Device};
+use mrbm_core::ais::{sm_betas, HostDense};
+use mrbm_core::layer::{tensor_from, to_f64, LayerKind, LayerSpec, Rbm};
+use mrbm_core::sample::chi_square;
+use mrbm_core::stack::{Dbn, StackParams};
+use mrbm_core::stages::extract_features;
+use mrbm_core::train::{train_images, Algorithm, LrMode, OptimParams, Schedule, Trainer};
+use mrbm_core::unit::UnitType;
+use mrbm_data::artifact::ImageSet;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+fn random_dense(
+    d: usize,
+    h: usize,
+    vu: UnitType,
+    hu: UnitType,
+    scale: f64,
+    seed: u64,
+) -> HostDense {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut u = |s: f64| (rng.random::<f64>() * 2.0 - 1.0) * s;
+    let w: Vec<f64> = (0..d * h).map(|_| u(scale)).collect();
+    let a: Vec<f64> = (0..d).map(|_| u(0.5)).collect();
+    let b: Vec<f64> = (0..h).map(|_| u(0.5)).collect();
+    HostDense::new(w, a, b, vu, hu)
+}
+
+fn ais_error(m: &HostDense, betas: usize, runs: usize, seed: u64) -> (f64, f64) {
+    let exact = m.exact_log_z().unwrap();
+    // A flat base rate (all biases 0) is a valid base model too.
+    let base = vec![0.0; m.d];
+    let est = m
+        .ais(&base, &sm_betas(betas), runs, seed, &|_| {}, &|| false)
+        .unwrap();
+    (est.log_z - exact, est.log_z_std)
+}
+
+#[test]
+fn ais_matches_exact_log_z_on_enumerable_rbms() {
+    let cases = [
+        (
+            "binary 12x8",
+            random_dense(12, 8, UnitType::BINARY, UnitType::BINARY, 1.0, 1),
+        ),
+        (
+            "multinary N=3 6x4",
+            random_dense(6, 4, UnitType::new(3, 0.8), UnitType::new(3, 0.8), 0.6, 2),
+        ),
+        (
+            "levels N=3 6x4",
+            random_dense(6, 4, UnitType::levels(3), UnitType::levels(3), 1.5, 3),
+        ),
+    ];
+    println!("| model | exact log Z | AIS error (10000 betas, 100 runs) | AIS std |");
+    for (name, m) in &cases {
+        let (err, std) = ais_error(m, 10_000, 100, 7);
+        println!(
+            "| {name} | {:.4} | {err:+.4} | {std:.4} |",
+            m.exact_log_z().unwrap()
+        );
+        assert!(err.abs() < 0.05, "{name}: AIS off by {err}");
+        // Same seed, same answer.
+        assert_eq!(ais_error(m, 10_000, 100, 7).0, err);
+    }
+}
+
+#[test]
+fn ais_spread_shrinks_as_runs_grow() {
+    let m = random_dense(12, 8, UnitType::BINARY, UnitType::BINARY, 1.5, 4);
+    let (_, s_small) = ais_error(&m, 200, 20, 1);
+    let (_, s_big) = ais_error(&m, 200, 500, 1);
+    println!("log Z std: 20 runs {s_small:.4}, 500 runs {s_big:.4}");
+    assert!(s_big < s_small * 0.5, "{s_small} -> {s_big}");
+}
+
+/// A dense layer with given parameters on the flex device, in f64.
+fn layer_from(h: &[f64], d: usize, hh: usize, seed: u64) -> Rbm {
+    let spec = LayerSpec {
+        kind: LayerKind::Dense {
+            visible: d,
+            hidden: hh,
+        },
+        visible_unit: UnitType::BINARY,
+        hidden_unit: UnitType::BINARY,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut r = Rbm::init(spec, 1.0, &mut rng, &dev(), DType::F64);
+    r.w = tensor_from(h.to_vec(), [d, hh, 1, 1], &dev(), DType::F64);
+    r.a = tensor_from(
+        (0..d).map(|i| 0.3 - 0.2 * i as f64).collect(),
+        [d],
+        &dev(),
+        DType::F64,
+    );
+    r.b = tensor_from(
+        (0..hh).map(|j| -0.1 + 0.2 * j as f64).collect(),
+        [hh],
+        &dev(),
+        DType::F64,
+    );
+    r
+}
+
+/// All binary vectors of length d.
+fn configs(d: usize) -> Vec<Vec<f64>> {
+    (0..1usize << d)
+        .map(|c| (0..d).map(|i| ((c >> i) & 1) as f64).collect())
+        .collect()
+}
+
+/// Exact p(v) of a binary RBM by enumeration.
+fn exact_pv(r: &Rbm) -> Vec<f64> {
+    let d = r.spec.visible_shape()[0];
+    let vs = configs(d);
+    let rows: Vec<f64> = vs.iter().flatten().cloned().collect();
+    let v = tensor_from(rows, [vs.len(), d, 1, 1], &dev(), DType::F64);
+    let f = to_f64(&r.free_energy(v));
+    let m = f.iter().cloned().fold(f64::INFINITY, f64::min);
+    let z: f64 = f.iter().map(|x| (m - x).exp()).sum();
+    f.iter().map(|x| (m - x).exp() / z).collect()
+}
+
+fn trainer_with(r: &Rbm, algorithm: Algorithm, cd_k: usize, batch: usize) -> Trainer {
+    let spec = mrbm_core::StackSpec {
+        input: [r.spec.visible_shape()[0], 1, 1],
+        visible_scale: 1.0 / 255.0,
+        layers: vec![r.spec.clone()],
+    };
+    let dbn = Dbn {
+        spec,
+        layers: vec![r.clone()],
+    };
+    Trainer::new(
+        dbn,
+        OptimParams {
+            algorithm,
+            cd_k,
+            batch_size: batch,
+            ..OptimParams::default()
+        },
+    )
+}
+
+#[test]
+fn cd_k_with_large_k_approaches_the_exact_likelihood_gradient() {
+    let (d, h) = (4, 3);
+    let w = [
+        0.8, -0.5, 0.3, -0.7, 0.6, 0.2, 0.4, 0.9, -0.6, -0.3, -0.4, 0.7,
+    ];
+    let r = layer_from(&w, d, h, 1);
+    // Data: two patterns, each repeated.
+    let pats = [[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]];
+    let copies = 4000;
+    let rows: Vec<f64> = (0..copies).flat_map(|i| pats[i % 2].to_vec()).collect();
+    let v = tensor_from(rows.clone(), [copies, d, 1, 1], &dev(), DType::F64);
+    // Exact gradient of the mean log-likelihood in W: <v h>_data - <v h>_model.
+    let pv = exact_pv(&r);
+    let hmean = |vv: &[f64]| -> Vec<f64> {
+        let t = tensor_from(vv.to_vec(), [1, d, 1, 1], &dev(), DType::F64);
+        to_f64(&r.up(t))
+    };
+    let mut exact = vec![0.0; d * h];
+    for p in &pats {
+        let hm = hmean(p);
+        for i in 0..d {
+            for j in 0..h {
+                exact[i * h + j] += 0.5 * p[i] * hm[j];
+            }
+        }
+    }
+    for (c, prob) in configs(d).iter().zip(&pv) {
+        let hm = hmean(c);
+        for i in 0..d {
+            for j in 0..h {
+                exact[i * h + j] -= prob * c[i] * hm[j];
+            }
+        }
+    }
+    let err_of = |k: usize| -> f64 {
+        let mut tr = trainer_with(&r, Algorithm::Cd, k, copies);
+        let (_, g, _) = tr.layer_step_grads(0, v.clone());
+        // The loss gradient is minus the update.
+        let gw: Vec<f64> = to_f64(&g.w).iter().map(|x| -x).collect();
+        gw.iter()
+            .zip(&exact)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let (e1, e50) = (err_of(1), err_of(50));
+    println!("max |CD-k - exact| in dW: k=1 {e1:.4}, k=50 {e50:.4}");
+    assert!(e50 < 0.02, "CD-50 is {e50} from the exact gradient");
+    assert!(
+        e1 > 2.0 * e50,
+        "CD-1 ({e1}) should be further off than CD-50 ({e50})"
+    );
+}
+
+#[test]
+fn pcd_chains_sample_the_models_distribution() {
+    let (d, h) = (3, 2);
+    let w = [1.2, -0.8, -0.9, 0.7, 0.5, 1.1];
+    let r = layer_from(&w, d, h, 2);
+    let chains = 3000;
+    // Start every chain at one state: mixing has to do the work.
+    let v0 = tensor_from(vec![1.0; chains * d], [chains, d, 1, 1], &dev(), DType::F64);
+    let mut tr = trainer_with(&r, Algorithm::Pcd, 1, chains);
+    let mut last = v0.clone();
+    for _ in 0..60 {
+        last = tr.negative_phase(0, &v0);
+    }
+    let states = to_f64(&last);
+    let mut counts = vec![0u64; 1 << d];
+    for row in states.chunks(d) {
+        let code: usize = row
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (x as usize) << i)
+            .sum();
+        counts[code] += 1;
+    }
+    let (stat, df) = chi_square(&counts, &exact_pv(&r));
+    println!("PCD chains vs exact p(v): chi-square {stat:.2} on {df} df");
+    // 99.9 % quantile of chi-square with 7 df is 24.3.
+    assert!(stat < 24.3, "chi-square {stat} on {df} df");
+}
+
+fn stripes(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .flat_map(|i| {
+            let row: Vec<u8> = (0..16)
+                .map(|p| {
+                    let on = (p / 4 + i) % 2 == 0;
+                    let flip = rng.random::<f64>() < 0.1;
+                    if on != flip {
+                        230
+                    } else {
+                        20
+                    }
+                })
+                .collect();
+            row
+        })
+        .collect()
+}
+
+fn train_stack(dense: Vec<usize>, opt: OptimParams, n_units: u32, px: &[u8], n: usize) -> Trainer {
+    let params = StackParams {
+        conv_channels: vec![],
+        dense,
+        n: n_units,
+        ..StackParams::default()
+    };
+    let spec = params.build_spec([1, 4, 4]).unwrap();
+    let dbn = Dbn::init(spec, 0.05, 3, &dev(), DType::F32);
+    let mut tr = Trainer::new(dbn, opt);
+    train_images(&mut tr, px, n, DType::F32, |_, _, _| Ok(())).unwrap();
+    tr
+}
+
+#[test]
+fn greedy_freezes_each_layer_after_its_epochs_and_equals_joint_for_one_layer() {
+    let n = 256;
+    let px = stripes(n, 1);
+    for algorithm in [Algorithm::Paper, Algorithm::Pcd] {
+        let opt = |schedule| OptimParams {
+            lr: 0.01,
+            batch_size: 32,
+            epochs: 3,
+            schedule,
+            algorithm,
+            ..OptimParams::default()
+        };
+        let one_joint = train_stack(vec![6], opt(Schedule::Joint), 1, &px, n);
+        let one_greedy = train_stack(vec![6], opt(Schedule::Greedy), 1, &px, n);
+        let two_greedy = train_stack(vec![6, 5], opt(Schedule::Greedy), 1, &px, n);
+        let w = |t: &Trainer, i: usize| to_f64(&t.dbn.layers[i].w);
+        assert_eq!(w(&one_joint, 0), w(&one_greedy, 0), "{algorithm:?}");
+        // Layer 1 of the two-layer stack trained after layer 0 was frozen:
+        // layer 0 is exactly what training it alone gives.
+        assert_eq!(w(&two_greedy, 0), w(&one_greedy, 0), "{algorithm:?}");
+        let two_joint = train_stack(vec![6, 5], opt(Schedule::Joint), 1, &px, n);
+        assert_ne!(w(&two_joint, 1), w(&two_greedy, 1));
+    }
+}
+
+#[test]
+fn n255_with_binary_equivalent_steps_is_the_binary_rbm_reparametrised() {
+    let n = 256;
+    let px = stripes(n, 2);
+    let opt = |lr_mode| OptimParams {
+        lr: 0.01,
+        batch_size: 32,
+        epochs: 3,
+        lr_mode,
+        ..OptimParams::default()
+    };
+    let build = |n_units: u32| {
+        let params = StackParams {
+            conv_channels: vec![],
+            dense: vec![6],
+            n: n_units,
+            ..StackParams::default()
+        };
+        let spec = params.build_spec([1, 4, 4]).unwrap();
+        Dbn::init(spec, 0.05, 3, &dev(), DType::F32)
+    };
+    let bin = build(1);
+    let mut multi = build(255);
+    // Map the binary initialisation: W = W_bin / (N k), a = a_bin / k, b = b_bin / k.
+    let k = multi.layers[0].spec.hidden_unit.k;
+    multi.layers[0].w = bin.layers[0].w.clone().div_scalar(255.0 * k);
+    let mut tb = Trainer::new(bin, opt(LrMode::Plain));
+    let mut tm = Trainer::new(multi, opt(LrMode::BinaryEquivalent));
+    train_images(&mut tb, &px, n, DType::F32, |_, _, _| Ok(())).unwrap();
+    train_images(&mut tm, &px, n, DType::F32, |_, _, _| Ok(())).unwrap();
+    let set = ImageSet::new(px.clone(), n, 1, 4, 4, vec![0; n]);
+    let fb = extract_features(&tb.dbn, &set, 0, 64, &dev(), |_| {});
+    let fm: Vec<f32> = extract_features(&tm.dbn, &set, 0, 64, &dev(), |_| {})
+        .iter()
+        .map(|x| x / 255.0)
+        .collect();
+    let diff = fb
+        .iter()
+        .zip(&fm)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("max feature difference, N=255 binary_equivalent vs binary: {diff:e}");
+    assert!(diff < 1e-4, "{diff}");
+}

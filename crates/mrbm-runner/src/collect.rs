@@ -1,0 +1,65 @@
+//! The `collect` stage kind: gathers the metrics of several upstream stages
+//! of one sweep cell into one metrics set, each prefixed by its input slot
+//! (`svm` + `test_error` -> `svm_test_error`), so one `[[tables]]` entry
+//! can show a model's likelihood, its features' SVM error and its training
+//! time side by side. It computes nothing; an absent optional slot adds
+//! nothing.
+
+use std::collections::BTreeMap;
+
+use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+pub struct CollectStage;
+
+/// No parameters: what to gather is said by the inputs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectParams {}
+
+const SLOTS: &[InputSlot] = &[
+    InputSlot::optional("train", None, "a train stage"),
+    InputSlot::optional("loglik", None, "a loglik stage"),
+    InputSlot::optional("svm", None, "an svm stage"),
+    InputSlot::optional(
+        "baseline",
+        None,
+        "a baseline's stage (e.g. an svm on raw pixels)",
+    ),
+    InputSlot::optional("sample", None, "a sample stage (from noise)"),
+    InputSlot::optional("sample_data", None, "a sample stage (from data)"),
+    InputSlot::optional("reconstruct", None, "a reconstruct stage"),
+    InputSlot::optional("fid", None, "a fid stage"),
+];
+
+impl Stage for CollectStage {
+    fn kind(&self) -> &'static str {
+        "collect"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        SLOTS
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        mrbm_stage::canonical::<CollectParams>(raw)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let mut out = Metrics::new();
+        for slot in SLOTS {
+            let Some(dir) = ctx.optional_input(slot.name) else {
+                continue;
+            };
+            let path = dir.join("metrics.json");
+            let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
+            let m: BTreeMap<String, f64> = serde_json::from_slice(&bytes).map_err(|e| {
+                StageError::Failed(format!("{}: not a metrics file: {e}", path.display()))
+            })?;
+            for (k, v) in m {
+                out.insert(format!("{}_{k}", slot.name), v);
+            }
+        }
+        Ok(out)
+    }
+}
