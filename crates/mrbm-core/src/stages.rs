@@ -814,6 +814,19 @@ pub struct LoglikParams {
     /// all when unset).
     #[serde(default)]
     pub max_images: Option<usize>,
+    /// A model that is not one dense RBM: "error" (default), or "nan" to
+    /// write NaN metrics and say why in the log (for sweeps that mix dense
+    /// and convolutional models in one table).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub unsupported: Unsupported,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Unsupported {
+    #[default]
+    Error,
+    Nan,
 }
 fn d_betas() -> usize {
     14_500
@@ -868,13 +881,26 @@ impl Stage for LoglikStage {
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
         let p: LoglikParams = ctx.typed_params()?;
         let dbn = read_model(ctx, &Device::flex())?;
-        if dbn.layers.len() != 1 {
-            return Err(StageError::User(format!(
+        let model = if dbn.layers.len() != 1 {
+            Err(format!(
                 "loglik needs a model that is one dense RBM on the data; this one has {} layers (a DBN's variational bound is not implemented: train a single dense layer, e.g. conv_channels = [], dense = [500])",
                 dbn.layers.len()
-            )));
-        }
-        let model = ais::HostDense::from_rbm(&dbn.layers[0]).map_err(StageError::User)?;
+            ))
+        } else {
+            ais::HostDense::from_rbm(&dbn.layers[0])
+        };
+        let model = match (model, p.unsupported) {
+            (Ok(m), _) => m,
+            (Err(e), Unsupported::Error) => return Err(StageError::User(e)),
+            (Err(e), Unsupported::Nan) => {
+                ctx.log(format!("no log-likelihood (unsupported = \"nan\"): {e}"));
+                let mut m = Metrics::new();
+                for k in ["log_z", "log_z_std", "test_loglik", "train_loglik"] {
+                    m.insert(k.into(), f64::NAN);
+                }
+                return Ok(m);
+            }
+        };
         let train = read_images(ctx, "train")?;
         let test = read_images(ctx, "test")?;
         check_input_shape(&dbn, &train)?;

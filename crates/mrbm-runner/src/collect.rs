@@ -53,11 +53,12 @@ impl Stage for CollectStage {
             };
             let path = dir.join("metrics.json");
             let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
-            let m: BTreeMap<String, f64> = serde_json::from_slice(&bytes).map_err(|e| {
+            // JSON has no NaN: a NaN metric was written as null.
+            let m: BTreeMap<String, Option<f64>> = serde_json::from_slice(&bytes).map_err(|e| {
                 StageError::Failed(format!("{}: not a metrics file: {e}", path.display()))
             })?;
             for (k, v) in m {
-                out.insert(format!("{}_{k}", slot.name), v);
+                out.insert(format!("{}_{k}", slot.name), v.unwrap_or(f64::NAN));
             }
         }
         Ok(out)

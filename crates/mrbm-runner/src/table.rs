@@ -62,7 +62,14 @@ impl Stage for TableStage {
         let grid = build_grid(&p, |slot| {
             let dir = ctx.inputs.get(slot)?;
             let bytes = std::fs::read(dir.join("metrics.json")).ok()?;
-            serde_json::from_slice::<BTreeMap<String, f64>>(&bytes).ok()
+            // JSON has no NaN: serde_json writes a NaN metric as null.
+            serde_json::from_slice::<BTreeMap<String, Option<f64>>>(&bytes)
+                .ok()
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+                        .collect()
+                })
         });
         let mut w = csv::Writer::from_writer(Vec::new());
         for row in &grid {
