@@ -11,7 +11,10 @@ use crate::layer::{tensor_from, to_f64, LayerKind, LayerSpec, Rbm};
 use crate::reference::{rel_error, HostRbm};
 use crate::sample::{gibbs, Sampler};
 use crate::stack::{Dbn, StackParams};
-use crate::train::{GradientMode, OptimParams, Trainer};
+use crate::train::{
+    Algorithm, GradientMode, Momentum, OptimParams, OptimizerKind, Reconstruction, Schedule,
+    Trainer,
+};
 use crate::unit::UnitType;
 
 /// The outcome of one check.
@@ -389,6 +392,82 @@ pub fn checkpoint_round_trip(device: &Device) -> CheckReport {
     }
 }
 
+/// The toolbox's update rules (sampled paper reconstruction, CD-2, PCD,
+/// FPCD; Adam and SGD with momentum and weight decay; the greedy schedule)
+/// run a few steps on the device, for binary and multinary units: losses
+/// and parameters stay finite, every layer's weights move, and they stay
+/// on the device.
+pub fn toolbox_rules_run(device: &Device, dtype: DType) -> CheckReport {
+    let mut bad = Vec::new();
+    let mut runs = 0;
+    let rules = [
+        (Algorithm::Paper, Reconstruction::Sample, 1),
+        (Algorithm::Cd, Reconstruction::Mean, 2),
+        (Algorithm::Pcd, Reconstruction::Mean, 1),
+        (Algorithm::Fpcd, Reconstruction::Mean, 1),
+    ];
+    for n in [1u32, 5] {
+        for (algorithm, reconstruction, cd_k) in rules {
+            for (optimizer, schedule) in [
+                (OptimizerKind::Adam, Schedule::Joint),
+                (OptimizerKind::Sgd, Schedule::Greedy),
+            ] {
+                runs += 1;
+                let (dbn, px, count) = toy_stack(device, dtype, n);
+                let before: Vec<Vec<f64>> = dbn.layers.iter().map(|l| to_f64(&l.w)).collect();
+                let v = dbn.pixels_to_visible(&px, count, device, dtype);
+                let params = OptimParams {
+                    lr: 0.01,
+                    algorithm,
+                    reconstruction,
+                    cd_k,
+                    optimizer,
+                    momentum: Momentum::Constant(0.5),
+                    weight_decay: 1e-4,
+                    ..OptimParams::default()
+                };
+                let what = format!("N={n} {algorithm:?}/{reconstruction:?} k={cd_k} {optimizer:?} {schedule:?}");
+                let mut tr = Trainer::new(dbn, params);
+                let layers = tr.dbn.layers.len();
+                let phases: Vec<Option<usize>> = match schedule {
+                    Schedule::Joint => vec![None],
+                    Schedule::Greedy => (0..layers).map(Some).collect(),
+                };
+                for active in phases {
+                    tr.active = active;
+                    for s in 0..3 {
+                        if let Err(e) = tr.step(v.clone(), 1, s + 1) {
+                            bad.push(format!("{what}: {e}"));
+                        }
+                    }
+                }
+                for (i, l) in tr.dbn.layers.iter().enumerate() {
+                    if l.w.device() != *device {
+                        bad.push(format!("{what}: layer {} left the device", i + 1));
+                    }
+                    let after = to_f64(&l.w);
+                    if after.iter().any(|x| !x.is_finite()) {
+                        bad.push(format!("{what}: layer {} not finite", i + 1));
+                    }
+                    if after == before[i] {
+                        bad.push(format!("{what}: layer {} did not move", i + 1));
+                    }
+                }
+            }
+        }
+    }
+    CheckReport {
+        name: format!("toolbox update rules run ({dtype:?})"),
+        max_error: bad.len() as f64,
+        tolerance: 0.5,
+        detail: if bad.is_empty() {
+            format!("{runs} rule/optimiser/schedule combinations")
+        } else {
+            bad.join("; ")
+        },
+    }
+}
+
 /// Every device check, in f32 (and f64 where the device supports it).
 pub fn run_all(device: &Device, with_f64: bool) -> Vec<CheckReport> {
     let mut dtypes = vec![DType::F32];
@@ -404,6 +483,7 @@ pub fn run_all(device: &Device, with_f64: bool) -> Vec<CheckReport> {
         out.push(conv_adjoint(device, dt));
     }
     out.push(training_lowers_loss(device, DType::F32));
+    out.push(toolbox_rules_run(device, DType::F32));
     out.push(sampling_shapes_and_ranges(device, DType::F32));
     out.push(checkpoint_round_trip(device));
     out

@@ -64,6 +64,55 @@ impl UnitSampler {
     }
 }
 
+impl UnitSampler {
+    /// A draw at inverse temperature `beta` (every energy term, offsets
+    /// included, times beta): sub-units Bernoulli(sigmoid(beta (x - o_n))),
+    /// levels p(m) proportional to exp(beta m x / N). beta = 1 is [`draw`].
+    pub fn draw_tempered<R: Rng>(&self, x: f64, beta: f64, rng: &mut R) -> f64 {
+        if beta == 1.0 {
+            return self.draw(x, rng);
+        }
+        if self.unit.kind == UnitKind::Levels {
+            return levels_draw(beta * x, self.unit.n, rng) as f64 / self.unit.n as f64;
+        }
+        if self.sampler == Sampler::Gaussian {
+            // The Gaussian approximation has no exact tempered form: temper its input.
+            return self.unit.sample_gaussian(beta * x, rng);
+        }
+        const T: f64 = 40.0;
+        let lo = self.offsets.partition_point(|o| beta * (x - o) > T);
+        let hi = self.offsets.partition_point(|o| beta * (x - o) > -T);
+        let mut h = lo as u32;
+        for o in &self.offsets[lo..hi] {
+            if rng.random::<f64>() < sigmoid_f64(beta * (x - o)) {
+                h += 1;
+            }
+        }
+        h as f64
+    }
+}
+
+/// Annealed start of a Gibbs chain: the first `steps` steps sample the
+/// tempered model p^beta, beta rising linearly from `from` to 1, so chains
+/// leave the start's basin and settle into different modes; the rest run
+/// at beta = 1. `steps = 0` is plain Gibbs sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Anneal {
+    pub steps: usize,
+    pub from: f64,
+}
+
+impl Anneal {
+    /// beta at step s (0-based).
+    pub fn beta(&self, s: usize) -> f64 {
+        if s >= self.steps || self.steps == 0 {
+            1.0
+        } else {
+            self.from + (1.0 - self.from) * s as f64 / self.steps as f64
+        }
+    }
+}
+
 /// Draw every unit of a tensor of inputs (pre-activations) exactly; the
 /// states come back as a tensor of the same shape, device and dtype.
 pub fn draw_states<R: Rng>(unit: UnitType, pre: Tensor<4>, rng: &mut R) -> Tensor<4> {
@@ -99,17 +148,28 @@ pub fn gibbs(
     let noise: Vec<u8> = (0..chains * c * h * w)
         .map(|_| rng.random::<u8>())
         .collect();
-    gibbs_from(dbn, &noise, chains, steps, sampler, &mut rng, on_step)
+    gibbs_from(
+        dbn,
+        &noise,
+        chains,
+        steps,
+        sampler,
+        Anneal::default(),
+        &mut rng,
+        on_step,
+    )
 }
 
 /// [`gibbs`] with chains started at the given images (u8 NCHW, `chains` of
-/// them) mapped up to the top RBM by mean field.
+/// them) mapped up to the top RBM by mean field, optionally annealed.
+#[allow(clippy::too_many_arguments)]
 pub fn gibbs_from(
     dbn: &Dbn,
     start: &[u8],
     chains: usize,
     steps: usize,
     sampler: Sampler,
+    anneal: Anneal,
     rng: &mut ChaCha8Rng,
     mut on_step: impl FnMut(usize),
 ) -> Tensor<4> {
@@ -129,11 +189,12 @@ pub fn gibbs_from(
     let [vc, vh, vw] = layer.spec.visible_shape();
     let mut hid = layer.up(v.clone());
     for s in 0..steps {
+        let beta = anneal.beta(s);
         let x = to_f64(&layer.pre_hidden(v));
-        let hv: Vec<f64> = x.iter().map(|&xi| hs.draw(xi, rng)).collect();
+        let hv: Vec<f64> = x.iter().map(|&xi| hs.draw_tempered(xi, beta, rng)).collect();
         hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
         let y = to_f64(&layer.pre_visible(hid.clone()));
-        let vv: Vec<f64> = y.iter().map(|&yi| vs.draw(yi, rng)).collect();
+        let vv: Vec<f64> = y.iter().map(|&yi| vs.draw_tempered(yi, beta, rng)).collect();
         v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);
         on_step(s + 1);
     }

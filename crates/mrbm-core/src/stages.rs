@@ -17,7 +17,7 @@ use crate::device::{burn_device, with_threads};
 use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
 use crate::quality;
-use crate::sample::{gibbs, gibbs_from, Sampler};
+use crate::sample::{gibbs, gibbs_from, Anneal, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams};
 use crate::train::{
     train_images, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
@@ -396,6 +396,14 @@ pub struct SampleParams {
     /// (the first `chains` images of the `start` input).
     #[serde(default, skip_serializing_if = "is_default")]
     pub init: ChainInit,
+    /// Annealed start: the first `anneal_steps` of the `steps` sample the
+    /// tempered model p^beta with beta rising linearly from `anneal_from`
+    /// to 1 (0: plain Gibbs sampling).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub anneal_steps: usize,
+    /// The first beta of the annealed start (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anneal_from: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -486,6 +494,19 @@ impl Stage for SampleStage {
         if v.get("chains").and_then(|c| c.as_u64()) == Some(0) {
             return Err(ParamError::new("chains", "chains must be at least 1"));
         }
+        let p: SampleParams = serde_json::from_value(v.clone())
+            .map_err(|e| ParamError::new("anneal_from", e.to_string()))?;
+        if p.anneal_steps > p.steps {
+            return Err(ParamError::new(
+                "anneal_steps",
+                format!("anneal_steps ({}) must not exceed steps ({})", p.anneal_steps, p.steps),
+            ));
+        }
+        if let Some(b) = p.anneal_from {
+            if !(b.is_finite() && b > 0.0 && b <= 1.0) {
+                return Err(ParamError::new("anneal_from", format!("anneal_from must be in (0, 1], got {b}")));
+            }
+        }
         Ok(v)
     }
     fn uses_device(&self) -> bool {
@@ -514,13 +535,29 @@ impl Stage for SampleStage {
         };
         let started = Instant::now();
         let bar = ctx.bar(p.steps as u64, "gibbs");
+        let anneal = Anneal {
+            steps: p.anneal_steps,
+            from: p.anneal_from.unwrap_or(0.1),
+        };
         let v = with_threads(ctx.threads, || match &start {
-            None => gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {
+            None if anneal.steps == 0 => gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {
                 bar.set_position(s as u64);
             }),
-            Some(px) => {
+            _ => {
                 let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
-                gibbs_from(&dbn, px, p.chains, p.steps, p.sampler, &mut rng, |s| {
+                let [c, h, w] = dbn.spec.input;
+                let noise: Vec<u8>;
+                let px = match &start {
+                    Some(px) => px.as_slice(),
+                    None => {
+                        // The same noise `gibbs` starts from.
+                        noise = (0..p.chains * c * h * w)
+                            .map(|_| rand::Rng::random::<u8>(&mut rng))
+                            .collect();
+                        &noise
+                    }
+                };
+                gibbs_from(&dbn, px, p.chains, p.steps, p.sampler, anneal, &mut rng, |s| {
                     bar.set_position(s as u64);
                 })
             }

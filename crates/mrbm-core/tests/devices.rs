@@ -138,6 +138,11 @@ fn device_training_lowers_loss() {
 }
 
 #[test]
+fn device_toolbox_rules_run() {
+    on_every_accelerator(|d, _| vec![checks::toolbox_rules_run(d, burn::tensor::DType::F32)]);
+}
+
+#[test]
 fn device_sampling_shapes_and_ranges() {
     on_every_accelerator(|d, _| {
         vec![checks::sampling_shapes_and_ranges(

@@ -545,3 +545,8 @@ fn python_checkpoint_check_agrees() {
         println!("layer {layer}: rust {f:?} python {py_f:?}");
     }
 }
+
+#[test]
+fn toolbox_update_rules_run_on_the_cpu() {
+    assert_check(checks::toolbox_rules_run(&dev(), DType::F32));
+}

@@ -70,9 +70,22 @@ pub struct TableDecl {
     /// Fixed extra columns (e.g. the paper's values): column -> row -> value.
     #[serde(default)]
     pub reference: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// Computed extra columns from another stage, one value per row (e.g. a
+    /// baseline that the column sweep does not touch):
+    /// `[tables.extra.baseline] stage = "svm_pixels", metric = "test_error"`.
+    #[serde(default)]
+    pub extra: BTreeMap<String, ExtraColumnDecl>,
     /// Decimal places in the terminal and CSV.
     #[serde(default = "default_precision")]
     pub precision: usize,
+}
+
+/// One computed extra column of a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraColumnDecl {
+    pub stage: String,
+    pub metric: String,
 }
 
 fn default_precision() -> usize {

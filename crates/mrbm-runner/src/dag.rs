@@ -679,6 +679,46 @@ pub fn build(
             });
             deps.push(i);
         }
+        // Computed extra columns: one cell per node of their stage, placed
+        // by the row axis.
+        let mut extra = Vec::new();
+        for (header, x) in &t.extra {
+            if !exp.stages.contains_key(&x.stage) {
+                let help = mrbm_stage::nearest(&x.stage, names.iter().copied())
+                    .map(|n| format!("did you mean `{n}`?"));
+                return Err(tsrc.locate(
+                    tspan(),
+                    format!(
+                        "table `{}`: extra column `{header}` names no stage `{}`",
+                        t.name, x.stage
+                    ),
+                    help,
+                ));
+            }
+            for (i, node) in nodes.iter().enumerate().filter(|(_, n)| n.stage == x.stage) {
+                let row = rows
+                    .as_ref()
+                    .and_then(|a| node.cell.iter().find(|(n, _)| n == a).map(|(_, v)| v.clone()))
+                    .unwrap_or_else(|| "all".into());
+                let slot = format!("extra{}", extra.len());
+                extra.push(crate::table::ExtraCell {
+                    slot: slot.clone(),
+                    header: header.clone(),
+                    metric: x.metric.clone(),
+                    row,
+                });
+                inputs.push(NodeInput {
+                    slot,
+                    source: InputSource::Node {
+                        node: i,
+                        file: None,
+                    },
+                    default_file: None,
+                    soft: true,
+                });
+                deps.push(i);
+            }
+        }
         let row_order = axis_order(&axes, &rows);
         let column_order = axis_order(&axes, &columns);
         let reference = t
@@ -701,6 +741,7 @@ pub fn build(
             cells,
             reference,
             precision: t.precision,
+            extra,
         };
         let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
         let id = format!("table:{}", t.name);

@@ -40,6 +40,19 @@ pub struct TableParams {
     /// column -> row -> value (e.g. the paper's numbers).
     pub reference: BTreeMap<String, BTreeMap<String, toml::Value>>,
     pub precision: usize,
+    /// Computed extra columns (another stage's metric per row), after the
+    /// sweep's columns. Absent from the key when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<ExtraCell>,
+}
+
+/// One value of a computed extra column.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtraCell {
+    pub slot: String,
+    pub header: String,
+    pub metric: String,
+    pub row: String,
 }
 
 pub struct TableStage;
@@ -164,8 +177,15 @@ pub fn build_grid(
             cols.push((None, m.clone(), m.clone()));
         }
     }
+    let mut extra_headers: Vec<(String, String)> = Vec::new(); // (header, metric)
+    for x in &p.extra {
+        if !extra_headers.iter().any(|(h, _)| h == &x.header) {
+            extra_headers.push((x.header.clone(), x.metric.clone()));
+        }
+    }
     let mut header = vec![p.rows.clone().unwrap_or_else(|| "stage".into())];
     header.extend(cols.iter().map(|(_, _, h)| h.clone()));
+    header.extend(extra_headers.iter().map(|(h, _)| h.clone()));
     header.extend(p.reference.keys().cloned());
     let mut out = vec![header];
     for r in rows {
@@ -175,6 +195,18 @@ pub fn build_grid(
                 .cells
                 .iter()
                 .find(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
+            let text = cell
+                .and_then(|c| metrics_of(&c.slot))
+                .map(|ms| {
+                    ms.get(m)
+                        .map(|x| fmt_value(*x, p.precision))
+                        .unwrap_or_else(|| format!("no metric {m}"))
+                })
+                .unwrap_or_else(|| MISSING.to_string());
+            line.push(text);
+        }
+        for (h, m) in &extra_headers {
+            let cell = p.extra.iter().find(|x| &x.header == h && x.row == r);
             let text = cell
                 .and_then(|c| metrics_of(&c.slot))
                 .map(|ms| {
@@ -283,18 +315,28 @@ mod tests {
             ],
             reference,
             precision: 2,
+            extra: vec![ExtraCell {
+                slot: "x".into(),
+                header: "baseline".into(),
+                metric: "test_error".into(),
+                row: "mnist".into(),
+            }],
         };
         let g = build_grid(&p, |slot| {
-            (slot == "a" || slot == "b").then(|| {
+            (slot == "a" || slot == "b" || slot == "x").then(|| {
                 BTreeMap::from([(
                     "test_error".to_string(),
-                    if slot == "a" { 2.5 } else { 1.25 },
+                    match slot {
+                        "a" => 2.5,
+                        "b" => 1.25,
+                        _ => 7.0,
+                    },
                 )])
             })
         });
-        assert_eq!(g[0], vec!["dataset", "N=1", "N=255", "paper N=1"]);
-        assert_eq!(g[1], vec!["mnist", "2.50", "1.25", "2.44"]);
-        assert_eq!(g[2], vec!["cifar", MISSING, MISSING, ""]);
+        assert_eq!(g[0], vec!["dataset", "N=1", "N=255", "baseline", "paper N=1"]);
+        assert_eq!(g[1], vec!["mnist", "2.50", "1.25", "7.00", "2.44"]);
+        assert_eq!(g[2], vec!["cifar", MISSING, MISSING, MISSING, ""]);
         let text = render_aligned(&g);
         assert!(text.lines().nth(2).unwrap().starts_with("mnist "));
     }
@@ -324,6 +366,7 @@ mod tests {
             ],
             reference: BTreeMap::new(),
             precision: 2,
+            extra: vec![],
         };
         let prov = provenance(&p, |slot| {
             (slot == "a").then(|| Manifest {
