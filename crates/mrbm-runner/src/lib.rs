@@ -1,11 +1,13 @@
 //! The mrbm runner: pipeline schema, DAG expansion, content-hash cache,
 //! executor, tables, and the `mrbm` command line.
 pub mod config;
+pub mod confine;
 pub mod dag;
 pub mod device;
 pub mod error;
 pub mod exec;
 pub mod hashing;
+pub mod integrity;
 pub mod plan;
 pub mod registry;
 pub mod store;
