@@ -6,7 +6,6 @@
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 fn mrbm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));

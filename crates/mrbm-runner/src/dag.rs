@@ -599,7 +599,9 @@ pub fn build(
                 publish,
                 uses_device: stage.uses_device(),
                 deps,
-                declared: src.place(src.span_of(&["stages", name])),
+                // The file only: finding the line means parsing it again,
+                // which a DAG of many nodes cannot afford per node.
+                declared: src.path.display().to_string(),
             });
         }
     }

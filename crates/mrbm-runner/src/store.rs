@@ -55,6 +55,8 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
     /// Hash of all of out/ (what a downstream stage's key uses).
     pub output_hash: String,
+    /// JSON has no NaN: a NaN metric is written as null and read back as NaN.
+    #[serde(deserialize_with = "metrics_with_nan")]
     pub metrics: BTreeMap<String, f64>,
     pub device: String,
     pub started: String,
@@ -70,6 +72,15 @@ pub enum Found {
     Absent,
     /// Something is there but it is no whole, intact entry.
     Corrupt(String),
+}
+
+fn metrics_with_nan<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, f64>, D::Error> {
+    let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 pub struct Store {
@@ -801,19 +812,31 @@ impl Store {
             libc::LOCK_SH
         };
         use std::os::fd::AsRawFd;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-            waiting();
-            loop {
-                // SAFETY: as above.
-                if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-                    break;
-                }
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(RunnerError::cache(&p, e));
+        let flock = |op: i32| -> std::io::Result<()> {
+            // SAFETY: flock on a file descriptor we own.
+            match unsafe { libc::flock(f.as_raw_fd(), op) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        };
+        match flock(op | libc::LOCK_NB) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                waiting();
+                loop {
+                    match flock(op) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(RunnerError::cache(&p, e)),
+                    }
                 }
             }
+            // A file system without flock (some network mounts): go on
+            // unguarded, with the per-key locks only.
+            Err(e) => tracing::warn!(
+                "{}: cannot lock ({e}); gc and runs are not kept apart",
+                p.display()
+            ),
         }
         Ok(f)
     }
@@ -977,6 +1000,36 @@ mod tests {
         assert_eq!(s.clean_stale(), 1);
         assert!(!d.path().join("locks/a.lock").exists());
         assert!(d.path().join("locks/b.lock").exists());
+    }
+
+    #[test]
+    fn a_manifest_with_a_nan_metric_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let m = Manifest {
+            key: "k".into(),
+            stage_id: "a".into(),
+            kind: "a".into(),
+            version: 1,
+            params: serde_json::Value::Null,
+            inputs: BTreeMap::new(),
+            input_sources: BTreeMap::new(),
+            input_keys: BTreeMap::new(),
+            files: BTreeMap::new(),
+            output_hash: String::new(),
+            metrics: BTreeMap::from([("loglik".to_string(), f64::NAN)]),
+            device: "cpu".into(),
+            started: now_rfc3339(),
+            seconds: 0.0,
+            tool_version: String::new(),
+            host: String::new(),
+        };
+        let tmp = s.tmp_dir("k").unwrap();
+        s.publish(&tmp, &m).unwrap();
+        match s.find("k", true) {
+            Found::Hit(m) => assert!(m.metrics["loglik"].is_nan()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
