@@ -628,10 +628,15 @@ impl Store {
     pub fn check_files(&self, key: &str, m: &Manifest) -> Result<u64, String> {
         let out = self.out_dir(key);
         let on_disk = hashing::list_files(&out).map_err(|e| e.to_string())?;
-        if on_disk.len() != m.files.len() {
-            if let Some((n, _)) = on_disk.iter().find(|(r, _)| !m.files.contains_key(r)) {
-                return Err(format!("{n}: file not in the manifest"));
-            }
+        if let Some((n, _)) = on_disk.iter().find(|(r, _)| !m.files.contains_key(r)) {
+            return Err(format!("{n}: file not in the manifest"));
+        }
+        if let Some(bad) = m
+            .files
+            .keys()
+            .find(|r| crate::confine::clean_relative(r).is_err())
+        {
+            return Err(format!("the manifest names `{bad}`, outside the entry"));
         }
         let mut bytes = 0;
         for (rel, fe) in &m.files {

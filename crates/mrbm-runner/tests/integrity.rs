@@ -195,6 +195,24 @@ fn corrupt_artifact_is_recomputed_before_a_stage_reads_it() {
     assert!(p.store().verify_entry(&p.key("e", "mid")).is_ok());
 }
 
+/// A file added to an entry, or renamed, is corruption too.
+#[test]
+fn added_or_renamed_files_are_corruption() {
+    let p = Project::new();
+    let f = p.write("e.toml", EXP);
+    run(&p, &f);
+    let mid = p.entry("e", "mid");
+    std::fs::write(mid.join("out/extra.txt"), "x").unwrap();
+    assert!(p.store().verify_entry(&p.key("e", "mid")).is_err());
+    std::fs::remove_file(mid.join("out/extra.txt")).unwrap();
+    std::fs::rename(mid.join("out/out.txt"), mid.join("out/other.txt")).unwrap();
+    let e = p.store().verify_entry(&p.key("e", "mid")).unwrap_err();
+    assert!(e.contains("other.txt"), "{e}");
+    let r = run(&p, &f);
+    assert_eq!(r["mid"], Status::Ran, "{r:?}");
+    assert_eq!(csv(&p), CSV);
+}
+
 /// A cached entry whose manifest is garbage is a miss, never a hit that
 /// its consumer then fails on.
 #[test]
