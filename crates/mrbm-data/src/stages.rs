@@ -147,6 +147,30 @@ pub struct DatasetParams {
     pub skip_corrupt: bool,
 }
 
+/// `images` and `labels` name files inside the `dir` input (whose whole
+/// content is hashed into the key): plain relative paths, no `..`, not
+/// absolute.
+fn inside_dir(key: &str, name: &str) -> std::result::Result<(), ParamError> {
+    let p = Path::new(name);
+    let plain = !name.is_empty()
+        && p.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+        && p.components()
+            .any(|c| matches!(c, std::path::Component::Normal(_)));
+    if plain {
+        Ok(())
+    } else {
+        Err(ParamError::new(
+            key,
+            format!("`{key}` = \"{name}\" must name a file inside the `dir` input (a relative path without `..`); files elsewhere are not part of the stage's key"),
+        ))
+    }
+}
+
 fn not_for(key: &str, format: Format, allowed: &str) -> ParamError {
     ParamError::new(
         key,
@@ -228,6 +252,11 @@ impl DatasetParams {
                 if given {
                     return Err(not_for(key, f, "idx"));
                 }
+            }
+        }
+        for (key, name) in [("images", &self.images), ("labels", &self.labels)] {
+            if let Some(name) = name {
+                inside_dir(key, name)?;
             }
         }
         if !f.decodes_files() && self.skip_corrupt {
@@ -730,5 +759,30 @@ impl Stage for TransformStage {
         }
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod confinement_tests {
+    use super::*;
+
+    #[test]
+    fn images_and_labels_stay_inside_dir() {
+        let params = |extra: &str| -> std::result::Result<JsonValue, ParamError> {
+            let raw: toml::Table = toml::from_str(&format!("format = \"idx\"\n{extra}")).unwrap();
+            DatasetStage.params(&raw)
+        };
+        assert!(params("images = \"sub/train-images-idx3-ubyte\"").is_ok());
+        for bad in ["../../../../etc/shadow", "/etc/shadow", "a/../../b", ""] {
+            let e = params(&format!("images = \"{bad}\"")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("images"), "{bad}");
+            assert!(
+                e.message.contains("inside the `dir` input"),
+                "{}",
+                e.message
+            );
+            let e = params(&format!("labels = \"{bad}\"")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("labels"), "{bad}");
+        }
     }
 }

@@ -159,6 +159,17 @@ impl Source {
         (line, col)
     }
 
+    /// "file:line:col" of a span ("file" alone without one).
+    pub fn place(&self, span: Option<Range<usize>>) -> String {
+        match span {
+            Some(s) => {
+                let (l, c) = self.line_col(s.start);
+                format!("{}:{l}:{c}", self.path.display())
+            }
+            None => self.path.display().to_string(),
+        }
+    }
+
     pub fn locate(
         &self,
         span: Option<Range<usize>>,
@@ -192,6 +203,32 @@ impl Source {
             }
         }
         best
+    }
+
+    /// Span of `key` in the `i`-th table of the array of tables at `path`
+    /// (e.g. `name` in the second `[[tables]]`).
+    pub fn span_of_item(&self, path: &[&str], i: usize, key: &str) -> Option<Range<usize>> {
+        let root = toml::de::DeTable::parse(&self.text).ok()?;
+        let mut table = root.get_ref();
+        for (n, seg) in path.iter().enumerate() {
+            let (_, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *seg)?;
+            match v.get_ref() {
+                toml::de::DeValue::Table(t) if n + 1 < path.len() => table = t,
+                toml::de::DeValue::Array(a) if n + 1 == path.len() => {
+                    let item = a.get(i)?;
+                    let toml::de::DeValue::Table(t) = item.get_ref() else {
+                        return Some(item.span());
+                    };
+                    return t
+                        .iter()
+                        .find(|(k, _)| k.get_ref().as_ref() == key)
+                        .map(|(k, _)| k.span())
+                        .or(Some(item.span()));
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Span of the key at `path`, falling back to its longest existing prefix.

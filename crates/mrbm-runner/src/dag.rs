@@ -10,6 +10,7 @@ use mrbm_stage::JsonValue;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::config::{dir_of, set_param, LoadedExperiment, Source};
+use crate::confine;
 use crate::error::RunnerError;
 use crate::registry::Registry;
 use crate::table::{TableCell, TableParams};
@@ -50,6 +51,8 @@ pub struct Node {
     pub uses_device: bool,
     /// Indices of the nodes this one reads.
     pub deps: Vec<usize>,
+    /// Where it is declared ("file:line:col"), for errors found at run time.
+    pub declared: String,
 }
 
 /// A sweep axis: its display name and its values, each a label and the
@@ -510,6 +513,7 @@ pub fn build(
                         .join(",")
                 )
             };
+            check_finite(exp, src, name, &id, &params, &combo, &axes, &ov.sets)?;
             let canon = stage.params(&params).map_err(|e| {
                 let mut path = vec!["stages", name, "params"];
                 if let Some(k) = &e.key {
@@ -571,16 +575,18 @@ pub fn build(
                     soft: false,
                 });
             }
-            let publish = decl
-                .publish
-                .iter()
-                .map(|(file, to)| {
-                    (
-                        file.clone(),
-                        project_root.join(fill_template(to, &cell, &params)),
+            let mut publish = Vec::new();
+            for (file, to) in &decl.publish {
+                let filled = fill_template(to, &cell, &params);
+                let dest = publish_target(&project_root, file, &filled).map_err(|why| {
+                    src.locate(
+                        src.span_or_prefix(&["stages", name, "publish", file]),
+                        format!("stage `{id}`: publish `{file}` = \"{to}\": {why}"),
+                        Some("publish targets are paths under the project's results/ folder, e.g. \"results/samples_{cell}.png\"".into()),
                     )
-                })
-                .collect();
+                })?;
+                publish.push((file.clone(), dest));
+            }
             by_cell.insert((name.to_string(), cell.clone()), nodes.len());
             nodes.push(Node {
                 id,
@@ -593,12 +599,15 @@ pub fn build(
                 publish,
                 uses_device: stage.uses_device(),
                 deps,
+                // The file only: finding the line means parsing it again,
+                // which a DAG of many nodes cannot afford per node.
+                declared: src.path.display().to_string(),
             });
         }
     }
 
     // 7. Tables.
-    for t in &exp.file.tables {
+    for (ti, t) in exp.file.tables.iter().enumerate() {
         let tsrc = &exp.source;
         // Table errors point at the table's `stage` key.
         let tspan = || Some(t.stage.span());
@@ -746,16 +755,24 @@ pub fn build(
         let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
         let id = format!("table:{}", t.name);
         let results = project_root.join("results");
-        let publish = vec![
-            (
-                "table.csv".to_string(),
-                results.join(format!("{}.csv", t.name)),
-            ),
-            (
-                "provenance.json".to_string(),
-                results.join(format!("{}.provenance.json", t.name)),
-            ),
-        ];
+        let mut publish = Vec::new();
+        for (file, suffix) in [("table.csv", "csv"), ("provenance.json", "provenance.json")] {
+            let dest = confine::clean_relative(&t.name)
+                .and_then(|_| {
+                    publish_target(&project_root, file, &format!("results/{}.{suffix}", t.name))
+                })
+                .map_err(|why| {
+                    tsrc.locate(
+                        tsrc.span_of_item(&["tables"], ti, "name").or_else(tspan),
+                        format!("table name `{}`: {why}", t.name),
+                        Some(format!(
+                            "a table is written to results/NAME.csv in the project ({}); name it without `..` or a leading `/`",
+                            results.display()
+                        )),
+                    )
+                })?;
+            publish.push((file.to_string(), dest));
+        }
         nodes.push(Node {
             id,
             stage: format!("table:{}", t.name),
@@ -767,6 +784,11 @@ pub fn build(
             publish,
             uses_device: false,
             deps,
+            declared: tsrc.place(
+                tsrc.span_of_item(&["tables"], ti, "metrics")
+                    .or_else(|| tsrc.span_of_item(&["tables"], ti, "metric"))
+                    .or_else(tspan),
+            ),
         });
     }
 
@@ -805,7 +827,20 @@ fn resolve_target(
         let Some(root) = data_root else {
             return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" needs a data root"), Some("set `data_root = \"...\"` in the experiment, the MRBM_DATA variable, or --data-root".into())));
         };
-        Ok(Err((root.join(rel), declared.to_string())))
+        let bad = |why: String| {
+            src.locate(
+                span.clone(),
+                format!("stage `{name}`: input `{slot}` = \"{text}\": {why}"),
+                Some(format!(
+                    "`data:` paths stay inside the data root ({}); write data kept elsewhere as a plain path",
+                    root.display()
+                )),
+            )
+        };
+        let clean = confine::clean_relative(rel).map_err(&bad)?;
+        let path = root.join(clean);
+        confine::no_symlink_escape(root, &path).map_err(&bad)?;
+        Ok(Err((path, declared.to_string())))
     } else {
         if !text.contains('/') && !text.contains('.') && !Path::new(text).exists() {
             let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
@@ -854,6 +889,84 @@ fn combinations(axes: &[Axis], which: &[usize]) -> Vec<Vec<(usize, usize)>> {
         out = next;
     }
     out
+}
+
+/// Where a node's output `file` is published: `to` (filled in) must be a
+/// clean path under the project's results/ folder that no symlink leads
+/// out of, and `file` a clean path inside the entry.
+fn publish_target(project_root: &Path, file: &str, to: &str) -> Result<PathBuf, String> {
+    confine::clean_relative(file)?;
+    let rel = confine::clean_relative(to)?;
+    let mut parts = rel.components();
+    if parts.next().map(|c| c.as_os_str()) != Some(std::ffi::OsStr::new("results"))
+        || parts.next().is_none()
+    {
+        return Err(format!("`{to}` is not under results/"));
+    }
+    let dest = project_root.join(rel);
+    confine::no_symlink_escape(&project_root.join("results"), &dest)?;
+    Ok(dest)
+}
+
+/// Parameters must be finite numbers: `nan` and `inf` are refused where
+/// they were written (a `--set`, a sweep value, or the stage's own key).
+#[allow(clippy::too_many_arguments)]
+fn check_finite(
+    exp: &LoadedExperiment,
+    src: &Source,
+    stage: &str,
+    id: &str,
+    params: &toml::Table,
+    combo: &[(usize, usize)],
+    axes: &[Axis],
+    sets: &[(String, String, toml::Value)],
+) -> Result<(), RunnerError> {
+    fn bad(v: &toml::Value) -> Option<String> {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() => Some(f.to_string()),
+            toml::Value::Array(a) => a.iter().find_map(bad),
+            toml::Value::Table(t) => t.values().find_map(bad),
+            _ => None,
+        }
+    }
+    for (key, v) in params {
+        let Some(shown) = bad(v) else { continue };
+        let msg = format!("stage `{id}`: parameter `{key}` must be finite, not {shown}");
+        let top = |p: &str| p.split('.').next() == Some(key.as_str());
+        if let Some((_, p, v)) = sets
+            .iter()
+            .find(|(s, p, v)| s == stage && top(p) && bad(v).is_some())
+        {
+            return Err(RunnerError::Usage(format!(
+                "--set {stage}.{p}={}: {msg}",
+                bad(v).unwrap_or_default()
+            )));
+        }
+        for (ai, vi) in combo {
+            let a = &axes[*ai];
+            if a.values[*vi]
+                .1
+                .iter()
+                .any(|(s, p, v)| s == stage && top(p) && bad(v).is_some())
+            {
+                return Err(exp.source.locate(
+                    exp.source.span_of(&["sweep", &a.name]).or_else(|| {
+                        a.path
+                            .as_deref()
+                            .and_then(|p| exp.source.span_of(&["sweep", p]))
+                    }),
+                    format!("sweep axis `{}`: {msg}", a.name),
+                    None,
+                ));
+            }
+        }
+        return Err(src.locate(
+            src.span_or_prefix(&["stages", stage, "params", key]),
+            msg,
+            None,
+        ));
+    }
+    Ok(())
 }
 
 /// `{N}` -> the cell's value of axis N (or the parameter N), `{cell}` -> all.

@@ -6,7 +6,7 @@
 //! directory, re-check its inputs, and publish the entry atomically.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::dag::{Dag, InputSource, Node};
 use crate::error::RunnerError;
 use crate::hashing::{self, Memo};
+use crate::integrity;
 use crate::registry::Registry;
-use crate::store::{self, LockOutcome, Manifest, Store};
+use crate::store::{self, Found, LockOutcome, Manifest, Store};
 
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -143,12 +144,10 @@ pub fn resolve_input(
             };
             let out = store.out_dir(&m.key);
             if input.soft {
-                // Tables read only metrics.json.
-                let h = m
-                    .files
-                    .get(store::METRICS)
-                    .map(|f| f.hash.clone())
-                    .unwrap_or_default();
+                // Tables read only metrics.json, and of it only the metrics
+                // they name: a rerun upstream whose results are the same
+                // (timings aside) leaves the table cached.
+                let h = table_input_hash(node, &m);
                 return Ok(Resolved::Ready { path: out, hash: h });
             }
             let wanted = file.clone().or_else(|| {
@@ -187,6 +186,63 @@ pub fn resolve_input(
             }
         }
     }
+}
+
+/// The hash a table's key takes of one cell's entry: the metrics the table
+/// names, with their values (a missing one as absent). Timing metrics count
+/// only when the table names them.
+pub fn table_input_hash(table: &Node, m: &Manifest) -> String {
+    let wanted: Vec<&str> = table
+        .params
+        .get("metrics")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let picked: BTreeMap<&str, Option<f64>> = wanted
+        .iter()
+        .map(|w| (*w, m.metrics.get(*w).copied()))
+        .collect();
+    hashing::hash_bytes(&serde_json::to_vec(&picked).expect("json"))
+}
+
+/// A metric the table names that none of its cells has (when some cell
+/// has metrics at all): a typo, reported with the nearest metric.
+fn unknown_table_metric(
+    dag: &Dag,
+    node: &Node,
+    upstream: &dyn Fn(usize) -> Option<Manifest>,
+) -> Option<String> {
+    let mut have: std::collections::BTreeSet<String> = Default::default();
+    let mut stage = None;
+    for inp in &node.inputs {
+        if let InputSource::Node { node: up, .. } = inp.source {
+            stage.get_or_insert(dag.nodes[up].stage.clone());
+            if let Some(m) = upstream(up) {
+                have.extend(m.metrics.keys().cloned());
+            }
+        }
+    }
+    if have.is_empty() {
+        return None;
+    }
+    let wanted = node.params.get("metrics")?.as_array()?;
+    for w in wanted.iter().filter_map(|v| v.as_str()) {
+        if have.contains(w) {
+            continue;
+        }
+        let help = match mrbm_stage::nearest(w, have.iter().map(String::as_str)) {
+            Some(n) => format!("did you mean `{n}`? "),
+            None => String::new(),
+        };
+        return Some(format!(
+            "{}: {}: no metric `{w}` in the cells of stage `{}`\n  help: {help}its metrics: {}",
+            node.declared,
+            node.id,
+            stage.unwrap_or_default(),
+            have.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    None
 }
 
 struct Shared {
@@ -436,43 +492,94 @@ fn run_node(
             Err(e) => return fail(e.to_string(), true, None),
         }
     }
+    if node.kind == "table" {
+        if let Some(message) = unknown_table_metric(dag, node, upstream) {
+            return fail(message, true, None);
+        }
+    }
     let key = stage_key(node, &hashes);
-    let cached = |key: &str| -> NodeResult {
-        let manifest = store.manifest(key).ok();
+    let input_keys: BTreeMap<String, String> = node
+        .inputs
+        .iter()
+        .filter_map(|inp| match &inp.source {
+            InputSource::Node { node: up, .. } => upstream(*up).map(|m| (inp.slot.clone(), m.key)),
+            InputSource::External { .. } => None,
+        })
+        .collect();
+    let cached = |key: &str, manifest: Manifest| -> NodeResult {
         let log = Some(store.entry_dir(key).join("log.txt"));
-        NodeResult {
+        let mut r = NodeResult {
             status: Status::Cached,
             key: Some(key.to_string()),
             seconds: t0.elapsed().as_secs_f64(),
             log,
-            manifest,
+            manifest: Some(manifest),
+        };
+        if let Err(e) = publish_results(store, &dag.project_root.join("results"), node, key) {
+            r.status = Status::Failed {
+                message: e,
+                user: false,
+            };
         }
+        r
     };
-    if store.has(&key) {
-        let r = cached(&key);
-        publish_results(store, node, &key);
-        return r;
-    }
 
-    // 2. Lock, run into a temporary directory, publish.
+    // 2. The cache entry, checked against its manifest before anything
+    // reads it; or the key's lock, to compute it. A corrupt entry and the
+    // entries computed from it go to quarantine (under the lock) and the
+    // stage runs again.
     let waiting =
         |owner: &str| eprintln!("  waiting {} (being computed by process {owner})", node.id);
-    let lock = match store.lock(&key, &|| cancel.load(Ordering::Relaxed), &waiting) {
-        Ok(LockOutcome::Published) => {
-            publish_results(store, node, &key);
-            return cached(&key);
-        }
-        Ok(LockOutcome::Acquired(l)) => l,
-        Err(RunnerError::Interrupted) => {
-            return NodeResult {
-                status: Status::Cancelled,
-                key: None,
-                seconds: 0.0,
-                log: None,
-                manifest: None,
+    let lock = loop {
+        // A corrupt entry is replaced under the lock, so the lock is taken
+        // even though an entry is there.
+        let absent = match integrity::check(store, &key) {
+            Found::Hit(m) => return cached(&key, m),
+            Found::Absent => true,
+            Found::Corrupt(_) => false,
+        };
+        match store.lock_with(&key, absent, &|| cancel.load(Ordering::Relaxed), &waiting) {
+            Ok(LockOutcome::Published) => {
+                // Published by another process: checked at the loop's top.
+                // A corrupt one is quarantined by whoever holds the lock.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
             }
+            Ok(LockOutcome::Acquired(l)) => match integrity::check(store, &key) {
+                Found::Hit(m) => {
+                    drop(l);
+                    return cached(&key, m);
+                }
+                Found::Absent => break l,
+                Found::Corrupt(why) => match store.quarantine_with_descendants(&key) {
+                    Ok(moved) => {
+                        eprintln!(
+                            "  corrupt {}: cache entry {}: {why}; moved it{} to {}, computing it again",
+                            node.id,
+                            &key[..12],
+                            if moved.len() > 1 {
+                                format!(" and the {} entries computed from it", moved.len() - 1)
+                            } else {
+                                String::new()
+                            },
+                            store.root.join("quarantine").display()
+                        );
+                        break l;
+                    }
+                    Err(e) => return fail(e.to_string(), false, None),
+                },
+            },
+            Err(RunnerError::Interrupted) => {
+                return NodeResult {
+                    status: Status::Cancelled,
+                    key: None,
+                    seconds: 0.0,
+                    log: None,
+                    manifest: None,
+                }
+            }
+            Err(e) => return fail(e.to_string(), false, None),
         }
-        Err(e) => return fail(e.to_string(), false, None),
     };
     let tmp = match store.tmp_dir(&key) {
         Ok(t) => t,
@@ -581,6 +688,7 @@ fn run_node(
             params: node.params.clone(),
             inputs: hashes.clone(),
             input_sources: sources.clone(),
+            input_keys: input_keys.clone(),
             files,
             output_hash,
             metrics: metrics.clone(),
@@ -597,9 +705,16 @@ fn run_node(
     match publish() {
         Ok(m) => {
             drop(lock);
-            publish_results(store, node, &key);
+            let status = match publish_results(store, &dag.project_root.join("results"), node, &key)
+            {
+                Ok(()) => Status::Ran,
+                Err(message) => Status::Failed {
+                    message,
+                    user: false,
+                },
+            };
             NodeResult {
-                status: Status::Ran,
+                status,
                 key: Some(key.clone()),
                 seconds,
                 log: Some(store.entry_dir(&key).join("log.txt")),
@@ -639,20 +754,40 @@ fn describe_source(dag: &Dag, s: &InputSource) -> String {
 }
 
 /// Copy a node's published files (e.g. results/quickstart.csv) out of its
-/// cache entry, atomically and only when the content differs.
-pub fn publish_results(store: &Store, node: &Node, key: &str) {
+/// cache entry, atomically and only when the content differs. A target that
+/// would leave the results folder (through a symlink made since the
+/// experiment was checked) or a failed write is an error.
+pub fn publish_results(
+    store: &Store,
+    results: &Path,
+    node: &Node,
+    key: &str,
+) -> Result<(), String> {
+    let mut errors = Vec::new();
     for (file, dest) in &node.publish {
         let src = store.out_dir(key).join(file);
         let Ok(bytes) = std::fs::read(&src) else {
             tracing::warn!("{}: publish: the stage wrote no `{file}`", node.id);
             continue;
         };
+        if let Err(e) = crate::confine::check_publish_target(results, dest) {
+            errors.push(format!("publish {file}: {e}"));
+            continue;
+        }
         if std::fs::read(dest).map(|d| d == bytes).unwrap_or(false) {
             continue;
         }
         if let Err(e) = store::write_atomic(dest, &bytes) {
-            eprintln!("warning: could not write {}: {e}", dest.display());
+            errors.push(format!(
+                "could not publish {file} to {}: {e}",
+                dest.display()
+            ));
         }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
     }
 }
 

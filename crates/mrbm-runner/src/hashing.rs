@@ -42,15 +42,31 @@ pub fn combine(files: &BTreeMap<String, String>) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// Relative path (with `/`) -> absolute path of every file under `dir`, sorted.
+/// Relative path (with `/`) -> absolute path of every file under `dir`,
+/// sorted. Symlinks are followed only while they stay inside `dir` (one
+/// that leads out is an error: what it names would be read but not be part
+/// of the folder); FIFOs, sockets and devices are refused.
 pub fn list_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let root = std::fs::canonicalize(dir)?;
     let mut out = Vec::new();
     for e in walkdir::WalkDir::new(dir)
         .follow_links(true)
         .sort_by_file_name()
     {
         let e = e.map_err(|e| std::io::Error::other(e.to_string()))?;
-        if e.file_type().is_file() {
+        if e.path_is_symlink() && e.depth() > 0 {
+            let target = std::fs::canonicalize(e.path())?;
+            if !target.starts_with(&root) {
+                return Err(std::io::Error::other(format!(
+                    "{} is a symlink to {}, outside {}: copy what it names into the folder, or declare it as an input of its own",
+                    e.path().display(),
+                    target.display(),
+                    dir.display()
+                )));
+            }
+        }
+        let ft = e.file_type();
+        if ft.is_file() {
             let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
             let rel = rel
                 .components()
@@ -58,9 +74,18 @@ pub fn list_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
                 .collect::<Vec<_>>()
                 .join("/");
             out.push((rel, e.path().to_path_buf()));
+        } else if !ft.is_dir() {
+            return Err(not_regular(e.path()));
         }
     }
     Ok(out)
+}
+
+fn not_regular(p: &Path) -> std::io::Error {
+    std::io::Error::other(format!(
+        "{} is not a regular file or folder (a FIFO, socket or device): it cannot be an input",
+        p.display()
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +165,11 @@ impl Memo {
 
     /// Hash of a file or of a whole folder (its files' paths and contents).
     pub fn path(&self, path: &Path) -> std::io::Result<String> {
-        if path.is_dir() {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_dir() && !meta.is_file() {
+            return Err(not_regular(path));
+        }
+        if meta.is_dir() {
             let files = list_files(path)?;
             let mut map = BTreeMap::new();
             for (rel, abs) in files {
@@ -186,5 +215,37 @@ mod tests {
         assert_ne!(h1, h2);
         std::fs::rename(d.path().join("a"), d.path().join("c")).unwrap();
         assert_ne!(memo.path(d.path()).unwrap(), h2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn no_symlinks_out_and_no_special_files() {
+        let d = tempfile::tempdir().unwrap();
+        let input = d.path().join("in");
+        std::fs::create_dir_all(input.join("sub")).unwrap();
+        std::fs::write(input.join("a"), b"1").unwrap();
+        std::fs::write(d.path().join("secret"), b"2").unwrap();
+        let memo = Memo::load(d.path());
+        // A link that stays inside is followed.
+        std::os::unix::fs::symlink(input.join("a"), input.join("sub/link")).unwrap();
+        let files = list_files(&input).unwrap();
+        assert_eq!(files.len(), 2, "{files:?}");
+        memo.path(&input).unwrap();
+        // One that leads out is refused.
+        std::os::unix::fs::symlink(d.path().join("secret"), input.join("out")).unwrap();
+        let e = memo.path(&input).unwrap_err().to_string();
+        assert!(e.contains("outside"), "{e}");
+        std::fs::remove_file(input.join("out")).unwrap();
+        std::os::unix::fs::symlink(d.path(), input.join("up")).unwrap();
+        assert!(memo.path(&input).is_err());
+        std::fs::remove_file(input.join("up")).unwrap();
+        // A FIFO, inside a folder or named alone, is refused (not read: that would block).
+        let fifo = input.join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = memo.path(&input).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(memo.path(&fifo).is_err());
+        assert!(memo.path(Path::new("/dev/null")).is_err());
     }
 }

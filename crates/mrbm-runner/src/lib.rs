@@ -2,11 +2,13 @@
 //! executor, tables, and the `mrbm` command line.
 pub mod collect;
 pub mod config;
+pub mod confine;
 pub mod dag;
 pub mod device;
 pub mod error;
 pub mod exec;
 pub mod hashing;
+pub mod integrity;
 pub mod plan;
 pub mod registry;
 pub mod store;

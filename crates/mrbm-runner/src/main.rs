@@ -93,6 +93,12 @@ enum Command {
         /// Project root holding experiments/ (default: the current directory).
         #[arg(long)]
         project: Option<PathBuf>,
+        /// Where `data:` inputs are found, as for `run` (overrides data_root and MRBM_DATA).
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// Go on when an experiment file does not load (its entries are then deleted).
+        #[arg(long)]
+        force: bool,
     },
     /// Re-hash every cache entry; move corrupt ones to quarantine/.
     Verify,
@@ -187,6 +193,13 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 .unwrap_or_else(|| "auto".into());
             let device = device::resolve(&spec)?;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
+            // Shared with other runs; `mrbm gc` waits for it.
+            let _in_use = store.use_guard(false, &|| {
+                eprintln!(
+                    "waiting for `mrbm gc` to finish with {}",
+                    store.root.display()
+                )
+            })?;
             store.clean_stale();
             let memo = Memo::load(&store.root);
             let cancel = Arc::new(AtomicBool::new(false));
@@ -215,6 +228,12 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 progress,
             };
             let results = exec::execute(&dag, &reg, &store, &memo, &opts, &cancel);
+            let (entries, bytes, took) = mrbm_runner::integrity::stats();
+            tracing::info!(
+                "integrity: checked {entries} cached entries ({:.1} MB) against their manifests in {:.1} ms",
+                bytes as f64 / 1e6,
+                took.as_secs_f64() * 1e3
+            );
             memo.save()?;
             exec::save_record(&store, &dag, &results)?;
             // Tables, printed aligned.
@@ -274,7 +293,19 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Show { what } => show(&cli, what),
-        Command::Gc { dry_run, project } => gc(&cli, &reg, *dry_run, project.clone()),
+        Command::Gc {
+            dry_run,
+            project,
+            data_root,
+            force,
+        } => gc(
+            &cli,
+            &reg,
+            *dry_run,
+            project.clone(),
+            data_root.clone(),
+            *force,
+        ),
         Command::Verify => {
             let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
             if !root.is_dir() {
@@ -285,16 +316,20 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             }
             let store = Store::open(&root)?;
             let stale = store.clean_stale();
-            let keys = store.keys();
-            let mut bad = 0;
-            for k in &keys {
-                if let Err(why) = store.verify_entry(k) {
-                    bad += 1;
-                    let dest = store.quarantine(k)?;
-                    println!("corrupt {k}: {why}\n  moved to {}", dest.display());
-                }
+            let (n, corrupt, moved) = store.verify_all()?;
+            for (k, why) in &corrupt {
+                println!("corrupt {k}: {why}");
             }
-            println!("verified {} entries: {} ok, {bad} corrupt; removed {stale} stale temporary files or locks", keys.len(), keys.len() - bad);
+            for (k, id, dest) in &moved {
+                let from = if corrupt.iter().any(|(c, _)| c == k) {
+                    String::new()
+                } else {
+                    " (computed from a corrupt entry)".to_string()
+                };
+                println!("  moved {k} {id}{from} to {}", dest.display());
+            }
+            let bad = moved.len();
+            println!("verified {n} entries: {} ok, {bad} corrupt; removed {stale} stale temporary files or locks", n - bad);
             Ok(if bad > 0 { 1 } else { 0 })
         }
         Command::Devices { check } => device::print_devices(*check),
@@ -460,14 +495,23 @@ fn gc(
     reg: &Registry,
     dry_run: bool,
     project: Option<PathBuf>,
+    data_root: Option<PathBuf>,
+    force: bool,
 ) -> Result<u8, RunnerError> {
     let project = project.unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
     let root = cache_dir(&cli.cache, &project);
     let store = Store::open(&root)?;
+    // Exclusive: no run is using the cache while gc decides and deletes.
+    let _guard = store.use_guard(true, &|| {
+        eprintln!(
+            "waiting for the runs using {} to finish before collecting",
+            store.root.display()
+        )
+    })?;
     let memo = Memo::load(&store.root);
     let mut keep = std::collections::BTreeSet::new();
     let exp_dir = project.join("experiments");
-    let files: Vec<PathBuf> = std::fs::read_dir(&exp_dir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&exp_dir)
         .map_err(|e| {
             RunnerError::Usage(format!(
                 "{}: {e} (run gc from the project root or pass --project)",
@@ -478,11 +522,13 @@ fn gc(
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
+    files.sort();
+    let mut problems = Vec::new();
     for f in files {
         let exp = match config::load(&f) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("warning: skipping {}: {e}", f.display());
+                problems.push(e.to_string());
                 continue;
             }
         };
@@ -491,23 +537,51 @@ fn gc(
         for p in profiles {
             let ov = Overrides {
                 sets: vec![],
-                profile: p,
-                data_root: None,
+                profile: p.clone(),
+                data_root: data_root.clone(),
             };
-            if let Ok(dag) = dag::build(&exp, reg, &ov) {
-                for l in plan::plan(&dag, &store, &memo)? {
-                    if let Some(k) = l.key {
-                        keep.insert(k);
+            match dag::build(&exp, reg, &ov) {
+                Ok(dag) => {
+                    for l in plan::plan(&dag, &store, &memo)? {
+                        if let Some(k) = l.key {
+                            keep.insert(k);
+                        }
                     }
                 }
+                Err(e) => problems.push(match &p {
+                    Some(p) => format!("{e} (profile `{p}`)"),
+                    None => e.to_string(),
+                }),
             }
         }
+    }
+    if !problems.is_empty() {
+        let list = problems
+            .iter()
+            .map(|p| format!("  {}", p.replace('\n', "\n  ")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if !force {
+            return Err(RunnerError::Usage(format!(
+                "gc: {} experiment(s) under {} do not load, so what they use is unknown; nothing was deleted:\n{list}\n  help: fix them (a `data:` input needs --data-root or MRBM_DATA), or pass --force to delete what only they use",
+                problems.len(),
+                exp_dir.display()
+            )));
+        }
+        eprintln!("warning: --force: collecting although these do not load:\n{list}");
     }
     let stale = if dry_run { 0 } else { store.clean_stale() };
     let mut removed = 0u64;
     let mut bytes = 0u64;
+    let mut busy = 0u64;
     for k in store.keys() {
         if !keep.contains(&k) {
+            // An entry whose key is locked is being written or replaced: leave it.
+            let Some(lock) = store.try_lock(&k)? else {
+                busy += 1;
+                println!("in use {k} (locked by a running stage): kept");
+                continue;
+            };
             let dir = store.entry_dir(&k);
             let size: u64 = walkdir::WalkDir::new(&dir)
                 .into_iter()
@@ -531,15 +605,21 @@ fn gc(
                 std::fs::rename(&dir, &trash).map_err(|e| RunnerError::cache(&dir, e))?;
                 let _ = std::fs::remove_dir_all(&trash);
             }
+            drop(lock);
             removed += 1;
             bytes += size;
         }
     }
     println!(
-        "{} {removed} entries ({:.1} MB); kept {}; {stale} stale files cleaned",
+        "{} {removed} entries ({:.1} MB); kept {}{}; {stale} stale files cleaned",
         if dry_run { "would remove" } else { "removed" },
         bytes as f64 / 1e6,
-        keep.len()
+        keep.len(),
+        if busy > 0 {
+            format!(" and {busy} in use")
+        } else {
+            String::new()
+        }
     );
     Ok(0)
 }

@@ -14,7 +14,7 @@ use crate::dag::Dag;
 use crate::error::RunnerError;
 use crate::exec::{load_record, resolve_input, stage_key, Resolved};
 use crate::hashing::Memo;
-use crate::store::{Manifest, Store};
+use crate::store::{Found, Manifest, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanStatus {
@@ -70,9 +70,17 @@ pub fn plan(dag: &Dag, store: &Store, memo: &Memo) -> Result<Vec<PlanLine>, Runn
             Some(why) => (PlanStatus::Run(param_reason.unwrap_or(why)), None),
             None => {
                 let key = stage_key(node, &hashes);
-                if store.has(&key) {
-                    manifests[i] = store.manifest(&key).ok();
+                let found = store.find(&key, false);
+                if let Found::Hit(m) = found {
+                    manifests[i] = Some(m);
                     (PlanStatus::Cached, Some(key))
+                } else if let Found::Corrupt(why) = found {
+                    (
+                        PlanStatus::Run(format!(
+                            "cache entry not whole ({why}): it goes to quarantine"
+                        )),
+                        Some(key),
+                    )
                 } else {
                     let reason = match prev {
                         None => "new".to_string(),

@@ -377,6 +377,7 @@ mod tests {
                 params: JsonValue::Null,
                 inputs: BTreeMap::new(),
                 input_sources: BTreeMap::new(),
+                input_keys: BTreeMap::new(),
                 files: BTreeMap::new(),
                 output_hash: String::new(),
                 metrics: BTreeMap::new(),

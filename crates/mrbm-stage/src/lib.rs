@@ -335,8 +335,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
         std::process::id()
     ));
-    std::fs::write(&tmp, bytes).map_err(|e| StageError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| StageError::io(path, e))
+    // Never leave the temporary file behind, whatever fails.
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            StageError::io(path, e)
+        })
 }
 
 #[cfg(test)]
@@ -354,6 +359,17 @@ mod tests {
     }
     fn default_lr() -> f64 {
         0.03
+    }
+
+    #[test]
+    fn write_atomic_leaves_no_temporary_file_when_it_fails() {
+        let d = std::env::temp_dir().join(format!("mrbm-stage-wa-{}", std::process::id()));
+        let target = d.join("t.csv");
+        std::fs::create_dir_all(target.join("x")).unwrap();
+        assert!(write_atomic(&target, b"1").is_err());
+        let names: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(names.len(), 1, "{names:?}");
     }
 
     #[test]

@@ -1,0 +1,234 @@
+//! End-to-end checks of issue 16 ("Integrity") on the `mrbm` binary:
+//! SIGTERM and SIGHUP handled like Ctrl-C, and a `gc` that cannot destroy
+//! live work (data root, experiment files that do not load, locks, runs in
+//! progress). Pipelines here are tiny: a synthetic or 4-image data set.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn mrbm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
+    c.env_remove("MRBM_CACHE")
+        .env_remove("MRBM_DATA")
+        .env("NO_COLOR", "1");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("experiments").join(name), text).unwrap();
+    }
+    dir
+}
+
+fn run_in(root: &Path, args: &[&str]) -> Output {
+    mrbm().current_dir(root).args(args).output().unwrap()
+}
+
+fn entries(root: &Path) -> usize {
+    std::fs::read_dir(root.join(".mrbm/entries"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn key_of(root: &Path, exp: &str, id: &str) -> String {
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(format!(".mrbm/runs/{exp}.json"))).unwrap(),
+    )
+    .unwrap();
+    rec["stages"][id]["key"].as_str().unwrap().to_string()
+}
+
+const SHAPES: &str = r#"
+[stages.shapes]
+kind = "dataset"
+params = { format = "synthetic", n = 40, size = 8, classes = 2, seed = 1 }
+"#;
+
+/// The signal arrives while the run waits for a stage's lock, held by a
+/// live process (this test): deterministic, whatever the machine's speed.
+#[test]
+fn sigterm_and_sighup_stop_like_ctrl_c() {
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let p = project(&[("a.toml", SHAPES)]);
+        let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let key = key_of(p.path(), "a", "shapes");
+        std::fs::remove_dir_all(p.path().join(format!(".mrbm/entries/{key}"))).unwrap();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let lock = p.path().join(format!(".mrbm/locks/{key}.lock"));
+        let planted = format!(
+            "{} {} 2026-01-01T00:00:00Z\n",
+            std::process::id(),
+            host.trim()
+        );
+        std::fs::write(&lock, &planted).unwrap();
+        let mut child = mrbm()
+            .current_dir(p.path())
+            .args(["run", "experiments/a.toml", "--quiet"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("waiting shapes") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "no waiting line");
+        }
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        // Interrupted like Ctrl-C (130), not killed by the signal.
+        assert_eq!(status.code(), Some(130), "signal {sig}: {status:?}\n{rest}");
+        assert!(rest.contains("interrupt"), "signal {sig}: {rest}");
+        // Only the planted lock is there, untouched; no temporary folder.
+        let locks: Vec<_> = std::fs::read_dir(p.path().join(".mrbm/locks"))
+            .unwrap()
+            .collect();
+        assert_eq!(locks.len(), 1, "signal {sig}: {locks:?}");
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), planted);
+        assert!(
+            std::fs::read_dir(p.path().join(".mrbm/tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "signal {sig}: a temporary folder was left behind"
+        );
+    }
+}
+
+#[test]
+fn gc_refuses_when_an_experiment_does_not_load() {
+    let p = project(&[("a.toml", SHAPES)]);
+    let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Another result, referenced by no experiment, that gc may collect.
+    let o = run_in(
+        p.path(),
+        &[
+            "run",
+            "experiments/a.toml",
+            "--quiet",
+            "--set",
+            "shapes.seed=2",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(entries(p.path()), 2);
+    std::fs::write(p.path().join("experiments/broken.toml"), "[stages.x\n").unwrap();
+    let o = run_in(p.path(), &["gc"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("broken.toml:1:") && t.contains("nothing was deleted") && t.contains("--force"),
+        "{t}"
+    );
+    assert_eq!(entries(p.path()), 2);
+    let o = run_in(p.path(), &["gc", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(entries(p.path()), 1);
+}
+
+#[test]
+fn gc_takes_the_data_root() {
+    let p = project(&[(
+        "d.toml",
+        "[stages.digits]\nkind = \"dataset\"\ninputs = { dir = \"data:mini\" }\nparams = { format = \"idx\" }\n",
+    )]);
+    // Four 2x2 images in the IDX format, as MNIST ships them.
+    let data = p.path().join("elsewhere/mini");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
+    images.extend((0..16u8).map(|i| i * 16));
+    std::fs::write(data.join("train-images-idx3-ubyte"), images).unwrap();
+    std::fs::write(
+        data.join("train-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1],
+    )
+    .unwrap();
+    let root = p.path().join("elsewhere");
+    let root = root.to_str().unwrap();
+    let o = run_in(
+        p.path(),
+        &["run", "experiments/d.toml", "--data-root", root],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(entries(p.path()), 1);
+    // Without the data root gc cannot tell what the experiment uses: it refuses.
+    let o = run_in(p.path(), &["gc"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--data-root"), "{}", text(&o));
+    assert_eq!(entries(p.path()), 1);
+    let o = run_in(p.path(), &["gc", "--data-root", root]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("removed 0 entries"), "{}", text(&o));
+    assert_eq!(entries(p.path()), 1);
+}
+
+#[test]
+fn gc_leaves_locked_entries_and_waits_for_runs() {
+    let p = project(&[("a.toml", SHAPES)]);
+    let o = run_in(
+        p.path(),
+        &[
+            "run",
+            "experiments/a.toml",
+            "--quiet",
+            "--set",
+            "shapes.seed=2",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let key = key_of(p.path(), "a", "shapes");
+    // A live process holds the entry's key (it is replacing it).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let lock = p.path().join(format!(".mrbm/locks/{key}.lock"));
+    std::fs::write(
+        &lock,
+        format!(
+            "{} {} 2026-01-01T00:00:00Z\n",
+            std::process::id(),
+            host.trim()
+        ),
+    )
+    .unwrap();
+    let o = run_in(p.path(), &["gc"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("in use"), "{}", text(&o));
+    assert_eq!(entries(p.path()), 1);
+    std::fs::remove_file(&lock).unwrap();
+
+    // A run in progress (holding the cache's shared guard): gc waits for it.
+    let guard = std::fs::File::open(p.path().join(".mrbm/gc.lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(guard.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let mut gc = mrbm()
+        .current_dir(p.path())
+        .args(["gc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(gc.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("waiting for the runs"), "{line}");
+    assert_eq!(entries(p.path()), 1, "gc deleted while a run was going on");
+    drop(guard);
+    let status = gc.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(entries(p.path()), 0);
+}
