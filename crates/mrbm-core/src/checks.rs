@@ -426,7 +426,9 @@ pub fn toolbox_rules_run(device: &Device, dtype: DType) -> CheckReport {
                     weight_decay: 1e-4,
                     ..OptimParams::default()
                 };
-                let what = format!("N={n} {algorithm:?}/{reconstruction:?} k={cd_k} {optimizer:?} {schedule:?}");
+                let what = format!(
+                    "N={n} {algorithm:?}/{reconstruction:?} k={cd_k} {optimizer:?} {schedule:?}"
+                );
                 let mut tr = Trainer::new(dbn, params);
                 let layers = tr.dbn.layers.len();
                 let phases: Vec<Option<usize>> = match schedule {

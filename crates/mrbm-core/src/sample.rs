@@ -191,10 +191,16 @@ pub fn gibbs_from(
     for s in 0..steps {
         let beta = anneal.beta(s);
         let x = to_f64(&layer.pre_hidden(v));
-        let hv: Vec<f64> = x.iter().map(|&xi| hs.draw_tempered(xi, beta, rng)).collect();
+        let hv: Vec<f64> = x
+            .iter()
+            .map(|&xi| hs.draw_tempered(xi, beta, rng))
+            .collect();
         hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
         let y = to_f64(&layer.pre_visible(hid.clone()));
-        let vv: Vec<f64> = y.iter().map(|&yi| vs.draw_tempered(yi, beta, rng)).collect();
+        let vv: Vec<f64> = y
+            .iter()
+            .map(|&yi| vs.draw_tempered(yi, beta, rng))
+            .collect();
         v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);
         on_step(s + 1);
     }

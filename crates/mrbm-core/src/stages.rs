@@ -499,12 +499,18 @@ impl Stage for SampleStage {
         if p.anneal_steps > p.steps {
             return Err(ParamError::new(
                 "anneal_steps",
-                format!("anneal_steps ({}) must not exceed steps ({})", p.anneal_steps, p.steps),
+                format!(
+                    "anneal_steps ({}) must not exceed steps ({})",
+                    p.anneal_steps, p.steps
+                ),
             ));
         }
         if let Some(b) = p.anneal_from {
             if !(b.is_finite() && b > 0.0 && b <= 1.0) {
-                return Err(ParamError::new("anneal_from", format!("anneal_from must be in (0, 1], got {b}")));
+                return Err(ParamError::new(
+                    "anneal_from",
+                    format!("anneal_from must be in (0, 1], got {b}"),
+                ));
             }
         }
         Ok(v)
@@ -557,9 +563,18 @@ impl Stage for SampleStage {
                         &noise
                     }
                 };
-                gibbs_from(&dbn, px, p.chains, p.steps, p.sampler, anneal, &mut rng, |s| {
-                    bar.set_position(s as u64);
-                })
+                gibbs_from(
+                    &dbn,
+                    px,
+                    p.chains,
+                    p.steps,
+                    p.sampler,
+                    anneal,
+                    &mut rng,
+                    |s| {
+                        bar.set_position(s as u64);
+                    },
+                )
             }
         });
         bar.finish_and_clear();

@@ -707,7 +707,12 @@ pub fn build(
             for (i, node) in nodes.iter().enumerate().filter(|(_, n)| n.stage == x.stage) {
                 let row = rows
                     .as_ref()
-                    .and_then(|a| node.cell.iter().find(|(n, _)| n == a).map(|(_, v)| v.clone()))
+                    .and_then(|a| {
+                        node.cell
+                            .iter()
+                            .find(|(n, _)| n == a)
+                            .map(|(_, v)| v.clone())
+                    })
                     .unwrap_or_else(|| "all".into());
                 let slot = format!("extra{}", extra.len());
                 extra.push(crate::table::ExtraCell {

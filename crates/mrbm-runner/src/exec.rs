@@ -192,12 +192,18 @@ pub fn resolve_input(
 /// names, with their values (a missing one as absent). Timing metrics count
 /// only when the table names them.
 pub fn table_input_hash(table: &Node, m: &Manifest) -> String {
-    let wanted: Vec<&str> = table
+    let mut wanted: Vec<&str> = table
         .params
         .get("metrics")
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
+    // Computed extra columns name their own metric.
+    if let Some(extra) = table.params.get("extra").and_then(|v| v.as_array()) {
+        wanted.extend(extra.iter().filter_map(|x| x.get("metric")?.as_str()));
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
     let picked: BTreeMap<&str, Option<f64>> = wanted
         .iter()
         .map(|w| (*w, m.metrics.get(*w).copied()))

@@ -334,7 +334,10 @@ mod tests {
                 )])
             })
         });
-        assert_eq!(g[0], vec!["dataset", "N=1", "N=255", "baseline", "paper N=1"]);
+        assert_eq!(
+            g[0],
+            vec!["dataset", "N=1", "N=255", "baseline", "paper N=1"]
+        );
         assert_eq!(g[1], vec!["mnist", "2.50", "1.25", "7.00", "2.44"]);
         assert_eq!(g[2], vec!["cifar", MISSING, MISSING, MISSING, ""]);
         let text = render_aligned(&g);
