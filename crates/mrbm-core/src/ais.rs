@@ -191,6 +191,15 @@ impl Levels {
     }
 }
 
+/// The visible bias whose lone unit (no hidden units) has mean value
+/// `mean`: the base-rate model's bias for one unit.
+pub fn bias_for_mean(unit: UnitType, mean: f64) -> f64 {
+    let l = Levels::new(unit);
+    let max = l.value(unit.n);
+    let eps = max * 1e-4;
+    l.bias_for_mean(mean.clamp(eps, max - eps))
+}
+
 fn log_add(a: f64, b: f64) -> f64 {
     if a == f64::NEG_INFINITY {
         return b;

@@ -96,10 +96,16 @@ impl UnitSampler {
 /// tempered model p^beta, beta rising linearly from `from` to 1, so chains
 /// leave the start's basin and settle into different modes; the rest run
 /// at beta = 1. `steps = 0` is plain Gibbs sampling.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+///
+/// With `base` (one bias per visible unit of the top RBM, e.g. the data's
+/// marginals), the path is AIS's, p_A^(1-beta) p^beta: the visible input is
+/// (1 - beta) base + beta (a + W h), so early states look like the data's
+/// mean instead of uniform noise; without it, plain tempering.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Anneal {
     pub steps: usize,
     pub from: f64,
+    pub base: Option<Vec<f64>>,
 }
 
 impl Anneal {
@@ -197,10 +203,20 @@ pub fn gibbs_from(
             .collect();
         hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
         let y = to_f64(&layer.pre_visible(hid.clone()));
-        let vv: Vec<f64> = y
-            .iter()
-            .map(|&yi| vs.draw_tempered(yi, beta, rng))
-            .collect();
+        let vv: Vec<f64> = match &anneal.base {
+            Some(base) if beta < 1.0 => {
+                // One bias per visible value of an image; rows are chains.
+                let per = base.len();
+                y.iter()
+                    .enumerate()
+                    .map(|(i, &yi)| vs.draw((1.0 - beta) * base[i % per] + beta * yi, rng))
+                    .collect()
+            }
+            _ => y
+                .iter()
+                .map(|&yi| vs.draw_tempered(yi, beta, rng))
+                .collect(),
+        };
         v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);
         on_step(s + 1);
     }

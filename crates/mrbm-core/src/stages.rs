@@ -451,6 +451,36 @@ fn read_optional_images(ctx: &StageContext, slot: &str) -> Result<Option<ImageSe
     }
 }
 
+/// The base-rate biases of the top RBM's visible units: each unit's mean
+/// over (at most 1,000) real images mapped up to it by mean field, turned
+/// into the bias a lone unit needs for that mean.
+fn anneal_base(dbn: &Dbn, reference: &ImageSet, device: &Device) -> Vec<f64> {
+    let n = reference.n.min(1000);
+    let top = dbn.layers.len() - 1;
+    let v = dbn.pixels_to_visible(
+        &reference.pixels()[..n * reference.image_len()],
+        n,
+        device,
+        DType::F32,
+    );
+    let v = if top == 0 {
+        v
+    } else {
+        dbn.as_visible_of(top, dbn.up_to(v, top - 1))
+    };
+    let vals = crate::layer::to_f64(&v);
+    let per = vals.len() / n.max(1);
+    let unit = dbn.layers[top].spec.visible_unit;
+    // Conv RBMs share the visible bias per channel, but the base may vary
+    // per position: one bias per visible value of one image.
+    (0..per)
+        .map(|i| {
+            let mean = (0..n).map(|r| vals[r * per + i]).sum::<f64>() / n.max(1) as f64;
+            ais::bias_for_mean(unit, mean)
+        })
+        .collect()
+}
+
 /// Insert the quality ratios of `pixels` against `reference` into `m`.
 fn insert_quality(
     m: &mut Metrics,
@@ -484,7 +514,8 @@ impl Stage for SampleStage {
     }
     fn version(&self) -> u32 {
         // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-        2
+        // 3: an annealed start with a `reference` anneals from its base rate.
+        3
     }
     fn inputs(&self) -> &'static [InputSlot] {
         SAMPLE_INPUTS
@@ -541,9 +572,18 @@ impl Stage for SampleStage {
         };
         let started = Instant::now();
         let bar = ctx.bar(p.steps as u64, "gibbs");
+        // With real images at hand, anneal from their base rate (AIS's path).
+        let base = match (&reference, p.anneal_steps) {
+            (Some(r), s) if s > 0 => {
+                check_input_shape(&dbn, r)?;
+                Some(with_threads(ctx.threads, || anneal_base(&dbn, r, &device)))
+            }
+            _ => None,
+        };
         let anneal = Anneal {
             steps: p.anneal_steps,
             from: p.anneal_from.unwrap_or(0.1),
+            base,
         };
         let v = with_threads(ctx.threads, || match &start {
             None if anneal.steps == 0 => gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {

@@ -28,7 +28,17 @@ const SLOTS: &[InputSlot] = &[
     ),
     InputSlot::optional("sample", None, "a sample stage (from noise)"),
     InputSlot::optional("sample_data", None, "a sample stage (from data)"),
+    InputSlot::optional(
+        "sample_annealed",
+        None,
+        "a sample stage (from noise, annealed)",
+    ),
     InputSlot::optional("reconstruct", None, "a reconstruct stage"),
+    InputSlot::optional(
+        "loglik_check",
+        None,
+        "a second loglik stage (e.g. more betas, to see AIS converge)",
+    ),
     InputSlot::optional("fid", None, "a fid stage"),
 ];
 
