@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod hashing;
 pub mod integrity;
+pub mod output;
 pub mod plan;
 pub mod registry;
 pub mod store;

@@ -456,15 +456,22 @@ mod tests {
         bar.set_position(10);
         bar.set_message("loss 0.5000");
         let lines = progress::plain_lines();
-        let mine: Vec<&String> = lines.iter().filter(|l| l.starts_with("train[N=7]")).collect();
+        let mine: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("train[N=7]"))
+            .collect();
         assert_eq!(mine.len(), 1, "{lines:?}");
         assert!(mine[0].contains("10/40 (25%) loss 0.5000"), "{}", mine[0]);
         bar.finish_and_clear();
-        assert!(!progress::plain_lines().iter().any(|l| l.starts_with("train[N=7]")));
+        assert!(!progress::plain_lines()
+            .iter()
+            .any(|l| l.starts_with("train[N=7]")));
         // Without a display, bars are not reported.
         let (bar, _) = with_ctx(None, |ctx| ctx.bar(40, "training"));
         bar.set_position(3);
-        assert!(!progress::plain_lines().iter().any(|l| l.starts_with("train[N=7]")));
+        assert!(!progress::plain_lines()
+            .iter()
+            .any(|l| l.starts_with("train[N=7]")));
     }
 
     #[test]
