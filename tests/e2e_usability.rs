@@ -243,3 +243,130 @@ fn completions_for_each_shell() {
     let o = run(dir.path(), &["completions", "tcsh"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A command stage counting the words of a file with `sh` (no Rust), a
+/// second one reading its output, and a table of its metric.
+const COMMAND: &str = r#"
+name = "cmd"
+
+[stages.count]
+kind = "command"
+inputs = { in1 = "words.txt", in2 = "count.sh" }
+params = { argv = ["sh", "{in2}", "{in1}", "{out}/count.txt"], env = { SCALE = "SCALE_VALUE" } }
+
+[stages.double]
+kind = "command"
+inputs = { in1 = "count/count.txt" }
+params = { argv = ["sh", "-c", "echo $(( $(cat \"$MRBM_IN_IN1\") * 2 )) > \"$MRBM_OUT/double.txt\""] }
+"#;
+
+const COUNT_SH: &str = r#"n=$(wc -w < "$1")
+echo "counting $1" >&2
+echo $((n * SCALE)) > "$2"
+echo "{\"words\": $((n * SCALE))}" > "$MRBM_OUT/metrics.json"
+"#;
+
+fn command_project(scale: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path().join("experiments");
+    std::fs::create_dir_all(&e).unwrap();
+    std::fs::write(
+        e.join("cmd.toml"),
+        COMMAND.replace("SCALE_VALUE", &scale.to_string()),
+    )
+    .unwrap();
+    std::fs::write(e.join("words.txt"), "a b c\n").unwrap();
+    std::fs::write(e.join("count.sh"), COUNT_SH).unwrap();
+    dir
+}
+
+/// (ran, cached) from the summary line.
+fn counts(o: &Output) -> (usize, usize) {
+    let out = stdout(o);
+    let line = out
+        .lines()
+        .find(|l| l.contains(" ran, ") && l.contains(" cached"))
+        .unwrap_or_else(|| panic!("no summary in:\n{out}{}", stderr(o)));
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
+
+fn entry_file(dir: &Path, stage: &str, file: &str) -> String {
+    let o = run(dir, &["show", stage]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let entry = out.lines().find_map(|l| l.strip_prefix("entry: ")).unwrap();
+    std::fs::read_to_string(Path::new(entry).join("out").join(file)).unwrap()
+}
+
+#[test]
+fn command_stage_runs_the_users_program_and_caches_it() {
+    let p = command_project(1);
+    let exp = "experiments/cmd.toml";
+    let first = run(p.path(), &["run", exp]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(counts(&first), (2, 0));
+    assert_eq!(entry_file(p.path(), "count", "count.txt").trim(), "3");
+    assert_eq!(entry_file(p.path(), "double", "double.txt").trim(), "6");
+    // Its metrics.json is the stage's metrics; its stderr is in the log.
+    let show = stdout(&run(p.path(), &["show", "count"]));
+    assert!(show.contains("\"words\": 3.0"), "{show}");
+    assert!(entry_file(p.path(), "count", "../log.txt").contains("stderr: counting "));
+
+    // Nothing changed: cached.
+    assert_eq!(counts(&run(p.path(), &["run", exp])), (0, 2));
+
+    // The input's content is in the key.
+    let words = p.path().join("experiments/words.txt");
+    std::fs::write(&words, "a b c d\n").unwrap();
+    let o = run(p.path(), &["run", exp]);
+    assert_eq!(counts(&o), (2, 0), "{}", stdout(&o));
+    assert_eq!(entry_file(p.path(), "double", "double.txt").trim(), "8");
+
+    // So is the script's (an input too).
+    let script = p.path().join("experiments/count.sh");
+    std::fs::write(&script, format!("{COUNT_SH}\n# edited\n")).unwrap();
+    let o = run(p.path(), &["run", exp]);
+    // count reruns; its output is the same, so double stays cached.
+    assert_eq!(counts(&o), (1, 1), "{}", stdout(&o));
+
+    // And env and argv are part of the key.
+    let toml = p.path().join("experiments/cmd.toml");
+    std::fs::write(&toml, COMMAND.replace("SCALE_VALUE", "10")).unwrap();
+    let o = run(p.path(), &["run", exp]);
+    assert_eq!(counts(&o), (2, 0), "{}", stdout(&o));
+    assert_eq!(entry_file(p.path(), "double", "double.txt").trim(), "80");
+}
+
+#[test]
+fn a_failing_command_fails_its_stage_with_the_end_of_its_stderr() {
+    let p = command_project(1);
+    std::fs::write(
+        p.path().join("experiments/count.sh"),
+        "echo 'first line' >&2\necho 'no such column: weight' >&2\nexit 3\n",
+    )
+    .unwrap();
+    let o = run(p.path(), &["run", "experiments/cmd.toml"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("`sh` exited with status 3"), "{err}");
+    assert!(err.contains("no such column: weight"), "{err}");
+    // The program not found: a user error.
+    std::fs::write(
+        p.path().join("experiments/cmd.toml"),
+        COMMAND.replace("\"sh\", \"{in2}\"", "\"mrbm-no-such-program\", \"{in2}\""),
+    )
+    .unwrap();
+    let o = run(p.path(), &["run", "experiments/cmd.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot start `mrbm-no-such-program`"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1,6 +1,7 @@
 //! The mrbm runner: pipeline schema, DAG expansion, content-hash cache,
 //! executor, tables, and the `mrbm` command line.
 pub mod collect;
+pub mod command;
 pub mod config;
 pub mod confine;
 pub mod dag;

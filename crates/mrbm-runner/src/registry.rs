@@ -20,6 +20,7 @@ impl Registry {
         all.extend(mrbm_eval::stages().into_iter().map(|s| ("mrbm-eval", s)));
         all.push(("mrbm-runner", Box::new(crate::table::TableStage)));
         all.push(("mrbm-runner", Box::new(crate::collect::CollectStage)));
+        all.push(("mrbm-runner", Box::new(crate::command::CommandStage)));
         let mut reg = Registry::from_stages(Vec::new());
         for (origin, s) in all {
             reg.origins.insert(s.kind(), origin);
