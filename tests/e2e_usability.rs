@@ -211,6 +211,8 @@ fn kinds_and_params_describe_the_stage_kinds() {
         );
     }
     assert!(out.contains("lr            = 0.03"), "{out}");
+    // Types and docs come from the parameter struct's doc comments.
+    assert!(out.contains("(f64)\n      Adam learning rate"), "{out}");
 
     // A parameter without a default is listed as required, with its values.
     let o = run(dir.path(), &["params", "dataset"]);

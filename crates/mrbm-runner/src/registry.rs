@@ -4,6 +4,16 @@ use std::collections::BTreeMap;
 
 use mrbm_stage::{JsonValue, Stage};
 
+include!(concat!(env!("OUT_DIR"), "/param_docs.rs"));
+
+/// The type and doc comment of a built-in kind's parameter.
+pub fn param_doc(kind: &str, param: &str) -> Option<(&'static str, &'static str)> {
+    PARAM_DOCS
+        .iter()
+        .find(|(k, p, _, _)| *k == kind && *p == param)
+        .map(|(_, _, t, d)| (*t, *d))
+}
+
 pub struct Registry {
     stages: BTreeMap<&'static str, Box<dyn Stage>>,
     /// The crate each kind comes from (`mrbm kinds`).
@@ -150,6 +160,9 @@ impl Registry {
                         format!(" ({t})")
                     }
                 ));
+                if let Some((_, doc)) = param_doc(kind, k).filter(|(_, d)| !d.is_empty()) {
+                    s.push_str(&format!("      {doc}\n"));
+                }
             }
         }
         match canon {
@@ -164,7 +177,16 @@ impl Registry {
                     s.push_str("parameters (default values):\n");
                     let w = defaults.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
                     for (k, v) in defaults {
-                        s.push_str(&format!("  {k:<w$} = {}\n", show_value(v)));
+                        s.push_str(&format!("  {k:<w$} = {}", show_value(v)));
+                        match param_doc(kind, k) {
+                            Some((ty, doc)) => {
+                                s.push_str(&format!("  ({ty})\n"));
+                                if !doc.is_empty() {
+                                    s.push_str(&format!("      {doc}\n"));
+                                }
+                            }
+                            None => s.push('\n'),
+                        }
                     }
                 }
             }
@@ -189,6 +211,7 @@ fn probe(stage: &dyn Stage, raw: &toml::Table, key: &str) -> Option<(toml::Value
         toml::Value::Float(1.0),
         toml::Value::String("x".into()),
         toml::Value::Boolean(true),
+        toml::Value::Array(vec![toml::Value::String("x".into())]),
         toml::Value::Array(vec![]),
         toml::Value::Table(toml::Table::new()),
     ];
