@@ -293,13 +293,19 @@ pub fn execute(
     let overall = opts.progress.as_ref().map(|m| {
         let b = m.add(indicatif::ProgressBar::new(n as u64));
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} {msg}",
-            )
+            indicatif::ProgressStyle::with_template(if mrbm_stage::progress::color_enabled() {
+                "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} ETA {eta} {msg}"
+            } else {
+                "{prefix} [{bar:30}] {pos}/{len} stages {elapsed_precise} ETA {eta} {msg}"
+            })
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
         b.set_prefix(dag.experiment.clone());
+        if !m.is_hidden() {
+            // The timer moves while a long stage runs, not only when one ends.
+            b.enable_steady_tick(std::time::Duration::from_secs(1));
+        }
         b
     });
     let serial_device = opts.device.is_accelerator();
@@ -592,8 +598,11 @@ fn run_node(
         Err(e) => return fail(e.to_string(), false, None),
     };
     let log_path = tmp.join("log.txt");
+    // Lines are echoed as they are logged (`-v`), and warnings on stderr
+    // when no terminal display shows them.
+    let echo_warnings = matches!(&opts.progress, Some(m) if m.is_hidden());
     let log_file: Box<dyn std::io::Write + Send> = match std::fs::File::create(&log_path) {
-        Ok(f) => Box::new(f),
+        Ok(f) => Box::new(crate::output::LogTee::new(f, &node.id, echo_warnings)),
         Err(e) => return fail(format!("{}: {e}", log_path.display()), false, None),
     };
     let log = Mutex::new(log_file);

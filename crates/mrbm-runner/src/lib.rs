@@ -1,6 +1,7 @@
 //! The mrbm runner: pipeline schema, DAG expansion, content-hash cache,
 //! executor, tables, and the `mrbm` command line.
 pub mod collect;
+pub mod command;
 pub mod config;
 pub mod confine;
 pub mod dag;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod exec;
 pub mod hashing;
 pub mod integrity;
+pub mod output;
 pub mod plan;
 pub mod registry;
 pub mod store;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mrbm_runner::config::{self, parse_set};
 use mrbm_runner::dag::{self, Dag, Overrides};
 use mrbm_runner::exec::{self, RunOptions, Status};
@@ -16,7 +16,7 @@ use mrbm_runner::plan;
 use mrbm_runner::registry::Registry;
 use mrbm_runner::store::Store;
 use mrbm_runner::table;
-use mrbm_runner::{device, RunnerError};
+use mrbm_runner::{device, output, RunnerError};
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +25,8 @@ use mrbm_runner::{device, RunnerError};
     about = "Declarative experiment pipelines for multinary RBMs: run, cache, compare."
 )]
 struct Cli {
-    /// More logging (-v info, -vv debug); RUST_LOG also works.
+    /// More output: -v echoes each stage's log lines (epochs, losses) as they
+    /// are logged, -vv adds debug details; RUST_LOG overrides both. Default: warnings only.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Cache directory (default: .mrbm/ at the project root, or MRBM_CACHE).
@@ -56,8 +57,9 @@ enum Command {
     Run {
         #[command(flatten)]
         select: Select,
-        /// Stages run at once (accelerator stages run one at a time).
-        #[arg(short, long)]
+        /// Stages run at once, at least 1 (accelerator stages run one at a
+        /// time). Default: the number of cores, at most 4.
+        #[arg(short, long, value_parser = parse_jobs)]
         jobs: Option<usize>,
         /// After a failure, finish the stages that do not depend on it.
         #[arg(short = 'k', long)]
@@ -65,9 +67,13 @@ enum Command {
         /// auto | cpu | wgpu | cuda[:INDEX] (overrides the experiment's `device`).
         #[arg(long)]
         device: Option<String>,
-        /// No progress bars.
+        /// No progress bars or progress lines.
         #[arg(long)]
         quiet: bool,
+        /// When stderr is not a terminal (piped, nohup, Slurm): print a line
+        /// per running stage every SECONDS (stage, step/total, loss, elapsed, ETA).
+        #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_interval)]
+        progress_interval: f64,
     },
     /// Show what `run` would do and why, without running anything.
     Plan {
@@ -108,6 +114,35 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// List the stage kinds with their inputs.
+    Kinds,
+    /// Print a stage kind's parameters with their default values.
+    Params {
+        /// A stage kind, e.g. `train` (see `mrbm kinds`).
+        kind: String,
+    },
+    /// Print a shell completion script: `mrbm completions bash > ~/.local/share/bash-completion/completions/mrbm`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `--jobs`: a count of at least one.
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (1 runs the stages one after another)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number of stages")),
+    }
+}
+
+/// `--progress-interval`: seconds, more than zero.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() && x < 1e9 => Ok(x),
+        _ => Err(format!("`{s}` is not a number of seconds above 0")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -127,16 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| match cli.verbose {
-        0 => "warn".into(),
-        1 => "info".into(),
-        _ => "debug".into(),
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    output::init_tracing(cli.verbose);
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -184,6 +210,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             keep_going,
             device: dev_flag,
             quiet,
+            progress_interval,
         } => {
             let t0 = Instant::now();
             let (dag, file_device) = build_dag(select, &reg)?;
@@ -218,8 +245,22 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             let threads = std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1);
-            let show_bars = !quiet && std::io::stderr().is_terminal();
-            let progress = show_bars.then(indicatif::MultiProgress::new);
+            // On a terminal: bars. Otherwise the bars are kept hidden and a
+            // line per running stage is printed every --progress-interval.
+            let progress = if *quiet {
+                None
+            } else if std::io::stderr().is_terminal() {
+                let m = indicatif::MultiProgress::new();
+                output::set_display(&m);
+                Some(m)
+            } else {
+                Some(indicatif::MultiProgress::with_draw_target(
+                    indicatif::ProgressDrawTarget::hidden(),
+                ))
+            };
+            let _ticker = progress.as_ref().filter(|m| m.is_hidden()).map(|_| {
+                output::Ticker::start(std::time::Duration::from_secs_f64(*progress_interval))
+            });
             let opts = RunOptions {
                 jobs: jobs.unwrap_or(threads.min(4)),
                 keep_going: *keep_going,
@@ -228,6 +269,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 progress,
             };
             let results = exec::execute(&dag, &reg, &store, &memo, &opts, &cancel);
+            drop(_ticker);
             let (entries, bytes, took) = mrbm_runner::integrity::stats();
             tracing::info!(
                 "integrity: checked {entries} cached entries ({:.1} MB) against their manifests in {:.1} ms",
@@ -333,12 +375,41 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(if bad > 0 { 1 } else { 0 })
         }
         Command::Devices { check } => device::print_devices(*check),
+        Command::Kinds => {
+            print!("{}", reg.describe_kinds());
+            Ok(0)
+        }
+        Command::Params { kind } => match reg.describe_params(kind) {
+            Some(text) => {
+                print!("{text}");
+                Ok(0)
+            }
+            None => {
+                let help = match mrbm_stage::nearest(kind, reg.kinds()) {
+                    Some(n) => format!("did you mean `{n}`? "),
+                    None => String::new(),
+                };
+                Err(RunnerError::Usage(format!(
+                    "no stage kind `{kind}`\n  help: {help}the kinds: {} (see `mrbm kinds`)",
+                    reg.kinds().collect::<Vec<_>>().join(", ")
+                )))
+            }
+        },
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "mrbm", &mut std::io::stdout());
+            Ok(0)
+        }
     }
 }
 
 fn rel(p: &Path, root: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
+
+/// The summary fits in this many columns (stage ids are shortened).
+const SUMMARY_WIDTH: usize = 100;
+/// Warnings listed per stage in the summary; the rest are in its log.
+const WARNINGS_SHOWN: usize = 5;
 
 fn print_summary(
     dag: &Dag,
@@ -347,27 +418,7 @@ fn print_summary(
     total: f64,
     device: mrbm_stage::Device,
 ) {
-    let mut rows = vec![vec![
-        "stage".to_string(),
-        "status".into(),
-        "seconds".into(),
-        "log".into(),
-    ]];
-    for (node, r) in dag.nodes.iter().zip(results) {
-        let log = r
-            .log
-            .as_ref()
-            .map(|l| rel(l, &dag.project_root))
-            .unwrap_or_default();
-        rows.push(vec![
-            node.id.clone(),
-            r.status.word().into(),
-            format!("{:.2}", r.seconds),
-            log,
-        ]);
-    }
-    println!();
-    print!("{}", table::render_aligned(&rows));
+    print!("{}", summary_table(dag, results));
     let count = |f: &dyn Fn(&Status) -> bool| results.iter().filter(|r| f(&r.status)).count();
     println!(
         "{} ran, {} cached, {} failed, {} skipped in {total:.2}s on {device} (cache {})",
@@ -377,6 +428,7 @@ fn print_summary(
         count(&|s| matches!(s, Status::Skipped { .. } | Status::Cancelled)),
         store.root.display()
     );
+    print!("{}", summary_warnings(dag, results));
     for (node, r) in dag.nodes.iter().zip(results) {
         if let Status::Failed { message, .. } = &r.status {
             eprintln!("\nerror: {} failed: {message}", node.id);
@@ -385,6 +437,97 @@ fn print_summary(
             }
         }
     }
+}
+
+/// Stage, status, seconds and a short key (`mrbm show KEY` gives the
+/// entry's paths), within SUMMARY_WIDTH columns.
+fn summary_table(dag: &Dag, results: &[exec::NodeResult]) -> String {
+    let key_w = 12;
+    let secs: Vec<String> = results
+        .iter()
+        .map(|r| format!("{:.2}", r.seconds))
+        .collect();
+    let secs_w = secs.iter().map(String::len).max().unwrap_or(0).max(7);
+    // stage  status(9)  seconds  key
+    let id_w = SUMMARY_WIDTH
+        .saturating_sub(2 + 9 + 2 + secs_w + 2 + key_w)
+        .max(10);
+    let mut rows = vec![vec![
+        "stage".to_string(),
+        "status".into(),
+        "seconds".into(),
+        "key".into(),
+    ]];
+    for ((node, r), sec) in dag.nodes.iter().zip(results).zip(secs) {
+        let key = r
+            .key
+            .as_deref()
+            .map(|k| k.chars().take(key_w).collect())
+            .unwrap_or_else(|| "-".into());
+        rows.push(vec![
+            shorten(&node.id, id_w),
+            r.status.word().into(),
+            sec,
+            key,
+        ]);
+    }
+    format!("\n{}", table::render_aligned(&rows))
+}
+
+/// `s` cut to `w` characters, the middle replaced by `..`.
+fn shorten(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        return s.to_string();
+    }
+    let head = (w - 2) / 2;
+    let tail = w - 2 - head;
+    let chars: Vec<char> = s.chars().collect();
+    format!(
+        "{}..{}",
+        chars[..head].iter().collect::<String>(),
+        chars[n - tail..].iter().collect::<String>()
+    )
+}
+
+/// The warnings in the logs of the stages of this run, per stage.
+fn summary_warnings(dag: &Dag, results: &[exec::NodeResult]) -> String {
+    let mut s = String::new();
+    for (node, r) in dag.nodes.iter().zip(results) {
+        let Some(text) = r.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()) else {
+            continue;
+        };
+        let w = output::warnings_in_log(&text);
+        if w.is_empty() {
+            continue;
+        }
+        if s.is_empty() {
+            s.push_str("\nwarnings:\n");
+        }
+        s.push_str(&format!(
+            "  {}{}:\n",
+            node.id,
+            if r.status == Status::Cached {
+                " (cached)"
+            } else {
+                ""
+            }
+        ));
+        for line in w.iter().take(WARNINGS_SHOWN) {
+            s.push_str(&format!("    {line}\n"));
+        }
+        if w.len() > WARNINGS_SHOWN {
+            s.push_str(&format!(
+                "    and {} more in its log (mrbm show {})\n",
+                w.len() - WARNINGS_SHOWN,
+                r.key
+                    .as_deref()
+                    .map(|k| &k[..k.len().min(12)])
+                    .unwrap_or(&node.id)
+            ));
+        }
+    }
+    s
 }
 
 fn render_dag_text(dag: &Dag) -> String {

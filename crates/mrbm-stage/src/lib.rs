@@ -21,6 +21,8 @@ use serde::Serialize;
 
 pub use serde_json::Value as JsonValue;
 
+pub mod progress;
+
 /// Where tensor work runs. Chosen once by the runner and recorded in each
 /// manifest; never part of a stage key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -211,21 +213,52 @@ impl<'a> StageContext<'a> {
     }
 
     /// A progress bar under the runner's display (hidden when there is none).
+    ///
+    /// On a terminal it is drawn with the others; when the runner's display
+    /// is hidden (no terminal) it is registered in [`progress`] and the
+    /// runner prints it as a plain line every `--progress-interval`.
     pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
         let bar = match self.progress {
+            Some(m) if m.is_hidden() => {
+                // Not added to the hidden display: it keeps its own clock
+                // and state, which the runner reads.
+                let b = indicatif::ProgressBar::with_draw_target(
+                    Some(len),
+                    indicatif::ProgressDrawTarget::hidden(),
+                );
+                progress::register(&b);
+                b
+            }
             Some(m) => m.add(indicatif::ProgressBar::new(len)),
             None => indicatif::ProgressBar::hidden(),
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:.bold} {msg} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}",
-            )
+            indicatif::ProgressStyle::with_template(progress::bar_template(
+                progress::color_enabled(),
+            ))
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
         bar.set_prefix(self.stage_id.to_string());
         bar.set_message(what.to_string());
         bar
+    }
+
+    /// Record a warning (a model that did not converge, dead units, data
+    /// skipped): it goes to the log as `warning: ...`, is printed above the
+    /// progress bars (or by the runner when there is no terminal), and the
+    /// end-of-run summary lists it under the stage.
+    pub fn warn(&self, message: impl AsRef<str>) {
+        let message = message.as_ref();
+        self.log(format!("{WARNING_PREFIX}{message}"));
+        match self.progress {
+            // The runner echoes the log's warning lines itself.
+            Some(m) if m.is_hidden() => {}
+            Some(m) => {
+                let _ = m.println(format!("warning: {}: {message}", self.stage_id));
+            }
+            None => eprintln!("warning: {}: {message}", self.stage_id),
+        }
     }
 
     /// Append a line to this stage's log file (kept in the cache entry).
@@ -238,6 +271,9 @@ impl<'a> StageContext<'a> {
 
 use std::io::Write as _;
 
+/// How a warning line starts in a stage's log (see [`StageContext::warn`]).
+pub const WARNING_PREFIX: &str = "warning: ";
+
 /// A stage kind.
 pub trait Stage: Send + Sync {
     /// The `kind = "..."` name in pipeline files.
@@ -245,6 +281,11 @@ pub trait Stage: Send + Sync {
     /// Bump whenever the outputs for the same parameters and inputs change.
     fn version(&self) -> u32;
     fn inputs(&self) -> &'static [InputSlot];
+    /// One line saying what the kind does, for `mrbm kinds` (empty: the
+    /// runner has its own line for the built-in kinds).
+    fn about(&self) -> &'static str {
+        ""
+    }
     /// Validate the raw TOML parameters and return their canonical form:
     /// defaults filled in, so that writing a default explicitly changes no key.
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError>;
@@ -370,6 +411,74 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
         let _ = std::fs::remove_dir_all(&d);
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    fn with_ctx<R>(
+        progress: Option<&indicatif::MultiProgress>,
+        f: impl FnOnce(&StageContext) -> R,
+    ) -> (R, String) {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(buf.clone()));
+        let params = JsonValue::Null;
+        let inputs = BTreeMap::new();
+        let cancel = AtomicBool::new(false);
+        let ctx = StageContext {
+            stage_id: "train[N=7]",
+            params: &params,
+            inputs: &inputs,
+            out_dir: Path::new("."),
+            device: Device::Cpu,
+            threads: 1,
+            progress,
+            cancel: &cancel,
+            log: &log,
+        };
+        let r = f(&ctx);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (r, text)
+    }
+
+    #[test]
+    fn bars_under_a_hidden_display_give_plain_progress_lines() {
+        let m = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let (bar, _) = with_ctx(Some(&m), |ctx| ctx.bar(40, "training"));
+        bar.set_position(10);
+        bar.set_message("loss 0.5000");
+        let lines = progress::plain_lines();
+        let mine: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("train[N=7]"))
+            .collect();
+        assert_eq!(mine.len(), 1, "{lines:?}");
+        assert!(mine[0].contains("10/40 (25%) loss 0.5000"), "{}", mine[0]);
+        bar.finish_and_clear();
+        assert!(!progress::plain_lines()
+            .iter()
+            .any(|l| l.starts_with("train[N=7]")));
+        // Without a display, bars are not reported.
+        let (bar, _) = with_ctx(None, |ctx| ctx.bar(40, "training"));
+        bar.set_position(3);
+        assert!(!progress::plain_lines()
+            .iter()
+            .any(|l| l.starts_with("train[N=7]")));
+    }
+
+    #[test]
+    fn warn_goes_to_the_log_with_the_warning_prefix() {
+        let m = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let (_, log) = with_ctx(Some(&m), |ctx| ctx.warn("max_iter reached"));
+        assert_eq!(log, "warning: max_iter reached\n");
     }
 
     #[test]
