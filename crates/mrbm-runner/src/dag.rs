@@ -550,6 +550,7 @@ pub fn build(
                     }
                 }
             }
+            let before_sets = params.clone();
             for (s, p, v) in &ov.sets {
                 if s == name {
                     set_param(&mut params, p, v.clone());
@@ -573,12 +574,27 @@ pub fn build(
             check_finite(exp, src, name, &id, &params, &combo, &axes, &ov.sets)?;
             let canon = stage.params(&params).map_err(|e| {
                 // A bad --set value is the command line's fault.
-                if let Some((_, p, v)) = ov.sets.iter().find(|(s, p, _)| {
-                    s == name
-                        && e.key
-                            .as_deref()
-                            .is_some_and(|k| p.split('.').next() == k.split('.').next())
-                }) {
+                // (it is when the parameters without --set are fine).
+                let mine: Vec<&(String, String, toml::Value)> =
+                    ov.sets.iter().filter(|(s, _, _)| s == name).collect();
+                let culprit = if !mine.is_empty() && stage.params(&before_sets).is_ok() {
+                    mine.iter()
+                        .find(|(_, p, _)| {
+                            e.key
+                                .as_deref()
+                                .is_some_and(|k| p.split('.').next() == k.split('.').next())
+                        })
+                        .or_else(|| {
+                            mine.iter().find(|(_, _, v)| {
+                                v.is_array() || v.as_str().is_some_and(|t| t.contains(','))
+                            })
+                        })
+                        .or(mine.first())
+                        .copied()
+                } else {
+                    None
+                };
+                if let Some((_, p, v)) = culprit {
                     let several = match v {
                         toml::Value::Array(a) => Some(
                             a.iter()
@@ -769,6 +785,18 @@ pub fn build(
             }
         }
         if !unnamed.is_empty() && t.aggregate.is_none() {
+            let from_cli: String = ov
+                .sweeps
+                .iter()
+                .map(|(s, p, _)| format!("{s}.{p}"))
+                .filter(|target| {
+                    axes.iter().any(|a| {
+                        a.path.as_deref() == Some(target.as_str())
+                            && unnamed.contains(&a.name.as_str())
+                    })
+                })
+                .map(|target| format!("; `{target}` is swept by --sweep {target}"))
+                .collect();
             let list = unnamed
                 .iter()
                 .map(|a| format!("`{a}`"))
@@ -781,8 +809,9 @@ pub fn build(
                     t.name
                 ),
                 Some(format!(
-                    "name {} as `rows` or `columns`, or say how to combine them: aggregate = \"mean\" (or \"min\", \"max\")",
-                    if unnamed.len() == 1 { "it" } else { "them" }
+                    "name {} as `rows` or `columns`, or say how to combine them: aggregate = \"mean\" (or \"min\", \"max\"){}",
+                    if unnamed.len() == 1 { "it" } else { "them" },
+                    from_cli
                 )),
             ));
         }
