@@ -571,7 +571,7 @@ pub fn build(
                         .join(",")
                 )
             };
-            check_finite(exp, src, name, &id, &params, &combo, &axes, &ov.sets)?;
+            check_finite(exp, src, name, &id, &params, &combo, &axes, ov)?;
             let canon = stage.params(&params).map_err(|e| {
                 // A bad --set value is the command line's fault.
                 // (it is when the parameters without --set are fine).
@@ -1094,8 +1094,9 @@ fn check_finite(
     params: &toml::Table,
     combo: &[(usize, usize)],
     axes: &[Axis],
-    sets: &[(String, String, toml::Value)],
+    ov: &Overrides,
 ) -> Result<(), RunnerError> {
+    let sets = &ov.sets;
     fn bad(v: &toml::Value) -> Option<String> {
         match v {
             toml::Value::Float(f) if !f.is_finite() => Some(f.to_string()),
@@ -1124,6 +1125,16 @@ fn check_finite(
                 .iter()
                 .any(|(s, p, v)| s == stage && top(p) && bad(v).is_some())
             {
+                if let Some((s, p, _)) = ov
+                    .sweeps
+                    .iter()
+                    .find(|(s, p, _)| a.path.as_deref() == Some(format!("{s}.{p}").as_str()))
+                {
+                    return Err(RunnerError::Usage(format!(
+                        "--sweep {s}.{p}: sweep axis `{}`: {msg}",
+                        a.name
+                    )));
+                }
                 return Err(exp.source.locate(
                     exp.source.span_of(&["sweep", &a.name]).or_else(|| {
                         a.path

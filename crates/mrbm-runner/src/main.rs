@@ -217,7 +217,12 @@ fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
         .unwrap_or_else(|| project_root.join(".mrbm"))
 }
 
-fn build_dag(select: &Select, reg: &Registry) -> Result<(Dag, Option<String>), RunnerError> {
+/// The DAG, the experiment's `device` and the profile in effect (--profile
+/// or the experiment's default_profile).
+fn build_dag(
+    select: &Select,
+    reg: &Registry,
+) -> Result<(Dag, Option<String>, Option<String>), RunnerError> {
     if !select.file.is_file() {
         return Err(RunnerError::Usage(format!(
             "{}: no such file",
@@ -243,7 +248,8 @@ fn build_dag(select: &Select, reg: &Registry) -> Result<(Dag, Option<String>), R
         data_root: select.data_root.clone(),
     };
     let device = exp.file.device.clone();
-    Ok((dag::build(&exp, reg, &ov)?, device))
+    let profile = ov.profile.clone().or(exp.file.default_profile.clone());
+    Ok((dag::build(&exp, reg, &ov)?, device, profile))
 }
 
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
@@ -258,7 +264,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             progress_interval,
         } => {
             let t0 = Instant::now();
-            let (dag, file_device) = build_dag(select, &reg)?;
+            let (dag, file_device, profile) = build_dag(select, &reg)?;
             let spec = dev_flag
                 .clone()
                 .or(file_device)
@@ -328,7 +334,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 &results,
                 &history::Request {
                     file: select.file.clone(),
-                    profile: select.profile.clone(),
+                    profile,
                     sets: select.set.clone(),
                     sweeps: select.sweep.clone(),
                     device: device.to_string(),
@@ -372,7 +378,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             }
         }
         Command::Plan { select } => {
-            let (dag, _) = build_dag(select, &reg)?;
+            let (dag, _, _) = build_dag(select, &reg)?;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
             let lines = plan::plan(&dag, &store, &memo)?;
@@ -381,7 +387,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Dag { select, dot } => {
-            let (dag, _) = build_dag(select, &reg)?;
+            let (dag, _, _) = build_dag(select, &reg)?;
             print!(
                 "{}",
                 if *dot {
