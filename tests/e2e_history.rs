@@ -243,6 +243,16 @@ fn sweep_from_the_command_line_adds_or_replaces_an_axis() {
     let e = stderr(&o);
     assert!(e.contains("`env.S`") && e.contains("aggregate"), "{e}");
     assert!(e.contains("--sweep calc.env.S"), "{e}");
+    // An axis of one value leaves one cell per row: no ambiguity.
+    ok(&run(
+        d,
+        &[
+            "plan",
+            "experiments/calc.toml",
+            "--sweep",
+            "calc.env.S=\"1\"",
+        ],
+    ));
     // Unknown stage.
     let o = run(
         d,

@@ -771,12 +771,13 @@ pub fn build(
                 ));
             }
         }
-        // Axes that reach the stage but that the table does not name: their
-        // cells would share a row and column.
+        // Axes of several values that reach the stage but that the table
+        // does not name: their cells would share a row and column.
         let mut unnamed: Vec<&str> = Vec::new();
         for a in &axes {
             let named = Some(&a.name) == rows.as_ref() || Some(&a.name) == columns.as_ref();
             if !named
+                && a.values.len() > 1
                 && nodes
                     .iter()
                     .any(|n| &n.stage == stage && n.cell.iter().any(|(x, _)| x == &a.name))
