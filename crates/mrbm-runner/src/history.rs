@@ -65,9 +65,12 @@ pub struct CellRun {
     pub column: Option<String>,
     pub stage: String,
     pub key: Option<String>,
-    /// NaN is written as null.
+    /// Every metric of the stage; NaN is written as null.
     #[serde(deserialize_with = "metrics_with_nan")]
     pub metrics: BTreeMap<String, f64>,
+    /// The metrics the table shows (the key metrics of `mrbm runs`).
+    #[serde(default)]
+    pub shown: Vec<String>,
 }
 
 fn metrics_with_nan<'de, D: serde::Deserializer<'de>>(
@@ -183,6 +186,7 @@ pub fn record(dag: &Dag, results: &[NodeResult], req: &Request) -> Run {
                     .filter(|_| r.status.ok())
                     .map(|m| m.metrics.clone())
                     .unwrap_or_default(),
+                shown: tp.metrics.clone(),
             });
         }
     }
@@ -311,12 +315,15 @@ pub fn params_of(run: &Run) -> BTreeMap<String, String> {
     m
 }
 
-/// Metrics of a run: `table/row[/column] metric` -> value.
-pub fn metrics_of(run: &Run) -> BTreeMap<String, f64> {
+/// Metrics of a run: `table/row[/column] metric` -> value; those the
+/// tables show, or all of their stages' metrics.
+pub fn metrics_of(run: &Run, all: bool) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     for c in &run.cells {
         for (k, v) in &c.metrics {
-            m.insert(format!("{} {k}", c.label()), *v);
+            if all || c.shown.is_empty() || c.shown.contains(k) {
+                m.insert(format!("{} {k}", c.label()), *v);
+            }
         }
     }
     m
@@ -365,7 +372,7 @@ pub const MAX_METRIC_COLUMNS: usize = 8;
 /// metrics (at most MAX_METRIC_COLUMNS).
 pub fn list_rows(runs: &[&Run]) -> (Vec<Vec<String>>, usize) {
     let params: Vec<BTreeMap<String, String>> = runs.iter().map(|r| params_of(r)).collect();
-    let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| metrics_of(r)).collect();
+    let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| metrics_of(r, false)).collect();
     let pkeys = union_keys(params.iter());
     let mkeys = union_keys(metrics.iter());
     let hidden = mkeys.len().saturating_sub(MAX_METRIC_COLUMNS);
@@ -401,8 +408,9 @@ pub fn list_rows(runs: &[&Run]) -> (Vec<Vec<String>>, usize) {
 
 /// `mrbm compare`: one row per field, parameter and metric, one column
 /// per run, then `diff`: for numbers, the last run minus the first; for
-/// the rest, `*` where the runs differ.
-pub fn compare_rows(runs: &[&Run]) -> Vec<Vec<String>> {
+/// the rest, `*` where the runs differ. `all`: every metric of the tables'
+/// stages, not only those the tables show.
+pub fn compare_rows(runs: &[&Run], all: bool) -> Vec<Vec<String>> {
     let mut header = vec!["".to_string()];
     header.extend(runs.iter().map(|r| r.id.clone()));
     header.push("diff".into());
@@ -435,7 +443,7 @@ pub fn compare_rows(runs: &[&Run]) -> Vec<Vec<String>> {
                 .collect(),
         );
     }
-    let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| metrics_of(r)).collect();
+    let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| metrics_of(r, all)).collect();
     for k in union_keys(metrics.iter()) {
         let vals: Vec<Option<f64>> = metrics.iter().map(|m| m.get(&k).copied()).collect();
         let mut line = vec![k.clone()];
@@ -499,7 +507,8 @@ mod tests {
                 row: "all".into(),
                 stage: "svm".into(),
                 key: Some(key.into()),
-                metrics: [("err".to_string(), v)].into(),
+                metrics: [("err".to_string(), v), ("n".to_string(), 9.0)].into(),
+                shown: vec!["err".into()],
                 ..Default::default()
             }],
             ..Default::default()
@@ -522,7 +531,7 @@ mod tests {
     fn compare_shows_parameters_metrics_and_differences() {
         let a = run("a1", 1, "q", &["train.epochs=10"], 0.25, "k1");
         let b = run("b2", 2, "q", &["train.epochs=30"], 0.125, "k2");
-        let rows = compare_rows(&[&a, &b]);
+        let rows = compare_rows(&[&a, &b], false);
         let row = |name: &str| rows.iter().find(|r| r[0] == name).unwrap().clone();
         assert_eq!(row("train.epochs"), vec!["train.epochs", "10", "30", "*"]);
         assert_eq!(
@@ -530,6 +539,11 @@ mod tests {
             vec!["t/all err", "0.25", "0.125", "-0.125"]
         );
         assert_eq!(row("experiment")[3], "");
+        // Only the metrics the table shows, unless all are asked for.
+        assert!(!rows.iter().any(|r| r[0] == "t/all n"));
+        assert!(compare_rows(&[&a, &b], true)
+            .iter()
+            .any(|r| r[0] == "t/all n"));
         let csv = to_csv(&rows);
         assert!(
             csv.lines().next().unwrap().starts_with(",a1,b2,diff"),

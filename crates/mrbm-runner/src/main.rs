@@ -125,6 +125,9 @@ enum Command {
         /// CSV instead of an aligned table.
         #[arg(long)]
         csv: bool,
+        /// Every metric of the tables' stages, not only those the tables show.
+        #[arg(long)]
+        all_metrics: bool,
     },
     /// Delete cache entries that no experiment under experiments/ references
     /// and that neither the last runs of an experiment nor a pinned run used.
@@ -411,7 +414,11 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             unpin.as_deref(),
             *csv,
         ),
-        Command::Compare { runs: ids, csv } => compare(&cli, ids, *csv),
+        Command::Compare {
+            runs: ids,
+            csv,
+            all_metrics,
+        } => compare(&cli, ids, *csv, *all_metrics),
         Command::Gc {
             dry_run,
             keep_runs,
@@ -775,14 +782,14 @@ fn runs(
     Ok(0)
 }
 
-fn compare(cli: &Cli, ids: &[String], csv: bool) -> Result<u8, RunnerError> {
+fn compare(cli: &Cli, ids: &[String], csv: bool, all: bool) -> Result<u8, RunnerError> {
     let store = existing_cache(cli)?;
     let all = history::load_all(&store.root);
     let picked = ids
         .iter()
         .map(|p| history::find(&all, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let rows = history::compare_rows(&picked);
+    let rows = history::compare_rows(&picked, all);
     if csv {
         print!("{}", history::to_csv(&rows));
     } else {
