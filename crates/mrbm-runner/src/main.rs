@@ -782,14 +782,14 @@ fn runs(
     Ok(0)
 }
 
-fn compare(cli: &Cli, ids: &[String], csv: bool, all: bool) -> Result<u8, RunnerError> {
+fn compare(cli: &Cli, ids: &[String], csv: bool, all_metrics: bool) -> Result<u8, RunnerError> {
     let store = existing_cache(cli)?;
     let all = history::load_all(&store.root);
     let picked = ids
         .iter()
         .map(|p| history::find(&all, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let rows = history::compare_rows(&picked, all);
+    let rows = history::compare_rows(&picked, all_metrics);
     if csv {
         print!("{}", history::to_csv(&rows));
     } else {
