@@ -522,9 +522,15 @@ pub fn build(
     let mut nodes: Vec<Node> = Vec::new();
     // A --set on a swept parameter would give every cell the same value
     // while the tables still label the cells by the axis.
-    if !ov.force_override {
-        for (stage, param, v) in &ov.sets {
-            if let Some(a) = axes.iter().find(|a| axis_sets(a, stage, param)) {
+    for (stage, param, v) in &ov.sets {
+        if let Some(a) = axes.iter().find(|a| axis_sets(a, stage, param)) {
+            if ov.force_override {
+                tracing::warn!(
+                    "--set {stage}.{param}={v} --force-override: every cell of the sweep axis `{}` gets this value, but ids and tables still label the cells by `{}`",
+                    a.name,
+                    a.name
+                );
+            } else {
                 let labels: Vec<&str> = a.values.iter().map(|(l, _)| l.as_str()).collect();
                 return Err(RunnerError::Usage(format!(
                     "--set {stage}.{param}={v}: `{stage}.{param}` is swept by the axis `{}` (values {})\n  help: to run other values use --sweep {stage}.{param}=V1,V2,... (it replaces the axis's values); to set it in every cell anyway add --force-override",
