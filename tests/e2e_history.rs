@@ -285,7 +285,7 @@ fn set_on_a_swept_parameter_needs_force_override() {
         e.contains("--force-override") && e.contains("--sweep"),
         "{e}"
     );
-    ok(&run(
+    let o = run(
         d,
         &[
             "plan",
@@ -294,7 +294,10 @@ fn set_on_a_swept_parameter_needs_force_override() {
             "calc.env.K=\"9\"",
             "--force-override",
         ],
-    ));
+    );
+    ok(&o);
+    let e = stderr(&o);
+    assert!(e.contains("still label the cells by `K`"), "{e}");
 }
 
 #[test]
