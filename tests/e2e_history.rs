@@ -422,3 +422,33 @@ fn git_commit_and_dirty_flag_are_recorded() {
     let r = record(d, &run_id(d, &[]));
     assert_eq!(r["git_dirty"], true);
 }
+
+#[test]
+fn variant_axes_are_neither_swept_over_nor_set_from_the_command_line() {
+    let p = project(ROWS_K);
+    let d = p.path();
+    let f = d.join("experiments/calc.toml");
+    let text = std::fs::read_to_string(&f).unwrap().replace(
+        "[sweep]\n",
+        "[sweep.V.a]\n\"other.env.X\" = \"a\"\n\n[sweep.V.b]\n\"other.env.X\" = \"b\"\n\n[sweep]\n",
+    );
+    std::fs::write(&f, text).unwrap();
+    ok(&run(d, &["plan", "experiments/calc.toml"]));
+    let o = run(
+        d,
+        &[
+            "plan",
+            "experiments/calc.toml",
+            "--sweep",
+            "other.env.X=c,d",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("axis `V`"), "{}", stderr(&o));
+    let o = run(
+        d,
+        &["plan", "experiments/calc.toml", "--set", "other.env=\"c\""],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("axis `V`"), "{}", stderr(&o));
+}
