@@ -184,13 +184,21 @@ fn run_caches_and_plan_names_the_changed_parameter() {
     std::fs::remove_file(p.root().join("experiments/renamed.toml")).unwrap();
     let c2 = p.run(&["run", "experiments/tiny.toml", "--set", "svm.C=2"]);
     assert_eq!(counts(&c2), (3, TINY_STAGES - 3), "{}", text(&c2));
+    // The last runs' entries are kept by default (issue 18); --keep-runs 0
+    // collects by experiments/ alone.
     let dry = p.run(&["gc", "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("would remove 0 entries"),
+        "{}",
+        text(&dry)
+    );
+    let dry = p.run(&["gc", "--dry-run", "--keep-runs", "0"]);
     assert!(
         String::from_utf8_lossy(&dry.stdout).contains("would remove 3 entries"),
         "{}",
         text(&dry)
     );
-    let gc = p.run(&["gc"]);
+    let gc = p.run(&["gc", "--keep-runs", "0"]);
     assert!(gc.status.success(), "{}", text(&gc));
     let plan = p.run(&["plan", "experiments/tiny.toml"]);
     assert!(

@@ -137,7 +137,9 @@ fn gc_refuses_when_an_experiment_does_not_load() {
         "{t}"
     );
     assert_eq!(entries(p.path()), 2);
-    let o = run_in(p.path(), &["gc", "--force"]);
+    // --keep-runs 0: collect by experiments/ alone (by default the last
+    // runs' entries are kept too).
+    let o = run_in(p.path(), &["gc", "--force", "--keep-runs", "0"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(entries(p.path()), 1);
 }
@@ -205,7 +207,7 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
         ),
     )
     .unwrap();
-    let o = run_in(p.path(), &["gc"]);
+    let o = run_in(p.path(), &["gc", "--keep-runs", "0"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("in use"), "{}", text(&o));
     assert_eq!(entries(p.path()), 1);
@@ -217,7 +219,7 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
     assert_eq!(unsafe { libc::flock(guard.as_raw_fd(), libc::LOCK_SH) }, 0);
     let mut gc = mrbm()
         .current_dir(p.path())
-        .args(["gc"])
+        .args(["gc", "--keep-runs", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -75,6 +75,10 @@ pub struct TableDecl {
     /// `[tables.extra.baseline] stage = "svm_pixels", metric = "test_error"`.
     #[serde(default)]
     pub extra: BTreeMap<String, ExtraColumnDecl>,
+    /// How to combine the cells of sweep axes named neither by `rows` nor
+    /// by `columns`: "mean", "min" or "max". Without it such axes are an error.
+    #[serde(default)]
+    pub aggregate: Option<Spanned<String>>,
     /// Decimal places in the terminal and CSV.
     #[serde(default = "default_precision")]
     pub precision: usize,
@@ -373,6 +377,44 @@ pub fn parse_set(arg: &str) -> Result<(String, String, toml::Value), RunnerError
     ))
 }
 
+/// Parse a `--sweep STAGE.PARAM=V1,V2,...` axis. The values are TOML
+/// (`10,30`, `0.1,0.01`, `"a","b"`); bare words become strings.
+pub fn parse_sweep(arg: &str) -> Result<(String, String, Vec<toml::Value>), RunnerError> {
+    let usage = |why: &str| {
+        RunnerError::Usage(format!(
+            "--sweep `{arg}`: {why}, e.g. --sweep train.epochs=10,30"
+        ))
+    };
+    let (lhs, rhs) = arg
+        .split_once('=')
+        .ok_or_else(|| usage("expected STAGE.PARAM=V1,V2,..."))?;
+    let (stage, param) = lhs
+        .trim()
+        .split_once('.')
+        .ok_or_else(|| usage("expected STAGE.PARAM=V1,V2,..."))?;
+    if stage.is_empty() || param.is_empty() {
+        return Err(usage("expected STAGE.PARAM=V1,V2,..."));
+    }
+    let rhs = rhs.trim();
+    // `[10,30]` is accepted too.
+    let inner = rhs
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(rhs);
+    let values = match toml::from_str::<toml::Table>(&format!("v = [{inner}]")) {
+        Ok(mut t) => match t.remove("v") {
+            Some(toml::Value::Array(a)) => a,
+            _ => vec![],
+        },
+        // Not a TOML list (e.g. bare words): split at commas.
+        Err(_) => inner.split(',').map(|v| parse_value(v.trim())).collect(),
+    };
+    if values.is_empty() {
+        return Err(usage("no values"));
+    }
+    Ok((stage.to_string(), param.to_string(), values))
+}
+
 /// A TOML value from a command-line string; a bare word becomes a string.
 pub fn parse_value(text: &str) -> toml::Value {
     let doc = format!("v = {text}");
@@ -433,5 +475,25 @@ mod tests {
             toml::Value::String("backprop".into())
         );
         assert!(parse_set("nodot=1").is_err());
+    }
+
+    #[test]
+    fn sweep_values_are_typed_lists() {
+        let (s, p, v) = parse_sweep("train.epochs=10,30").unwrap();
+        assert_eq!((s.as_str(), p.as_str()), ("train", "epochs"));
+        assert_eq!(v, vec![toml::Value::Integer(10), toml::Value::Integer(30)]);
+        assert_eq!(
+            parse_sweep("train.lr=[0.1, 0.01]").unwrap().2,
+            vec![toml::Value::Float(0.1), toml::Value::Float(0.01)]
+        );
+        assert_eq!(
+            parse_sweep("svm.kernel=linear,rbf").unwrap().2,
+            vec![
+                toml::Value::String("linear".into()),
+                toml::Value::String("rbf".into())
+            ]
+        );
+        assert!(parse_sweep("train.epochs=").is_err());
+        assert!(parse_sweep("epochs=1,2").is_err());
     }
 }

@@ -78,6 +78,11 @@ pub struct Dag {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub sets: Vec<(String, String, toml::Value)>,
+    /// `--sweep STAGE.PARAM=V1,V2`: a new axis, or new values for the axis
+    /// that already sweeps STAGE.PARAM.
+    pub sweeps: Vec<(String, String, Vec<toml::Value>)>,
+    /// Let a --set change a parameter that a sweep axis sets.
+    pub force_override: bool,
     pub profile: Option<String>,
     pub data_root: Option<PathBuf>,
 }
@@ -276,6 +281,44 @@ pub fn build(
             )))
             }
         }
+    }
+    // Axes from --sweep.
+    for (stage, param, values) in &ov.sweeps {
+        let target = format!("{stage}.{param}");
+        check_stage_name(&names, stage, || {
+            let help = mrbm_stage::nearest(stage, names.iter().copied())
+                .map(|n| format!("; did you mean `{n}.{param}`?"));
+            RunnerError::Usage(format!(
+                "--sweep {target}: there is no stage `{stage}` in {}{}",
+                exp.source.path.display(),
+                help.unwrap_or_default()
+            ))
+        })?;
+        let vals: Vec<(String, Vec<(String, String, toml::Value)>)> = values
+            .iter()
+            .map(|v| (label_of(v), vec![(stage.clone(), param.clone(), v.clone())]))
+            .collect();
+        if let Some(a) = axes.iter_mut().find(|a| a.path.as_deref() == Some(&target)) {
+            a.values = vals;
+            continue;
+        }
+        if let Some(a) = axes.iter().find(|a| axis_sets(a, stage, param)) {
+            return Err(RunnerError::Usage(format!(
+                "--sweep {target}: the sweep axis `{}` of {} already sets `{target}` together with other parameters\n  help: choose that axis's variants in the file, or remove it",
+                a.name,
+                exp.source.path.display()
+            )));
+        }
+        let name = if axes.iter().any(|a| &a.name == param) {
+            target.clone()
+        } else {
+            param.clone()
+        };
+        axes.push(Axis {
+            name,
+            path: Some(target),
+            values: vals,
+        });
     }
     let mut seen = BTreeSet::new();
     for a in &axes {
@@ -477,6 +520,26 @@ pub fn build(
     // 6. Expand into nodes, in topological order.
     let project_root = project_root_for(&exp.source.path);
     let mut nodes: Vec<Node> = Vec::new();
+    // A --set on a swept parameter would give every cell the same value
+    // while the tables still label the cells by the axis.
+    for (stage, param, v) in &ov.sets {
+        if let Some(a) = axes.iter().find(|a| axis_sets(a, stage, param)) {
+            if ov.force_override {
+                tracing::warn!(
+                    "--set {stage}.{param}={v} --force-override: every cell of the sweep axis `{}` gets this value, but ids and tables still label the cells by `{}`",
+                    a.name,
+                    a.name
+                );
+            } else {
+                let labels: Vec<&str> = a.values.iter().map(|(l, _)| l.as_str()).collect();
+                return Err(RunnerError::Usage(format!(
+                    "--set {stage}.{param}={v}: `{stage}.{param}` is swept by the axis `{}` (values {})\n  help: to run other values use --sweep {stage}.{param}=V1,V2,... (it replaces the axis's values); to set it in every cell anyway add --force-override",
+                    a.name,
+                    labels.join(", ")
+                )));
+            }
+        }
+    }
     let mut by_cell: HashMap<(String, Vec<(String, String)>), usize> = HashMap::new();
     for n in &order {
         let name = graph[*n];
@@ -493,6 +556,7 @@ pub fn build(
                     }
                 }
             }
+            let before_sets = params.clone();
             for (s, p, v) in &ov.sets {
                 if s == name {
                     set_param(&mut params, p, v.clone());
@@ -513,8 +577,50 @@ pub fn build(
                         .join(",")
                 )
             };
-            check_finite(exp, src, name, &id, &params, &combo, &axes, &ov.sets)?;
+            check_finite(exp, src, name, &id, &params, &combo, &axes, ov)?;
             let canon = stage.params(&params).map_err(|e| {
+                // A bad --set value is the command line's fault.
+                // (it is when the parameters without --set are fine).
+                let mine: Vec<&(String, String, toml::Value)> =
+                    ov.sets.iter().filter(|(s, _, _)| s == name).collect();
+                let culprit = if !mine.is_empty() && stage.params(&before_sets).is_ok() {
+                    mine.iter()
+                        .find(|(_, p, _)| {
+                            e.key
+                                .as_deref()
+                                .is_some_and(|k| p.split('.').next() == k.split('.').next())
+                        })
+                        .or_else(|| {
+                            mine.iter().find(|(_, _, v)| {
+                                v.is_array() || v.as_str().is_some_and(|t| t.contains(','))
+                            })
+                        })
+                        .or(mine.first())
+                        .copied()
+                } else {
+                    None
+                };
+                if let Some((_, p, v)) = culprit {
+                    let several = match v {
+                        toml::Value::Array(a) => Some(
+                            a.iter()
+                                .map(label_of)
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ),
+                        toml::Value::String(t) if t.contains(',') => Some(t.clone()),
+                        _ => None,
+                    };
+                    return RunnerError::Usage(format!(
+                        "--set {name}.{p}={v}: stage `{id}` ({}): {}{}",
+                        decl.kind.get_ref(),
+                        e.message,
+                        match several {
+                            Some(list) => format!("\n  help: --set gives one value; to run several, sweep them: --sweep {name}.{p}={list}"),
+                            None => String::new(),
+                        }
+                    ));
+                }
                 let mut path = vec!["stages", name, "params"];
                 if let Some(k) = &e.key {
                     path.push(k.as_str());
@@ -658,6 +764,64 @@ pub fn build(
         };
         let rows = find_axis(&t.rows)?;
         let columns = find_axis(&t.columns)?;
+        if let Some(how) = &t.aggregate {
+            if !crate::table::AGGREGATES.contains(&how.get_ref().as_str()) {
+                return Err(tsrc.locate(
+                    Some(how.span()),
+                    format!(
+                        "table `{}`: aggregate = \"{}\" is not known",
+                        t.name,
+                        how.get_ref()
+                    ),
+                    Some(format!("one of: {}", crate::table::AGGREGATES.join(", "))),
+                ));
+            }
+        }
+        // Axes of several values that reach the stage but that the table
+        // does not name: their cells would share a row and column.
+        let mut unnamed: Vec<&str> = Vec::new();
+        for a in &axes {
+            let named = Some(&a.name) == rows.as_ref() || Some(&a.name) == columns.as_ref();
+            if !named
+                && a.values.len() > 1
+                && nodes
+                    .iter()
+                    .any(|n| &n.stage == stage && n.cell.iter().any(|(x, _)| x == &a.name))
+            {
+                unnamed.push(a.name.as_str());
+            }
+        }
+        if !unnamed.is_empty() && t.aggregate.is_none() {
+            let from_cli: String = ov
+                .sweeps
+                .iter()
+                .map(|(s, p, _)| format!("{s}.{p}"))
+                .filter(|target| {
+                    axes.iter().any(|a| {
+                        a.path.as_deref() == Some(target.as_str())
+                            && unnamed.contains(&a.name.as_str())
+                    })
+                })
+                .map(|target| format!("; `{target}` is swept by --sweep {target}"))
+                .collect();
+            let list = unnamed
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(tsrc.locate(
+                tspan(),
+                format!(
+                    "table `{}`: stage `{stage}` is swept over {list}, which the table names neither as `rows` nor as `columns`; each of its cells would hold several results",
+                    t.name
+                ),
+                Some(format!(
+                    "name {} as `rows` or `columns`, or say how to combine them: aggregate = \"mean\" (or \"min\", \"max\"){}",
+                    if unnamed.len() == 1 { "it" } else { "them" },
+                    from_cli
+                )),
+            ));
+        }
         let mut cells = Vec::new();
         let mut inputs = Vec::new();
         let mut deps = Vec::new();
@@ -756,6 +920,7 @@ pub fn build(
             reference,
             precision: t.precision,
             extra,
+            aggregate: t.aggregate.as_ref().map(|a| a.get_ref().clone()),
         };
         let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
         let id = format!("table:{}", t.name);
@@ -855,6 +1020,18 @@ fn resolve_target(
     }
 }
 
+/// Does an axis set STAGE.PARAM (or a part of it, or a table holding it)?
+fn axis_sets(a: &Axis, stage: &str, param: &str) -> bool {
+    a.values.iter().any(|(_, assigns)| {
+        assigns.iter().any(|(s, p, _)| {
+            s == stage
+                && (p == param
+                    || param.starts_with(&format!("{p}."))
+                    || p.starts_with(&format!("{param}.")))
+        })
+    })
+}
+
 fn axis_order(axes: &[Axis], axis: &Option<String>) -> Vec<String> {
     axis.as_ref()
         .and_then(|a| axes.iter().find(|x| &x.name == a))
@@ -924,8 +1101,9 @@ fn check_finite(
     params: &toml::Table,
     combo: &[(usize, usize)],
     axes: &[Axis],
-    sets: &[(String, String, toml::Value)],
+    ov: &Overrides,
 ) -> Result<(), RunnerError> {
+    let sets = &ov.sets;
     fn bad(v: &toml::Value) -> Option<String> {
         match v {
             toml::Value::Float(f) if !f.is_finite() => Some(f.to_string()),
@@ -954,6 +1132,16 @@ fn check_finite(
                 .iter()
                 .any(|(s, p, v)| s == stage && top(p) && bad(v).is_some())
             {
+                if let Some((s, p, _)) = ov
+                    .sweeps
+                    .iter()
+                    .find(|(s, p, _)| a.path.as_deref() == Some(format!("{s}.{p}").as_str()))
+                {
+                    return Err(RunnerError::Usage(format!(
+                        "--sweep {s}.{p}: sweep axis `{}`: {msg}",
+                        a.name
+                    )));
+                }
                 return Err(exp.source.locate(
                     exp.source.span_of(&["sweep", &a.name]).or_else(|| {
                         a.path

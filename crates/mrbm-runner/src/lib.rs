@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod exec;
 pub mod hashing;
+pub mod history;
 pub mod integrity;
 pub mod output;
 pub mod plan;

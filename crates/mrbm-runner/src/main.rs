@@ -12,6 +12,7 @@ use mrbm_runner::config::{self, parse_set};
 use mrbm_runner::dag::{self, Dag, Overrides};
 use mrbm_runner::exec::{self, RunOptions, Status};
 use mrbm_runner::hashing::Memo;
+use mrbm_runner::history;
 use mrbm_runner::plan;
 use mrbm_runner::registry::Registry;
 use mrbm_runner::store::Store;
@@ -43,6 +44,16 @@ struct Select {
     /// Override a parameter: STAGE.PARAM=VALUE (repeatable).
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     set: Vec<String>,
+    /// Sweep a parameter over several values (repeatable; values are TOML,
+    /// comma-separated): --sweep train.epochs=10,30. Each adds an axis named
+    /// after the parameter, or replaces the values of the experiment's axis
+    /// that already sweeps it.
+    #[arg(long = "sweep", value_name = "STAGE.PARAM=V1,V2,...")]
+    sweep: Vec<String>,
+    /// Let --set change a parameter that a sweep axis sets (in every cell,
+    /// although the table still labels the cells by the axis).
+    #[arg(long)]
+    force_override: bool,
     /// A named profile of the experiment (e.g. scaled, full).
     #[arg(long)]
     profile: Option<String>,
@@ -92,10 +103,40 @@ enum Command {
         /// A stage id such as `train[N=255]`, a stage name, or a key (prefix).
         what: String,
     },
-    /// Delete cache entries that no experiment under experiments/ references.
+    /// List recorded runs (newest last): id, time, changed parameters, metrics.
+    Runs {
+        /// Only the runs of this experiment (its name or file).
+        experiment: Option<String>,
+        /// Keep this run's cache entries through `mrbm gc` (an id or unique prefix).
+        #[arg(long, value_name = "RUN", conflicts_with = "unpin")]
+        pin: Option<String>,
+        /// Let `mrbm gc` collect this run's entries again.
+        #[arg(long, value_name = "RUN")]
+        unpin: Option<String>,
+        /// CSV instead of an aligned table.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Show runs' parameters and metrics side by side, with their differences.
+    Compare {
+        /// Two or more run ids (or unique prefixes), from `mrbm runs`.
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<String>,
+        /// CSV instead of an aligned table.
+        #[arg(long)]
+        csv: bool,
+        /// Every metric of the tables' stages, not only those the tables show.
+        #[arg(long)]
+        all_metrics: bool,
+    },
+    /// Delete cache entries that no experiment under experiments/ references
+    /// and that neither the last runs of an experiment nor a pinned run used.
     Gc {
         #[arg(long)]
         dry_run: bool,
+        /// Keep the entries of the last K runs of each experiment.
+        #[arg(long, value_name = "K", default_value = "5")]
+        keep_runs: usize,
         /// Project root holding experiments/ (default: the current directory).
         #[arg(long)]
         project: Option<PathBuf>,
@@ -179,7 +220,12 @@ fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
         .unwrap_or_else(|| project_root.join(".mrbm"))
 }
 
-fn build_dag(select: &Select, reg: &Registry) -> Result<(Dag, Option<String>), RunnerError> {
+/// The DAG, the experiment's `device` and the profile in effect (--profile
+/// or the experiment's default_profile).
+fn build_dag(
+    select: &Select,
+    reg: &Registry,
+) -> Result<(Dag, Option<String>, Option<String>), RunnerError> {
     if !select.file.is_file() {
         return Err(RunnerError::Usage(format!(
             "{}: no such file",
@@ -192,13 +238,21 @@ fn build_dag(select: &Select, reg: &Registry) -> Result<(Dag, Option<String>), R
         .iter()
         .map(|s| parse_set(s))
         .collect::<Result<Vec<_>, _>>()?;
+    let sweeps = select
+        .sweep
+        .iter()
+        .map(|s| config::parse_sweep(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let ov = Overrides {
         sets,
+        sweeps,
+        force_override: select.force_override,
         profile: select.profile.clone(),
         data_root: select.data_root.clone(),
     };
     let device = exp.file.device.clone();
-    Ok((dag::build(&exp, reg, &ov)?, device))
+    let profile = ov.profile.clone().or(exp.file.default_profile.clone());
+    Ok((dag::build(&exp, reg, &ov)?, device, profile))
 }
 
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
@@ -213,7 +267,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             progress_interval,
         } => {
             let t0 = Instant::now();
-            let (dag, file_device) = build_dag(select, &reg)?;
+            let (dag, file_device, profile) = build_dag(select, &reg)?;
             let spec = dev_flag
                 .clone()
                 .or(file_device)
@@ -278,6 +332,18 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             );
             memo.save()?;
             exec::save_record(&store, &dag, &results)?;
+            let run = history::record(
+                &dag,
+                &results,
+                &history::Request {
+                    file: select.file.clone(),
+                    profile,
+                    sets: select.set.clone(),
+                    sweeps: select.sweep.clone(),
+                    device: device.to_string(),
+                },
+            );
+            history::save(&store, &run)?;
             // Tables, printed aligned.
             for (node, r) in dag.nodes.iter().zip(&results) {
                 if node.kind == "table" && r.status.ok() {
@@ -294,6 +360,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 }
             }
             print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), device);
+            println!("recorded as run {} (mrbm runs, mrbm compare)", run.id);
             if cancel.load(Ordering::Relaxed) {
                 return Err(RunnerError::Interrupted);
             }
@@ -314,7 +381,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             }
         }
         Command::Plan { select } => {
-            let (dag, _) = build_dag(select, &reg)?;
+            let (dag, _, _) = build_dag(select, &reg)?;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
             let lines = plan::plan(&dag, &store, &memo)?;
@@ -323,7 +390,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Dag { select, dot } => {
-            let (dag, _) = build_dag(select, &reg)?;
+            let (dag, _, _) = build_dag(select, &reg)?;
             print!(
                 "{}",
                 if *dot {
@@ -335,8 +402,26 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Show { what } => show(&cli, what),
+        Command::Runs {
+            experiment,
+            pin,
+            unpin,
+            csv,
+        } => runs(
+            &cli,
+            experiment.as_deref(),
+            pin.as_deref(),
+            unpin.as_deref(),
+            *csv,
+        ),
+        Command::Compare {
+            runs: ids,
+            csv,
+            all_metrics,
+        } => compare(&cli, ids, *csv, *all_metrics),
         Command::Gc {
             dry_run,
+            keep_runs,
             project,
             data_root,
             force,
@@ -344,6 +429,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             &cli,
             &reg,
             *dry_run,
+            *keep_runs,
             project.clone(),
             data_root.clone(),
             *force,
@@ -633,10 +719,90 @@ fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
     Ok(0)
 }
 
+/// The cache `runs`, `compare` and `show` read: --cache, MRBM_CACHE or ./.mrbm.
+fn existing_cache(cli: &Cli) -> Result<Store, RunnerError> {
+    let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
+    if !root.is_dir() {
+        return Err(RunnerError::Usage(format!(
+            "no cache at {} (run from the project root, or use --cache DIR)",
+            root.display()
+        )));
+    }
+    Store::open(&root)
+}
+
+fn runs(
+    cli: &Cli,
+    experiment: Option<&str>,
+    pin: Option<&str>,
+    unpin: Option<&str>,
+    csv: bool,
+) -> Result<u8, RunnerError> {
+    let store = existing_cache(cli)?;
+    if let Some(p) = pin.or(unpin) {
+        let run = history::set_pin(&store, p, pin.is_some())?;
+        println!(
+            "{} run {} ({}, {})",
+            if pin.is_some() { "pinned" } else { "unpinned" },
+            run.id,
+            run.experiment,
+            run.time
+        );
+        return Ok(0);
+    }
+    let all = history::load_all(&store.root);
+    let list: Vec<&history::Run> = all
+        .iter()
+        .filter(|r| experiment.is_none_or(|e| history::matches(r, e)))
+        .collect();
+    if list.is_empty() {
+        return Err(RunnerError::Usage(match experiment {
+            Some(e) => format!(
+                "no recorded run of `{e}` in {} (experiments with runs: {})",
+                store.root.display(),
+                all.iter()
+                    .map(|r| r.experiment.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => format!("no recorded runs in {}", store.root.display()),
+        }));
+    }
+    let (rows, hidden) = history::list_rows(&list);
+    if csv {
+        print!("{}", history::to_csv(&rows));
+    } else {
+        print!("{}", table::render_aligned(&rows));
+        if hidden > 0 {
+            println!("({hidden} more metrics: mrbm compare RUN RUN)");
+        }
+    }
+    Ok(0)
+}
+
+fn compare(cli: &Cli, ids: &[String], csv: bool, all_metrics: bool) -> Result<u8, RunnerError> {
+    let store = existing_cache(cli)?;
+    let all = history::load_all(&store.root);
+    let picked = ids
+        .iter()
+        .map(|p| history::find(&all, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = history::compare_rows(&picked, all_metrics);
+    if csv {
+        print!("{}", history::to_csv(&rows));
+    } else {
+        print!("{}", table::render_aligned(&rows));
+    }
+    Ok(0)
+}
+
 fn gc(
     cli: &Cli,
     reg: &Registry,
     dry_run: bool,
+    keep_runs: usize,
     project: Option<PathBuf>,
     data_root: Option<PathBuf>,
     force: bool,
@@ -679,9 +845,9 @@ fn gc(
         profiles.extend(exp.file.profiles.keys().cloned().map(Some));
         for p in profiles {
             let ov = Overrides {
-                sets: vec![],
                 profile: p.clone(),
                 data_root: data_root.clone(),
+                ..Default::default()
             };
             match dag::build(&exp, reg, &ov) {
                 Ok(dag) => {
@@ -713,6 +879,10 @@ fn gc(
         }
         eprintln!("warning: --force: collecting although these do not load:\n{list}");
     }
+    // The entries of the last runs of each experiment and of pinned runs.
+    let from_runs = history::kept_keys(&history::load_all(&store.root), keep_runs);
+    let by_runs = from_runs.difference(&keep).count();
+    keep.extend(from_runs);
     let stale = if dry_run { 0 } else { store.clean_stale() };
     let mut removed = 0u64;
     let mut bytes = 0u64;
@@ -754,7 +924,7 @@ fn gc(
         }
     }
     println!(
-        "{} {removed} entries ({:.1} MB); kept {}{}; {stale} stale files cleaned",
+        "{} {removed} entries ({:.1} MB); kept {} ({by_runs} only for the last {keep_runs} runs or pinned runs){}; {stale} stale files cleaned",
         if dry_run { "would remove" } else { "removed" },
         bytes as f64 / 1e6,
         keep.len(),

@@ -8,6 +8,7 @@
 //! CACHE/locks/KEY.lock              "pid host time" of the process computing KEY
 //! CACHE/quarantine/                 entries that `mrbm verify` found corrupt
 //! CACHE/runs/EXPERIMENT.json        the last run's keys and params, for `plan`
+//! CACHE/history/RUN.json            every run: arguments, commit, device, keys, metrics (history.rs)
 //! CACHE/memo.json                   (path, size, mtime) -> hash of external files
 //! ```
 //!

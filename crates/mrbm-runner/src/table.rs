@@ -44,6 +44,29 @@ pub struct TableParams {
     /// sweep's columns. Absent from the key when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra: Vec<ExtraCell>,
+    /// How the cells that share a row and column (those of sweep axes the
+    /// table names neither as rows nor as columns) are combined: mean, min
+    /// or max. Absent from the key when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<String>,
+}
+
+/// The values `aggregate` takes.
+pub const AGGREGATES: [&str; 3] = ["mean", "min", "max"];
+
+/// Combine the values of several cells; None when there are none.
+pub fn aggregate(how: &str, values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    if values.iter().any(|v| v.is_nan()) {
+        return Some(f64::NAN);
+    }
+    Some(match how {
+        "min" => values.iter().copied().fold(f64::INFINITY, f64::min),
+        "max" => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        _ => values.iter().sum::<f64>() / values.len() as f64,
+    })
 }
 
 /// One value of a computed extra column.
@@ -191,18 +214,40 @@ pub fn build_grid(
     for r in rows {
         let mut line = vec![r.clone()];
         for (v, m, _) in &cols {
-            let cell = p
+            let mut matching = p
                 .cells
                 .iter()
-                .find(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
-            let text = cell
-                .and_then(|c| metrics_of(&c.slot))
-                .map(|ms| {
-                    ms.get(m)
-                        .map(|x| fmt_value(*x, p.precision))
-                        .unwrap_or_else(|| format!("no metric {m}"))
-                })
-                .unwrap_or_else(|| MISSING.to_string());
+                .filter(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
+            let text = match &p.aggregate {
+                None => matching
+                    .next()
+                    .and_then(|c| metrics_of(&c.slot))
+                    .map(|ms| {
+                        ms.get(m)
+                            .map(|x| fmt_value(*x, p.precision))
+                            .unwrap_or_else(|| format!("no metric {m}"))
+                    })
+                    .unwrap_or_else(|| MISSING.to_string()),
+                // Every cell must be there: a mean over the cells that
+                // happened to succeed would read as the mean over all.
+                Some(how) => {
+                    let all: Option<Vec<Option<f64>>> = matching
+                        .map(|c| metrics_of(&c.slot).map(|ms| ms.get(m).copied()))
+                        .collect();
+                    match all {
+                        None => MISSING.to_string(),
+                        Some(vals) if vals.iter().any(Option::is_none) => {
+                            format!("no metric {m}")
+                        }
+                        Some(vals) => {
+                            let vals: Vec<f64> = vals.into_iter().flatten().collect();
+                            aggregate(how, &vals)
+                                .map(|x| fmt_value(x, p.precision))
+                                .unwrap_or_else(|| MISSING.to_string())
+                        }
+                    }
+                }
+            };
             line.push(text);
         }
         for (h, m) in &extra_headers {
@@ -321,6 +366,7 @@ mod tests {
                 metric: "test_error".into(),
                 row: "mnist".into(),
             }],
+            aggregate: None,
         };
         let g = build_grid(&p, |slot| {
             (slot == "a" || slot == "b" || slot == "x").then(|| {
@@ -342,6 +388,55 @@ mod tests {
         assert_eq!(g[2], vec!["cifar", MISSING, MISSING, MISSING, ""]);
         let text = render_aligned(&g);
         assert!(text.lines().nth(2).unwrap().starts_with("mnist "));
+    }
+
+    #[test]
+    fn aggregate_combines_the_cells_of_unnamed_axes() {
+        let cell = |slot: &str, row: &str| TableCell {
+            slot: slot.into(),
+            id: String::new(),
+            row: row.into(),
+            column: None,
+        };
+        let mut p = TableParams {
+            name: "t".into(),
+            metrics: vec!["err".into()],
+            rows: Some("N".into()),
+            columns: None,
+            row_order: vec!["1".into(), "2".into()],
+            column_order: vec![],
+            // Two seeds per row.
+            cells: vec![
+                cell("a", "1"),
+                cell("b", "1"),
+                cell("c", "2"),
+                cell("d", "2"),
+            ],
+            reference: BTreeMap::new(),
+            precision: 2,
+            extra: vec![],
+            aggregate: Some("mean".into()),
+        };
+        let metrics = |slot: &str| {
+            let v = match slot {
+                "a" => 1.0,
+                "b" => 2.0,
+                "c" => 4.0,
+                _ => return None,
+            };
+            Some(BTreeMap::from([("err".to_string(), v)]))
+        };
+        let g = build_grid(&p, metrics);
+        assert_eq!(g[1], vec!["1", "1.50"]);
+        // One seed of N=2 failed: no mean over the rest.
+        assert_eq!(g[2], vec!["2", MISSING]);
+        p.aggregate = Some("max".into());
+        assert_eq!(build_grid(&p, metrics)[1], vec!["1", "2.00"]);
+        p.aggregate = Some("min".into());
+        assert_eq!(build_grid(&p, metrics)[1], vec!["1", "1.00"]);
+        // Without aggregate the key of an existing table is unchanged.
+        p.aggregate = None;
+        assert!(serde_json::to_value(&p).unwrap().get("aggregate").is_none());
     }
 
     #[test]
@@ -370,6 +465,7 @@ mod tests {
             reference: BTreeMap::new(),
             precision: 2,
             extra: vec![],
+            aggregate: None,
         };
         let prov = provenance(&p, |slot| {
             (slot == "a").then(|| Manifest {
