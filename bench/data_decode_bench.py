@@ -6,7 +6,7 @@ one run. Prints each figure and the ratio mrbm / best other.
 
     pip install -r bench/data_requirements.txt
     cargo build --release -p mrbm-data --example data_bench
-    python3 bench/data_decode_bench.py --dir /work/shared/data/celeba-sample \
+    python3 bench/data_decode_bench.py --dir ../shared/data/celeba-sample \
         --threads 2 --repeat 100 --rounds 3
 
     # with libjpeg-turbo's SIMD code (needs nasm), a second build:
@@ -86,7 +86,7 @@ def bench_torchvision(files, args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", default=os.environ.get("MRBM_SHARED_DATA", "/work/shared/data") + "/celeba-sample")
+    ap.add_argument("--dir", default=os.path.join(os.environ.get("MRBM_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")), "celeba-sample"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--crop", type=int, default=140)

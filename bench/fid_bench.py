@@ -6,9 +6,9 @@ Both use seeded random weights (same network; the speed does not depend on
 the values) and random RGB images of the given size (CelebA's 218x178 by
 default), resized to 299x299 inside the network as pytorch-fid does.
 
-    /work/venv/bin/pip install -r tools/requirements-eval.txt
+    tools/reference-env.sh tools/requirements-eval.txt   # makes .venv/
     cargo build --release -p mrbm-eval --example fid_bench --example frechet_bench
-    /work/venv/bin/python bench/fid_bench.py [--n 20 --batch 10 --threads 2]
+    .venv/bin/python bench/fid_bench.py [--n 20 --batch 10 --threads 2]
 """
 import argparse
 import json

@@ -5,7 +5,7 @@ Two jobs, one data set (MNIST t10k, 8,000 train / 2,000 test split by
 numpy.random.default_rng(0).permutation, pixels / 255):
 
   --rules   CD-1 and PCD on a dense binary RBM 784-500 with the
-            hyper-parameters of experiments/rbm_algorithms.toml (SGD lr 0.05,
+            hyper-parameters of experiments/rbm_algorithms.toml (SGD lr 0.005,
             batch 100, momentum 0.5 then 0.9 after 5 epochs, L2 2e-4, 20
             epochs, init N(0, 0.01^2)), then the AIS test log-likelihood
             (14,500 betas spaced as Salakhutdinov & Murray, 100 runs,
@@ -64,7 +64,7 @@ def softplus(z):
     return np.logaddexp(0.0, z)
 
 
-def train(x, rule, epochs=20, lr=0.05, batch=100, wd=2e-4, seed=1):
+def train(x, rule, epochs=20, lr=0.005, batch=100, wd=2e-4, seed=1):
     rng = np.random.default_rng(seed)
     d, h = x.shape[1], 500
     w = rng.normal(0, 0.01, (d, h)).astype(np.float32)
@@ -143,7 +143,7 @@ def rules(args):
     xtr, _, xte, _ = load(data_dir(args.data))
     btr, bte = (xtr >= 0.5).astype(np.float64), (xte >= 0.5).astype(np.float64)
     for rule in ["cd1", "pcd"]:
-        w, a, b, per_epoch = train(xtr, rule, epochs=args.epochs)
+        w, a, b, per_epoch = train(xtr, rule, epochs=args.epochs, lr=args.lr)
         t0 = time.perf_counter()
         lz = ais_log_z(w, a, b, btr, betas=args.betas)
         print(
@@ -151,6 +151,7 @@ def rules(args):
                 {
                     "impl": "numpy",
                     "rule": rule,
+                    "lr": args.lr,
                     "seconds_per_epoch": float(np.median(per_epoch)),
                     "train_seconds": float(np.sum(per_epoch)),
                     "log_z": float(lz),
@@ -194,6 +195,7 @@ if __name__ == "__main__":
     p.add_argument("--rules", action="store_true")
     p.add_argument("--baseline", action="store_true")
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--betas", type=int, default=14500)
     args = p.parse_args()
     if not (args.rules or args.baseline):

@@ -7,9 +7,9 @@ Data sets:
   dense: 10000 x 500 dense features (8000/2000), 10 classes, Gaussian class
          means plus noise (the shape of RBM features), seeded.
 
-    /work/venv/bin/pip install -r tools/requirements-eval.txt
+    tools/reference-env.sh tools/requirements-eval.txt   # makes .venv/
     cargo build --release -p mrbm-eval --example svm_bench
-    MRBM_SHARED_DATA=/work/shared/data /work/venv/bin/python bench/svm_bench.py [--threads 1,2]
+    MRBM_SHARED_DATA=../shared/data .venv/bin/python bench/svm_bench.py [--threads 1,2]
 """
 import argparse
 import json

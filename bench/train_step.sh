@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
 BATCH=${BATCH:-128}
 STEPS=${STEPS:-5}
-PYTHON=${PYTHON:-$( [ -x /work/venv/bin/python ] && echo /work/venv/bin/python || echo python3 )}
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 cargo build --release -q -p mrbm-core --example train_step
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/train_step
 export OMP_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS

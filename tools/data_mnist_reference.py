@@ -6,9 +6,10 @@ reader) and prints the figures that tests/real_data.rs records:
 shape, first labels, label counts, the total pixel sum, per-class pixel sums
 and the pixel sums of a few chosen images.
 
-    python3 tools/data_mnist_reference.py /work/shared/data/mnist
+    python3 tools/data_mnist_reference.py ../shared/data/mnist
 """
 import gzip
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def idx(path):
 
 
 def main():
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/mnist")
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("MRBM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "mnist")
     x = idx(root / "t10k-images-idx3-ubyte.gz")
     y = idx(root / "t10k-labels-idx1-ubyte.gz")
     print("shape", x.shape, "labels", y.shape)

@@ -13,10 +13,11 @@ mrbm-data documents. Pillow's resize without reducing_gap is its exact
 antialiased convolution (support scaled by the reduction factor).
 
     pip install -r tools/data_requirements.txt
-    python3 tools/data_pillow_fixtures.py /work/shared/data/celeba-sample \
+    python3 tools/data_pillow_fixtures.py ../shared/data/celeba-sample \
         crates/mrbm-data/tests/fixtures
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def centre_crop(im, side):
 
 
 def main():
-    src = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/celeba-sample")
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(os.environ.get("MRBM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "celeba-sample")
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "crates/mrbm-data/tests/fixtures")
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(src.glob("*.jpg"))

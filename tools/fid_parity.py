@@ -12,7 +12,7 @@ Writes crates/mrbm-eval/tests/fixtures/fid_parity.safetensors:
     calculate_frechet_distance on them.
 No image data is stored.
 
-    MRBM_SHARED_DATA=/work/shared/data /work/venv/bin/python tools/fid_parity.py
+    MRBM_SHARED_DATA=../shared/data .venv/bin/python tools/fid_parity.py
 """
 import os
 import sys
@@ -42,7 +42,7 @@ def feats(model, x):
 
 def main():
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
-    shared = os.environ.get("MRBM_SHARED_DATA", "/work/shared/data")
+    shared = os.environ.get("MRBM_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
     model, _ = fid_common.build_pytorch_fid(seed=WEIGHTS_SEED)
     imgs = []
     for i in range(1, 5):

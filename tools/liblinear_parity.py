@@ -8,8 +8,8 @@ objective (LIBLINEAR's printed "Objective value", one-vs-rest in its class
 order), iteration counts, and a checksum of the split so the Rust test can
 prove it reproduced the same rows. No data goes into the fixture.
 
-    python -m venv /work/venv && /work/venv/bin/pip install -r tools/requirements-eval.txt
-    MRBM_SHARED_DATA=/work/shared/data /work/venv/bin/python tools/liblinear_parity.py
+    tools/reference-env.sh tools/requirements-eval.txt   # makes .venv/
+    MRBM_SHARED_DATA=../shared/data .venv/bin/python tools/liblinear_parity.py
 """
 import json
 import os

@@ -13,9 +13,9 @@ N = 1 and N = 255:
   * records sums of the features so the Rust test proves it reproduced them.
 Everything goes to crates/mrbm-eval/tests/fixtures/liblinear_quickstart.json.
 
-    /work/venv/bin/pip install -r tools/requirements-eval.txt
+    tools/reference-env.sh tools/requirements-eval.txt   # makes .venv/
     cargo build --release -p mrbm-runner
-    MRBM=target/release/mrbm /work/venv/bin/python tools/liblinear_quickstart.py
+    MRBM=target/release/mrbm .venv/bin/python tools/liblinear_quickstart.py
 """
 import glob
 import json

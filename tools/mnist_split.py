@@ -49,7 +49,7 @@ def read_idx(path):
 
 
 def mnist_t10k(shared=None):
-    shared = shared or os.environ.get("MRBM_SHARED_DATA", "/work/shared/data")
+    shared = shared or os.environ.get("MRBM_SHARED_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
     d = os.path.join(shared, "mnist")
     images = read_idx(os.path.join(d, "t10k-images-idx3-ubyte.gz")).reshape(-1, 784)
     labels = read_idx(os.path.join(d, "t10k-labels-idx1-ubyte.gz")).astype(np.int64)

@@ -61,9 +61,13 @@ t1=$(date +%s.%N)
 wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }')
 
 quote() { printf '%s' "$1" | sed 's/"/\\"/g'; }
+# No path of this machine in results/: the repository root becomes ".", and
+# a binary outside it (e.g. in a CARGO_TARGET_DIR elsewhere) becomes
+# "$CARGO_TARGET_DIR/..." (the part under its target folder).
+portable() { printf '%s' "$1" | sed -e "s|$root/||g" -e "s|$root|.|g" -e 's%/[^ ]*/\(release\|debug\)/%$CARGO_TARGET_DIR/\1/%g'; }
 printf 'date=%s commit=%s tree=%s profile="%s" device="CPU %s, %s cores, load %s%s; mrbm devices: %s" version="%s" wall_s=%s exit=%s command="%s"\n' \
     "$start" "$commit" "$tree" "$(quote "$profile")" "$(quote "$cpu")" "$cores" "$load" \
-    "${gpu:+, GPU $(quote "$gpu")}" "$(quote "$devices")" "$(quote "$version")" "$wall" "$status" "$(quote "$*")" > "$out"
+    "${gpu:+, GPU $(quote "$gpu")}" "$(quote "$devices")" "$(quote "$version")" "$wall" "$status" "$(quote "$(portable "$*")")" > "$out"
 echo "provenance: $out" >&2
 cat "$out" >&2
 exit $status

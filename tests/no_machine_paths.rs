@@ -1,0 +1,48 @@
+//! No tracked file names a path of the machine the project was written on:
+//! scripts and tests find the shared data through MRBM_SHARED_DATA or
+//! ../shared/data, and Python through $PYTHON or the project's .venv
+//! (tools/reference-env.sh). A path like the development machine's shared
+//! folder or venv would not exist on a user's machine.
+
+use std::process::Command;
+
+/// Prefixes that only exist on the development machines.
+const MACHINE_PATHS: &[&str] = &["/work/shared", "/work/venv", "/work/main", "/work/tgt", "/root/"];
+
+#[test]
+fn no_tracked_file_names_a_path_of_the_development_machine() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let listed = Command::new("git")
+        .args(["-C", root, "ls-files", "-z"])
+        .output();
+    let Ok(out) = listed else {
+        println!("note: skipped: git is not available");
+        return;
+    };
+    if !out.status.success() {
+        println!("note: skipped: not a git checkout");
+        return;
+    }
+    let mut offenders = Vec::new();
+    for name in out.stdout.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name);
+        // This file names the prefixes it looks for.
+        if name.ends_with("no_machine_paths.rs") || name.ends_with(".lock") {
+            continue;
+        }
+        let Ok(text) = std::fs::read(format!("{root}/{name}")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&text);
+        for (i, line) in text.lines().enumerate() {
+            if let Some(p) = MACHINE_PATHS.iter().find(|p| line.contains(**p)) {
+                offenders.push(format!("{name}:{}: `{p}`", i + 1));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "tracked files name paths of the development machine (use MRBM_SHARED_DATA, ../shared/data, $PYTHON or .venv):\n{}",
+        offenders.join("\n")
+    );
+}
