@@ -144,6 +144,9 @@ def rules(args):
     btr, bte = (xtr >= 0.5).astype(np.float64), (xte >= 0.5).astype(np.float64)
     for rule in ["cd1", "pcd"]:
         w, a, b, per_epoch = train(xtr, rule, epochs=args.epochs, lr=args.lr)
+        if args.no_ais:
+            print(json.dumps({"impl": "numpy", "rule": rule, "lr": args.lr, "train_seconds": float(np.sum(per_epoch))}), flush=True)
+            continue
         t0 = time.perf_counter()
         lz = ais_log_z(w, a, b, btr, betas=args.betas)
         print(
@@ -196,6 +199,7 @@ if __name__ == "__main__":
     p.add_argument("--baseline", action="store_true")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--no-ais", action="store_true", help="training times only")
     p.add_argument("--betas", type=int, default=14500)
     args = p.parse_args()
     if not (args.rules or args.baseline):

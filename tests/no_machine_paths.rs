@@ -7,7 +7,13 @@
 use std::process::Command;
 
 /// Prefixes that only exist on the development machines.
-const MACHINE_PATHS: &[&str] = &["/work/shared", "/work/venv", "/work/main", "/work/tgt", "/root/"];
+const MACHINE_PATHS: &[&str] = &[
+    "/work/shared",
+    "/work/venv",
+    "/work/main",
+    "/work/tgt",
+    "/root/",
+];
 
 #[test]
 fn no_tracked_file_names_a_path_of_the_development_machine() {

@@ -111,7 +111,7 @@ impl Levels {
     fn h_beta(&self, x: f64, beta: f64) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => levels_log_partition_f64(beta * x, self.unit.n),
-            UnitKind::Subunits => {
+            UnitKind::Subunits | UnitKind::Gaussian => {
                 if beta == 0.0 {
                     return self.offsets.len() as f64 * std::f64::consts::LN_2;
                 }
@@ -132,7 +132,7 @@ impl Levels {
     fn draw_beta<R: Rng>(&self, x: f64, beta: f64, rng: &mut R) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => self.value(levels_draw(beta * x, self.unit.n, rng)),
-            UnitKind::Subunits => {
+            UnitKind::Subunits | UnitKind::Gaussian => {
                 if beta == 0.0 {
                     return (0..self.offsets.len())
                         .filter(|_| rng.random::<f64>() < 0.5)
@@ -155,7 +155,9 @@ impl Levels {
     fn visible_log_norm(&self, a: f64) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => levels_log_partition_f64(a, self.unit.n),
-            UnitKind::Subunits => self.offsets.iter().map(|o| softplus_f64(a - o)).sum(),
+            UnitKind::Subunits | UnitKind::Gaussian => {
+                self.offsets.iter().map(|o| softplus_f64(a - o)).sum()
+            }
         }
     }
 
@@ -163,7 +165,9 @@ impl Levels {
     fn visible_mean(&self, a: f64) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => crate::unit::levels_mean_f64(a, self.unit.n),
-            UnitKind::Subunits => self.offsets.iter().map(|o| sigmoid_f64(a - o)).sum(),
+            UnitKind::Subunits | UnitKind::Gaussian => {
+                self.offsets.iter().map(|o| sigmoid_f64(a - o)).sum()
+            }
         }
     }
 
@@ -240,6 +244,9 @@ pub struct AisEstimate {
 impl HostDense {
     /// The top (only) layer of a model, which must be dense.
     pub fn from_rbm(r: &Rbm) -> Result<Self, String> {
+        if r.spec.visible_unit.kind == UnitKind::Gaussian {
+            return Err("the AIS log-likelihood is for discrete units; this model has Gaussian (continuous) visible units".into());
+        }
         let (d, h) =
             match r.spec.kind {
                 LayerKind::Dense { visible, hidden } => (visible, hidden),

@@ -439,7 +439,12 @@ impl Rbm {
             .a
             .clone()
             .reshape([1, self.spec.visible_channels(), 1, 1]);
-        let vis = flat(v * a).sum_dim(1);
+        // Gaussian visible units: -sum (v - a)^2 / 2 in place of a.v.
+        let vis = if self.spec.visible_unit.kind == crate::unit::UnitKind::Gaussian {
+            flat((v - a).powi_scalar(2)).sum_dim(1).mul_scalar(-0.5)
+        } else {
+            flat(v * a).sum_dim(1)
+        };
         let hid = flat(self.spec.hidden_unit.log_partition(x)).sum_dim(1);
         (vis + hid).neg().reshape([bsz])
     }

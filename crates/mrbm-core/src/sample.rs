@@ -42,6 +42,9 @@ impl UnitSampler {
     /// tell them from certain), found by binary search since the offsets
     /// increase; the others are drawn one by one.
     pub fn draw<R: Rng>(&self, x: f64, rng: &mut R) -> f64 {
+        if self.unit.kind == UnitKind::Gaussian {
+            return x + standard_normal(rng);
+        }
         if self.unit.kind == UnitKind::Levels {
             // Categorical over the N + 1 levels, exactly, whatever the sampler.
             return levels_draw(x, self.unit.n, rng) as f64 / self.unit.n as f64;
@@ -71,6 +74,10 @@ impl UnitSampler {
     pub fn draw_tempered<R: Rng>(&self, x: f64, beta: f64, rng: &mut R) -> f64 {
         if beta == 1.0 {
             return self.draw(x, rng);
+        }
+        if self.unit.kind == UnitKind::Gaussian {
+            // exp(-beta (v - x)^2 / 2): variance 1 / beta.
+            return x + standard_normal(rng) / beta.max(1e-12).sqrt();
         }
         if self.unit.kind == UnitKind::Levels {
             return levels_draw(beta * x, self.unit.n, rng) as f64 / self.unit.n as f64;
@@ -117,6 +124,13 @@ impl Anneal {
             self.from + (1.0 - self.from) * s as f64 / self.steps as f64
         }
     }
+}
+
+/// One N(0, 1) draw (Box-Muller; rand 0.9 has no normal without rand_distr).
+pub fn standard_normal<R: Rng>(rng: &mut R) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// Draw every unit of a tensor of inputs (pre-activations) exactly; the

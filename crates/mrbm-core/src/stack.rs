@@ -74,6 +74,23 @@ pub struct StackParams {
     /// pixel / 255). Left out of the key at its default.
     #[serde(default, skip_serializing_if = "is_subunits")]
     pub unit: UnitKind,
+    /// Pixel units: "multinary" (the `unit` model) or "gaussian" (unit
+    /// variance on data standardised by the training set's mean and std).
+    #[serde(default, skip_serializing_if = "is_multinary")]
+    pub visible: VisibleKind,
+}
+
+/// The pixels' unit model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VisibleKind {
+    #[default]
+    Multinary,
+    Gaussian,
+}
+
+fn is_multinary(k: &VisibleKind) -> bool {
+    *k == VisibleKind::Multinary
 }
 
 fn is_subunits(k: &UnitKind) -> bool {
@@ -126,6 +143,7 @@ impl Default for StackParams {
             visible_scale: None,
             init_std: default_init_std(),
             unit: UnitKind::Subunits,
+            visible: VisibleKind::Multinary,
         }
     }
 }
@@ -135,16 +153,28 @@ impl Default for StackParams {
 pub struct StackSpec {
     /// Input images [C, H, W].
     pub input: [usize; 3],
-    /// Visible value = pixel * visible_scale.
+    /// Visible value = pixel * visible_scale - visible_offset.
     pub visible_scale: f64,
+    /// Subtracted after scaling (Gaussian visible units: the data's
+    /// standardisation); left out of checkpoints when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub visible_offset: f64,
     pub layers: Vec<LayerSpec>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl StackParams {
     pub fn visible_unit(&self) -> UnitType {
+        if self.visible == VisibleKind::Gaussian {
+            return UnitType::gaussian();
+        }
         match self.unit {
             UnitKind::Levels => UnitType::levels(self.n),
-            UnitKind::Subunits => {
+            // (unit = "gaussian" is refused by build_spec.)
+            UnitKind::Subunits | UnitKind::Gaussian => {
                 UnitType::new(self.n, self.k_visible.unwrap_or_else(|| default_k(self.n)))
             }
         }
@@ -154,7 +184,9 @@ impl StackParams {
         let n = self.n_hidden.unwrap_or(self.n);
         match self.unit {
             UnitKind::Levels => UnitType::levels(n),
-            UnitKind::Subunits => UnitType::new(n, self.k_hidden.unwrap_or_else(|| default_k(n))),
+            UnitKind::Subunits | UnitKind::Gaussian => {
+                UnitType::new(n, self.k_hidden.unwrap_or_else(|| default_k(n)))
+            }
         }
     }
 
@@ -162,7 +194,7 @@ impl StackParams {
     pub fn visible_scale(&self) -> f64 {
         let range = match self.unit {
             UnitKind::Levels => 1.0,
-            UnitKind::Subunits => self.n as f64,
+            UnitKind::Subunits | UnitKind::Gaussian => self.n as f64,
         };
         self.visible_scale.unwrap_or(range / 255.0)
     }
@@ -181,6 +213,11 @@ impl StackParams {
         let scale = self.visible_scale();
         if !(scale.is_finite() && scale > 0.0) {
             return Err(format!("visible_scale must be positive, got {scale}"));
+        }
+        if self.unit == UnitKind::Gaussian {
+            return Err(
+                "unit = \"gaussian\" is for visible units only: set visible = \"gaussian\"".into(),
+            );
         }
         let vu = self.visible_unit();
         let hu = self.hidden_unit();
@@ -220,6 +257,7 @@ impl StackParams {
         Ok(StackSpec {
             input,
             visible_scale: scale,
+            visible_offset: 0.0,
             layers,
         })
     }
@@ -258,7 +296,8 @@ impl Dbn {
     ) -> Tensor<4> {
         let [c, h, w] = self.spec.input;
         let s = self.spec.visible_scale as f32;
-        let vals: Vec<f32> = pixels.iter().map(|&p| p as f32 * s).collect();
+        let o = self.spec.visible_offset as f32;
+        let vals: Vec<f32> = pixels.iter().map(|&p| p as f32 * s - o).collect();
         Tensor::from_data(
             TensorData::new(vals, [n, c, h, w]).convert_dtype(dtype),
             (device, dtype),
@@ -268,9 +307,10 @@ impl Dbn {
     /// Visible tensor -> u8 pixels (rounded, clipped to 0..255).
     pub fn visible_to_pixels(&self, v: &Tensor<4>) -> Vec<u8> {
         let s = self.spec.visible_scale;
+        let o = self.spec.visible_offset;
         crate::layer::to_f64(v)
             .iter()
-            .map(|x| (x / s).round().clamp(0.0, 255.0) as u8)
+            .map(|x| ((x + o) / s).round().clamp(0.0, 255.0) as u8)
             .collect()
     }
 

@@ -18,7 +18,7 @@ use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
 use crate::quality;
 use crate::sample::{gibbs, gibbs_from, Anneal, Sampler};
-use crate::stack::{Coupling, Dbn, StackParams};
+use crate::stack::{Coupling, Dbn, StackParams, VisibleKind};
 use crate::train::{
     train_images, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
     Reconstruction, Schedule, Trainer,
@@ -137,6 +137,15 @@ pub struct TrainParams {
     /// Unit model: "subunits" (the paper's) or "levels" (N + 1 equal levels).
     #[serde(default, skip_serializing_if = "is_default")]
     pub unit: UnitKind,
+    /// Pixel units: "multinary" (the `unit` model) or "gaussian": unit
+    /// variance, on pixels standardised by the training images' mean and
+    /// standard deviation (one of each for the whole set).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub visible: VisibleKind,
+    /// Gaussian units with a learned per-unit sigma: not implemented; true
+    /// is refused rather than silently ignored.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub learn_sigma: bool,
     /// "paper" (F(v) - F(v')), "cd", "pcd", "fpcd".
     #[serde(default, skip_serializing_if = "is_default")]
     pub algorithm: Algorithm,
@@ -238,6 +247,7 @@ impl TrainParams {
             visible_scale: self.visible_scale,
             init_std: self.init_std,
             unit: self.unit,
+            visible: self.visible,
         }
     }
 
@@ -301,6 +311,18 @@ impl Stage for TrainStage {
         if p.epochs == 0 {
             return Err(ParamError::new("epochs", "epochs must be at least 1"));
         }
+        if p.learn_sigma {
+            return Err(ParamError::new(
+                "learn_sigma",
+                "a learned sigma is not implemented yet: Gaussian visible units have unit variance on standardised data (visible = \"gaussian\")",
+            ));
+        }
+        if p.visible == VisibleKind::Gaussian && p.visible_scale.is_some() {
+            return Err(ParamError::new(
+                "visible_scale",
+                "visible = \"gaussian\" standardises the pixels itself: leave visible_scale out",
+            ));
+        }
         Ok(v)
     }
     fn uses_device(&self) -> bool {
@@ -314,10 +336,22 @@ impl Stage for TrainStage {
         if n == 0 {
             return Err(StageError::User("the training data has no images".into()));
         }
-        let spec = p
+        let mut spec = p
             .stack()
             .build_spec([set.c, set.h, set.w])
             .map_err(StageError::User)?;
+        if p.visible == VisibleKind::Gaussian {
+            // Standardise: v = (pixel - mean) / std over the training images.
+            let px = &set.pixels()[..n * set.image_len()];
+            let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;
+            let var = px.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / px.len() as f64;
+            let std = var.sqrt().max(1e-6);
+            spec.visible_scale = 1.0 / std;
+            spec.visible_offset = mean / std;
+            ctx.log(format!(
+                "gaussian visible units: pixels standardised by mean {mean:.3}, std {std:.3}"
+            ));
+        }
         for (i, l) in spec.layers.iter().enumerate() {
             ctx.log(format!("layer {}: {}", i + 1, l.describe()));
         }

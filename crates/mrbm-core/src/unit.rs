@@ -50,6 +50,9 @@ pub enum UnitKind {
     /// exp(m x / N): free energy log sum_m exp(m x / N), categorical draws.
     /// Here N changes the distribution itself, not only a scale (k unused).
     Levels,
+    /// Visible only: a Gaussian with unit variance around its input,
+    /// v ~ N(a + W h, 1), for standardised real-valued data (N, k unused).
+    Gaussian,
 }
 
 impl UnitKind {
@@ -121,18 +124,28 @@ impl UnitType {
         }
     }
 
-    /// The largest value a unit takes: N (sub-units) or 1 (levels).
+    /// The Gaussian visible unit (unit variance).
+    pub fn gaussian() -> Self {
+        UnitType {
+            n: 1,
+            k: 1.0,
+            kind: UnitKind::Gaussian,
+        }
+    }
+
+    /// The largest value a unit takes: N (sub-units) or 1 (levels; a
+    /// Gaussian unit has none, 1 is returned).
     pub fn max_value(&self) -> f64 {
         match self.kind {
             UnitKind::Subunits => self.nf(),
-            UnitKind::Levels => 1.0,
+            UnitKind::Levels | UnitKind::Gaussian => 1.0,
         }
     }
 
     /// The value of level m (0..=N).
     pub fn level_value(&self, m: u32) -> f64 {
         match self.kind {
-            UnitKind::Subunits => m as f64,
+            UnitKind::Subunits | UnitKind::Gaussian => m as f64,
             UnitKind::Levels => m as f64 / self.nf(),
         }
     }
@@ -156,8 +169,10 @@ impl UnitType {
 
     /// Mean activation f(x) = N sigmoid(k x) (levels: E[m / N]).
     pub fn mean<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if self.kind == UnitKind::Levels {
-            return levels_mean(x, self.n);
+        match self.kind {
+            UnitKind::Levels => return levels_mean(x, self.n),
+            UnitKind::Gaussian => return x,
+            UnitKind::Subunits => {}
         }
         let s = if self.k == 1.0 {
             sigmoid(x)
@@ -192,8 +207,10 @@ impl UnitType {
 
     /// f(x) on the host.
     pub fn mean_f64(&self, x: f64) -> f64 {
-        if self.kind == UnitKind::Levels {
-            return levels_mean_f64(x, self.n);
+        match self.kind {
+            UnitKind::Levels => return levels_mean_f64(x, self.n),
+            UnitKind::Gaussian => return x,
+            UnitKind::Subunits => {}
         }
         self.nf() * sigmoid_f64(self.k * x)
     }

@@ -465,7 +465,11 @@ fn python_checkpoint_check_agrees() {
     // $PYTHON, else the project's venv (tools/reference-env.sh), else python3.
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python");
     let from_env = std::env::var("PYTHON").ok();
-    let candidates: Vec<&str> = from_env.as_deref().into_iter().chain([venv, "python3"]).collect();
+    let candidates: Vec<&str> = from_env
+        .as_deref()
+        .into_iter()
+        .chain([venv, "python3"])
+        .collect();
     let py = candidates.into_iter().find(|p| {
         std::process::Command::new(p)
             .args(["-c", "import numpy, safetensors"])

@@ -134,6 +134,7 @@ fn trainer_with(r: &Rbm, algorithm: Algorithm, cd_k: usize, batch: usize) -> Tra
     let spec = mrbm_core::StackSpec {
         input: [r.spec.visible_shape()[0], 1, 1],
         visible_scale: 1.0 / 255.0,
+        visible_offset: 0.0,
         layers: vec![r.spec.clone()],
     };
     let dbn = Dbn {
@@ -337,4 +338,120 @@ fn n255_with_binary_equivalent_steps_is_the_binary_rbm_reparametrised() {
         .fold(0.0f32, f32::max);
     println!("max feature difference, N=255 binary_equivalent vs binary: {diff:e}");
     assert!(diff < 1e-4, "{diff}");
+}
+
+/// exp(-F(v)) of a Gaussian-visible RBM integrated numerically over a grid
+/// equals the closed-form partition function
+/// (2 pi)^(D/2) sum_h exp(b.h + a.Wh + |Wh|^2 / 2), in one and two dimensions.
+#[test]
+fn gaussian_visible_free_energy_integrates_to_the_closed_form() {
+    use mrbm_core::stack::VisibleKind;
+    for d in [1usize, 2] {
+        let params = StackParams {
+            conv_channels: vec![],
+            dense: vec![2],
+            visible: VisibleKind::Gaussian,
+            ..StackParams::default()
+        };
+        let spec = params.build_spec([d, 1, 1]).unwrap();
+        let mut dbn = Dbn::init(spec, 0.7, 4, &dev(), DType::F64);
+        let layer = &mut dbn.layers[0];
+        layer.a = tensor_from(vec![0.3, -0.4][..d].to_vec(), [d], &dev(), DType::F64);
+        layer.b = tensor_from(vec![-0.2, 0.5], [2], &dev(), DType::F64);
+        let w = to_f64(&layer.w);
+        let a = to_f64(&layer.a);
+        let b = to_f64(&layer.b);
+        // Closed form over the 4 hidden states.
+        let mut z = 0.0;
+        for hs in 0..4usize {
+            let h = [(hs & 1) as f64, ((hs >> 1) & 1) as f64];
+            let c: Vec<f64> = (0..d)
+                .map(|i| w[i * 2] * h[0] + w[i * 2 + 1] * h[1])
+                .collect();
+            let bh = b[0] * h[0] + b[1] * h[1];
+            let ac: f64 = (0..d).map(|i| a[i] * c[i]).sum();
+            let cc: f64 = c.iter().map(|x| x * x).sum();
+            z += (bh + ac + cc / 2.0).exp();
+        }
+        z *= (2.0 * std::f64::consts::PI).powf(d as f64 / 2.0);
+        // Numerical integration on a grid (midpoint rule).
+        let (lo, hi, steps) = (-12.0, 12.0, if d == 1 { 4000 } else { 480 });
+        let dx = (hi - lo) / steps as f64;
+        let axis: Vec<f64> = (0..steps).map(|i| lo + (i as f64 + 0.5) * dx).collect();
+        let points: Vec<f64> = if d == 1 {
+            axis.clone()
+        } else {
+            axis.iter()
+                .flat_map(|&x| axis.iter().flat_map(move |&y| [x, y]))
+                .collect()
+        };
+        let n = points.len() / d;
+        let v = tensor_from(points, [n, d, 1, 1], &dev(), DType::F64);
+        let f = to_f64(&dbn.layers[0].free_energy(v));
+        let integral: f64 = f.iter().map(|x| (-x).exp()).sum::<f64>() * dx.powi(d as i32);
+        println!(
+            "D = {d}: log Z closed form {:.6}, by integration {:.6}",
+            z.ln(),
+            integral.ln()
+        );
+        assert!((z.ln() - integral.ln()).abs() < 1e-6, "D = {d}");
+    }
+}
+
+#[test]
+fn gaussian_visible_units_train_and_sample() {
+    use mrbm_core::stack::VisibleKind;
+    let n = 128;
+    let px = stripes(n, 5);
+    for algorithm in [Algorithm::Paper, Algorithm::Pcd] {
+        let params = StackParams {
+            conv_channels: vec![],
+            dense: vec![6],
+            visible: VisibleKind::Gaussian,
+            ..StackParams::default()
+        };
+        let mut spec = params.build_spec([1, 4, 4]).unwrap();
+        // Standardise as the train stage does.
+        let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;
+        let std =
+            (px.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / px.len() as f64).sqrt();
+        spec.visible_scale = 1.0 / std;
+        spec.visible_offset = mean / std;
+        let dbn = Dbn::init(spec, 0.05, 3, &dev(), DType::F32);
+        let mut tr = Trainer::new(
+            dbn,
+            OptimParams {
+                lr: 0.01,
+                batch_size: 32,
+                epochs: 3,
+                algorithm,
+                ..OptimParams::default()
+            },
+        );
+        train_images(&mut tr, &px, n, DType::F32, |_, _, _| Ok(())).unwrap();
+        // A Gaussian visible draw has mean a + W h and unit variance.
+        let v = tr
+            .dbn
+            .pixels_to_visible(&px[..16 * 16], 16, &dev(), DType::F32);
+        let round = tr.dbn.visible_to_pixels(&v);
+        assert_eq!(
+            round,
+            px[..16 * 16].to_vec(),
+            "standardisation must round-trip"
+        );
+        let layer = &tr.dbn.layers[0];
+        let y = layer.pre_visible(layer.up(v));
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut diffs = Vec::new();
+        for _ in 0..200 {
+            let s = mrbm_core::sample::draw_states(layer.spec.visible_unit, y.clone(), &mut rng);
+            diffs.extend(to_f64(&s).iter().zip(to_f64(&y)).map(|(a, b)| a - b));
+        }
+        let m = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let var = diffs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / diffs.len() as f64;
+        assert!(
+            m.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{algorithm:?}: mean {m}, var {var}"
+        );
+    }
 }
