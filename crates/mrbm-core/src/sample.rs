@@ -155,13 +155,14 @@ pub fn draw_states<R: Rng>(unit: UnitType, pre: Tensor<4>, rng: &mut R) -> Tenso
 /// field image of uniform random pixels, `steps` alternations h ~ P(h|v),
 /// v ~ P(v|h), then the visible mean of the last h taken down the stack by
 /// mean field. Returns the pixel-level visible values [chains, C, H, W].
+/// `on_step(step)` reports progress; returning false stops the chains early.
 pub fn gibbs(
     dbn: &Dbn,
     chains: usize,
     steps: usize,
     sampler: Sampler,
     seed: u64,
-    on_step: impl FnMut(usize),
+    on_step: impl FnMut(usize) -> bool,
 ) -> Tensor<4> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let [c, h, w] = dbn.spec.input;
@@ -191,7 +192,7 @@ pub fn gibbs_from(
     sampler: Sampler,
     anneal: Anneal,
     rng: &mut ChaCha8Rng,
-    mut on_step: impl FnMut(usize),
+    mut on_step: impl FnMut(usize) -> bool,
 ) -> Tensor<4> {
     let device = dbn.device();
     let dtype = dbn.layers[0].w.dtype();
@@ -232,7 +233,10 @@ pub fn gibbs_from(
                 .collect(),
         };
         v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);
-        on_step(s + 1);
+        // false: stop early (Ctrl-C); the caller checks for cancellation.
+        if !on_step(s + 1) {
+            break;
+        }
     }
     let v_mean = layer.down(hid);
     if top == 0 {

@@ -620,8 +620,10 @@ impl Stage for SampleStage {
             base,
         };
         let v = with_threads(ctx.threads, || match &start {
+            // Each step polls for Ctrl-C / SIGTERM and stops the chains early.
             None if anneal.steps == 0 => gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {
                 bar.set_position(s as u64);
+                ctx.check_cancel().is_ok()
             }),
             _ => {
                 let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
@@ -647,6 +649,7 @@ impl Stage for SampleStage {
                     &mut rng,
                     |s| {
                         bar.set_position(s as u64);
+                        ctx.check_cancel().is_ok()
                     },
                 )
             }
