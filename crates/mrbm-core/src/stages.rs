@@ -355,6 +355,30 @@ impl Stage for TrainStage {
         for (i, l) in spec.layers.iter().enumerate() {
             ctx.log(format!("layer {}: {}", i + 1, l.describe()));
         }
+        // Weights with gradient and optimiser state (about 4 copies), plus
+        // a batch's activations through the stack (about 8 copies in flight).
+        let weights: f64 = spec
+            .layers
+            .iter()
+            .map(|l| l.weight_shape().iter().map(|&d| d as f64).product::<f64>())
+            .sum();
+        let acts: f64 = spec
+            .layers
+            .iter()
+            .map(|l| {
+                let v: f64 = l.visible_shape().iter().map(|&d| d as f64).product();
+                let h: f64 = l.hidden_shape().iter().map(|&d| d as f64).product();
+                v + h
+            })
+            .sum();
+        mrbm_stage::check_memory(
+            4.0 * (4.0 * weights + 8.0 * p.batch_size.min(n) as f64 * acts),
+            &format!(
+                "training this stack ({} weights, batch {})",
+                weights,
+                p.batch_size.min(n)
+            ),
+        )?;
         let started = Instant::now();
         let dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
         let mut trainer = Trainer::new(dbn, p.optim());
@@ -587,6 +611,20 @@ impl Stage for SampleStage {
         let p: SampleParams = ctx.typed_params()?;
         let device = burn_device(ctx.device)?;
         let dbn = read_model(ctx, &device)?;
+        // Chains' visible and hidden states at every layer, as f32 and f64 copies.
+        let per_chain: f64 = dbn
+            .layers
+            .iter()
+            .map(|l| {
+                let v: f64 = l.spec.visible_shape().iter().map(|&d| d as f64).product();
+                let h: f64 = l.spec.hidden_shape().iter().map(|&d| d as f64).product();
+                v + h
+            })
+            .sum();
+        mrbm_stage::check_memory(
+            16.0 * p.chains as f64 * per_chain,
+            &format!("sampling {} chains", p.chains),
+        )?;
         let reference = read_optional_images(ctx, "reference")?;
         let start = match p.init {
             ChainInit::Noise => None,

@@ -673,6 +673,14 @@ impl Stage for DatasetStage {
     }
     fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
         let p: DatasetParams = ctx.typed_params()?;
+        if let (Some(n), Some(size)) = (p.n, p.size) {
+            // Synthetic images (3 channels) and a copy: refuse absurd sizes
+            // before allocating instead of aborting.
+            mrbm_stage::check_memory(
+                2.0 * 3.0 * n as f64 * (size * size) as f64,
+                &format!("{n} synthetic images of {size}x{size}"),
+            )?;
+        }
         let started = std::time::Instant::now();
         let ctl = Ctl {
             bar: ctx.bar(0, "reading"),

@@ -368,6 +368,40 @@ pub fn resolve_file(path: &Path, default_file: &str) -> PathBuf {
     }
 }
 
+/// The memory this process may still use, in bytes: MRBM_MAX_MEMORY (bytes)
+/// when set, else the system's MemAvailable (Linux), else None (unknown).
+pub fn available_memory() -> Option<u64> {
+    if let Some(v) = std::env::var("MRBM_MAX_MEMORY")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(v);
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuse, before allocating, work whose estimated peak memory exceeds what
+/// is available: a user error that names the estimate and what drives it,
+/// never an allocation abort that kills sibling stages. `bytes` is a
+/// float so absurd sizes cannot overflow.
+pub fn check_memory(bytes: f64, what: &str) -> Result<(), StageError> {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let Some(avail) = available_memory() else {
+        return Ok(());
+    };
+    if !bytes.is_finite() || bytes > avail as f64 {
+        return Err(StageError::User(format!(
+            "{what} needs about {:.1} GiB of memory, more than the {:.1} GiB available (MemAvailable, or MRBM_MAX_MEMORY): make it smaller",
+            bytes / GIB,
+            avail as f64 / GIB
+        )));
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` through a temporary file and a rename, so a
 /// crash never leaves a half-written file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
