@@ -118,7 +118,9 @@ pub fn build(
     registry: &Registry,
     ov: &Overrides,
 ) -> Result<Dag, RunnerError> {
+    // Sorted (the stages are a BTreeMap): lookups below binary-search it.
     let names: Vec<&str> = exp.stages.keys().map(String::as_str).collect();
+    debug_assert!(names.windows(2).all(|w| w[0] < w[1]));
     let src_of = |stage: &str| -> &Source { exp.stage_source(stage) };
 
     // 1. Kinds.
@@ -371,10 +373,11 @@ pub fn build(
         let slots = stage.inputs();
         let mut list = Vec::new();
         for (slot, value) in &decl.inputs {
-            let span = src
-                .span_of(&["stages", name, "inputs", slot])
-                .or_else(|| Some(value.span()));
+            // The value's own span: re-parsing the file for the key's span
+            // on every input made building the DAG quadratic in its size.
+            let span = Some(value.span());
             let Some(spec) = slots.iter().find(|s| s.name == slot) else {
+                let span = src.span_of(&["stages", name, "inputs", slot]).or(span);
                 let valid: Vec<&str> = slots.iter().map(|s| s.name).collect();
                 let help = mrbm_stage::nearest(slot, valid.iter().copied())
                     .map(|n| format!("did you mean `{n}`?"))
@@ -395,13 +398,18 @@ pub fn build(
                     Some(help),
                 ));
             };
-            let (l, c) = src.line_col(value.span().start);
             let target = resolve_target(
                 name,
                 slot,
                 value.get_ref(),
-                span,
-                &format!("{}:{l}:{c}", src.path.display()),
+                &|| {
+                    src.span_of(&["stages", name, "inputs", slot])
+                        .or_else(|| Some(value.span()))
+                },
+                &|| {
+                    let (l, c) = src.line_col(value.span().start);
+                    format!("{}:{l}:{c}", src.path.display())
+                },
                 src,
                 &names,
                 &data_root,
@@ -460,15 +468,16 @@ pub fn build(
                 let Some(text) = v.as_str() else {
                     return Err(exp.source.locate(span, format!("sweep axis `{}`, value `{label}`: input `{stage_name}.inputs.{slot}` must be a string", a.name), None));
                 };
-                let (l, c) = exp
-                    .source
-                    .line_col(span.clone().map(|s| s.start).unwrap_or(0));
+                let at = span.clone().map(|s| s.start).unwrap_or(0);
                 let target = resolve_target(
                     stage_name,
                     slot,
                     text,
-                    span,
-                    &format!("{}:{l}:{c}", exp.source.path.display()),
+                    &|| span.clone(),
+                    &|| {
+                        let (l, c) = exp.source.line_col(at);
+                        format!("{}:{l}:{c}", exp.source.path.display())
+                    },
                     &exp.source,
                     &names,
                     &data_root,
@@ -977,17 +986,21 @@ fn resolve_target(
     name: &str,
     slot: &str,
     text: &str,
-    span: Option<std::ops::Range<usize>>,
-    declared: &str,
+    // Where errors point (the key's span): computed only on an error, since
+    // finding a key's span re-parses the file.
+    span: &dyn Fn() -> Option<std::ops::Range<usize>>,
+    // "file:line:col" of the input, computed only when needed (an external
+    // path records it; computing it for every input was quadratic).
+    declared: &dyn Fn() -> String,
     src: &Source,
     names: &[&str],
     data_root: &Option<PathBuf>,
 ) -> Result<Result<(String, Option<String>), (PathBuf, String)>, RunnerError> {
     let first = text.split('/').next().unwrap_or(text);
-    if names.contains(&first) && !text.starts_with("data:") {
+    if names.binary_search(&first).is_ok() && !text.starts_with("data:") {
         let rest = text[first.len()..].trim_start_matches('/');
         if first == name {
-            return Err(src.locate(span, format!("stage `{name}` reads its own output"), None));
+            return Err(src.locate(span(), format!("stage `{name}` reads its own output"), None));
         }
         Ok(Ok((
             first.to_string(),
@@ -995,11 +1008,11 @@ fn resolve_target(
         )))
     } else if let Some(rel) = text.strip_prefix("data:") {
         let Some(root) = data_root else {
-            return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" needs a data root"), Some("set `data_root = \"...\"` in the experiment, the MRBM_DATA variable, or --data-root".into())));
+            return Err(src.locate(span(), format!("stage `{name}`: input `{slot}` = \"{text}\" needs a data root"), Some("set `data_root = \"...\"` in the experiment, the MRBM_DATA variable, or --data-root".into())));
         };
         let bad = |why: String| {
             src.locate(
-                span.clone(),
+                span(),
                 format!("stage `{name}`: input `{slot}` = \"{text}\": {why}"),
                 Some(format!(
                     "`data:` paths stay inside the data root ({}); write data kept elsewhere as a plain path",
@@ -1010,13 +1023,13 @@ fn resolve_target(
         let clean = confine::clean_relative(rel).map_err(&bad)?;
         let path = root.join(clean);
         confine::no_symlink_escape(root, &path).map_err(&bad)?;
-        Ok(Err((path, declared.to_string())))
+        Ok(Err((path, declared())))
     } else {
         if !text.contains('/') && !text.contains('.') && !Path::new(text).exists() {
             let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
-            return Err(src.locate(span, format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
+            return Err(src.locate(span(), format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
         }
-        Ok(Err((dir_of(&src.path).join(text), declared.to_string())))
+        Ok(Err((dir_of(&src.path).join(text), declared())))
     }
 }
 
@@ -1049,7 +1062,7 @@ fn check_stage_name(
     stage: &str,
     err: impl FnOnce() -> RunnerError,
 ) -> Result<(), RunnerError> {
-    if names.contains(&stage) {
+    if names.binary_search(&stage).is_ok() {
         Ok(())
     } else {
         Err(err())
