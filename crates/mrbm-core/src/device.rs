@@ -109,7 +109,8 @@ pub fn smoke(device: &Device) -> Result<(), String> {
         .zip(&want)
         .map(|(g, w)| ((g - w) / w.abs().max(1.0)).abs())
         .fold(0f32, f32::max);
-    if got.len() != want.len() || !(err < 1e-4) {
+    // Written so that a NaN error fails too.
+    if got.len() != want.len() || err.partial_cmp(&1e-4) != Some(std::cmp::Ordering::Less) {
         return Err(format!(
             "a tiny matmul+exp kernel gave wrong results (max error {err:e})"
         ));

@@ -125,11 +125,7 @@ impl LayerSpec {
                 stride,
                 padding,
             } => {
-                if input.iter().any(|&d| d == 0)
-                    || *out_channels == 0
-                    || *kernel == 0
-                    || *stride == 0
-                {
+                if input.contains(&0) || *out_channels == 0 || *kernel == 0 || *stride == 0 {
                     return Err(format!("conv layer {input:?} -> {out_channels}: sizes, kernel and stride must be positive"));
                 }
                 if input[1] + 2 * padding < *kernel || input[2] + 2 * padding < *kernel {

@@ -444,7 +444,7 @@ impl Trainer {
         let autodiff_device = dbn.device().autodiff();
         // The negative phase's draws have their own stream, apart from the
         // initialisation's and the batch order's.
-        let rng = ChaCha8Rng::seed_from_u64(params.seed ^ 0x5eed_0f_9166_5u64);
+        let rng = ChaCha8Rng::seed_from_u64(params.seed ^ 0x5ee_d0f9_1665u64);
         Trainer {
             dbn,
             params,

@@ -60,8 +60,8 @@ fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_ve
     for i in (1..n).rev() {
         let mut scale = 0.0;
         let mut h = 0.0;
-        for k in 0..i {
-            scale += d[k].abs();
+        for dk in &d[..i] {
+            scale += dk.abs();
         }
         if scale == 0.0 {
             e[i] = d[i - 1];
@@ -71,9 +71,9 @@ fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_ve
                 v[at(j, i)] = 0.0;
             }
         } else {
-            for k in 0..i {
-                d[k] /= scale;
-                h += d[k] * d[k];
+            for dk in &mut d[..i] {
+                *dk /= scale;
+                h += *dk * *dk;
             }
             let mut f = d[i - 1];
             let mut g = h.sqrt();
@@ -350,7 +350,8 @@ pub fn pivoted_cholesky(a: &[f64], n: usize, tol: f64) -> (Vec<f64>, usize) {
                     p = i;
                 }
             }
-            if p == usize::MAX || !(best > tol) {
+            // Written so that a NaN pivot stops too.
+            if p == usize::MAX || best.partial_cmp(&tol) != Some(std::cmp::Ordering::Greater) {
                 flush(&mut work, &lt[r0 * n..], n);
                 break 'outer;
             }

@@ -527,7 +527,7 @@ impl LinearSvm {
         if x.len() != n * self.dim {
             return Err(SvmError::DimMismatch {
                 expected: self.dim,
-                got: if n == 0 { 0 } else { x.len() / n },
+                got: x.len().checked_div(n).unwrap_or(0),
             });
         }
         if let Some(p) = x.iter().position(|v| !v.is_finite()) {

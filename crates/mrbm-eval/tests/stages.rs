@@ -88,10 +88,7 @@ fn svm_stage_rejects_bad_input_as_user_errors() {
         "{e}"
     );
     // Label count that disagrees with the feature rows (written by hand).
-    let fb: Vec<u8> = vec![0.0f32; 8]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let fb: Vec<u8> = [0.0f32; 8].iter().flat_map(|v| v.to_le_bytes()).collect();
     let lb: Vec<u8> = [0i64, 1, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
     let bad = dir.join("bad.safetensors");
     mrbm_data::artifact::write_tensors(

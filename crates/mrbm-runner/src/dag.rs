@@ -62,8 +62,23 @@ pub struct Axis {
     pub name: String,
     /// `stage.param` for a single-parameter axis.
     pub path: Option<String>,
-    pub values: Vec<(String, Vec<(String, String, toml::Value)>)>,
+    pub values: Vec<AxisValue>,
 }
+
+/// One value of a sweep axis: its label and the (stage, parameter, value)
+/// assignments it makes.
+pub type AxisValue = (String, Vec<(String, String, toml::Value)>);
+
+/// Where an input comes from: another stage (and a file in its output), or
+/// an external path (and the "file:line:col" that declared it).
+pub type InputTarget = Result<(String, Option<String>), (PathBuf, String)>;
+
+/// A resolved input: slot, target, the slot's default file.
+type ResolvedInput = (String, InputTarget, Option<String>);
+
+/// Inputs set by sweep values: (axis, value, stage, slot) -> (target,
+/// the slot's default file).
+type SweptInputs = HashMap<(usize, usize, String, String), (InputTarget, Option<String>)>;
 
 #[derive(Debug, Clone)]
 pub struct Dag {
@@ -296,7 +311,7 @@ pub fn build(
                 help.unwrap_or_default()
             ))
         })?;
-        let vals: Vec<(String, Vec<(String, String, toml::Value)>)> = values
+        let vals: Vec<AxisValue> = values
             .iter()
             .map(|v| (label_of(v), vec![(stage.clone(), param.clone(), v.clone())]))
             .collect();
@@ -358,14 +373,7 @@ pub fn build(
                 .map(|r| dir_of(&exp.source.path).join(r))
         });
     // per stage: slot -> (upstream stage, file) or external path
-    let mut resolved: BTreeMap<
-        &str,
-        Vec<(
-            String,
-            Result<(String, Option<String>), (PathBuf, String)>,
-            Option<String>,
-        )>,
-    > = BTreeMap::new();
+    let mut resolved: BTreeMap<&str, Vec<ResolvedInput>> = BTreeMap::new();
     for (name, (decl, _)) in &exp.stages {
         let decl = decl.get_ref();
         let stage = registry.get(decl.kind.get_ref()).expect("kind checked");
@@ -441,13 +449,7 @@ pub fn build(
     // Inputs set by the sweep (`"STAGE.inputs.SLOT" = "..."` in a variant or
     // axis): resolved like declared ones; every stage they may read becomes
     // an edge, so the order and the axes reaching a stage hold for all cells.
-    let mut swept_inputs: HashMap<
-        (usize, usize, String, String),
-        (
-            Result<(String, Option<String>), (PathBuf, String)>,
-            Option<String>,
-        ),
-    > = HashMap::new();
+    let mut swept_inputs: SweptInputs = HashMap::new();
     for (ai, a) in axes.iter().enumerate() {
         for (vi, (label, assigns)) in a.values.iter().enumerate() {
             for (stage_name, param, v) in assigns {
@@ -647,11 +649,7 @@ pub fn build(
             let mut inputs = Vec::new();
             let mut deps = Vec::new();
             // Declared inputs, then those this cell's sweep values set (which replace them).
-            let mut wanted: Vec<(
-                String,
-                Result<(String, Option<String>), (PathBuf, String)>,
-                Option<String>,
-            )> = resolved[name].clone();
+            let mut wanted: Vec<ResolvedInput> = resolved[name].clone();
             for (ai, vi) in &combo {
                 for ((a, v, s, slot), (target, default_file)) in &swept_inputs {
                     if a == ai && v == vi && s == name {
@@ -982,6 +980,9 @@ pub fn build(
 
 /// Resolve one input's text: another stage (`stage` or `stage/file`), a
 /// `data:` path under the data root, or a path relative to the declaring file.
+// Each argument is one part of the input's context; a struct for one call
+// site pair would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn resolve_target(
     name: &str,
     slot: &str,
@@ -995,7 +996,7 @@ fn resolve_target(
     src: &Source,
     names: &[&str],
     data_root: &Option<PathBuf>,
-) -> Result<Result<(String, Option<String>), (PathBuf, String)>, RunnerError> {
+) -> Result<InputTarget, RunnerError> {
     let first = text.split('/').next().unwrap_or(text);
     if names.binary_search(&first).is_ok() && !text.starts_with("data:") {
         let rest = text[first.len()..].trim_start_matches('/');

@@ -67,6 +67,9 @@ pub struct Manifest {
 }
 
 /// What [`Store::find`] found at a key.
+// A hit carries its manifest by value: it is read once per lookup, and
+// boxing it would only add an allocation to the common case.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Found {
     Hit(Manifest),
