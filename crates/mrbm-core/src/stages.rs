@@ -395,6 +395,15 @@ impl Stage for TrainStage {
                     bar.set_length(total);
                     bar.set_position(done);
                     bar.set_message(format!("loss {running:.4}"));
+                    // One log line per epoch as it ends (`mrbm run -v` echoes it).
+                    let per_epoch = (n / bs).max(1) as u64;
+                    if done % per_epoch == 0 {
+                        ctx.log(format!(
+                            "epoch {} of {}: running loss {running:.6}",
+                            done / per_epoch,
+                            total / per_epoch
+                        ));
+                    }
                     if ctx.check_cancel().is_err() {
                         return Err(CoreError::Cancelled);
                     }
@@ -413,6 +422,9 @@ impl Stage for TrainStage {
         for (e, l) in epochs.iter().enumerate() {
             ctx.log(format!("epoch {}: mean loss {l:.6}", e + 1));
         }
+        for w in dead_unit_warnings(&trainer.dbn, pixels, n, &device) {
+            ctx.warn(w);
+        }
         let mut m = Metrics::new();
         m.insert("final_loss".into(), *epochs.last().unwrap_or(&f64::NAN));
         m.insert(
@@ -427,6 +439,39 @@ impl Stage for TrainStage {
         m.insert("layers".into(), trainer.dbn.layers.len() as f64);
         Ok(m)
     }
+}
+
+/// Layers whose hidden units are mostly dead: on (at most) the first 512
+/// training images, more than half of the hidden channels have a mean
+/// activation below 1 % or above 99 % of their range. A stuck layer gives
+/// useless features and frozen samples, and the loss does not show it (it
+/// is unbounded below), so say so.
+fn dead_unit_warnings(dbn: &Dbn, pixels: &[u8], n: usize, device: &Device) -> Vec<String> {
+    let m = n.min(512);
+    let len: usize = dbn.spec.input.iter().product();
+    let mut t = dbn.pixels_to_visible(&pixels[..m * len], m, device, DType::F32);
+    let mut out = Vec::new();
+    for (i, layer) in dbn.layers.iter().enumerate() {
+        t = layer.up(dbn.as_visible_of(i, t));
+        let max = layer.spec.hidden_unit.max_value();
+        let means = crate::layer::to_f64(
+            &t.clone()
+                .mean_dims(&[0, 2, 3])
+                .reshape([layer.spec.hidden_channels()]),
+        );
+        let dead = means
+            .iter()
+            .filter(|&&x| !(x / max > 0.01 && x / max < 0.99))
+            .count();
+        if dead * 2 > means.len() {
+            out.push(format!(
+                "layer {}: {dead} of {} hidden channels are always off or always on (mean activation below 1 % or above 99 % of their range on the first {m} training images): its features are likely poor and its samples likely frozen; a smaller lr, or lr_mode = \"binary_equivalent\" for N > 1, usually helps",
+                i + 1,
+                means.len()
+            ));
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------- sample
