@@ -423,3 +423,21 @@ rows = "src"
     let e = build(&bad, &registry(1), &[]).unwrap_err().to_string();
     assert!(e.contains("has no input `zz`"), "{e}");
 }
+
+#[test]
+fn type_errors_point_at_the_key_not_the_table() {
+    let p = Project::new();
+    let reg = registry(1);
+    let f = p.write(
+        "typed.toml",
+        "[stages.a]\nkind = \"num\"\n[stages.a.params]\n\nvalue = \"ten\"\n",
+    );
+    let e = build(&f, &reg, &[])
+        .expect_err("a string for a number")
+        .to_string();
+    // Line 5 holds `value`; line 3 is the [stages.a.params] header.
+    assert!(
+        e.contains("typed.toml:5:1") && e.contains("invalid type"),
+        "{e}"
+    );
+}

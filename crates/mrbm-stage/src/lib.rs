@@ -309,13 +309,33 @@ pub fn parse_params<T: DeserializeOwned + Serialize>(
     raw: &toml::Table,
 ) -> Result<(T, JsonValue), ParamError> {
     let value = toml::Value::Table(raw.clone());
-    let typed: T = T::deserialize(value).map_err(|e| param_error_from_message(e.message()))?;
+    let typed: T = T::deserialize(value).map_err(|e| {
+        let mut err = param_error_from_message(e.message());
+        if err.key.is_none() {
+            err.key = culprit_key::<T>(raw, e.message());
+        }
+        err
+    })?;
     let canon = serde_json::to_value(&typed).map_err(|e| ParamError {
         key: None,
         message: e.to_string(),
         suggestion: None,
     })?;
     Ok((typed, canon))
+}
+
+/// serde's type errors ("invalid type: string \"x\", expected f64") name no
+/// key. Find it: the key whose value alone, with every other parameter at
+/// its default, gives the same message. None when no single key does.
+fn culprit_key<T: DeserializeOwned>(raw: &toml::Table, message: &str) -> Option<String> {
+    raw.iter().find_map(|(k, v)| {
+        let mut one = toml::Table::new();
+        one.insert(k.clone(), v.clone());
+        match T::deserialize(toml::Value::Table(one)) {
+            Err(e) if e.message() == message => Some(k.clone()),
+            _ => None,
+        }
+    })
 }
 
 /// Helper for the common case `fn params(..) { canonical::<MyParams>(raw) }`.
@@ -513,6 +533,13 @@ mod tests {
         let m = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
         let (_, log) = with_ctx(Some(&m), |ctx| ctx.warn("max_iter reached"));
         assert_eq!(log, "warning: max_iter reached\n");
+    }
+
+    #[test]
+    fn type_errors_name_their_key() {
+        let raw: toml::Table = toml::from_str("epochs = 2\nlr = \"fast\"").unwrap();
+        let err = parse_params::<P>(&raw).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("lr"), "{}", err.message);
     }
 
     #[test]
