@@ -165,10 +165,7 @@ pub fn gibbs(
     on_step: impl FnMut(usize) -> bool,
 ) -> Tensor<4> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let [c, h, w] = dbn.spec.input;
-    let noise: Vec<u8> = (0..chains * c * h * w)
-        .map(|_| rng.random::<u8>())
-        .collect();
+    let noise = noise_start(dbn, chains, &mut rng);
     gibbs_from(
         dbn,
         &noise,
@@ -179,6 +176,15 @@ pub fn gibbs(
         &mut rng,
         on_step,
     )
+}
+
+/// Uniform random pixels for `chains` images of the stack's input shape:
+/// where [`gibbs`] starts its chains.
+pub fn noise_start(dbn: &Dbn, chains: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let [c, h, w] = dbn.spec.input;
+    (0..chains * c * h * w)
+        .map(|_| rng.random::<u8>())
+        .collect()
 }
 
 /// [`gibbs`] with chains started at the given images (u8 NCHW, `chains` of

@@ -17,7 +17,7 @@ use crate::device::{burn_device, with_threads};
 use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
 use crate::quality;
-use crate::sample::{gibbs, gibbs_from, Anneal, Sampler};
+use crate::sample::{gibbs_from, noise_start, Anneal, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams, VisibleKind};
 use crate::train::{
     train_images, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
@@ -702,40 +702,30 @@ impl Stage for SampleStage {
             from: p.anneal_from.unwrap_or(0.1),
             base,
         };
-        let v = with_threads(ctx.threads, || match &start {
+        let v = with_threads(ctx.threads, || {
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
+            let noise: Vec<u8>;
+            let px = match &start {
+                Some(px) => px.as_slice(),
+                None => {
+                    noise = noise_start(&dbn, p.chains, &mut rng);
+                    &noise
+                }
+            };
             // Each step polls for Ctrl-C / SIGTERM and stops the chains early.
-            None if anneal.steps == 0 => gibbs(&dbn, p.chains, p.steps, p.sampler, p.seed, |s| {
-                bar.set_position(s as u64);
-                ctx.check_cancel().is_ok()
-            }),
-            _ => {
-                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
-                let [c, h, w] = dbn.spec.input;
-                let noise: Vec<u8>;
-                let px = match &start {
-                    Some(px) => px.as_slice(),
-                    None => {
-                        // The same noise `gibbs` starts from.
-                        noise = (0..p.chains * c * h * w)
-                            .map(|_| rand::Rng::random::<u8>(&mut rng))
-                            .collect();
-                        &noise
-                    }
-                };
-                gibbs_from(
-                    &dbn,
-                    px,
-                    p.chains,
-                    p.steps,
-                    p.sampler,
-                    anneal,
-                    &mut rng,
-                    |s| {
-                        bar.set_position(s as u64);
-                        ctx.check_cancel().is_ok()
-                    },
-                )
-            }
+            gibbs_from(
+                &dbn,
+                px,
+                p.chains,
+                p.steps,
+                p.sampler,
+                anneal,
+                &mut rng,
+                |s| {
+                    bar.set_position(s as u64);
+                    ctx.check_cancel().is_ok()
+                },
+            )
         });
         bar.finish_and_clear();
         ctx.check_cancel()?;
