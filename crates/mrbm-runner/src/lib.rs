@@ -15,6 +15,7 @@ pub mod integrity;
 pub mod output;
 pub mod plan;
 pub mod registry;
+pub mod session;
 pub mod store;
 pub mod table;
 
