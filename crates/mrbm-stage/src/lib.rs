@@ -422,21 +422,60 @@ pub fn check_memory(bytes: f64, what: &str) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename, so a
-/// crash never leaves a half-written file behind.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
+/// Write `bytes` to `path` through a temporary file in the same folder
+/// (created if need be), fsync and a rename, so a crash never leaves a
+/// half-written file behind and the content is on disk once it returns.
+/// The temporary file never stays behind, whatever fails. Err: the path at
+/// fault and why. The one implementation every crate uses.
+pub fn write_atomic_io(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    // Never leave the temporary file behind, whatever fails.
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            StageError::io(path, e)
-        })
+    let written =
+        std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err((tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        (path.to_path_buf(), e)
+    })
+}
+
+/// [`write_atomic_io`] for stages.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
+    write_atomic_io(path, bytes).map_err(|(p, e)| StageError::io(p, e))
+}
+
+/// The message a panic carried (`panic!("...")` or a formatted one).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+}
+
+/// A rayon pool of `threads` threads (at least one): stages run their
+/// parallel work in it to stay within their share of the machine.
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, StageError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| StageError::failed(format!("cannot start {threads} threads: {e}")))
+}
+
+/// Run `f` in a [`thread_pool`] of `threads` threads.
+pub fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, StageError> {
+    Ok(thread_pool(threads)?.install(f))
 }
 
 #[cfg(test)]
@@ -454,6 +493,39 @@ mod tests {
     }
     fn default_lr() -> f64 {
         0.03
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_whole_file_and_makes_its_folder() {
+        let d = tempdir_for("wa-ok");
+        let target = d.join("sub").join("t.csv");
+        write_atomic(&target, b"first, longer").unwrap();
+        write_atomic(&target, b"2").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"2");
+        let names: Vec<_> = std::fs::read_dir(d.join("sub")).unwrap().collect();
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    fn tempdir_for(what: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("mrbm-stage-{what}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_either_payload() {
+        let s = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(s.as_ref()).as_deref(), Some("plain"));
+        let n = 3;
+        let f = std::panic::catch_unwind(|| panic!("formatted {n}")).unwrap_err();
+        assert_eq!(panic_message(f.as_ref()).as_deref(), Some("formatted 3"));
+        let o = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(o.as_ref()), None);
+    }
+
+    #[test]
+    fn the_pool_has_the_threads_asked_for_and_at_least_one() {
+        assert_eq!(in_pool(3, rayon::current_num_threads).unwrap(), 3);
+        assert_eq!(in_pool(0, rayon::current_num_threads).unwrap(), 1);
     }
 
     #[test]
