@@ -1,5 +1,12 @@
-//! The mrbm runner: pipeline schema, DAG expansion, content-hash cache,
-//! executor, tables, and the `mrbm` command line.
+//! The mrbm runner owns everything between an experiment file and a CSV
+//! row, as a chain of phases with typed products (ARCHITECTURE.md):
+//! [`config::load`] (the schema, with spans for errors) -> [`dag::build`]
+//! (overrides, sweep, inputs, expansion, tables: the plan) ->
+//! [`session::Session`] (`key` a node, `plan`, `run`) -> [`exec`] (the
+//! scheduler) over an [`executor::Executor`] ([`executor::run_job`] against
+//! the content-addressed [`store`]) -> [`report`] and [`history`]. It also
+//! owns the built-in `table`, `collect` and `command` kinds, the registry
+//! of all kinds, and the `mrbm` command line (main.rs only dispatches).
 pub mod collect;
 pub mod command;
 pub mod config;

@@ -302,6 +302,56 @@ pub trait Stage: Send + Sync {
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError>;
 }
 
+/// A stage kind with typed parameters: the runner-facing [`Stage`] comes
+/// from a blanket impl, which parses and canonicalises `Params` (unknown
+/// keys get "did you mean"), runs [`TypedStage::validate`], and hands `run`
+/// the typed parameters. Use `#[serde(default)]` on the struct and one
+/// `Default` impl so that writing a default explicitly changes no key.
+pub trait TypedStage: Send + Sync {
+    /// The `kind = "..."` name in pipeline files.
+    const KIND: &'static str;
+    /// Bump whenever the outputs for the same parameters and inputs change.
+    const VERSION: u32;
+    const INPUTS: &'static [InputSlot];
+    /// One line for `mrbm kinds`.
+    const ABOUT: &'static str = "";
+    /// Whether it runs tensor work on the selected device.
+    const USES_DEVICE: bool = false;
+    type Params: DeserializeOwned + Serialize + Default;
+    /// Checks serde cannot express (ranges, combinations).
+    fn validate(_params: &Self::Params) -> Result<(), ParamError> {
+        Ok(())
+    }
+    fn run(&self, ctx: &StageContext, params: Self::Params) -> Result<Metrics, StageError>;
+}
+
+impl<T: TypedStage> Stage for T {
+    fn kind(&self) -> &'static str {
+        T::KIND
+    }
+    fn version(&self) -> u32 {
+        T::VERSION
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        T::INPUTS
+    }
+    fn about(&self) -> &'static str {
+        T::ABOUT
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        let (typed, canon) = parse_params::<T::Params>(raw)?;
+        T::validate(&typed)?;
+        Ok(canon)
+    }
+    fn uses_device(&self) -> bool {
+        T::USES_DEVICE
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let params = ctx.typed_params::<T::Params>()?;
+        TypedStage::run(self, ctx, params)
+    }
+}
+
 /// Parse raw TOML parameters into `T` (which should use
 /// `#[serde(deny_unknown_fields)]` and defaults) and return it with its
 /// canonical JSON form. Unknown keys get the nearest valid key suggested.
@@ -511,6 +561,57 @@ mod tests {
         std::env::temp_dir().join(format!("mrbm-stage-{what}-{}", std::process::id()))
     }
 
+    /// Scales its parameter; refuses a negative factor.
+    struct Scale;
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct ScaleParams {
+        factor: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    }
+    impl TypedStage for Scale {
+        const KIND: &'static str = "scale";
+        const VERSION: u32 = 2;
+        const INPUTS: &'static [InputSlot] = &[];
+        type Params = ScaleParams;
+        fn validate(p: &ScaleParams) -> Result<(), ParamError> {
+            if p.factor < 0.0 {
+                return Err(ParamError::new("factor", "must not be negative"));
+            }
+            Ok(())
+        }
+        fn run(&self, _ctx: &StageContext, p: ScaleParams) -> Result<Metrics, StageError> {
+            Ok(Metrics::from([("y".to_string(), 2.0 * p.factor)]))
+        }
+    }
+
+    #[test]
+    fn a_typed_stage_is_a_stage_with_canonical_checked_params() {
+        let s: &dyn Stage = &Scale;
+        assert_eq!(
+            (s.kind(), s.version(), s.uses_device()),
+            ("scale", 2, false)
+        );
+        let t = |text: &str| -> toml::Table { toml::from_str(text).unwrap() };
+        // Defaults filled in; an unset optional leaves the canonical form alone.
+        assert_eq!(
+            s.params(&t("")).unwrap(),
+            serde_json::json!({"factor": 0.0})
+        );
+        assert_eq!(
+            s.params(&t("factor = 0.0")).unwrap(),
+            s.params(&t("")).unwrap()
+        );
+        let e = s.params(&t("factr = 1.0")).unwrap_err();
+        assert_eq!(e.suggestion.as_deref(), Some("factor"));
+        let e = s.params(&t("factor = -1.0")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("factor"));
+        let canon = s.params(&t("factor = 1.5")).unwrap();
+        let (m, _) = with_ctx_params(&canon, |ctx| s.run(ctx).unwrap());
+        assert_eq!(m["y"], 3.0);
+    }
+
     #[test]
     fn panic_messages_are_read_from_either_payload() {
         let s = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
@@ -537,6 +638,25 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
         let _ = std::fs::remove_dir_all(&d);
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    /// A context with these parameters and a log nobody reads.
+    fn with_ctx_params<R>(params: &JsonValue, f: impl FnOnce(&StageContext) -> R) -> (R, ()) {
+        let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
+        let inputs = BTreeMap::new();
+        let cancel = AtomicBool::new(false);
+        let ctx = StageContext {
+            stage_id: "scale",
+            params,
+            inputs: &inputs,
+            out_dir: Path::new("."),
+            device: Device::Cpu,
+            threads: 1,
+            progress: None,
+            cancel: &cancel,
+            log: &log,
+        };
+        (f(&ctx), ())
     }
 
     fn with_ctx<R>(
