@@ -28,7 +28,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunnerError;
-use crate::store;
+use crate::exec::{NodeResult, Status};
+use crate::executor::{Executor, StageJob};
+use crate::integrity;
+use crate::store::{self, Found, Store};
 
 /// `[executor]` in an experiment file. `--executor` overrides `kind`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -599,6 +602,471 @@ pub fn log_tail(log: &str) -> String {
         .or(lines.last())
         .map(|l| l.trim_start_matches("error:").trim().to_string())
         .unwrap_or_default()
+}
+
+
+/// The Slurm job ids this process has in flight, for a second Ctrl-C that
+/// exits at once to cancel them first.
+static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The ids of the jobs this process submitted that have not ended.
+pub fn in_flight_ids() -> Vec<String> {
+    IN_FLIGHT.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+fn track(id: &str, add: bool) {
+    if let Ok(mut v) = IN_FLIGHT.lock() {
+        v.retain(|x| x != id);
+        if add {
+            v.push(id.to_string());
+        }
+    }
+}
+
+/// How long one stage took through Slurm, as the planner saw it.
+#[derive(Debug, Clone)]
+pub struct JobTiming {
+    pub stage: String,
+    pub job: String,
+    /// sbatch to the start of `mrbm exec-stage` on the node (seconds).
+    pub to_start: Option<f64>,
+    /// sbatch to the planner seeing the entry published.
+    pub total: f64,
+    /// The stage's own time (its manifest's `seconds`).
+    pub stage_seconds: f64,
+}
+
+impl JobTiming {
+    /// What Slurm and the job's start-up added to the stage's own time.
+    pub fn overhead(&self) -> f64 {
+        (self.total - self.stage_seconds).max(0.0)
+    }
+}
+
+/// The first line `mrbm exec-stage` prints: when it started (Unix seconds).
+pub const STARTED: &str = "mrbm exec-stage: started at ";
+
+/// Unix time in seconds, with fractions.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+struct Tracked {
+    job: StageJob,
+    /// None while another planner is submitting it (we retry the claim).
+    slurm: Option<String>,
+    /// We submitted it (and cancel it on an interrupt).
+    ours: bool,
+    submitted: std::time::Instant,
+    submitted_unix: f64,
+    /// When we asked Slurm to cancel it.
+    cancelled_at: Option<std::time::Instant>,
+}
+
+/// Runs each job as one `sbatch` job on the cluster (see the module doc).
+pub struct SlurmExecutor<'a> {
+    store: &'a Store,
+    /// The cache's absolute path, as the nodes see it.
+    cache: PathBuf,
+    opts: SlurmOptions,
+    mrbm: PathBuf,
+    device: String,
+    verbose: u8,
+    jobs: Vec<Tracked>,
+    done: std::collections::VecDeque<(usize, NodeResult)>,
+    backoff: Backoff,
+    next_poll: std::time::Instant,
+    cancelling: bool,
+    timings: Vec<JobTiming>,
+    /// Messages for the user (waiting on another run's job).
+    say: Box<dyn Fn(String) + 'a>,
+}
+
+impl<'a> SlurmExecutor<'a> {
+    /// `device` is the device request the nodes resolve (`auto`, `cuda`...);
+    /// `mrbm` the binary they run (default: this one).
+    pub fn new(
+        store: &'a Store,
+        opts: SlurmOptions,
+        device: &str,
+        verbose: u8,
+        say: Box<dyn Fn(String) + 'a>,
+    ) -> Result<SlurmExecutor<'a>, RunnerError> {
+        let mrbm = match &opts.mrbm {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| RunnerError::Data(format!("cannot find the mrbm binary: {e}")))?,
+        };
+        let mrbm = std::path::absolute(&mrbm).unwrap_or(mrbm);
+        if !mrbm.is_file() {
+            return Err(RunnerError::Usage(format!(
+                "--mrbm {}: no such file (the nodes run this binary; it must be on a path they see)",
+                mrbm.display()
+            )));
+        }
+        let cache = std::path::absolute(&store.root).unwrap_or_else(|_| store.root.clone());
+        std::fs::create_dir_all(dir(&cache).join("logs"))
+            .map_err(|e| RunnerError::cache(dir(&cache), e))?;
+        Ok(SlurmExecutor {
+            store,
+            cache,
+            opts,
+            mrbm,
+            device: device.to_string(),
+            verbose,
+            jobs: Vec::new(),
+            done: Default::default(),
+            backoff: default_backoff(),
+            next_poll: std::time::Instant::now(),
+            cancelling: false,
+            timings: Vec::new(),
+            say,
+        })
+    }
+
+    /// Per-stage timings of the jobs that published their entry.
+    pub fn timings(&self) -> &[JobTiming] {
+        &self.timings
+    }
+
+    /// Try to start `job`: a cached entry needs no job; a job of another
+    /// planner in flight is waited on; else submit ours.
+    fn start(&mut self, job: StageJob) -> Result<(), RunnerError> {
+        let t0 = std::time::Instant::now();
+        if let Found::Hit(m) = integrity::check(self.store, &job.key) {
+            self.done.push_back((job.job, cached_result(self.store, &job.key, m, t0)));
+            return Ok(());
+        }
+        let tracked = |slurm: Option<String>, ours: bool| Tracked {
+            job: job.clone(),
+            slurm,
+            ours,
+            submitted: t0,
+            submitted_unix: unix_now(),
+            cancelled_at: None,
+        };
+        match claim(&self.cache, &job.key, &job.stage_id)? {
+            Claim::InFlight(id) => {
+                (self.say)(format!(
+                    "  waiting {} (Slurm job {id} of another run computes it)",
+                    job.stage_id
+                ));
+                self.jobs.push(tracked(Some(id), false));
+                Ok(())
+            }
+            Claim::Busy => {
+                self.jobs.push(tracked(None, false));
+                Ok(())
+            }
+            Claim::Ours => match self.submit_ours(&job) {
+                Ok(id) => {
+                    (self.say)(format!("  submitted {} as Slurm job {id}", job.stage_id));
+                    track(&id, true);
+                    self.jobs.push(tracked(Some(id), true));
+                    Ok(())
+                }
+                Err(e) => {
+                    release(&self.cache, &job.key);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    fn submit_ours(&self, job: &StageJob) -> Result<String, RunnerError> {
+        job.save(self.store)?;
+        let script_path = dir(&self.cache).join(format!("{}.sh", job.key));
+        let mut text = script(&self.mrbm, &self.cache, &job.key, &self.device);
+        if self.verbose > 0 {
+            // The stage's log lines go to the job's log as they are logged.
+            text = text.replace(" exec-stage ", " -v exec-stage ");
+        }
+        store::write_atomic(&script_path, text.as_bytes())?;
+        let mut args = vec![
+            format!("--job-name=mrbm:{}", job.stage_id),
+            format!(
+                "--output={}",
+                dir(&self.cache)
+                    .join("logs")
+                    .join(format!("{}.%j.log", job.key))
+                    .display()
+            ),
+        ];
+        args.extend(self.opts.sbatch_args(&job.kind, job.uses_device));
+        let id = sbatch(&args, &script_path)?;
+        record_job(&self.cache, &job.key, &job.stage_id, &id)?;
+        Ok(id)
+    }
+
+    /// Poll Slurm once; move the jobs that ended to `done`.
+    fn poll(&mut self) -> Result<(), RunnerError> {
+        // Jobs another planner was submitting: claim again.
+        let waiting: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| self.jobs[i].slurm.is_none())
+            .collect();
+        for i in waiting.into_iter().rev() {
+            let t = self.jobs.remove(i);
+            if self.cancelling {
+                self.done
+                    .push_back((t.job.job, plain(Status::Cancelled)));
+                continue;
+            }
+            self.start(t.job)?;
+        }
+        let ids: Vec<String> = self.jobs.iter().filter_map(|t| t.slurm.clone()).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let states = squeue(&ids)?;
+        let mut changed = false;
+        let mut i = 0;
+        while i < self.jobs.len() {
+            let t = &self.jobs[i];
+            let Some(id) = t.slurm.clone() else {
+                i += 1;
+                continue;
+            };
+            let live = states.get(&id).is_some_and(|s| s.in_flight());
+            // Cancelled, but Slurm still lists it a minute later: give up.
+            let given_up = t
+                .cancelled_at
+                .is_some_and(|c| c.elapsed() > Duration::from_secs(60));
+            if live && !given_up {
+                i += 1;
+                continue;
+            }
+            let t = self.jobs.remove(i);
+            changed = true;
+            let r = self.ended(&t, &id);
+            if t.ours {
+                track(&id, false);
+                release(&self.cache, &t.job.key);
+            }
+            self.done.push_back((t.job.job, r));
+        }
+        if changed {
+            self.backoff.reset();
+        }
+        Ok(())
+    }
+
+    /// The result of a job that Slurm says has ended.
+    fn ended(&mut self, t: &Tracked, id: &str) -> NodeResult {
+        let key = &t.job.key;
+        let log = log_path(&self.cache, key, id);
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        match integrity::check(self.store, key) {
+            Found::Hit(m) => {
+                let total = t.submitted.elapsed().as_secs_f64();
+                let to_start = log_text
+                    .lines()
+                    .find_map(|l| l.split(STARTED).nth(1))
+                    .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+                    .map(|s| (s - t.submitted_unix).max(0.0));
+                if t.ours {
+                    self.timings.push(JobTiming {
+                        stage: t.job.stage_id.clone(),
+                        job: id.to_string(),
+                        to_start,
+                        total,
+                        stage_seconds: m.seconds,
+                    });
+                    tracing::info!(
+                        "{}: Slurm job {id}: submit to start {}, submit to published {total:.2}s, stage {:.2}s",
+                        t.job.stage_id,
+                        to_start.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "?".into()),
+                        m.seconds
+                    );
+                }
+                NodeResult {
+                    status: if t.ours { Status::Ran } else { Status::Cached },
+                    key: Some(key.clone()),
+                    seconds: if t.ours { total } else { 0.0 },
+                    log: Some(self.store.entry_dir(key).join("log.txt")),
+                    manifest: Some(m),
+                }
+            }
+            _ => {
+                let info = scontrol(id).ok().flatten();
+                if self.cancelling && t.ours {
+                    return plain(Status::Cancelled);
+                }
+                // Keep the job's log where the user can read it.
+                let failed_dir = self.store.root.join("failed");
+                let _ = std::fs::create_dir_all(&failed_dir);
+                let kept = failed_dir.join(format!(
+                    "{}.slurm-{id}.log",
+                    sanitize(&t.job.stage_id)
+                ));
+                let kept = match std::fs::copy(&log, &kept) {
+                    Ok(_) => Some(kept),
+                    Err(_) => None,
+                };
+                let mut message = failure_message(info.as_ref(), id, &log_tail(&log_text));
+                if !t.ours {
+                    message.push_str(" (a job of another run)");
+                }
+                if kept.is_none() {
+                    message.push_str(&format!("; its log {} is missing", log.display()));
+                }
+                let user = info.as_ref().and_then(|i| i.exit_code) == Some(2)
+                    && info.as_ref().map(|i| &i.state) == Some(&JobState::Failed);
+                NodeResult {
+                    status: Status::Failed { message, user },
+                    key: None,
+                    seconds: t.submitted.elapsed().as_secs_f64(),
+                    log: kept,
+                    manifest: None,
+                }
+            }
+        }
+    }
+}
+
+/// A stage id as a file name.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "=-_,.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// One line on the jobs' timings, for the end of a run.
+pub fn timing_summary(t: &[JobTiming]) -> String {
+    let n = t.len().max(1) as f64;
+    let overhead: Vec<f64> = t.iter().map(JobTiming::overhead).collect();
+    let starts: Vec<f64> = t.iter().filter_map(|x| x.to_start).collect();
+    let start = if starts.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "submit to start {:.2}s, ",
+            starts.iter().sum::<f64>() / starts.len() as f64
+        )
+    };
+    format!(
+        "Slurm: {} job{}; per stage on average {start}overhead {:.2}s (submit to published, less the stage's own time; max {:.2}s)",
+        t.len(),
+        if t.len() == 1 { "" } else { "s" },
+        overhead.iter().sum::<f64>() / n,
+        overhead.iter().cloned().fold(0.0, f64::max)
+    )
+}
+
+fn plain(status: Status) -> NodeResult {
+    NodeResult {
+        status,
+        key: None,
+        seconds: 0.0,
+        log: None,
+        manifest: None,
+    }
+}
+
+fn cached_result(
+    store: &Store,
+    key: &str,
+    m: crate::store::Manifest,
+    t0: std::time::Instant,
+) -> NodeResult {
+    NodeResult {
+        status: Status::Cached,
+        key: Some(key.to_string()),
+        seconds: t0.elapsed().as_secs_f64(),
+        log: Some(store.entry_dir(key).join("log.txt")),
+        manifest: Some(m),
+    }
+}
+
+impl Executor for SlurmExecutor<'_> {
+    fn capacity(&self) -> usize {
+        self.opts.max_jobs()
+    }
+
+    fn submit(&mut self, job: StageJob) -> Result<(), RunnerError> {
+        if self.cancelling {
+            self.done.push_back((job.job, plain(Status::Cancelled)));
+            return Ok(());
+        }
+        self.start(job)
+    }
+
+    fn wait_any(&mut self, timeout: Duration) -> Vec<(usize, NodeResult)> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if !self.done.is_empty() {
+                return self.done.drain(..).collect();
+            }
+            let now = std::time::Instant::now();
+            if now >= self.next_poll {
+                if let Err(e) = self.poll() {
+                    tracing::warn!("polling Slurm: {e}");
+                }
+                self.next_poll = std::time::Instant::now() + self.backoff.next_wait();
+                continue;
+            }
+            if now >= deadline {
+                return Vec::new();
+            }
+            std::thread::sleep((self.next_poll.min(deadline) - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        self.cancelling = true;
+        let ours: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|t| t.ours)
+            .filter_map(|t| t.slurm.clone())
+            .collect();
+        scancel(&ours);
+        let now = std::time::Instant::now();
+        for t in &mut self.jobs {
+            t.cancelled_at = Some(now);
+        }
+        // Other runs' jobs are theirs: stop waiting on them.
+        let mut i = 0;
+        while i < self.jobs.len() {
+            if self.jobs[i].ours {
+                i += 1;
+            } else {
+                let t = self.jobs.remove(i);
+                self.done.push_back((t.job.job, plain(Status::Cancelled)));
+            }
+        }
+        self.backoff.reset();
+        self.next_poll = now;
+    }
+}
+
+impl Drop for SlurmExecutor<'_> {
+    fn drop(&mut self) {
+        // Leaving with our jobs in flight (an error path): cancel them.
+        let ours: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|t| t.ours)
+            .filter_map(|t| t.slurm.clone())
+            .collect();
+        scancel(&ours);
+        for t in &self.jobs {
+            if t.ours {
+                if let Some(id) = &t.slurm {
+                    track(id, false);
+                }
+                release(&self.cache, &t.job.key);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
