@@ -8,6 +8,7 @@ pub mod dag;
 pub mod device;
 pub mod error;
 pub mod exec;
+pub mod executor;
 pub mod hashing;
 pub mod history;
 pub mod integrity;
