@@ -311,7 +311,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 slurm_opts.mrbm = mrbm.clone();
             }
             if let Some(j) = jobs.filter(|_| on_slurm) {
-                slurm_opts.max_jobs = Some(*j);
+                slurm_opts.max_jobs = Some(j);
             }
             // On Slurm the nodes resolve the device: the machine that plans
             // (a login node) may have no GPU.
