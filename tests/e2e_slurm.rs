@@ -250,7 +250,10 @@ fn quickstart_through_slurm_matches_a_local_run_byte_for_byte() {
         let mine = std::fs::read(e.path()).unwrap();
         let theirs = std::fs::read(on_slurm.path().join("results").join(&name))
             .unwrap_or_else(|_| panic!("the Slurm run wrote no results/{name}"));
-        assert!(mine == theirs, "results/{name} differs between local and Slurm");
+        assert!(
+            mine == theirs,
+            "results/{name} differs between local and Slurm"
+        );
         compared += 1;
     }
     assert!(compared >= 4, "only {compared} result files");
@@ -265,7 +268,10 @@ fn quickstart_through_slurm_matches_a_local_run_byte_for_byte() {
         let job = m["slurm_job"].as_str().unwrap_or_else(|| {
             panic!("{}: no slurm_job in its manifest", e.display());
         });
-        assert!(ids.contains(&job), "job {job} was not submitted by this run");
+        assert!(
+            ids.contains(&job),
+            "job {job} was not submitted by this run"
+        );
         assert!(!m["host"].as_str().unwrap().is_empty());
         assert_eq!(m["device"], "cpu");
         with_job += 1;
@@ -313,9 +319,15 @@ fn a_cancelled_job_is_reported_cancelled_and_reruns_cleanly() {
     assert!(out.status.success(), "rerun: {said}");
     let again: Vec<String> = submitted(&said).into_iter().map(|(s, _)| s).collect();
     assert!(again.contains(&"train".to_string()), "{said}");
-    assert!(!again.contains(&"shapes".to_string()), "shapes was not cached: {said}");
     assert!(
-        std::fs::read_dir(cache.join("tmp")).unwrap().next().is_none(),
+        !again.contains(&"shapes".to_string()),
+        "shapes was not cached: {said}"
+    );
+    assert!(
+        std::fs::read_dir(cache.join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
         "temporary entries left behind"
     );
     assert!(std::fs::read_to_string(p.path().join("results/small.csv"))
@@ -349,11 +361,9 @@ fn a_failing_stage_is_reported_with_its_state_exit_code_and_log() {
     );
     assert_eq!(job_state(job), "FAILED");
     // The job's log is kept, and holds the stage's error.
-    let kept = p
-        .path()
-        .join(format!(".mrbm/failed/split.slurm-{job}.log"));
-    let log = std::fs::read_to_string(&kept)
-        .unwrap_or_else(|_| panic!("no {}: {said}", kept.display()));
+    let kept = p.path().join(format!(".mrbm/failed/split.slurm-{job}.log"));
+    let log =
+        std::fs::read_to_string(&kept).unwrap_or_else(|_| panic!("no {}: {said}", kept.display()));
     assert!(log.contains("error: split:"), "{log}");
     assert!(said.contains(&kept.display().to_string()), "{said}");
     // Nothing downstream was submitted.
@@ -432,7 +442,11 @@ fn two_planners_on_one_cache_submit_each_stage_once() {
     let n = all.len();
     all.sort();
     all.dedup();
-    assert_eq!(all.len(), n, "a stage was submitted twice:\n{ta}\n---\n{tb}");
+    assert_eq!(
+        all.len(),
+        n,
+        "a stage was submitted twice:\n{ta}\n---\n{tb}"
+    );
     assert_eq!(
         all,
         ["features", "shapes", "split", "table:small", "train"],

@@ -15,9 +15,9 @@ use mrbm_runner::hashing::Memo;
 use mrbm_runner::history;
 use mrbm_runner::plan;
 use mrbm_runner::registry::Registry;
+use mrbm_runner::slurm::{self, ExecutorDecl};
 use mrbm_runner::store::Store;
 use mrbm_runner::table;
-use mrbm_runner::slurm::{self, ExecutorDecl};
 use mrbm_runner::{device, output, RunnerError};
 
 #[derive(Parser)]
@@ -392,8 +392,10 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                     }
                     _ => Box::new(|line: String| eprintln!("{line}")),
                 };
-                let mut ex = slurm::SlurmExecutor::new(&store, slurm_opts, &spec, cli.verbose, say)?;
-                let r = exec::Scheduler::new(&dag, &reg, &store, &memo, &opts, &cancel).run(&mut ex);
+                let mut ex =
+                    slurm::SlurmExecutor::new(&store, slurm_opts, &spec, cli.verbose, say)?;
+                let r =
+                    exec::Scheduler::new(&dag, &reg, &store, &memo, &opts, &cancel).run(&mut ex);
                 timings = ex.timings().to_vec();
                 r
             } else {
@@ -581,13 +583,7 @@ const SUMMARY_WIDTH: usize = 100;
 /// Warnings listed per stage in the summary; the rest are in its log.
 const WARNINGS_SHOWN: usize = 5;
 
-fn print_summary(
-    dag: &Dag,
-    results: &[exec::NodeResult],
-    store: &Store,
-    total: f64,
-    device: &str,
-) {
+fn print_summary(dag: &Dag, results: &[exec::NodeResult], store: &Store, total: f64, device: &str) {
     print!("{}", summary_table(dag, results));
     let count = |f: &dyn Fn(&Status) -> bool| results.iter().filter(|r| f(&r.status)).count();
     println!(

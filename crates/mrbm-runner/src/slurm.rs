@@ -604,7 +604,6 @@ pub fn log_tail(log: &str) -> String {
         .unwrap_or_default()
 }
 
-
 /// The Slurm job ids this process has in flight, for a second Ctrl-C that
 /// exits at once to cancel them first.
 static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -737,7 +736,8 @@ impl<'a> SlurmExecutor<'a> {
     fn start(&mut self, job: StageJob) -> Result<(), RunnerError> {
         let t0 = std::time::Instant::now();
         if let Found::Hit(m) = integrity::check(self.store, &job.key) {
-            self.done.push_back((job.job, cached_result(self.store, &job.key, m, t0)));
+            self.done
+                .push_back((job.job, cached_result(self.store, &job.key, m, t0)));
             return Ok(());
         }
         let tracked = |slurm: Option<String>, ours: bool| Tracked {
@@ -810,8 +810,7 @@ impl<'a> SlurmExecutor<'a> {
         for i in waiting.into_iter().rev() {
             let t = self.jobs.remove(i);
             if self.cancelling {
-                self.done
-                    .push_back((t.job.job, plain(Status::Cancelled)));
+                self.done.push_back((t.job.job, plain(Status::Cancelled)));
                 continue;
             }
             self.start(t.job)?;
@@ -867,6 +866,10 @@ impl<'a> SlurmExecutor<'a> {
                     .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
                     .map(|s| (s - t.submitted_unix).max(0.0));
                 if t.ours {
+                    // Done with: the entry holds the stage's log.
+                    let _ = std::fs::remove_file(&log);
+                    let _ = std::fs::remove_file(dir(&self.cache).join(format!("{key}.sh")));
+                    let _ = std::fs::remove_file(StageJob::path_in(self.store, key));
                     self.timings.push(JobTiming {
                         stage: t.job.stage_id.clone(),
                         job: id.to_string(),
@@ -897,10 +900,7 @@ impl<'a> SlurmExecutor<'a> {
                 // Keep the job's log where the user can read it.
                 let failed_dir = self.store.root.join("failed");
                 let _ = std::fs::create_dir_all(&failed_dir);
-                let kept = failed_dir.join(format!(
-                    "{}.slurm-{id}.log",
-                    sanitize(&t.job.stage_id)
-                ));
+                let kept = failed_dir.join(format!("{}.slurm-{id}.log", sanitize(&t.job.stage_id)));
                 let kept = match std::fs::copy(&log, &kept) {
                     Ok(_) => Some(kept),
                     Err(_) => None,
