@@ -809,11 +809,21 @@ impl<'a> SlurmExecutor<'a> {
             .collect();
         for i in waiting.into_iter().rev() {
             let t = self.jobs.remove(i);
+            let i = t.job.job;
             if self.cancelling {
-                self.done.push_back((t.job.job, plain(Status::Cancelled)));
+                self.done.push_back((i, plain(Status::Cancelled)));
                 continue;
             }
-            self.start(t.job)?;
+            if let Err(e) = self.start(t.job) {
+                let message = e.to_string();
+                self.done.push_back((
+                    i,
+                    plain(Status::Failed {
+                        message,
+                        user: false,
+                    }),
+                ));
+            }
         }
         let ids: Vec<String> = self.jobs.iter().filter_map(|t| t.slurm.clone()).collect();
         if ids.is_empty() {
@@ -856,8 +866,24 @@ impl<'a> SlurmExecutor<'a> {
     fn ended(&mut self, t: &Tracked, id: &str) -> NodeResult {
         let key = &t.job.key;
         let log = log_path(&self.cache, key, id);
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        match integrity::check(self.store, key) {
+        let mut log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut found = integrity::check(self.store, key);
+        if !matches!(found, Found::Hit(_))
+            && (log_text.contains("mrbm exec-stage: ran ")
+                || log_text.contains("mrbm exec-stage: cached "))
+        {
+            // The job says it published: on a network file system the entry
+            // may take a moment to show here.
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(500));
+                found = integrity::check(self.store, key);
+                if matches!(found, Found::Hit(_)) {
+                    break;
+                }
+            }
+            log_text = std::fs::read_to_string(&log).unwrap_or(log_text);
+        }
+        match found {
             Found::Hit(m) => {
                 let total = t.submitted.elapsed().as_secs_f64();
                 let to_start = log_text
