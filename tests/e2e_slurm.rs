@@ -13,6 +13,9 @@
 //! 4. Interrupting the planner cancels its jobs and leaves no half entry.
 //! 5. Two planners on one cache: each stage is submitted once; the second
 //!    waits on the first one's jobs.
+//! 6. `[executor]` in the experiment selects Slurm, and its options reach
+//!    each job: time and memory per stage kind, GPUs for accelerator stages
+//!    only (the test cluster advertises a fake GPU); `--executor local` wins.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -467,4 +470,81 @@ fn two_planners_on_one_cache_submit_each_stage_once() {
         text(&out)
     );
     assert_no_half_entry(&p.path().join(".mrbm"));
+}
+
+/// `scontrol show job` of a job, as KEY=VALUE pairs.
+fn job_fields(id: &str) -> std::collections::BTreeMap<String, String> {
+    let o = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn executor_options_in_the_experiment_reach_each_job() {
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    if !slurm_here("executor_options_in_the_experiment_reach_each_job") {
+        return;
+    }
+    let gres = Command::new("sinfo")
+        .args(["-h", "-o", "%G"])
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&gres.stdout).contains("gpu") {
+        panic!("the test cluster advertises no GPU (tools/slurm-test-cluster.sh up starts it with MRBM_SLURM_FAKE_GPUS=1)");
+    }
+    let toml = format!(
+        "{}\n[executor]\nkind = \"slurm\"\ntime = \"10\"\ngpus = 1\n\n[executor.kinds.train]\ntime = \"20\"\nmem = \"300M\"\n",
+        small(2)
+    );
+    let p = project("small", &toml);
+    // --executor local wins over the file: no job.
+    let out = mrbm(
+        p.path(),
+        "small",
+        &["--executor", "local", "--device", "cpu"],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(submitted(&text(&out)).is_empty(), "{}", text(&out));
+    // The file's kind = "slurm" (a fresh cache, so everything runs).
+    let out = mrbm(
+        p.path(),
+        "small",
+        &["--device", "cpu", "--cache", "slurm-cache"],
+    )
+    .output()
+    .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    let jobs = submitted(&said);
+    assert_eq!(jobs.len(), 5, "{said}");
+    for (stage, id) in &jobs {
+        let f = job_fields(id);
+        let gpu = f.get("TresPerJob").is_some_and(|t| t.contains("gpu:1"));
+        match stage.as_str() {
+            "train" => {
+                assert_eq!(f["TimeLimit"], "00:20:00", "{f:?}");
+                assert_eq!(f["MinMemoryNode"], "300M", "{f:?}");
+                assert!(gpu, "train asked for no GPU: {f:?}");
+            }
+            "features" => {
+                assert_eq!(f["TimeLimit"], "00:10:00", "{f:?}");
+                assert!(gpu, "features asked for no GPU: {f:?}");
+            }
+            _ => {
+                assert_eq!(f["TimeLimit"], "00:10:00", "{stage}: {f:?}");
+                assert!(
+                    !gpu,
+                    "{stage} uses no accelerator but asked for a GPU: {f:?}"
+                );
+            }
+        }
+    }
 }

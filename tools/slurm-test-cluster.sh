@@ -13,10 +13,11 @@
 #
 # Environment:
 #   MRBM_SLURM_DIR=/tmp/mrbm-slurm   state, spool, logs, pid files
-#   MRBM_SLURM_FAKE_GPUS=0|N         N > 0: the node advertises N fake gres/gpu
-#                                    devices (character devices cloned from
-#                                    /dev/null), so `gpus` in [executor] can be
-#                                    tried; nothing runs on them.
+#   MRBM_SLURM_FAKE_GPUS=1           the node advertises N fake gres/gpu devices
+#                                    (character devices cloned from /dev/null),
+#                                    so that `gpus` in [executor] is accepted and
+#                                    tested; nothing runs on them. 0: none (then
+#                                    Slurm refuses --gpus).
 #
 # Adapted from a tested recipe; the pitfalls it found are handled here:
 # munged runs as the munge user with /run/munge present; batch_sched_delay=0
@@ -25,7 +26,7 @@
 set -euo pipefail
 
 DIR=${MRBM_SLURM_DIR:-/tmp/mrbm-slurm}
-FAKE_GPUS=${MRBM_SLURM_FAKE_GPUS:-0}
+FAKE_GPUS=${MRBM_SLURM_FAKE_GPUS:-1}
 CONF=/etc/slurm/slurm.conf
 
 T0=$(date +%s%N)
