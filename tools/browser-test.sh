@@ -60,7 +60,8 @@ PNG_STATS="$TARGET/debug/examples/png_stats"
 # render PAGE SHOT: screenshot (tall window: most of the page) and console
 # messages of PAGE; prints the console lines; fails when there are any.
 render() {
-  local page="$1" shot="$2" err="$WORK/chromium.$(basename "$shot").err"
+  local page="$1" shot="$2"
+  local err="$WORK/chromium.$(basename "$shot").err"
   timeout 180 "$CHROMIUM" --headless --no-sandbox --disable-gpu --hide-scrollbars \
     --no-first-run --disable-extensions --user-data-dir="$WORK/profile" \
     --enable-logging=stderr --v=0 --window-size=1280,4200 \
@@ -114,6 +115,7 @@ EOF
 if render "$WORK/console.html" "$WORK/console.png" 2>/dev/null; then
   die "self-check: a console.error was not seen"
 fi
+grep -q 'planted error' "$WORK/chromium.console.png.err" || die "self-check: the planted error is not in the console log"
 if images_ok "$WORK/broken.html"; then die "self-check: a broken image was not seen"; fi
 render "$WORK/blank.html" "$WORK/blank.png" || die "self-check: the blank page logged to the console"
 if "$PNG_STATS" "$WORK/blank.png" >/dev/null 2>&1; then die "self-check: a blank screenshot passed"; fi

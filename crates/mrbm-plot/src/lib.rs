@@ -129,6 +129,27 @@ pub fn y_limits(values: &[f64], lo: f64, hi: f64, pad: f64) -> Option<(f64, f64)
     Some((a - pad * span, b + pad * span))
 }
 
+/// The y range of a chart: [`y_limits`] from the percentiles, narrowed to
+/// Tukey's fences (`k` IQRs beyond the quartiles) when asked.
+pub fn limits(values: &[f64], pct: (f64, f64), fence: Option<f64>) -> (f64, f64) {
+    let Some((mut lo, mut hi)) = y_limits(values, pct.0, pct.1, 0.0) else {
+        return (0.0, 1.0);
+    };
+    if let (Some(k), Some(q1), Some(q3)) = (fence, percentile(values, 25.0), percentile(values, 75.0)) {
+        let iqr = q3 - q1;
+        if iqr > 0.0 {
+            lo = lo.max(q1 - k * iqr);
+            hi = hi.min(q3 + k * iqr);
+        }
+    }
+    let span = hi - lo;
+    if span <= f64::EPSILON * lo.abs().max(hi.abs()).max(1.0) {
+        let d = (lo.abs() * 0.1).max(1e-3);
+        return (lo - d, hi + d);
+    }
+    (lo - 0.08 * span, hi + 0.08 * span)
+}
+
 /// How a series is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -160,6 +181,10 @@ pub struct Chart {
     /// Percentiles (lo, hi) of all plotted values that bound the y axis;
     /// values beyond are drawn at its edge and counted in the title.
     pub y_percentiles: (f64, f64),
+    /// Also keep the y axis within `k` interquartile ranges of the
+    /// quartiles (Tukey's fences), so that one spike in a short series
+    /// (where the 99th percentile is the spike itself) does not set it.
+    pub y_fence: Option<f64>,
     pub x_categories: Option<Vec<String>>,
     pub width: u32,
     pub height: u32,
@@ -178,6 +203,7 @@ impl Chart {
             series: Vec::new(),
             y_scale: YScale::Linear,
             y_percentiles: (0.0, 100.0),
+            y_fence: None,
             x_categories: None,
             width: 720,
             height: 400,
@@ -260,8 +286,7 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err("the background"))?;
-        let (lo, hi) = y_limits(&all_y, chart.y_percentiles.0, chart.y_percentiles.1, 0.08)
-            .unwrap_or((0.0, 1.0));
+        let (lo, hi) = limits(&all_y, chart.y_percentiles, chart.y_fence);
         let clipped = all_y.iter().filter(|&&t| t < lo || t > hi).count();
         let mut title = chart.title.clone();
         if chart.y_scale != YScale::Linear {
@@ -361,9 +386,14 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
         what: "the picture".into(),
         message: "buffer size".into(),
     })?;
+    // Best compression: these pictures are embedded in report pages.
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(draw_err("the PNG"))?;
+    let enc = image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Adaptive,
+    );
+    img.write_with_encoder(enc).map_err(draw_err("the PNG"))?;
     Ok(out.into_inner())
 }
 
@@ -461,6 +491,7 @@ pub fn loss_chart(h: &LossHistory, title: &str, scale: YScale) -> Chart {
     let mut c = Chart::new(title, "training step", "loss (free-energy difference)");
     c.y_scale = scale;
     c.y_percentiles = (1.0, 99.0);
+    c.y_fence = Some(3.0);
     let pts =
         |v: &[f64]| -> Vec<(f64, f64)> { h.steps.iter().copied().zip(v.iter().copied()).collect() };
     // A window of about 2 % of the steps: smooth, and a spike moves only
@@ -544,6 +575,18 @@ mod tests {
         // A constant series still gets a range.
         let (lo, hi) = y_limits(&[2.0; 5], 0.0, 100.0, 0.1).unwrap();
         assert!(lo < 2.0 && hi > 2.0);
+    }
+
+    #[test]
+    fn fences_drop_a_single_spike_of_a_short_series() {
+        // 31 steps (the quickstart's one epoch): the 99th percentile is
+        // the spike itself; the fences are not.
+        let mut v = vec![1e7];
+        v.extend((0..30).map(|i| 100.0 + i as f64));
+        let (_, hi) = limits(&v, (1.0, 99.0), None);
+        assert!(hi > 1e6);
+        let (lo, hi) = limits(&v, (1.0, 99.0), Some(3.0));
+        assert!(lo < 100.0 && hi > 129.0 && hi < 300.0, "{lo}..{hi}");
     }
 
     #[test]
@@ -667,6 +710,7 @@ mod tests {
         let mut chart = loss_chart(&h, "spike", YScale::Linear);
         let with = rows_spanned(&chart);
         chart.y_percentiles = (0.0, 100.0);
+        chart.y_fence = None;
         let without = rows_spanned(&chart);
         assert!(with > 150 && without < 40, "with {with}, without {without}");
     }
