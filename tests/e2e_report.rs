@@ -27,6 +27,7 @@ params = { split = { train = 60, test = 20 }, seed = 1 }
 kind = "train"
 inputs = { data = "split/train.safetensors" }
 params = { conv_channels = [], dense = [6], epochs = 2, batch_size = 20, seed = 1 }
+publish = { "loss.png" = "results/loss_N{N}.png" }
 
 [stages.loglik]
 kind = "loglik"
@@ -155,6 +156,14 @@ fn the_report_is_one_self_contained_page_with_tables_plots_and_provenance() {
     assert!(alts("loglik: test_loglik along N") == 1, "{html}");
     assert!(alts("sample: diversity along N") == 1);
     assert!(pngs.len() >= 2 + 2 + 2, "{} images", pngs.len());
+
+    // Each cell's loss curve, published as asked: a 720 x 400 PNG.
+    for n in [1, 3] {
+        let png = std::fs::read(dir.path().join(format!("results/loss_N{n}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+        assert_eq!((be(16), be(20)), (720, 400), "IHDR width, height");
+    }
 
     // Provenance: the run, its commit and each stage's timing and host.
     let runs = ok(&mrbm(dir.path(), &["runs", "--csv"]));

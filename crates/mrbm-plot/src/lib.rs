@@ -135,7 +135,9 @@ pub fn limits(values: &[f64], pct: (f64, f64), fence: Option<f64>) -> (f64, f64)
     let Some((mut lo, mut hi)) = y_limits(values, pct.0, pct.1, 0.0) else {
         return (0.0, 1.0);
     };
-    if let (Some(k), Some(q1), Some(q3)) = (fence, percentile(values, 25.0), percentile(values, 75.0)) {
+    if let (Some(k), Some(q1), Some(q3)) =
+        (fence, percentile(values, 25.0), percentile(values, 75.0))
+    {
         let iqr = q3 - q1;
         if iqr > 0.0 {
             lo = lo.max(q1 - k * iqr);
