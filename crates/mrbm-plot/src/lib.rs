@@ -668,8 +668,8 @@ mod tests {
             let img = image::load_from_memory(&png).unwrap().to_rgb8();
             assert_eq!(img.dimensions(), (720, 400));
             // The total's and both layers' lines are drawn in their colours.
-            for i in 0..3 {
-                assert!(count_colour(&png, PALETTE[i]) > 100, "{scale:?} colour {i}");
+            for (i, c) in PALETTE.iter().take(3).enumerate() {
+                assert!(count_colour(&png, *c) > 100, "{scale:?} colour {i}");
             }
             // Text: glyphs are anti-aliased, so grey levels that are neither
             // the background, the grid nor a line colour exist only if the

@@ -197,9 +197,9 @@ pub fn render(store: &Store, run: &Run, scale: YScale) -> Result<String, RunnerE
         esc(&title),
         esc(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p class=\"note\">{} &middot; commit <code>{}</code>{} &middot; device {} &middot; mrbm {}</p>\n",
+        "<p class=\"note\">{} &middot; commit <code>{}</code>{} &middot; device {} &middot; mrbm {}</p>",
         esc(&run.time),
         esc(&short(&run.git_commit, 12)),
         if run.git_dirty == Some(true) { " (uncommitted changes)" } else { "" },
@@ -290,13 +290,15 @@ fn tables(h: &mut String, entries: &[Entry]) {
     }
 }
 
+/// A stage instance's axis values and metrics.
+type AxisCell<'a> = (Vec<(&'a str, &'a str)>, &'a BTreeMap<String, f64>);
+
 /// Small plots of each metric of the AXIS_KINDS stages along each sweep
 /// axis with two values or more; the other axes' values give the series.
 fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
     h.push_str("<h2 id=\"axes\">Along the sweep axes</h2>\n");
     // stage name -> [(axes, metrics)]
-    let mut by_stage: BTreeMap<&str, Vec<(Vec<(&str, &str)>, &BTreeMap<String, f64>)>> =
-        BTreeMap::new();
+    let mut by_stage: BTreeMap<&str, Vec<AxisCell>> = BTreeMap::new();
     let mut kinds: BTreeMap<&str, &str> = BTreeMap::new();
     for e in entries {
         let Some(m) = e
