@@ -48,6 +48,8 @@ log "browser: $("$CHROMIUM" --version 2>/dev/null | head -1)"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mrbm-browser-test.XXXXXX")"
 SCREENSHOT="${SCREENSHOT:-$WORK/report.png}"
+# Keep the pages and screenshots for a look; drop the cache and the profile.
+trap 'rm -rf "$WORK/profile" "$WORK/project/.mrbm"' EXIT
 
 # Build the binary and the screenshot checker.
 cargo build -q -p mrbm-runner --bin mrbm
