@@ -373,6 +373,8 @@ fn publish_entry(
         seconds: e.seconds,
         tool_version: TOOL_VERSION.to_string(),
         host: store::hostname(),
+        // Set by Slurm in a job (`mrbm exec-stage` under `--executor slurm`).
+        slurm_job: std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty()),
     };
     store.publish(e.tmp, &manifest)?;
     Ok(manifest)

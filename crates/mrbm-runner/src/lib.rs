@@ -3,8 +3,10 @@
 //! [`config::load`] (the schema, with spans for errors) -> [`dag::build`]
 //! (overrides, sweep, inputs, expansion, tables: the plan) ->
 //! [`session::Session`] (`key` a node, `plan`, `run`) -> [`exec`] (the
-//! scheduler) over an [`executor::Executor`] ([`executor::run_job`] against
-//! the content-addressed [`store`]) -> [`report`] and [`history`]. It also
+//! scheduler) over an [`executor::Executor`] (local threads, or
+//! [`slurm`]; both call [`executor::run_job`] against the content-addressed
+//! [`store`]) -> [`summary`] and [`history`] (`mrbm report` renders a
+//! recorded run as HTML: [`report`]). It also
 //! owns the built-in `table`, `collect` and `command` kinds, the registry
 //! of all kinds, and the `mrbm` command line (main.rs only dispatches).
 pub mod collect;
@@ -25,7 +27,9 @@ pub mod plan;
 pub mod registry;
 pub mod report;
 pub mod session;
+pub mod slurm;
 pub mod store;
+pub mod summary;
 pub mod table;
 
 pub use error::RunnerError;

@@ -14,16 +14,17 @@ use std::time::Instant;
 use clap::{CommandFactory, Parser, Subcommand};
 use mrbm_runner::config::{self, parse_set};
 use mrbm_runner::dag::{self, Dag, Overrides};
-use mrbm_runner::exec::{self, RunOptions};
+use mrbm_runner::exec::{self, RunOptions, Status};
 use mrbm_runner::gc::{self, GcOptions};
 use mrbm_runner::hashing::Memo;
 use mrbm_runner::history;
 use mrbm_runner::plan;
 use mrbm_runner::registry::Registry;
 use mrbm_runner::session::Session;
+use mrbm_runner::slurm::{self, ExecutorDecl};
 use mrbm_runner::store::Store;
 use mrbm_runner::table;
-use mrbm_runner::{device, output, report, RunnerError};
+use mrbm_runner::{device, output, summary, RunnerError};
 
 #[derive(Parser)]
 #[command(
@@ -91,6 +92,24 @@ enum Command {
         /// per running stage every SECONDS (stage, step/total, loss, elapsed, ETA).
         #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_interval)]
         progress_interval: f64,
+        /// Where the stages run: `local` (this machine) or `slurm` (one
+        /// sbatch job per stage; README "Running on a cluster"). Overrides
+        /// `[executor] kind` in the experiment.
+        #[arg(long, value_parser = ["local", "slurm"])]
+        executor: Option<String>,
+        /// The mrbm binary Slurm jobs run (default: this one); it must be on
+        /// a path the compute nodes see. Overrides `[executor] mrbm`.
+        #[arg(long, value_name = "PATH")]
+        mrbm: Option<PathBuf>,
+    },
+    /// Run one stage from its job spec in the cache (what a Slurm job runs).
+    #[command(hide = true)]
+    ExecStage {
+        /// The stage's cache key (its spec is CACHE/jobs/KEY.json).
+        key: String,
+        /// auto | cpu | wgpu | cuda[:INDEX], resolved on this machine.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Show what `run` would do and why, without running anything.
     Plan {
@@ -134,6 +153,20 @@ enum Command {
         /// Every metric of the tables' stages, not only those the tables show.
         #[arg(long)]
         all_metrics: bool,
+    },
+    /// Write one self-contained HTML page about a run: tables with the
+    /// paper's values, loss curves, metrics along the sweep axes, sample
+    /// grids, provenance. Opens from file://, no network needed.
+    Report {
+        /// A run id (or unique prefix), or an experiment (its newest run).
+        /// Default: the newest run.
+        run: Option<String>,
+        /// Where to write the page.
+        #[arg(long, default_value = "results/report.html")]
+        out: PathBuf,
+        /// The loss curves' y axis: linear, log or symlog.
+        #[arg(long, default_value = "linear", value_name = "SCALE")]
+        loss_scale: String,
     },
     /// Delete cache entries that no experiment under experiments/ references
     /// and that neither the last runs of an experiment nor a pinned run used.
@@ -228,10 +261,11 @@ fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
 
 /// The DAG, the experiment's `device` and the profile in effect (--profile
 /// or the experiment's default_profile).
+#[allow(clippy::type_complexity)]
 fn build_dag(
     select: &Select,
     reg: &Registry,
-) -> Result<(Dag, Option<String>, Option<String>), RunnerError> {
+) -> Result<(Dag, Option<String>, Option<String>, Option<ExecutorDecl>), RunnerError> {
     if !select.file.is_file() {
         return Err(RunnerError::Usage(format!(
             "{}: no such file",
@@ -258,7 +292,8 @@ fn build_dag(
     };
     let device = exp.file.device.clone();
     let profile = ov.profile.clone().or(exp.file.default_profile.clone());
-    Ok((dag::build(&exp, reg, &ov)?, device, profile))
+    let executor = exp.file.executor.clone();
+    Ok((dag::build(&exp, reg, &ov)?, device, profile, executor))
 }
 
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
@@ -271,6 +306,8 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             device: dev_flag,
             quiet,
             progress_interval,
+            executor,
+            mrbm,
         } => run(
             &cli,
             &reg,
@@ -281,10 +318,12 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 device: dev_flag.clone(),
                 quiet: *quiet,
                 progress_interval: *progress_interval,
+                executor: executor.clone(),
+                mrbm: mrbm.clone(),
             },
         ),
         Command::Plan { select } => {
-            let (dag, _, _) = build_dag(select, &reg)?;
+            let (dag, _, _, _) = build_dag(select, &reg)?;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
             let lines = Session::new(&reg, &store, &memo).plan(&dag)?;
@@ -293,18 +332,19 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Dag { select, dot } => {
-            let (dag, _, _) = build_dag(select, &reg)?;
+            let (dag, _, _, _) = build_dag(select, &reg)?;
             print!(
                 "{}",
                 if *dot {
-                    report::render_dot(&dag)
+                    summary::render_dot(&dag)
                 } else {
-                    report::render_dag_text(&dag)
+                    summary::render_dag_text(&dag)
                 }
             );
             Ok(0)
         }
         Command::Show { what } => show(&cli, what),
+        Command::ExecStage { key, device } => exec_stage(&cli, &reg, key, device),
         Command::Runs {
             experiment,
             pin,
@@ -322,6 +362,18 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             csv,
             all_metrics,
         } => compare(&cli, ids, *csv, *all_metrics),
+        Command::Report {
+            run,
+            out,
+            loss_scale,
+        } => mrbm_runner::report::command(
+            &existing_cache(&cli)?,
+            &mrbm_runner::report::ReportRequest {
+                run: run.clone(),
+                out: out.clone(),
+                y_scale: loss_scale.clone(),
+            },
+        ),
         Command::Gc {
             dry_run,
             keep_runs,
@@ -410,19 +462,62 @@ struct RunArgs {
     device: Option<String>,
     quiet: bool,
     progress_interval: f64,
+    executor: Option<String>,
+    mrbm: Option<PathBuf>,
+}
+
+/// Where the stages of a run go: this machine's threads, or Slurm.
+enum Target {
+    Local,
+    Slurm(Box<slurm::SlurmOptions>),
+}
+
+/// The executor asked for (--executor, else the experiment's `[executor]`).
+fn target(select: &Select, a: &RunArgs, decl: Option<ExecutorDecl>) -> Result<Target, RunnerError> {
+    let decl = decl.unwrap_or_default();
+    match a.executor.as_deref().or(decl.kind.as_deref()) {
+        None | Some("local") => Ok(Target::Local),
+        Some("slurm") => {
+            let mut o = decl.slurm;
+            if a.mrbm.is_some() {
+                o.mrbm = a.mrbm.clone();
+            }
+            if let Some(j) = a.jobs {
+                o.max_jobs = Some(j);
+            }
+            Ok(Target::Slurm(Box::new(o)))
+        }
+        Some(other) => Err(RunnerError::Usage(format!(
+            "{}: [executor] kind = \"{other}\": the executors are `local` and `slurm`",
+            select.file.display()
+        ))),
+    }
 }
 
 /// `mrbm run`: expand, resolve the device, run the plan in a session, then
 /// record and report.
 fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, RunnerError> {
     let t0 = Instant::now();
-    let (dag, file_device, profile) = build_dag(select, reg)?;
+    let (dag, file_device, profile, file_executor) = build_dag(select, reg)?;
     let spec = a
         .device
         .clone()
         .or(file_device)
         .unwrap_or_else(|| "auto".into());
-    let device = device::resolve(&spec)?;
+    let target = target(select, a, file_executor)?;
+    // On Slurm the nodes resolve the device: the machine that plans (a
+    // login node) may have no GPU.
+    let (device, where_, recorded) = match &target {
+        Target::Local => {
+            let d = device::resolve(&spec)?;
+            (d, d.to_string(), d.to_string())
+        }
+        Target::Slurm(_) => (
+            mrbm_stage::Device::Cpu,
+            format!("Slurm (device {spec} on the nodes)"),
+            format!("slurm:{spec}"),
+        ),
+    };
     let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
     // Shared with other runs; `mrbm gc` waits for it.
     let _in_use = store.use_guard(false, &|| {
@@ -449,7 +544,11 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         threads,
         progress,
     };
-    let results = Session::new(reg, &store, &memo).run(&dag, &opts, &cancel);
+    let session = Session::new(reg, &store, &memo);
+    let (results, timings) = match target {
+        Target::Local => (session.run(&dag, &opts, &cancel), Vec::new()),
+        Target::Slurm(o) => run_on_slurm(cli, &session, &dag, &opts, &cancel, *o, &spec)?,
+    };
     drop(ticker);
     let (entries, bytes, took) = mrbm_runner::integrity::stats();
     tracing::info!(
@@ -464,17 +563,58 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         profile,
         sets: select.set.clone(),
         sweeps: select.sweep.clone(),
-        device: device.to_string(),
+        device: recorded,
     };
     let run = history::record(&dag, &results, &request);
     history::save(&store, &run)?;
-    print!("{}", report::tables(&dag, &results));
-    report::summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), device);
+    print!("{}", summary::tables(&dag, &results));
+    summary::print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), &where_);
+    if !timings.is_empty() {
+        println!("{}", slurm::timing_summary(&timings));
+    }
     println!("recorded as run {} (mrbm runs, mrbm compare)", run.id);
     if cancel.load(Ordering::Relaxed) {
         return Err(RunnerError::Interrupted);
     }
-    Ok(report::exit_code(&results))
+    Ok(summary::exit_code(&results))
+}
+
+/// The session's plan run through the Slurm executor; with its jobs' timings.
+#[allow(clippy::type_complexity)]
+fn run_on_slurm(
+    cli: &Cli,
+    session: &Session,
+    dag: &Dag,
+    opts: &RunOptions,
+    cancel: &AtomicBool,
+    o: slurm::SlurmOptions,
+    spec: &str,
+) -> Result<(Vec<exec::NodeResult>, Vec<slurm::JobTiming>), RunnerError> {
+    if !slurm::available() {
+        return Err(RunnerError::Usage(
+            "--executor slurm: no Slurm controller answers `sinfo` here (is this a Slurm login node?)\n  help: run without --executor slurm (or with --executor local)".into(),
+        ));
+    }
+    let say: Box<dyn Fn(String)> = match &opts.progress {
+        Some(m) if !m.is_hidden() => {
+            let m = m.clone();
+            Box::new(move |line: String| {
+                let _ = m.println(line);
+            })
+        }
+        _ => Box::new(|line: String| eprintln!("{line}")),
+    };
+    let mut ex = slurm::SlurmExecutor::new(session.store, o, spec, cli.verbose, say)?;
+    let r = exec::Scheduler::new(
+        dag,
+        session.registry,
+        session.store,
+        session.memo,
+        opts,
+        cancel,
+    )
+    .run(&mut ex);
+    Ok((r, ex.timings().to_vec()))
 }
 
 /// A flag Ctrl-C (or SIGTERM, SIGHUP) sets; a second one exits at once.
@@ -485,6 +625,8 @@ fn cancel_on_interrupt() -> Arc<AtomicBool> {
         if c.swap(true, Ordering::SeqCst) {
             // Second Ctrl-C: leave now. Temporary entries are never
             // trusted and our locks die with us, so the cache stays consistent.
+            // Our Slurm jobs go too.
+            slurm::scancel(&slurm::in_flight_ids());
             eprintln!("\ninterrupted again: exiting");
             std::process::exit(130);
         }
@@ -629,4 +771,71 @@ fn compare(cli: &Cli, ids: &[String], csv: bool, all_metrics: bool) -> Result<u8
         print!("{}", table::render_aligned(&rows));
     }
     Ok(0)
+}
+
+/// `mrbm exec-stage --cache DIR KEY`: what a Slurm job runs on its node.
+/// It reads the job the planner wrote into the shared cache and runs it
+/// with the same lock, temporary folder and atomic publish as a local run.
+/// Exit status: 0 published (or already there), 1 the stage failed, 2 a
+/// user error, 130 cancelled (scancel sends SIGTERM).
+fn exec_stage(cli: &Cli, reg: &Registry, key: &str, spec: &str) -> Result<u8, RunnerError> {
+    use mrbm_runner::executor::{run_job, Runtime, StageJob};
+    eprintln!(
+        "{}{:.3} on {} (key {key})",
+        slurm::STARTED,
+        slurm::unix_now(),
+        mrbm_runner::store::hostname()
+    );
+    let root = cli
+        .cache
+        .clone()
+        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
+        .ok_or_else(|| RunnerError::Usage("exec-stage needs --cache DIR".into()))?;
+    let store = Store::open(&root)?;
+    let mut job = StageJob::load(&StageJob::path_in(&store, key))?;
+    let device = device::resolve(spec)?;
+    // The threads of this node, not of the machine that planned.
+    job.threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memo = Memo::load(&store.root);
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("mrbm exec-stage: cancelled");
+            c.store(true, Ordering::SeqCst);
+        });
+    }
+    let rt = Runtime {
+        registry: reg,
+        memo: &memo,
+        device,
+        progress: None,
+        cancel: &cancel,
+    };
+    let r = run_job(&store, &job, &rt);
+    match &r.status {
+        Status::Ran | Status::Cached => {
+            eprintln!(
+                "mrbm exec-stage: {} {} on {device} in {:.2}s",
+                r.status.word(),
+                job.stage_id,
+                r.seconds
+            );
+            Ok(0)
+        }
+        Status::Failed { message, user } => {
+            eprintln!("error: {}: {message}", job.stage_id);
+            if let Some(l) = &r.log {
+                eprintln!("  log: {}", l.display());
+            }
+            Ok(if *user { 2 } else { 1 })
+        }
+        Status::Cancelled => Err(RunnerError::Interrupted),
+        Status::Skipped { because } => {
+            eprintln!("error: {}: skipped ({because})", job.stage_id);
+            Ok(1)
+        }
+    }
 }
