@@ -605,15 +605,7 @@ fn run_on_slurm(
         _ => Box::new(|line: String| eprintln!("{line}")),
     };
     let mut ex = slurm::SlurmExecutor::new(session.store, o, spec, cli.verbose, say)?;
-    let r = exec::Scheduler::new(
-        dag,
-        session.registry,
-        session.store,
-        session.memo,
-        opts,
-        cancel,
-    )
-    .run(&mut ex);
+    let r = session.run_on(&mut ex, dag, opts, cancel);
     Ok((r, ex.timings().to_vec()))
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use crate::dag::{Dag, InputSource};
 use crate::error::RunnerError;
 use crate::exec::{self, resolve_input, stage_key, NodeResult, Resolved, RunOptions};
-use crate::executor::{JobInput, StageJob};
+use crate::executor::{Executor, JobInput, StageJob};
 use crate::hashing::Memo;
 use crate::plan::{self, PlanLine};
 use crate::registry::Registry;
@@ -136,6 +136,17 @@ impl<'a> Session<'a> {
     /// Run the plan on the local executor; one result per node.
     pub fn run(&self, dag: &Dag, opts: &RunOptions, cancel: &AtomicBool) -> Vec<NodeResult> {
         exec::execute(dag, self.registry, self.store, self.memo, opts, cancel)
+    }
+
+    /// Run the plan through another executor (e.g. Slurm); one result per node.
+    pub fn run_on(
+        &self,
+        ex: &mut dyn Executor,
+        dag: &Dag,
+        opts: &RunOptions,
+        cancel: &AtomicBool,
+    ) -> Vec<NodeResult> {
+        exec::Scheduler::new(dag, self.registry, self.store, self.memo, opts, cancel).run(ex)
     }
 }
 
