@@ -441,3 +441,58 @@ fn type_errors_point_at_the_key_not_the_table() {
         "{e}"
     );
 }
+
+/// Two stages, two cells of one stage, or a stage and a table publishing to
+/// the same results path would overwrite each other: a config error (exit
+/// 2) that names both and points at the second declaration's line.
+#[test]
+fn publish_collisions_are_config_errors_naming_both() {
+    let p = Project::new();
+    let reg = registry(1);
+    let err = |text: &str| -> String {
+        let f = p.write("pub.toml", text);
+        match build(&f, &reg, &[]) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{e}");
+                e.to_string()
+            }
+            Ok(_) => panic!("accepted: {text}"),
+        }
+    };
+    let two_stages = "[stages.a]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/x.txt\" }\n\n[stages.b]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/x.txt\" }\n";
+    let e = err(two_stages);
+    assert!(
+        e.contains("pub.toml:7:13")
+            && e.contains("pub.toml:3:13")
+            && e.contains("stage `a`")
+            && e.contains("stage `b`")
+            && e.contains("results/x.txt"),
+        "{e}"
+    );
+    // One stage swept over an axis its template does not name.
+    let cells = "[stages.a]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/x.txt\" }\n[sweep]\n\"a.value\" = [1.0, 2.0]\n";
+    let e = err(cells);
+    assert!(
+        e.contains("stage `a[value=1.0]`")
+            && e.contains("stage `a[value=2.0]`")
+            && e.contains("pub.toml:3:13")
+            && e.contains("{value}"),
+        "{e}"
+    );
+    // A stage publishing onto a table's CSV.
+    let table = "[stages.a]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/t.csv\" }\n\n[[tables]]\nname = \"t\"\nstage = \"a\"\nmetric = \"value\"\n";
+    let e = err(table);
+    assert!(
+        e.contains("pub.toml:6:1")
+            && e.contains("table `t` and stage `a`")
+            && e.contains("pub.toml:3:13"),
+        "{e}"
+    );
+    // With the axis in the template, every cell has its own path.
+    let ok = p.write(
+        "ok.toml",
+        "[stages.a]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/x_{value}.txt\" }\n[sweep]\n\"a.value\" = [1.0, 2.0]\n",
+    );
+    let dag = build(&ok, &reg, &[]).unwrap();
+    assert_eq!(dag.nodes.len(), 2);
+}

@@ -8,7 +8,8 @@
 //!    graph and its topological order (cycles refused);
 //! 5. [`sweep::reach`]: which axes reach each stage;
 //! 6. [`expand`]: one node per stage and cell of the axes reaching it;
-//! 7. [`tables`]: one node per table, reading the cells it names.
+//! 7. [`tables`]: one node per table, reading the cells it names;
+//! 8. [`publish`]: no two nodes publish to the same results path.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use crate::registry::Registry;
 pub mod expand;
 pub mod inputs;
 pub mod overrides;
+pub mod publish;
 pub mod sweep;
 pub mod tables;
 
@@ -138,6 +140,7 @@ pub fn build(
     };
     let mut nodes = ctx.nodes()?;
     tables::add(exp, ov, &axes, &project_root, &names, &mut nodes)?;
+    publish::check_collisions(exp, &project_root, &nodes)?;
     Ok(Dag {
         experiment: exp.name.clone(),
         nodes,
