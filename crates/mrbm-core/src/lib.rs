@@ -57,15 +57,18 @@ pub enum CoreError {
     },
     #[error("{0}")]
     Image(String),
-    #[error("interrupted")]
-    Cancelled,
+    /// The stage contract's own error: cancellation
+    /// ([`StageError::Cancelled`], from `StageContext::check_cancel`),
+    /// passed through unchanged.
+    #[error(transparent)]
+    Stage(#[from] StageError),
 }
 
 impl From<CoreError> for StageError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::User(m) => StageError::User(m),
-            CoreError::Cancelled => StageError::Cancelled,
+            CoreError::Stage(s) => s,
             CoreError::Io { path, source } => StageError::Io { path, source },
             // A malformed input artifact or checkpoint is the user's data.
             e @ (CoreError::Artifact(_) | CoreError::Checkpoint { .. }) => {

@@ -24,7 +24,6 @@ use crate::train::{
     Reconstruction, Schedule, Trainer,
 };
 use crate::unit::UnitKind;
-use crate::CoreError;
 
 pub fn all() -> Vec<Box<dyn Stage>> {
     vec![
@@ -404,9 +403,7 @@ impl Stage for TrainStage {
                             total / per_epoch
                         ));
                     }
-                    if ctx.check_cancel().is_err() {
-                        return Err(CoreError::Cancelled);
-                    }
+                    ctx.check_cancel()?;
                     Ok(())
                 },
             )

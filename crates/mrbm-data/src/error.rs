@@ -119,8 +119,11 @@ pub enum DataError {
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
 
-    #[error("interrupted")]
-    Cancelled,
+    /// The stage contract's own error: cancellation
+    /// ([`StageError::Cancelled`](mrbm_stage::StageError::Cancelled), from
+    /// [`Ctl::check`](crate::Ctl::check)), passed through unchanged.
+    #[error(transparent)]
+    Stage(#[from] mrbm_stage::StageError),
 }
 
 impl DataError {
@@ -136,7 +139,7 @@ impl From<DataError> for mrbm_stage::StageError {
     fn from(e: DataError) -> Self {
         use mrbm_stage::StageError;
         match e {
-            DataError::Cancelled => StageError::Cancelled,
+            DataError::Stage(s) => s,
             // Writing our own outputs failed: not the user's data.
             DataError::Artifact(a) => StageError::Failed(a.to_string()),
             DataError::Io { path, source } => StageError::Io { path, source },

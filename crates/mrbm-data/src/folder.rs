@@ -13,6 +13,7 @@ use crate::artifact::ImageSet;
 use crate::error::{DataError, Result};
 use crate::ops::ImageOps;
 use crate::Ctl;
+use mrbm_stage::StageError;
 
 /// One image file and its label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -483,9 +484,9 @@ pub fn decode_items(
         .collect();
     if results
         .iter()
-        .any(|r| matches!(r, Err(DataError::Cancelled)))
+        .any(|r| matches!(r, Err(DataError::Stage(StageError::Cancelled))))
     {
-        return Err(DataError::Cancelled);
+        return Err(StageError::Cancelled.into());
     }
     // Compact the kept images to the front (in place: one buffer only).
     // The first failure in file order is reported, so errors are deterministic.

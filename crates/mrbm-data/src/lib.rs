@@ -49,10 +49,11 @@ impl Default for Ctl<'_> {
 }
 
 impl Ctl<'_> {
-    /// Err(Cancelled) once the cancel flag is set.
+    /// Err([`StageError::Cancelled`](mrbm_stage::StageError::Cancelled))
+    /// once the cancel flag is set.
     pub fn check(&self) -> Result<(), DataError> {
         match self.cancel {
-            Some(c) if c.load(Ordering::Relaxed) => Err(DataError::Cancelled),
+            Some(c) if c.load(Ordering::Relaxed) => Err(mrbm_stage::StageError::Cancelled.into()),
             _ => Ok(()),
         }
     }

@@ -511,3 +511,31 @@ fn params_front_end_rejects_bad_keys() {
     let e = bad(transform.as_ref(), "crop = { x = 1, w = 2, h = 2 }");
     assert!(e.message.contains("x and y"), "{e:?}");
 }
+
+/// A read cancelled between images stops with the stage contract's one
+/// `Cancelled` (no error of its own), which the runner reports as
+/// "cancelled", not as a failure.
+#[test]
+fn cancelled_folder_read_is_the_stages_cancelled() {
+    let d = tempfile::tempdir().unwrap();
+    jpeg(d.path(), "a/1.jpg", 8, 8);
+    jpeg(d.path(), "b/1.jpg", 8, 8);
+    let flag = std::sync::atomic::AtomicBool::new(true);
+    let ctl = Ctl {
+        cancel: Some(&flag),
+        ..Ctl::default()
+    };
+    let e = load_dataset(&params(Format::Folder), Some(d.path()), &ctl).unwrap_err();
+    assert!(
+        matches!(e, DataError::Stage(mrbm_stage::StageError::Cancelled)),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), "interrupted");
+    assert!(matches!(
+        mrbm_stage::StageError::from(e),
+        mrbm_stage::StageError::Cancelled
+    ));
+    // Not cancelled: the same read succeeds.
+    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(load_dataset(&params(Format::Folder), Some(d.path()), &ctl).is_ok());
+}
