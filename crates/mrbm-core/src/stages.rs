@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ais;
 use crate::checkpoint;
+use crate::resume;
 use crate::device::{burn_device, with_threads};
 use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
@@ -20,7 +21,7 @@ use crate::quality;
 use crate::sample::{gibbs_from, noise_start, Anneal, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams, VisibleKind};
 use crate::train::{
-    train_images, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
+    train_images_from, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
     Reconstruction, Schedule, Trainer,
 };
 use crate::unit::UnitKind;
@@ -178,6 +179,14 @@ pub struct TrainParams {
     /// FPCD: decay of the fast weights per update (default 0.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_decay: Option<f64>,
+    /// Write a resume checkpoint every this many epochs (README, "Long
+    /// runs"). Not part of the stage key: it cannot change the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+    /// ... and/or every this many minutes (default 10 when neither is
+    /// given). Not part of the stage key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_minutes: Option<f64>,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -311,6 +320,20 @@ impl Stage for TrainStage {
         if p.epochs == 0 {
             return Err(ParamError::new("epochs", "epochs must be at least 1"));
         }
+        if p.checkpoint_every == Some(0) {
+            return Err(ParamError::new(
+                "checkpoint_every",
+                "checkpoint_every must be at least 1 (epochs)",
+            ));
+        }
+        if let Some(m) = p.checkpoint_minutes {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(ParamError::new(
+                    "checkpoint_minutes",
+                    format!("checkpoint_minutes must be a positive number, got {m}"),
+                ));
+            }
+        }
         if p.learn_sigma {
             return Err(ParamError::new(
                 "learn_sigma",
@@ -380,17 +403,59 @@ impl Stage for TrainStage {
             ),
         )?;
         let started = Instant::now();
-        let dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
-        let mut trainer = Trainer::new(dbn, p.optim());
+        let optim = p.optim();
+        // A checkpoint left by an interrupted run of this stage key: go on
+        // from it (bit for bit the run it interrupted).
+        let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
+        let restored = match resume_file.as_ref().filter(|f| f.exists()) {
+            Some(f) => match resume::load(f, &spec, &optim, &device) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    ctx.warn(format!(
+                        "not resuming from the checkpoint ({e}): training from the start"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        let (mut trainer, start) = match restored {
+            Some((t, cursor, hist)) => {
+                ctx.log(format!(
+                    "resumed from epoch {} ({} batches done)",
+                    cursor.epochs_done(p.epochs),
+                    cursor.done
+                ));
+                (t, (cursor, hist))
+            }
+            None => {
+                let dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
+                (Trainer::new(dbn, optim), Default::default())
+            }
+        };
         let bs = p.batch_size.min(n);
-        let bar = ctx.bar(((n / bs) * p.epochs) as u64, "training");
+        let phases = match p.schedule {
+            Schedule::Joint => 1,
+            Schedule::Greedy => trainer.dbn.layers.len(),
+        };
+        let bar = ctx.bar(((n / bs) * p.epochs * phases) as u64, "training");
+        bar.set_position(start.0.done);
         let pixels = &set.pixels()[..n * set.image_len()];
+        // Checkpoint cadence: every `checkpoint_every` epochs, every
+        // `checkpoint_minutes` (10 when neither is set), and on Ctrl-C.
+        let every = p.checkpoint_every;
+        let minutes = p
+            .checkpoint_minutes
+            .or(if every.is_none() { Some(10.0) } else { None });
+        let mut last_save = Instant::now();
+        let mut save_failed = false;
         let hist = with_threads(ctx.threads, || {
-            train_images(
+            train_images_from(
                 &mut trainer,
                 pixels,
                 n,
                 DType::F32,
+                start,
                 |done, total, running| {
                     bar.set_length(total);
                     bar.set_position(done);
@@ -406,6 +471,36 @@ impl Stage for TrainStage {
                     }
                     if ctx.check_cancel().is_err() {
                         return Err(CoreError::Cancelled);
+                    }
+                    Ok(())
+                },
+                |tr, cursor, hist| {
+                    let Some(file) = resume_file.as_ref() else {
+                        return Ok(());
+                    };
+                    if cursor.phase >= phases || save_failed {
+                        return Ok(()); // finished: the model itself is next
+                    }
+                    let epoch_end = cursor.batch == 0;
+                    let due = ctx.check_cancel().is_err()
+                        || (epoch_end
+                            && every.is_some_and(|k| cursor.epochs_done(p.epochs) % k == 0))
+                        || minutes.is_some_and(|m| last_save.elapsed().as_secs_f64() >= m * 60.0);
+                    if due {
+                        match resume::save(tr, cursor, hist, file) {
+                            Ok(()) => ctx.log(format!(
+                                "checkpoint at epoch {}, batch {} ({} batches done)",
+                                cursor.epochs_done(p.epochs),
+                                cursor.batch,
+                                cursor.done
+                            )),
+                            Err(e) => {
+                                // Training goes on; it just cannot resume.
+                                ctx.warn(format!("could not write a checkpoint: {e}"));
+                                save_failed = true;
+                            }
+                        }
+                        last_save = Instant::now();
                     }
                     Ok(())
                 },

@@ -46,6 +46,7 @@ fn run(
         progress: None,
         cancel: &cancel,
         log: &log,
+        resume_dir: None,
     };
     assert!(s.uses_device());
     s.run(&ctx)

@@ -87,7 +87,7 @@ pub fn stage_key(node: &Node, input_hashes: &BTreeMap<String, String>) -> String
     let doc = serde_json::json!({
         "kind": node.kind,
         "version": node.version,
-        "params": node.params,
+        "params": mrbm_stage::key_params(&node.params),
         "inputs": input_hashes,
     });
     hashing::hash_bytes(&serde_json::to_vec(&doc).expect("json"))
@@ -607,6 +607,7 @@ fn run_node(
     };
     let log = Mutex::new(log_file);
     let started = store::now_rfc3339();
+    let resume_dir = store.root.join("resume").join(&key);
     let ctx = StageContext {
         stage_id: &node.id,
         params: &node.params,
@@ -617,6 +618,7 @@ fn run_node(
         progress: opts.progress.as_ref(),
         cancel,
         log: &log,
+        resume_dir: Some(&resume_dir),
     };
     ctx.log(format!(
         "{} {} (key {key}) on {} at {started}",
@@ -719,6 +721,8 @@ fn run_node(
     };
     match publish() {
         Ok(m) => {
+            // The entry is published: its checkpoints are no longer needed.
+            let _ = std::fs::remove_dir_all(&resume_dir);
             drop(lock);
             let status = match publish_results(store, &dag.project_root.join("results"), node, &key)
             {
