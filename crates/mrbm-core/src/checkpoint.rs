@@ -89,6 +89,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
         })?;
     let spec: StackSpec =
         serde_json::from_str(&meta).map_err(|e| err(format!("bad layer spec in metadata: {e}")))?;
+    spec.validate_pixels().map_err(err)?;
     if spec.layers.is_empty() {
         return Err(err("the checkpoint has no layers".into()));
     }

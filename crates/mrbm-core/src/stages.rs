@@ -143,6 +143,12 @@ pub struct TrainParams {
     /// standard deviation (one of each for the whole set).
     #[serde(default, skip_serializing_if = "is_default")]
     pub visible: VisibleKind,
+    /// Gaussian pixel units: standardise by one mean and std for the whole
+    /// set ("global") or by each pixel position's own ("pixel"; a std below
+    /// one grey level counts as one, so constant pixels map to 0). Stored
+    /// with the model, so samples map back to pixels.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub standardise: Standardise,
     /// Gaussian units with a learned per-unit sigma: not implemented; true
     /// is refused rather than silently ignored.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -187,6 +193,15 @@ pub struct TrainParams {
     /// given). Not part of the stage key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_minutes: Option<f64>,
+}
+
+/// How Gaussian pixel units standardise the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Standardise {
+    #[default]
+    Global,
+    Pixel,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -340,6 +355,12 @@ impl Stage for TrainStage {
                 "a learned sigma is not implemented yet: Gaussian visible units have unit variance on standardised data (visible = \"gaussian\")",
             ));
         }
+        if p.standardise == Standardise::Pixel && p.visible != VisibleKind::Gaussian {
+            return Err(ParamError::new(
+                "standardise",
+                "standardise = \"pixel\" is for Gaussian pixel units: set visible = \"gaussian\"",
+            ));
+        }
         if p.visible == VisibleKind::Gaussian && p.visible_scale.is_some() {
             return Err(ParamError::new(
                 "visible_scale",
@@ -363,7 +384,34 @@ impl Stage for TrainStage {
             .stack()
             .build_spec([set.c, set.h, set.w])
             .map_err(StageError::User)?;
-        if p.visible == VisibleKind::Gaussian {
+        if p.visible == VisibleKind::Gaussian && p.standardise == Standardise::Pixel {
+            // Each pixel position by its own mean and std over the images.
+            let (len, px) = (set.image_len(), &set.pixels()[..n * set.image_len()]);
+            let mut sum = vec![0.0f64; len];
+            let mut sq = vec![0.0f64; len];
+            for img in px.chunks_exact(len) {
+                for (j, &x) in img.iter().enumerate() {
+                    sum[j] += x as f64;
+                    sq[j] += (x as f64) * (x as f64);
+                }
+            }
+            let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
+            let std: Vec<f64> = sq
+                .iter()
+                .zip(&mean)
+                .map(|(q, m)| (q / n as f64 - m * m).max(0.0).sqrt().max(1.0))
+                .collect();
+            spec.pixel_scale = std.iter().map(|s| 1.0 / s).collect();
+            spec.pixel_offset = mean.iter().zip(&std).map(|(m, s)| m / s).collect();
+            let floored = sq
+                .iter()
+                .zip(&mean)
+                .filter(|(q, m)| *q / n as f64 - *m * *m < 1.0)
+                .count();
+            ctx.log(format!(
+                "gaussian visible units: each of the {len} pixels standardised by its own mean and std ({floored} with a std below one grey level use 1)"
+            ));
+        } else if p.visible == VisibleKind::Gaussian {
             // Standardise: v = (pixel - mean) / std over the training images.
             let px = &set.pixels()[..n * set.image_len()];
             let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;

@@ -136,6 +136,8 @@ fn trainer_with(r: &Rbm, algorithm: Algorithm, cd_k: usize, batch: usize) -> Tra
         visible_scale: 1.0 / 255.0,
         visible_offset: 0.0,
         layers: vec![r.spec.clone()],
+        pixel_scale: vec![],
+        pixel_offset: vec![],
     };
     let dbn = Dbn {
         spec,
