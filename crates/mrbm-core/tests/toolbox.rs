@@ -457,3 +457,74 @@ fn gaussian_visible_units_train_and_sample() {
         );
     }
 }
+
+/// A two-layer DBN's variational lower bound (Salakhutdinov & Murray 2008,
+/// sec. 4) against enumeration: it is below the exact log-likelihood and
+/// close to it; its Monte Carlo estimate agrees with its exact
+/// expectation; and it equals log p(v) exactly when the top RBM is the
+/// bottom one turned over (q is then the true posterior).
+#[test]
+fn dbn_lower_bound_against_enumeration() {
+    use mrbm_core::ais::HostDbn2;
+    let units = [
+        ("binary", UnitType::new(1, 1.0), UnitType::new(1, 1.0)),
+        ("subunits N=2", UnitType::new(2, 1.0), UnitType::new(2, 0.7)),
+        ("levels N=2", UnitType::levels(2), UnitType::levels(2)),
+    ];
+    let (d, h1, h2) = (5usize, 4usize, 3usize);
+    for (name, vu, hu) in units {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut normal = |s: f64| -> f64 {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+            s * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        };
+        let w1: Vec<f64> = (0..d * h1).map(|_| normal(0.5)).collect();
+        let a1: Vec<f64> = (0..d).map(|_| normal(0.5)).collect();
+        let b1: Vec<f64> = (0..h1).map(|_| normal(0.5)).collect();
+        let w2: Vec<f64> = (0..h1 * h2).map(|_| normal(0.5)).collect();
+        let a2: Vec<f64> = (0..h1).map(|_| normal(0.5)).collect();
+        let b2: Vec<f64> = (0..h2).map(|_| normal(0.5)).collect();
+        let bottom = HostDense::new(w1.clone(), a1.clone(), b1.clone(), vu, hu);
+        let top = HostDense::new(w2, a2, b2, hu, hu);
+        let dbn = HostDbn2::new(bottom.clone(), top.clone()).unwrap();
+        let log_z = top.exact_log_z().unwrap();
+        // Turned over: W_top = W^T, top visible bias = b, top hidden bias = a.
+        let w1t: Vec<f64> = (0..h1 * d).map(|k| w1[(k % d) * h1 + k / d]).collect();
+        let tied = HostDbn2::new(bottom.clone(), HostDense::new(w1t, b1, a1, hu, vu)).unwrap();
+        let log_z_tied = tied.top.exact_log_z().unwrap();
+        let log_z_rbm = bottom.exact_log_z().unwrap();
+        assert!(
+            (log_z_tied - log_z_rbm).abs() < 1e-5,
+            "{name}: {log_z_tied} vs {log_z_rbm}"
+        );
+        let top_val = vu.level_value(vu.n);
+        let images: Vec<Vec<f32>> = (0..6)
+            .map(|i| {
+                (0..d)
+                    .map(|j| vu.level_value(((i * 7 + j * 3) % (vu.n as usize + 1)) as u32) as f32)
+                    .collect()
+            })
+            .collect();
+        let mut gaps = Vec::new();
+        for v in &images {
+            assert!(v.iter().all(|&x| x as f64 <= top_val));
+            let (lp, bound) = dbn.exact(v).unwrap();
+            let (lp, bound) = (lp - log_z, bound - log_z);
+            assert!(bound < lp, "{name}: bound {bound} above log p {lp}");
+            gaps.push(lp - bound);
+            let mc = dbn.bound_plus_log_z(v, 1, 20_000, 3)[0] - log_z;
+            assert!((mc - bound).abs() < 0.05, "{name}: MC {mc} vs exact {bound}");
+            // The tied DBN is the bottom RBM: exact log p(v) and a tight bound.
+            let (lpt, bt) = tied.exact(v).unwrap();
+            let rbm = bottom.log_unnormalised(v, 1)[0] - log_z_rbm;
+            assert!((lpt - log_z_tied - rbm).abs() < 1e-5, "{name}");
+            assert!((bt - lpt).abs() < 1e-5, "{name}: tied bound {bt} vs {lpt}");
+            let mct = tied.bound_plus_log_z(v, 1, 50, 4)[0];
+            assert!((mct - lpt).abs() < 1e-4, "{name}: tied MC {mct} vs {lpt}");
+        }
+        let mean_gap = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        println!("{name}: mean gap log p(v) - bound = {mean_gap:.4} nats");
+        // Weights of std 0.5: q is close to the posterior, the bound tight.
+        assert!(mean_gap < 0.6, "{name}: the bound is loose by {mean_gap}");
+    }
+}
