@@ -287,6 +287,22 @@ impl HostDense {
             .collect()
     }
 
+    /// The hidden units' mean values for `rows` rows of visible values.
+    pub fn hidden_means(&self, v: &[f32], rows: usize) -> Vec<f32> {
+        self.pre_hidden(v, rows)
+            .iter()
+            .map(|&x| {
+                let x = x as f64;
+                (match self.hid.unit.kind {
+                    UnitKind::Levels => crate::unit::levels_mean_f64(x, self.hid.unit.n),
+                    UnitKind::Subunits | UnitKind::Gaussian => {
+                        self.hid.offsets.iter().map(|o| sigmoid_f64(x - o)).sum()
+                    }
+                }) as f32
+            })
+            .collect()
+    }
+
     /// x = v W + b for `rows` visible rows.
     fn pre_hidden(&self, v: &[f32], rows: usize) -> Vec<f32> {
         let mut x = vec![0.0f32; rows * self.h];

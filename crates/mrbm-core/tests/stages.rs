@@ -48,7 +48,7 @@ fn run(
         log: &log,
         resume_dir: None,
     };
-    assert!(s.uses_device());
+    assert!(s.uses_device() || kind == "loglik");
     s.run(&ctx)
 }
 
@@ -326,4 +326,53 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
     .unwrap();
     let s = ImageSet::read(&sample_out.join("samples.safetensors")).unwrap();
     assert_eq!(s.shape(), [4, 3, 8, 8]);
+}
+
+/// `loglik` on a two-layer dense DBN gives the variational lower bound
+/// (marked `lower_bound = 1`), on deeper stacks a clear error or, with
+/// `unsupported = "nan"`, NaN.
+#[test]
+fn loglik_two_layer_dbn_bound_and_deeper_stacks_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = images(dir.path());
+    let train = |name: &str, dense: &str| {
+        let out = dir.path().join(name);
+        run(
+            "train",
+            &format!("conv_channels = []\ndense = {dense}\nepochs = 2\nbatch_size = 16\nlr = 0.01\nschedule = \"greedy\""),
+            &[("data", data.clone())],
+            &out,
+            Device::Cpu,
+        )
+        .unwrap();
+        out
+    };
+    let ll = |model: &PathBuf, extra: &str| {
+        run(
+            "loglik",
+            &format!("betas = 300\nruns = 8\nseed = 2{extra}"),
+            &[
+                ("model", model.clone()),
+                ("train", data.clone()),
+                ("test", data.clone()),
+            ],
+            &dir.path().join("ll"),
+            Device::Cpu,
+        )
+    };
+    let one = ll(&train("one", "[8]"), "").unwrap();
+    assert!(!one.contains_key("lower_bound"));
+    let two = ll(&train("two", "[8, 4]"), "").unwrap();
+    assert_eq!(two["lower_bound"], 1.0);
+    for k in ["log_z", "test_loglik", "train_loglik"] {
+        assert!(two[k].is_finite(), "{k}: {two:?}");
+    }
+    // 192 binary pixels: a bound below 0 and above the uniform model's.
+    let uniform = -192.0 * std::f64::consts::LN_2;
+    assert!(two["test_loglik"] < 0.0 && two["test_loglik"] > uniform, "{two:?}");
+    let three = train("three", "[8, 4, 3]");
+    let e = ll(&three, "").unwrap_err();
+    assert!(e.is_user_error() && e.to_string().contains("3 layers"), "{e}");
+    let nan = ll(&three, "\nunsupported = \"nan\"").unwrap();
+    assert!(nan["test_loglik"].is_nan());
 }
