@@ -47,6 +47,9 @@ struct Record {
     spec: String,
     params: String,
     cursor: Cursor,
+    /// The cursor's running loss as its f64 bits (JSON floats do not
+    /// round-trip every last bit).
+    running_bits: Option<u64>,
     /// ChaCha8's word position (a u128, as a decimal string: JSON numbers
     /// are f64 in some readers).
     rng_word_pos: String,
@@ -90,6 +93,17 @@ pub fn save(
         put(format!("layers.{i}.w"), host_f32(&l.w));
         put(format!("layers.{i}.a"), host_f32(&l.a));
         put(format!("layers.{i}.b"), host_f32(&l.b));
+        if let Some(z) = &l.log_sigma {
+            put(format!("layers.{i}.log_sigma"), host_f32(z));
+        }
+        if let Some(s) = &st.z {
+            put(format!("adam.{i}.z.m1"), host_f32(&s.momentum.moment_1));
+            put(format!("adam.{i}.z.m2"), host_f32(&s.momentum.moment_2));
+            adam_time.insert(format!("{i}.z"), s.momentum.time);
+        }
+        if let Some(v) = &st.vz {
+            put(format!("sgd.{i}.z"), host_f32(v));
+        }
         if let Some(s) = &st.w {
             put(format!("adam.{i}.w.m1"), host_f32(&s.momentum.moment_1));
             put(format!("adam.{i}.w.m2"), host_f32(&s.momentum.moment_2));
@@ -145,6 +159,7 @@ pub fn save(
         spec: serde_json::to_string(&trainer.dbn.spec).map_err(|e| err(e.to_string()))?,
         params: serde_json::to_string(&trainer.params).map_err(|e| err(e.to_string()))?,
         cursor: *cursor,
+        running_bits: cursor.running.map(f64::to_bits),
         rng_word_pos: trainer.rng.get_word_pos().to_string(),
         adam_time,
         layers: nl,
@@ -253,6 +268,8 @@ pub fn load(
             w: t(need(&format!("layers.{i}.w"), &ls.weight_shape())?, device),
             a: t(need(&format!("layers.{i}.a"), &[ls.visible_channels()])?, device),
             b: t(need(&format!("layers.{i}.b"), &[ls.hidden_channels()])?, device),
+            log_sigma: get(&format!("layers.{i}.log_sigma"), &[ls.visible_channels()])?
+                .map(|d| t(d, device)),
         });
     }
     let dbn = Dbn {
@@ -292,6 +309,8 @@ pub fn load(
         s.w = state(adam(i, "w", &ws)?, device);
         s.a = state(adam(i, "a", &vs)?, device);
         s.b = state(adam(i, "b", &hs)?, device);
+        s.z = state(adam(i, "z", &vs)?, device);
+        s.vz = get(&format!("sgd.{i}.z"), &vs)?.map(|d| t(d, device));
         s.vw = get(&format!("sgd.{i}.w"), &ws)?.map(|d| t(d, device));
         s.va = get(&format!("sgd.{i}.a"), &vs)?.map(|d| t(d, device));
         s.vb = get(&format!("sgd.{i}.b"), &hs)?.map(|d| t(d, device));
@@ -341,6 +360,10 @@ pub fn load(
             record.cursor.done
         )));
     }
-    Ok((trainer, record.cursor, hist))
+    let cursor = Cursor {
+        running: record.running_bits.map(f64::from_bits),
+        ..record.cursor
+    };
+    Ok((trainer, cursor, hist))
 }
 

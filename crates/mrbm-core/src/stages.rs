@@ -149,8 +149,9 @@ pub struct TrainParams {
     /// with the model, so samples map back to pixels.
     #[serde(default, skip_serializing_if = "is_default")]
     pub standardise: Standardise,
-    /// Gaussian units with a learned per-unit sigma: not implemented; true
-    /// is refused rather than silently ignored.
+    /// Gaussian pixel units with a learned sigma per visible unit (dense) or
+    /// channel (conv), parametrised as log sigma (starting at 0) so it stays
+    /// positive: v | h ~ N(a + sigma W h, sigma^2), x(v) = b + (v / sigma) W.
     #[serde(default, skip_serializing_if = "is_default")]
     pub learn_sigma: bool,
     /// "paper" (F(v) - F(v')), "cd", "pcd", "fpcd".
@@ -349,10 +350,18 @@ impl Stage for TrainStage {
                 ));
             }
         }
-        if p.learn_sigma {
+        if p.learn_sigma && p.visible != VisibleKind::Gaussian {
             return Err(ParamError::new(
                 "learn_sigma",
-                "a learned sigma is not implemented yet: Gaussian visible units have unit variance on standardised data (visible = \"gaussian\")",
+                "learn_sigma is for Gaussian pixel units: set visible = \"gaussian\"",
+            ));
+        }
+        if p.learn_sigma
+            && (p.gradient == GradientMode::Autodiff || p.coupling == Coupling::Backprop)
+        {
+            return Err(ParamError::new(
+                "learn_sigma",
+                "learn_sigma uses the closed-form gradient: it needs gradient = \"auto\" or \"closed_form\" and coupling = \"detached\"",
             ));
         }
         if p.standardise == Standardise::Pixel && p.visible != VisibleKind::Gaussian {
@@ -477,7 +486,13 @@ impl Stage for TrainStage {
                 (t, (cursor, hist))
             }
             None => {
-                let dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
+                let mut dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
+                if p.learn_sigma {
+                    // log sigma = 0: sigma starts at the data's (standardised) 1.
+                    let c = dbn.layers[0].spec.visible_channels();
+                    dbn.layers[0].log_sigma =
+                        Some(burn::tensor::Tensor::zeros([c], (&device, DType::F32)));
+                }
                 (Trainer::new(dbn, optim), Default::default())
             }
         };

@@ -362,6 +362,9 @@ pub(crate) struct LayerState {
     pub(crate) w: Option<AdamState<4>>,
     pub(crate) a: Option<AdamState<1>>,
     pub(crate) b: Option<AdamState<1>>,
+    // Adam state and SGD velocity of a learned log sigma.
+    pub(crate) z: Option<AdamState<1>>,
+    pub(crate) vz: Option<Tensor<1>>,
     // SGD velocities.
     pub(crate) vw: Option<Tensor<4>>,
     pub(crate) va: Option<Tensor<1>>,
@@ -497,6 +500,8 @@ impl Trainer {
                     b: l.b
                         .grad(&grads)
                         .unwrap_or_else(|| l.b.clone().without_autodiff().zeros_like()),
+                    // (A learned sigma needs the closed form: the stage refuses autodiff.)
+                    log_sigma: None,
                 })
                 .collect();
             (values, g)
@@ -508,14 +513,14 @@ impl Trainer {
     pub fn negative_phase(&mut self, i: usize, v: &Tensor<4>) -> Tensor<4> {
         let p = &self.params;
         let layer = &self.dbn.layers[i];
-        let (vu, hu) = (layer.spec.visible_unit, layer.spec.hidden_unit);
+        let hu = layer.spec.hidden_unit;
         let rng = &mut self.rng;
         match p.algorithm {
             Algorithm::Paper => match p.reconstruction {
                 Reconstruction::Mean => layer.down(layer.up(v.clone())),
                 Reconstruction::Sample => {
                     let h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
-                    draw_states(vu, layer.pre_visible(h), rng)
+                    layer.draw_visible(layer.pre_visible(h), rng)
                 }
             },
             Algorithm::Cd => {
@@ -523,10 +528,10 @@ impl Trainer {
                 // last visible state and its hidden probabilities, so the
                 // update tends to the likelihood gradient as k grows.
                 let mut h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
-                let mut v_neg = draw_states(vu, layer.pre_visible(h.clone()), rng);
+                let mut v_neg = layer.draw_visible(layer.pre_visible(h.clone()), rng);
                 for _ in 1..p.cd_k {
                     h = draw_states(hu, layer.pre_hidden(v_neg), rng);
-                    v_neg = draw_states(vu, layer.pre_visible(h.clone()), rng);
+                    v_neg = layer.draw_visible(layer.pre_visible(h.clone()), rng);
                 }
                 v_neg
             }
@@ -548,7 +553,7 @@ impl Trainer {
                 };
                 for _ in 0..p.cd_k {
                     let h = draw_states(hu, run_on.pre_hidden(chain), rng);
-                    chain = draw_states(vu, run_on.pre_visible(h), rng);
+                    chain = run_on.draw_visible(run_on.pre_visible(h), rng);
                 }
                 st.chain = Some(chain.clone());
                 chain
@@ -696,6 +701,11 @@ impl Trainer {
                     .step(lr * scale.b, layer.b.clone(), g.b, st.b.take());
                 layer.b = b;
                 st.b = s;
+                if let (Some(z), Some(gz)) = (layer.log_sigma.clone(), g.log_sigma) {
+                    let (z, s) = self.optim.step(lr * scale.a, z, gz, st.z.take());
+                    layer.log_sigma = Some(z);
+                    st.z = s;
+                }
             }
             OptimizerKind::Sgd => {
                 let m = p.momentum.at(epoch);
@@ -714,6 +724,11 @@ impl Trainer {
                 st.vw = Some(vw);
                 st.va = Some(va);
                 st.vb = Some(vb);
+                if let (Some(z), Some(gz)) = (layer.log_sigma.clone(), g.log_sigma) {
+                    let vz = vel(st.vz.take(), gz, m);
+                    layer.log_sigma = Some(z - vz.clone().mul_scalar(lr * scale.a));
+                    st.vz = Some(vz);
+                }
             }
         }
     }

@@ -4,6 +4,9 @@
 
 use burn::tensor::{DType, Device};
 use mrbm_core::checkpoint;
+use mrbm_core::layer::tensor_from;
+use mrbm_core::stack::VisibleKind;
+use mrbm_core::unit::UnitKind;
 use mrbm_core::resume;
 use mrbm_core::stack::{Dbn, StackParams, StackSpec};
 use mrbm_core::train::{
@@ -45,6 +48,20 @@ fn spec(dense: &[usize], n: u32) -> StackSpec {
     .unwrap()
 }
 
+fn gaussian_spec(dense: &[usize]) -> StackSpec {
+    let mut s = StackParams {
+        conv_channels: vec![],
+        dense: dense.to_vec(),
+        visible: VisibleKind::Gaussian,
+        ..StackParams::default()
+    }
+    .build_spec([1, 4, 4])
+    .unwrap();
+    s.visible_scale = 1.0 / 100.0;
+    s.visible_offset = 1.2;
+    s
+}
+
 fn model_bytes(t: &Trainer, dir: &std::path::Path, name: &str) -> Vec<u8> {
     let p = dir.join(name);
     checkpoint::save(&t.dbn, &p).unwrap();
@@ -54,19 +71,20 @@ fn model_bytes(t: &Trainer, dir: &std::path::Path, name: &str) -> Vec<u8> {
 /// Train straight through; then train again, stopping (as Ctrl-C or a kill
 /// would) right after the checkpoint at `stop`, load the checkpoint into a
 /// fresh process-like state and finish. Both must agree bit for bit.
-fn straight_vs_resumed(
-    tag: &str,
-    dense: &[usize],
-    n_units: u32,
-    opt: OptimParams,
-    stop: fn(&Cursor) -> bool,
-) {
+fn straight_vs_resumed(tag: &str, sp: StackSpec, opt: OptimParams, stop: fn(&Cursor) -> bool) {
     let dir = std::env::temp_dir().join(format!("mrbm-resume-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let n = 96;
     let px = stripes(n, 5);
-    let sp = spec(dense, n_units);
-    let fresh = || Trainer::new(Dbn::init(sp.clone(), 0.05, 7, &dev(), DType::F32), opt.clone());
+    let fresh = || {
+        let mut dbn = Dbn::init(sp.clone(), 0.05, 7, &dev(), DType::F32);
+        if sp.layers[0].visible_unit.kind == UnitKind::Gaussian {
+            // A learned sigma, with its own optimiser state.
+            let c = sp.layers[0].visible_channels();
+            dbn.layers[0].log_sigma = Some(tensor_from(vec![0.0; c], [c], &dev(), DType::F32));
+        }
+        Trainer::new(dbn, opt.clone())
+    };
 
     let mut straight = fresh();
     let h_straight = train_images_from(
@@ -151,9 +169,9 @@ fn mid_epoch_3(c: &Cursor) -> bool {
 
 #[test]
 fn adam_four_epochs_equal_two_plus_two_resumed() {
-    straight_vs_resumed("adam", &[6, 5], 1, base(), after_epoch_2);
+    straight_vs_resumed("adam", spec(&[6, 5], 1), base(), after_epoch_2);
     // Mid-epoch (position in the batch order), N > 1 units.
-    straight_vs_resumed("adam-mid", &[6], 3, base(), mid_epoch_3);
+    straight_vs_resumed("adam-mid", spec(&[6], 3), base(), mid_epoch_3);
 }
 
 #[test]
@@ -164,8 +182,8 @@ fn pcd_and_fpcd_resume_their_chains_fast_weights_and_rng() {
             cd_k: 2,
             ..base()
         };
-        straight_vs_resumed(tag, &[6], 1, opt.clone(), after_epoch_2);
-        straight_vs_resumed(&format!("{tag}-mid"), &[6], 1, opt, mid_epoch_3);
+        straight_vs_resumed(tag, spec(&[6], 1), opt.clone(), after_epoch_2);
+        straight_vs_resumed(&format!("{tag}-mid"), spec(&[6], 1), opt, mid_epoch_3);
     }
 }
 
@@ -183,21 +201,34 @@ fn sgd_momentum_sampled_paper_and_greedy_resume() {
         algorithm: Algorithm::Cd,
         ..base()
     };
-    straight_vs_resumed("sgd-cd", &[6], 1, sgd, mid_epoch_3);
+    straight_vs_resumed("sgd-cd", spec(&[6], 1), sgd, mid_epoch_3);
     let sampled = OptimParams {
         reconstruction: Reconstruction::Sample,
         ..base()
     };
-    straight_vs_resumed("paper-sample", &[6], 1, sampled, after_epoch_2);
+    straight_vs_resumed("paper-sample", spec(&[6], 1), sampled, after_epoch_2);
     // Greedy: stop inside the second layer's phase.
     let greedy = OptimParams {
         schedule: Schedule::Greedy,
         algorithm: Algorithm::Pcd,
         ..base()
     };
-    straight_vs_resumed("greedy", &[6, 5], 1, greedy, |c| {
+    straight_vs_resumed("greedy", spec(&[6, 5], 1), greedy, |c| {
         c.phase == 1 && c.epoch == 1 && c.batch == 2
     });
+}
+
+#[test]
+fn learned_sigma_resumes_with_its_optimiser_state() {
+    for (tag, optimizer) in [("sigma-adam", OptimizerKind::Adam), ("sigma-sgd", OptimizerKind::Sgd)] {
+        let opt = OptimParams {
+            algorithm: Algorithm::Pcd,
+            optimizer,
+            momentum: Momentum::Constant(0.5),
+            ..base()
+        };
+        straight_vs_resumed(tag, gaussian_spec(&[6]), opt, mid_epoch_3);
+    }
 }
 
 #[test]
