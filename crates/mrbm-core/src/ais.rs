@@ -573,12 +573,7 @@ impl HostDbn2 {
                     }
                 }
                 let terms = self.joint_terms(&v[r * d..(r + 1) * d], &hs, samples);
-                terms
-                    .iter()
-                    .zip(&extra)
-                    .map(|(t, e)| t + e)
-                    .sum::<f64>()
-                    / samples.max(1) as f64
+                terms.iter().zip(&extra).map(|(t, e)| t + e).sum::<f64>() / samples.max(1) as f64
             })
             .collect()
     }
@@ -675,9 +670,7 @@ impl HostDbn2 {
         x.iter()
             .zip(digits)
             .map(|(&xj, &s)| match l.unit.kind {
-                UnitKind::Levels => {
-                    xj * l.value(s as u32) - levels_log_partition_f64(xj, l.unit.n)
-                }
+                UnitKind::Levels => xj * l.value(s as u32) - levels_log_partition_f64(xj, l.unit.n),
                 _ => l
                     .offsets
                     .iter()

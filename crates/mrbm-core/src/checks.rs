@@ -516,7 +516,12 @@ pub fn learned_sigma_run(device: &Device, dtype: DType) -> CheckReport {
         bad.push(format!("gradient differs from the CPU's by {worst:.3e}"));
     }
     let mut runs = 0;
-    for algorithm in [Algorithm::Paper, Algorithm::Cd, Algorithm::Pcd, Algorithm::Fpcd] {
+    for algorithm in [
+        Algorithm::Paper,
+        Algorithm::Cd,
+        Algorithm::Pcd,
+        Algorithm::Fpcd,
+    ] {
         for optimizer in [OptimizerKind::Adam, OptimizerKind::Sgd] {
             runs += 1;
             let dbn = with_sigma(device, dtype);

@@ -83,13 +83,7 @@ pub fn save(
         owned.push((name, Dtype::F32, shape, bytes));
     };
     let mut adam_time = BTreeMap::new();
-    for (i, (l, st)) in trainer
-        .dbn
-        .layers
-        .iter()
-        .zip(&trainer.states)
-        .enumerate()
-    {
+    for (i, (l, st)) in trainer.dbn.layers.iter().zip(&trainer.states).enumerate() {
         put(format!("layers.{i}.w"), host_f32(&l.w));
         put(format!("layers.{i}.a"), host_f32(&l.a));
         put(format!("layers.{i}.b"), host_f32(&l.b));
@@ -137,10 +131,7 @@ pub fn save(
     let nl = trainer.dbn.layers.len();
     let mut rows: Vec<u8> = Vec::with_capacity(hist.batches.len() * (2 + nl) * 8);
     for (e, b, l) in &hist.batches {
-        for x in [*e as f64, *b as f64]
-            .into_iter()
-            .chain(l.iter().copied())
-        {
+        for x in [*e as f64, *b as f64].into_iter().chain(l.iter().copied()) {
             rows.extend_from_slice(&x.to_le_bytes());
         }
     }
@@ -227,7 +218,9 @@ pub fn load(
         return Err(err(format!("unknown format {}", record.format)));
     }
     if record.spec != serde_json::to_string(spec).unwrap_or_default() {
-        return Err(err("it holds another stack (layers, units or scaling)".into()));
+        return Err(err(
+            "it holds another stack (layers, units or scaling)".into()
+        ));
     }
     if record.params != serde_json::to_string(params).unwrap_or_default() {
         return Err(err("it was written with other training parameters".into()));
@@ -266,8 +259,14 @@ pub fn load(
         layers.push(Rbm {
             spec: ls.clone(),
             w: t(need(&format!("layers.{i}.w"), &ls.weight_shape())?, device),
-            a: t(need(&format!("layers.{i}.a"), &[ls.visible_channels()])?, device),
-            b: t(need(&format!("layers.{i}.b"), &[ls.hidden_channels()])?, device),
+            a: t(
+                need(&format!("layers.{i}.a"), &[ls.visible_channels()])?,
+                device,
+            ),
+            b: t(
+                need(&format!("layers.{i}.b"), &[ls.hidden_channels()])?,
+                device,
+            ),
             log_sigma: get(&format!("layers.{i}.log_sigma"), &[ls.visible_channels()])?
                 .map(|d| t(d, device)),
         });
@@ -277,7 +276,10 @@ pub fn load(
         layers,
     };
     let mut trainer = Trainer::new(dbn, params.clone());
-    let adam = |i: usize, p: &str, shape: &[usize]| -> Result<Option<(usize, TensorData, TensorData)>, CoreError> {
+    let adam = |i: usize,
+                p: &str,
+                shape: &[usize]|
+     -> Result<Option<(usize, TensorData, TensorData)>, CoreError> {
         let Some(&time) = record.adam_time.get(&format!("{i}.{p}")) else {
             return Ok(None);
         };
@@ -366,4 +368,3 @@ pub fn load(
     };
     Ok((trainer, cursor, hist))
 }
-

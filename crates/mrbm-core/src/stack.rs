@@ -182,7 +182,10 @@ impl StackSpec {
                 "per-pixel standardisation has {s} scales and {o} offsets for {len} pixels"
             ));
         }
-        if self.pixel_scale.iter().any(|x| !(x.is_finite() && *x > 0.0))
+        if self
+            .pixel_scale
+            .iter()
+            .any(|x| !(x.is_finite() && *x > 0.0))
             || self.pixel_offset.iter().any(|x| !x.is_finite())
         {
             return Err("per-pixel standardisation has a non-positive or non-finite value".into());

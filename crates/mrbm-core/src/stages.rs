@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ais;
 use crate::checkpoint;
-use crate::resume;
 use crate::device::{burn_device, with_threads};
 use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
 use crate::quality;
+use crate::resume;
 use crate::sample::{gibbs_from, noise_start, Anneal, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams, VisibleKind};
 use crate::train::{

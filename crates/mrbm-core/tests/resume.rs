@@ -5,14 +5,14 @@
 use burn::tensor::{DType, Device};
 use mrbm_core::checkpoint;
 use mrbm_core::layer::tensor_from;
-use mrbm_core::stack::VisibleKind;
-use mrbm_core::unit::UnitKind;
 use mrbm_core::resume;
+use mrbm_core::stack::VisibleKind;
 use mrbm_core::stack::{Dbn, StackParams, StackSpec};
 use mrbm_core::train::{
     train_images_from, Algorithm, Cursor, History, Momentum, OptimParams, OptimizerKind,
     Reconstruction, Schedule, Trainer,
 };
+use mrbm_core::unit::UnitKind;
 use mrbm_core::CoreError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -117,7 +117,10 @@ fn straight_vs_resumed(tag: &str, sp: StackSpec, opt: OptimParams, stop: fn(&Cur
             Ok(())
         },
     );
-    assert!(matches!(r, Err(CoreError::Cancelled)), "{tag}: never stopped");
+    assert!(
+        matches!(r, Err(CoreError::Cancelled)),
+        "{tag}: never stopped"
+    );
     let at = saved_at.unwrap();
     drop(first);
 
@@ -220,7 +223,10 @@ fn sgd_momentum_sampled_paper_and_greedy_resume() {
 
 #[test]
 fn learned_sigma_resumes_with_its_optimiser_state() {
-    for (tag, optimizer) in [("sigma-adam", OptimizerKind::Adam), ("sigma-sgd", OptimizerKind::Sgd)] {
+    for (tag, optimizer) in [
+        ("sigma-adam", OptimizerKind::Adam),
+        ("sigma-sgd", OptimizerKind::Sgd),
+    ] {
         let opt = OptimParams {
             algorithm: Algorithm::Pcd,
             optimizer,
@@ -237,14 +243,19 @@ fn a_checkpoint_of_another_run_is_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     let sp = spec(&[6], 1);
     let opt = base();
-    let t = Trainer::new(Dbn::init(sp.clone(), 0.05, 7, &dev(), DType::F32), opt.clone());
+    let t = Trainer::new(
+        Dbn::init(sp.clone(), 0.05, 7, &dev(), DType::F32),
+        opt.clone(),
+    );
     let f = dir.join(resume::FILE);
     resume::save(&t, &Cursor::default(), &History::default(), &f).unwrap();
     assert!(resume::load(&f, &sp, &opt, &dev()).is_ok());
     let other = OptimParams { lr: 0.5, ..base() };
     let e = resume::load(&f, &sp, &other, &dev()).err().unwrap();
     assert!(e.to_string().contains("other training parameters"), "{e}");
-    let e = resume::load(&f, &spec(&[7], 1), &opt, &dev()).err().unwrap();
+    let e = resume::load(&f, &spec(&[7], 1), &opt, &dev())
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("another stack"), "{e}");
     // A truncated file (a kill during a non-atomic write would leave one).
     let bytes = std::fs::read(&f).unwrap();

@@ -269,7 +269,10 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
         canon(base),
         canon(&format!("{base}\nstandardise = \"global\""))
     );
-    assert_ne!(canon(base), canon(&format!("{base}\nstandardise = \"pixel\"")));
+    assert_ne!(
+        canon(base),
+        canon(&format!("{base}\nstandardise = \"pixel\""))
+    );
     let err = run(
         "train",
         "dense = [6]\nstandardise = \"pixel\"",
@@ -278,7 +281,10 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
         Device::Cpu,
     )
     .unwrap_err();
-    assert!(err.is_user_error() && err.to_string().contains("gaussian"), "{err}");
+    assert!(
+        err.is_user_error() && err.to_string().contains("gaussian"),
+        "{err}"
+    );
 
     let out = dir.path().join("train");
     run(
@@ -369,10 +375,82 @@ fn loglik_two_layer_dbn_bound_and_deeper_stacks_refused() {
     }
     // 192 binary pixels: a bound below 0 and above the uniform model's.
     let uniform = -192.0 * std::f64::consts::LN_2;
-    assert!(two["test_loglik"] < 0.0 && two["test_loglik"] > uniform, "{two:?}");
+    assert!(
+        two["test_loglik"] < 0.0 && two["test_loglik"] > uniform,
+        "{two:?}"
+    );
     let three = train("three", "[8, 4, 3]");
     let e = ll(&three, "").unwrap_err();
-    assert!(e.is_user_error() && e.to_string().contains("3 layers"), "{e}");
+    assert!(
+        e.is_user_error() && e.to_string().contains("3 layers"),
+        "{e}"
+    );
     let nan = ll(&three, "\nunsupported = \"nan\"").unwrap();
     assert!(nan["test_loglik"].is_nan());
+}
+
+/// `learn_sigma = true`: the trained model stores log sigma, sampling and
+/// reconstruction use it; refused without Gaussian pixels or with autodiff.
+#[test]
+fn learned_sigma_through_the_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = images(dir.path());
+    let base = "conv_channels = [4]\ndense = [6]\nepochs = 2\nbatch_size = 16\nlr = 0.01\nvisible = \"gaussian\"\nalgorithm = \"cd\"";
+    for (bad, why) in [
+        ("dense = [6]\nlearn_sigma = true", "gaussian"),
+        (
+            "dense = [6]\nvisible = \"gaussian\"\nlearn_sigma = true\ngradient = \"autodiff\"",
+            "closed-form",
+        ),
+    ] {
+        let e = run(
+            "train",
+            bad,
+            &[("data", data.clone())],
+            &dir.path().join("bad"),
+            Device::Cpu,
+        )
+        .unwrap_err();
+        assert!(e.is_user_error() && e.to_string().contains(why), "{e}");
+    }
+    let out = dir.path().join("train");
+    run(
+        "train",
+        &format!("{base}\nlearn_sigma = true"),
+        &[("data", data.clone())],
+        &out,
+        Device::Cpu,
+    )
+    .unwrap();
+    let dbn = mrbm_core::checkpoint::load(
+        &out.join("model.safetensors"),
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
+    let z = mrbm_core::layer::to_f64(dbn.layers[0].log_sigma.as_ref().expect("log sigma stored"));
+    assert_eq!(
+        z.len(),
+        3,
+        "one sigma per visible channel of the conv layer"
+    );
+    assert!(z.iter().all(|x| x.is_finite() && *x != 0.0), "{z:?}");
+    assert!(dbn.layers[1].log_sigma.is_none());
+    let sample_out = dir.path().join("sample");
+    run(
+        "sample",
+        "steps = 3\nchains = 4",
+        &[("model", out.clone())],
+        &sample_out,
+        Device::Cpu,
+    )
+    .unwrap();
+    let m = run(
+        "reconstruct",
+        "count = 4",
+        &[("model", out.clone()), ("data", data.clone())],
+        &dir.path().join("rec"),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(m["mse"].is_finite());
 }

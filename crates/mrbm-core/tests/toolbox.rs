@@ -466,24 +466,25 @@ fn learned_sigma_gradients_match_finite_differences() {
         };
         let g = r.stats_grads(v.clone(), r.up(v.clone()), vn.clone(), r.up(vn.clone()));
         let eps = 1e-6;
-        let check = |name: &str, analytic: Vec<f64>, set: &dyn Fn(&mut Rbm, Vec<f64>), base: Vec<f64>| {
-            for k in 0..base.len() {
-                let mut p = base.clone();
-                p[k] += eps;
-                let mut rp = r.clone();
-                set(&mut rp, p.clone());
-                p[k] -= 2.0 * eps;
-                let mut rm = r.clone();
-                set(&mut rm, p);
-                let fd = (loss(&rp) - loss(&rm)) / (2.0 * eps);
-                assert!(
-                    (fd - analytic[k]).abs() < 1e-6 * (1.0 + fd.abs()),
-                    "{}: {name}[{k}]: analytic {} vs finite differences {fd}",
-                    spec.describe(),
-                    analytic[k]
-                );
-            }
-        };
+        let check =
+            |name: &str, analytic: Vec<f64>, set: &dyn Fn(&mut Rbm, Vec<f64>), base: Vec<f64>| {
+                for k in 0..base.len() {
+                    let mut p = base.clone();
+                    p[k] += eps;
+                    let mut rp = r.clone();
+                    set(&mut rp, p.clone());
+                    p[k] -= 2.0 * eps;
+                    let mut rm = r.clone();
+                    set(&mut rm, p);
+                    let fd = (loss(&rp) - loss(&rm)) / (2.0 * eps);
+                    assert!(
+                        (fd - analytic[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "{}: {name}[{k}]: analytic {} vs finite differences {fd}",
+                        spec.describe(),
+                        analytic[k]
+                    );
+                }
+            };
         let ws = spec.weight_shape();
         check(
             "log_sigma",
@@ -562,7 +563,10 @@ fn learned_sigma_recovers_a_known_per_pixel_scale() {
             .collect();
         for (i, s) in stds.iter().enumerate() {
             let want = s / std;
-            println!("{algorithm:?}: pixel {i}: sigma {:.4}, want {want:.4}", sigma[i]);
+            println!(
+                "{algorithm:?}: pixel {i}: sigma {:.4}, want {want:.4}",
+                sigma[i]
+            );
             assert!(
                 (sigma[i] / want - 1.0).abs() < 0.1,
                 "{algorithm:?}: pixel {i}: learned sigma {} vs {want}",
@@ -685,7 +689,10 @@ fn dbn_lower_bound_against_enumeration() {
             assert!(bound < lp, "{name}: bound {bound} above log p {lp}");
             gaps.push(lp - bound);
             let mc = dbn.bound_plus_log_z(v, 1, 20_000, 3)[0] - log_z;
-            assert!((mc - bound).abs() < 0.05, "{name}: MC {mc} vs exact {bound}");
+            assert!(
+                (mc - bound).abs() < 0.05,
+                "{name}: MC {mc} vs exact {bound}"
+            );
             // The tied DBN is the bottom RBM: exact log p(v) and a tight bound.
             let (lpt, bt) = tied.exact(v).unwrap();
             let rbm = bottom.log_unnormalised(v, 1)[0] - log_z_rbm;
