@@ -122,7 +122,7 @@ fn sigkill_mid_training_then_rerun_resumes_and_matches_an_uninterrupted_run() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(k >= 1 && k < 400, "{resumed}");
+    assert!((1..400).contains(&k), "{resumed}");
     assert!(
         std::fs::read(entry.join("out/model.safetensors")).unwrap() == want,
         "the resumed model's bytes differ from the uninterrupted run's"

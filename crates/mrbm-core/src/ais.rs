@@ -535,6 +535,10 @@ pub struct HostDbn2 {
     pub top: HostDense,
 }
 
+/// One enumerated hidden state: its values, its configuration term and its
+/// digits (sub-unit bit patterns or levels).
+type HiddenState = (Vec<f32>, f64, Vec<usize>);
+
 impl HostDbn2 {
     pub fn new(bottom: HostDense, top: HostDense) -> Result<Self, String> {
         if top.d != bottom.h {
@@ -629,7 +633,7 @@ impl HostDbn2 {
 
     /// Every hidden state (configuration) with its value row and its
     /// configuration term, for enumeration (tests; at most 2^20 states).
-    fn states(&self) -> Result<Vec<(Vec<f32>, f64, Vec<usize>)>, String> {
+    fn states(&self) -> Result<Vec<HiddenState>, String> {
         let l = &self.bottom.hid;
         let per = match l.unit.kind {
             UnitKind::Levels => l.unit.n as usize + 1,
