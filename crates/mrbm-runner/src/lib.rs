@@ -8,6 +8,7 @@ pub mod dag;
 pub mod device;
 pub mod error;
 pub mod exec;
+pub mod executor;
 pub mod hashing;
 pub mod history;
 pub mod integrity;
@@ -15,6 +16,7 @@ pub mod output;
 pub mod plan;
 pub mod registry;
 pub mod report;
+pub mod slurm;
 pub mod store;
 pub mod table;
 

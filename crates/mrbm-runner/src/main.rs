@@ -15,6 +15,7 @@ use mrbm_runner::hashing::Memo;
 use mrbm_runner::history;
 use mrbm_runner::plan;
 use mrbm_runner::registry::Registry;
+use mrbm_runner::slurm::{self, ExecutorDecl};
 use mrbm_runner::store::Store;
 use mrbm_runner::table;
 use mrbm_runner::{device, output, RunnerError};
@@ -85,6 +86,24 @@ enum Command {
         /// per running stage every SECONDS (stage, step/total, loss, elapsed, ETA).
         #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_interval)]
         progress_interval: f64,
+        /// Where the stages run: `local` (this machine) or `slurm` (one
+        /// sbatch job per stage; README "Running on a cluster"). Overrides
+        /// `[executor] kind` in the experiment.
+        #[arg(long, value_parser = ["local", "slurm"])]
+        executor: Option<String>,
+        /// The mrbm binary Slurm jobs run (default: this one); it must be on
+        /// a path the compute nodes see. Overrides `[executor] mrbm`.
+        #[arg(long, value_name = "PATH")]
+        mrbm: Option<PathBuf>,
+    },
+    /// Run one stage from its job spec in the cache (what a Slurm job runs).
+    #[command(hide = true)]
+    ExecStage {
+        /// The stage's cache key (its spec is CACHE/jobs/KEY.json).
+        key: String,
+        /// auto | cpu | wgpu | cuda[:INDEX], resolved on this machine.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Show what `run` would do and why, without running anything.
     Plan {
@@ -236,10 +255,11 @@ fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
 
 /// The DAG, the experiment's `device` and the profile in effect (--profile
 /// or the experiment's default_profile).
+#[allow(clippy::type_complexity)]
 fn build_dag(
     select: &Select,
     reg: &Registry,
-) -> Result<(Dag, Option<String>, Option<String>), RunnerError> {
+) -> Result<(Dag, Option<String>, Option<String>, Option<ExecutorDecl>), RunnerError> {
     if !select.file.is_file() {
         return Err(RunnerError::Usage(format!(
             "{}: no such file",
@@ -266,7 +286,8 @@ fn build_dag(
     };
     let device = exp.file.device.clone();
     let profile = ov.profile.clone().or(exp.file.default_profile.clone());
-    Ok((dag::build(&exp, reg, &ov)?, device, profile))
+    let executor = exp.file.executor.clone();
+    Ok((dag::build(&exp, reg, &ov)?, device, profile, executor))
 }
 
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
@@ -279,14 +300,45 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             device: dev_flag,
             quiet,
             progress_interval,
+            executor,
+            mrbm,
         } => {
             let t0 = Instant::now();
-            let (dag, file_device, profile) = build_dag(select, &reg)?;
+            let (dag, file_device, profile, file_executor) = build_dag(select, &reg)?;
             let spec = dev_flag
                 .clone()
                 .or(file_device)
                 .unwrap_or_else(|| "auto".into());
-            let device = device::resolve(&spec)?;
+            let decl = file_executor.unwrap_or_default();
+            let on_slurm = match executor.as_deref().or(decl.kind.as_deref()) {
+                None | Some("local") => false,
+                Some("slurm") => true,
+                Some(other) => {
+                    return Err(RunnerError::Usage(format!(
+                        "{}: [executor] kind = \"{other}\": the executors are `local` and `slurm`",
+                        select.file.display()
+                    )))
+                }
+            };
+            let mut slurm_opts = decl.slurm;
+            if mrbm.is_some() {
+                slurm_opts.mrbm = mrbm.clone();
+            }
+            if let Some(j) = jobs.filter(|_| on_slurm) {
+                slurm_opts.max_jobs = Some(j);
+            }
+            // On Slurm the nodes resolve the device: the machine that plans
+            // (a login node) may have no GPU.
+            let device = if on_slurm {
+                mrbm_stage::Device::Cpu
+            } else {
+                device::resolve(&spec)?
+            };
+            let where_ = if on_slurm {
+                format!("Slurm (device {spec} on the nodes)")
+            } else {
+                device.to_string()
+            };
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             // Shared with other runs; `mrbm gc` waits for it.
             let _in_use = store.use_guard(false, &|| {
@@ -304,6 +356,8 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                     if c.swap(true, Ordering::SeqCst) {
                         // Second Ctrl-C: leave now. Temporary entries are never
                         // trusted and our locks die with us, so the cache stays consistent.
+                        // Our Slurm jobs go too.
+                        slurm::scancel(&slurm::in_flight_ids());
                         eprintln!("\ninterrupted again: exiting");
                         std::process::exit(130);
                     }
@@ -336,7 +390,31 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 threads,
                 progress,
             };
-            let results = exec::execute(&dag, &reg, &store, &memo, &opts, &cancel);
+            let mut timings = Vec::new();
+            let results = if on_slurm {
+                if !slurm::available() {
+                    return Err(RunnerError::Usage(
+                        "--executor slurm: no Slurm controller answers `sinfo` here (is this a Slurm login node?)\n  help: run without --executor slurm (or with --executor local)".into(),
+                    ));
+                }
+                let say: Box<dyn Fn(String)> = match &opts.progress {
+                    Some(m) if !m.is_hidden() => {
+                        let m = m.clone();
+                        Box::new(move |line: String| {
+                            let _ = m.println(line);
+                        })
+                    }
+                    _ => Box::new(|line: String| eprintln!("{line}")),
+                };
+                let mut ex =
+                    slurm::SlurmExecutor::new(&store, slurm_opts, &spec, cli.verbose, say)?;
+                let r =
+                    exec::Scheduler::new(&dag, &reg, &store, &memo, &opts, &cancel).run(&mut ex);
+                timings = ex.timings().to_vec();
+                r
+            } else {
+                exec::execute(&dag, &reg, &store, &memo, &opts, &cancel)
+            };
             drop(_ticker);
             let (entries, bytes, took) = mrbm_runner::integrity::stats();
             tracing::info!(
@@ -354,7 +432,11 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                     profile,
                     sets: select.set.clone(),
                     sweeps: select.sweep.clone(),
-                    device: device.to_string(),
+                    device: if on_slurm {
+                        format!("slurm:{spec}")
+                    } else {
+                        device.to_string()
+                    },
                 },
             );
             history::save(&store, &run)?;
@@ -373,7 +455,10 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                     }
                 }
             }
-            print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), device);
+            print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), &where_);
+            if !timings.is_empty() {
+                println!("{}", slurm::timing_summary(&timings));
+            }
             println!("recorded as run {} (mrbm runs, mrbm compare)", run.id);
             if cancel.load(Ordering::Relaxed) {
                 return Err(RunnerError::Interrupted);
@@ -395,7 +480,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             }
         }
         Command::Plan { select } => {
-            let (dag, _, _) = build_dag(select, &reg)?;
+            let (dag, _, _, _) = build_dag(select, &reg)?;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
             let lines = plan::plan(&dag, &store, &memo)?;
@@ -404,7 +489,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Dag { select, dot } => {
-            let (dag, _, _) = build_dag(select, &reg)?;
+            let (dag, _, _, _) = build_dag(select, &reg)?;
             print!(
                 "{}",
                 if *dot {
@@ -416,6 +501,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Show { what } => show(&cli, what),
+        Command::ExecStage { key, device } => exec_stage(&cli, &reg, key, device),
         Command::Runs {
             experiment,
             pin,
@@ -523,13 +609,7 @@ const SUMMARY_WIDTH: usize = 100;
 /// Warnings listed per stage in the summary; the rest are in its log.
 const WARNINGS_SHOWN: usize = 5;
 
-fn print_summary(
-    dag: &Dag,
-    results: &[exec::NodeResult],
-    store: &Store,
-    total: f64,
-    device: mrbm_stage::Device,
-) {
+fn print_summary(dag: &Dag, results: &[exec::NodeResult], store: &Store, total: f64, device: &str) {
     print!("{}", summary_table(dag, results));
     let count = |f: &dyn Fn(&Status) -> bool| results.iter().filter(|r| f(&r.status)).count();
     println!(
@@ -961,4 +1041,71 @@ fn gc(
         }
     );
     Ok(0)
+}
+
+/// `mrbm exec-stage --cache DIR KEY`: what a Slurm job runs on its node.
+/// It reads the job the planner wrote into the shared cache and runs it
+/// with the same lock, temporary folder and atomic publish as a local run.
+/// Exit status: 0 published (or already there), 1 the stage failed, 2 a
+/// user error, 130 cancelled (scancel sends SIGTERM).
+fn exec_stage(cli: &Cli, reg: &Registry, key: &str, spec: &str) -> Result<u8, RunnerError> {
+    use mrbm_runner::executor::{run_job, Runtime, StageJob};
+    eprintln!(
+        "{}{:.3} on {} (key {key})",
+        slurm::STARTED,
+        slurm::unix_now(),
+        mrbm_runner::store::hostname()
+    );
+    let root = cli
+        .cache
+        .clone()
+        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
+        .ok_or_else(|| RunnerError::Usage("exec-stage needs --cache DIR".into()))?;
+    let store = Store::open(&root)?;
+    let mut job = StageJob::load(&StageJob::path_in(&store, key))?;
+    let device = device::resolve(spec)?;
+    // The threads of this node, not of the machine that planned.
+    job.threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memo = Memo::load(&store.root);
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("mrbm exec-stage: cancelled");
+            c.store(true, Ordering::SeqCst);
+        });
+    }
+    let rt = Runtime {
+        registry: reg,
+        memo: &memo,
+        device,
+        progress: None,
+        cancel: &cancel,
+    };
+    let r = run_job(&store, &job, &rt);
+    match &r.status {
+        Status::Ran | Status::Cached => {
+            eprintln!(
+                "mrbm exec-stage: {} {} on {device} in {:.2}s",
+                r.status.word(),
+                job.stage_id,
+                r.seconds
+            );
+            Ok(0)
+        }
+        Status::Failed { message, user } => {
+            eprintln!("error: {}: {message}", job.stage_id);
+            if let Some(l) = &r.log {
+                eprintln!("  log: {}", l.display());
+            }
+            Ok(if *user { 2 } else { 1 })
+        }
+        Status::Cancelled => Err(RunnerError::Interrupted),
+        Status::Skipped { because } => {
+            eprintln!("error: {}: skipped ({because})", job.stage_id);
+            Ok(1)
+        }
+    }
 }
