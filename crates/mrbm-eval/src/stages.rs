@@ -15,14 +15,6 @@ use crate::frechet::{frechet_distance, GaussianStats};
 use crate::inception::{self, FidInception};
 use crate::svm::{self, Loss, SvmConfig};
 
-fn run_in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, StageError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| StageError::failed(format!("cannot start {threads} threads: {e}")))?;
-    Ok(pool.install(f))
-}
-
 // ---------------------------------------------------------------- svm
 
 fn d_loss() -> Loss {
@@ -152,13 +144,13 @@ impl Stage for SvmStage {
         ctx.check_cancel()?;
         let cfg = p.config();
         let start = Instant::now();
-        let model = run_in_pool(ctx.threads, || {
+        let model = mrbm_stage::in_pool(ctx.threads, || {
             svm::fit(&train.features, train.n, train.d, &train.labels, &cfg)
         })?
         .map_err(|e| StageError::User(format!("svm: {e}")))?;
         let fit_seconds = start.elapsed().as_secs_f64();
         ctx.check_cancel()?;
-        let (pred_test, pred_train) = run_in_pool(ctx.threads, || {
+        let (pred_test, pred_train) = mrbm_stage::in_pool(ctx.threads, || {
             (
                 model.predict(&test.features, test.n),
                 model.predict(&train.features, train.n),
@@ -381,7 +373,7 @@ impl Stage for FidStatsStage {
         let start = Instant::now();
         let mut feats = Vec::with_capacity(set.n * inception::FEATURE_DIM);
         let per = set.image_len();
-        run_in_pool(ctx.threads, || -> Result<(), StageError> {
+        mrbm_stage::in_pool(ctx.threads, || -> Result<(), StageError> {
             for s in (0..set.n).step_by(p.batch_size) {
                 ctx.check_cancel()?;
                 let e = (s + p.batch_size).min(set.n);
@@ -517,7 +509,7 @@ impl Stage for FidStage {
             )));
         }
         let start = Instant::now();
-        let f = run_in_pool(ctx.threads, || frechet_distance(&mu1, &s1, &mu2, &s2))?
+        let f = mrbm_stage::in_pool(ctx.threads, || frechet_distance(&mu1, &s1, &mu2, &s2))?
             .map_err(|e| StageError::User(format!("fid: {e}")))?;
         let mut m = BTreeMap::new();
         m.insert("fid".into(), f.distance);

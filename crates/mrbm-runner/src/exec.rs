@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dag::{Dag, InputSource, Node};
 use crate::error::RunnerError;
-use crate::executor::{Executor, JobInput, LocalExecutor, Runtime, StageJob};
+use crate::executor::{Executor, LocalExecutor, Runtime, StageJob};
 use crate::hashing::{self, Memo};
 use crate::registry::Registry;
+use crate::session::{Cells, Session};
 use crate::store::{self, Manifest, Store};
 
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -94,6 +95,7 @@ pub fn stage_key(node: &Node, input_hashes: &BTreeMap<String, String>) -> String
 }
 
 /// What one input resolves to: the path the stage reads and its hash.
+#[derive(Debug)]
 pub enum Resolved {
     Ready {
         path: PathBuf,
@@ -528,21 +530,11 @@ pub fn keyed_job(
     upstream: &dyn Fn(usize) -> Option<Manifest>,
 ) -> Result<StageJob, String> {
     let node = &dag.nodes[i];
-    let mut inputs = Vec::new();
-    for (k, inp) in node.inputs.iter().enumerate() {
-        let upstream_key = match &inp.source {
-            InputSource::Node { node: up, .. } => upstream(*up).map(|m| m.key),
-            InputSource::External { .. } => None,
-        };
-        let external = matches!(inp.source, InputSource::External { .. });
-        let (path, hash, source) = match resolve_input(dag, store, memo, node, k, upstream) {
-            Ok(Resolved::Ready { path, hash }) => {
-                (Some(path), hash, Some(describe_source(dag, &inp.source)))
-            }
-            // Only soft (table) inputs get here: the cell is missing.
-            Ok(Resolved::Upstream { node: up }) => {
-                (None, format!("missing:{}", dag.nodes[up].id), None)
-            }
+    let session = Session::new(reg, store, memo);
+    let keyed = session.key(dag, i, threads, Cells::Missing, upstream);
+    for (inp, r) in node.inputs.iter().zip(keyed.inputs) {
+        match r {
+            Ok(Resolved::Ready { .. } | Resolved::Upstream { .. }) => {}
             Ok(Resolved::Missing { path, declared }) => {
                 let hint = reg
                     .get(&node.kind)
@@ -558,34 +550,14 @@ pub fn keyed_job(
             }
             Ok(Resolved::BadFile { message }) => return Err(message),
             Err(e) => return Err(e.to_string()),
-        };
-        inputs.push(JobInput {
-            slot: inp.slot.clone(),
-            path,
-            hash,
-            source,
-            upstream_key,
-            external,
-        });
+        }
     }
     if node.kind == "table" {
         if let Some(message) = unknown_table_metric(dag, node, upstream) {
             return Err(message);
         }
     }
-    let mut job = StageJob {
-        job: i,
-        stage_id: node.id.clone(),
-        kind: node.kind.clone(),
-        version: node.version,
-        params: node.params.clone(),
-        key: String::new(),
-        inputs,
-        uses_device: node.uses_device,
-        threads,
-    };
-    job.key = stage_key(node, &job.input_hashes());
-    Ok(job)
+    Ok(keyed.job.expect("every input resolved"))
 }
 
 fn finish_line(node: &Node, r: &NodeResult) -> String {
@@ -630,16 +602,6 @@ fn blocked_by(
         }
     }
     None
-}
-
-fn describe_source(dag: &Dag, s: &InputSource) -> String {
-    match s {
-        InputSource::Node { node, file } => match file {
-            Some(f) => format!("{}/{f}", dag.nodes[*node].id),
-            None => dag.nodes[*node].id.clone(),
-        },
-        InputSource::External { path, .. } => path.display().to_string(),
-    }
 }
 
 /// Copy a node's published files (e.g. results/quickstart.csv) out of its

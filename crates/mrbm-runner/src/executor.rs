@@ -215,7 +215,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
             let msg = format!(
                 "internal error in stage kind `{}`: {} (this is a bug in mrbm; please report it with the log)",
                 job.kind,
-                panic_message(panic.as_ref())
+                mrbm_stage::panic_message(panic.as_ref()).unwrap_or_else(|| "unknown panic".into())
             );
             return failed(msg.clone(), false, keep_failed_log(&msg), t0);
         }
@@ -383,15 +383,6 @@ fn publish_entry(
     // The entry is published: its resume checkpoints are no longer needed.
     let _ = std::fs::remove_dir_all(store.root.join("resume").join(&manifest.key));
     Ok(manifest)
-}
-
-/// The message a panic carried.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn sanitize(id: &str) -> String {

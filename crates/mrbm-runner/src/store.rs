@@ -138,26 +138,10 @@ pub fn now_rfc3339() -> String {
     )
 }
 
-/// Write through a temporary file in the same folder, fsync, rename.
+/// Write through a temporary file in the same folder, fsync, rename
+/// ([`mrbm_stage::write_atomic_io`], with the runner's error).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunnerError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| RunnerError::cache(dir, e))?;
-    }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| RunnerError::cache(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        RunnerError::cache(&tmp, e)
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        RunnerError::cache(path, e)
-    })
+    mrbm_stage::write_atomic_io(path, bytes).map_err(|(p, e)| RunnerError::cache(&p, e))
 }
 
 pub enum LockOutcome {
