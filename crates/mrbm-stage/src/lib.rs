@@ -679,6 +679,7 @@ mod tests {
             progress: None,
             cancel: &cancel,
             log: &log,
+            resume_dir: None,
         };
         (f(&ctx), ())
     }
