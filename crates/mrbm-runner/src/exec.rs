@@ -88,7 +88,7 @@ pub fn stage_key(node: &Node, input_hashes: &BTreeMap<String, String>) -> String
     let doc = serde_json::json!({
         "kind": node.kind,
         "version": node.version,
-        "params": node.params,
+        "params": mrbm_stage::key_params(&node.params),
         "inputs": input_hashes,
     });
     hashing::hash_bytes(&serde_json::to_vec(&doc).expect("json"))

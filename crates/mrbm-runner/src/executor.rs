@@ -182,6 +182,8 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         .iter()
         .filter_map(|i| Some((i.slot.clone(), i.path.clone()?)))
         .collect();
+    // Checkpoints of an interrupted run of this key live here until it is published.
+    let resume_dir = store.root.join("resume").join(&job.key);
     let ctx = StageContext {
         stage_id: &job.stage_id,
         params: &job.params,
@@ -192,6 +194,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         progress: rt.progress,
         cancel: rt.cancel,
         log: &log,
+        resume_dir: Some(&resume_dir),
     };
     ctx.log(format!(
         "{} {} (key {}) on {} at {started}",
@@ -377,6 +380,8 @@ fn publish_entry(
         slurm_job: std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty()),
     };
     store.publish(e.tmp, &manifest)?;
+    // The entry is published: its resume checkpoints are no longer needed.
+    let _ = std::fs::remove_dir_all(store.root.join("resume").join(&manifest.key));
     Ok(manifest)
 }
 

@@ -6,6 +6,7 @@
 //! CACHE/entries/KEY/out/...         the stage's files (and metrics.json)
 //! CACHE/tmp/KEY.PID.N.HOST/         an entry being written (never trusted)
 //! CACHE/locks/KEY.lock              "pid host time" of the process computing KEY
+//! CACHE/resume/KEY/                checkpoints of a stage still computing KEY (removed on publish)
 //! CACHE/quarantine/                 entries that `mrbm verify` found corrupt
 //! CACHE/runs/EXPERIMENT.json        the last run's keys and params, for `plan`
 //! CACHE/history/RUN.json            every run: arguments, commit, device, keys, metrics (history.rs)

@@ -162,6 +162,25 @@ pub fn is_timing_metric(name: &str) -> bool {
     name == "seconds" || name.ends_with("_seconds") || name.ends_with("per_second")
 }
 
+/// Parameters that say how a stage runs, not what it computes (how often
+/// it checkpoints): they can never change its outputs, so the runner leaves
+/// them out of the stage key. A stage kind may accept any of them.
+pub const RUN_ONLY_PARAMS: &[&str] = &["checkpoint_every", "checkpoint_minutes"];
+
+/// The canonical parameters as the stage key sees them: without
+/// [`RUN_ONLY_PARAMS`].
+pub fn key_params(params: &JsonValue) -> JsonValue {
+    match params {
+        JsonValue::Object(m) => JsonValue::Object(
+            m.iter()
+                .filter(|(k, _)| !RUN_ONLY_PARAMS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        v => v.clone(),
+    }
+}
+
 /// Everything a running stage may use.
 pub struct StageContext<'a> {
     /// Readable id, e.g. `train[N=255,lr=0.03]`.
@@ -178,6 +197,11 @@ pub struct StageContext<'a> {
     pub progress: Option<&'a indicatif::MultiProgress>,
     pub cancel: &'a AtomicBool,
     pub log: &'a Mutex<Box<dyn std::io::Write + Send>>,
+    /// A folder kept across runs for this stage key (`CACHE/resume/KEY/`),
+    /// where a long stage keeps checkpoints to resume from after an
+    /// interruption; the runner removes it once the entry is published.
+    /// None: no resuming (tests, one-off runs).
+    pub resume_dir: Option<&'a Path>,
 }
 
 impl<'a> StageContext<'a> {
@@ -655,6 +679,7 @@ mod tests {
             progress: None,
             cancel: &cancel,
             log: &log,
+            resume_dir: None,
         };
         (f(&ctx), ())
     }
@@ -689,6 +714,7 @@ mod tests {
             progress,
             cancel: &cancel,
             log: &log,
+            resume_dir: None,
         };
         let r = f(&ctx);
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
