@@ -1,6 +1,8 @@
 //! `mrbm params KIND` shows each parameter's doc comment, read here from the
-//! `*Params` structs the stages deserialize (no hand-kept list). Crates not
-//! found next to this one (a packaged build) just give no docs.
+//! structs the stages deserialize (no hand-kept list): a `pub struct
+//! KindParams` names its kind, and a library's own struct is marked with a
+//! `// mrbm params: KIND` line above it. Crates not found next to this one
+//! (a packaged build) just give no docs.
 
 use std::path::Path;
 
@@ -8,6 +10,7 @@ const SOURCES: &[&str] = &[
     "../mrbm-data/src/stages.rs",
     "../mrbm-core/src/stages.rs",
     "../mrbm-eval/src/stages.rs",
+    "../mrbm-eval/src/svm.rs",
     "src/command.rs",
     "src/table.rs",
     "src/collect.rs",
@@ -52,6 +55,8 @@ fn parse(text: &str, rows: &mut Vec<(String, String, String, String)>) {
     let mut kind: Option<String> = None;
     let mut doc: Vec<String> = Vec::new();
     let mut rename: Option<String> = None;
+    // From a `// mrbm params: KIND` line to the struct it marks.
+    let mut marked: Option<String> = None;
     for line in text.lines() {
         let t = line.trim();
         if let Some(k) = &kind {
@@ -80,15 +85,19 @@ fn parse(text: &str, rows: &mut Vec<(String, String, String, String)>) {
                 doc.clear();
                 rename = None;
             }
+        } else if let Some(k) = t.strip_prefix("// mrbm params:") {
+            marked = Some(k.trim().to_string());
         } else if let Some(rest) = t.strip_prefix("pub struct ") {
-            if let Some(name) = rest.split_whitespace().next() {
-                if let Some(base) = name.strip_suffix("Params") {
-                    if rest.trim_end().ends_with('{') && !base.is_empty() {
-                        kind = Some(snake(base));
-                        doc.clear();
-                        rename = None;
-                    }
-                }
+            let by_name = rest
+                .split_whitespace()
+                .next()
+                .and_then(|name| name.strip_suffix("Params"))
+                .filter(|base| !base.is_empty())
+                .map(snake);
+            if rest.trim_end().ends_with('{') {
+                kind = marked.take().or(by_name);
+                doc.clear();
+                rename = None;
             }
         }
     }

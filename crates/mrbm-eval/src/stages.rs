@@ -5,83 +5,18 @@ use std::path::Path;
 use std::time::Instant;
 
 use mrbm_data::artifact::{FeatureSet, ImageSet};
-use mrbm_stage::{
-    canonical, InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError,
-};
+use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, StageContext, StageError, TypedStage};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::frechet::{frechet_distance, GaussianStats};
 use crate::inception::{self, FidInception};
-use crate::svm::{self, Loss, SvmConfig};
+use crate::svm::{self, SvmConfig};
 
 // ---------------------------------------------------------------- svm
 
-fn d_loss() -> Loss {
-    Loss::SquaredHinge
-}
-fn d_c() -> f64 {
-    1.0
-}
-fn d_eps() -> f64 {
-    0.1
-}
-fn d_max_iter() -> usize {
-    1000
-}
-fn d_bias() -> f64 {
-    1.0
-}
-fn d_true() -> bool {
-    true
-}
-
-/// Parameters of the `svm` stage (LIBLINEAR's options, same meaning).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SvmParams {
-    /// "squared_hinge" (LIBLINEAR -s 1, its default) or "hinge" (-s 3). Assumption: the paper does not say.
-    #[serde(default = "d_loss")]
-    pub loss: Loss,
-    /// Cost C of margin violations (-c). Assumption: LIBLINEAR's default 1.
-    /// Written `C` as in the papers and LIBLINEAR's docs; `c` is accepted.
-    #[serde(default = "d_c", rename = "C", alias = "c")]
-    pub c: f64,
-    /// Stopping tolerance on the dual projected gradient (-e; LIBLINEAR's default 0.1).
-    #[serde(default = "d_eps")]
-    pub eps: f64,
-    /// Outer iterations per class before stopping unconverged (LIBLINEAR: 300, fixed).
-    #[serde(default = "d_max_iter")]
-    pub max_iter: usize,
-    /// -B: value of the constant feature whose weight is the intercept; negative for none. Assumption: 1.
-    #[serde(default = "d_bias")]
-    pub bias: f64,
-    /// Shrink the active set as LIBLINEAR does (same optimum, faster).
-    #[serde(default = "d_true")]
-    pub shrinking: bool,
-    /// Standardise features with the training split's mean and standard deviation. Assumption: off.
-    #[serde(default)]
-    pub standardize: bool,
-    /// Seed of the random coordinate order.
-    #[serde(default)]
-    pub seed: u64,
-}
-
-impl SvmParams {
-    pub fn config(&self) -> SvmConfig {
-        SvmConfig {
-            loss: self.loss,
-            c: self.c,
-            eps: self.eps,
-            max_iter: self.max_iter,
-            bias: self.bias,
-            shrinking: self.shrinking,
-            standardize: self.standardize,
-            seed: self.seed,
-        }
-    }
-}
-
+/// The `svm` stage: a one-vs-rest linear SVM ([`svm::fit`]) on the `train`
+/// features, scored on `test`; its parameters are [`SvmConfig`].
 pub struct SvmStage;
 
 const SVM_INPUTS: &[InputSlot] = &[
@@ -101,18 +36,13 @@ fn read_features(path: &Path, slot: &str) -> Result<FeatureSet, StageError> {
     FeatureSet::read(path).map_err(|e| StageError::User(format!("input `{slot}`: {e}")))
 }
 
-impl Stage for SvmStage {
-    fn kind(&self) -> &'static str {
-        "svm"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        SVM_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        let (p, v) = mrbm_stage::parse_params::<SvmParams>(raw)?;
+impl TypedStage for SvmStage {
+    const KIND: &'static str = "svm";
+    const VERSION: u32 = 1;
+    const INPUTS: &'static [InputSlot] = SVM_INPUTS;
+    type Params = SvmConfig;
+
+    fn validate(p: &SvmConfig) -> Result<(), ParamError> {
         if !(p.c > 0.0 && p.c.is_finite()) {
             return Err(ParamError::new(
                 "C",
@@ -128,11 +58,10 @@ impl Stage for SvmStage {
         if p.max_iter == 0 {
             return Err(ParamError::new("max_iter", "max_iter must be at least 1"));
         }
-        Ok(v)
+        Ok(())
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
-        let p: SvmParams = ctx.typed_params()?;
+    fn run(&self, ctx: &StageContext, cfg: SvmConfig) -> Result<Metrics, StageError> {
         let train = read_features(ctx.input("train")?, "train")?;
         let test = read_features(ctx.input("test")?, "test")?;
         if train.d != test.d {
@@ -142,7 +71,6 @@ impl Stage for SvmStage {
             )));
         }
         ctx.check_cancel()?;
-        let cfg = p.config();
         let start = Instant::now();
         let model = mrbm_stage::in_pool(ctx.threads, || {
             svm::fit(&train.features, train.n, train.d, &train.labels, &cfg)
@@ -249,21 +177,24 @@ fn write_confusion(
 
 // ---------------------------------------------------------------- fid_stats
 
-fn d_batch() -> usize {
-    50
-}
-
 /// Parameters of the `fid_stats` stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FidStatsParams {
     /// Images per forward pass (pytorch-fid's default 50); does not change the result.
-    #[serde(default = "d_batch")]
     pub batch_size: usize,
     /// Use seeded random Inception weights instead of the `weights` input: for tests and
     /// benchmarks only, the values are not comparable with published FIDs.
-    #[serde(default)]
     pub random_weights_seed: Option<u64>,
+}
+
+impl Default for FidStatsParams {
+    fn default() -> Self {
+        FidStatsParams {
+            batch_size: 50,
+            random_weights_seed: None,
+        }
+    }
 }
 
 pub struct FidStatsStage;
@@ -302,35 +233,27 @@ pub fn burn_device(d: mrbm_stage::Device) -> Result<burn::tensor::Device, StageE
     mrbm_core::device::burn_device(d)
 }
 
-impl Stage for FidStatsStage {
-    fn kind(&self) -> &'static str {
-        "fid_stats"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        FID_STATS_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        let (p, v) = mrbm_stage::parse_params::<FidStatsParams>(raw)?;
+impl TypedStage for FidStatsStage {
+    const KIND: &'static str = "fid_stats";
+    const VERSION: u32 = 1;
+    const INPUTS: &'static [InputSlot] = FID_STATS_INPUTS;
+    const USES_DEVICE: bool = true;
+    type Params = FidStatsParams;
+
+    fn validate(p: &FidStatsParams) -> Result<(), ParamError> {
         if p.batch_size == 0 {
             return Err(ParamError::new(
                 "batch_size",
                 "batch_size must be at least 1",
             ));
         }
-        Ok(v)
-    }
-    fn uses_device(&self) -> bool {
-        true
+        Ok(())
     }
     fn missing_input_hint(&self, _params: &JsonValue, slot: &str, _path: &Path) -> Option<String> {
         (slot == "weights").then(weights_help)
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
-        let p: FidStatsParams = ctx.typed_params()?;
+    fn run(&self, ctx: &StageContext, p: FidStatsParams) -> Result<Metrics, StageError> {
         let device = burn_device(ctx.device)?;
         let (weights, source) = match (ctx.optional_input("weights"), p.random_weights_seed) {
             (Some(path), _) => {
@@ -466,8 +389,8 @@ pub fn read_stats(path: &Path) -> Result<(Vec<f64>, Vec<f64>), StageError> {
 // ---------------------------------------------------------------- fid
 
 /// The `fid` stage has no parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FidParams {}
 
 pub struct FidStage;
@@ -485,20 +408,13 @@ const FID_INPUTS: &[InputSlot] = &[
     ),
 ];
 
-impl Stage for FidStage {
-    fn kind(&self) -> &'static str {
-        "fid"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        FID_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        canonical::<FidParams>(raw)
-    }
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+impl TypedStage for FidStage {
+    const KIND: &'static str = "fid";
+    const VERSION: u32 = 1;
+    const INPUTS: &'static [InputSlot] = FID_INPUTS;
+    type Params = FidParams;
+
+    fn run(&self, ctx: &StageContext, _params: FidParams) -> Result<Metrics, StageError> {
         let (mu1, s1) = read_stats(ctx.input("a")?)?;
         let (mu2, s2) = read_stats(ctx.input("b")?)?;
         if mu1.len() != mu2.len() {

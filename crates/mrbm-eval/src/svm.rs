@@ -37,24 +37,30 @@ pub enum Loss {
     SquaredHinge,
 }
 
-/// Solver settings; the names follow LIBLINEAR's command-line options.
-#[derive(Debug, Clone, PartialEq)]
+/// Solver settings; the names follow LIBLINEAR's command-line options. They
+/// are also the parameters of the `svm` stage (`mrbm params svm` shows the
+/// doc comments below): a key left out takes the value of [`Default`].
+// mrbm params: svm
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SvmConfig {
+    /// "squared_hinge" (LIBLINEAR -s 1, its default) or "hinge" (-s 3). Assumption: the paper does not say.
     pub loss: Loss,
-    /// Cost of a margin violation (`-c`).
+    /// Cost C of margin violations (-c). Assumption: LIBLINEAR's default 1.
+    /// Written `C` as in the papers and LIBLINEAR's docs; `c` is accepted.
+    #[serde(rename = "C", alias = "c")]
     pub c: f64,
-    /// Stopping tolerance on the projected gradient (`-e`; LIBLINEAR's default 0.1).
+    /// Stopping tolerance on the dual projected gradient (-e; LIBLINEAR's default 0.1).
     pub eps: f64,
-    /// Outer iterations per class before giving up (LIBLINEAR hard-codes 300).
+    /// Outer iterations per class before stopping unconverged (LIBLINEAR: 300, fixed).
     pub max_iter: usize,
-    /// `-B`: when >= 0, every instance gets an extra feature of this value,
-    /// whose weight is the (regularised) intercept. Negative: no intercept.
+    /// -B: value of the constant feature whose weight is the intercept; negative for none. Assumption: 1.
     pub bias: f64,
-    /// Drop coordinates stuck at a bound during an outer pass (LIBLINEAR always does).
+    /// Shrink the active set as LIBLINEAR does (same optimum, faster).
     pub shrinking: bool,
-    /// Standardise each feature with the training split's mean and standard deviation.
+    /// Standardise features with the training split's mean and standard deviation. Assumption: off.
     pub standardize: bool,
-    /// Seed of the coordinate order.
+    /// Seed of the random coordinate order.
     pub seed: u64,
 }
 

@@ -211,3 +211,49 @@ fn fid_stats_then_fid() {
     let diff = run("fid", "", &[("a", &sa), ("b", &sb)], &dir.join("f1")).unwrap();
     assert!(diff["fid"] > 0.0 && diff["fid"].is_finite(), "{diff:?}");
 }
+
+/// The canonical parameters (and so the cache keys) of the eval kinds are
+/// the ones they had before the stages took the libraries' own structs:
+/// every field, by its published name, at its default; a default written
+/// out changes nothing; unknown keys and bad values are refused.
+#[test]
+fn eval_params_are_canonical_and_unchanged() {
+    use mrbm_stage::Stage;
+    let kinds = mrbm_eval::stages();
+    let kind = |k: &str| kinds.iter().find(|s| s.kind() == k).unwrap();
+    let table = |t: &str| -> toml::Table { toml::from_str(t).unwrap() };
+    let svm = kind("svm");
+    let canon = svm.params(&table("")).unwrap();
+    assert_eq!(
+        canon,
+        serde_json::json!({
+            "loss": "squared_hinge", "C": 1.0, "eps": 0.1, "max_iter": 1000,
+            "bias": 1.0, "shrinking": true, "standardize": false, "seed": 0
+        })
+    );
+    assert_eq!(svm.params(&table("C = 1.0\nseed = 0")).unwrap(), canon);
+    assert_eq!(svm.params(&table("c = 2.0")).unwrap()["C"], 2.0);
+    let e = svm.params(&table("Cc = 2.0")).unwrap_err();
+    assert_eq!(e.suggestion.as_deref(), Some("C"), "{e:?}");
+    let e = svm.params(&table("C = -1.0")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("C"), "{e:?}");
+    let fid_stats = kind("fid_stats");
+    assert_eq!(
+        fid_stats.params(&table("")).unwrap(),
+        serde_json::json!({ "batch_size": 50, "random_weights_seed": null })
+    );
+    assert!(fid_stats.params(&table("batch_size = 0")).is_err());
+    assert!(fid_stats.uses_device());
+    assert!(fid_stats
+        .missing_input_hint(
+            &serde_json::Value::Null,
+            "weights",
+            std::path::Path::new("x")
+        )
+        .is_some_and(|h| h.contains("fid_weights.py")));
+    assert_eq!(
+        kind("fid").params(&table("")).unwrap(),
+        serde_json::json!({})
+    );
+    assert!(kind("fid").params(&table("x = 1")).is_err());
+}

@@ -346,6 +346,11 @@ pub trait TypedStage: Send + Sync {
     fn validate(_params: &Self::Params) -> Result<(), ParamError> {
         Ok(())
     }
+    /// A friendlier message when an external input path does not exist
+    /// (see [`Stage::missing_input_hint`]).
+    fn missing_input_hint(&self, _params: &JsonValue, _slot: &str, _path: &Path) -> Option<String> {
+        None
+    }
     fn run(&self, ctx: &StageContext, params: Self::Params) -> Result<Metrics, StageError>;
 }
 
@@ -369,6 +374,9 @@ impl<T: TypedStage> Stage for T {
     }
     fn uses_device(&self) -> bool {
         T::USES_DEVICE
+    }
+    fn missing_input_hint(&self, params: &JsonValue, slot: &str, path: &Path) -> Option<String> {
+        TypedStage::missing_input_hint(self, params, slot, path)
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
         let params = ctx.typed_params::<T::Params>()?;
