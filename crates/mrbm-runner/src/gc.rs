@@ -47,8 +47,9 @@ pub fn collect(store: &Store, reg: &Registry, o: &GcOptions) -> Result<u8, Runne
         bytes,
         busy,
     } = remove_all_but(store, &keep, o.dry_run)?;
+    let checkpoints = remove_orphan_checkpoints(store, &keep, o.dry_run)?;
     println!(
-        "{} {entries} entries ({:.1} MB); kept {} ({by_runs} only for the last {} runs or pinned runs){}; {stale} stale files cleaned",
+        "{} {entries} entries ({:.1} MB) and {checkpoints} training checkpoints; kept {} ({by_runs} only for the last {} runs or pinned runs){}; {stale} stale files cleaned",
         if o.dry_run { "would remove" } else { "removed" },
         bytes as f64 / 1e6,
         keep.len(),
@@ -190,6 +191,48 @@ fn remove_all_but(
     Ok(out)
 }
 
+/// Remove (or, dry, list) the resume folders (`CACHE/resume/KEY/`, written
+/// by long stages so an interrupted run goes on where it stopped) that no
+/// rerun can use: their key is no experiment's any more, or its entry was
+/// published meanwhile. A checkpoint of a key still wanted is kept: the
+/// next `mrbm run` resumes from it. Returns how many went.
+fn remove_orphan_checkpoints(
+    store: &Store,
+    keep: &BTreeSet<String>,
+    dry_run: bool,
+) -> Result<usize, RunnerError> {
+    let dir = store.root.join("resume");
+    let Ok(read) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in read.flatten() {
+        let key = e.file_name().to_string_lossy().to_string();
+        let published = store.entry_dir(&key).join("manifest.json").exists();
+        if keep.contains(&key) && !published {
+            continue;
+        }
+        let Some(lock) = store.try_lock(&key)? else {
+            continue; // a stage is training from it right now
+        };
+        println!(
+            "{} checkpoint {key}{}",
+            if dry_run { "would remove" } else { "removed" },
+            if published {
+                " (its entry is published)"
+            } else {
+                ""
+            }
+        );
+        if !dry_run {
+            std::fs::remove_dir_all(e.path()).map_err(|err| RunnerError::cache(&e.path(), err))?;
+        }
+        drop(lock);
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +258,25 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let r = remove_all_but(&store, &BTreeSet::new(), true).unwrap();
         assert_eq!(r, Removed::default());
+    }
+
+    #[test]
+    fn checkpoints_go_unless_a_wanted_key_can_still_resume_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let resume = dir.path().join("resume");
+        for k in ["wanted", "orphan", "published"] {
+            std::fs::create_dir_all(resume.join(k)).unwrap();
+            std::fs::write(resume.join(k).join("checkpoint.safetensors"), b"x").unwrap();
+        }
+        std::fs::create_dir_all(store.entry_dir("published")).unwrap();
+        std::fs::write(store.entry_dir("published").join("manifest.json"), b"{}").unwrap();
+        let keep: BTreeSet<String> = ["wanted", "published"].map(String::from).into();
+        assert_eq!(remove_orphan_checkpoints(&store, &keep, true).unwrap(), 2);
+        assert!(resume.join("orphan").exists(), "a dry run removes nothing");
+        assert_eq!(remove_orphan_checkpoints(&store, &keep, false).unwrap(), 2);
+        assert!(resume.join("wanted").exists());
+        assert!(!resume.join("orphan").exists());
+        assert!(!resume.join("published").exists());
     }
 }

@@ -165,6 +165,7 @@ impl Registry {
                 }
             }
         }
+        let optional = optional_params(kind, canon.as_ref(), &required);
         match canon {
             Some(JsonValue::Object(map)) => {
                 let defaults: Vec<(&String, &JsonValue)> = map
@@ -196,6 +197,7 @@ impl Registry {
                 problem.unwrap_or_default()
             )),
         }
+        s.push_str(&optional);
         s.push_str(&format!(
             "write them in a stage: [stages.NAME] kind = \"{kind}\", params = {{ ... }}\n"
         ));
@@ -274,5 +276,55 @@ fn builtin_about(kind: &str) -> &'static str {
         "collect" => "gather several upstream stages' metrics into one set for a table",
         "table" => "a results table (declared with [[tables]])",
         _ => "",
+    }
+}
+
+/// The documented parameters that the canonical form leaves out: options
+/// added after a kind's first version stay out of its key at their default
+/// (so old cache entries stay valid), which also hides them from the
+/// canonical form `describe_params` lists. Their docs say the default.
+fn optional_params(kind: &str, canon: Option<&JsonValue>, required: &[(String, String)]) -> String {
+    let shown = |p: &str| {
+        required.iter().any(|(r, _)| r == p)
+            || matches!(canon, Some(JsonValue::Object(m)) if m.contains_key(p))
+    };
+    let rows: Vec<_> = PARAM_DOCS
+        .iter()
+        .filter(|(k, p, _, _)| *k == kind && !shown(p))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let w = rows.iter().map(|(_, p, _, _)| p.len()).max().unwrap_or(0);
+    let mut s = String::from("options (left out of the cache key at their default):\n");
+    for (_, p, ty, doc) in rows {
+        s.push_str(&format!("  {p:<w$}  ({ty})\n"));
+        if !doc.is_empty() {
+            s.push_str(&format!("      {doc}\n"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options kept out of the key at their default are still listed, with
+    /// their docs: `mrbm params train` once hid the whole RBM toolbox.
+    #[test]
+    fn params_lists_options_left_out_of_the_key() {
+        let text = Registry::builtin().describe_params("train").unwrap();
+        for p in [
+            "algorithm",
+            "cd_k",
+            "momentum",
+            "learn_sigma",
+            "checkpoint_every",
+        ] {
+            assert!(text.contains(&format!("  {p} ")), "{p} missing:\n{text}");
+        }
+        // ...once: a parameter in the canonical form is not repeated.
+        assert_eq!(text.matches("\n  epochs ").count(), 1, "{text}");
     }
 }
