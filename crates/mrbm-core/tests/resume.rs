@@ -14,6 +14,7 @@ use mrbm_core::train::{
 };
 use mrbm_core::unit::UnitKind;
 use mrbm_core::CoreError;
+use mrbm_stage::StageError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -112,13 +113,13 @@ fn straight_vs_resumed(tag: &str, sp: StackSpec, opt: OptimParams, stop: fn(&Cur
             if stop(c) {
                 resume::save(t, c, h, &ckpt)?;
                 saved_at = Some(*c);
-                return Err(CoreError::Cancelled);
+                return Err(StageError::Cancelled.into());
             }
             Ok(())
         },
     );
     assert!(
-        matches!(r, Err(CoreError::Cancelled)),
+        matches!(r, Err(CoreError::Stage(StageError::Cancelled))),
         "{tag}: never stopped"
     );
     let at = saved_at.unwrap();
