@@ -218,7 +218,6 @@ fn fid_stats_then_fid() {
 /// out changes nothing; unknown keys and bad values are refused.
 #[test]
 fn eval_params_are_canonical_and_unchanged() {
-    use mrbm_stage::Stage;
     let kinds = mrbm_eval::stages();
     let kind = |k: &str| kinds.iter().find(|s| s.kind() == k).unwrap();
     let table = |t: &str| -> toml::Table { toml::from_str(t).unwrap() };
