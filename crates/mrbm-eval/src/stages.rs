@@ -11,7 +11,7 @@ use mrbm_stage::{
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::frechet::{frechet_distance, GaussianStats};
+use crate::frechet::{frechet_distance_polling, GaussianStats};
 use crate::inception::{self, FidInception};
 use crate::svm::{self, Loss, SvmConfig};
 
@@ -446,13 +446,25 @@ impl Stage for FidStatsStage {
         let start = Instant::now();
         let mut feats = Vec::with_capacity(set.n * inception::FEATURE_DIM);
         let per = set.image_len();
+        // Polled between batches and before each convolution.
+        let cancel = || ctx.check_cancel().is_err();
         run_in_pool(ctx.threads, || -> Result<(), StageError> {
             for s in (0..set.n).step_by(p.batch_size) {
                 ctx.check_cancel()?;
                 let e = (s + p.batch_size).min(set.n);
                 let f = net
-                    .features_u8(&set.pixels()[s * per..e * per], e - s, set.c, set.h, set.w)
-                    .map_err(StageError::failed)?;
+                    .features_u8_polling(
+                        &set.pixels()[s * per..e * per],
+                        e - s,
+                        set.c,
+                        set.h,
+                        set.w,
+                        &cancel,
+                    )
+                    .map_err(|e| match e {
+                        inception::InceptionError::Cancelled => StageError::Cancelled,
+                        e => StageError::failed(e),
+                    })?;
                 feats.extend_from_slice(&f);
                 bar.inc((e - s) as u64);
             }
@@ -582,8 +594,14 @@ impl Stage for FidStage {
             )));
         }
         let start = Instant::now();
-        let f = run_in_pool(ctx.threads, || frechet_distance(&mu1, &s1, &mu2, &s2))?
-            .map_err(|e| StageError::User(format!("fid: {e}")))?;
+        let cancel = || ctx.check_cancel().is_err();
+        let f = run_in_pool(ctx.threads, || {
+            frechet_distance_polling(&mu1, &s1, &mu2, &s2, &cancel)
+        })?
+        .map_err(|e| match e {
+            crate::frechet::FrechetError::Cancelled => StageError::Cancelled,
+            e => StageError::User(format!("fid: {e}")),
+        })?;
         let mut m = BTreeMap::new();
         m.insert("fid".into(), f.distance);
         m.insert("mean_term".into(), f.mean_term);
