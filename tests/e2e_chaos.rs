@@ -125,3 +125,106 @@ fn runs_at_once_on_one_cache_agree_and_compute_each_stage_once() {
     let again = mrbm(p.path()).output().unwrap();
     assert!(computed_nothing(&again), "{}", text(&again));
 }
+
+/// The cache entry of one stage cell, found through its manifest.
+fn entry_of(root: &Path, stage_id: &str) -> std::path::PathBuf {
+    for e in std::fs::read_dir(root.join(".mrbm/entries")).unwrap() {
+        let dir = e.unwrap().path();
+        let Ok(bytes) = std::fs::read(dir.join("manifest.json")) else {
+            continue;
+        };
+        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        if m["stage_id"] == stage_id {
+            return dir;
+        }
+    }
+    panic!("no entry for {stage_id} under {}", root.display());
+}
+
+/// Waits for a run, killing it (and failing) if it hangs: a guard against
+/// a lock that is never broken, not a speed assertion.
+fn finish(mut child: std::process::Child, what: &str) -> Output {
+    for _ in 0..1200 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("{what}: the run was still waiting after 120 s");
+}
+
+#[test]
+fn corrupt_model_consumed_downstream_is_recomputed_with_everything_after_it() {
+    let clean = project();
+    assert!(mrbm(clean.path()).output().unwrap().status.success());
+    let want = table(clean.path());
+
+    let p = project();
+    assert!(mrbm(p.path()).output().unwrap().status.success());
+    // Flip one byte in the middle of a trained model, as a bad disk would.
+    let model = entry_of(p.path(), "train[N=3]").join("out/model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&model, bytes).unwrap();
+
+    let out = mrbm(p.path()).output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        !computed_nothing(&out),
+        "the corrupt model was reused:\n{t}"
+    );
+    assert_eq!(table(p.path()), want, "{t}");
+    // The quarantined copy is kept for inspection, out of the entries.
+    assert!(p.path().join(".mrbm/quarantine").exists(), "{t}");
+    let again = mrbm(p.path()).output().unwrap();
+    assert!(computed_nothing(&again), "{}", text(&again));
+}
+
+/// A lock left by a process whose PID now belongs to another live process
+/// (PID reuse after a crash or a container restart) is broken at once. The
+/// lock timeout is an hour, so only the start-time check can break it.
+#[test]
+fn lock_of_a_reused_pid_does_not_block_the_run() {
+    let p = project();
+    assert!(mrbm(p.path()).output().unwrap().status.success());
+    let want = table(p.path());
+    let entry = entry_of(p.path(), "train[N=1]");
+    let key = entry.file_name().unwrap().to_string_lossy().to_string();
+    std::fs::remove_dir_all(&entry).unwrap();
+
+    // PID 1 is alive in every Linux PID namespace, and it did not start at
+    // tick 1: the lock names a live PID that belongs to someone else.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let owner = serde_json::json!({
+        "pid": 1, "host": host, "start": 1u64, "boot": boot,
+        "time": "2026-01-01T00:00:00Z"
+    });
+    let locks = p.path().join(".mrbm/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    std::fs::write(locks.join(format!("{key}.lock")), format!("{owner}\n")).unwrap();
+
+    let child = mrbm(p.path())
+        .env("MRBM_LOCK_TIMEOUT", "3600")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(child, "lock of a reused pid");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(table(p.path()), want, "{t}");
+    assert!(
+        !locks.join(format!("{key}.lock")).exists(),
+        "the stale lock is still there:\n{t}"
+    );
+}

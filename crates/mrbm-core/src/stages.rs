@@ -415,9 +415,10 @@ impl Stage for TrainStage {
         let hist = hist?;
         let seconds = started.elapsed().as_secs_f64();
         checkpoint::save(&trainer.dbn, &ctx.out("model.safetensors"))?;
-        mrbm_stage::write_atomic(&ctx.out("loss.csv"), hist.to_csv().as_bytes())?;
+        let loss_csv = hist.to_csv();
+        mrbm_stage::write_atomic(&ctx.out("loss.csv"), loss_csv.as_bytes())?;
         let totals: Vec<f64> = hist.batches.iter().map(|b| b.2.iter().sum()).collect();
-        loss_plot(&totals, &ctx.out("loss.png"))?;
+        loss_plot(&loss_csv, ctx.stage_id, &ctx.out("loss.png"))?;
         let epochs = hist.epoch_means();
         for (e, l) in epochs.iter().enumerate() {
             ctx.log(format!("epoch {}: mean loss {l:.6}", e + 1));

@@ -14,6 +14,7 @@ pub mod integrity;
 pub mod output;
 pub mod plan;
 pub mod registry;
+pub mod report;
 pub mod store;
 pub mod table;
 

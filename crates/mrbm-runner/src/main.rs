@@ -129,6 +129,20 @@ enum Command {
         #[arg(long)]
         all_metrics: bool,
     },
+    /// Write one self-contained HTML page about a run: tables with the
+    /// paper's values, loss curves, metrics along the sweep axes, sample
+    /// grids, provenance. Opens from file://, no network needed.
+    Report {
+        /// A run id (or unique prefix), or an experiment (its newest run).
+        /// Default: the newest run.
+        run: Option<String>,
+        /// Where to write the page.
+        #[arg(long, default_value = "results/report.html")]
+        out: PathBuf,
+        /// The loss curves' y axis: linear, log or symlog.
+        #[arg(long, default_value = "linear", value_name = "SCALE")]
+        loss_scale: String,
+    },
     /// Delete cache entries that no experiment under experiments/ references
     /// and that neither the last runs of an experiment nor a pinned run used.
     Gc {
@@ -419,6 +433,18 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             csv,
             all_metrics,
         } => compare(&cli, ids, *csv, *all_metrics),
+        Command::Report {
+            run,
+            out,
+            loss_scale,
+        } => mrbm_runner::report::command(
+            &existing_cache(&cli)?,
+            &mrbm_runner::report::ReportRequest {
+                run: run.clone(),
+                out: out.clone(),
+                y_scale: loss_scale.clone(),
+            },
+        ),
         Command::Gc {
             dry_run,
             keep_runs,
