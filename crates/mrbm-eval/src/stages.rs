@@ -207,6 +207,16 @@ impl Stage for SvmStage {
                 r.n_sv
             ));
         }
+        let switched = model.reports.iter().filter(|r| r.switched).count();
+        if switched > 0 {
+            // LIBLINEAR prints the same as a warning.
+            ctx.warn(format!(
+                "{switched} of {} binary problems reached max_iter = {} coordinate-descent \
+                 iterations and switched to the primal Newton solver, as LIBLINEAR -s 1 does",
+                model.reports.len(),
+                p.max_iter
+            ));
+        }
         write_confusion(
             &ctx.out("confusion.csv"),
             &model.classes,
