@@ -30,8 +30,9 @@ for stack in ${STACKS//,/ }; do
     for batch in ${BATCHES//,/ }; do
       for th in ${THREADS//,/ }; do
         export OMP_NUM_THREADS=$th RAYON_NUM_THREADS=$th
-        "$BIN" --stack "$stack" --size "$size" --batch "$batch" --steps "$STEPS" --threads "$th" --gradient auto >>"$out"
-        "$PYTHON" bench/reference/train_step.py --stack "$stack" --size "$size" --batch "$batch" --steps "$STEPS" --threads "$th" >>"$out"
+        # Each result also goes to stderr as it comes (a cut-short run keeps them).
+        "$BIN" --stack "$stack" --size "$size" --batch "$batch" --steps "$STEPS" --threads "$th" --gradient auto | tee -a "$out" >&2
+        "$PYTHON" bench/reference/train_step.py --stack "$stack" --size "$size" --batch "$batch" --steps "$STEPS" --threads "$th" | tee -a "$out" >&2
       done
     done
   done
