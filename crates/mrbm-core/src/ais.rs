@@ -287,6 +287,22 @@ impl HostDense {
             .collect()
     }
 
+    /// The hidden units' mean values for `rows` rows of visible values.
+    pub fn hidden_means(&self, v: &[f32], rows: usize) -> Vec<f32> {
+        self.pre_hidden(v, rows)
+            .iter()
+            .map(|&x| {
+                let x = x as f64;
+                (match self.hid.unit.kind {
+                    UnitKind::Levels => crate::unit::levels_mean_f64(x, self.hid.unit.n),
+                    UnitKind::Subunits | UnitKind::Gaussian => {
+                        self.hid.offsets.iter().map(|o| sigmoid_f64(x - o)).sum()
+                    }
+                }) as f32
+            })
+            .collect()
+    }
+
     /// x = v W + b for `rows` visible rows.
     fn pre_hidden(&self, v: &[f32], rows: usize) -> Vec<f32> {
         let mut x = vec![0.0f32; rows * self.h];
@@ -492,5 +508,211 @@ impl HostDense {
             acc = log_add(acc, self.log_unnormalised(&v, 1)[0]);
         }
         Ok(acc)
+    }
+}
+
+/// A two-layer dense DBN (Hinton, Osindero & Teh 2006) on the host: the
+/// top RBM's marginal p(h) over its visible units is the prior on the
+/// bottom layer's hidden units h, and p(v | h) is the bottom RBM's
+/// conditional. Its log-likelihood has the variational lower bound of
+/// Salakhutdinov & Murray (2008, sec. 4), with q(h | v) the bottom RBM's
+/// factorial posterior:
+///
+///   log p(v) >= E_q[log p*(h) + log p(v | h)] + H(q(h | v)) - log Z_top,
+///
+/// where p*(h) is the top RBM's unnormalised marginal and log Z_top comes
+/// from its AIS. The hidden state summed over is the sub-unit
+/// configuration (each of N sub-units on or off, energy s_n (x - o_n)), so
+/// q is a product of Bernoullis with a closed-form entropy, and p*(config)
+/// is the top's level marginal less the level's log multiplicity and the
+/// configuration's offsets; for levels units the state is the level. The
+/// bound is exact when q is the true posterior, e.g. when the top RBM is
+/// the bottom one turned over (W_top = W^T, visible bias = b, hidden bias
+/// = a: the DBN is then the bottom RBM itself).
+#[derive(Debug, Clone)]
+pub struct HostDbn2 {
+    pub bottom: HostDense,
+    pub top: HostDense,
+}
+
+/// One enumerated hidden state: its values, its configuration term and its
+/// digits (sub-unit bit patterns or levels).
+type HiddenState = (Vec<f32>, f64, Vec<usize>);
+
+impl HostDbn2 {
+    pub fn new(bottom: HostDense, top: HostDense) -> Result<Self, String> {
+        if top.d != bottom.h {
+            return Err(format!(
+                "the top RBM has {} visible units but the bottom one {} hidden units",
+                top.d, bottom.h
+            ));
+        }
+        if top.vis.unit != bottom.hid.unit {
+            return Err("the top RBM's visible units are not the bottom's hidden units".into());
+        }
+        Ok(HostDbn2 { bottom, top })
+    }
+
+    /// For each image, E_q[log p*(h) + log p(v | h) - log q(h | v)]: the
+    /// bound plus log Z_top. The expectation is over `samples` draws of
+    /// h ~ q (seeded per image, so the result does not depend on threads).
+    /// Each draw's term is the log importance weight of h, so where q is
+    /// the true posterior every draw gives log p(v) + log Z_top exactly
+    /// (zero variance), and the closer q is to it the smaller the spread.
+    pub fn bound_plus_log_z(&self, v: &[f32], rows: usize, samples: usize, seed: u64) -> Vec<f64> {
+        let (d, h) = (self.bottom.d, self.bottom.h);
+        let x = self.bottom.pre_hidden(v, rows);
+        (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let xr: Vec<f64> = x[r * h..(r + 1) * h].iter().map(|&t| t as f64).collect();
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0xb0_u64 << 40) ^ r as u64);
+                let mut hs = vec![0.0f32; samples * h];
+                let mut extra = vec![0.0f64; samples];
+                for s in 0..samples {
+                    for j in 0..h {
+                        let (val, e, lq) = self.draw_q(xr[j], &mut rng);
+                        hs[s * h + j] = val as f32;
+                        extra[s] += e - lq;
+                    }
+                }
+                let terms = self.joint_terms(&v[r * d..(r + 1) * d], &hs, samples);
+                terms.iter().zip(&extra).map(|(t, e)| t + e).sum::<f64>() / samples.max(1) as f64
+            })
+            .collect()
+    }
+
+    /// log p*(h-level) + log p(v | h) for `rows` hidden rows of values
+    /// (level granularity: the configuration's own term is added by the
+    /// caller).
+    fn joint_terms(&self, v: &[f32], hs: &[f32], rows: usize) -> Vec<f64> {
+        let prior = self.top.log_unnormalised(hs, rows);
+        let y = self.bottom.down_linear(hs, rows);
+        let d = self.bottom.d;
+        (0..rows)
+            .map(|s| {
+                let cond: f64 = (0..d)
+                    .map(|i| {
+                        let yi = self.bottom.a[i] + y[s * d + i] as f64;
+                        let m = self.bottom.vis.level_of(v[i] as f64);
+                        yi * v[i] as f64 + self.bottom.vis.log_mult[m as usize]
+                            - self.bottom.vis.visible_log_norm(yi)
+                    })
+                    .sum();
+                prior[s] + cond
+            })
+            .collect()
+    }
+
+    /// One hidden unit's q: a draw's value, its configuration term (minus
+    /// the level's log multiplicity under the top and the offsets of the
+    /// sub-units that are on; 0 for levels units) and its log q.
+    fn draw_q<R: Rng>(&self, x: f64, rng: &mut R) -> (f64, f64, f64) {
+        let l = &self.bottom.hid;
+        match l.unit.kind {
+            UnitKind::Levels => {
+                let val = l.value(levels_draw(x, l.unit.n, rng));
+                (val, 0.0, x * val - levels_log_partition_f64(x, l.unit.n))
+            }
+            UnitKind::Subunits | UnitKind::Gaussian => {
+                let (mut m, mut off, mut lq) = (0usize, 0.0, 0.0);
+                for o in &l.offsets {
+                    let z = x - o;
+                    if rng.random::<f64>() < sigmoid_f64(z) {
+                        m += 1;
+                        off += o;
+                        lq -= softplus_f64(-z);
+                    } else {
+                        lq -= softplus_f64(z);
+                    }
+                }
+                (m as f64, -self.top.vis.log_mult[m] - off, lq)
+            }
+        }
+    }
+
+    /// Every hidden state (configuration) with its value row and its
+    /// configuration term, for enumeration (tests; at most 2^20 states).
+    fn states(&self) -> Result<Vec<HiddenState>, String> {
+        let l = &self.bottom.hid;
+        let per = match l.unit.kind {
+            UnitKind::Levels => l.unit.n as usize + 1,
+            _ => 1usize << l.offsets.len(),
+        };
+        let total = (per as f64).powi(self.bottom.h as i32);
+        if total > (1u64 << 20) as f64 {
+            return Err(format!("{total} hidden states are too many to enumerate"));
+        }
+        let mut out = Vec::new();
+        for code in 0..total as usize {
+            let (mut c, mut vals, mut extra, mut digits) = (code, Vec::new(), 0.0, Vec::new());
+            for _ in 0..self.bottom.h {
+                let s = c % per;
+                c /= per;
+                digits.push(s);
+                match l.unit.kind {
+                    UnitKind::Levels => vals.push(l.value(s as u32) as f32),
+                    _ => {
+                        let m = s.count_ones() as usize;
+                        let off: f64 = (0..l.offsets.len())
+                            .filter(|n| s >> n & 1 == 1)
+                            .map(|n| l.offsets[n])
+                            .sum();
+                        vals.push(m as f32);
+                        extra += -self.top.vis.log_mult[m] - off;
+                    }
+                }
+            }
+            out.push((vals, extra, digits));
+        }
+        Ok(out)
+    }
+
+    /// log q(state | v) from the hidden inputs x and the state's digits.
+    fn log_q(&self, x: &[f64], digits: &[usize]) -> f64 {
+        let l = &self.bottom.hid;
+        x.iter()
+            .zip(digits)
+            .map(|(&xj, &s)| match l.unit.kind {
+                UnitKind::Levels => xj * l.value(s as u32) - levels_log_partition_f64(xj, l.unit.n),
+                _ => l
+                    .offsets
+                    .iter()
+                    .enumerate()
+                    .map(|(n, o)| {
+                        let z = xj - o;
+                        if s >> n & 1 == 1 {
+                            -softplus_f64(-z)
+                        } else {
+                            -softplus_f64(z)
+                        }
+                    })
+                    .sum(),
+            })
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum()
+    }
+
+    /// By enumerating the hidden states of one image v: (log p(v) +
+    /// log Z_top, the bound + log Z_top with the expectation taken
+    /// exactly). Tests only.
+    pub fn exact(&self, v: &[f32]) -> Result<(f64, f64), String> {
+        let states = self.states()?;
+        let x: Vec<f64> = self
+            .bottom
+            .pre_hidden(v, 1)
+            .iter()
+            .map(|&t| t as f64)
+            .collect();
+        let mut log_p = f64::NEG_INFINITY;
+        let mut bound = 0.0;
+        for (vals, extra, digits) in &states {
+            let joint = self.joint_terms(v, vals, 1)[0] + extra;
+            log_p = log_add(log_p, joint);
+            let lq = self.log_q(&x, digits);
+            bound += lq.exp() * (joint - lq);
+        }
+        Ok((log_p, bound))
     }
 }

@@ -46,6 +46,13 @@ pub fn save(dbn: &Dbn, path: &Path) -> Result<(), CoreError> {
             l.b.dims().to_vec(),
             f32_bytes(&l.b),
         ));
+        if let Some(z) = &l.log_sigma {
+            owned.push((
+                format!("layers.{i}.log_sigma"),
+                z.dims().to_vec(),
+                f32_bytes(z),
+            ));
+        }
     }
     let mut views = Vec::new();
     for (name, shape, bytes) in &owned {
@@ -89,6 +96,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
         })?;
     let spec: StackSpec =
         serde_json::from_str(&meta).map_err(|e| err(format!("bad layer spec in metadata: {e}")))?;
+    spec.validate_pixels().map_err(err)?;
     if spec.layers.is_empty() {
         return Err(err("the checkpoint has no layers".into()));
     }
@@ -120,11 +128,20 @@ pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
         let w = get(&format!("layers.{i}.w"), &ls.weight_shape())?;
         let a = get(&format!("layers.{i}.a"), &[ls.visible_channels()])?;
         let b = get(&format!("layers.{i}.b"), &[ls.hidden_channels()])?;
+        // Gaussian visible units with a learned sigma (optional tensor).
+        let name = format!("layers.{i}.log_sigma");
+        let log_sigma = if st.tensor(&name).is_ok() {
+            let z = get(&name, &[ls.visible_channels()])?;
+            Some(Tensor::from_data(z, (device, DType::F32)))
+        } else {
+            None
+        };
         layers.push(Rbm {
             spec: ls.clone(),
             w: Tensor::from_data(w, (device, DType::F32)),
             a: Tensor::from_data(a, (device, DType::F32)),
             b: Tensor::from_data(b, (device, DType::F32)),
+            log_sigma,
         });
     }
     Ok(Dbn { spec, layers })

@@ -470,6 +470,105 @@ pub fn toolbox_rules_run(device: &Device, dtype: DType) -> CheckReport {
     }
 }
 
+/// Gaussian pixel units with a learned sigma on `device`: the layer's
+/// gradient (log sigma included) agrees with the same layer in f64 on the
+/// CPU, and every training rule with either optimiser moves log sigma and
+/// keeps it finite and on the device.
+pub fn learned_sigma_run(device: &Device, dtype: DType) -> CheckReport {
+    let params = StackParams {
+        conv_channels: vec![4],
+        dense: vec![6],
+        visible: crate::stack::VisibleKind::Gaussian,
+        ..StackParams::default()
+    };
+    let mut spec = params.build_spec([3, 8, 8]).expect("toy spec");
+    spec.visible_scale = 1.0 / 80.0;
+    spec.visible_offset = 1.5;
+    let (_, px, count) = toy_stack(device, dtype, 1);
+    let with_sigma = |device: &Device, dtype: DType| {
+        let mut dbn = Dbn::init(spec.clone(), 0.05, 5, device, dtype);
+        let z: Vec<f64> = (0..3).map(|i| 0.3 - 0.25 * i as f64).collect();
+        dbn.layers[0].log_sigma = Some(tensor_from(z, [3], device, dtype));
+        dbn
+    };
+    let mut bad = Vec::new();
+    // Gradient against the CPU in f64.
+    let grads = |device: &Device, dtype: DType| {
+        let dbn = with_sigma(device, dtype);
+        let l = &dbn.layers[0];
+        let v = dbn.pixels_to_visible(&px, count, device, dtype);
+        let v_neg = l.down(l.up(v.clone()));
+        let g = l.stats_grads(v.clone(), l.up(v), v_neg.clone(), l.up(v_neg));
+        (
+            to_f64(g.log_sigma.as_ref().expect("sigma gradient")),
+            to_f64(&g.w),
+            to_f64(&g.a),
+        )
+    };
+    let cpu = grads(&Device::flex(), DType::F64);
+    let dev = grads(device, dtype);
+    let mut worst: f64 = 0.0;
+    for (x, y) in [(&cpu.0, &dev.0), (&cpu.1, &dev.1), (&cpu.2, &dev.2)] {
+        worst = worst.max(rel_error(x, y));
+    }
+    let tol = if dtype == DType::F64 { 1e-9 } else { 2e-3 };
+    if worst.is_nan() || worst > tol {
+        bad.push(format!("gradient differs from the CPU's by {worst:.3e}"));
+    }
+    let mut runs = 0;
+    for algorithm in [
+        Algorithm::Paper,
+        Algorithm::Cd,
+        Algorithm::Pcd,
+        Algorithm::Fpcd,
+    ] {
+        for optimizer in [OptimizerKind::Adam, OptimizerKind::Sgd] {
+            runs += 1;
+            let dbn = with_sigma(device, dtype);
+            let before = to_f64(dbn.layers[0].log_sigma.as_ref().expect("sigma"));
+            let v = dbn.pixels_to_visible(&px, count, device, dtype);
+            let mut tr = Trainer::new(
+                dbn,
+                OptimParams {
+                    lr: 0.01,
+                    algorithm,
+                    reconstruction: Reconstruction::Sample,
+                    optimizer,
+                    momentum: Momentum::Constant(0.5),
+                    ..OptimParams::default()
+                },
+            );
+            let what = format!("{algorithm:?} {optimizer:?}");
+            for s in 0..3 {
+                if let Err(e) = tr.step(v.clone(), 1, s + 1) {
+                    bad.push(format!("{what}: {e}"));
+                }
+            }
+            let z = tr.dbn.layers[0].log_sigma.as_ref().expect("sigma");
+            if z.device() != *device {
+                bad.push(format!("{what}: log sigma left the device"));
+            }
+            let after = to_f64(z);
+            if after.iter().any(|x| !x.is_finite()) {
+                bad.push(format!("{what}: log sigma not finite"));
+            }
+            if after == before {
+                bad.push(format!("{what}: log sigma did not move"));
+            }
+        }
+    }
+    CheckReport {
+        name: format!("learned sigma: gradient and rules ({dtype:?})"),
+        max_error: bad.len() as f64,
+        tolerance: 0.5,
+        detail: if bad.is_empty() {
+            format!("gradient within {worst:.1e} of the CPU's; {runs} rule/optimiser runs")
+        } else {
+            bad.join("; ")
+        },
+    }
+}
+
 /// Every device check, in f32 (and f64 where the device supports it).
 pub fn run_all(device: &Device, with_f64: bool) -> Vec<CheckReport> {
     let mut dtypes = vec![DType::F32];
@@ -486,6 +585,7 @@ pub fn run_all(device: &Device, with_f64: bool) -> Vec<CheckReport> {
     }
     out.push(training_lowers_loss(device, DType::F32));
     out.push(toolbox_rules_run(device, DType::F32));
+    out.push(learned_sigma_run(device, DType::F32));
     out.push(sampling_shapes_and_ranges(device, DType::F32));
     out.push(checkpoint_round_trip(device));
     out

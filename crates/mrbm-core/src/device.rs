@@ -62,11 +62,7 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(prev);
     r.map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
+        let msg = mrbm_stage::panic_message(p.as_ref()).unwrap_or_else(|| "unknown panic".into());
         // cubecl's messages carry long backtraces; the first lines say what happened.
         msg.lines()
             .filter(|l| !l.trim().is_empty())
@@ -247,10 +243,7 @@ fn pick(
 /// Run `f` with the tensor backend limited to `threads` threads (flex uses
 /// rayon; a local pool keeps the stage within its share of the machine).
 pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    match rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-    {
+    match mrbm_stage::thread_pool(threads) {
         Ok(pool) => pool.install(f),
         Err(_) => f(),
     }

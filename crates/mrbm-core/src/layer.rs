@@ -168,6 +168,8 @@ pub struct LayerGrads {
     pub w: Tensor<4>,
     pub a: Tensor<1>,
     pub b: Tensor<1>,
+    /// Gaussian visible units with a learned sigma: d loss / d log sigma.
+    pub log_sigma: Option<Tensor<1>>,
 }
 
 /// One RBM: weights W, visible bias a (per visible channel), hidden bias b
@@ -178,6 +180,11 @@ pub struct Rbm {
     pub w: Tensor<4>,
     pub a: Tensor<1>,
     pub b: Tensor<1>,
+    /// Gaussian visible units with a learned standard deviation: log sigma
+    /// per visible channel (None: unit variance). The energy is
+    /// sum_i (v_i - a_i)^2 / (2 sigma_i^2) - sum_ij (v_i / sigma_i) W_ij h_j
+    /// - b.h, so x(v) = b + (v / sigma) W and v | h ~ N(a + sigma (W h), sigma^2).
+    pub log_sigma: Option<Tensor<1>>,
 }
 
 /// Results of one forward pass of the loss through a layer.
@@ -252,7 +259,13 @@ impl Rbm {
         let w = tensor_from(values, ws, device, dtype);
         let a = Tensor::zeros([spec.visible_channels()], (device, dtype));
         let b = Tensor::zeros([spec.hidden_channels()], (device, dtype));
-        Rbm { spec, w, a, b }
+        Rbm {
+            spec,
+            w,
+            a,
+            b,
+            log_sigma: None,
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -266,6 +279,7 @@ impl Rbm {
             w: self.w.clone().detach(),
             a: self.a.clone().detach(),
             b: self.b.clone().detach(),
+            log_sigma: self.log_sigma.clone().map(|t| t.detach()),
         }
     }
 
@@ -277,6 +291,7 @@ impl Rbm {
             w: self.w.clone().autodiff().require_grad(),
             a: self.a.clone().autodiff().require_grad(),
             b: self.b.clone().autodiff().require_grad(),
+            log_sigma: self.log_sigma.clone().map(|t| t.autodiff()),
         }
     }
 
@@ -287,6 +302,7 @@ impl Rbm {
             w: self.w.clone().without_autodiff(),
             a: self.a.clone().without_autodiff(),
             b: self.b.clone().without_autodiff(),
+            log_sigma: self.log_sigma.clone().map(|t| t.without_autodiff()),
         }
     }
 
@@ -351,8 +367,38 @@ impl Rbm {
         self.w.clone().reshape([v, h])
     }
 
-    /// Hidden input x(v) = b + v W (conv: conv2d).
+    /// sigma per visible channel as [1, C, 1, 1] (learned sigma only).
+    fn sigma4(&self) -> Option<Tensor<4>> {
+        let c = self.spec.visible_channels();
+        self.log_sigma
+            .as_ref()
+            .map(|z| z.clone().exp().reshape([1, c, 1, 1]))
+    }
+
+    /// v / sigma (v itself without a learned sigma).
+    pub fn scaled_visible(&self, v: Tensor<4>) -> Tensor<4> {
+        match self.sigma4() {
+            Some(s) => v / s,
+            None => v,
+        }
+    }
+
+    /// A draw of the visible units given their input `pre` (from
+    /// [`Rbm::pre_visible`]): with a learned sigma, sigma times a draw at
+    /// pre / sigma (N(pre, sigma^2), with the same random numbers as a
+    /// unit-variance draw); otherwise the unit's own draw.
+    pub fn draw_visible<R: Rng>(&self, pre: Tensor<4>, rng: &mut R) -> Tensor<4> {
+        let vu = self.spec.visible_unit;
+        match self.sigma4() {
+            Some(s) => crate::sample::draw_states(vu, pre / s.clone(), rng) * s,
+            None => crate::sample::draw_states(vu, pre, rng),
+        }
+    }
+
+    /// Hidden input x(v) = b + v W (conv: conv2d); with a learned sigma,
+    /// b + (v / sigma) W.
     pub fn pre_hidden(&self, v: Tensor<4>) -> Tensor<4> {
+        let v = self.scaled_visible(v);
         match &self.spec.kind {
             LayerKind::Dense { hidden, .. } => {
                 let bsz = v.dims()[0];
@@ -376,8 +422,20 @@ impl Rbm {
     }
 
     /// Visible input a + h W^T (conv: the transposed convolution with the
-    /// same kernel).
+    /// same kernel); with a learned sigma, a + sigma (h W^T), the mean of
+    /// v | h.
     pub fn pre_visible(&self, h: Tensor<4>) -> Tensor<4> {
+        if let Some(s) = self.sigma4() {
+            let a = self
+                .a
+                .clone()
+                .reshape([1, self.spec.visible_channels(), 1, 1]);
+            let plain = Rbm {
+                log_sigma: None,
+                ..self.clone()
+            };
+            return plain.apply_wt(h) * s + a;
+        }
         match &self.spec.kind {
             LayerKind::Dense { visible, .. } => {
                 let bsz = h.dims()[0];
@@ -435,9 +493,11 @@ impl Rbm {
             .a
             .clone()
             .reshape([1, self.spec.visible_channels(), 1, 1]);
-        // Gaussian visible units: -sum (v - a)^2 / 2 in place of a.v.
+        // Gaussian visible units: -sum ((v - a) / sigma)^2 / 2 in place of a.v.
         let vis = if self.spec.visible_unit.kind == crate::unit::UnitKind::Gaussian {
-            flat((v - a).powi_scalar(2)).sum_dim(1).mul_scalar(-0.5)
+            flat(self.scaled_visible(v - a).powi_scalar(2))
+                .sum_dim(1)
+                .mul_scalar(-0.5)
         } else {
             flat(v * a).sum_dim(1)
         };
@@ -526,8 +586,33 @@ impl Rbm {
     ) -> LayerGrads {
         let bsz = v.dims()[0];
         let inv_b = 1.0 / bsz as f64;
+        let c = self.spec.visible_channels();
+        // Learned sigma: dF/dz (z = log sigma) = -((v - a)/sigma)^2
+        // + (v/sigma) (W h), per visible unit, summed over positions; and
+        // the a and W gradients see (v - a)/sigma^2 and v/sigma.
+        let g_sigma = self.log_sigma.as_ref().map(|_| {
+            let a = self.a.clone().reshape([1, c, 1, 1]);
+            let plain = Rbm {
+                log_sigma: None,
+                ..self.clone()
+            };
+            let dfdz = |v: Tensor<4>, h: Tensor<4>| {
+                let u = self.scaled_visible(v.clone());
+                let r = self.scaled_visible(v - a.clone());
+                u * plain.apply_wt(h) - r.powi_scalar(2)
+            };
+            (dfdz(v.clone(), h.clone()) - dfdz(v_rec.clone(), h_rec.clone()))
+                .sum_dims(&[0, 2, 3])
+                .reshape([c])
+                .mul_scalar(inv_b)
+        });
         let dv = v.clone() - v_rec.clone();
         let dh = h.clone() - h_rec.clone();
+        let dv = match self.sigma4() {
+            Some(s) => dv / s.clone() / s,
+            None => dv,
+        };
+        let (v, v_rec) = (self.scaled_visible(v), self.scaled_visible(v_rec));
         let ga = dv
             .sum_dims(&[0, 2, 3])
             .reshape([self.spec.visible_channels()])
@@ -568,6 +653,7 @@ impl Rbm {
             w: gw,
             a: ga,
             b: gb,
+            log_sigma: g_sigma,
         }
     }
 
@@ -578,6 +664,7 @@ impl Rbm {
             w,
             a,
             b,
+            log_sigma: self.log_sigma.clone(),
         }
     }
 }

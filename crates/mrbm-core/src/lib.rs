@@ -20,6 +20,7 @@ pub mod layer;
 pub mod plot;
 pub mod quality;
 pub mod reference;
+pub mod resume;
 pub mod sample;
 pub mod stack;
 pub mod stages;

@@ -214,6 +214,10 @@ pub fn gibbs_from(
     let vs = UnitSampler::new(layer.spec.visible_unit, sampler);
     let [hc, hh, hw] = layer.spec.hidden_shape();
     let [vc, vh, vw] = layer.spec.visible_shape();
+    let sigma: Option<Vec<f64>> = layer
+        .log_sigma
+        .as_ref()
+        .map(|z| to_f64(z).iter().map(|x| x.exp()).collect());
     let mut hid = layer.up(v.clone());
     for s in 0..steps {
         let beta = anneal.beta(s);
@@ -224,18 +228,28 @@ pub fn gibbs_from(
             .collect();
         hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
         let y = to_f64(&layer.pre_visible(hid.clone()));
+        // A learned sigma: draw at input / sigma, scale by sigma (the
+        // Gaussian N(mean, sigma^2), tempered to variance sigma^2 / beta).
+        let sig = |i: usize| sigma.as_ref().map_or(1.0, |s| s[(i / (vh * vw)) % vc]);
         let vv: Vec<f64> = match &anneal.base {
             Some(base) if beta < 1.0 => {
                 // One bias per visible value of an image; rows are chains.
                 let per = base.len();
                 y.iter()
                     .enumerate()
-                    .map(|(i, &yi)| vs.draw((1.0 - beta) * base[i % per] + beta * yi, rng))
+                    .map(|(i, &yi)| {
+                        let s = sig(i);
+                        s * vs.draw(((1.0 - beta) * base[i % per] + beta * yi) / s, rng)
+                    })
                     .collect()
             }
             _ => y
                 .iter()
-                .map(|&yi| vs.draw_tempered(yi, beta, rng))
+                .enumerate()
+                .map(|(i, &yi)| {
+                    let s = sig(i);
+                    s * vs.draw_tempered(yi / s, beta, rng)
+                })
                 .collect(),
         };
         v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);

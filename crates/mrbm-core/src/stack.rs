@@ -160,6 +160,38 @@ pub struct StackSpec {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub visible_offset: f64,
     pub layers: Vec<LayerSpec>,
+    /// Per-pixel standardisation (Gaussian visible units with `standardise
+    /// = "pixel"`): the visible value at position p of the C x H x W image
+    /// is pixel * pixel_scale[p] - pixel_offset[p], in place of the global
+    /// visible_scale / visible_offset. Empty, and left out of checkpoints,
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pixel_scale: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pixel_offset: Vec<f64>,
+}
+
+impl StackSpec {
+    /// The per-pixel scale and offset are both absent or both one value
+    /// per input position.
+    pub fn validate_pixels(&self) -> Result<(), String> {
+        let len: usize = self.input.iter().product();
+        let (s, o) = (self.pixel_scale.len(), self.pixel_offset.len());
+        if (s, o) != (0, 0) && (s, o) != (len, len) {
+            return Err(format!(
+                "per-pixel standardisation has {s} scales and {o} offsets for {len} pixels"
+            ));
+        }
+        if self
+            .pixel_scale
+            .iter()
+            .any(|x| !(x.is_finite() && *x > 0.0))
+            || self.pixel_offset.iter().any(|x| !x.is_finite())
+        {
+            return Err("per-pixel standardisation has a non-positive or non-finite value".into());
+        }
+        Ok(())
+    }
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -259,6 +291,8 @@ impl StackParams {
             visible_scale: scale,
             visible_offset: 0.0,
             layers,
+            pixel_scale: Vec::new(),
+            pixel_offset: Vec::new(),
         })
     }
 }
@@ -297,7 +331,17 @@ impl Dbn {
         let [c, h, w] = self.spec.input;
         let s = self.spec.visible_scale as f32;
         let o = self.spec.visible_offset as f32;
-        let vals: Vec<f32> = pixels.iter().map(|&p| p as f32 * s - o).collect();
+        let vals: Vec<f32> = if self.spec.pixel_scale.is_empty() {
+            pixels.iter().map(|&p| p as f32 * s - o).collect()
+        } else {
+            let (ps, po) = (&self.spec.pixel_scale, &self.spec.pixel_offset);
+            let len = ps.len();
+            pixels
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| p as f32 * ps[j % len] as f32 - po[j % len] as f32)
+                .collect()
+        };
         Tensor::from_data(
             TensorData::new(vals, [n, c, h, w]).convert_dtype(dtype),
             (device, dtype),
@@ -308,9 +352,18 @@ impl Dbn {
     pub fn visible_to_pixels(&self, v: &Tensor<4>) -> Vec<u8> {
         let s = self.spec.visible_scale;
         let o = self.spec.visible_offset;
+        let (ps, po) = (&self.spec.pixel_scale, &self.spec.pixel_offset);
         crate::layer::to_f64(v)
             .iter()
-            .map(|x| ((x + o) / s).round().clamp(0.0, 255.0) as u8)
+            .enumerate()
+            .map(|(j, x)| {
+                let (s, o) = if ps.is_empty() {
+                    (s, o)
+                } else {
+                    (ps[j % ps.len()], po[j % po.len()])
+                };
+                ((x + o) / s).round().clamp(0.0, 255.0) as u8
+            })
             .collect()
     }
 

@@ -17,10 +17,11 @@ use crate::device::{burn_device, with_threads};
 use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
 use crate::quality;
+use crate::resume;
 use crate::sample::{gibbs_from, noise_start, Anneal, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams, VisibleKind};
 use crate::train::{
-    train_images, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
+    train_images_from, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
     Reconstruction, Schedule, Trainer,
 };
 use crate::unit::UnitKind;
@@ -142,8 +143,15 @@ pub struct TrainParams {
     /// standard deviation (one of each for the whole set).
     #[serde(default, skip_serializing_if = "is_default")]
     pub visible: VisibleKind,
-    /// Gaussian units with a learned per-unit sigma: not implemented; true
-    /// is refused rather than silently ignored.
+    /// Gaussian pixel units: standardise by one mean and std for the whole
+    /// set ("global") or by each pixel position's own ("pixel"; a std below
+    /// one grey level counts as one, so constant pixels map to 0). Stored
+    /// with the model, so samples map back to pixels.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub standardise: Standardise,
+    /// Gaussian pixel units with a learned sigma per visible unit (dense) or
+    /// channel (conv), parametrised as log sigma (starting at 0) so it stays
+    /// positive: v | h ~ N(a + sigma W h, sigma^2), x(v) = b + (v / sigma) W.
     #[serde(default, skip_serializing_if = "is_default")]
     pub learn_sigma: bool,
     /// "paper" (F(v) - F(v')), "cd", "pcd", "fpcd".
@@ -178,6 +186,23 @@ pub struct TrainParams {
     /// FPCD: decay of the fast weights per update (default 0.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_decay: Option<f64>,
+    /// Write a resume checkpoint every this many epochs (README, "Long
+    /// runs"). Not part of the stage key: it cannot change the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+    /// ... and/or every this many minutes (default 10 when neither is
+    /// given). Not part of the stage key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_minutes: Option<f64>,
+}
+
+/// How Gaussian pixel units standardise the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Standardise {
+    #[default]
+    Global,
+    Pixel,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -311,10 +336,38 @@ impl Stage for TrainStage {
         if p.epochs == 0 {
             return Err(ParamError::new("epochs", "epochs must be at least 1"));
         }
-        if p.learn_sigma {
+        if p.checkpoint_every == Some(0) {
+            return Err(ParamError::new(
+                "checkpoint_every",
+                "checkpoint_every must be at least 1 (epochs)",
+            ));
+        }
+        if let Some(m) = p.checkpoint_minutes {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(ParamError::new(
+                    "checkpoint_minutes",
+                    format!("checkpoint_minutes must be a positive number, got {m}"),
+                ));
+            }
+        }
+        if p.learn_sigma && p.visible != VisibleKind::Gaussian {
             return Err(ParamError::new(
                 "learn_sigma",
-                "a learned sigma is not implemented yet: Gaussian visible units have unit variance on standardised data (visible = \"gaussian\")",
+                "learn_sigma is for Gaussian pixel units: set visible = \"gaussian\"",
+            ));
+        }
+        if p.learn_sigma
+            && (p.gradient == GradientMode::Autodiff || p.coupling == Coupling::Backprop)
+        {
+            return Err(ParamError::new(
+                "learn_sigma",
+                "learn_sigma uses the closed-form gradient: it needs gradient = \"auto\" or \"closed_form\" and coupling = \"detached\"",
+            ));
+        }
+        if p.standardise == Standardise::Pixel && p.visible != VisibleKind::Gaussian {
+            return Err(ParamError::new(
+                "standardise",
+                "standardise = \"pixel\" is for Gaussian pixel units: set visible = \"gaussian\"",
             ));
         }
         if p.visible == VisibleKind::Gaussian && p.visible_scale.is_some() {
@@ -340,7 +393,34 @@ impl Stage for TrainStage {
             .stack()
             .build_spec([set.c, set.h, set.w])
             .map_err(StageError::User)?;
-        if p.visible == VisibleKind::Gaussian {
+        if p.visible == VisibleKind::Gaussian && p.standardise == Standardise::Pixel {
+            // Each pixel position by its own mean and std over the images.
+            let (len, px) = (set.image_len(), &set.pixels()[..n * set.image_len()]);
+            let mut sum = vec![0.0f64; len];
+            let mut sq = vec![0.0f64; len];
+            for img in px.chunks_exact(len) {
+                for (j, &x) in img.iter().enumerate() {
+                    sum[j] += x as f64;
+                    sq[j] += (x as f64) * (x as f64);
+                }
+            }
+            let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
+            let std: Vec<f64> = sq
+                .iter()
+                .zip(&mean)
+                .map(|(q, m)| (q / n as f64 - m * m).max(0.0).sqrt().max(1.0))
+                .collect();
+            spec.pixel_scale = std.iter().map(|s| 1.0 / s).collect();
+            spec.pixel_offset = mean.iter().zip(&std).map(|(m, s)| m / s).collect();
+            let floored = sq
+                .iter()
+                .zip(&mean)
+                .filter(|(q, m)| *q / n as f64 - *m * *m < 1.0)
+                .count();
+            ctx.log(format!(
+                "gaussian visible units: each of the {len} pixels standardised by its own mean and std ({floored} with a std below one grey level use 1)"
+            ));
+        } else if p.visible == VisibleKind::Gaussian {
             // Standardise: v = (pixel - mean) / std over the training images.
             let px = &set.pixels()[..n * set.image_len()];
             let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;
@@ -380,17 +460,65 @@ impl Stage for TrainStage {
             ),
         )?;
         let started = Instant::now();
-        let dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
-        let mut trainer = Trainer::new(dbn, p.optim());
+        let optim = p.optim();
+        // A checkpoint left by an interrupted run of this stage key: go on
+        // from it (bit for bit the run it interrupted).
+        let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
+        let restored = match resume_file.as_ref().filter(|f| f.exists()) {
+            Some(f) => match resume::load(f, &spec, &optim, &device) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    ctx.warn(format!(
+                        "not resuming from the checkpoint ({e}): training from the start"
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        let (mut trainer, start) = match restored {
+            Some((t, cursor, hist)) => {
+                ctx.log(format!(
+                    "resumed from epoch {} ({} batches done)",
+                    cursor.epochs_done(p.epochs),
+                    cursor.done
+                ));
+                (t, (cursor, hist))
+            }
+            None => {
+                let mut dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
+                if p.learn_sigma {
+                    // log sigma = 0: sigma starts at the data's (standardised) 1.
+                    let c = dbn.layers[0].spec.visible_channels();
+                    dbn.layers[0].log_sigma =
+                        Some(burn::tensor::Tensor::zeros([c], (&device, DType::F32)));
+                }
+                (Trainer::new(dbn, optim), Default::default())
+            }
+        };
         let bs = p.batch_size.min(n);
-        let bar = ctx.bar(((n / bs) * p.epochs) as u64, "training");
+        let phases = match p.schedule {
+            Schedule::Joint => 1,
+            Schedule::Greedy => trainer.dbn.layers.len(),
+        };
+        let bar = ctx.bar(((n / bs) * p.epochs * phases) as u64, "training");
+        bar.set_position(start.0.done);
         let pixels = &set.pixels()[..n * set.image_len()];
+        // Checkpoint cadence: every `checkpoint_every` epochs, every
+        // `checkpoint_minutes` (10 when neither is set), and on Ctrl-C.
+        let every = p.checkpoint_every;
+        let minutes = p
+            .checkpoint_minutes
+            .or(if every.is_none() { Some(10.0) } else { None });
+        let mut last_save = Instant::now();
+        let mut save_failed = false;
         let hist = with_threads(ctx.threads, || {
-            train_images(
+            train_images_from(
                 &mut trainer,
                 pixels,
                 n,
                 DType::F32,
+                start,
                 |done, total, running| {
                     bar.set_length(total);
                     bar.set_position(done);
@@ -406,6 +534,36 @@ impl Stage for TrainStage {
                     }
                     if ctx.check_cancel().is_err() {
                         return Err(CoreError::Cancelled);
+                    }
+                    Ok(())
+                },
+                |tr, cursor, hist| {
+                    let Some(file) = resume_file.as_ref() else {
+                        return Ok(());
+                    };
+                    if cursor.phase >= phases || save_failed {
+                        return Ok(()); // finished: the model itself is next
+                    }
+                    let epoch_end = cursor.batch == 0;
+                    let due = ctx.check_cancel().is_err()
+                        || (epoch_end
+                            && every.is_some_and(|k| cursor.epochs_done(p.epochs) % k == 0))
+                        || minutes.is_some_and(|m| last_save.elapsed().as_secs_f64() >= m * 60.0);
+                    if due {
+                        match resume::save(tr, cursor, hist, file) {
+                            Ok(()) => ctx.log(format!(
+                                "checkpoint at epoch {}, batch {} ({} batches done)",
+                                cursor.epochs_done(p.epochs),
+                                cursor.batch,
+                                cursor.done
+                            )),
+                            Err(e) => {
+                                // Training goes on; it just cannot resume.
+                                ctx.warn(format!("could not write a checkpoint: {e}"));
+                                save_failed = true;
+                            }
+                        }
+                        last_save = Instant::now();
                     }
                     Ok(())
                 },
@@ -1022,6 +1180,10 @@ pub struct LoglikParams {
     /// and convolutional models in one table).
     #[serde(default, skip_serializing_if = "is_default")]
     pub unsupported: Unsupported,
+    /// Two-layer dense DBNs: draws of h ~ q(h | v) per image for the
+    /// variational lower bound (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_samples: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -1043,7 +1205,7 @@ const LOGLIK_INPUTS: &[InputSlot] = &[
     InputSlot::required(
         "model",
         Some("model.safetensors"),
-        "a trained model whose only layer is a dense RBM",
+        "a trained model: one dense RBM, or a two-layer dense DBN (lower bound)",
     ),
     InputSlot::required(
         "train",
@@ -1084,15 +1246,21 @@ impl Stage for LoglikStage {
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
         let p: LoglikParams = ctx.typed_params()?;
         let dbn = read_model(ctx, &Device::flex())?;
-        let model = if dbn.layers.len() != 1 {
-            Err(format!(
-                "loglik needs a model that is one dense RBM on the data; this one has {} layers (a DBN's variational bound is not implemented: train a single dense layer, e.g. conv_channels = [], dense = [500])",
-                dbn.layers.len()
-            ))
-        } else {
-            ais::HostDense::from_rbm(&dbn.layers[0])
+        // One dense RBM: AIS on it. Two dense layers: the DBN's variational
+        // lower bound with the top RBM's AIS (ais::HostDbn2).
+        let model = match dbn.layers.len() {
+            1 => ais::HostDense::from_rbm(&dbn.layers[0]).map(|m| (m, None)),
+            2 => ais::HostDense::from_rbm(&dbn.layers[0])
+                .and_then(|bottom| {
+                    let top = ais::HostDense::from_rbm(&dbn.layers[1])?;
+                    ais::HostDbn2::new(bottom.clone(), top.clone()).map(|d| (top, Some(d)))
+                })
+                .map_err(|e| format!("the two-layer DBN bound needs two dense layers: {e}")),
+            k => Err(format!(
+                "loglik covers one dense RBM (AIS) and a two-layer dense DBN (its variational lower bound); this model has {k} layers"
+            )),
         };
-        let model = match (model, p.unsupported) {
+        let (model, deep) = match (model, p.unsupported) {
             (Ok(m), _) => m,
             (Err(e), Unsupported::Error) => return Err(StageError::User(e)),
             (Err(e), Unsupported::Nan) => {
@@ -1108,6 +1276,8 @@ impl Stage for LoglikStage {
         let test = read_images(ctx, "test")?;
         check_input_shape(&dbn, &train)?;
         check_input_shape(&dbn, &test)?;
+        // The data's model: the RBM, or the DBN's bottom layer.
+        let data_model = deep.as_ref().map_or(&model, |d| &d.bottom);
         let quantised = |set: &ImageSet| -> (Vec<f32>, usize) {
             let n = p.max_images.map_or(set.n, |m| m.min(set.n));
             let s = dbn.spec.visible_scale;
@@ -1115,7 +1285,7 @@ impl Stage for LoglikStage {
                 .iter()
                 .map(|&x| x as f64 * s)
                 .collect();
-            (model.quantise(&vals), n)
+            (data_model.quantise(&vals), n)
         };
         let (train_v, n_train) = quantised(&train);
         let (test_v, n_test) = quantised(&test);
@@ -1125,7 +1295,12 @@ impl Stage for LoglikStage {
             ));
         }
         let started = Instant::now();
-        let a_base = model.base_rate(&train_v, n_train);
+        // The base-rate model of the AIS'd RBM: the data's marginals, or for
+        // the DBN's top, the marginals of the bottom layer's hidden means.
+        let a_base = match &deep {
+            None => model.base_rate(&train_v, n_train),
+            Some(d) => model.base_rate(&d.bottom.hidden_means(&train_v, n_train), n_train),
+        };
         let betas = ais::sm_betas(p.betas);
         let bar = ctx.bar(p.betas as u64, "ais");
         let est = with_threads(ctx.threads, || {
@@ -1140,14 +1315,23 @@ impl Stage for LoglikStage {
         });
         bar.finish_and_clear();
         let est = est.ok_or(StageError::Cancelled)?;
+        let samples = p.bound_samples.unwrap_or(10).max(1);
         let mean_ll = |v: &[f32], n: usize| -> f64 {
-            let lp = with_threads(ctx.threads, || model.log_unnormalised(v, n));
+            let lp = with_threads(ctx.threads, || match &deep {
+                None => model.log_unnormalised(v, n),
+                Some(d) => d.bound_plus_log_z(v, n, samples, p.seed),
+            });
             lp.iter().sum::<f64>() / n as f64 - est.log_z
         };
         let test_ll = mean_ll(&test_v, n_test);
         let train_ll = mean_ll(&train_v, n_train);
+        let what = if deep.is_some() {
+            format!("two-layer DBN: variational lower bound ({samples} draws of q per image) with the top RBM's AIS")
+        } else {
+            "one RBM".to_string()
+        };
         ctx.log(format!(
-            "AIS: {} betas, {} runs: log Z = {:.4} +- {:.4} (base {:.4}); test {:.4}, train {:.4} nats/image",
+            "{what}. AIS: {} betas, {} runs: log Z = {:.4} +- {:.4} (base {:.4}); test {:.4}, train {:.4} nats/image",
             est.betas, est.runs, est.log_z, est.log_z_std, est.log_z_base, test_ll, train_ll
         ));
         let mut m = Metrics::new();
@@ -1155,6 +1339,10 @@ impl Stage for LoglikStage {
         m.insert("log_z_std".into(), est.log_z_std);
         m.insert("test_loglik".into(), test_ll);
         m.insert("train_loglik".into(), train_ll);
+        if deep.is_some() {
+            // The log-likelihoods above are lower bounds, not estimates.
+            m.insert("lower_bound".into(), 1.0);
+        }
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
         Ok(m)
     }

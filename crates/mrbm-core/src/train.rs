@@ -356,19 +356,23 @@ impl OptimParams {
     }
 }
 
+/// One layer's optimiser and sampler state (what `resume` saves).
 #[derive(Default, Clone)]
-struct LayerState {
-    w: Option<AdamState<4>>,
-    a: Option<AdamState<1>>,
-    b: Option<AdamState<1>>,
+pub(crate) struct LayerState {
+    pub(crate) w: Option<AdamState<4>>,
+    pub(crate) a: Option<AdamState<1>>,
+    pub(crate) b: Option<AdamState<1>>,
+    // Adam state and SGD velocity of a learned log sigma.
+    pub(crate) z: Option<AdamState<1>>,
+    pub(crate) vz: Option<Tensor<1>>,
     // SGD velocities.
-    vw: Option<Tensor<4>>,
-    va: Option<Tensor<1>>,
-    vb: Option<Tensor<1>>,
+    pub(crate) vw: Option<Tensor<4>>,
+    pub(crate) va: Option<Tensor<1>>,
+    pub(crate) vb: Option<Tensor<1>>,
     // PCD / FPCD: the persistent chains' visible states, one row per batch row.
-    chain: Option<Tensor<4>>,
+    pub(crate) chain: Option<Tensor<4>>,
     // FPCD: the fast weights.
-    fast: Option<(Tensor<4>, Tensor<1>, Tensor<1>)>,
+    pub(crate) fast: Option<(Tensor<4>, Tensor<1>, Tensor<1>)>,
 }
 
 /// Per-parameter learning-rate factors of one layer (W, a, b).
@@ -425,9 +429,9 @@ pub struct Trainer {
     pub dbn: Dbn,
     pub params: OptimParams,
     optim: Adam,
-    states: Vec<LayerState>,
+    pub(crate) states: Vec<LayerState>,
     autodiff_device: Device,
-    rng: ChaCha8Rng,
+    pub(crate) rng: ChaCha8Rng,
     /// Greedy schedule: the one layer being trained (the ones below are
     /// frozen and only map the data up; the ones above are untouched).
     pub active: Option<usize>,
@@ -496,6 +500,8 @@ impl Trainer {
                     b: l.b
                         .grad(&grads)
                         .unwrap_or_else(|| l.b.clone().without_autodiff().zeros_like()),
+                    // (A learned sigma needs the closed form: the stage refuses autodiff.)
+                    log_sigma: None,
                 })
                 .collect();
             (values, g)
@@ -507,14 +513,14 @@ impl Trainer {
     pub fn negative_phase(&mut self, i: usize, v: &Tensor<4>) -> Tensor<4> {
         let p = &self.params;
         let layer = &self.dbn.layers[i];
-        let (vu, hu) = (layer.spec.visible_unit, layer.spec.hidden_unit);
+        let hu = layer.spec.hidden_unit;
         let rng = &mut self.rng;
         match p.algorithm {
             Algorithm::Paper => match p.reconstruction {
                 Reconstruction::Mean => layer.down(layer.up(v.clone())),
                 Reconstruction::Sample => {
                     let h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
-                    draw_states(vu, layer.pre_visible(h), rng)
+                    layer.draw_visible(layer.pre_visible(h), rng)
                 }
             },
             Algorithm::Cd => {
@@ -522,10 +528,10 @@ impl Trainer {
                 // last visible state and its hidden probabilities, so the
                 // update tends to the likelihood gradient as k grows.
                 let mut h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
-                let mut v_neg = draw_states(vu, layer.pre_visible(h.clone()), rng);
+                let mut v_neg = layer.draw_visible(layer.pre_visible(h.clone()), rng);
                 for _ in 1..p.cd_k {
                     h = draw_states(hu, layer.pre_hidden(v_neg), rng);
-                    v_neg = draw_states(vu, layer.pre_visible(h.clone()), rng);
+                    v_neg = layer.draw_visible(layer.pre_visible(h.clone()), rng);
                 }
                 v_neg
             }
@@ -547,7 +553,7 @@ impl Trainer {
                 };
                 for _ in 0..p.cd_k {
                     let h = draw_states(hu, run_on.pre_hidden(chain), rng);
-                    chain = draw_states(vu, run_on.pre_visible(h), rng);
+                    chain = run_on.draw_visible(run_on.pre_visible(h), rng);
                 }
                 st.chain = Some(chain.clone());
                 chain
@@ -695,6 +701,11 @@ impl Trainer {
                     .step(lr * scale.b, layer.b.clone(), g.b, st.b.take());
                 layer.b = b;
                 st.b = s;
+                if let (Some(z), Some(gz)) = (layer.log_sigma.clone(), g.log_sigma) {
+                    let (z, s) = self.optim.step(lr * scale.a, z, gz, st.z.take());
+                    layer.log_sigma = Some(z);
+                    st.z = s;
+                }
             }
             OptimizerKind::Sgd => {
                 let m = p.momentum.at(epoch);
@@ -713,6 +724,11 @@ impl Trainer {
                 st.vw = Some(vw);
                 st.va = Some(va);
                 st.vb = Some(vb);
+                if let (Some(z), Some(gz)) = (layer.log_sigma.clone(), g.log_sigma) {
+                    let vz = vel(st.vz.take(), gz, m);
+                    layer.log_sigma = Some(z - vz.clone().mul_scalar(lr * scale.a));
+                    st.vz = Some(vz);
+                }
             }
         }
     }
@@ -771,6 +787,27 @@ impl History {
     }
 }
 
+/// Where a training run stands between two batches: the next batch to
+/// run (greedy phase, epoch within the phase, batch within the epoch's
+/// order), how many batches are done, and the running loss shown in the
+/// progress bar. With the trainer's state and the history so far it is all
+/// a resumed run needs to continue bit for bit (see `resume`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    pub phase: usize,
+    pub epoch: usize,
+    pub batch: usize,
+    pub done: u64,
+    pub running: Option<f64>,
+}
+
+impl Cursor {
+    /// Whole epochs done (across greedy phases), for "resumed from epoch k".
+    pub fn epochs_done(&self, epochs_per_phase: usize) -> usize {
+        self.phase * epochs_per_phase + self.epoch
+    }
+}
+
 /// Train `trainer` on u8 images (NCHW, `n` images of `image_len` bytes).
 /// `on_batch(done, total, running_loss)` reports progress and may cancel
 /// by returning an error.
@@ -779,7 +816,32 @@ pub fn train_images(
     pixels: &[u8],
     n: usize,
     dtype: DType,
+    on_batch: impl FnMut(u64, u64, f64) -> Result<(), CoreError>,
+) -> Result<History, CoreError> {
+    train_images_from(
+        trainer,
+        pixels,
+        n,
+        dtype,
+        (Cursor::default(), History::default()),
+        on_batch,
+        |_, _, _| Ok(()),
+    )
+}
+
+/// [`train_images`] from a cursor and the history up to it (a resumed
+/// run), calling `after_batch(trainer, next, history)` after every batch
+/// with the cursor of the batch to come: the place to write a checkpoint.
+/// `on_batch` runs after it, so a cancelled run's last checkpoint can be
+/// its last batch.
+pub fn train_images_from(
+    trainer: &mut Trainer,
+    pixels: &[u8],
+    n: usize,
+    dtype: DType,
+    start: (Cursor, History),
     mut on_batch: impl FnMut(u64, u64, f64) -> Result<(), CoreError>,
+    mut after_batch: impl FnMut(&Trainer, &Cursor, &History) -> Result<(), CoreError>,
 ) -> Result<History, CoreError> {
     let p = trainer.params.clone();
     let device = trainer.dbn.device();
@@ -792,20 +854,27 @@ pub fn train_images(
         Schedule::Greedy => (0..trainer.dbn.layers.len()).map(Some).collect(),
     };
     let total = (batches * p.epochs * phases.len()) as u64;
-    let mut hist = History::default();
-    let mut running: Option<f64> = None;
-    let mut done = 0u64;
+    let (cursor, mut hist) = start;
+    let mut running: Option<f64> = cursor.running;
+    let mut done = cursor.done;
     let mut buf = vec![0u8; bs * image_len];
-    for (phase, active) in phases.iter().enumerate() {
+    for (phase, active) in phases.iter().enumerate().skip(cursor.phase) {
         trainer.active = *active;
-        if active.is_some() {
+        let resumed_phase = phase == cursor.phase;
+        let first_epoch = if resumed_phase { cursor.epoch } else { 0 };
+        if active.is_some() && !(resumed_phase && (cursor.epoch > 0 || cursor.batch > 0)) {
             running = None;
         }
-        for epoch_in_phase in 0..p.epochs {
+        for epoch_in_phase in first_epoch..p.epochs {
             // History epochs run on across phases; the batch order restarts.
             let epoch = phase * p.epochs + epoch_in_phase;
             let order = batch_order(n, p.seed, epoch_in_phase);
-            for b in 0..batches {
+            let first_batch = if resumed_phase && epoch_in_phase == cursor.epoch {
+                cursor.batch
+            } else {
+                0
+            };
+            for b in first_batch..batches {
                 for (j, &i) in order[b * bs..(b + 1) * bs].iter().enumerate() {
                     buf[j * image_len..(j + 1) * image_len]
                         .copy_from_slice(&pixels[i * image_len..(i + 1) * image_len]);
@@ -819,6 +888,21 @@ pub fn train_images(
                 });
                 hist.batches.push((epoch, b, losses));
                 done += 1;
+                let next = if b + 1 < batches {
+                    (phase, epoch_in_phase, b + 1)
+                } else if epoch_in_phase + 1 < p.epochs {
+                    (phase, epoch_in_phase + 1, 0)
+                } else {
+                    (phase + 1, 0, 0)
+                };
+                let at = Cursor {
+                    phase: next.0,
+                    epoch: next.1,
+                    batch: next.2,
+                    done,
+                    running,
+                };
+                after_batch(trainer, &at, &hist)?;
                 on_batch(done, total, running.unwrap_or(t))?;
             }
         }

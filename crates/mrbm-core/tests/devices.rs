@@ -143,6 +143,11 @@ fn device_toolbox_rules_run() {
 }
 
 #[test]
+fn device_learned_sigma_run() {
+    on_every_accelerator(|d, _| vec![checks::learned_sigma_run(d, burn::tensor::DType::F32)]);
+}
+
+#[test]
 fn device_sampling_shapes_and_ranges() {
     on_every_accelerator(|d, _| {
         vec![checks::sampling_shapes_and_ranges(

@@ -558,3 +558,8 @@ fn python_checkpoint_check_agrees() {
 fn toolbox_update_rules_run_on_the_cpu() {
     assert_check(checks::toolbox_rules_run(&dev(), DType::F32));
 }
+
+#[test]
+fn learned_sigma_runs_on_the_cpu() {
+    assert_check(checks::learned_sigma_run(&dev(), DType::F32));
+}

@@ -46,8 +46,9 @@ fn run(
         progress: None,
         cancel: &cancel,
         log: &log,
+        resume_dir: None,
     };
-    assert!(s.uses_device());
+    assert!(s.uses_device() || kind == "loglik");
     s.run(&ctx)
 }
 
@@ -251,4 +252,205 @@ fn errors_are_typed() {
         e.is_user_error() && e.to_string().contains("data.safetensors"),
         "{e}"
     );
+}
+
+/// `standardise = "pixel"`: each pixel position by its own mean and std,
+/// stored with the model, so the model maps the training images to
+/// per-position mean 0 / std 1 and its samples back to pixels; the global
+/// default leaves the key (canonical parameters) as it was.
+#[test]
+fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = images(dir.path());
+    let base = "conv_channels = []\ndense = [6]\nepochs = 1\nbatch_size = 16\nlr = 0.01\nvisible = \"gaussian\"";
+    let s = stage("train");
+    let canon = |t: &str| s.params(&toml::from_str(t).unwrap()).unwrap();
+    assert_eq!(
+        canon(base),
+        canon(&format!("{base}\nstandardise = \"global\""))
+    );
+    assert_ne!(
+        canon(base),
+        canon(&format!("{base}\nstandardise = \"pixel\""))
+    );
+    let err = run(
+        "train",
+        "dense = [6]\nstandardise = \"pixel\"",
+        &[("data", data.clone())],
+        &dir.path().join("bad"),
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(
+        err.is_user_error() && err.to_string().contains("gaussian"),
+        "{err}"
+    );
+
+    let out = dir.path().join("train");
+    run(
+        "train",
+        &format!("{base}\nstandardise = \"pixel\""),
+        &[("data", data.clone())],
+        &out,
+        Device::Cpu,
+    )
+    .unwrap();
+    let dbn = mrbm_core::checkpoint::load(
+        &out.join("model.safetensors"),
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
+    let set = ImageSet::read(&data).unwrap();
+    let len = set.image_len();
+    assert_eq!(dbn.spec.pixel_scale.len(), len);
+    let v = dbn.pixels_to_visible(
+        set.pixels(),
+        set.n,
+        &burn::tensor::Device::flex(),
+        burn::tensor::DType::F32,
+    );
+    assert_eq!(dbn.visible_to_pixels(&v), set.pixels().to_vec());
+    let vals = mrbm_core::layer::to_f64(&v);
+    for j in 0..len {
+        let col: Vec<f64> = (0..set.n).map(|i| vals[i * len + j]).collect();
+        let m = col.iter().sum::<f64>() / set.n as f64;
+        let sd = (col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / set.n as f64).sqrt();
+        assert!(m.abs() < 1e-4, "pixel {j}: mean {m}");
+        // Every position varies by more than a grey level in these images.
+        assert!((sd - 1.0).abs() < 1e-4, "pixel {j}: std {sd}");
+    }
+    // Positions differ: a global standardisation could not do this.
+    assert_ne!(dbn.spec.pixel_offset[0], dbn.spec.pixel_offset[len - 1]);
+    let sample_out = dir.path().join("sample");
+    run(
+        "sample",
+        "steps = 3\nchains = 4",
+        &[("model", out.clone())],
+        &sample_out,
+        Device::Cpu,
+    )
+    .unwrap();
+    let s = ImageSet::read(&sample_out.join("samples.safetensors")).unwrap();
+    assert_eq!(s.shape(), [4, 3, 8, 8]);
+}
+
+/// `loglik` on a two-layer dense DBN gives the variational lower bound
+/// (marked `lower_bound = 1`), on deeper stacks a clear error or, with
+/// `unsupported = "nan"`, NaN.
+#[test]
+fn loglik_two_layer_dbn_bound_and_deeper_stacks_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = images(dir.path());
+    let train = |name: &str, dense: &str| {
+        let out = dir.path().join(name);
+        run(
+            "train",
+            &format!("conv_channels = []\ndense = {dense}\nepochs = 2\nbatch_size = 16\nlr = 0.01\nschedule = \"greedy\""),
+            &[("data", data.clone())],
+            &out,
+            Device::Cpu,
+        )
+        .unwrap();
+        out
+    };
+    let ll = |model: &PathBuf, extra: &str| {
+        run(
+            "loglik",
+            &format!("betas = 300\nruns = 8\nseed = 2{extra}"),
+            &[
+                ("model", model.clone()),
+                ("train", data.clone()),
+                ("test", data.clone()),
+            ],
+            &dir.path().join("ll"),
+            Device::Cpu,
+        )
+    };
+    let one = ll(&train("one", "[8]"), "").unwrap();
+    assert!(!one.contains_key("lower_bound"));
+    let two = ll(&train("two", "[8, 4]"), "").unwrap();
+    assert_eq!(two["lower_bound"], 1.0);
+    for k in ["log_z", "test_loglik", "train_loglik"] {
+        assert!(two[k].is_finite(), "{k}: {two:?}");
+    }
+    // 192 binary pixels: a bound below 0 and above the uniform model's.
+    let uniform = -192.0 * std::f64::consts::LN_2;
+    assert!(
+        two["test_loglik"] < 0.0 && two["test_loglik"] > uniform,
+        "{two:?}"
+    );
+    let three = train("three", "[8, 4, 3]");
+    let e = ll(&three, "").unwrap_err();
+    assert!(
+        e.is_user_error() && e.to_string().contains("3 layers"),
+        "{e}"
+    );
+    let nan = ll(&three, "\nunsupported = \"nan\"").unwrap();
+    assert!(nan["test_loglik"].is_nan());
+}
+
+/// `learn_sigma = true`: the trained model stores log sigma, sampling and
+/// reconstruction use it; refused without Gaussian pixels or with autodiff.
+#[test]
+fn learned_sigma_through_the_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = images(dir.path());
+    let base = "conv_channels = [4]\ndense = [6]\nepochs = 2\nbatch_size = 16\nlr = 0.01\nvisible = \"gaussian\"\nalgorithm = \"cd\"";
+    for (bad, why) in [
+        ("dense = [6]\nlearn_sigma = true", "gaussian"),
+        (
+            "dense = [6]\nvisible = \"gaussian\"\nlearn_sigma = true\ngradient = \"autodiff\"",
+            "closed-form",
+        ),
+    ] {
+        let e = run(
+            "train",
+            bad,
+            &[("data", data.clone())],
+            &dir.path().join("bad"),
+            Device::Cpu,
+        )
+        .unwrap_err();
+        assert!(e.is_user_error() && e.to_string().contains(why), "{e}");
+    }
+    let out = dir.path().join("train");
+    run(
+        "train",
+        &format!("{base}\nlearn_sigma = true"),
+        &[("data", data.clone())],
+        &out,
+        Device::Cpu,
+    )
+    .unwrap();
+    let dbn = mrbm_core::checkpoint::load(
+        &out.join("model.safetensors"),
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
+    let z = mrbm_core::layer::to_f64(dbn.layers[0].log_sigma.as_ref().expect("log sigma stored"));
+    assert_eq!(
+        z.len(),
+        3,
+        "one sigma per visible channel of the conv layer"
+    );
+    assert!(z.iter().all(|x| x.is_finite() && *x != 0.0), "{z:?}");
+    assert!(dbn.layers[1].log_sigma.is_none());
+    let sample_out = dir.path().join("sample");
+    run(
+        "sample",
+        "steps = 3\nchains = 4",
+        &[("model", out.clone())],
+        &sample_out,
+        Device::Cpu,
+    )
+    .unwrap();
+    let m = run(
+        "reconstruct",
+        "count = 4",
+        &[("model", out.clone()), ("data", data.clone())],
+        &dir.path().join("rec"),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(m["mse"].is_finite());
 }

@@ -136,6 +136,8 @@ fn trainer_with(r: &Rbm, algorithm: Algorithm, cd_k: usize, batch: usize) -> Tra
         visible_scale: 1.0 / 255.0,
         visible_offset: 0.0,
         layers: vec![r.spec.clone()],
+        pixel_scale: vec![],
+        pixel_offset: vec![],
     };
     let dbn = Dbn {
         spec,
@@ -342,11 +344,18 @@ fn n255_with_binary_equivalent_steps_is_the_binary_rbm_reparametrised() {
 
 /// exp(-F(v)) of a Gaussian-visible RBM integrated numerically over a grid
 /// equals the closed-form partition function
-/// (2 pi)^(D/2) sum_h exp(b.h + a.Wh + |Wh|^2 / 2), in one and two dimensions.
+/// (2 pi)^(D/2) prod_i sigma_i sum_h exp(b.h + sum_i (a_i c_i / sigma_i + c_i^2 / 2)),
+/// c = W h, in one and two dimensions, with unit variance and with a
+/// learned sigma other than 1.
 #[test]
 fn gaussian_visible_free_energy_integrates_to_the_closed_form() {
     use mrbm_core::stack::VisibleKind;
-    for d in [1usize, 2] {
+    for (d, sigmas) in [
+        (1usize, None),
+        (2, None),
+        (1, Some(vec![0.6])),
+        (2, Some(vec![0.6, 1.7])),
+    ] {
         let params = StackParams {
             conv_channels: vec![],
             dense: vec![2],
@@ -358,6 +367,11 @@ fn gaussian_visible_free_energy_integrates_to_the_closed_form() {
         let layer = &mut dbn.layers[0];
         layer.a = tensor_from(vec![0.3, -0.4][..d].to_vec(), [d], &dev(), DType::F64);
         layer.b = tensor_from(vec![-0.2, 0.5], [2], &dev(), DType::F64);
+        let sigma: Vec<f64> = sigmas.clone().unwrap_or(vec![1.0; d]);
+        if let Some(s) = &sigmas {
+            let z: Vec<f64> = s.iter().map(|x| x.ln()).collect();
+            layer.log_sigma = Some(tensor_from(z, [d], &dev(), DType::F64));
+        }
         let w = to_f64(&layer.w);
         let a = to_f64(&layer.a);
         let b = to_f64(&layer.b);
@@ -369,13 +383,13 @@ fn gaussian_visible_free_energy_integrates_to_the_closed_form() {
                 .map(|i| w[i * 2] * h[0] + w[i * 2 + 1] * h[1])
                 .collect();
             let bh = b[0] * h[0] + b[1] * h[1];
-            let ac: f64 = (0..d).map(|i| a[i] * c[i]).sum();
+            let ac: f64 = (0..d).map(|i| a[i] * c[i] / sigma[i]).sum();
             let cc: f64 = c.iter().map(|x| x * x).sum();
             z += (bh + ac + cc / 2.0).exp();
         }
-        z *= (2.0 * std::f64::consts::PI).powf(d as f64 / 2.0);
+        z *= (2.0 * std::f64::consts::PI).powf(d as f64 / 2.0) * sigma.iter().product::<f64>();
         // Numerical integration on a grid (midpoint rule).
-        let (lo, hi, steps) = (-12.0, 12.0, if d == 1 { 4000 } else { 480 });
+        let (lo, hi, steps) = (-14.0, 14.0, if d == 1 { 4000 } else { 560 });
         let dx = (hi - lo) / steps as f64;
         let axis: Vec<f64> = (0..steps).map(|i| lo + (i as f64 + 0.5) * dx).collect();
         let points: Vec<f64> = if d == 1 {
@@ -390,11 +404,175 @@ fn gaussian_visible_free_energy_integrates_to_the_closed_form() {
         let f = to_f64(&dbn.layers[0].free_energy(v));
         let integral: f64 = f.iter().map(|x| (-x).exp()).sum::<f64>() * dx.powi(d as i32);
         println!(
-            "D = {d}: log Z closed form {:.6}, by integration {:.6}",
+            "D = {d}, sigma {sigma:?}: log Z closed form {:.6}, by integration {:.6}",
             z.ln(),
             integral.ln()
         );
-        assert!((z.ln() - integral.ln()).abs() < 1e-6, "D = {d}");
+        assert!(
+            (z.ln() - integral.ln()).abs() < 1e-6,
+            "D = {d}, sigma {sigma:?}"
+        );
+    }
+}
+
+/// With a learned sigma, `Rbm::stats_grads` (the gradient every training
+/// rule uses) equals central finite differences of the loss
+/// mean F(v) - mean F(v_neg) in a, W, b and log sigma, on a dense and a
+/// conv layer.
+#[test]
+fn learned_sigma_gradients_match_finite_differences() {
+    use mrbm_core::unit::UnitKind;
+    let gauss = UnitType {
+        kind: UnitKind::Gaussian,
+        ..UnitType::BINARY
+    };
+    let specs = [
+        LayerSpec {
+            kind: LayerKind::Dense {
+                visible: 3,
+                hidden: 2,
+            },
+            visible_unit: gauss,
+            hidden_unit: UnitType::new(3, 0.8),
+        },
+        LayerSpec {
+            kind: LayerKind::Conv {
+                input: [2, 4, 4],
+                out_channels: 2,
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            },
+            visible_unit: gauss,
+            hidden_unit: UnitType::BINARY,
+        },
+    ];
+    for spec in specs {
+        let mut r = mrbm_core::checks::random_layer(spec.clone(), 3, &dev(), DType::F64);
+        let c = spec.visible_channels();
+        let z0: Vec<f64> = (0..c).map(|i| 0.4 - 0.5 * i as f64).collect();
+        r.log_sigma = Some(tensor_from(z0.clone(), [c], &dev(), DType::F64));
+        let [vc, vh, vw] = spec.visible_shape();
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let mut draw = |n: usize| {
+            let vals: Vec<f64> = (0..n * vc * vh * vw)
+                .map(|_| rng.random::<f64>() * 3.0 - 1.5)
+                .collect();
+            tensor_from(vals, [n, vc, vh, vw], &dev(), DType::F64)
+        };
+        let (v, vn) = (draw(3), draw(3));
+        let loss = |r: &Rbm| -> f64 {
+            to_f64(&(r.free_energy(v.clone()).mean() - r.free_energy(vn.clone()).mean()))[0]
+        };
+        let g = r.stats_grads(v.clone(), r.up(v.clone()), vn.clone(), r.up(vn.clone()));
+        let eps = 1e-6;
+        let check =
+            |name: &str, analytic: Vec<f64>, set: &dyn Fn(&mut Rbm, Vec<f64>), base: Vec<f64>| {
+                for k in 0..base.len() {
+                    let mut p = base.clone();
+                    p[k] += eps;
+                    let mut rp = r.clone();
+                    set(&mut rp, p.clone());
+                    p[k] -= 2.0 * eps;
+                    let mut rm = r.clone();
+                    set(&mut rm, p);
+                    let fd = (loss(&rp) - loss(&rm)) / (2.0 * eps);
+                    assert!(
+                        (fd - analytic[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                        "{}: {name}[{k}]: analytic {} vs finite differences {fd}",
+                        spec.describe(),
+                        analytic[k]
+                    );
+                }
+            };
+        let ws = spec.weight_shape();
+        check(
+            "log_sigma",
+            to_f64(g.log_sigma.as_ref().unwrap()),
+            &|r, p| r.log_sigma = Some(tensor_from(p, [c], &dev(), DType::F64)),
+            z0.clone(),
+        );
+        check(
+            "a",
+            to_f64(&g.a),
+            &|r, p| r.a = tensor_from(p, [c], &dev(), DType::F64),
+            to_f64(&r.a),
+        );
+        check(
+            "w",
+            to_f64(&g.w),
+            &|r, p| r.w = tensor_from(p, ws, &dev(), DType::F64),
+            to_f64(&r.w),
+        );
+        check(
+            "b",
+            to_f64(&g.b),
+            &|r, p| r.b = tensor_from(p, [spec.hidden_channels()], &dev(), DType::F64),
+            to_f64(&r.b),
+        );
+    }
+}
+
+/// Data whose pixels have different spreads (std 8, 16, 32, 48 grey levels
+/// around 128), standardised globally: Gaussian units with a learned sigma
+/// recover each pixel's own scale, std_i / global std, within 10 %.
+#[test]
+fn learned_sigma_recovers_a_known_per_pixel_scale() {
+    use mrbm_core::stack::VisibleKind;
+    let stds = [8.0, 16.0, 32.0, 48.0];
+    let n = 2048;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut px = Vec::with_capacity(n * 4);
+    for _ in 0..n {
+        for s in stds {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+            let g = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            px.push((128.0 + s * g).round().clamp(0.0, 255.0) as u8);
+        }
+    }
+    let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;
+    let std = (px.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / px.len() as f64).sqrt();
+    // (The paper's loss with sampled reconstructions is CD-1 exactly.)
+    for algorithm in [Algorithm::Cd, Algorithm::Pcd, Algorithm::Fpcd] {
+        let params = StackParams {
+            conv_channels: vec![],
+            dense: vec![2],
+            visible: VisibleKind::Gaussian,
+            ..StackParams::default()
+        };
+        let mut spec = params.build_spec([4, 1, 1]).unwrap();
+        spec.visible_scale = 1.0 / std;
+        spec.visible_offset = mean / std;
+        let mut dbn = Dbn::init(spec, 0.01, 3, &dev(), DType::F32);
+        dbn.layers[0].log_sigma = Some(tensor_from(vec![0.0; 4], [4], &dev(), DType::F32));
+        let mut tr = Trainer::new(
+            dbn,
+            OptimParams {
+                lr: 0.01,
+                batch_size: 64,
+                epochs: 25,
+                algorithm,
+                reconstruction: mrbm_core::train::Reconstruction::Sample,
+                ..OptimParams::default()
+            },
+        );
+        train_images(&mut tr, &px, n, DType::F32, |_, _, _| Ok(())).unwrap();
+        let sigma: Vec<f64> = to_f64(tr.dbn.layers[0].log_sigma.as_ref().unwrap())
+            .iter()
+            .map(|z| z.exp())
+            .collect();
+        for (i, s) in stds.iter().enumerate() {
+            let want = s / std;
+            println!(
+                "{algorithm:?}: pixel {i}: sigma {:.4}, want {want:.4}",
+                sigma[i]
+            );
+            assert!(
+                (sigma[i] / want - 1.0).abs() < 0.1,
+                "{algorithm:?}: pixel {i}: learned sigma {} vs {want}",
+                sigma[i]
+            );
+        }
     }
 }
 
@@ -453,5 +631,79 @@ fn gaussian_visible_units_train_and_sample() {
             m.abs() < 0.03 && (var - 1.0).abs() < 0.05,
             "{algorithm:?}: mean {m}, var {var}"
         );
+    }
+}
+
+/// A two-layer DBN's variational lower bound (Salakhutdinov & Murray 2008,
+/// sec. 4) against enumeration: it is below the exact log-likelihood and
+/// close to it; its Monte Carlo estimate agrees with its exact
+/// expectation; and it equals log p(v) exactly when the top RBM is the
+/// bottom one turned over (q is then the true posterior).
+#[test]
+fn dbn_lower_bound_against_enumeration() {
+    use mrbm_core::ais::HostDbn2;
+    let units = [
+        ("binary", UnitType::new(1, 1.0), UnitType::new(1, 1.0)),
+        ("subunits N=2", UnitType::new(2, 1.0), UnitType::new(2, 0.7)),
+        ("levels N=2", UnitType::levels(2), UnitType::levels(2)),
+    ];
+    let (d, h1, h2) = (5usize, 4usize, 3usize);
+    for (name, vu, hu) in units {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut normal = |s: f64| -> f64 {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+            s * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        };
+        let w1: Vec<f64> = (0..d * h1).map(|_| normal(0.5)).collect();
+        let a1: Vec<f64> = (0..d).map(|_| normal(0.5)).collect();
+        let b1: Vec<f64> = (0..h1).map(|_| normal(0.5)).collect();
+        let w2: Vec<f64> = (0..h1 * h2).map(|_| normal(0.5)).collect();
+        let a2: Vec<f64> = (0..h1).map(|_| normal(0.5)).collect();
+        let b2: Vec<f64> = (0..h2).map(|_| normal(0.5)).collect();
+        let bottom = HostDense::new(w1.clone(), a1.clone(), b1.clone(), vu, hu);
+        let top = HostDense::new(w2, a2, b2, hu, hu);
+        let dbn = HostDbn2::new(bottom.clone(), top.clone()).unwrap();
+        let log_z = top.exact_log_z().unwrap();
+        // Turned over: W_top = W^T, top visible bias = b, top hidden bias = a.
+        let w1t: Vec<f64> = (0..h1 * d).map(|k| w1[(k % d) * h1 + k / d]).collect();
+        let tied = HostDbn2::new(bottom.clone(), HostDense::new(w1t, b1, a1, hu, vu)).unwrap();
+        let log_z_tied = tied.top.exact_log_z().unwrap();
+        let log_z_rbm = bottom.exact_log_z().unwrap();
+        assert!(
+            (log_z_tied - log_z_rbm).abs() < 1e-5,
+            "{name}: {log_z_tied} vs {log_z_rbm}"
+        );
+        let top_val = vu.level_value(vu.n);
+        let images: Vec<Vec<f32>> = (0..6)
+            .map(|i| {
+                (0..d)
+                    .map(|j| vu.level_value(((i * 7 + j * 3) % (vu.n as usize + 1)) as u32) as f32)
+                    .collect()
+            })
+            .collect();
+        let mut gaps = Vec::new();
+        for v in &images {
+            assert!(v.iter().all(|&x| x as f64 <= top_val));
+            let (lp, bound) = dbn.exact(v).unwrap();
+            let (lp, bound) = (lp - log_z, bound - log_z);
+            assert!(bound < lp, "{name}: bound {bound} above log p {lp}");
+            gaps.push(lp - bound);
+            let mc = dbn.bound_plus_log_z(v, 1, 20_000, 3)[0] - log_z;
+            assert!(
+                (mc - bound).abs() < 0.05,
+                "{name}: MC {mc} vs exact {bound}"
+            );
+            // The tied DBN is the bottom RBM: exact log p(v) and a tight bound.
+            let (lpt, bt) = tied.exact(v).unwrap();
+            let rbm = bottom.log_unnormalised(v, 1)[0] - log_z_rbm;
+            assert!((lpt - log_z_tied - rbm).abs() < 1e-5, "{name}");
+            assert!((bt - lpt).abs() < 1e-5, "{name}: tied bound {bt} vs {lpt}");
+            let mct = tied.bound_plus_log_z(v, 1, 50, 4)[0];
+            assert!((mct - lpt).abs() < 1e-4, "{name}: tied MC {mct} vs {lpt}");
+        }
+        let mean_gap = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        println!("{name}: mean gap log p(v) - bound = {mean_gap:.4} nats");
+        // Weights of std 0.5: q is close to the posterior, the bound tight.
+        assert!(mean_gap < 0.6, "{name}: the bound is loose by {mean_gap}");
     }
 }

@@ -157,10 +157,7 @@ pub fn decode_region<E: From<String>>(
         Ok(Ok(None)) => None,
         Ok(Err(e)) => Some(Err(e)),
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            let msg = mrbm_stage::panic_message(payload.as_ref())
                 .unwrap_or_else(|| "libjpeg error".into());
             Some(Err(E::from(msg)))
         }

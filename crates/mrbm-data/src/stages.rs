@@ -601,13 +601,6 @@ pub fn transform(set: &ImageSet, p: &TransformParams, ctl: &Ctl) -> Result<Trans
     Ok(Transformed { data, split })
 }
 
-fn pool(threads: usize) -> std::result::Result<rayon::ThreadPool, StageError> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| StageError::failed(format!("thread pool: {e}")))
-}
-
 fn set_metrics(m: &mut Metrics, prefix: &str, s: &ImageSet) {
     m.insert(format!("{prefix}images"), s.n as f64);
     if prefix.is_empty() {
@@ -686,8 +679,8 @@ impl Stage for DatasetStage {
             bar: ctx.bar(0, "reading"),
             cancel: Some(ctx.cancel),
         };
-        let decoded =
-            pool(ctx.threads)?.install(|| load_dataset(&p, ctx.optional_input("dir"), &ctl))?;
+        let decoded = mrbm_stage::thread_pool(ctx.threads)?
+            .install(|| load_dataset(&p, ctx.optional_input("dir"), &ctl))?;
         ctl.bar.finish_and_clear();
         for (path, msg) in &decoded.skipped {
             ctx.log(format!(
@@ -748,7 +741,7 @@ impl Stage for TransformStage {
             bar: ctx.bar(set.n as u64, "transforming"),
             cancel: Some(ctx.cancel),
         };
-        let out = pool(ctx.threads)?.install(|| transform(&set, &p, &ctl))?;
+        let out = mrbm_stage::thread_pool(ctx.threads)?.install(|| transform(&set, &p, &ctl))?;
         ctl.bar.finish_and_clear();
         ctx.check_cancel()?;
         let mut m = Metrics::new();

@@ -48,6 +48,7 @@ fn run(
         progress: None,
         cancel: &cancel,
         log: &log,
+        resume_dir: None,
     };
     s.run(&ctx)
 }

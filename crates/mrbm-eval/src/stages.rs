@@ -15,14 +15,6 @@ use crate::frechet::{frechet_distance_polling, GaussianStats};
 use crate::inception::{self, FidInception};
 use crate::svm::{self, Loss, SvmConfig};
 
-fn run_in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, StageError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| StageError::failed(format!("cannot start {threads} threads: {e}")))?;
-    Ok(pool.install(f))
-}
-
 // ---------------------------------------------------------------- svm
 
 fn d_loss() -> Loss {
@@ -158,7 +150,7 @@ impl Stage for SvmStage {
         let start = Instant::now();
         // Ctrl-C / SIGTERM is polled inside every solver loop.
         let cancel = || ctx.check_cancel().is_err();
-        let model = run_in_pool(ctx.threads, || {
+        let model = mrbm_stage::in_pool(ctx.threads, || {
             svm::fit_cancellable(
                 &train.features,
                 train.n,
@@ -174,7 +166,7 @@ impl Stage for SvmStage {
         })?;
         let fit_seconds = start.elapsed().as_secs_f64();
         ctx.check_cancel()?;
-        let (pred_test, pred_train) = run_in_pool(ctx.threads, || {
+        let (pred_test, pred_train) = mrbm_stage::in_pool(ctx.threads, || {
             (
                 predict_polling(&model, &test, ctx),
                 predict_polling(&model, &train, ctx),
@@ -458,7 +450,7 @@ impl Stage for FidStatsStage {
         let per = set.image_len();
         // Polled between batches and before each convolution.
         let cancel = || ctx.check_cancel().is_err();
-        run_in_pool(ctx.threads, || -> Result<(), StageError> {
+        mrbm_stage::in_pool(ctx.threads, || -> Result<(), StageError> {
             for s in (0..set.n).step_by(p.batch_size) {
                 ctx.check_cancel()?;
                 let e = (s + p.batch_size).min(set.n);
@@ -605,7 +597,7 @@ impl Stage for FidStage {
         }
         let start = Instant::now();
         let cancel = || ctx.check_cancel().is_err();
-        let f = run_in_pool(ctx.threads, || {
+        let f = mrbm_stage::in_pool(ctx.threads, || {
             frechet_distance_polling(&mu1, &s1, &mu2, &s2, &cancel)
         })?
         .map_err(|e| match e {

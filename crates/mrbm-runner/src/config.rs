@@ -131,6 +131,10 @@ pub struct ExperimentFile {
     pub default_profile: Option<String>,
     #[serde(default)]
     pub tables: Vec<TableDecl>,
+    /// Where the stages run: `[executor] kind = "slurm"` and Slurm's
+    /// options (`mrbm_runner::slurm`); `--executor` overrides the kind.
+    #[serde(default)]
+    pub executor: Option<crate::slurm::ExecutorDecl>,
 }
 
 /// A loaded source file, kept to turn byte spans into line:col.

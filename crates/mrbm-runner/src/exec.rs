@@ -1,25 +1,26 @@
-//! The executor: runs a DAG's nodes in dependency order, up to `jobs` at a
-//! time (accelerator stages one at a time), against the cache.
+//! The session's scheduler: runs a DAG's nodes in dependency order through
+//! an [`Executor`] (today's thread pool is [`LocalExecutor`]), accelerator
+//! stages one at a time.
 //!
-//! For each node: hash its inputs, compute its key, and either reuse the
-//! cache entry or take the key's lock, run the stage into a temporary
-//! directory, re-check its inputs, and publish the entry atomically.
+//! For each ready node: resolve its inputs against the manifests of its
+//! finished upstream nodes, compute its key, and submit it as a
+//! [`StageJob`]; the executor reuses the cache entry or computes and
+//! publishes it ([`crate::executor::run_job`]). The scheduler then copies
+//! published files to results/ and releases the node's dependants.
 
+use mrbm_stage::Device;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Instant;
-
-use mrbm_stage::{Device, StageContext, StageError};
-use serde::{Deserialize, Serialize};
 
 use crate::dag::{Dag, InputSource, Node};
 use crate::error::RunnerError;
+use crate::executor::{Executor, LocalExecutor, Runtime, StageJob};
 use crate::hashing::{self, Memo};
-use crate::integrity;
 use crate::registry::Registry;
-use crate::store::{self, Found, LockOutcome, Manifest, Store};
+use crate::session::{Cells, Session};
+use crate::store::{self, Manifest, Store};
 
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -87,13 +88,14 @@ pub fn stage_key(node: &Node, input_hashes: &BTreeMap<String, String>) -> String
     let doc = serde_json::json!({
         "kind": node.kind,
         "version": node.version,
-        "params": node.params,
+        "params": mrbm_stage::key_params(&node.params),
         "inputs": input_hashes,
     });
     hashing::hash_bytes(&serde_json::to_vec(&doc).expect("json"))
 }
 
 /// What one input resolves to: the path the stage reads and its hash.
+#[derive(Debug)]
 pub enum Resolved {
     Ready {
         path: PathBuf,
@@ -251,15 +253,9 @@ fn unknown_table_metric(
     None
 }
 
-struct Shared {
-    ready: VecDeque<usize>,
-    waiting_on: Vec<usize>,
-    results: Vec<Option<NodeResult>>,
-    running: usize,
-    device_busy: bool,
-    stop: bool,
-}
-
+/// Run the DAG with today's local thread pool ([`LocalExecutor`]): nodes in
+/// dependency order, up to `opts.jobs` at a time, accelerator stages one at
+/// a time.
 pub fn execute(
     dag: &Dag,
     reg: &Registry,
@@ -268,140 +264,300 @@ pub fn execute(
     opts: &RunOptions,
     cancel: &AtomicBool,
 ) -> Vec<NodeResult> {
-    let n = dag.nodes.len();
-    let mut dependants = vec![Vec::new(); n];
-    let mut waiting_on = vec![0usize; n];
-    for (i, node) in dag.nodes.iter().enumerate() {
-        let mut deps = node.deps.clone();
-        deps.sort_unstable();
-        deps.dedup();
-        waiting_on[i] = deps.len();
-        for d in deps {
-            dependants[d].push(i);
-        }
-    }
-    let ready: VecDeque<usize> = (0..n).filter(|i| waiting_on[*i] == 0).collect();
-    let shared = Mutex::new(Shared {
-        ready,
-        waiting_on,
-        results: vec![None; n],
-        running: 0,
-        device_busy: false,
-        stop: false,
-    });
-    let cv = Condvar::new();
-    let overall = opts.progress.as_ref().map(|m| {
-        let b = m.add(indicatif::ProgressBar::new(n as u64));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(if mrbm_stage::progress::color_enabled() {
-                "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} ETA {eta} {msg}"
-            } else {
-                "{prefix} [{bar:30}] {pos}/{len} stages {elapsed_precise} ETA {eta} {msg}"
-            })
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_prefix(dag.experiment.clone());
-        if !m.is_hidden() {
-            // The timer moves while a long stage runs, not only when one ends.
-            b.enable_steady_tick(std::time::Duration::from_secs(1));
-        }
-        b
-    });
-    let serial_device = opts.device.is_accelerator();
-
+    let rt = Runtime {
+        registry: reg,
+        memo,
+        device: opts.device,
+        progress: opts.progress.as_ref(),
+        cancel,
+    };
     std::thread::scope(|scope| {
-        for _ in 0..opts.jobs.max(1) {
-            scope.spawn(|| loop {
-                // Take a runnable node.
-                let (i, skip) = {
-                    let mut s = shared.lock().expect("executor lock");
-                    loop {
-                        let total_done = s.results.iter().filter(|r| r.is_some()).count();
-                        if total_done == n {
-                            cv.notify_all();
-                            return;
-                        }
-                        let pos = s.ready.iter().position(|&i| {
-                            !(serial_device && dag.nodes[i].uses_device && s.device_busy)
-                        });
-                        if let Some(p) = pos {
-                            let i = s.ready.remove(p).expect("position");
-                            let node = &dag.nodes[i];
-                            let skip = blocked_by(
-                                dag,
-                                &s.results,
-                                node,
-                                s.stop,
-                                cancel.load(Ordering::Relaxed),
-                            );
-                            if skip.is_none() {
-                                s.running += 1;
-                                if serial_device && node.uses_device {
-                                    s.device_busy = true;
-                                }
-                            }
-                            break (i, skip);
-                        }
-                        s = cv.wait(s).expect("executor wait");
-                    }
-                };
-                let node = &dag.nodes[i];
-                let result = match skip {
-                    Some(status) => NodeResult {
-                        status,
-                        key: None,
-                        seconds: 0.0,
-                        log: None,
-                        manifest: None,
-                    },
-                    None => {
-                        let upstream = |j: usize| -> Option<Manifest> {
-                            let s = shared.lock().expect("executor lock");
-                            s.results[j].as_ref().and_then(|r| r.manifest.clone())
-                        };
-                        let r = run_node(dag, reg, store, memo, opts, cancel, i, &upstream);
-                        let mut s = shared.lock().expect("executor lock");
-                        s.running -= 1;
-                        if serial_device && node.uses_device {
-                            s.device_busy = false;
-                        }
-                        r
-                    }
-                };
-                let line = finish_line(node, &result);
-                match (&opts.progress, &overall) {
-                    (Some(m), Some(b)) if !m.is_hidden() => {
-                        let _ = m.println(line);
-                        b.inc(1);
-                    }
-                    _ => eprintln!("{line}"),
-                }
-                let mut s = shared.lock().expect("executor lock");
-                if matches!(result.status, Status::Failed { .. }) && !opts.keep_going {
-                    s.stop = true;
-                }
-                s.results[i] = Some(result);
-                for &d in &dependants[i] {
-                    s.waiting_on[d] -= 1;
-                    if s.waiting_on[d] == 0 {
-                        s.ready.push_back(d);
-                    }
-                }
-                cv.notify_all();
-            });
+        let mut ex = LocalExecutor::start(scope, opts.jobs, store, &rt);
+        let sched = Scheduler::new(dag, reg, store, memo, opts, cancel);
+        sched.run(&mut ex)
+    })
+}
+
+/// The session's side of a run: it keeps the DAG, submits a node to the
+/// executor once its inputs are published, and records what comes back.
+pub struct Scheduler<'a> {
+    dag: &'a Dag,
+    reg: &'a Registry,
+    store: &'a Store,
+    memo: &'a Memo,
+    opts: &'a RunOptions,
+    cancel: &'a AtomicBool,
+    dependants: Vec<Vec<usize>>,
+    waiting_on: Vec<usize>,
+    ready: VecDeque<usize>,
+    results: Vec<Option<NodeResult>>,
+    done: usize,
+    in_flight: usize,
+    device_busy: bool,
+    stop: bool,
+    overall: Option<indicatif::ProgressBar>,
+}
+
+impl<'a> Scheduler<'a> {
+    pub fn new(
+        dag: &'a Dag,
+        reg: &'a Registry,
+        store: &'a Store,
+        memo: &'a Memo,
+        opts: &'a RunOptions,
+        cancel: &'a AtomicBool,
+    ) -> Self {
+        let n = dag.nodes.len();
+        let mut dependants = vec![Vec::new(); n];
+        let mut waiting_on = vec![0usize; n];
+        for (i, node) in dag.nodes.iter().enumerate() {
+            let mut deps = node.deps.clone();
+            deps.sort_unstable();
+            deps.dedup();
+            waiting_on[i] = deps.len();
+            for d in deps {
+                dependants[d].push(i);
+            }
         }
-    });
-    if let Some(b) = overall {
-        b.finish_and_clear();
+        let ready = (0..n).filter(|i| waiting_on[*i] == 0).collect();
+        Scheduler {
+            dag,
+            reg,
+            store,
+            memo,
+            opts,
+            cancel,
+            dependants,
+            waiting_on,
+            ready,
+            results: vec![None; n],
+            done: 0,
+            in_flight: 0,
+            device_busy: false,
+            stop: false,
+            overall: overall_bar(dag, opts.progress.as_ref()),
+        }
     }
-    shared
-        .into_inner()
-        .expect("executor lock")
-        .results
-        .into_iter()
-        .map(|r| r.expect("every node finished"))
-        .collect()
+
+    /// Run every node through `ex`; one result per node, in node order.
+    pub fn run(mut self, ex: &mut dyn Executor) -> Vec<NodeResult> {
+        let n = self.dag.nodes.len();
+        let mut cancelled = false;
+        while self.done < n {
+            self.submit_ready(ex);
+            if self.done == n {
+                break;
+            }
+            if !cancelled && self.cancel.load(Ordering::Relaxed) {
+                ex.cancel_all();
+                cancelled = true;
+            }
+            if self.in_flight == 0 {
+                continue;
+            }
+            for (i, r) in ex.wait_any(std::time::Duration::from_millis(200)) {
+                self.in_flight -= 1;
+                if ex.serial_device() && self.dag.nodes[i].uses_device {
+                    self.device_busy = false;
+                }
+                let r = self.published(i, r);
+                self.finish(i, r);
+            }
+        }
+        if let Some(b) = self.overall.take() {
+            b.finish_and_clear();
+        }
+        self.results
+            .into_iter()
+            .map(|r| r.expect("every node finished"))
+            .collect()
+    }
+
+    /// Submit ready nodes while the executor has room; skip those whose
+    /// inputs failed.
+    fn submit_ready(&mut self, ex: &mut dyn Executor) {
+        let serial = ex.serial_device();
+        while self.in_flight < ex.capacity().max(1) {
+            let nodes = &self.dag.nodes;
+            let busy = self.device_busy;
+            let Some(p) = self
+                .ready
+                .iter()
+                .position(|&i| !(serial && nodes[i].uses_device && busy))
+            else {
+                return;
+            };
+            let i = self.ready.remove(p).expect("position");
+            let skip = blocked_by(
+                self.dag,
+                &self.results,
+                &nodes[i],
+                self.stop,
+                self.cancel.load(Ordering::Relaxed),
+            );
+            if let Some(status) = skip {
+                self.finish(i, not_run(status));
+                continue;
+            }
+            let job = match self.job(i) {
+                Ok(job) => job,
+                Err(message) => {
+                    let failed = Status::Failed {
+                        message,
+                        user: true,
+                    };
+                    self.finish(i, not_run(failed));
+                    continue;
+                }
+            };
+            match ex.submit(job) {
+                Ok(()) => {
+                    self.in_flight += 1;
+                    if serial && self.dag.nodes[i].uses_device {
+                        self.device_busy = true;
+                    }
+                }
+                Err(e) => self.finish(
+                    i,
+                    not_run(Status::Failed {
+                        message: e.to_string(),
+                        user: false,
+                    }),
+                ),
+            }
+        }
+    }
+
+    /// Node `i`'s job: its inputs resolved against the finished upstream
+    /// nodes, and its key; or why it cannot run, for the user.
+    fn job(&self, i: usize) -> Result<StageJob, String> {
+        let upstream = |j: usize| -> Option<Manifest> {
+            self.results[j].as_ref().and_then(|r| r.manifest.clone())
+        };
+        keyed_job(
+            self.dag,
+            self.reg,
+            self.store,
+            self.memo,
+            i,
+            self.opts.threads,
+            &upstream,
+        )
+    }
+
+    /// A finished job's result once its files are published to results/.
+    fn published(&self, i: usize, mut r: NodeResult) -> NodeResult {
+        if let (true, Some(key)) = (r.status.ok(), &r.key) {
+            let node = &self.dag.nodes[i];
+            let results = self.dag.project_root.join("results");
+            if let Err(message) = publish_results(self.store, &results, node, key) {
+                r.status = Status::Failed {
+                    message,
+                    user: false,
+                };
+            }
+        }
+        r
+    }
+
+    fn finish(&mut self, i: usize, result: NodeResult) {
+        let line = finish_line(&self.dag.nodes[i], &result);
+        match (&self.opts.progress, &self.overall) {
+            (Some(m), Some(b)) if !m.is_hidden() => {
+                let _ = m.println(line);
+                b.inc(1);
+            }
+            _ => eprintln!("{line}"),
+        }
+        if matches!(result.status, Status::Failed { .. }) && !self.opts.keep_going {
+            self.stop = true;
+        }
+        self.results[i] = Some(result);
+        self.done += 1;
+        for &d in &self.dependants[i] {
+            self.waiting_on[d] -= 1;
+            if self.waiting_on[d] == 0 {
+                self.ready.push_back(d);
+            }
+        }
+    }
+}
+
+fn not_run(status: Status) -> NodeResult {
+    NodeResult {
+        status,
+        key: None,
+        seconds: 0.0,
+        log: None,
+        manifest: None,
+    }
+}
+
+fn overall_bar(
+    dag: &Dag,
+    progress: Option<&indicatif::MultiProgress>,
+) -> Option<indicatif::ProgressBar> {
+    let m = progress?;
+    let b = m.add(indicatif::ProgressBar::new(dag.nodes.len() as u64));
+    b.set_style(
+        indicatif::ProgressStyle::with_template(if mrbm_stage::progress::color_enabled() {
+            "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} ETA {eta} {msg}"
+        } else {
+            "{prefix} [{bar:30}] {pos}/{len} stages {elapsed_precise} ETA {eta} {msg}"
+        })
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_prefix(dag.experiment.clone());
+    if !m.is_hidden() {
+        // The timer moves while a long stage runs, not only when one ends.
+        b.enable_steady_tick(std::time::Duration::from_secs(1));
+    }
+    Some(b)
+}
+
+/// Node `i` as a job: each input resolved (a path and its hash) given the
+/// manifests of the finished upstream nodes, and the key. Err: why it
+/// cannot run (a missing input, an upstream file that is not there, a
+/// table metric no cell has), for the user.
+pub fn keyed_job(
+    dag: &Dag,
+    reg: &Registry,
+    store: &Store,
+    memo: &Memo,
+    i: usize,
+    threads: usize,
+    upstream: &dyn Fn(usize) -> Option<Manifest>,
+) -> Result<StageJob, String> {
+    let node = &dag.nodes[i];
+    let session = Session::new(reg, store, memo);
+    let keyed = session.key(dag, i, threads, Cells::Missing, upstream);
+    for (inp, r) in node.inputs.iter().zip(keyed.inputs) {
+        match r {
+            Ok(Resolved::Ready { .. } | Resolved::Upstream { .. }) => {}
+            Ok(Resolved::Missing { path, declared }) => {
+                let hint = reg
+                    .get(&node.kind)
+                    .and_then(|s| s.missing_input_hint(&node.params, &inp.slot, &path))
+                    .map(|h| format!("\n  help: {h}"))
+                    .unwrap_or_else(|| "\n  help: fix the path, or set the data root (data_root in the experiment, MRBM_DATA, or --data-root)".into());
+                return Err(format!(
+                    "{declared}: input `{}` of `{}`: {} does not exist{hint}",
+                    inp.slot,
+                    node.id,
+                    path.display()
+                ));
+            }
+            Ok(Resolved::BadFile { message }) => return Err(message),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if node.kind == "table" {
+        if let Some(message) = unknown_table_metric(dag, node, upstream) {
+            return Err(message);
+        }
+    }
+    Ok(keyed.job.expect("every input resolved"))
 }
 
 fn finish_line(node: &Node, r: &NodeResult) -> String {
@@ -446,326 +602,6 @@ fn blocked_by(
         }
     }
     None
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_node(
-    dag: &Dag,
-    reg: &Registry,
-    store: &Store,
-    memo: &Memo,
-    opts: &RunOptions,
-    cancel: &AtomicBool,
-    i: usize,
-    upstream: &dyn Fn(usize) -> Option<Manifest>,
-) -> NodeResult {
-    let node = &dag.nodes[i];
-    let t0 = Instant::now();
-    let fail = |message: String, user: bool, log: Option<PathBuf>| NodeResult {
-        status: Status::Failed { message, user },
-        key: None,
-        seconds: t0.elapsed().as_secs_f64(),
-        log,
-        manifest: None,
-    };
-    let stage = reg
-        .get(&node.kind)
-        .expect("kind checked when the DAG was built");
-
-    // 1. Inputs and key.
-    let mut paths = BTreeMap::new();
-    let mut hashes = BTreeMap::new();
-    let mut sources = BTreeMap::new();
-    for (k, inp) in node.inputs.iter().enumerate() {
-        match resolve_input(dag, store, memo, node, k, upstream) {
-            Ok(Resolved::Ready { path, hash }) => {
-                paths.insert(inp.slot.clone(), path.clone());
-                hashes.insert(inp.slot.clone(), hash);
-                sources.insert(inp.slot.clone(), describe_source(dag, &inp.source));
-            }
-            Ok(Resolved::Upstream { node: up }) => {
-                // Only soft (table) inputs get here: the cell is missing.
-                hashes.insert(inp.slot.clone(), format!("missing:{}", dag.nodes[up].id));
-            }
-            Ok(Resolved::Missing { path, declared }) => {
-                let hint = stage.missing_input_hint(&node.params, &inp.slot, &path).map(|h| format!("\n  help: {h}")).unwrap_or_else(|| "\n  help: fix the path, or set the data root (data_root in the experiment, MRBM_DATA, or --data-root)".into());
-                return fail(
-                    format!(
-                        "{declared}: input `{}` of `{}`: {} does not exist{hint}",
-                        inp.slot,
-                        node.id,
-                        path.display()
-                    ),
-                    true,
-                    None,
-                );
-            }
-            Ok(Resolved::BadFile { message }) => return fail(message, true, None),
-            Err(e) => return fail(e.to_string(), true, None),
-        }
-    }
-    if node.kind == "table" {
-        if let Some(message) = unknown_table_metric(dag, node, upstream) {
-            return fail(message, true, None);
-        }
-    }
-    let key = stage_key(node, &hashes);
-    let input_keys: BTreeMap<String, String> = node
-        .inputs
-        .iter()
-        .filter_map(|inp| match &inp.source {
-            InputSource::Node { node: up, .. } => upstream(*up).map(|m| (inp.slot.clone(), m.key)),
-            InputSource::External { .. } => None,
-        })
-        .collect();
-    let cached = |key: &str, manifest: Manifest| -> NodeResult {
-        let log = Some(store.entry_dir(key).join("log.txt"));
-        let mut r = NodeResult {
-            status: Status::Cached,
-            key: Some(key.to_string()),
-            seconds: t0.elapsed().as_secs_f64(),
-            log,
-            manifest: Some(manifest),
-        };
-        if let Err(e) = publish_results(store, &dag.project_root.join("results"), node, key) {
-            r.status = Status::Failed {
-                message: e,
-                user: false,
-            };
-        }
-        r
-    };
-
-    // 2. The cache entry, checked against its manifest before anything
-    // reads it; or the key's lock, to compute it. A corrupt entry and the
-    // entries computed from it go to quarantine (under the lock) and the
-    // stage runs again.
-    let waiting =
-        |owner: &str| eprintln!("  waiting {} (being computed by process {owner})", node.id);
-    let lock = loop {
-        // A corrupt entry is replaced under the lock, so the lock is taken
-        // even though an entry is there.
-        let absent = match integrity::check(store, &key) {
-            Found::Hit(m) => return cached(&key, m),
-            Found::Absent => true,
-            Found::Corrupt(_) => false,
-        };
-        match store.lock_with(&key, absent, &|| cancel.load(Ordering::Relaxed), &waiting) {
-            Ok(LockOutcome::Published) => {
-                // Published by another process: checked at the loop's top.
-                // A corrupt one is quarantined by whoever holds the lock.
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                continue;
-            }
-            Ok(LockOutcome::Acquired(l)) => match integrity::check(store, &key) {
-                Found::Hit(m) => {
-                    drop(l);
-                    return cached(&key, m);
-                }
-                Found::Absent => break l,
-                Found::Corrupt(why) => match store.quarantine_with_descendants(&key) {
-                    Ok(moved) => {
-                        eprintln!(
-                            "  corrupt {}: cache entry {}: {why}; moved it{} to {}, computing it again",
-                            node.id,
-                            &key[..12],
-                            if moved.len() > 1 {
-                                format!(" and the {} entries computed from it", moved.len() - 1)
-                            } else {
-                                String::new()
-                            },
-                            store.root.join("quarantine").display()
-                        );
-                        break l;
-                    }
-                    Err(e) => return fail(e.to_string(), false, None),
-                },
-            },
-            Err(RunnerError::Interrupted) => {
-                return NodeResult {
-                    status: Status::Cancelled,
-                    key: None,
-                    seconds: 0.0,
-                    log: None,
-                    manifest: None,
-                }
-            }
-            Err(e) => return fail(e.to_string(), false, None),
-        }
-    };
-    let tmp = match store.tmp_dir(&key) {
-        Ok(t) => t,
-        Err(e) => return fail(e.to_string(), false, None),
-    };
-    let log_path = tmp.join("log.txt");
-    // Lines are echoed as they are logged (`-v`), and warnings on stderr
-    // when no terminal display shows them.
-    let echo_warnings = matches!(&opts.progress, Some(m) if m.is_hidden());
-    let log_file: Box<dyn std::io::Write + Send> = match std::fs::File::create(&log_path) {
-        Ok(f) => Box::new(crate::output::LogTee::new(f, &node.id, echo_warnings)),
-        Err(e) => return fail(format!("{}: {e}", log_path.display()), false, None),
-    };
-    let log = Mutex::new(log_file);
-    let started = store::now_rfc3339();
-    let ctx = StageContext {
-        stage_id: &node.id,
-        params: &node.params,
-        inputs: &paths,
-        out_dir: &tmp.join("out"),
-        device: opts.device,
-        threads: opts.threads,
-        progress: opts.progress.as_ref(),
-        cancel,
-        log: &log,
-    };
-    ctx.log(format!(
-        "{} {} (key {key}) on {} at {started}",
-        node.kind, node.id, opts.device
-    ));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)));
-    let keep_failed_log = |msg: &str| -> Option<PathBuf> {
-        // Keep the log of a failed stage where the user can read it.
-        if let Ok(mut w) = log.lock() {
-            let _ = writeln!(w, "error: {msg}");
-        }
-        let dir = store.root.join("failed");
-        let _ = std::fs::create_dir_all(&dir);
-        let dest = dir.join(format!("{}.log", sanitize(&node.id)));
-        let _ = std::fs::copy(&log_path, &dest);
-        let _ = std::fs::remove_dir_all(&tmp);
-        Some(dest)
-    };
-    let metrics = match outcome {
-        Ok(Ok(m)) => m,
-        Ok(Err(StageError::Cancelled)) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return NodeResult {
-                status: Status::Cancelled,
-                key: None,
-                seconds: t0.elapsed().as_secs_f64(),
-                log: None,
-                manifest: None,
-            };
-        }
-        Ok(Err(e)) => {
-            let user = e.is_user_error();
-            let msg = e.to_string();
-            let lp = keep_failed_log(&msg);
-            return fail(msg, user, lp);
-        }
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            let msg = format!("internal error in stage kind `{}`: {msg} (this is a bug in mrbm; please report it with the log)", node.kind);
-            let lp = keep_failed_log(&msg);
-            return fail(msg, false, lp);
-        }
-    };
-    if cancel.load(Ordering::Relaxed) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return NodeResult {
-            status: Status::Cancelled,
-            key: None,
-            seconds: 0.0,
-            log: None,
-            manifest: None,
-        };
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let publish = || -> Result<Manifest, RunnerError> {
-        let bytes = serde_json::to_vec_pretty(&metrics).map_err(|e| RunnerError::cache(&tmp, e))?;
-        store::write_atomic(&tmp.join("out").join(store::METRICS), &bytes)?;
-        // Inputs changed while the stage ran: fail rather than cache a lie.
-        for inp in &node.inputs {
-            if let InputSource::External { path, .. } = &inp.source {
-                let now = memo
-                    .path(path)
-                    .map_err(|e| RunnerError::Data(format!("{}: {e}", path.display())))?;
-                if hashes.get(&inp.slot) != Some(&now) {
-                    return Err(RunnerError::Data(format!(
-                        "input `{}` ({}) changed while `{}` ran; nothing was cached, run again",
-                        inp.slot,
-                        path.display(),
-                        node.id
-                    )));
-                }
-            }
-        }
-        let (files, output_hash) = store.hash_outputs(&tmp, &metrics)?;
-        let manifest = Manifest {
-            key: key.clone(),
-            stage_id: node.id.clone(),
-            kind: node.kind.clone(),
-            version: node.version,
-            params: node.params.clone(),
-            inputs: hashes.clone(),
-            input_sources: sources.clone(),
-            input_keys: input_keys.clone(),
-            files,
-            output_hash,
-            metrics: metrics.clone(),
-            device: opts.device.to_string(),
-            started: started.clone(),
-            seconds,
-            tool_version: TOOL_VERSION.to_string(),
-            host: store::hostname(),
-        };
-        drop(log.lock().map(|mut w| w.flush()));
-        store.publish(&tmp, &manifest)?;
-        Ok(manifest)
-    };
-    match publish() {
-        Ok(m) => {
-            drop(lock);
-            let status = match publish_results(store, &dag.project_root.join("results"), node, &key)
-            {
-                Ok(()) => Status::Ran,
-                Err(message) => Status::Failed {
-                    message,
-                    user: false,
-                },
-            };
-            NodeResult {
-                status,
-                key: Some(key.clone()),
-                seconds,
-                log: Some(store.entry_dir(&key).join("log.txt")),
-                manifest: Some(m),
-            }
-        }
-        Err(e) => {
-            let user = e.exit_code() == 2;
-            let lp = keep_failed_log(&e.to_string());
-            fail(e.to_string(), user, lp)
-        }
-    }
-}
-
-use std::io::Write as _;
-
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "=-_,.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn describe_source(dag: &Dag, s: &InputSource) -> String {
-    match s {
-        InputSource::Node { node, file } => match file {
-            Some(f) => format!("{}/{f}", dag.nodes[*node].id),
-            None => dag.nodes[*node].id.clone(),
-        },
-        InputSource::External { path, .. } => path.display().to_string(),
-    }
 }
 
 /// Copy a node's published files (e.g. results/quickstart.csv) out of its

@@ -1,4 +1,8 @@
 //! `mrbm`: declare an experiment in TOML, run it, rerun only what changed.
+//!
+//! This file only maps command-line arguments onto the runner's phases:
+//! `config::load` -> `dag::build` (the plan) -> `Session` (`plan`, `run`)
+//! -> `report`. See ARCHITECTURE.md.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,13 +15,16 @@ use clap::{CommandFactory, Parser, Subcommand};
 use mrbm_runner::config::{self, parse_set};
 use mrbm_runner::dag::{self, Dag, Overrides};
 use mrbm_runner::exec::{self, RunOptions, Status};
+use mrbm_runner::gc::{self, GcOptions};
 use mrbm_runner::hashing::Memo;
 use mrbm_runner::history;
 use mrbm_runner::plan;
 use mrbm_runner::registry::Registry;
+use mrbm_runner::session::Session;
+use mrbm_runner::slurm::{self, ExecutorDecl};
 use mrbm_runner::store::Store;
 use mrbm_runner::table;
-use mrbm_runner::{device, output, RunnerError};
+use mrbm_runner::{device, output, summary, RunnerError};
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +92,24 @@ enum Command {
         /// per running stage every SECONDS (stage, step/total, loss, elapsed, ETA).
         #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_interval)]
         progress_interval: f64,
+        /// Where the stages run: `local` (this machine) or `slurm` (one
+        /// sbatch job per stage; README "Running on a cluster"). Overrides
+        /// `[executor] kind` in the experiment.
+        #[arg(long, value_parser = ["local", "slurm"])]
+        executor: Option<String>,
+        /// The mrbm binary Slurm jobs run (default: this one); it must be on
+        /// a path the compute nodes see. Overrides `[executor] mrbm`.
+        #[arg(long, value_name = "PATH")]
+        mrbm: Option<PathBuf>,
+    },
+    /// Run one stage from its job spec in the cache (what a Slurm job runs).
+    #[command(hide = true)]
+    ExecStage {
+        /// The stage's cache key (its spec is CACHE/jobs/KEY.json).
+        key: String,
+        /// auto | cpu | wgpu | cuda[:INDEX], resolved on this machine.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Show what `run` would do and why, without running anything.
     Plan {
@@ -236,10 +261,11 @@ fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
 
 /// The DAG, the experiment's `device` and the profile in effect (--profile
 /// or the experiment's default_profile).
+#[allow(clippy::type_complexity)]
 fn build_dag(
     select: &Select,
     reg: &Registry,
-) -> Result<(Dag, Option<String>, Option<String>), RunnerError> {
+) -> Result<(Dag, Option<String>, Option<String>, Option<ExecutorDecl>), RunnerError> {
     if !select.file.is_file() {
         return Err(RunnerError::Usage(format!(
             "{}: no such file",
@@ -266,7 +292,8 @@ fn build_dag(
     };
     let device = exp.file.device.clone();
     let profile = ov.profile.clone().or(exp.file.default_profile.clone());
-    Ok((dag::build(&exp, reg, &ov)?, device, profile))
+    let executor = exp.file.executor.clone();
+    Ok((dag::build(&exp, reg, &ov)?, device, profile, executor))
 }
 
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
@@ -279,143 +306,45 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             device: dev_flag,
             quiet,
             progress_interval,
-        } => {
-            let t0 = Instant::now();
-            let (dag, file_device, profile) = build_dag(select, &reg)?;
-            let spec = dev_flag
-                .clone()
-                .or(file_device)
-                .unwrap_or_else(|| "auto".into());
-            let device = device::resolve(&spec)?;
-            let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
-            // Shared with other runs; `mrbm gc` waits for it.
-            let _in_use = store.use_guard(false, &|| {
-                eprintln!(
-                    "waiting for `mrbm gc` to finish with {}",
-                    store.root.display()
-                )
-            })?;
-            store.clean_stale();
-            let memo = Memo::load(&store.root);
-            let cancel = Arc::new(AtomicBool::new(false));
-            {
-                let c = cancel.clone();
-                let _ = ctrlc::set_handler(move || {
-                    if c.swap(true, Ordering::SeqCst) {
-                        // Second Ctrl-C: leave now. Temporary entries are never
-                        // trusted and our locks die with us, so the cache stays consistent.
-                        eprintln!("\ninterrupted again: exiting");
-                        std::process::exit(130);
-                    }
-                    eprintln!("\ninterrupt: finishing nothing new, cleaning up (Ctrl-C again to quit now)");
-                });
-            }
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-            // On a terminal: bars. Otherwise the bars are kept hidden and a
-            // line per running stage is printed every --progress-interval.
-            let progress = if *quiet {
-                None
-            } else if std::io::stderr().is_terminal() {
-                let m = indicatif::MultiProgress::new();
-                output::set_display(&m);
-                Some(m)
-            } else {
-                Some(indicatif::MultiProgress::with_draw_target(
-                    indicatif::ProgressDrawTarget::hidden(),
-                ))
-            };
-            let _ticker = progress.as_ref().filter(|m| m.is_hidden()).map(|_| {
-                output::Ticker::start(std::time::Duration::from_secs_f64(*progress_interval))
-            });
-            let opts = RunOptions {
-                jobs: jobs.unwrap_or(threads.min(4)),
+            executor,
+            mrbm,
+        } => run(
+            &cli,
+            &reg,
+            select,
+            &RunArgs {
+                jobs: *jobs,
                 keep_going: *keep_going,
-                device,
-                threads,
-                progress,
-            };
-            let results = exec::execute(&dag, &reg, &store, &memo, &opts, &cancel);
-            drop(_ticker);
-            let (entries, bytes, took) = mrbm_runner::integrity::stats();
-            tracing::info!(
-                "integrity: checked {entries} cached entries ({:.1} MB) against their manifests in {:.1} ms",
-                bytes as f64 / 1e6,
-                took.as_secs_f64() * 1e3
-            );
-            memo.save()?;
-            exec::save_record(&store, &dag, &results)?;
-            let run = history::record(
-                &dag,
-                &results,
-                &history::Request {
-                    file: select.file.clone(),
-                    profile,
-                    sets: select.set.clone(),
-                    sweeps: select.sweep.clone(),
-                    device: device.to_string(),
-                },
-            );
-            history::save(&store, &run)?;
-            // Tables, printed aligned.
-            for (node, r) in dag.nodes.iter().zip(&results) {
-                if node.kind == "table" && r.status.ok() {
-                    if let Some((_, dest)) = node.publish.first() {
-                        if let Ok(bytes) = std::fs::read(dest) {
-                            println!(
-                                "\n{} ({})",
-                                node.id.trim_start_matches("table:"),
-                                rel(dest, &dag.project_root)
-                            );
-                            print!("{}", table::render_aligned(&table::read_csv(&bytes)));
-                        }
-                    }
-                }
-            }
-            print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), device);
-            println!("recorded as run {} (mrbm runs, mrbm compare)", run.id);
-            if cancel.load(Ordering::Relaxed) {
-                return Err(RunnerError::Interrupted);
-            }
-            let failed: Vec<&Status> = results
-                .iter()
-                .map(|r| &r.status)
-                .filter(|s| matches!(s, Status::Failed { .. }))
-                .collect();
-            if failed.is_empty() {
-                Ok(0)
-            } else if failed
-                .iter()
-                .all(|s| matches!(s, Status::Failed { user: true, .. }))
-            {
-                Ok(2)
-            } else {
-                Ok(1)
-            }
-        }
+                device: dev_flag.clone(),
+                quiet: *quiet,
+                progress_interval: *progress_interval,
+                executor: executor.clone(),
+                mrbm: mrbm.clone(),
+            },
+        ),
         Command::Plan { select } => {
-            let (dag, _, _) = build_dag(select, &reg)?;
+            let (dag, _, _, _) = build_dag(select, &reg)?;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
-            let lines = plan::plan(&dag, &store, &memo)?;
+            let lines = Session::new(&reg, &store, &memo).plan(&dag)?;
             print!("{}", plan::render(&lines));
             memo.save()?;
             Ok(0)
         }
         Command::Dag { select, dot } => {
-            let (dag, _, _) = build_dag(select, &reg)?;
+            let (dag, _, _, _) = build_dag(select, &reg)?;
             print!(
                 "{}",
                 if *dot {
-                    render_dot(&dag)
+                    summary::render_dot(&dag)
                 } else {
-                    render_dag_text(&dag)
+                    summary::render_dag_text(&dag)
                 }
             );
             Ok(0)
         }
         Command::Show { what } => show(&cli, what),
+        Command::ExecStage { key, device } => exec_stage(&cli, &reg, key, device),
         Command::Runs {
             experiment,
             pin,
@@ -451,62 +380,27 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             project,
             data_root,
             force,
-        } => gc(
-            &cli,
-            &reg,
-            *dry_run,
-            *keep_runs,
-            project.clone(),
-            data_root.clone(),
-            *force,
-        ),
-        Command::Verify => {
-            let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
-            if !root.is_dir() {
-                return Err(RunnerError::Usage(format!(
-                    "no cache at {} (use --cache DIR)",
-                    root.display()
-                )));
-            }
-            let store = Store::open(&root)?;
-            let stale = store.clean_stale();
-            let (n, corrupt, moved) = store.verify_all()?;
-            for (k, why) in &corrupt {
-                println!("corrupt {k}: {why}");
-            }
-            for (k, id, dest) in &moved {
-                let from = if corrupt.iter().any(|(c, _)| c == k) {
-                    String::new()
-                } else {
-                    " (computed from a corrupt entry)".to_string()
-                };
-                println!("  moved {k} {id}{from} to {}", dest.display());
-            }
-            let bad = moved.len();
-            println!("verified {n} entries: {} ok, {bad} corrupt; removed {stale} stale temporary files or locks", n - bad);
-            Ok(if bad > 0 { 1 } else { 0 })
+        } => {
+            let project = project
+                .clone()
+                .unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+            let store = Store::open(&cache_dir(&cli.cache, &project))?;
+            let opts = GcOptions {
+                project,
+                data_root: data_root.clone(),
+                dry_run: *dry_run,
+                keep_runs: *keep_runs,
+                force: *force,
+            };
+            gc::collect(&store, &reg, &opts)
         }
+        Command::Verify => verify(&cli),
         Command::Devices { check } => device::print_devices(*check),
         Command::Kinds => {
             print!("{}", reg.describe_kinds());
             Ok(0)
         }
-        Command::Params { kind } => match reg.describe_params(kind) {
-            Some(text) => {
-                print!("{text}");
-                Ok(0)
-            }
-            None => {
-                let help = match mrbm_stage::nearest(kind, reg.kinds()) {
-                    Some(n) => format!("did you mean `{n}`? "),
-                    None => String::new(),
-                };
-                Err(RunnerError::Usage(format!(
-                    "no stage kind `{kind}`\n  help: {help}the kinds: {} (see `mrbm kinds`)",
-                    reg.kinds().collect::<Vec<_>>().join(", ")
-                )))
-            }
-        },
+        Command::Params { kind } => params(&reg, kind),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "mrbm", &mut std::io::stdout());
             Ok(0)
@@ -514,192 +408,239 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
     }
 }
 
-fn rel(p: &Path, root: &Path) -> String {
-    p.strip_prefix(root).unwrap_or(p).display().to_string()
-}
-
-/// The summary fits in this many columns (stage ids are shortened).
-const SUMMARY_WIDTH: usize = 100;
-/// Warnings listed per stage in the summary; the rest are in its log.
-const WARNINGS_SHOWN: usize = 5;
-
-fn print_summary(
-    dag: &Dag,
-    results: &[exec::NodeResult],
-    store: &Store,
-    total: f64,
-    device: mrbm_stage::Device,
-) {
-    print!("{}", summary_table(dag, results));
-    let count = |f: &dyn Fn(&Status) -> bool| results.iter().filter(|r| f(&r.status)).count();
-    println!(
-        "{} ran, {} cached, {} failed, {} skipped in {total:.2}s on {device} (cache {})",
-        count(&|s| matches!(s, Status::Ran)),
-        count(&|s| matches!(s, Status::Cached)),
-        count(&|s| matches!(s, Status::Failed { .. })),
-        count(&|s| matches!(s, Status::Skipped { .. } | Status::Cancelled)),
-        store.root.display()
-    );
-    print!("{}", summary_warnings(dag, results));
-    for (node, r) in dag.nodes.iter().zip(results) {
-        if let Status::Failed { message, .. } = &r.status {
-            eprintln!("\nerror: {} failed: {message}", node.id);
-            if let Some(l) = &r.log {
-                eprintln!("  log: {}", l.display());
-            }
-        }
+/// `mrbm verify`: re-hash every entry, quarantine the corrupt ones.
+fn verify(cli: &Cli) -> Result<u8, RunnerError> {
+    let root = cache_dir(&cli.cache, &std::env::current_dir().unwrap_or_default());
+    if !root.is_dir() {
+        return Err(RunnerError::Usage(format!(
+            "no cache at {} (use --cache DIR)",
+            root.display()
+        )));
     }
-}
-
-/// Stage, status, seconds and a short key (`mrbm show KEY` gives the
-/// entry's paths), within SUMMARY_WIDTH columns.
-fn summary_table(dag: &Dag, results: &[exec::NodeResult]) -> String {
-    let key_w = 12;
-    let secs: Vec<String> = results
-        .iter()
-        .map(|r| format!("{:.2}", r.seconds))
-        .collect();
-    let secs_w = secs.iter().map(String::len).max().unwrap_or(0).max(7);
-    // stage  status(9)  seconds  key
-    let id_w = SUMMARY_WIDTH
-        .saturating_sub(2 + 9 + 2 + secs_w + 2 + key_w)
-        .max(10);
-    let mut rows = vec![vec![
-        "stage".to_string(),
-        "status".into(),
-        "seconds".into(),
-        "key".into(),
-    ]];
-    for ((node, r), sec) in dag.nodes.iter().zip(results).zip(secs) {
-        let key = r
-            .key
-            .as_deref()
-            .map(|k| k.chars().take(key_w).collect())
-            .unwrap_or_else(|| "-".into());
-        rows.push(vec![
-            shorten(&node.id, id_w),
-            r.status.word().into(),
-            sec,
-            key,
-        ]);
+    let store = Store::open(&root)?;
+    let stale = store.clean_stale();
+    let (n, corrupt, moved) = store.verify_all()?;
+    for (k, why) in &corrupt {
+        println!("corrupt {k}: {why}");
     }
-    format!("\n{}", table::render_aligned(&rows))
-}
-
-/// `s` cut to `w` characters, the middle replaced by `..`.
-fn shorten(s: &str, w: usize) -> String {
-    let n = s.chars().count();
-    if n <= w {
-        return s.to_string();
-    }
-    let head = (w - 2) / 2;
-    let tail = w - 2 - head;
-    let chars: Vec<char> = s.chars().collect();
-    format!(
-        "{}..{}",
-        chars[..head].iter().collect::<String>(),
-        chars[n - tail..].iter().collect::<String>()
-    )
-}
-
-/// The warnings in the logs of the stages of this run, per stage.
-fn summary_warnings(dag: &Dag, results: &[exec::NodeResult]) -> String {
-    let mut s = String::new();
-    for (node, r) in dag.nodes.iter().zip(results) {
-        let Some(text) = r.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()) else {
-            continue;
+    for (k, id, dest) in &moved {
+        let from = if corrupt.iter().any(|(c, _)| c == k) {
+            String::new()
+        } else {
+            " (computed from a corrupt entry)".to_string()
         };
-        let w = output::warnings_in_log(&text);
-        if w.is_empty() {
-            continue;
-        }
-        if s.is_empty() {
-            s.push_str("\nwarnings:\n");
-        }
-        s.push_str(&format!(
-            "  {}{}:\n",
-            node.id,
-            if r.status == Status::Cached {
-                " (cached)"
-            } else {
-                ""
-            }
-        ));
-        for line in w.iter().take(WARNINGS_SHOWN) {
-            s.push_str(&format!("    {line}\n"));
-        }
-        if w.len() > WARNINGS_SHOWN {
-            s.push_str(&format!(
-                "    and {} more in its log (mrbm show {})\n",
-                w.len() - WARNINGS_SHOWN,
-                r.key
-                    .as_deref()
-                    .map(|k| &k[..k.len().min(12)])
-                    .unwrap_or(&node.id)
-            ));
-        }
+        println!("  moved {k} {id}{from} to {}", dest.display());
     }
-    s
-}
-
-fn render_dag_text(dag: &Dag) -> String {
-    let mut s = String::new();
-    for n in &dag.nodes {
-        let ins: Vec<String> = n
-            .inputs
-            .iter()
-            .map(|i| match &i.source {
-                dag::InputSource::Node { node, file } => format!(
-                    "{}={}{}",
-                    i.slot,
-                    dag.nodes[*node].id,
-                    file.as_ref().map(|f| format!("/{f}")).unwrap_or_default()
-                ),
-                dag::InputSource::External { path, .. } => format!("{}={}", i.slot, path.display()),
-            })
-            .collect();
-        s.push_str(&format!(
-            "{} ({}){}\n",
-            n.id,
-            n.kind,
-            if ins.is_empty() {
-                String::new()
-            } else {
-                format!(" <- {}", ins.join(", "))
-            }
-        ));
-    }
-    s
-}
-
-fn render_dot(dag: &Dag) -> String {
-    let mut s = String::from(
-        "digraph mrbm {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+    let bad = moved.len();
+    println!(
+        "verified {n} entries: {} ok, {bad} corrupt; removed {stale} stale temporary files or locks",
+        n - bad
     );
-    for (i, n) in dag.nodes.iter().enumerate() {
-        s.push_str(&format!(
-            "  n{i} [label=\"{}\\n({})\"];\n",
-            n.id.replace('"', "\\\""),
-            n.kind
+    Ok(if bad > 0 { 1 } else { 0 })
+}
+
+/// `mrbm params KIND`.
+fn params(reg: &Registry, kind: &str) -> Result<u8, RunnerError> {
+    let Some(text) = reg.describe_params(kind) else {
+        let help = match mrbm_stage::nearest(kind, reg.kinds()) {
+            Some(n) => format!("did you mean `{n}`? "),
+            None => String::new(),
+        };
+        return Err(RunnerError::Usage(format!(
+            "no stage kind `{kind}`\n  help: {help}the kinds: {} (see `mrbm kinds`)",
+            reg.kinds().collect::<Vec<_>>().join(", ")
+        )));
+    };
+    print!("{text}");
+    Ok(0)
+}
+
+/// What `mrbm run` was asked, besides the experiment.
+struct RunArgs {
+    jobs: Option<usize>,
+    keep_going: bool,
+    device: Option<String>,
+    quiet: bool,
+    progress_interval: f64,
+    executor: Option<String>,
+    mrbm: Option<PathBuf>,
+}
+
+/// Where the stages of a run go: this machine's threads, or Slurm.
+enum Target {
+    Local,
+    Slurm(Box<slurm::SlurmOptions>),
+}
+
+/// The executor asked for (--executor, else the experiment's `[executor]`).
+fn target(select: &Select, a: &RunArgs, decl: Option<ExecutorDecl>) -> Result<Target, RunnerError> {
+    let decl = decl.unwrap_or_default();
+    match a.executor.as_deref().or(decl.kind.as_deref()) {
+        None | Some("local") => Ok(Target::Local),
+        Some("slurm") => {
+            let mut o = decl.slurm;
+            if a.mrbm.is_some() {
+                o.mrbm = a.mrbm.clone();
+            }
+            if let Some(j) = a.jobs {
+                o.max_jobs = Some(j);
+            }
+            Ok(Target::Slurm(Box::new(o)))
+        }
+        Some(other) => Err(RunnerError::Usage(format!(
+            "{}: [executor] kind = \"{other}\": the executors are `local` and `slurm`",
+            select.file.display()
+        ))),
+    }
+}
+
+/// `mrbm run`: expand, resolve the device, run the plan in a session, then
+/// record and report.
+fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, RunnerError> {
+    let t0 = Instant::now();
+    let (dag, file_device, profile, file_executor) = build_dag(select, reg)?;
+    let spec = a
+        .device
+        .clone()
+        .or(file_device)
+        .unwrap_or_else(|| "auto".into());
+    let target = target(select, a, file_executor)?;
+    // On Slurm the nodes resolve the device: the machine that plans (a
+    // login node) may have no GPU.
+    let (device, where_, recorded) = match &target {
+        Target::Local => {
+            let d = device::resolve(&spec)?;
+            (d, d.to_string(), d.to_string())
+        }
+        Target::Slurm(_) => (
+            mrbm_stage::Device::Cpu,
+            format!("Slurm (device {spec} on the nodes)"),
+            format!("slurm:{spec}"),
+        ),
+    };
+    let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
+    // Shared with other runs; `mrbm gc` waits for it.
+    let _in_use = store.use_guard(false, &|| {
+        eprintln!(
+            "waiting for `mrbm gc` to finish with {}",
+            store.root.display()
+        )
+    })?;
+    store.clean_stale();
+    let memo = Memo::load(&store.root);
+    let cancel = cancel_on_interrupt();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let progress = progress_display(a.quiet);
+    let ticker = progress
+        .as_ref()
+        .filter(|m| m.is_hidden())
+        .map(|_| output::Ticker::start(std::time::Duration::from_secs_f64(a.progress_interval)));
+    let opts = RunOptions {
+        jobs: a.jobs.unwrap_or(threads.min(4)),
+        keep_going: a.keep_going,
+        device,
+        threads,
+        progress,
+    };
+    let session = Session::new(reg, &store, &memo);
+    let (results, timings) = match target {
+        Target::Local => (session.run(&dag, &opts, &cancel), Vec::new()),
+        Target::Slurm(o) => run_on_slurm(cli, &session, &dag, &opts, &cancel, *o, &spec)?,
+    };
+    drop(ticker);
+    let (entries, bytes, took) = mrbm_runner::integrity::stats();
+    tracing::info!(
+        "integrity: checked {entries} cached entries ({:.1} MB) against their manifests in {:.1} ms",
+        bytes as f64 / 1e6,
+        took.as_secs_f64() * 1e3
+    );
+    memo.save()?;
+    exec::save_record(&store, &dag, &results)?;
+    let request = history::Request {
+        file: select.file.clone(),
+        profile,
+        sets: select.set.clone(),
+        sweeps: select.sweep.clone(),
+        device: recorded,
+    };
+    let run = history::record(&dag, &results, &request);
+    history::save(&store, &run)?;
+    print!("{}", summary::tables(&dag, &results));
+    summary::print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), &where_);
+    if !timings.is_empty() {
+        println!("{}", slurm::timing_summary(&timings));
+    }
+    println!("recorded as run {} (mrbm runs, mrbm compare)", run.id);
+    if cancel.load(Ordering::Relaxed) {
+        return Err(RunnerError::Interrupted);
+    }
+    Ok(summary::exit_code(&results))
+}
+
+/// The session's plan run through the Slurm executor; with its jobs' timings.
+#[allow(clippy::type_complexity)]
+fn run_on_slurm(
+    cli: &Cli,
+    session: &Session,
+    dag: &Dag,
+    opts: &RunOptions,
+    cancel: &AtomicBool,
+    o: slurm::SlurmOptions,
+    spec: &str,
+) -> Result<(Vec<exec::NodeResult>, Vec<slurm::JobTiming>), RunnerError> {
+    if !slurm::available() {
+        return Err(RunnerError::Usage(
+            "--executor slurm: no Slurm controller answers `sinfo` here (is this a Slurm login node?)\n  help: run without --executor slurm (or with --executor local)".into(),
         ));
     }
-    for (i, n) in dag.nodes.iter().enumerate() {
-        for inp in &n.inputs {
-            match &inp.source {
-                dag::InputSource::Node { node, .. } => {
-                    s.push_str(&format!("  n{node} -> n{i} [label=\"{}\"];\n", inp.slot))
-                }
-                dag::InputSource::External { path, .. } => s.push_str(&format!(
-                    "  \"{}\" [shape=folder];\n  \"{}\" -> n{i} [label=\"{}\"];\n",
-                    path.display(),
-                    path.display(),
-                    inp.slot
-                )),
-            }
+    let say: Box<dyn Fn(String)> = match &opts.progress {
+        Some(m) if !m.is_hidden() => {
+            let m = m.clone();
+            Box::new(move |line: String| {
+                let _ = m.println(line);
+            })
         }
+        _ => Box::new(|line: String| eprintln!("{line}")),
+    };
+    let mut ex = slurm::SlurmExecutor::new(session.store, o, spec, cli.verbose, say)?;
+    let r = session.run_on(&mut ex, dag, opts, cancel);
+    Ok((r, ex.timings().to_vec()))
+}
+
+/// A flag Ctrl-C (or SIGTERM, SIGHUP) sets; a second one exits at once.
+fn cancel_on_interrupt() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if c.swap(true, Ordering::SeqCst) {
+            // Second Ctrl-C: leave now. Temporary entries are never
+            // trusted and our locks die with us, so the cache stays consistent.
+            // Our Slurm jobs go too.
+            slurm::scancel(&slurm::in_flight_ids());
+            eprintln!("\ninterrupted again: exiting");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing nothing new, cleaning up (Ctrl-C again to quit now)");
+    });
+    cancel
+}
+
+/// On a terminal: bars. Otherwise the bars are kept hidden and a line per
+/// running stage is printed every --progress-interval.
+fn progress_display(quiet: bool) -> Option<indicatif::MultiProgress> {
+    if quiet {
+        None
+    } else if std::io::stderr().is_terminal() {
+        let m = indicatif::MultiProgress::new();
+        output::set_display(&m);
+        Some(m)
+    } else {
+        Some(indicatif::MultiProgress::with_draw_target(
+            indicatif::ProgressDrawTarget::hidden(),
+        ))
     }
-    s.push_str("}\n");
-    s
 }
 
 fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
@@ -824,141 +765,69 @@ fn compare(cli: &Cli, ids: &[String], csv: bool, all_metrics: bool) -> Result<u8
     Ok(0)
 }
 
-fn gc(
-    cli: &Cli,
-    reg: &Registry,
-    dry_run: bool,
-    keep_runs: usize,
-    project: Option<PathBuf>,
-    data_root: Option<PathBuf>,
-    force: bool,
-) -> Result<u8, RunnerError> {
-    let project = project.unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-    let root = cache_dir(&cli.cache, &project);
-    let store = Store::open(&root)?;
-    // Exclusive: no run is using the cache while gc decides and deletes.
-    let _guard = store.use_guard(true, &|| {
-        eprintln!(
-            "waiting for the runs using {} to finish before collecting",
-            store.root.display()
-        )
-    })?;
-    let memo = Memo::load(&store.root);
-    let mut keep = std::collections::BTreeSet::new();
-    let exp_dir = project.join("experiments");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&exp_dir)
-        .map_err(|e| {
-            RunnerError::Usage(format!(
-                "{}: {e} (run gc from the project root or pass --project)",
-                exp_dir.display()
-            ))
-        })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    let mut problems = Vec::new();
-    for f in files {
-        let exp = match config::load(&f) {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
-        let mut profiles: Vec<Option<String>> = vec![None];
-        profiles.extend(exp.file.profiles.keys().cloned().map(Some));
-        for p in profiles {
-            let ov = Overrides {
-                profile: p.clone(),
-                data_root: data_root.clone(),
-                ..Default::default()
-            };
-            match dag::build(&exp, reg, &ov) {
-                Ok(dag) => {
-                    for l in plan::plan(&dag, &store, &memo)? {
-                        if let Some(k) = l.key {
-                            keep.insert(k);
-                        }
-                    }
-                }
-                Err(e) => problems.push(match &p {
-                    Some(p) => format!("{e} (profile `{p}`)"),
-                    None => e.to_string(),
-                }),
-            }
-        }
-    }
-    if !problems.is_empty() {
-        let list = problems
-            .iter()
-            .map(|p| format!("  {}", p.replace('\n', "\n  ")))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if !force {
-            return Err(RunnerError::Usage(format!(
-                "gc: {} experiment(s) under {} do not load, so what they use is unknown; nothing was deleted:\n{list}\n  help: fix them (a `data:` input needs --data-root or MRBM_DATA), or pass --force to delete what only they use",
-                problems.len(),
-                exp_dir.display()
-            )));
-        }
-        eprintln!("warning: --force: collecting although these do not load:\n{list}");
-    }
-    // The entries of the last runs of each experiment and of pinned runs.
-    let from_runs = history::kept_keys(&history::load_all(&store.root), keep_runs);
-    let by_runs = from_runs.difference(&keep).count();
-    keep.extend(from_runs);
-    let stale = if dry_run { 0 } else { store.clean_stale() };
-    let mut removed = 0u64;
-    let mut bytes = 0u64;
-    let mut busy = 0u64;
-    for k in store.keys() {
-        if !keep.contains(&k) {
-            // An entry whose key is locked is being written or replaced: leave it.
-            let Some(lock) = store.try_lock(&k)? else {
-                busy += 1;
-                println!("in use {k} (locked by a running stage): kept");
-                continue;
-            };
-            let dir = store.entry_dir(&k);
-            let size: u64 = walkdir::WalkDir::new(&dir)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum();
-            let id = store.manifest(&k).map(|m| m.stage_id).unwrap_or_default();
-            println!(
-                "{} {k} {id} ({:.1} MB)",
-                if dry_run { "would remove" } else { "removed" },
-                size as f64 / 1e6
-            );
-            if !dry_run {
-                // Rename first so a concurrent reader never sees a half-deleted entry.
-                let trash = store
-                    .root
-                    .join("tmp")
-                    .join(format!("gc-{k}.{}", std::process::id()));
-                std::fs::rename(&dir, &trash).map_err(|e| RunnerError::cache(&dir, e))?;
-                let _ = std::fs::remove_dir_all(&trash);
-            }
-            drop(lock);
-            removed += 1;
-            bytes += size;
-        }
-    }
-    println!(
-        "{} {removed} entries ({:.1} MB); kept {} ({by_runs} only for the last {keep_runs} runs or pinned runs){}; {stale} stale files cleaned",
-        if dry_run { "would remove" } else { "removed" },
-        bytes as f64 / 1e6,
-        keep.len(),
-        if busy > 0 {
-            format!(" and {busy} in use")
-        } else {
-            String::new()
-        }
+/// `mrbm exec-stage --cache DIR KEY`: what a Slurm job runs on its node.
+/// It reads the job the planner wrote into the shared cache and runs it
+/// with the same lock, temporary folder and atomic publish as a local run.
+/// Exit status: 0 published (or already there), 1 the stage failed, 2 a
+/// user error, 130 cancelled (scancel sends SIGTERM).
+fn exec_stage(cli: &Cli, reg: &Registry, key: &str, spec: &str) -> Result<u8, RunnerError> {
+    use mrbm_runner::executor::{run_job, Runtime, StageJob};
+    eprintln!(
+        "{}{:.3} on {} (key {key})",
+        slurm::STARTED,
+        slurm::unix_now(),
+        mrbm_runner::store::hostname()
     );
-    Ok(0)
+    let root = cli
+        .cache
+        .clone()
+        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
+        .ok_or_else(|| RunnerError::Usage("exec-stage needs --cache DIR".into()))?;
+    let store = Store::open(&root)?;
+    let mut job = StageJob::load(&StageJob::path_in(&store, key))?;
+    let device = device::resolve(spec)?;
+    // The threads of this node, not of the machine that planned.
+    job.threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memo = Memo::load(&store.root);
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("mrbm exec-stage: cancelled");
+            c.store(true, Ordering::SeqCst);
+        });
+    }
+    let rt = Runtime {
+        registry: reg,
+        memo: &memo,
+        device,
+        progress: None,
+        cancel: &cancel,
+    };
+    let r = run_job(&store, &job, &rt);
+    match &r.status {
+        Status::Ran | Status::Cached => {
+            eprintln!(
+                "mrbm exec-stage: {} {} on {device} in {:.2}s",
+                r.status.word(),
+                job.stage_id,
+                r.seconds
+            );
+            Ok(0)
+        }
+        Status::Failed { message, user } => {
+            eprintln!("error: {}: {message}", job.stage_id);
+            if let Some(l) = &r.log {
+                eprintln!("  log: {}", l.display());
+            }
+            Ok(if *user { 2 } else { 1 })
+        }
+        Status::Cancelled => Err(RunnerError::Interrupted),
+        Status::Skipped { because } => {
+            eprintln!("error: {}: skipped ({because})", job.stage_id);
+            Ok(1)
+        }
+    }
 }

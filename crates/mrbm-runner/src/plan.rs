@@ -12,8 +12,10 @@ use serde_json::Value;
 
 use crate::dag::Dag;
 use crate::error::RunnerError;
-use crate::exec::{load_record, resolve_input, stage_key, Resolved};
+use crate::exec::{load_record, Resolved};
 use crate::hashing::Memo;
+use crate::registry::Registry;
+use crate::session::{Cells, Session};
 use crate::store::{Found, Manifest, Store};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,33 +33,13 @@ pub struct PlanLine {
 
 pub fn plan(dag: &Dag, store: &Store, memo: &Memo) -> Result<Vec<PlanLine>, RunnerError> {
     let record = load_record(store, &dag.experiment);
+    let reg = Registry::from_stages(vec![]);
+    let session = Session::new(&reg, store, memo);
     let mut manifests: Vec<Option<Manifest>> = vec![None; dag.nodes.len()];
     let mut lines = Vec::new();
     for (i, node) in dag.nodes.iter().enumerate() {
-        let mut hashes = BTreeMap::new();
-        let mut pending: Option<String> = None;
-        for (k, inp) in node.inputs.iter().enumerate() {
-            match resolve_input(dag, store, memo, node, k, &|j| manifests[j].clone())? {
-                Resolved::Ready { hash, .. } => {
-                    hashes.insert(inp.slot.clone(), hash);
-                }
-                Resolved::Upstream { node: up } => {
-                    pending.get_or_insert_with(|| format!("upstream {} reruns", dag.nodes[up].id));
-                }
-                Resolved::Missing { path, declared } => {
-                    pending.get_or_insert_with(|| {
-                        format!(
-                            "input `{}` missing: {} ({declared})",
-                            inp.slot,
-                            path.display()
-                        )
-                    });
-                }
-                Resolved::BadFile { message } => {
-                    pending.get_or_insert(message);
-                }
-            }
-        }
+        let keyed = session.key(dag, i, 1, Cells::Pending, &|j| manifests[j].clone());
+        let pending = pending_reason(dag, node, keyed.inputs)?;
         let prev = record.stages.get(&node.id);
         // A parameter change is the most useful reason, even when an
         // upstream node also reruns.
@@ -66,45 +48,27 @@ pub fn plan(dag: &Dag, store: &Store, memo: &Memo) -> Result<Vec<PlanLine>, Runn
             diff("", &p.params, &node.params, &mut diffs);
             (!diffs.is_empty()).then(|| format!("param {}", diffs.join(", ")))
         });
-        let (status, key) = match pending {
-            Some(why) => (PlanStatus::Run(param_reason.unwrap_or(why)), None),
-            None => {
-                let key = stage_key(node, &hashes);
-                let found = store.find(&key, false);
-                if let Found::Hit(m) = found {
-                    manifests[i] = Some(m);
-                    (PlanStatus::Cached, Some(key))
-                } else if let Found::Corrupt(why) = found {
-                    (
-                        PlanStatus::Run(format!(
-                            "cache entry not whole ({why}): it goes to quarantine"
-                        )),
-                        Some(key),
-                    )
-                } else {
-                    let reason = match prev {
+        let (status, key) = match (pending, keyed.job) {
+            (Some(why), _) => (PlanStatus::Run(param_reason.unwrap_or(why)), None),
+            (None, None) => unreachable!("a node whose inputs are all ready has a key"),
+            (None, Some(job)) => {
+                let found = store.find(&job.key, false);
+                let status = match found {
+                    Found::Hit(m) => {
+                        manifests[i] = Some(m);
+                        PlanStatus::Cached
+                    }
+                    Found::Corrupt(why) => PlanStatus::Run(format!(
+                        "cache entry not whole ({why}): it goes to quarantine"
+                    )),
+                    Found::Absent => PlanStatus::Run(match prev {
                         None => "new".to_string(),
                         Some(p) => param_reason.unwrap_or_else(|| {
-                            if p.version != node.version {
-                                format!("implementation version {} -> {}", p.version, node.version)
-                            } else {
-                                let changed: Vec<String> = hashes
-                                    .iter()
-                                    .filter(|(s, h)| p.inputs.get(*s) != Some(*h))
-                                    .map(|(s, _)| format!("`{s}`"))
-                                    .collect();
-                                if !changed.is_empty() {
-                                    format!("input {} changed", changed.join(", "))
-                                } else if p.key == key {
-                                    "not in the cache (removed by gc or quarantined)".into()
-                                } else {
-                                    "key changed".into()
-                                }
-                            }
+                            why_rerun(p, node.version, &job.input_hashes(), &job.key)
                         }),
-                    };
-                    (PlanStatus::Run(reason), Some(key))
-                }
+                    }),
+                };
+                (status, Some(job.key))
             }
         };
         lines.push(PlanLine {
@@ -114,6 +78,63 @@ pub fn plan(dag: &Dag, store: &Store, memo: &Memo) -> Result<Vec<PlanLine>, Runn
         });
     }
     Ok(lines)
+}
+
+/// Why the node's key cannot be known yet (the first input that says so),
+/// or None when every input is resolved.
+fn pending_reason(
+    dag: &Dag,
+    node: &crate::dag::Node,
+    inputs: Vec<Result<Resolved, RunnerError>>,
+) -> Result<Option<String>, RunnerError> {
+    let mut pending: Option<String> = None;
+    for (inp, r) in node.inputs.iter().zip(inputs) {
+        match r {
+            Ok(Resolved::Ready { .. }) => {}
+            Ok(Resolved::Upstream { node: up }) => {
+                pending.get_or_insert_with(|| format!("upstream {} reruns", dag.nodes[up].id));
+            }
+            Ok(Resolved::Missing { path, declared }) => {
+                pending.get_or_insert_with(|| {
+                    format!(
+                        "input `{}` missing: {} ({declared})",
+                        inp.slot,
+                        path.display()
+                    )
+                });
+            }
+            Ok(Resolved::BadFile { message }) => {
+                pending.get_or_insert(message);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(pending)
+}
+
+/// Why a node that ran before must run again: a new implementation
+/// version, changed inputs, or an entry that is gone.
+fn why_rerun(
+    p: &crate::exec::StageRecord,
+    version: u32,
+    hashes: &BTreeMap<String, String>,
+    key: &str,
+) -> String {
+    if p.version != version {
+        return format!("implementation version {} -> {}", p.version, version);
+    }
+    let changed: Vec<String> = hashes
+        .iter()
+        .filter(|(s, h)| p.inputs.get(*s) != Some(*h))
+        .map(|(s, _)| format!("`{s}`"))
+        .collect();
+    if !changed.is_empty() {
+        format!("input {} changed", changed.join(", "))
+    } else if p.key == key {
+        "not in the cache (removed by gc or quarantined)".into()
+    } else {
+        "key changed".into()
+    }
 }
 
 /// Leaf-level differences between two canonical parameter trees.

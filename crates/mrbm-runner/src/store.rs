@@ -4,8 +4,9 @@
 //! CACHE/entries/KEY/manifest.json   what made it: kind, params, inputs, file hashes, timings
 //! CACHE/entries/KEY/log.txt         the stage's log
 //! CACHE/entries/KEY/out/...         the stage's files (and metrics.json)
-//! CACHE/tmp/KEY.PID.N/              an entry being written (never trusted)
+//! CACHE/tmp/KEY.PID.N.HOST/         an entry being written (never trusted)
 //! CACHE/locks/KEY.lock              "pid host time" of the process computing KEY
+//! CACHE/resume/KEY/                checkpoints of a stage still computing KEY (removed on publish)
 //! CACHE/quarantine/                 entries that `mrbm verify` found corrupt
 //! CACHE/runs/EXPERIMENT.json        the last run's keys and params, for `plan`
 //! CACHE/history/RUN.json            every run: arguments, commit, device, keys, metrics (history.rs)
@@ -64,6 +65,9 @@ pub struct Manifest {
     pub seconds: f64,
     pub tool_version: String,
     pub host: String,
+    /// The Slurm job that computed it (`--executor slurm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<String>,
 }
 
 /// What [`Store::find`] found at a key.
@@ -134,26 +138,10 @@ pub fn now_rfc3339() -> String {
     )
 }
 
-/// Write through a temporary file in the same folder, fsync, rename.
+/// Write through a temporary file in the same folder, fsync, rename
+/// ([`mrbm_stage::write_atomic_io`], with the runner's error).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunnerError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| RunnerError::cache(dir, e))?;
-    }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| RunnerError::cache(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        RunnerError::cache(&tmp, e)
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        RunnerError::cache(path, e)
-    })
+    mrbm_stage::write_atomic_io(path, bytes).map_err(|(p, e)| RunnerError::cache(&p, e))
 }
 
 pub enum LockOutcome {
@@ -357,12 +345,15 @@ impl Store {
         serde_json::from_slice(&bytes).map_err(|e| RunnerError::cache(&p, e))
     }
 
-    /// A fresh temporary directory for building the entry `key`.
+    /// A fresh temporary directory for building the entry `key`. Its name
+    /// holds the process and the host, so that on a cache shared between
+    /// hosts (Slurm) only the host that made it judges whether it is stale.
     pub fn tmp_dir(&self, key: &str) -> Result<PathBuf, RunnerError> {
         let d = self.root.join("tmp").join(format!(
-            "{key}.{}.{}",
+            "{key}.{}.{}.{}",
             std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+            hostname()
         ));
         std::fs::create_dir_all(d.join("out")).map_err(|e| RunnerError::cache(&d, e))?;
         Ok(d)
@@ -779,8 +770,11 @@ impl Store {
         if let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
-                if let Some(pid) = pid {
+                let mut parts = name.splitn(4, '.');
+                let pid = parts.nth(1).and_then(|p| p.parse::<u32>().ok());
+                // KEY.PID.N.HOST; older names have no host (this one's).
+                let here = parts.nth(1).is_none_or(|h| h == hostname());
+                if let Some(pid) = pid.filter(|_| here) {
                     if pid != std::process::id()
                         && !pid_alive(pid)
                         && std::fs::remove_dir_all(e.path()).is_ok()
@@ -999,6 +993,25 @@ mod tests {
     }
 
     #[test]
+    fn clean_stale_leaves_other_hosts_temporary_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        // A pid that cannot be alive here (beyond pid_max on Linux).
+        let here = d.path().join(format!("tmp/k.4194999.0.{}", hostname()));
+        let old = d.path().join("tmp/k.4194999.1");
+        let there = d.path().join("tmp/k.4194999.2.some-other-host");
+        for p in [&here, &old, &there] {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        assert_eq!(s.clean_stale(), 2);
+        assert!(!here.exists() && !old.exists());
+        assert!(there.exists(), "a live entry of another host was removed");
+        let t = s.tmp_dir("k").unwrap();
+        let name = t.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.ends_with(&format!(".{}", hostname())), "{name}");
+    }
+
+    #[test]
     fn clean_stale_clears_locks_of_reused_pids() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
@@ -1032,6 +1045,7 @@ mod tests {
             seconds: 0.0,
             tool_version: String::new(),
             host: String::new(),
+            slurm_job: None,
         };
         let tmp = s.tmp_dir("k").unwrap();
         s.publish(&tmp, &m).unwrap();

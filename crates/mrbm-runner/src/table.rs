@@ -125,7 +125,8 @@ impl Stage for TableStage {
     }
 }
 
-/// Where each cell came from: stage, key, device, host, start time; the
+/// Where each cell came from: stage, key, device, host, start time (and
+/// Slurm job, when one computed it); the
 /// devices used, once each, at the top. Missing cells say so.
 pub fn provenance(p: &TableParams, manifest_of: impl Fn(&str) -> Option<Manifest>) -> JsonValue {
     let mut devices: Vec<String> = Vec::new();
@@ -146,6 +147,9 @@ pub fn provenance(p: &TableParams, manifest_of: impl Fn(&str) -> Option<Manifest
                     o["started"] = m.started.into();
                     o["seconds"] = m.seconds.into();
                     o["mrbm"] = m.tool_version.into();
+                    if let Some(j) = m.slurm_job {
+                        o["slurm_job"] = j.into();
+                    }
                 }
                 None => o["status"] = MISSING.into(),
             }
@@ -485,6 +489,7 @@ mod tests {
                 seconds: 1.5,
                 tool_version: "mrbm 0.1.0".into(),
                 host: "h".into(),
+                slurm_job: None,
             })
         });
         assert_eq!(prov["devices"], serde_json::json!(["wgpu:0 (llvmpipe)"]));

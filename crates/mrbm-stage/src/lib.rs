@@ -162,6 +162,25 @@ pub fn is_timing_metric(name: &str) -> bool {
     name == "seconds" || name.ends_with("_seconds") || name.ends_with("per_second")
 }
 
+/// Parameters that say how a stage runs, not what it computes (how often
+/// it checkpoints): they can never change its outputs, so the runner leaves
+/// them out of the stage key. A stage kind may accept any of them.
+pub const RUN_ONLY_PARAMS: &[&str] = &["checkpoint_every", "checkpoint_minutes"];
+
+/// The canonical parameters as the stage key sees them: without
+/// [`RUN_ONLY_PARAMS`].
+pub fn key_params(params: &JsonValue) -> JsonValue {
+    match params {
+        JsonValue::Object(m) => JsonValue::Object(
+            m.iter()
+                .filter(|(k, _)| !RUN_ONLY_PARAMS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        v => v.clone(),
+    }
+}
+
 /// Everything a running stage may use.
 pub struct StageContext<'a> {
     /// Readable id, e.g. `train[N=255,lr=0.03]`.
@@ -178,6 +197,11 @@ pub struct StageContext<'a> {
     pub progress: Option<&'a indicatif::MultiProgress>,
     pub cancel: &'a AtomicBool,
     pub log: &'a Mutex<Box<dyn std::io::Write + Send>>,
+    /// A folder kept across runs for this stage key (`CACHE/resume/KEY/`),
+    /// where a long stage keeps checkpoints to resume from after an
+    /// interruption; the runner removes it once the entry is published.
+    /// None: no resuming (tests, one-off runs).
+    pub resume_dir: Option<&'a Path>,
 }
 
 impl<'a> StageContext<'a> {
@@ -302,6 +326,56 @@ pub trait Stage: Send + Sync {
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError>;
 }
 
+/// A stage kind with typed parameters: the runner-facing [`Stage`] comes
+/// from a blanket impl, which parses and canonicalises `Params` (unknown
+/// keys get "did you mean"), runs [`TypedStage::validate`], and hands `run`
+/// the typed parameters. Use `#[serde(default)]` on the struct and one
+/// `Default` impl so that writing a default explicitly changes no key.
+pub trait TypedStage: Send + Sync {
+    /// The `kind = "..."` name in pipeline files.
+    const KIND: &'static str;
+    /// Bump whenever the outputs for the same parameters and inputs change.
+    const VERSION: u32;
+    const INPUTS: &'static [InputSlot];
+    /// One line for `mrbm kinds`.
+    const ABOUT: &'static str = "";
+    /// Whether it runs tensor work on the selected device.
+    const USES_DEVICE: bool = false;
+    type Params: DeserializeOwned + Serialize + Default;
+    /// Checks serde cannot express (ranges, combinations).
+    fn validate(_params: &Self::Params) -> Result<(), ParamError> {
+        Ok(())
+    }
+    fn run(&self, ctx: &StageContext, params: Self::Params) -> Result<Metrics, StageError>;
+}
+
+impl<T: TypedStage> Stage for T {
+    fn kind(&self) -> &'static str {
+        T::KIND
+    }
+    fn version(&self) -> u32 {
+        T::VERSION
+    }
+    fn inputs(&self) -> &'static [InputSlot] {
+        T::INPUTS
+    }
+    fn about(&self) -> &'static str {
+        T::ABOUT
+    }
+    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
+        let (typed, canon) = parse_params::<T::Params>(raw)?;
+        T::validate(&typed)?;
+        Ok(canon)
+    }
+    fn uses_device(&self) -> bool {
+        T::USES_DEVICE
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+        let params = ctx.typed_params::<T::Params>()?;
+        TypedStage::run(self, ctx, params)
+    }
+}
+
 /// Parse raw TOML parameters into `T` (which should use
 /// `#[serde(deny_unknown_fields)]` and defaults) and return it with its
 /// canonical JSON form. Unknown keys get the nearest valid key suggested.
@@ -422,21 +496,60 @@ pub fn check_memory(bytes: f64, what: &str) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename, so a
-/// crash never leaves a half-written file behind.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
+/// Write `bytes` to `path` through a temporary file in the same folder
+/// (created if need be), fsync and a rename, so a crash never leaves a
+/// half-written file behind and the content is on disk once it returns.
+/// The temporary file never stays behind, whatever fails. Err: the path at
+/// fault and why. The one implementation every crate uses.
+pub fn write_atomic_io(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    // Never leave the temporary file behind, whatever fails.
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            StageError::io(path, e)
-        })
+    let written =
+        std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err((tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        (path.to_path_buf(), e)
+    })
+}
+
+/// [`write_atomic_io`] for stages.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
+    write_atomic_io(path, bytes).map_err(|(p, e)| StageError::io(p, e))
+}
+
+/// The message a panic carried (`panic!("...")` or a formatted one).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+}
+
+/// A rayon pool of `threads` threads (at least one): stages run their
+/// parallel work in it to stay within their share of the machine.
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, StageError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| StageError::failed(format!("cannot start {threads} threads: {e}")))
+}
+
+/// Run `f` in a [`thread_pool`] of `threads` threads.
+pub fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, StageError> {
+    Ok(thread_pool(threads)?.install(f))
 }
 
 #[cfg(test)]
@@ -457,6 +570,90 @@ mod tests {
     }
 
     #[test]
+    fn write_atomic_replaces_the_whole_file_and_makes_its_folder() {
+        let d = tempdir_for("wa-ok");
+        let target = d.join("sub").join("t.csv");
+        write_atomic(&target, b"first, longer").unwrap();
+        write_atomic(&target, b"2").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"2");
+        let names: Vec<_> = std::fs::read_dir(d.join("sub")).unwrap().collect();
+        let _ = std::fs::remove_dir_all(&d);
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    fn tempdir_for(what: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("mrbm-stage-{what}-{}", std::process::id()))
+    }
+
+    /// Scales its parameter; refuses a negative factor.
+    struct Scale;
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct ScaleParams {
+        factor: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    }
+    impl TypedStage for Scale {
+        const KIND: &'static str = "scale";
+        const VERSION: u32 = 2;
+        const INPUTS: &'static [InputSlot] = &[];
+        type Params = ScaleParams;
+        fn validate(p: &ScaleParams) -> Result<(), ParamError> {
+            if p.factor < 0.0 {
+                return Err(ParamError::new("factor", "must not be negative"));
+            }
+            Ok(())
+        }
+        fn run(&self, _ctx: &StageContext, p: ScaleParams) -> Result<Metrics, StageError> {
+            Ok(Metrics::from([("y".to_string(), 2.0 * p.factor)]))
+        }
+    }
+
+    #[test]
+    fn a_typed_stage_is_a_stage_with_canonical_checked_params() {
+        let s: &dyn Stage = &Scale;
+        assert_eq!(
+            (s.kind(), s.version(), s.uses_device()),
+            ("scale", 2, false)
+        );
+        let t = |text: &str| -> toml::Table { toml::from_str(text).unwrap() };
+        // Defaults filled in; an unset optional leaves the canonical form alone.
+        assert_eq!(
+            s.params(&t("")).unwrap(),
+            serde_json::json!({"factor": 0.0})
+        );
+        assert_eq!(
+            s.params(&t("factor = 0.0")).unwrap(),
+            s.params(&t("")).unwrap()
+        );
+        let e = s.params(&t("factr = 1.0")).unwrap_err();
+        assert_eq!(e.suggestion.as_deref(), Some("factor"));
+        let e = s.params(&t("factor = -1.0")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("factor"));
+        let canon = s.params(&t("factor = 1.5")).unwrap();
+        let (m, _) = with_ctx_params(&canon, |ctx| s.run(ctx).unwrap());
+        assert_eq!(m["y"], 3.0);
+    }
+
+    #[test]
+    fn panic_messages_are_read_from_either_payload() {
+        let s = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(s.as_ref()).as_deref(), Some("plain"));
+        let n = 3;
+        let f = std::panic::catch_unwind(|| panic!("formatted {n}")).unwrap_err();
+        assert_eq!(panic_message(f.as_ref()).as_deref(), Some("formatted 3"));
+        let o = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(o.as_ref()), None);
+    }
+
+    #[test]
+    fn the_pool_has_the_threads_asked_for_and_at_least_one() {
+        assert_eq!(in_pool(3, rayon::current_num_threads).unwrap(), 3);
+        assert_eq!(in_pool(0, rayon::current_num_threads).unwrap(), 1);
+    }
+
+    #[test]
     fn write_atomic_leaves_no_temporary_file_when_it_fails() {
         let d = std::env::temp_dir().join(format!("mrbm-stage-wa-{}", std::process::id()));
         let target = d.join("t.csv");
@@ -465,6 +662,26 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
         let _ = std::fs::remove_dir_all(&d);
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    /// A context with these parameters and a log nobody reads.
+    fn with_ctx_params<R>(params: &JsonValue, f: impl FnOnce(&StageContext) -> R) -> (R, ()) {
+        let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
+        let inputs = BTreeMap::new();
+        let cancel = AtomicBool::new(false);
+        let ctx = StageContext {
+            stage_id: "scale",
+            params,
+            inputs: &inputs,
+            out_dir: Path::new("."),
+            device: Device::Cpu,
+            threads: 1,
+            progress: None,
+            cancel: &cancel,
+            log: &log,
+            resume_dir: None,
+        };
+        (f(&ctx), ())
     }
 
     fn with_ctx<R>(
@@ -497,6 +714,7 @@ mod tests {
             progress,
             cancel: &cancel,
             log: &log,
+            resume_dir: None,
         };
         let r = f(&ctx);
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

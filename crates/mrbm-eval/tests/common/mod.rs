@@ -140,6 +140,7 @@ pub fn run(
         progress: None,
         cancel: &cancel,
         log: &log,
+        resume_dir: None,
     };
     s.run(&ctx)
 }

@@ -1,0 +1,676 @@
+//! The seam between the session, which keeps the DAG and decides what is
+//! ready, and the place where a ready stage runs.
+//!
+//! The session resolves a node's inputs against the manifests of its
+//! finished upstream nodes, computes its key, and hands an [`Executor`] a
+//! [`StageJob`]: everything needed to run that one stage given only the
+//! cache directory. A job is plain data (serde), so another process can read
+//! it from `CACHE/jobs/KEY.json` and run it with [`run_job`], which is what
+//! every executor calls: lock the key, re-check the cache, run the stage in
+//! a temporary folder, write the manifest, publish atomically.
+//!
+//! [`LocalExecutor`] runs jobs on a pool of threads of this process.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mrbm_stage::{Device, JsonValue, StageContext, StageError};
+use serde::{Deserialize, Serialize};
+
+use crate::error::RunnerError;
+use crate::exec::{NodeResult, Status, TOOL_VERSION};
+use crate::hashing::Memo;
+use crate::integrity;
+use crate::registry::Registry;
+use crate::store::{self, Found, LockOutcome, Manifest, Store};
+
+/// One input of a job, resolved: what the stage reads and what its key took.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInput {
+    pub slot: String,
+    /// The file or folder the stage reads; None for a table's cell whose
+    /// stage produced nothing (its hash then says `missing:ID`).
+    pub path: Option<PathBuf>,
+    /// The content hash the key was computed from.
+    pub hash: String,
+    /// Where it came from (upstream id or path), for people.
+    pub source: Option<String>,
+    /// The cache key of the upstream entry, for inputs from other stages.
+    pub upstream_key: Option<String>,
+    /// A file outside the cache: hashed again after the stage ran, and
+    /// nothing is cached when it changed meanwhile.
+    pub external: bool,
+}
+
+/// Everything needed to run one stage given only the cache directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageJob {
+    /// The job's id within its session (the node's index in the plan).
+    pub job: usize,
+    /// Readable stage id, e.g. `train[N=255,lr=0.03]`.
+    pub stage_id: String,
+    pub kind: String,
+    pub version: u32,
+    /// Canonical parameters.
+    pub params: JsonValue,
+    /// The stage key (see [`crate::exec::stage_key`]).
+    pub key: String,
+    pub inputs: Vec<JobInput>,
+    /// Whether the stage runs tensor work on the accelerator.
+    pub uses_device: bool,
+    /// Threads the stage may use.
+    pub threads: usize,
+}
+
+impl StageJob {
+    /// Input slot -> content hash, as the key took them.
+    pub fn input_hashes(&self) -> BTreeMap<String, String> {
+        self.inputs
+            .iter()
+            .map(|i| (i.slot.clone(), i.hash.clone()))
+            .collect()
+    }
+
+    /// Where a job for `key` is written for another process to run.
+    pub fn path_in(store: &Store, key: &str) -> PathBuf {
+        store.root.join("jobs").join(format!("{key}.json"))
+    }
+
+    /// Write the job to `CACHE/jobs/KEY.json` (atomically) and return the path.
+    pub fn save(&self, store: &Store) -> Result<PathBuf, RunnerError> {
+        let path = Self::path_in(store, &self.key);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| RunnerError::cache(&path, e))?;
+        store::write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+
+    pub fn load(path: &Path) -> Result<StageJob, RunnerError> {
+        let bytes = std::fs::read(path).map_err(|e| RunnerError::cache(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| RunnerError::cache(path, e))
+    }
+}
+
+/// What the process running a job brings: the stage kinds, the resolved
+/// device, the hash memo, the display and the cancel flag.
+pub struct Runtime<'a> {
+    pub registry: &'a Registry,
+    pub memo: &'a Memo,
+    pub device: Device,
+    pub progress: Option<&'a indicatif::MultiProgress>,
+    pub cancel: &'a AtomicBool,
+}
+
+fn result(status: Status, t0: Instant) -> NodeResult {
+    NodeResult {
+        status,
+        key: None,
+        seconds: t0.elapsed().as_secs_f64(),
+        log: None,
+        manifest: None,
+    }
+}
+
+fn failed(message: String, user: bool, log: Option<PathBuf>, t0: Instant) -> NodeResult {
+    NodeResult {
+        log,
+        ..result(Status::Failed { message, user }, t0)
+    }
+}
+
+fn cached(store: &Store, key: &str, manifest: Manifest, t0: Instant) -> NodeResult {
+    NodeResult {
+        key: Some(key.to_string()),
+        log: Some(store.entry_dir(key).join("log.txt")),
+        manifest: Some(manifest),
+        ..result(Status::Cached, t0)
+    }
+}
+
+/// Run one ready job against the cache: reuse its entry when it is there
+/// and whole, else take the key's lock, run the stage into a temporary
+/// folder and publish the entry atomically. Publishing to `results/` is the
+/// session's business, not the executor's.
+pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
+    let t0 = Instant::now();
+    let Some(stage) = rt.registry.get(&job.kind) else {
+        return failed(
+            format!("no stage kind `{}` in this build of mrbm", job.kind),
+            true,
+            None,
+            t0,
+        );
+    };
+    let lock = match acquire(store, job, rt) {
+        Ok(Acquired::Lock(l)) => l,
+        Ok(Acquired::Cached(m)) => return cached(store, &job.key, *m, t0),
+        Err(RunnerError::Interrupted) => return result(Status::Cancelled, t0),
+        Err(e) => return failed(e.to_string(), false, None, t0),
+    };
+    let tmp = match store.tmp_dir(&job.key) {
+        Ok(t) => t,
+        Err(e) => return failed(e.to_string(), false, None, t0),
+    };
+    let log_path = tmp.join("log.txt");
+    // Lines are echoed as they are logged (`-v`), and warnings on stderr
+    // when no terminal display shows them.
+    let echo_warnings = matches!(rt.progress, Some(m) if m.is_hidden());
+    let log_file: Box<dyn std::io::Write + Send> = match std::fs::File::create(&log_path) {
+        Ok(f) => Box::new(crate::output::LogTee::new(f, &job.stage_id, echo_warnings)),
+        Err(e) => return failed(format!("{}: {e}", log_path.display()), false, None, t0),
+    };
+    let log = Mutex::new(log_file);
+    let keep_failed_log = |msg: &str| -> Option<PathBuf> {
+        // Keep the log of a failed stage where the user can read it.
+        if let Ok(mut w) = log.lock() {
+            let _ = writeln!(w, "error: {msg}");
+        }
+        let dir = store.root.join("failed");
+        let _ = std::fs::create_dir_all(&dir);
+        let dest = dir.join(format!("{}.log", sanitize(&job.stage_id)));
+        let _ = std::fs::copy(&log_path, &dest);
+        let _ = std::fs::remove_dir_all(&tmp);
+        Some(dest)
+    };
+    let started = store::now_rfc3339();
+    let paths: BTreeMap<String, PathBuf> = job
+        .inputs
+        .iter()
+        .filter_map(|i| Some((i.slot.clone(), i.path.clone()?)))
+        .collect();
+    // Checkpoints of an interrupted run of this key live here until it is published.
+    let resume_dir = store.root.join("resume").join(&job.key);
+    let ctx = StageContext {
+        stage_id: &job.stage_id,
+        params: &job.params,
+        inputs: &paths,
+        out_dir: &tmp.join("out"),
+        device: rt.device,
+        threads: job.threads,
+        progress: rt.progress,
+        cancel: rt.cancel,
+        log: &log,
+        resume_dir: Some(&resume_dir),
+    };
+    ctx.log(format!(
+        "{} {} (key {}) on {} at {started}",
+        job.kind, job.stage_id, job.key, rt.device
+    ));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)));
+    let metrics = match outcome {
+        Ok(Ok(m)) => m,
+        Ok(Err(StageError::Cancelled)) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return result(Status::Cancelled, t0);
+        }
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            return failed(msg.clone(), e.is_user_error(), keep_failed_log(&msg), t0);
+        }
+        Err(panic) => {
+            let msg = format!(
+                "internal error in stage kind `{}`: {} (this is a bug in mrbm; please report it with the log)",
+                job.kind,
+                mrbm_stage::panic_message(panic.as_ref()).unwrap_or_else(|| "unknown panic".into())
+            );
+            return failed(msg.clone(), false, keep_failed_log(&msg), t0);
+        }
+    };
+    if rt.cancel.load(Ordering::Relaxed) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return NodeResult {
+            seconds: 0.0,
+            ..result(Status::Cancelled, t0)
+        };
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let entry = Entry {
+        tmp: &tmp,
+        metrics: &metrics,
+        device: rt.device,
+        started,
+        seconds,
+    };
+    drop(log.lock().map(|mut w| w.flush()));
+    match publish_entry(store, job, rt.memo, &entry) {
+        Ok(m) => {
+            drop(lock);
+            NodeResult {
+                status: Status::Ran,
+                key: Some(job.key.clone()),
+                seconds,
+                log: Some(store.entry_dir(&job.key).join("log.txt")),
+                manifest: Some(m),
+            }
+        }
+        Err(e) => {
+            let user = e.exit_code() == 2;
+            let lp = keep_failed_log(&e.to_string());
+            failed(e.to_string(), user, lp, t0)
+        }
+    }
+}
+
+enum Acquired {
+    Lock(store::KeyLock),
+    Cached(Box<Manifest>),
+}
+
+/// The cache entry, checked against its manifest before anything reads it;
+/// or the key's lock, to compute it. A corrupt entry and the entries
+/// computed from it go to quarantine (under the lock) and the stage runs
+/// again.
+fn acquire(store: &Store, job: &StageJob, rt: &Runtime) -> Result<Acquired, RunnerError> {
+    let key = &job.key;
+    let waiting = |owner: &str| {
+        eprintln!(
+            "  waiting {} (being computed by process {owner})",
+            job.stage_id
+        )
+    };
+    loop {
+        // A corrupt entry is replaced under the lock, so the lock is taken
+        // even though an entry is there.
+        let absent = match integrity::check(store, key) {
+            Found::Hit(m) => return Ok(Acquired::Cached(Box::new(m))),
+            Found::Absent => true,
+            Found::Corrupt(_) => false,
+        };
+        match store.lock_with(key, absent, &|| rt.cancel.load(Ordering::Relaxed), &waiting)? {
+            LockOutcome::Published => {
+                // Published by another process: checked at the loop's top.
+                // A corrupt one is quarantined by whoever holds the lock.
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            LockOutcome::Acquired(l) => {
+                return match integrity::check(store, key) {
+                    Found::Hit(m) => {
+                        drop(l);
+                        Ok(Acquired::Cached(Box::new(m)))
+                    }
+                    Found::Absent => Ok(Acquired::Lock(l)),
+                    Found::Corrupt(why) => {
+                        let moved = store.quarantine_with_descendants(key)?;
+                        eprintln!(
+                            "  corrupt {}: cache entry {}: {why}; moved it{} to {}, computing it again",
+                            job.stage_id,
+                            &key[..12],
+                            if moved.len() > 1 {
+                                format!(" and the {} entries computed from it", moved.len() - 1)
+                            } else {
+                                String::new()
+                            },
+                            store.root.join("quarantine").display()
+                        );
+                        Ok(Acquired::Lock(l))
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// What a finished stage left in its temporary folder.
+struct Entry<'a> {
+    tmp: &'a Path,
+    metrics: &'a mrbm_stage::Metrics,
+    device: Device,
+    started: String,
+    seconds: f64,
+}
+
+/// Write metrics.json, re-check the external inputs, hash the outputs and
+/// publish the entry with its manifest.
+fn publish_entry(
+    store: &Store,
+    job: &StageJob,
+    memo: &Memo,
+    e: &Entry,
+) -> Result<Manifest, RunnerError> {
+    let bytes =
+        serde_json::to_vec_pretty(e.metrics).map_err(|err| RunnerError::cache(e.tmp, err))?;
+    store::write_atomic(&e.tmp.join("out").join(store::METRICS), &bytes)?;
+    // Inputs changed while the stage ran: fail rather than cache a lie.
+    for inp in job.inputs.iter().filter(|i| i.external) {
+        let Some(path) = &inp.path else { continue };
+        let now = memo
+            .path(path)
+            .map_err(|err| RunnerError::Data(format!("{}: {err}", path.display())))?;
+        if inp.hash != now {
+            return Err(RunnerError::Data(format!(
+                "input `{}` ({}) changed while `{}` ran; nothing was cached, run again",
+                inp.slot,
+                path.display(),
+                job.stage_id
+            )));
+        }
+    }
+    let (files, output_hash) = store.hash_outputs(e.tmp, e.metrics)?;
+    let manifest = Manifest {
+        key: job.key.clone(),
+        stage_id: job.stage_id.clone(),
+        kind: job.kind.clone(),
+        version: job.version,
+        params: job.params.clone(),
+        inputs: job.input_hashes(),
+        input_sources: job
+            .inputs
+            .iter()
+            .filter_map(|i| Some((i.slot.clone(), i.source.clone()?)))
+            .collect(),
+        input_keys: job
+            .inputs
+            .iter()
+            .filter_map(|i| Some((i.slot.clone(), i.upstream_key.clone()?)))
+            .collect(),
+        files,
+        output_hash,
+        metrics: e.metrics.clone(),
+        device: e.device.to_string(),
+        started: e.started.clone(),
+        seconds: e.seconds,
+        tool_version: TOOL_VERSION.to_string(),
+        host: store::hostname(),
+        // Set by Slurm in a job (`mrbm exec-stage` under `--executor slurm`).
+        slurm_job: std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty()),
+    };
+    store.publish(e.tmp, &manifest)?;
+    // The entry is published: its resume checkpoints are no longer needed.
+    let _ = std::fs::remove_dir_all(store.root.join("resume").join(&manifest.key));
+    Ok(manifest)
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "=-_,.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Where ready jobs run. The session submits a job once all its inputs are
+/// published, never more than `capacity()` at a time, and collects results
+/// with `wait_any`.
+pub trait Executor {
+    /// How many jobs may be in flight at once.
+    fn capacity(&self) -> usize;
+    /// Whether jobs that use the accelerator must run one at a time (they
+    /// share one device); the session then submits one such job at a time.
+    fn serial_device(&self) -> bool {
+        false
+    }
+    /// Start a job (it runs in the background).
+    fn submit(&mut self, job: StageJob) -> Result<(), RunnerError>;
+    /// Results of the jobs that finished, by [`StageJob::job`]: waits up to
+    /// `timeout` for the first, then returns every one that is done.
+    fn wait_any(&mut self, timeout: Duration) -> Vec<(usize, NodeResult)>;
+    /// Stop: jobs not yet started come back cancelled; running ones see the
+    /// cancel flag.
+    fn cancel_all(&mut self);
+}
+
+/// Runs jobs on `jobs` threads of this process (scoped: the pool lives as
+/// long as the `std::thread::scope` it was started in).
+pub struct LocalExecutor {
+    capacity: usize,
+    serial_device: bool,
+    jobs: Option<mpsc::Sender<StageJob>>,
+    results: mpsc::Receiver<(usize, NodeResult)>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl LocalExecutor {
+    /// Start `threads` workers in `scope`; each runs [`run_job`].
+    pub fn start<'scope, 'env: 'scope>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        threads: usize,
+        store: &'env Store,
+        rt: &'env Runtime<'env>,
+    ) -> LocalExecutor {
+        let (job_tx, job_rx) = mpsc::channel::<StageJob>();
+        let (res_tx, res_rx) = mpsc::channel();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let threads = threads.max(1);
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let res_tx = res_tx.clone();
+            let dropped = dropped.clone();
+            scope.spawn(move || loop {
+                let next = job_rx.lock().expect("job queue").recv();
+                let Ok(job) = next else { return };
+                let r = if dropped.load(Ordering::Relaxed) {
+                    result(Status::Cancelled, Instant::now())
+                } else {
+                    run_job(store, &job, rt)
+                };
+                if res_tx.send((job.job, r)).is_err() {
+                    return;
+                }
+            });
+        }
+        LocalExecutor {
+            capacity: threads,
+            serial_device: rt.device.is_accelerator(),
+            jobs: Some(job_tx),
+            results: res_rx,
+            dropped,
+        }
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn serial_device(&self) -> bool {
+        self.serial_device
+    }
+    fn submit(&mut self, job: StageJob) -> Result<(), RunnerError> {
+        let tx = self.jobs.as_ref().ok_or(RunnerError::Interrupted)?;
+        tx.send(job)
+            .map_err(|_| RunnerError::Data("the local executor's workers are gone".into()))
+    }
+    fn wait_any(&mut self, timeout: Duration) -> Vec<(usize, NodeResult)> {
+        let mut out = Vec::new();
+        match self.results.recv_timeout(timeout) {
+            Ok(r) => out.push(r),
+            Err(_) => return out,
+        }
+        out.extend(self.results.try_iter());
+        out
+    }
+    fn cancel_all(&mut self) {
+        self.dropped.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for LocalExecutor {
+    fn drop(&mut self) {
+        // Closing the queue lets the workers return, so the scope ends.
+        self.jobs.take();
+        self.dropped.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mrbm_stage::{InputSlot, Metrics, ParamError, Stage};
+
+    /// Writes its parameter `x` doubled and returns it as a metric.
+    struct Double;
+    impl Stage for Double {
+        fn kind(&self) -> &'static str {
+            "double"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn inputs(&self) -> &'static [InputSlot] {
+            &[]
+        }
+        fn params(&self, _raw: &toml::Table) -> Result<JsonValue, ParamError> {
+            unreachable!("jobs carry canonical parameters")
+        }
+        fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+            let x = ctx.params["x"].as_f64().unwrap_or(0.0);
+            if x < 0.0 {
+                return Err(StageError::user("x must not be negative"));
+            }
+            std::fs::write(ctx.out("y.txt"), format!("{}", 2.0 * x)).unwrap();
+            Ok(Metrics::from([("y".to_string(), 2.0 * x)]))
+        }
+    }
+
+    fn job(i: usize, x: f64) -> StageJob {
+        StageJob {
+            job: i,
+            stage_id: format!("double[x={x}]"),
+            kind: "double".into(),
+            version: 1,
+            params: serde_json::json!({ "x": x }),
+            key: crate::hashing::hash_bytes(format!("double {x}").as_bytes()),
+            inputs: vec![],
+            uses_device: false,
+            threads: 1,
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        memo: Memo,
+        reg: Registry,
+        cancel: AtomicBool,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let memo = Memo::load(&store.root);
+        Fixture {
+            _dir: dir,
+            store,
+            memo,
+            reg: Registry::from_stages(vec![Box::new(Double)]),
+            cancel: AtomicBool::new(false),
+        }
+    }
+
+    impl Fixture {
+        fn rt(&self) -> Runtime<'_> {
+            Runtime {
+                registry: &self.reg,
+                memo: &self.memo,
+                device: Device::Cpu,
+                progress: None,
+                cancel: &self.cancel,
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_read_back_from_its_file_is_the_same_job() {
+        let f = fixture();
+        let mut j = job(3, 1.5);
+        j.inputs.push(JobInput {
+            slot: "data".into(),
+            path: Some(PathBuf::from("data/x.bin")),
+            hash: "abc".into(),
+            source: Some("data/x.bin".into()),
+            upstream_key: None,
+            external: true,
+        });
+        let path = j.save(&f.store).unwrap();
+        assert_eq!(
+            path,
+            f.store.root.join("jobs").join(format!("{}.json", j.key))
+        );
+        assert_eq!(StageJob::load(&path).unwrap(), j);
+    }
+
+    #[test]
+    fn run_job_runs_then_finds_the_entry_cached() {
+        let f = fixture();
+        let j = job(0, 2.0);
+        let r = run_job(&f.store, &j, &f.rt());
+        assert_eq!(r.status, Status::Ran);
+        let m = r.manifest.unwrap();
+        assert_eq!(m.key, j.key);
+        assert_eq!(m.metrics["y"], 4.0);
+        let y = std::fs::read_to_string(f.store.out_dir(&j.key).join("y.txt")).unwrap();
+        assert_eq!(y, "4");
+        let again = run_job(&f.store, &j, &f.rt());
+        assert_eq!(again.status, Status::Cached);
+        assert_eq!(again.manifest.unwrap().output_hash, m.output_hash);
+    }
+
+    #[test]
+    fn a_failing_job_caches_nothing_and_keeps_its_log() {
+        let f = fixture();
+        let j = job(0, -1.0);
+        let r = run_job(&f.store, &j, &f.rt());
+        assert!(
+            matches!(r.status, Status::Failed { user: true, .. }),
+            "{:?}",
+            r.status
+        );
+        assert!(!f.store.has(&j.key));
+        let log = std::fs::read_to_string(r.log.unwrap()).unwrap();
+        assert!(log.contains("x must not be negative"), "{log}");
+    }
+
+    #[test]
+    fn the_local_executor_returns_each_job_by_its_id() {
+        let f = fixture();
+        let rt = f.rt();
+        let mut got = std::thread::scope(|scope| {
+            let mut ex = LocalExecutor::start(scope, 2, &f.store, &rt);
+            assert_eq!(ex.capacity(), 2);
+            assert!(!ex.serial_device());
+            for i in 0..4 {
+                ex.submit(job(i, i as f64)).unwrap();
+            }
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                got.extend(ex.wait_any(Duration::from_secs(5)));
+            }
+            got
+        });
+        got.sort_by_key(|(i, _)| *i);
+        for (i, r) in &got {
+            assert_eq!(r.status, Status::Ran);
+            assert_eq!(r.manifest.as_ref().unwrap().metrics["y"], 2.0 * *i as f64);
+        }
+        assert_eq!(
+            got.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn jobs_not_started_after_cancel_all_come_back_cancelled() {
+        let f = fixture();
+        let rt = f.rt();
+        std::thread::scope(|scope| {
+            let mut ex = LocalExecutor::start(scope, 1, &f.store, &rt);
+            ex.cancel_all();
+            ex.submit(job(7, 1.0)).unwrap();
+            let got = ex.wait_any(Duration::from_secs(5));
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, 7);
+            assert_eq!(got[0].1.status, Status::Cancelled);
+        });
+        assert!(!f.store.has(&job(7, 1.0).key));
+    }
+}
