@@ -225,7 +225,7 @@ fn remove_orphan_checkpoints(
             }
         );
         if !dry_run {
-            std::fs::remove_dir_all(e.path()).map_err(|err| RunnerError::cache(&e.path(), err))?;
+            std::fs::remove_dir_all(e.path()).map_err(|err| RunnerError::cache(e.path(), err))?;
         }
         drop(lock);
         removed += 1;
