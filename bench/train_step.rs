@@ -33,6 +33,11 @@ fn main() {
     };
     // generation: the paper's stack on 64x64x3; mnist: a classification
     // stack 1-32-64 conv (4x4, stride 2) then dense 3136-500.
+    // --size S: square S x S images instead (bench/scaling.sh).
+    let size: Option<usize> = args
+        .iter()
+        .position(|a| a == "--size")
+        .map(|i| args[i + 1].parse().expect("--size"));
     let (input, params) = match stack.as_str() {
         "generation" => ([3, 64, 64], StackParams::default()),
         "mnist" => (
@@ -45,6 +50,7 @@ fn main() {
         ),
         s => panic!("unknown --stack {s}"),
     };
+    let input = size.map_or(input, |s| [input[0], s, s]);
     // --device cpu | wgpu[:I] | cuda[:I] (the accelerators need the crate
     // feature of that name); proven with a tiny kernel before timing.
     let dev_arg = arg(&args, "--device", "cpu");
@@ -89,7 +95,8 @@ fn main() {
         t.elapsed().as_secs_f64()
     });
     println!(
-        "{{\"impl\": \"mrbm\", \"device\": \"{dev_arg}\", \"stack\": \"{stack}\", \"batch\": {batch}, \"threads\": {threads}, \"steps\": {steps}, \"gradient\": \"{:?}\", \"seconds_per_step\": {}, \"images_per_s\": {}}}",
+        "{{\"impl\": \"mrbm\", \"device\": \"{dev_arg}\", \"stack\": \"{stack}\", \"size\": {}, \"batch\": {batch}, \"threads\": {threads}, \"steps\": {steps}, \"gradient\": \"{:?}\", \"seconds_per_step\": {}, \"images_per_s\": {}}}",
+        input[1],
         gradient,
         result / steps as f64,
         (batch * steps) as f64 / result

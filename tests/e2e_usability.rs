@@ -35,7 +35,7 @@ inputs = { model = "train", data = "split/test.safetensors" }
 [stages.svm]
 kind = "svm"
 inputs = { train = "train_features", test = "test_features" }
-params = { C = 1.0, max_iter = 2 }
+params = { loss = "hinge", C = 1.0, max_iter = 2 }
 
 [sweep]
 N = { param = "train.n", values = [1, 255] }

@@ -65,11 +65,13 @@ class Layer(torch.nn.Module):
         return (self.free_energy(v, x) - self.free_energy(v_rec, x_rec)).mean(), h
 
 
-def build(stack):
+def build(stack, size=None):
     if stack == "generation":
         shape, convs, dense = (3, 64, 64), [64, 128, 256, 256], [1000, 500, 200, 100]
     else:
         shape, convs, dense = (1, 28, 28), [32, 64], [500]
+    if size:
+        shape = (shape[0], size, size)
     layers = []
     for c in convs:
         l = Layer(True, shape, c)
@@ -89,11 +91,12 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=None, help="square SIZE x SIZE images instead of the stack's own")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:I] (tools/gpu-check.sh)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, shape = build(args.stack)
+    model, shape = build(args.stack, args.size)
     model = model.to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=0.03, betas=(0.9, 0.999), eps=1e-8)
     v0 = torch.randint(0, 256, (args.batch, *shape)).float().to(args.device) / 255.0
@@ -115,7 +118,7 @@ def main():
     for _ in range(args.steps):
         step()
     dt = time.perf_counter() - t
-    print(json.dumps({"impl": "pytorch", "device": args.device, "stack": args.stack, "batch": args.batch, "threads": args.threads,
+    print(json.dumps({"impl": "pytorch", "device": args.device, "stack": args.stack, "size": shape[-1], "batch": args.batch, "threads": args.threads,
                       "steps": args.steps, "seconds_per_step": dt / args.steps,
                       "images_per_s": args.batch * args.steps / dt, "torch": torch.__version__}))
 

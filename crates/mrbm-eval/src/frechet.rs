@@ -19,7 +19,9 @@
 //! negatives of the PSD spectrum are clamped to zero. No square root of a
 //! non-symmetric matrix is ever taken, so the result is always real.
 
-use crate::linalg::{gram_columns_acc, matmul_abt, pivoted_cholesky, sym_eigen};
+use crate::linalg::{
+    gram_columns_acc, matmul_abt_polling, pivoted_cholesky_polling, sym_eigen_polling, Cancel,
+};
 
 /// Mean and covariance (unbiased, ddof = 1 as numpy.cov) of a feature set.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +44,8 @@ pub enum FrechetError {
     DimMismatch(usize, usize),
     #[error("statistics contain NaN or infinite values")]
     NonFinite,
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl GaussianStats {
@@ -113,6 +117,19 @@ pub fn frechet_distance(
     mu2: &[f64],
     s2: &[f64],
 ) -> Result<Frechet, FrechetError> {
+    frechet_distance_polling(mu1, s1, mu2, s2, &|| false)
+}
+
+/// [`frechet_distance`], polling `cancel` inside every O(d^3) step (each
+/// poll milliseconds of work apart at d = 2048); `Err(Cancelled)` when it
+/// said stop.
+pub fn frechet_distance_polling(
+    mu1: &[f64],
+    s1: &[f64],
+    mu2: &[f64],
+    s2: &[f64],
+    cancel: Cancel,
+) -> Result<Frechet, FrechetError> {
     let d = mu1.len();
     if mu2.len() != d || s1.len() != d * d || s2.len() != d * d {
         return Err(FrechetError::DimMismatch(d, mu2.len()));
@@ -126,7 +143,8 @@ pub fn frechet_distance(
     let mean_term: f64 = mu1.iter().zip(mu2).map(|(a, b)| (a - b) * (a - b)).sum();
     let tr1: f64 = (0..d).map(|i| s1[i * d + i]).sum();
     let tr2: f64 = (0..d).map(|i| s2[i * d + i]).sum();
-    let trace_sqrt = trace_sqrt_product(s1, s2, d);
+    let trace_sqrt =
+        trace_sqrt_product_polling(s1, s2, d, cancel).ok_or(FrechetError::Cancelled)?;
     Ok(Frechet {
         distance: mean_term + tr1 + tr2 - 2.0 * trace_sqrt,
         mean_term,
@@ -136,20 +154,25 @@ pub fn frechet_distance(
 
 /// tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = tr(sqrtm(S1 S2)) for PSD S1, S2.
 pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize) -> f64 {
+    trace_sqrt_product_polling(s1, s2, d, &|| false).expect("never cancelled")
+}
+
+/// [`trace_sqrt_product`] polling `cancel`; None when it said stop.
+fn trace_sqrt_product_polling(s1: &[f64], s2: &[f64], d: usize, cancel: Cancel) -> Option<f64> {
     if d == 0 {
-        return 0.0;
+        return Some(0.0);
     }
     let maxd = (0..d).map(|i| s1[i * d + i]).fold(0.0f64, f64::max);
     let tol = d as f64 * f64::EPSILON * maxd;
     // S1 = L L^T (rank r); L^T S2 L is symmetric PSD with the non-zero
     // eigenvalues of S1 S2 (and so of S1^{1/2} S2 S1^{1/2}).
-    let (lt, r) = pivoted_cholesky(s1, d, tol);
+    let (lt, r) = pivoted_cholesky_polling(s1, d, tol, cancel)?;
     if r == 0 {
-        return 0.0;
+        return Some(0.0);
     }
     // Bt = Lt S2 (S2 symmetric: its rows are its columns), then M = Lt Bt^T.
-    let bt = matmul_abt(&lt, s2, r, d, d);
-    let mut m = matmul_abt(&lt, &bt, r, r, d);
+    let bt = matmul_abt_polling(&lt, s2, r, d, d, cancel)?;
+    let mut m = matmul_abt_polling(&lt, &bt, r, r, d, cancel)?;
     // Symmetrise away rounding so the eigensolver sees an exactly symmetric matrix.
     for i in 0..r {
         for j in 0..i {
@@ -158,15 +181,46 @@ pub fn trace_sqrt_product(s1: &[f64], s2: &[f64], d: usize) -> f64 {
             m[j * r + i] = s;
         }
     }
-    let e = sym_eigen(&m, r, false);
+    let e = sym_eigen_polling(&m, r, false, cancel)?;
     // Rounding can leave tiny negative eigenvalues of a PSD matrix: clamp.
-    e.values.iter().map(|x| x.max(0.0).sqrt()).sum()
+    Some(e.values.iter().map(|x| x.max(0.0).sqrt()).sum())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// The O(d^3) steps poll for cancellation (Cholesky per pivot, the
+    /// products per block, the eigensolver per Householder step and per
+    /// eigenvalue), and a cancel ends the computation at the poll that sees it.
+    #[test]
+    fn cancel_is_polled_through_the_distance() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let d = 60;
+        let (s1, _) = rotated(&(0..d).map(|i| 1.0 + i as f64).collect::<Vec<_>>(), 1);
+        let (s2, _) = rotated(&(0..d).map(|i| 2.0 + 0.5 * i as f64).collect::<Vec<_>>(), 2);
+        let mu = vec![0.0; d];
+        let polls = AtomicUsize::new(0);
+        let count = || {
+            polls.fetch_add(1, Ordering::Relaxed);
+            false
+        };
+        let f = frechet_distance_polling(&mu, &s1, &mu, &s2, &count).unwrap();
+        assert_eq!(f, frechet_distance(&mu, &s1, &mu, &s2).unwrap());
+        // d pivots, 2 product blocks, d - 1 Householder steps, d eigenvalues.
+        let total = polls.load(Ordering::Relaxed);
+        assert_eq!(total, 3 * d + 1);
+        for at in [1, d + 1, total] {
+            let seen = AtomicUsize::new(0);
+            let stop = || seen.fetch_add(1, Ordering::Relaxed) + 1 >= at;
+            assert_eq!(
+                frechet_distance_polling(&mu, &s1, &mu, &s2, &stop).unwrap_err(),
+                FrechetError::Cancelled
+            );
+            assert_eq!(seen.load(Ordering::Relaxed), at);
+        }
+    }
 
     fn diag(v: &[f64]) -> Vec<f64> {
         let d = v.len();
@@ -189,7 +243,7 @@ mod tests {
                 a[j * d + i] = x;
             }
         }
-        let q = sym_eigen(&a, d, true).vectors.unwrap(); // columns orthonormal
+        let q = crate::linalg::sym_eigen(&a, d, true).vectors.unwrap(); // columns orthonormal
         let mut m = vec![0.0; d * d];
         for i in 0..d {
             for j in 0..d {

@@ -59,6 +59,8 @@ pub enum InceptionError {
     Channels(usize),
     #[error("{0}")]
     Backend(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// One BasicConv2d: name, in/out channels, kernel, stride and padding.
@@ -424,6 +426,17 @@ struct ConvBn {
 }
 
 impl ConvBn {
+    /// The output's shape for input `x`, without computing it.
+    fn output_dims(&self, x: &Tensor<4>) -> [usize; 4] {
+        let [n, _, h, w] = x.dims();
+        let [cout, _, kh, kw] = self.weight.dims();
+        let o = &self.options;
+        let out = |len: usize, k: usize, i: usize| {
+            (len + o.padding[i].0 + o.padding[i].1 - o.dilation[i] * (k - 1) - 1) / o.stride[i] + 1
+        };
+        [n, cout, out(h, kh, 0), out(w, kw, 1)]
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         relu(conv2d(
             x,
@@ -431,6 +444,22 @@ impl ConvBn {
             Some(self.bias.clone()),
             self.options.clone(),
         ))
+    }
+}
+
+/// Cancellation during a forward pass: once `cancel` says stop, every
+/// later convolution (nearly all the work) is skipped.
+struct Gate<'a> {
+    cancel: &'a (dyn Fn() -> bool + Sync),
+    stop: std::cell::Cell<bool>,
+}
+
+impl Gate<'_> {
+    fn stopped(&self) -> bool {
+        if !self.stop.get() && (self.cancel)() {
+            self.stop.set(true);
+        }
+        self.stop.get()
     }
 }
 
@@ -517,15 +546,32 @@ impl FidInception {
         Self::from_weights(read_weights(path)?, device)
     }
 
-    fn c(&self, name: &str, x: Tensor<4>) -> Tensor<4> {
-        self.convs
+    /// One convolution, polling the gate first: once stopped, a zero tensor
+    /// of the output's shape stands in for it.
+    fn c(&self, g: &Gate, name: &str, x: Tensor<4>) -> Tensor<4> {
+        let conv = self
+            .convs
             .get(name)
-            .unwrap_or_else(|| panic!("internal: no conv {name}"))
-            .forward(x)
+            .unwrap_or_else(|| panic!("internal: no conv {name}"));
+        if g.stopped() {
+            return Tensor::zeros(conv.output_dims(&x), &self.device);
+        }
+        conv.forward(x)
     }
 
     /// Features of a batch already in [0, 1], [N, 3, H, W]: the network's forward.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let never = || false;
+        self.forward_gated(
+            &Gate {
+                cancel: &never,
+                stop: std::cell::Cell::new(false),
+            },
+            x,
+        )
+    }
+
+    fn forward_gated(&self, g: &Gate, x: Tensor<4>) -> Tensor<2> {
         let x = interpolate(
             x,
             InterpolateOptions::new(InterpolateMode::Bilinear)
@@ -533,24 +579,24 @@ impl FidInception {
                 .with_output_size([299, 299]),
         );
         let x = x.mul_scalar(2.0).sub_scalar(1.0);
-        let x = self.c("Conv2d_1a_3x3", x);
-        let x = self.c("Conv2d_2a_3x3", x);
-        let x = self.c("Conv2d_2b_3x3", x);
+        let x = self.c(g, "Conv2d_1a_3x3", x);
+        let x = self.c(g, "Conv2d_2a_3x3", x);
+        let x = self.c(g, "Conv2d_2b_3x3", x);
         let x = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]));
-        let x = self.c("Conv2d_3b_1x1", x);
-        let x = self.c("Conv2d_4a_3x3", x);
+        let x = self.c(g, "Conv2d_3b_1x1", x);
+        let x = self.c(g, "Conv2d_4a_3x3", x);
         let x = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]));
-        let x = self.block_a("Mixed_5b", x);
-        let x = self.block_a("Mixed_5c", x);
-        let x = self.block_a("Mixed_5d", x);
-        let x = self.block_b("Mixed_6a", x);
-        let x = self.block_c("Mixed_6b", x);
-        let x = self.block_c("Mixed_6c", x);
-        let x = self.block_c("Mixed_6d", x);
-        let x = self.block_c("Mixed_6e", x);
-        let x = self.block_d("Mixed_7a", x);
-        let x = self.block_e("Mixed_7b", x, false);
-        let x = self.block_e("Mixed_7c", x, true);
+        let x = self.block_a(g, "Mixed_5b", x);
+        let x = self.block_a(g, "Mixed_5c", x);
+        let x = self.block_a(g, "Mixed_5d", x);
+        let x = self.block_b(g, "Mixed_6a", x);
+        let x = self.block_c(g, "Mixed_6b", x);
+        let x = self.block_c(g, "Mixed_6c", x);
+        let x = self.block_c(g, "Mixed_6d", x);
+        let x = self.block_c(g, "Mixed_6e", x);
+        let x = self.block_d(g, "Mixed_7a", x);
+        let x = self.block_e(g, "Mixed_7b", x, false);
+        let x = self.block_e(g, "Mixed_7c", x, true);
         let [n, c, _, _] = x.dims();
         adaptive_avg_pool2d(x, [1, 1]).reshape([n, c])
     }
@@ -566,76 +612,80 @@ impl FidInception {
         )
     }
 
-    fn block_a(&self, m: &str, x: Tensor<4>) -> Tensor<4> {
-        let b1 = self.c(&format!("{m}.branch1x1"), x.clone());
+    fn block_a(&self, g: &Gate, m: &str, x: Tensor<4>) -> Tensor<4> {
+        let b1 = self.c(g, &format!("{m}.branch1x1"), x.clone());
         let b5 = self.c(
+            g,
             &format!("{m}.branch5x5_2"),
-            self.c(&format!("{m}.branch5x5_1"), x.clone()),
+            self.c(g, &format!("{m}.branch5x5_1"), x.clone()),
         );
-        let d = self.c(&format!("{m}.branch3x3dbl_1"), x.clone());
+        let d = self.c(g, &format!("{m}.branch3x3dbl_1"), x.clone());
         let d = self.c(
+            g,
             &format!("{m}.branch3x3dbl_3"),
-            self.c(&format!("{m}.branch3x3dbl_2"), d),
+            self.c(g, &format!("{m}.branch3x3dbl_2"), d),
         );
-        let p = self.c(&format!("{m}.branch_pool"), Self::avg3(x));
+        let p = self.c(g, &format!("{m}.branch_pool"), Self::avg3(x));
         Tensor::cat(vec![b1, b5, d, p], 1)
     }
 
-    fn block_b(&self, m: &str, x: Tensor<4>) -> Tensor<4> {
-        let b3 = self.c(&format!("{m}.branch3x3"), x.clone());
-        let d = self.c(&format!("{m}.branch3x3dbl_1"), x.clone());
+    fn block_b(&self, g: &Gate, m: &str, x: Tensor<4>) -> Tensor<4> {
+        let b3 = self.c(g, &format!("{m}.branch3x3"), x.clone());
+        let d = self.c(g, &format!("{m}.branch3x3dbl_1"), x.clone());
         let d = self.c(
+            g,
             &format!("{m}.branch3x3dbl_3"),
-            self.c(&format!("{m}.branch3x3dbl_2"), d),
+            self.c(g, &format!("{m}.branch3x3dbl_2"), d),
         );
         let p = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]));
         Tensor::cat(vec![b3, d, p], 1)
     }
 
-    fn block_c(&self, m: &str, x: Tensor<4>) -> Tensor<4> {
-        let b1 = self.c(&format!("{m}.branch1x1"), x.clone());
+    fn block_c(&self, g: &Gate, m: &str, x: Tensor<4>) -> Tensor<4> {
+        let b1 = self.c(g, &format!("{m}.branch1x1"), x.clone());
         let mut b7 = x.clone();
         for k in 1..=3 {
-            b7 = self.c(&format!("{m}.branch7x7_{k}"), b7);
+            b7 = self.c(g, &format!("{m}.branch7x7_{k}"), b7);
         }
         let mut d = x.clone();
         for k in 1..=5 {
-            d = self.c(&format!("{m}.branch7x7dbl_{k}"), d);
+            d = self.c(g, &format!("{m}.branch7x7dbl_{k}"), d);
         }
-        let p = self.c(&format!("{m}.branch_pool"), Self::avg3(x));
+        let p = self.c(g, &format!("{m}.branch_pool"), Self::avg3(x));
         Tensor::cat(vec![b1, b7, d, p], 1)
     }
 
-    fn block_d(&self, m: &str, x: Tensor<4>) -> Tensor<4> {
+    fn block_d(&self, g: &Gate, m: &str, x: Tensor<4>) -> Tensor<4> {
         let b3 = self.c(
+            g,
             &format!("{m}.branch3x3_2"),
-            self.c(&format!("{m}.branch3x3_1"), x.clone()),
+            self.c(g, &format!("{m}.branch3x3_1"), x.clone()),
         );
         let mut b7 = x.clone();
         for k in 1..=4 {
-            b7 = self.c(&format!("{m}.branch7x7x3_{k}"), b7);
+            b7 = self.c(g, &format!("{m}.branch7x7x3_{k}"), b7);
         }
         let p = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]));
         Tensor::cat(vec![b3, b7, p], 1)
     }
 
     /// InceptionE; `max_pool` selects FIDInceptionE_2's max-pool branch.
-    fn block_e(&self, m: &str, x: Tensor<4>, max_pool: bool) -> Tensor<4> {
-        let b1 = self.c(&format!("{m}.branch1x1"), x.clone());
-        let t = self.c(&format!("{m}.branch3x3_1"), x.clone());
+    fn block_e(&self, g: &Gate, m: &str, x: Tensor<4>, max_pool: bool) -> Tensor<4> {
+        let b1 = self.c(g, &format!("{m}.branch1x1"), x.clone());
+        let t = self.c(g, &format!("{m}.branch3x3_1"), x.clone());
         let b3 = Tensor::cat(
             vec![
-                self.c(&format!("{m}.branch3x3_2a"), t.clone()),
-                self.c(&format!("{m}.branch3x3_2b"), t),
+                self.c(g, &format!("{m}.branch3x3_2a"), t.clone()),
+                self.c(g, &format!("{m}.branch3x3_2b"), t),
             ],
             1,
         );
-        let d = self.c(&format!("{m}.branch3x3dbl_1"), x.clone());
-        let d = self.c(&format!("{m}.branch3x3dbl_2"), d);
+        let d = self.c(g, &format!("{m}.branch3x3dbl_1"), x.clone());
+        let d = self.c(g, &format!("{m}.branch3x3dbl_2"), d);
         let bd = Tensor::cat(
             vec![
-                self.c(&format!("{m}.branch3x3dbl_3a"), d.clone()),
-                self.c(&format!("{m}.branch3x3dbl_3b"), d),
+                self.c(g, &format!("{m}.branch3x3dbl_3a"), d.clone()),
+                self.c(g, &format!("{m}.branch3x3dbl_3b"), d),
             ],
             1,
         );
@@ -649,7 +699,7 @@ impl FidInception {
         } else {
             Self::avg3(x)
         };
-        let p = self.c(&format!("{m}.branch_pool"), pooled);
+        let p = self.c(g, &format!("{m}.branch_pool"), pooled);
         Tensor::cat(vec![b1, b3, bd, p], 1)
     }
 
@@ -662,6 +712,20 @@ impl FidInception {
         c: usize,
         h: usize,
         w: usize,
+    ) -> Result<Vec<f32>, InceptionError> {
+        self.features_u8_polling(pixels, n, c, h, w, &|| false)
+    }
+
+    /// [`Self::features_u8`], polling `cancel` before each of the network's
+    /// 94 convolutions; `Err(Cancelled)` when it said stop.
+    pub fn features_u8_polling(
+        &self,
+        pixels: &[u8],
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        cancel: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<f32>, InceptionError> {
         if c != 1 && c != 3 {
             return Err(InceptionError::Channels(c));
@@ -680,7 +744,7 @@ impl FidInception {
                 x.extend(src.iter().map(|&p| p as f32 / 255.0));
             }
         }
-        self.features_f32(x, n, h, w)
+        self.features_f32_polling(x, n, h, w, cancel)
     }
 
     /// Pool3 features of float images in [0, 1], [n, 3, h, w] row-major.
@@ -691,11 +755,30 @@ impl FidInception {
         h: usize,
         w: usize,
     ) -> Result<Vec<f32>, InceptionError> {
+        self.features_f32_polling(x, n, h, w, &|| false)
+    }
+
+    fn features_f32_polling(
+        &self,
+        x: Vec<f32>,
+        n: usize,
+        h: usize,
+        w: usize,
+        cancel: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<f32>, InceptionError> {
         if n == 0 {
             return Ok(Vec::new());
         }
         let t = Tensor::<4>::from_data(TensorData::new(x, [n, 3, h, w]), &self.device);
-        let out = self.forward(t).into_data();
+        let g = Gate {
+            cancel,
+            stop: std::cell::Cell::new(false),
+        };
+        let out = self.forward_gated(&g, t);
+        if g.stop.get() {
+            return Err(InceptionError::Cancelled);
+        }
+        let out = out.into_data();
         out.try_to_vec::<f32>()
             .map_err(|e| InceptionError::Backend(format!("{e:?}")))
     }
@@ -713,6 +796,31 @@ mod tests {
         let params: usize = t.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         // torchvision Inception3 without fc/AuxLogits, BN running stats included.
         assert!(params > 21_000_000 && params < 22_500_000, "{params}");
+    }
+
+    /// Every convolution polls for cancellation; a cancel stops the pass
+    /// at that convolution (none after it runs, none polls again) with a
+    /// typed error; without one the features are the plain forward's.
+    #[test]
+    fn cancel_is_polled_before_every_convolution() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let net = FidInception::from_weights(random_weights(3), &Device::flex()).unwrap();
+        let px: Vec<u8> = (0..2 * 3 * 16 * 16).map(|i| (i * 37 % 251) as u8).collect();
+        let polls = AtomicUsize::new(0);
+        let count = || {
+            polls.fetch_add(1, Ordering::Relaxed);
+            false
+        };
+        let f = net.features_u8_polling(&px, 2, 3, 16, 16, &count).unwrap();
+        assert_eq!(polls.load(Ordering::Relaxed), conv_specs().len());
+        assert_eq!(f, net.features_u8(&px, 2, 3, 16, 16).unwrap());
+        let seen = AtomicUsize::new(0);
+        let stop = || seen.fetch_add(1, Ordering::Relaxed) + 1 >= 5;
+        assert!(matches!(
+            net.features_u8_polling(&px, 2, 3, 16, 16, &stop),
+            Err(InceptionError::Cancelled)
+        ));
+        assert_eq!(seen.load(Ordering::Relaxed), 5);
     }
 
     #[test]

@@ -22,20 +22,39 @@ pub struct SymEigen {
 /// symmetric it is also its own column-major form). Only the lower triangle
 /// is read.
 pub fn sym_eigen(a: &[f64], n: usize, want_vectors: bool) -> SymEigen {
+    sym_eigen_polling(a, n, want_vectors, &|| false).expect("never cancelled")
+}
+
+/// A cancellation poll: true means stop.
+pub type Cancel<'a> = &'a (dyn Fn() -> bool + Sync);
+
+/// [`sym_eigen`], polling `cancel` once per Householder step and per QL
+/// eigenvalue (O(n^2) work each: milliseconds at n = 2048); None when it
+/// said stop.
+pub fn sym_eigen_polling(
+    a: &[f64],
+    n: usize,
+    want_vectors: bool,
+    cancel: Cancel,
+) -> Option<SymEigen> {
     assert_eq!(a.len(), n * n, "matrix size");
     if n == 0 {
-        return SymEigen {
+        return Some(SymEigen {
             n,
             values: vec![],
             vectors: want_vectors.then(Vec::new),
-        };
+        });
     }
     // v(r, c) = v[c * n + r]; start from A (symmetric, so no transpose needed).
     let mut v = a.to_vec();
     let mut d = vec![0.0; n];
     let mut e = vec![0.0; n];
-    tridiagonalize(&mut v, n, &mut d, &mut e, want_vectors);
-    ql_implicit(&mut v, n, &mut d, &mut e, want_vectors);
+    if !tridiagonalize(&mut v, n, &mut d, &mut e, want_vectors, cancel) {
+        return None;
+    }
+    if !ql_implicit(&mut v, n, &mut d, &mut e, want_vectors, cancel) {
+        return None;
+    }
     // Sort ascending (QL leaves them nearly sorted; selection keeps vectors in step).
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
@@ -47,17 +66,28 @@ pub fn sym_eigen(a: &[f64], n: usize, want_vectors: bool) -> SymEigen {
         }
         out
     });
-    SymEigen { n, values, vectors }
+    Some(SymEigen { n, values, vectors })
 }
 
 /// Householder reduction (tred2). On return d holds the diagonal, e the
 /// sub-diagonal in e[1..], and v the accumulated orthogonal transform.
-fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_vectors: bool) {
+/// False when `cancel` stopped it.
+fn tridiagonalize(
+    v: &mut [f64],
+    n: usize,
+    d: &mut [f64],
+    e: &mut [f64],
+    want_vectors: bool,
+    cancel: Cancel,
+) -> bool {
     let at = |r: usize, c: usize| c * n + r;
     for j in 0..n {
         d[j] = v[at(n - 1, j)];
     }
     for i in (1..n).rev() {
+        if cancel() {
+            return false;
+        }
         let mut scale = 0.0;
         let mut h = 0.0;
         for dk in &d[..i] {
@@ -162,10 +192,19 @@ fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_ve
         }
     }
     e[0] = 0.0;
+    true
 }
 
 /// Implicit QL iterations on the tridiagonal (d, e), rotating v along (tql2).
-fn ql_implicit(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_vectors: bool) {
+/// False when `cancel` stopped it.
+fn ql_implicit(
+    v: &mut [f64],
+    n: usize,
+    d: &mut [f64],
+    e: &mut [f64],
+    want_vectors: bool,
+    cancel: Cancel,
+) -> bool {
     for i in 1..n {
         e[i - 1] = e[i];
     }
@@ -174,6 +213,9 @@ fn ql_implicit(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_vecto
     let mut tst1: f64 = 0.0;
     let eps = f64::EPSILON;
     for l in 0..n {
+        if cancel() {
+            return false;
+        }
         tst1 = tst1.max(d[l].abs() + e[l].abs());
         let mut m = l;
         while m < n - 1 && e[m].abs() > eps * tst1 {
@@ -237,6 +279,7 @@ fn ql_implicit(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], want_vecto
         d[l] += f;
         e[l] = 0.0;
     }
+    true
 }
 
 /// out = a b^T for row-major `a` (m x k) and `b` (n x k), by the `gemm`
@@ -314,6 +357,29 @@ pub fn gram_columns_acc(z: &[f64], n: usize, d: usize, out: &mut [f64]) {
     }
 }
 
+/// [`matmul_abt`] in blocks of rows of `a` of about 2^27 multiply-adds
+/// each (tens of milliseconds), polling `cancel` before each; None when it
+/// said stop. Each row of the product is computed as by one call.
+pub fn matmul_abt_polling(
+    a: &[f64],
+    b: &[f64],
+    m: usize,
+    n: usize,
+    k: usize,
+    cancel: Cancel,
+) -> Option<Vec<f64>> {
+    let rows = ((1usize << 27) / (n * k).max(1)).max(1);
+    let mut out = Vec::with_capacity(m * n);
+    for r0 in (0..m).step_by(rows) {
+        if cancel() {
+            return None;
+        }
+        let r1 = (r0 + rows).min(m);
+        out.extend(matmul_abt(&a[r0 * k..r1 * k], b, r1 - r0, n, k));
+    }
+    Some(out)
+}
+
 fn par() -> gemm::Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => gemm::Parallelism::None,
@@ -334,6 +400,17 @@ fn par() -> gemm::Parallelism {
 /// matrix-multiply speed). The diagonal is kept exact at every step so the
 /// pivot choice is the unblocked algorithm's.
 pub fn pivoted_cholesky(a: &[f64], n: usize, tol: f64) -> (Vec<f64>, usize) {
+    pivoted_cholesky_polling(a, n, tol, &|| false).expect("never cancelled")
+}
+
+/// [`pivoted_cholesky`], polling `cancel` once per pivot (O(n^2) work, the
+/// block's gemm update O(64 n^2)); None when it said stop.
+pub fn pivoted_cholesky_polling(
+    a: &[f64],
+    n: usize,
+    tol: f64,
+    cancel: Cancel,
+) -> Option<(Vec<f64>, usize)> {
     const NB: usize = 64;
     let mut work = a[..n * n].to_vec();
     let mut diag: Vec<f64> = (0..n).map(|i| a[i * n + i]).collect();
@@ -343,6 +420,9 @@ pub fn pivoted_cholesky(a: &[f64], n: usize, tol: f64) -> (Vec<f64>, usize) {
     'outer: while r < n {
         let r0 = r;
         while r < n && r - r0 < NB {
+            if cancel() {
+                return None;
+            }
             let (mut p, mut best) = (usize::MAX, f64::NEG_INFINITY);
             for i in 0..n {
                 if !done[i] && diag[i] > best {
@@ -382,7 +462,7 @@ pub fn pivoted_cholesky(a: &[f64], n: usize, tol: f64) -> (Vec<f64>, usize) {
         }
         flush(&mut work, &lt[r0 * n..], n);
     }
-    (lt, r)
+    Some((lt, r))
 }
 
 /// work -= lb^T lb for the block's factor rows lb (b x n).

@@ -9,7 +9,7 @@ use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, StageContext, StageE
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::frechet::{frechet_distance, GaussianStats};
+use crate::frechet::{frechet_distance_polling, GaussianStats};
 use crate::inception::{self, FidInception};
 use crate::svm::{self, SvmConfig};
 
@@ -38,7 +38,9 @@ fn read_features(path: &Path, slot: &str) -> Result<FeatureSet, StageError> {
 
 impl TypedStage for SvmStage {
     const KIND: &'static str = "svm";
-    const VERSION: u32 = 1;
+    // 2: LIBLINEAR's switch to the primal Newton solver after 300 dual
+    // iterations (and max_iter's default 1000 -> 300) changes unconverged fits.
+    const VERSION: u32 = 2;
     const INPUTS: &'static [InputSlot] = SVM_INPUTS;
     type Params = SvmConfig;
 
@@ -72,26 +74,46 @@ impl TypedStage for SvmStage {
         }
         ctx.check_cancel()?;
         let start = Instant::now();
+        // Ctrl-C / SIGTERM is polled inside every solver loop.
+        let cancel = || ctx.check_cancel().is_err();
         let model = mrbm_stage::in_pool(ctx.threads, || {
-            svm::fit(&train.features, train.n, train.d, &train.labels, &cfg)
+            svm::fit_cancellable(
+                &train.features,
+                train.n,
+                train.d,
+                &train.labels,
+                &cfg,
+                &cancel,
+            )
         })?
-        .map_err(|e| StageError::User(format!("svm: {e}")))?;
+        .map_err(|e| match e {
+            svm::SvmError::Cancelled => StageError::Cancelled,
+            e => StageError::User(format!("svm: {e}")),
+        })?;
         let fit_seconds = start.elapsed().as_secs_f64();
         ctx.check_cancel()?;
         let (pred_test, pred_train) = mrbm_stage::in_pool(ctx.threads, || {
             (
-                model.predict(&test.features, test.n),
-                model.predict(&train.features, train.n),
+                predict_polling(&model, &test, ctx),
+                predict_polling(&model, &train, ctx),
             )
         })?;
-        let pred_test = pred_test.map_err(|e| StageError::User(format!("svm (test): {e}")))?;
-        let pred_train = pred_train.map_err(|e| StageError::User(format!("svm (train): {e}")))?;
+        let pred_test = pred_test.map_err(|e| e.context("svm (test)"))?;
+        let pred_train = pred_train.map_err(|e| e.context("svm (train)"))?;
         let test_error = svm::error_percent(&pred_test, &test.labels);
         let train_error = svm::error_percent(&pred_train, &train.labels);
 
         for r in &model.reports {
+            let newton = if r.switched {
+                format!(
+                    ", then LIBLINEAR's switch to its primal solver: {} Newton steps (primal objective {:.6})",
+                    r.newton_iterations, r.primal_objective
+                )
+            } else {
+                String::new()
+            };
             ctx.log(format!(
-                "class {}: dual objective {:.6}, {} iterations{}, {} support vectors",
+                "class {}: dual objective {:.6}, {} iterations{newton}{}, {} support vectors",
                 r.class,
                 r.dual_objective,
                 r.iterations,
@@ -101,6 +123,16 @@ impl TypedStage for SvmStage {
                     " (max_iter reached: not converged)"
                 },
                 r.n_sv
+            ));
+        }
+        let switched = model.reports.iter().filter(|r| r.switched).count();
+        if switched > 0 {
+            // LIBLINEAR prints the same as a warning.
+            ctx.warn(format!(
+                "{switched} of {} binary problems reached max_iter = {} coordinate-descent \
+                 iterations and switched to the primal Newton solver, as LIBLINEAR -s 1 does",
+                model.reports.len(),
+                p.max_iter
             ));
         }
         write_confusion(
@@ -133,6 +165,15 @@ impl TypedStage for SvmStage {
             model.reports.iter().all(|r| r.converged) as u8 as f64,
         );
         m.insert(
+            "max_newton_iterations".into(),
+            model
+                .reports
+                .iter()
+                .map(|r| r.newton_iterations)
+                .max()
+                .unwrap_or(0) as f64,
+        );
+        m.insert(
             "max_iterations".into(),
             model
                 .reports
@@ -142,6 +183,38 @@ impl TypedStage for SvmStage {
                 .unwrap_or(0) as f64,
         );
         Ok(m)
+    }
+}
+
+/// Predictions in blocks of rows, polling for cancellation between blocks.
+fn predict_polling(
+    model: &svm::LinearSvm,
+    set: &FeatureSet,
+    ctx: &StageContext,
+) -> Result<Vec<i64>, PredictError> {
+    // 2^22 multiply-adds per block and class: milliseconds.
+    let block = ((1usize << 22) / (set.d.max(1) * model.weights.len().max(1))).max(1);
+    let mut out = Vec::with_capacity(set.n);
+    for s in (0..set.n).step_by(block) {
+        ctx.check_cancel().map_err(|_| PredictError::Cancelled)?;
+        let e = (s + block).min(set.n);
+        let x = &set.features[s * set.d..e * set.d];
+        out.extend(model.predict(x, e - s).map_err(PredictError::Svm)?);
+    }
+    Ok(out)
+}
+
+enum PredictError {
+    Cancelled,
+    Svm(svm::SvmError),
+}
+
+impl PredictError {
+    fn context(self, what: &str) -> StageError {
+        match self {
+            PredictError::Cancelled => StageError::Cancelled,
+            PredictError::Svm(e) => StageError::User(format!("{what}: {e}")),
+        }
     }
 }
 
@@ -296,13 +369,25 @@ impl TypedStage for FidStatsStage {
         let start = Instant::now();
         let mut feats = Vec::with_capacity(set.n * inception::FEATURE_DIM);
         let per = set.image_len();
+        // Polled between batches and before each convolution.
+        let cancel = || ctx.check_cancel().is_err();
         mrbm_stage::in_pool(ctx.threads, || -> Result<(), StageError> {
             for s in (0..set.n).step_by(p.batch_size) {
                 ctx.check_cancel()?;
                 let e = (s + p.batch_size).min(set.n);
                 let f = net
-                    .features_u8(&set.pixels()[s * per..e * per], e - s, set.c, set.h, set.w)
-                    .map_err(StageError::failed)?;
+                    .features_u8_polling(
+                        &set.pixels()[s * per..e * per],
+                        e - s,
+                        set.c,
+                        set.h,
+                        set.w,
+                        &cancel,
+                    )
+                    .map_err(|e| match e {
+                        inception::InceptionError::Cancelled => StageError::Cancelled,
+                        e => StageError::failed(e),
+                    })?;
                 feats.extend_from_slice(&f);
                 bar.inc((e - s) as u64);
             }
@@ -425,8 +510,14 @@ impl TypedStage for FidStage {
             )));
         }
         let start = Instant::now();
-        let f = mrbm_stage::in_pool(ctx.threads, || frechet_distance(&mu1, &s1, &mu2, &s2))?
-            .map_err(|e| StageError::User(format!("fid: {e}")))?;
+        let cancel = || ctx.check_cancel().is_err();
+        let f = mrbm_stage::in_pool(ctx.threads, || {
+            frechet_distance_polling(&mu1, &s1, &mu2, &s2, &cancel)
+        })?
+        .map_err(|e| match e {
+            crate::frechet::FrechetError::Cancelled => StageError::Cancelled,
+            e => StageError::User(format!("fid: {e}")),
+        })?;
         let mut m = BTreeMap::new();
         m.insert("fid".into(), f.distance);
         m.insert("mean_term".into(), f.mean_term);

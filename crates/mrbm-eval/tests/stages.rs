@@ -226,7 +226,7 @@ fn eval_params_are_canonical_and_unchanged() {
     assert_eq!(
         canon,
         serde_json::json!({
-            "loss": "squared_hinge", "C": 1.0, "eps": 0.1, "max_iter": 1000,
+            "loss": "squared_hinge", "C": 1.0, "eps": 0.1, "max_iter": 300,
             "bias": 1.0, "shrinking": true, "standardize": false, "seed": 0
         })
     );

@@ -39,6 +39,86 @@ fn mnist_matches_liblinear() {
     }
 }
 
+/// LIBLINEAR 2.50's switch to its primal Newton solver, on Table 1's pixel
+/// baseline (fixture written by tools/liblinear_parity.py): standardised
+/// MNIST pixels, -s 1 -c 0.1 -e 0.1 -B 1, where coordinate descent reaches
+/// its 300 iterations for 9 of the 10 classes. The same classes must switch,
+/// each w's primal objective must lie within 2e-3 of the optimum as
+/// LIBLINEAR's does (within 1e-3), and the test error agree to 0.2 point.
+#[test]
+fn mnist_pixels_switch_to_newton_like_liblinear() {
+    let Some(root) = common::shared_data("mnist_pixels_switch_to_newton_like_liblinear") else {
+        return;
+    };
+    let mnist = common::fixture("liblinear_mnist.json");
+    let fx = common::fixture("liblinear_switch.json");
+    let s = common::mnist_split(
+        &root,
+        mnist["split_seed"].as_u64().unwrap(),
+        mnist["n_train"].as_u64().unwrap() as usize,
+    );
+    let cfg = SvmConfig {
+        loss: Loss::SquaredHinge,
+        c: fx["c"].as_f64().unwrap(),
+        eps: fx["eps"].as_f64().unwrap(),
+        bias: fx["bias"].as_f64().unwrap(),
+        standardize: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        cfg.max_iter, 300,
+        "LIBLINEAR's dual iteration cap is the default"
+    );
+    let m = fit(&s.xtr, s.ytr.len(), 784, &s.ytr, &cfg).unwrap();
+    let mut switched = 0;
+    for r in &m.reports {
+        let want = &fx["per_class"][r.class.to_string()];
+        let lib = want["primal_objective"].as_f64().unwrap();
+        let opt = want["primal_optimum"].as_f64().unwrap();
+        eprintln!(
+            "class {}: {} dual iterations + {} Newton steps (LIBLINEAR {} + {}), primal {:.6}, \
+             above the optimum by {:.1e} relative (LIBLINEAR's {:.1e})",
+            r.class,
+            r.iterations,
+            r.newton_iterations,
+            want["iterations"],
+            want["newton_steps"],
+            r.primal_objective,
+            (r.primal_objective - opt) / opt,
+            (lib - opt) / opt,
+        );
+        let want_switch = want["switched"].as_bool().unwrap();
+        assert_eq!(
+            r.switched, want_switch,
+            "class {}: switched {} vs LIBLINEAR {want_switch}",
+            r.class, r.switched
+        );
+        if want_switch {
+            assert_eq!(r.iterations, 300);
+            switched += 1;
+        }
+        assert!(r.converged, "class {} did not converge", r.class);
+        // Both stop on the same rule, |grad| <= tol |grad at 0|, which bounds
+        // the gradient, not the objective: LIBLINEAR's own w lies 1e-4 to
+        // 1e-3 above the optimum (relative), ours the same (measured 1e-4 to
+        // 1.2e-3: the warm starts differ), and neither may fall below it.
+        assert!(
+            r.primal_objective >= opt * (1.0 - 1e-6) && r.primal_objective <= opt * (1.0 + 2e-3),
+            "class {}: primal objective {} vs optimum {opt} (LIBLINEAR {lib})",
+            r.class,
+            r.primal_objective
+        );
+    }
+    assert_eq!(switched, 9);
+    let te = error_percent(&m.predict(&s.xte, s.yte.len()).unwrap(), &s.yte);
+    let want = fx["test_error_percent"].as_f64().unwrap();
+    eprintln!("test error {te:.2}% (LIBLINEAR {want:.2}%)");
+    assert!(
+        (te - want).abs() <= 0.2 + 1e-9,
+        "test error {te} vs LIBLINEAR {want}"
+    );
+}
+
 /// Fits `c` (a fixture configuration) on `train`, then asserts LIBLINEAR's
 /// test error within 0.1 point and each class's dual objective within 1e-3
 /// relative, all classes converged. Returns the model.
