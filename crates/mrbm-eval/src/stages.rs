@@ -132,7 +132,7 @@ impl TypedStage for SvmStage {
                 "{switched} of {} binary problems reached max_iter = {} coordinate-descent \
                  iterations and switched to the primal Newton solver, as LIBLINEAR -s 1 does",
                 model.reports.len(),
-                p.max_iter
+                cfg.max_iter
             ));
         }
         write_confusion(
