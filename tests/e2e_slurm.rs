@@ -294,7 +294,9 @@ fn a_cancelled_job_is_reported_cancelled_and_reruns_cleanly() {
     if !slurm_here("a_cancelled_job_is_reported_cancelled_and_reruns_cleanly") {
         return;
     }
-    let p = project("small", &small(400));
+    // Long enough (seconds, even on an idle machine) that the job is still
+    // running when scancel lands; 400 epochs once finished first under load.
+    let p = project("small", &small(3000));
     let cache = p.path().join(".mrbm");
     let child = mrbm(p.path(), "small", &["--executor", "slurm"])
         .stdout(Stdio::piped())
@@ -379,7 +381,9 @@ fn interrupting_the_planner_cancels_its_jobs() {
     if !slurm_here("interrupting_the_planner_cancels_its_jobs") {
         return;
     }
-    let p = project("small", &small(400));
+    // Minutes of training: the interrupt always lands while the job runs
+    // (400 epochs once finished first under load); it is cancelled anyway.
+    let p = project("small", &small(100_000));
     let cache = p.path().join(".mrbm");
     let child = mrbm(p.path(), "small", &["--executor", "slurm"])
         .stdout(Stdio::piped())
