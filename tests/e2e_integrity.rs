@@ -234,3 +234,40 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
     assert!(status.success());
     assert_eq!(entries(p.path()), 0);
 }
+
+/// The files the dataset stage reads (`images`/`labels`, here in a
+/// sub-folder of its `dir`) are hashed into its key: editing one reruns the
+/// stage with the new bytes. It used to keep the stale entry (same key,
+/// different data).
+#[test]
+fn editing_the_images_file_reruns_the_dataset() {
+    let p = project(&[(
+        "d.toml",
+        "[stages.digits]\nkind = \"dataset\"\ninputs = { dir = \"data:mini\" }\nparams = { format = \"idx\", images = \"sub/imgs\", labels = \"sub/lbls\" }\n",
+    )]);
+    let data = p.path().join("data/mini/sub");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
+    images.extend((0..16u8).map(|i| i * 16));
+    std::fs::write(data.join("imgs"), &images).unwrap();
+    std::fs::write(data.join("lbls"), [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1]).unwrap();
+    let args = ["run", "experiments/d.toml", "--data-root", "data"];
+    let o = run_in(p.path(), &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = key_of(p.path(), "d", "digits");
+    let o = run_in(p.path(), &args);
+    assert_eq!(key_of(p.path(), "d", "digits"), first, "{}", text(&o));
+    // One pixel of the images file changes.
+    *images.last_mut().unwrap() ^= 0xff;
+    std::fs::write(data.join("imgs"), &images).unwrap();
+    let o = run_in(p.path(), &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = key_of(p.path(), "d", "digits");
+    assert_ne!(
+        second,
+        first,
+        "edited images kept the old key:\n{}",
+        text(&o)
+    );
+    assert_eq!(entries(p.path()), 2);
+}
