@@ -4,6 +4,9 @@
 //! run; whatever moment each lands on, the assertion is the same, so the
 //! test cannot pass by luck of timing.
 
+mod common;
+use common::text;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -49,28 +52,29 @@ rows = "N"
 "#;
 
 fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-    std::fs::write(dir.path().join("experiments/chaos.toml"), EXP).unwrap();
-    dir
+    common::project(&[("chaos.toml", EXP)])
 }
 
+/// `mrbm run` of the chaos experiment, two jobs.
 fn mrbm(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env("NO_COLOR", "1")
-        .current_dir(root)
-        .args(["run", "experiments/chaos.toml", "--quiet", "--jobs", "2"]);
+    let mut c = common::mrbm_in(root);
+    c.args(["run", "experiments/chaos.toml", "--quiet", "--jobs", "2"]);
     c
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn entry_of(root: &Path, stage_id: &str) -> std::path::PathBuf {
+    common::entry_of(&root.join(".mrbm"), stage_id)
+        .unwrap_or_else(|| panic!("no entry for {stage_id} under {}", root.display()))
+}
+
+fn has_entry(root: &Path, stage_id: &str) -> bool {
+    common::entry_of(&root.join(".mrbm"), stage_id).is_some()
+}
+
+/// Waits for a run, killing it (and failing) if it hangs: a guard against
+/// a lock that is never broken, not a speed assertion.
+fn finish(child: std::process::Child, what: &str) -> Output {
+    common::finish(child, what, 120)
 }
 
 /// The summary's last line starts "0 ran, N cached".
@@ -124,34 +128,6 @@ fn runs_at_once_on_one_cache_agree_and_compute_each_stage_once() {
     assert_eq!(table(p.path()), table(clean.path()));
     let again = mrbm(p.path()).output().unwrap();
     assert!(computed_nothing(&again), "{}", text(&again));
-}
-
-/// The cache entry of one stage cell, found through its manifest.
-fn entry_of(root: &Path, stage_id: &str) -> std::path::PathBuf {
-    for e in std::fs::read_dir(root.join(".mrbm/entries")).unwrap() {
-        let dir = e.unwrap().path();
-        let Ok(bytes) = std::fs::read(dir.join("manifest.json")) else {
-            continue;
-        };
-        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        if m["stage_id"] == stage_id {
-            return dir;
-        }
-    }
-    panic!("no entry for {stage_id} under {}", root.display());
-}
-
-/// Waits for a run, killing it (and failing) if it hangs: a guard against
-/// a lock that is never broken, not a speed assertion.
-fn finish(mut child: std::process::Child, what: &str) -> Output {
-    for _ in 0..1200 {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    panic!("{what}: the run was still waiting after 120 s");
 }
 
 #[test]
@@ -254,10 +230,7 @@ fn gc_next_to_a_run_at_any_point_never_breaks_it() {
         let p = project();
         let child = run(p.path()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let gc = Command::new(env!("CARGO_BIN_EXE_mrbm"))
-            .current_dir(p.path())
-            .env_remove("MRBM_CACHE")
-            .env("NO_COLOR", "1")
+        let gc = common::mrbm_in(p.path())
             .args(["gc", "--keep-runs", "0"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -391,17 +364,8 @@ params = { split = { train = 40, test = 20 }, seed = 1 }
         ),
     ];
     for (what, before, stages) in cases {
-        let p = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(p.path().join("experiments")).unwrap();
-        std::fs::write(
-            p.path().join("experiments/long.toml"),
-            format!("{BASE}{stages}"),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mrbm"))
-            .current_dir(p.path())
-            .env_remove("MRBM_CACHE")
-            .env("NO_COLOR", "1")
+        let p = common::project(&[("long.toml", &format!("{BASE}{stages}"))]);
+        let child = common::mrbm_in(p.path())
             .args(["run", "experiments/long.toml", "--quiet", "--jobs", "1"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -447,16 +411,4 @@ params = { split = { train = 40, test = 20 }, seed = 1 }
         assert_eq!(left, 0, "{what}: a lock was left behind\n{t}");
         eprintln!("{what}: stopped {:?} after Ctrl-C", t0.elapsed());
     }
-}
-
-fn has_entry(root: &Path, stage_id: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir(root.join(".mrbm/entries")) else {
-        return false;
-    };
-    dir.filter_map(|e| e.ok()).any(|e| {
-        std::fs::read(e.path().join("manifest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|m| m["stage_id"] == stage_id)
-    })
 }
