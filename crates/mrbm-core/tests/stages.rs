@@ -496,6 +496,10 @@ fn train_params_are_the_library_structs() {
     ] {
         let e = canon(&format!("{bad} = 1")).unwrap_err();
         assert!(e.message.starts_with("unknown field"), "{bad}: {e}");
+        // serde's message for a plain struct: every key of the three.
+        for key in ["`kernel`", "`lr`", "`cd_k`", "`checkpoint_every`"] {
+            assert!(e.message.contains(key), "{bad}: {e}");
+        }
         assert_eq!(e.key.as_deref(), Some(bad));
         assert_eq!(e.suggestion.as_deref(), Some(near), "{bad}");
     }

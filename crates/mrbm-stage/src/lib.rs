@@ -376,11 +376,15 @@ impl<T: TypedStage> Stage for T {
     }
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         let (typed, canon) = parse_params::<T::Params>(raw).map_err(|mut e| {
-            // serde names no alternatives for a struct with flattened parts.
-            if e.suggestion.is_none() && e.message.starts_with("unknown field") {
+            // serde names no alternatives for a struct with flattened parts:
+            // the same message and suggestion as for a plain struct.
+            if e.message.starts_with("unknown field") && !e.message.contains(", expected") {
+                let names = T::param_names();
                 if let Some(key) = &e.key {
-                    e.suggestion = nearest(key, T::param_names()).map(str::to_string);
+                    e.suggestion = nearest(key, names.iter().copied()).map(str::to_string);
                 }
+                let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                e.message = format!("{}, expected one of {}", e.message, list.join(", "));
             }
             e
         })?;
