@@ -47,6 +47,7 @@ fn run(
         cancel: &cancel,
         log: &log,
         resume_dir: None,
+        upstream: &BTreeMap::new(),
     };
     assert!(s.uses_device() || kind == "loglik");
     s.run(&ctx)

@@ -49,6 +49,7 @@ fn run(
         cancel: &cancel,
         log: &log,
         resume_dir: None,
+        upstream: &BTreeMap::new(),
     };
     s.run(&ctx)
 }

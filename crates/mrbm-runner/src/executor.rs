@@ -182,6 +182,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         .iter()
         .filter_map(|i| Some((i.slot.clone(), i.path.clone()?)))
         .collect();
+    let upstream = upstream_entries(store, job);
     // Checkpoints of an interrupted run of this key live here until it is published.
     let resume_dir = store.root.join("resume").join(&job.key);
     let ctx = StageContext {
@@ -195,6 +196,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         cancel: rt.cancel,
         log: &log,
         resume_dir: Some(&resume_dir),
+        upstream: &upstream,
     };
     ctx.log(format!(
         "{} {} (key {}) on {} at {started}",
@@ -253,6 +255,21 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
             failed(e.to_string(), user, lp, t0)
         }
     }
+}
+
+/// Slot -> the cache entry behind each input that another stage produced,
+/// read from the entries' manifests (the store knows where they are; the
+/// stage does not). An input whose entry has no readable manifest is left
+/// out, as a table cell without an entry is.
+fn upstream_entries(store: &Store, job: &StageJob) -> BTreeMap<String, mrbm_stage::Upstream> {
+    job.inputs
+        .iter()
+        .filter(|i| i.path.is_some())
+        .filter_map(|i| {
+            let m = store.manifest(i.upstream_key.as_deref()?).ok()?;
+            Some((i.slot.clone(), m.upstream()))
+        })
+        .collect()
 }
 
 enum Acquired {

@@ -70,6 +70,25 @@ pub struct Manifest {
     pub slurm_job: Option<String>,
 }
 
+impl Manifest {
+    /// What a downstream stage may know of this entry
+    /// ([`mrbm_stage::StageContext::upstream`]).
+    pub fn upstream(&self) -> mrbm_stage::Upstream {
+        mrbm_stage::Upstream {
+            stage_id: self.stage_id.clone(),
+            kind: self.kind.clone(),
+            key: self.key.clone(),
+            metrics: self.metrics.clone(),
+            device: self.device.clone(),
+            host: self.host.clone(),
+            started: self.started.clone(),
+            seconds: self.seconds,
+            tool_version: self.tool_version.clone(),
+            slurm_job: self.slurm_job.clone(),
+        }
+    }
+}
+
 /// What [`Store::find`] found at a key.
 // A hit carries its manifest by value: it is read once per lookup, and
 // boxing it would only add an allocation to the common case.

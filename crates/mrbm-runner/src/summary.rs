@@ -6,32 +6,47 @@
 
 use std::path::Path;
 
-use crate::dag::{Dag, InputSource};
+use crate::dag::{Dag, InputSource, Node};
 use crate::exec::{NodeResult, Status};
 use crate::output;
 use crate::store::Store;
 use crate::table;
 
 /// The tables the run published, aligned, each under its name and path.
+/// They are rebuilt from memory (each table's parameters and the metrics
+/// its cells' entries carry in `results`), as its stage built the CSV.
 pub fn tables(dag: &Dag, results: &[NodeResult]) -> String {
     let mut s = String::new();
     for (node, r) in dag.nodes.iter().zip(results) {
         if node.kind != "table" || !r.status.ok() {
             continue;
         }
-        let Some((_, dest)) = node.publish.first() else {
+        let (Some((_, dest)), Some(grid)) = (node.publish.first(), grid(node, results)) else {
             continue;
         };
-        if let Ok(bytes) = std::fs::read(dest) {
-            s.push_str(&format!(
-                "\n{} ({})\n",
-                node.id.trim_start_matches("table:"),
-                rel(dest, &dag.project_root)
-            ));
-            s.push_str(&table::render_aligned(&table::read_csv(&bytes)));
-        }
+        s.push_str(&format!(
+            "\n{} ({})\n",
+            node.id.trim_start_matches("table:"),
+            rel(dest, &dag.project_root)
+        ));
+        s.push_str(&table::render_aligned(&grid));
     }
     s
+}
+
+/// A table node's rows, header first, from its canonical parameters and
+/// the metrics of its cells' entries in `results` (None: parameters that
+/// are no table's).
+pub fn grid(node: &Node, results: &[NodeResult]) -> Option<Vec<Vec<String>>> {
+    let p: table::TableParams = serde_json::from_value(node.params.clone()).ok()?;
+    let metrics_of = |slot: &str| {
+        let input = node.inputs.iter().find(|i| i.slot == slot)?;
+        let InputSource::Node { node: up, .. } = input.source else {
+            return None;
+        };
+        Some(results.get(up)?.manifest.as_ref()?.metrics.clone())
+    };
+    Some(table::build_grid(&p, metrics_of))
 }
 
 /// The exit code of a run: 0 when nothing failed, 2 when only user

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
+use mrbm_stage::{
+    InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError, Upstream,
+};
 use serde::{Deserialize, Serialize};
-
-use crate::store::Manifest;
 
 // 2: writes provenance.json beside table.csv.
 pub const VERSION: u32 = 2;
@@ -95,30 +95,14 @@ impl Stage for TableStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
         let p: TableParams = ctx.typed_params()?;
-        let grid = build_grid(&p, |slot| {
-            let dir = ctx.inputs.get(slot)?;
-            let bytes = std::fs::read(dir.join("metrics.json")).ok()?;
-            // JSON has no NaN: serde_json writes a NaN metric as null.
-            serde_json::from_slice::<BTreeMap<String, Option<f64>>>(&bytes)
-                .ok()
-                .map(|m| {
-                    m.into_iter()
-                        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
-                        .collect()
-                })
-        });
+        let grid = build_grid(&p, |slot| ctx.upstream(slot).map(|u| u.metrics.clone()));
         let mut w = csv::Writer::from_writer(Vec::new());
         for row in &grid {
             w.write_record(row).map_err(StageError::failed)?;
         }
         let bytes = w.into_inner().map_err(StageError::failed)?;
         mrbm_stage::write_atomic(&ctx.out("table.csv"), &bytes)?;
-        let prov = provenance(&p, |slot| {
-            // Inputs are entries' out/ folders; the manifest sits beside.
-            let entry = ctx.inputs.get(slot)?.parent()?;
-            let bytes = std::fs::read(entry.join(crate::store::MANIFEST)).ok()?;
-            serde_json::from_slice::<Manifest>(&bytes).ok()
-        });
+        let prov = provenance(&p, |slot| ctx.upstream(slot));
         let text = serde_json::to_string_pretty(&prov).map_err(StageError::failed)?;
         mrbm_stage::write_atomic(&ctx.out("provenance.json"), text.as_bytes())?;
         Ok(Metrics::new())
@@ -128,27 +112,30 @@ impl Stage for TableStage {
 /// Where each cell came from: stage, key, device, host, start time (and
 /// Slurm job, when one computed it); the
 /// devices used, once each, at the top. Missing cells say so.
-pub fn provenance(p: &TableParams, manifest_of: impl Fn(&str) -> Option<Manifest>) -> JsonValue {
+pub fn provenance<'a>(
+    p: &TableParams,
+    entry_of: impl Fn(&str) -> Option<&'a Upstream>,
+) -> JsonValue {
     let mut devices: Vec<String> = Vec::new();
     let cells: Vec<JsonValue> = p
         .cells
         .iter()
         .map(|c| {
             let mut o = serde_json::json!({ "row": c.row, "column": c.column });
-            match manifest_of(&c.slot) {
+            match entry_of(&c.slot) {
                 Some(m) => {
                     if !devices.contains(&m.device) {
                         devices.push(m.device.clone());
                     }
-                    o["stage"] = m.stage_id.into();
-                    o["key"] = m.key.into();
-                    o["device"] = m.device.into();
-                    o["host"] = m.host.into();
-                    o["started"] = m.started.into();
+                    o["stage"] = m.stage_id.as_str().into();
+                    o["key"] = m.key.as_str().into();
+                    o["device"] = m.device.as_str().into();
+                    o["host"] = m.host.as_str().into();
+                    o["started"] = m.started.as_str().into();
                     o["seconds"] = m.seconds.into();
-                    o["mrbm"] = m.tool_version.into();
-                    if let Some(j) = m.slurm_job {
-                        o["slurm_job"] = j.into();
+                    o["mrbm"] = m.tool_version.as_str().into();
+                    if let Some(j) = &m.slurm_job {
+                        o["slurm_job"] = j.as_str().into();
                     }
                 }
                 None => o["status"] = MISSING.into(),
@@ -321,17 +308,6 @@ pub fn render_aligned(rows: &[Vec<String>]) -> String {
     s
 }
 
-pub fn read_csv(bytes: &[u8]) -> Vec<Vec<String>> {
-    csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes)
-        .records()
-        .filter_map(|r| r.ok())
-        .map(|r| r.iter().map(str::to_string).collect())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,27 +447,18 @@ mod tests {
             extra: vec![],
             aggregate: None,
         };
-        let prov = provenance(&p, |slot| {
-            (slot == "a").then(|| Manifest {
-                key: "k".repeat(64),
-                stage_id: "svm[N=1]".into(),
-                kind: "svm".into(),
-                version: 1,
-                params: JsonValue::Null,
-                inputs: BTreeMap::new(),
-                input_sources: BTreeMap::new(),
-                input_keys: BTreeMap::new(),
-                files: BTreeMap::new(),
-                output_hash: String::new(),
-                metrics: BTreeMap::new(),
-                device: "wgpu:0 (llvmpipe)".into(),
-                started: "2026-11-23T00:00:00Z".into(),
-                seconds: 1.5,
-                tool_version: "mrbm 0.1.0".into(),
-                host: "h".into(),
-                slurm_job: None,
-            })
-        });
+        let a = Upstream {
+            key: "k".repeat(64),
+            stage_id: "svm[N=1]".into(),
+            kind: "svm".into(),
+            device: "wgpu:0 (llvmpipe)".into(),
+            started: "2026-11-23T00:00:00Z".into(),
+            seconds: 1.5,
+            tool_version: "mrbm 0.1.0".into(),
+            host: "h".into(),
+            ..Upstream::default()
+        };
+        let prov = provenance(&p, |slot| (slot == "a").then_some(&a));
         assert_eq!(prov["devices"], serde_json::json!(["wgpu:0 (llvmpipe)"]));
         assert_eq!(prov["cells"][0]["device"], "wgpu:0 (llvmpipe)");
         assert_eq!(prov["cells"][0]["stage"], "svm[N=1]");

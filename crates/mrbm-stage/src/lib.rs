@@ -181,6 +181,30 @@ pub fn key_params(params: &JsonValue) -> JsonValue {
     }
 }
 
+/// The cache entry behind an input that another stage produced, as the
+/// runner read it from that entry's manifest: what it computed (its
+/// metrics) and where, when and by what. A stage reads it with
+/// [`StageContext::upstream`] and never works out the cache layout itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Upstream {
+    /// Readable id of the stage that computed it, e.g. `svm[N=1]`.
+    pub stage_id: String,
+    pub kind: String,
+    /// Its cache key.
+    pub key: String,
+    /// Its metrics (a NaN metric is NaN here).
+    pub metrics: Metrics,
+    /// The device, host and start time of the run that computed it, its
+    /// duration in seconds and the tool version (`mrbm 0.1.0`).
+    pub device: String,
+    pub host: String,
+    pub started: String,
+    pub seconds: f64,
+    pub tool_version: String,
+    /// The Slurm job that computed it, if one did.
+    pub slurm_job: Option<String>,
+}
+
 /// Everything a running stage may use.
 pub struct StageContext<'a> {
     /// Readable id, e.g. `train[N=255,lr=0.03]`.
@@ -202,6 +226,9 @@ pub struct StageContext<'a> {
     /// interruption; the runner removes it once the entry is published.
     /// None: no resuming (tests, one-off runs).
     pub resume_dir: Option<&'a Path>,
+    /// Input slot -> the cache entry behind it, for the inputs that other
+    /// stages produced (empty outside the runner).
+    pub upstream: &'a BTreeMap<String, Upstream>,
 }
 
 impl<'a> StageContext<'a> {
@@ -221,6 +248,13 @@ impl<'a> StageContext<'a> {
 
     pub fn optional_input(&self, slot: &str) -> Option<&Path> {
         self.inputs.get(slot).map(|p| p.as_path())
+    }
+
+    /// The cache entry behind an input slot that another stage produced;
+    /// None when the slot has no entry (a table cell whose stage failed)
+    /// or the input is a file of the user's.
+    pub fn upstream(&self, slot: &str) -> Option<&Upstream> {
+        self.upstream.get(slot)
     }
 
     pub fn out(&self, file: &str) -> PathBuf {
@@ -764,6 +798,7 @@ mod tests {
             cancel: &cancel,
             log: &log,
             resume_dir: None,
+            upstream: &BTreeMap::new(),
         };
         (f(&ctx), ())
     }
@@ -799,6 +834,7 @@ mod tests {
             cancel: &cancel,
             log: &log,
             resume_dir: None,
+            upstream: &BTreeMap::new(),
         };
         let r = f(&ctx);
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();

@@ -141,6 +141,7 @@ pub fn run(
         cancel: &cancel,
         log: &log,
         resume_dir: None,
+        upstream: &BTreeMap::new(),
     };
     s.run(&ctx)
 }
