@@ -524,7 +524,8 @@ mod tests {
     use super::*;
     use mrbm_stage::{InputSlot, Metrics, ParamError, Stage};
 
-    /// Writes its parameter `x` doubled and returns it as a metric.
+    /// Writes its parameter `x` (plus the metric `y` of the entry behind
+    /// its input `up`, when there is one) doubled and returns it as a metric.
     struct Double;
     impl Stage for Double {
         fn kind(&self) -> &'static str {
@@ -544,6 +545,7 @@ mod tests {
             if x < 0.0 {
                 return Err(StageError::user("x must not be negative"));
             }
+            let x = x + ctx.upstream("up").map_or(0.0, |u| u.metrics["y"]);
             std::fs::write(ctx.out("y.txt"), format!("{}", 2.0 * x)).unwrap();
             Ok(Metrics::from([("y".to_string(), 2.0 * x)]))
         }
@@ -630,6 +632,32 @@ mod tests {
         let again = run_job(&f.store, &j, &f.rt());
         assert_eq!(again.status, Status::Cached);
         assert_eq!(again.manifest.unwrap().output_hash, m.output_hash);
+    }
+
+    #[test]
+    fn a_stage_reads_its_upstream_entry_through_the_context() {
+        let f = fixture();
+        let a = job(0, 2.0);
+        assert_eq!(run_job(&f.store, &a, &f.rt()).status, Status::Ran);
+        let input = |path: Option<PathBuf>, upstream_key: Option<String>| JobInput {
+            slot: "up".into(),
+            path,
+            hash: "h".into(),
+            source: Some(a.stage_id.clone()),
+            upstream_key,
+            external: false,
+        };
+        // Its metric y = 4 comes from a's manifest: 2 * (1 + 4).
+        let mut b = job(1, 1.0);
+        b.inputs = vec![input(Some(f.store.out_dir(&a.key)), Some(a.key.clone()))];
+        let m = run_job(&f.store, &b, &f.rt()).manifest.unwrap();
+        assert_eq!(m.metrics["y"], 10.0);
+        // A table cell without an entry: no upstream, 2 * 1.
+        let mut c = job(2, 1.0);
+        c.key = crate::hashing::hash_bytes(b"double 1 without up");
+        c.inputs = vec![input(None, None)];
+        let m = run_job(&f.store, &c, &f.rt()).manifest.unwrap();
+        assert_eq!(m.metrics["y"], 2.0);
     }
 
     #[test]

@@ -194,6 +194,41 @@ fn second_run_is_all_cached_and_table_is_written() {
 }
 
 #[test]
+fn the_summary_prints_each_table_from_memory_as_published() {
+    let p = Project::new();
+    let f = p.write("e.toml", EXP);
+    let reg = registry(1);
+    let dag = build(&f, &reg, &[]).unwrap();
+    let store = p.store();
+    let memo = Memo::load(&store.root);
+    let opts = RunOptions {
+        jobs: 2,
+        keep_going: true,
+        device: mrbm_stage::Device::Cpu,
+        threads: 1,
+        progress: None,
+    };
+    let results = exec::execute(&dag, &reg, &store, &memo, &opts, &AtomicBool::new(false));
+    let published = p.dir.path().join("results/t.csv");
+    let csv = std::fs::read_to_string(&published).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    // Not read back: the summary has the cells' metrics in `results`.
+    std::fs::remove_file(&published).unwrap();
+    let printed = mrbm_runner::summary::tables(&dag, &results);
+    assert_eq!(
+        printed,
+        format!(
+            "\nt (results/t.csv)\n{}",
+            mrbm_runner::table::render_aligned(&rows)
+        )
+    );
+    assert!(printed.contains("20.0   121.00"), "{printed}");
+}
+
+#[test]
 fn set_reruns_only_dependants_and_names_the_parameter() {
     let p = Project::new();
     let f = p.write("e.toml", EXP);
