@@ -21,6 +21,7 @@ use crate::hashing::{self, Memo};
 use crate::registry::Registry;
 use crate::session::{Cells, Session};
 use crate::store::{self, Manifest, Store};
+use crate::table;
 
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -149,7 +150,7 @@ pub fn resolve_input(
                 // Tables read only metrics.json, and of it only the metrics
                 // they name: a rerun upstream whose results are the same
                 // (timings aside) leaves the table cached.
-                let h = table_input_hash(node, &m);
+                let h = table::input_hash(node, &m);
                 return Ok(Resolved::Ready { path: out, hash: h });
             }
             let wanted = file.clone().or_else(|| {
@@ -188,69 +189,6 @@ pub fn resolve_input(
             }
         }
     }
-}
-
-/// The hash a table's key takes of one cell's entry: the metrics the table
-/// names, with their values (a missing one as absent). Timing metrics count
-/// only when the table names them.
-pub fn table_input_hash(table: &Node, m: &Manifest) -> String {
-    let mut wanted: Vec<&str> = table
-        .params
-        .get("metrics")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    // Computed extra columns name their own metric.
-    if let Some(extra) = table.params.get("extra").and_then(|v| v.as_array()) {
-        wanted.extend(extra.iter().filter_map(|x| x.get("metric")?.as_str()));
-    }
-    wanted.sort_unstable();
-    wanted.dedup();
-    let picked: BTreeMap<&str, Option<f64>> = wanted
-        .iter()
-        .map(|w| (*w, m.metrics.get(*w).copied()))
-        .collect();
-    hashing::hash_bytes(&serde_json::to_vec(&picked).expect("json"))
-}
-
-/// A metric the table names that none of its cells has (when some cell
-/// has metrics at all): a typo, reported with the nearest metric.
-fn unknown_table_metric(
-    dag: &Dag,
-    node: &Node,
-    upstream: &dyn Fn(usize) -> Option<Manifest>,
-) -> Option<String> {
-    let mut have: std::collections::BTreeSet<String> = Default::default();
-    let mut stage = None;
-    for inp in &node.inputs {
-        if let InputSource::Node { node: up, .. } = inp.source {
-            stage.get_or_insert(dag.nodes[up].stage.clone());
-            if let Some(m) = upstream(up) {
-                have.extend(m.metrics.keys().cloned());
-            }
-        }
-    }
-    if have.is_empty() {
-        return None;
-    }
-    let wanted = node.params.get("metrics")?.as_array()?;
-    for w in wanted.iter().filter_map(|v| v.as_str()) {
-        if have.contains(w) {
-            continue;
-        }
-        let help = match mrbm_stage::nearest(w, have.iter().map(String::as_str)) {
-            Some(n) => format!("did you mean `{n}`? "),
-            None => String::new(),
-        };
-        return Some(format!(
-            "{}: {}: no metric `{w}` in the cells of stage `{}`\n  help: {help}its metrics: {}",
-            node.declared,
-            node.id,
-            stage.unwrap_or_default(),
-            have.iter().cloned().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    None
 }
 
 /// Run the DAG with today's local thread pool ([`LocalExecutor`]): nodes in
@@ -553,7 +491,7 @@ pub fn keyed_job(
         }
     }
     if node.kind == "table" {
-        if let Some(message) = unknown_table_metric(dag, node, upstream) {
+        if let Some(message) = table::unknown_metric(dag, node, upstream) {
             return Err(message);
         }
     }

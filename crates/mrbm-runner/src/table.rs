@@ -4,8 +4,14 @@
 //! skipped is written as `missing`, so one absent data set does not lose
 //! the rest of the table. Beside it goes provenance.json (published to
 //! results/NAME.provenance.json): per cell, the stage, cache key, device,
-//! host and time that computed it, read from that entry's manifest. The
-//! device is not part of any key, so this file is where it is recorded.
+//! host and time that computed it, from that entry's manifest
+//! (`ctx.upstream`). The device is not part of any key, so this file is
+//! where it is recorded.
+//!
+//! The table's logic lives here: the grid ([`build_grid`], also what the
+//! run summary prints from memory), the hash its key takes of each cell
+//! ([`input_hash`]) and the check of the metrics it names
+//! ([`unknown_metric`]); `dag::tables` only expands `[[tables]]` into nodes.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +19,10 @@ use mrbm_stage::{
     InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError, Upstream,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::dag::{Dag, InputSource, Node};
+use crate::hashing;
+use crate::store::Manifest;
 
 // 2: writes provenance.json beside table.csv.
 pub const VERSION: u32 = 2;
@@ -107,6 +117,69 @@ impl Stage for TableStage {
         mrbm_stage::write_atomic(&ctx.out("provenance.json"), text.as_bytes())?;
         Ok(Metrics::new())
     }
+}
+
+/// The hash a table's key takes of one cell's entry: the metrics the table
+/// names, with their values (a missing one as absent). Timing metrics count
+/// only when the table names them.
+pub fn input_hash(table: &Node, m: &Manifest) -> String {
+    let mut wanted: Vec<&str> = table
+        .params
+        .get("metrics")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    // Computed extra columns name their own metric.
+    if let Some(extra) = table.params.get("extra").and_then(|v| v.as_array()) {
+        wanted.extend(extra.iter().filter_map(|x| x.get("metric")?.as_str()));
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let picked: BTreeMap<&str, Option<f64>> = wanted
+        .iter()
+        .map(|w| (*w, m.metrics.get(*w).copied()))
+        .collect();
+    hashing::hash_bytes(&serde_json::to_vec(&picked).expect("json"))
+}
+
+/// A metric the table names that none of its cells has (when some cell
+/// has metrics at all): a typo, reported with the nearest metric.
+pub fn unknown_metric(
+    dag: &Dag,
+    node: &Node,
+    upstream: &dyn Fn(usize) -> Option<Manifest>,
+) -> Option<String> {
+    let mut have: std::collections::BTreeSet<String> = Default::default();
+    let mut stage = None;
+    for inp in &node.inputs {
+        if let InputSource::Node { node: up, .. } = inp.source {
+            stage.get_or_insert(dag.nodes[up].stage.clone());
+            if let Some(m) = upstream(up) {
+                have.extend(m.metrics.keys().cloned());
+            }
+        }
+    }
+    if have.is_empty() {
+        return None;
+    }
+    let wanted = node.params.get("metrics")?.as_array()?;
+    for w in wanted.iter().filter_map(|v| v.as_str()) {
+        if have.contains(w) {
+            continue;
+        }
+        let help = match mrbm_stage::nearest(w, have.iter().map(String::as_str)) {
+            Some(n) => format!("did you mean `{n}`? "),
+            None => String::new(),
+        };
+        return Some(format!(
+            "{}: {}: no metric `{w}` in the cells of stage `{}`\n  help: {help}its metrics: {}",
+            node.declared,
+            node.id,
+            stage.unwrap_or_default(),
+            have.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    None
 }
 
 /// Where each cell came from: stage, key, device, host, start time (and
