@@ -26,7 +26,7 @@ use burn::tensor::ops::{
     AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
 };
 use burn::tensor::{Device, Tensor, TensorData};
-use mrbm_kernels::Par;
+use mrbm_kernels::{PackedA, Par};
 use rayon::prelude::*;
 
 use crate::inception_host::{Act, HostConv, HostNet};
@@ -540,7 +540,12 @@ impl FidInception {
                         k: s.k,
                         stride: s.stride,
                         pad: s.pad,
-                        w: wf.clone(),
+                        w: PackedA::new(
+                            mrbm_kernels::Isa::best(),
+                            s.cout,
+                            per,
+                            mrbm_kernels::View::row_major(&wf, per),
+                        ),
                         b: bf.clone(),
                     },
                 );

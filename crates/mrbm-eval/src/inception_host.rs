@@ -16,21 +16,22 @@
 
 use std::collections::HashMap;
 
-use mrbm_kernels::conv::Conv;
-use mrbm_kernels::Par;
+use mrbm_kernels::conv::{Conv, Weights};
+use mrbm_kernels::{PackedA, Par};
 
 /// The pass was stopped.
 #[derive(Debug)]
 pub(crate) struct Stopped;
 
-/// One BasicConv2d, batch norm folded: weight [O, C*KH*KW], bias [O].
+/// One BasicConv2d, batch norm folded: weight [O, C*KH*KW] (packed once
+/// for sgemm), bias [O].
 pub(crate) struct HostConv {
     pub cin: usize,
     pub cout: usize,
     pub k: [usize; 2],
     pub stride: usize,
     pub pad: [usize; 2],
-    pub w: Vec<f32>,
+    pub w: PackedA,
     pub b: Vec<f32>,
 }
 
@@ -102,7 +103,7 @@ impl HostNet {
         debug_assert_eq!((g.oh(), g.ow()), (out.h, out.w), "{name}");
         let p = out.plane();
         let dst = &mut out.d[off * p..(off + hc.cout) * p];
-        if !g.forward(&x.d, &hc.w, &hc.b, true, dst, par, stop) {
+        if !g.forward(&x.d, Weights::Packed(&hc.w), &hc.b, true, dst, par, stop) {
             return Err(Stopped);
         }
         Ok(off + hc.cout)
