@@ -293,25 +293,28 @@ impl HostNet {
     }
 }
 
-/// 3x3 max pool, stride `s`, padding `p` (padding never wins, as -inf).
+/// 3x3 max pool, stride `s`, padding `p` (padding never wins, as -inf):
+/// separable, the max over each row's windows first, then over 3 rows.
 pub(crate) fn max_pool(x: &Act, s: usize, p: usize) -> Act {
     let oh = (x.h + 2 * p - 3) / s + 1;
     let ow = (x.w + 2 * p - 3) / s + 1;
     let mut out = Act::zeros(x.c, oh, ow);
+    let win = |o: usize, len: usize| ((o * s).saturating_sub(p), (o * s + 3 - p).min(len));
+    let mut rows = vec![0.0f32; x.h * ow];
     for (src, dst) in x.d.chunks(x.plane()).zip(out.d.chunks_mut(oh * ow)) {
-        for oy in 0..oh {
-            let y0 = (oy * s).saturating_sub(p);
-            let y1 = (oy * s + 3 - p).min(x.h);
-            for ox in 0..ow {
-                let x0 = (ox * s).saturating_sub(p);
-                let x1 = (ox * s + 3 - p).min(x.w);
-                let mut m = f32::NEG_INFINITY;
-                for row in src[y0 * x.w..y1 * x.w].chunks(x.w) {
-                    for v in &row[x0..x1] {
-                        m = m.max(*v);
-                    }
+        for (row, r) in src.chunks(x.w).zip(rows.chunks_mut(ow)) {
+            for (ox, v) in r.iter_mut().enumerate() {
+                let (x0, x1) = win(ox, x.w);
+                *v = row[x0..x1].iter().fold(f32::NEG_INFINITY, |m, a| m.max(*a));
+            }
+        }
+        for (oy, d) in dst.chunks_mut(ow).enumerate() {
+            let (y0, y1) = win(oy, x.h);
+            d.copy_from_slice(&rows[y0 * ow..(y0 + 1) * ow]);
+            for y in y0 + 1..y1 {
+                for (v, a) in d.iter_mut().zip(&rows[y * ow..(y + 1) * ow]) {
+                    *v = v.max(*a);
                 }
-                dst[oy * ow + ox] = m;
             }
         }
     }
@@ -319,22 +322,31 @@ pub(crate) fn max_pool(x: &Act, s: usize, p: usize) -> Act {
 }
 
 /// 3x3 stride-1 average pool, padding 1, averaging only the pixels inside
-/// the image (count_include_pad=False, as TensorFlow).
+/// the image (count_include_pad=False, as TensorFlow): separable, 3-sums
+/// along each row, then of 3 rows, over the count of pixels inside.
 pub(crate) fn avg3(x: &Act) -> Act {
     let (h, w) = (x.h, x.w);
     let mut out = Act::zeros(x.c, h, w);
+    let span = |o: usize, len: usize| ((o + 2).min(len) - o.saturating_sub(1)) as f32;
+    let inv_w: Vec<f32> = (0..w).map(|ox| span(ox, w)).collect();
+    let mut rows = vec![0.0f32; h * w];
     for (src, dst) in x.d.chunks(x.plane()).zip(out.d.chunks_mut(h * w)) {
-        for oy in 0..h {
+        for (row, r) in src.chunks(w).zip(rows.chunks_mut(w)) {
+            for (ox, v) in r.iter_mut().enumerate() {
+                *v = row[ox.saturating_sub(1)..(ox + 2).min(w)].iter().sum();
+            }
+        }
+        for (oy, d) in dst.chunks_mut(w).enumerate() {
             let (y0, y1) = (oy.saturating_sub(1), (oy + 2).min(h));
-            for ox in 0..w {
-                let (x0, x1) = (ox.saturating_sub(1), (ox + 2).min(w));
-                let mut s = 0.0f32;
-                for row in src[y0 * w..y1 * w].chunks(w) {
-                    for v in &row[x0..x1] {
-                        s += *v;
-                    }
+            d.copy_from_slice(&rows[y0 * w..(y0 + 1) * w]);
+            for y in y0 + 1..y1 {
+                for (v, a) in d.iter_mut().zip(&rows[y * w..(y + 1) * w]) {
+                    *v += *a;
                 }
-                dst[oy * w + ox] = s / ((y1 - y0) * (x1 - x0)) as f32;
+            }
+            let ch = span(oy, h);
+            for (v, cw) in d.iter_mut().zip(&inv_w) {
+                *v /= ch * cw;
             }
         }
     }
