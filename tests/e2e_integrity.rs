@@ -243,3 +243,104 @@ fn editing_the_images_file_reruns_the_dataset() {
     );
     assert_eq!(entries(&p.path().join(".mrbm")).len(), 2);
 }
+
+/// `mrbm verify` clears locks nobody holds any more: a dead PID on this
+/// host, a reused PID (live, but started at another time), and another
+/// host's lock whose heartbeat stopped long ago. A live lock stays.
+#[test]
+fn verify_clears_stale_locks_and_keeps_live_ones() {
+    let p = project(&[("a.toml", SHAPES)]);
+    let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string();
+    // A PID that does not exist: above the kernel's pid_max.
+    let dead = 4_194_305u32;
+    let locks = p.path().join(".mrbm/locks");
+    let owner = |pid: u32, host: &str, start: Option<u64>, time: &str| {
+        format!(
+            "{}\n",
+            serde_json::json!({"pid": pid, "host": host, "start": start, "boot": boot, "time": time})
+        )
+    };
+    std::fs::write(
+        locks.join("dead.lock"),
+        owner(dead, &host, Some(5), "2026-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    std::fs::write(
+        locks.join("reused.lock"),
+        owner(1, &host, Some(1), "2026-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    std::fs::write(
+        locks.join("elsewhere.lock"),
+        owner(1234, "another-host", Some(5), "2020-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    // Its heartbeat (the file's modification time) stopped an hour ago.
+    std::fs::File::options()
+        .write(true)
+        .open(locks.join("elsewhere.lock"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    // This test's own process: alive, started when it says.
+    let me_start = std::fs::read_to_string(format!("/proc/{}/stat", std::process::id()))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    std::fs::write(
+        locks.join("live.lock"),
+        owner(
+            std::process::id(),
+            &host,
+            Some(me_start),
+            "2026-01-01T00:00:00Z",
+        ),
+    )
+    .unwrap();
+    let o = run_in(p.path(), &["verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for stale in ["dead", "reused", "elsewhere"] {
+        assert!(
+            !locks.join(format!("{stale}.lock")).exists(),
+            "verify left the {stale} lock:\n{}",
+            text(&o)
+        );
+    }
+    assert!(locks.join("live.lock").exists(), "verify broke a live lock");
+}
+
+/// A bad `--set` is reported as the command-line argument it came from,
+/// never at a line of the experiment file (which does not hold it).
+#[test]
+fn set_errors_name_the_command_line_argument() {
+    let p = project(&[("a.toml", SHAPES)]);
+    for (arg, why) in [
+        ("shapes.n=many", "invalid type"),
+        ("shapes.seed=nan", "must be finite"),
+        ("shapes.sizes=3", "unknown field"),
+        ("nostage.n=3", "nostage"),
+    ] {
+        let o = run_in(p.path(), &["plan", "experiments/a.toml", "--set", arg]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{arg}: {t}");
+        let key = arg.split('=').next().unwrap();
+        assert!(t.contains(&format!("--set {key}")), "{arg}: {t}");
+        assert!(t.contains(why), "{arg}: {t}");
+        assert!(!t.contains("a.toml:"), "{arg} blamed on a file line: {t}");
+    }
+}
