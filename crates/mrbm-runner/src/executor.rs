@@ -182,7 +182,6 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         .iter()
         .filter_map(|i| Some((i.slot.clone(), i.path.clone()?)))
         .collect();
-    let upstream = upstream_entries(store, job);
     // Checkpoints of an interrupted run of this key live here until it is published.
     let resume_dir = store.root.join("resume").join(&job.key);
     let ctx = StageContext {
@@ -196,7 +195,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         cancel: rt.cancel,
         log: &log,
         resume_dir: Some(&resume_dir),
-        upstream: &upstream,
+        upstream: &upstream_entries(store, job),
     };
     ctx.log(format!(
         "{} {} (key {}) on {} at {started}",
