@@ -112,6 +112,29 @@ pub(crate) fn matmul(
     rhs_rs: isize,
     rhs_cs: isize,
 ) {
+    matmul_in(
+        false, m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
+    )
+}
+
+/// [`matmul`] on every thread of the caller's rayon pool when `parallel`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_in(
+    parallel: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: &[f32],
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
     let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
         if rows == 0 || cols == 0 {
             0
@@ -155,7 +178,11 @@ pub(crate) fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if parallel && rayon::current_num_threads() > 1 {
+                gemm::Parallelism::Rayon(rayon::current_num_threads())
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }

@@ -315,7 +315,9 @@ impl Stage for TrainStage {
     fn version(&self) -> u32 {
         // 2: conv layers on the CPU use host_conv (same maps, other rounding).
         // 3: its weight gradient sums data and reconstruction apart.
-        3
+        // 4: the closed-form step runs on the host (host_cd): vectorised
+        //    sigmoid/softplus and both phases in one product (other rounding).
+        4
     }
     fn inputs(&self) -> &'static [InputSlot] {
         TRAIN_INPUTS
