@@ -1,0 +1,516 @@
+//! Dense f32 kernels on the host, one job: fast matrix products (and the
+//! im2col that turns a convolution into one) for mrbm's CPU paths.
+//!
+//! [`sgemm`] computes C = alpha * A * B + beta * C for strided row/column
+//! views (a transpose is a view with its strides swapped, [`View::t`]). It is
+//! the classic Goto/BLIS scheme: B is packed into k x NR panels and A into
+//! MR x k panels, blocked so that one B micro-panel stays in L1, the packed
+//! A block in L2 and the packed B block in L3, and a register-tile
+//! microkernel does the multiply-adds. The microkernel is chosen at run time:
+//!
+//! | [`Isa`] | tile (MR x NR) | registers |
+//! |---|---|---|
+//! | `Avx512` | 14 x 32 | 28 zmm accumulators + 2 B + 1 broadcast of the 32 |
+//! | `Avx2` (+FMA) | 6 x 16 | 12 ymm accumulators + 2 B + 1 broadcast of the 16 |
+//! | `Portable` | 4 x 16 | plain Rust arrays (LLVM vectorises for the target) |
+//!
+//! [`Isa::best`] picks the widest the CPU has (the `MRBM_SGEMM_ISA`
+//! environment variable, `avx512` / `avx2` / `portable`, narrows it, e.g. to
+//! measure or test a fallback); [`sgemm_isa`] takes one explicitly.
+//! [`Par::Rayon`] splits the work over the caller's rayon pool; [`Par::Seq`]
+//! keeps it on the calling thread (when the caller already runs one product
+//! per thread, e.g. one per image).
+
+use rayon::prelude::*;
+
+pub mod conv;
+mod micro;
+
+/// Which microkernel family runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F, 14 x 32 register tile.
+    Avx512,
+    /// AVX2 with FMA, 6 x 16 register tile.
+    Avx2,
+    /// Plain Rust, any target.
+    Portable,
+}
+
+impl Isa {
+    /// Every family, widest first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// The widest available family, or the one `MRBM_SGEMM_ISA` names when
+    /// it is available (an unknown or unavailable name is ignored). Read
+    /// once per process.
+    pub fn best() -> Isa {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let want = std::env::var("MRBM_SGEMM_ISA").ok();
+            if let Some(isa) = Isa::ALL
+                .into_iter()
+                .find(|i| Some(i.name()) == want.as_deref())
+            {
+                if isa.available() {
+                    return isa;
+                }
+            }
+            Isa::ALL
+                .into_iter()
+                .find(|i| i.available())
+                .unwrap_or(Isa::Portable)
+        })
+    }
+
+    fn blocking(self) -> Blocking {
+        match self {
+            Isa::Avx512 => Blocking {
+                mr: 14,
+                nr: 32,
+                mc: 14 * 12,
+                kc: 256,
+                nc: 32 * 64,
+                kernel: micro::AVX512,
+            },
+            Isa::Avx2 => Blocking {
+                mr: 6,
+                nr: 16,
+                mc: 6 * 24,
+                kc: 256,
+                nc: 16 * 128,
+                kernel: micro::AVX2,
+            },
+            Isa::Portable => Blocking {
+                mr: micro::PORTABLE_MR,
+                nr: micro::PORTABLE_NR,
+                mc: 128,
+                kc: 256,
+                nc: 2048,
+                kernel: micro::portable,
+            },
+        }
+    }
+}
+
+/// Where the work of one product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Par {
+    /// On the calling thread only.
+    Seq,
+    /// Split over the current rayon pool.
+    Rayon,
+}
+
+/// A read-only matrix: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Row-major with `cols` columns.
+    pub fn row_major(data: &'a [f32], cols: usize) -> Self {
+        View {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose (strides swapped, no copy).
+    pub fn t(self) -> Self {
+        View {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// A writable matrix: element (i, j) is `data[i * rs + j * cs]`. Distinct
+/// (i, j) must address distinct elements.
+#[derive(Debug)]
+pub struct ViewMut<'a> {
+    pub data: &'a mut [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> ViewMut<'a> {
+    /// Row-major with `cols` columns.
+    pub fn row_major(data: &'a mut [f32], cols: usize) -> Self {
+        ViewMut {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+}
+
+/// C (m x n) = alpha * A (m x k) * B (k x n) + beta * C, with the best
+/// microkernels this CPU has ([`Isa::best`]). With beta = 0, C's previous
+/// contents are never read (NaNs there do not propagate).
+///
+/// Panics when a view is too short for its shape or C's strides make two
+/// elements alias (caller bugs, not data errors).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    c: ViewMut,
+    par: Par,
+) {
+    sgemm_isa(Isa::best(), m, n, k, alpha, a, b, beta, c, par)
+}
+
+/// [`sgemm`] with the microkernel family given; panics when this CPU
+/// cannot run it (check [`Isa::available`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_isa(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    c: ViewMut,
+    par: Par,
+) {
+    assert!(isa.available(), "sgemm: {} is not available", isa.name());
+    let span = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(a.data.len() >= span(m, k, a.rs, a.cs), "sgemm: A too short");
+    assert!(b.data.len() >= span(k, n, b.rs, b.cs), "sgemm: B too short");
+    assert!(c.data.len() >= span(m, n, c.rs, c.cs), "sgemm: C too short");
+    // No aliasing in C: one of the strides must step over the whole other
+    // dimension (the layouts any caller means; checked, not assumed).
+    assert!(
+        m <= 1
+            || n <= 1
+            || (c.cs >= 1 && c.rs >= span(1, n, 0, c.cs))
+            || (c.rs >= 1 && c.cs >= span(m, 1, c.rs, 0)),
+        "sgemm: C's strides alias"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Safety: the asserts above keep every access inside the slices and
+    // C's elements distinct.
+    unsafe {
+        if c.cs != 1 && c.rs == 1 {
+            // Column-major C: compute C^T = B^T A^T, whose rows are contiguous.
+            driver(
+                isa,
+                n,
+                m,
+                k,
+                alpha,
+                Mat::of(b.t()),
+                Mat::of(a.t()),
+                beta,
+                MatMut::of(c.data.as_mut_ptr(), c.cs, c.rs),
+                par,
+            );
+        } else {
+            driver(
+                isa,
+                m,
+                n,
+                k,
+                alpha,
+                Mat::of(a),
+                Mat::of(b),
+                beta,
+                MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
+                par,
+            );
+        }
+    }
+}
+
+/// Microkernel: C tile (mr x nr valid of MR x NR) = alpha * Apanel * Bpanel
+/// + beta * C tile, over `kc` steps of packed panels.
+pub(crate) type Kernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rs_c: usize,
+    cs_c: usize,
+    alpha: f32,
+    beta: f32,
+    mr: usize,
+    nr: usize,
+);
+
+struct Blocking {
+    mr: usize,
+    nr: usize,
+    mc: usize,
+    kc: usize,
+    nc: usize,
+    kernel: Kernel,
+}
+
+#[derive(Clone, Copy)]
+struct Mat {
+    p: *const f32,
+    rs: usize,
+    cs: usize,
+}
+// Safety: read-only views shared between rayon tasks.
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+impl Mat {
+    fn of(v: View) -> Self {
+        Mat {
+            p: v.data.as_ptr(),
+            rs: v.rs,
+            cs: v.cs,
+        }
+    }
+    /// The element `off` past the start.
+    unsafe fn at(&self, off: usize) -> *const f32 {
+        self.p.add(off)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct MatMut {
+    p: *mut f32,
+    rs: usize,
+    cs: usize,
+}
+// Safety: rayon tasks write disjoint tiles of C.
+unsafe impl Send for MatMut {}
+unsafe impl Sync for MatMut {}
+impl MatMut {
+    fn of(p: *mut f32, rs: usize, cs: usize) -> Self {
+        MatMut { p, rs, cs }
+    }
+    /// Element (i, j) (a method, so closures capture the whole Sync view).
+    unsafe fn at(&self, i: usize, j: usize) -> *mut f32 {
+        self.p.add(i * self.rs + j * self.cs)
+    }
+}
+
+thread_local! {
+    static PACK_A: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static PACK_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Borrow this thread's buffer (taken out, so a nested call on the same
+/// thread, e.g. through rayon's work stealing, simply gets a fresh one).
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = key.with(|c| c.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    key.with(|c| c.set(buf));
+    r
+}
+
+fn split_even(total: usize, max_block: usize, multiple: usize) -> usize {
+    let blocks = total.div_ceil(max_block).max(1);
+    total.div_ceil(blocks).div_ceil(multiple) * multiple
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn driver(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: MatMut,
+    par: Par,
+) {
+    if k == 0 || alpha == 0.0 {
+        for i in 0..m {
+            for j in 0..n {
+                let p = c.p.add(i * c.rs + j * c.cs);
+                *p = if beta == 0.0 { 0.0 } else { beta * *p };
+            }
+        }
+        return;
+    }
+    let bl = isa.blocking();
+    let threads = match par {
+        Par::Seq => 1,
+        Par::Rayon => rayon::current_num_threads().max(1),
+    };
+    let nc = split_even(n, bl.nc, bl.nr);
+    let kc = split_even(k, bl.kc, 1);
+    let mc = split_even(m, bl.mc, bl.mr);
+    let mblocks = m.div_ceil(mc);
+    for jc in (0..n).step_by(nc) {
+        let ncur = nc.min(n - jc);
+        let npan = ncur.div_ceil(bl.nr);
+        for pc in (0..k).step_by(kc) {
+            let kcur = kc.min(k - pc);
+            let beta_eff = if pc == 0 { beta } else { 1.0 };
+            with_buffer(&PACK_B, npan * kcur * bl.nr, |bbuf| {
+                let panel = kcur * bl.nr;
+                let pack = |(jp, dst): (usize, &mut [f32])| {
+                    pack_b(
+                        b,
+                        pc,
+                        kcur,
+                        jc + jp * bl.nr,
+                        bl.nr.min(ncur - jp * bl.nr),
+                        bl.nr,
+                        dst,
+                    )
+                };
+                if threads > 1 && npan > 1 {
+                    bbuf.par_chunks_mut(panel).enumerate().for_each(pack);
+                } else {
+                    bbuf.chunks_mut(panel).enumerate().for_each(pack);
+                }
+                let bbuf = Mat {
+                    p: bbuf.as_ptr(),
+                    rs: 0,
+                    cs: 0,
+                };
+                // Tasks: (block of rows, range of B panels), enough of them
+                // to give every thread one.
+                let nsplit = threads.div_ceil(mblocks).clamp(1, npan);
+                let per = npan.div_ceil(nsplit);
+                let nsplit = npan.div_ceil(per);
+                let task = |t: usize| {
+                    let (ib, js) = (t / nsplit, t % nsplit);
+                    let ic = ib * mc;
+                    let mcur = mc.min(m - ic);
+                    let mpan = mcur.div_ceil(bl.mr);
+                    with_buffer(&PACK_A, mpan * kcur * bl.mr, |abuf| {
+                        for (ip, dst) in abuf.chunks_mut(kcur * bl.mr).enumerate() {
+                            pack_a(
+                                a,
+                                ic + ip * bl.mr,
+                                bl.mr.min(mcur - ip * bl.mr),
+                                pc,
+                                kcur,
+                                bl.mr,
+                                dst,
+                            );
+                        }
+                        for jp in js * per..((js + 1) * per).min(npan) {
+                            let bp = bbuf.at(jp * kcur * bl.nr);
+                            let nr = bl.nr.min(ncur - jp * bl.nr);
+                            for ip in 0..mpan {
+                                let mr = bl.mr.min(mcur - ip * bl.mr);
+                                let cp = c.at(ic + ip * bl.mr, jc + jp * bl.nr);
+                                (bl.kernel)(
+                                    kcur,
+                                    abuf.as_ptr().add(ip * kcur * bl.mr),
+                                    bp,
+                                    cp,
+                                    c.rs,
+                                    c.cs,
+                                    alpha,
+                                    beta_eff,
+                                    mr,
+                                    nr,
+                                );
+                            }
+                        }
+                    })
+                };
+                let tasks = mblocks * nsplit;
+                if threads > 1 && tasks > 1 {
+                    (0..tasks).into_par_iter().for_each(task);
+                } else {
+                    (0..tasks).for_each(task);
+                }
+            });
+        }
+    }
+}
+
+/// One MR-row panel of A: dst[p * mr + r] = A[i0 + r, p0 + p], zero past
+/// the `rows` valid rows.
+unsafe fn pack_a(a: Mat, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+    if rows < mr {
+        dst.fill(0.0);
+    }
+    if a.cs == 1 {
+        for r in 0..rows {
+            let src = a.p.add((i0 + r) * a.rs + p0);
+            for p in 0..kc {
+                *dst.get_unchecked_mut(p * mr + r) = *src.add(p);
+            }
+        }
+    } else {
+        for p in 0..kc {
+            let src = a.p.add(i0 * a.rs + (p0 + p) * a.cs);
+            let d = &mut dst[p * mr..p * mr + rows];
+            for (r, v) in d.iter_mut().enumerate() {
+                *v = *src.add(r * a.rs);
+            }
+        }
+    }
+}
+
+/// One NR-column panel of B: dst[p * nr + j] = B[p0 + p, j0 + j], zero past
+/// the `cols` valid columns.
+unsafe fn pack_b(b: Mat, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
+    if cols < nr {
+        dst.fill(0.0);
+    }
+    if b.cs == 1 {
+        for p in 0..kc {
+            let src = std::slice::from_raw_parts(b.p.add((p0 + p) * b.rs + j0), cols);
+            dst[p * nr..p * nr + cols].copy_from_slice(src);
+        }
+    } else {
+        for j in 0..cols {
+            let src = b.p.add(p0 * b.rs + (j0 + j) * b.cs);
+            for p in 0..kc {
+                *dst.get_unchecked_mut(p * nr + j) = *src.add(p * b.rs);
+            }
+        }
+    }
+}

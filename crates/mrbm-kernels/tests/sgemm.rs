@@ -1,0 +1,397 @@
+//! sgemm and the chunked convolution against their definitions (a naive
+//! triple loop in f64, direct conv loops), on every microkernel family this
+//! CPU can run: odd shapes that leave partial register tiles and partial
+//! cache blocks, transposed and strided views, alpha/beta, both Par modes.
+
+use mrbm_kernels::conv::Conv;
+use mrbm_kernels::{sgemm_isa, Isa, Par, View, ViewMut};
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn isas() -> Vec<Isa> {
+    let v: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.available()).collect();
+    assert!(v.contains(&Isa::Portable));
+    v
+}
+
+/// One product on `isa` vs the f64 definition; A is m x k given
+/// transposed when `ta`, likewise B; C strided with a gap column (to check
+/// nothing outside the m x n corner is touched) or column-major.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    ccol: bool,
+    alpha: f32,
+    beta: f32,
+    par: Par,
+) {
+    let a = values(m * k, 1 + m as u32);
+    let b = values(k * n, 2 + n as u32);
+    let av = if ta {
+        View::row_major(&a, m).t()
+    } else {
+        View::row_major(&a, k)
+    };
+    let bv = if tb {
+        View::row_major(&b, k).t()
+    } else {
+        View::row_major(&b, n)
+    };
+    // C with a leading dimension one larger than needed; the spare
+    // elements must stay as they are.
+    let (rs, cs, len) = if ccol {
+        (1, m + 1, (m + 1) * n)
+    } else {
+        (n + 1, 1, (n + 1) * m)
+    };
+    let c0 = values(len, 3);
+    let mut c = c0.clone();
+    sgemm_isa(
+        isa,
+        m,
+        n,
+        k,
+        alpha,
+        av,
+        bv,
+        beta,
+        ViewMut {
+            data: &mut c,
+            rs,
+            cs,
+        },
+        par,
+    );
+    let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] } as f64;
+    let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] } as f64;
+    let mut touched = vec![false; len];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for p in 0..k {
+                s += at(i, p) * bt(p, j);
+            }
+            let idx = i * rs + j * cs;
+            touched[idx] = true;
+            let want = alpha as f64 * s + beta as f64 * c0[idx] as f64;
+            let tol = 1e-5 * (k as f64 + 1.0);
+            assert!(
+                (c[idx] as f64 - want).abs() <= tol,
+                "{isa:?} m={m} n={n} k={k} ta={ta} tb={tb} ccol={ccol} alpha={alpha} beta={beta} {par:?}: C[{i},{j}] = {} want {want}",
+                c[idx]
+            );
+        }
+    }
+    for (idx, t) in touched.iter().enumerate() {
+        if !t {
+            assert_eq!(c[idx], c0[idx], "{isa:?}: element {idx} outside C changed");
+        }
+    }
+}
+
+#[test]
+fn sgemm_matches_the_definition_on_every_isa() {
+    let shapes = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (14, 32, 8),
+        (15, 33, 9),
+        (13, 31, 300),
+        (29, 65, 257),
+        (200, 70, 3),
+        (7, 300, 513),
+        (170, 40, 64),
+    ];
+    for isa in isas() {
+        for &(m, n, k) in &shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                check(isa, m, n, k, ta, tb, false, 1.0, 0.0, Par::Seq);
+            }
+            check(isa, m, n, k, false, false, true, 1.0, 0.0, Par::Seq);
+            check(isa, m, n, k, false, true, false, -0.5, 0.75, Par::Seq);
+            check(isa, m, n, k, true, false, true, 2.0, 1.0, Par::Rayon);
+        }
+    }
+}
+
+/// Blocks larger than one cache block in every dimension (k past KC, m past
+/// MC, n past NC), split over a 3-thread pool.
+#[test]
+fn sgemm_spanning_several_cache_blocks_in_parallel() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for isa in isas() {
+            check(
+                isa,
+                181,
+                2100,
+                530,
+                false,
+                false,
+                false,
+                1.0,
+                0.5,
+                Par::Rayon,
+            );
+            check(isa, 9, 100, 1100, false, true, false, 1.0, 0.0, Par::Rayon);
+        }
+    });
+}
+
+/// beta = 0 never reads C (NaN there stays out); alpha = 0 or k = 0 only
+/// scales C.
+#[test]
+fn beta_zero_ignores_c_and_degenerate_products_scale_it() {
+    for isa in isas() {
+        let (m, n, k) = (17, 35, 11);
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        let mut c = vec![f32::NAN; m * n];
+        sgemm_isa(
+            isa,
+            m,
+            n,
+            k,
+            1.0,
+            View::row_major(&a, k),
+            View::row_major(&b, n),
+            0.0,
+            ViewMut::row_major(&mut c, n),
+            Par::Seq,
+        );
+        assert!(c.iter().all(|v| v.is_finite()), "{isa:?}");
+        let mut c = vec![2.0f32; m * n];
+        sgemm_isa(
+            isa,
+            m,
+            n,
+            0,
+            1.0,
+            View::row_major(&[], 0),
+            View::row_major(&[], n),
+            0.5,
+            ViewMut::row_major(&mut c, n),
+            Par::Seq,
+        );
+        assert!(c.iter().all(|v| *v == 1.0));
+        sgemm_isa(
+            isa,
+            m,
+            n,
+            k,
+            0.0,
+            View::row_major(&a, k),
+            View::row_major(&b, n),
+            0.0,
+            ViewMut::row_major(&mut c, n),
+            Par::Seq,
+        );
+        assert!(c.iter().all(|v| *v == 0.0));
+    }
+}
+
+#[test]
+#[should_panic(expected = "C too short")]
+fn short_views_are_refused() {
+    let a = [1.0f32; 6];
+    let mut c = [0.0f32; 3];
+    sgemm_isa(
+        Isa::Portable,
+        2,
+        2,
+        3,
+        1.0,
+        View::row_major(&a, 3),
+        View::row_major(&a, 2),
+        0.0,
+        ViewMut::row_major(&mut c, 2),
+        Par::Seq,
+    );
+}
+
+fn naive_conv(x: &[f32], w: &[f32], bias: &[f32], g: &Conv) -> Vec<f32> {
+    let (oh, ow) = (g.oh(), g.ow());
+    let mut y = vec![0.0f32; g.o * oh * ow];
+    for o in 0..g.o {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = bias[o] as f64;
+                for ci in 0..g.c {
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                            let ix = (ox * g.sw + kx) as isize - g.pw as isize;
+                            if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                continue;
+                            }
+                            acc += x[(ci * g.h + iy as usize) * g.w + ix as usize] as f64
+                                * w[((o * g.c + ci) * g.kh + ky) * g.kw + kx] as f64;
+                        }
+                    }
+                }
+                y[(o * oh + oy) * ow + ox] = acc as f32;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn conv_matches_the_definition_in_chunks() {
+    let cases = [
+        Conv {
+            c: 3,
+            h: 11,
+            w: 9,
+            o: 5,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 2,
+            ph: 0,
+            pw: 0,
+        },
+        Conv {
+            c: 4,
+            h: 8,
+            w: 10,
+            o: 7,
+            kh: 1,
+            kw: 7,
+            sh: 1,
+            sw: 1,
+            ph: 0,
+            pw: 3,
+        },
+        Conv {
+            c: 4,
+            h: 10,
+            w: 8,
+            o: 7,
+            kh: 7,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            ph: 3,
+            pw: 0,
+        },
+        Conv {
+            c: 6,
+            h: 9,
+            w: 9,
+            o: 3,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            ph: 0,
+            pw: 0,
+        },
+        Conv {
+            c: 2,
+            h: 12,
+            w: 12,
+            o: 4,
+            kh: 5,
+            kw: 5,
+            sh: 1,
+            sw: 1,
+            ph: 2,
+            pw: 2,
+        },
+        // Big enough that it runs in several chunks.
+        Conv {
+            c: 64,
+            h: 40,
+            w: 40,
+            o: 192,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            ph: 1,
+            pw: 1,
+        },
+    ];
+    for g in cases {
+        let x = values(g.c * g.h * g.w, 4);
+        let w = values(g.o * g.patch(), 5);
+        let bias = values(g.o, 6);
+        let want = naive_conv(&x, &w, &bias, &g);
+        for relu in [false, true] {
+            let mut out = vec![f32::NAN; g.o * g.positions()];
+            let mut polls = 0;
+            let done = g.forward(&x, &w, &bias, relu, &mut out, Par::Seq, &mut || {
+                polls += 1;
+                false
+            });
+            assert!(done);
+            assert_eq!(polls, g.positions().div_ceil(g.chunk()), "{g:?}");
+            for (a, b) in out.iter().zip(&want) {
+                let b = if relu { b.max(0.0) } else { *b };
+                assert!(
+                    (a - b).abs() <= 1e-4 * (g.patch() as f32).sqrt(),
+                    "{g:?}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+/// Every chunk is at most CHUNK_FLOPS of work (or one output position), and
+/// a stop lands between chunks: the conv returns at once, the chunks after
+/// it unwritten.
+#[test]
+fn conv_stops_between_chunks_of_bounded_work() {
+    let g = Conv {
+        c: 64,
+        h: 40,
+        w: 40,
+        o: 192,
+        kh: 3,
+        kw: 3,
+        sh: 1,
+        sw: 1,
+        ph: 1,
+        pw: 1,
+    };
+    let chunk = g.chunk();
+    assert!(2 * g.o * g.patch() * chunk <= mrbm_kernels::conv::CHUNK_FLOPS);
+    let chunks = g.positions().div_ceil(chunk);
+    assert!(chunks >= 3, "{chunks}");
+    let x = values(g.c * g.h * g.w, 4);
+    let w = values(g.o * g.patch(), 5);
+    let bias = vec![0.0; g.o];
+    let mut out = vec![f32::NAN; g.o * g.positions()];
+    let mut polls = 0;
+    let done = g.forward(&x, &w, &bias, false, &mut out, Par::Seq, &mut || {
+        polls += 1;
+        polls == 3
+    });
+    assert!(!done);
+    assert_eq!(polls, 3);
+    // Two chunks written, the rest untouched.
+    for o in [0, g.o - 1] {
+        let row = &out[o * g.positions()..][..g.positions()];
+        assert!(row[..2 * chunk].iter().all(|v| v.is_finite()));
+        assert!(row[2 * chunk..].iter().all(|v| v.is_nan()));
+    }
+}
