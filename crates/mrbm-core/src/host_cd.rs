@@ -81,8 +81,11 @@ fn im2col_t(x: &[f32], g: &Geometry, cols: &mut [f32], ld: usize, off: usize) {
                     let src = &plane[iy as usize * g.w..][..g.w];
                     seg[..lo].fill(0.0);
                     seg[hi..].fill(0.0);
-                    for (ox, d) in seg.iter_mut().enumerate().take(hi).skip(lo) {
-                        *d = src[ox * g.stride + kx - g.pad];
+                    if hi > lo {
+                        let from = &src[lo * g.stride + kx - g.pad..];
+                        for (d, s) in seg[lo..hi].iter_mut().zip(from.iter().step_by(g.stride)) {
+                            *d = *s;
+                        }
                     }
                 }
             }
@@ -107,8 +110,11 @@ fn col2im_t(cols: &[f32], ld: usize, off: usize, g: &Geometry, x: &mut [f32]) {
                     }
                     let seg = &src[oy * g.ow..][..g.ow];
                     let dst = &mut plane[iy as usize * g.w..][..g.w];
-                    for (ox, s) in seg.iter().enumerate().take(hi).skip(lo) {
-                        dst[ox * g.stride + kx - g.pad] += *s;
+                    if hi > lo {
+                        let to = &mut dst[lo * g.stride + kx - g.pad..];
+                        for (d, s) in to.iter_mut().step_by(g.stride).zip(&seg[lo..hi]) {
+                            *d += *s;
+                        }
                     }
                 }
             }
