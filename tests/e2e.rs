@@ -3,8 +3,11 @@
 //! plan reasons, config errors and exit codes, crashes (SIGKILL at random
 //! moments) and two concurrent runs on one cache.
 
+mod common;
+use common::{counts, mrbm, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 const TINY: &str = r#"
@@ -50,14 +53,6 @@ rows = "N"
 /// Stages in TINY: shapes, split, 2 x (train, train_features, test_features, svm), table.
 const TINY_STAGES: usize = 11;
 
-fn mrbm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env("NO_COLOR", "1");
-    c
-}
-
 struct Project {
     dir: tempfile::TempDir,
 }
@@ -81,30 +76,6 @@ impl Project {
     fn csv(&self) -> String {
         std::fs::read_to_string(self.root().join("results/tiny.csv")).unwrap()
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// "N ran, M cached" from the summary line.
-fn counts(o: &Output) -> (usize, usize) {
-    let t = text(o);
-    let line = t
-        .lines()
-        .find(|l| l.contains(" ran, ") && l.contains(" cached"))
-        .unwrap_or_else(|| panic!("no summary in:\n{t}"));
-    let nums: Vec<usize> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .take(2)
-        .map(|s| s.parse().unwrap())
-        .collect();
-    (nums[0], nums[1])
 }
 
 #[test]

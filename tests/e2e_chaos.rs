@@ -4,6 +4,9 @@
 //! run; whatever moment each lands on, the assertion is the same, so the
 //! test cannot pass by luck of timing.
 
+mod common;
+use common::text;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -49,28 +52,29 @@ rows = "N"
 "#;
 
 fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-    std::fs::write(dir.path().join("experiments/chaos.toml"), EXP).unwrap();
-    dir
+    common::project(&[("chaos.toml", EXP)])
 }
 
+/// `mrbm run` of the chaos experiment, two jobs.
 fn mrbm(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env("NO_COLOR", "1")
-        .current_dir(root)
-        .args(["run", "experiments/chaos.toml", "--quiet", "--jobs", "2"]);
+    let mut c = common::mrbm_in(root);
+    c.args(["run", "experiments/chaos.toml", "--quiet", "--jobs", "2"]);
     c
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn entry_of(root: &Path, stage_id: &str) -> std::path::PathBuf {
+    common::entry_of(&root.join(".mrbm"), stage_id)
+        .unwrap_or_else(|| panic!("no entry for {stage_id} under {}", root.display()))
+}
+
+fn has_entry(root: &Path, stage_id: &str) -> bool {
+    common::entry_of(&root.join(".mrbm"), stage_id).is_some()
+}
+
+/// Waits for a run, killing it (and failing) if it hangs: a guard against
+/// a lock that is never broken, not a speed assertion.
+fn finish(child: std::process::Child, what: &str) -> Output {
+    common::finish(child, what, 120)
 }
 
 /// The summary's last line starts "0 ran, N cached".
@@ -124,34 +128,6 @@ fn runs_at_once_on_one_cache_agree_and_compute_each_stage_once() {
     assert_eq!(table(p.path()), table(clean.path()));
     let again = mrbm(p.path()).output().unwrap();
     assert!(computed_nothing(&again), "{}", text(&again));
-}
-
-/// The cache entry of one stage cell, found through its manifest.
-fn entry_of(root: &Path, stage_id: &str) -> std::path::PathBuf {
-    for e in std::fs::read_dir(root.join(".mrbm/entries")).unwrap() {
-        let dir = e.unwrap().path();
-        let Ok(bytes) = std::fs::read(dir.join("manifest.json")) else {
-            continue;
-        };
-        let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        if m["stage_id"] == stage_id {
-            return dir;
-        }
-    }
-    panic!("no entry for {stage_id} under {}", root.display());
-}
-
-/// Waits for a run, killing it (and failing) if it hangs: a guard against
-/// a lock that is never broken, not a speed assertion.
-fn finish(mut child: std::process::Child, what: &str) -> Output {
-    for _ in 0..1200 {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    panic!("{what}: the run was still waiting after 120 s");
 }
 
 #[test]
@@ -227,4 +203,212 @@ fn lock_of_a_reused_pid_does_not_block_the_run() {
         !locks.join(format!("{key}.lock")).exists(),
         "the stale lock is still there:\n{t}"
     );
+}
+
+/// `mrbm gc` started at any moment of a run (before it, while it trains,
+/// while it publishes) never breaks the run: the run's entries are not in
+/// the experiment file as written (`--set`), so a gc that ignored the run
+/// would delete them under it. gc waits for runs on the cache and runs
+/// wait for gc; either way the run writes exactly a clean run's table.
+#[test]
+fn gc_next_to_a_run_at_any_point_never_breaks_it() {
+    let run = |root: &Path| {
+        let mut c = mrbm(root);
+        c.args(["--set", "train.epochs=61"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let clean = project();
+    let t0 = std::time::Instant::now();
+    let out = run(clean.path()).output().unwrap();
+    let whole = t0.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    let want = table(clean.path());
+    for frac in [0.0, 0.05, 0.3, 0.6, 0.9] {
+        let delay_ms = (whole.as_secs_f64() * frac * 1000.0) as u64;
+        let p = project();
+        let child = run(p.path()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let gc = common::mrbm_in(p.path())
+            .args(["gc", "--keep-runs", "0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = finish(child, "run next to gc");
+        let gc = finish(gc, "gc next to a run");
+        let t = format!("{}\n--- gc:\n{}", text(&out), text(&gc));
+        assert!(out.status.success(), "gc at {delay_ms} ms: {t}");
+        assert!(gc.status.success(), "gc at {delay_ms} ms: {t}");
+        assert_eq!(table(p.path()), want, "gc at {delay_ms} ms: {t}");
+    }
+}
+
+/// A path escape made on disk while a run is going on (results/ swapped
+/// for a symlink to a folder outside the project, as an attacker or a
+/// careless script might) is caught when the run publishes: the run fails
+/// (exit 1) naming the link, and nothing is written outside the project.
+/// Escapes written in the experiment (`../`, absolute paths, `data:..`)
+/// are config errors (exit 2) before anything runs.
+#[test]
+fn path_escapes_never_write_outside_the_project() {
+    let outside = tempfile::tempdir().unwrap();
+    let sentinel = outside.path().join("chaos.csv");
+    std::fs::write(&sentinel, "precious\n").unwrap();
+
+    // Written in the experiment: refused before anything runs.
+    for (what, extra) in [
+        (
+            "publish up",
+            "\n[stages.svm.publish]\n\"metrics.json\" = \"../chaos.csv\"\n",
+        ),
+        (
+            "publish absolute",
+            &*format!(
+                "\n[stages.svm.publish]\n\"metrics.json\" = \"{}\"\n",
+                sentinel.display()
+            ),
+        ),
+        (
+            "table name",
+            "\n[[tables]]\nname = \"../../chaos\"\nstage = \"svm\"\nmetrics = [\"test_error\"]\nrows = \"N\"\n",
+        ),
+    ] {
+        let p = project();
+        let file = p.path().join("experiments/chaos.toml");
+        let toml = std::fs::read_to_string(&file).unwrap();
+        // Stage tables go before [sweep]/[[tables]] so the added keys land
+        // in the right table.
+        let toml = match extra.strip_prefix("\n[stages.svm.publish]") {
+            Some(_) => toml.replacen("\n[sweep]", &format!("{extra}\n[sweep]"), 1),
+            None => format!("{toml}{extra}"),
+        };
+        std::fs::write(&file, toml).unwrap();
+        let out = mrbm(p.path()).output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {t}");
+        assert!(t.contains("chaos.toml:"), "{what}: no file:line in\n{t}");
+        assert!(!p.path().join(".mrbm/entries").exists() || computed_nothing(&out));
+    }
+    let data_escape = project();
+    let file = data_escape.path().join("experiments/chaos.toml");
+    let toml = std::fs::read_to_string(&file).unwrap().replace(
+        "inputs = { data = \"shapes\" }",
+        "inputs = { data = \"data:../../etc\" }",
+    );
+    std::fs::write(&file, toml).unwrap();
+    let out = mrbm(data_escape.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "data: escape: {}", text(&out));
+    assert!(text(&out).contains("data root"), "{}", text(&out));
+
+    // Made on disk during the run: caught at publish time.
+    let p = project();
+    let results = p.path().join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    let child = mrbm(p.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_dir_all(&results).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &results).unwrap();
+    let out = finish(child, "results swapped for a symlink");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("symlink"), "{t}");
+    assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "precious\n");
+    let left: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("chaos.csv")], "{t}");
+}
+
+/// Ctrl-C lands inside each long loop (training epochs, Gibbs sampling,
+/// AIS) and stops it at its next cancellation poll: each stage below would
+/// run for minutes, so a loop that did not poll would keep the run alive
+/// long past the guard. The guard is liveness, not speed: 20 s against
+/// polls every few milliseconds.
+#[test]
+fn ctrl_c_stops_every_long_loop_mid_stage() {
+    const BASE: &str = r#"
+name = "long"
+
+[stages.shapes]
+kind = "dataset"
+params = { format = "synthetic", n = 60, size = 8, classes = 2, seed = 1 }
+
+[stages.split]
+kind = "transform"
+inputs = { data = "shapes" }
+params = { split = { train = 40, test = 20 }, seed = 1 }
+"#;
+    let quick_train = "\n[stages.train]\nkind = \"train\"\ninputs = { data = \"split/train.safetensors\" }\nparams = { conv_channels = [], dense = [16], epochs = 2, batch_size = 10 }\n";
+    let cases = [
+        (
+            "train",
+            "split",
+            "\n[stages.train]\nkind = \"train\"\ninputs = { data = \"split/train.safetensors\" }\nparams = { conv_channels = [], dense = [16], epochs = 1000000, batch_size = 10 }\n".to_string(),
+        ),
+        (
+            "sample",
+            "train",
+            format!("{quick_train}\n[stages.sample]\nkind = \"sample\"\ninputs = {{ model = \"train\", reference = \"split/test.safetensors\" }}\nparams = {{ chains = 16, steps = 100000000, seed = 1 }}\n"),
+        ),
+        (
+            "loglik",
+            "train",
+            format!("{quick_train}\n[stages.loglik]\nkind = \"loglik\"\ninputs = {{ model = \"train\", train = \"split/train.safetensors\", test = \"split/test.safetensors\" }}\nparams = {{ betas = 10000000, runs = 64, seed = 1 }}\n"),
+        ),
+    ];
+    for (what, before, stages) in cases {
+        let p = common::project(&[("long.toml", &format!("{BASE}{stages}"))]);
+        let child = common::mrbm_in(p.path())
+            .args(["run", "experiments/long.toml", "--quiet", "--jobs", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the stage before the long one is published, then give
+        // the long one time to get into its loop.
+        let mut child = child;
+        let mut waited = 0;
+        while !has_entry(p.path(), before) {
+            if child.try_wait().unwrap().is_some() {
+                let out = child.wait_with_output().unwrap();
+                panic!("{what}: the run ended early:\n{}", text(&out));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            waited += 50;
+            assert!(waited < 120_000, "{what}: `{before}` never finished");
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        let t0 = std::time::Instant::now();
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let mut status = None;
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Some(s) = child.try_wait().unwrap() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if status.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let t = text(&out);
+        assert!(
+            status.is_some(),
+            "{what}: still running 20 s after Ctrl-C:\n{t}"
+        );
+        assert_eq!(out.status.code(), Some(130), "{what}: {t}");
+        assert!(!t.contains("panicked"), "{what}: {t}");
+        let locks = p.path().join(".mrbm/locks");
+        let left = std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{what}: a lock was left behind\n{t}");
+        eprintln!("{what}: stopped {:?} after Ctrl-C", t0.elapsed());
+    }
 }

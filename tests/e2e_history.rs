@@ -5,8 +5,11 @@
 //!
 //! The stages are `command` stages running `sh`, so they take milliseconds.
 
+mod common;
+use common::{ok, run_in as run, stderr};
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// `calc` writes metrics v = K and w = S; `other` is in no table.
 const CALC: &str = r#"
@@ -34,16 +37,6 @@ metrics = ["v", "w"]
 TABLE_EXTRA
 "#;
 
-fn mrbm(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.current_dir(dir)
-        .env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
-    c
-}
-
 fn project(table_extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
@@ -53,29 +46,6 @@ fn project(table_extra: &str) -> tempfile::TempDir {
     )
     .unwrap();
     dir
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    mrbm(dir).args(args).output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
 }
 
 /// Run and return the recorded run's id (from "recorded as run ID").

@@ -3,44 +3,12 @@
 //! live work (data root, experiment files that do not load, locks, runs in
 //! progress). Pipelines here are tiny: a synthetic or 4-image data set.
 
+mod common;
+use common::{entries, mrbm, project, run_in, text};
+
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn mrbm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env("NO_COLOR", "1");
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join("experiments").join(name), text).unwrap();
-    }
-    dir
-}
-
-fn run_in(root: &Path, args: &[&str]) -> Output {
-    mrbm().current_dir(root).args(args).output().unwrap()
-}
-
-fn entries(root: &Path) -> usize {
-    std::fs::read_dir(root.join(".mrbm/entries"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
+use std::process::Stdio;
 
 fn key_of(root: &Path, exp: &str, id: &str) -> String {
     let rec: serde_json::Value = serde_json::from_slice(
@@ -127,7 +95,7 @@ fn gc_refuses_when_an_experiment_does_not_load() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(entries(p.path()), 2);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 2);
     std::fs::write(p.path().join("experiments/broken.toml"), "[stages.x\n").unwrap();
     let o = run_in(p.path(), &["gc"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -136,12 +104,12 @@ fn gc_refuses_when_an_experiment_does_not_load() {
         t.contains("broken.toml:1:") && t.contains("nothing was deleted") && t.contains("--force"),
         "{t}"
     );
-    assert_eq!(entries(p.path()), 2);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 2);
     // --keep-runs 0: collect by experiments/ alone (by default the last
     // runs' entries are kept too).
     let o = run_in(p.path(), &["gc", "--force", "--keep-runs", "0"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(entries(p.path()), 1);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 1);
 }
 
 #[test]
@@ -168,16 +136,16 @@ fn gc_takes_the_data_root() {
         &["run", "experiments/d.toml", "--data-root", root],
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(entries(p.path()), 1);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 1);
     // Without the data root gc cannot tell what the experiment uses: it refuses.
     let o = run_in(p.path(), &["gc"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--data-root"), "{}", text(&o));
-    assert_eq!(entries(p.path()), 1);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 1);
     let o = run_in(p.path(), &["gc", "--data-root", root]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("removed 0 entries"), "{}", text(&o));
-    assert_eq!(entries(p.path()), 1);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 1);
 }
 
 #[test]
@@ -210,7 +178,7 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
     let o = run_in(p.path(), &["gc", "--keep-runs", "0"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("in use"), "{}", text(&o));
-    assert_eq!(entries(p.path()), 1);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 1);
     std::fs::remove_file(&lock).unwrap();
 
     // A run in progress (holding the cache's shared guard): gc waits for it.
@@ -228,9 +196,151 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     assert!(line.contains("waiting for the runs"), "{line}");
-    assert_eq!(entries(p.path()), 1, "gc deleted while a run was going on");
+    assert_eq!(
+        entries(&p.path().join(".mrbm")).len(),
+        1,
+        "gc deleted while a run was going on"
+    );
     drop(guard);
     let status = gc.wait().unwrap();
     assert!(status.success());
-    assert_eq!(entries(p.path()), 0);
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 0);
+}
+
+/// The files the dataset stage reads (`images`/`labels`, here in a
+/// sub-folder of its `dir`) are hashed into its key: editing one reruns the
+/// stage with the new bytes. It used to keep the stale entry (same key,
+/// different data).
+#[test]
+fn editing_the_images_file_reruns_the_dataset() {
+    let p = project(&[(
+        "d.toml",
+        "[stages.digits]\nkind = \"dataset\"\ninputs = { dir = \"data:mini\" }\nparams = { format = \"idx\", images = \"sub/imgs\", labels = \"sub/lbls\" }\n",
+    )]);
+    let data = p.path().join("data/mini/sub");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
+    images.extend((0..16u8).map(|i| i * 16));
+    std::fs::write(data.join("imgs"), &images).unwrap();
+    std::fs::write(data.join("lbls"), [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1]).unwrap();
+    let args = ["run", "experiments/d.toml", "--data-root", "data"];
+    let o = run_in(p.path(), &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = key_of(p.path(), "d", "digits");
+    let o = run_in(p.path(), &args);
+    assert_eq!(key_of(p.path(), "d", "digits"), first, "{}", text(&o));
+    // One pixel of the images file changes.
+    *images.last_mut().unwrap() ^= 0xff;
+    std::fs::write(data.join("imgs"), &images).unwrap();
+    let o = run_in(p.path(), &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = key_of(p.path(), "d", "digits");
+    assert_ne!(
+        second,
+        first,
+        "edited images kept the old key:\n{}",
+        text(&o)
+    );
+    assert_eq!(entries(&p.path().join(".mrbm")).len(), 2);
+}
+
+/// `mrbm verify` clears locks nobody holds any more: a dead PID on this
+/// host, a reused PID (live, but started at another time), and another
+/// host's lock whose heartbeat stopped long ago. A live lock stays.
+#[test]
+fn verify_clears_stale_locks_and_keeps_live_ones() {
+    let p = project(&[("a.toml", SHAPES)]);
+    let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string();
+    // A PID that does not exist: above the kernel's pid_max.
+    let dead = 4_194_305u32;
+    let locks = p.path().join(".mrbm/locks");
+    let owner = |pid: u32, host: &str, start: Option<u64>, time: &str| {
+        format!(
+            "{}\n",
+            serde_json::json!({"pid": pid, "host": host, "start": start, "boot": boot, "time": time})
+        )
+    };
+    std::fs::write(
+        locks.join("dead.lock"),
+        owner(dead, &host, Some(5), "2026-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    std::fs::write(
+        locks.join("reused.lock"),
+        owner(1, &host, Some(1), "2026-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    std::fs::write(
+        locks.join("elsewhere.lock"),
+        owner(1234, "another-host", Some(5), "2020-01-01T00:00:00Z"),
+    )
+    .unwrap();
+    // Its heartbeat (the file's modification time) stopped an hour ago.
+    std::fs::File::options()
+        .write(true)
+        .open(locks.join("elsewhere.lock"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    // This test's own process: alive, started when it says.
+    let me_start = std::fs::read_to_string(format!("/proc/{}/stat", std::process::id()))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    std::fs::write(
+        locks.join("live.lock"),
+        owner(
+            std::process::id(),
+            &host,
+            Some(me_start),
+            "2026-01-01T00:00:00Z",
+        ),
+    )
+    .unwrap();
+    let o = run_in(p.path(), &["verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for stale in ["dead", "reused", "elsewhere"] {
+        assert!(
+            !locks.join(format!("{stale}.lock")).exists(),
+            "verify left the {stale} lock:\n{}",
+            text(&o)
+        );
+    }
+    assert!(locks.join("live.lock").exists(), "verify broke a live lock");
+}
+
+/// A bad `--set` is reported as the command-line argument it came from,
+/// never at a line of the experiment file (which does not hold it).
+#[test]
+fn set_errors_name_the_command_line_argument() {
+    let p = project(&[("a.toml", SHAPES)]);
+    for (arg, why) in [
+        ("shapes.n=many", "invalid type"),
+        ("shapes.seed=nan", "must be finite"),
+        ("shapes.sizes=3", "unknown field"),
+        ("nostage.n=3", "nostage"),
+    ] {
+        let o = run_in(p.path(), &["plan", "experiments/a.toml", "--set", arg]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{arg}: {t}");
+        let key = arg.split('=').next().unwrap();
+        assert!(t.contains(&format!("--set {key}")), "{arg}: {t}");
+        assert!(t.contains(why), "{arg}: {t}");
+        assert!(!t.contains("a.toml:"), "{arg} blamed on a file line: {t}");
+    }
 }

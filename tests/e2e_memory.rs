@@ -4,34 +4,26 @@
 //! locks and temporary folders with it. MRBM_MAX_MEMORY caps the memory a
 //! run may use, so the cases behave the same on every machine.
 
-use std::process::{Command, Output};
+mod common;
+use common::text;
+
+use std::process::Output;
 
 fn run(exp: &str, sets: &[&str]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-    let file = dir.path().join("experiments/big.toml");
-    std::fs::write(&file, exp).unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env("NO_COLOR", "1")
-        .env("MRBM_MAX_MEMORY", "2000000000")
-        .current_dir(dir.path())
-        .args(["run", "experiments/big.toml", "--quiet", "--keep-going"]);
+    let dir = common::project(&[("big.toml", exp)]);
+    let mut c = common::mrbm_in(dir.path());
+    c.env("MRBM_MAX_MEMORY", "2000000000").args([
+        "run",
+        "experiments/big.toml",
+        "--quiet",
+        "--keep-going",
+    ]);
     for s in sets {
         c.args(["--set", s]);
     }
     let out = c.output().unwrap();
     drop(dir);
     out
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 const EXP: &str = r#"

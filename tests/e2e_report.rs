@@ -6,8 +6,8 @@
 //! axis, sample grids), provenance, and no external URL and no script.
 //! tools/browser-test.sh renders the quickstart's report in Chromium.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+use common::{ok, run_in as mrbm};
 
 use base64::Engine as _;
 
@@ -57,29 +57,6 @@ stage = "sample"
 metrics = ["diversity", "contrast"]
 rows = "N"
 "#;
-
-fn mrbm(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mrbm"))
-        .current_dir(dir)
-        .env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Every `data:image/png;base64,...` payload of the page, decoded.
 fn embedded_pngs(html: &str) -> Vec<Vec<u8>> {

@@ -4,8 +4,11 @@
 //! writes (same bytes, same key: the checkpoint cadence is no part of it)
 //! and removes the checkpoint once the entry is published.
 
+mod common;
+use common::{entry_of, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn exp(extra: &str) -> String {
@@ -26,42 +29,19 @@ params = {{ conv_channels = [], dense = [24], epochs = 400, batch_size = 10, alg
 }
 
 fn project(extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-    std::fs::write(dir.path().join("experiments/resume.toml"), exp(extra)).unwrap();
-    dir
+    common::project(&[("resume.toml", &exp(extra))])
 }
 
 fn mrbm(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env("NO_COLOR", "1")
-        .current_dir(root)
-        .args(["run", "experiments/resume.toml", "--quiet"]);
+    let mut c = common::mrbm_in(root);
+    c.args(["run", "experiments/resume.toml", "--quiet"]);
     c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The train stage's cache entry: (key, entry folder).
 fn train_entry(root: &Path) -> (String, PathBuf) {
-    let entries = root.join(".mrbm/entries");
-    for e in std::fs::read_dir(&entries).unwrap() {
-        let e = e.unwrap().path();
-        let m = std::fs::read_to_string(e.join("manifest.json")).unwrap();
-        if m.contains("\"kind\": \"train\"") {
-            let key = e.file_name().unwrap().to_string_lossy().to_string();
-            return (key, e);
-        }
-    }
-    panic!("no train entry under {}", entries.display());
+    let e = entry_of(&root.join(".mrbm"), "train").expect("no train entry");
+    (e.file_name().unwrap().to_string_lossy().to_string(), e)
 }
 
 fn checkpoints(root: &Path) -> Vec<PathBuf> {

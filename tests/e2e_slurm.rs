@@ -17,7 +17,10 @@
 //!    each job: time and memory per stage kind, GPUs for accelerator stages
 //!    only (the test cluster advertises a fake GPU); `--executor local` wins.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{entries, text};
+
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -79,31 +82,20 @@ metrics = ["count"]
 }
 
 fn project(name: &str, toml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-    std::fs::write(dir.path().join(format!("experiments/{name}.toml")), toml).unwrap();
-    dir
+    common::project(&[(&format!("{name}.toml"), toml)])
 }
 
 fn mrbm(root: &Path, exp: &str, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env("NO_COLOR", "1")
-        // Poll at least every second: short stages, short tests.
-        .env("MRBM_SLURM_POLL_MAX", "1")
-        .current_dir(root)
+    let mut c = common::mrbm_in(root);
+    // Poll at least every second: short stages, short tests.
+    c.env("MRBM_SLURM_POLL_MAX", "1")
         .args(["run", &format!("experiments/{exp}.toml"), "--quiet"])
         .args(extra);
     c
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn wait_child(c: Child, secs: u64) -> Output {
+    common::finish(c, "the planner", secs)
 }
 
 /// `submitted STAGE as Slurm job ID` lines: (stage, job id).
@@ -178,12 +170,6 @@ fn running_job(cache: &Path, stage: &str, secs: u64) -> Option<String> {
     found
 }
 
-fn entries(cache: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(cache.join("entries"))
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
-
 /// Every entry is whole (has its manifest); none is left half-written.
 fn assert_no_half_entry(cache: &Path) {
     for e in entries(cache) {
@@ -192,21 +178,6 @@ fn assert_no_half_entry(cache: &Path) {
             "{} has no manifest",
             e.display()
         );
-    }
-}
-
-fn wait_child(mut c: Child, secs: u64) -> Output {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if c.try_wait().unwrap().is_some() {
-            return c.wait_with_output().unwrap();
-        }
-        if Instant::now() > end {
-            let _ = c.kill();
-            let o = c.wait_with_output().unwrap();
-            panic!("the planner did not end in {secs} s: {}", text(&o));
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -2,8 +2,10 @@
 //! progress lines without a terminal, `-v`, warnings in the summary, the
 //! summary's width, `--jobs 0`, `mrbm kinds`, `mrbm params`, completions.
 
+mod common;
+use common::{counts, run_in as run, stderr, stdout};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 /// TINY of tests/e2e.rs, with a longer training and an SVM capped at 2
 /// iterations (so it warns that it did not converge).
@@ -47,16 +49,6 @@ metric = "test_error"
 rows = "N"
 "#;
 
-fn mrbm(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
-    c.current_dir(dir)
-        .env_remove("MRBM_CACHE")
-        .env_remove("MRBM_DATA")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
-    c
-}
-
 fn project(epochs: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
@@ -66,18 +58,6 @@ fn project(epochs: u32) -> tempfile::TempDir {
     )
     .unwrap();
     dir
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    mrbm(dir).args(args).output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -280,22 +260,6 @@ fn command_project(scale: u32) -> tempfile::TempDir {
     std::fs::write(e.join("words.txt"), "a b c\n").unwrap();
     std::fs::write(e.join("count.sh"), COUNT_SH).unwrap();
     dir
-}
-
-/// (ran, cached) from the summary line.
-fn counts(o: &Output) -> (usize, usize) {
-    let out = stdout(o);
-    let line = out
-        .lines()
-        .find(|l| l.contains(" ran, ") && l.contains(" cached"))
-        .unwrap_or_else(|| panic!("no summary in:\n{out}{}", stderr(o)));
-    let nums: Vec<usize> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .take(2)
-        .map(|s| s.parse().unwrap())
-        .collect();
-    (nums[0], nums[1])
 }
 
 fn entry_file(dir: &Path, stage: &str, file: &str) -> String {

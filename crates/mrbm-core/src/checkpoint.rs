@@ -73,8 +73,14 @@ pub fn save(dbn: &Dbn, path: &Path) -> Result<(), CoreError> {
     mrbm_data::artifact::write_tensors(path, views, Some(meta)).map_err(CoreError::Artifact)
 }
 
-/// Read a checkpoint onto `device` as f32 tensors.
-pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
+/// A safetensors file's bytes and the string its header's metadata holds
+/// under `key` (model checkpoints and resume checkpoints both keep their
+/// record there). `what` names the file kind in the error.
+pub(crate) fn read_with_metadata(
+    path: &Path,
+    key: &str,
+    what: &str,
+) -> Result<(Vec<u8>, String), CoreError> {
     let err = |m: String| CoreError::Checkpoint {
         path: path.to_path_buf(),
         message: m,
@@ -88,12 +94,18 @@ pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
     let meta = header
         .metadata()
         .as_ref()
-        .and_then(|m| m.get(META_KEY).cloned())
-        .ok_or_else(|| {
-            err(format!(
-                "no `{META_KEY}` metadata: not an mrbm model checkpoint"
-            ))
-        })?;
+        .and_then(|m| m.get(key).cloned())
+        .ok_or_else(|| err(format!("no `{key}` metadata: not {what}")))?;
+    Ok((bytes, meta))
+}
+
+/// Read a checkpoint onto `device` as f32 tensors.
+pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
+    let err = |m: String| CoreError::Checkpoint {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let (bytes, meta) = read_with_metadata(path, META_KEY, "an mrbm model checkpoint")?;
     let spec: StackSpec =
         serde_json::from_str(&meta).map_err(|e| err(format!("bad layer spec in metadata: {e}")))?;
     spec.validate_pixels().map_err(err)?;

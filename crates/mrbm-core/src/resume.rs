@@ -201,17 +201,8 @@ pub fn load(
         path: path.to_path_buf(),
         message: m,
     };
-    let bytes = std::fs::read(path).map_err(|e| CoreError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let meta = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY).cloned())
-        .ok_or_else(|| err(format!("no `{META_KEY}` metadata")))?;
+    let (bytes, meta) =
+        crate::checkpoint::read_with_metadata(path, META_KEY, "a training checkpoint")?;
     let record: Record =
         serde_json::from_str(&meta).map_err(|e| err(format!("bad resume record: {e}")))?;
     if record.format != 1 {

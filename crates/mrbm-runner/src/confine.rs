@@ -62,8 +62,13 @@ pub fn no_symlink_escape(root: &Path, path: &Path) -> Result<(), String> {
 }
 
 /// A publish target (an absolute path under some `results` folder, as the
-/// DAG builds it) checked again right before writing.
+/// DAG builds it), checked when the DAG is built and again right before
+/// writing. No symlink under results/ may lead out of it, and results/
+/// itself may not be a symlink out of the project (its parent).
 pub fn check_publish_target(results: &Path, dest: &Path) -> Result<(), String> {
+    if let Some(project) = results.parent() {
+        no_symlink_escape(project, results)?;
+    }
     no_symlink_escape(results, dest)
 }
 
@@ -94,5 +99,14 @@ mod tests {
         assert!(no_symlink_escape(&root, &root.join("out/x.csv")).is_err());
         assert!(no_symlink_escape(&root, &root.join("in/x.csv")).is_ok());
         assert!(no_symlink_escape(&root, &root.join("new/dir/x.csv")).is_ok());
+        // results/ itself a link out of the project: refused; inside: fine.
+        let project = d.path().join("project");
+        std::fs::create_dir_all(project.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(d.path(), project.join("results")).unwrap();
+        let results = project.join("results");
+        assert!(check_publish_target(&results, &results.join("t.csv")).is_err());
+        std::fs::remove_file(&results).unwrap();
+        std::os::unix::fs::symlink(project.join("elsewhere"), &results).unwrap();
+        assert!(check_publish_target(&results, &results.join("t.csv")).is_ok());
     }
 }

@@ -303,7 +303,7 @@ pub fn publish_target(project_root: &Path, file: &str, to: &str) -> Result<PathB
         return Err(format!("`{to}` is not under results/"));
     }
     let dest = project_root.join(rel);
-    confine::no_symlink_escape(&project_root.join("results"), &dest)?;
+    confine::check_publish_target(&project_root.join("results"), &dest)?;
     Ok(dest)
 }
 

@@ -1,0 +1,115 @@
+//! Helpers shared by the end-to-end tests of the `mrbm` binary: the binary
+//! with a clean environment, a project in a temporary folder, and readers
+//! of its output and of cache entries. Each test file uses a subset.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+/// The binary under test, with the user's cache, data root, log filter and
+/// colours out of the way.
+pub fn mrbm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mrbm"));
+    c.env_remove("MRBM_CACHE")
+        .env_remove("MRBM_DATA")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1");
+    c
+}
+
+/// [`mrbm`] run from the project folder `dir`.
+pub fn mrbm_in(dir: &Path) -> Command {
+    let mut c = mrbm();
+    c.current_dir(dir);
+    c
+}
+
+/// `mrbm ARGS` in `dir`, waited for.
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    mrbm_in(dir).args(args).output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout then stderr, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+/// stdout of a command that must have succeeded (both streams shown if not).
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// A project folder with `experiments/NAME` files.
+pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("experiments").join(name), text).unwrap();
+    }
+    dir
+}
+
+/// The entry folders of a cache (`PROJECT/.mrbm` by default).
+pub fn entries(cache: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cache.join("entries"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// The cache entry whose manifest names stage cell `stage_id`, if any.
+pub fn entry_of(cache: &Path, stage_id: &str) -> Option<PathBuf> {
+    entries(cache).into_iter().find(|dir| {
+        std::fs::read(dir.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|m| m["stage_id"] == stage_id)
+    })
+}
+
+/// Waits for `child` and collects its output; kills it and fails the test
+/// if it is still running after `secs`: a guard against a hang, not a
+/// speed assertion.
+pub fn finish(mut child: Child, what: &str, secs: u64) -> Output {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!("{what}: still running after {secs} s:\n{}", text(&out));
+}
+
+/// (ran, cached) from the run summary's "N ran, M cached" line.
+pub fn counts(o: &Output) -> (usize, usize) {
+    let t = text(o);
+    let line = t
+        .lines()
+        .find(|l| l.contains(" ran, ") && l.contains(" cached"))
+        .unwrap_or_else(|| panic!("no summary in:\n{t}"));
+    let nums: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
