@@ -11,7 +11,7 @@
 //!
 //! 1. im2col of the data into the first half of `cols` [C*K*K, 2 * n];
 //! 2. X = W cols (the hidden inputs, [O, n]), then h = f(X + b) in place,
-//!    summing A(X + b) for the loss (`host_math`, vectorised);
+//!    summing A(X + b) for the loss (mrbm-kernels' `math`, vectorised);
 //! 3. the down pass: W^T h, col2im, v' = f_v(. + a);
 //! 4. im2col of v' into the second half of `cols`, its hidden means h';
 //! 5. one weight-gradient product [h, -h'] cols^T for both phases.
@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::host_conv::{matmul, matmul_in, Geometry};
-use crate::host_math::{self, Act, Level};
+use mrbm_kernels::math::{self as host_math, Act, Level};
 
 /// What the step of one layer returns, as host values.
 pub struct HostCd {

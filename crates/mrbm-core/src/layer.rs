@@ -593,7 +593,7 @@ impl Rbm {
         {
             return None;
         }
-        let act = |u: crate::unit::UnitType| crate::host_math::Act {
+        let act = |u: crate::unit::UnitType| mrbm_kernels::math::Act {
             n: u.n as f32,
             k: u.k as f32,
             identity: u.kind == UnitKind::Gaussian,

@@ -17,7 +17,6 @@ pub mod checks;
 pub mod device;
 pub mod host_cd;
 pub mod host_conv;
-pub mod host_math;
 pub mod layer;
 pub mod plot;
 pub mod quality;
