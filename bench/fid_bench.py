@@ -63,8 +63,10 @@ def main():
     ap.add_argument("--width", type=int, default=178)
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples", "fid_bench"))
     ap.add_argument("--frechet-only", action="store_true", help="only the 2048-d Frechet distance part")
+    ap.add_argument("--features-only", action="store_true", help="only the Inception features part")
     a = ap.parse_args()
-    frechet(a)
+    if not a.features_only:
+        frechet(a)
     if a.frechet_only:
         return
     torch.set_num_threads(a.threads)
@@ -82,7 +84,7 @@ def main():
     r = json.loads(out)
     print(f"images {a.n} of {a.height}x{a.width}, batch {a.batch}, {a.threads} threads")
     print(f"pytorch-fid {torch.__version__}: {ips_pt:.2f} images/s")
-    print(f"mrbm (burn flex): {r['images_per_second']:.2f} images/s")
+    print(f"mrbm (mrbm-kernels host path): {r['images_per_second']:.2f} images/s")
     print(f"ratio mrbm/pytorch-fid: {r['images_per_second'] / ips_pt:.2f}x")
 
 

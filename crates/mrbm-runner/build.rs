@@ -1,7 +1,9 @@
 //! `mrbm params KIND` shows each parameter's doc comment, read here from the
 //! structs the stages deserialize (no hand-kept list): a `pub struct
 //! KindParams` names its kind, and a library's own struct is marked with a
-//! `// mrbm params: KIND` line above it. Crates not found next to this one
+//! `// mrbm params: KIND` line above it (several structs may make up one
+//! kind's parameters: a `#[serde(flatten)]` field is not a parameter, the
+//! fields of the struct it names are). Crates not found next to this one
 //! (a packaged build) just give no docs.
 
 use std::path::Path;
@@ -9,6 +11,8 @@ use std::path::Path;
 const SOURCES: &[&str] = &[
     "../mrbm-data/src/stages.rs",
     "../mrbm-core/src/stages.rs",
+    "../mrbm-core/src/stack.rs",
+    "../mrbm-core/src/train.rs",
     "../mrbm-eval/src/stages.rs",
     "../mrbm-eval/src/svm.rs",
     "src/command.rs",
@@ -55,6 +59,7 @@ fn parse(text: &str, rows: &mut Vec<(String, String, String, String)>) {
     let mut kind: Option<String> = None;
     let mut doc: Vec<String> = Vec::new();
     let mut rename: Option<String> = None;
+    let mut flatten = false;
     // From a `// mrbm params: KIND` line to the struct it marks.
     let mut marked: Option<String> = None;
     for line in text.lines() {
@@ -70,6 +75,7 @@ fn parse(text: &str, rows: &mut Vec<(String, String, String, String)>) {
                 if let Some(r) = t.split("rename = \"").nth(1) {
                     rename = r.split('"').next().map(str::to_string);
                 }
+                flatten |= t.contains("flatten");
             } else if let Some((name, ty)) = t
                 .strip_prefix("pub ")
                 .unwrap_or(t)
@@ -78,12 +84,15 @@ fn parse(text: &str, rows: &mut Vec<(String, String, String, String)>) {
             {
                 let name = rename.take().unwrap_or_else(|| name.to_string());
                 let ty = ty.trim().trim_end_matches(',').to_string();
-                rows.push((k.clone(), name, ty, doc.join(" ")));
+                if !std::mem::take(&mut flatten) {
+                    rows.push((k.clone(), name, ty, doc.join(" ")));
+                }
                 doc.clear();
             } else if t.is_empty() || t.starts_with("//") {
             } else {
                 doc.clear();
                 rename = None;
+                flatten = false;
             }
         } else if let Some(k) = t.strip_prefix("// mrbm params:") {
             marked = Some(k.trim().to_string());
@@ -98,6 +107,7 @@ fn parse(text: &str, rows: &mut Vec<(String, String, String, String)>) {
                 kind = marked.take().or(by_name);
                 doc.clear();
                 rename = None;
+                flatten = false;
             }
         }
     }

@@ -41,17 +41,25 @@ fn dist(a: &[f32], b: &[f32]) -> f64 {
         .sqrt()
 }
 
+/// Per-image terms are computed in parallel but added in image order: a
+/// parallel f64 sum depends on how the work was split, which made these
+/// metrics (and so the keys of tables that hash them) change from run to
+/// run in the last bit.
+fn ordered_sum(terms: &[f64]) -> f64 {
+    terms.iter().sum()
+}
+
 /// Mean L2 distance over all unordered pairs.
 pub fn mean_pairwise(set: &[Vec<f32>]) -> f64 {
     let n = set.len();
     if n < 2 {
         return 0.0;
     }
-    let total: f64 = (0..n)
+    let rows: Vec<f64> = (0..n)
         .into_par_iter()
         .map(|i| (i + 1..n).map(|j| dist(&set[i], &set[j])).sum::<f64>())
-        .sum();
-    total / (n * (n - 1) / 2) as f64
+        .collect();
+    ordered_sum(&rows) / (n * (n - 1) / 2) as f64
 }
 
 /// Mean over images of the standard deviation of their pixels.
@@ -74,7 +82,7 @@ pub fn mean_nearest(a: &[Vec<f32>], b: &[Vec<f32>], skip_self: bool) -> f64 {
     if a.is_empty() || b.len() < 1 + skip_self as usize {
         return f64::NAN;
     }
-    let total: f64 = a
+    let nearest: Vec<f64> = a
         .par_iter()
         .enumerate()
         .map(|(i, x)| {
@@ -84,8 +92,8 @@ pub fn mean_nearest(a: &[Vec<f32>], b: &[Vec<f32>], skip_self: bool) -> f64 {
                 .map(|(_, y)| dist(x, y))
                 .fold(f64::INFINITY, f64::min)
         })
-        .sum();
-    total / a.len() as f64
+        .collect();
+    ordered_sum(&nearest) / a.len() as f64
 }
 
 /// The three ratios (and the raw values they come from).
@@ -112,6 +120,34 @@ pub fn quality(samples: &[u8], n: usize, reference: &[u8], m: usize, len: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_are_bit_identical_whatever_the_thread_count() {
+        let len = 64;
+        let img = |seed: usize| -> Vec<u8> {
+            (0..300 * len)
+                .map(|i| ((i * 2654435761usize + seed * 97) >> 7) as u8)
+                .collect()
+        };
+        let (s, r) = (img(1), img(2));
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| quality(&s, 300, &r, 300, len))
+        };
+        let one = on(1);
+        for threads in [2, 3, 7] {
+            let q = on(threads);
+            assert_eq!(q.diversity.to_bits(), one.diversity.to_bits(), "{threads}");
+            assert_eq!(
+                q.nearest_reference.to_bits(),
+                one.nearest_reference.to_bits(),
+                "{threads}"
+            );
+        }
+    }
 
     #[test]
     fn closed_forms() {

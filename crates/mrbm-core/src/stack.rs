@@ -23,6 +23,7 @@ pub enum Coupling {
 }
 
 /// The architecture part of the `train` parameters.
+// mrbm params: train
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StackParams {

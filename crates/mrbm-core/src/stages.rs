@@ -6,8 +6,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Device};
 use mrbm_data::artifact::{FeatureSet, ImageSet};
 use mrbm_stage::{
-    canonical, resolve_file, InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext,
-    StageError,
+    resolve_file, InputSlot, Metrics, ParamError, Stage, StageContext, StageError, TypedStage,
 };
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +19,7 @@ use crate::quality;
 use crate::resume;
 use crate::sample::{gibbs_from, noise_start, Anneal, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams, VisibleKind};
-use crate::train::{
-    train_images_from, Algorithm, GradientMode, LrMode, Momentum, OptimParams, OptimizerKind,
-    Reconstruction, Schedule, Trainer,
-};
-use crate::unit::UnitKind;
+use crate::train::{train_images_from, GradientMode, OptimParams, Schedule, Trainer};
 
 pub fn all() -> Vec<Box<dyn Stage>> {
     vec![
@@ -58,140 +53,49 @@ fn check_input_shape(dbn: &Dbn, set: &ImageSet) -> Result<(), StageError> {
     Ok(())
 }
 
-fn user(e: ParamError) -> ParamError {
-    e
-}
-
 // ---------------------------------------------------------------- train
 
-/// Parameters of `train` (architecture, units, optimiser).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Parameters of `train`: the library's own [`StackParams`] (architecture,
+/// units) and [`OptimParams`] (optimiser, training rule), and the stage's
+/// [`TrainOptions`], flattened into one table. Their doc comments are what
+/// `mrbm params train` prints; each default is written once, in its struct.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainParams {
-    /// Output channels of the conv RBMs, bottom first (paper: [64, 128, 256, 256]).
-    #[serde(default = "d_conv")]
-    pub conv_channels: Vec<usize>,
-    /// Square kernel of the conv RBMs (paper: 4).
-    #[serde(default = "d_kernel")]
-    pub kernel: usize,
-    /// Stride of the conv RBMs (paper: 2).
-    #[serde(default = "d_stride")]
-    pub stride: usize,
-    /// Zero padding of the conv RBMs. Assumption (paper-silent): 1, which halves sizes.
-    #[serde(default = "d_padding")]
-    pub padding: usize,
-    /// Hidden sizes of the dense RBMs after the convs (paper: [1000, 500, 200, 100]).
-    #[serde(default = "d_dense")]
-    pub dense: Vec<usize>,
-    /// N of the visible (pixel) units: 1 = binary, 255 = one level per grey value.
-    #[serde(default = "d_n")]
-    pub n: u32,
-    /// N of the hidden units. Assumption: same as `n` when unset.
-    #[serde(default)]
-    pub n_hidden: Option<u32>,
-    /// k of the pixel units. Assumption: 1 for N = 1, 4/N for N > 1 (see README of mrbm-core).
-    #[serde(default)]
-    pub k_visible: Option<f64>,
-    /// k of the hidden units. Assumption: same rule as k_visible on the hidden N.
-    #[serde(default)]
-    pub k_hidden: Option<f64>,
-    /// Visible value = pixel * visible_scale. Default N/255 (DESIGN.md).
-    #[serde(default)]
-    pub visible_scale: Option<f64>,
-    /// Std of the initial weights. Assumption (paper-silent): 0.01.
-    #[serde(default = "d_init_std")]
-    pub init_std: f64,
-    /// Adam learning rate (paper: 0.03).
-    #[serde(default = "d_lr")]
-    pub lr: f64,
-    /// Adam beta1.
-    #[serde(default = "d_beta1")]
-    pub beta1: f64,
-    /// Adam beta2.
-    #[serde(default = "d_beta2")]
-    pub beta2: f64,
-    /// Adam epsilon (PyTorch's 1e-8).
-    #[serde(default = "d_eps")]
-    pub epsilon: f64,
-    /// Mini-batch size (paper: 128).
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    /// Passes over the data.
-    #[serde(default = "d_epochs")]
-    pub epochs: usize,
-    /// Seed of the initial weights and the batch order.
-    #[serde(default)]
-    pub seed: u64,
-    /// "detached" (default): each layer trains on the layer below's means as
-    /// constants; "backprop": upper losses flow into lower layers.
-    #[serde(default)]
-    pub coupling: Coupling,
-    /// "auto" (closed-form CD gradient when detached), "autodiff", "closed_form".
-    #[serde(default)]
-    pub gradient: GradientMode,
+    #[serde(flatten)]
+    pub stack: StackParams,
+    #[serde(flatten)]
+    pub optim: OptimParams,
+    #[serde(flatten)]
+    pub options: TrainOptions,
+}
+
+/// What only the `train` stage uses (data, Gaussian pixels, checkpoints).
+// mrbm params: train
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
     /// Train on the first `max_images` images only (all when unset).
-    #[serde(default)]
     pub max_images: Option<usize>,
-    // The RBM toolbox (mrbm-core README, "Training rules"). Each is left out
-    // of the canonical form at its default, so older keys stay valid.
-    /// Unit model: "subunits" (the paper's) or "levels" (N + 1 equal levels).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub unit: UnitKind,
-    /// Pixel units: "multinary" (the `unit` model) or "gaussian": unit
-    /// variance, on pixels standardised by the training images' mean and
-    /// standard deviation (one of each for the whole set).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub visible: VisibleKind,
+    // Left out of the canonical form at their defaults, so older keys stay valid.
     /// Gaussian pixel units: standardise by one mean and std for the whole
     /// set ("global") or by each pixel position's own ("pixel"; a std below
     /// one grey level counts as one, so constant pixels map to 0). Stored
     /// with the model, so samples map back to pixels.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "is_default")]
     pub standardise: Standardise,
     /// Gaussian pixel units with a learned sigma per visible unit (dense) or
     /// channel (conv), parametrised as log sigma (starting at 0) so it stays
     /// positive: v | h ~ N(a + sigma W h, sigma^2), x(v) = b + (v / sigma) W.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "is_default")]
     pub learn_sigma: bool,
-    /// "paper" (F(v) - F(v')), "cd", "pcd", "fpcd".
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub algorithm: Algorithm,
-    /// Gibbs steps per update of cd / pcd / fpcd.
-    #[serde(default = "d_one", skip_serializing_if = "is_one")]
-    pub cd_k: usize,
-    /// The paper's v': "mean" (mean field) or "sample" (a sampled Gibbs step).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub reconstruction: Reconstruction,
-    /// "adam" or "sgd".
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub optimizer: OptimizerKind,
-    /// SGD momentum: a number, or { initial = 0.5, final = 0.9, switch_after = 5 }.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub momentum: Momentum,
-    /// L2 penalty on the weights, for either optimizer.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub weight_decay: f64,
-    /// "joint" (summed loss, every layer each step) or "greedy" (layer by
-    /// layer, `epochs` each: the classic DBN).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub schedule: Schedule,
-    /// "plain" or "binary_equivalent" (per-parameter steps of the binary
-    /// RBM the sub-unit model reparametrises).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub lr_mode: LrMode,
-    /// FPCD: learning rate of the fast weights (default: lr).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fast_lr: Option<f64>,
-    /// FPCD: decay of the fast weights per update (default 0.95).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fast_decay: Option<f64>,
     /// Write a resume checkpoint every this many epochs (README, "Long
     /// runs"). Not part of the stage key: it cannot change the result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
     /// ... and/or every this many minutes (default 10 when neither is
     /// given). Not part of the stage key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_minutes: Option<f64>,
 }
 
@@ -207,98 +111,6 @@ pub enum Standardise {
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
-fn is_one(k: &usize) -> bool {
-    *k == 1
-}
-fn d_one() -> usize {
-    1
-}
-
-// Defaults come from the library's own (StackParams, OptimParams), so each
-// value is written once.
-fn d_conv() -> Vec<usize> {
-    StackParams::default().conv_channels
-}
-fn d_kernel() -> usize {
-    StackParams::default().kernel
-}
-fn d_stride() -> usize {
-    StackParams::default().stride
-}
-fn d_padding() -> usize {
-    StackParams::default().padding
-}
-fn d_dense() -> Vec<usize> {
-    StackParams::default().dense
-}
-fn d_n() -> u32 {
-    StackParams::default().n
-}
-fn d_init_std() -> f64 {
-    StackParams::default().init_std
-}
-fn d_lr() -> f64 {
-    OptimParams::default().lr
-}
-fn d_beta1() -> f64 {
-    OptimParams::default().beta1
-}
-fn d_beta2() -> f64 {
-    OptimParams::default().beta2
-}
-fn d_eps() -> f64 {
-    OptimParams::default().epsilon
-}
-fn d_batch() -> usize {
-    OptimParams::default().batch_size
-}
-fn d_epochs() -> usize {
-    OptimParams::default().epochs
-}
-
-impl TrainParams {
-    pub fn stack(&self) -> StackParams {
-        StackParams {
-            conv_channels: self.conv_channels.clone(),
-            kernel: self.kernel,
-            stride: self.stride,
-            padding: self.padding,
-            dense: self.dense.clone(),
-            n: self.n,
-            n_hidden: self.n_hidden,
-            k_visible: self.k_visible,
-            k_hidden: self.k_hidden,
-            visible_scale: self.visible_scale,
-            init_std: self.init_std,
-            unit: self.unit,
-            visible: self.visible,
-        }
-    }
-
-    pub fn optim(&self) -> OptimParams {
-        OptimParams {
-            lr: self.lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            epsilon: self.epsilon,
-            batch_size: self.batch_size,
-            epochs: self.epochs,
-            seed: self.seed,
-            coupling: self.coupling,
-            gradient: self.gradient,
-            algorithm: self.algorithm,
-            cd_k: self.cd_k,
-            reconstruction: self.reconstruction,
-            optimizer: self.optimizer,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
-            schedule: self.schedule,
-            lr_mode: self.lr_mode,
-            fast_lr: self.fast_lr,
-            fast_decay: self.fast_decay.unwrap_or(OptimParams::default().fast_decay),
-        }
-    }
-}
 
 pub struct TrainStage;
 
@@ -308,42 +120,42 @@ const TRAIN_INPUTS: &[InputSlot] = &[InputSlot::required(
     "training images (ImageSet)",
 )];
 
-impl Stage for TrainStage {
-    fn kind(&self) -> &'static str {
-        "train"
+impl TypedStage for TrainStage {
+    const KIND: &'static str = "train";
+    // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+    // 3: its weight gradient sums data and reconstruction apart.
+    // 4: the closed-form step runs on the host (host_cd): vectorised
+    //    sigmoid/softplus and both phases in one product (other rounding).
+    const VERSION: u32 = 4;
+    const INPUTS: &'static [InputSlot] = TRAIN_INPUTS;
+    const USES_DEVICE: bool = true;
+    type Params = TrainParams;
+
+    fn param_names() -> Vec<&'static str> {
+        [
+            mrbm_stage::field_names::<StackParams>(),
+            mrbm_stage::field_names::<OptimParams>(),
+            mrbm_stage::field_names::<TrainOptions>(),
+        ]
+        .concat()
     }
-    fn version(&self) -> u32 {
-        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-        // 3: its weight gradient sums data and reconstruction apart.
-        // 4: the closed-form step runs on the host (host_cd): vectorised
-        //    sigmoid/softplus and both phases in one product (other rounding).
-        4
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        TRAIN_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        let v = canonical::<TrainParams>(raw).map_err(user)?;
-        let p: TrainParams = serde_json::from_value(v.clone()).map_err(|e| ParamError {
-            key: None,
-            message: e.to_string(),
-            suggestion: None,
-        })?;
-        p.optim().validate().map_err(|m| ParamError {
+
+    fn validate(p: &TrainParams) -> Result<(), ParamError> {
+        p.optim.validate().map_err(|m| ParamError {
             key: None,
             message: m,
             suggestion: None,
         })?;
-        if p.epochs == 0 {
+        if p.optim.epochs == 0 {
             return Err(ParamError::new("epochs", "epochs must be at least 1"));
         }
-        if p.checkpoint_every == Some(0) {
+        if p.options.checkpoint_every == Some(0) {
             return Err(ParamError::new(
                 "checkpoint_every",
                 "checkpoint_every must be at least 1 (epochs)",
             ));
         }
-        if let Some(m) = p.checkpoint_minutes {
+        if let Some(m) = p.options.checkpoint_minutes {
             if !(m.is_finite() && m > 0.0) {
                 return Err(ParamError::new(
                     "checkpoint_minutes",
@@ -351,50 +163,48 @@ impl Stage for TrainStage {
                 ));
             }
         }
-        if p.learn_sigma && p.visible != VisibleKind::Gaussian {
+        if p.options.learn_sigma && p.stack.visible != VisibleKind::Gaussian {
             return Err(ParamError::new(
                 "learn_sigma",
                 "learn_sigma is for Gaussian pixel units: set visible = \"gaussian\"",
             ));
         }
-        if p.learn_sigma
-            && (p.gradient == GradientMode::Autodiff || p.coupling == Coupling::Backprop)
+        if p.options.learn_sigma
+            && (p.optim.gradient == GradientMode::Autodiff
+                || p.optim.coupling == Coupling::Backprop)
         {
             return Err(ParamError::new(
                 "learn_sigma",
                 "learn_sigma uses the closed-form gradient: it needs gradient = \"auto\" or \"closed_form\" and coupling = \"detached\"",
             ));
         }
-        if p.standardise == Standardise::Pixel && p.visible != VisibleKind::Gaussian {
+        if p.options.standardise == Standardise::Pixel && p.stack.visible != VisibleKind::Gaussian {
             return Err(ParamError::new(
                 "standardise",
                 "standardise = \"pixel\" is for Gaussian pixel units: set visible = \"gaussian\"",
             ));
         }
-        if p.visible == VisibleKind::Gaussian && p.visible_scale.is_some() {
+        if p.stack.visible == VisibleKind::Gaussian && p.stack.visible_scale.is_some() {
             return Err(ParamError::new(
                 "visible_scale",
                 "visible = \"gaussian\" standardises the pixels itself: leave visible_scale out",
             ));
         }
-        Ok(v)
+        Ok(())
     }
-    fn uses_device(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
-        let p: TrainParams = ctx.typed_params()?;
+
+    fn run(&self, ctx: &StageContext, p: TrainParams) -> Result<Metrics, StageError> {
         let device = burn_device(ctx.device)?;
         let set = read_images(ctx, "data")?;
-        let n = p.max_images.map_or(set.n, |m| m.min(set.n));
+        let n = p.options.max_images.map_or(set.n, |m| m.min(set.n));
         if n == 0 {
             return Err(StageError::User("the training data has no images".into()));
         }
         let mut spec = p
-            .stack()
+            .stack
             .build_spec([set.c, set.h, set.w])
             .map_err(StageError::User)?;
-        if p.visible == VisibleKind::Gaussian && p.standardise == Standardise::Pixel {
+        if p.stack.visible == VisibleKind::Gaussian && p.options.standardise == Standardise::Pixel {
             // Each pixel position by its own mean and std over the images.
             let (len, px) = (set.image_len(), &set.pixels()[..n * set.image_len()]);
             let mut sum = vec![0.0f64; len];
@@ -421,7 +231,7 @@ impl Stage for TrainStage {
             ctx.log(format!(
                 "gaussian visible units: each of the {len} pixels standardised by its own mean and std ({floored} with a std below one grey level use 1)"
             ));
-        } else if p.visible == VisibleKind::Gaussian {
+        } else if p.stack.visible == VisibleKind::Gaussian {
             // Standardise: v = (pixel - mean) / std over the training images.
             let px = &set.pixels()[..n * set.image_len()];
             let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;
@@ -453,15 +263,15 @@ impl Stage for TrainStage {
             })
             .sum();
         mrbm_stage::check_memory(
-            4.0 * (4.0 * weights + 8.0 * p.batch_size.min(n) as f64 * acts),
+            4.0 * (4.0 * weights + 8.0 * p.optim.batch_size.min(n) as f64 * acts),
             &format!(
                 "training this stack ({} weights, batch {})",
                 weights,
-                p.batch_size.min(n)
+                p.optim.batch_size.min(n)
             ),
         )?;
         let started = Instant::now();
-        let optim = p.optim();
+        let optim = p.optim.clone();
         // A checkpoint left by an interrupted run of this stage key: go on
         // from it (bit for bit the run it interrupted).
         let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
@@ -481,14 +291,14 @@ impl Stage for TrainStage {
             Some((t, cursor, hist)) => {
                 ctx.log(format!(
                     "resumed from epoch {} ({} batches done)",
-                    cursor.epochs_done(p.epochs),
+                    cursor.epochs_done(p.optim.epochs),
                     cursor.done
                 ));
                 (t, (cursor, hist))
             }
             None => {
-                let mut dbn = Dbn::init(spec, p.init_std, p.seed, &device, DType::F32);
-                if p.learn_sigma {
+                let mut dbn = Dbn::init(spec, p.stack.init_std, p.optim.seed, &device, DType::F32);
+                if p.options.learn_sigma {
                     // log sigma = 0: sigma starts at the data's (standardised) 1.
                     let c = dbn.layers[0].spec.visible_channels();
                     dbn.layers[0].log_sigma =
@@ -497,20 +307,21 @@ impl Stage for TrainStage {
                 (Trainer::new(dbn, optim), Default::default())
             }
         };
-        let bs = p.batch_size.min(n);
-        let phases = match p.schedule {
+        let bs = p.optim.batch_size.min(n);
+        let phases = match p.optim.schedule {
             Schedule::Joint => 1,
             Schedule::Greedy => trainer.dbn.layers.len(),
         };
-        let bar = ctx.bar(((n / bs) * p.epochs * phases) as u64, "training");
+        let bar = ctx.bar(((n / bs) * p.optim.epochs * phases) as u64, "training");
         bar.set_position(start.0.done);
         let pixels = &set.pixels()[..n * set.image_len()];
         // Checkpoint cadence: every `checkpoint_every` epochs, every
         // `checkpoint_minutes` (10 when neither is set), and on Ctrl-C.
-        let every = p.checkpoint_every;
-        let minutes = p
-            .checkpoint_minutes
-            .or(if every.is_none() { Some(10.0) } else { None });
+        let every = p.options.checkpoint_every;
+        let minutes =
+            p.options
+                .checkpoint_minutes
+                .or(if every.is_none() { Some(10.0) } else { None });
         let mut last_save = Instant::now();
         let mut save_failed = false;
         let hist = with_threads(ctx.threads, || {
@@ -546,13 +357,13 @@ impl Stage for TrainStage {
                     let epoch_end = cursor.batch == 0;
                     let due = ctx.check_cancel().is_err()
                         || (epoch_end
-                            && every.is_some_and(|k| cursor.epochs_done(p.epochs) % k == 0))
+                            && every.is_some_and(|k| cursor.epochs_done(p.optim.epochs) % k == 0))
                         || minutes.is_some_and(|m| last_save.elapsed().as_secs_f64() >= m * 60.0);
                     if due {
                         match resume::save(tr, cursor, hist, file) {
                             Ok(()) => ctx.log(format!(
                                 "checkpoint at epoch {}, batch {} ({} batches done)",
-                                cursor.epochs_done(p.epochs),
+                                cursor.epochs_done(p.optim.epochs),
                                 cursor.batch,
                                 cursor.done
                             )),
@@ -636,35 +447,45 @@ fn dead_unit_warnings(dbn: &Dbn, pixels: &[u8], n: usize, device: &Device) -> Ve
 
 /// Parameters of `sample`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SampleParams {
     /// Gibbs steps at the top RBM.
-    #[serde(default = "d_steps")]
     pub steps: usize,
     /// Independent chains (= images produced).
-    #[serde(default = "d_chains")]
     pub chains: usize,
     /// Seed of the chains' start and draws.
-    #[serde(default)]
     pub seed: u64,
     /// "exact" (sum of N binary sub-units) or "gaussian" (N(f, f')).
-    #[serde(default)]
     pub sampler: Sampler,
     /// Images per row of grid.png.
-    #[serde(default = "d_cols")]
     pub grid_columns: usize,
     /// Where the chains start: "noise" (uniform random pixels) or "data"
     /// (the first `chains` images of the `start` input).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "is_default")]
     pub init: ChainInit,
     /// Annealed start: the first `anneal_steps` of the `steps` sample the
     /// tempered model p^beta with beta rising linearly from `anneal_from`
     /// to 1 (0: plain Gibbs sampling).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "is_default")]
     pub anneal_steps: usize,
     /// The first beta of the annealed start (default 0.1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anneal_from: Option<f64>,
+}
+
+impl Default for SampleParams {
+    fn default() -> Self {
+        SampleParams {
+            steps: 1000,
+            chains: 64,
+            seed: 0,
+            sampler: Sampler::default(),
+            grid_columns: 8,
+            init: ChainInit::default(),
+            anneal_steps: 0,
+            anneal_from: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -673,15 +494,6 @@ pub enum ChainInit {
     #[default]
     Noise,
     Data,
-}
-fn d_steps() -> usize {
-    1000
-}
-fn d_chains() -> usize {
-    64
-}
-fn d_cols() -> usize {
-    8
 }
 
 pub struct SampleStage;
@@ -769,25 +581,19 @@ fn insert_quality(
     Ok(())
 }
 
-impl Stage for SampleStage {
-    fn kind(&self) -> &'static str {
-        "sample"
-    }
-    fn version(&self) -> u32 {
-        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-        // 3: an annealed start with a `reference` anneals from its base rate.
-        3
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        SAMPLE_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        let v = canonical::<SampleParams>(raw)?;
-        if v.get("chains").and_then(|c| c.as_u64()) == Some(0) {
+impl TypedStage for SampleStage {
+    const KIND: &'static str = "sample";
+    // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+    // 3: an annealed start with a `reference` anneals from its base rate.
+    const VERSION: u32 = 3;
+    const INPUTS: &'static [InputSlot] = SAMPLE_INPUTS;
+    const USES_DEVICE: bool = true;
+    type Params = SampleParams;
+
+    fn validate(p: &SampleParams) -> Result<(), ParamError> {
+        if p.chains == 0 {
             return Err(ParamError::new("chains", "chains must be at least 1"));
         }
-        let p: SampleParams = serde_json::from_value(v.clone())
-            .map_err(|e| ParamError::new("anneal_from", e.to_string()))?;
         if p.anneal_steps > p.steps {
             return Err(ParamError::new(
                 "anneal_steps",
@@ -805,13 +611,10 @@ impl Stage for SampleStage {
                 ));
             }
         }
-        Ok(v)
+        Ok(())
     }
-    fn uses_device(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
-        let p: SampleParams = ctx.typed_params()?;
+
+    fn run(&self, ctx: &StageContext, p: SampleParams) -> Result<Metrics, StageError> {
         let device = burn_device(ctx.device)?;
         let dbn = read_model(ctx, &device)?;
         // Chains' visible and hidden states at every layer, as f32 and f64 copies.
@@ -916,27 +719,28 @@ impl Stage for SampleStage {
 
 /// Parameters of `reconstruct`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReconstructParams {
     /// Number of images (the first ones of the data set).
-    #[serde(default = "d_count")]
     pub count: usize,
     /// Layers to go up through before coming back down (default: all).
-    #[serde(default)]
     pub depth: Option<usize>,
     /// Colourise: feed the grey version of each image as three equal
     /// channels (the paper's Fig. 2) and reconstruct in colour.
-    #[serde(default)]
     pub colourise: bool,
     /// Input | reconstruction pairs per row of grid.png.
-    #[serde(default = "d_pairs")]
     pub pairs_per_row: usize,
 }
-fn d_count() -> usize {
-    16
-}
-fn d_pairs() -> usize {
-    4
+
+impl Default for ReconstructParams {
+    fn default() -> Self {
+        ReconstructParams {
+            count: 16,
+            depth: None,
+            colourise: false,
+            pairs_per_row: 4,
+        }
+    }
 }
 
 pub struct ReconstructStage;
@@ -961,25 +765,15 @@ pub fn to_grey3(img: &[u8], h: usize, w: usize) -> Vec<u8> {
     out
 }
 
-impl Stage for ReconstructStage {
-    fn kind(&self) -> &'static str {
-        "reconstruct"
-    }
-    fn version(&self) -> u32 {
-        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-        2
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        RECON_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        canonical::<ReconstructParams>(raw)
-    }
-    fn uses_device(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
-        let p: ReconstructParams = ctx.typed_params()?;
+impl TypedStage for ReconstructStage {
+    const KIND: &'static str = "reconstruct";
+    // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+    const VERSION: u32 = 2;
+    const INPUTS: &'static [InputSlot] = RECON_INPUTS;
+    const USES_DEVICE: bool = true;
+    type Params = ReconstructParams;
+
+    fn run(&self, ctx: &StageContext, p: ReconstructParams) -> Result<Metrics, StageError> {
         let device = burn_device(ctx.device)?;
         let dbn = read_model(ctx, &device)?;
         let set = read_images(ctx, "data")?;
@@ -1051,24 +845,25 @@ impl Stage for ReconstructStage {
 
 /// Parameters of `features`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FeaturesParams {
     /// Layer whose hidden means are the features, 1-based (default: top).
-    #[serde(default)]
     pub layer: Option<usize>,
     /// Images per forward pass (memory only; results do not depend on it).
-    #[serde(default = "d_fbatch")]
     pub batch_size: usize,
     /// Divide the means by the hidden N so features lie in [0, 1] whatever
     /// N is (one SVM cost C then fits every N). false: raw means in 0..=N.
-    #[serde(default = "d_true")]
     pub unit_scale: bool,
 }
-fn d_true() -> bool {
-    true
-}
-fn d_fbatch() -> usize {
-    256
+
+impl Default for FeaturesParams {
+    fn default() -> Self {
+        FeaturesParams {
+            layer: None,
+            batch_size: 256,
+            unit_scale: true,
+        }
+    }
 }
 
 pub struct FeaturesStage;
@@ -1101,25 +896,15 @@ pub fn extract_features(
     out
 }
 
-impl Stage for FeaturesStage {
-    fn kind(&self) -> &'static str {
-        "features"
-    }
-    fn version(&self) -> u32 {
-        // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-        2
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        FEAT_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        canonical::<FeaturesParams>(raw)
-    }
-    fn uses_device(&self) -> bool {
-        true
-    }
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
-        let p: FeaturesParams = ctx.typed_params()?;
+impl TypedStage for FeaturesStage {
+    const KIND: &'static str = "features";
+    // 2: conv layers on the CPU use host_conv (same maps, other rounding).
+    const VERSION: u32 = 2;
+    const INPUTS: &'static [InputSlot] = FEAT_INPUTS;
+    const USES_DEVICE: bool = true;
+    type Params = FeaturesParams;
+
+    fn run(&self, ctx: &StageContext, p: FeaturesParams) -> Result<Metrics, StageError> {
         let device = burn_device(ctx.device)?;
         let dbn = read_model(ctx, &device)?;
         let set = read_images(ctx, "data")?;
@@ -1157,32 +942,41 @@ impl Stage for FeaturesStage {
 
 /// Parameters of `loglik`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoglikParams {
     /// Intermediate distributions of AIS, spaced as Salakhutdinov & Murray
     /// (2008): 500/14500 in [0, 0.5], 4000/14500 in [0.5, 0.9], the rest
     /// in [0.9, 1].
-    #[serde(default = "d_betas")]
     pub betas: usize,
     /// Independent AIS runs (chains).
-    #[serde(default = "d_runs")]
     pub runs: usize,
     /// Seed of the runs' draws.
-    #[serde(default)]
     pub seed: u64,
     /// Score at most this many images of each data input (the first ones;
     /// all when unset).
-    #[serde(default)]
     pub max_images: Option<usize>,
     /// A model that is not one dense RBM: "error" (default), or "nan" to
     /// write NaN metrics and say why in the log (for sweeps that mix dense
     /// and convolutional models in one table).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "is_default")]
     pub unsupported: Unsupported,
     /// Two-layer dense DBNs: draws of h ~ q(h | v) per image for the
     /// variational lower bound (default 10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bound_samples: Option<usize>,
+}
+
+impl Default for LoglikParams {
+    fn default() -> Self {
+        LoglikParams {
+            betas: 14_500,
+            runs: 100,
+            seed: 0,
+            max_images: None,
+            unsupported: Unsupported::default(),
+            bound_samples: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -1191,12 +985,6 @@ pub enum Unsupported {
     #[default]
     Error,
     Nan,
-}
-fn d_betas() -> usize {
-    14_500
-}
-fn d_runs() -> usize {
-    100
 }
 
 pub struct LoglikStage;
@@ -1214,23 +1002,13 @@ const LOGLIK_INPUTS: &[InputSlot] = &[
     InputSlot::required("test", Some("data.safetensors"), "held-out images to score"),
 ];
 
-impl Stage for LoglikStage {
-    fn kind(&self) -> &'static str {
-        "loglik"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        LOGLIK_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        let v = canonical::<LoglikParams>(raw)?;
-        let p: LoglikParams = serde_json::from_value(v.clone()).map_err(|e| ParamError {
-            key: None,
-            message: e.to_string(),
-            suggestion: None,
-        })?;
+impl TypedStage for LoglikStage {
+    const KIND: &'static str = "loglik";
+    const VERSION: u32 = 1;
+    const INPUTS: &'static [InputSlot] = LOGLIK_INPUTS;
+    type Params = LoglikParams;
+
+    fn validate(p: &LoglikParams) -> Result<(), ParamError> {
         if p.betas < 3 || p.betas > 10_000_000 {
             return Err(ParamError::new("betas", "betas must be in 3..=10000000"));
         }
@@ -1240,10 +1018,10 @@ impl Stage for LoglikStage {
                 "runs must be in 2..=100000 (the spread needs two)",
             ));
         }
-        Ok(v)
+        Ok(())
     }
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
-        let p: LoglikParams = ctx.typed_params()?;
+
+    fn run(&self, ctx: &StageContext, p: LoglikParams) -> Result<Metrics, StageError> {
         let dbn = read_model(ctx, &Device::flex())?;
         // One dense RBM: AIS on it. Two dense layers: the DBN's variational
         // lower bound with the top RBM's AIS (ais::HostDbn2).
@@ -1362,20 +1140,13 @@ const PIXEL_INPUTS: &[InputSlot] = &[InputSlot::required(
 #[serde(deny_unknown_fields)]
 pub struct PixelFeaturesParams {}
 
-impl Stage for PixelFeaturesStage {
-    fn kind(&self) -> &'static str {
-        "pixel_features"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn inputs(&self) -> &'static [InputSlot] {
-        PIXEL_INPUTS
-    }
-    fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        canonical::<PixelFeaturesParams>(raw)
-    }
-    fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
+impl TypedStage for PixelFeaturesStage {
+    const KIND: &'static str = "pixel_features";
+    const VERSION: u32 = 1;
+    const INPUTS: &'static [InputSlot] = PIXEL_INPUTS;
+    type Params = PixelFeaturesParams;
+
+    fn run(&self, ctx: &StageContext, _: PixelFeaturesParams) -> Result<Metrics, StageError> {
         let set = read_images(ctx, "data")?;
         let d = set.image_len();
         let feats: Vec<f32> = set.pixels().iter().map(|&p| p as f32 / 255.0).collect();

@@ -163,6 +163,7 @@ fn is_fast_decay(d: &f64) -> bool {
 }
 
 /// Optimiser and schedule settings.
+// mrbm params: train
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimParams {
@@ -208,7 +209,8 @@ pub struct OptimParams {
     /// adam or sgd.
     #[serde(default, skip_serializing_if = "is_default")]
     pub optimizer: OptimizerKind,
-    /// SGD momentum (constant or a switch); unused by Adam (see beta1).
+    /// SGD momentum: a number, or { initial = 0.5, final = 0.9,
+    /// switch_after = 5 }; unused by Adam (see beta1).
     #[serde(default, skip_serializing_if = "is_default")]
     pub momentum: Momentum,
     /// L2 penalty on the weights (not the biases), added to the gradient.
@@ -224,7 +226,7 @@ pub struct OptimParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_lr: Option<f64>,
     /// FPCD: the fast weights are multiplied by this after every update
-    /// (Tieleman & Hinton 2009: 19/20).
+    /// (default 0.95: Tieleman & Hinton 2009's 19/20).
     #[serde(default = "default_fast_decay", skip_serializing_if = "is_fast_decay")]
     pub fast_decay: f64,
 }

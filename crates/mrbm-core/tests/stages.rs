@@ -454,3 +454,62 @@ fn learned_sigma_through_the_stages() {
     .unwrap();
     assert!(m["mse"].is_finite());
 }
+
+/// `train` takes the library's own `StackParams` and `OptimParams`
+/// (flattened) plus the stage's `TrainOptions`: its defaults are theirs,
+/// writing a default changes nothing, an unknown key is refused with the
+/// nearest key of any of the three, and a typed value lands in its struct.
+#[test]
+fn train_params_are_the_library_structs() {
+    use mrbm_core::stages::{TrainOptions, TrainParams};
+    use mrbm_core::{OptimParams, StackParams};
+    let canon = |text: &str| {
+        let raw: toml::Table = toml::from_str(text).unwrap();
+        stage("train").params(&raw)
+    };
+    let mut want = serde_json::Map::new();
+    for part in [
+        serde_json::to_value(StackParams::default()).unwrap(),
+        serde_json::to_value(OptimParams::default()).unwrap(),
+        serde_json::to_value(TrainOptions::default()).unwrap(),
+    ] {
+        want.extend(part.as_object().unwrap().clone());
+    }
+    let defaults = canon("").unwrap();
+    assert_eq!(defaults, serde_json::Value::Object(want));
+    assert_eq!(defaults["lr"], 0.03);
+    assert_eq!(
+        defaults["conv_channels"],
+        serde_json::json!([64, 128, 256, 256])
+    );
+    // Defaults written out, toolbox ones included, give the same canonical form.
+    assert_eq!(
+        canon("lr = 0.03\ncd_k = 1\nfast_decay = 0.95\nunit = \"subunits\"\nlearn_sigma = false")
+            .unwrap(),
+        defaults
+    );
+    for (bad, near) in [
+        ("lrr", "lr"),
+        ("cd_kk", "cd_k"),
+        ("kernal", "kernel"),
+        ("checkpoint_evry", "checkpoint_every"),
+    ] {
+        let e = canon(&format!("{bad} = 1")).unwrap_err();
+        assert!(e.message.starts_with("unknown field"), "{bad}: {e}");
+        // serde's message for a plain struct: every key of the three.
+        for key in ["`kernel`", "`lr`", "`cd_k`", "`checkpoint_every`"] {
+            assert!(e.message.contains(key), "{bad}: {e}");
+        }
+        assert_eq!(e.key.as_deref(), Some(bad));
+        assert_eq!(e.suggestion.as_deref(), Some(near), "{bad}");
+    }
+    let e = canon("epochs = \"ten\"").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("epochs"), "{e}");
+    let e = canon("visible = \"gaussian\"\nvisible_scale = 2.0").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("visible_scale"));
+    let v = canon("n = 255\nlr = 0.5\ncheckpoint_every = 3\nalgorithm = \"pcd\"").unwrap();
+    let p: TrainParams = serde_json::from_value(v).unwrap();
+    assert_eq!((p.stack.n, p.optim.lr), (255, 0.5));
+    assert_eq!(p.optim.algorithm, mrbm_core::train::Algorithm::Pcd);
+    assert_eq!(p.options.checkpoint_every, Some(3));
+}

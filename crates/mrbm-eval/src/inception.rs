@@ -26,6 +26,10 @@ use burn::tensor::ops::{
     AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
 };
 use burn::tensor::{Device, Tensor, TensorData};
+use mrbm_kernels::{PackedA, Par};
+use rayon::prelude::*;
+
+use crate::inception_host::{Act, HostConv, HostNet};
 
 /// pytorch-fid's FID weights: where they are published and their SHA-256
 /// prefix (the "-6726825d" in the file name is the first 8 hex digits of it,
@@ -467,6 +471,10 @@ impl Gate<'_> {
 pub struct FidInception {
     convs: BTreeMap<String, ConvBn>,
     device: Device,
+    /// The folded weights on the host, kept on the CPU (flex) device: the
+    /// convolutions then run through mrbm-kernels (`inception_host`).
+    host: Option<HostNet>,
+    use_host: bool,
 }
 
 impl FidInception {
@@ -496,6 +504,8 @@ impl FidInception {
             return Err(InceptionError::Unexpected((*x).clone()));
         }
         let mut convs = BTreeMap::new();
+        let on_host = device.clone().without_autodiff() == Device::flex();
+        let mut host = HashMap::new();
         for s in conv_specs() {
             let mut take = |suffix: &str| {
                 map.remove(&format!("{}.{suffix}", s.name))
@@ -521,6 +531,25 @@ impl FidInception {
                 );
                 bf.push((beta[o] as f64 - mean[o] as f64 * scale) as f32);
             }
+            if on_host {
+                host.insert(
+                    s.name.clone(),
+                    HostConv {
+                        cin: s.cin,
+                        cout: s.cout,
+                        k: s.k,
+                        stride: s.stride,
+                        pad: s.pad,
+                        w: PackedA::new(
+                            mrbm_kernels::Isa::best(),
+                            s.cout,
+                            per,
+                            mrbm_kernels::View::row_major(&wf, per),
+                        ),
+                        b: bf.clone(),
+                    },
+                );
+            }
             let weight = Tensor::<4>::from_data(
                 TensorData::new(wf, [s.cout, s.cin, s.k[0], s.k[1]]),
                 device,
@@ -539,7 +568,22 @@ impl FidInception {
         Ok(FidInception {
             convs,
             device: device.clone(),
+            host: on_host.then_some(HostNet { convs: host }),
+            use_host: on_host,
         })
+    }
+
+    /// Whether the convolutions run on host slices through mrbm-kernels
+    /// (the default on the CPU device) rather than burn's conv2d.
+    pub fn host_path(&self) -> bool {
+        self.use_host && self.host.is_some()
+    }
+
+    /// Turn the host path off (burn's ops everywhere, e.g. to compare the
+    /// two) or back on; it stays off on accelerators.
+    pub fn with_host_path(mut self, on: bool) -> Self {
+        self.use_host = on;
+        self
     }
 
     pub fn from_file(path: &Path, device: &Device) -> Result<Self, InceptionError> {
@@ -716,8 +760,11 @@ impl FidInception {
         self.features_u8_polling(pixels, n, c, h, w, &|| false)
     }
 
-    /// [`Self::features_u8`], polling `cancel` before each of the network's
-    /// 94 convolutions; `Err(Cancelled)` when it said stop.
+    /// [`Self::features_u8`], polling `cancel` as it goes; `Err(Cancelled)`
+    /// when it said stop. On the host path (the CPU device) it is asked
+    /// before every chunk of every convolution of every image (at most
+    /// `mrbm_kernels::conv::CHUNK_FLOPS` of work apart, ~1 ms); on burn's
+    /// path before each of the network's 94 convolutions.
     pub fn features_u8_polling(
         &self,
         pixels: &[u8],
@@ -770,6 +817,9 @@ impl FidInception {
             return Ok(Vec::new());
         }
         let t = Tensor::<4>::from_data(TensorData::new(x, [n, 3, h, w]), &self.device);
+        if let (true, Some(host)) = (self.use_host, &self.host) {
+            return self.features_host(host, t, cancel);
+        }
         let g = Gate {
             cancel,
             stop: std::cell::Cell::new(false),
@@ -781,6 +831,64 @@ impl FidInception {
         let out = out.into_data();
         out.try_to_vec::<f32>()
             .map_err(|e| InceptionError::Backend(format!("{e:?}")))
+    }
+}
+
+impl FidInception {
+    /// The host path: the resize by burn (on the CPU device), then every
+    /// image through `inception_host`, in parallel over images when there
+    /// are at least as many as threads, else one by one with each product
+    /// split over the pool.
+    fn features_host(
+        &self,
+        host: &HostNet,
+        x: Tensor<4>,
+        cancel: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<f32>, InceptionError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let n = x.dims()[0];
+        let x = interpolate(
+            x,
+            InterpolateOptions::new(InterpolateMode::Bilinear)
+                .with_align_corners(false)
+                .with_output_size([299, 299]),
+        );
+        let x = x
+            .mul_scalar(2.0)
+            .sub_scalar(1.0)
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| InceptionError::Backend(format!("{e:?}")))?;
+        let img = 3 * 299 * 299;
+        let stopped = AtomicBool::new(false);
+        let run = |i: usize, par: Par| {
+            let act = Act {
+                c: 3,
+                h: 299,
+                w: 299,
+                d: x[i * img..(i + 1) * img].to_vec(),
+            };
+            let mut stop = || {
+                if stopped.load(Ordering::Relaxed) {
+                    return true;
+                }
+                let s = cancel();
+                if s {
+                    stopped.store(true, Ordering::Relaxed);
+                }
+                s
+            };
+            host.forward(act, par, &mut stop)
+        };
+        let threads = rayon::current_num_threads();
+        let feats: Result<Vec<Vec<f32>>, _> = if threads > 1 && n >= threads {
+            (0..n).into_par_iter().map(|i| run(i, Par::Seq)).collect()
+        } else {
+            (0..n).map(|i| run(i, Par::Rayon)).collect()
+        };
+        feats
+            .map(|f| f.concat())
+            .map_err(|_| InceptionError::Cancelled)
     }
 }
 
@@ -804,7 +912,10 @@ mod tests {
     #[test]
     fn cancel_is_polled_before_every_convolution() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let net = FidInception::from_weights(random_weights(3), &Device::flex()).unwrap();
+        let net = FidInception::from_weights(random_weights(3), &Device::flex())
+            .unwrap()
+            .with_host_path(false);
+        assert!(!net.host_path());
         let px: Vec<u8> = (0..2 * 3 * 16 * 16).map(|i| (i * 37 % 251) as u8).collect();
         let polls = AtomicUsize::new(0);
         let count = || {
@@ -821,6 +932,46 @@ mod tests {
             Err(InceptionError::Cancelled)
         ));
         assert_eq!(seen.load(Ordering::Relaxed), 5);
+    }
+
+    /// On the host path (the CPU default) `cancel` is asked before every
+    /// chunk of every convolution of every image: more often than once per
+    /// convolution, so a cancel lands inside one; after it says stop no
+    /// more work runs and none polls again (one thread: deterministic).
+    #[test]
+    fn host_path_polls_inside_convolutions_and_stops_mid_convolution() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let net = FidInception::from_weights(random_weights(3), &Device::flex()).unwrap();
+        assert!(net.host_path());
+        let px: Vec<u8> = (0..2 * 3 * 16 * 16).map(|i| (i * 37 % 251) as u8).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let polls = AtomicUsize::new(0);
+            let count = || {
+                polls.fetch_add(1, Ordering::Relaxed);
+                false
+            };
+            let f = net.features_u8_polling(&px, 2, 3, 16, 16, &count).unwrap();
+            let total = polls.load(Ordering::Relaxed);
+            // Each image's 94 convolutions, several in more than one chunk
+            // (Conv2d_2a_3x3 alone is 0.4 GFLOP, six chunks).
+            assert!(total >= 2 * (conv_specs().len() + 10), "{total}");
+            assert_eq!(f, net.features_u8(&px, 2, 3, 16, 16).unwrap());
+            // Poll 4 is inside Conv2d_2a_3x3 (poll 1: Conv2d_1a, one chunk;
+            // polls 2-7: Conv2d_2a's chunks).
+            for stop_at in [4, total / 2, total] {
+                let seen = AtomicUsize::new(0);
+                let stop = || seen.fetch_add(1, Ordering::Relaxed) + 1 >= stop_at;
+                assert!(matches!(
+                    net.features_u8_polling(&px, 2, 3, 16, 16, &stop),
+                    Err(InceptionError::Cancelled)
+                ));
+                assert_eq!(seen.load(Ordering::Relaxed), stop_at);
+            }
+        });
     }
 
     #[test]

@@ -6,6 +6,7 @@ use mrbm_stage::Stage;
 
 pub mod frechet;
 pub mod inception;
+mod inception_host;
 pub mod linalg;
 pub mod stages;
 pub mod svm;

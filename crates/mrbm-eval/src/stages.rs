@@ -87,19 +87,18 @@ impl TypedStage for SvmStage {
             )
         })?
         .map_err(|e| match e {
-            svm::SvmError::Cancelled => StageError::Cancelled,
+            svm::SvmError::Stage(e) => e,
             e => StageError::User(format!("svm: {e}")),
         })?;
         let fit_seconds = start.elapsed().as_secs_f64();
         ctx.check_cancel()?;
         let (pred_test, pred_train) = mrbm_stage::in_pool(ctx.threads, || {
             (
-                predict_polling(&model, &test, ctx),
-                predict_polling(&model, &train, ctx),
+                predict_polling(&model, &test, ctx, "svm (test)"),
+                predict_polling(&model, &train, ctx, "svm (train)"),
             )
         })?;
-        let pred_test = pred_test.map_err(|e| e.context("svm (test)"))?;
-        let pred_train = pred_train.map_err(|e| e.context("svm (train)"))?;
+        let (pred_test, pred_train) = (pred_test?, pred_train?);
         let test_error = svm::error_percent(&pred_test, &test.labels);
         let train_error = svm::error_percent(&pred_train, &train.labels);
 
@@ -186,36 +185,28 @@ impl TypedStage for SvmStage {
     }
 }
 
-/// Predictions in blocks of rows, polling for cancellation between blocks.
+/// Predictions in blocks of rows, polling for cancellation between blocks;
+/// an SVM error is a user error named `what`.
 fn predict_polling(
     model: &svm::LinearSvm,
     set: &FeatureSet,
     ctx: &StageContext,
-) -> Result<Vec<i64>, PredictError> {
+    what: &str,
+) -> Result<Vec<i64>, StageError> {
     // 2^22 multiply-adds per block and class: milliseconds.
     let block = ((1usize << 22) / (set.d.max(1) * model.weights.len().max(1))).max(1);
     let mut out = Vec::with_capacity(set.n);
     for s in (0..set.n).step_by(block) {
-        ctx.check_cancel().map_err(|_| PredictError::Cancelled)?;
+        ctx.check_cancel()?;
         let e = (s + block).min(set.n);
         let x = &set.features[s * set.d..e * set.d];
-        out.extend(model.predict(x, e - s).map_err(PredictError::Svm)?);
+        out.extend(
+            model
+                .predict(x, e - s)
+                .map_err(|e| StageError::User(format!("{what}: {e}")))?,
+        );
     }
     Ok(out)
-}
-
-enum PredictError {
-    Cancelled,
-    Svm(svm::SvmError),
-}
-
-impl PredictError {
-    fn context(self, what: &str) -> StageError {
-        match self {
-            PredictError::Cancelled => StageError::Cancelled,
-            PredictError::Svm(e) => StageError::User(format!("{what}: {e}")),
-        }
-    }
 }
 
 /// Confusion matrix of the test split: a row per true label, a column per
@@ -515,7 +506,7 @@ impl TypedStage for FidStage {
             frechet_distance_polling(&mu1, &s1, &mu2, &s2, &cancel)
         })?
         .map_err(|e| match e {
-            crate::frechet::FrechetError::Cancelled => StageError::Cancelled,
+            crate::frechet::FrechetError::Stage(e) => e,
             e => StageError::User(format!("fid: {e}")),
         })?;
         let mut m = BTreeMap::new();

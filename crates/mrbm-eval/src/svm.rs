@@ -94,7 +94,10 @@ impl Default for SvmConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// What can go wrong fitting or applying the SVM. Cancellation is the
+/// stages' own [`StageError::Cancelled`](mrbm_stage::StageError::Cancelled),
+/// wrapped: there is one `Cancelled` in the workspace.
+#[derive(Debug, thiserror::Error)]
 pub enum SvmError {
     #[error("{features} feature values do not make {rows} rows of {dim} features")]
     ShapeMismatch {
@@ -116,8 +119,8 @@ pub enum SvmError {
     Param(String),
     #[error("feature dimension {got} differs from the {expected} the model was trained on")]
     DimMismatch { expected: usize, got: usize },
-    #[error("cancelled")]
-    Cancelled,
+    #[error(transparent)]
+    Stage(#[from] mrbm_stage::StageError),
 }
 
 /// Rows of work between two polls of the cancel flag: a coordinate step or a
@@ -339,7 +342,7 @@ pub fn fit(
 }
 
 /// [`fit`], polling `cancel` every [`POLL_ROWS`] rows of work in every
-/// solver loop; `Err(SvmError::Cancelled)` as soon as it returns true.
+/// solver loop; `Err(SvmError::Stage(StageError::Cancelled))` as soon as it returns true.
 pub fn fit_cancellable(
     x: &[f32],
     n: usize,
@@ -389,7 +392,10 @@ pub fn fit_cancellable(
             solve_binary(&rows, n, d, &y, cfg, seed, pos, cancel)
         })
         .collect();
-    let (weights, reports) = results.ok_or(SvmError::Cancelled)?.into_iter().unzip();
+    let (weights, reports) = results
+        .ok_or(SvmError::Stage(mrbm_stage::StageError::Cancelled))?
+        .into_iter()
+        .unzip();
     Ok(LinearSvm {
         classes,
         weights,
@@ -1396,10 +1402,10 @@ mod tests {
             };
             let seen = AtomicUsize::new(0);
             let stop = || seen.fetch_add(1, Ordering::Relaxed) + 1 >= at;
-            assert_eq!(
-                fit_cancellable(x, n2, 6, y, &cfg, &stop).unwrap_err(),
-                SvmError::Cancelled
-            );
+            assert!(matches!(
+                fit_cancellable(x, n2, 6, y, &cfg, &stop),
+                Err(SvmError::Stage(mrbm_stage::StageError::Cancelled))
+            ));
             assert_eq!(
                 seen.load(Ordering::Relaxed),
                 at,

@@ -112,6 +112,20 @@ fn inception_features_match_pytorch_fid_on_random_images() {
     assert_features_close("random", &got, &fx.f32s["features_random"].1, 2048);
 }
 
+/// The host path (mrbm-kernels' sgemm, the CPU default) and burn's conv2d
+/// path compute the same features, within the pytorch-fid tolerance.
+#[test]
+fn host_and_burn_paths_agree() {
+    let net = FidInception::from_weights(random_weights(5), &burn::tensor::Device::flex()).unwrap();
+    assert!(net.host_path());
+    let (n, c, h, w) = (2, 3, 40, 30);
+    let px = random_images(11, n * c * h * w);
+    let host = net.features_u8(&px, n, c, h, w).unwrap();
+    let net = net.with_host_path(false);
+    let burn = net.features_u8(&px, n, c, h, w).unwrap();
+    assert_features_close("host vs burn", &host, &burn, 2048);
+}
+
 #[test]
 fn inception_features_match_pytorch_fid_on_celeba() {
     let Some(root) = common::shared_data("inception_features_match_pytorch_fid_on_celeba") else {

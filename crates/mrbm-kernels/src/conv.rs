@@ -3,7 +3,14 @@
 //! (cache-sized, not the whole image's), and the caller can stop between
 //! chunks (each is a bounded amount of work, [`Conv::chunk`]).
 
-use crate::{sgemm, with_buffer, Par, View, ViewMut};
+use crate::{sgemm, sgemm_packed, with_buffer, PackedA, Par, View, ViewMut};
+
+/// A conv's weights [O, C*KH*KW]: row-major, or packed once for sgemm.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    Plain(&'a [f32]),
+    Packed(&'a PackedA),
+}
 
 /// One image's conv geometry: input [C, H, W], kernel KH x KW, strides,
 /// zero padding; output [O, OH, OW].
@@ -90,13 +97,28 @@ impl Conv {
                             continue;
                         }
                         let src = &plane[iy as usize * self.w..][..self.w];
-                        for (t, v) in seg.iter_mut().enumerate() {
-                            let ix = ((ox0 + t) * self.sw + kx) as isize - self.pw as isize;
-                            *v = if ix >= 0 && (ix as usize) < self.w {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                        // Output columns whose input column is inside the
+                        // image: ox*SW + kx - PW in [0, W).
+                        let lo = self.pw.saturating_sub(kx).div_ceil(self.sw);
+                        let hi = if self.w + self.pw > kx {
+                            (self.w + self.pw - kx - 1) / self.sw + 1
+                        } else {
+                            0
+                        };
+                        let (lo, hi) = (lo.clamp(ox0, ox0 + len), hi.clamp(ox0, ox0 + len));
+                        let (lo, hi) = (lo - ox0, hi.max(lo) - ox0);
+                        seg[..lo].fill(0.0);
+                        seg[hi..].fill(0.0);
+                        if hi == lo {
+                            continue;
+                        }
+                        let first = (ox0 + lo) * self.sw + kx - self.pw;
+                        if self.sw == 1 {
+                            seg[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                        } else {
+                            for (t, v) in seg[lo..hi].iter_mut().enumerate() {
+                                *v = src[first + t * self.sw];
+                            }
                         }
                     }
                 }
@@ -112,7 +134,7 @@ impl Conv {
     pub fn forward(
         &self,
         x: &[f32],
-        w: &[f32],
+        w: Weights,
         bias: &[f32],
         relu: bool,
         out: &mut [f32],
@@ -120,7 +142,19 @@ impl Conv {
         stop: &mut dyn FnMut() -> bool,
     ) -> bool {
         let (p, kk, o) = (self.positions(), self.patch(), self.o);
-        assert!(w.len() >= o * kk, "conv: weights too short");
+        match w {
+            Weights::Plain(w) => assert!(w.len() >= o * kk, "conv: weights too short"),
+            Weights::Packed(w) => assert!(
+                (w.rows(), w.cols()) == (o, kk),
+                "conv: packed weights are {}x{}, not {o}x{kk}",
+                w.rows(),
+                w.cols()
+            ),
+        }
+        let gemm = |np: usize, b: View, dst: ViewMut| match w {
+            Weights::Plain(w) => sgemm(o, np, kk, 1.0, View::row_major(w, kk), b, 0.0, dst, par),
+            Weights::Packed(w) => sgemm_packed(np, 1.0, w, b, 0.0, dst, par),
+        };
         assert!(bias.len() >= o, "conv: bias too short");
         assert!(out.len() >= o * p, "conv: out too short");
         let chunk = self.chunk();
@@ -141,12 +175,12 @@ impl Conv {
                     rs: p,
                     cs: 1,
                 };
-                sgemm(o, np, kk, 1.0, View::row_major(w, kk), b, 0.0, dst, par);
+                gemm(np, b, dst);
             } else {
                 with_buffer(&COLS, kk * np, |cols| {
                     self.im2col(x, p0, np, cols);
                     let b = View::row_major(cols, np);
-                    sgemm(o, np, kk, 1.0, View::row_major(w, kk), b, 0.0, dst, par);
+                    gemm(np, b, dst);
                 });
             }
             for (oc, b) in bias.iter().enumerate().take(o) {

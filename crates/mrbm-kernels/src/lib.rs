@@ -208,25 +208,7 @@ pub fn sgemm_isa(
     par: Par,
 ) {
     assert!(isa.available(), "sgemm: {} is not available", isa.name());
-    let span = |rows: usize, cols: usize, rs: usize, cs: usize| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) * rs + (cols - 1) * cs + 1
-        }
-    };
-    assert!(a.data.len() >= span(m, k, a.rs, a.cs), "sgemm: A too short");
-    assert!(b.data.len() >= span(k, n, b.rs, b.cs), "sgemm: B too short");
-    assert!(c.data.len() >= span(m, n, c.rs, c.cs), "sgemm: C too short");
-    // No aliasing in C: one of the strides must step over the whole other
-    // dimension (the layouts any caller means; checked, not assumed).
-    assert!(
-        m <= 1
-            || n <= 1
-            || (c.cs >= 1 && c.rs >= span(1, n, 0, c.cs))
-            || (c.rs >= 1 && c.cs >= span(m, 1, c.rs, 0)),
-        "sgemm: C's strides alias"
-    );
+    check_views(m, n, k, Some(&a), &b, &c);
     if m == 0 || n == 0 {
         return;
     }
@@ -241,7 +223,7 @@ pub fn sgemm_isa(
                 m,
                 k,
                 alpha,
-                Mat::of(b.t()),
+                Source::Strided(Mat::of(b.t())),
                 Mat::of(a.t()),
                 beta,
                 MatMut::of(c.data.as_mut_ptr(), c.cs, c.rs),
@@ -254,7 +236,7 @@ pub fn sgemm_isa(
                 n,
                 k,
                 alpha,
-                Mat::of(a),
+                Source::Strided(Mat::of(a)),
                 Mat::of(b),
                 beta,
                 MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
@@ -262,6 +244,122 @@ pub fn sgemm_isa(
             );
         }
     }
+}
+
+/// A left operand packed once for many products (e.g. a layer's weights
+/// against every image's patches): [`sgemm_packed`] then skips packing it.
+/// Tied to the microkernel family it was packed for.
+pub struct PackedA {
+    isa: Isa,
+    m: usize,
+    k: usize,
+    /// Rows padded to a whole number of register tiles.
+    mpad: usize,
+    buf: Vec<f32>,
+}
+
+impl PackedA {
+    /// Pack A (m x k) for `isa`'s microkernels; panics when this CPU
+    /// cannot run them or the view is too short.
+    pub fn new(isa: Isa, m: usize, k: usize, a: View) -> Self {
+        assert!(isa.available(), "sgemm: {} is not available", isa.name());
+        assert!(
+            m == 0 || k == 0 || a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
+            "sgemm: A too short"
+        );
+        let bl = isa.blocking();
+        let (_, kc) = bl.split_mk(m, k);
+        let mpad = m.div_ceil(bl.mr) * bl.mr;
+        let mut buf = vec![0.0f32; mpad * k];
+        let src = Mat::of(a);
+        for pc in (0..k).step_by(kc.max(1)) {
+            let kcur = kc.min(k - pc);
+            let block = &mut buf[pc * mpad..pc * mpad + mpad * kcur];
+            for (ip, dst) in block.chunks_mut(kcur * bl.mr).enumerate() {
+                let i0 = ip * bl.mr;
+                // Safety: the assert above bounds every read.
+                unsafe { pack_a(src, i0, bl.mr.min(m - i0), pc, kcur, bl.mr, dst) };
+            }
+        }
+        PackedA {
+            isa,
+            m,
+            k,
+            mpad,
+            buf,
+        }
+    }
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+/// [`sgemm`] with A packed beforehand: C (m x n) = alpha * A * B + beta * C,
+/// m and k from `a`.
+pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: ViewMut, par: Par) {
+    let (m, k) = (a.m, a.k);
+    check_views(m, n, k, None, &b, &c);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let pa = Mat {
+        p: a.buf.as_ptr(),
+        rs: a.mpad,
+        cs: 0,
+    };
+    // Safety: as in sgemm_isa; the packed buffer holds mpad * k values.
+    unsafe {
+        driver(
+            a.isa,
+            m,
+            n,
+            k,
+            alpha,
+            Source::Packed(pa),
+            Mat::of(b),
+            beta,
+            MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
+            par,
+        )
+    }
+}
+
+fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: &View, c: &ViewMut) {
+    let span = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    if let Some(a) = a {
+        assert!(a.data.len() >= span(m, k, a.rs, a.cs), "sgemm: A too short");
+    }
+    assert!(b.data.len() >= span(k, n, b.rs, b.cs), "sgemm: B too short");
+    assert!(c.data.len() >= span(m, n, c.rs, c.cs), "sgemm: C too short");
+    // No aliasing in C: one of the strides must step over the whole other
+    // dimension (the layouts any caller means; checked, not assumed).
+    assert!(
+        m <= 1
+            || n <= 1
+            || (c.cs >= 1 && c.rs >= span(1, n, 0, c.cs))
+            || (c.rs >= 1 && c.cs >= span(m, 1, c.rs, 0)),
+        "sgemm: C's strides alias"
+    );
+}
+
+/// Where the driver gets A's panels: packed per block as it goes, or
+/// from a [`PackedA`] (rs = its padded row count).
+#[derive(Clone, Copy)]
+enum Source {
+    Strided(Mat),
+    Packed(Mat),
 }
 
 /// Microkernel: C tile (mr x nr valid of MR x NR) = alpha * Apanel * Bpanel
@@ -286,6 +384,14 @@ struct Blocking {
     kc: usize,
     nc: usize,
     kernel: Kernel,
+}
+
+impl Blocking {
+    /// The row and depth block sizes for an m x k left operand (the same
+    /// whether A is packed as it goes or beforehand).
+    fn split_mk(&self, m: usize, k: usize) -> (usize, usize) {
+        (split_even(m, self.mc, self.mr), split_even(k, self.kc, 1))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -363,7 +469,7 @@ unsafe fn driver(
     n: usize,
     k: usize,
     alpha: f32,
-    a: Mat,
+    a: Source,
     b: Mat,
     beta: f32,
     c: MatMut,
@@ -384,8 +490,7 @@ unsafe fn driver(
         Par::Rayon => rayon::current_num_threads().max(1),
     };
     let nc = split_even(n, bl.nc, bl.nr);
-    let kc = split_even(k, bl.kc, 1);
-    let mc = split_even(m, bl.mc, bl.mr);
+    let (mc, kc) = bl.split_mk(m, k);
     let mblocks = m.div_ceil(mc);
     for jc in (0..n).step_by(nc) {
         let ncur = nc.min(n - jc);
@@ -426,18 +531,7 @@ unsafe fn driver(
                     let ic = ib * mc;
                     let mcur = mc.min(m - ic);
                     let mpan = mcur.div_ceil(bl.mr);
-                    with_buffer(&PACK_A, mpan * kcur * bl.mr, |abuf| {
-                        for (ip, dst) in abuf.chunks_mut(kcur * bl.mr).enumerate() {
-                            pack_a(
-                                a,
-                                ic + ip * bl.mr,
-                                bl.mr.min(mcur - ip * bl.mr),
-                                pc,
-                                kcur,
-                                bl.mr,
-                                dst,
-                            );
-                        }
+                    let panels = |abuf: Mat| {
                         for jp in js * per..((js + 1) * per).min(npan) {
                             let bp = bbuf.at(jp * kcur * bl.nr);
                             let nr = bl.nr.min(ncur - jp * bl.nr);
@@ -446,7 +540,7 @@ unsafe fn driver(
                                 let cp = c.at(ic + ip * bl.mr, jc + jp * bl.nr);
                                 (bl.kernel)(
                                     kcur,
-                                    abuf.as_ptr().add(ip * kcur * bl.mr),
+                                    abuf.at(ip * kcur * bl.mr),
                                     bp,
                                     cp,
                                     c.rs,
@@ -458,7 +552,33 @@ unsafe fn driver(
                                 );
                             }
                         }
-                    })
+                    };
+                    match a {
+                        // Block (pc, ic) of a PackedA: pc * mpad + ic * kcur.
+                        Source::Packed(pa) => panels(Mat {
+                            p: pa.at(pc * pa.rs + ic * kcur),
+                            rs: 0,
+                            cs: 0,
+                        }),
+                        Source::Strided(a) => with_buffer(&PACK_A, mpan * kcur * bl.mr, |abuf| {
+                            for (ip, dst) in abuf.chunks_mut(kcur * bl.mr).enumerate() {
+                                pack_a(
+                                    a,
+                                    ic + ip * bl.mr,
+                                    bl.mr.min(mcur - ip * bl.mr),
+                                    pc,
+                                    kcur,
+                                    bl.mr,
+                                    dst,
+                                );
+                            }
+                            panels(Mat {
+                                p: abuf.as_ptr(),
+                                rs: 0,
+                                cs: 0,
+                            })
+                        }),
+                    }
                 };
                 let tasks = mblocks * nsplit;
                 if threads > 1 && tasks > 1 {

@@ -3,8 +3,8 @@
 //! CPU can run: odd shapes that leave partial register tiles and partial
 //! cache blocks, transposed and strided views, alpha/beta, both Par modes.
 
-use mrbm_kernels::conv::Conv;
-use mrbm_kernels::{sgemm_isa, Isa, Par, View, ViewMut};
+use mrbm_kernels::conv::{Conv, Weights};
+use mrbm_kernels::{sgemm_isa, sgemm_packed, Isa, PackedA, Par, View, ViewMut};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
@@ -336,10 +336,15 @@ fn conv_matches_the_definition_in_chunks() {
         let w = values(g.o * g.patch(), 5);
         let bias = values(g.o, 6);
         let want = naive_conv(&x, &w, &bias, &g);
-        for relu in [false, true] {
+        let packed = PackedA::new(Isa::best(), g.o, g.patch(), View::row_major(&w, g.patch()));
+        for (relu, wv) in [
+            (false, Weights::Plain(&w)),
+            (true, Weights::Plain(&w)),
+            (true, Weights::Packed(&packed)),
+        ] {
             let mut out = vec![f32::NAN; g.o * g.positions()];
             let mut polls = 0;
-            let done = g.forward(&x, &w, &bias, relu, &mut out, Par::Seq, &mut || {
+            let done = g.forward(&x, wv, &bias, relu, &mut out, Par::Seq, &mut || {
                 polls += 1;
                 false
             });
@@ -382,10 +387,18 @@ fn conv_stops_between_chunks_of_bounded_work() {
     let bias = vec![0.0; g.o];
     let mut out = vec![f32::NAN; g.o * g.positions()];
     let mut polls = 0;
-    let done = g.forward(&x, &w, &bias, false, &mut out, Par::Seq, &mut || {
-        polls += 1;
-        polls == 3
-    });
+    let done = g.forward(
+        &x,
+        Weights::Plain(&w),
+        &bias,
+        false,
+        &mut out,
+        Par::Seq,
+        &mut || {
+            polls += 1;
+            polls == 3
+        },
+    );
     assert!(!done);
     assert_eq!(polls, 3);
     // Two chunks written, the rest untouched.
@@ -393,5 +406,117 @@ fn conv_stops_between_chunks_of_bounded_work() {
         let row = &out[o * g.positions()..][..g.positions()];
         assert!(row[..2 * chunk].iter().all(|v| v.is_finite()));
         assert!(row[2 * chunk..].iter().all(|v| v.is_nan()));
+    }
+}
+
+/// A packed left operand gives the same product as packing as it goes, on
+/// every ISA, including several depth and row blocks and partial tiles.
+#[test]
+fn packed_a_matches_sgemm() {
+    for isa in isas() {
+        for &(m, n, k) in &[(1, 1, 1), (15, 33, 9), (181, 70, 530), (29, 300, 257)] {
+            let a = values(m * k, 7);
+            let b = values(k * n, 8);
+            let pa = PackedA::new(isa, m, k, View::row_major(&a, k));
+            let c0 = values(m * n, 9);
+            let (mut c1, mut c2) = (c0.clone(), c0.clone());
+            sgemm_isa(
+                isa,
+                m,
+                n,
+                k,
+                0.5,
+                View::row_major(&a, k),
+                View::row_major(&b, n),
+                0.25,
+                ViewMut::row_major(&mut c1, n),
+                Par::Seq,
+            );
+            sgemm_packed(
+                n,
+                0.5,
+                &pa,
+                View::row_major(&b, n),
+                0.25,
+                ViewMut::row_major(&mut c2, n),
+                Par::Rayon,
+            );
+            assert_eq!(c1, c2, "{isa:?} {m}x{n}x{k}");
+        }
+    }
+}
+
+/// im2col of any run of positions (chunks starting mid-row) against the
+/// definition.
+#[test]
+fn im2col_of_any_position_range_matches_the_definition() {
+    for g in [
+        Conv {
+            c: 2,
+            h: 9,
+            w: 7,
+            o: 1,
+            kh: 3,
+            kw: 5,
+            sh: 2,
+            sw: 2,
+            ph: 1,
+            pw: 2,
+        },
+        Conv {
+            c: 3,
+            h: 6,
+            w: 8,
+            o: 1,
+            kh: 1,
+            kw: 7,
+            sh: 1,
+            sw: 1,
+            ph: 0,
+            pw: 3,
+        },
+        Conv {
+            c: 1,
+            h: 5,
+            w: 5,
+            o: 1,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            ph: 0,
+            pw: 0,
+        },
+    ] {
+        let x = values(g.c * g.h * g.w, 3);
+        let p = g.positions();
+        for (p0, np) in [
+            (0, p),
+            (1, p - 1),
+            (g.ow() - 1, 3.min(p - g.ow() + 1)),
+            (p - 1, 1),
+        ] {
+            let mut cols = vec![f32::NAN; g.patch() * np];
+            g.im2col(&x, p0, np, &mut cols);
+            for ci in 0..g.c {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let row = (ci * g.kh + ky) * g.kw + kx;
+                        for q in 0..np {
+                            let (oy, ox) = ((p0 + q) / g.ow(), (p0 + q) % g.ow());
+                            let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                            let ix = (ox * g.sw + kx) as isize - g.pw as isize;
+                            let want =
+                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                    0.0
+                                } else {
+                                    x[(ci * g.h + iy as usize) * g.w + ix as usize]
+                                };
+                            assert_eq!(cols[row * np + q], want, "{g:?} p0={p0} row={row} q={q}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

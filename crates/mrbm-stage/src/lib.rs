@@ -342,6 +342,13 @@ pub trait TypedStage: Send + Sync {
     /// Whether it runs tensor work on the selected device.
     const USES_DEVICE: bool = false;
     type Params: DeserializeOwned + Serialize + Default;
+    /// Every key `Params` accepts, for "did you mean" on a misspelt one.
+    /// serde lists them itself for a plain struct; a `Params` that
+    /// `#[serde(flatten)]`s library structs lists the union of theirs
+    /// (serde cannot, see [`field_names`]).
+    fn param_names() -> Vec<&'static str> {
+        field_names::<Self::Params>().to_vec()
+    }
     /// Checks serde cannot express (ranges, combinations).
     fn validate(_params: &Self::Params) -> Result<(), ParamError> {
         Ok(())
@@ -368,7 +375,19 @@ impl<T: TypedStage> Stage for T {
         T::ABOUT
     }
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
-        let (typed, canon) = parse_params::<T::Params>(raw)?;
+        let (typed, canon) = parse_params::<T::Params>(raw).map_err(|mut e| {
+            // serde names no alternatives for a struct with flattened parts:
+            // the same message and suggestion as for a plain struct.
+            if e.message.starts_with("unknown field") && !e.message.contains(", expected") {
+                let names = T::param_names();
+                if let Some(key) = &e.key {
+                    e.suggestion = nearest(key, names.iter().copied()).map(str::to_string);
+                }
+                let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                e.message = format!("{}, expected one of {}", e.message, list.join(", "));
+            }
+            e
+        })?;
         T::validate(&typed)?;
         Ok(canon)
     }
@@ -418,6 +437,39 @@ fn culprit_key<T: DeserializeOwned>(raw: &toml::Table, message: &str) -> Option<
             _ => None,
         }
     })
+}
+
+/// The field names serde's derived `Deserialize` of the struct `T` accepts
+/// (renames applied, fields skipped when serializing included), read from
+/// the list serde hands its deserializer. Empty for anything else, e.g. a
+/// struct with `#[serde(flatten)]` fields, which serde reads as a map.
+pub fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Deserializer, Error as _, Visitor};
+    type E = serde::de::value::Error;
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = E;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, E> {
+            Err(E::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, E> {
+            *self.0 = fields;
+            Err(E::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// Helper for the common case `fn params(..) { canonical::<MyParams>(raw) }`.
@@ -575,6 +627,30 @@ mod tests {
     }
     fn default_lr() -> f64 {
         0.03
+    }
+
+    /// serde's own field list, renames included; none for a struct read
+    /// as a map (flatten) or for a non-struct.
+    #[test]
+    fn field_names_are_what_serde_accepts() {
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct R {
+            #[serde(rename = "C")]
+            c: f64,
+            #[serde(skip_serializing)]
+            quiet: bool,
+        }
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct F {
+            #[serde(flatten)]
+            p: P,
+        }
+        assert_eq!(field_names::<P>(), &["lr", "epochs"]);
+        assert_eq!(field_names::<R>(), &["C", "quiet"]);
+        assert!(field_names::<F>().is_empty());
+        assert!(field_names::<u32>().is_empty());
     }
 
     #[test]
