@@ -63,8 +63,14 @@ pub enum InceptionError {
     Channels(usize),
     #[error("{0}")]
     Backend(String),
-    #[error("cancelled")]
-    Cancelled,
+    /// Cancellation is the stages' own `StageError::Cancelled`, wrapped:
+    /// there is one `Cancelled` in the workspace.
+    #[error(transparent)]
+    Stage(#[from] mrbm_stage::StageError),
+}
+
+fn cancelled() -> InceptionError {
+    InceptionError::Stage(mrbm_stage::StageError::Cancelled)
 }
 
 /// One BasicConv2d: name, in/out channels, kernel, stride and padding.
@@ -760,7 +766,7 @@ impl FidInception {
         self.features_u8_polling(pixels, n, c, h, w, &|| false)
     }
 
-    /// [`Self::features_u8`], polling `cancel` as it goes; `Err(Cancelled)`
+    /// [`Self::features_u8`], polling `cancel` as it goes; `Err(Stage(Cancelled))`
     /// when it said stop. On the host path (the CPU device) it is asked
     /// before every chunk of every convolution of every image (at most
     /// `mrbm_kernels::conv::CHUNK_FLOPS` of work apart, ~1 ms); on burn's
@@ -826,7 +832,7 @@ impl FidInception {
         };
         let out = self.forward_gated(&g, t);
         if g.stop.get() {
-            return Err(InceptionError::Cancelled);
+            return Err(cancelled());
         }
         let out = out.into_data();
         out.try_to_vec::<f32>()
@@ -886,9 +892,7 @@ impl FidInception {
         } else {
             (0..n).map(|i| run(i, Par::Rayon)).collect()
         };
-        feats
-            .map(|f| f.concat())
-            .map_err(|_| InceptionError::Cancelled)
+        feats.map(|f| f.concat()).map_err(|_| cancelled())
     }
 }
 
@@ -929,7 +933,7 @@ mod tests {
         let stop = || seen.fetch_add(1, Ordering::Relaxed) + 1 >= 5;
         assert!(matches!(
             net.features_u8_polling(&px, 2, 3, 16, 16, &stop),
-            Err(InceptionError::Cancelled)
+            Err(InceptionError::Stage(mrbm_stage::StageError::Cancelled))
         ));
         assert_eq!(seen.load(Ordering::Relaxed), 5);
     }
@@ -967,7 +971,7 @@ mod tests {
                 let stop = || seen.fetch_add(1, Ordering::Relaxed) + 1 >= stop_at;
                 assert!(matches!(
                     net.features_u8_polling(&px, 2, 3, 16, 16, &stop),
-                    Err(InceptionError::Cancelled)
+                    Err(InceptionError::Stage(mrbm_stage::StageError::Cancelled))
                 ));
                 assert_eq!(seen.load(Ordering::Relaxed), stop_at);
             }

@@ -376,7 +376,7 @@ impl TypedStage for FidStatsStage {
                         &cancel,
                     )
                     .map_err(|e| match e {
-                        inception::InceptionError::Cancelled => StageError::Cancelled,
+                        inception::InceptionError::Stage(e) => e,
                         e => StageError::failed(e),
                     })?;
                 feats.extend_from_slice(&f);
