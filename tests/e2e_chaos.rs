@@ -306,7 +306,10 @@ fn path_escapes_never_write_outside_the_project() {
     let p = project();
     let results = p.path().join("results");
     std::fs::create_dir_all(&results).unwrap();
+    // Long enough (seconds) that the swap below lands while it trains: the
+    // host training step finishes the file's 60 epochs in ~0.2 s.
     let child = mrbm(p.path())
+        .args(["--set", "train.epochs=2000"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -265,9 +265,10 @@ fn a_cancelled_job_is_reported_cancelled_and_reruns_cleanly() {
     if !slurm_here("a_cancelled_job_is_reported_cancelled_and_reruns_cleanly") {
         return;
     }
-    // Long enough (seconds, even on an idle machine) that the job is still
-    // running when scancel lands; 400 epochs once finished first under load.
-    let p = project("small", &small(3000));
+    // Long enough (about 15 s in a debug build) that the job is still
+    // running when scancel lands: 400 and then 3000 epochs finished first
+    // once training got faster. The rerun trains them whole.
+    let p = project("small", &small(30_000));
     let cache = p.path().join(".mrbm");
     let child = mrbm(p.path(), "small", &["--executor", "slurm"])
         .stdout(Stdio::piped())

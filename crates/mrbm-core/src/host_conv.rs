@@ -5,8 +5,8 @@
 //! PyTorch on the CPU (crates/mrbm-core README, "Benchmark"). These are the
 //! same maps written the way PyTorch's CPU path does them: per image, the
 //! k x k patches as the rows of a matrix (im2col), then one matrix product
-//! by the `gemm` crate (the kernels burn's flex backend itself uses for
-//! matmul). Images run in parallel on the caller's rayon pool.
+//! by mrbm-kernels' sgemm (AVX-512 / AVX2 microkernels chosen at run
+//! time). Images run in parallel on the caller's rayon pool.
 //!
 //! Used only for f32 tensors on the flex device that are not part of an
 //! autodiff graph (the closed-form training path, sampling, features); the
@@ -95,9 +95,32 @@ fn col2im(cols: &[f32], g: &Geometry, x: &mut [f32]) {
 }
 
 /// dst (m x n) = lhs (m x k) * rhs (k x n), each given by (row, column)
-/// strides; single-threaded (the images are the parallel dimension).
+/// strides (non-negative), by mrbm-kernels' sgemm; single-threaded (the images are the parallel dimension).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: &[f32],
+    rhs_rs: isize,
+    rhs_cs: isize,
+) {
+    matmul_in(
+        false, m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
+    )
+}
+
+/// [`matmul`] on every thread of the caller's rayon pool when `parallel`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_in(
+    parallel: bool,
     m: usize,
     n: usize,
     k: usize,
@@ -134,30 +157,30 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    // Safety: the asserts above keep every strided access inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs,
-            dst_rs,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let view = |data, rs: isize, cs: isize| mrbm_kernels::View {
+        data,
+        rs: rs as usize,
+        cs: cs as usize,
+    };
+    mrbm_kernels::sgemm(
+        m,
+        n,
+        k,
+        1.0,
+        view(lhs, lhs_rs, lhs_cs),
+        view(rhs, rhs_rs, rhs_cs),
+        if accumulate { 1.0 } else { 0.0 },
+        mrbm_kernels::ViewMut {
+            data: dst,
+            rs: dst_rs as usize,
+            cs: dst_cs as usize,
+        },
+        if parallel && rayon::current_num_threads() > 1 {
+            mrbm_kernels::Par::Rayon
+        } else {
+            mrbm_kernels::Par::Seq
+        },
+    );
 }
 
 /// conv2d: x [B, C, H, W], w [O, C, K, K], bias [O] -> [B, O, OH, OW].

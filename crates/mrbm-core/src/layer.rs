@@ -559,6 +559,9 @@ impl Rbm {
     /// averages over the batch (and sums over positions for conv). Needs no
     /// autodiff graph: `v` and the parameters should be plain tensors.
     pub fn cd_grads(&self, v: Tensor<4>) -> (Tensor<1>, LayerGrads, Tensor<4>) {
+        if let Some(out) = self.host_cd_grads(&v) {
+            return out;
+        }
         let x = self.pre_hidden(v.clone());
         let h = self.spec.hidden_unit.mean(x.clone());
         let v_rec = self.down(h.clone());
@@ -569,6 +572,69 @@ impl Rbm {
         .mean();
         let g = self.stats_grads(v, h.clone(), v_rec, h_rec);
         (loss, g, h)
+    }
+
+    /// [`Rbm::cd_grads`] by `host_cd` where it applies: f32 on the flex
+    /// CPU device, no autodiff graph, no learned sigma, sub-unit hidden
+    /// units and sub-unit or Gaussian visible units. None: burn's ops.
+    fn host_cd_grads(&self, v: &Tensor<4>) -> Option<(Tensor<1>, LayerGrads, Tensor<4>)> {
+        use crate::unit::UnitKind;
+        let vu = self.spec.visible_unit;
+        let hu = self.spec.hidden_unit;
+        if self.log_sigma.is_some()
+            || hu.kind != UnitKind::Subunits
+            || vu.kind == UnitKind::Levels
+            || v.dtype() != DType::F32
+            || self.w.dtype() != DType::F32
+            || v.is_tracked()
+            || self.w.is_tracked()
+            || self.w.is_require_grad()
+            || v.device().without_autodiff() != Device::flex()
+        {
+            return None;
+        }
+        let act = |u: crate::unit::UnitType| mrbm_kernels::math::Act {
+            n: u.n as f32,
+            k: u.k as f32,
+            identity: u.kind == UnitKind::Gaussian,
+        };
+        let units = crate::host_cd::Units {
+            visible: act(vu),
+            hidden: act(hu),
+        };
+        let device = v.device();
+        let bsz = v.dims()[0];
+        let (vh, w, a, b) = (
+            host_f32(v),
+            host_f32(&self.w),
+            host_f32(&self.a),
+            host_f32(&self.b),
+        );
+        let out = match &self.spec.kind {
+            LayerKind::Dense { visible, hidden } => {
+                crate::host_cd::dense_cd(&vh, &w, &a, &b, bsz, *visible, *hidden, units)
+            }
+            LayerKind::Conv { .. } => {
+                let g = self.host_geometry(v)?;
+                crate::host_cd::conv_cd(&vh, &w, &a, &b, &g, units)
+            }
+        };
+        let [hc, hh, hw] = self.spec.hidden_shape();
+        let loss = Tensor::from_data(
+            TensorData::new(vec![out.loss], [1]).convert_dtype(DType::F32),
+            (&device, DType::F32),
+        );
+        let grads = LayerGrads {
+            w: host_tensor(out.gw, self.spec.weight_shape(), &device),
+            a: host_tensor(out.ga, [self.spec.visible_channels()], &device),
+            b: host_tensor(out.gb, [hc], &device),
+            log_sigma: None,
+        };
+        Some((
+            loss,
+            grads,
+            host_tensor(out.hidden, [bsz, hc, hh, hw], &device),
+        ))
     }
 
     /// The gradient of the loss F(v) - F(v_neg) (v_neg held constant) from

@@ -15,6 +15,7 @@ pub mod ais;
 pub mod checkpoint;
 pub mod checks;
 pub mod device;
+pub mod host_cd;
 pub mod host_conv;
 pub mod layer;
 pub mod plot;

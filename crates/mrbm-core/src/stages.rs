@@ -124,7 +124,9 @@ impl TypedStage for TrainStage {
     const KIND: &'static str = "train";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: its weight gradient sums data and reconstruction apart.
-    const VERSION: u32 = 3;
+    // 4: the closed-form step runs on the host (host_cd): vectorised
+    //    sigmoid/softplus and both phases in one product (other rounding).
+    const VERSION: u32 = 4;
     const INPUTS: &'static [InputSlot] = TRAIN_INPUTS;
     const USES_DEVICE: bool = true;
     type Params = TrainParams;
@@ -583,7 +585,8 @@ impl TypedStage for SampleStage {
     const KIND: &'static str = "sample";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: an annealed start with a `reference` anneals from its base rate.
-    const VERSION: u32 = 3;
+    // 4: host_conv's products run on mrbm-kernels' sgemm (other rounding).
+    const VERSION: u32 = 4;
     const INPUTS: &'static [InputSlot] = SAMPLE_INPUTS;
     const USES_DEVICE: bool = true;
     type Params = SampleParams;
@@ -766,7 +769,8 @@ pub fn to_grey3(img: &[u8], h: usize, w: usize) -> Vec<u8> {
 impl TypedStage for ReconstructStage {
     const KIND: &'static str = "reconstruct";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-    const VERSION: u32 = 2;
+    // 3: host_conv's products run on mrbm-kernels' sgemm (other rounding).
+    const VERSION: u32 = 3;
     const INPUTS: &'static [InputSlot] = RECON_INPUTS;
     const USES_DEVICE: bool = true;
     type Params = ReconstructParams;
@@ -897,7 +901,8 @@ pub fn extract_features(
 impl TypedStage for FeaturesStage {
     const KIND: &'static str = "features";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
-    const VERSION: u32 = 2;
+    // 3: host_conv's products run on mrbm-kernels' sgemm (other rounding).
+    const VERSION: u32 = 3;
     const INPUTS: &'static [InputSlot] = FEAT_INPUTS;
     const USES_DEVICE: bool = true;
     type Params = FeaturesParams;

@@ -563,3 +563,83 @@ fn toolbox_update_rules_run_on_the_cpu() {
 fn learned_sigma_runs_on_the_cpu() {
     assert_check(checks::learned_sigma_run(&dev(), DType::F32));
 }
+
+/// The closed-form step on the host (`host_cd`: f32 on flex) equals the
+/// same step composed from the layer's tensor ops (up, down, free energy,
+/// `stats_grads`), for conv and dense layers, multinary and Gaussian
+/// visible units, and a batch that splits into several chunks and threads.
+#[test]
+fn host_cd_step_equals_the_tensor_composition() {
+    let conv = |c: usize, hw: usize, o: usize| LayerKind::Conv {
+        input: [c, hw, hw],
+        out_channels: o,
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let dense = LayerKind::Dense {
+        visible: 50,
+        hidden: 20,
+    };
+    let multinary = UnitType::new(255, 4.0 / 255.0);
+    let cases = [
+        (conv(3, 12, 8), multinary, UnitType::new(3, 0.5), 255.0),
+        (conv(2, 9, 5), UnitType::gaussian(), UnitType::BINARY, 1.0),
+        (dense.clone(), multinary, UnitType::new(3, 0.5), 255.0),
+        (dense, UnitType::gaussian(), UnitType::BINARY, 1.0),
+    ];
+    for (seed, (kind, vu, hu, scale)) in cases.into_iter().enumerate() {
+        let spec = LayerSpec {
+            kind,
+            visible_unit: vu,
+            hidden_unit: hu,
+        };
+        let mut layer = checks::random_layer(spec.clone(), seed as u64, &dev(), DType::F32);
+        // Visible biases that matter for the free energy's visible term.
+        let nc = spec.visible_channels();
+        layer.a = tensor_from(
+            (0..nc).map(|i| 0.1 * i as f64 - 0.2).collect(),
+            [nc],
+            &dev(),
+            DType::F32,
+        );
+        let [c, h, w] = spec.visible_shape();
+        let batch = 20;
+        let mut rng = ChaCha8Rng::seed_from_u64(40 + seed as u64);
+        let v: Vec<f64> = (0..batch * c * h * w)
+            .map(|_| rng.random_range(0.0..1.0) * scale)
+            .collect();
+        let v = tensor_from(v, [batch, c, h, w], &dev(), DType::F32);
+        let (host, tensors) = mrbm_core::device::with_threads(2, || {
+            let host = layer.cd_grads(v.clone());
+            let x = layer.pre_hidden(v.clone());
+            let hm = hu.mean(x.clone());
+            let v_rec = layer.down(hm.clone());
+            let x_rec = layer.pre_hidden(v_rec.clone());
+            let h_rec = hu.mean(x_rec.clone());
+            let loss = (layer.free_energy_with_x(v.clone(), x)
+                - layer.free_energy_with_x(v_rec.clone(), x_rec))
+            .mean();
+            let g = layer.stats_grads(v.clone(), hm.clone(), v_rec, h_rec);
+            (host, (loss, g, hm))
+        });
+        let rel = |a: Vec<f64>, b: Vec<f64>| {
+            assert_eq!(a.len(), b.len());
+            let scale = b.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+            a.iter()
+                .zip(&b)
+                .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+                / scale
+        };
+        let what = spec.describe();
+        let errs = [
+            rel(to_f64(&host.0), to_f64(&tensors.0)),
+            rel(to_f64(&host.1.w), to_f64(&tensors.1.w)),
+            rel(to_f64(&host.1.a), to_f64(&tensors.1.a)),
+            rel(to_f64(&host.1.b), to_f64(&tensors.1.b)),
+            rel(to_f64(&host.2), to_f64(&tensors.2)),
+        ];
+        println!("{what} {vu:?}: loss, w, a, b, h errors {errs:?}");
+        assert!(errs.iter().all(|e| *e < 1e-4), "{what}: {errs:?}");
+    }
+}

@@ -24,6 +24,7 @@
 use rayon::prelude::*;
 
 pub mod conv;
+pub mod math;
 mod micro;
 
 /// Which microkernel family runs the products.

@@ -1,0 +1,641 @@
+//! The closed-form mean-field CD-1 step of one layer (`Rbm::cd_grads`)
+//! entirely on the host, in f32 slices: up, down, up again, the loss and
+//! the three gradients in one pass over the batch.
+//!
+//! Why: through burn the step built every intermediate as a fresh tensor,
+//! ran im2col twice per image (once for each conv and again for the weight
+//! gradient), and evaluated sigmoid and softplus with scalar libm calls.
+//! Here a conv layer works on a few images at a time (a chunk, sized so the
+//! matrix products have at least ~256 columns) with buffers that live for
+//! the thread and are reused across steps:
+//!
+//! 1. im2col of the data into the first half of `cols` [C*K*K, 2 * n];
+//! 2. X = W cols (the hidden inputs, [O, n]), then h = f(X + b) in place,
+//!    summing A(X + b) for the loss (mrbm-kernels' `math`, vectorised);
+//! 3. the down pass: W^T h, col2im, v' = f_v(. + a);
+//! 4. im2col of v' into the second half of `cols`, its hidden means h';
+//! 5. one weight-gradient product [h, -h'] cols^T for both phases.
+//!
+//! Dense layers do the same with the whole batch as one matrix. The maths is
+//! `Rbm::cd_grads`'s (tests/model.rs compares the two, and both against the
+//! autodiff gradient); only the rounding differs.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::host_conv::{matmul, matmul_in, Geometry};
+use mrbm_kernels::math::{self as host_math, Act, Level};
+
+/// What the step of one layer returns, as host values.
+pub struct HostCd {
+    /// Mean over the batch of F(v) - F(v').
+    pub loss: f64,
+    /// dL/dW in the layer's weight layout.
+    pub gw: Vec<f32>,
+    /// dL/da per visible channel.
+    pub ga: Vec<f32>,
+    /// dL/db per hidden channel.
+    pub gb: Vec<f32>,
+    /// Hidden means of the data, [B, hidden shape] row-major.
+    pub hidden: Vec<f32>,
+}
+
+/// The two unit types of the layer, as activations. A visible `identity`
+/// is the unit-variance Gaussian (its free energy term is (v - a)^2 / 2
+/// instead of -a v).
+#[derive(Debug, Clone, Copy)]
+pub struct Units {
+    pub visible: Act,
+    pub hidden: Act,
+}
+
+/// The visible term of the free energy of one row (one channel plane, or
+/// a dense row with one bias per element handled by the caller).
+fn visible_term(units: &Units, row: &[f32], a: f32, row_sum: f64) -> f64 {
+    if units.visible.identity {
+        host_math::half_sq_dev(row, a)
+    } else {
+        -(a as f64) * row_sum
+    }
+}
+
+/// cols[r, off + p] for r = (ci, ky, kx), p = oy * OW + ox: the patches of
+/// one image as columns (row stride `ld`), zero outside the image.
+fn im2col_t(x: &[f32], g: &Geometry, cols: &mut [f32], ld: usize, off: usize) {
+    let p = g.oh * g.ow;
+    for ci in 0..g.c {
+        let plane = &x[ci * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let r = (ci * g.k + ky) * g.k + kx;
+                let dst = &mut cols[r * ld + off..][..p];
+                let (lo, hi) = valid_range(kx, g.w, g.ow, g);
+                for oy in 0..g.oh {
+                    let seg = &mut dst[oy * g.ow..][..g.ow];
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..][..g.w];
+                    seg[..lo].fill(0.0);
+                    seg[hi..].fill(0.0);
+                    if hi > lo {
+                        let from = &src[lo * g.stride + kx - g.pad..];
+                        for (d, s) in seg[lo..hi].iter_mut().zip(from.iter().step_by(g.stride)) {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_t`]: adds the columns back onto the pixels.
+fn col2im_t(cols: &[f32], ld: usize, off: usize, g: &Geometry, x: &mut [f32]) {
+    let p = g.oh * g.ow;
+    for ci in 0..g.c {
+        let plane = &mut x[ci * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let r = (ci * g.k + ky) * g.k + kx;
+                let src = &cols[r * ld + off..][..p];
+                let (lo, hi) = valid_range(kx, g.w, g.ow, g);
+                for oy in 0..g.oh {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        continue;
+                    }
+                    let seg = &src[oy * g.ow..][..g.ow];
+                    let dst = &mut plane[iy as usize * g.w..][..g.w];
+                    if hi > lo {
+                        let to = &mut dst[lo * g.stride + kx - g.pad..];
+                        for (d, s) in to.iter_mut().step_by(g.stride).zip(&seg[lo..hi]) {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output columns ox whose input column ox * S + kx - P is inside
+/// [0, w): [lo, hi).
+fn valid_range(kx: usize, w: usize, ow: usize, g: &Geometry) -> (usize, usize) {
+    let lo = if g.pad > kx {
+        (g.pad - kx).div_ceil(g.stride)
+    } else {
+        0
+    };
+    let hi = if w + g.pad > kx {
+        (w + g.pad - kx).div_ceil(g.stride).min(ow)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// A thread's buffers, grown as needed and kept across steps.
+#[derive(Default)]
+struct Workspace {
+    cols: Vec<f32>,
+    x: Vec<f32>,
+    r: Vec<f32>,
+    vrec: Vec<f32>,
+}
+
+fn grown(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+    /// The calling thread's per-group weight-gradient partials (conv) and
+    /// stacked batches (dense).
+    static PARTIALS: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// Per-group sums: the loss numerator and the bias gradients' sums.
+struct Sums {
+    loss: f64,
+    ga: Vec<f64>,
+    gb: Vec<f64>,
+}
+
+/// The CD-1 step of a conv layer: `v` [B, C, H, W], `w` [O, C, K, K].
+pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: Units) -> HostCd {
+    let level = Level::detect();
+    let (kk, p) = (g.c * g.k * g.k, g.oh * g.ow);
+    let (img_v, img_h) = (g.c * g.h * g.w, g.o * p);
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = 256usize
+        .div_ceil(p)
+        .clamp(1, g.batch.div_ceil(threads).max(1));
+    let nchunks = g.batch.div_ceil(chunk);
+    let per_group = nchunks.div_ceil(threads.min(nchunks).max(1)) * chunk;
+    let groups = g.batch.div_ceil(per_group);
+    let okk = g.o * kk;
+    let mut hidden = vec![0.0f32; g.batch * img_h];
+    let (sums, gw) = PARTIALS.with(|cell| {
+        let mut ws = cell.borrow_mut();
+        let partials = grown(&mut ws.cols, groups * okk);
+        let sums: Vec<Sums> = hidden
+            .par_chunks_mut(per_group * img_h)
+            .zip(v.par_chunks(per_group * img_v))
+            .zip(partials.par_chunks_mut(okk))
+            .map(|((hout, vin), gw)| {
+                WORKSPACE.with(|cell| {
+                    let mut ws = cell.borrow_mut();
+                    conv_group(&mut ws, level, vin, hout, gw, w, a, b, g, units, chunk)
+                })
+            })
+            .collect();
+        let (first, rest) = partials.split_at_mut(okk);
+        for part in rest.chunks(okk) {
+            for (x, y) in first.iter_mut().zip(part) {
+                *x += *y;
+            }
+        }
+        let inv_b = 1.0 / g.batch as f32;
+        let gw: Vec<f32> = first.iter().map(|x| -x * inv_b).collect();
+        (sums, gw)
+    });
+    finish(sums, gw, hidden, g.batch, g.c, g.o)
+}
+
+fn finish(
+    sums: Vec<Sums>,
+    gw: Vec<f32>,
+    hidden: Vec<f32>,
+    batch: usize,
+    c: usize,
+    o: usize,
+) -> HostCd {
+    let inv_b = 1.0 / batch as f64;
+    let mut loss = 0.0;
+    let mut ga = vec![0.0f64; c];
+    let mut gb = vec![0.0f64; o];
+    for s in sums {
+        loss += s.loss;
+        for (x, y) in ga.iter_mut().zip(s.ga) {
+            *x += y;
+        }
+        for (x, y) in gb.iter_mut().zip(s.gb) {
+            *x += y;
+        }
+    }
+    HostCd {
+        loss: loss * inv_b,
+        gw,
+        ga: ga.iter().map(|x| (-x * inv_b) as f32).collect(),
+        gb: gb.iter().map(|x| (-x * inv_b) as f32).collect(),
+        hidden,
+    }
+}
+
+/// One thread's images `vin` (whole chunks): writes their hidden means to
+/// `hout` and the sum of [h, -h'] cols^T to `gw`.
+#[allow(clippy::too_many_arguments)]
+fn conv_group(
+    ws: &mut Workspace,
+    level: Level,
+    vin: &[f32],
+    hout: &mut [f32],
+    gw: &mut [f32],
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    g: &Geometry,
+    units: Units,
+    chunk: usize,
+) -> Sums {
+    let (kk, p, hw) = (g.c * g.k * g.k, g.oh * g.ow, g.h * g.w);
+    let (img_v, img_h) = (g.c * hw, g.o * p);
+    let n_imgs = vin.len() / img_v;
+    let mut s = Sums {
+        loss: 0.0,
+        ga: vec![0.0; g.c],
+        gb: vec![0.0; g.o],
+    };
+    gw.fill(0.0);
+    for start in (0..n_imgs).step_by(chunk) {
+        let nb = chunk.min(n_imgs - start);
+        let cp = nb * p;
+        let ld = 2 * cp;
+        let cols = grown(&mut ws.cols, kk * ld);
+        let x = grown(&mut ws.x, g.o * ld);
+        let r = grown(&mut ws.r, kk * cp);
+        let vrec = grown(&mut ws.vrec, nb * img_v);
+        let imgs = &vin[start * img_v..][..nb * img_v];
+        // Data: patches, hidden inputs, hidden means, visible statistics.
+        for i in 0..nb {
+            im2col_t(&imgs[i * img_v..][..img_v], g, cols, ld, i * p);
+        }
+        matmul(
+            g.o,
+            cp,
+            kk,
+            x,
+            ld as isize,
+            1,
+            false,
+            w,
+            kk as isize,
+            1,
+            cols,
+            ld as isize,
+            1,
+        );
+        for oi in 0..g.o {
+            let (sh, sa) =
+                host_math::act_row(level, &mut x[oi * ld..][..cp], b[oi], units.hidden, true);
+            s.gb[oi] += sh;
+            s.loss -= sa;
+        }
+        for img in imgs.chunks(img_v) {
+            for (ci, row) in img.chunks(hw).enumerate() {
+                let sv = host_math::sum(row);
+                s.ga[ci] += sv;
+                s.loss += visible_term(&units, row, a[ci], sv);
+            }
+        }
+        // Down: r = W^T h, col2im, visible means.
+        matmul(
+            kk,
+            cp,
+            g.o,
+            r,
+            cp as isize,
+            1,
+            false,
+            w,
+            1,
+            kk as isize,
+            x,
+            ld as isize,
+            1,
+        );
+        vrec.fill(0.0);
+        for i in 0..nb {
+            col2im_t(r, cp, i * p, g, &mut vrec[i * img_v..][..img_v]);
+        }
+        for img in vrec.chunks_mut(img_v) {
+            for (ci, row) in img.chunks_mut(hw).enumerate() {
+                let (sv, _) = host_math::act_row(level, row, a[ci], units.visible, false);
+                s.ga[ci] -= sv;
+                s.loss -= visible_term(&units, row, a[ci], sv);
+            }
+        }
+        // Reconstruction: patches into the second half, hidden means.
+        for i in 0..nb {
+            im2col_t(&vrec[i * img_v..][..img_v], g, cols, ld, cp + i * p);
+        }
+        matmul(
+            g.o,
+            cp,
+            kk,
+            &mut x[cp..],
+            ld as isize,
+            1,
+            false,
+            w,
+            kk as isize,
+            1,
+            &cols[cp..],
+            ld as isize,
+            1,
+        );
+        for oi in 0..g.o {
+            let row = &mut x[oi * ld + cp..][..cp];
+            let (sh, sa) = host_math::act_row(level, row, b[oi], units.hidden, true);
+            s.gb[oi] -= sh;
+            s.loss += sa;
+            for y in row.iter_mut() {
+                *y = -*y;
+            }
+        }
+        // Hidden means out, [O, P] per image.
+        for i in 0..nb {
+            let out = &mut hout[(start + i) * img_h..][..img_h];
+            for oi in 0..g.o {
+                out[oi * p..][..p].copy_from_slice(&x[oi * ld + i * p..][..p]);
+            }
+        }
+        // Both phases' weight statistics in one product.
+        matmul(
+            g.o,
+            kk,
+            ld,
+            gw,
+            kk as isize,
+            1,
+            true,
+            x,
+            ld as isize,
+            1,
+            cols,
+            1,
+            ld as isize,
+        );
+    }
+    s
+}
+
+/// The CD-1 step of a dense layer: `v` [B, V], `w` [V, H].
+#[allow(clippy::too_many_arguments)]
+pub fn dense_cd(
+    v: &[f32],
+    w: &[f32],
+    a: &[f32],
+    b: &[f32],
+    batch: usize,
+    nv: usize,
+    nh: usize,
+    units: Units,
+) -> HostCd {
+    let level = Level::detect();
+    PARTIALS.with(|cell| {
+        let mut ws = cell.borrow_mut();
+        let ws = &mut *ws;
+        let v2 = grown(&mut ws.vrec, 2 * batch * nv);
+        let x2 = grown(&mut ws.x, 2 * batch * nh);
+        v2[..batch * nv].copy_from_slice(v);
+        let mut loss = 0.0f64;
+        let mut ga = vec![0.0f64; nv];
+        let mut gb = vec![0.0f64; nh];
+        // Data.
+        let (vd, vr) = v2.split_at_mut(batch * nv);
+        let (xd, xr) = x2.split_at_mut(batch * nh);
+        matmul_in(
+            true,
+            batch,
+            nh,
+            nv,
+            xd,
+            nh as isize,
+            1,
+            false,
+            vd,
+            nv as isize,
+            1,
+            w,
+            nh as isize,
+            1,
+        );
+        loss -= act_rows(level, xd, nh, b, units.hidden, true, &mut gb, 1.0);
+        for row in vd.chunks(nv) {
+            loss += visible_row_term(&units, row, a, &mut ga, 1.0);
+        }
+        // Down: v' = f_v(h W^T + a).
+        matmul_in(
+            true,
+            batch,
+            nv,
+            nh,
+            vr,
+            nv as isize,
+            1,
+            false,
+            xd,
+            nh as isize,
+            1,
+            w,
+            1,
+            nh as isize,
+        );
+        act_rows(
+            level,
+            vr,
+            nv,
+            a,
+            units.visible,
+            false,
+            &mut vec![0.0; nv],
+            1.0,
+        );
+        for row in vr.chunks(nv) {
+            loss -= visible_row_term(&units, row, a, &mut ga, -1.0);
+        }
+        // Reconstruction.
+        matmul_in(
+            true,
+            batch,
+            nh,
+            nv,
+            xr,
+            nh as isize,
+            1,
+            false,
+            vr,
+            nv as isize,
+            1,
+            w,
+            nh as isize,
+            1,
+        );
+        loss += act_rows(level, xr, nh, b, units.hidden, true, &mut gb, -1.0);
+        for y in xr.iter_mut() {
+            *y = -*y;
+        }
+        // [v; v']^T [h; -h'].
+        let mut gw = vec![0.0f32; nv * nh];
+        matmul_in(
+            true,
+            nv,
+            nh,
+            2 * batch,
+            &mut gw,
+            nh as isize,
+            1,
+            false,
+            v2,
+            1,
+            nv as isize,
+            x2,
+            nh as isize,
+            1,
+        );
+        let inv_b = 1.0 / batch as f32;
+        for x in gw.iter_mut() {
+            *x *= -inv_b;
+        }
+        let inv = 1.0 / batch as f64;
+        HostCd {
+            loss: loss * inv,
+            gw,
+            ga: ga.iter().map(|x| (-x * inv) as f32).collect(),
+            gb: gb.iter().map(|x| (-x * inv) as f32).collect(),
+            hidden: x2[..batch * nh].to_vec(),
+        }
+    })
+}
+
+/// f(x + bias) on every row of `m` (rows of `n`, one bias per column), in
+/// parallel; adds `sign` times the column sums of f to `col_sums`; returns
+/// the sum of A.
+#[allow(clippy::too_many_arguments)]
+fn act_rows(
+    level: Level,
+    m: &mut [f32],
+    n: usize,
+    bias: &[f32],
+    act: Act,
+    with_a: bool,
+    col_sums: &mut [f64],
+    sign: f64,
+) -> f64 {
+    let sa: f64 = m
+        .par_chunks_mut(n)
+        .map(|row| host_math::act_row_biases(level, row, bias, act, with_a).1)
+        .sum();
+    for row in m.chunks(n) {
+        for (c, &y) in col_sums.iter_mut().zip(row) {
+            *c += sign * y as f64;
+        }
+    }
+    sa
+}
+
+/// The visible free-energy term of a dense row (one bias per unit), adding
+/// `sign` times the row to `col_sums`.
+fn visible_row_term(units: &Units, row: &[f32], a: &[f32], col_sums: &mut [f64], sign: f64) -> f64 {
+    let mut t = 0.0f64;
+    for ((c, &y), &ai) in col_sums.iter_mut().zip(row).zip(a) {
+        *c += sign * y as f64;
+        t += if units.visible.identity {
+            let d = (y - ai) as f64;
+            0.5 * d * d
+        } else {
+            -(ai as f64) * y as f64
+        };
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn transposed_im2col_matches_the_row_major_one_and_col2im_is_its_adjoint() {
+        for &(c, hw, k, s, pad) in &[
+            (2, 7, 3, 2, 1),
+            (3, 8, 4, 2, 1),
+            (1, 5, 2, 1, 0),
+            (2, 3, 4, 2, 2),
+        ] {
+            let o = (hw + 2 * pad - k) / s + 1;
+            let g = Geometry {
+                batch: 1,
+                c,
+                h: hw,
+                w: hw,
+                o: 1,
+                k,
+                stride: s,
+                pad,
+                oh: o,
+                ow: o,
+            };
+            let x = values(c * hw * hw, 5);
+            let (kk, p) = (c * k * k, o * o);
+            // Definition: column (oy, ox) of row (ci, ky, kx).
+            let mut cols = vec![9.0f32; kk * (p + 3)];
+            im2col_t(&x, &g, &mut cols, p + 3, 2);
+            for ci in 0..c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        for oy in 0..o {
+                            for ox in 0..o {
+                                let iy = (oy * s + ky) as isize - pad as isize;
+                                let ix = (ox * s + kx) as isize - pad as isize;
+                                let want =
+                                    if iy < 0 || ix < 0 || iy >= hw as isize || ix >= hw as isize {
+                                        0.0
+                                    } else {
+                                        x[ci * hw * hw + iy as usize * hw + ix as usize]
+                                    };
+                                let r = (ci * k + ky) * k + kx;
+                                assert_eq!(cols[r * (p + 3) + 2 + oy * o + ox], want);
+                            }
+                        }
+                    }
+                }
+            }
+            // <im2col(x), y> = <x, col2im(y)>.
+            let y = values(kk * (p + 3), 6);
+            let mut back = vec![0.0f32; c * hw * hw];
+            col2im_t(&y, p + 3, 2, &g, &mut back);
+            let mut lhs = 0.0f64;
+            for r in 0..kk {
+                for q in 0..p {
+                    lhs += cols[r * (p + 3) + 2 + q] as f64 * y[r * (p + 3) + 2 + q] as f64;
+                }
+            }
+            let rhs: f64 = x
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+        }
+    }
+}
