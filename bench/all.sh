@@ -22,6 +22,7 @@ export MRBM_SHARED_DATA=$DATA
 THREADS=${THREADS:-2}
 ONLY=${ONLY:-noop,decode,svm,train,fid,dag,rules}
 TARGET=${CARGO_TARGET_DIR:-target}
+case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 LOG=${LOG:-$(mktemp -d)/bench-all.log}
 : > "$LOG"
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -38,7 +39,7 @@ VENV_DVC=$(dirname "$PYTHON")/dvc
 if want noop; then
   echo "no-op rerun vs dvc..." >&2
   section noop
-  MRBM="$ROOT/$TARGET/release/mrbm" DVC=${DVC:-$( [ -x "$VENV_DVC" ] && echo "$VENV_DVC" || echo dvc )} \
+  MRBM="$TARGET/release/mrbm" DVC=${DVC:-$( [ -x "$VENV_DVC" ] && echo "$VENV_DVC" || echo dvc )} \
     bash bench/noop_rerun.sh >> "$LOG" 2>&1 || echo "(noop_rerun failed)" >> "$LOG"
 fi
 if want decode; then
@@ -89,7 +90,7 @@ if m:
     row("no-op rerun, 50-stage DAG", "bash bench/noop_rerun.sh",
         f"{m[4]}x dvc {m[3].split()[-1]} ({m[1]} s vs {m[2]} s, best of 5)")
 s = sections.get("decode", "")
-r = re.findall(r"ratio (mrbm\S*) / (\S+): ([\d.]+)x wall", s)
+r = re.findall(r"ratio (mrbm\S*) / (.+?): ([\d.]+)x wall", s)
 if r:
     row("JPEG decode + crop + resize (CelebA sample)", "python bench/data_decode_bench.py --threads 2 --repeat 100 --rounds 5",
         ", ".join(f"{x}x {o}" for _, o, x in r))
@@ -108,8 +109,8 @@ if r:
         "; ".join(f"{st} stack {ratio}x ({g}: {a} vs {b} img/s)" for st, g, a, b, ratio in r) + " PyTorch CPU")
 s = sections.get("fid", "")
 m = re.search(r"ratio mrbm/pytorch-fid: ([\d.]+)x", s)
-m2 = re.search(r"pytorch-fid [\w.+]+: ([\d.]+) images/s", s)
-m3 = re.search(r"mrbm[^:]*: ([\d.]+) images/s", s)
+m2 = re.search(r"^pytorch-fid [\w.+]+: ([\d.]+) images/s", s, re.M)
+m3 = re.search(r"^mrbm[^:\n]*: ([\d.]+) images/s", s, re.M)
 if m:
     row("Inception (FID) features", f"python bench/fid_bench.py --n 20 --batch 10 --threads {threads}",
         f"{m[1]}x pytorch-fid CPU ({m3[1] if m3 else '?'} vs {m2[1] if m2 else '?'} images/s)")
