@@ -385,6 +385,34 @@ pub fn render_aligned(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
 
+    /// Metrics read back from a manifest are the very f64s written, so a
+    /// table's key is the same in the run that computed its cells and in
+    /// the next one that finds them cached. serde_json's default parser
+    /// read 1.9381369221187295 (a real quickstart metric) back as
+    /// 1.9381369221187297, and the quickstart's sample table reran on
+    /// every second run.
+    #[test]
+    fn metrics_survive_the_manifest_round_trip_bit_for_bit() {
+        let values = [
+            1.9381369221187295f64,
+            0.5185871994297981,
+            1.0 / 3.0,
+            2.0f64.sqrt(),
+            1e-300,
+            123456.789012345,
+        ];
+        for v in values {
+            let text = serde_json::to_string(&BTreeMap::from([("m", v)])).unwrap();
+            let back: BTreeMap<String, f64> = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                back["m"].to_bits(),
+                v.to_bits(),
+                "{v} came back as {}",
+                back["m"]
+            );
+        }
+    }
+
     #[test]
     fn grid_has_rows_columns_reference_and_missing() {
         let cell = |slot: &str, row: &str, col: &str| TableCell {
