@@ -26,10 +26,13 @@
 //! (1 - beta) aA + beta (a + W h). At beta = 0, H_0 is a constant
 //! (N log 2, or log(N + 1)), which enters log Z_A.
 
+use mrbm_kernels::Par::Seq;
+use mrbm_kernels::{View, ViewMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::host_conv::matmul;
 use crate::layer::{to_f64, LayerKind, Rbm};
 use crate::sample::{Sampler, UnitSampler};
 use crate::unit::{
@@ -306,21 +309,9 @@ impl HostDense {
     /// x = v W + b for `rows` visible rows.
     fn pre_hidden(&self, v: &[f32], rows: usize) -> Vec<f32> {
         let mut x = vec![0.0f32; rows * self.h];
-        crate::host_conv::matmul(
-            rows,
-            self.h,
-            self.d,
-            &mut x,
-            self.h as isize,
-            1,
-            false,
-            v,
-            self.d as isize,
-            1,
-            &self.w,
-            self.h as isize,
-            1,
-        );
+        let (v, w) = (View::row_major(v, self.d), View::row_major(&self.w, self.h));
+        let xm = ViewMut::row_major(&mut x, self.h);
+        matmul([rows, self.h, self.d], v, w, xm, false, Seq);
         for r in 0..rows {
             for j in 0..self.h {
                 x[r * self.h + j] += self.b[j] as f32;
@@ -332,21 +323,9 @@ impl HostDense {
     /// W h for `rows` hidden rows (no bias).
     fn down_linear(&self, h: &[f32], rows: usize) -> Vec<f32> {
         let mut y = vec![0.0f32; rows * self.d];
-        crate::host_conv::matmul(
-            rows,
-            self.d,
-            self.h,
-            &mut y,
-            self.d as isize,
-            1,
-            false,
-            h,
-            self.h as isize,
-            1,
-            &self.w,
-            1,
-            self.h as isize,
-        );
+        let (h, w) = (View::row_major(h, self.h), View::row_major(&self.w, self.h));
+        let ym = ViewMut::row_major(&mut y, self.d);
+        matmul([rows, self.d, self.h], h, w.t(), ym, false, Seq);
         y
     }
 

@@ -24,8 +24,10 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::host_conv::{matmul, matmul_in, Geometry};
+use crate::host_conv::{matmul, Geometry};
+use mrbm_kernels::conv::{Conv, TapOrder};
 use mrbm_kernels::math::{self as host_math, Act, Level};
+use mrbm_kernels::{Par, View, ViewMut};
 
 /// What the step of one layer returns, as host values.
 pub struct HostCd {
@@ -58,84 +60,6 @@ fn visible_term(units: &Units, row: &[f32], a: f32, row_sum: f64) -> f64 {
     } else {
         -(a as f64) * row_sum
     }
-}
-
-/// cols[r, off + p] for r = (ci, ky, kx), p = oy * OW + ox: the patches of
-/// one image as columns (row stride `ld`), zero outside the image.
-fn im2col_t(x: &[f32], g: &Geometry, cols: &mut [f32], ld: usize, off: usize) {
-    let p = g.oh * g.ow;
-    for ci in 0..g.c {
-        let plane = &x[ci * g.h * g.w..][..g.h * g.w];
-        for ky in 0..g.k {
-            for kx in 0..g.k {
-                let r = (ci * g.k + ky) * g.k + kx;
-                let dst = &mut cols[r * ld + off..][..p];
-                let (lo, hi) = valid_range(kx, g.w, g.ow, g);
-                for oy in 0..g.oh {
-                    let seg = &mut dst[oy * g.ow..][..g.ow];
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy as usize >= g.h {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * g.w..][..g.w];
-                    seg[..lo].fill(0.0);
-                    seg[hi..].fill(0.0);
-                    if hi > lo {
-                        let from = &src[lo * g.stride + kx - g.pad..];
-                        for (d, s) in seg[lo..hi].iter_mut().zip(from.iter().step_by(g.stride)) {
-                            *d = *s;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of [`im2col_t`]: adds the columns back onto the pixels.
-fn col2im_t(cols: &[f32], ld: usize, off: usize, g: &Geometry, x: &mut [f32]) {
-    let p = g.oh * g.ow;
-    for ci in 0..g.c {
-        let plane = &mut x[ci * g.h * g.w..][..g.h * g.w];
-        for ky in 0..g.k {
-            for kx in 0..g.k {
-                let r = (ci * g.k + ky) * g.k + kx;
-                let src = &cols[r * ld + off..][..p];
-                let (lo, hi) = valid_range(kx, g.w, g.ow, g);
-                for oy in 0..g.oh {
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy as usize >= g.h {
-                        continue;
-                    }
-                    let seg = &src[oy * g.ow..][..g.ow];
-                    let dst = &mut plane[iy as usize * g.w..][..g.w];
-                    if hi > lo {
-                        let to = &mut dst[lo * g.stride + kx - g.pad..];
-                        for (d, s) in to.iter_mut().step_by(g.stride).zip(&seg[lo..hi]) {
-                            *d += *s;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The output columns ox whose input column ox * S + kx - P is inside
-/// [0, w): [lo, hi).
-fn valid_range(kx: usize, w: usize, ow: usize, g: &Geometry) -> (usize, usize) {
-    let lo = if g.pad > kx {
-        (g.pad - kx).div_ceil(g.stride)
-    } else {
-        0
-    };
-    let hi = if w + g.pad > kx {
-        (w + g.pad - kx).div_ceil(g.stride).min(ow)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
 }
 
 /// A thread's buffers, grown as needed and kept across steps.
@@ -181,6 +105,7 @@ pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: 
     let per_group = nchunks.div_ceil(threads.min(nchunks).max(1)) * chunk;
     let groups = g.batch.div_ceil(per_group);
     let okk = g.o * kk;
+    let conv = g.conv();
     let mut hidden = vec![0.0f32; g.batch * img_h];
     let (sums, gw) = PARTIALS.with(|cell| {
         let mut ws = cell.borrow_mut();
@@ -192,7 +117,7 @@ pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: 
             .map(|((hout, vin), gw)| {
                 WORKSPACE.with(|cell| {
                     let mut ws = cell.borrow_mut();
-                    conv_group(&mut ws, level, vin, hout, gw, w, a, b, g, units, chunk)
+                    conv_group(&mut ws, level, vin, hout, gw, w, a, b, &conv, units, chunk)
                 })
             })
             .collect();
@@ -251,11 +176,11 @@ fn conv_group(
     w: &[f32],
     a: &[f32],
     b: &[f32],
-    g: &Geometry,
+    g: &Conv,
     units: Units,
     chunk: usize,
 ) -> Sums {
-    let (kk, p, hw) = (g.c * g.k * g.k, g.oh * g.ow, g.h * g.w);
+    let (kk, p, hw) = (g.patch(), g.positions(), g.h * g.w);
     let (img_v, img_h) = (g.c * hw, g.o * p);
     let n_imgs = vin.len() / img_v;
     let mut s = Sums {
@@ -275,23 +200,12 @@ fn conv_group(
         let imgs = &vin[start * img_v..][..nb * img_v];
         // Data: patches, hidden inputs, hidden means, visible statistics.
         for i in 0..nb {
-            im2col_t(&imgs[i * img_v..][..img_v], g, cols, ld, i * p);
+            g.im2col_ld(&imgs[i * img_v..][..img_v], 0, p, &mut cols[i * p..], ld);
         }
-        matmul(
-            g.o,
-            cp,
-            kk,
-            x,
-            ld as isize,
-            1,
-            false,
-            w,
-            kk as isize,
-            1,
-            cols,
-            ld as isize,
-            1,
-        );
+        let (wv, seq) = (View::row_major(w, kk), Par::Seq);
+        let patches = View::row_major(cols, ld);
+        let xm = ViewMut::row_major(x, ld);
+        matmul([g.o, cp, kk], wv, patches, xm, false, seq);
         for oi in 0..g.o {
             let (sh, sa) =
                 host_math::act_row(level, &mut x[oi * ld..][..cp], b[oi], units.hidden, true);
@@ -306,24 +220,13 @@ fn conv_group(
             }
         }
         // Down: r = W^T h, col2im, visible means.
-        matmul(
-            kk,
-            cp,
-            g.o,
-            r,
-            cp as isize,
-            1,
-            false,
-            w,
-            1,
-            kk as isize,
-            x,
-            ld as isize,
-            1,
-        );
+        let hv = View::row_major(x, ld);
+        let rm = ViewMut::row_major(r, cp);
+        matmul([kk, cp, g.o], wv.t(), hv, rm, false, seq);
         vrec.fill(0.0);
         for i in 0..nb {
-            col2im_t(r, cp, i * p, g, &mut vrec[i * img_v..][..img_v]);
+            let img = &mut vrec[i * img_v..][..img_v];
+            g.col2im(&r[i * p..], cp, img, TapOrder::Forward);
         }
         for img in vrec.chunks_mut(img_v) {
             for (ci, row) in img.chunks_mut(hw).enumerate() {
@@ -333,24 +236,12 @@ fn conv_group(
             }
         }
         // Reconstruction: patches into the second half, hidden means.
-        for i in 0..nb {
-            im2col_t(&vrec[i * img_v..][..img_v], g, cols, ld, cp + i * p);
+        for (i, img) in vrec.chunks(img_v).enumerate() {
+            g.im2col_ld(img, 0, p, &mut cols[cp + i * p..], ld);
         }
-        matmul(
-            g.o,
-            cp,
-            kk,
-            &mut x[cp..],
-            ld as isize,
-            1,
-            false,
-            w,
-            kk as isize,
-            1,
-            &cols[cp..],
-            ld as isize,
-            1,
-        );
+        let (patches, xr) = (View::row_major(&cols[cp..], ld), &mut x[cp..]);
+        let xrm = ViewMut::row_major(xr, ld);
+        matmul([g.o, cp, kk], wv, patches, xrm, false, seq);
         for oi in 0..g.o {
             let row = &mut x[oi * ld + cp..][..cp];
             let (sh, sa) = host_math::act_row(level, row, b[oi], units.hidden, true);
@@ -368,21 +259,9 @@ fn conv_group(
             }
         }
         // Both phases' weight statistics in one product.
-        matmul(
-            g.o,
-            kk,
-            ld,
-            gw,
-            kk as isize,
-            1,
-            true,
-            x,
-            ld as isize,
-            1,
-            cols,
-            1,
-            ld as isize,
-        );
+        let (hv, patches_t) = (View::row_major(x, ld), View::row_major(cols, ld).t());
+        let gwm = ViewMut::row_major(gw, kk);
+        matmul([g.o, kk, ld], hv, patches_t, gwm, true, seq);
     }
     s
 }
@@ -412,43 +291,18 @@ pub fn dense_cd(
         // Data.
         let (vd, vr) = v2.split_at_mut(batch * nv);
         let (xd, xr) = x2.split_at_mut(batch * nh);
-        matmul_in(
-            true,
-            batch,
-            nh,
-            nv,
-            xd,
-            nh as isize,
-            1,
-            false,
-            vd,
-            nv as isize,
-            1,
-            w,
-            nh as isize,
-            1,
-        );
+        let (wv, par) = (View::row_major(w, nh), Par::Rayon);
+        let vdv = View::row_major(vd, nv);
+        let xdm = ViewMut::row_major(xd, nh);
+        matmul([batch, nh, nv], vdv, wv, xdm, false, par);
         loss -= act_rows(level, xd, nh, b, units.hidden, true, &mut gb, 1.0);
         for row in vd.chunks(nv) {
             loss += visible_row_term(&units, row, a, &mut ga, 1.0);
         }
         // Down: v' = f_v(h W^T + a).
-        matmul_in(
-            true,
-            batch,
-            nv,
-            nh,
-            vr,
-            nv as isize,
-            1,
-            false,
-            xd,
-            nh as isize,
-            1,
-            w,
-            1,
-            nh as isize,
-        );
+        let xdv = View::row_major(xd, nh);
+        let vrm = ViewMut::row_major(vr, nv);
+        matmul([batch, nv, nh], xdv, wv.t(), vrm, false, par);
         act_rows(
             level,
             vr,
@@ -463,44 +317,18 @@ pub fn dense_cd(
             loss -= visible_row_term(&units, row, a, &mut ga, -1.0);
         }
         // Reconstruction.
-        matmul_in(
-            true,
-            batch,
-            nh,
-            nv,
-            xr,
-            nh as isize,
-            1,
-            false,
-            vr,
-            nv as isize,
-            1,
-            w,
-            nh as isize,
-            1,
-        );
+        let vrv = View::row_major(vr, nv);
+        let xrm = ViewMut::row_major(xr, nh);
+        matmul([batch, nh, nv], vrv, wv, xrm, false, par);
         loss += act_rows(level, xr, nh, b, units.hidden, true, &mut gb, -1.0);
         for y in xr.iter_mut() {
             *y = -*y;
         }
         // [v; v']^T [h; -h'].
         let mut gw = vec![0.0f32; nv * nh];
-        matmul_in(
-            true,
-            nv,
-            nh,
-            2 * batch,
-            &mut gw,
-            nh as isize,
-            1,
-            false,
-            v2,
-            1,
-            nv as isize,
-            x2,
-            nh as isize,
-            1,
-        );
+        let (v2t, x2v) = (View::row_major(v2, nv).t(), View::row_major(x2, nh));
+        let gwv = ViewMut::row_major(&mut gw, nh);
+        matmul([nv, nh, 2 * batch], v2t, x2v, gwv, false, par);
         let inv_b = 1.0 / batch as f32;
         for x in gw.iter_mut() {
             *x *= -inv_b;
@@ -556,86 +384,4 @@ fn visible_row_term(units: &Units, row: &[f32], a: &[f32], col_sums: &mut [f64],
         };
     }
     t
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
-    #[test]
-    fn transposed_im2col_matches_the_row_major_one_and_col2im_is_its_adjoint() {
-        for &(c, hw, k, s, pad) in &[
-            (2, 7, 3, 2, 1),
-            (3, 8, 4, 2, 1),
-            (1, 5, 2, 1, 0),
-            (2, 3, 4, 2, 2),
-        ] {
-            let o = (hw + 2 * pad - k) / s + 1;
-            let g = Geometry {
-                batch: 1,
-                c,
-                h: hw,
-                w: hw,
-                o: 1,
-                k,
-                stride: s,
-                pad,
-                oh: o,
-                ow: o,
-            };
-            let x = values(c * hw * hw, 5);
-            let (kk, p) = (c * k * k, o * o);
-            // Definition: column (oy, ox) of row (ci, ky, kx).
-            let mut cols = vec![9.0f32; kk * (p + 3)];
-            im2col_t(&x, &g, &mut cols, p + 3, 2);
-            for ci in 0..c {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        for oy in 0..o {
-                            for ox in 0..o {
-                                let iy = (oy * s + ky) as isize - pad as isize;
-                                let ix = (ox * s + kx) as isize - pad as isize;
-                                let want =
-                                    if iy < 0 || ix < 0 || iy >= hw as isize || ix >= hw as isize {
-                                        0.0
-                                    } else {
-                                        x[ci * hw * hw + iy as usize * hw + ix as usize]
-                                    };
-                                let r = (ci * k + ky) * k + kx;
-                                assert_eq!(cols[r * (p + 3) + 2 + oy * o + ox], want);
-                            }
-                        }
-                    }
-                }
-            }
-            // <im2col(x), y> = <x, col2im(y)>.
-            let y = values(kk * (p + 3), 6);
-            let mut back = vec![0.0f32; c * hw * hw];
-            col2im_t(&y, p + 3, 2, &g, &mut back);
-            let mut lhs = 0.0f64;
-            for r in 0..kk {
-                for q in 0..p {
-                    lhs += cols[r * (p + 3) + 2 + q] as f64 * y[r * (p + 3) + 2 + q] as f64;
-                }
-            }
-            let rhs: f64 = x
-                .iter()
-                .zip(&back)
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum();
-            assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
-        }
-    }
 }

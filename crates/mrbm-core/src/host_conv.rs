@@ -4,15 +4,19 @@
 //! the weight gradient (conv2d_weight_backward) several times slower than
 //! PyTorch on the CPU (crates/mrbm-core README, "Benchmark"). These are the
 //! same maps written the way PyTorch's CPU path does them: per image, the
-//! k x k patches as the rows of a matrix (im2col), then one matrix product
+//! k x k patches as the columns of a matrix (im2col), then one matrix product
 //! by mrbm-kernels' sgemm (AVX-512 / AVX2 microkernels chosen at run
-//! time). Images run in parallel on the caller's rayon pool.
+//! time; the im2col and col2im are mrbm-kernels' too). Images run in
+//! parallel on the caller's rayon pool.
 //!
 //! Used only for f32 tensors on the flex device that are not part of an
 //! autodiff graph (the closed-form training path, sampling, features); the
 //! autodiff path and every accelerator keep burn's ops, and the tests
 //! compare the two.
 
+use mrbm_kernels::conv::{Conv, TapOrder};
+use mrbm_kernels::Par::{self, Seq};
+use mrbm_kernels::{sgemm, View, ViewMut};
 use rayon::prelude::*;
 
 /// Shapes of one conv layer: input [B, C, H, W], kernel [O, C, K, K],
@@ -41,177 +45,64 @@ impl Geometry {
     fn image(&self) -> usize {
         self.c * self.h * self.w
     }
-}
-
-/// cols[p, (ci, ky, kx)] = x[ci, oy*S - P + ky, ox*S - P + kx] (0 outside),
-/// p = oy*OW + ox: row-major [OH*OW, C*K*K] for one image.
-fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
-    let kk = g.patch();
-    for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            let row = &mut cols[(oy * g.ow + ox) * kk..][..kk];
-            let mut j = 0;
-            for ci in 0..g.c {
-                let plane = &x[ci * g.h * g.w..][..g.h * g.w];
-                for ky in 0..g.k {
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    for kx in 0..g.k {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        row[j] = if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w
-                        {
-                            plane[iy as usize * g.w + ix as usize]
-                        } else {
-                            0.0
-                        };
-                        j += 1;
-                    }
-                }
-            }
-        }
+    /// One image's geometry for mrbm-kernels' im2col and col2im.
+    pub(crate) fn conv(&self) -> Conv {
+        let conv = Conv {
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            kh: self.k,
+            kw: self.k,
+            sh: self.stride,
+            sw: self.stride,
+            ph: self.pad,
+            pw: self.pad,
+        };
+        assert_eq!(
+            (conv.oh(), conv.ow()),
+            (self.oh, self.ow),
+            "conv geometry: output shape"
+        );
+        conv
     }
 }
 
-/// The adjoint of im2col: adds each row's entries back to their pixels.
-fn col2im(cols: &[f32], g: &Geometry, x: &mut [f32]) {
-    let kk = g.patch();
-    for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            let row = &cols[(oy * g.ow + ox) * kk..][..kk];
-            let mut j = 0;
-            for ci in 0..g.c {
-                for ky in 0..g.k {
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    for kx in 0..g.k {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w {
-                            x[ci * g.h * g.w + iy as usize * g.w + ix as usize] += row[j];
-                        }
-                        j += 1;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// dst (m x n) = lhs (m x k) * rhs (k x n), each given by (row, column)
-/// strides (non-negative), by mrbm-kernels' sgemm; single-threaded (the images are the parallel dimension).
-#[allow(clippy::too_many_arguments)]
+/// C = A B, or C += A B when `accumulate`, for A m x k and B k x n
+/// (`[m, n, k]`): mrbm-kernels' sgemm with alpha 1, on the caller's rayon
+/// pool when `par` says so.
 pub(crate) fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: isize,
-    dst_cs: isize,
+    [m, n, k]: [usize; 3],
+    a: View,
+    b: View,
+    c: ViewMut,
     accumulate: bool,
-    lhs: &[f32],
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: &[f32],
-    rhs_rs: isize,
-    rhs_cs: isize,
+    par: Par,
 ) {
-    matmul_in(
-        false, m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
-    )
-}
-
-/// [`matmul`] on every thread of the caller's rayon pool when `parallel`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_in(
-    parallel: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: isize,
-    dst_cs: isize,
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: &[f32],
-    rhs_rs: isize,
-    rhs_cs: isize,
-) {
-    let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            ((rows - 1) as isize * rs + (cols - 1) as isize * cs) as usize + 1
-        }
-    };
-    assert!(
-        dst.len() >= span(m, n, dst_rs, dst_cs),
-        "matmul: dst too small"
-    );
-    assert!(
-        lhs.len() >= span(m, k, lhs_rs, lhs_cs),
-        "matmul: lhs too small"
-    );
-    assert!(
-        rhs.len() >= span(k, n, rhs_rs, rhs_cs),
-        "matmul: rhs too small"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    let view = |data, rs: isize, cs: isize| mrbm_kernels::View {
-        data,
-        rs: rs as usize,
-        cs: cs as usize,
-    };
-    mrbm_kernels::sgemm(
-        m,
-        n,
-        k,
-        1.0,
-        view(lhs, lhs_rs, lhs_cs),
-        view(rhs, rhs_rs, rhs_cs),
-        if accumulate { 1.0 } else { 0.0 },
-        mrbm_kernels::ViewMut {
-            data: dst,
-            rs: dst_rs as usize,
-            cs: dst_cs as usize,
-        },
-        if parallel && rayon::current_num_threads() > 1 {
-            mrbm_kernels::Par::Rayon
-        } else {
-            mrbm_kernels::Par::Seq
-        },
-    );
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    sgemm(m, n, k, 1.0, a, b, beta, c, par)
 }
 
 /// conv2d: x [B, C, H, W], w [O, C, K, K], bias [O] -> [B, O, OH, OW].
 pub fn conv2d(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
-    let (kk, p) = (g.patch(), g.positions());
+    let (kk, p, conv) = (g.patch(), g.positions(), g.conv());
     let mut out = vec![0.0f32; g.batch * g.o * p];
     out.par_chunks_mut(g.o * p)
         .zip(x.par_chunks(g.image()))
         .for_each_init(
-            || vec![0.0f32; p * kk],
+            || vec![0.0f32; kk * p],
             |cols, (y, xi)| {
-                im2col(xi, g, cols);
+                conv.im2col(xi, 0, p, cols);
                 for (o, plane) in y.chunks_mut(p).enumerate() {
                     plane.fill(bias[o]);
                 }
-                // y[o, p] += sum_j cols[p, j] w[o, j]: as (p x o) = cols * w^T.
-                matmul(
-                    p,
-                    g.o,
-                    kk,
-                    y,
-                    1,
-                    p as isize,
-                    true,
-                    cols,
-                    kk as isize,
-                    1,
-                    w,
-                    1,
-                    kk as isize,
+                // y [O, P] += w [O, KK] * cols [KK, P].
+                let (w, cols, y) = (
+                    View::row_major(w, kk),
+                    View::row_major(cols, p),
+                    ViewMut::row_major(y, p),
                 );
+                matmul([g.o, p, kk], w, cols, y, true, Seq);
             },
         );
     out
@@ -221,33 +112,23 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
 /// [B, C, H, W] plus bias [C] (H, W from the geometry, so output padding
 /// is just rows that receive no patch).
 pub fn conv_transpose2d(h: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
-    let (kk, p) = (g.patch(), g.positions());
+    let (kk, p, conv) = (g.patch(), g.positions(), g.conv());
     let mut out = vec![0.0f32; g.batch * g.image()];
     out.par_chunks_mut(g.image())
         .zip(h.par_chunks(g.o * p))
         .for_each_init(
-            || vec![0.0f32; p * kk],
+            || vec![0.0f32; kk * p],
             |cols, (v, hi)| {
-                // cols[p, j] = sum_o h[o, p] w[o, j]: (p x kk) = h^T * w.
-                matmul(
-                    p,
-                    kk,
-                    g.o,
-                    cols,
-                    kk as isize,
-                    1,
-                    false,
-                    hi,
-                    1,
-                    p as isize,
-                    w,
-                    kk as isize,
-                    1,
-                );
+                // cols [KK, P] = w^T [KK, O] * h [O, P].
+                let (wt, hi) = (View::row_major(w, kk).t(), View::row_major(hi, p));
+                let colsm = ViewMut::row_major(cols, p);
+                matmul([kk, p, g.o], wt, hi, colsm, false, Seq);
                 for (ci, plane) in v.chunks_mut(g.h * g.w).enumerate() {
                     plane.fill(bias[ci]);
                 }
-                col2im(cols, g, v);
+                // Reverse: each pixel sums its taps in the order this
+                // path always has (stage outputs stay bit-identical).
+                conv.col2im(cols, p, v, TapOrder::Reverse);
             },
         );
     out
@@ -256,7 +137,7 @@ pub fn conv_transpose2d(h: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec
 /// The weight gradient sum_b h_b (x) patches(x_b): x [B, C, H, W],
 /// h [B, O, OH, OW] -> [O, C, K, K] (what conv2d_weight_backward computes).
 pub fn weight_grad(x: &[f32], h: &[f32], g: &Geometry) -> Vec<f32> {
-    let (kk, p) = (g.patch(), g.positions());
+    let (kk, p, conv) = (g.patch(), g.positions(), g.conv());
     let threads = rayon::current_num_threads().max(1);
     let per = g.batch.div_ceil(threads).max(1);
     let partials: Vec<Vec<f32>> = (0..g.batch)
@@ -265,26 +146,16 @@ pub fn weight_grad(x: &[f32], h: &[f32], g: &Geometry) -> Vec<f32> {
         .into_par_iter()
         .map(|start| {
             let mut acc = vec![0.0f32; g.o * kk];
-            let mut cols = vec![0.0f32; p * kk];
+            let mut cols = vec![0.0f32; kk * p];
             for b in start..(start + per).min(g.batch) {
-                im2col(&x[b * g.image()..][..g.image()], g, &mut cols);
-                let hb = &h[b * g.o * p..][..g.o * p];
-                // acc[o, j] += sum_p h[o, p] cols[p, j].
-                matmul(
-                    g.o,
-                    kk,
-                    p,
-                    &mut acc,
-                    kk as isize,
-                    1,
-                    true,
-                    hb,
-                    p as isize,
-                    1,
-                    &cols,
-                    kk as isize,
-                    1,
+                conv.im2col(&x[b * g.image()..][..g.image()], 0, p, &mut cols);
+                let hb = View::row_major(&h[b * g.o * p..][..g.o * p], p);
+                // acc [O, KK] += h [O, P] * cols^T [P, KK].
+                let (cols_t, acc) = (
+                    View::row_major(&cols, p).t(),
+                    ViewMut::row_major(&mut acc, kk),
                 );
+                matmul([g.o, kk, p], hb, cols_t, acc, true, Seq);
             }
             acc
         })
@@ -326,16 +197,10 @@ mod tests {
         }
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
     /// Direct loops, the definition.

@@ -12,6 +12,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::host_conv::Geometry;
 use crate::unit::UnitType;
 
 /// Shape and connectivity of one RBM.
@@ -327,7 +328,7 @@ impl Rbm {
     /// The conv geometry when `t` (a batch at this layer) can take the
     /// im2col + gemm path of `host_conv`: f32, on the flex CPU device, and
     /// neither it nor the weights in an autodiff graph. None: burn's ops.
-    fn host_geometry(&self, t: &Tensor<4>) -> Option<crate::host_conv::Geometry> {
+    fn host_geometry(&self, t: &Tensor<4>) -> Option<Geometry> {
         let LayerKind::Conv {
             input,
             out_channels,
@@ -348,7 +349,7 @@ impl Rbm {
             return None;
         }
         let [_, oh, ow] = self.spec.hidden_shape();
-        Some(crate::host_conv::Geometry {
+        Some(Geometry {
             batch: t.dims()[0],
             c: input[0],
             h: input[1],
@@ -360,6 +361,21 @@ impl Rbm {
             oh,
             ow,
         })
+    }
+
+    /// `op` (a `host_conv` map of `t`, the weights and `bias`) on the host,
+    /// into a tensor of shape `out(geometry)`, when `t` can take that path
+    /// ([`Self::host_geometry`]); None: use burn's op.
+    fn on_host(
+        &self,
+        t: &Tensor<4>,
+        bias: &Tensor<1>,
+        op: fn(&[f32], &[f32], &[f32], &Geometry) -> Vec<f32>,
+        out: impl Fn(&Geometry) -> [usize; 4],
+    ) -> Option<Tensor<4>> {
+        let g = self.host_geometry(t)?;
+        let values = op(&host_f32(t), &host_f32(&self.w), &host_f32(bias), &g);
+        Some(host_tensor(values, out(&g), &t.device()))
     }
 
     fn dense_w(&self) -> Tensor<2> {
@@ -406,14 +422,9 @@ impl Rbm {
                 x.reshape([bsz, *hidden, 1, 1])
             }
             LayerKind::Conv { .. } => {
-                if let Some(g) = self.host_geometry(&v) {
-                    let x = crate::host_conv::conv2d(
-                        &host_f32(&v),
-                        &host_f32(&self.w),
-                        &host_f32(&self.b),
-                        &g,
-                    );
-                    return host_tensor(x, [g.batch, g.o, g.oh, g.ow], &v.device());
+                let out = |g: &Geometry| [g.batch, g.o, g.oh, g.ow];
+                if let Some(x) = self.on_host(&v, &self.b, crate::host_conv::conv2d, out) {
+                    return x;
                 }
                 let (opt, _) = self.conv_options();
                 conv2d(v, self.w.clone(), Some(self.b.clone()), opt)
@@ -444,14 +455,10 @@ impl Rbm {
                 y.reshape([bsz, *visible, 1, 1])
             }
             LayerKind::Conv { .. } => {
-                if let Some(g) = self.host_geometry(&h) {
-                    let v = crate::host_conv::conv_transpose2d(
-                        &host_f32(&h),
-                        &host_f32(&self.w),
-                        &host_f32(&self.a),
-                        &g,
-                    );
-                    return host_tensor(v, [g.batch, g.c, g.h, g.w], &h.device());
+                let out = |g: &Geometry| [g.batch, g.c, g.h, g.w];
+                let op = crate::host_conv::conv_transpose2d;
+                if let Some(v) = self.on_host(&h, &self.a, op, out) {
+                    return v;
                 }
                 let (_, opt) = self.conv_options();
                 conv_transpose2d(h, self.w.clone(), Some(self.a.clone()), opt)

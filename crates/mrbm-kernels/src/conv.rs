@@ -1,7 +1,9 @@
 //! A convolution of one NCHW image as im2col + [`sgemm`](crate::sgemm),
 //! in chunks of output positions: the patch matrix of a chunk stays small
 //! (cache-sized, not the whole image's), and the caller can stop between
-//! chunks (each is a bounded amount of work, [`Conv::chunk`]).
+//! chunks (each is a bounded amount of work, [`Conv::chunk`]). The patch
+//! matrix ([`Conv::im2col_ld`]) and its adjoint ([`Conv::col2im`]) are also
+//! what mrbm-core's host convolutions and CD-1 step build on.
 
 use crate::{sgemm, sgemm_packed, with_buffer, PackedA, Par, View, ViewMut};
 
@@ -73,17 +75,28 @@ impl Conv {
     /// outside) for the output positions p = p0 + q, q < np, p = oy*OW + ox:
     /// row-major [C*KH*KW, np].
     pub fn im2col(&self, x: &[f32], p0: usize, np: usize, cols: &mut [f32]) {
+        self.im2col_ld(x, p0, np, cols, np)
+    }
+
+    /// [`Self::im2col`] with rows `ld` apart (`ld >= np`): row (ci, ky, kx)
+    /// is `cols[r * ld..][..np]`, the rest of each row untouched (so several
+    /// images' patches can sit side by side in one matrix).
+    pub fn im2col_ld(&self, x: &[f32], p0: usize, np: usize, cols: &mut [f32], ld: usize) {
         let (oh, ow) = (self.oh(), self.ow());
         assert!(x.len() >= self.c * self.h * self.w, "im2col: x too short");
         assert!(p0 + np <= oh * ow, "im2col: positions out of range");
-        assert!(cols.len() >= self.patch() * np, "im2col: cols too short");
+        assert!(
+            np <= ld && cols.len() >= span(self.patch(), np, ld),
+            "im2col: cols too short"
+        );
         let mut row = 0;
         for ci in 0..self.c {
             let plane = &x[ci * self.h * self.w..][..self.h * self.w];
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
-                    let dst = &mut cols[row * np..][..np];
+                    let dst = &mut cols[row * ld..][..np];
                     row += 1;
+                    let (lo, hi) = self.inside(kx);
                     let mut q = 0;
                     while q < np {
                         let p = p0 + q;
@@ -91,20 +104,11 @@ impl Conv {
                         let len = (ow - ox0).min(np - q);
                         let seg = &mut dst[q..q + len];
                         q += len;
-                        let iy = (oy * self.sh + ky) as isize - self.ph as isize;
-                        if iy < 0 || iy as usize >= self.h {
+                        let Some(iy) = self.input_row(oy, ky) else {
                             seg.fill(0.0);
                             continue;
-                        }
-                        let src = &plane[iy as usize * self.w..][..self.w];
-                        // Output columns whose input column is inside the
-                        // image: ox*SW + kx - PW in [0, W).
-                        let lo = self.pw.saturating_sub(kx).div_ceil(self.sw);
-                        let hi = if self.w + self.pw > kx {
-                            (self.w + self.pw - kx - 1) / self.sw + 1
-                        } else {
-                            0
                         };
+                        let src = &plane[iy * self.w..][..self.w];
                         let (lo, hi) = (lo.clamp(ox0, ox0 + len), hi.clamp(ox0, ox0 + len));
                         let (lo, hi) = (lo - ox0, hi.max(lo) - ox0);
                         seg[..lo].fill(0.0);
@@ -116,14 +120,77 @@ impl Conv {
                         if self.sw == 1 {
                             seg[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
                         } else {
-                            for (t, v) in seg[lo..hi].iter_mut().enumerate() {
-                                *v = src[first + t * self.sw];
+                            let from = src[first..].iter().step_by(self.sw);
+                            for (d, s) in seg[lo..hi].iter_mut().zip(from) {
+                                *d = *s;
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// The adjoint of [`Self::im2col_ld`] over all positions: adds
+    /// cols[(ci, ky, kx), p] (rows `ld` apart) onto its pixel of x [C, H, W].
+    /// A pixel receives one value per kernel tap (ky, kx) that covers it, in
+    /// the order `taps` says (f32 sums depend on it).
+    pub fn col2im(&self, cols: &[f32], ld: usize, x: &mut [f32], taps: TapOrder) {
+        let (p, ow) = (self.positions(), self.ow());
+        assert!(x.len() >= self.c * self.h * self.w, "col2im: x too short");
+        assert!(
+            p <= ld && cols.len() >= span(self.patch(), p, ld),
+            "col2im: cols too short"
+        );
+        if p == 0 {
+            return;
+        }
+        let order = |n: usize, i: usize| match taps {
+            TapOrder::Forward => i,
+            TapOrder::Reverse => n - 1 - i,
+        };
+        for ci in 0..self.c {
+            let plane = &mut x[ci * self.h * self.w..][..self.h * self.w];
+            for ky in (0..self.kh).map(|i| order(self.kh, i)) {
+                for kx in (0..self.kw).map(|i| order(self.kw, i)) {
+                    let r = (ci * self.kh + ky) * self.kw + kx;
+                    let src = &cols[r * ld..][..p];
+                    let (lo, hi) = self.inside(kx);
+                    if hi == lo {
+                        continue;
+                    }
+                    for (oy, seg) in src.chunks_exact(ow).enumerate() {
+                        let Some(iy) = self.input_row(oy, ky) else {
+                            continue;
+                        };
+                        let dst = &mut plane[iy * self.w..][..self.w];
+                        let to = &mut dst[lo * self.sw + kx - self.pw..];
+                        for (d, s) in to.iter_mut().step_by(self.sw).zip(&seg[lo..hi]) {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The input row that output row `oy` reads at kernel row `ky`, when
+    /// it is inside the image.
+    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.sh + ky)
+            .checked_sub(self.ph)
+            .filter(|&iy| iy < self.h)
+    }
+
+    /// The output columns [lo, hi) whose input column ox*SW + kx - PW at
+    /// kernel column `kx` is inside [0, W).
+    fn inside(&self, kx: usize) -> (usize, usize) {
+        let lo = self.pw.saturating_sub(kx).div_ceil(self.sw);
+        let hi = (self.w + self.pw)
+            .saturating_sub(kx)
+            .div_ceil(self.sw)
+            .min(self.ow());
+        (lo.min(hi), hi)
     }
 
     /// out [O, OH*OW] = w [O, C*KH*KW] * patches(x) + bias, then max(0, .)
@@ -194,6 +261,25 @@ impl Conv {
             p0 += np;
         }
         true
+    }
+}
+
+/// Which kernel tap's value a pixel receives first in [`Conv::col2im`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapOrder {
+    /// (ky, kx) ascending.
+    Forward,
+    /// (ky, kx) descending: the order of a col2im that walks output
+    /// positions in order and each position's patch.
+    Reverse,
+}
+
+/// Elements a `rows` x `cols` matrix with rows `ld` apart spans.
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
     }
 }
 

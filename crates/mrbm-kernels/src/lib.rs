@@ -362,20 +362,22 @@ enum Source {
     Packed(Mat),
 }
 
-/// Microkernel: C tile (mr x nr valid of MR x NR) = alpha * Apanel * Bpanel
-/// + beta * C tile, over `kc` steps of packed panels.
-pub(crate) type Kernel = unsafe fn(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
+/// Microkernel: the C tile `out` names = alpha * Apanel * Bpanel + beta *
+/// C tile, over `kc` steps of packed panels.
+pub(crate) type Kernel = unsafe fn(kc: usize, a: *const f32, b: *const f32, out: &Tile);
+
+/// Where a microkernel writes: the valid `mr x nr` corner (of its MR x NR
+/// register tile) of C at `c` with strides `rs`, `cs`, as alpha * product
+/// + beta * C.
+pub(crate) struct Tile {
     c: *mut f32,
-    rs_c: usize,
-    cs_c: usize,
+    rs: usize,
+    cs: usize,
     alpha: f32,
     beta: f32,
     mr: usize,
     nr: usize,
-);
+}
 
 struct Blocking {
     mr: usize,
@@ -537,19 +539,16 @@ unsafe fn driver(
                             let nr = bl.nr.min(ncur - jp * bl.nr);
                             for ip in 0..mpan {
                                 let mr = bl.mr.min(mcur - ip * bl.mr);
-                                let cp = c.at(ic + ip * bl.mr, jc + jp * bl.nr);
-                                (bl.kernel)(
-                                    kcur,
-                                    abuf.at(ip * kcur * bl.mr),
-                                    bp,
-                                    cp,
-                                    c.rs,
-                                    c.cs,
+                                let out = Tile {
+                                    c: c.at(ic + ip * bl.mr, jc + jp * bl.nr),
+                                    rs: c.rs,
+                                    cs: c.cs,
                                     alpha,
-                                    beta_eff,
+                                    beta: beta_eff,
                                     mr,
                                     nr,
-                                );
+                                };
+                                (bl.kernel)(kcur, abuf.at(ip * kcur * bl.mr), bp, &out);
                             }
                         }
                     };

@@ -3,7 +3,7 @@
 //! CPU can run: odd shapes that leave partial register tiles and partial
 //! cache blocks, transposed and strided views, alpha/beta, both Par modes.
 
-use mrbm_kernels::conv::{Conv, Weights};
+use mrbm_kernels::conv::{Conv, TapOrder, Weights};
 use mrbm_kernels::{sgemm_isa, sgemm_packed, Isa, PackedA, Par, View, ViewMut};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -446,48 +446,45 @@ fn packed_a_matches_sgemm() {
     }
 }
 
-/// im2col of any run of positions (chunks starting mid-row) against the
-/// definition.
+/// Geometries for im2col / col2im: non-square kernels and strides,
+/// padding wider than the kernel's reach, 1 x k, no padding.
+fn patch_geometries() -> Vec<Conv> {
+    let g = |c, h, w, kh, kw, sh, sw, ph, pw| Conv {
+        c,
+        h,
+        w,
+        o: 1,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+    };
+    vec![
+        g(2, 9, 7, 3, 5, 2, 2, 1, 2),
+        g(3, 6, 8, 1, 7, 1, 1, 0, 3),
+        g(1, 5, 5, 3, 3, 1, 1, 0, 0),
+        g(2, 7, 7, 4, 4, 2, 2, 1, 1),
+        g(2, 3, 3, 4, 4, 2, 2, 2, 2),
+        g(3, 8, 6, 4, 3, 3, 2, 1, 0),
+    ]
+}
+
+/// The input index of tap (ci, ky, kx) at output position p, when inside.
+fn tap_source(g: &Conv, ci: usize, ky: usize, kx: usize, p: usize) -> Option<usize> {
+    let (oy, ox) = (p / g.ow(), p % g.ow());
+    let iy = (oy * g.sh + ky).checked_sub(g.ph)?;
+    let ix = (ox * g.sw + kx).checked_sub(g.pw)?;
+    (iy < g.h && ix < g.w).then(|| (ci * g.h + iy) * g.w + ix)
+}
+
+/// im2col of any run of positions (chunks starting mid-row), into rows
+/// wider than the run, against the definition; the rest of each row is
+/// left alone.
 #[test]
 fn im2col_of_any_position_range_matches_the_definition() {
-    for g in [
-        Conv {
-            c: 2,
-            h: 9,
-            w: 7,
-            o: 1,
-            kh: 3,
-            kw: 5,
-            sh: 2,
-            sw: 2,
-            ph: 1,
-            pw: 2,
-        },
-        Conv {
-            c: 3,
-            h: 6,
-            w: 8,
-            o: 1,
-            kh: 1,
-            kw: 7,
-            sh: 1,
-            sw: 1,
-            ph: 0,
-            pw: 3,
-        },
-        Conv {
-            c: 1,
-            h: 5,
-            w: 5,
-            o: 1,
-            kh: 3,
-            kw: 3,
-            sh: 1,
-            sw: 1,
-            ph: 0,
-            pw: 0,
-        },
-    ] {
+    for g in patch_geometries() {
         let x = values(g.c * g.h * g.w, 3);
         let p = g.positions();
         for (p0, np) in [
@@ -496,27 +493,85 @@ fn im2col_of_any_position_range_matches_the_definition() {
             (g.ow() - 1, 3.min(p - g.ow() + 1)),
             (p - 1, 1),
         ] {
-            let mut cols = vec![f32::NAN; g.patch() * np];
-            g.im2col(&x, p0, np, &mut cols);
-            for ci in 0..g.c {
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let row = (ci * g.kh + ky) * g.kw + kx;
-                        for q in 0..np {
-                            let (oy, ox) = ((p0 + q) / g.ow(), (p0 + q) % g.ow());
-                            let iy = (oy * g.sh + ky) as isize - g.ph as isize;
-                            let ix = (ox * g.sw + kx) as isize - g.pw as isize;
-                            let want =
-                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
-                                    0.0
-                                } else {
-                                    x[(ci * g.h + iy as usize) * g.w + ix as usize]
-                                };
-                            assert_eq!(cols[row * np + q], want, "{g:?} p0={p0} row={row} q={q}");
+            for ld in [np, np + 3] {
+                let mut cols = vec![f32::NAN; g.patch() * ld];
+                g.im2col_ld(&x, p0, np, &mut cols, ld);
+                if ld == np {
+                    let mut plain = vec![f32::NAN; g.patch() * np];
+                    g.im2col(&x, p0, np, &mut plain);
+                    assert_eq!(plain, cols);
+                }
+                for ci in 0..g.c {
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let row = (ci * g.kh + ky) * g.kw + kx;
+                            for q in 0..np {
+                                let want = tap_source(&g, ci, ky, kx, p0 + q).map_or(0.0, |i| x[i]);
+                                assert_eq!(
+                                    cols[row * ld + q],
+                                    want,
+                                    "{g:?} p0={p0} row={row} q={q}"
+                                );
+                            }
+                            assert!(cols[row * ld + np..][..ld - np].iter().all(|v| v.is_nan()));
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// col2im is im2col's adjoint (<im2col(x), y> = <x, col2im(y)>) and adds a
+/// pixel's taps in the order it says: bit for bit the tap-major loop
+/// (Forward) and the position-major loop (Reverse).
+#[test]
+fn col2im_is_the_adjoint_and_sums_in_the_order_it_names() {
+    let mut orders_differ = false;
+    for g in patch_geometries() {
+        let (p, kk, n) = (g.positions(), g.patch(), g.c * g.h * g.w);
+        let ld = p + 2;
+        let x = values(n, 5);
+        let y = values(kk * ld, 6);
+        let mut cols = vec![0.0f32; kk * ld];
+        g.im2col_ld(&x, 0, p, &mut cols, ld);
+        let start = values(n, 7);
+        let col2im = |taps| {
+            let mut back = start.clone();
+            g.col2im(&y, ld, &mut back, taps);
+            back
+        };
+        let (fwd, rev) = (col2im(TapOrder::Forward), col2im(TapOrder::Reverse));
+        let lhs: f64 = (0..kk)
+            .flat_map(|r| (0..p).map(move |q| r * ld + q))
+            .map(|i| cols[i] as f64 * y[i] as f64)
+            .sum();
+        for back in [&fwd, &rev] {
+            let rhs: f64 = (0..n)
+                .map(|i| x[i] as f64 * (back[i] - start[i]) as f64)
+                .sum();
+            assert!((lhs - rhs).abs() < 1e-3, "{g:?}: {lhs} vs {rhs}");
+        }
+        let (mut tap_major, mut position_major) = (start.clone(), start.clone());
+        let taps = |ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (ci, ky, kx)));
+        for (ci, ky, kx) in (0..g.c).flat_map(taps) {
+            for q in 0..p {
+                if let Some(i) = tap_source(&g, ci, ky, kx, q) {
+                    tap_major[i] += y[((ci * g.kh + ky) * g.kw + kx) * ld + q];
+                }
+            }
+        }
+        for q in 0..p {
+            for (ci, ky, kx) in (0..g.c).flat_map(taps) {
+                if let Some(i) = tap_source(&g, ci, ky, kx, q) {
+                    position_major[i] += y[((ci * g.kh + ky) * g.kw + kx) * ld + q];
+                }
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fwd), bits(&tap_major), "{g:?} forward");
+        assert_eq!(bits(&rev), bits(&position_major), "{g:?} reverse");
+        orders_differ |= bits(&fwd) != bits(&rev);
+    }
+    assert!(orders_differ, "no geometry tells the two orders apart");
 }
