@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use mrbm_data::artifact::{FeatureSet, ImageSet};
-use mrbm_stage::{Device, Metrics, Stage, StageContext, StageError};
+use mrbm_stage::{DeviceId, Metrics, Stage, StageContext, StageError};
 
 fn stage(kind: &str) -> Box<dyn Stage> {
     mrbm_core::stages()
@@ -22,9 +22,11 @@ fn run(
     params: &str,
     inputs: &[(&str, PathBuf)],
     out: &Path,
-    device: Device,
+    device: DeviceId,
 ) -> Result<Metrics, StageError> {
     let s = stage(kind);
+    // What the runner's one resolve gives (a user error for a device that is not there).
+    let device = mrbm_device::choose(device).map_err(StageError::User)?;
     let raw: toml::Table = toml::from_str(params).unwrap();
     let canon = s
         .params(&raw)
@@ -41,7 +43,7 @@ fn run(
         params: &canon,
         inputs: &inputs,
         out_dir: out,
-        device,
+        device: &device,
         threads: 2,
         progress: None,
         cancel: &cancel,
@@ -96,7 +98,7 @@ fn train_features_sample_reconstruct() {
             &params,
             &[("data", data.clone())],
             &train_out,
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap();
         assert!(m["final_loss"].is_finite(), "{m:?}");
@@ -116,7 +118,7 @@ fn train_features_sample_reconstruct() {
             "layer = 1",
             &[("model", train_out.clone()), ("data", data.clone())],
             &feat_out,
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap();
         assert_eq!(m["dimensions"], 4.0 * 4.0 * 4.0);
@@ -131,7 +133,7 @@ fn train_features_sample_reconstruct() {
             "layer = 1\nunit_scale = false",
             &[("model", train_out.clone()), ("data", data.clone())],
             &dir.path().join(format!("fraw{n}")),
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap();
         let fr = FeatureSet::read(
@@ -149,7 +151,7 @@ fn train_features_sample_reconstruct() {
             "",
             &[("model", train_out.clone()), ("data", data.clone())],
             &dir.path().join(format!("ftop{n}")),
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap();
         assert_eq!(top["dimensions"], 6.0);
@@ -159,7 +161,7 @@ fn train_features_sample_reconstruct() {
             "steps = 3\nchains = 5",
             &[("model", train_out.clone())],
             &sample_out,
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap();
         let s = ImageSet::read(&sample_out.join("samples.safetensors")).unwrap();
@@ -172,7 +174,7 @@ fn train_features_sample_reconstruct() {
             "count = 6\ncolourise = true",
             &[("model", train_out.clone()), ("data", data.clone())],
             &rec_out,
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap();
         assert!(m["mse"].is_finite());
@@ -200,7 +202,7 @@ fn errors_are_typed() {
         "dense = [4]\nconv_channels = []\nepochs = 1",
         &[("data", data.clone())],
         &dir.path().join("t"),
-        Device::Cuda(0),
+        DeviceId::Cuda(0),
     )
     .unwrap_err();
     assert!(e.is_user_error() && e.to_string().contains("cuda"), "{e}");
@@ -210,7 +212,7 @@ fn errors_are_typed() {
         "dense = [4]\nconv_channels = []\nepochs = 1\nvisible_scale = 1e308",
         &[("data", data.clone())],
         &dir.path().join("t2"),
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap_err();
     assert!(
@@ -224,7 +226,7 @@ fn errors_are_typed() {
         "dense = [4]\nconv_channels = []\nepochs = 1",
         &[("data", data.clone())],
         &out,
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap();
     let other = dir.path().join("other.safetensors");
@@ -236,7 +238,7 @@ fn errors_are_typed() {
         "",
         &[("model", out.clone()), ("data", other)],
         &dir.path().join("f"),
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap_err();
     assert!(e.is_user_error(), "{e}");
@@ -246,7 +248,7 @@ fn errors_are_typed() {
         "",
         &[("model", data.clone())],
         &dir.path().join("s"),
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap_err();
     assert!(
@@ -279,7 +281,7 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
         "dense = [6]\nstandardise = \"pixel\"",
         &[("data", data.clone())],
         &dir.path().join("bad"),
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap_err();
     assert!(
@@ -293,7 +295,7 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
         &format!("{base}\nstandardise = \"pixel\""),
         &[("data", data.clone())],
         &out,
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap();
     let dbn = mrbm_core::checkpoint::load(
@@ -328,7 +330,7 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
         "steps = 3\nchains = 4",
         &[("model", out.clone())],
         &sample_out,
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap();
     let s = ImageSet::read(&sample_out.join("samples.safetensors")).unwrap();
@@ -349,7 +351,7 @@ fn loglik_two_layer_dbn_bound_and_deeper_stacks_refused() {
             &format!("conv_channels = []\ndense = {dense}\nepochs = 2\nbatch_size = 16\nlr = 0.01\nschedule = \"greedy\""),
             &[("data", data.clone())],
             &out,
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap();
         out
@@ -364,7 +366,7 @@ fn loglik_two_layer_dbn_bound_and_deeper_stacks_refused() {
                 ("test", data.clone()),
             ],
             &dir.path().join("ll"),
-            Device::Cpu,
+            DeviceId::Cpu,
         )
     };
     let one = ll(&train("one", "[8]"), "").unwrap();
@@ -409,7 +411,7 @@ fn learned_sigma_through_the_stages() {
             bad,
             &[("data", data.clone())],
             &dir.path().join("bad"),
-            Device::Cpu,
+            DeviceId::Cpu,
         )
         .unwrap_err();
         assert!(e.is_user_error() && e.to_string().contains(why), "{e}");
@@ -420,7 +422,7 @@ fn learned_sigma_through_the_stages() {
         &format!("{base}\nlearn_sigma = true"),
         &[("data", data.clone())],
         &out,
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap();
     let dbn = mrbm_core::checkpoint::load(
@@ -442,7 +444,7 @@ fn learned_sigma_through_the_stages() {
         "steps = 3\nchains = 4",
         &[("model", out.clone())],
         &sample_out,
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap();
     let m = run(
@@ -450,7 +452,7 @@ fn learned_sigma_through_the_stages() {
         "count = 4",
         &[("model", out.clone()), ("data", data.clone())],
         &dir.path().join("rec"),
-        Device::Cpu,
+        DeviceId::Cpu,
     )
     .unwrap();
     assert!(m["mse"].is_finite());

@@ -43,7 +43,7 @@ fn run(
         params: &params,
         inputs: &inputs,
         out_dir: out,
-        device: Default::default(),
+        device: &Default::default(),
         threads: 2,
         progress: None,
         cancel: &cancel,

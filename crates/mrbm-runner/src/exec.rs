@@ -205,7 +205,7 @@ pub fn execute(
     let rt = Runtime {
         registry: reg,
         memo,
-        device: opts.device,
+        device: &opts.device,
         progress: opts.progress.as_ref(),
         cancel,
     };

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mrbm_stage::{Device, JsonValue, StageContext, StageError};
+use mrbm_stage::{Device, DeviceId, JsonValue, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunnerError;
@@ -100,7 +100,8 @@ impl StageJob {
 pub struct Runtime<'a> {
     pub registry: &'a Registry,
     pub memo: &'a Memo,
-    pub device: Device,
+    /// Resolved once for the process (mrbm-device); every stage gets it.
+    pub device: &'a Device,
     pub progress: Option<&'a indicatif::MultiProgress>,
     pub cancel: &'a AtomicBool,
 }
@@ -232,7 +233,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
     let entry = Entry {
         tmp: &tmp,
         metrics: &metrics,
-        device: rt.device,
+        device: rt.device.id(),
         started,
         seconds,
     };
@@ -335,7 +336,7 @@ fn acquire(store: &Store, job: &StageJob, rt: &Runtime) -> Result<Acquired, Runn
 struct Entry<'a> {
     tmp: &'a Path,
     metrics: &'a mrbm_stage::Metrics,
-    device: Device,
+    device: DeviceId,
     started: String,
     seconds: f64,
 }
@@ -570,6 +571,7 @@ mod tests {
         memo: Memo,
         reg: Registry,
         cancel: AtomicBool,
+        device: Device,
     }
 
     fn fixture() -> Fixture {
@@ -582,6 +584,7 @@ mod tests {
             memo,
             reg: Registry::from_stages(vec![Box::new(Double)]),
             cancel: AtomicBool::new(false),
+            device: Device::cpu(),
         }
     }
 
@@ -590,7 +593,7 @@ mod tests {
             Runtime {
                 registry: &self.reg,
                 memo: &self.memo,
-                device: Device::Cpu,
+                device: &self.device,
                 progress: None,
                 cancel: &self.cancel,
             }

@@ -126,7 +126,7 @@ fn run(p: &Project, file: &Path) -> BTreeMap<String, Status> {
     let opts = RunOptions {
         jobs: 2,
         keep_going: true,
-        device: mrbm_stage::Device::Cpu,
+        device: mrbm_stage::Device::cpu(),
         threads: 1,
         progress: None,
     };

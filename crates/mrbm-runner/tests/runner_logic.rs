@@ -112,7 +112,7 @@ fn run(p: &Project, file: &Path, reg: &Registry, sets: &[&str]) -> Vec<(String, 
     let opts = RunOptions {
         jobs: 2,
         keep_going: true,
-        device: mrbm_stage::Device::Cpu,
+        device: mrbm_stage::Device::cpu(),
         threads: 1,
         progress: None,
     };
@@ -204,7 +204,7 @@ fn the_summary_prints_each_table_from_memory_as_published() {
     let opts = RunOptions {
         jobs: 2,
         keep_going: true,
-        device: mrbm_stage::Device::Cpu,
+        device: mrbm_stage::Device::cpu(),
         threads: 1,
         progress: None,
     };

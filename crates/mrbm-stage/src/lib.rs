@@ -23,31 +23,12 @@ pub use serde_json::Value as JsonValue;
 
 pub mod progress;
 
-/// Where tensor work runs. Chosen once by the runner and recorded in each
-/// manifest; never part of a stage key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Device {
-    #[default]
-    Cpu,
-    Wgpu(usize),
-    Cuda(usize),
-}
-
-impl Device {
-    pub fn is_accelerator(self) -> bool {
-        !matches!(self, Device::Cpu)
-    }
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => write!(f, "cpu"),
-            Device::Wgpu(i) => write!(f, "wgpu:{i}"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
+/// Re-exported for the runner and the stages (mrbm-device catches backend
+/// panics with it).
+pub use mrbm_device::panic_message;
+/// The compute device: resolved once per process by mrbm-device and
+/// handed to every stage in [`StageContext::device`].
+pub use mrbm_device::{Device, DeviceId};
 
 /// One named input of a stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -215,7 +196,9 @@ pub struct StageContext<'a> {
     pub inputs: &'a BTreeMap<String, PathBuf>,
     /// Write all outputs here; it exists and is empty when `run` starts.
     pub out_dir: &'a Path,
-    pub device: Device,
+    /// The device, resolved once by the runner; stages take burn's device
+    /// from it (`ctx.device.burn()`).
+    pub device: &'a Device,
     /// Threads this stage may use (rayon and the tensor backend).
     pub threads: usize,
     pub progress: Option<&'a indicatif::MultiProgress>,
@@ -624,14 +607,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
     write_atomic_io(path, bytes).map_err(|(p, e)| StageError::io(p, e))
 }
 
-/// The message a panic carried (`panic!("...")` or a formatted one).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-}
-
 /// A rayon pool of `threads` threads (at least one): stages run their
 /// parallel work in it to stay within their share of the machine.
 pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, StageError> {
@@ -792,7 +767,7 @@ mod tests {
             params,
             inputs: &inputs,
             out_dir: Path::new("."),
-            device: Device::Cpu,
+            device: &Device::cpu(),
             threads: 1,
             progress: None,
             cancel: &cancel,
@@ -828,7 +803,7 @@ mod tests {
             params: &params,
             inputs: &inputs,
             out_dir: Path::new("."),
-            device: Device::Cpu,
+            device: &Device::cpu(),
             threads: 1,
             progress,
             cancel: &cancel,

@@ -135,7 +135,7 @@ pub fn run(
         params: &p,
         inputs: &inputs,
         out_dir: out,
-        device: mrbm_stage::Device::Cpu,
+        device: &mrbm_stage::Device::cpu(),
         threads: 2,
         progress: None,
         cancel: &cancel,
