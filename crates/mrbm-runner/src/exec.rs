@@ -59,6 +59,20 @@ pub struct NodeResult {
     pub manifest: Option<Manifest>,
 }
 
+impl NodeResult {
+    /// A result with only a status: no entry, log or manifest, no time
+    /// spent (a stage that did not run, or was cancelled).
+    pub fn bare(status: Status) -> NodeResult {
+        NodeResult {
+            status,
+            key: None,
+            seconds: 0.0,
+            log: None,
+            manifest: None,
+        }
+    }
+}
+
 pub struct RunOptions {
     pub jobs: usize,
     pub keep_going: bool,
@@ -422,13 +436,7 @@ impl<'a> Scheduler<'a> {
 }
 
 fn not_run(status: Status) -> NodeResult {
-    NodeResult {
-        status,
-        key: None,
-        seconds: 0.0,
-        log: None,
-        manifest: None,
-    }
+    NodeResult::bare(status)
 }
 
 fn overall_bar(

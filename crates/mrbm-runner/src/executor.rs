@@ -401,7 +401,8 @@ fn publish_entry(
     Ok(manifest)
 }
 
-fn sanitize(id: &str) -> String {
+/// A stage id as a file name.
+pub(crate) fn sanitize(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "=-_,.".contains(c) {
