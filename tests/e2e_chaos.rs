@@ -5,42 +5,25 @@
 //! test cannot pass by luck of timing.
 
 mod common;
-use common::text;
+use common::{text, SpawnPiped};
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-const EXP: &str = r#"
-name = "chaos"
+fn exp() -> String {
+    let head = common::shapes_split_train(
+        "chaos",
+        "n = 200, size = 8, classes = 2, seed = 1",
+        "{ train = 150, test = 50 }, seed = 1",
+        "conv_channels = [], dense = [16], epochs = 60, batch_size = 10",
+    );
+    let svm = common::features_svm("C = 1.0");
+    format!("{head}{svm}{EXP_TAIL}")
+}
 
-[stages.shapes]
-kind = "dataset"
-params = { format = "synthetic", n = 200, size = 8, classes = 2, seed = 1 }
-
-[stages.split]
-kind = "transform"
-inputs = { data = "shapes" }
-params = { split = { train = 150, test = 50 }, seed = 1 }
-
-[stages.train]
-kind = "train"
-inputs = { data = "split/train.safetensors" }
-params = { conv_channels = [], dense = [16], epochs = 60, batch_size = 10 }
-
-[stages.train_features]
-kind = "features"
-inputs = { model = "train", data = "split/train.safetensors" }
-
-[stages.test_features]
-kind = "features"
-inputs = { model = "train", data = "split/test.safetensors" }
-
-[stages.svm]
-kind = "svm"
-inputs = { train = "train_features", test = "test_features" }
-params = { C = 1.0 }
-
+/// What follows the SVM in [`exp`].
+const EXP_TAIL: &str = r#"
 [sweep]
 N = { param = "train.n", values = [1, 3] }
 
@@ -52,7 +35,7 @@ rows = "N"
 "#;
 
 fn project() -> tempfile::TempDir {
-    common::project(&[("chaos.toml", EXP)])
+    common::project(&[("chaos.toml", &exp())])
 }
 
 /// `mrbm run` of the chaos experiment, two jobs.
@@ -191,10 +174,7 @@ fn lock_of_a_reused_pid_does_not_block_the_run() {
 
     let child = mrbm(p.path())
         .env("MRBM_LOCK_TIMEOUT", "3600")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     let out = finish(child, "lock of a reused pid");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -232,10 +212,7 @@ fn gc_next_to_a_run_at_any_point_never_breaks_it() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let gc = common::mrbm_in(p.path())
             .args(["gc", "--keep-runs", "0"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_piped();
         let out = finish(child, "run next to gc");
         let gc = finish(gc, "gc next to a run");
         let t = format!("{}\n--- gc:\n{}", text(&out), text(&gc));
@@ -310,10 +287,7 @@ fn path_escapes_never_write_outside_the_project() {
     // host training step finishes the file's 60 epochs in ~0.2 s.
     let child = mrbm(p.path())
         .args(["--set", "train.epochs=2000"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_dir_all(&results).unwrap();
     std::os::unix::fs::symlink(outside.path(), &results).unwrap();
@@ -370,10 +344,7 @@ params = { split = { train = 40, test = 20 }, seed = 1 }
         let p = common::project(&[("long.toml", &format!("{BASE}{stages}"))]);
         let child = common::mrbm_in(p.path())
             .args(["run", "experiments/long.toml", "--quiet", "--jobs", "1"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_piped();
         // Wait until the stage before the long one is published, then give
         // the long one time to get into its loop.
         let mut child = child;

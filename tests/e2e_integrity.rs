@@ -4,11 +4,10 @@
 //! progress). Pipelines here are tiny: a synthetic or 4-image data set.
 
 mod common;
-use common::{entries, mrbm, project, run_in, text};
+use common::{entries, mrbm, project, run_in, text, SpawnPiped};
 
 use std::io::BufRead;
 use std::path::Path;
-use std::process::Stdio;
 
 fn key_of(root: &Path, exp: &str, id: &str) -> String {
     let rec: serde_json::Value = serde_json::from_slice(
@@ -45,10 +44,7 @@ fn sigterm_and_sighup_stop_like_ctrl_c() {
         let mut child = mrbm()
             .current_dir(p.path())
             .args(["run", "experiments/a.toml", "--quiet"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_piped();
         let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         while !line.contains("waiting shapes") {
@@ -188,10 +184,7 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
     let mut gc = mrbm()
         .current_dir(p.path())
         .args(["gc", "--keep-runs", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     let mut err = std::io::BufReader::new(gc.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();

@@ -18,7 +18,7 @@
 //!    only (the test cluster advertises a fake GPU); `--executor local` wins.
 
 mod common;
-use common::{entries, text};
+use common::{entries, text, SpawnPiped};
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -51,35 +51,26 @@ fn slurm_here(test: &str) -> bool {
 /// A small pipeline: shapes -> split -> train -> features -> svm -> table.
 /// `epochs` sets how long `train` runs.
 fn small(epochs: usize) -> String {
-    format!(
-        r#"
-name = "small"
+    let head = common::shapes_split_train(
+        "small",
+        "n = 120, size = 8, classes = 2, seed = 1",
+        "{ train = 80, test = 40 }, seed = 1",
+        &format!("conv_channels = [], dense = [16], epochs = {epochs}, batch_size = 10, seed = 1"),
+    );
+    format!("{head}{SMALL_TAIL}")
+}
 
-[stages.shapes]
-kind = "dataset"
-params = {{ format = "synthetic", n = 120, size = 8, classes = 2, seed = 1 }}
-
-[stages.split]
-kind = "transform"
-inputs = {{ data = "shapes" }}
-params = {{ split = {{ train = 80, test = 40 }}, seed = 1 }}
-
-[stages.train]
-kind = "train"
-inputs = {{ data = "split/train.safetensors" }}
-params = {{ conv_channels = [], dense = [16], epochs = {epochs}, batch_size = 10, seed = 1 }}
-
+/// What follows the train stage in [`small`].
+const SMALL_TAIL: &str = r#"
 [stages.features]
 kind = "features"
-inputs = {{ model = "train", data = "split/test.safetensors" }}
+inputs = { model = "train", data = "split/test.safetensors" }
 
 [[tables]]
 name = "small"
 stage = "features"
 metrics = ["count"]
-"#
-    )
-}
+"#;
 
 fn project(name: &str, toml: &str) -> tempfile::TempDir {
     common::project(&[(&format!("{name}.toml"), toml)])
@@ -270,11 +261,7 @@ fn a_cancelled_job_is_reported_cancelled_and_reruns_cleanly() {
     // once training got faster. The rerun trains them whole.
     let p = project("small", &small(30_000));
     let cache = p.path().join(".mrbm");
-    let child = mrbm(p.path(), "small", &["--executor", "slurm"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = mrbm(p.path(), "small", &["--executor", "slurm"]).spawn_piped();
     let job = running_job(&cache, "train", 120).expect("the train job never ran");
     let sc = Command::new("scancel").arg(&job).status().unwrap();
     assert!(sc.success());
@@ -357,11 +344,7 @@ fn interrupting_the_planner_cancels_its_jobs() {
     // (400 epochs once finished first under load); it is cancelled anyway.
     let p = project("small", &small(100_000));
     let cache = p.path().join(".mrbm");
-    let child = mrbm(p.path(), "small", &["--executor", "slurm"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = mrbm(p.path(), "small", &["--executor", "slurm"]).spawn_piped();
     let job = running_job(&cache, "train", 120).expect("the train job never ran");
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -399,13 +382,7 @@ fn two_planners_on_one_cache_submit_each_stage_once() {
         return;
     }
     let p = project("small", &small(30));
-    let spawn = || {
-        mrbm(p.path(), "small", &["--executor", "slurm"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || mrbm(p.path(), "small", &["--executor", "slurm"]).spawn_piped();
     let a = spawn();
     std::thread::sleep(Duration::from_millis(300));
     let b = spawn();

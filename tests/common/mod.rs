@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary under test, with the user's cache, data root, log filter and
@@ -112,4 +112,68 @@ pub fn counts(o: &Output) -> (usize, usize) {
         .map(|s| s.parse().unwrap())
         .collect();
     (nums[0], nums[1])
+}
+
+/// Starting a command with both output streams piped, for [`finish`] or a
+/// reader of its lines.
+pub trait SpawnPiped {
+    fn spawn_piped(&mut self) -> Child;
+}
+
+impl SpawnPiped for Command {
+    fn spawn_piped(&mut self) -> Child {
+        self.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The head of the experiments the end-to-end tests run: `name`, synthetic
+/// shapes, a train/test split and a `train` stage on its training part.
+/// Each argument is the body of that stage's `params` inline table
+/// (`shapes`: what follows `format = "synthetic"`; `split`: the value of
+/// `split` and what follows it).
+pub fn shapes_split_train(name: &str, shapes: &str, split: &str, train: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+
+[stages.shapes]
+kind = "dataset"
+params = {{ format = "synthetic", {shapes} }}
+
+[stages.split]
+kind = "transform"
+inputs = {{ data = "shapes" }}
+params = {{ split = {split} }}
+
+[stages.train]
+kind = "train"
+inputs = {{ data = "split/train.safetensors" }}
+params = {{ {train} }}
+"#
+    )
+}
+
+/// What follows [`shapes_split_train`] in the SVM experiments: features of
+/// both parts from `train`, and an `svm` stage (with the `params` body
+/// `svm`) on them.
+pub fn features_svm(svm: &str) -> String {
+    format!(
+        r#"
+[stages.train_features]
+kind = "features"
+inputs = {{ model = "train", data = "split/train.safetensors" }}
+
+[stages.test_features]
+kind = "features"
+inputs = {{ model = "train", data = "split/test.safetensors" }}
+
+[stages.svm]
+kind = "svm"
+inputs = {{ train = "train_features", test = "test_features" }}
+params = {{ {svm} }}
+"#
+    )
 }
