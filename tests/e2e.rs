@@ -11,27 +11,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 fn tiny() -> String {
-    let head = common::shapes_split_train(
-        "tiny",
-        "n = 240, size = 8, classes = 3, seed = 3",
-        "{ train = 160, test = 80 }, seed = 3",
-        "conv_channels = [4], dense = [], epochs = 1, batch_size = 32, lr = 0.01, seed = 3",
-    );
-    let svm = common::features_svm("C = 1.0");
-    format!("{head}{svm}{TINY_TAIL}")
+    common::tiny("1", "C = 1.0")
 }
-
-/// What follows the SVM in [`tiny`].
-const TINY_TAIL: &str = r#"
-[sweep]
-N = { param = "train.n", values = [1, 255] }
-
-[[tables]]
-name = "tiny"
-stage = "svm"
-metric = "test_error"
-rows = "N"
-"#;
 
 /// Stages in tiny(): shapes, split, 2 x (train, train_features, test_features, svm), table.
 const TINY_STAGES: usize = 11;

@@ -12,27 +12,13 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 fn exp() -> String {
-    let head = common::shapes_split_train(
-        "chaos",
-        "n = 200, size = 8, classes = 2, seed = 1",
-        "{ train = 150, test = 50 }, seed = 1",
-        "conv_channels = [], dense = [16], epochs = 60, batch_size = 10",
-    );
+    let train = "conv_channels = [], dense = [16], epochs = 60, batch_size = 10";
+    let head = common::shapes_split_train("chaos", (200, 2, 1), (150, 50), train);
     let svm = common::features_svm("C = 1.0");
-    format!("{head}{svm}{EXP_TAIL}")
+    let metrics = r#"metrics = ["test_error", "train_error"]"#;
+    let table = common::sweep_svm_table("chaos", "[1, 3]", metrics);
+    format!("{head}{svm}{table}")
 }
-
-/// What follows the SVM in [`exp`].
-const EXP_TAIL: &str = r#"
-[sweep]
-N = { param = "train.n", values = [1, 3] }
-
-[[tables]]
-name = "chaos"
-stage = "svm"
-metrics = ["test_error", "train_error"]
-rows = "N"
-"#;
 
 fn project() -> tempfile::TempDir {
     common::project(&[("chaos.toml", &exp())])
@@ -156,14 +142,8 @@ fn lock_of_a_reused_pid_does_not_block_the_run() {
 
     // PID 1 is alive in every Linux PID namespace, and it did not start at
     // tick 1: the lock names a live PID that belongs to someone else.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string();
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string();
+    let host = common::hostname();
+    let boot = common::boot_id();
     let owner = serde_json::json!({
         "pid": 1, "host": host, "start": 1u64, "boot": boot,
         "time": "2026-01-01T00:00:00Z"

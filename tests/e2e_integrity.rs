@@ -33,13 +33,9 @@ fn sigterm_and_sighup_stop_like_ctrl_c() {
         assert!(o.status.success(), "{}", text(&o));
         let key = key_of(p.path(), "a", "shapes");
         std::fs::remove_dir_all(p.path().join(format!(".mrbm/entries/{key}"))).unwrap();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let host = common::hostname();
         let lock = p.path().join(format!(".mrbm/locks/{key}.lock"));
-        let planted = format!(
-            "{} {} 2026-01-01T00:00:00Z\n",
-            std::process::id(),
-            host.trim()
-        );
+        let planted = format!("{} {} 2026-01-01T00:00:00Z\n", std::process::id(), host);
         std::fs::write(&lock, &planted).unwrap();
         let mut child = mrbm()
             .current_dir(p.path())
@@ -108,23 +104,25 @@ fn gc_refuses_when_an_experiment_does_not_load() {
     assert_eq!(entries(&p.path().join(".mrbm")).len(), 1);
 }
 
+/// Four 2x2 images in the IDX format, as MNIST ships them, and their
+/// labels: the two files' bytes.
+fn mini_idx() -> (Vec<u8>, [u8; 12]) {
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
+    images.extend((0..16u8).map(|i| i * 16));
+    (images, [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1])
+}
+
 #[test]
 fn gc_takes_the_data_root() {
     let p = project(&[(
         "d.toml",
         "[stages.digits]\nkind = \"dataset\"\ninputs = { dir = \"data:mini\" }\nparams = { format = \"idx\" }\n",
     )]);
-    // Four 2x2 images in the IDX format, as MNIST ships them.
     let data = p.path().join("elsewhere/mini");
     std::fs::create_dir_all(&data).unwrap();
-    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
-    images.extend((0..16u8).map(|i| i * 16));
+    let (images, labels) = mini_idx();
     std::fs::write(data.join("train-images-idx3-ubyte"), images).unwrap();
-    std::fs::write(
-        data.join("train-labels-idx1-ubyte"),
-        [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1],
-    )
-    .unwrap();
+    std::fs::write(data.join("train-labels-idx1-ubyte"), labels).unwrap();
     let root = p.path().join("elsewhere");
     let root = root.to_str().unwrap();
     let o = run_in(
@@ -160,15 +158,11 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
     assert!(o.status.success(), "{}", text(&o));
     let key = key_of(p.path(), "a", "shapes");
     // A live process holds the entry's key (it is replacing it).
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = common::hostname();
     let lock = p.path().join(format!(".mrbm/locks/{key}.lock"));
     std::fs::write(
         &lock,
-        format!(
-            "{} {} 2026-01-01T00:00:00Z\n",
-            std::process::id(),
-            host.trim()
-        ),
+        format!("{} {} 2026-01-01T00:00:00Z\n", std::process::id(), host),
     )
     .unwrap();
     let o = run_in(p.path(), &["gc", "--keep-runs", "0"]);
@@ -212,10 +206,9 @@ fn editing_the_images_file_reruns_the_dataset() {
     )]);
     let data = p.path().join("data/mini/sub");
     std::fs::create_dir_all(&data).unwrap();
-    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
-    images.extend((0..16u8).map(|i| i * 16));
+    let (mut images, labels) = mini_idx();
     std::fs::write(data.join("imgs"), &images).unwrap();
-    std::fs::write(data.join("lbls"), [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1]).unwrap();
+    std::fs::write(data.join("lbls"), labels).unwrap();
     let args = ["run", "experiments/d.toml", "--data-root", "data"];
     let o = run_in(p.path(), &args);
     assert!(o.status.success(), "{}", text(&o));
@@ -245,14 +238,8 @@ fn verify_clears_stale_locks_and_keeps_live_ones() {
     let p = project(&[("a.toml", SHAPES)]);
     let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
     assert!(o.status.success(), "{}", text(&o));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string();
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string();
+    let host = common::hostname();
+    let boot = common::boot_id();
     // A PID that does not exist: above the kernel's pid_max.
     let dead = 4_194_305u32;
     let locks = p.path().join(".mrbm/locks");

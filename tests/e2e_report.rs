@@ -12,12 +12,8 @@ use common::{ok, run_in as mrbm};
 use base64::Engine as _;
 
 fn experiment() -> String {
-    let head = common::shapes_split_train(
-        "tiny",
-        "n = 80, size = 8, classes = 2, seed = 1",
-        "{ train = 60, test = 20 }, seed = 1",
-        "conv_channels = [], dense = [6], epochs = 2, batch_size = 20, seed = 1",
-    );
+    let train = "conv_channels = [], dense = [6], epochs = 2, batch_size = 20, seed = 1";
+    let head = common::shapes_split_train("tiny", (80, 2, 1), (60, 20), train);
     format!("{head}{EXPERIMENT_TAIL}")
 }
 

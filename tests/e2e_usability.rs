@@ -10,27 +10,8 @@ use std::path::Path;
 /// tiny() of tests/e2e.rs, with a longer training and an SVM capped at 2
 /// iterations (so it warns that it did not converge).
 fn tiny() -> String {
-    let head = common::shapes_split_train(
-        "tiny",
-        "n = 240, size = 8, classes = 3, seed = 3",
-        "{ train = 160, test = 80 }, seed = 3",
-        "conv_channels = [4], dense = [], epochs = EPOCHS, batch_size = 32, lr = 0.01, seed = 3",
-    );
-    let svm = common::features_svm("loss = \"hinge\", C = 1.0, max_iter = 2");
-    format!("{head}{svm}{TINY_TAIL}")
+    common::tiny("EPOCHS", "loss = \"hinge\", C = 1.0, max_iter = 2")
 }
-
-/// What follows the SVM in [`tiny`].
-const TINY_TAIL: &str = r#"
-[sweep]
-N = { param = "train.n", values = [1, 255] }
-
-[[tables]]
-name = "tiny"
-stage = "svm"
-metric = "test_error"
-rows = "N"
-"#;
 
 fn project(epochs: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -129,24 +129,28 @@ impl SpawnPiped for Command {
     }
 }
 
-/// The head of the experiments the end-to-end tests run: `name`, synthetic
-/// shapes, a train/test split and a `train` stage on its training part.
-/// Each argument is the body of that stage's `params` inline table
-/// (`shapes`: what follows `format = "synthetic"`; `split`: the value of
-/// `split` and what follows it).
-pub fn shapes_split_train(name: &str, shapes: &str, split: &str, train: &str) -> String {
+/// The head of the experiments the end-to-end tests run: `name`, `n`
+/// synthetic 8x8 shapes of `classes` classes, a `train`/`test` split (both
+/// with `seed`) and a `train` stage on its training part, whose `params`
+/// inline table has the body `train`.
+pub fn shapes_split_train(
+    name: &str,
+    (n, classes, seed): (usize, usize, u64),
+    (train_n, test_n): (usize, usize),
+    train: &str,
+) -> String {
     format!(
         r#"
 name = "{name}"
 
 [stages.shapes]
 kind = "dataset"
-params = {{ format = "synthetic", {shapes} }}
+params = {{ format = "synthetic", n = {n}, size = 8, classes = {classes}, seed = {seed} }}
 
 [stages.split]
 kind = "transform"
 inputs = {{ data = "shapes" }}
-params = {{ split = {split} }}
+params = {{ split = {{ train = {train_n}, test = {test_n} }}, seed = {seed} }}
 
 [stages.train]
 kind = "train"
@@ -176,4 +180,50 @@ inputs = {{ train = "train_features", test = "test_features" }}
 params = {{ {svm} }}
 "#
     )
+}
+
+/// The tiny experiment of tests/e2e.rs (synthetic shapes -> split -> conv
+/// RBM -> features -> SVM -> table, swept over N = 1 and 255), with
+/// `epochs` of training and the SVM's `params` body `svm`.
+pub fn tiny(epochs: &str, svm: &str) -> String {
+    let train = format!(
+        "conv_channels = [4], dense = [], epochs = {epochs}, batch_size = 32, lr = 0.01, seed = 3"
+    );
+    let head = shapes_split_train("tiny", (240, 3, 3), (160, 80), &train);
+    let table = sweep_svm_table("tiny", "[1, 255]", r#"metric = "test_error""#);
+    format!("{head}{}{table}", features_svm(svm))
+}
+
+/// The end of the SVM experiments: a sweep over N (train.n) = `values`
+/// and a table `name` of the SVM's metrics along it; `metrics` is the
+/// table's `metric = ...` or `metrics = [...]` line.
+pub fn sweep_svm_table(name: &str, values: &str, metrics: &str) -> String {
+    format!(
+        r#"
+[sweep]
+N = {{ param = "train.n", values = {values} }}
+
+[[tables]]
+name = "{name}"
+stage = "svm"
+{metrics}
+rows = "N"
+"#
+    )
+}
+
+/// This machine's host name, as the cache's locks record it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// This boot's id, as the cache's locks record it.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
 }

@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
-use mrbm_runner::exec::{self, RunOptions, Status};
+use mrbm_runner::exec::Status;
 use mrbm_runner::hashing::Memo;
 use mrbm_runner::plan::{self, PlanStatus};
 use mrbm_runner::registry::Registry;
@@ -141,16 +140,7 @@ fn the_summary_prints_each_table_from_memory_as_published() {
     let f = p.write("e.toml", &exp());
     let reg = registry(1);
     let dag = build(&f, &reg, &[]).unwrap();
-    let store = p.store();
-    let memo = Memo::load(&store.root);
-    let opts = RunOptions {
-        jobs: 2,
-        keep_going: true,
-        device: mrbm_stage::Device::Cpu,
-        threads: 1,
-        progress: None,
-    };
-    let results = exec::execute(&dag, &reg, &store, &memo, &opts, &AtomicBool::new(false));
+    let results = common::results(&dag, &reg, &p.store());
     let published = p.dir.path().join("results/t.csv");
     let csv = std::fs::read_to_string(&published).unwrap();
     let rows: Vec<Vec<String>> = csv

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use mrbm_runner::config;
 use mrbm_runner::dag::{self, Overrides};
-use mrbm_runner::exec::{self, RunOptions, Status};
+use mrbm_runner::exec::{self, NodeResult, RunOptions, Status};
 use mrbm_runner::hashing::Memo;
 use mrbm_runner::registry::Registry;
 use mrbm_runner::store::Store;
@@ -88,11 +88,9 @@ pub fn build(file: &Path, reg: &Registry, sets: &[&str]) -> Result<dag::Dag, Run
     )
 }
 
-/// `dag` run into `p`'s cache as `mrbm run --keep-going --jobs 2` runs it
-/// (on the CPU, one thread a stage), its record saved: each node's id and
-/// status, in the DAG's order.
-pub fn execute(p: &Project, dag: &dag::Dag, reg: &Registry) -> Vec<(String, Status)> {
-    let store = p.store();
+/// `dag` run into `store` as `mrbm run --keep-going --jobs 2` runs it (on
+/// the CPU, one thread a stage): each node's result, in the DAG's order.
+pub fn results(dag: &dag::Dag, reg: &Registry, store: &Store) -> Vec<NodeResult> {
     let memo = Memo::load(&store.root);
     let opts = RunOptions {
         jobs: 2,
@@ -101,7 +99,14 @@ pub fn execute(p: &Project, dag: &dag::Dag, reg: &Registry) -> Vec<(String, Stat
         threads: 1,
         progress: None,
     };
-    let results = exec::execute(dag, reg, &store, &memo, &opts, &AtomicBool::new(false));
+    exec::execute(dag, reg, store, &memo, &opts, &AtomicBool::new(false))
+}
+
+/// [`results`] in `p`'s cache, the run's record saved: each node's id and
+/// status, in the DAG's order.
+pub fn execute(p: &Project, dag: &dag::Dag, reg: &Registry) -> Vec<(String, Status)> {
+    let store = p.store();
+    let results = results(dag, reg, &store);
     exec::save_record(&store, dag, &results).unwrap();
     dag.nodes
         .iter()
