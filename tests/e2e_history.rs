@@ -48,7 +48,6 @@ fn project(table_extra: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Run and return the recorded run's id (from "recorded as run ID").
 /// `mrbm plan experiments/calc.toml EXTRA` in `dir`.
 fn plan(dir: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["plan", "experiments/calc.toml"];
@@ -56,6 +55,7 @@ fn plan(dir: &Path, extra: &[&str]) -> Output {
     run(dir, &args)
 }
 
+/// Run and return the recorded run's id (from "recorded as run ID").
 fn run_id(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["run", "--quiet", "experiments/calc.toml"];
     all.extend_from_slice(args);

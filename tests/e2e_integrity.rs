@@ -23,14 +23,21 @@ kind = "dataset"
 params = { format = "synthetic", n = 40, size = 8, classes = 2, seed = 1 }
 "#;
 
+/// `mrbm run experiments/a.toml --quiet EXTRA` in `dir`, which must succeed.
+fn run_a(dir: &Path, extra: &[&str]) {
+    let mut args = vec!["run", "experiments/a.toml", "--quiet"];
+    args.extend_from_slice(extra);
+    let o = run_in(dir, &args);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// The signal arrives while the run waits for a stage's lock, held by a
 /// live process (this test): deterministic, whatever the machine's speed.
 #[test]
 fn sigterm_and_sighup_stop_like_ctrl_c() {
     for sig in [libc::SIGTERM, libc::SIGHUP] {
         let p = project(&[("a.toml", SHAPES)]);
-        let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
-        assert!(o.status.success(), "{}", text(&o));
+        run_a(p.path(), &[]);
         let key = key_of(p.path(), "a", "shapes");
         std::fs::remove_dir_all(p.path().join(format!(".mrbm/entries/{key}"))).unwrap();
         let host = common::hostname();
@@ -73,20 +80,9 @@ fn sigterm_and_sighup_stop_like_ctrl_c() {
 #[test]
 fn gc_refuses_when_an_experiment_does_not_load() {
     let p = project(&[("a.toml", SHAPES)]);
-    let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
-    assert!(o.status.success(), "{}", text(&o));
+    run_a(p.path(), &[]);
     // Another result, referenced by no experiment, that gc may collect.
-    let o = run_in(
-        p.path(),
-        &[
-            "run",
-            "experiments/a.toml",
-            "--quiet",
-            "--set",
-            "shapes.seed=2",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    run_a(p.path(), &["--set", "shapes.seed=2"]);
     assert_eq!(entries(&p.path().join(".mrbm")).len(), 2);
     std::fs::write(p.path().join("experiments/broken.toml"), "[stages.x\n").unwrap();
     let o = run_in(p.path(), &["gc"]);
@@ -145,17 +141,7 @@ fn gc_takes_the_data_root() {
 #[test]
 fn gc_leaves_locked_entries_and_waits_for_runs() {
     let p = project(&[("a.toml", SHAPES)]);
-    let o = run_in(
-        p.path(),
-        &[
-            "run",
-            "experiments/a.toml",
-            "--quiet",
-            "--set",
-            "shapes.seed=2",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    run_a(p.path(), &["--set", "shapes.seed=2"]);
     let key = key_of(p.path(), "a", "shapes");
     // A live process holds the entry's key (it is replacing it).
     let host = common::hostname();
@@ -236,8 +222,7 @@ fn editing_the_images_file_reruns_the_dataset() {
 #[test]
 fn verify_clears_stale_locks_and_keeps_live_ones() {
     let p = project(&[("a.toml", SHAPES)]);
-    let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
-    assert!(o.status.success(), "{}", text(&o));
+    run_a(p.path(), &[]);
     let host = common::hostname();
     let boot = common::boot_id();
     // A PID that does not exist: above the kernel's pid_max.

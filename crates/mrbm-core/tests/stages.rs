@@ -58,6 +58,7 @@ fn sample(model: &Path, chains: usize, out: &Path) -> ImageSet {
     ImageSet::read(&out.join("samples.safetensors")).unwrap()
 }
 
+/// Stage `kind` as the runner would run it on `device`.
 fn run_on(
     kind: &str,
     params: &str,
