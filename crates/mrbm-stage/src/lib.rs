@@ -48,10 +48,8 @@ impl InputSlot {
         doc: &'static str,
     ) -> Self {
         InputSlot {
-            name,
-            default_file,
             required: true,
-            doc,
+            ..InputSlot::optional(name, default_file, doc)
         }
     }
     pub const fn optional(
@@ -212,6 +210,41 @@ pub struct StageContext<'a> {
     /// Input slot -> the cache entry behind it, for the inputs that other
     /// stages produced (empty outside the runner).
     pub upstream: &'a BTreeMap<String, Upstream>,
+}
+
+/// Runs `stage` with its canonical `params` on `inputs` into `out` (made
+/// first) as the runner would, but outside it: 2 threads, no progress bars,
+/// a log nobody reads, no resume folder and no upstream entries. For the
+/// tests of the crates that define stage kinds.
+#[doc(hidden)]
+pub fn run_detached(
+    stage: &dyn Stage,
+    params: &JsonValue,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+    device: &Device,
+) -> Result<Metrics, StageError> {
+    let inputs: BTreeMap<String, PathBuf> = inputs
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_path_buf()))
+        .collect();
+    std::fs::create_dir_all(out).map_err(|e| StageError::io(out, e))?;
+    let cancel = AtomicBool::new(false);
+    let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
+    let ctx = StageContext {
+        stage_id: stage.kind(),
+        params,
+        inputs: &inputs,
+        out_dir: out,
+        device,
+        threads: 2,
+        progress: None,
+        cancel: &cancel,
+        log: &log,
+        resume_dir: None,
+        upstream: &BTreeMap::new(),
+    };
+    stage.run(&ctx)
 }
 
 impl<'a> StageContext<'a> {
@@ -434,12 +467,18 @@ pub fn parse_params<T: DeserializeOwned + Serialize>(
         }
         err
     })?;
-    let canon = serde_json::to_value(&typed).map_err(|e| ParamError {
+    let canon = canonical_json(&typed)?;
+    Ok((typed, canon))
+}
+
+/// The canonical JSON form of parameters already parsed (e.g. after a
+/// stage filled its defaults), as [`parse_params`] gives it.
+pub fn canonical_json<T: Serialize>(typed: &T) -> Result<JsonValue, ParamError> {
+    serde_json::to_value(typed).map_err(|e| ParamError {
         key: None,
         message: e.to_string(),
         suggestion: None,
-    })?;
-    Ok((typed, canon))
+    })
 }
 
 /// serde's type errors ("invalid type: string \"x\", expected f64") name no
