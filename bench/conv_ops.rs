@@ -26,7 +26,7 @@ fn main() {
         .unwrap_or(2);
     let d = Device::flex();
     let b = 128;
-    mrbm_core::device::with_threads(threads, || {
+    mrbm_stage::in_pool(threads, || {
         for (ci, co, hw) in [
             (3usize, 64usize, 64usize),
             (64, 128, 32),
@@ -48,5 +48,6 @@ fn main() {
             });
             time("sigmoid", || burn::tensor::activation::sigmoid(h.clone()));
         }
-    });
+    })
+    .expect("thread pool");
 }

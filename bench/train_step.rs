@@ -54,21 +54,8 @@ fn main() {
     // --device cpu | wgpu[:I] | cuda[:I] (the accelerators need the crate
     // feature of that name); proven with a tiny kernel before timing.
     let dev_arg = arg(&args, "--device", "cpu");
-    let (name, index) = dev_arg
-        .split_once(':')
-        .map(|(n, i)| (n.to_string(), i.parse().expect("--device index")))
-        .unwrap_or((dev_arg.clone(), 0usize));
-    let stage_dev = match name.as_str() {
-        "cpu" => mrbm_stage::Device::Cpu,
-        "wgpu" => mrbm_stage::Device::Wgpu(index),
-        "cuda" => mrbm_stage::Device::Cuda(index),
-        d => panic!("unknown --device {d}"),
-    };
-    let device: Device = mrbm_core::device::burn_device(stage_dev)
-        .unwrap_or_else(|e| panic!("--device {dev_arg}: {e}"));
-    if let Err(e) = mrbm_core::device::smoke(&device) {
-        panic!("--device {dev_arg}: cannot run a kernel: {e}");
-    }
+    let resolved = mrbm_device::resolve(&dev_arg).unwrap_or_else(|e| panic!("{e}"));
+    let device: Device = resolved.burn().clone();
     let spec = params.build_spec(input).expect("spec");
     let dbn = Dbn::init(spec, 0.01, 0, &device, DType::F32);
     let mut tr = Trainer::new(
@@ -83,7 +70,7 @@ fn main() {
     let px: Vec<u8> = (0..batch * len)
         .map(|i| ((i * 2654435761usize) >> 13) as u8)
         .collect();
-    let result = mrbm_core::device::with_threads(threads, || {
+    let result = mrbm_stage::in_pool(threads, || {
         let v = tr.dbn.pixels_to_visible(&px, batch, &device, DType::F32);
         for s in 0..warmup {
             tr.step(v.clone(), 0, s).expect("step");
@@ -93,7 +80,8 @@ fn main() {
             tr.step(v.clone(), 1, s).expect("step");
         }
         t.elapsed().as_secs_f64()
-    });
+    })
+    .expect("thread pool");
     println!(
         "{{\"impl\": \"mrbm\", \"device\": \"{dev_arg}\", \"stack\": \"{stack}\", \"size\": {}, \"batch\": {batch}, \"threads\": {threads}, \"steps\": {steps}, \"gradient\": \"{:?}\", \"seconds_per_step\": {}, \"images_per_s\": {}}}",
         input[1],

@@ -4,53 +4,17 @@
 //! moments) and two concurrent runs on one cache.
 
 mod common;
-use common::{counts, mrbm, text};
+use common::{counts, mrbm, text, SpawnPiped};
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-const TINY: &str = r#"
-name = "tiny"
+fn tiny() -> String {
+    common::tiny("1", "C = 1.0")
+}
 
-[stages.shapes]
-kind = "dataset"
-params = { format = "synthetic", n = 240, size = 8, classes = 3, seed = 3 }
-
-[stages.split]
-kind = "transform"
-inputs = { data = "shapes" }
-params = { split = { train = 160, test = 80 }, seed = 3 }
-
-[stages.train]
-kind = "train"
-inputs = { data = "split/train.safetensors" }
-params = { conv_channels = [4], dense = [], epochs = 1, batch_size = 32, lr = 0.01, seed = 3 }
-
-[stages.train_features]
-kind = "features"
-inputs = { model = "train", data = "split/train.safetensors" }
-
-[stages.test_features]
-kind = "features"
-inputs = { model = "train", data = "split/test.safetensors" }
-
-[stages.svm]
-kind = "svm"
-inputs = { train = "train_features", test = "test_features" }
-params = { C = 1.0 }
-
-[sweep]
-N = { param = "train.n", values = [1, 255] }
-
-[[tables]]
-name = "tiny"
-stage = "svm"
-metric = "test_error"
-rows = "N"
-"#;
-
-/// Stages in TINY: shapes, split, 2 x (train, train_features, test_features, svm), table.
+/// Stages in tiny(): shapes, split, 2 x (train, train_features, test_features, svm), table.
 const TINY_STAGES: usize = 11;
 
 struct Project {
@@ -80,7 +44,7 @@ impl Project {
 
 #[test]
 fn run_caches_and_plan_names_the_changed_parameter() {
-    let p = Project::new(TINY);
+    let p = Project::new(&tiny());
     let first = p.run(&["run", "experiments/tiny.toml"]);
     assert!(first.status.success(), "{}", text(&first));
     assert_eq!(counts(&first), (TINY_STAGES, 0));
@@ -136,7 +100,7 @@ fn run_caches_and_plan_names_the_changed_parameter() {
     assert!(out.contains("3 to run"), "{out}");
 
     // Same experiment, other stage names and key order: all cached.
-    let renamed = TINY
+    let renamed = tiny()
         .replace("[stages.svm]", "[stages.classifier]")
         .replace("stage = \"svm\"", "stage = \"classifier\"")
         .replace(
@@ -220,7 +184,7 @@ fn user_errors_exit_2_with_location_and_fix() {
             "{t}"
         );
     }
-    let p = Project::new(TINY);
+    let p = Project::new(&tiny());
     let o = p.run(&["run", "experiments/tiny.toml", "--set", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     let o = p.run(&["run", "experiments/missing.toml"]);
@@ -231,14 +195,14 @@ fn user_errors_exit_2_with_location_and_fix() {
 
 #[test]
 fn sigkill_at_random_moments_leaves_the_cache_consistent() {
-    let reference = Project::new(TINY);
+    let reference = Project::new(&tiny());
     assert!(reference
         .run(&["run", "experiments/tiny.toml", "--quiet"])
         .status
         .success());
     let expected = reference.csv();
 
-    let p = Project::new(TINY);
+    let p = Project::new(&tiny());
     // Deterministic "random" moments spread over a full run's duration.
     let mut state: u64 = 0x9e3779b97f4a7c15;
     for _ in 0..20 {
@@ -272,15 +236,12 @@ fn sigkill_at_random_moments_leaves_the_cache_consistent() {
 
 #[test]
 fn two_concurrent_runs_compute_each_stage_once() {
-    let p = Project::new(TINY);
+    let p = Project::new(&tiny());
     let spawn = || {
         mrbm()
             .current_dir(p.root())
             .args(["run", "experiments/tiny.toml", "--quiet"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            .spawn_piped()
     };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
@@ -308,14 +269,11 @@ fn two_concurrent_runs_compute_each_stage_once() {
 
 #[test]
 fn ctrl_c_stops_cleanly_and_keeps_the_cache_consistent() {
-    let p = Project::new(TINY);
+    let p = Project::new(&tiny());
     let child = mrbm()
         .current_dir(p.root())
         .args(["run", "experiments/tiny.toml", "--quiet", "--jobs", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     std::thread::sleep(Duration::from_millis(300));
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -346,14 +304,11 @@ fn ctrl_c_stops_cleanly_and_keeps_the_cache_consistent() {
 #[test]
 fn closed_stdout_pipe_ends_quietly() {
     // `mrbm dag x.toml | head -0`: the reader is gone before mrbm writes.
-    let p = Project::new(TINY);
+    let p = Project::new(&tiny());
     let mut child = mrbm()
         .current_dir(p.root())
         .args(["dag", "experiments/tiny.toml"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -363,10 +318,10 @@ fn closed_stdout_pipe_ends_quietly() {
 
 #[test]
 fn a_rerun_with_identical_results_leaves_downstream_cached() {
-    // `max_images = 160` is all of TINY's training split: the train stages
+    // `max_images = 160` is all of tiny()'s training split: the train stages
     // rerun (their parameters changed) and write the same model bytes and
     // metrics, timings aside, so nothing downstream runs again.
-    let p = Project::new(TINY);
+    let p = Project::new(&tiny());
     let first = p.run(&["run", "experiments/tiny.toml"]);
     assert!(first.status.success(), "{}", text(&first));
     let csv = p.csv();

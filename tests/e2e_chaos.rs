@@ -5,54 +5,23 @@
 //! test cannot pass by luck of timing.
 
 mod common;
-use common::text;
+use common::{text, SpawnPiped};
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-const EXP: &str = r#"
-name = "chaos"
-
-[stages.shapes]
-kind = "dataset"
-params = { format = "synthetic", n = 200, size = 8, classes = 2, seed = 1 }
-
-[stages.split]
-kind = "transform"
-inputs = { data = "shapes" }
-params = { split = { train = 150, test = 50 }, seed = 1 }
-
-[stages.train]
-kind = "train"
-inputs = { data = "split/train.safetensors" }
-params = { conv_channels = [], dense = [16], epochs = 60, batch_size = 10 }
-
-[stages.train_features]
-kind = "features"
-inputs = { model = "train", data = "split/train.safetensors" }
-
-[stages.test_features]
-kind = "features"
-inputs = { model = "train", data = "split/test.safetensors" }
-
-[stages.svm]
-kind = "svm"
-inputs = { train = "train_features", test = "test_features" }
-params = { C = 1.0 }
-
-[sweep]
-N = { param = "train.n", values = [1, 3] }
-
-[[tables]]
-name = "chaos"
-stage = "svm"
-metrics = ["test_error", "train_error"]
-rows = "N"
-"#;
+fn exp() -> String {
+    let train = "conv_channels = [], dense = [16], epochs = 60, batch_size = 10";
+    let head = common::shapes_split_train("chaos", (200, 2, 1), (150, 50), train);
+    let svm = common::features_svm("C = 1.0");
+    let metrics = r#"metrics = ["test_error", "train_error"]"#;
+    let table = common::sweep_svm_table("chaos", "[1, 3]", metrics);
+    format!("{head}{svm}{table}")
+}
 
 fn project() -> tempfile::TempDir {
-    common::project(&[("chaos.toml", EXP)])
+    common::project(&[("chaos.toml", &exp())])
 }
 
 /// `mrbm run` of the chaos experiment, two jobs.
@@ -173,14 +142,8 @@ fn lock_of_a_reused_pid_does_not_block_the_run() {
 
     // PID 1 is alive in every Linux PID namespace, and it did not start at
     // tick 1: the lock names a live PID that belongs to someone else.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string();
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string();
+    let host = common::hostname();
+    let boot = common::boot_id();
     let owner = serde_json::json!({
         "pid": 1, "host": host, "start": 1u64, "boot": boot,
         "time": "2026-01-01T00:00:00Z"
@@ -191,10 +154,7 @@ fn lock_of_a_reused_pid_does_not_block_the_run() {
 
     let child = mrbm(p.path())
         .env("MRBM_LOCK_TIMEOUT", "3600")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     let out = finish(child, "lock of a reused pid");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -232,10 +192,7 @@ fn gc_next_to_a_run_at_any_point_never_breaks_it() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let gc = common::mrbm_in(p.path())
             .args(["gc", "--keep-runs", "0"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_piped();
         let out = finish(child, "run next to gc");
         let gc = finish(gc, "gc next to a run");
         let t = format!("{}\n--- gc:\n{}", text(&out), text(&gc));
@@ -310,10 +267,7 @@ fn path_escapes_never_write_outside_the_project() {
     // host training step finishes the file's 60 epochs in ~0.2 s.
     let child = mrbm(p.path())
         .args(["--set", "train.epochs=2000"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_dir_all(&results).unwrap();
     std::os::unix::fs::symlink(outside.path(), &results).unwrap();
@@ -370,10 +324,7 @@ params = { split = { train = 40, test = 20 }, seed = 1 }
         let p = common::project(&[("long.toml", &format!("{BASE}{stages}"))]);
         let child = common::mrbm_in(p.path())
             .args(["run", "experiments/long.toml", "--quiet", "--jobs", "1"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_piped();
         // Wait until the stage before the long one is published, then give
         // the long one time to get into its loop.
         let mut child = child;

@@ -9,7 +9,7 @@ mod common;
 use common::{ok, run_in as run, stderr};
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// `calc` writes metrics v = K and w = S; `other` is in no table.
 const CALC: &str = r#"
@@ -46,6 +46,13 @@ fn project(table_extra: &str) -> tempfile::TempDir {
     )
     .unwrap();
     dir
+}
+
+/// `mrbm plan experiments/calc.toml EXTRA` in `dir`.
+fn plan(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["plan", "experiments/calc.toml"];
+    args.extend_from_slice(extra);
+    run(dir, &args)
 }
 
 /// Run and return the recorded run's id (from "recorded as run ID").
@@ -124,10 +131,7 @@ fn every_run_is_recorded_and_runs_lists_them() {
     assert!(csv.starts_with("run,time,experiment,commit,"), "{csv}");
 
     // `plan` still compares with the last run.
-    let plan = ok(&run(
-        d,
-        &["plan", "experiments/calc.toml", "--set", "calc.env.S=\"5\""],
-    ));
+    let plan = ok(&plan(d, &["--set", "calc.env.S=\"5\""]));
     assert!(plan.contains("0 to run"), "{plan}");
 }
 
@@ -200,39 +204,15 @@ fn sweep_from_the_command_line_adds_or_replaces_an_axis() {
     let runs = ok(&run(d, &["runs"]));
     assert!(runs.contains("sweep other.env.X"), "{runs}");
     // A new axis on the table's stage: the table must say what to do with it.
-    let o = run(
-        d,
-        &[
-            "plan",
-            "experiments/calc.toml",
-            "--sweep",
-            "calc.env.S=\"0\",\"1\"",
-        ],
-    );
+    let o = plan(d, &["--sweep", "calc.env.S=\"0\",\"1\""]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(e.contains("`env.S`") && e.contains("aggregate"), "{e}");
     assert!(e.contains("--sweep calc.env.S"), "{e}");
     // An axis of one value leaves one cell per row: no ambiguity.
-    ok(&run(
-        d,
-        &[
-            "plan",
-            "experiments/calc.toml",
-            "--sweep",
-            "calc.env.S=\"1\"",
-        ],
-    ));
+    ok(&plan(d, &["--sweep", "calc.env.S=\"1\""]));
     // Unknown stage.
-    let o = run(
-        d,
-        &[
-            "plan",
-            "experiments/calc.toml",
-            "--sweep",
-            "calcc.env.K=1,2",
-        ],
-    );
+    let o = plan(d, &["--sweep", "calcc.env.K=1,2"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--sweep calcc.env.K"), "{}", stderr(&o));
 }
@@ -241,10 +221,7 @@ fn sweep_from_the_command_line_adds_or_replaces_an_axis() {
 fn set_on_a_swept_parameter_needs_force_override() {
     let p = project(ROWS_K);
     let d = p.path();
-    let o = run(
-        d,
-        &["plan", "experiments/calc.toml", "--set", "calc.env.K=\"9\""],
-    );
+    let o = plan(d, &["--set", "calc.env.K=\"9\""]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
@@ -255,16 +232,7 @@ fn set_on_a_swept_parameter_needs_force_override() {
         e.contains("--force-override") && e.contains("--sweep"),
         "{e}"
     );
-    let o = run(
-        d,
-        &[
-            "plan",
-            "experiments/calc.toml",
-            "--set",
-            "calc.env.K=\"9\"",
-            "--force-override",
-        ],
-    );
+    let o = plan(d, &["--set", "calc.env.K=\"9\"", "--force-override"]);
     ok(&o);
     let e = stderr(&o);
     assert!(e.contains("still label the cells by `K`"), "{e}");
@@ -275,7 +243,7 @@ fn set_with_several_values_points_to_sweep() {
     let p = project(ROWS_K);
     let d = p.path();
     for arg in ["shapes.n=[10,30]", "shapes.n=10,30"] {
-        let o = run(d, &["plan", "experiments/calc.toml", "--set", arg]);
+        let o = plan(d, &["--set", arg]);
         assert_eq!(o.status.code(), Some(2), "{arg}");
         let e = stderr(&o);
         assert!(e.contains("--set shapes.n="), "{e}");
@@ -287,7 +255,7 @@ fn set_with_several_values_points_to_sweep() {
 fn a_table_must_name_or_aggregate_every_axis_of_its_stage() {
     let p = project("");
     let d = p.path();
-    let o = run(d, &["plan", "experiments/calc.toml"]);
+    let o = plan(d, &[]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(e.contains("experiments/calc.toml:"), "{e}");
@@ -403,22 +371,11 @@ fn variant_axes_are_neither_swept_over_nor_set_from_the_command_line() {
         "[sweep.V.a]\n\"other.env.X\" = \"a\"\n\n[sweep.V.b]\n\"other.env.X\" = \"b\"\n\n[sweep]\n",
     );
     std::fs::write(&f, text).unwrap();
-    ok(&run(d, &["plan", "experiments/calc.toml"]));
-    let o = run(
-        d,
-        &[
-            "plan",
-            "experiments/calc.toml",
-            "--sweep",
-            "other.env.X=c,d",
-        ],
-    );
+    ok(&plan(d, &[]));
+    let o = plan(d, &["--sweep", "other.env.X=c,d"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("axis `V`"), "{}", stderr(&o));
-    let o = run(
-        d,
-        &["plan", "experiments/calc.toml", "--set", "other.env=\"c\""],
-    );
+    let o = plan(d, &["--set", "other.env=\"c\""]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("axis `V`"), "{}", stderr(&o));
 }

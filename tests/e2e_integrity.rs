@@ -4,11 +4,10 @@
 //! progress). Pipelines here are tiny: a synthetic or 4-image data set.
 
 mod common;
-use common::{entries, mrbm, project, run_in, text};
+use common::{entries, mrbm, project, run_in, text, SpawnPiped};
 
 use std::io::BufRead;
 use std::path::Path;
-use std::process::Stdio;
 
 fn key_of(root: &Path, exp: &str, id: &str) -> String {
     let rec: serde_json::Value = serde_json::from_slice(
@@ -24,31 +23,31 @@ kind = "dataset"
 params = { format = "synthetic", n = 40, size = 8, classes = 2, seed = 1 }
 "#;
 
+/// `mrbm run experiments/a.toml --quiet EXTRA` in `dir`, which must succeed.
+fn run_a(dir: &Path, extra: &[&str]) {
+    let mut args = vec!["run", "experiments/a.toml", "--quiet"];
+    args.extend_from_slice(extra);
+    let o = run_in(dir, &args);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// The signal arrives while the run waits for a stage's lock, held by a
 /// live process (this test): deterministic, whatever the machine's speed.
 #[test]
 fn sigterm_and_sighup_stop_like_ctrl_c() {
     for sig in [libc::SIGTERM, libc::SIGHUP] {
         let p = project(&[("a.toml", SHAPES)]);
-        let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
-        assert!(o.status.success(), "{}", text(&o));
+        run_a(p.path(), &[]);
         let key = key_of(p.path(), "a", "shapes");
         std::fs::remove_dir_all(p.path().join(format!(".mrbm/entries/{key}"))).unwrap();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let host = common::hostname();
         let lock = p.path().join(format!(".mrbm/locks/{key}.lock"));
-        let planted = format!(
-            "{} {} 2026-01-01T00:00:00Z\n",
-            std::process::id(),
-            host.trim()
-        );
+        let planted = format!("{} {} 2026-01-01T00:00:00Z\n", std::process::id(), host);
         std::fs::write(&lock, &planted).unwrap();
         let mut child = mrbm()
             .current_dir(p.path())
             .args(["run", "experiments/a.toml", "--quiet"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawn_piped();
         let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         while !line.contains("waiting shapes") {
@@ -81,20 +80,9 @@ fn sigterm_and_sighup_stop_like_ctrl_c() {
 #[test]
 fn gc_refuses_when_an_experiment_does_not_load() {
     let p = project(&[("a.toml", SHAPES)]);
-    let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
-    assert!(o.status.success(), "{}", text(&o));
+    run_a(p.path(), &[]);
     // Another result, referenced by no experiment, that gc may collect.
-    let o = run_in(
-        p.path(),
-        &[
-            "run",
-            "experiments/a.toml",
-            "--quiet",
-            "--set",
-            "shapes.seed=2",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    run_a(p.path(), &["--set", "shapes.seed=2"]);
     assert_eq!(entries(&p.path().join(".mrbm")).len(), 2);
     std::fs::write(p.path().join("experiments/broken.toml"), "[stages.x\n").unwrap();
     let o = run_in(p.path(), &["gc"]);
@@ -112,23 +100,25 @@ fn gc_refuses_when_an_experiment_does_not_load() {
     assert_eq!(entries(&p.path().join(".mrbm")).len(), 1);
 }
 
+/// Four 2x2 images in the IDX format, as MNIST ships them, and their
+/// labels: the two files' bytes.
+fn mini_idx() -> (Vec<u8>, [u8; 12]) {
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
+    images.extend((0..16u8).map(|i| i * 16));
+    (images, [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1])
+}
+
 #[test]
 fn gc_takes_the_data_root() {
     let p = project(&[(
         "d.toml",
         "[stages.digits]\nkind = \"dataset\"\ninputs = { dir = \"data:mini\" }\nparams = { format = \"idx\" }\n",
     )]);
-    // Four 2x2 images in the IDX format, as MNIST ships them.
     let data = p.path().join("elsewhere/mini");
     std::fs::create_dir_all(&data).unwrap();
-    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
-    images.extend((0..16u8).map(|i| i * 16));
+    let (images, labels) = mini_idx();
     std::fs::write(data.join("train-images-idx3-ubyte"), images).unwrap();
-    std::fs::write(
-        data.join("train-labels-idx1-ubyte"),
-        [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1],
-    )
-    .unwrap();
+    std::fs::write(data.join("train-labels-idx1-ubyte"), labels).unwrap();
     let root = p.path().join("elsewhere");
     let root = root.to_str().unwrap();
     let o = run_in(
@@ -151,28 +141,14 @@ fn gc_takes_the_data_root() {
 #[test]
 fn gc_leaves_locked_entries_and_waits_for_runs() {
     let p = project(&[("a.toml", SHAPES)]);
-    let o = run_in(
-        p.path(),
-        &[
-            "run",
-            "experiments/a.toml",
-            "--quiet",
-            "--set",
-            "shapes.seed=2",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    run_a(p.path(), &["--set", "shapes.seed=2"]);
     let key = key_of(p.path(), "a", "shapes");
     // A live process holds the entry's key (it is replacing it).
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = common::hostname();
     let lock = p.path().join(format!(".mrbm/locks/{key}.lock"));
     std::fs::write(
         &lock,
-        format!(
-            "{} {} 2026-01-01T00:00:00Z\n",
-            std::process::id(),
-            host.trim()
-        ),
+        format!("{} {} 2026-01-01T00:00:00Z\n", std::process::id(), host),
     )
     .unwrap();
     let o = run_in(p.path(), &["gc", "--keep-runs", "0"]);
@@ -188,10 +164,7 @@ fn gc_leaves_locked_entries_and_waits_for_runs() {
     let mut gc = mrbm()
         .current_dir(p.path())
         .args(["gc", "--keep-runs", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_piped();
     let mut err = std::io::BufReader::new(gc.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
@@ -219,10 +192,9 @@ fn editing_the_images_file_reruns_the_dataset() {
     )]);
     let data = p.path().join("data/mini/sub");
     std::fs::create_dir_all(&data).unwrap();
-    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
-    images.extend((0..16u8).map(|i| i * 16));
+    let (mut images, labels) = mini_idx();
     std::fs::write(data.join("imgs"), &images).unwrap();
-    std::fs::write(data.join("lbls"), [0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 0, 1]).unwrap();
+    std::fs::write(data.join("lbls"), labels).unwrap();
     let args = ["run", "experiments/d.toml", "--data-root", "data"];
     let o = run_in(p.path(), &args);
     assert!(o.status.success(), "{}", text(&o));
@@ -250,16 +222,9 @@ fn editing_the_images_file_reruns_the_dataset() {
 #[test]
 fn verify_clears_stale_locks_and_keeps_live_ones() {
     let p = project(&[("a.toml", SHAPES)]);
-    let o = run_in(p.path(), &["run", "experiments/a.toml", "--quiet"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string();
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap()
-        .trim()
-        .to_string();
+    run_a(p.path(), &[]);
+    let host = common::hostname();
+    let boot = common::boot_id();
     // A PID that does not exist: above the kernel's pid_max.
     let dead = 4_194_305u32;
     let locks = p.path().join(".mrbm/locks");

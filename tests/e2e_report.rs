@@ -11,23 +11,14 @@ use common::{ok, run_in as mrbm};
 
 use base64::Engine as _;
 
-const EXPERIMENT: &str = r#"
-name = "tiny"
+fn experiment() -> String {
+    let train = "conv_channels = [], dense = [6], epochs = 2, batch_size = 20, seed = 1";
+    let head = common::shapes_split_train("tiny", (80, 2, 1), (60, 20), train);
+    format!("{head}{EXPERIMENT_TAIL}")
+}
 
-[stages.shapes]
-kind = "dataset"
-params = { format = "synthetic", n = 80, size = 8, classes = 2, seed = 1 }
-
-[stages.split]
-kind = "transform"
-inputs = { data = "shapes" }
-params = { split = { train = 60, test = 20 }, seed = 1 }
-
-[stages.train]
-kind = "train"
-inputs = { data = "split/train.safetensors" }
-params = { conv_channels = [], dense = [6], epochs = 2, batch_size = 20, seed = 1 }
-publish = { "loss.png" = "results/loss_N{N}.png" }
+/// What follows the train stage in [`experiment`].
+const EXPERIMENT_TAIL: &str = r#"publish = { "loss.png" = "results/loss_N{N}.png" }
 
 [stages.loglik]
 kind = "loglik"
@@ -75,7 +66,7 @@ fn embedded_pngs(html: &str) -> Vec<Vec<u8>> {
 fn the_report_is_one_self_contained_page_with_tables_plots_and_provenance() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-    std::fs::write(dir.path().join("experiments/tiny.toml"), EXPERIMENT).unwrap();
+    std::fs::write(dir.path().join("experiments/tiny.toml"), experiment()).unwrap();
 
     // No run yet: a friendly error, no panic.
     let o = mrbm(dir.path(), &["report"]);

@@ -18,11 +18,11 @@
 //!    only (the test cluster advertises a fake GPU); `--executor local` wins.
 
 mod common;
-use common::{entries, text};
+use common::{entries, text, SpawnPiped};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The tests share the test cluster's two CPUs: one at a time.
@@ -48,41 +48,56 @@ fn slurm_here(test: &str) -> bool {
     ok
 }
 
+/// The test cluster to this test alone, or None (the test skips) when no
+/// Slurm answers.
+fn cluster(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    slurm_here(test).then_some(one)
+}
+
+/// `small(epochs)` started under Slurm, once its train job runs: the
+/// project, its cache, the planner and the train job's id.
+fn training_under_slurm(epochs: usize) -> (tempfile::TempDir, PathBuf, Child, String) {
+    let p = project("small", &small(epochs));
+    let cache = p.path().join(".mrbm");
+    let child = under_slurm(p.path()).spawn_piped();
+    let job = running_job(&cache, "train", 120).expect("the train job never ran");
+    (p, cache, child, job)
+}
+
+/// `mrbm run` of the `small` experiment in `root` under Slurm.
+fn under_slurm(root: &Path) -> Command {
+    mrbm(root, "small", &["--executor", "slurm"])
+}
+
 /// A small pipeline: shapes -> split -> train -> features -> svm -> table.
 /// `epochs` sets how long `train` runs.
 fn small(epochs: usize) -> String {
-    format!(
-        r#"
-name = "small"
+    let train =
+        format!("conv_channels = [], dense = [16], epochs = {epochs}, batch_size = 10, seed = 1");
+    let head = common::shapes_split_train("small", (120, 2, 1), (80, 40), &train);
+    format!("{head}{SMALL_TAIL}")
+}
 
-[stages.shapes]
-kind = "dataset"
-params = {{ format = "synthetic", n = 120, size = 8, classes = 2, seed = 1 }}
-
-[stages.split]
-kind = "transform"
-inputs = {{ data = "shapes" }}
-params = {{ split = {{ train = 80, test = 40 }}, seed = 1 }}
-
-[stages.train]
-kind = "train"
-inputs = {{ data = "split/train.safetensors" }}
-params = {{ conv_channels = [], dense = [16], epochs = {epochs}, batch_size = 10, seed = 1 }}
-
+/// What follows the train stage in [`small`].
+const SMALL_TAIL: &str = r#"
 [stages.features]
 kind = "features"
-inputs = {{ model = "train", data = "split/test.safetensors" }}
+inputs = { model = "train", data = "split/test.safetensors" }
 
 [[tables]]
 name = "small"
 stage = "features"
 metrics = ["count"]
-"#
-    )
-}
+"#;
 
 fn project(name: &str, toml: &str) -> tempfile::TempDir {
     common::project(&[(&format!("{name}.toml"), toml)])
+}
+
+/// [`mrbm`] run to its end.
+fn output(root: &Path, exp: &str, extra: &[&str]) -> Output {
+    mrbm(root, exp, extra).output().unwrap()
 }
 
 fn mrbm(root: &Path, exp: &str, extra: &[&str]) -> Command {
@@ -183,29 +198,24 @@ fn assert_no_half_entry(cache: &Path) {
 
 #[test]
 fn quickstart_through_slurm_matches_a_local_run_byte_for_byte() {
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if !slurm_here("quickstart_through_slurm_matches_a_local_run_byte_for_byte") {
+    let Some(_one) = cluster("quickstart_through_slurm_matches_a_local_run_byte_for_byte") else {
         return;
-    }
+    };
     let qs = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../experiments/quickstart.toml"
     ))
     .unwrap();
     let local = project("quickstart", &qs);
-    let out = mrbm(local.path(), "quickstart", &["--device", "cpu"])
-        .output()
-        .unwrap();
+    let out = output(local.path(), "quickstart", &["--device", "cpu"]);
     assert!(out.status.success(), "local: {}", text(&out));
 
     let on_slurm = project("quickstart", &qs);
-    let out = mrbm(
+    let out = output(
         on_slurm.path(),
         "quickstart",
         &["--device", "cpu", "--executor", "slurm"],
-    )
-    .output()
-    .unwrap();
+    );
     let said = text(&out);
     assert!(out.status.success(), "slurm: {said}");
     let jobs = submitted(&said);
@@ -261,21 +271,13 @@ fn quickstart_through_slurm_matches_a_local_run_byte_for_byte() {
 
 #[test]
 fn a_cancelled_job_is_reported_cancelled_and_reruns_cleanly() {
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if !slurm_here("a_cancelled_job_is_reported_cancelled_and_reruns_cleanly") {
+    let Some(_one) = cluster("a_cancelled_job_is_reported_cancelled_and_reruns_cleanly") else {
         return;
-    }
+    };
     // Long enough (about 15 s in a debug build) that the job is still
     // running when scancel lands: 400 and then 3000 epochs finished first
     // once training got faster. The rerun trains them whole.
-    let p = project("small", &small(30_000));
-    let cache = p.path().join(".mrbm");
-    let child = mrbm(p.path(), "small", &["--executor", "slurm"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = running_job(&cache, "train", 120).expect("the train job never ran");
+    let (p, cache, child, job) = training_under_slurm(30_000);
     let sc = Command::new("scancel").arg(&job).status().unwrap();
     assert!(sc.success());
     let out = wait_child(child, 120);
@@ -289,9 +291,7 @@ fn a_cancelled_job_is_reported_cancelled_and_reruns_cleanly() {
     assert_eq!(job_state(&job), "CANCELLED");
     assert_no_half_entry(&cache);
 
-    let out = mrbm(p.path(), "small", &["--executor", "slurm"])
-        .output()
-        .unwrap();
+    let out = output(p.path(), "small", &["--executor", "slurm"]);
     let said = text(&out);
     assert!(out.status.success(), "rerun: {said}");
     let again: Vec<String> = submitted(&said).into_iter().map(|(s, _)| s).collect();
@@ -314,17 +314,14 @@ fn a_cancelled_job_is_reported_cancelled_and_reruns_cleanly() {
 
 #[test]
 fn a_failing_stage_is_reported_with_its_state_exit_code_and_log() {
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if !slurm_here("a_failing_stage_is_reported_with_its_state_exit_code_and_log") {
+    let Some(_one) = cluster("a_failing_stage_is_reported_with_its_state_exit_code_and_log") else {
         return;
-    }
+    };
     // The split asks for more rows than the data set has: the stage fails
     // on its node, not when the run is planned.
     let toml = small(1).replace("train = 80, test = 40", "train = 500, test = 40");
     let p = project("small", &toml);
-    let out = mrbm(p.path(), "small", &["--executor", "slurm"])
-        .output()
-        .unwrap();
+    let out = output(p.path(), "small", &["--executor", "slurm"]);
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
     let jobs = submitted(&said);
@@ -349,20 +346,12 @@ fn a_failing_stage_is_reported_with_its_state_exit_code_and_log() {
 
 #[test]
 fn interrupting_the_planner_cancels_its_jobs() {
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if !slurm_here("interrupting_the_planner_cancels_its_jobs") {
+    let Some(_one) = cluster("interrupting_the_planner_cancels_its_jobs") else {
         return;
-    }
+    };
     // Minutes of training: the interrupt always lands while the job runs
     // (400 epochs once finished first under load); it is cancelled anyway.
-    let p = project("small", &small(100_000));
-    let cache = p.path().join(".mrbm");
-    let child = mrbm(p.path(), "small", &["--executor", "slurm"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = running_job(&cache, "train", 120).expect("the train job never ran");
+    let (_p, cache, child, job) = training_under_slurm(100_000);
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -394,18 +383,11 @@ fn interrupting_the_planner_cancels_its_jobs() {
 
 #[test]
 fn two_planners_on_one_cache_submit_each_stage_once() {
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if !slurm_here("two_planners_on_one_cache_submit_each_stage_once") {
+    let Some(_one) = cluster("two_planners_on_one_cache_submit_each_stage_once") else {
         return;
-    }
-    let p = project("small", &small(30));
-    let spawn = || {
-        mrbm(p.path(), "small", &["--executor", "slurm"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
     };
+    let p = project("small", &small(30));
+    let spawn = || under_slurm(p.path()).spawn_piped();
     let a = spawn();
     std::thread::sleep(Duration::from_millis(300));
     let b = spawn();
@@ -437,9 +419,7 @@ fn two_planners_on_one_cache_submit_each_stage_once() {
         "nobody waited on another run's job:\n{ta}\n---\n{tb}"
     );
     // A third run computes nothing.
-    let out = mrbm(p.path(), "small", &["--executor", "slurm"])
-        .output()
-        .unwrap();
+    let out = output(p.path(), "small", &["--executor", "slurm"]);
     assert!(
         text(&out).lines().any(|l| l.starts_with("0 ran,")),
         "{}",
@@ -463,10 +443,9 @@ fn job_fields(id: &str) -> std::collections::BTreeMap<String, String> {
 
 #[test]
 fn executor_options_in_the_experiment_reach_each_job() {
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if !slurm_here("executor_options_in_the_experiment_reach_each_job") {
+    let Some(_one) = cluster("executor_options_in_the_experiment_reach_each_job") else {
         return;
-    }
+    };
     let gres = Command::new("sinfo")
         .args(["-h", "-o", "%G"])
         .output()
@@ -480,23 +459,19 @@ fn executor_options_in_the_experiment_reach_each_job() {
     );
     let p = project("small", &toml);
     // --executor local wins over the file: no job.
-    let out = mrbm(
+    let out = output(
         p.path(),
         "small",
         &["--executor", "local", "--device", "cpu"],
-    )
-    .output()
-    .unwrap();
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(submitted(&text(&out)).is_empty(), "{}", text(&out));
     // The file's kind = "slurm" (a fresh cache, so everything runs).
-    let out = mrbm(
+    let out = output(
         p.path(),
         "small",
         &["--device", "cpu", "--cache", "slurm-cache"],
-    )
-    .output()
-    .unwrap();
+    );
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     let jobs = submitted(&said);

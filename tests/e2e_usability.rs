@@ -7,54 +7,18 @@ use common::{counts, run_in as run, stderr, stdout};
 
 use std::path::Path;
 
-/// TINY of tests/e2e.rs, with a longer training and an SVM capped at 2
+/// tiny() of tests/e2e.rs, with a longer training and an SVM capped at 2
 /// iterations (so it warns that it did not converge).
-const TINY: &str = r#"
-name = "tiny"
-
-[stages.shapes]
-kind = "dataset"
-params = { format = "synthetic", n = 240, size = 8, classes = 3, seed = 3 }
-
-[stages.split]
-kind = "transform"
-inputs = { data = "shapes" }
-params = { split = { train = 160, test = 80 }, seed = 3 }
-
-[stages.train]
-kind = "train"
-inputs = { data = "split/train.safetensors" }
-params = { conv_channels = [4], dense = [], epochs = EPOCHS, batch_size = 32, lr = 0.01, seed = 3 }
-
-[stages.train_features]
-kind = "features"
-inputs = { model = "train", data = "split/train.safetensors" }
-
-[stages.test_features]
-kind = "features"
-inputs = { model = "train", data = "split/test.safetensors" }
-
-[stages.svm]
-kind = "svm"
-inputs = { train = "train_features", test = "test_features" }
-params = { loss = "hinge", C = 1.0, max_iter = 2 }
-
-[sweep]
-N = { param = "train.n", values = [1, 255] }
-
-[[tables]]
-name = "tiny"
-stage = "svm"
-metric = "test_error"
-rows = "N"
-"#;
+fn tiny() -> String {
+    common::tiny("EPOCHS", "loss = \"hinge\", C = 1.0, max_iter = 2")
+}
 
 fn project(epochs: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
     std::fs::write(
         dir.path().join("experiments/tiny.toml"),
-        TINY.replace("EPOCHS", &epochs.to_string()),
+        tiny().replace("EPOCHS", &epochs.to_string()),
     )
     .unwrap();
     dir
@@ -138,7 +102,7 @@ fn warnings_are_in_the_summary_and_it_fits_in_100_columns() {
 #[test]
 fn long_stage_ids_are_shortened_in_the_summary() {
     let p = project(1);
-    let long = TINY.replace("EPOCHS", "1").replace(
+    let long = tiny().replace("EPOCHS", "1").replace(
         "[sweep]",
         "[sweep]\nA_VERY_LONG_SWEEP_AXIS_NAME_THAT_GOES_ON = { param = \"svm.eps\", values = [0.1000000000000000055511151231257827021181583404541015625] }\nANOTHER_QUITE_LONG_AXIS_NAME_FOR_GOOD_MEASURE = { param = \"svm.seed\", values = [123456789] }",
     );

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary under test, with the user's cache, data root, log filter and
@@ -112,4 +112,118 @@ pub fn counts(o: &Output) -> (usize, usize) {
         .map(|s| s.parse().unwrap())
         .collect();
     (nums[0], nums[1])
+}
+
+/// Starting a command with both output streams piped, for [`finish`] or a
+/// reader of its lines.
+pub trait SpawnPiped {
+    fn spawn_piped(&mut self) -> Child;
+}
+
+impl SpawnPiped for Command {
+    fn spawn_piped(&mut self) -> Child {
+        self.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The head of the experiments the end-to-end tests run: `name`, `n`
+/// synthetic 8x8 shapes of `classes` classes, a `train`/`test` split (both
+/// with `seed`) and a `train` stage on its training part, whose `params`
+/// inline table has the body `train`.
+pub fn shapes_split_train(
+    name: &str,
+    (n, classes, seed): (usize, usize, u64),
+    (train_n, test_n): (usize, usize),
+    train: &str,
+) -> String {
+    format!(
+        r#"
+name = "{name}"
+
+[stages.shapes]
+kind = "dataset"
+params = {{ format = "synthetic", n = {n}, size = 8, classes = {classes}, seed = {seed} }}
+
+[stages.split]
+kind = "transform"
+inputs = {{ data = "shapes" }}
+params = {{ split = {{ train = {train_n}, test = {test_n} }}, seed = {seed} }}
+
+[stages.train]
+kind = "train"
+inputs = {{ data = "split/train.safetensors" }}
+params = {{ {train} }}
+"#
+    )
+}
+
+/// What follows [`shapes_split_train`] in the SVM experiments: features of
+/// both parts from `train`, and an `svm` stage (with the `params` body
+/// `svm`) on them.
+pub fn features_svm(svm: &str) -> String {
+    format!(
+        r#"
+[stages.train_features]
+kind = "features"
+inputs = {{ model = "train", data = "split/train.safetensors" }}
+
+[stages.test_features]
+kind = "features"
+inputs = {{ model = "train", data = "split/test.safetensors" }}
+
+[stages.svm]
+kind = "svm"
+inputs = {{ train = "train_features", test = "test_features" }}
+params = {{ {svm} }}
+"#
+    )
+}
+
+/// The tiny experiment of tests/e2e.rs (synthetic shapes -> split -> conv
+/// RBM -> features -> SVM -> table, swept over N = 1 and 255), with
+/// `epochs` of training and the SVM's `params` body `svm`.
+pub fn tiny(epochs: &str, svm: &str) -> String {
+    let train = format!(
+        "conv_channels = [4], dense = [], epochs = {epochs}, batch_size = 32, lr = 0.01, seed = 3"
+    );
+    let head = shapes_split_train("tiny", (240, 3, 3), (160, 80), &train);
+    let table = sweep_svm_table("tiny", "[1, 255]", r#"metric = "test_error""#);
+    format!("{head}{}{table}", features_svm(svm))
+}
+
+/// The end of the SVM experiments: a sweep over N (train.n) = `values`
+/// and a table `name` of the SVM's metrics along it; `metrics` is the
+/// table's `metric = ...` or `metrics = [...]` line.
+pub fn sweep_svm_table(name: &str, values: &str, metrics: &str) -> String {
+    format!(
+        r#"
+[sweep]
+N = {{ param = "train.n", values = {values} }}
+
+[[tables]]
+name = "{name}"
+stage = "svm"
+{metrics}
+rows = "N"
+"#
+    )
+}
+
+/// This machine's host name, as the cache's locks record it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// This boot's id, as the cache's locks record it.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
 }

@@ -121,19 +121,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
         let t = st
             .tensor(name)
             .map_err(|e| err(format!("tensor `{name}`: {e}")))?;
-        if t.dtype() != Dtype::F32 || t.shape() != shape {
-            return Err(err(format!(
-                "tensor `{name}`: expected f32 {shape:?}, found {:?} {:?}",
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        let vals: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok(TensorData::new(vals, shape.to_vec()))
+        f32_data(&t, name, shape).map_err(err)
     };
     let mut layers = Vec::new();
     for (i, ls) in spec.layers.iter().enumerate() {
@@ -157,4 +145,23 @@ pub fn load(path: &Path, device: &Device) -> Result<Dbn, CoreError> {
         });
     }
     Ok(Dbn { spec, layers })
+}
+
+/// Tensor `name` of a safetensors file as f32 data of `shape` (checkpoints
+/// and resume states store every weight so); the message names the tensor
+/// when its type or shape is another.
+pub(crate) fn f32_data(t: &TensorView, name: &str, shape: &[usize]) -> Result<TensorData, String> {
+    if t.dtype() != Dtype::F32 || t.shape() != shape {
+        return Err(format!(
+            "tensor `{name}`: expected f32 {shape:?}, found {:?} {:?}",
+            t.dtype(),
+            t.shape()
+        ));
+    }
+    let vals: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(TensorData::new(vals, shape.to_vec()))
 }

@@ -447,26 +447,38 @@ pub fn toolbox_rules_run(device: &Device, dtype: DType) -> CheckReport {
                     if l.w.device() != *device {
                         bad.push(format!("{what}: layer {} left the device", i + 1));
                     }
-                    let after = to_f64(&l.w);
-                    if after.iter().any(|x| !x.is_finite()) {
-                        bad.push(format!("{what}: layer {} not finite", i + 1));
-                    }
-                    if after == before[i] {
-                        bad.push(format!("{what}: layer {} did not move", i + 1));
-                    }
+                    let layer = format!("{what}: layer {}", i + 1);
+                    finite_and_moved(&mut bad, &layer, &before[i], &to_f64(&l.w));
                 }
             }
         }
     }
+    problems_report(
+        format!("toolbox update rules run ({dtype:?})"),
+        bad,
+        format!("{runs} rule/optimiser/schedule combinations"),
+    )
+}
+
+/// `what` (a parameter after some training steps) must be finite and must
+/// differ from `before`; each failure is one entry of `bad`.
+fn finite_and_moved(bad: &mut Vec<String>, what: &str, before: &[f64], after: &[f64]) {
+    if after.iter().any(|x| !x.is_finite()) {
+        bad.push(format!("{what} not finite"));
+    }
+    if after == before {
+        bad.push(format!("{what} did not move"));
+    }
+}
+
+/// A check that passes when `bad` (its problems) is empty, with the detail
+/// `ok` then, and the problems otherwise.
+fn problems_report(name: String, bad: Vec<String>, ok: String) -> CheckReport {
     CheckReport {
-        name: format!("toolbox update rules run ({dtype:?})"),
+        name,
         max_error: bad.len() as f64,
         tolerance: 0.5,
-        detail: if bad.is_empty() {
-            format!("{runs} rule/optimiser/schedule combinations")
-        } else {
-            bad.join("; ")
-        },
+        detail: if bad.is_empty() { ok } else { bad.join("; ") },
     }
 }
 
@@ -548,25 +560,15 @@ pub fn learned_sigma_run(device: &Device, dtype: DType) -> CheckReport {
             if z.device() != *device {
                 bad.push(format!("{what}: log sigma left the device"));
             }
-            let after = to_f64(z);
-            if after.iter().any(|x| !x.is_finite()) {
-                bad.push(format!("{what}: log sigma not finite"));
-            }
-            if after == before {
-                bad.push(format!("{what}: log sigma did not move"));
-            }
+            let sigma = format!("{what}: log sigma");
+            finite_and_moved(&mut bad, &sigma, &before, &to_f64(z));
         }
     }
-    CheckReport {
-        name: format!("learned sigma: gradient and rules ({dtype:?})"),
-        max_error: bad.len() as f64,
-        tolerance: 0.5,
-        detail: if bad.is_empty() {
-            format!("gradient within {worst:.1e} of the CPU's; {runs} rule/optimiser runs")
-        } else {
-            bad.join("; ")
-        },
-    }
+    problems_report(
+        format!("learned sigma: gradient and rules ({dtype:?})"),
+        bad,
+        format!("gradient within {worst:.1e} of the CPU's; {runs} rule/optimiser runs"),
+    )
 }
 
 /// Every device check, in f32 (and f64 where the device supports it).

@@ -6,15 +6,14 @@
 //!
 //! burn 0.22 picks the backend at run time from the tensor's `Device`, so
 //! every function here is device-generic by taking a `&Device`: the same
-//! code runs on flex (CPU), wgpu or CUDA; [`device::burn_device`] maps the
-//! runner's choice to a burn device.
+//! code runs on flex (CPU), wgpu or CUDA. Stages take the device the
+//! runner resolved once (mrbm-device) from their `StageContext`.
 
 use std::path::PathBuf;
 
 pub mod ais;
 pub mod checkpoint;
 pub mod checks;
-pub mod device;
 pub mod host_cd;
 pub mod host_conv;
 pub mod layer;

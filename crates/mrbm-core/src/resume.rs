@@ -225,19 +225,9 @@ pub fn load(
             Ok(t) => t,
             Err(_) => return Ok(None),
         };
-        if t.dtype() != Dtype::F32 || t.shape() != shape {
-            return Err(err(format!(
-                "tensor `{name}`: expected f32 {shape:?}, found {:?} {:?}",
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        let vals: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok(Some(TensorData::new(vals, shape.to_vec())))
+        crate::checkpoint::f32_data(&t, name, shape)
+            .map(Some)
+            .map_err(err)
     };
     let need = |name: &str, shape: &[usize]| -> Result<TensorData, CoreError> {
         get(name, shape)?.ok_or_else(|| err(format!("tensor `{name}` is missing")))

@@ -6,13 +6,13 @@ use std::time::Instant;
 use burn::tensor::{DType, Device};
 use mrbm_data::artifact::{FeatureSet, ImageSet};
 use mrbm_stage::{
-    resolve_file, InputSlot, Metrics, ParamError, Stage, StageContext, StageError, TypedStage,
+    in_pool, resolve_file, InputSlot, Metrics, ParamError, Stage, StageContext, StageError,
+    TypedStage,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::ais;
 use crate::checkpoint;
-use crate::device::{burn_device, with_threads};
 use crate::layer::to_f64;
 use crate::plot::{image_grid, loss_plot};
 use crate::quality;
@@ -194,7 +194,7 @@ impl TypedStage for TrainStage {
     }
 
     fn run(&self, ctx: &StageContext, p: TrainParams) -> Result<Metrics, StageError> {
-        let device = burn_device(ctx.device)?;
+        let device = ctx.device.burn().clone();
         let set = read_images(ctx, "data")?;
         let n = p.options.max_images.map_or(set.n, |m| m.min(set.n));
         if n == 0 {
@@ -324,7 +324,7 @@ impl TypedStage for TrainStage {
                 .or(if every.is_none() { Some(10.0) } else { None });
         let mut last_save = Instant::now();
         let mut save_failed = false;
-        let hist = with_threads(ctx.threads, || {
+        let hist = in_pool(ctx.threads, || {
             train_images_from(
                 &mut trainer,
                 pixels,
@@ -378,7 +378,7 @@ impl TypedStage for TrainStage {
                     Ok(())
                 },
             )
-        });
+        })?;
         bar.finish_and_clear();
         let hist = hist?;
         let seconds = started.elapsed().as_secs_f64();
@@ -616,7 +616,7 @@ impl TypedStage for SampleStage {
     }
 
     fn run(&self, ctx: &StageContext, p: SampleParams) -> Result<Metrics, StageError> {
-        let device = burn_device(ctx.device)?;
+        let device = ctx.device.burn().clone();
         let dbn = read_model(ctx, &device)?;
         // Chains' visible and hidden states at every layer, as f32 and f64 copies.
         let per_chain: f64 = dbn
@@ -655,7 +655,7 @@ impl TypedStage for SampleStage {
         let base = match (&reference, p.anneal_steps) {
             (Some(r), s) if s > 0 => {
                 check_input_shape(&dbn, r)?;
-                Some(with_threads(ctx.threads, || anneal_base(&dbn, r, &device)))
+                Some(in_pool(ctx.threads, || anneal_base(&dbn, r, &device))?)
             }
             _ => None,
         };
@@ -664,7 +664,7 @@ impl TypedStage for SampleStage {
             from: p.anneal_from.unwrap_or(0.1),
             base,
         };
-        let v = with_threads(ctx.threads, || {
+        let v = in_pool(ctx.threads, || {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
             let noise: Vec<u8>;
             let px = match &start {
@@ -688,7 +688,7 @@ impl TypedStage for SampleStage {
                     ctx.check_cancel().is_ok()
                 },
             )
-        });
+        })?;
         bar.finish_and_clear();
         ctx.check_cancel()?;
         let pixels = dbn.visible_to_pixels(&v);
@@ -776,7 +776,7 @@ impl TypedStage for ReconstructStage {
     type Params = ReconstructParams;
 
     fn run(&self, ctx: &StageContext, p: ReconstructParams) -> Result<Metrics, StageError> {
-        let device = burn_device(ctx.device)?;
+        let device = ctx.device.burn().clone();
         let dbn = read_model(ctx, &device)?;
         let set = read_images(ctx, "data")?;
         check_input_shape(&dbn, &set)?;
@@ -806,10 +806,10 @@ impl TypedStage for ReconstructStage {
         } else {
             originals.to_vec()
         };
-        let recon = with_threads(ctx.threads, || {
+        let recon = in_pool(ctx.threads, || {
             let v = dbn.pixels_to_visible(&inputs, n, &device, DType::F32);
             dbn.visible_to_pixels(&dbn.reconstruct(v, depth))
-        });
+        })?;
         let mse = recon
             .iter()
             .zip(originals)
@@ -908,7 +908,7 @@ impl TypedStage for FeaturesStage {
     type Params = FeaturesParams;
 
     fn run(&self, ctx: &StageContext, p: FeaturesParams) -> Result<Metrics, StageError> {
-        let device = burn_device(ctx.device)?;
+        let device = ctx.device.burn().clone();
         let dbn = read_model(ctx, &device)?;
         let set = read_images(ctx, "data")?;
         check_input_shape(&dbn, &set)?;
@@ -921,11 +921,11 @@ impl TypedStage for FeaturesStage {
         }
         let d: usize = dbn.layers[layer - 1].spec.hidden_shape().iter().product();
         let bar = ctx.bar(set.n as u64, "features");
-        let mut feats = with_threads(ctx.threads, || {
+        let mut feats = in_pool(ctx.threads, || {
             extract_features(&dbn, &set, layer - 1, p.batch_size, &device, |i| {
                 bar.set_position(i as u64)
             })
-        });
+        })?;
         if p.unit_scale {
             let n = dbn.layers[layer - 1].spec.hidden_unit.max_value() as f32;
             feats.iter_mut().for_each(|x| *x /= n);
@@ -1083,7 +1083,7 @@ impl TypedStage for LoglikStage {
         };
         let betas = ais::sm_betas(p.betas);
         let bar = ctx.bar(p.betas as u64, "ais");
-        let est = with_threads(ctx.threads, || {
+        let est = in_pool(ctx.threads, || {
             model.ais(
                 &a_base,
                 &betas,
@@ -1092,19 +1092,19 @@ impl TypedStage for LoglikStage {
                 &|k| bar.set_position(k as u64),
                 &|| ctx.check_cancel().is_err(),
             )
-        });
+        })?;
         bar.finish_and_clear();
         let est = est.ok_or(StageError::Cancelled)?;
         let samples = p.bound_samples.unwrap_or(10).max(1);
-        let mean_ll = |v: &[f32], n: usize| -> f64 {
-            let lp = with_threads(ctx.threads, || match &deep {
+        let mean_ll = |v: &[f32], n: usize| -> Result<f64, StageError> {
+            let lp = in_pool(ctx.threads, || match &deep {
                 None => model.log_unnormalised(v, n),
                 Some(d) => d.bound_plus_log_z(v, n, samples, p.seed),
-            });
-            lp.iter().sum::<f64>() / n as f64 - est.log_z
+            })?;
+            Ok(lp.iter().sum::<f64>() / n as f64 - est.log_z)
         };
-        let test_ll = mean_ll(&test_v, n_test);
-        let train_ll = mean_ll(&train_v, n_train);
+        let test_ll = mean_ll(&test_v, n_test)?;
+        let train_ll = mean_ll(&train_v, n_train)?;
         let what = if deep.is_some() {
             format!("two-layer DBN: variational lower bound ({samples} draws of q per image) with the top RBM's AIS")
         } else {

@@ -14,7 +14,7 @@
 //!     MRBM_REQUIRE_WGPU=1 cargo test -p mrbm-core --features wgpu device_
 
 use mrbm_core::checks::{self, CheckReport};
-use mrbm_core::device::{self, BurnDevice, FoundDevice};
+use mrbm_device::{self as device, BurnDevice, Device};
 
 fn required(var: &str) -> bool {
     std::env::var(var).map(|v| v == "1").unwrap_or(false)
@@ -22,11 +22,11 @@ fn required(var: &str) -> bool {
 
 /// The accelerators to test: every wgpu adapter and CUDA GPU found. Fails
 /// when a backend is required (env) but not compiled in or finds nothing.
-fn accelerators() -> Vec<FoundDevice> {
+fn accelerators() -> Vec<Device> {
     let mut out = Vec::new();
     for (backend, var, found) in [
-        ("wgpu", "MRBM_REQUIRE_WGPU", device::wgpu_devices()),
-        ("cuda", "MRBM_REQUIRE_CUDA", device::cuda_devices()),
+        ("wgpu", "MRBM_REQUIRE_WGPU", device::found("wgpu")),
+        ("cuda", "MRBM_REQUIRE_CUDA", device::found("cuda")),
     ] {
         let compiled = device::compiled_backends().contains(&backend);
         if found.is_empty() {
@@ -51,22 +51,22 @@ fn on_every_accelerator(check: impl Fn(&BurnDevice, bool) -> Vec<CheckReport>) {
     let mut failures = Vec::new();
     let mut ran = 0;
     for d in accelerators() {
-        if let Err(why) = device::smoke(&d.burn) {
-            failures.push(format!("{} ({}): smoke kernel: {why}", d.device, d.name));
+        if let Err(why) = device::smoke(d.burn()) {
+            failures.push(format!("{d} ({}): smoke kernel: {why}", d.name()));
             continue;
         }
-        let f64 = device::supports_f64(d.device);
-        match device::catch(|| check(&d.burn, f64)) {
+        let f64 = d.supports_f64();
+        match device::catch(|| check(d.burn(), f64)) {
             Ok(reports) => {
                 for r in reports {
-                    eprintln!("{} ({}): {r}", d.device, d.name);
+                    eprintln!("{d} ({}): {r}", d.name());
                     ran += 1;
                     if !r.passed() {
-                        failures.push(format!("{}: {r}", d.device));
+                        failures.push(format!("{d}: {r}"));
                     }
                 }
             }
-            Err(why) => failures.push(format!("{} ({}): panicked: {why}", d.device, d.name)),
+            Err(why) => failures.push(format!("{d} ({}): panicked: {why}", d.name())),
         }
     }
     eprintln!("{ran} check(s) ran");
@@ -165,18 +165,18 @@ fn device_checkpoint_round_trip() {
 #[test]
 fn device_cpu_is_always_compiled_in_and_cuda_default_is_never_used() {
     assert_eq!(device::compiled_backends()[0], "cpu");
-    // burn_device(Cpu) is flex whatever the features; an accelerator that is
-    // not there is a user error, not a panic on the first tensor.
-    assert!(device::burn_device(mrbm_stage::Device::Cpu).is_ok());
-    if device::cuda_devices().is_empty() {
+    // The CPU is flex whatever the features; an accelerator that is not
+    // there is an error naming it, not a panic on the first tensor.
+    assert_eq!(device::resolve("cpu").unwrap().id(), device::DeviceId::Cpu);
+    if device::found("cuda").is_empty() {
         assert!(matches!(
-            device::burn_device(mrbm_stage::Device::Cuda(0)),
-            Err(mrbm_stage::StageError::User(_))
+            device::resolve("cuda:0"),
+            Err(device::DeviceError::Unavailable { .. })
         ));
     }
-    let n = device::wgpu_devices().len();
+    let n = device::found("wgpu").len();
     assert!(matches!(
-        device::burn_device(mrbm_stage::Device::Wgpu(n)),
-        Err(mrbm_stage::StageError::User(_))
+        device::resolve(&format!("wgpu:{n}")),
+        Err(device::DeviceError::Unavailable { .. })
     ));
 }

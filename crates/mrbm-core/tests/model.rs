@@ -366,9 +366,10 @@ fn training_is_bit_for_bit_repeatable() {
                 ..OptimParams::default()
             },
         );
-        mrbm_core::device::with_threads(2, || {
+        mrbm_stage::in_pool(2, || {
             train_images(&mut tr, &px, 64, DType::F32, |_, _, _| Ok(()))
         })
+        .unwrap()
         .unwrap();
         tr.dbn
             .layers
@@ -610,7 +611,7 @@ fn host_cd_step_equals_the_tensor_composition() {
             .map(|_| rng.random_range(0.0..1.0) * scale)
             .collect();
         let v = tensor_from(v, [batch, c, h, w], &dev(), DType::F32);
-        let (host, tensors) = mrbm_core::device::with_threads(2, || {
+        let (host, tensors) = mrbm_stage::in_pool(2, || {
             let host = layer.cd_grads(v.clone());
             let x = layer.pre_hidden(v.clone());
             let hm = hu.mean(x.clone());
@@ -622,7 +623,8 @@ fn host_cd_step_equals_the_tensor_composition() {
             .mean();
             let g = layer.stats_grads(v.clone(), hm.clone(), v_rec, h_rec);
             (host, (loss, g, hm))
-        });
+        })
+        .unwrap();
         let rel = |a: Vec<f64>, b: Vec<f64>| {
             assert_eq!(a.len(), b.len());
             let scale = b.iter().fold(1e-6f64, |m, x| m.max(x.abs()));

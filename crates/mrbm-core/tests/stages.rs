@@ -2,13 +2,10 @@
 //! small image set, then features, sample and reconstruct from its
 //! checkpoint.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
 
 use mrbm_data::artifact::{FeatureSet, ImageSet};
-use mrbm_stage::{Device, Metrics, Stage, StageContext, StageError};
+use mrbm_stage::{DeviceId, Metrics, Stage, StageError};
 
 fn stage(kind: &str) -> Box<dyn Stage> {
     mrbm_core::stages()
@@ -17,40 +14,68 @@ fn stage(kind: &str) -> Box<dyn Stage> {
         .unwrap_or_else(|| panic!("no stage {kind}"))
 }
 
+/// Stage `kind` with `params` (TOML) and `inputs` into `out`, on the CPU.
 fn run(
     kind: &str,
     params: &str,
     inputs: &[(&str, PathBuf)],
     out: &Path,
-    device: Device,
+) -> Result<Metrics, StageError> {
+    run_on(kind, params, inputs, out, DeviceId::Cpu)
+}
+
+/// `train` with `params` on the image set `data`, into `out`, on the CPU.
+fn train(data: &Path, params: &str, out: &Path) -> Result<Metrics, StageError> {
+    run("train", params, &[("data", data.to_path_buf())], out)
+}
+
+/// Stage `kind` on the model of a `train` stage and an image set, on the CPU.
+fn with_model(
+    kind: &str,
+    params: &str,
+    model: &Path,
+    data: &Path,
+    out: &Path,
+) -> Result<Metrics, StageError> {
+    let inputs = [("model", model.to_path_buf()), ("data", data.to_path_buf())];
+    run(kind, params, &inputs, out)
+}
+
+/// The model a `train` stage wrote into `out`.
+fn load_model(out: &Path) -> mrbm_core::Dbn {
+    mrbm_core::checkpoint::load(
+        &out.join("model.safetensors"),
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap()
+}
+
+/// `sample` of `chains` chains, 3 steps, from the model of a `train`
+/// stage into `out`; the samples it wrote.
+fn sample(model: &Path, chains: usize, out: &Path) -> ImageSet {
+    let params = format!("steps = 3\nchains = {chains}");
+    run("sample", &params, &[("model", model.to_path_buf())], out).unwrap();
+    ImageSet::read(&out.join("samples.safetensors")).unwrap()
+}
+
+/// Stage `kind` as the runner would run it on `device`.
+fn run_on(
+    kind: &str,
+    params: &str,
+    inputs: &[(&str, PathBuf)],
+    out: &Path,
+    device: DeviceId,
 ) -> Result<Metrics, StageError> {
     let s = stage(kind);
+    // What the runner's one resolve gives (a user error for a device that is not there).
+    let device = mrbm_device::choose(device).map_err(StageError::User)?;
     let raw: toml::Table = toml::from_str(params).unwrap();
     let canon = s
         .params(&raw)
         .map_err(|e| StageError::User(e.to_string()))?;
-    std::fs::create_dir_all(out).unwrap();
-    let inputs: BTreeMap<String, PathBuf> = inputs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let cancel = AtomicBool::new(false);
-    let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
-    let ctx = StageContext {
-        stage_id: kind,
-        params: &canon,
-        inputs: &inputs,
-        out_dir: out,
-        device,
-        threads: 2,
-        progress: None,
-        cancel: &cancel,
-        log: &log,
-        resume_dir: None,
-        upstream: &BTreeMap::new(),
-    };
+    let inputs: Vec<(&str, &Path)> = inputs.iter().map(|(k, v)| (*k, v.as_path())).collect();
     assert!(s.uses_device() || kind == "loglik");
-    s.run(&ctx)
+    mrbm_stage::run_detached(&*s, &canon, &inputs, out, &device)
 }
 
 /// Two classes: a bright square in the top-left or bottom-right corner.
@@ -91,14 +116,7 @@ fn train_features_sample_reconstruct() {
         let params = format!(
             "conv_channels = [4]\ndense = [6]\nn = {n}\nepochs = 2\nbatch_size = 16\nlr = 0.01"
         );
-        let m = run(
-            "train",
-            &params,
-            &[("data", data.clone())],
-            &train_out,
-            Device::Cpu,
-        )
-        .unwrap();
+        let m = train(&data, &params, &train_out).unwrap();
         assert!(m["final_loss"].is_finite(), "{m:?}");
         for f in ["model.safetensors", "loss.csv", "loss.png"] {
             assert!(train_out.join(f).is_file(), "missing {f}");
@@ -111,14 +129,7 @@ fn train_features_sample_reconstruct() {
         );
         // The model input accepts the stage directory (default file).
         let feat_out = dir.path().join(format!("features{n}"));
-        let m = run(
-            "features",
-            "layer = 1",
-            &[("model", train_out.clone()), ("data", data.clone())],
-            &feat_out,
-            Device::Cpu,
-        )
-        .unwrap();
+        let m = with_model("features", "layer = 1", &train_out, &data, &feat_out).unwrap();
         assert_eq!(m["dimensions"], 4.0 * 4.0 * 4.0);
         let fs = FeatureSet::read(&feat_out.join("features.safetensors")).unwrap();
         assert_eq!((fs.n, fs.d), (64, 64));
@@ -126,12 +137,12 @@ fn train_features_sample_reconstruct() {
             .features
             .iter()
             .all(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0));
-        let raw = run(
+        let raw = with_model(
             "features",
             "layer = 1\nunit_scale = false",
-            &[("model", train_out.clone()), ("data", data.clone())],
+            &train_out,
+            &data,
             &dir.path().join(format!("fraw{n}")),
-            Device::Cpu,
         )
         .unwrap();
         let fr = FeatureSet::read(
@@ -144,35 +155,27 @@ fn train_features_sample_reconstruct() {
         for (a, b) in fr.features.iter().zip(&fs.features) {
             assert!((a / n as f32 - b).abs() <= 1e-6 * a.abs().max(1.0));
         }
-        let top = run(
+        let top = with_model(
             "features",
             "",
-            &[("model", train_out.clone()), ("data", data.clone())],
+            &train_out,
+            &data,
             &dir.path().join(format!("ftop{n}")),
-            Device::Cpu,
         )
         .unwrap();
         assert_eq!(top["dimensions"], 6.0);
         let sample_out = dir.path().join(format!("sample{n}"));
-        run(
-            "sample",
-            "steps = 3\nchains = 5",
-            &[("model", train_out.clone())],
-            &sample_out,
-            Device::Cpu,
-        )
-        .unwrap();
-        let s = ImageSet::read(&sample_out.join("samples.safetensors")).unwrap();
+        let s = sample(&train_out, 5, &sample_out);
         assert_eq!(s.shape(), [5, 3, 8, 8]);
         assert!(s.labels.iter().all(|&l| l == -1));
         assert!(sample_out.join("grid.png").is_file());
         let rec_out = dir.path().join(format!("rec{n}"));
-        let m = run(
+        let m = with_model(
             "reconstruct",
             "count = 6\ncolourise = true",
-            &[("model", train_out.clone()), ("data", data.clone())],
+            &train_out,
+            &data,
             &rec_out,
-            Device::Cpu,
         )
         .unwrap();
         assert!(m["mse"].is_finite());
@@ -195,22 +198,20 @@ fn errors_are_typed() {
     let e = stage("train").params(&raw).unwrap_err();
     assert_eq!(e.suggestion.as_deref(), Some("lr"));
     // Accelerators not compiled in: a user error.
-    let e = run(
+    let e = run_on(
         "train",
         "dense = [4]\nconv_channels = []\nepochs = 1",
         &[("data", data.clone())],
         &dir.path().join("t"),
-        Device::Cuda(0),
+        DeviceId::Cuda(0),
     )
     .unwrap_err();
     assert!(e.is_user_error() && e.to_string().contains("cuda"), "{e}");
     // A non-finite loss fails the stage naming epoch, batch and layer.
-    let e = run(
-        "train",
+    let e = train(
+        &data,
         "dense = [4]\nconv_channels = []\nepochs = 1\nvisible_scale = 1e308",
-        &[("data", data.clone())],
         &dir.path().join("t2"),
-        Device::Cpu,
     )
     .unwrap_err();
     assert!(
@@ -219,26 +220,12 @@ fn errors_are_typed() {
     );
     // A model that does not match the data's image size: a user error.
     let out = dir.path().join("t3");
-    run(
-        "train",
-        "dense = [4]\nconv_channels = []\nepochs = 1",
-        &[("data", data.clone())],
-        &out,
-        Device::Cpu,
-    )
-    .unwrap();
+    train(&data, "dense = [4]\nconv_channels = []\nepochs = 1", &out).unwrap();
     let other = dir.path().join("other.safetensors");
     ImageSet::new(vec![0; 2 * 3 * 4 * 4], 2, 3, 4, 4, vec![0, 1])
         .write(&other)
         .unwrap();
-    let e = run(
-        "features",
-        "",
-        &[("model", out.clone()), ("data", other)],
-        &dir.path().join("f"),
-        Device::Cpu,
-    )
-    .unwrap_err();
+    let e = with_model("features", "", &out, &other, &dir.path().join("f")).unwrap_err();
     assert!(e.is_user_error(), "{e}");
     // A file that is not a checkpoint: a user error naming the file.
     let e = run(
@@ -246,7 +233,6 @@ fn errors_are_typed() {
         "",
         &[("model", data.clone())],
         &dir.path().join("s"),
-        Device::Cpu,
     )
     .unwrap_err();
     assert!(
@@ -274,12 +260,10 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
         canon(base),
         canon(&format!("{base}\nstandardise = \"pixel\""))
     );
-    let err = run(
-        "train",
+    let err = train(
+        &data,
         "dense = [6]\nstandardise = \"pixel\"",
-        &[("data", data.clone())],
         &dir.path().join("bad"),
-        Device::Cpu,
     )
     .unwrap_err();
     assert!(
@@ -288,19 +272,8 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
     );
 
     let out = dir.path().join("train");
-    run(
-        "train",
-        &format!("{base}\nstandardise = \"pixel\""),
-        &[("data", data.clone())],
-        &out,
-        Device::Cpu,
-    )
-    .unwrap();
-    let dbn = mrbm_core::checkpoint::load(
-        &out.join("model.safetensors"),
-        &burn::tensor::Device::flex(),
-    )
-    .unwrap();
+    train(&data, &format!("{base}\nstandardise = \"pixel\""), &out).unwrap();
+    let dbn = load_model(&out);
     let set = ImageSet::read(&data).unwrap();
     let len = set.image_len();
     assert_eq!(dbn.spec.pixel_scale.len(), len);
@@ -323,15 +296,7 @@ fn gaussian_per_pixel_standardisation_is_stored_with_the_model() {
     // Positions differ: a global standardisation could not do this.
     assert_ne!(dbn.spec.pixel_offset[0], dbn.spec.pixel_offset[len - 1]);
     let sample_out = dir.path().join("sample");
-    run(
-        "sample",
-        "steps = 3\nchains = 4",
-        &[("model", out.clone())],
-        &sample_out,
-        Device::Cpu,
-    )
-    .unwrap();
-    let s = ImageSet::read(&sample_out.join("samples.safetensors")).unwrap();
+    let s = sample(&out, 4, &sample_out);
     assert_eq!(s.shape(), [4, 3, 8, 8]);
 }
 
@@ -344,13 +309,7 @@ fn loglik_two_layer_dbn_bound_and_deeper_stacks_refused() {
     let data = images(dir.path());
     let train = |name: &str, dense: &str| {
         let out = dir.path().join(name);
-        run(
-            "train",
-            &format!("conv_channels = []\ndense = {dense}\nepochs = 2\nbatch_size = 16\nlr = 0.01\nschedule = \"greedy\""),
-            &[("data", data.clone())],
-            &out,
-            Device::Cpu,
-        )
+        train(&data, &format!("conv_channels = []\ndense = {dense}\nepochs = 2\nbatch_size = 16\nlr = 0.01\nschedule = \"greedy\""), &out)
         .unwrap();
         out
     };
@@ -364,7 +323,6 @@ fn loglik_two_layer_dbn_bound_and_deeper_stacks_refused() {
                 ("test", data.clone()),
             ],
             &dir.path().join("ll"),
-            Device::Cpu,
         )
     };
     let one = ll(&train("one", "[8]"), "").unwrap();
@@ -404,30 +362,12 @@ fn learned_sigma_through_the_stages() {
             "closed-form",
         ),
     ] {
-        let e = run(
-            "train",
-            bad,
-            &[("data", data.clone())],
-            &dir.path().join("bad"),
-            Device::Cpu,
-        )
-        .unwrap_err();
+        let e = train(&data, bad, &dir.path().join("bad")).unwrap_err();
         assert!(e.is_user_error() && e.to_string().contains(why), "{e}");
     }
     let out = dir.path().join("train");
-    run(
-        "train",
-        &format!("{base}\nlearn_sigma = true"),
-        &[("data", data.clone())],
-        &out,
-        Device::Cpu,
-    )
-    .unwrap();
-    let dbn = mrbm_core::checkpoint::load(
-        &out.join("model.safetensors"),
-        &burn::tensor::Device::flex(),
-    )
-    .unwrap();
+    train(&data, &format!("{base}\nlearn_sigma = true"), &out).unwrap();
+    let dbn = load_model(&out);
     let z = mrbm_core::layer::to_f64(dbn.layers[0].log_sigma.as_ref().expect("log sigma stored"));
     assert_eq!(
         z.len(),
@@ -437,20 +377,13 @@ fn learned_sigma_through_the_stages() {
     assert!(z.iter().all(|x| x.is_finite() && *x != 0.0), "{z:?}");
     assert!(dbn.layers[1].log_sigma.is_none());
     let sample_out = dir.path().join("sample");
-    run(
-        "sample",
-        "steps = 3\nchains = 4",
-        &[("model", out.clone())],
-        &sample_out,
-        Device::Cpu,
-    )
-    .unwrap();
-    let m = run(
+    sample(&out, 4, &sample_out);
+    let m = with_model(
         "reconstruct",
         "count = 4",
-        &[("model", out.clone()), ("data", data.clone())],
+        &out,
+        &data,
         &dir.path().join("rec"),
-        Device::Cpu,
     )
     .unwrap();
     assert!(m["mse"].is_finite());

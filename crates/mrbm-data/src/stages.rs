@@ -649,12 +649,7 @@ impl Stage for DatasetStage {
     }
     fn params(&self, raw: &toml::Table) -> std::result::Result<JsonValue, ParamError> {
         let (p, _) = mrbm_stage::parse_params::<DatasetParams>(raw)?;
-        let p = p.normalise()?;
-        serde_json::to_value(&p).map_err(|e| ParamError {
-            key: None,
-            message: e.to_string(),
-            suggestion: None,
-        })
+        mrbm_stage::canonical_json(&p.normalise()?)
     }
     fn missing_input_hint(&self, params: &JsonValue, slot: &str, path: &Path) -> Option<String> {
         if slot != "dir" {
@@ -725,12 +720,7 @@ impl Stage for TransformStage {
     }
     fn params(&self, raw: &toml::Table) -> std::result::Result<JsonValue, ParamError> {
         let (p, _) = mrbm_stage::parse_params::<TransformParams>(raw)?;
-        let p = p.normalise()?;
-        serde_json::to_value(&p).map_err(|e| ParamError {
-            key: None,
-            message: e.to_string(),
-            suggestion: None,
-        })
+        mrbm_stage::canonical_json(&p.normalise()?)
     }
     fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
         let p: TransformParams = ctx.typed_params()?;

@@ -1,13 +1,10 @@
 //! The `dataset` and `transform` stages end to end through the stage
 //! contract, and the synthetic data set.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::path::Path;
 
 use mrbm_data::{synthetic, ImageSet};
-use mrbm_stage::{Metrics, Stage, StageContext, StageError};
+use mrbm_stage::{Metrics, Stage, StageError};
 
 fn stage(kind: &str) -> Box<dyn Stage> {
     mrbm_data::stages()
@@ -29,29 +26,8 @@ fn run(
     inputs: &[(&str, &Path)],
     out: &Path,
 ) -> Result<Metrics, StageError> {
-    let s = stage(kind);
     let params = canon(kind, toml_text);
-    let inputs: BTreeMap<String, PathBuf> = inputs
-        .iter()
-        .map(|(k, p)| (k.to_string(), p.to_path_buf()))
-        .collect();
-    std::fs::create_dir_all(out).unwrap();
-    let cancel = AtomicBool::new(false);
-    let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(Vec::new()));
-    let ctx = StageContext {
-        stage_id: kind,
-        params: &params,
-        inputs: &inputs,
-        out_dir: out,
-        device: Default::default(),
-        threads: 2,
-        progress: None,
-        cancel: &cancel,
-        log: &log,
-        resume_dir: None,
-        upstream: &BTreeMap::new(),
-    };
-    s.run(&ctx)
+    mrbm_stage::run_detached(&*stage(kind), &params, inputs, out, &Default::default())
 }
 
 #[test]

@@ -247,13 +247,29 @@ mod tests {
             }
         }
         let q = crate::linalg::sym_eigen(&a, d, true).vectors.unwrap(); // columns orthonormal
+        (same_basis(&q, v), q)
+    }
+
+    /// The matrix with eigenvalues `v` along the eigenvectors `q` of
+    /// [`rotated`]: covariances that commute with its.
+    fn same_basis(q: &[f64], v: &[f64]) -> Vec<f64> {
+        let d = v.len();
         let mut m = vec![0.0; d * d];
         for i in 0..d {
             for j in 0..d {
                 m[i * d + j] = (0..d).map(|k| q[k * d + i] * v[k] * q[k * d + j]).sum();
             }
         }
-        (m, q)
+        m
+    }
+
+    /// The closed form of tr(S1 + S2 - 2 sqrt(S1 S2)) for commuting
+    /// covariances with eigenvalues `a` and `b`: sum a_i + b_i - 2 sqrt(a_i b_i).
+    fn commuting_trace(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x + y - 2.0 * (x * y).sqrt())
+            .sum()
     }
 
     #[test]
@@ -271,19 +287,10 @@ mod tests {
         let b = [1.0, 1.0, 4.0, 8.0, 0.1, 3.0];
         let d = a.len();
         let (s1, q) = rotated(&a, 2);
-        let mut s2 = vec![0.0; d * d];
-        for i in 0..d {
-            for j in 0..d {
-                s2[i * d + j] = (0..d).map(|k| q[k * d + i] * b[k] * q[k * d + j]).sum();
-            }
-        }
+        let s2 = same_basis(&q, &b);
         let mu1 = vec![1.0; d];
         let mu2 = vec![0.0; d];
-        let want: f64 = d as f64
-            + a.iter()
-                .zip(&b)
-                .map(|(x, y)| x + y - 2.0 * (x * y).sqrt())
-                .sum::<f64>();
+        let want: f64 = d as f64 + commuting_trace(&a, &b);
         let got = frechet_distance(&mu1, &s1, &mu2, &s2).unwrap().distance;
         assert!((got - want).abs() < 1e-11 * want, "{got} vs {want}");
         // Diagonal case as well.
@@ -301,18 +308,9 @@ mod tests {
         let b = [0.0, 1.0, 0.0, 5.0, 0.0, 0.0];
         let d = a.len();
         let (s1, q) = rotated(&a, 3);
-        let mut s2 = vec![0.0; d * d];
-        for i in 0..d {
-            for j in 0..d {
-                s2[i * d + j] = (0..d).map(|k| q[k * d + i] * b[k] * q[k * d + j]).sum();
-            }
-        }
+        let s2 = same_basis(&q, &b);
         let mu = vec![0.0; d];
-        let want: f64 = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| x + y - 2.0 * (x * y).sqrt())
-            .sum();
+        let want = commuting_trace(&a, &b);
         let f = frechet_distance(&mu, &s1, &mu, &s2).unwrap();
         assert!(f.distance.is_finite());
         assert!(

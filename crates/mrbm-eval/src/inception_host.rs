@@ -134,6 +134,23 @@ impl HostNet {
         self.conv_into(last, t.as_ref().unwrap_or(x), out, off, par, stop)
     }
 
+    /// Each of `names` applied to the same `x`, side by side into `out`
+    /// from `off`; returns the next offset.
+    fn fan_into(
+        &self,
+        names: &[String],
+        x: &Act,
+        out: &mut Act,
+        mut off: usize,
+        par: Par,
+        stop: Stop,
+    ) -> Result<usize, Stopped> {
+        for n in names {
+            off = self.conv_into(n, x, out, off, par, &mut *stop)?;
+        }
+        Ok(off)
+    }
+
     fn out_channels(&self, name: &str) -> usize {
         self.get(name).cout
     }
@@ -246,40 +263,12 @@ impl HostNet {
         let mut out = Act::zeros(2048, x.h, x.w);
         let mut off = self.conv_into(&format!("{m}.branch1x1"), x, &mut out, 0, par, &mut *stop)?;
         let t = self.conv(&format!("{m}.branch3x3_1"), x, par, &mut *stop)?;
-        off = self.conv_into(
-            &format!("{m}.branch3x3_2a"),
-            &t,
-            &mut out,
-            off,
-            par,
-            &mut *stop,
-        )?;
-        off = self.conv_into(
-            &format!("{m}.branch3x3_2b"),
-            &t,
-            &mut out,
-            off,
-            par,
-            &mut *stop,
-        )?;
+        let b3 = Self::names(m, &["branch3x3_2a", "branch3x3_2b"]);
+        off = self.fan_into(&b3, &t, &mut out, off, par, &mut *stop)?;
         let d = self.conv(&format!("{m}.branch3x3dbl_1"), x, par, &mut *stop)?;
         let d = self.conv(&format!("{m}.branch3x3dbl_2"), &d, par, &mut *stop)?;
-        off = self.conv_into(
-            &format!("{m}.branch3x3dbl_3a"),
-            &d,
-            &mut out,
-            off,
-            par,
-            &mut *stop,
-        )?;
-        off = self.conv_into(
-            &format!("{m}.branch3x3dbl_3b"),
-            &d,
-            &mut out,
-            off,
-            par,
-            &mut *stop,
-        )?;
+        let d3 = Self::names(m, &["branch3x3dbl_3a", "branch3x3dbl_3b"]);
+        off = self.fan_into(&d3, &d, &mut out, off, par, &mut *stop)?;
         let pooled = if maxp { max_pool(x, 1, 1) } else { avg3(x) };
         self.conv_into(
             &format!("{m}.branch_pool"),

@@ -291,12 +291,6 @@ pub fn weights_help() -> String {
     )
 }
 
-/// The burn device for the runner's choice (mrbm-core's mapping, so every
-/// stage treats `--device` alike).
-pub fn burn_device(d: mrbm_stage::Device) -> Result<burn::tensor::Device, StageError> {
-    mrbm_core::device::burn_device(d)
-}
-
 impl TypedStage for FidStatsStage {
     const KIND: &'static str = "fid_stats";
     const VERSION: u32 = 1;
@@ -318,7 +312,7 @@ impl TypedStage for FidStatsStage {
     }
 
     fn run(&self, ctx: &StageContext, p: FidStatsParams) -> Result<Metrics, StageError> {
-        let device = burn_device(ctx.device)?;
+        let device = ctx.device.burn().clone();
         let (weights, source) = match (ctx.optional_input("weights"), p.random_weights_seed) {
             (Some(path), _) => {
                 if !path.is_file() {

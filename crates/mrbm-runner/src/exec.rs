@@ -59,6 +59,20 @@ pub struct NodeResult {
     pub manifest: Option<Manifest>,
 }
 
+impl NodeResult {
+    /// A result with only a status: no entry, log or manifest, no time
+    /// spent (a stage that did not run, or was cancelled).
+    pub fn bare(status: Status) -> NodeResult {
+        NodeResult {
+            status,
+            key: None,
+            seconds: 0.0,
+            log: None,
+            manifest: None,
+        }
+    }
+}
+
 pub struct RunOptions {
     pub jobs: usize,
     pub keep_going: bool,
@@ -115,14 +129,15 @@ pub enum Resolved {
     },
 }
 
-/// Resolve `node`'s input `i` given the manifests of finished upstream nodes.
+/// Resolve `node`'s input `i`; `from` is the manifest of the upstream node
+/// it comes from when that node has finished (None for an external input).
 pub fn resolve_input(
     dag: &Dag,
     store: &Store,
     memo: &Memo,
     node: &Node,
     i: usize,
-    upstream: &dyn Fn(usize) -> Option<Manifest>,
+    from: Option<&Manifest>,
 ) -> Result<Resolved, RunnerError> {
     let input = &node.inputs[i];
     match &input.source {
@@ -142,7 +157,7 @@ pub fn resolve_input(
             })
         }
         InputSource::Node { node: up, file } => {
-            let Some(m) = upstream(*up) else {
+            let Some(m) = from else {
                 return Ok(Resolved::Upstream { node: *up });
             };
             let out = store.out_dir(&m.key);
@@ -150,7 +165,7 @@ pub fn resolve_input(
                 // Tables read only metrics.json, and of it only the metrics
                 // they name: a rerun upstream whose results are the same
                 // (timings aside) leaves the table cached.
-                let h = table::input_hash(node, &m);
+                let h = table::input_hash(node, m);
                 return Ok(Resolved::Ready { path: out, hash: h });
             }
             let wanted = file.clone().or_else(|| {
@@ -205,7 +220,7 @@ pub fn execute(
     let rt = Runtime {
         registry: reg,
         memo,
-        device: opts.device,
+        device: &opts.device,
         progress: opts.progress.as_ref(),
         cancel,
     };
@@ -422,13 +437,7 @@ impl<'a> Scheduler<'a> {
 }
 
 fn not_run(status: Status) -> NodeResult {
-    NodeResult {
-        status,
-        key: None,
-        seconds: 0.0,
-        log: None,
-        manifest: None,
-    }
+    NodeResult::bare(status)
 }
 
 fn overall_bar(

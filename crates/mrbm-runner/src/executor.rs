@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mrbm_stage::{Device, JsonValue, StageContext, StageError};
+use mrbm_stage::{Device, DeviceId, JsonValue, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunnerError;
@@ -42,6 +42,11 @@ pub struct JobInput {
     pub source: Option<String>,
     /// The cache key of the upstream entry, for inputs from other stages.
     pub upstream_key: Option<String>,
+    /// What the stage sees of that entry (`ctx.upstream`), taken from the
+    /// manifest the input was resolved with. Not written into job files: a
+    /// job read back (a Slurm node) reads it from the entry's manifest.
+    #[serde(skip)]
+    pub upstream: Option<mrbm_stage::Upstream>,
     /// A file outside the cache: hashed again after the stage ran, and
     /// nothing is cached when it changed meanwhile.
     pub external: bool,
@@ -100,7 +105,8 @@ impl StageJob {
 pub struct Runtime<'a> {
     pub registry: &'a Registry,
     pub memo: &'a Memo,
-    pub device: Device,
+    /// Resolved once for the process (mrbm-device); every stage gets it.
+    pub device: &'a Device,
     pub progress: Option<&'a indicatif::MultiProgress>,
     pub cancel: &'a AtomicBool,
 }
@@ -232,7 +238,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
     let entry = Entry {
         tmp: &tmp,
         metrics: &metrics,
-        device: rt.device,
+        device: rt.device.id(),
         started,
         seconds,
     };
@@ -256,8 +262,9 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
     }
 }
 
-/// Slot -> the cache entry behind each input that another stage produced,
-/// read from the entries' manifests (the store knows where they are; the
+/// Slot -> the cache entry behind each input that another stage produced:
+/// as the job carries it from keying, or else (a job read back from its
+/// file) read from the entry's manifest (the store knows where it is; the
 /// stage does not). An input whose entry has no readable manifest is left
 /// out, as a table cell without an entry is.
 fn upstream_entries(store: &Store, job: &StageJob) -> BTreeMap<String, mrbm_stage::Upstream> {
@@ -265,8 +272,11 @@ fn upstream_entries(store: &Store, job: &StageJob) -> BTreeMap<String, mrbm_stag
         .iter()
         .filter(|i| i.path.is_some())
         .filter_map(|i| {
-            let m = store.manifest(i.upstream_key.as_deref()?).ok()?;
-            Some((i.slot.clone(), m.upstream()))
+            let up = match &i.upstream {
+                Some(up) => up.clone(),
+                None => store.manifest(i.upstream_key.as_deref()?).ok()?.upstream(),
+            };
+            Some((i.slot.clone(), up))
         })
         .collect()
 }
@@ -335,7 +345,7 @@ fn acquire(store: &Store, job: &StageJob, rt: &Runtime) -> Result<Acquired, Runn
 struct Entry<'a> {
     tmp: &'a Path,
     metrics: &'a mrbm_stage::Metrics,
-    device: Device,
+    device: DeviceId,
     started: String,
     seconds: f64,
 }
@@ -401,7 +411,8 @@ fn publish_entry(
     Ok(manifest)
 }
 
-fn sanitize(id: &str) -> String {
+/// A stage id as a file name.
+pub(crate) fn sanitize(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "=-_,.".contains(c) {
@@ -570,6 +581,7 @@ mod tests {
         memo: Memo,
         reg: Registry,
         cancel: AtomicBool,
+        device: Device,
     }
 
     fn fixture() -> Fixture {
@@ -582,6 +594,7 @@ mod tests {
             memo,
             reg: Registry::from_stages(vec![Box::new(Double)]),
             cancel: AtomicBool::new(false),
+            device: Device::cpu(),
         }
     }
 
@@ -590,7 +603,7 @@ mod tests {
             Runtime {
                 registry: &self.reg,
                 memo: &self.memo,
-                device: Device::Cpu,
+                device: &self.device,
                 progress: None,
                 cancel: &self.cancel,
             }
@@ -607,6 +620,7 @@ mod tests {
             hash: "abc".into(),
             source: Some("data/x.bin".into()),
             upstream_key: None,
+            upstream: None,
             external: true,
         });
         let path = j.save(&f.store).unwrap();
@@ -644,6 +658,7 @@ mod tests {
             hash: "h".into(),
             source: Some(a.stage_id.clone()),
             upstream_key,
+            upstream: None,
             external: false,
         };
         // Its metric y = 4 comes from a's manifest: 2 * (1 + 4).
@@ -657,6 +672,19 @@ mod tests {
         c.inputs = vec![input(None, None)];
         let m = run_job(&f.store, &c, &f.rt()).manifest.unwrap();
         assert_eq!(m.metrics["y"], 2.0);
+        // A job keyed in this process carries the entry as its manifest was
+        // read for the key; the stage gets that, and the cache is not read
+        // again (here it has no such entry): 2 * (1 + 7).
+        let mut d = job(3, 1.0);
+        d.key = crate::hashing::hash_bytes(b"double 1 with a carried up");
+        let mut carried = input(Some(f.store.out_dir(&a.key)), Some("no-such-entry".into()));
+        carried.upstream = Some(mrbm_stage::Upstream {
+            metrics: [("y".to_string(), 7.0)].into(),
+            ..Default::default()
+        });
+        d.inputs = vec![carried];
+        let m = run_job(&f.store, &d, &f.rt()).manifest.unwrap();
+        assert_eq!(m.metrics["y"], 16.0);
     }
 
     #[test]

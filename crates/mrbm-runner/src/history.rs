@@ -66,20 +66,11 @@ pub struct CellRun {
     pub stage: String,
     pub key: Option<String>,
     /// Every metric of the stage; NaN is written as null.
-    #[serde(deserialize_with = "metrics_with_nan")]
+    #[serde(deserialize_with = "store::metrics_with_nan")]
     pub metrics: BTreeMap<String, f64>,
     /// The metrics the table shows (the key metrics of `mrbm runs`).
     #[serde(default)]
     pub shown: Vec<String>,
-}
-
-fn metrics_with_nan<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, f64>, D::Error> {
-    let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
-    Ok(m.into_iter()
-        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
-        .collect())
 }
 
 impl CellRun {

@@ -510,10 +510,11 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
     let (device, where_, recorded) = match &target {
         Target::Local => {
             let d = device::resolve(&spec)?;
-            (d, d.to_string(), d.to_string())
+            let name = d.to_string();
+            (d, name.clone(), name)
         }
         Target::Slurm(_) => (
-            mrbm_stage::Device::Cpu,
+            mrbm_stage::Device::cpu(),
             format!("Slurm (device {spec} on the nodes)"),
             format!("slurm:{spec}"),
         ),
@@ -802,7 +803,7 @@ fn exec_stage(cli: &Cli, reg: &Registry, key: &str, spec: &str) -> Result<u8, Ru
     let rt = Runtime {
         registry: reg,
         memo: &memo,
-        device,
+        device: &device,
         progress: None,
         cancel: &cancel,
     };

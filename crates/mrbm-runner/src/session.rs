@@ -74,17 +74,21 @@ impl<'a> Session<'a> {
         let mut inputs = Vec::new();
         let mut job_inputs = Some(Vec::new());
         for (k, inp) in node.inputs.iter().enumerate() {
-            let r = resolve_input(dag, self.store, self.memo, node, k, upstream);
+            // The upstream manifest, taken once: it gives the input's path
+            // and hash, its entry's key and what the stage sees of it.
+            let from = match &inp.source {
+                InputSource::Node { node: up, .. } => upstream(*up),
+                InputSource::External { .. } => None,
+            };
+            let r = resolve_input(dag, self.store, self.memo, node, k, from.as_ref());
             let ji = match &r {
                 Ok(Resolved::Ready { path, hash }) => Some(JobInput {
                     slot: inp.slot.clone(),
                     path: Some(path.clone()),
                     hash: hash.clone(),
                     source: Some(describe_source(dag, &inp.source)),
-                    upstream_key: match &inp.source {
-                        InputSource::Node { node: up, .. } => upstream(*up).map(|m| m.key),
-                        InputSource::External { .. } => None,
-                    },
+                    upstream_key: from.as_ref().map(|m| m.key.clone()),
+                    upstream: from.as_ref().map(Manifest::upstream),
                     external: matches!(inp.source, InputSource::External { .. }),
                 }),
                 // A table's cell whose stage has finished without an entry.
@@ -95,6 +99,7 @@ impl<'a> Session<'a> {
                         hash: format!("missing:{}", dag.nodes[*up].id),
                         source: None,
                         upstream_key: None,
+                        upstream: None,
                         external: false,
                     })
                 }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RunnerError;
 use crate::exec::{NodeResult, Status};
-use crate::executor::{Executor, StageJob};
+use crate::executor::{sanitize, Executor, StageJob};
 use crate::integrity;
 use crate::store::{self, Found, Store};
 
@@ -266,6 +266,21 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Result<std::process::Output, Runner
     })
 }
 
+/// A Slurm query about jobs (`squeue`, `scontrol`): its output when it
+/// succeeded, None when Slurm answered "Invalid job id" (it no longer knows
+/// the job), an error when it failed otherwise.
+fn job_query(cmd: &mut Command, what: &str) -> Result<Option<std::process::Output>, RunnerError> {
+    let out = run_cmd(cmd, what)?;
+    if out.status.success() {
+        return Ok(Some(out));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("Invalid job id") {
+        return Ok(None);
+    }
+    Err(RunnerError::Data(format!("{what}: {}", err.trim())))
+}
+
 /// Is a Slurm controller reachable from here (`sinfo` answers)?
 pub fn available() -> bool {
     Command::new("sinfo")
@@ -318,18 +333,14 @@ pub fn squeue(ids: &[String]) -> Result<BTreeMap<String, JobState>, RunnerError>
     if ids.is_empty() {
         return Ok(map);
     }
-    let out = run_cmd(
+    // squeue fails when it knows none of the ids: then they are all gone.
+    let Some(out) = job_query(
         Command::new("squeue").args(["-h", "-t", "all", "-j", &ids.join(","), "-o", "%i|%T"]),
         "squeue",
-    )?;
-    // squeue fails when it knows none of the ids: then they are all gone.
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("Invalid job id") {
-            return Ok(map);
-        }
-        return Err(RunnerError::Data(format!("squeue: {}", err.trim())));
-    }
+    )?
+    else {
+        return Ok(map);
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some((id, st)) = line.split_once('|') {
             map.insert(id.trim().to_string(), JobState::parse(st.trim()));
@@ -340,17 +351,13 @@ pub fn squeue(ids: &[String]) -> Result<BTreeMap<String, JobState>, RunnerError>
 
 /// `scontrol show job -o ID`; None when Slurm no longer knows the job.
 pub fn scontrol(id: &str) -> Result<Option<JobInfo>, RunnerError> {
-    let out = run_cmd(
+    let Some(out) = job_query(
         Command::new("scontrol").args(["show", "job", "-o", id]),
         "scontrol",
-    )?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("Invalid job id") {
-            return Ok(None);
-        }
-        return Err(RunnerError::Data(format!("scontrol: {}", err.trim())));
-    }
+    )?
+    else {
+        return Ok(None);
+    };
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(parse_scontrol))
@@ -952,19 +959,6 @@ impl<'a> SlurmExecutor<'a> {
     }
 }
 
-/// A stage id as a file name.
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "=-_,.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// One line on the jobs' timings, for the end of a run.
 pub fn timing_summary(t: &[JobTiming]) -> String {
     let n = t.len().max(1) as f64;
@@ -988,13 +982,7 @@ pub fn timing_summary(t: &[JobTiming]) -> String {
 }
 
 fn plain(status: Status) -> NodeResult {
-    NodeResult {
-        status,
-        key: None,
-        seconds: 0.0,
-        log: None,
-        manifest: None,
-    }
+    NodeResult::bare(status)
 }
 
 fn cached_result(

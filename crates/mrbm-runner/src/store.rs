@@ -101,7 +101,8 @@ pub enum Found {
     Corrupt(String),
 }
 
-fn metrics_with_nan<'de, D: serde::Deserializer<'de>>(
+/// Metrics where a NaN was written as null (JSON has no NaN).
+pub(crate) fn metrics_with_nan<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, f64>, D::Error> {
     let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;

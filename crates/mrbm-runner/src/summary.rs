@@ -256,13 +256,7 @@ mod tests {
     use super::*;
 
     fn r(status: Status) -> NodeResult {
-        NodeResult {
-            status,
-            key: None,
-            seconds: 0.0,
-            log: None,
-            manifest: None,
-        }
+        NodeResult::bare(status)
     }
 
     fn failed(user: bool) -> Status {

@@ -4,18 +4,17 @@
 //! stage kinds defined here, so no model is trained.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::path::Path;
 
-use mrbm_runner::config;
-use mrbm_runner::dag::{self, Overrides};
-use mrbm_runner::exec::{self, RunOptions, Status};
-use mrbm_runner::hashing::Memo;
+use mrbm_runner::dag;
+use mrbm_runner::exec::Status;
 use mrbm_runner::registry::Registry;
-use mrbm_runner::store::Store;
 use mrbm_runner::RunnerError;
 use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
+
+mod common;
+use common::Project;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,95 +70,26 @@ fn registry() -> Registry {
     ])
 }
 
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-        Project { dir }
-    }
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.root().join("experiments").join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn store(&self) -> Store {
-        Store::open(&self.root().join(".mrbm")).unwrap()
-    }
-    /// The cache key of stage `id` in the last run of experiment `exp`.
-    fn key(&self, exp: &str, id: &str) -> String {
-        exec::load_record(&self.store(), exp).stages[id].key.clone()
-    }
-    fn entry(&self, exp: &str, id: &str) -> PathBuf {
-        self.store().entry_dir(&self.key(exp, id))
-    }
-    fn quarantined(&self) -> usize {
-        std::fs::read_dir(self.root().join(".mrbm/quarantine"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
 fn build(file: &Path, sets: &[&str]) -> Result<dag::Dag, RunnerError> {
-    let exp = config::load(file)?;
-    let sets = sets.iter().map(|s| config::parse_set(s).unwrap()).collect();
-    dag::build(
-        &exp,
-        &registry(),
-        &Overrides {
-            sets,
-            ..Default::default()
-        },
-    )
+    common::build(file, &registry(), sets)
 }
 
 fn run(p: &Project, file: &Path) -> BTreeMap<String, Status> {
     let dag = build(file, &[]).unwrap();
-    let store = p.store();
-    let memo = Memo::load(&store.root);
-    let opts = RunOptions {
-        jobs: 2,
-        keep_going: true,
-        device: mrbm_stage::Device::Cpu,
-        threads: 1,
-        progress: None,
-    };
-    let reg = registry();
-    let results = exec::execute(&dag, &reg, &store, &memo, &opts, &AtomicBool::new(false));
-    exec::save_record(&store, &dag, &results).unwrap();
-    dag.nodes
-        .iter()
-        .zip(results)
-        .map(|(n, r)| (n.id.clone(), r.status))
-        .collect()
+    common::execute(p, &dag, &registry()).into_iter().collect()
 }
 
-const EXP: &str = r#"
-[stages.src]
-kind = "num"
-params = { value = 1.0 }
-
-[stages.mid]
-kind = "num"
-inputs = { a = "src" }
-params = { value = 10.0 }
-
-[stages.top]
-kind = "num"
-inputs = { a = "mid" }
-params = { value = 100.0 }
-
+/// The stages of [`common::CHAIN`] and this table of the top one.
+const TABLE: &str = r#"
 [[tables]]
 name = "t"
 stage = "top"
 metric = "value"
 "#;
+
+fn exp() -> String {
+    format!("{}{TABLE}", common::CHAIN)
+}
 
 const CSV: &str = "stage,value\nall,111.00\n";
 
@@ -173,7 +103,7 @@ fn csv(p: &Project) -> String {
 #[test]
 fn corrupt_artifact_is_recomputed_before_a_stage_reads_it() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     run(&p, &f);
     let clean_top = p.key("e", "top");
     let mid = p.entry("e", "mid");
@@ -199,7 +129,7 @@ fn corrupt_artifact_is_recomputed_before_a_stage_reads_it() {
 #[test]
 fn added_or_renamed_files_are_corruption() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     run(&p, &f);
     let mid = p.entry("e", "mid");
     std::fs::write(mid.join("out/extra.txt"), "x").unwrap();
@@ -218,7 +148,7 @@ fn added_or_renamed_files_are_corruption() {
 #[test]
 fn unparsable_manifest_is_a_miss() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     run(&p, &f);
     std::fs::write(p.entry("e", "mid").join("manifest.json"), "{ garbage").unwrap();
     let r = run(&p, &f);
@@ -234,7 +164,7 @@ fn unparsable_manifest_is_a_miss() {
 #[test]
 fn missing_manifest_is_a_miss() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     run(&p, &f);
     std::fs::remove_file(p.entry("e", "mid").join("manifest.json")).unwrap();
     let r = run(&p, &f);
@@ -251,7 +181,7 @@ fn missing_manifest_is_a_miss() {
 #[test]
 fn verify_quarantines_descendants() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     run(&p, &f);
     let (src, mid, top) = (p.key("e", "src"), p.key("e", "mid"), p.key("e", "top"));
     let table = p.key("e", "table:t");
@@ -273,7 +203,7 @@ fn verify_quarantines_descendants() {
 #[test]
 fn table_stays_cached_when_a_cell_reruns_with_the_same_results() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     run(&p, &f);
     std::fs::remove_dir_all(p.entry("e", "top")).unwrap();
     let r = run(&p, &f);

@@ -4,18 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
-use mrbm_runner::config;
-use mrbm_runner::dag::{self, Overrides};
-use mrbm_runner::exec::{self, RunOptions, Status};
+use mrbm_runner::exec::Status;
 use mrbm_runner::hashing::Memo;
 use mrbm_runner::plan::{self, PlanStatus};
 use mrbm_runner::registry::Registry;
-use mrbm_runner::store::Store;
-use mrbm_runner::RunnerError;
 use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
+
+mod common;
+use common::{assert_names, build, Project};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,57 +70,9 @@ fn registry(version: u32) -> Registry {
     ])
 }
 
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("experiments")).unwrap();
-        Project { dir }
-    }
-    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
-        let p = self.dir.path().join("experiments").join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-    fn store(&self) -> Store {
-        Store::open(&self.dir.path().join(".mrbm")).unwrap()
-    }
-}
-
-fn build(file: &Path, reg: &Registry, sets: &[&str]) -> Result<dag::Dag, RunnerError> {
-    let exp = config::load(file)?;
-    let sets = sets.iter().map(|s| config::parse_set(s).unwrap()).collect();
-    dag::build(
-        &exp,
-        reg,
-        &Overrides {
-            sets,
-            ..Default::default()
-        },
-    )
-}
-
 fn run(p: &Project, file: &Path, reg: &Registry, sets: &[&str]) -> Vec<(String, Status)> {
     let dag = build(file, reg, sets).unwrap();
-    let store = p.store();
-    let memo = Memo::load(&store.root);
-    let opts = RunOptions {
-        jobs: 2,
-        keep_going: true,
-        device: mrbm_stage::Device::Cpu,
-        threads: 1,
-        progress: None,
-    };
-    let results = exec::execute(&dag, reg, &store, &memo, &opts, &AtomicBool::new(false));
-    exec::save_record(&store, &dag, &results).unwrap();
-    dag.nodes
-        .iter()
-        .zip(results)
-        .map(|(n, r)| (n.id.clone(), r.status))
-        .collect()
+    common::execute(p, &dag, reg)
 }
 
 fn plan_of(
@@ -140,21 +90,8 @@ fn plan_of(
         .collect()
 }
 
-const EXP: &str = r#"
-[stages.src]
-kind = "num"
-params = { value = 1.0 }
-
-[stages.mid]
-kind = "num"
-inputs = { a = "src" }
-params = { value = 10.0 }
-
-[stages.top]
-kind = "num"
-inputs = { a = "mid" }
-params = { value = 100.0 }
-
+/// The stages of [`common::CHAIN`], mid swept, and a table of the top one.
+const SWEPT_TABLE: &str = r#"
 [sweep]
 "mid.value" = [10.0, 20.0]
 
@@ -165,10 +102,14 @@ metric = "value"
 rows = "value"
 "#;
 
+fn exp() -> String {
+    format!("{}{SWEPT_TABLE}", common::CHAIN)
+}
+
 #[test]
 fn second_run_is_all_cached_and_table_is_written() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     let reg = registry(1);
     let first = run(&p, &f, &reg, &[]);
     assert!(first.iter().all(|(_, s)| *s == Status::Ran), "{first:?}");
@@ -196,19 +137,10 @@ fn second_run_is_all_cached_and_table_is_written() {
 #[test]
 fn the_summary_prints_each_table_from_memory_as_published() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     let reg = registry(1);
     let dag = build(&f, &reg, &[]).unwrap();
-    let store = p.store();
-    let memo = Memo::load(&store.root);
-    let opts = RunOptions {
-        jobs: 2,
-        keep_going: true,
-        device: mrbm_stage::Device::Cpu,
-        threads: 1,
-        progress: None,
-    };
-    let results = exec::execute(&dag, &reg, &store, &memo, &opts, &AtomicBool::new(false));
+    let results = common::results(&dag, &reg, &p.store());
     let published = p.dir.path().join("results/t.csv");
     let csv = std::fs::read_to_string(&published).unwrap();
     let rows: Vec<Vec<String>> = csv
@@ -231,7 +163,7 @@ fn the_summary_prints_each_table_from_memory_as_published() {
 #[test]
 fn set_reruns_only_dependants_and_names_the_parameter() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     let reg = registry(1);
     run(&p, &f, &reg, &[]);
     let plan = plan_of(&p, &f, &reg, &["top.value=5"]);
@@ -251,7 +183,7 @@ fn set_reruns_only_dependants_and_names_the_parameter() {
 #[test]
 fn renaming_reordering_and_reformatting_change_no_key() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     let reg = registry(1);
     run(&p, &f, &reg, &[]);
     let renamed = r#"
@@ -292,7 +224,7 @@ params = { value = 10.0 }
 #[test]
 fn identical_upstream_output_leaves_downstream_cached() {
     let p = Project::new();
-    let f = p.write("e.toml", EXP);
+    let f = p.write("e.toml", &exp());
     run(&p, &f, &registry(1), &[]);
     // `salt` changes src's key but not its output bytes: src reruns and
     // everything downstream stays cached (early cutoff).
@@ -344,11 +276,13 @@ fn config_errors_name_file_line_col_and_fix() {
     let e = err(
         "[stages.a]\nkind = \"num\"\ninputs = { a = \"srcc\" }\n[stages.src]\nkind = \"num\"\n",
     );
-    assert!(
-        e.contains("bad.toml:3:12")
-            && e.contains("names no stage")
-            && e.contains("did you mean stage `src`"),
-        "{e}"
+    assert_names(
+        &e,
+        &[
+            "bad.toml:3:12",
+            "names no stage",
+            "did you mean stage `src`",
+        ],
     );
     let e = err("[stages.a\nkind = \"num\"\n");
     assert!(e.contains("bad.toml:1:"), "{e}");
@@ -496,32 +430,34 @@ fn publish_collisions_are_config_errors_naming_both() {
     };
     let two_stages = "[stages.a]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/x.txt\" }\n\n[stages.b]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/x.txt\" }\n";
     let e = err(two_stages);
-    assert!(
-        e.contains("pub.toml:7:13")
-            && e.contains("pub.toml:3:13")
-            && e.contains("stage `a`")
-            && e.contains("stage `b`")
-            && e.contains("results/x.txt"),
-        "{e}"
+    assert_names(
+        &e,
+        &[
+            "pub.toml:7:13",
+            "pub.toml:3:13",
+            "stage `a`",
+            "stage `b`",
+            "results/x.txt",
+        ],
     );
     // One stage swept over an axis its template does not name.
     let cells = "[stages.a]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/x.txt\" }\n[sweep]\n\"a.value\" = [1.0, 2.0]\n";
     let e = err(cells);
-    assert!(
-        e.contains("stage `a[value=1.0]`")
-            && e.contains("stage `a[value=2.0]`")
-            && e.contains("pub.toml:3:13")
-            && e.contains("{value}"),
-        "{e}"
+    assert_names(
+        &e,
+        &[
+            "stage `a[value=1.0]`",
+            "stage `a[value=2.0]`",
+            "pub.toml:3:13",
+            "{value}",
+        ],
     );
     // A stage publishing onto a table's CSV.
     let table = "[stages.a]\nkind = \"num\"\npublish = { \"out.txt\" = \"results/t.csv\" }\n\n[[tables]]\nname = \"t\"\nstage = \"a\"\nmetric = \"value\"\n";
     let e = err(table);
-    assert!(
-        e.contains("pub.toml:6:1")
-            && e.contains("table `t` and stage `a`")
-            && e.contains("pub.toml:3:13"),
-        "{e}"
+    assert_names(
+        &e,
+        &["pub.toml:6:1", "table `t` and stage `a`", "pub.toml:3:13"],
     );
     // With the axis in the template, every cell has its own path.
     let ok = p.write(

@@ -23,31 +23,12 @@ pub use serde_json::Value as JsonValue;
 
 pub mod progress;
 
-/// Where tensor work runs. Chosen once by the runner and recorded in each
-/// manifest; never part of a stage key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Device {
-    #[default]
-    Cpu,
-    Wgpu(usize),
-    Cuda(usize),
-}
-
-impl Device {
-    pub fn is_accelerator(self) -> bool {
-        !matches!(self, Device::Cpu)
-    }
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => write!(f, "cpu"),
-            Device::Wgpu(i) => write!(f, "wgpu:{i}"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
+/// Re-exported for the runner and the stages (mrbm-device catches backend
+/// panics with it).
+pub use mrbm_device::panic_message;
+/// The compute device: resolved once per process by mrbm-device and
+/// handed to every stage in [`StageContext::device`].
+pub use mrbm_device::{Device, DeviceId};
 
 /// One named input of a stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -67,10 +48,8 @@ impl InputSlot {
         doc: &'static str,
     ) -> Self {
         InputSlot {
-            name,
-            default_file,
             required: true,
-            doc,
+            ..InputSlot::optional(name, default_file, doc)
         }
     }
     pub const fn optional(
@@ -215,7 +194,9 @@ pub struct StageContext<'a> {
     pub inputs: &'a BTreeMap<String, PathBuf>,
     /// Write all outputs here; it exists and is empty when `run` starts.
     pub out_dir: &'a Path,
-    pub device: Device,
+    /// The device, resolved once by the runner; stages take burn's device
+    /// from it (`ctx.device.burn()`).
+    pub device: &'a Device,
     /// Threads this stage may use (rayon and the tensor backend).
     pub threads: usize,
     pub progress: Option<&'a indicatif::MultiProgress>,
@@ -229,6 +210,41 @@ pub struct StageContext<'a> {
     /// Input slot -> the cache entry behind it, for the inputs that other
     /// stages produced (empty outside the runner).
     pub upstream: &'a BTreeMap<String, Upstream>,
+}
+
+/// Runs `stage` with its canonical `params` on `inputs` into `out` (made
+/// first) as the runner would, but outside it: 2 threads, no progress bars,
+/// a log nobody reads, no resume folder and no upstream entries. For the
+/// tests of the crates that define stage kinds.
+#[doc(hidden)]
+pub fn run_detached(
+    stage: &dyn Stage,
+    params: &JsonValue,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+    device: &Device,
+) -> Result<Metrics, StageError> {
+    let inputs: BTreeMap<String, PathBuf> = inputs
+        .iter()
+        .map(|(k, p)| (k.to_string(), p.to_path_buf()))
+        .collect();
+    std::fs::create_dir_all(out).map_err(|e| StageError::io(out, e))?;
+    let cancel = AtomicBool::new(false);
+    let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
+    let ctx = StageContext {
+        stage_id: stage.kind(),
+        params,
+        inputs: &inputs,
+        out_dir: out,
+        device,
+        threads: 2,
+        progress: None,
+        cancel: &cancel,
+        log: &log,
+        resume_dir: None,
+        upstream: &BTreeMap::new(),
+    };
+    stage.run(&ctx)
 }
 
 impl<'a> StageContext<'a> {
@@ -451,12 +467,18 @@ pub fn parse_params<T: DeserializeOwned + Serialize>(
         }
         err
     })?;
-    let canon = serde_json::to_value(&typed).map_err(|e| ParamError {
+    let canon = canonical_json(&typed)?;
+    Ok((typed, canon))
+}
+
+/// The canonical JSON form of parameters already parsed (e.g. after a
+/// stage filled its defaults), as [`parse_params`] gives it.
+pub fn canonical_json<T: Serialize>(typed: &T) -> Result<JsonValue, ParamError> {
+    serde_json::to_value(typed).map_err(|e| ParamError {
         key: None,
         message: e.to_string(),
         suggestion: None,
-    })?;
-    Ok((typed, canon))
+    })
 }
 
 /// serde's type errors ("invalid type: string \"x\", expected f64") name no
@@ -624,14 +646,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
     write_atomic_io(path, bytes).map_err(|(p, e)| StageError::io(p, e))
 }
 
-/// The message a panic carried (`panic!("...")` or a formatted one).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-}
-
 /// A rayon pool of `threads` threads (at least one): stages run their
 /// parallel work in it to stay within their share of the machine.
 pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, StageError> {
@@ -792,7 +806,7 @@ mod tests {
             params,
             inputs: &inputs,
             out_dir: Path::new("."),
-            device: Device::Cpu,
+            device: &Device::cpu(),
             threads: 1,
             progress: None,
             cancel: &cancel,
@@ -828,7 +842,7 @@ mod tests {
             params: &params,
             inputs: &inputs,
             out_dir: Path::new("."),
-            device: Device::Cpu,
+            device: &Device::cpu(),
             threads: 1,
             progress,
             cancel: &cancel,

@@ -2,13 +2,10 @@
 //! deterministic MNIST split that tools/mnist_split.py reproduces.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
 
-use mrbm_stage::{Metrics, Stage, StageContext, StageError};
+use mrbm_stage::{Metrics, Stage, StageError};
 
 /// MRBM_SHARED_DATA, or None (with a note) so the test can skip.
 pub fn shared_data(test: &str) -> Option<PathBuf> {
@@ -123,25 +120,5 @@ pub fn run(
     let p = s
         .params(&raw)
         .map_err(|e| StageError::User(e.to_string()))?;
-    let inputs: BTreeMap<String, PathBuf> = inputs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_path_buf()))
-        .collect();
-    let cancel = AtomicBool::new(false);
-    let log: Mutex<Box<dyn std::io::Write + Send>> = Mutex::new(Box::new(std::io::sink()));
-    std::fs::create_dir_all(out).unwrap();
-    let ctx = StageContext {
-        stage_id: kind,
-        params: &p,
-        inputs: &inputs,
-        out_dir: out,
-        device: mrbm_stage::Device::Cpu,
-        threads: 2,
-        progress: None,
-        cancel: &cancel,
-        log: &log,
-        resume_dir: None,
-        upstream: &BTreeMap::new(),
-    };
-    s.run(&ctx)
+    mrbm_stage::run_detached(&*s, &p, inputs, out, &mrbm_stage::Device::cpu())
 }
