@@ -227,6 +227,9 @@ fn host_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Dev
     Tensor::from_data(TensorData::new(values, shape), (device, DType::F32))
 }
 
+/// A `host_conv` map: (input, weights, bias, geometry) -> output values.
+type HostConvOp = fn(&[f32], &[f32], &[f32], &Geometry) -> Vec<f32>;
+
 /// Reshape helper: [B, C, H, W] -> [B, C*H*W].
 fn flat(t: Tensor<4>) -> Tensor<2> {
     let [b, c, h, w] = t.dims();
@@ -370,7 +373,7 @@ impl Rbm {
         &self,
         t: &Tensor<4>,
         bias: &Tensor<1>,
-        op: fn(&[f32], &[f32], &[f32], &Geometry) -> Vec<f32>,
+        op: HostConvOp,
         out: impl Fn(&Geometry) -> [usize; 4],
     ) -> Option<Tensor<4>> {
         let g = self.host_geometry(t)?;
