@@ -145,17 +145,21 @@ pub fn weight_grad(x: &[f32], h: &[f32], g: &Geometry) -> Vec<f32> {
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|start| {
-            let mut acc = vec![0.0f32; g.o * kk];
+            // acc^T [KK, O] += cols [KK, P] * h^T [P, O]: the sums of
+            // h cols^T, term for term, with the patches as the row operand.
+            let mut acc_t = vec![0.0f32; kk * g.o];
             let mut cols = vec![0.0f32; kk * p];
             for b in start..(start + per).min(g.batch) {
                 conv.im2col(&x[b * g.image()..][..g.image()], 0, p, &mut cols);
-                let hb = View::row_major(&h[b * g.o * p..][..g.o * p], p);
-                // acc [O, KK] += h [O, P] * cols^T [P, KK].
-                let (cols_t, acc) = (
-                    View::row_major(&cols, p).t(),
-                    ViewMut::row_major(&mut acc, kk),
-                );
-                matmul([g.o, kk, p], hb, cols_t, acc, true, Seq);
+                let ht = View::row_major(&h[b * g.o * p..][..g.o * p], p).t();
+                let acc = ViewMut::row_major(&mut acc_t, g.o);
+                matmul([kk, g.o, p], View::row_major(&cols, p), ht, acc, true, Seq);
+            }
+            let mut acc = vec![0.0f32; g.o * kk];
+            for (j, row) in acc_t.chunks(g.o).enumerate() {
+                for (o, v) in row.iter().enumerate() {
+                    acc[o * kk + j] = *v;
+                }
             }
             acc
         })

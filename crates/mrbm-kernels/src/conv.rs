@@ -89,39 +89,43 @@ impl Conv {
             np <= ld && cols.len() >= span(self.patch(), np, ld),
             "im2col: cols too short"
         );
+        let inside = self.inside_columns();
+        let (oy0, ox00) = (p0 / ow, p0 % ow);
         let mut row = 0;
         for ci in 0..self.c {
             let plane = &x[ci * self.h * self.w..][..self.h * self.w];
             for ky in 0..self.kh {
-                for kx in 0..self.kw {
+                for (kx, &(lo, hi)) in inside.iter().enumerate() {
                     let dst = &mut cols[row * ld..][..np];
                     row += 1;
-                    let (lo, hi) = self.inside(kx);
-                    let mut q = 0;
+                    // One output row (or the part of it in range) at a time.
+                    let (mut q, mut oy, mut ox0) = (0, oy0, ox00);
                     while q < np {
-                        let p = p0 + q;
-                        let (oy, ox0) = (p / ow, p % ow);
                         let len = (ow - ox0).min(np - q);
                         let seg = &mut dst[q..q + len];
                         q += len;
-                        let Some(iy) = self.input_row(oy, ky) else {
+                        let row_oy = oy;
+                        oy += 1;
+                        let start = std::mem::take(&mut ox0);
+                        let Some(iy) = self.input_row(row_oy, ky) else {
                             seg.fill(0.0);
                             continue;
                         };
-                        let src = &plane[iy * self.w..][..self.w];
-                        let (lo, hi) = (lo.clamp(ox0, ox0 + len), hi.clamp(ox0, ox0 + len));
-                        let (lo, hi) = (lo - ox0, hi.max(lo) - ox0);
-                        seg[..lo].fill(0.0);
-                        seg[hi..].fill(0.0);
-                        if hi == lo {
+                        // Valid columns of this segment, relative to it.
+                        let a = lo.clamp(start, start + len) - start;
+                        let b = hi.clamp(start, start + len).max(a + start) - start;
+                        seg[..a].fill(0.0);
+                        seg[b..].fill(0.0);
+                        if b == a {
                             continue;
                         }
-                        let first = (ox0 + lo) * self.sw + kx - self.pw;
+                        let src = &plane[iy * self.w..][..self.w];
+                        let first = (start + a) * self.sw + kx - self.pw;
                         if self.sw == 1 {
-                            seg[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                            seg[a..b].copy_from_slice(&src[first..first + b - a]);
                         } else {
                             let from = src[first..].iter().step_by(self.sw);
-                            for (d, s) in seg[lo..hi].iter_mut().zip(from) {
+                            for (d, s) in seg[a..b].iter_mut().zip(from) {
                                 *d = *s;
                             }
                         }
@@ -149,13 +153,14 @@ impl Conv {
             TapOrder::Forward => i,
             TapOrder::Reverse => n - 1 - i,
         };
+        let inside = self.inside_columns();
         for ci in 0..self.c {
             let plane = &mut x[ci * self.h * self.w..][..self.h * self.w];
             for ky in (0..self.kh).map(|i| order(self.kh, i)) {
                 for kx in (0..self.kw).map(|i| order(self.kw, i)) {
                     let r = (ci * self.kh + ky) * self.kw + kx;
                     let src = &cols[r * ld..][..p];
-                    let (lo, hi) = self.inside(kx);
+                    let (lo, hi) = inside[kx];
                     if hi == lo {
                         continue;
                     }
@@ -182,15 +187,20 @@ impl Conv {
             .filter(|&iy| iy < self.h)
     }
 
-    /// The output columns [lo, hi) whose input column ox*SW + kx - PW at
-    /// kernel column `kx` is inside [0, W).
-    fn inside(&self, kx: usize) -> (usize, usize) {
-        let lo = self.pw.saturating_sub(kx).div_ceil(self.sw);
-        let hi = (self.w + self.pw)
-            .saturating_sub(kx)
-            .div_ceil(self.sw)
-            .min(self.ow());
-        (lo.min(hi), hi)
+    /// For each kernel column kx, the output columns [lo, hi) whose input
+    /// column ox*SW + kx - PW is inside [0, W).
+    fn inside_columns(&self) -> Vec<(usize, usize)> {
+        let ow = self.ow();
+        (0..self.kw)
+            .map(|kx| {
+                let lo = self.pw.saturating_sub(kx).div_ceil(self.sw);
+                let hi = (self.w + self.pw)
+                    .saturating_sub(kx)
+                    .div_ceil(self.sw)
+                    .min(ow);
+                (lo.min(hi), hi)
+            })
+            .collect()
     }
 
     /// out [O, OH*OW] = w [O, C*KH*KW] * patches(x) + bias, then max(0, .)
