@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::host_conv::{matmul, Geometry};
-use mrbm_kernels::conv::{Conv, TapOrder};
+use mrbm_kernels::conv::Conv;
 use mrbm_kernels::math::{self as host_math, Act, Level};
 use mrbm_kernels::{Par, View, ViewMut};
 
@@ -226,7 +226,7 @@ fn conv_group(
         vrec.fill(0.0);
         for i in 0..nb {
             let img = &mut vrec[i * img_v..][..img_v];
-            g.col2im(&r[i * p..], cp, img, TapOrder::Forward);
+            g.col2im(&r[i * p..], cp, img);
         }
         for img in vrec.chunks_mut(img_v) {
             for (ci, row) in img.chunks_mut(hw).enumerate() {

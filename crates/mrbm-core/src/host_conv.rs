@@ -4,17 +4,17 @@
 //! the weight gradient (conv2d_weight_backward) several times slower than
 //! PyTorch on the CPU (crates/mrbm-core README, "Benchmark"). These are the
 //! same maps written the way PyTorch's CPU path does them: per image, the
-//! k x k patches as the columns of a matrix (im2col), then one matrix product
+//! k x k patches as the rows of a matrix (im2col), then one matrix product
 //! by mrbm-kernels' sgemm (AVX-512 / AVX2 microkernels chosen at run
-//! time; the im2col and col2im are mrbm-kernels' too). Images run in
-//! parallel on the caller's rayon pool.
+//! time; the patch matrix and its adjoint are mrbm-kernels' `Conv::im2row`
+//! and `row2im`). Images run in parallel on the caller's rayon pool.
 //!
 //! Used only for f32 tensors on the flex device that are not part of an
 //! autodiff graph (the closed-form training path, sampling, features); the
 //! autodiff path and every accelerator keep burn's ops, and the tests
 //! compare the two.
 
-use mrbm_kernels::conv::{Conv, TapOrder};
+use mrbm_kernels::conv::Conv;
 use mrbm_kernels::Par::{self, Seq};
 use mrbm_kernels::{sgemm, View, ViewMut};
 use rayon::prelude::*;
@@ -90,19 +90,20 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
     out.par_chunks_mut(g.o * p)
         .zip(x.par_chunks(g.image()))
         .for_each_init(
-            || vec![0.0f32; kk * p],
-            |cols, (y, xi)| {
-                conv.im2col(xi, 0, p, cols);
+            || vec![0.0f32; p * kk],
+            |rows, (y, xi)| {
+                conv.im2row(xi, rows);
                 for (o, plane) in y.chunks_mut(p).enumerate() {
                     plane.fill(bias[o]);
                 }
-                // y [O, P] += w [O, KK] * cols [KK, P].
-                let (w, cols, y) = (
-                    View::row_major(w, kk),
-                    View::row_major(cols, p),
-                    ViewMut::row_major(y, p),
-                );
-                matmul([g.o, p, kk], w, cols, y, true, Seq);
+                // y[o, p] += sum_j rows[p, j] w[o, j]: as (p x o) = rows * w^T.
+                let (rows, wt) = (View::row_major(rows, kk), View::row_major(w, kk).t());
+                let yt = ViewMut {
+                    data: y,
+                    rs: 1,
+                    cs: p,
+                };
+                matmul([p, g.o, kk], rows, wt, yt, true, Seq);
             },
         );
     out
@@ -117,18 +118,16 @@ pub fn conv_transpose2d(h: &[f32], w: &[f32], bias: &[f32], g: &Geometry) -> Vec
     out.par_chunks_mut(g.image())
         .zip(h.par_chunks(g.o * p))
         .for_each_init(
-            || vec![0.0f32; kk * p],
-            |cols, (v, hi)| {
-                // cols [KK, P] = w^T [KK, O] * h [O, P].
-                let (wt, hi) = (View::row_major(w, kk).t(), View::row_major(hi, p));
-                let colsm = ViewMut::row_major(cols, p);
-                matmul([kk, p, g.o], wt, hi, colsm, false, Seq);
+            || vec![0.0f32; p * kk],
+            |rows, (v, hi)| {
+                // rows[p, j] = sum_o h[o, p] w[o, j]: (p x kk) = h^T * w.
+                let (ht, w) = (View::row_major(hi, p).t(), View::row_major(w, kk));
+                let rows_m = ViewMut::row_major(rows, kk);
+                matmul([p, kk, g.o], ht, w, rows_m, false, Seq);
                 for (ci, plane) in v.chunks_mut(g.h * g.w).enumerate() {
                     plane.fill(bias[ci]);
                 }
-                // Reverse: each pixel sums its taps in the order this
-                // path always has (stage outputs stay bit-identical).
-                conv.col2im(cols, p, v, TapOrder::Reverse);
+                conv.row2im(rows, v);
             },
         );
     out
@@ -145,21 +144,15 @@ pub fn weight_grad(x: &[f32], h: &[f32], g: &Geometry) -> Vec<f32> {
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|start| {
-            // acc^T [KK, O] += cols [KK, P] * h^T [P, O]: the sums of
-            // h cols^T, term for term, with the patches as the row operand.
-            let mut acc_t = vec![0.0f32; kk * g.o];
-            let mut cols = vec![0.0f32; kk * p];
-            for b in start..(start + per).min(g.batch) {
-                conv.im2col(&x[b * g.image()..][..g.image()], 0, p, &mut cols);
-                let ht = View::row_major(&h[b * g.o * p..][..g.o * p], p).t();
-                let acc = ViewMut::row_major(&mut acc_t, g.o);
-                matmul([kk, g.o, p], View::row_major(&cols, p), ht, acc, true, Seq);
-            }
             let mut acc = vec![0.0f32; g.o * kk];
-            for (j, row) in acc_t.chunks(g.o).enumerate() {
-                for (o, v) in row.iter().enumerate() {
-                    acc[o * kk + j] = *v;
-                }
+            let mut rows = vec![0.0f32; p * kk];
+            for b in start..(start + per).min(g.batch) {
+                conv.im2row(&x[b * g.image()..][..g.image()], &mut rows);
+                let hb = View::row_major(&h[b * g.o * p..][..g.o * p], p);
+                // acc[o, j] += sum_p h[o, p] rows[p, j].
+                let (rows_v, acc_m) =
+                    (View::row_major(&rows, kk), ViewMut::row_major(&mut acc, kk));
+                matmul([g.o, kk, p], hb, rows_v, acc_m, true, Seq);
             }
             acc
         })

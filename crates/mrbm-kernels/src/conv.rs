@@ -2,8 +2,9 @@
 //! in chunks of output positions: the patch matrix of a chunk stays small
 //! (cache-sized, not the whole image's), and the caller can stop between
 //! chunks (each is a bounded amount of work, [`Conv::chunk`]). The patch
-//! matrix ([`Conv::im2col_ld`]) and its adjoint ([`Conv::col2im`]) are also
-//! what mrbm-core's host convolutions and CD-1 step build on.
+//! matrix ([`Conv::im2col_ld`], position-major [`Conv::im2row`]) and its
+//! adjoints ([`Conv::col2im`], [`Conv::row2im`]) are also what mrbm-core's
+//! host CD-1 step and host convolutions build on.
 
 use crate::{sgemm, sgemm_packed, with_buffer, PackedA, Par, View, ViewMut};
 
@@ -98,6 +99,27 @@ impl Conv {
                 for (kx, &(lo, hi)) in inside.iter().enumerate() {
                     let dst = &mut cols[row * ld..][..np];
                     row += 1;
+                    if p0 == 0 && np == oh * ow && ow > 0 {
+                        // The whole image: one output row at a time.
+                        for (oy, seg) in dst.chunks_exact_mut(ow).enumerate() {
+                            let Some(iy) = self.input_row(oy, ky) else {
+                                seg.fill(0.0);
+                                continue;
+                            };
+                            let src = &plane[iy * self.w..][..self.w];
+                            seg[..lo].fill(0.0);
+                            seg[hi..].fill(0.0);
+                            if hi > lo {
+                                let from = &src[lo * self.sw + kx - self.pw..];
+                                for (d, s) in
+                                    seg[lo..hi].iter_mut().zip(from.iter().step_by(self.sw))
+                                {
+                                    *d = *s;
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     // One output row (or the part of it in range) at a time.
                     let (mut q, mut oy, mut ox0) = (0, oy0, ox00);
                     while q < np {
@@ -136,10 +158,10 @@ impl Conv {
     }
 
     /// The adjoint of [`Self::im2col_ld`] over all positions: adds
-    /// cols[(ci, ky, kx), p] (rows `ld` apart) onto its pixel of x [C, H, W].
-    /// A pixel receives one value per kernel tap (ky, kx) that covers it, in
-    /// the order `taps` says (f32 sums depend on it).
-    pub fn col2im(&self, cols: &[f32], ld: usize, x: &mut [f32], taps: TapOrder) {
+    /// cols[(ci, ky, kx), p] (rows `ld` apart) onto its pixel of x [C, H, W],
+    /// tap by tap: a pixel receives its taps (ky, kx) in ascending order
+    /// ([`Self::row2im`] adds the same values position by position).
+    pub fn col2im(&self, cols: &[f32], ld: usize, x: &mut [f32]) {
         let (p, ow) = (self.positions(), self.ow());
         assert!(x.len() >= self.c * self.h * self.w, "col2im: x too short");
         assert!(
@@ -149,18 +171,13 @@ impl Conv {
         if p == 0 {
             return;
         }
-        let order = |n: usize, i: usize| match taps {
-            TapOrder::Forward => i,
-            TapOrder::Reverse => n - 1 - i,
-        };
         let inside = self.inside_columns();
         for ci in 0..self.c {
             let plane = &mut x[ci * self.h * self.w..][..self.h * self.w];
-            for ky in (0..self.kh).map(|i| order(self.kh, i)) {
-                for kx in (0..self.kw).map(|i| order(self.kw, i)) {
+            for ky in 0..self.kh {
+                for (kx, &(lo, hi)) in inside.iter().enumerate() {
                     let r = (ci * self.kh + ky) * self.kw + kx;
                     let src = &cols[r * ld..][..p];
-                    let (lo, hi) = inside[kx];
                     if hi == lo {
                         continue;
                     }
@@ -173,6 +190,69 @@ impl Conv {
                         for (d, s) in to.iter_mut().step_by(self.sw).zip(&seg[lo..hi]) {
                             *d += *s;
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The patch matrix transposed, position-major: rows[p, (ci, ky, kx)]
+    /// = x[ci, oy*SH - PH + ky, ox*SW - PW + kx] (0 outside) for every
+    /// output position p = oy*OW + ox, row-major [OH*OW, C*KH*KW]. As the
+    /// left operand of a product it keeps the positions as the tiles' rows,
+    /// which suits small images (few positions, many taps).
+    pub fn im2row(&self, x: &[f32], rows: &mut [f32]) {
+        let (kk, ow) = (self.patch(), self.ow());
+        assert!(x.len() >= self.c * self.h * self.w, "im2row: x too short");
+        assert!(
+            rows.len() >= self.positions() * kk,
+            "im2row: rows too short"
+        );
+        let (h, w) = (self.h as isize, self.w as isize);
+        for (p, row) in rows.chunks_exact_mut(kk).take(self.positions()).enumerate() {
+            let (oy, ox) = (p / ow, p % ow);
+            let mut j = 0;
+            for ci in 0..self.c {
+                let plane = &x[ci * self.h * self.w..][..self.h * self.w];
+                for ky in 0..self.kh {
+                    let iy = (oy * self.sh + ky) as isize - self.ph as isize;
+                    for kx in 0..self.kw {
+                        let ix = (ox * self.sw + kx) as isize - self.pw as isize;
+                        row[j] = if iy >= 0 && iy < h && ix >= 0 && ix < w {
+                            plane[iy as usize * self.w + ix as usize]
+                        } else {
+                            0.0
+                        };
+                        j += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::im2row`]: adds each position's patch back
+    /// onto x [C, H, W], position by position (a pixel receives its taps in
+    /// descending (ky, kx) order, the reverse of [`Self::col2im`]'s).
+    pub fn row2im(&self, rows: &[f32], x: &mut [f32]) {
+        let (kk, ow) = (self.patch(), self.ow());
+        assert!(x.len() >= self.c * self.h * self.w, "row2im: x too short");
+        assert!(
+            rows.len() >= self.positions() * kk,
+            "row2im: rows too short"
+        );
+        let (h, w) = (self.h as isize, self.w as isize);
+        for (p, row) in rows.chunks_exact(kk).take(self.positions()).enumerate() {
+            let (oy, ox) = (p / ow, p % ow);
+            let mut j = 0;
+            for ci in 0..self.c {
+                for ky in 0..self.kh {
+                    let iy = (oy * self.sh + ky) as isize - self.ph as isize;
+                    for kx in 0..self.kw {
+                        let ix = (ox * self.sw + kx) as isize - self.pw as isize;
+                        if iy >= 0 && iy < h && ix >= 0 && ix < w {
+                            x[ci * self.h * self.w + iy as usize * self.w + ix as usize] += row[j];
+                        }
+                        j += 1;
                     }
                 }
             }
@@ -272,16 +352,6 @@ impl Conv {
         }
         true
     }
-}
-
-/// Which kernel tap's value a pixel receives first in [`Conv::col2im`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TapOrder {
-    /// (ky, kx) ascending.
-    Forward,
-    /// (ky, kx) descending: the order of a col2im that walks output
-    /// positions in order and each position's patch.
-    Reverse,
 }
 
 /// Elements a `rows` x `cols` matrix with rows `ld` apart spans.

@@ -3,7 +3,7 @@
 //! CPU can run: odd shapes that leave partial register tiles and partial
 //! cache blocks, transposed and strided views, alpha/beta, both Par modes.
 
-use mrbm_kernels::conv::{Conv, TapOrder, Weights};
+use mrbm_kernels::conv::{Conv, Weights};
 use mrbm_kernels::{sgemm_isa, sgemm_packed, Isa, PackedA, Par, View, ViewMut};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -522,11 +522,12 @@ fn im2col_of_any_position_range_matches_the_definition() {
     }
 }
 
-/// col2im is im2col's adjoint (<im2col(x), y> = <x, col2im(y)>) and adds a
-/// pixel's taps in the order it says: bit for bit the tap-major loop
-/// (Forward) and the position-major loop (Reverse).
+/// col2im is im2col's adjoint (<im2col(x), y> = <x, col2im(y)>), and so is
+/// row2im of the position-major im2row (the same matrix transposed, bit for
+/// bit); col2im adds a pixel's taps tap by tap, row2im position by
+/// position: bit for bit those two loops.
 #[test]
-fn col2im_is_the_adjoint_and_sums_in_the_order_it_names() {
+fn col2im_and_row2im_are_the_adjoints_and_sum_in_their_orders() {
     let mut orders_differ = false;
     for g in patch_geometries() {
         let (p, kk, n) = (g.positions(), g.patch(), g.c * g.h * g.w);
@@ -535,18 +536,25 @@ fn col2im_is_the_adjoint_and_sums_in_the_order_it_names() {
         let y = values(kk * ld, 6);
         let mut cols = vec![0.0f32; kk * ld];
         g.im2col_ld(&x, 0, p, &mut cols, ld);
+        let mut rows = vec![f32::NAN; p * kk];
+        g.im2row(&x, &mut rows);
+        let yt: Vec<f32> = (0..p * kk).map(|i| y[(i % kk) * ld + i / kk]).collect();
+        for (i, v) in rows.iter().enumerate() {
+            assert_eq!(
+                v.to_bits(),
+                cols[(i % kk) * ld + i / kk].to_bits(),
+                "{g:?} im2row"
+            );
+        }
         let start = values(n, 7);
-        let col2im = |taps| {
-            let mut back = start.clone();
-            g.col2im(&y, ld, &mut back, taps);
-            back
-        };
-        let (fwd, rev) = (col2im(TapOrder::Forward), col2im(TapOrder::Reverse));
+        let (mut by_tap, mut by_position) = (start.clone(), start.clone());
+        g.col2im(&y, ld, &mut by_tap);
+        g.row2im(&yt, &mut by_position);
         let lhs: f64 = (0..kk)
             .flat_map(|r| (0..p).map(move |q| r * ld + q))
             .map(|i| cols[i] as f64 * y[i] as f64)
             .sum();
-        for back in [&fwd, &rev] {
+        for back in [&by_tap, &by_position] {
             let rhs: f64 = (0..n)
                 .map(|i| x[i] as f64 * (back[i] - start[i]) as f64)
                 .sum();
@@ -569,9 +577,9 @@ fn col2im_is_the_adjoint_and_sums_in_the_order_it_names() {
             }
         }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&fwd), bits(&tap_major), "{g:?} forward");
-        assert_eq!(bits(&rev), bits(&position_major), "{g:?} reverse");
-        orders_differ |= bits(&fwd) != bits(&rev);
+        assert_eq!(bits(&by_tap), bits(&tap_major), "{g:?} col2im");
+        assert_eq!(bits(&by_position), bits(&position_major), "{g:?} row2im");
+        orders_differ |= bits(&by_tap) != bits(&by_position);
     }
     assert!(orders_differ, "no geometry tells the two orders apart");
 }
