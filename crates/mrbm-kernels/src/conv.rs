@@ -202,31 +202,10 @@ impl Conv {
     /// left operand of a product it keeps the positions as the tiles' rows,
     /// which suits small images (few positions, many taps).
     pub fn im2row(&self, x: &[f32], rows: &mut [f32]) {
-        let (kk, ow) = (self.patch(), self.ow());
-        assert!(x.len() >= self.c * self.h * self.w, "im2row: x too short");
-        assert!(
-            rows.len() >= self.positions() * kk,
-            "im2row: rows too short"
-        );
-        let (h, w) = (self.h as isize, self.w as isize);
-        for (p, row) in rows.chunks_exact_mut(kk).take(self.positions()).enumerate() {
-            let (oy, ox) = (p / ow, p % ow);
-            let mut j = 0;
-            for ci in 0..self.c {
-                let plane = &x[ci * self.h * self.w..][..self.h * self.w];
-                for ky in 0..self.kh {
-                    let iy = (oy * self.sh + ky) as isize - self.ph as isize;
-                    for kx in 0..self.kw {
-                        let ix = (ox * self.sw + kx) as isize - self.pw as isize;
-                        row[j] = if iy >= 0 && iy < h && ix >= 0 && ix < w {
-                            plane[iy as usize * self.w + ix as usize]
-                        } else {
-                            0.0
-                        };
-                        j += 1;
-                    }
-                }
-            }
+        let kk = self.check_rows("im2row", x.len(), rows.len());
+        for ((oy, ox), row) in self.output_grid().zip(rows.chunks_exact_mut(kk)) {
+            row.fill(0.0);
+            self.taps(oy, ox, |j, i| row[j] = x[i]);
         }
     }
 
@@ -234,26 +213,46 @@ impl Conv {
     /// onto x [C, H, W], position by position (a pixel receives its taps in
     /// descending (ky, kx) order, the reverse of [`Self::col2im`]'s).
     pub fn row2im(&self, rows: &[f32], x: &mut [f32]) {
-        let (kk, ow) = (self.patch(), self.ow());
-        assert!(x.len() >= self.c * self.h * self.w, "row2im: x too short");
+        let kk = self.check_rows("row2im", x.len(), rows.len());
+        for ((oy, ox), row) in self.output_grid().zip(rows.chunks_exact(kk)) {
+            self.taps(oy, ox, |j, i| x[i] += row[j]);
+        }
+    }
+
+    /// Panics unless an image of `x` values and a position-major patch
+    /// matrix of `rows` values fit this geometry; returns the patch length.
+    fn check_rows(&self, what: &str, x: usize, rows: usize) -> usize {
+        let kk = self.patch();
+        assert!(x >= self.c * self.h * self.w, "{what}: x too short");
         assert!(
-            rows.len() >= self.positions() * kk,
-            "row2im: rows too short"
+            rows == self.positions() * kk,
+            "{what}: rows not [OH*OW, C*KH*KW]"
         );
+        kk
+    }
+
+    /// The output positions (oy, ox) in order.
+    fn output_grid(&self) -> impl Iterator<Item = (usize, usize)> {
+        let ow = self.ow();
+        (0..self.oh()).flat_map(move |oy| (0..ow).map(move |ox| (oy, ox)))
+    }
+
+    /// `f(j, pixel)` for the taps j = (ci, ky, kx) of output position
+    /// (oy, ox) that read inside the image, in order, with the index of
+    /// that pixel in [C, H, W] (the others read the zero padding).
+    #[inline(always)]
+    fn taps(&self, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
         let (h, w) = (self.h as isize, self.w as isize);
-        for (p, row) in rows.chunks_exact(kk).take(self.positions()).enumerate() {
-            let (oy, ox) = (p / ow, p % ow);
-            let mut j = 0;
-            for ci in 0..self.c {
-                for ky in 0..self.kh {
-                    let iy = (oy * self.sh + ky) as isize - self.ph as isize;
-                    for kx in 0..self.kw {
-                        let ix = (ox * self.sw + kx) as isize - self.pw as isize;
-                        if iy >= 0 && iy < h && ix >= 0 && ix < w {
-                            x[ci * self.h * self.w + iy as usize * self.w + ix as usize] += row[j];
-                        }
-                        j += 1;
+        let mut j = 0;
+        for ci in 0..self.c {
+            for ky in 0..self.kh {
+                let iy = (oy * self.sh + ky) as isize - self.ph as isize;
+                for kx in 0..self.kw {
+                    let ix = (ox * self.sw + kx) as isize - self.pw as isize;
+                    if iy >= 0 && iy < h && ix >= 0 && ix < w {
+                        f(j, (ci * self.h + iy as usize) * self.w + ix as usize);
                     }
+                    j += 1;
                 }
             }
         }
