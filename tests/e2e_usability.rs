@@ -300,3 +300,49 @@ fn a_failing_command_fails_its_stage_with_the_end_of_its_stderr() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_device_the_file_asks_for_is_reported_at_its_line() {
+    // A `device` key this build cannot give: the error names the file,
+    // line and column of the key and the flag that overrides it; the flag
+    // wins over the key; a malformed value is reported at the key too.
+    let toml = "name = \"dk\"\ndescription = \"x\"\ndevice = \"DEVICE\"\n\n\
+        [stages.shapes]\nkind = \"dataset\"\n\
+        params = { format = \"synthetic\", n = 16, size = 8, classes = 2, seed = 1 }\n";
+    let missing = if cfg!(feature = "cuda") {
+        "tpu"
+    } else {
+        "cuda:1"
+    };
+    for (device, says) in [
+        (
+            missing,
+            if missing == "tpu" {
+                "expected auto, cpu"
+            } else {
+                "this build has no cuda feature"
+            },
+        ),
+        ("tpu", "expected auto, cpu, wgpu[:INDEX] or cuda[:INDEX]"),
+    ] {
+        let p = common::project(&[("dk.toml", &toml.replace("DEVICE", device))]);
+        let o = run(p.path(), &["run", "experiments/dk.toml", "--quiet"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!(
+                "experiments/dk.toml:3:1: device = \"{device}\": {says}"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("override it for one run with --device cpu"),
+            "{err}"
+        );
+        let o = run(
+            p.path(),
+            &["run", "experiments/dk.toml", "--quiet", "--device", "cpu"],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}

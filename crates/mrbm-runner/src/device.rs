@@ -6,7 +6,7 @@
 use mrbm_core::checks;
 use mrbm_device::{self as devices, cuda_env, Device, DeviceError};
 
-use crate::error::RunnerError;
+use crate::error::{Located, RunnerError};
 
 /// Resolve a device request once for this process. A malformed request is
 /// a usage error, a device this build or machine cannot give a data error
@@ -15,6 +15,37 @@ pub fn resolve(spec: &str) -> Result<Device, RunnerError> {
     devices::resolve(spec).map_err(|e| match e {
         DeviceError::BadRequest { .. } => RunnerError::Usage(e.to_string()),
         DeviceError::Unavailable { .. } => RunnerError::Data(e.to_string()),
+    })
+}
+
+/// An experiment's `device` key and where it is written, so that a device
+/// this build or machine cannot give is reported at that line of the file
+/// (the user may not know the file asks for one).
+#[derive(Debug, Clone)]
+pub struct DeviceKey {
+    pub spec: String,
+    pub file: std::path::PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// [`resolve`] a request from an experiment's `device` key: errors name
+/// the file, line and column of the key, and the flag that overrides it.
+pub fn resolve_key(key: &DeviceKey) -> Result<Device, RunnerError> {
+    devices::resolve(&key.spec).map_err(|e| {
+        let why = match e {
+            DeviceError::BadRequest { why, .. } | DeviceError::Unavailable { why, .. } => why,
+        };
+        RunnerError::Config(Box::new(Located {
+            file: key.file.clone(),
+            line: key.line,
+            col: key.col,
+            message: format!("device = \"{}\": {why}", key.spec),
+            help: Some(
+                "change the experiment's `device`, or override it for one run with --device cpu"
+                    .into(),
+            ),
+        }))
     })
 }
 

@@ -259,13 +259,19 @@ fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
         .unwrap_or_else(|| project_root.join(".mrbm"))
 }
 
-/// The DAG, the experiment's `device` and the profile in effect (--profile
-/// or the experiment's default_profile).
-#[allow(clippy::type_complexity)]
-fn build_dag(
-    select: &Select,
-    reg: &Registry,
-) -> Result<(Dag, Option<String>, Option<String>, Option<ExecutorDecl>), RunnerError> {
+/// What `build_dag` gives: the plan and the experiment's own run settings.
+struct Built {
+    dag: Dag,
+    /// The experiment's `device` key (`--device` overrides it).
+    device: Option<device::DeviceKey>,
+    /// The profile in effect: --profile, or the experiment's default_profile.
+    profile: Option<String>,
+    /// The experiment's `[executor]` (the --executor flag overrides it).
+    executor: Option<ExecutorDecl>,
+}
+
+/// Load and expand the selected experiment.
+fn build_dag(select: &Select, reg: &Registry) -> Result<Built, RunnerError> {
     if !select.file.is_file() {
         return Err(RunnerError::Usage(format!(
             "{}: no such file",
@@ -290,10 +296,25 @@ fn build_dag(
         profile: select.profile.clone(),
         data_root: select.data_root.clone(),
     };
-    let device = exp.file.device.clone();
-    let profile = ov.profile.clone().or(exp.file.default_profile.clone());
-    let executor = exp.file.executor.clone();
-    Ok((dag::build(&exp, reg, &ov)?, device, profile, executor))
+    let device = exp.file.device.clone().map(|spec| {
+        let (line, col) = exp
+            .source
+            .span_of(&["device"])
+            .map(|s| exp.source.line_col(s.start))
+            .unwrap_or((0, 0));
+        device::DeviceKey {
+            spec,
+            file: exp.source.path.clone(),
+            line,
+            col,
+        }
+    });
+    Ok(Built {
+        dag: dag::build(&exp, reg, &ov)?,
+        device,
+        profile: ov.profile.clone().or(exp.file.default_profile.clone()),
+        executor: exp.file.executor.clone(),
+    })
 }
 
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
@@ -323,7 +344,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             },
         ),
         Command::Plan { select } => {
-            let (dag, _, _, _) = build_dag(select, &reg)?;
+            let dag = build_dag(select, &reg)?.dag;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
             let lines = Session::new(&reg, &store, &memo).plan(&dag)?;
@@ -332,7 +353,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Dag { select, dot } => {
-            let (dag, _, _, _) = build_dag(select, &reg)?;
+            let dag = build_dag(select, &reg)?.dag;
             print!(
                 "{}",
                 if *dot {
@@ -498,18 +519,28 @@ fn target(select: &Select, a: &RunArgs, decl: Option<ExecutorDecl>) -> Result<Ta
 /// record and report.
 fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, RunnerError> {
     let t0 = Instant::now();
-    let (dag, file_device, profile, file_executor) = build_dag(select, reg)?;
+    let Built {
+        dag,
+        device: file_device,
+        profile,
+        executor: file_executor,
+    } = build_dag(select, reg)?;
+    // --device wins over the file's key; an error from the key names its line.
+    let from_file = file_device.filter(|_| a.device.is_none());
     let spec = a
         .device
         .clone()
-        .or(file_device)
+        .or(from_file.as_ref().map(|k| k.spec.clone()))
         .unwrap_or_else(|| "auto".into());
     let target = target(select, a, file_executor)?;
     // On Slurm the nodes resolve the device: the machine that plans (a
     // login node) may have no GPU.
     let (device, where_, recorded) = match &target {
         Target::Local => {
-            let d = device::resolve(&spec)?;
+            let d = match &from_file {
+                Some(key) => device::resolve_key(key)?,
+                None => device::resolve(&spec)?,
+            };
             let name = d.to_string();
             (d, name.clone(), name)
         }
