@@ -194,7 +194,7 @@ impl TypedStage for TrainStage {
     }
 
     fn run(&self, ctx: &StageContext, p: TrainParams) -> Result<Metrics, StageError> {
-        let device = ctx.device.burn().clone();
+        let device = ctx.device.burn();
         let set = read_images(ctx, "data")?;
         let n = p.options.max_images.map_or(set.n, |m| m.min(set.n));
         if n == 0 {
@@ -276,7 +276,7 @@ impl TypedStage for TrainStage {
         // from it (bit for bit the run it interrupted).
         let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
         let restored = match resume_file.as_ref().filter(|f| f.exists()) {
-            Some(f) => match resume::load(f, &spec, &optim, &device) {
+            Some(f) => match resume::load(f, &spec, &optim, device) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     ctx.warn(format!(
@@ -297,12 +297,12 @@ impl TypedStage for TrainStage {
                 (t, (cursor, hist))
             }
             None => {
-                let mut dbn = Dbn::init(spec, p.stack.init_std, p.optim.seed, &device, DType::F32);
+                let mut dbn = Dbn::init(spec, p.stack.init_std, p.optim.seed, device, DType::F32);
                 if p.options.learn_sigma {
                     // log sigma = 0: sigma starts at the data's (standardised) 1.
                     let c = dbn.layers[0].spec.visible_channels();
                     dbn.layers[0].log_sigma =
-                        Some(burn::tensor::Tensor::zeros([c], (&device, DType::F32)));
+                        Some(burn::tensor::Tensor::zeros([c], (device, DType::F32)));
                 }
                 (Trainer::new(dbn, optim), Default::default())
             }
@@ -391,7 +391,7 @@ impl TypedStage for TrainStage {
         for (e, l) in epochs.iter().enumerate() {
             ctx.log(format!("epoch {}: mean loss {l:.6}", e + 1));
         }
-        for w in dead_unit_warnings(&trainer.dbn, pixels, n, &device) {
+        for w in dead_unit_warnings(&trainer.dbn, pixels, n, device) {
             ctx.warn(w);
         }
         let mut m = Metrics::new();
@@ -616,8 +616,8 @@ impl TypedStage for SampleStage {
     }
 
     fn run(&self, ctx: &StageContext, p: SampleParams) -> Result<Metrics, StageError> {
-        let device = ctx.device.burn().clone();
-        let dbn = read_model(ctx, &device)?;
+        let device = ctx.device.burn();
+        let dbn = read_model(ctx, device)?;
         // Chains' visible and hidden states at every layer, as f32 and f64 copies.
         let per_chain: f64 = dbn
             .layers
@@ -655,7 +655,7 @@ impl TypedStage for SampleStage {
         let base = match (&reference, p.anneal_steps) {
             (Some(r), s) if s > 0 => {
                 check_input_shape(&dbn, r)?;
-                Some(in_pool(ctx.threads, || anneal_base(&dbn, r, &device))?)
+                Some(in_pool(ctx.threads, || anneal_base(&dbn, r, device))?)
             }
             _ => None,
         };
@@ -776,8 +776,8 @@ impl TypedStage for ReconstructStage {
     type Params = ReconstructParams;
 
     fn run(&self, ctx: &StageContext, p: ReconstructParams) -> Result<Metrics, StageError> {
-        let device = ctx.device.burn().clone();
-        let dbn = read_model(ctx, &device)?;
+        let device = ctx.device.burn();
+        let dbn = read_model(ctx, device)?;
         let set = read_images(ctx, "data")?;
         check_input_shape(&dbn, &set)?;
         if p.colourise && set.c != 3 {
@@ -807,7 +807,7 @@ impl TypedStage for ReconstructStage {
             originals.to_vec()
         };
         let recon = in_pool(ctx.threads, || {
-            let v = dbn.pixels_to_visible(&inputs, n, &device, DType::F32);
+            let v = dbn.pixels_to_visible(&inputs, n, device, DType::F32);
             dbn.visible_to_pixels(&dbn.reconstruct(v, depth))
         })?;
         let mse = recon
@@ -908,8 +908,8 @@ impl TypedStage for FeaturesStage {
     type Params = FeaturesParams;
 
     fn run(&self, ctx: &StageContext, p: FeaturesParams) -> Result<Metrics, StageError> {
-        let device = ctx.device.burn().clone();
-        let dbn = read_model(ctx, &device)?;
+        let device = ctx.device.burn();
+        let dbn = read_model(ctx, device)?;
         let set = read_images(ctx, "data")?;
         check_input_shape(&dbn, &set)?;
         let nl = dbn.layers.len();
@@ -922,7 +922,7 @@ impl TypedStage for FeaturesStage {
         let d: usize = dbn.layers[layer - 1].spec.hidden_shape().iter().product();
         let bar = ctx.bar(set.n as u64, "features");
         let mut feats = in_pool(ctx.threads, || {
-            extract_features(&dbn, &set, layer - 1, p.batch_size, &device, |i| {
+            extract_features(&dbn, &set, layer - 1, p.batch_size, device, |i| {
                 bar.set_position(i as u64)
             })
         })?;

@@ -312,7 +312,7 @@ impl TypedStage for FidStatsStage {
     }
 
     fn run(&self, ctx: &StageContext, p: FidStatsParams) -> Result<Metrics, StageError> {
-        let device = ctx.device.burn().clone();
+        let device = ctx.device.burn();
         let (weights, source) = match (ctx.optional_input("weights"), p.random_weights_seed) {
             (Some(path), _) => {
                 if !path.is_file() {
@@ -333,7 +333,7 @@ impl TypedStage for FidStatsStage {
             ),
             (None, None) => return Err(StageError::User(weights_help())),
         };
-        let net = FidInception::from_weights(weights, &device)
+        let net = FidInception::from_weights(weights, device)
             .map_err(|e| StageError::User(format!("{e}. {}", weights_help())))?;
         let data_path = ctx.input("data")?;
         let set = ImageSet::read(data_path)

@@ -164,46 +164,28 @@ fn beta_zero_ignores_c_and_degenerate_products_scale_it() {
         let (m, n, k) = (17, 35, 11);
         let a = values(m * k, 1);
         let b = values(k * n, 2);
+        // C = alpha A B + beta C, all row-major, on one thread.
+        let rm = |k: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]| {
+            sgemm_isa(
+                isa,
+                m,
+                n,
+                k,
+                alpha,
+                View::row_major(a, k),
+                View::row_major(b, n),
+                beta,
+                ViewMut::row_major(c, n),
+                Par::Seq,
+            )
+        };
         let mut c = vec![f32::NAN; m * n];
-        sgemm_isa(
-            isa,
-            m,
-            n,
-            k,
-            1.0,
-            View::row_major(&a, k),
-            View::row_major(&b, n),
-            0.0,
-            ViewMut::row_major(&mut c, n),
-            Par::Seq,
-        );
+        rm(k, 1.0, &a, &b, 0.0, &mut c);
         assert!(c.iter().all(|v| v.is_finite()), "{isa:?}");
         let mut c = vec![2.0f32; m * n];
-        sgemm_isa(
-            isa,
-            m,
-            n,
-            0,
-            1.0,
-            View::row_major(&[], 0),
-            View::row_major(&[], n),
-            0.5,
-            ViewMut::row_major(&mut c, n),
-            Par::Seq,
-        );
+        rm(0, 1.0, &[], &[], 0.5, &mut c);
         assert!(c.iter().all(|v| *v == 1.0));
-        sgemm_isa(
-            isa,
-            m,
-            n,
-            k,
-            0.0,
-            View::row_major(&a, k),
-            View::row_major(&b, n),
-            0.0,
-            ViewMut::row_major(&mut c, n),
-            Par::Seq,
-        );
+        rm(k, 0.0, &a, &b, 0.0, &mut c);
         assert!(c.iter().all(|v| *v == 0.0));
     }
 }

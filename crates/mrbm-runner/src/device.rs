@@ -83,16 +83,16 @@ fn list_devices() -> Vec<Device> {
             println!("{backend}: not compiled in (rebuild with --features {backend})");
             continue;
         }
-        if backend == "cuda" {
-            for (what, line) in cuda_env().lines() {
-                println!("cuda {what}: {line}");
-            }
+        // What CUDA needs at run time, probed once (only for cuda).
+        let env = (backend == "cuda").then(cuda_env);
+        for (what, line) in env.iter().flat_map(|e| e.lines()) {
+            println!("cuda {what}: {line}");
         }
         let found = devices::found(backend);
         if found.is_empty() {
-            match backend {
-                "wgpu" => println!("wgpu: no adapter found (no Vulkan, Metal or DX12 driver)"),
-                _ => println!("cuda: no GPU found: {}", cuda_env().summary()),
+            match &env {
+                None => println!("wgpu: no adapter found (no Vulkan, Metal or DX12 driver)"),
+                Some(env) => println!("cuda: no GPU found: {}", env.summary()),
             }
         }
         for d in found {
