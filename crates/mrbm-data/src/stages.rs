@@ -458,8 +458,12 @@ pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<
     }
 }
 
-/// How to split into train and test parts: counts; a missing one takes the
-/// rest. `{ train = 8000, test = 2000 }`, or `{ test = 2000 }`.
+/// How to split into train, validation and test parts: counts; a missing
+/// train or test count takes the rest. `{ train = 8000, test = 2000 }`,
+/// `{ test = 2000 }`, or with a validation part for calibration,
+/// `{ train = 7000, val = 1000, test = 2000 }`. The test part is drawn
+/// first and the validation part next, so adding `val` carves it out of
+/// what was the training part and leaves the test part unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
@@ -469,6 +473,10 @@ pub struct SplitSpec {
     /// Images in the test part (default: all not in the training part).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<usize>,
+    /// Images in a validation part, written as val.safetensors (default:
+    /// none). Tune on it; read the test part once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<usize>,
 }
 
 /// Parameters of the `transform` stage. Order: subset, crop, resize,
@@ -494,7 +502,7 @@ pub struct TransformParams {
     /// Keep a seeded random subset of this many images (original order kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<usize>,
-    /// Also write train.safetensors and test.safetensors: a seeded random split by counts, e.g. { train = 8000, test = 2000 }.
+    /// Also write train.safetensors and test.safetensors (and val.safetensors with `val`): a seeded random split by counts, e.g. { train = 7000, val = 1000, test = 2000 }.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitSpec>,
     /// Random seed for `subset` and `split` (default 0).
@@ -520,6 +528,12 @@ impl TransformParams {
                     return Err(ParamError::new(
                         "split",
                         "split needs `train`, `test` or both (image counts)",
+                    ))
+                }
+                _ if s.val == Some(0) => {
+                    return Err(ParamError::new(
+                        "split",
+                        "split parts must hold at least 1 image",
                     ))
                 }
                 (_, Some(0)) | (Some(0), _) => {
@@ -548,31 +562,68 @@ impl TransformParams {
 #[derive(Debug)]
 pub struct Transformed {
     pub data: ImageSet,
-    /// (train, test) when a split was asked for.
-    pub split: Option<(ImageSet, ImageSet)>,
+    /// The parts, when a split was asked for.
+    pub split: Option<SplitSets>,
+}
+
+/// The parts of a split.
+#[derive(Debug)]
+pub struct SplitSets {
+    pub train: ImageSet,
+    pub test: ImageSet,
+    /// Present when the split names `val`.
+    pub val: Option<ImageSet>,
+}
+
+/// The indices of each part of a split, each sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitIndices {
+    pub train: Vec<usize>,
+    pub test: Vec<usize>,
+    pub val: Vec<usize>,
 }
 
 /// The train and test indices of a split of `n` images, each sorted.
 pub fn split_indices(n: usize, spec: SplitSpec, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    let parts = split_parts(n, spec, seed)?;
+    Ok((parts.train, parts.test))
+}
+
+/// The train, validation and test indices of a split of `n` images, each
+/// sorted. The test part is the first `test` of a seeded permutation, the
+/// validation part the next `val`, the training part the next `train`: a
+/// split without `val` is what it was before validation parts existed.
+pub fn split_parts(n: usize, spec: SplitSpec, seed: u64) -> Result<SplitIndices> {
+    let val = spec.val.unwrap_or(0);
     let (train, test) = match (spec.train, spec.test) {
         (Some(a), Some(b)) => (a, b),
-        (Some(a), None) => (a, n.saturating_sub(a)),
-        (None, Some(b)) => (n.saturating_sub(b), b),
+        (Some(a), None) => (a, n.saturating_sub(a).saturating_sub(val)),
+        (None, Some(b)) => (n.saturating_sub(b).saturating_sub(val), b),
         (None, None) => return Err(DataError::Invalid("split needs train or test".into())),
     };
-    if train.checked_add(test).is_none_or(|t| t > n) || train == 0 || test == 0 {
-        return Err(DataError::Invalid(format!("split: train = {train} and test = {test} need {} images (at least 1 each), the data hold {n}", train.saturating_add(test))));
+    let need = train.checked_add(test).and_then(|t| t.checked_add(val));
+    if need.is_none_or(|t| t > n) || train == 0 || test == 0 || spec.val == Some(0) {
+        let val_text = match spec.val {
+            Some(v) => format!(", val = {v}"),
+            None => String::new(),
+        };
+        return Err(DataError::Invalid(format!("split: train = {train}{val_text} and test = {test} need {} images (at least 1 each), the data hold {n}", train.saturating_add(test).saturating_add(val))));
     }
     let mut perm: Vec<usize> = (0..n).collect();
     // A different stream from `subset`'s draw with the same seed.
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(1);
     perm.shuffle(&mut rng);
-    let mut te = perm[..test].to_vec();
-    let mut tr = perm[test..test + train].to_vec();
-    te.sort_unstable();
-    tr.sort_unstable();
-    Ok((tr, te))
+    let sorted = |s: &[usize]| {
+        let mut v = s.to_vec();
+        v.sort_unstable();
+        v
+    };
+    Ok(SplitIndices {
+        test: sorted(&perm[..test]),
+        val: sorted(&perm[test..test + val]),
+        train: sorted(&perm[test + val..test + val + train]),
+    })
 }
 
 /// Apply the transform parameters to a set (rayon's current pool).
@@ -593,8 +644,12 @@ pub fn transform(set: &ImageSet, p: &TransformParams, ctl: &Ctl) -> Result<Trans
     let data = crate::ops::transform_set(src, &p.ops(), ctl)?;
     let split = match p.split {
         Some(spec) => {
-            let (tr, te) = split_indices(data.n, spec, p.seed)?;
-            Some((data.select(&tr), data.select(&te)))
+            let parts = split_parts(data.n, spec, p.seed)?;
+            Some(SplitSets {
+                train: data.select(&parts.train),
+                test: data.select(&parts.test),
+                val: spec.val.map(|_| data.select(&parts.val)),
+            })
         }
         None => None,
     };
@@ -739,14 +794,22 @@ impl Stage for TransformStage {
         out.data
             .write(&ctx.out("data.safetensors"))
             .map_err(DataError::from)?;
-        if let Some((train, test)) = &out.split {
-            train
+        if let Some(parts) = &out.split {
+            parts
+                .train
                 .write(&ctx.out("train.safetensors"))
                 .map_err(DataError::from)?;
-            test.write(&ctx.out("test.safetensors"))
+            parts
+                .test
+                .write(&ctx.out("test.safetensors"))
                 .map_err(DataError::from)?;
-            set_metrics(&mut m, "train_", train);
-            set_metrics(&mut m, "test_", test);
+            set_metrics(&mut m, "train_", &parts.train);
+            set_metrics(&mut m, "test_", &parts.test);
+            if let Some(val) = &parts.val {
+                val.write(&ctx.out("val.safetensors"))
+                    .map_err(DataError::from)?;
+                set_metrics(&mut m, "val_", val);
+            }
         }
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
         Ok(m)
@@ -775,5 +838,48 @@ mod confinement_tests {
             let e = params(&format!("labels = \"{bad}\"")).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("labels"), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    fn spec(train: Option<usize>, val: Option<usize>, test: Option<usize>) -> SplitSpec {
+        SplitSpec { train, test, val }
+    }
+
+    /// A validation part is carved out of what was the training part: the
+    /// test part of a split is the same with and without `val`, and the
+    /// three parts are disjoint.
+    #[test]
+    fn val_leaves_the_test_part_unchanged_and_parts_are_disjoint() {
+        let (tr, te) = split_indices(100, spec(Some(80), None, Some(20)), 7).unwrap();
+        let p = split_parts(100, spec(Some(70), Some(10), Some(20)), 7).unwrap();
+        assert_eq!(p.test, te);
+        assert_eq!((p.train.len(), p.val.len(), p.test.len()), (70, 10, 20));
+        let mut all: Vec<usize> = p.train.iter().chain(&p.val).chain(&p.test).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        // val and train together are the old training part.
+        let mut old: Vec<usize> = p.train.iter().chain(&p.val).copied().collect();
+        old.sort_unstable();
+        assert_eq!(old, tr);
+        // A missing count takes the rest, after the validation part.
+        let p = split_parts(100, spec(None, Some(10), Some(20)), 7).unwrap();
+        assert_eq!(p.train.len(), 70);
+    }
+
+    #[test]
+    fn split_parts_that_do_not_fit_are_refused() {
+        assert!(split_parts(100, spec(Some(80), Some(10), Some(20)), 1).is_err());
+        let raw: toml::Table = toml::from_str("split = { train = 5, val = 0, test = 5 }").unwrap();
+        assert!(TransformStage.params(&raw).is_err());
+        let raw: toml::Table = toml::from_str("split = { train = 5, val = 2, test = 5 }").unwrap();
+        let v = TransformStage.params(&raw).unwrap();
+        assert_eq!(v["split"]["val"], 2);
+        // Without val the canonical parameters (and so the keys) are as before.
+        let raw: toml::Table = toml::from_str("split = { train = 5, test = 5 }").unwrap();
+        assert!(TransformStage.params(&raw).unwrap()["split"].get("val").is_none());
     }
 }

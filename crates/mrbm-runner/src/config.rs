@@ -79,6 +79,10 @@ pub struct TableDecl {
     /// by `columns`: "mean", "min" or "max". Without it such axes are an error.
     #[serde(default)]
     pub aggregate: Option<Spanned<String>>,
+    /// With `aggregate`: the spread of the combined cells beside each
+    /// column: "std" (sample standard deviation) or "range" (min and max).
+    #[serde(default)]
+    pub spread: Option<Spanned<String>>,
     /// Decimal places in the terminal and CSV.
     #[serde(default = "default_precision")]
     pub precision: usize,

@@ -59,10 +59,50 @@ pub struct TableParams {
     /// or max. Absent from the key when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<String>,
+    /// With `aggregate`: the spread of the combined cells beside each
+    /// column, "std" (sample standard deviation, one column `<header> std`)
+    /// or "range" (two columns, `<header> min` and `<header> max`). Absent
+    /// from the key when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
 }
 
 /// The values `aggregate` takes.
 pub const AGGREGATES: [&str; 3] = ["mean", "min", "max"];
+
+/// The values `spread` takes.
+pub const SPREADS: [&str; 2] = ["std", "range"];
+
+/// The header suffixes of the columns a spread adds after each column.
+pub fn spread_suffixes(how: &str) -> &'static [&'static str] {
+    match how {
+        "range" => &["min", "max"],
+        _ => &["std"],
+    }
+}
+
+/// The spread columns' values of several cells (None when there are none):
+/// the sample standard deviation (n - 1; 0 for one value), or min and max.
+pub fn spread(how: &str, values: &[f64]) -> Option<Vec<f64>> {
+    if values.is_empty() {
+        return None;
+    }
+    if values.iter().any(|v| v.is_nan()) {
+        return Some(vec![f64::NAN; spread_suffixes(how).len()]);
+    }
+    Some(match how {
+        "range" => vec![
+            aggregate("min", values)?,
+            aggregate("max", values)?,
+        ],
+        _ => {
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let ss: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+            vec![if values.len() > 1 { (ss / (n - 1.0)).sqrt() } else { 0.0 }]
+        }
+    })
+}
 
 /// Combine the values of several cells; None when there are none.
 pub fn aggregate(how: &str, values: &[f64]) -> Option<f64> {
@@ -270,8 +310,14 @@ pub fn build_grid(
             extra_headers.push((x.header.clone(), x.metric.clone()));
         }
     }
+    let spread_how = p.aggregate.as_ref().and(p.spread.as_deref());
     let mut header = vec![p.rows.clone().unwrap_or_else(|| "stage".into())];
-    header.extend(cols.iter().map(|(_, _, h)| h.clone()));
+    for (_, _, h) in &cols {
+        header.push(h.clone());
+        if let Some(how) = spread_how {
+            header.extend(spread_suffixes(how).iter().map(|s| format!("{h} {s}")));
+        }
+    }
     header.extend(extra_headers.iter().map(|(h, _)| h.clone()));
     header.extend(p.reference.keys().cloned());
     let mut out = vec![header];
@@ -282,37 +328,51 @@ pub fn build_grid(
                 .cells
                 .iter()
                 .filter(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
-            let text = match &p.aggregate {
-                None => matching
-                    .next()
-                    .and_then(|c| metrics_of(&c.slot))
-                    .map(|ms| {
-                        ms.get(m)
-                            .map(|x| fmt_value(*x, p.precision))
-                            .unwrap_or_else(|| format!("no metric {m}"))
-                    })
-                    .unwrap_or_else(|| MISSING.to_string()),
+            match &p.aggregate {
+                None => line.push(
+                    matching
+                        .next()
+                        .and_then(|c| metrics_of(&c.slot))
+                        .map(|ms| {
+                            ms.get(m)
+                                .map(|x| fmt_value(*x, p.precision))
+                                .unwrap_or_else(|| format!("no metric {m}"))
+                        })
+                        .unwrap_or_else(|| MISSING.to_string()),
+                ),
                 // Every cell must be there: a mean over the cells that
                 // happened to succeed would read as the mean over all.
                 Some(how) => {
                     let all: Option<Vec<Option<f64>>> = matching
                         .map(|c| metrics_of(&c.slot).map(|ms| ms.get(m).copied()))
                         .collect();
+                    let width = 1 + spread_how.map_or(0, |s| spread_suffixes(s).len());
                     match all {
-                        None => MISSING.to_string(),
+                        None => line.extend(std::iter::repeat_n(MISSING.to_string(), width)),
                         Some(vals) if vals.iter().any(Option::is_none) => {
-                            format!("no metric {m}")
+                            line.extend(std::iter::repeat_n(format!("no metric {m}"), width))
                         }
                         Some(vals) => {
                             let vals: Vec<f64> = vals.into_iter().flatten().collect();
-                            aggregate(how, &vals)
-                                .map(|x| fmt_value(x, p.precision))
-                                .unwrap_or_else(|| MISSING.to_string())
+                            line.push(
+                                aggregate(how, &vals)
+                                    .map(|x| fmt_value(x, p.precision))
+                                    .unwrap_or_else(|| MISSING.to_string()),
+                            );
+                            if let Some(sp) = spread_how {
+                                match spread(sp, &vals) {
+                                    Some(xs) => line
+                                        .extend(xs.iter().map(|x| fmt_value(*x, p.precision))),
+                                    None => line.extend(std::iter::repeat_n(
+                                        MISSING.to_string(),
+                                        width - 1,
+                                    )),
+                                }
+                            }
                         }
                     }
                 }
-            };
-            line.push(text);
+            }
         }
         for (h, m) in &extra_headers {
             let cell = p.extra.iter().find(|x| &x.header == h && x.row == r);
@@ -448,6 +508,7 @@ mod tests {
                 row: "mnist".into(),
             }],
             aggregate: None,
+            spread: None,
         };
         let g = build_grid(&p, |slot| {
             (slot == "a" || slot == "b" || slot == "x").then(|| {
@@ -497,6 +558,7 @@ mod tests {
             precision: 2,
             extra: vec![],
             aggregate: Some("mean".into()),
+            spread: None,
         };
         let metrics = |slot: &str| {
             let v = match slot {
@@ -518,6 +580,54 @@ mod tests {
         // Without aggregate the key of an existing table is unchanged.
         p.aggregate = None;
         assert!(serde_json::to_value(&p).unwrap().get("aggregate").is_none());
+        assert!(serde_json::to_value(&p).unwrap().get("spread").is_none());
+    }
+
+    #[test]
+    fn spread_adds_std_or_range_columns_after_each_aggregated_column() {
+        let cell = |slot: &str, row: &str| TableCell {
+            slot: slot.into(),
+            id: String::new(),
+            row: row.into(),
+            column: None,
+        };
+        let mut p = TableParams {
+            name: "t".into(),
+            metrics: vec!["err".into()],
+            rows: Some("N".into()),
+            columns: None,
+            row_order: vec!["1".into(), "2".into()],
+            column_order: vec![],
+            cells: vec![cell("a", "1"), cell("b", "1"), cell("c", "1"), cell("d", "2")],
+            reference: BTreeMap::new(),
+            precision: 3,
+            extra: vec![],
+            aggregate: Some("mean".into()),
+            spread: Some("std".into()),
+        };
+        let metrics = |slot: &str| {
+            let v = match slot {
+                "a" => 1.0,
+                "b" => 2.0,
+                "c" => 6.0,
+                "d" => 5.0,
+                _ => return None,
+            };
+            Some(BTreeMap::from([("err".to_string(), v)]))
+        };
+        let g = build_grid(&p, metrics);
+        assert_eq!(g[0], vec!["N", "err", "err std"]);
+        // mean 3, sample variance ((4 + 1 + 9) / 2) = 7.
+        assert_eq!(g[1], vec!["1", "3.000", &format!("{:.3}", 7f64.sqrt())]);
+        // One cell: no spread to speak of.
+        assert_eq!(g[2], vec!["2", "5.000", "0.000"]);
+        p.spread = Some("range".into());
+        let g = build_grid(&p, metrics);
+        assert_eq!(g[0], vec!["N", "err", "err min", "err max"]);
+        assert_eq!(g[1], vec!["1", "3.000", "1.000", "6.000"]);
+        // A missing cell fills every column of its group.
+        p.cells.push(cell("e", "2"));
+        assert_eq!(build_grid(&p, metrics)[2], vec!["2", MISSING, MISSING, MISSING]);
     }
 
     #[test]
@@ -547,6 +657,7 @@ mod tests {
             precision: 2,
             extra: vec![],
             aggregate: None,
+            spread: None,
         };
         let a = Upstream {
             key: "k".repeat(64),

@@ -139,6 +139,7 @@ impl Tables<'_> {
             precision: t.precision,
             extra: wired.extra,
             aggregate: t.aggregate.as_ref().map(|a| a.get_ref().clone()),
+            spread: t.spread.as_ref().map(|a| a.get_ref().clone()),
         };
         let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
         Ok(Node {
@@ -200,6 +201,30 @@ impl Tables<'_> {
     }
 
     fn check_aggregate(&self, t: &TableDecl) -> Result<(), RunnerError> {
+        if let Some(sp) = &t.spread {
+            if t.aggregate.is_none() {
+                return Err(self.src().locate(
+                    Some(sp.span()),
+                    format!(
+                        "table `{}`: spread = \"{}\" needs cells to combine",
+                        t.name,
+                        sp.get_ref()
+                    ),
+                    Some("add aggregate = \"mean\" (the spread is of the cells it combines)".into()),
+                ));
+            }
+            if !crate::table::SPREADS.contains(&sp.get_ref().as_str()) {
+                return Err(self.src().locate(
+                    Some(sp.span()),
+                    format!(
+                        "table `{}`: spread = \"{}\" is not known",
+                        t.name,
+                        sp.get_ref()
+                    ),
+                    Some(format!("one of: {}", crate::table::SPREADS.join(", "))),
+                ));
+            }
+        }
         let Some(how) = &t.aggregate else {
             return Ok(());
         };
