@@ -15,6 +15,8 @@ mean and std over the seeds.
     $PY tools/table1_sklearn_check.py .mrbm/entries/$KEY/out --part val
     (after `mrbm run experiments/table1_val.toml`, whose `prep` is table1's split)
 
+On a loaded machine set OPENBLAS_NUM_THREADS=1: with two BLAS threads
+fighting other processes one seed took over 50 min; with one, 134 s.
 Requirements: bench/requirements-rbm.txt (numpy, scikit-learn,
 liblinear-official). Never a dependency of mrbm itself.
 """
