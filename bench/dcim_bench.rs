@@ -27,7 +27,11 @@ fn main() {
     let batches: usize = arg(&args, "--batches", "20").parse().expect("--batches");
     let threads: usize = arg(&args, "--threads", "2").parse().expect("--threads");
     let layers = match arch.as_str() {
-        "mlp" => vec![LayerDef::Dense(512), LayerDef::Dense(512), LayerDef::Dense(10)],
+        "mlp" => vec![
+            LayerDef::Dense(512),
+            LayerDef::Dense(512),
+            LayerDef::Dense(10),
+        ],
         "cnn" => vec![
             LayerDef::Conv([3, 1, 32]),
             LayerDef::Conv([3, 1, 32]),
@@ -49,7 +53,12 @@ fn main() {
     let px: Vec<u8> = (0..batch * 784).map(|_| rng.random::<u8>()).collect();
     let ys: Vec<usize> = (0..batch).map(|i| i % 10).collect();
     let secs = mrbm_stage::in_pool(threads, || {
-        let mut t = Trainer::new(Dcim::init(spec, 1, &dev).unwrap(), Objective::Generative, 1e-3, 1.0);
+        let mut t = Trainer::new(
+            Dcim::init(spec, 1, &dev).unwrap(),
+            Objective::Generative,
+            1e-3,
+            1.0,
+        );
         let x = images_tensor(&px, batch, [1, 28, 28], &dev);
         let y = one_hot(&ys, 10, &dev);
         t.step(x.clone(), y.clone(), &mut rng).unwrap(); // warm-up

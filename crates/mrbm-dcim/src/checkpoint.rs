@@ -67,13 +67,17 @@ pub fn load(path: &Path, device: &Device) -> Result<Dcim, DcimError> {
         path: path.to_path_buf(),
         source: e,
     })?;
-    let (_, header) =
-        SafeTensors::read_metadata(&raw).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&raw)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let meta = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY).cloned())
-        .ok_or_else(|| err(format!("no `{META_KEY}` metadata: not a DCIM model (a `dcim` stage's model.safetensors)")))?;
+        .ok_or_else(|| {
+            err(format!(
+                "no `{META_KEY}` metadata: not a DCIM model (a `dcim` stage's model.safetensors)"
+            ))
+        })?;
     let spec: Spec = serde_json::from_str(&meta).map_err(|e| err(format!("bad spec: {e}")))?;
     let st = SafeTensors::deserialize(&raw).map_err(|e| err(e.to_string()))?;
     let mut m = Dcim::init(spec, 0, device).map_err(|e| err(e.to_string()))?;

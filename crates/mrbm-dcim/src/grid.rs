@@ -86,8 +86,22 @@ pub fn labelled_grid(rows: &[Vec<Cell>], h: usize, w: usize, path: &Path) -> Res
             } else {
                 format!(".{p:02}")
             };
-            let used = draw_text(&mut img, &cell.predicted.to_string(), x0 as u32, y0 as u32 + 1, 2, colour);
-            draw_text(&mut img, &prob, x0 as u32 + used + 6, y0 as u32 + 1, 2, colour);
+            let used = draw_text(
+                &mut img,
+                &cell.predicted.to_string(),
+                x0 as u32,
+                y0 as u32 + 1,
+                2,
+                colour,
+            );
+            draw_text(
+                &mut img,
+                &prob,
+                x0 as u32 + used + 6,
+                y0 as u32 + 1,
+                2,
+                colour,
+            );
             let top = y0 + label_h;
             for y in 0..h * zoom {
                 for x in 0..w * zoom {

@@ -320,7 +320,7 @@ impl Dcim {
                 let opts = ConvOptions::new([s, s], [0, 0], [1, 1], 1);
                 Act::Map(conv2d(x.map(self.shapes[k - 1]), w.clone(), Some(b), opts))
             }
-            Weight::Dense(w) => Act::Flat(x.flat().matmul(w.clone()) + b.unsqueeze_dim(0)),
+            Weight::Dense(w) => Act::Flat(x.flat().matmul(w.clone()) + b.unsqueeze_dim::<2>(0)),
         }
     }
 
@@ -347,7 +347,7 @@ impl Dcim {
             Weight::Dense(w) => {
                 let f = x.flat().matmul(w.clone().transpose());
                 match below {
-                    Shape::Flat(_) => Act::Flat(f + b.unsqueeze_dim(0)),
+                    Shape::Flat(_) => Act::Flat(f + b.unsqueeze_dim::<2>(0)),
                     Shape::Map([c, h, ww]) => {
                         let n = f.dims()[0];
                         Act::Map(f.reshape([n, c, h, ww]) + b.reshape([1, c, 1, 1]))
@@ -603,10 +603,11 @@ impl Trainer {
             )));
         }
         let lr = self.lr;
+        let device = self.model.device();
         for (i, g) in gw.into_iter().enumerate() {
             let w = std::mem::replace(
                 &mut self.model.weights[i],
-                Weight::Dense(Tensor::zeros([1, 1], &self.model.device())),
+                Weight::Dense(Tensor::zeros([1, 1], &device)),
             );
             self.model.weights[i] = match (w, g, &mut self.w_states[i]) {
                 (Weight::Conv(w), Weight::Conv(g), ParamState::W4(st)) => {
@@ -688,11 +689,13 @@ impl Dcim {
             correct += pred
                 .iter()
                 .zip(&labels[i..i + m])
-                .filter(|(p, &l)| **p as usize == l)
+                .filter(|(p, l)| **p as usize == **l)
                 .count();
             cnll += scalar(&class_nll(logits, y.clone())) * m as f64;
-            rc += scalar(&image_nll(self.reverse_from(d, Act::Flat(y.clone())), x0.clone()))
-                * m as f64;
+            rc += scalar(&image_nll(
+                self.reverse_from(d, Act::Flat(y.clone())),
+                x0.clone(),
+            )) * m as f64;
             let eta = match means.last() {
                 Some(top) => self.reverse_from(d - 1, bernoulli(top.clone(), &mut rng)),
                 None => self.reverse_from(d, Act::Flat(y)),

@@ -77,7 +77,11 @@ pub struct DcimParams {
 impl Default for DcimParams {
     fn default() -> Self {
         DcimParams {
-            layers: vec![LayerDef::Dense(512), LayerDef::Dense(512), LayerDef::Dense(10)],
+            layers: vec![
+                LayerDef::Dense(512),
+                LayerDef::Dense(512),
+                LayerDef::Dense(10),
+            ],
             objective: Objective::Generative,
             epochs: 10,
             batch_size: 64,
@@ -92,8 +96,16 @@ impl Default for DcimParams {
 pub struct DcimStage;
 
 const DCIM_INPUTS: &[InputSlot] = &[
-    InputSlot::required("data", Some("data.safetensors"), "training images with labels (ImageSet)"),
-    InputSlot::required("test", Some("data.safetensors"), "test images with labels (ImageSet)"),
+    InputSlot::required(
+        "data",
+        Some("data.safetensors"),
+        "training images with labels (ImageSet)",
+    ),
+    InputSlot::required(
+        "test",
+        Some("data.safetensors"),
+        "test images with labels (ImageSet)",
+    ),
 ];
 
 /// One epoch's batch order: a seeded shuffle.
@@ -107,7 +119,11 @@ pub fn batch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 /// The loss history chart: class NLL per image and reverse NLL per pixel.
-fn loss_png(hist: &[(usize, StepLoss)], title: &str, path: &std::path::Path) -> Result<(), StageError> {
+fn loss_png(
+    hist: &[(usize, StepLoss)],
+    title: &str,
+    path: &std::path::Path,
+) -> Result<(), StageError> {
     use mrbm_plot::{moving_mean, Chart, Series, Style};
     let mut c = Chart::new(title, "training step", "negative log-likelihood");
     c.y_percentiles = (1.0, 99.0);
@@ -116,7 +132,14 @@ fn loss_png(hist: &[(usize, StepLoss)], title: &str, path: &std::path::Path) -> 
     let steps: Vec<f64> = (1..=hist.len()).map(|s| s as f64).collect();
     let class: Vec<f64> = hist.iter().map(|h| h.1.class).collect();
     let rev: Vec<f64> = hist.iter().map(|h| h.1.reverse_per_pixel).collect();
-    let pts = |v: Vec<f64>| -> Vec<(f64, f64)> { steps.iter().copied().zip(v).filter(|p| p.1.is_finite()).collect() };
+    let pts = |v: Vec<f64>| -> Vec<(f64, f64)> {
+        steps
+            .iter()
+            .copied()
+            .zip(v)
+            .filter(|p| p.1.is_finite())
+            .collect()
+    };
     c.series.push(Series {
         label: format!("-log p(y|x) per image, mean of {w} steps"),
         points: pts(moving_mean(&class, w)),
@@ -143,7 +166,10 @@ impl TypedStage for DcimStage {
 
     fn validate(p: &DcimParams) -> Result<(), ParamError> {
         if p.layers.is_empty() {
-            return Err(ParamError::new("layers", "layers must name at least the class layer"));
+            return Err(ParamError::new(
+                "layers",
+                "layers must name at least the class layer",
+            ));
         }
         if !matches!(p.layers.last(), Some(LayerDef::Dense(n)) if *n >= 2) {
             return Err(ParamError::new(
@@ -155,10 +181,16 @@ impl TypedStage for DcimStage {
             return Err(ParamError::new("epochs", "epochs must be at least 1"));
         }
         if p.batch_size == 0 {
-            return Err(ParamError::new("batch_size", "batch_size must be at least 1"));
+            return Err(ParamError::new(
+                "batch_size",
+                "batch_size must be at least 1",
+            ));
         }
         if !(p.lr.is_finite() && p.lr > 0.0) {
-            return Err(ParamError::new("lr", format!("lr must be positive, got {}", p.lr)));
+            return Err(ParamError::new(
+                "lr",
+                format!("lr must be positive, got {}", p.lr),
+            ));
         }
         if !(p.reverse_weight.is_finite() && p.reverse_weight >= 0.0) {
             return Err(ParamError::new(
@@ -238,15 +270,21 @@ impl TypedStage for DcimStage {
         let train_seconds = started.elapsed().as_secs_f64();
         let model = &trainer.model;
         checkpoint::save(model, &ctx.out("model.safetensors"))?;
-        let mut csv = String::from("epoch,batch,step,total,layer1_class_nll,layer2_reverse_nll_per_pixel\n");
+        let mut csv =
+            String::from("epoch,batch,step,total,layer1_class_nll,layer2_reverse_nll_per_pixel\n");
         let mut batch_in_epoch = 0;
         for (s, (e, l)) in hist.iter().enumerate() {
             if s > 0 && hist[s - 1].0 != *e {
                 batch_in_epoch = 0;
             }
             batch_in_epoch += 1;
-            let rev = if l.reverse_per_pixel.is_finite() { l.reverse_per_pixel } else { 0.0 };
-            let total = l.class + p.reverse_weight * rev * (p.objective != Objective::Discriminative) as u8 as f64;
+            let rev = if l.reverse_per_pixel.is_finite() {
+                l.reverse_per_pixel
+            } else {
+                0.0
+            };
+            let total = l.class
+                + p.reverse_weight * rev * (p.objective != Objective::Discriminative) as u8 as f64;
             csv.push_str(&format!(
                 "{},{},{},{},{},{}\n",
                 e + 1,
@@ -269,7 +307,13 @@ impl TypedStage for DcimStage {
                 p.seed ^ 0xe7a1,
                 cancelled,
             );
-            let te = model.evaluate(test.pixels(), &test_labels, eval_batch, p.seed ^ 0x7e57, cancelled);
+            let te = model.evaluate(
+                test.pixels(),
+                &test_labels,
+                eval_batch,
+                p.seed ^ 0x7e57,
+                cancelled,
+            );
             (tr, te)
         })?;
         let (tr, te) = (tr?, te?);
@@ -288,7 +332,10 @@ impl TypedStage for DcimStage {
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
         m.insert("train_seconds".into(), train_seconds);
         m.insert("epoch_seconds".into(), train_seconds / p.epochs as f64);
-        m.insert("images_per_second".into(), (n * p.epochs) as f64 / train_seconds.max(1e-9));
+        m.insert(
+            "images_per_second".into(),
+            (n * p.epochs) as f64 / train_seconds.max(1e-9),
+        );
         Ok(m)
     }
 }
@@ -344,18 +391,30 @@ const SAMPLE_INPUTS: &[InputSlot] = &[
 
 /// Mean over classes of the mean pairwise RMS distance (pixels in [0, 1])
 /// between images of the same class.
-pub fn per_class_diversity(pixels: &[u8], labels: &[usize], len: usize, classes: usize, cap: usize) -> f64 {
+pub fn per_class_diversity(
+    pixels: &[u8],
+    labels: &[usize],
+    len: usize,
+    classes: usize,
+    cap: usize,
+) -> f64 {
     let mut total = 0.0;
     let mut counted = 0;
     for c in 0..classes {
-        let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).take(cap).collect();
+        let idx: Vec<usize> = (0..labels.len())
+            .filter(|&i| labels[i] == c)
+            .take(cap)
+            .collect();
         if idx.len() < 2 {
             continue;
         }
         let (mut s, mut k) = (0.0, 0usize);
         for a in 0..idx.len() {
             for b in a + 1..idx.len() {
-                let (x, y) = (&pixels[idx[a] * len..][..len], &pixels[idx[b] * len..][..len]);
+                let (x, y) = (
+                    &pixels[idx[a] * len..][..len],
+                    &pixels[idx[b] * len..][..len],
+                );
                 let d: f64 = x
                     .iter()
                     .zip(y)
@@ -392,14 +451,20 @@ impl TypedStage for DcimSampleStage {
             return Err(ParamError::new("per_class", "per_class must be at least 1"));
         }
         if p.grid_columns == 0 {
-            return Err(ParamError::new("grid_columns", "grid_columns must be at least 1"));
+            return Err(ParamError::new(
+                "grid_columns",
+                "grid_columns must be at least 1",
+            ));
         }
         Ok(())
     }
 
     fn run(&self, ctx: &StageContext, p: DcimSampleParams) -> Result<Metrics, StageError> {
         let device = ctx.device.burn();
-        let model = checkpoint::load(&resolve_file(ctx.input("model")?, "model.safetensors"), device)?;
+        let model = checkpoint::load(
+            &resolve_file(ctx.input("model")?, "model.safetensors"),
+            device,
+        )?;
         let reference = match ctx.optional_input("reference") {
             Some(path) => Some(
                 ImageSet::read(&resolve_file(path, "data.safetensors"))
@@ -414,44 +479,50 @@ impl TypedStage for DcimSampleStage {
         let d = model.depth();
         let n = classes * p.per_class;
         let labels: Vec<usize> = (0..n).map(|i| i / p.per_class).collect();
-        let (pixels, probs) = in_pool(ctx.threads, || -> Result<(Vec<u8>, Vec<f32>), StageError> {
-            let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-            let mut pixels = Vec::with_capacity(n * len);
-            let mut probs = Vec::with_capacity(n * classes);
-            // One class at a time keeps the batch small.
-            for cls in 0..classes {
-                ctx.check_cancel()?;
-                let y = one_hot(&vec![cls; p.per_class], classes, device);
-                let eta = match p.way {
-                    Way::Recursive => model.reverse_sampled(d, Act::Flat(y), &mut rng),
-                    Way::OneLayer => {
-                        if d == 1 {
-                            model.reverse_from(1, Act::Flat(y))
-                        } else {
-                            let pre = model.pre_down(d, Act::Flat(y)).sigmoid();
-                            let top = crate::model::bernoulli(pre, &mut rng);
-                            model.reverse_from(d - 1, top)
+        let (pixels, probs) = in_pool(
+            ctx.threads,
+            || -> Result<(Vec<u8>, Vec<f32>), StageError> {
+                let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+                let mut pixels = Vec::with_capacity(n * len);
+                let mut probs = Vec::with_capacity(n * classes);
+                // One class at a time keeps the batch small.
+                for cls in 0..classes {
+                    ctx.check_cancel()?;
+                    let y = one_hot(&vec![cls; p.per_class], classes, device);
+                    let eta = match p.way {
+                        Way::Recursive => model.reverse_sampled(d, Act::Flat(y), &mut rng),
+                        Way::OneLayer => {
+                            if d == 1 {
+                                model.reverse_from(1, Act::Flat(y))
+                            } else {
+                                let pre = model.pre_down(d, Act::Flat(y)).sigmoid();
+                                let top = crate::model::bernoulli(pre, &mut rng);
+                                model.reverse_from(d - 1, top)
+                            }
                         }
-                    }
-                };
-                let q = host(&burn::tensor::activation::sigmoid(eta));
-                let px: Vec<u8> = q.iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
-                // Classify the images as stored (u8), as any later reader sees them.
-                let x = images_tensor(&px, p.per_class, model.spec.input, device);
-                probs.extend(host(&model.predict(x)));
-                pixels.extend(px);
-            }
-            Ok((pixels, probs))
-        })??;
+                    };
+                    let q = host(&burn::tensor::activation::sigmoid(eta));
+                    let px: Vec<u8> = q
+                        .iter()
+                        .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+                        .collect();
+                    // Classify the images as stored (u8), as any later reader sees them.
+                    let x = images_tensor(&px, p.per_class, model.spec.input, device);
+                    probs.extend(host(&model.predict(x)));
+                    pixels.extend(px);
+                }
+                Ok((pixels, probs))
+            },
+        )??;
         let mut agree = 0usize;
         let mut p_cond = 0.0;
         let mut cells: Vec<Vec<Cell>> = (0..classes).map(|_| Vec::new()).collect();
         for i in 0..n {
             let row = &probs[i * classes..(i + 1) * classes];
-            let (best, pb) = row
-                .iter()
-                .enumerate()
-                .fold((0, f32::MIN), |a, (j, &v)| if v > a.1 { (j, v) } else { a });
+            let (best, pb) =
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |a, (j, &v)| if v > a.1 { (j, v) } else { a });
             agree += (best == labels[i]) as usize;
             p_cond += row[labels[i]] as f64;
             if i % p.per_class < p.grid_columns {

@@ -5,15 +5,22 @@
 //! fixture's x^(d-1) state), to 1e-5.
 
 use burn::tensor::Device;
-use mrbm_dcim::model::{host, one_hot, tensor, Act, Dcim, LayerDef, Objective, Shape, Spec, Trainer, Weight};
+use mrbm_dcim::model::{
+    host, one_hot, tensor, Act, Dcim, LayerDef, Objective, Shape, Spec, Trainer, Weight,
+};
 
 fn fixture() -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dcim_parity.json");
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dcim_parity.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn close(what: &str, ours: &[f32], theirs: &[f32]) -> f32 {
@@ -65,18 +72,35 @@ fn loss_and_gradients_match_pytorch() {
             let want = &case["objectives"][key];
             let t = Trainer::new(m.clone(), obj, 1e-3, 1.0);
             let (l, gw, gb) = t.gradients(x0.clone(), y.clone(), &mut |_| top.clone());
-            let ours_loss = l.class + if l.reverse_per_pixel.is_finite() { l.reverse_per_pixel } else { 0.0 };
-            close(&format!("{name} ({key}) loss"), &[ours_loss as f32], &[want["loss"].as_f64().unwrap() as f32]);
+            let ours_loss = l.class
+                + if l.reverse_per_pixel.is_finite() {
+                    l.reverse_per_pixel
+                } else {
+                    0.0
+                };
+            close(
+                &format!("{name} ({key}) loss"),
+                &[ours_loss as f32],
+                &[want["loss"].as_f64().unwrap() as f32],
+            );
             let mut worst = 0f32;
             for (k, g) in gw.iter().enumerate() {
                 let ours = match g {
                     Weight::Conv(t) => host(t),
                     Weight::Dense(t) => host(t),
                 };
-                worst = worst.max(close(&format!("{name} ({key}) dW^{}", k + 1), &ours, &floats(&want["grad_weights"][k])));
+                worst = worst.max(close(
+                    &format!("{name} ({key}) dW^{}", k + 1),
+                    &ours,
+                    &floats(&want["grad_weights"][k]),
+                ));
             }
             for (k, g) in gb.iter().enumerate() {
-                worst = worst.max(close(&format!("{name} ({key}) dc^{k}"), &host(g), &floats(&want["grad_biases"][k])));
+                worst = worst.max(close(
+                    &format!("{name} ({key}) dc^{k}"),
+                    &host(g),
+                    &floats(&want["grad_biases"][k]),
+                ));
             }
             eprintln!("{name} objective {key}: loss {ours_loss:.6} (pytorch {}), largest gradient difference {worst:.2e}", want["loss"]);
             cases += 1;

@@ -9,13 +9,23 @@ use mrbm_stage::{Metrics, Stage, StageError};
 use rand::{Rng, SeedableRng};
 
 fn stage(kind: &str) -> Box<dyn Stage> {
-    mrbm_dcim::stages().into_iter().find(|s| s.kind() == kind).unwrap()
+    mrbm_dcim::stages()
+        .into_iter()
+        .find(|s| s.kind() == kind)
+        .unwrap()
 }
 
-fn run(kind: &str, params: &str, inputs: &[(&str, &Path)], out: &Path) -> Result<Metrics, StageError> {
+fn run(
+    kind: &str,
+    params: &str,
+    inputs: &[(&str, &Path)],
+    out: &Path,
+) -> Result<Metrics, StageError> {
     let s = stage(kind);
     let raw: toml::Table = toml::from_str(params).unwrap();
-    let canon = s.params(&raw).map_err(|e| StageError::User(e.to_string()))?;
+    let canon = s
+        .params(&raw)
+        .map_err(|e| StageError::User(e.to_string()))?;
     mrbm_stage::run_detached(&*s, &canon, inputs, out, &mrbm_device::Device::cpu())
 }
 
@@ -39,7 +49,10 @@ fn bars(n: usize, seed: u64, path: &Path) {
 #[test]
 fn train_then_sample_both_ways() {
     let dir = tempfile::tempdir().unwrap();
-    let (train, test) = (dir.path().join("train.safetensors"), dir.path().join("test.safetensors"));
+    let (train, test) = (
+        dir.path().join("train.safetensors"),
+        dir.path().join("test.safetensors"),
+    );
     bars(96, 1, &train);
     bars(30, 2, &test);
     let model_dir = dir.path().join("dcim");
@@ -85,12 +98,34 @@ fn user_mistakes_are_clear_errors() {
     let data = dir.path().join("d.safetensors");
     bars(12, 1, &data);
     // Three classes in the data, two in the last layer.
-    let e = run("dcim", "layers = [4, 2]\nepochs = 1", &[("data", &data), ("test", &data)], &dir.path().join("a")).unwrap_err();
-    assert!(e.is_user_error() && e.to_string().contains("label 2"), "{e}");
-    let e = run("dcim", "layers = [[9, 1, 2], 3]", &[("data", &data), ("test", &data)], &dir.path().join("b")).unwrap_err();
+    let e = run(
+        "dcim",
+        "layers = [4, 2]\nepochs = 1",
+        &[("data", &data), ("test", &data)],
+        &dir.path().join("a"),
+    )
+    .unwrap_err();
+    assert!(
+        e.is_user_error() && e.to_string().contains("label 2"),
+        "{e}"
+    );
+    let e = run(
+        "dcim",
+        "layers = [[9, 1, 2], 3]",
+        &[("data", &data), ("test", &data)],
+        &dir.path().join("b"),
+    )
+    .unwrap_err();
     assert!(e.is_user_error() && e.to_string().contains("larger"), "{e}");
-    let e = stage("dcim").params(&toml::from_str("objective = \"23\"").unwrap()).unwrap_err();
-    assert!(e.to_string().contains("23") || e.to_string().contains("variant"), "{e}");
-    let e = stage("dcim").params(&toml::from_str("layers = [[3, 1, 4]]").unwrap()).unwrap_err();
+    let e = stage("dcim")
+        .params(&toml::from_str("objective = \"23\"").unwrap())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("23") || e.to_string().contains("variant"),
+        "{e}"
+    );
+    let e = stage("dcim")
+        .params(&toml::from_str("layers = [[3, 1, 4]]").unwrap())
+        .unwrap_err();
     assert!(e.message.contains("last layer"), "{e}");
 }
