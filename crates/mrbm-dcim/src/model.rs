@@ -17,7 +17,7 @@
 //! channel; a dense layer's reverse into a map adds that map's per-channel
 //! bias.
 
-use burn::optim::{Adam, AdamConfig, AdamState};
+use burn::optim::{Adam, AdamConfig, AdamState, Optimizer};
 use burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid};
 use burn::tensor::module::{conv2d, conv_transpose2d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
