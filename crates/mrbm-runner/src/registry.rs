@@ -28,6 +28,7 @@ impl Registry {
         all.extend(mrbm_data::stages().into_iter().map(|s| ("mrbm-data", s)));
         all.extend(mrbm_core::stages().into_iter().map(|s| ("mrbm-core", s)));
         all.extend(mrbm_eval::stages().into_iter().map(|s| ("mrbm-eval", s)));
+        all.extend(mrbm_dcim::stages().into_iter().map(|s| ("mrbm-dcim", s)));
         all.push(("mrbm-runner", Box::new(crate::table::TableStage)));
         all.push(("mrbm-runner", Box::new(crate::collect::CollectStage)));
         all.push(("mrbm-runner", Box::new(crate::command::CommandStage)));
