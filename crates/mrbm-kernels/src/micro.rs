@@ -6,6 +6,11 @@ use crate::{Kernel, Tile};
 
 /// Write an MR x NR accumulator tile (row-major in `acc`, rows `ld`
 /// apart) to the valid corner of C that `out` names, any strides.
+///
+/// The same rounding as the SIMD kernels' full-tile store, fma(C, beta,
+/// alpha * acc): which tiles are full depends on MR and NR, so anything else
+/// would make AVX-512 and AVX2 products differ in the last bit at some
+/// elements (tests/isa_bits.rs; pinned results rely on it).
 #[inline(always)]
 unsafe fn store_tile(acc: &[f32], ld: usize, out: &Tile) {
     let (alpha, beta) = (out.alpha, out.beta);
@@ -13,7 +18,7 @@ unsafe fn store_tile(acc: &[f32], ld: usize, out: &Tile) {
         for j in 0..out.nr {
             let p = out.c.add(i * out.rs + j * out.cs);
             let v = alpha * acc[i * ld + j];
-            *p = if beta == 0.0 { v } else { v + beta * *p };
+            *p = if beta == 0.0 { v } else { (*p).mul_add(beta, v) };
         }
     }
 }

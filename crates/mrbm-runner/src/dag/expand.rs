@@ -125,6 +125,7 @@ impl Expansion<'_> {
         let mut publish = Vec::new();
         for (file, to) in &decl.publish {
             let filled = fill_template(to, &c.cell, &params);
+            super::placeholders::check_publish(c.src, c.name, &c.id, file, to, &filled, &c.cell, &params)?;
             let dest = publish_target(self.project_root, file, &filled).map_err(|why| {
                 c.src.locate(
                     c.src.span_or_prefix(&["stages", c.name, "publish", file]),
@@ -283,9 +284,10 @@ fn set_error(
         "--set {name}.{p}={v}: stage `{}` ({kind}): {}{}",
         c.id,
         e.message,
-        match several {
-            Some(list) => format!("\n  help: --set gives one value; to run several, sweep them: --sweep {name}.{p}={list}"),
-            None => String::new(),
+        match (several, &e.suggestion) {
+            (Some(list), _) => format!("\n  help: --set gives one value; to run several, sweep them: --sweep {name}.{p}={list}"),
+            (None, Some(s)) => format!("\n  help: did you mean `--set {name}.{s}={v}`?"),
+            (None, None) => String::new(),
         }
     ))
 }
