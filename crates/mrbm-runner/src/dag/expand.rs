@@ -286,7 +286,14 @@ fn set_error(
         e.message,
         match (several, &e.suggestion) {
             (Some(list), _) => format!("\n  help: --set gives one value; to run several, sweep them: --sweep {name}.{p}={list}"),
-            (None, Some(s)) => format!("\n  help: did you mean `--set {name}.{s}={v}`?"),
+            (None, Some(s)) => {
+                // `evn.K` with `env` suggested: `env.K`.
+                let fixed = match p.split_once('.') {
+                    Some((_, rest)) => format!("{s}.{rest}"),
+                    None => s.clone(),
+                };
+                format!("\n  help: did you mean `--set {name}.{fixed}={v}`?")
+            }
             (None, None) => String::new(),
         }
     ))
