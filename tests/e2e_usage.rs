@@ -114,27 +114,44 @@ fn records_hold_resolved_parameters_the_file_hash_and_a_status() {
 
     // params-diff: just the parameter that changed, like `dvc params diff`.
     let diff = ok(&run(dir, &["params-diff", &first, &second]));
+    // A header, its rule, one row.
     let lines: Vec<&str> = diff.lines().collect();
-    assert_eq!(lines.len(), 2, "{diff}");
-    assert!(lines[1].starts_with("c.env.V") && lines[1].trim_end().ends_with('5'), "{diff}");
-    assert!(lines[1].split_whitespace().any(|w| w == "3"), "{diff}");
+    assert_eq!(lines.len(), 3, "{diff}");
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["c.env.V", "3", "5"],
+        "{diff}"
+    );
     // compare --params is the same view; compare itself has the rows too.
-    assert_eq!(ok(&run(dir, &["compare", "--params", &first, &second])), diff);
+    assert_eq!(
+        ok(&run(dir, &["compare", "--params", &first, &second])),
+        diff
+    );
     let cmp = ok(&run(dir, &["compare", &first, &second]));
     assert!(cmp.lines().any(|l| l.starts_with("param c.env.V")), "{cmp}");
-    assert!(cmp.lines().any(|l| l.starts_with("file ") && l.trim_end().ends_with('*')), "{cmp}");
+    assert!(
+        cmp.lines()
+            .any(|l| l.starts_with("file ") && l.trim_end().ends_with('*')),
+        "{cmp}"
+    );
 
     // One id: compared with the run of its experiment before it.
     let one = run(dir, &["compare", &second]);
     assert_eq!(ok(&one), cmp);
     assert!(
-        stderr(&one).contains(&format!("comparing run {second} with the run of chain before it, {first}")),
+        stderr(&one).contains(&format!(
+            "comparing run {second} with the run of chain before it, {first}"
+        )),
         "{}",
         stderr(&one)
     );
     let lone = run(dir, &["compare", &first]);
     assert_eq!(lone.status.code(), Some(2));
-    assert!(stderr(&lone).contains("first recorded run of `chain`"), "{}", stderr(&lone));
+    assert!(
+        stderr(&lone).contains("first recorded run of `chain`"),
+        "{}",
+        stderr(&lone)
+    );
 
     // A failed run says so in `runs`.
     let failed = run_id(dir, &["--set", "d.argv=[\"sh\", \"-c\", \"exit 3\"]"]);
@@ -142,9 +159,17 @@ fn records_hold_resolved_parameters_the_file_hash_and_a_status() {
     let runs = ok(&run(dir, &["runs"]));
     let header = runs.lines().next().unwrap();
     assert!(header.split_whitespace().any(|w| w == "status"), "{runs}");
-    let row = |id: &str| runs.lines().find(|l| l.starts_with(id)).unwrap().to_string();
+    let row = |id: &str| {
+        runs.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap()
+            .to_string()
+    };
     assert!(row(&first).split_whitespace().any(|w| w == "ok"), "{runs}");
-    assert!(row(&failed).split_whitespace().any(|w| w == "failed"), "{runs}");
+    assert!(
+        row(&failed).split_whitespace().any(|w| w == "failed"),
+        "{runs}"
+    );
 }
 
 fn git(dir: &Path, args: &[&str]) {
@@ -155,12 +180,20 @@ fn git(dir: &Path, args: &[&str]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn a_run_of_a_clean_commit_is_clean_although_it_rewrites_its_results() {
-    if std::process::Command::new("git").arg("--version").output().is_err() {
+    if std::process::Command::new("git")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("skipped: no git");
         return;
     }
@@ -205,7 +238,10 @@ fn targeted_runs_run_what_they_need_and_force_recomputes_downstream() {
     let all = run_id(dir, &[]);
     let s = statuses(dir, &all);
     let word = |s: &[(String, String)], id: &str| {
-        s.iter().find(|(i, _)| i == id).map(|(_, w)| w.clone()).unwrap()
+        s.iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, w)| w.clone())
+            .unwrap()
     };
     assert_eq!(word(&s, "a"), "cached");
     assert_eq!(word(&s, "b"), "cached");
@@ -224,7 +260,11 @@ fn targeted_runs_run_what_they_need_and_force_recomputes_downstream() {
     assert_eq!(statuses(dir, &t).len(), 4);
     let bad = run(dir, &["run", "experiments/chain.toml", "bb"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("did you mean `b`?"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("did you mean `b`?"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 /// `mrbm plan` on CHAIN with `from` replaced by `to`: exit 2 and stderr.
@@ -235,7 +275,13 @@ fn plan_error(from: &str, to: &str, args: &[&str]) -> String {
     let mut all = vec!["plan", "experiments/chain.toml"];
     all.extend_from_slice(args);
     let out = run(p.path(), &all);
-    assert_eq!(out.status.code(), Some(2), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     stderr(&out)
 }
 
@@ -261,7 +307,10 @@ fn plan_refuses_bad_placeholders_misspelt_stages_and_set_names() {
     assert!(e.contains("did you mean stage `b` (\"b/b.txt\")?"), "{e}");
     // A --set name with a typo, as the same typo in the file.
     let p = project(CHAIN);
-    let out = run(p.path(), &["plan", "experiments/chain.toml", "--set", "c.evn.V=4"]);
+    let out = run(
+        p.path(),
+        &["plan", "experiments/chain.toml", "--set", "c.envs.V=4"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("did you mean `--set c.env.V=4`?"),

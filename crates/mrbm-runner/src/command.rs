@@ -331,7 +331,11 @@ mod tests {
         );
         let e = CommandStage.params(&raw).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("argv"));
-        assert!(e.message.contains("unknown placeholder {in5}"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown placeholder {in5}"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

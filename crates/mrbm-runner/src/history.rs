@@ -512,9 +512,12 @@ pub fn compare_rows(runs: &[&Run], all: bool) -> Vec<Vec<String>> {
                 .collect(),
         );
     }
-    // Every resolved parameter that differs (`mrbm params-diff` alone).
-    for (name, vals) in crate::rundiff::param_rows(runs, true) {
-        text_row(&format!("param {name}"), vals);
+    // Every resolved parameter that differs (`mrbm params-diff` alone);
+    // none against a record from before they were kept (a note says so).
+    if runs.iter().all(|r| !r.params.is_empty()) {
+        for (name, vals) in crate::rundiff::param_rows(runs, true) {
+            text_row(&format!("param {name}"), vals);
+        }
     }
     let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| metrics_of(r, all)).collect();
     for k in union_keys(metrics.iter()) {

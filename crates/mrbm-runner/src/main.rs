@@ -858,10 +858,17 @@ fn compare(
     };
     if csv {
         print!("{}", history::to_csv(&rows));
-    } else if only_params && rows.len() == 1 {
+    } else if only_params
+        && rows.len() == 1
+        && mrbm_runner::rundiff::no_params_note(&picked).is_none()
+    {
         println!(
             "no parameter differs between runs {}",
-            picked.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+            picked
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     } else {
         print!("{}", table::render_aligned(&rows));

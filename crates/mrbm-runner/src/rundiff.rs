@@ -28,7 +28,11 @@ pub const INTERRUPTED: &str = "interrupted";
 
 /// The status of a run from its nodes' results.
 pub fn status_of(results: &[NodeResult], interrupted: bool) -> &'static str {
-    if interrupted || results.iter().any(|r| matches!(r.status, Status::Cancelled)) {
+    if interrupted
+        || results
+            .iter()
+            .any(|r| matches!(r.status, Status::Cancelled))
+    {
         INTERRUPTED
     } else if results
         .iter()
@@ -170,6 +174,9 @@ pub fn params_diff_rows(runs: &[&Run]) -> Vec<Vec<String>> {
     let mut header = vec!["param".to_string()];
     header.extend(runs.iter().map(|r| r.id.clone()));
     let mut rows = vec![header];
+    if runs.iter().any(|r| r.params.is_empty()) {
+        return rows; // see [`no_params_note`]
+    }
     for (name, vals) in param_rows(runs, true) {
         let mut line = vec![name];
         line.extend(vals);
@@ -183,7 +190,10 @@ pub fn params_diff_rows(runs: &[&Run]) -> Vec<Vec<String>> {
 /// `compare RUN` sets beside RUN. An error that says what to give instead
 /// when there is none.
 pub fn previous<'a>(runs: &'a [Run], run: &Run) -> Result<&'a Run, RunnerError> {
-    let at = runs.iter().position(|r| r.id == run.id).unwrap_or(runs.len());
+    let at = runs
+        .iter()
+        .position(|r| r.id == run.id)
+        .unwrap_or(runs.len());
     runs[..at]
         .iter()
         .rev()
@@ -246,16 +256,28 @@ mod tests {
         let a = run(
             "a",
             &[
-                ("train[N=1]", json!({"epochs": 3, "n": 1, "lr": 0.01, "momentum": {"initial": 0.5}})),
-                ("train[N=255]", json!({"epochs": 3, "n": 255, "lr": 0.01, "momentum": {"initial": 0.5}})),
+                (
+                    "train[N=1]",
+                    json!({"epochs": 3, "n": 1, "lr": 0.01, "momentum": {"initial": 0.5}}),
+                ),
+                (
+                    "train[N=255]",
+                    json!({"epochs": 3, "n": 255, "lr": 0.01, "momentum": {"initial": 0.5}}),
+                ),
                 ("svm", json!({"C": 1.0})),
             ],
         );
         let b = run(
             "b",
             &[
-                ("train[N=1]", json!({"epochs": 5, "n": 1, "lr": 0.01, "momentum": {"initial": 0.9}})),
-                ("train[N=255]", json!({"epochs": 5, "n": 255, "lr": 0.02, "momentum": {"initial": 0.9}, "lr_mode": "binary_equivalent"})),
+                (
+                    "train[N=1]",
+                    json!({"epochs": 5, "n": 1, "lr": 0.01, "momentum": {"initial": 0.9}}),
+                ),
+                (
+                    "train[N=255]",
+                    json!({"epochs": 5, "n": 255, "lr": 0.02, "momentum": {"initial": 0.9}, "lr_mode": "binary_equivalent"}),
+                ),
                 ("svm", json!({"C": 1.0})),
             ],
         );
@@ -277,7 +299,9 @@ mod tests {
         assert_eq!(rows[3].1, vec!["0.5", "0.9"]);
         // Every row, with the ones that agree.
         let all = param_rows(&[&a, &b], false);
-        assert!(all.iter().any(|(n, v)| n == "svm.C" && v == &vec!["1.0", "1.0"]));
+        assert!(all
+            .iter()
+            .any(|(n, v)| n == "svm.C" && v == &vec!["1.0", "1.0"]));
         // The cells differ in n within each run: never folded.
         assert!(all.iter().any(|(n, _)| n == "train[N=255].n"));
         let table = params_diff_rows(&[&a, &b]);
@@ -288,9 +312,18 @@ mod tests {
     #[test]
     fn a_stage_one_run_lacks_reads_dash_and_old_records_are_named() {
         let a = run("a", &[("svm", json!({"C": 1.0}))]);
-        let b = run("b", &[("svm", json!({"C": 1.0})), ("extra", json!({"k": 2}))]);
+        let b = run(
+            "b",
+            &[("svm", json!({"C": 1.0})), ("extra", json!({"k": 2}))],
+        );
         let rows = param_rows(&[&a, &b], true);
-        assert_eq!(rows, vec![("extra.k".to_string(), vec!["-".to_string(), "2".to_string()])]);
+        assert_eq!(
+            rows,
+            vec![(
+                "extra.k".to_string(),
+                vec!["-".to_string(), "2".to_string()]
+            )]
+        );
         assert_eq!(no_params_note(&[&a, &b]), None);
         let old = run("old", &[]);
         assert!(no_params_note(&[&old, &a]).unwrap().contains("old"));
@@ -306,7 +339,10 @@ mod tests {
         let runs = vec![mk("a", "q"), mk("b", "other"), mk("c", "q")];
         assert_eq!(previous(&runs, &runs[2]).unwrap().id, "a");
         let e = previous(&runs, &runs[0]).unwrap_err().to_string();
-        assert!(e.contains("first recorded run of `q`") && e.contains("mrbm compare c a"), "{e}");
+        assert!(
+            e.contains("first recorded run of `q`") && e.contains("mrbm compare c a"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -330,7 +366,10 @@ mod tests {
             log: None,
             manifest: None,
         };
-        assert_eq!(status_of(&[res(Status::Ran), res(Status::Cached)], false), OK);
+        assert_eq!(
+            status_of(&[res(Status::Ran), res(Status::Cached)], false),
+            OK
+        );
         assert_eq!(status_of(&[res(Status::Ran)], true), INTERRUPTED);
         assert_eq!(
             status_of(

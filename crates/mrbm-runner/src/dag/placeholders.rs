@@ -57,7 +57,10 @@ pub fn check_publish(
             "{help}a publish path can name the cell's sweep axes and {{cell}} ({}){}",
             list(&have[..axes]),
             if have.len() > axes {
-                format!(", or one of this stage's own parameters ({})", list(&have[axes..]))
+                format!(
+                    ", or one of this stage's own parameters ({})",
+                    list(&have[axes..])
+                )
             } else {
                 String::new()
             }
@@ -71,7 +74,10 @@ mod tests {
 
     #[test]
     fn finds_the_first_unfilled_placeholder() {
-        assert_eq!(first_placeholder("results/a_{train.lr}.png"), Some("train.lr"));
+        assert_eq!(
+            first_placeholder("results/a_{train.lr}.png"),
+            Some("train.lr")
+        );
         assert_eq!(first_placeholder("results/a_1.png"), None);
         assert_eq!(first_placeholder("results/{}x{N}.png"), Some("N"));
         assert_eq!(first_placeholder("results/{open.png"), None);
@@ -103,6 +109,16 @@ mod tests {
         assert!(e.contains("no placeholder `{NN}`"), "{e}");
         assert!(e.contains("did you mean `{N}`?"), "{e}");
         assert!(e.contains("{seed}"), "{e}");
-        check_publish(&src, "s", "s[N=1]", "grid.png", "results/g_{N}.png", "results/g_1.png", &cell, &params).unwrap();
+        check_publish(
+            &src,
+            "s",
+            "s[N=1]",
+            "grid.png",
+            "results/g_{N}.png",
+            "results/g_1.png",
+            &cell,
+            &params,
+        )
+        .unwrap();
     }
 }
