@@ -62,7 +62,11 @@ fi
 isa=portable
 if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then isa=avx512
 elif grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null; then isa=avx2; fi
-case "${MRBM_SGEMM_ISA:-}" in avx2|portable) isa=$MRBM_SGEMM_ISA ;; esac
+# (A family the CPU lacks is ignored by the kernels, so here too.)
+case "${MRBM_SGEMM_ISA:-}" in
+    avx2) [ "$isa" = avx512 ] && isa=avx2 ;;
+    portable) isa=portable ;;
+esac
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mrbm-check.XXXXXX")
 cleanup() { if [ "$keep" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi; }
