@@ -18,11 +18,7 @@ unsafe fn store_tile(acc: &[f32], ld: usize, out: &Tile) {
         for j in 0..out.nr {
             let p = out.c.add(i * out.rs + j * out.cs);
             let v = alpha * acc[i * ld + j];
-            *p = if beta == 0.0 {
-                v
-            } else {
-                (*p).mul_add(beta, v)
-            };
+            *p = if beta == 0.0 { v } else { (*p).mul_add(beta, v) };
         }
     }
 }
