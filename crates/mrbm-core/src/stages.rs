@@ -313,7 +313,7 @@ impl TypedStage for TrainStage {
             Schedule::Greedy => trainer.dbn.layers.len(),
         };
         let bar = ctx.bar(((n / bs) * p.optim.epochs * phases) as u64, "training");
-        bar.set_position(start.0.done);
+        mrbm_stage::progress::resume_at(&bar, start.0.done);
         let pixels = &set.pixels()[..n * set.image_len()];
         // Checkpoint cadence: every `checkpoint_every` epochs, every
         // `checkpoint_minutes` (10 when neither is set), and on Ctrl-C.

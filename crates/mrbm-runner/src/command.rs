@@ -70,6 +70,17 @@ impl CommandParams {
                 "argv needs the program to run, e.g. argv = [\"python3\", \"{in1}\", \"{out}\"]",
             ));
         }
+        // Unknown placeholders and unbalanced braces, when the plan is
+        // built (at the file's line), not when the stage runs; whether an
+        // input is given is known only per node.
+        let all: Vec<(String, String)> = SLOTS
+            .iter()
+            .chain(&["out"])
+            .map(|s| (format!("{{{s}}}"), String::new()))
+            .collect();
+        for a in &self.argv {
+            substitute(a, &all).map_err(|m| ParamError::new("argv", m))?;
+        }
         for k in self.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(ParamError::new(
@@ -228,9 +239,13 @@ fn substitute(arg: &str, vars: &[(String, String)]) -> Result<String, String> {
                 ))
             }
             None => {
+                let bare = &name[1..name.len() - 1];
+                let near = mrbm_stage::nearest(bare, SLOTS.iter().copied().chain(["out"]))
+                    .map(|n| format!("did you mean {{{n}}}? "))
+                    .unwrap_or_default();
                 return Err(format!(
-                    "argv `{arg}`: unknown placeholder {name} (there are {{out}}, {{in1}}..{{in4}}; write `{{{{` for a brace)"
-                ))
+                    "argv `{arg}`: unknown placeholder {name} ({near}there are {{out}}, {{in1}}..{{in4}}; write `{{{{` for a brace)"
+                ));
             }
         }
         rest = &r[end + 1..];
@@ -306,6 +321,21 @@ mod tests {
             .unwrap_err()
             .contains("unknown placeholder"));
         assert!(substitute("{out", &vars()).is_err());
+        let e = substitute("{in5}", &vars()).unwrap_err();
+        assert!(e.contains("did you mean {in1}?"), "{e}");
+        // Found when the parameters are read, i.e. by `mrbm plan`.
+        let mut raw = toml::Table::new();
+        raw.insert(
+            "argv".into(),
+            toml::Value::Array(vec!["echo".into(), "{in5}".into()]),
+        );
+        let e = CommandStage.params(&raw).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("argv"));
+        assert!(
+            e.message.contains("unknown placeholder {in5}"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

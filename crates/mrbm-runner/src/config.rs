@@ -257,8 +257,28 @@ pub fn parse_toml<T: for<'de> Deserialize<'de>>(src: &Source) -> Result<T, Runne
     toml::from_str::<T>(&src.text).map_err(|e| {
         let message = e.message().trim().to_string();
         let help = suggestion_from_serde(&message);
-        src.locate(e.span(), message, help)
+        let span = e.span().map(|s| unclosed_at(&src.text, &message, s));
+        src.locate(span, message, help)
     })
+}
+
+/// An inline table or array left open (`params = { a = 1` then a newline)
+/// is reported where the parser gave up: the start of a later line. Point
+/// at the end of the last line with text before it instead, where the
+/// closing bracket is missing.
+fn unclosed_at(text: &str, message: &str, span: Range<usize>) -> Range<usize> {
+    let unclosed = message.contains("inline table")
+        || message.contains("expected `,`")
+        || message.contains("expected `}`")
+        || message.contains("expected `]`");
+    let start = span.start.min(text.len());
+    if !unclosed || (start > 0 && !text[..start].ends_with('\n')) {
+        return span;
+    }
+    match text[..start].trim_end().len() {
+        0 => span,
+        end => end..end,
+    }
 }
 
 /// "unknown field `x`, expected one of `a`, `b`" -> "did you mean `a`?"
@@ -454,6 +474,26 @@ pub fn set_param(params: &mut toml::Table, param: &str, value: toml::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unclosed_inline_table_is_reported_on_its_own_line() {
+        let src = |text: &str| Source {
+            path: "x.toml".into(),
+            text: text.into(),
+        };
+        // The parser gives up at line 7 (`[stages.b]`); the `}` is missing on 5.
+        let open = "name = \"x\"\n\n[stages.a]\nkind = \"c\"\nparams = { argv = [\"true\"]\n\n[stages.b]\n";
+        let e = parse_toml::<toml::Table>(&src(open))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml:5:"), "{e}");
+        // A duplicate key is where the parser says: the second key.
+        let dup = "name = \"x\"\n\n[stages.a]\nparams = 1\nparams = 3\n";
+        let e = parse_toml::<toml::Table>(&src(dup))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml:5:1"), "{e}");
+    }
 
     #[test]
     fn line_col_and_key_spans() {

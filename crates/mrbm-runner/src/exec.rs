@@ -79,6 +79,9 @@ pub struct RunOptions {
     pub device: Device,
     pub threads: usize,
     pub progress: Option<indicatif::MultiProgress>,
+    /// Per node: `--force` recomputes it ([`crate::targets::forced`]);
+    /// empty: none.
+    pub force: Vec<bool>,
 }
 
 /// The record of the last run of an experiment, which `plan` compares with.
@@ -387,7 +390,7 @@ impl<'a> Scheduler<'a> {
         let upstream = |j: usize| -> Option<Manifest> {
             self.results[j].as_ref().and_then(|r| r.manifest.clone())
         };
-        keyed_job(
+        let job = keyed_job(
             self.dag,
             self.reg,
             self.store,
@@ -395,7 +398,11 @@ impl<'a> Scheduler<'a> {
             i,
             self.opts.threads,
             &upstream,
-        )
+        )?;
+        if self.opts.force.get(i).copied().unwrap_or(false) {
+            crate::targets::evict(self.store, &job.key).map_err(|e| e.to_string())?;
+        }
+        Ok(job)
     }
 
     /// A finished job's result once its files are published to results/.

@@ -48,6 +48,18 @@ pub struct Run {
     /// Pinned runs keep their entries through `mrbm gc`.
     #[serde(default)]
     pub pinned: bool,
+    /// ok, failed or interrupted ([`crate::rundiff`]); empty in records
+    /// written before it was kept (then read from `nodes`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    /// blake3 of each file the experiment was read from (the experiment,
+    /// and its pipeline when it has one), by path as given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, String>,
+    /// Every stage's resolved parameters (canonical, defaults filled), by
+    /// stage id; tables aside.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -93,6 +105,10 @@ pub struct Request {
     pub sets: Vec<String>,
     pub sweeps: Vec<String>,
     pub device: String,
+    /// blake3 of each file the experiment was read from, by path.
+    pub sources: BTreeMap<String, String>,
+    /// The run was stopped by an interrupt.
+    pub interrupted: bool,
 }
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
@@ -111,10 +127,40 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
 
 /// The project's commit and whether its work tree has uncommitted changes.
 pub fn git_state(root: &Path) -> (String, Option<bool>) {
+    git_state_except(root, &[])
+}
+
+/// As [`git_state`], with changes to the `published` files (what the run
+/// itself writes into the project: tables, grids) not counted: a run from
+/// a clean commit whose results differ from the committed ones is still a
+/// run of that commit.
+pub fn git_state_except(root: &Path, published: &[PathBuf]) -> (String, Option<bool>) {
     match git(root, &["rev-parse", "HEAD"]) {
         Some(c) if !c.trim().is_empty() => {
-            let dirty = git(root, &["status", "--porcelain", "--untracked-files=no"])
-                .map(|s| !s.trim().is_empty());
+            // Paths relative to the work tree's top, as porcelain prints them.
+            let top = git(root, &["rev-parse", "--show-toplevel"])
+                .map(|t| PathBuf::from(t.trim()))
+                .and_then(|t| std::fs::canonicalize(&t).ok().or(Some(t)));
+            let ours: BTreeSet<PathBuf> = published
+                .iter()
+                .filter_map(|p| {
+                    let top = top.as_ref()?;
+                    let abs = match p.parent().and_then(|d| std::fs::canonicalize(d).ok()) {
+                        Some(d) => d.join(p.file_name()?),
+                        None => p.clone(),
+                    };
+                    abs.strip_prefix(top).ok().map(Path::to_path_buf)
+                })
+                .collect();
+            let dirty = git(
+                root,
+                &["status", "--porcelain", "-z", "--untracked-files=no"],
+            )
+            .map(|s| {
+                s.split('\0')
+                    .filter(|e| e.len() > 3)
+                    .any(|e| !ours.contains(Path::new(&e[3..])))
+            });
             (c.trim().to_string(), dirty)
         }
         _ => ("unknown".into(), None),
@@ -139,7 +185,18 @@ pub fn record(dag: &Dag, results: &[NodeResult], req: &Request) -> Run {
     )
     .to_hex()[..10]
         .to_string();
-    let (git_commit, git_dirty) = git_state(&dag.project_root);
+    let published: Vec<PathBuf> = dag
+        .nodes
+        .iter()
+        .flat_map(|n| n.publish.iter().map(|(_, p)| p.clone()))
+        .collect();
+    let (git_commit, git_dirty) = git_state_except(&dag.project_root, &published);
+    let params = dag
+        .nodes
+        .iter()
+        .filter(|n| n.kind != "table")
+        .map(|n| (n.id.clone(), n.params.clone()))
+        .collect();
     let nodes = dag
         .nodes
         .iter()
@@ -197,6 +254,9 @@ pub fn record(dag: &Dag, results: &[NodeResult], req: &Request) -> Run {
         nodes,
         cells,
         pinned: false,
+        status: crate::rundiff::status_of(results, req.interrupted).to_string(),
+        sources: req.sources.clone(),
+        params,
     }
 }
 
@@ -368,7 +428,7 @@ pub fn list_rows(runs: &[&Run]) -> (Vec<Vec<String>>, usize) {
     let mkeys = union_keys(metrics.iter());
     let hidden = mkeys.len().saturating_sub(MAX_METRIC_COLUMNS);
     let mkeys = &mkeys[..mkeys.len().min(MAX_METRIC_COLUMNS)];
-    let mut header: Vec<String> = ["run", "time", "experiment", "commit"]
+    let mut header: Vec<String> = ["run", "time", "experiment", "commit", "status"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -381,6 +441,7 @@ pub fn list_rows(runs: &[&Run]) -> (Vec<Vec<String>>, usize) {
             r.time.clone(),
             r.experiment.clone(),
             commit_of(r),
+            crate::rundiff::recorded_status(r).to_string(),
         ];
         line.extend(
             pkeys
@@ -424,6 +485,23 @@ pub fn compare_rows(runs: &[&Run], all: bool) -> Vec<Vec<String>> {
         runs.iter().map(|r| r.mrbm_version.clone()).collect(),
     );
     text_row("device", runs.iter().map(|r| r.device.clone()).collect());
+    text_row(
+        "status",
+        runs.iter()
+            .map(|r| crate::rundiff::recorded_status(r).to_string())
+            .collect(),
+    );
+    for path in union_keys(runs.iter().map(|r| &r.sources)) {
+        text_row(
+            &format!("file {path}"),
+            runs.iter()
+                .map(|r| match r.sources.get(&path) {
+                    Some(h) => format!("blake3 {}", &h[..h.len().min(12)]),
+                    None => "-".into(),
+                })
+                .collect(),
+        );
+    }
     let params: Vec<BTreeMap<String, String>> = runs.iter().map(|r| params_of(r)).collect();
     for k in union_keys(params.iter()) {
         text_row(
@@ -433,6 +511,13 @@ pub fn compare_rows(runs: &[&Run], all: bool) -> Vec<Vec<String>> {
                 .map(|p| p.get(&k).cloned().unwrap_or("-".into()))
                 .collect(),
         );
+    }
+    // Every resolved parameter that differs (`mrbm params-diff` alone);
+    // none against a record from before they were kept (a note says so).
+    if runs.iter().all(|r| !r.params.is_empty()) {
+        for (name, vals) in crate::rundiff::param_rows(runs, true) {
+            text_row(&format!("param {name}"), vals);
+        }
     }
     let metrics: Vec<BTreeMap<String, f64>> = runs.iter().map(|r| metrics_of(r, all)).collect();
     for k in union_keys(metrics.iter()) {

@@ -26,10 +26,12 @@ pub mod output;
 pub mod plan;
 pub mod registry;
 pub mod report;
+pub mod rundiff;
 pub mod session;
 pub mod slurm;
 pub mod store;
 pub mod summary;
 pub mod table;
+pub mod targets;
 
 pub use error::RunnerError;

@@ -48,6 +48,10 @@ struct Cli {
 struct Select {
     /// The experiment (or pipeline) file.
     file: PathBuf,
+    /// Only these stages and what they need: a stage name (all its
+    /// cells), a stage id such as `train[N=1]`, or a table's name.
+    #[arg(value_name = "STAGE")]
+    stages: Vec<String>,
     /// Override a parameter: STAGE.PARAM=VALUE (repeatable).
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     set: Vec<String>,
@@ -101,6 +105,10 @@ enum Command {
         /// a path the compute nodes see. Overrides `[executor] mrbm`.
         #[arg(long, value_name = "PATH")]
         mrbm: Option<PathBuf>,
+        /// Recompute this stage (name, id or table) and every stage
+        /// downstream of it, even when cached (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
     },
     /// Run one stage from its job spec in the cache (what a Slurm job runs).
     #[command(hide = true)]
@@ -143,9 +151,11 @@ enum Command {
         csv: bool,
     },
     /// Show runs' parameters and metrics side by side, with their differences.
+    /// One run id: that run beside the run of its experiment before it.
     Compare {
-        /// Two or more run ids (or unique prefixes), from `mrbm runs`.
-        #[arg(required = true, num_args = 2..)]
+        /// Run ids (or unique prefixes), from `mrbm runs`: two or more, or
+        /// one to compare it with the previous run of its experiment.
+        #[arg(required = true, num_args = 1..)]
         runs: Vec<String>,
         /// CSV instead of an aligned table.
         #[arg(long)]
@@ -153,6 +163,20 @@ enum Command {
         /// Every metric of the tables' stages, not only those the tables show.
         #[arg(long)]
         all_metrics: bool,
+        /// Only the parameters that differ (what `mrbm params-diff` prints).
+        #[arg(long)]
+        params: bool,
+    },
+    /// The parameters that differ between runs (every stage's resolved
+    /// parameters, defaults filled), like `dvc params diff`.
+    ParamsDiff {
+        /// Run ids (or unique prefixes): two or more, or one to compare it
+        /// with the previous run of its experiment.
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<String>,
+        /// CSV instead of an aligned table.
+        #[arg(long)]
+        csv: bool,
     },
     /// Write one self-contained HTML page about a run: tables with the
     /// paper's values, loss curves, metrics along the sweep axes, sample
@@ -268,6 +292,8 @@ struct Built {
     profile: Option<String>,
     /// The experiment's `[executor]` (the --executor flag overrides it).
     executor: Option<ExecutorDecl>,
+    /// blake3 of the experiment file (and its pipeline), by path.
+    sources: std::collections::BTreeMap<String, String>,
 }
 
 /// Load and expand the selected experiment.
@@ -309,11 +335,25 @@ fn build_dag(select: &Select, reg: &Registry) -> Result<Built, RunnerError> {
             col,
         }
     });
+    let sources = std::iter::once(&exp.source)
+        .chain(exp.pipeline_source.as_ref())
+        .map(|s| {
+            (
+                s.path.display().to_string(),
+                blake3::hash(s.text.as_bytes()).to_hex().to_string(),
+            )
+        })
+        .collect();
+    let mut dag = dag::build(&exp, reg, &ov)?;
+    if !select.stages.is_empty() {
+        dag = mrbm_runner::targets::select(&dag, &select.stages)?;
+    }
     Ok(Built {
-        dag: dag::build(&exp, reg, &ov)?,
+        dag,
         device,
         profile: ov.profile.clone().or(exp.file.default_profile.clone()),
         executor: exp.file.executor.clone(),
+        sources,
     })
 }
 
@@ -329,6 +369,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             progress_interval,
             executor,
             mrbm,
+            force,
         } => run(
             &cli,
             &reg,
@@ -341,6 +382,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 progress_interval: *progress_interval,
                 executor: executor.clone(),
                 mrbm: mrbm.clone(),
+                force: force.clone(),
             },
         ),
         Command::Plan { select } => {
@@ -382,7 +424,9 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             runs: ids,
             csv,
             all_metrics,
-        } => compare(&cli, ids, *csv, *all_metrics),
+            params,
+        } => compare(&cli, ids, *csv, *all_metrics, *params),
+        Command::ParamsDiff { runs: ids, csv } => compare(&cli, ids, *csv, false, true),
         Command::Report {
             run,
             out,
@@ -485,6 +529,7 @@ struct RunArgs {
     progress_interval: f64,
     executor: Option<String>,
     mrbm: Option<PathBuf>,
+    force: Vec<String>,
 }
 
 /// Where the stages of a run go: this machine's threads, or Slurm.
@@ -524,6 +569,7 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         device: file_device,
         profile,
         executor: file_executor,
+        sources,
     } = build_dag(select, reg)?;
     // --device wins over the file's key; an error from the key names its line.
     let from_file = file_device.filter(|_| a.device.is_none());
@@ -575,6 +621,7 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         device,
         threads,
         progress,
+        force: mrbm_runner::targets::forced(&dag, &a.force)?,
     };
     let session = Session::new(reg, &store, &memo);
     let (results, timings) = match target {
@@ -596,6 +643,8 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         sets: select.set.clone(),
         sweeps: select.sweep.clone(),
         device: recorded,
+        sources,
+        interrupted: cancel.load(Ordering::Relaxed),
     };
     let run = history::record(&dag, &results, &request);
     history::save(&store, &run)?;
@@ -781,18 +830,51 @@ fn runs(
     Ok(0)
 }
 
-fn compare(cli: &Cli, ids: &[String], csv: bool, all_metrics: bool) -> Result<u8, RunnerError> {
+fn compare(
+    cli: &Cli,
+    ids: &[String],
+    csv: bool,
+    all_metrics: bool,
+    only_params: bool,
+) -> Result<u8, RunnerError> {
     let store = existing_cache(cli)?;
     let all = history::load_all(&store.root);
-    let picked = ids
+    let mut picked = ids
         .iter()
         .map(|p| history::find(&all, p))
         .collect::<Result<Vec<_>, _>>()?;
-    let rows = history::compare_rows(&picked, all_metrics);
+    if let [one] = picked[..] {
+        let before = mrbm_runner::rundiff::previous(&all, one)?;
+        eprintln!(
+            "comparing run {} with the run of {} before it, {} ({}); give two or more ids to choose",
+            one.id, one.experiment, before.id, before.time
+        );
+        picked.insert(0, before);
+    }
+    let rows = if only_params {
+        mrbm_runner::rundiff::params_diff_rows(&picked)
+    } else {
+        history::compare_rows(&picked, all_metrics)
+    };
     if csv {
         print!("{}", history::to_csv(&rows));
+    } else if only_params
+        && rows.len() == 1
+        && mrbm_runner::rundiff::no_params_note(&picked).is_none()
+    {
+        println!(
+            "no parameter differs between runs {}",
+            picked
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     } else {
         print!("{}", table::render_aligned(&rows));
+    }
+    if let Some(note) = mrbm_runner::rundiff::no_params_note(&picked) {
+        eprintln!("note: {note}");
     }
     Ok(0)
 }

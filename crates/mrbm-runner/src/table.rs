@@ -3,10 +3,13 @@
 //! results/NAME.csv) and printed aligned. A cell whose stage failed or was
 //! skipped is written as `missing`, so one absent data set does not lose
 //! the rest of the table. Beside it goes provenance.json (published to
-//! results/NAME.provenance.json): per cell, the stage, cache key, device,
-//! host and time that computed it, from that entry's manifest
+//! results/NAME.provenance.json): per cell, the stage, cache key, device
+//! and mrbm version that computed it, from that entry's manifest
 //! (`ctx.upstream`). The device is not part of any key, so this file is
-//! where it is recorded.
+//! where it is recorded. When and on which host a cell ran, and for how
+//! long, change with every rerun: they stay in the entry's manifest
+//! (`mrbm show KEY`), the run's record and its report, never in results/,
+//! so a rerun that reproduces a table leaves `git status` clean.
 //!
 //! The table's logic lives here: the grid ([`build_grid`], also what the
 //! run summary prints from memory), the hash its key takes of each cell
@@ -25,7 +28,8 @@ use crate::hashing;
 use crate::store::Manifest;
 
 // 2: writes provenance.json beside table.csv.
-pub const VERSION: u32 = 2;
+// 3: provenance.json without host, start time, seconds and Slurm job.
+pub const VERSION: u32 = 3;
 pub const MISSING: &str = "missing";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,9 +227,10 @@ pub fn unknown_metric(
     None
 }
 
-/// Where each cell came from: stage, key, device, host, start time (and
-/// Slurm job, when one computed it); the
-/// devices used, once each, at the top. Missing cells say so.
+/// Where each cell came from: stage, key, device and mrbm version; the
+/// devices used, once each, at the top. Missing cells say so. Nothing that
+/// changes from one run to the next (host, start time, seconds, Slurm job):
+/// the file is published into results/ and pinned there.
 pub fn provenance<'a>(
     p: &TableParams,
     entry_of: impl Fn(&str) -> Option<&'a Upstream>,
@@ -244,13 +249,7 @@ pub fn provenance<'a>(
                     o["stage"] = m.stage_id.as_str().into();
                     o["key"] = m.key.as_str().into();
                     o["device"] = m.device.as_str().into();
-                    o["host"] = m.host.as_str().into();
-                    o["started"] = m.started.as_str().into();
-                    o["seconds"] = m.seconds.into();
                     o["mrbm"] = m.tool_version.as_str().into();
-                    if let Some(j) = &m.slurm_job {
-                        o["slurm_job"] = j.as_str().into();
-                    }
                 }
                 None => o["status"] = MISSING.into(),
             }
@@ -686,5 +685,20 @@ mod tests {
         assert_eq!(prov["cells"][0]["stage"], "svm[N=1]");
         assert_eq!(prov["cells"][1]["status"], MISSING);
         assert!(prov["cells"][1].get("device").is_none());
+        // Nothing that a rerun changes: the file is pinned in results/.
+        for volatile in ["host", "started", "seconds", "slurm_job"] {
+            assert!(
+                prov["cells"][0].get(volatile).is_none(),
+                "{volatile}: {prov}"
+            );
+        }
+        let b = Upstream {
+            host: "other".into(),
+            started: "2027-01-01T00:00:00Z".into(),
+            seconds: 9.0,
+            slurm_job: Some("42".into()),
+            ..a.clone()
+        };
+        assert_eq!(prov, provenance(&p, |slot| (slot == "a").then_some(&b)));
     }
 }

@@ -60,6 +60,15 @@ pub fn plain_line(bar: &ProgressBar) -> String {
     line
 }
 
+/// Start a bar part-way, as a stage resumed from a checkpoint does: the
+/// position jumps to `pos` and the ETA counts only the work done from here
+/// on (without the reset, the jump reads as work done in no time, and the
+/// ETA said "1s" for most of the rest of the run).
+pub fn resume_at(bar: &ProgressBar, pos: u64) {
+    bar.set_position(pos);
+    bar.reset_eta();
+}
+
 /// 0s, 59s, 1m05s, 2h03m.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -90,6 +99,29 @@ pub fn bar_template(color: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_resume_the_eta_counts_only_the_work_since() {
+        let eta_after = |reset: bool| {
+            let b = ProgressBar::hidden();
+            b.set_length(1000);
+            if reset {
+                resume_at(&b, 550);
+            } else {
+                b.set_position(550);
+            }
+            // 10 steps in at least 50 ms: at most 200 steps a second, so
+            // the 440 left take at least 2.2 s (the sleep can only be longer).
+            std::thread::sleep(Duration::from_millis(50));
+            b.set_position(560);
+            b.eta()
+        };
+        let resumed = eta_after(true);
+        assert!(resumed >= Duration::from_secs(1), "{resumed:?}");
+        // What it said before: the jump counted as work done at once.
+        let naive = eta_after(false);
+        assert!(naive < resumed, "{naive:?} vs {resumed:?}");
+    }
 
     #[test]
     fn human_durations() {

@@ -125,6 +125,9 @@ impl Expansion<'_> {
         let mut publish = Vec::new();
         for (file, to) in &decl.publish {
             let filled = fill_template(to, &c.cell, &params);
+            super::placeholders::check_publish(
+                c.src, c.name, &c.id, file, to, &filled, &c.cell, &params,
+            )?;
             let dest = publish_target(self.project_root, file, &filled).map_err(|why| {
                 c.src.locate(
                     c.src.span_or_prefix(&["stages", c.name, "publish", file]),
@@ -283,11 +286,33 @@ fn set_error(
         "--set {name}.{p}={v}: stage `{}` ({kind}): {}{}",
         c.id,
         e.message,
-        match several {
-            Some(list) => format!("\n  help: --set gives one value; to run several, sweep them: --sweep {name}.{p}={list}"),
-            None => String::new(),
+        match (several, &suggestion(e)) {
+            (Some(list), _) => format!("\n  help: --set gives one value; to run several, sweep them: --sweep {name}.{p}={list}"),
+            (None, Some(s)) => {
+                // `evn.K` with `env` suggested: `env.K`.
+                let fixed = match p.split_once('.') {
+                    Some((_, rest)) => format!("{s}.{rest}"),
+                    None => s.clone(),
+                };
+                format!("\n  help: did you mean `--set {name}.{fixed}={v}`?")
+            }
+            (None, None) => String::new(),
         }
     ))
+}
+
+/// The parameter a ParamError suggests, or, for serde's "unknown field
+/// `evn`, expected `argv` or `env`", the nearest of those it lists.
+fn suggestion(e: &ParamError) -> Option<String> {
+    if e.suggestion.is_some() {
+        return e.suggestion.clone();
+    }
+    if !e.message.starts_with("unknown field") {
+        return None;
+    }
+    let ticks: Vec<&str> = e.message.split('`').skip(1).step_by(2).collect();
+    let (bad, valid) = ticks.split_first()?;
+    mrbm_stage::nearest(bad, valid.iter().copied()).map(str::to_string)
 }
 
 /// Where a node's output `file` is published: `to` (filled in) must be a

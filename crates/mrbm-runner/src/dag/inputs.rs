@@ -326,8 +326,24 @@ impl Resolver<'_> {
                 let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
                 return Err(src.locate(span(), format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
             }
+            let path = dir_of(&src.path).join(text);
+            // `splt/train.safetensors`: no such file, and its first part is
+            // one typo away from a stage. Refused now (run would fail on
+            // the missing file) with the stage it likely means.
+            if text.contains('/') && !path.exists() && !Path::new(first).is_absolute() {
+                if let Some(n) = mrbm_stage::nearest(first, names.iter().copied())
+                    .filter(|n| strsim::jaro_winkler(first, n) >= 0.8)
+                {
+                    let rest = text[first.len()..].trim_start_matches('/');
+                    return Err(src.locate(
+                        span(),
+                        format!("stage `{name}`: input `{slot}` = \"{text}\": no stage `{first}` and no file {}", path.display()),
+                        Some(format!("did you mean stage `{n}` (\"{n}/{rest}\")?")),
+                    ));
+                }
+            }
             Ok(InputTarget::External {
-                path: dir_of(&src.path).join(text),
+                path,
                 declared: declared(),
             })
         }

@@ -22,6 +22,7 @@ use crate::registry::Registry;
 pub mod expand;
 pub mod inputs;
 pub mod overrides;
+pub mod placeholders;
 pub mod publish;
 pub mod sweep;
 pub mod tables;

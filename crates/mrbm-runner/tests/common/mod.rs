@@ -98,6 +98,7 @@ pub fn results(dag: &dag::Dag, reg: &Registry, store: &Store) -> Vec<NodeResult>
         device: mrbm_stage::Device::cpu(),
         threads: 1,
         progress: None,
+        force: Vec::new(),
     };
     exec::execute(dag, reg, store, &memo, &opts, &AtomicBool::new(false))
 }
