@@ -108,7 +108,9 @@ fn ais_and_raise_sit_on_either_side_of_the_exact_loglik_across_seeds() {
     // A coarse schedule (4 betas, 1 AIS run, 1 reverse chain per image),
     // where both estimators are visibly biased. Each is a stochastic bound
     // (it may cross the truth on one seed with small probability), so the
-    // claim is on the mean over 30 seeds, with most seeds on their side.
+    // claim is on the mean over 30 seeds, with at least half of the single
+    // AIS runs above (their median sits above when the weights are skewed)
+    // and most RAISE estimates below.
     // RAISE's side holds in expectation over data drawn from the model,
     // hence many exact draws as the test set.
     for (name, m) in cases() {
@@ -130,8 +132,8 @@ fn ais_and_raise_sit_on_either_side_of_the_exact_loglik_across_seeds() {
             "{name}: {low} < {exact} < {up} fails"
         );
         assert!(
-            above >= 14 && below >= 14,
-            "{name}: {above} / {below} of 20 seeds on their side"
+            above >= 15 && below >= 24,
+            "{name}: {above} / {below} of 30 seeds on their side"
         );
     }
 }
