@@ -598,7 +598,7 @@ impl HostDense {
                         *a += self.log_ratio(&cur, &x, q, lo, hi, a_base);
                     }
                     let step = k_top - k;
-                    if step % 100 == 0 {
+                    if step.is_multiple_of(100) {
                         if cancel() {
                             return None;
                         }
