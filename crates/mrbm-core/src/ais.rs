@@ -25,6 +25,12 @@
 //! Bernoulli(sigmoid(beta (x - o_n))), visible levels with input
 //! (1 - beta) aA + beta (a + W h). At beta = 0, H_0 is a constant
 //! (N log 2, or log(N + 1)), which enters log Z_A.
+//!
+//! AIS's log Z is a stochastic lower bound (E[log Z_hat] <= log Z), so the
+//! log-likelihood it gives is a stochastic upper bound. `HostDense::raise`
+//! gives the other side: reverse annealing from the data (RAISE; Burda,
+//! Grosse & Salakhutdinov 2015), a stochastic lower bound on each image's
+//! log-likelihood under the annealed model.
 
 use mrbm_kernels::Par::Seq;
 use mrbm_kernels::{View, ViewMut};
@@ -282,6 +288,11 @@ impl HostDense {
         }
     }
 
+    /// The values a visible unit takes, level 0 to N (enumeration, tests).
+    pub fn visible_values(&self) -> Vec<f64> {
+        (0..=self.vis.unit.n).map(|m| self.vis.value(m)).collect()
+    }
+
     /// Visible values (pixel * scale) to the values of their nearest levels.
     pub fn quantise(&self, values: &[f64]) -> Vec<f32> {
         values
@@ -366,6 +377,61 @@ impl HostDense {
             .collect()
     }
 
+    /// log Z of the base-rate model with biases `a_base`, the hidden
+    /// constant included: the normaliser of p_0.
+    pub fn log_z_base(&self, a_base: &[f64]) -> f64 {
+        a_base
+            .iter()
+            .map(|&a| self.vis.visible_log_norm(a))
+            .sum::<f64>()
+            + self.h as f64 * self.hid.h_beta(0.0, 0.0)
+    }
+
+    /// log p*_bk(v) - log p*_bp(v) of row `r` of `v`, with `x` its hidden
+    /// inputs (the terms that do not depend on beta cancel).
+    fn log_ratio(&self, v: &[f32], x: &[f32], r: usize, bp: f64, bk: f64, a_base: &[f64]) -> f64 {
+        let vr = &v[r * self.d..(r + 1) * self.d];
+        let mut lw = 0.0;
+        for i in 0..self.d {
+            lw += (bk - bp) * (self.a[i] - a_base[i]) * vr[i] as f64;
+        }
+        for j in 0..self.h {
+            let xj = x[r * self.h + j] as f64;
+            lw += self.hid.h_beta(xj, bk) - self.hid.h_beta(xj, bp);
+        }
+        lw
+    }
+
+    /// One Gibbs transition that leaves p_beta invariant (and is
+    /// reversible with respect to it): h | v, then v | h, on every row of
+    /// `v`, with `x` the rows' hidden inputs. Row r draws from `rngs[r]`.
+    #[allow(clippy::too_many_arguments)]
+    fn transition(
+        &self,
+        v: &mut [f32],
+        x: &[f32],
+        rows: usize,
+        beta: f64,
+        a_base: &[f64],
+        rngs: &mut [ChaCha8Rng],
+        hbuf: &mut [f32],
+        vis_sampler: &UnitSampler,
+    ) {
+        for (r, rng) in rngs.iter_mut().enumerate() {
+            for j in 0..self.h {
+                hbuf[r * self.h + j] =
+                    self.hid.draw_beta(x[r * self.h + j] as f64, beta, rng) as f32;
+            }
+        }
+        let y = self.down_linear(hbuf, rows);
+        for (r, rng) in rngs.iter_mut().enumerate() {
+            for i in 0..self.d {
+                let inp = (1.0 - beta) * a_base[i] + beta * (self.a[i] + y[r * self.d + i] as f64);
+                v[r * self.d + i] = vis_sampler.draw(inp, rng) as f32;
+            }
+        }
+    }
+
     /// log Z by AIS from the base-rate model with biases `a_base`.
     /// `runs` independent chains, each with its own seeded stream, so the
     /// estimate does not depend on the thread count. `cancel` is polled
@@ -380,11 +446,7 @@ impl HostDense {
         cancel: &(dyn Fn() -> bool + Sync),
     ) -> Option<AisEstimate> {
         const BLOCK: usize = 25;
-        let log_z_base: f64 = a_base
-            .iter()
-            .map(|&a| self.vis.visible_log_norm(a))
-            .sum::<f64>()
-            + self.h as f64 * self.hid.h_beta(0.0, 0.0);
+        let log_z_base = self.log_z_base(a_base);
         let blocks: Vec<(usize, usize)> = (0..runs)
             .step_by(BLOCK)
             .map(|s| (s, (s + BLOCK).min(runs)))
@@ -410,36 +472,22 @@ impl HostDense {
                 for k in 1..betas.len() {
                     let (bp, bk) = (betas[k - 1], betas[k]);
                     let x = self.pre_hidden(&v, rows);
-                    for r in 0..rows {
-                        let vr = &v[r * self.d..(r + 1) * self.d];
-                        let mut lw = 0.0;
-                        for i in 0..self.d {
-                            lw += (bk - bp) * (self.a[i] - a_base[i]) * vr[i] as f64;
-                        }
-                        for j in 0..self.h {
-                            let xj = x[r * self.h + j] as f64;
-                            lw += self.hid.h_beta(xj, bk) - self.hid.h_beta(xj, bp);
-                        }
-                        logw[r] += lw;
+                    for (r, lw) in logw.iter_mut().enumerate() {
+                        *lw += self.log_ratio(&v, &x, r, bp, bk, a_base);
                     }
                     if k + 1 == betas.len() {
                         break;
                     }
-                    // Transition leaving p_bk invariant: h | v, then v | h.
-                    for (r, rng) in rngs.iter_mut().enumerate() {
-                        for j in 0..self.h {
-                            hbuf[r * self.h + j] =
-                                self.hid.draw_beta(x[r * self.h + j] as f64, bk, rng) as f32;
-                        }
-                    }
-                    let y = self.down_linear(&hbuf, rows);
-                    for (r, rng) in rngs.iter_mut().enumerate() {
-                        for i in 0..self.d {
-                            let inp = (1.0 - bk) * a_base[i]
-                                + bk * (self.a[i] + y[r * self.d + i] as f64);
-                            v[r * self.d + i] = vis_sampler.draw(inp, rng) as f32;
-                        }
-                    }
+                    self.transition(
+                        &mut v,
+                        &x,
+                        rows,
+                        bk,
+                        a_base,
+                        &mut rngs,
+                        &mut hbuf,
+                        &vis_sampler,
+                    );
                     if k % 100 == 0 {
                         if cancel() {
                             return None;
@@ -463,6 +511,117 @@ impl HostDense {
             runs,
             betas: betas.len() - 1,
         })
+    }
+
+    /// Reverse annealing (RAISE; Burda, Grosse & Salakhutdinov 2015): for
+    /// each of `rows` rows of quantised visible values, `chains` reverse
+    /// chains, and the log of the mean of their importance weights, a
+    /// stochastic lower bound on the row's log-likelihood.
+    ///
+    /// The bound is on the annealed model p_ann, the distribution of the
+    /// last state of the forward chain v_0 ~ p_0, v_k ~ T_k(. | v_{k-1})
+    /// (k = 1..K, T_k the Gibbs transition at beta_k, T_K at beta = 1):
+    /// a proper distribution, which tends to p as the betas get finer. A
+    /// reverse chain starts at the data v_K = v and steps down,
+    /// v_{k-1} ~ T_k(. | v_k); T_k is reversible with respect to p_k, so the
+    /// importance weight of the path is
+    ///
+    ///   w = p_0(v_0) prod_k p*_k(v_k) / p*_k(v_{k-1})
+    ///     = p*(v) / Z_0 / prod_{k<K} [p*_{k+1}(v_k) / p*_k(v_k)],
+    ///
+    /// and E[w] = p_ann(v) exactly, so E[log mean w] <= log p_ann(v). On
+    /// data drawn from p, E_v[log p_ann(v)] <= E_v[log p(v)] (Gibbs'
+    /// inequality), so the mean over test images sits below the mean
+    /// log-likelihood in expectation, as forward AIS's sits above it.
+    /// Each (row, chain) has its own seeded stream: thread-count free.
+    #[allow(clippy::too_many_arguments)]
+    pub fn raise(
+        &self,
+        a_base: &[f64],
+        betas: &[f64],
+        v: &[f32],
+        rows: usize,
+        chains: usize,
+        seed: u64,
+        progress: &(dyn Fn(usize) + Sync),
+        cancel: &(dyn Fn() -> bool + Sync),
+    ) -> Option<Vec<f64>> {
+        const BLOCK: usize = 25;
+        let chains = chains.max(1);
+        let total = rows * chains;
+        let log_z_base = self.log_z_base(a_base);
+        let top = self.log_unnormalised(v, rows);
+        let blocks: Vec<(usize, usize)> = (0..total)
+            .step_by(BLOCK)
+            .map(|s| (s, (s + BLOCK).min(total)))
+            .collect();
+        let vis_sampler = UnitSampler::new(self.vis.unit, Sampler::Exact);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let k_top = betas.len() - 1;
+        let sums: Option<Vec<Vec<f64>>> = blocks
+            .par_iter()
+            .map(|&(s, e)| {
+                let n = e - s;
+                // Path p = image p / chains, chain p % chains.
+                let mut rngs: Vec<ChaCha8Rng> = (s..e)
+                    .map(|p| {
+                        // The seed is mixed before the path index, so
+                        // nearby seeds draw disjoint sets of streams.
+                        let mixed = seed.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        ChaCha8Rng::seed_from_u64(mixed ^ (0x4a15e_u64 << 36) ^ p as u64)
+                    })
+                    .collect();
+                let mut cur = vec![0.0f32; n * self.d];
+                for (q, p) in (s..e).enumerate() {
+                    let img = p / chains;
+                    cur[q * self.d..(q + 1) * self.d]
+                        .copy_from_slice(&v[img * self.d..(img + 1) * self.d]);
+                }
+                let mut acc = vec![0.0f64; n];
+                let mut hbuf = vec![0.0f32; n * self.h];
+                let mut x = self.pre_hidden(&cur, n);
+                // From v_{k+1} to v_k with T_{k+1}, then the ratio at v_k.
+                for k in (0..k_top).rev() {
+                    let (lo, hi) = (betas[k], betas[k + 1]);
+                    self.transition(
+                        &mut cur,
+                        &x,
+                        n,
+                        hi,
+                        a_base,
+                        &mut rngs,
+                        &mut hbuf,
+                        &vis_sampler,
+                    );
+                    x = self.pre_hidden(&cur, n);
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a += self.log_ratio(&cur, &x, q, lo, hi, a_base);
+                    }
+                    let step = k_top - k;
+                    if step.is_multiple_of(100) {
+                        if cancel() {
+                            return None;
+                        }
+                        let d = done.fetch_add(100 * n, std::sync::atomic::Ordering::Relaxed);
+                        progress((d + 100 * n) / total.max(1));
+                    }
+                }
+                Some(acc)
+            })
+            .collect();
+        let sums: Vec<f64> = sums?.into_iter().flatten().collect();
+        Some(
+            (0..rows)
+                .map(|img| {
+                    let logw: Vec<f64> = sums[img * chains..(img + 1) * chains]
+                        .iter()
+                        .map(|s| top[img] - log_z_base - s)
+                        .collect();
+                    let m = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    m + (logw.iter().map(|l| (l - m).exp()).sum::<f64>() / chains as f64).ln()
+                })
+                .collect(),
+        )
     }
 
     /// log Z exactly, by enumerating every visible configuration (tests;

@@ -97,6 +97,11 @@ pub struct TrainOptions {
     /// given). Not part of the stage key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_minutes: Option<f64>,
+    /// Keep a model in which every hidden unit of some layer is stuck
+    /// (always off or always on): by default such a stage fails, since a
+    /// dead layer gives chance-level features and frozen samples.
+    #[serde(skip_serializing_if = "is_default")]
+    pub allow_dead_units: bool,
 }
 
 /// How Gaussian pixel units standardise the data.
@@ -391,8 +396,19 @@ impl TypedStage for TrainStage {
         for (e, l) in epochs.iter().enumerate() {
             ctx.log(format!("epoch {}: mean loss {l:.6}", e + 1));
         }
-        for w in dead_unit_warnings(&trainer.dbn, pixels, n, device) {
-            ctx.warn(w);
+        let stuck = stuck_units(&trainer.dbn, pixels, n, device);
+        for s in &stuck {
+            ctx.warn(s.warning());
+        }
+        if let Some(s) = stuck.iter().find(|s| s.all()) {
+            if p.options.allow_dead_units {
+                ctx.warn(format!(
+                    "layer {} is dead; kept because allow_dead_units = true",
+                    s.layer
+                ));
+            } else {
+                return Err(StageError::User(s.refusal()));
+            }
         }
         let mut m = Metrics::new();
         m.insert("final_loss".into(), *epochs.last().unwrap_or(&f64::NAN));
@@ -410,12 +426,44 @@ impl TypedStage for TrainStage {
     }
 }
 
-/// Layers whose hidden units are mostly dead: on (at most) the first 512
-/// training images, more than half of the hidden channels have a mean
-/// activation below 1 % or above 99 % of their range. A stuck layer gives
-/// useless features and frozen samples, and the loss does not show it (it
-/// is unbounded below), so say so.
-fn dead_unit_warnings(dbn: &Dbn, pixels: &[u8], n: usize, device: &Device) -> Vec<String> {
+/// A layer whose hidden units are mostly stuck: on (at most) the first
+/// 512 training images, `stuck` of its `total` hidden channels have a mean
+/// activation below 1 % or above 99 % of their range.
+#[derive(Debug, Clone, PartialEq)]
+struct Stuck {
+    /// 1-based.
+    layer: usize,
+    stuck: usize,
+    total: usize,
+    images: usize,
+}
+
+impl Stuck {
+    /// Every unit of the layer is stuck.
+    fn all(&self) -> bool {
+        self.stuck == self.total
+    }
+
+    fn warning(&self) -> String {
+        format!(
+            "layer {}: {} of {} hidden channels are always off or always on (mean activation below 1 % or above 99 % of their range on the first {} training images): its features are likely poor and its samples likely frozen; a smaller lr, or lr_mode = \"binary_equivalent\" for N > 1, usually helps",
+            self.layer, self.stuck, self.total, self.images
+        )
+    }
+
+    fn refusal(&self) -> String {
+        format!(
+            "training left layer {} dead: all {} of its hidden channels are always off or always on (mean activation below 1 % or above 99 % of their range on the first {} training images), so its features are at chance and its samples frozen. Use a smaller lr, or lr_mode = \"binary_equivalent\" for N > 1; or set allow_dead_units = true in the train stage's params to keep this model anyway",
+            self.layer, self.total, self.images
+        )
+    }
+}
+
+/// Layers whose hidden units are mostly stuck (more than half). A stuck
+/// layer gives useless features and frozen samples, and the loss does not
+/// show it (it is unbounded below), so say so; a layer with every unit
+/// stuck fails the stage unless `allow_dead_units`.
+fn stuck_units(dbn: &Dbn, pixels: &[u8], n: usize, device: &Device) -> Vec<Stuck> {
     let m = n.min(512);
     let len: usize = dbn.spec.input.iter().product();
     let mut t = dbn.pixels_to_visible(&pixels[..m * len], m, device, DType::F32);
@@ -428,16 +476,17 @@ fn dead_unit_warnings(dbn: &Dbn, pixels: &[u8], n: usize, device: &Device) -> Ve
                 .mean_dims(&[0, 2, 3])
                 .reshape([layer.spec.hidden_channels()]),
         );
-        let dead = means
+        let stuck = means
             .iter()
             .filter(|&&x| !(x / max > 0.01 && x / max < 0.99))
             .count();
-        if dead * 2 > means.len() {
-            out.push(format!(
-                "layer {}: {dead} of {} hidden channels are always off or always on (mean activation below 1 % or above 99 % of their range on the first {m} training images): its features are likely poor and its samples likely frozen; a smaller lr, or lr_mode = \"binary_equivalent\" for N > 1, usually helps",
-                i + 1,
-                means.len()
-            ));
+        if stuck * 2 > means.len() {
+            out.push(Stuck {
+                layer: i + 1,
+                stuck,
+                total: means.len(),
+                images: m,
+            });
         }
     }
     out
@@ -967,6 +1016,19 @@ pub struct LoglikParams {
     /// variational lower bound (default 10).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bound_samples: Option<usize>,
+    /// The other side of the bracket: reverse annealing (RAISE; Burda,
+    /// Grosse & Salakhutdinov 2015) from the first `raise_images` test
+    /// images, a stochastic lower bound on their log-likelihood beside
+    /// AIS's upper bound on the same images (0: off). One dense RBM only.
+    #[serde(skip_serializing_if = "is_default")]
+    pub raise_images: usize,
+    /// Reverse chains per image (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raise_chains: Option<usize>,
+    /// Intermediate distributions of the reverse chains, spaced as `betas`
+    /// (default: `betas`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raise_betas: Option<usize>,
 }
 
 impl Default for LoglikParams {
@@ -978,6 +1040,9 @@ impl Default for LoglikParams {
             max_images: None,
             unsupported: Unsupported::default(),
             bound_samples: None,
+            raise_images: 0,
+            raise_chains: None,
+            raise_betas: None,
         }
     }
 }
@@ -1021,6 +1086,26 @@ impl TypedStage for LoglikStage {
                 "runs must be in 2..=100000 (the spread needs two)",
             ));
         }
+        if let Some(b) = p.raise_betas {
+            if !(3..=10_000_000).contains(&b) {
+                return Err(ParamError::new(
+                    "raise_betas",
+                    "raise_betas must be in 3..=10000000",
+                ));
+            }
+        }
+        if p.raise_chains == Some(0) || p.raise_chains.is_some_and(|c| c > 10_000) {
+            return Err(ParamError::new(
+                "raise_chains",
+                "raise_chains must be in 1..=10000",
+            ));
+        }
+        if p.raise_images == 0 && (p.raise_chains.is_some() || p.raise_betas.is_some()) {
+            return Err(ParamError::new(
+                "raise_images",
+                "raise_chains and raise_betas need raise_images (how many test images to bracket)",
+            ));
+        }
         Ok(())
     }
 
@@ -1048,6 +1133,11 @@ impl TypedStage for LoglikStage {
                 let mut m = Metrics::new();
                 for k in ["log_z", "log_z_std", "test_loglik", "train_loglik"] {
                     m.insert(k.into(), f64::NAN);
+                }
+                if p.raise_images > 0 {
+                    for k in RAISE_METRICS {
+                        m.insert(k.into(), f64::NAN);
+                    }
                 }
                 return Ok(m);
             }
@@ -1123,10 +1213,64 @@ impl TypedStage for LoglikStage {
             // The log-likelihoods above are lower bounds, not estimates.
             m.insert("lower_bound".into(), 1.0);
         }
+        if p.raise_images > 0 {
+            let rows = p.raise_images.min(n_test);
+            let v = &test_v[..rows * model.d];
+            if deep.is_some() {
+                ctx.log("no RAISE bracket: it is for one dense RBM, this is a two-layer DBN");
+                for k in RAISE_METRICS {
+                    m.insert(k.into(), f64::NAN);
+                }
+            } else {
+                let chains = p.raise_chains.unwrap_or(1);
+                let rb = p.raise_betas.unwrap_or(p.betas);
+                let rbetas = ais::sm_betas(rb);
+                let raise_started = Instant::now();
+                let bar = ctx.bar(rb as u64, "raise");
+                let low = in_pool(ctx.threads, || {
+                    model.raise(
+                        &a_base,
+                        &rbetas,
+                        v,
+                        rows,
+                        chains,
+                        p.seed,
+                        &|k| bar.set_position(k as u64),
+                        &|| ctx.check_cancel().is_err(),
+                    )
+                })?;
+                bar.finish_and_clear();
+                let low = low.ok_or(StageError::Cancelled)?;
+                let lower = low.iter().sum::<f64>() / rows as f64;
+                let upper =
+                    model.log_unnormalised(v, rows).iter().sum::<f64>() / rows as f64 - est.log_z;
+                ctx.log(format!(
+                    "RAISE on the first {rows} test images ({rb} betas, {chains} chain(s) each): lower {lower:.4}, AIS upper {upper:.4} nats/image, bracket {:.4}",
+                    upper - lower
+                ));
+                m.insert("raise_test_loglik".into(), lower);
+                m.insert("raise_ais_test_loglik".into(), upper);
+                m.insert("bracket".into(), upper - lower);
+                m.insert("raise_images".into(), rows as f64);
+                m.insert(
+                    "raise_seconds".into(),
+                    raise_started.elapsed().as_secs_f64(),
+                );
+            }
+        }
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
         Ok(m)
     }
 }
+
+/// What `raise_images` adds: RAISE's lower bound and AIS's upper bound on
+/// the same test images, their difference, and how many images.
+const RAISE_METRICS: [&str; 4] = [
+    "raise_test_loglik",
+    "raise_ais_test_loglik",
+    "bracket",
+    "raise_images",
+];
 
 // ---------------------------------------------------------------- pixel_features
 
