@@ -45,6 +45,7 @@ impl TypedStage for AugmentStage {
     const KIND: &'static str = "augment";
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = AUGMENT_INPUTS;
+    const ABOUT: &'static str = "append mirrored copies of an image set (hflip)";
     type Params = AugmentParams;
 
     fn validate(p: &AugmentParams) -> Result<(), ParamError> {
