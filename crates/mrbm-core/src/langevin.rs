@@ -256,7 +256,12 @@ impl HostGrbm {
                 e -= vi * self.w[i * self.h + j] as f64 * h[j] as f64;
             }
         }
-        e - self.b.iter().zip(h).map(|(b, h)| (b * h) as f64).sum::<f64>()
+        e - self
+            .b
+            .iter()
+            .zip(h)
+            .map(|(b, h)| (b * h) as f64)
+            .sum::<f64>()
     }
 
     /// The free energy F(v) of one row given its hidden input x(v):
@@ -366,7 +371,8 @@ impl HostGrbm {
                             // U(v) - U(v') + log q(v | v') - log q(v' | v), per unit.
                             let fwd = u2 - u + s * u;
                             let bwd = u - u2 + s * u2;
-                            log_alpha += 0.5 * (u * u - u2 * u2) - (bwd * bwd - fwd * fwd) / (4.0 * s);
+                            log_alpha +=
+                                0.5 * (u * u - u2 * u2) - (bwd * bwd - fwd * fwd) / (4.0 * s);
                         }
                     }
                     if !p.adjust || r.random::<f64>().ln() < log_alpha {

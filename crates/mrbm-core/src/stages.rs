@@ -190,7 +190,8 @@ impl TypedStage for TrainStage {
                 "visible = \"gaussian\" standardises the pixels itself: leave visible_scale out",
             ));
         }
-        crate::langevin::validate_train(&p.stack, &p.optim).map_err(|(k, m)| ParamError::new(k, m))?;
+        crate::langevin::validate_train(&p.stack, &p.optim)
+            .map_err(|(k, m)| ParamError::new(k, m))?;
         Ok(())
     }
 

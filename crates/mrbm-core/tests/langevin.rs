@@ -119,9 +119,7 @@ fn deviations(m: &HostGrbm, v: &[f32], h: &[f32], n: usize) -> (f64, f64, usize)
     }
     let mut counts = vec![0u64; p.len()];
     for c in 0..n {
-        let s: usize = (0..m.h)
-            .map(|j| (h[c * m.h + j] as usize) << j)
-            .sum();
+        let s: usize = (0..m.h).map(|j| (h[c * m.h + j] as usize) << j).sum();
         counts[s] += 1;
     }
     let (chi, dof) = mrbm_core::sample::chi_square(&counts, &p);
@@ -170,7 +168,10 @@ fn unadjusted_large_steps_are_detected_as_biased() {
         clip_norm: None,
     };
     let (v, h, acc) = run(&m, &p, n, 60, 7);
-    assert_eq!(acc.proposed, 0, "unadjusted chains propose nothing to accept");
+    assert_eq!(
+        acc.proposed, 0,
+        "unadjusted chains propose nothing to accept"
+    );
     let (worst, _, _) = deviations(&m, &v, &h, n);
     assert!(worst > 10.0, "biased chains went unnoticed ({worst:.2} SE)");
     // A small unadjusted step is close (bias O(step)): within a looser bound.
@@ -210,7 +211,11 @@ fn energy_gradients_match_finite_differences() {
         up[i] += eps;
         dn[i] -= eps;
         let num = (f(&up) - f(&dn)) / (2.0 * eps as f64);
-        assert!((num - g[i] as f64).abs() < 2e-3, "dF/dv{i}: {num} vs {}", g[i]);
+        assert!(
+            (num - g[i] as f64).abs() < 2e-3,
+            "dF/dv{i}: {num} vs {}",
+            g[i]
+        );
         let num_e = (m.energy(&up, &hs) - m.energy(&dn, &hs)) / (2.0 * eps as f64);
         let drift = (v[i] - mean[i]) as f64 / (m.sigma[i] as f64).powi(2);
         assert!((num_e - drift).abs() < 2e-3, "dE/dv{i}: {num_e} vs {drift}");
@@ -248,7 +253,10 @@ fn free_energy_f64(w: &[f64], a: &[f64], b: &[f64], z: &[f64], v: &[f64]) -> f64
         f += 0.5 * r * r;
     }
     for j in 0..h {
-        let x = b[j] + (0..d).map(|i| v[i] / z[i].exp() * w[i * h + j]).sum::<f64>();
+        let x = b[j]
+            + (0..d)
+                .map(|i| v[i] / z[i].exp() * w[i * h + j])
+                .sum::<f64>();
         f -= mrbm_core::unit::softplus_f64(x);
     }
     f
@@ -264,7 +272,9 @@ fn training_gradient_matches_finite_differences_of_the_free_energy() {
     let layer = dense_grbm(d, h, 11, DType::F64);
     let dev = Device::flex();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let vals: Vec<f64> = (0..n * d).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    let vals: Vec<f64> = (0..n * d)
+        .map(|_| rng.random::<f64>() * 2.0 - 1.0)
+        .collect();
     let v = tensor_from(vals.clone(), [n, d, 1, 1], &dev, DType::F64);
     let p = LangevinParams::default();
     let v_neg = mrbm_core::langevin::noise_start_negative(&layer, &v, 3, &p, &mut rng).unwrap();
@@ -483,26 +493,44 @@ fn gibbs_langevin_through_train_and_sample() {
     assert_eq!(read("t"), read("t2"));
     // Misuses.
     for (bad, key) in [
-        (RULE.replace("visible = \"gaussian\"\nlearn_sigma = true\n", ""), "gaussian"),
-        (RULE.replace("dense = [8]", "dense = [8, 4]"), "one dense RBM"),
-        (RULE.replace("conv_channels = []", "conv_channels = [4]"), "one dense RBM"),
+        (
+            RULE.replace("visible = \"gaussian\"\nlearn_sigma = true\n", ""),
+            "gaussian",
+        ),
+        (
+            RULE.replace("dense = [8]", "dense = [8, 4]"),
+            "one dense RBM",
+        ),
+        (
+            RULE.replace("conv_channels = []", "conv_channels = [4]"),
+            "one dense RBM",
+        ),
         (format!("{RULE}\nn_hidden = 3"), "binary hidden"),
         (RULE.replace("gibbs_langevin", "cd"), "langevin table"),
-        (RULE.replace("step_size = 0.2", "step_size = -1"), "step_size"),
+        (
+            RULE.replace("step_size = 0.2", "step_size = -1"),
+            "step_size",
+        ),
     ] {
         let e = train(&bad, "bad").unwrap_err();
-        assert!(e.is_user_error() && e.to_string().contains(key), "{key}: {e}");
+        assert!(
+            e.is_user_error() && e.to_string().contains(key),
+            "{key}: {e}"
+        );
     }
     for (bad, key) in [
         ("langevin = { steps = 2 }".to_string(), "langevin table"),
+        (format!("{params}\nanneal_steps = 10"), "no annealed start"),
         (
-            format!("{params}\nanneal_steps = 10"),
-            "no annealed start",
+            params.replace("step_size = 0.2", "clip_norm = 1.0"),
+            "training setting",
         ),
-        (params.replace("step_size = 0.2", "clip_norm = 1.0"), "training setting"),
     ] {
         let e = sample("t", &bad, "bad_s").unwrap_err();
-        assert!(e.is_user_error() && e.to_string().contains(key), "{key}: {e}");
+        assert!(
+            e.is_user_error() && e.to_string().contains(key),
+            "{key}: {e}"
+        );
     }
 }
 

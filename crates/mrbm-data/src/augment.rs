@@ -1,7 +1,9 @@
 //! The `augment` stage kind: an image set with mirrored copies appended
 //! (e.g. 16 faces -> 32 with horizontal flips).
 
-use mrbm_stage::{resolve_file, InputSlot, Metrics, ParamError, StageContext, StageError, TypedStage};
+use mrbm_stage::{
+    resolve_file, InputSlot, Metrics, ParamError, StageContext, StageError, TypedStage,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::ImageSet;
