@@ -93,13 +93,13 @@ impl Default for LangevinParams {
 
 impl LangevinParams {
     pub fn validate(&self) -> Result<(), String> {
-        if self.steps == 0 || self.steps > 10_000 {
+        if !(1..=10_000).contains(&self.steps) {
             return Err(format!(
                 "langevin.steps must be in 1..=10000, got {}",
                 self.steps
             ));
         }
-        if !(self.step_size.is_finite() && self.step_size > 0.0 && self.step_size <= 10.0) {
+        if !(f64::MIN_POSITIVE..=10.0).contains(&self.step_size) {
             return Err(format!(
                 "langevin.step_size must be in (0, 10] (a fraction of each pixel's variance), got {}",
                 self.step_size
@@ -286,9 +286,8 @@ impl HostGrbm {
         let p: Vec<f32> = x.iter().map(|&x| sigmoid_f64(x as f64) as f32).collect();
         let mut g = self.apply_wt(&p, n);
         for (gr, vr) in g.chunks_exact_mut(self.d).zip(v.chunks_exact(self.d)) {
-            for i in 0..self.d {
-                let s = self.sigma[i];
-                gr[i] = (vr[i] - self.a[i]) / (s * s) - gr[i] / s;
+            for ((g, v), (a, s)) in gr.iter_mut().zip(vr).zip(self.a.iter().zip(&self.sigma)) {
+                *g = (v - a) / (s * s) - *g / s;
             }
         }
         (g, x)
@@ -362,11 +361,10 @@ impl HostGrbm {
                     // In units of sigma: u = (v - m) / sigma, U = |u|^2 / 2,
                     // eta = s sigma^2 gives u' = u - s u + sqrt(2 s) xi.
                     let mut log_alpha = 0.0f64;
-                    for i in 0..d {
-                        let sg = self.sigma[i] as f64;
-                        let u = (vr[i] - mr[i]) as f64 / sg;
+                    for (((pi, v), m), sg) in prop.iter_mut().zip(&*vr).zip(mr).zip(&self.sigma) {
+                        let u = (v - m) as f64 / *sg as f64;
                         let u2 = u - s * u + (2.0 * s).sqrt() * standard_normal(&mut r);
-                        prop[i] = u2;
+                        *pi = u2;
                         if p.adjust {
                             // U(v) - U(v') + log q(v | v') - log q(v' | v), per unit.
                             let fwd = u2 - u + s * u;
@@ -376,8 +374,8 @@ impl HostGrbm {
                         }
                     }
                     if !p.adjust || r.random::<f64>().ln() < log_alpha {
-                        for i in 0..d {
-                            vr[i] = (mr[i] as f64 + self.sigma[i] as f64 * prop[i]) as f32;
+                        for (((v, m), sg), u) in vr.iter_mut().zip(mr).zip(&self.sigma).zip(&prop) {
+                            *v = (*m as f64 + *sg as f64 * u) as f32;
                         }
                         accepted += 1;
                     }
@@ -419,9 +417,8 @@ impl HostGrbm {
             .zip(seeds.par_iter())
             .for_each(|(((pr, vr), gr), &seed)| {
                 let mut r = ChaCha8Rng::seed_from_u64(seed);
-                for i in 0..d {
-                    pr[i] = (vr[i] as f64 - eta[i] * gr[i] as f64
-                        + (2.0 * eta[i]).sqrt() * standard_normal(&mut r))
+                for (((p, v), g), e) in pr.iter_mut().zip(vr).zip(gr).zip(&eta) {
+                    *p = (*v as f64 - e * *g as f64 + (2.0 * e).sqrt() * standard_normal(&mut r))
                         as f32;
                 }
             });
@@ -439,10 +436,11 @@ impl HostGrbm {
             let f1 = self.free_energy_with_x(vr, &x[c * h..(c + 1) * h]);
             let f2 = self.free_energy_with_x(pr, &x2[c * h..(c + 1) * h]);
             let mut lq = 0.0f64;
-            for i in 0..d {
-                let fwd = pr[i] as f64 - vr[i] as f64 + eta[i] * gr[i] as f64;
-                let bwd = vr[i] as f64 - pr[i] as f64 + eta[i] * g2r[i] as f64;
-                lq += (fwd * fwd - bwd * bwd) / (4.0 * eta[i]);
+            for (((p, v), (g, g2)), e) in pr.iter().zip(vr).zip(gr.iter().zip(g2r)).zip(&eta) {
+                let (p, v) = (*p as f64, *v as f64);
+                let fwd = p - v + e * *g as f64;
+                let bwd = v - p + e * *g2 as f64;
+                lq += (fwd * fwd - bwd * bwd) / (4.0 * e);
             }
             let log_alpha = f1 - f2 + lq;
             acc.proposed += 1;
@@ -456,6 +454,7 @@ impl HostGrbm {
     /// `steps` Gibbs-Langevin steps from `v` (n rows, updated in place);
     /// returns the last h drawn (None when steps = 0). `on_step(step)`
     /// returning false stops early.
+    #[allow(clippy::too_many_arguments)]
     pub fn run_chains(
         &self,
         v: &mut [f32],
@@ -523,7 +522,7 @@ pub fn clip_grads(g: LayerGrads, max: Option<f64>) -> LayerGrads {
         return g;
     };
     let norm = grad_norm(&g);
-    if !(norm > max) {
+    if norm.is_nan() || norm <= max {
         return g;
     }
     let f = max / norm;

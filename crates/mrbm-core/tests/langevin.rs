@@ -42,8 +42,8 @@ fn exact(m: &HostGrbm) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
             .map(|i| (0..h).map(|j| m.w[i * h + j] as f64 * hs[j]).sum())
             .collect();
         let mut lp: f64 = (0..h).map(|j| m.b[j] as f64 * hs[j]).sum();
-        for i in 0..d {
-            lp += m.a[i] as f64 / m.sigma[i] as f64 * c[i] + 0.5 * c[i] * c[i];
+        for ((a, sg), c) in m.a.iter().zip(&m.sigma).zip(&c) {
+            lp += *a as f64 / *sg as f64 * c + 0.5 * c * c;
         }
         logp.push(lp);
         means.push(
@@ -148,7 +148,10 @@ fn adjusted_chains_sample_the_exact_mixture() {
         assert!(worst < 4.5, "{gradient:?}: a moment {worst:.2} SE off");
         assert!(chi < 28.0, "{gradient:?}: chi2 {chi:.1} on {dof} dof");
         let rate = acc.rate();
-        assert!(rate > 0.3 && rate < 1.0, "{gradient:?}: acceptance {rate}");
+        assert!(
+            (0.3..1.0).contains(&rate),
+            "{gradient:?}: acceptance {rate}"
+        );
     }
 }
 
@@ -248,8 +251,8 @@ fn dense_grbm(d: usize, h: usize, seed: u64, dtype: DType) -> Rbm {
 fn free_energy_f64(w: &[f64], a: &[f64], b: &[f64], z: &[f64], v: &[f64]) -> f64 {
     let (d, h) = (a.len(), b.len());
     let mut f = 0.0;
-    for i in 0..d {
-        let r = (v[i] - a[i]) / z[i].exp();
+    for ((v, a), z) in v.iter().zip(a).zip(z) {
+        let r = (v - a) / z.exp();
         f += 0.5 * r * r;
     }
     for j in 0..h {
@@ -467,7 +470,7 @@ fn gibbs_langevin_through_train_and_sample() {
     };
     let params = "sampler = \"gibbs_langevin\"\nsteps = 50\nchains = 40\nseed = 1\nlangevin = { steps = 5, step_size = 0.2 }";
     let (m, s) = sample("t", params, "s1").unwrap();
-    assert!(m["acceptance"] > 0.1 && m["acceptance"] <= 1.0, "{m:?}");
+    assert!((0.1..=1.0).contains(&m["acceptance"]), "{m:?}");
     // Each sample: which half is brighter; both kinds drawn, with contrast.
     let (mut left, mut right) = (0, 0);
     for i in 0..s.n {
