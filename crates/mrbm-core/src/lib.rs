@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod checks;
 pub mod host_cd;
 pub mod host_conv;
+pub mod langevin;
 pub mod layer;
 pub mod plot;
 pub mod quality;

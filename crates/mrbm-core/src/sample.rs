@@ -19,6 +19,9 @@ pub enum Sampler {
     Exact,
     /// Gaussian with mean f(x) and variance f'(x), rounded and clipped.
     Gaussian,
+    /// The `sample` stage's Gibbs-Langevin chains for a dense
+    /// Gaussian-Bernoulli RBM (`langevin`); units are drawn as `exact`.
+    GibbsLangevin,
 }
 
 /// Draws units of one type from their inputs, reusing the offsets.
@@ -51,7 +54,7 @@ impl UnitSampler {
         }
         match self.sampler {
             Sampler::Gaussian => self.unit.sample_gaussian(x, rng),
-            Sampler::Exact => {
+            Sampler::Exact | Sampler::GibbsLangevin => {
                 const T: f64 = 40.0; // sigmoid(-40) ~ 4e-18
                 let lo = self.offsets.partition_point(|o| x - o > T); // sure ones
                 let hi = self.offsets.partition_point(|o| x - o > -T); // beyond: sure zeros

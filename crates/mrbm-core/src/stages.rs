@@ -195,6 +195,8 @@ impl TypedStage for TrainStage {
                 "visible = \"gaussian\" standardises the pixels itself: leave visible_scale out",
             ));
         }
+        crate::langevin::validate_train(&p.stack, &p.optim)
+            .map_err(|(k, m)| ParamError::new(k, m))?;
         Ok(())
     }
 
@@ -520,6 +522,9 @@ pub struct SampleParams {
     /// The first beta of the annealed start (default 0.1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anneal_from: Option<f64>,
+    /// sampler = "gibbs_langevin": { steps, step_size, adjust, gradient } (see `langevin`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub langevin: Option<crate::langevin::LangevinParams>,
 }
 
 impl Default for SampleParams {
@@ -533,6 +538,7 @@ impl Default for SampleParams {
             init: ChainInit::default(),
             anneal_steps: 0,
             anneal_from: None,
+            langevin: None,
         }
     }
 }
@@ -661,6 +667,9 @@ impl TypedStage for SampleStage {
                 ));
             }
         }
+        let gl = p.sampler == Sampler::GibbsLangevin;
+        crate::langevin::validate_sample(gl, p.langevin.as_ref(), p.anneal_steps)
+            .map_err(|(k, m)| ParamError::new(k, m))?;
         Ok(())
     }
 
@@ -713,8 +722,17 @@ impl TypedStage for SampleStage {
             from: p.anneal_from.unwrap_or(0.1),
             base,
         };
+        let gl = p.sampler == Sampler::GibbsLangevin;
+        let gl = crate::langevin::StageSampler::new(&dbn, gl, p.langevin.clone())?;
         let v = in_pool(ctx.threads, || {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
+            if let Some(gl) = &gl {
+                let on_step = |s: usize| {
+                    bar.set_position(s as u64);
+                    ctx.check_cancel().is_ok()
+                };
+                return gl.run(&dbn, start.as_deref(), p.chains, p.steps, &mut rng, on_step);
+            }
             let noise: Vec<u8>;
             let px = match &start {
                 Some(px) => px.as_slice(),
@@ -760,6 +778,9 @@ impl TypedStage for SampleStage {
         m.insert("mean_pixel".into(), mean);
         if let Some(r) = &reference {
             insert_quality(&mut m, set.pixels(), set.n, r, [c, h, w])?;
+        }
+        if let Some(gl) = &gl {
+            m.insert("acceptance".into(), gl.acceptance());
         }
         Ok(m)
     }

@@ -46,6 +46,10 @@ pub enum Algorithm {
     /// PCD with fast weights (Tieleman & Hinton 2009): the chains run on
     /// W + W_fast, where W_fast learns fast and decays.
     Fpcd,
+    /// Liao et al. 2022's Gaussian-Bernoulli RBM rule: negative chains
+    /// start from N(0, I) noise at every update and run `cd_k`
+    /// Gibbs-Langevin steps (`langevin` table; see `langevin`).
+    GibbsLangevin,
 }
 
 /// The paper's reconstruction v'.
@@ -229,6 +233,10 @@ pub struct OptimParams {
     /// (default 0.95: Tieleman & Hinton 2009's 19/20).
     #[serde(default = "default_fast_decay", skip_serializing_if = "is_fast_decay")]
     pub fast_decay: f64,
+    /// gibbs_langevin: the sampler's settings and gradient clipping, a
+    /// table { steps, step_size, adjust, gradient, clip_norm } (see `langevin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub langevin: Option<crate::langevin::LangevinParams>,
 }
 
 fn default_lr() -> f64 {
@@ -272,6 +280,7 @@ impl Default for OptimParams {
             lr_mode: LrMode::Plain,
             fast_lr: None,
             fast_decay: default_fast_decay(),
+            langevin: None,
         }
     }
 }
@@ -560,6 +569,11 @@ impl Trainer {
                 st.chain = Some(chain.clone());
                 chain
             }
+            Algorithm::GibbsLangevin => {
+                let lp = p.langevin.clone().unwrap_or_default();
+                crate::langevin::noise_start_negative(layer, v, p.cd_k, &lp, rng)
+                    .unwrap_or_else(|e| panic!("gibbs_langevin: {e}"))
+            }
         }
     }
 
@@ -580,6 +594,8 @@ impl Trainer {
             - layer.free_energy_with_x(v_neg.clone(), x_neg))
         .mean();
         let g = layer.stats_grads(v, h.clone(), v_neg, h_neg);
+        let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
+        let g = crate::langevin::clip_grads(g, clip);
         if self.params.algorithm == Algorithm::Fpcd {
             let lr = self.params.fast_lr.unwrap_or(self.params.lr);
             let d = self.params.fast_decay;

@@ -10,6 +10,7 @@
 //! Errors are [`DataError`]: they name the file, the byte offset or image,
 //! and what was expected; no input makes the readers panic.
 pub mod artifact;
+pub mod augment;
 pub mod cifar;
 pub mod error;
 pub mod folder;
@@ -65,5 +66,6 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
     vec![
         Box::new(stages::DatasetStage),
         Box::new(stages::TransformStage),
+        Box::new(augment::AugmentStage),
     ]
 }
