@@ -328,52 +328,12 @@ pub fn build_grid(
                 .cells
                 .iter()
                 .filter(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
-            match &p.aggregate {
-                None => line.push(
-                    matching
-                        .next()
-                        .and_then(|c| metrics_of(&c.slot))
-                        .map(|ms| {
-                            ms.get(m)
-                                .map(|x| fmt_value(*x, p.precision))
-                                .unwrap_or_else(|| format!("no metric {m}"))
-                        })
-                        .unwrap_or_else(|| MISSING.to_string()),
-                ),
-                // Every cell must be there: a mean over the cells that
-                // happened to succeed would read as the mean over all.
-                Some(how) => {
-                    let all: Option<Vec<Option<f64>>> = matching
-                        .map(|c| metrics_of(&c.slot).map(|ms| ms.get(m).copied()))
-                        .collect();
-                    let width = 1 + spread_how.map_or(0, |s| spread_suffixes(s).len());
-                    match all {
-                        None => line.extend(std::iter::repeat_n(MISSING.to_string(), width)),
-                        Some(vals) if vals.iter().any(Option::is_none) => {
-                            line.extend(std::iter::repeat_n(format!("no metric {m}"), width))
-                        }
-                        Some(vals) => {
-                            let vals: Vec<f64> = vals.into_iter().flatten().collect();
-                            line.push(
-                                aggregate(how, &vals)
-                                    .map(|x| fmt_value(x, p.precision))
-                                    .unwrap_or_else(|| MISSING.to_string()),
-                            );
-                            if let Some(sp) = spread_how {
-                                match spread(sp, &vals) {
-                                    Some(xs) => {
-                                        line.extend(xs.iter().map(|x| fmt_value(*x, p.precision)))
-                                    }
-                                    None => line.extend(std::iter::repeat_n(
-                                        MISSING.to_string(),
-                                        width - 1,
-                                    )),
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let cells: Vec<&TableCell> = p
+                .cells
+                .iter()
+                .filter(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()))
+                .collect();
+            line.extend(column_texts(p, &cells, m, &metrics_of));
         }
         for (h, m) in &extra_headers {
             let cell = p.extra.iter().find(|x| &x.header == h && x.row == r);
@@ -397,6 +357,53 @@ pub fn build_grid(
             });
         }
         out.push(line);
+    }
+    out
+}
+
+/// The texts one column contributes to a row: the value of its cell, or
+/// with `aggregate` the combination of its cells and, with `spread`, the
+/// spread's columns after it.
+fn column_texts(
+    p: &TableParams,
+    cells: &[&TableCell],
+    m: &str,
+    metrics_of: &impl Fn(&str) -> Option<BTreeMap<String, f64>>,
+) -> Vec<String> {
+    let Some(how) = &p.aggregate else {
+        return vec![cells
+            .first()
+            .and_then(|c| metrics_of(&c.slot))
+            .map(|ms| {
+                ms.get(m)
+                    .map(|x| fmt_value(*x, p.precision))
+                    .unwrap_or_else(|| format!("no metric {m}"))
+            })
+            .unwrap_or_else(|| MISSING.to_string())];
+    };
+    let spread_how = p.spread.as_deref();
+    let width = 1 + spread_how.map_or(0, |s| spread_suffixes(s).len());
+    // Every cell must be there: a mean over the cells that happened to
+    // succeed would read as the mean over all.
+    let all: Option<Vec<Option<f64>>> = cells
+        .iter()
+        .map(|c| metrics_of(&c.slot).map(|ms| ms.get(m).copied()))
+        .collect();
+    let vals: Vec<f64> = match all {
+        None => return vec![MISSING.to_string(); width],
+        Some(vals) if vals.iter().any(Option::is_none) => {
+            return vec![format!("no metric {m}"); width]
+        }
+        Some(vals) => vals.into_iter().flatten().collect(),
+    };
+    let mut out = vec![aggregate(how, &vals)
+        .map(|x| fmt_value(x, p.precision))
+        .unwrap_or_else(|| MISSING.to_string())];
+    if let Some(sp) = spread_how {
+        match spread(sp, &vals) {
+            Some(xs) => out.extend(xs.iter().map(|x| fmt_value(*x, p.precision))),
+            None => out.extend(std::iter::repeat_n(MISSING.to_string(), width - 1)),
+        }
     }
     out
 }
