@@ -14,9 +14,13 @@
 //!
 //! The file is written to a temporary name, synced and renamed, so a kill
 //! at any moment leaves the previous checkpoint or the new one, never half
-//! of one. A checkpoint that does not belong to the run (other spec or
-//! parameters) or does not read is refused with a reason; the train stage
-//! then starts from scratch.
+//! of one. A small manifest beside it (`train.safetensors.manifest.json`:
+//! length and blake3 hash of the file) is written the same way after the
+//! data, and checked before the checkpoint is used, so a damaged file (bad
+//! disk, a stray write) is never trained on. A checkpoint that does not
+//! belong to the run (other spec or parameters), does not match its
+//! manifest or has none, or does not read is refused with a reason; the
+//! train stage then starts from scratch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -184,7 +188,102 @@ pub fn save(
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
+    write_manifest(path, &bytes)
+}
+
+/// The manifest of the checkpoint at `path`: the same name plus
+/// `.manifest.json`.
+pub fn manifest_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".manifest.json");
+    path.with_file_name(name)
+}
+
+/// What a checkpoint's manifest records.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Manifest {
+    /// The checkpoint's length in bytes.
+    bytes: u64,
+    /// blake3 of its content, hex.
+    blake3: String,
+}
+
+impl Manifest {
+    fn of(bytes: &[u8]) -> Manifest {
+        Manifest {
+            bytes: bytes.len() as u64,
+            blake3: blake3::hash(bytes).to_hex().to_string(),
+        }
+    }
+}
+
+/// Write the manifest of the checkpoint whose content is `bytes` (already
+/// at `path`), atomically.
+fn write_manifest(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
+    let m = serde_json::to_vec(&Manifest::of(bytes)).map_err(|e| CoreError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    mrbm_stage::write_atomic_io(&manifest_path(path), &m)
+        .map_err(|(path, source)| CoreError::Io { path, source })
+}
+
+/// Check `bytes`, read from the checkpoint at `path`, against its manifest:
+/// Err(why) when the manifest is missing or unreadable, or the length or
+/// content hash differs.
+pub fn check_manifest(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mp = manifest_path(path);
+    let text = match std::fs::read(&mp) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "it has no manifest {} (its content cannot be checked)",
+                mp.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", mp.display())),
+    };
+    let want: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: not a checkpoint manifest: {e}", mp.display()))?;
+    let have = Manifest::of(bytes);
+    if have.bytes != want.bytes {
+        return Err(format!(
+            "it is {} bytes long, its manifest says {}",
+            have.bytes, want.bytes
+        ));
+    }
+    if have.blake3 != want.blake3 {
+        return Err(format!(
+            "its content hash {} differs from its manifest's {}: the file is damaged",
+            &have.blake3[..16],
+            &want.blake3[..16.min(want.blake3.len())]
+        ));
+    }
     Ok(())
+}
+
+/// Check every checkpoint (`*.safetensors`) in a resume folder against its
+/// manifest, for `mrbm verify`: each damaged one with the reason.
+pub fn verify_dir(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut bad = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return bad;
+    };
+    let mut files: Vec<_> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    for f in files {
+        let r = std::fs::read(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|b| check_manifest(&f, &b));
+        if let Err(why) = r {
+            bad.push((f, why));
+        }
+    }
+    bad
 }
 
 /// A trainer for `spec` and `params` restored from the checkpoint at
@@ -203,6 +302,7 @@ pub fn load(
     };
     let (bytes, meta) =
         crate::checkpoint::read_with_metadata(path, META_KEY, "a training checkpoint")?;
+    check_manifest(path, &bytes).map_err(err)?;
     let record: Record =
         serde_json::from_str(&meta).map_err(|e| err(format!("bad resume record: {e}")))?;
     if record.format != 1 {

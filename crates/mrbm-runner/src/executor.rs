@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mrbm_stage::{Device, DeviceId, JsonValue, StageContext, StageError};
+use mrbm_stage::{Device, DeviceId, JsonValue, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunnerError;
@@ -227,6 +227,17 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
             return failed(msg.clone(), false, keep_failed_log(&msg), t0);
         }
     };
+    if cfg!(debug_assertions) {
+        // A kind's declared metrics (checked against tables at plan time)
+        // must cover what it returns: debug builds (the tests) say so.
+        if let Some(undeclared) = undeclared_metric(stage, job, &metrics) {
+            let msg = format!(
+                "internal error: kind `{}` returned metric `{undeclared}` that its `metrics` declaration lacks",
+                job.kind
+            );
+            return failed(msg.clone(), false, keep_failed_log(&msg), t0);
+        }
+    }
     if rt.cancel.load(Ordering::Relaxed) {
         let _ = std::fs::remove_dir_all(&tmp);
         return NodeResult {
@@ -260,6 +271,16 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
             failed(e.to_string(), user, lp, t0)
         }
     }
+}
+
+/// A metric the stage returned but does not declare, if any.
+fn undeclared_metric(
+    stage: &dyn Stage,
+    job: &StageJob,
+    metrics: &mrbm_stage::Metrics,
+) -> Option<String> {
+    let declared = stage.metrics(&job.params)?;
+    metrics.keys().find(|k| !declared.contains(k)).cloned()
 }
 
 /// Slot -> the cache entry behind each input that another stage produced:
