@@ -476,7 +476,7 @@ name = "calc"
 
 [stages.calc]
 kind = "command"
-params = {{ argv = ["sh", "-c", 'echo "{{\"v\": 1, \"w\": $E}}" > "$MRBM_OUT/metrics.json"'], env = {{ E = "1" }} }}
+params = {{ argv = ["sh", "-c", 'echo "{{{{\"v\": 1, \"w\": $E}}}}" > "$MRBM_OUT/metrics.json"'], env = {{ E = "1" }} }}
 {extra}
 "#
     )
@@ -531,7 +531,7 @@ fn unreadable_history_records_are_named_and_refused_by_name() {
     assert_eq!(rep.status.code(), Some(0), "{}", text(&rep));
     named_all("report", &text(&rep));
     for args in [
-        vec!["compare", &good, "zz-truncated"],
+        vec!["compare", good.as_str(), "zz-truncated"],
         vec!["report", "zz-garbage"],
     ] {
         let o = common::run_in(p.path(), &args);
@@ -559,7 +559,10 @@ fn repeated_sweeps_and_duplicate_values_are_refused() {
             "given twice",
         ),
         (&["--sweep", "calc.env.E=1,1"], "the value 1 is given twice"),
-        (&["--sweep", "calc.env.E=\"1\",2,\"2\""], "the value 2 is given twice"),
+        (
+            &["--sweep", "calc.env.E=\"1\",2,\"2\""],
+            "the value 2 is given twice",
+        ),
     ];
     for (args, want) in cases {
         let mut all = vec!["run", "--quiet", "experiments/calc.toml"];
@@ -573,7 +576,10 @@ fn repeated_sweeps_and_duplicate_values_are_refused() {
     let o = common::run_in(p.path(), &["run", "--quiet", "experiments/dup.toml"]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
-    assert!(t.contains("the value 1 is given twice") && t.contains("dup.toml:"), "{t}");
+    assert!(
+        t.contains("the value 1 is given twice") && t.contains("dup.toml:"),
+        "{t}"
+    );
 }
 
 /// A table metric no cell's kind declares, and a size whose memory floor
@@ -673,8 +679,5 @@ fn a_read_only_cache_is_a_user_error_naming_it() {
     let t = text(&out);
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(
-        t.contains("not writable") && t.contains(".mrbm"),
-        "{t}"
-    );
+    assert!(t.contains("not writable") && t.contains(".mrbm"), "{t}");
 }

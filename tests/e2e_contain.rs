@@ -113,8 +113,16 @@ fn assert_clean(root: &Path, marker: &str, what: &str, out: &Output) {
         survivors(marker)
     );
     let cache = root.join(".mrbm");
-    assert_eq!(empty(&cache.join("locks")), Vec::<String>::new(), "{what}: {t}");
-    assert_eq!(empty(&cache.join("tmp")), Vec::<String>::new(), "{what}: {t}");
+    assert_eq!(
+        empty(&cache.join("locks")),
+        Vec::<String>::new(),
+        "{what}: {t}"
+    );
+    assert_eq!(
+        empty(&cache.join("tmp")),
+        Vec::<String>::new(),
+        "{what}: {t}"
+    );
 }
 
 const ONE: &str = "sleep {m}";

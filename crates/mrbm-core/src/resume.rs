@@ -15,8 +15,9 @@
 //! The file is written to a temporary name, synced and renamed, so a kill
 //! at any moment leaves the previous checkpoint or the new one, never half
 //! of one. A small manifest beside it (`train.safetensors.manifest.json`:
-//! length and blake3 hash of the file) is written the same way after the
-//! data, and checked before the checkpoint is used, so a damaged file (bad
+//! the blake3 hash of the file) is written the same way after the data
+//! (see [`put_checkpoint`] for the order that survives a kill between the
+//! two), and checked before the checkpoint is used, so a damaged file (bad
 //! disk, a stray write) is never trained on. A checkpoint that does not
 //! belong to the run (other spec or parameters), does not match its
 //! manifest or has none, or does not read is refused with a reason; the
@@ -170,25 +171,13 @@ pub fn save(
         serde_json::to_string(&record).map_err(|e| err(e.to_string()))?,
     );
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))?;
-    let io = |e: std::io::Error| CoreError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(|e| CoreError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
     }
-    let tmp = path.with_extension(format!("partial{}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    write_manifest(path, &bytes)
+    put_checkpoint(path, &bytes)
 }
 
 /// The manifest of the checkpoint at `path`: the same name plus
@@ -199,39 +188,20 @@ pub fn manifest_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-/// What a checkpoint's manifest records.
+/// What a checkpoint's manifest records: the blake3 hashes (hex) of the
+/// contents the checkpoint may have. One, the checkpoint's; while a new
+/// checkpoint is put in place, the old one's too, so that a kill at any
+/// moment leaves a checkpoint its manifest vouches for.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Manifest {
-    /// The checkpoint's length in bytes.
-    bytes: u64,
-    /// blake3 of its content, hex.
-    blake3: String,
+    blake3: Vec<String>,
 }
 
-impl Manifest {
-    fn of(bytes: &[u8]) -> Manifest {
-        Manifest {
-            bytes: bytes.len() as u64,
-            blake3: blake3::hash(bytes).to_hex().to_string(),
-        }
-    }
+fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
-/// Write the manifest of the checkpoint whose content is `bytes` (already
-/// at `path`), atomically.
-fn write_manifest(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
-    let m = serde_json::to_vec(&Manifest::of(bytes)).map_err(|e| CoreError::Checkpoint {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    mrbm_stage::write_atomic_io(&manifest_path(path), &m)
-        .map_err(|(path, source)| CoreError::Io { path, source })
-}
-
-/// Check `bytes`, read from the checkpoint at `path`, against its manifest:
-/// Err(why) when the manifest is missing or unreadable, or the length or
-/// content hash differs.
-pub fn check_manifest(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn read_manifest(path: &Path) -> Result<Manifest, String> {
     let mp = manifest_path(path);
     let text = match std::fs::read(&mp) {
         Ok(t) => t,
@@ -243,23 +213,65 @@ pub fn check_manifest(path: &Path, bytes: &[u8]) -> Result<(), String> {
         }
         Err(e) => return Err(format!("{}: {e}", mp.display())),
     };
-    let want: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not a checkpoint manifest: {e}", mp.display()))?;
-    let have = Manifest::of(bytes);
-    if have.bytes != want.bytes {
-        return Err(format!(
-            "it is {} bytes long, its manifest says {}",
-            have.bytes, want.bytes
-        ));
+    serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: not a checkpoint manifest: {e}", mp.display()))
+}
+
+fn write_manifest(path: &Path, m: &Manifest) -> Result<(), CoreError> {
+    let bytes = serde_json::to_vec(m).map_err(|e| CoreError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    mrbm_stage::write_atomic_io(&manifest_path(path), &bytes)
+        .map_err(|(path, source)| CoreError::Io { path, source })
+}
+
+/// Put `bytes` at `path` as the new checkpoint, with its manifest: first
+/// the manifest vouches for the old content and the new, then the data is
+/// written (temporary file, sync, rename), then the manifest vouches for
+/// the new content alone. Each step is atomic.
+fn put_checkpoint(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
+    let new = hash_hex(bytes);
+    let mut both = read_manifest(path).map(|m| m.blake3).unwrap_or_default();
+    both.retain(|h| *h != new);
+    both.push(new.clone());
+    write_manifest(path, &Manifest { blake3: both })?;
+    let io = |e: std::io::Error| CoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let tmp = path.with_extension(format!("partial{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
     }
-    if have.blake3 != want.blake3 {
-        return Err(format!(
-            "its content hash {} differs from its manifest's {}: the file is damaged",
-            &have.blake3[..16],
-            &want.blake3[..16.min(want.blake3.len())]
-        ));
+    write_manifest(path, &Manifest { blake3: vec![new] })
+}
+
+/// Check `bytes`, read from the checkpoint at `path`, against its manifest:
+/// Err(why) when the manifest is missing or unreadable, or does not vouch
+/// for this content.
+pub fn check_manifest(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let want = read_manifest(path)?;
+    let have = hash_hex(bytes);
+    if want.blake3.contains(&have) {
+        return Ok(());
     }
-    Ok(())
+    Err(format!(
+        "its content hash {} is not the one its manifest records ({}): the file is damaged",
+        &have[..16],
+        want.blake3
+            .iter()
+            .map(|h| &h[..16.min(h.len())])
+            .collect::<Vec<_>>()
+            .join(" or ")
+    ))
 }
 
 /// Check every checkpoint (`*.safetensors`) in a resume folder against its

@@ -132,7 +132,13 @@ impl TypedStage for TrainStage {
     type Params = TrainParams;
 
     fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
-        Some(vec!["final_loss", "first_epoch_loss", "seconds", "images_per_second", "layers"])
+        Some(vec![
+            "final_loss",
+            "first_epoch_loss",
+            "seconds",
+            "images_per_second",
+            "layers",
+        ])
     }
 
     fn memory_floor(p: &TrainParams) -> Option<(f64, String)> {
@@ -143,7 +149,10 @@ impl TypedStage for TrainStage {
             + d.windows(2).map(|w| w[0] as f64 * w[1] as f64).sum::<f64>();
         let acts: f64 = d.iter().map(|&x| 2.0 * x as f64).sum();
         let bytes = 4.0 * (4.0 * weights + 8.0 * acts);
-        Some((bytes, format!("training this stack (at least {weights} weights)")))
+        Some((
+            bytes,
+            format!("training this stack (at least {weights} weights)"),
+        ))
     }
 
     fn param_names() -> Vec<&'static str> {
@@ -607,7 +616,13 @@ impl TypedStage for SampleStage {
     type Params = SampleParams;
 
     fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
-        Some(vec!["seconds", "mean_pixel", "diversity", "contrast", "nearest_reference"])
+        Some(vec![
+            "seconds",
+            "mean_pixel",
+            "diversity",
+            "contrast",
+            "nearest_reference",
+        ])
     }
 
     fn memory_floor(p: &SampleParams) -> Option<(f64, String)> {
@@ -1047,7 +1062,14 @@ impl TypedStage for LoglikStage {
     type Params = LoglikParams;
 
     fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
-        Some(vec!["log_z", "log_z_std", "test_loglik", "train_loglik", "lower_bound", "seconds"])
+        Some(vec![
+            "log_z",
+            "log_z_std",
+            "test_loglik",
+            "train_loglik",
+            "lower_bound",
+            "seconds",
+        ])
     }
 
     fn validate(p: &LoglikParams) -> Result<(), ParamError> {

@@ -715,7 +715,9 @@ impl Stage for DatasetStage {
         Some(format!("{}: data set folder not found; expected {expected}.{hint}. Nothing is downloaded at run time.", path.display()))
     }
     fn metrics(&self, _params: &JsonValue) -> Option<Vec<String>> {
-        let m = ["images", "channels", "height", "width", "classes", "skipped", "seconds"];
+        let m = [
+            "images", "channels", "height", "width", "classes", "skipped", "seconds",
+        ];
         Some(m.iter().map(|s| s.to_string()).collect())
     }
     fn memory_floor(&self, params: &JsonValue) -> Option<(f64, String)> {
@@ -790,10 +792,12 @@ impl Stage for TransformStage {
         mrbm_stage::canonical_json(&p.normalise()?)
     }
     fn metrics(&self, _params: &JsonValue) -> Option<Vec<String>> {
-        let mut m: Vec<String> = ["images", "channels", "height", "width", "classes", "seconds"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut m: Vec<String> = [
+            "images", "channels", "height", "width", "classes", "seconds",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         m.extend(["train_images", "test_images", "val_images"].map(String::from));
         Some(m)
     }
@@ -878,7 +882,13 @@ mod split_tests {
         let p = split_parts(100, spec(Some(70), Some(10), Some(20)), 7).unwrap();
         assert_eq!(p.test, te);
         assert_eq!((p.train.len(), p.val.len(), p.test.len()), (70, 10, 20));
-        let mut all: Vec<usize> = p.train.iter().chain(&p.val).chain(&p.test).copied().collect();
+        let mut all: Vec<usize> = p
+            .train
+            .iter()
+            .chain(&p.val)
+            .chain(&p.test)
+            .copied()
+            .collect();
         all.sort_unstable();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
         // val and train together are the old training part.
@@ -900,6 +910,8 @@ mod split_tests {
         assert_eq!(v["split"]["val"], 2);
         // Without val the canonical parameters (and so the keys) are as before.
         let raw: toml::Table = toml::from_str("split = { train = 5, test = 5 }").unwrap();
-        assert!(TransformStage.params(&raw).unwrap()["split"].get("val").is_none());
+        assert!(TransformStage.params(&raw).unwrap()["split"]
+            .get("val")
+            .is_none());
     }
 }

@@ -564,5 +564,8 @@ fn idx_gzip_bomb_stops_soon_after_the_declared_size() {
     let mut long = im;
     long.extend_from_slice(&[0; 7]);
     let e = idx::read_idx(&write(d.path(), "long.gz", &gz(&long)), &l).unwrap_err();
-    assert!(matches!(e, DataError::TrailingBytes { extra: 7, .. }), "{e:?}");
+    assert!(
+        matches!(e, DataError::TrailingBytes { extra: 7, .. }),
+        "{e:?}"
+    );
 }

@@ -45,7 +45,16 @@ impl TypedStage for SvmStage {
     type Params = SvmConfig;
 
     fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
-        Some(vec!["test_error", "train_error", "fit_seconds", "n_train", "n_test", "converged", "max_newton_iterations", "max_iterations"])
+        Some(vec![
+            "test_error",
+            "train_error",
+            "fit_seconds",
+            "n_train",
+            "n_test",
+            "converged",
+            "max_newton_iterations",
+            "max_iterations",
+        ])
     }
 
     fn validate(p: &SvmConfig) -> Result<(), ParamError> {

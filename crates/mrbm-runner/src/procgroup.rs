@@ -7,8 +7,8 @@
 //! parent-death signal (`PR_SET_PDEATHSIG`: it dies if the watchdog dies).
 //! The watchdog ignores the termination signals the group gets, closes
 //! every file it inherited (so only the program holds the output pipes),
-//! waits for the program and ends as it ended (exit code or signal). Every
-//! 50 ms it checks that `mrbm` is alive: if `mrbm` is gone (even by
+//! waits for the program and ends as it ended (exit code or signal). At
+//! least every 50 ms it checks that `mrbm` is alive: if `mrbm` is gone (even by
 //! SIGKILL, which runs no handler), it kills the whole group. A parent-death
 //! signal alone would not do: it is not inherited across fork, so a shell's
 //! `sleep 1000 &` would live on.
@@ -53,6 +53,12 @@ fn watchdog(program: libc::pid_t, mrbm: libc::pid_t) -> ! {
                 libc::close(fd);
             }
         }
+        // SIGCHLD blocked and waited for: the program's end is seen at once,
+        // mrbm's every 50 ms.
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &chld, std::ptr::null_mut());
         let nap = libc::timespec {
             tv_sec: 0,
             tv_nsec: 50_000_000,
@@ -85,7 +91,7 @@ fn watchdog(program: libc::pid_t, mrbm: libc::pid_t) -> ! {
                 libc::kill(0, libc::SIGKILL);
                 libc::_exit(137);
             }
-            libc::nanosleep(&nap, std::ptr::null_mut());
+            libc::sigtimedwait(&chld, std::ptr::null_mut(), &nap);
         }
     }
 }
@@ -107,7 +113,13 @@ impl Group {
                     -1 => Err(io::Error::last_os_error()),
                     0 => {
                         // The program: it dies with its watchdog.
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                        libc::prctl(
+                            libc::PR_SET_PDEATHSIG,
+                            libc::SIGKILL as libc::c_ulong,
+                            0,
+                            0,
+                            0,
+                        );
                         if libc::getppid() != me {
                             libc::_exit(137);
                         }

@@ -11,7 +11,7 @@ use crate::error::RunnerError;
 use crate::registry::Registry;
 use crate::table::TableParams;
 
-use super::{Dag, Node};
+use super::{Dag, InputSource, Node};
 
 /// Every table's metrics against what its cells' kinds declare. A cell of
 /// a kind that declares nothing (the user's `command`) turns the check off
@@ -21,7 +21,7 @@ pub fn table_metrics(registry: &Registry, nodes: &[Node]) -> Result<(), RunnerEr
         let Ok(tp) = serde_json::from_value::<TableParams>(t.params.clone()) else {
             continue;
         };
-        let Some((declared, stage)) = declared_metrics(registry, nodes, &tp) else {
+        let Some((declared, stage)) = declared_metrics(registry, nodes, t, &tp) else {
             continue;
         };
         for w in &tp.metrics {
@@ -48,12 +48,18 @@ pub fn table_metrics(registry: &Registry, nodes: &[Node]) -> Result<(), RunnerEr
 fn declared_metrics(
     registry: &Registry,
     nodes: &[Node],
+    table: &Node,
     tp: &TableParams,
 ) -> Option<(BTreeSet<String>, String)> {
     let mut all = BTreeSet::new();
     let mut stage = String::new();
     for c in &tp.cells {
-        let n = nodes.iter().find(|n| n.id == c.id)?;
+        // The cell's node: the table's input in the cell's slot.
+        let up = table.inputs.iter().find_map(|i| match i.source {
+            InputSource::Node { node, .. } if i.slot == c.slot => Some(node),
+            _ => None,
+        })?;
+        let n = nodes.get(up)?;
         let kind = registry.get(&n.kind)?;
         all.extend(kind.metrics(&n.params)?);
         stage.clone_from(&n.stage);
@@ -79,4 +85,67 @@ pub fn memory(registry: &Registry, dag: &Dag) -> Result<(), RunnerError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind that declares its metrics reads its own canonical
+    /// parameters back (else the plan-time check would silently be off).
+    #[test]
+    fn the_main_kinds_declare_their_metrics_from_canonical_params() {
+        let reg = Registry::builtin();
+        for kind in [
+            "dataset",
+            "transform",
+            "train",
+            "sample",
+            "reconstruct",
+            "features",
+            "loglik",
+            "pixel_features",
+            "svm",
+            "fid_stats",
+            "fid",
+        ] {
+            let k = reg.get(kind).unwrap();
+            let raw: toml::Table = match kind {
+                "dataset" => toml::from_str("format = \"synthetic\"").unwrap(),
+                _ => toml::Table::new(),
+            };
+            let canon = k.params(&raw).unwrap_or_else(|e| {
+                panic!("{kind}: default params: {e:?}");
+            });
+            let m = k.metrics(&canon);
+            assert!(
+                m.as_ref().is_some_and(|m| !m.is_empty()),
+                "{kind}: no metrics declared from {canon}"
+            );
+        }
+        let cmd = reg.get("command").unwrap();
+        let raw: toml::Table = toml::from_str("argv = [\"true\"]").unwrap();
+        assert!(cmd.metrics(&cmd.params(&raw).unwrap()).is_none());
+    }
+
+    #[test]
+    fn memory_floors_come_from_parameters_alone() {
+        let reg = Registry::builtin();
+        let floor = |kind: &str, raw: &str| {
+            let k = reg.get(kind).unwrap();
+            let raw: toml::Table = toml::from_str(raw).unwrap();
+            k.memory_floor(&k.params(&raw).unwrap()).map(|(b, _)| b)
+        };
+        // 16 bytes per unit, at least one visible and one hidden unit.
+        assert_eq!(floor("sample", "chains = 1000"), Some(32_000.0));
+        assert_eq!(
+            floor("dataset", "format = \"synthetic\"\nn = 10\nsize = 4"),
+            Some(2.0 * 3.0 * 10.0 * 16.0)
+        );
+        // dense [3, 2]: weights >= 3 + 6, activations >= 2 * 5.
+        assert_eq!(
+            floor("train", "conv_channels = []\ndense = [3, 2]"),
+            Some(4.0 * (4.0 * 9.0 + 8.0 * 10.0))
+        );
+    }
 }
