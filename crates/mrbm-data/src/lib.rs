@@ -29,8 +29,8 @@ pub use folder::{Decoded, Item, Split};
 use mrbm_stage::Stage;
 pub use ops::{Crop, Filter, Gray, ImageOps, Size};
 pub use stages::{
-    load_dataset, split_parts, transform, DatasetParams, Format, SplitIndices, SplitSets,
-    SplitSpec, TransformParams, Transformed,
+    load_dataset, split_parts, transform, DatasetParams, Format, SplitIndices, SplitSets, SplitSpec,
+    TransformParams, Transformed,
 };
 
 /// Progress and cancellation for long reads: a progress bar (hidden by

@@ -882,13 +882,7 @@ mod split_tests {
         let p = split_parts(100, spec(Some(70), Some(10), Some(20)), 7).unwrap();
         assert_eq!(p.test, te);
         assert_eq!((p.train.len(), p.val.len(), p.test.len()), (70, 10, 20));
-        let mut all: Vec<usize> = p
-            .train
-            .iter()
-            .chain(&p.val)
-            .chain(&p.test)
-            .copied()
-            .collect();
+        let mut all: Vec<usize> = p.train.iter().chain(&p.val).chain(&p.test).copied().collect();
         all.sort_unstable();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
         // val and train together are the old training part.
@@ -910,8 +904,6 @@ mod split_tests {
         assert_eq!(v["split"]["val"], 2);
         // Without val the canonical parameters (and so the keys) are as before.
         let raw: toml::Table = toml::from_str("split = { train = 5, test = 5 }").unwrap();
-        assert!(TransformStage.params(&raw).unwrap()["split"]
-            .get("val")
-            .is_none());
+        assert!(TransformStage.params(&raw).unwrap()["split"].get("val").is_none());
     }
 }

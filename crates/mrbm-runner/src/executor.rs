@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -207,7 +208,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         "{} {} (key {}) on {} at {started}",
         job.kind, job.stage_id, job.key, rt.device
     ));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_declared(stage, &ctx, job)));
     let metrics = match outcome {
         Ok(Ok(m)) => m,
         Ok(Err(StageError::Cancelled)) => {
@@ -227,17 +228,6 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
             return failed(msg.clone(), false, keep_failed_log(&msg), t0);
         }
     };
-    if cfg!(debug_assertions) {
-        // A kind's declared metrics (checked against tables at plan time)
-        // must cover what it returns: debug builds (the tests) say so.
-        if let Some(undeclared) = undeclared_metric(stage, job, &metrics) {
-            let msg = format!(
-                "internal error: kind `{}` returned metric `{undeclared}` that its `metrics` declaration lacks",
-                job.kind
-            );
-            return failed(msg.clone(), false, keep_failed_log(&msg), t0);
-        }
-    }
     if rt.cancel.load(Ordering::Relaxed) {
         let _ = std::fs::remove_dir_all(&tmp);
         return NodeResult {
@@ -273,14 +263,28 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
     }
 }
 
-/// A metric the stage returned but does not declare, if any.
-fn undeclared_metric(
+/// The metrics a stage returned, when its kind declares them all: a kind's
+/// declaration (checked against tables at plan time) must cover what it
+/// returns, and debug builds (the tests) fail the stage when it does not.
+fn run_declared(
     stage: &dyn Stage,
+    ctx: &StageContext,
     job: &StageJob,
-    metrics: &mrbm_stage::Metrics,
-) -> Option<String> {
-    let declared = stage.metrics(&job.params)?;
-    metrics.keys().find(|k| !declared.contains(k)).cloned()
+) -> Result<mrbm_stage::Metrics, StageError> {
+    let metrics = stage.run(ctx)?;
+    if !cfg!(debug_assertions) {
+        return Ok(metrics);
+    }
+    let Some(declared) = stage.metrics(&job.params) else {
+        return Ok(metrics);
+    };
+    match metrics.keys().find(|k| !declared.contains(k)) {
+        Some(k) => Err(StageError::Failed(format!(
+            "internal error: kind `{}` returned metric `{k}` that its `metrics` declaration lacks",
+            job.kind
+        ))),
+        None => Ok(metrics),
+    }
 }
 
 /// Slot -> the cache entry behind each input that another stage produced:

@@ -91,16 +91,15 @@ pub fn spread(how: &str, values: &[f64]) -> Option<Vec<f64>> {
         return Some(vec![f64::NAN; spread_suffixes(how).len()]);
     }
     Some(match how {
-        "range" => vec![aggregate("min", values)?, aggregate("max", values)?],
+        "range" => vec![
+            aggregate("min", values)?,
+            aggregate("max", values)?,
+        ],
         _ => {
             let n = values.len() as f64;
             let mean = values.iter().sum::<f64>() / n;
             let ss: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
-            vec![if values.len() > 1 {
-                (ss / (n - 1.0)).sqrt()
-            } else {
-                0.0
-            }]
+            vec![if values.len() > 1 { (ss / (n - 1.0)).sqrt() } else { 0.0 }]
         }
     })
 }
@@ -362,9 +361,8 @@ pub fn build_grid(
                             );
                             if let Some(sp) = spread_how {
                                 match spread(sp, &vals) {
-                                    Some(xs) => {
-                                        line.extend(xs.iter().map(|x| fmt_value(*x, p.precision)))
-                                    }
+                                    Some(xs) => line
+                                        .extend(xs.iter().map(|x| fmt_value(*x, p.precision))),
                                     None => line.extend(std::iter::repeat_n(
                                         MISSING.to_string(),
                                         width - 1,
@@ -600,12 +598,7 @@ mod tests {
             columns: None,
             row_order: vec!["1".into(), "2".into()],
             column_order: vec![],
-            cells: vec![
-                cell("a", "1"),
-                cell("b", "1"),
-                cell("c", "1"),
-                cell("d", "2"),
-            ],
+            cells: vec![cell("a", "1"), cell("b", "1"), cell("c", "1"), cell("d", "2")],
             reference: BTreeMap::new(),
             precision: 3,
             extra: vec![],
@@ -634,10 +627,7 @@ mod tests {
         assert_eq!(g[1], vec!["1", "3.000", "1.000", "6.000"]);
         // A missing cell fills every column of its group.
         p.cells.push(cell("e", "2"));
-        assert_eq!(
-            build_grid(&p, metrics)[2],
-            vec!["2", MISSING, MISSING, MISSING]
-        );
+        assert_eq!(build_grid(&p, metrics)[2], vec!["2", MISSING, MISSING, MISSING]);
     }
 
     #[test]

@@ -210,9 +210,7 @@ impl Tables<'_> {
                         t.name,
                         sp.get_ref()
                     ),
-                    Some(
-                        "add aggregate = \"mean\" (the spread is of the cells it combines)".into(),
-                    ),
+                    Some("add aggregate = \"mean\" (the spread is of the cells it combines)".into()),
                 ));
             }
             if !crate::table::SPREADS.contains(&sp.get_ref().as_str()) {
