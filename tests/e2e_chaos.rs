@@ -366,3 +366,318 @@ params = { split = { train = 40, test = 20 }, seed = 1 }
         eprintln!("{what}: stopped {:?} after Ctrl-C", t0.elapsed());
     }
 }
+
+// ---- Issue 31: nothing wrong is ever cached, refusals come before work ----
+
+/// The train stage of tests/e2e_resume.rs: long enough to be killed in.
+fn resume_exp(extra: &str) -> String {
+    format!(
+        r#"
+name = "resume"
+
+[stages.shapes]
+kind = "dataset"
+params = {{ format = "synthetic", n = 150, size = 8, classes = 2, seed = 1 }}
+
+[stages.train]
+kind = "train"
+inputs = {{ data = "shapes" }}
+params = {{ conv_channels = [], dense = [24], epochs = 400, batch_size = 10, algorithm = "pcd", n = 3{extra} }}
+"#
+    )
+}
+
+fn run_resume(root: &Path) -> Output {
+    common::mrbm_in(root)
+        .args(["run", "experiments/resume.toml", "--quiet"])
+        .output()
+        .unwrap()
+}
+
+/// The checkpoint files (and their manifests) under CACHE/resume/.
+fn checkpoint(root: &Path) -> Option<std::path::PathBuf> {
+    let rd = std::fs::read_dir(root.join(".mrbm/resume")).ok()?;
+    rd.flatten()
+        .map(|d| d.path().join("train.safetensors"))
+        .find(|f| f.exists() && f.with_file_name("train.safetensors.manifest.json").exists())
+}
+
+fn model_of(root: &Path) -> Vec<u8> {
+    let e = common::entry_of(&root.join(".mrbm"), "train").expect("no train entry");
+    std::fs::read(e.join("out/model.safetensors")).unwrap()
+}
+
+/// A damaged resume checkpoint (bytes flipped in the middle, or 4 KB
+/// before its end: still a well-formed safetensors file) is named by
+/// `mrbm verify` and refused with a warning by the next run, which trains
+/// from the start and caches exactly the uninterrupted run's model.
+#[test]
+fn a_damaged_checkpoint_is_refused_and_the_model_equals_an_uninterrupted_run() {
+    let clean = common::project(&[("resume.toml", &resume_exp(""))]);
+    let out = run_resume(clean.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let want = model_of(clean.path());
+    for damage in ["middle", "4 KB before the end"] {
+        let p = common::project(&[("resume.toml", &resume_exp(", checkpoint_every = 1"))]);
+        let mut child = common::mrbm_in(p.path())
+            .args(["run", "experiments/resume.toml", "--quiet"])
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let file = loop {
+            if let Some(f) = checkpoint(p.path()) {
+                break f;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint");
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("the run ended ({s}) before its first checkpoint");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = if damage == "middle" {
+            bytes.len() / 2
+        } else {
+            bytes.len() - 4096
+        };
+        for b in &mut bytes[at..at + 16] {
+            *b ^= 0xa5;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+
+        let v = common::run_in(p.path(), &["verify"]);
+        let vt = text(&v);
+        assert_eq!(v.status.code(), Some(1), "{damage}: verify: {vt}");
+        assert!(vt.contains("damaged checkpoint"), "{damage}: {vt}");
+
+        let out = run_resume(p.path());
+        let t = text(&out);
+        assert!(out.status.success(), "{damage}: {t}");
+        assert!(
+            t.contains("not resuming from the checkpoint") && t.contains("content hash"),
+            "{damage}: no warning: {t}"
+        );
+        assert!(
+            model_of(p.path()) == want,
+            "{damage}: the model differs from the uninterrupted run's"
+        );
+    }
+}
+
+/// An experiment of `command` stages (milliseconds each): `calc` writes
+/// metrics v and w.
+fn calc_exp(extra: &str) -> String {
+    format!(
+        r#"
+name = "calc"
+
+[stages.calc]
+kind = "command"
+params = {{ argv = ["sh", "-c", 'echo "{{{{\"v\": 1, \"w\": $E}}}}" > "$MRBM_OUT/metrics.json"'], env = {{ E = "1" }} }}
+{extra}
+"#
+    )
+}
+
+/// Unreadable history records are each named (file and reason) by `runs`,
+/// `compare`, `report` and `gc --dry-run`; naming one in `compare` or
+/// `report` is a user error (exit 2).
+#[test]
+fn unreadable_history_records_are_named_and_refused_by_name() {
+    let p = common::project(&[("calc.toml", &calc_exp(""))]);
+    let out = common::run_in(p.path(), &["run", "--quiet", "experiments/calc.toml"]);
+    let good = common::ok(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("recorded as run "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a run id")
+        .to_string();
+    let hist = p.path().join(".mrbm/history");
+    let record = std::fs::read(hist.join(format!("{good}.json"))).unwrap();
+    let deep = "[".repeat(100_000);
+    let bad: [(&str, &[u8]); 6] = [
+        ("garbage", b"this is not json"),
+        ("truncated", &record[..record.len() / 2]),
+        ("empty", b""),
+        ("nested", deep.as_bytes()),
+        ("schema", br#"{"id": 3, "nodes": "x"}"#),
+        ("binary", &[0u8, 159, 146, 150, 255, 1, 2, 3]),
+    ];
+    for (name, bytes) in bad {
+        std::fs::write(hist.join(format!("zz-{name}.json")), bytes).unwrap();
+    }
+    let named_all = |what: &str, t: &str| {
+        for (name, _) in bad {
+            assert!(
+                t.contains(&format!("zz-{name}.json")) && t.contains("unreadable run record"),
+                "{what} does not name zz-{name}.json: {t}"
+            );
+        }
+    };
+    let runs = common::run_in(p.path(), &["runs"]);
+    assert_eq!(runs.status.code(), Some(0), "{}", text(&runs));
+    named_all("runs", &text(&runs));
+    let gc = common::run_in(p.path(), &["gc", "--dry-run"]);
+    assert_eq!(gc.status.code(), Some(0), "{}", text(&gc));
+    named_all("gc --dry-run", &text(&gc));
+    let cmp = common::run_in(p.path(), &["compare", &good, &good]);
+    assert_eq!(cmp.status.code(), Some(0), "{}", text(&cmp));
+    named_all("compare", &text(&cmp));
+    let out = p.path().join("r.html");
+    let rep = common::run_in(p.path(), &["report", &good, "--out", out.to_str().unwrap()]);
+    assert_eq!(rep.status.code(), Some(0), "{}", text(&rep));
+    named_all("report", &text(&rep));
+    for args in [
+        vec!["compare", good.as_str(), "zz-truncated"],
+        vec!["report", "zz-garbage"],
+    ] {
+        let o = common::run_in(p.path(), &args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains("is unreadable"), "{args:?}: {t}");
+    }
+}
+
+/// A parameter swept twice on the command line, or a value given twice (on
+/// the command line or in `[sweep]`), is refused naming it, before
+/// anything runs.
+#[test]
+fn repeated_sweeps_and_duplicate_values_are_refused() {
+    let p = common::project(&[
+        ("calc.toml", &calc_exp("")),
+        (
+            "dup.toml",
+            &calc_exp("[sweep]\n\"calc.env.E\" = [\"1\", \"2\", \"1\"]\n"),
+        ),
+    ]);
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--sweep", "calc.env.E=2,3", "--sweep", "calc.env.E=4"],
+            "given twice",
+        ),
+        (&["--sweep", "calc.env.E=1,1"], "the value 1 is given twice"),
+        (
+            &["--sweep", "calc.env.E=\"1\",2,\"2\""],
+            "the value 2 is given twice",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["run", "--quiet", "experiments/calc.toml"];
+        all.extend_from_slice(args);
+        let o = common::run_in(p.path(), &all);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(want), "{args:?}: {t}");
+        assert!(common::entries(&p.path().join(".mrbm")).is_empty(), "{t}");
+    }
+    let o = common::run_in(p.path(), &["run", "--quiet", "experiments/dup.toml"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("the value 1 is given twice") && t.contains("dup.toml:"),
+        "{t}"
+    );
+}
+
+/// A table metric no cell's kind declares, and a size whose memory floor
+/// is above what the machine has, are refused before any stage runs: the
+/// hour-long training upstream never starts.
+#[test]
+fn a_metric_typo_and_an_absurd_size_are_refused_before_any_stage_runs() {
+    let slow = "conv_channels = [], dense = [16], epochs = 100000, batch_size = 10";
+    let head = common::shapes_split_train("early", (200, 2, 1), (150, 50), slow);
+    let typo = format!(
+        "{head}{}{}",
+        common::features_svm("C = 1.0"),
+        common::sweep_svm_table("early", "[1, 3]", r#"metrics = ["test_eror"]"#)
+    );
+    let sample = format!(
+        "{head}\n[stages.sample]\nkind = \"sample\"\ninputs = {{ model = \"train\" }}\nparams = {{ chains = 10000000000, steps = 2 }}\n"
+    );
+    for (exp, want) in [
+        (typo, "no metric `test_eror`"),
+        (sample, "sampling 10000000000 chains"),
+    ] {
+        let p = common::project(&[("early.toml", &exp)]);
+        let mut c = common::mrbm_in(p.path());
+        c.env("MRBM_MAX_MEMORY", "2000000000")
+            .args(["run", "experiments/early.toml", "--quiet"]);
+        let out = common::finish(c.spawn_piped(), want, 60);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{want}: {t}");
+        assert!(t.contains(want), "{t}");
+        if want.starts_with("no metric") {
+            assert!(t.contains("did you mean `test_error`"), "{t}");
+        }
+        assert!(
+            common::entries(&p.path().join(".mrbm")).is_empty(),
+            "a stage ran before the refusal: {t}"
+        );
+    }
+}
+
+/// A bare-word input path resolves against the declaring file's folder, not
+/// the folder mrbm runs in.
+#[test]
+fn a_bare_word_input_is_relative_to_the_declaring_file() {
+    let exp = r#"
+name = "bare"
+
+[stages.read]
+kind = "command"
+inputs = { in1 = "d01" }
+params = { argv = ["cat", "{in1}/x.txt"] }
+"#;
+    let p = common::project(&[("bare.toml", exp)]);
+    std::fs::create_dir_all(p.path().join("experiments/d01")).unwrap();
+    std::fs::write(p.path().join("experiments/d01/x.txt"), "beside the file\n").unwrap();
+    let out = common::run_in(p.path(), &["run", "--quiet", "experiments/bare.toml"]);
+    common::ok(&out);
+    let log = common::entry_of(&p.path().join(".mrbm"), "read")
+        .map(|e| std::fs::read_to_string(e.join("log.txt")).unwrap())
+        .unwrap_or_default();
+    assert!(log.contains("stdout: beside the file"), "{log}");
+    // A d01 in the folder mrbm runs in, and none beside the file: refused.
+    std::fs::rename(p.path().join("experiments/d01"), p.path().join("d01")).unwrap();
+    let out = common::run_in(p.path(), &["plan", "experiments/bare.toml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("names no stage and no existing file"), "{t}");
+}
+
+/// A cache this user cannot write in is a user error (exit 2) naming the
+/// folder. As root (who may write anywhere) the run is made as `nobody`.
+#[test]
+fn a_read_only_cache_is_a_user_error_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let p = common::project(&[("calc.toml", &calc_exp(""))]);
+    let cache = p.path().join(".mrbm");
+    std::fs::create_dir_all(&cache).unwrap();
+    for (d, mode) in [
+        (p.path().to_path_buf(), 0o755),
+        (p.path().join("experiments"), 0o755),
+        (cache.clone(), 0o555),
+    ] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::set_permissions(
+        p.path().join("experiments/calc.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let mut c = common::mrbm_in(p.path());
+    c.args(["run", "--quiet", "experiments/calc.toml"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        c.uid(65534).gid(65534);
+    }
+    let out = c.output().unwrap();
+    let t = text(&out);
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("not writable") && t.contains(".mrbm"), "{t}");
+}

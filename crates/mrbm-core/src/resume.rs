@@ -14,9 +14,14 @@
 //!
 //! The file is written to a temporary name, synced and renamed, so a kill
 //! at any moment leaves the previous checkpoint or the new one, never half
-//! of one. A checkpoint that does not belong to the run (other spec or
-//! parameters) or does not read is refused with a reason; the train stage
-//! then starts from scratch.
+//! of one. A small manifest beside it (`train.safetensors.manifest.json`:
+//! the blake3 hash of the file) is written the same way after the data
+//! (see [`put_checkpoint`] for the order that survives a kill between the
+//! two), and checked before the checkpoint is used, so a damaged file (bad
+//! disk, a stray write) is never trained on. A checkpoint that does not
+//! belong to the run (other spec or parameters), does not match its
+//! manifest or has none, or does not read is refused with a reason; the
+//! train stage then starts from scratch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -166,17 +171,79 @@ pub fn save(
         serde_json::to_string(&record).map_err(|e| err(e.to_string()))?,
     );
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| CoreError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    put_checkpoint(path, &bytes)
+}
+
+/// The manifest of the checkpoint at `path`: the same name plus
+/// `.manifest.json`.
+pub fn manifest_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".manifest.json");
+    path.with_file_name(name)
+}
+
+/// What a checkpoint's manifest records: the blake3 hashes (hex) of the
+/// contents the checkpoint may have. One, the checkpoint's; while a new
+/// checkpoint is put in place, the old one's too, so that a kill at any
+/// moment leaves a checkpoint its manifest vouches for.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Manifest {
+    blake3: Vec<String>,
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+fn read_manifest(path: &Path) -> Result<Manifest, String> {
+    let mp = manifest_path(path);
+    let text = match std::fs::read(&mp) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "it has no manifest {} (its content cannot be checked)",
+                mp.display()
+            ))
+        }
+        Err(e) => return Err(format!("{}: {e}", mp.display())),
+    };
+    serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: not a checkpoint manifest: {e}", mp.display()))
+}
+
+fn write_manifest(path: &Path, m: &Manifest) -> Result<(), CoreError> {
+    let bytes = serde_json::to_vec(m).map_err(|e| CoreError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    mrbm_stage::write_atomic_io(&manifest_path(path), &bytes)
+        .map_err(|(path, source)| CoreError::Io { path, source })
+}
+
+/// Put `bytes` at `path` as the new checkpoint, with its manifest: first
+/// the manifest vouches for the old content and the new, then the data is
+/// written (temporary file, sync, rename), then the manifest vouches for
+/// the new content alone. Each step is atomic.
+fn put_checkpoint(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
+    let new = hash_hex(bytes);
+    let mut both = read_manifest(path).map(|m| m.blake3).unwrap_or_default();
+    both.retain(|h| *h != new);
+    both.push(new.clone());
+    write_manifest(path, &Manifest { blake3: both })?;
     let io = |e: std::io::Error| CoreError::Io {
         path: path.to_path_buf(),
         source: e,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
     let tmp = path.with_extension(format!("partial{}", std::process::id()));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -184,7 +251,51 @@ pub fn save(
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
-    Ok(())
+    write_manifest(path, &Manifest { blake3: vec![new] })
+}
+
+/// Check `bytes`, read from the checkpoint at `path`, against its manifest:
+/// Err(why) when the manifest is missing or unreadable, or does not vouch
+/// for this content.
+pub fn check_manifest(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let want = read_manifest(path)?;
+    let have = hash_hex(bytes);
+    if want.blake3.contains(&have) {
+        return Ok(());
+    }
+    Err(format!(
+        "its content hash {} is not the one its manifest records ({}): the file is damaged",
+        &have[..16],
+        want.blake3
+            .iter()
+            .map(|h| &h[..16.min(h.len())])
+            .collect::<Vec<_>>()
+            .join(" or ")
+    ))
+}
+
+/// Check every checkpoint (`*.safetensors`) in a resume folder against its
+/// manifest, for `mrbm verify`: each damaged one with the reason.
+pub fn verify_dir(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut bad = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return bad;
+    };
+    let mut files: Vec<_> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    for f in files {
+        let r = std::fs::read(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|b| check_manifest(&f, &b));
+        if let Err(why) = r {
+            bad.push((f, why));
+        }
+    }
+    bad
 }
 
 /// A trainer for `spec` and `params` restored from the checkpoint at
@@ -203,6 +314,7 @@ pub fn load(
     };
     let (bytes, meta) =
         crate::checkpoint::read_with_metadata(path, META_KEY, "a training checkpoint")?;
+    check_manifest(path, &bytes).map_err(err)?;
     let record: Record =
         serde_json::from_str(&meta).map_err(|e| err(format!("bad resume record: {e}")))?;
     if record.format != 1 {

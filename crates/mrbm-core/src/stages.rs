@@ -136,6 +136,30 @@ impl TypedStage for TrainStage {
     const USES_DEVICE: bool = true;
     type Params = TrainParams;
 
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec![
+            "final_loss",
+            "first_epoch_loss",
+            "seconds",
+            "images_per_second",
+            "layers",
+        ])
+    }
+
+    fn memory_floor(p: &TrainParams) -> Option<(f64, String)> {
+        // The estimate `run` checks, with the input's size at its least
+        // (one pixel, one image): dense weights and activations only.
+        let d = &p.stack.dense;
+        let weights: f64 = d.first().map_or(0.0, |&x| x as f64)
+            + d.windows(2).map(|w| w[0] as f64 * w[1] as f64).sum::<f64>();
+        let acts: f64 = d.iter().map(|&x| 2.0 * x as f64).sum();
+        let bytes = 4.0 * (4.0 * weights + 8.0 * acts);
+        Some((
+            bytes,
+            format!("training this stack (at least {weights} weights)"),
+        ))
+    }
+
     fn param_names() -> Vec<&'static str> {
         [
             mrbm_stage::field_names::<StackParams>(),
@@ -646,6 +670,24 @@ impl TypedStage for SampleStage {
     const USES_DEVICE: bool = true;
     type Params = SampleParams;
 
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec![
+            "seconds",
+            "mean_pixel",
+            "diversity",
+            "contrast",
+            "nearest_reference",
+        ])
+    }
+
+    fn memory_floor(p: &SampleParams) -> Option<(f64, String)> {
+        // `run`'s estimate with the smallest model (one visible, one hidden unit).
+        Some((
+            16.0 * p.chains as f64 * 2.0,
+            format!("sampling {} chains", p.chains),
+        ))
+    }
+
     fn validate(p: &SampleParams) -> Result<(), ParamError> {
         if p.chains == 0 {
             return Err(ParamError::new("chains", "chains must be at least 1"));
@@ -845,6 +887,10 @@ impl TypedStage for ReconstructStage {
     const USES_DEVICE: bool = true;
     type Params = ReconstructParams;
 
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec!["mse", "psnr"])
+    }
+
     fn run(&self, ctx: &StageContext, p: ReconstructParams) -> Result<Metrics, StageError> {
         let device = ctx.device.burn();
         let dbn = read_model(ctx, device)?;
@@ -977,6 +1023,10 @@ impl TypedStage for FeaturesStage {
     const USES_DEVICE: bool = true;
     type Params = FeaturesParams;
 
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec!["dimensions", "count"])
+    }
+
     fn run(&self, ctx: &StageContext, p: FeaturesParams) -> Result<Metrics, StageError> {
         let device = ctx.device.burn();
         let dbn = read_model(ctx, device)?;
@@ -1096,6 +1146,17 @@ impl TypedStage for LoglikStage {
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = LOGLIK_INPUTS;
     type Params = LoglikParams;
+
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec![
+            "log_z",
+            "log_z_std",
+            "test_loglik",
+            "train_loglik",
+            "lower_bound",
+            "seconds",
+        ])
+    }
 
     fn validate(p: &LoglikParams) -> Result<(), ParamError> {
         if p.betas < 3 || p.betas > 10_000_000 {
@@ -1313,6 +1374,10 @@ impl TypedStage for PixelFeaturesStage {
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = PIXEL_INPUTS;
     type Params = PixelFeaturesParams;
+
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec!["dimensions", "count"])
+    }
 
     fn run(&self, ctx: &StageContext, _: PixelFeaturesParams) -> Result<Metrics, StageError> {
         let set = read_images(ctx, "data")?;

@@ -264,3 +264,38 @@ fn a_checkpoint_of_another_run_is_refused() {
     assert!(resume::load(&f, &sp, &opt, &dev()).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_damaged_checkpoint_is_refused_by_its_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = spec(&[6], 1);
+    let opt = base();
+    let t = Trainer::new(
+        Dbn::init(sp.clone(), 0.05, 7, &dev(), DType::F32),
+        opt.clone(),
+    );
+    let f = dir.path().join(resume::FILE);
+    resume::save(&t, &Cursor::default(), &History::default(), &f).unwrap();
+    assert!(resume::manifest_path(&f).exists());
+    assert!(resume::load(&f, &sp, &opt, &dev()).is_ok());
+    assert!(resume::verify_dir(dir.path()).is_empty());
+    let good = std::fs::read(&f).unwrap();
+    // 16 bytes flipped among the tensors (after the header): still a
+    // well-formed safetensors file, which only the content hash tells apart.
+    let mut bad = good.clone();
+    let mid = bad.len() - 40;
+    for b in &mut bad[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&f, &bad).unwrap();
+    let e = resume::load(&f, &sp, &opt, &dev()).err().unwrap();
+    assert!(e.to_string().contains("content hash"), "{e}");
+    let v = resume::verify_dir(dir.path());
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].1.contains("content hash"), "{v:?}");
+    // Without its manifest a checkpoint cannot be checked: refused too.
+    std::fs::write(&f, &good).unwrap();
+    std::fs::remove_file(resume::manifest_path(&f)).unwrap();
+    let e = resume::load(&f, &sp, &opt, &dev()).err().unwrap();
+    assert!(e.to_string().contains("no manifest"), "{e}");
+}

@@ -12,29 +12,73 @@ use crate::error::{DataError, Result};
 /// images are 47 MB), low enough that a gzip bomb cannot exhaust memory.
 pub const MAX_DECOMPRESSED: u64 = 4 << 30;
 
+/// Bytes decompressed past the size an IDX header declares before the file
+/// is refused (a few are enough to report trailing bytes).
+pub const DECLARED_MARGIN: u64 = 4096;
+
 /// The bytes of `raw`, gunzipped when they start with the gzip magic.
+/// Decompression stops soon after the size the IDX header declares (plus
+/// [`DECLARED_MARGIN`], and never past [`MAX_DECOMPRESSED`]): a gzip bomb
+/// is refused after a few bytes too many, not gigabytes.
 pub fn maybe_gunzip<'a>(path: &Path, raw: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(1 << 28));
-        let mut dec = flate2::read::MultiGzDecoder::new(raw).take(MAX_DECOMPRESSED + 1);
-        if let Err(e) = dec.read_to_end(&mut out) {
-            return Err(DataError::Gzip {
-                path: path.to_path_buf(),
-                offset: out.len() as u64,
-                message: e.to_string(),
-            });
-        }
-        if out.len() as u64 > MAX_DECOMPRESSED {
-            return Err(DataError::Gzip {
-                path: path.to_path_buf(),
-                offset: MAX_DECOMPRESSED,
-                message: format!("decompresses to more than {MAX_DECOMPRESSED} bytes"),
-            });
-        }
-        Ok(std::borrow::Cow::Owned(out))
-    } else {
-        Ok(std::borrow::Cow::Borrowed(raw))
+    if !(raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b) {
+        return Ok(std::borrow::Cow::Borrowed(raw));
     }
+    let mut dec = flate2::read::MultiGzDecoder::new(raw);
+    let mut out = Vec::new();
+    let gz = |out: &Vec<u8>, message: String| DataError::Gzip {
+        path: path.to_path_buf(),
+        offset: out.len() as u64,
+        message,
+    };
+    // The header: 4 bytes, then 4 per dimension (a short one is reported
+    // by `parse_idx`).
+    read_upto(&mut dec, &mut out, 4).map_err(|e| gz(&out, e.to_string()))?;
+    if out.len() == 4 {
+        let header = 4 + 4 * out[3] as u64;
+        read_upto(&mut dec, &mut out, header).map_err(|e| gz(&out, e.to_string()))?;
+    }
+    let declared = declared_size(&out);
+    let cap = declared
+        .map_or(MAX_DECOMPRESSED, |d| d.saturating_add(DECLARED_MARGIN))
+        .min(MAX_DECOMPRESSED);
+    read_upto(&mut dec, &mut out, cap).map_err(|e| gz(&out, e.to_string()))?;
+    if out.len() as u64 >= cap {
+        let mut one = [0u8; 1];
+        let more = dec.read(&mut one).map_err(|e| gz(&out, e.to_string()))?;
+        if more > 0 {
+            let what = match declared {
+                Some(d) if d < MAX_DECOMPRESSED => {
+                    format!("decompresses to more than the {d} bytes its IDX header declares (plus a margin of {DECLARED_MARGIN}): a gzip bomb or a damaged file")
+                }
+                _ => format!("decompresses to more than {MAX_DECOMPRESSED} bytes"),
+            };
+            return Err(gz(&out, what));
+        }
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Read from `r` into `out` until it holds `upto` bytes or `r` ends.
+fn read_upto(r: &mut impl Read, out: &mut Vec<u8>, upto: u64) -> std::io::Result<()> {
+    let want = upto.saturating_sub(out.len() as u64);
+    if want > 0 {
+        r.take(want).read_to_end(out)?;
+    }
+    Ok(())
+}
+
+/// The whole file's size an IDX header declares (header plus the product
+/// of its dimensions), if `head` holds a whole header and it fits.
+fn declared_size(head: &[u8]) -> Option<u64> {
+    let ndim = *head.get(3)? as usize;
+    let header = 4 + 4 * ndim;
+    let dims = head.get(4..header)?;
+    dims.chunks_exact(4)
+        .try_fold(1u64, |a, c| {
+            a.checked_mul(u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+        })?
+        .checked_add(header as u64)
 }
 
 /// Parse an (already decompressed) IDX buffer with `ndim` dimensions of

@@ -714,6 +714,20 @@ impl Stage for DatasetStage {
         let (expected, hint) = p.expected_files();
         Some(format!("{}: data set folder not found; expected {expected}.{hint}. Nothing is downloaded at run time.", path.display()))
     }
+    fn metrics(&self, _params: &JsonValue) -> Option<Vec<String>> {
+        let m = [
+            "images", "channels", "height", "width", "classes", "skipped", "seconds",
+        ];
+        Some(m.iter().map(|s| s.to_string()).collect())
+    }
+    fn memory_floor(&self, params: &JsonValue) -> Option<(f64, String)> {
+        let p: DatasetParams = serde_json::from_value(params.clone()).ok()?;
+        let (n, size) = (p.n?, p.size?);
+        Some((
+            2.0 * 3.0 * n as f64 * (size as f64 * size as f64),
+            format!("{n} synthetic images of {size}x{size}"),
+        ))
+    }
     fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
         let p: DatasetParams = ctx.typed_params()?;
         if let (Some(n), Some(size)) = (p.n, p.size) {
@@ -776,6 +790,16 @@ impl Stage for TransformStage {
     fn params(&self, raw: &toml::Table) -> std::result::Result<JsonValue, ParamError> {
         let (p, _) = mrbm_stage::parse_params::<TransformParams>(raw)?;
         mrbm_stage::canonical_json(&p.normalise()?)
+    }
+    fn metrics(&self, _params: &JsonValue) -> Option<Vec<String>> {
+        let mut m: Vec<String> = [
+            "images", "channels", "height", "width", "classes", "seconds",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        m.extend(["train_images", "test_images", "val_images"].map(String::from));
+        Some(m)
     }
     fn run(&self, ctx: &StageContext) -> std::result::Result<Metrics, StageError> {
         let p: TransformParams = ctx.typed_params()?;

@@ -539,3 +539,33 @@ fn cancelled_folder_read_is_the_stages_cancelled() {
     flag.store(false, std::sync::atomic::Ordering::Relaxed);
     assert!(load_dataset(&params(Format::Folder), Some(d.path()), &ctl).is_ok());
 }
+
+#[test]
+fn idx_gzip_bomb_stops_soon_after_the_declared_size() {
+    let d = tempfile::tempdir().unwrap();
+    let (im, lb) = good_pair();
+    // A valid header for 3 images of 2x2 (28 bytes in all), then 16 MiB of
+    // zeros that compress to almost nothing.
+    let mut bomb = im.clone();
+    bomb.extend(std::iter::repeat_n(0u8, 16 << 20));
+    let l = write(d.path(), "l", &lb);
+    let e = idx::read_idx(&write(d.path(), "bomb.gz", &gz(&bomb)), &l).unwrap_err();
+    match &e {
+        DataError::Gzip {
+            offset, message, ..
+        } => {
+            assert!(*offset <= 28 + idx::DECLARED_MARGIN, "{e}");
+            assert!(message.contains("header declares"), "{e}");
+        }
+        other => panic!("expected a gzip error, got {other:?}"),
+    }
+    names(&e, "bomb.gz");
+    // A few bytes too many are still reported as trailing bytes.
+    let mut long = im;
+    long.extend_from_slice(&[0; 7]);
+    let e = idx::read_idx(&write(d.path(), "long.gz", &gz(&long)), &l).unwrap_err();
+    assert!(
+        matches!(e, DataError::TrailingBytes { extra: 7, .. }),
+        "{e:?}"
+    );
+}

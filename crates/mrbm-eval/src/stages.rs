@@ -44,6 +44,19 @@ impl TypedStage for SvmStage {
     const INPUTS: &'static [InputSlot] = SVM_INPUTS;
     type Params = SvmConfig;
 
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec![
+            "test_error",
+            "train_error",
+            "fit_seconds",
+            "n_train",
+            "n_test",
+            "converged",
+            "max_newton_iterations",
+            "max_iterations",
+        ])
+    }
+
     fn validate(p: &SvmConfig) -> Result<(), ParamError> {
         if !(p.c > 0.0 && p.c.is_finite()) {
             return Err(ParamError::new(
@@ -298,6 +311,10 @@ impl TypedStage for FidStatsStage {
     const USES_DEVICE: bool = true;
     type Params = FidStatsParams;
 
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec!["count", "feature_seconds", "images_per_second"])
+    }
+
     fn validate(p: &FidStatsParams) -> Result<(), ParamError> {
         if p.batch_size == 0 {
             return Err(ParamError::new(
@@ -483,6 +500,10 @@ impl TypedStage for FidStage {
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = FID_INPUTS;
     type Params = FidParams;
+
+    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        Some(vec!["fid", "mean_term", "trace_sqrt", "seconds"])
+    }
 
     fn run(&self, ctx: &StageContext, _params: FidParams) -> Result<Metrics, StageError> {
         let (mu1, s1) = read_stats(ctx.input("a")?)?;

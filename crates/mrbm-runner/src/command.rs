@@ -13,7 +13,9 @@
 //! replaces `{out}` and is `MRBM_OUT`. The program writes its files there,
 //! and optionally `metrics.json` (an object of numbers) which tables read.
 //! It runs without a shell, in the directory `mrbm` runs in, with the
-//! environment of `mrbm` plus `env`. Its stdout and stderr go to the stage
+//! environment of `mrbm` plus `env`, in a process group of its own that
+//! nothing outlives (see [`crate::procgroup`]): on Ctrl-C the group gets
+//! SIGTERM, then SIGKILL after `grace_s` seconds (default 10). Its stdout and stderr go to the stage
 //! log (and to the terminal with `-v`); a non-zero exit fails the stage and
 //! shows the last lines of its stderr.
 //!
@@ -25,8 +27,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
@@ -60,10 +62,31 @@ pub struct CommandParams {
     /// Environment variables set for the program (part of the key).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Seconds between the SIGTERM that Ctrl-C (or SIGTERM to mrbm) sends
+    /// to the program's process group and the SIGKILL that follows if
+    /// anything in it still runs (default 10; like every parameter, a value
+    /// set here is part of the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_s: Option<f64>,
 }
 
+/// The grace period when `grace_s` is not set.
+pub const DEFAULT_GRACE_S: f64 = 10.0;
+
 impl CommandParams {
+    fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.grace_s.unwrap_or(DEFAULT_GRACE_S))
+    }
+
     fn check(&self) -> Result<(), ParamError> {
+        if let Some(g) = self.grace_s {
+            if !(g.is_finite() && (0.0..=86_400.0).contains(&g)) {
+                return Err(ParamError::new(
+                    "grace_s",
+                    format!("grace_s must be between 0 and 86400 seconds, got {g}"),
+                ));
+            }
+        }
         if self.argv.first().is_none_or(|p| p.is_empty()) {
             return Err(ParamError::new(
                 "argv",
@@ -140,53 +163,17 @@ impl Stage for CommandStage {
                 cmd.env(format!("MRBM_IN_{}", slot.to_uppercase()), path);
             }
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let group = crate::procgroup::Group::spawn(&mut cmd).map_err(|e| {
             StageError::User(format!(
                 "stage `{}`: cannot start `{}`: {e}",
                 ctx.stage_id, argv[0]
             ))
         })?;
         let bar = ctx.bar(0, &argv[0]);
-        let tail = Mutex::new(VecDeque::new());
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let status = std::thread::scope(|s| {
-            s.spawn(|| {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    ctx.log(format!("stdout: {line}"));
-                }
-            });
-            s.spawn(|| {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    ctx.log(format!("stderr: {line}"));
-                    if let Ok(mut t) = tail.lock() {
-                        if t.len() == STDERR_TAIL {
-                            t.pop_front();
-                        }
-                        t.push_back(line);
-                    }
-                }
-            });
-            loop {
-                match child.try_wait() {
-                    Ok(Some(st)) => break Ok(st),
-                    Ok(None) => {}
-                    Err(e) => {
-                        break Err(StageError::failed(format!("waiting for {}: {e}", argv[0])))
-                    }
-                }
-                if ctx.check_cancel().is_err() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err(StageError::Cancelled);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
+        let status = supervise(ctx, group, &argv[0], p.grace());
         bar.finish_and_clear();
-        let status = status?;
+        let (status, tail) = status?;
         if !status.success() {
-            let tail = tail.into_inner().unwrap_or_default();
             let how = match status.code() {
                 Some(c) => format!("exited with status {c}"),
                 None => "was killed by a signal".to_string(),
@@ -204,6 +191,103 @@ impl Stage for CommandStage {
         }
         read_metrics(&ctx.out("metrics.json"))
     }
+}
+
+/// A line the program wrote.
+enum Line {
+    Out(String),
+    Err(String),
+}
+
+/// Run the program to its end: its output lines into the stage log (the
+/// last lines of stderr kept for the error message); on cancel SIGTERM to
+/// its group, SIGKILL after `grace`. Whatever it left in its group is
+/// killed when it ends. Readers are not waited on for long after that: a
+/// process that left the group may hold the pipes open, and the stage must
+/// not hang on it.
+fn supervise(
+    ctx: &StageContext,
+    mut group: crate::procgroup::Group,
+    program: &str,
+    grace: Duration,
+) -> Result<(std::process::ExitStatus, VecDeque<String>), StageError> {
+    let (tx, rx) = std::sync::mpsc::channel::<Line>();
+    let (stdout, stderr) = group.take_pipes();
+    if let Some(out) = stdout {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(Line::Out(line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if let Some(err) = stderr {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(Line::Err(line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut tail = VecDeque::new();
+    let mut take = |line: Line| match line {
+        Line::Out(l) => ctx.log(format!("stdout: {l}")),
+        Line::Err(l) => {
+            ctx.log(format!("stderr: {l}"));
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(l);
+        }
+    };
+    let mut term_sent: Option<Instant> = None;
+    let mut killed = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) => take(line),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(20)),
+        }
+        match group.ended() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return Err(StageError::failed(format!("waiting for {program}: {e}"))),
+        }
+        if term_sent.is_none() && ctx.check_cancel().is_err() {
+            ctx.log(format!(
+                "cancelled: SIGTERM to the program's process group {}, SIGKILL in {:.1} s",
+                group.pgid(),
+                grace.as_secs_f64()
+            ));
+            group.signal(libc::SIGTERM);
+            term_sent = Some(Instant::now());
+        }
+        if !killed && term_sent.is_some_and(|t| t.elapsed() >= grace) {
+            ctx.log("grace period over: SIGKILL to the program's process group");
+            group.signal(libc::SIGKILL);
+            killed = true;
+        }
+    }
+    let status = group
+        .finish()
+        .map_err(|e| StageError::failed(format!("waiting for {program}: {e}")))?;
+    // The rest of its output, unless something outside the group holds the pipes.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => take(line),
+            Err(_) => break,
+        }
+    }
+    if term_sent.is_some() {
+        return Err(StageError::Cancelled);
+    }
+    Ok((status, tail))
 }
 
 /// Replace `{out}`, `{in1}`.. in `arg`; `{{` and `}}` are literal braces.

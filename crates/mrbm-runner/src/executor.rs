@@ -13,13 +13,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mrbm_stage::{Device, DeviceId, JsonValue, StageContext, StageError};
+use mrbm_stage::{Device, DeviceId, JsonValue, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunnerError;
@@ -207,7 +208,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         "{} {} (key {}) on {} at {started}",
         job.kind, job.stage_id, job.key, rt.device
     ));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&ctx)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_declared(stage, &ctx, job)));
     let metrics = match outcome {
         Ok(Ok(m)) => m,
         Ok(Err(StageError::Cancelled)) => {
@@ -259,6 +260,30 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
             let lp = keep_failed_log(&e.to_string());
             failed(e.to_string(), user, lp, t0)
         }
+    }
+}
+
+/// The metrics a stage returned, when its kind declares them all: a kind's
+/// declaration (checked against tables at plan time) must cover what it
+/// returns, and debug builds (the tests) fail the stage when it does not.
+fn run_declared(
+    stage: &dyn Stage,
+    ctx: &StageContext,
+    job: &StageJob,
+) -> Result<mrbm_stage::Metrics, StageError> {
+    let metrics = stage.run(ctx)?;
+    if !cfg!(debug_assertions) {
+        return Ok(metrics);
+    }
+    let Some(declared) = stage.metrics(&job.params) else {
+        return Ok(metrics);
+    };
+    match metrics.keys().find(|k| !declared.contains(k)) {
+        Some(k) => Err(StageError::Failed(format!(
+            "internal error: kind `{}` returned metric `{k}` that its `metrics` declaration lacks",
+            job.kind
+        ))),
+        None => Ok(metrics),
     }
 }
 

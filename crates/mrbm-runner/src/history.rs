@@ -273,18 +273,68 @@ pub fn save(store: &Store, run: &Run) -> Result<(), RunnerError> {
     store::write_atomic(&path, &bytes)
 }
 
-/// Every recorded run, oldest first. Unreadable records are skipped.
+/// Every recorded run, oldest first. An unreadable record is skipped with
+/// a warning on stderr naming the file and why (see [`load_checked`]).
 pub fn load_all(store_root: &Path) -> Vec<Run> {
-    let mut runs: Vec<Run> = std::fs::read_dir(dir(store_root))
+    let (runs, bad) = load_checked(store_root);
+    for (path, why) in &bad {
+        eprintln!(
+            "warning: unreadable run record {}: {why} (skipped; delete it, or restore it from a backup)",
+            path.display()
+        );
+    }
+    runs
+}
+
+/// Every readable recorded run, oldest first, and each record that does
+/// not read as a run (file, reason): unreadable, empty, truncated, not
+/// JSON, another schema, nested too deeply.
+pub fn load_checked(store_root: &Path) -> (Vec<Run>, Vec<(PathBuf, String)>) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir(store_root))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice::<Run>(&b).ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
+    files.sort();
+    let mut runs = Vec::new();
+    let mut bad = Vec::new();
+    for f in files {
+        match read_record(&f) {
+            Ok(r) => runs.push(r),
+            Err(why) => bad.push((f, why)),
+        }
+    }
     runs.sort_by(|a, b| (a.unix_ms, &a.time, &a.id).cmp(&(b.unix_ms, &b.time, &b.id)));
-    runs
+    (runs, bad)
+}
+
+fn read_record(path: &Path) -> Result<Run, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("the file is empty".into());
+    }
+    serde_json::from_slice::<Run>(&bytes).map_err(|e| format!("not a run record: {e}"))
+}
+
+/// A user error when `sel` names (as an id prefix) a record that does not
+/// read: `mrbm compare` and `mrbm report` refuse it rather than show
+/// another run.
+pub fn refuse_unreadable(store_root: &Path, sel: &str) -> Result<(), RunnerError> {
+    let (_, bad) = load_checked(store_root);
+    let hit = bad.iter().find(|(p, _)| {
+        p.file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|s| !sel.is_empty() && s.starts_with(sel))
+    });
+    match hit {
+        Some((p, why)) => Err(RunnerError::Usage(format!(
+            "run `{sel}`: its record {} is unreadable: {why}",
+            p.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The run whose id starts with `prefix` (which must pick exactly one).

@@ -9,6 +9,7 @@
 //! recorded run as HTML: [`report`]). It also
 //! owns the built-in `table`, `collect` and `command` kinds, the registry
 //! of all kinds, and the `mrbm` command line (main.rs only dispatches).
+pub mod abort;
 pub mod collect;
 pub mod command;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod history;
 pub mod integrity;
 pub mod output;
 pub mod plan;
+pub mod procgroup;
 pub mod registry;
 pub mod report;
 pub mod rundiff;

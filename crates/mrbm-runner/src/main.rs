@@ -497,11 +497,45 @@ fn verify(cli: &Cli) -> Result<u8, RunnerError> {
         println!("  moved {k} {id}{from} to {}", dest.display());
     }
     let bad = moved.len();
+    let (checkpoints, damaged) = verify_checkpoints(&store);
     println!(
         "verified {n} entries: {} ok, {bad} corrupt; removed {stale} stale temporary files or locks",
         n - bad
     );
-    Ok(if bad > 0 { 1 } else { 0 })
+    if checkpoints > 0 {
+        println!(
+            "verified {checkpoints} resume checkpoints: {} ok, {damaged} damaged (a run trains those stages from the start)",
+            checkpoints - damaged
+        );
+    }
+    Ok(if bad + damaged > 0 { 1 } else { 0 })
+}
+
+/// The resume checkpoints under CACHE/resume/KEY/ checked against their
+/// manifests; each damaged one is named. (checked, damaged)
+fn verify_checkpoints(store: &Store) -> (usize, usize) {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(store.root.join("resume"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let (mut n, mut damaged) = (0, 0);
+    for d in dirs {
+        n += std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            .count();
+        for (f, why) in mrbm_core::resume::verify_dir(&d) {
+            println!("damaged checkpoint {}: {why}", f.display());
+            damaged += 1;
+        }
+    }
+    (n, damaged)
 }
 
 /// `mrbm params KIND`.
@@ -597,6 +631,7 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         ),
     };
     let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
+    store.check_writable()?;
     // Shared with other runs; `mrbm gc` waits for it.
     let _in_use = store.use_guard(false, &|| {
         eprintln!(
@@ -623,6 +658,10 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         progress,
         force: mrbm_runner::targets::forced(&dag, &a.force)?,
     };
+    if matches!(target, Target::Local) {
+        // Sizes from parameters alone, before any stage starts.
+        mrbm_runner::dag::prechecks::memory(reg, &dag)?;
+    }
     let session = Session::new(reg, &store, &memo);
     let (results, timings) = match target {
         Target::Local => (session.run(&dag, &opts, &cancel), Vec::new()),
@@ -696,12 +735,12 @@ fn cancel_on_interrupt() -> Arc<AtomicBool> {
     let c = cancel.clone();
     let _ = ctrlc::set_handler(move || {
         if c.swap(true, Ordering::SeqCst) {
-            // Second Ctrl-C: leave now. Temporary entries are never
-            // trusted and our locks die with us, so the cache stays consistent.
-            // Our Slurm jobs go too.
+            // Second Ctrl-C: leave now. Our Slurm jobs go too.
+            // Command stages' process groups are killed, and this
+            // process's temporary folders and locks removed, first.
             slurm::scancel(&slurm::in_flight_ids());
             eprintln!("\ninterrupted again: exiting");
-            std::process::exit(130);
+            mrbm_runner::abort::exit_now(130);
         }
         eprintln!("\ninterrupt: finishing nothing new, cleaning up (Ctrl-C again to quit now)");
     });
@@ -838,6 +877,9 @@ fn compare(
     only_params: bool,
 ) -> Result<u8, RunnerError> {
     let store = existing_cache(cli)?;
+    for id in ids {
+        history::refuse_unreadable(&store.root, id)?;
+    }
     let all = history::load_all(&store.root);
     let mut picked = ids
         .iter()

@@ -49,6 +49,9 @@ pub struct ReportRequest {
 /// `mrbm report`: write the page and say where it is.
 pub fn command(store: &Store, req: &ReportRequest) -> Result<u8, RunnerError> {
     let scale = YScale::parse(&req.y_scale).map_err(|e| RunnerError::Usage(e.to_string()))?;
+    if let Some(sel) = &req.run {
+        history::refuse_unreadable(&store.root, sel)?;
+    }
     let runs = history::load_all(&store.root);
     let run = pick_run(&runs, req.run.as_deref(), &store.root)?;
     let html = render(store, run, scale)?;

@@ -296,6 +296,7 @@ pub struct KeyLock {
 
 impl KeyLock {
     fn new(path: PathBuf, text: String, every: Duration) -> KeyLock {
+        crate::abort::add_lock(&path, &text);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (p, t) = (path.clone(), text.clone());
         let beat = std::thread::Builder::new()
@@ -332,19 +333,37 @@ impl Drop for KeyLock {
         if std::fs::read_to_string(&self.path).ok().as_deref() == Some(self.text.as_str()) {
             let _ = std::fs::remove_file(&self.path);
         }
+        crate::abort::remove_lock(&self.path);
     }
 }
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, RunnerError> {
         for d in ["entries", "tmp", "locks", "runs"] {
-            std::fs::create_dir_all(root.join(d))
-                .map_err(|e| RunnerError::cache(root.join(d), e))?;
+            std::fs::create_dir_all(root.join(d)).map_err(|e| not_writable(root, e))?;
         }
         Ok(Store {
             root: root.to_path_buf(),
             lock_timeout: default_lock_timeout(),
         })
+    }
+
+    /// A user error naming the folder when this process cannot write in
+    /// the cache (read-only folder or file system, another owner): checked
+    /// by the commands that write before they do anything.
+    pub fn check_writable(&self) -> Result<(), RunnerError> {
+        let probe = self.root.join("tmp").join(format!(
+            ".write-test.{}.{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => Err(not_writable(&self.root, e)),
+        }
     }
 
     pub fn entry_dir(&self, key: &str) -> PathBuf {
@@ -376,6 +395,7 @@ impl Store {
             hostname()
         ));
         std::fs::create_dir_all(d.join("out")).map_err(|e| RunnerError::cache(&d, e))?;
+        crate::abort::add_tmp(&d);
         Ok(d)
     }
 
@@ -868,6 +888,19 @@ impl Store {
         self.root
             .join("runs")
             .join(format!("{}.json", experiment.replace(['/', '\\'], "_")))
+    }
+}
+
+/// A cache folder that cannot be written: a user error (exit 2) when it is
+/// a matter of permissions or a read-only file system, naming the folder.
+fn not_writable(root: &Path, e: std::io::Error) -> RunnerError {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    match e.kind() {
+        PermissionDenied | ReadOnlyFilesystem => RunnerError::Usage(format!(
+            "the cache folder {} is not writable ({e})\n  help: make it writable, or put the cache elsewhere with --cache DIR (or MRBM_CACHE)",
+            root.display()
+        )),
+        _ => RunnerError::cache(root, e),
     }
 }
 

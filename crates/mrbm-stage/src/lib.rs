@@ -373,6 +373,19 @@ pub trait Stage: Send + Sync {
     fn missing_input_hint(&self, _params: &JsonValue, _slot: &str, _path: &Path) -> Option<String> {
         None
     }
+    /// Every metric `run` may return for these canonical parameters, so
+    /// that a table naming another is refused before anything runs. None:
+    /// not known before it runs (the user's program decides, say).
+    fn metrics(&self, _params: &JsonValue) -> Option<Vec<String>> {
+        None
+    }
+    /// A lower bound on the memory (bytes) a run with these canonical
+    /// parameters needs, from the parameters alone (inputs unknown), with
+    /// what it is for; checked before any stage of the run starts, so an
+    /// absurd size is refused before hours of upstream work. None: no bound.
+    fn memory_floor(&self, _params: &JsonValue) -> Option<(f64, String)> {
+        None
+    }
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError>;
 }
 
@@ -406,6 +419,14 @@ pub trait TypedStage: Send + Sync {
     /// A friendlier message when an external input path does not exist
     /// (see [`Stage::missing_input_hint`]).
     fn missing_input_hint(&self, _params: &JsonValue, _slot: &str, _path: &Path) -> Option<String> {
+        None
+    }
+    /// See [`Stage::metrics`].
+    fn metrics(_params: &Self::Params) -> Option<Vec<&'static str>> {
+        None
+    }
+    /// See [`Stage::memory_floor`].
+    fn memory_floor(_params: &Self::Params) -> Option<(f64, String)> {
         None
     }
     fn run(&self, ctx: &StageContext, params: Self::Params) -> Result<Metrics, StageError>;
@@ -446,6 +467,14 @@ impl<T: TypedStage> Stage for T {
     }
     fn missing_input_hint(&self, params: &JsonValue, slot: &str, path: &Path) -> Option<String> {
         TypedStage::missing_input_hint(self, params, slot, path)
+    }
+    fn metrics(&self, params: &JsonValue) -> Option<Vec<String>> {
+        let p: T::Params = serde_json::from_value(params.clone()).ok()?;
+        Some(T::metrics(&p)?.into_iter().map(str::to_string).collect())
+    }
+    fn memory_floor(&self, params: &JsonValue) -> Option<(f64, String)> {
+        let p: T::Params = serde_json::from_value(params.clone()).ok()?;
+        T::memory_floor(&p)
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
         let params = ctx.typed_params::<T::Params>()?;

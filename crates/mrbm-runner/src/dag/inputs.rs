@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
@@ -322,7 +322,10 @@ impl Resolver<'_> {
                 declared: declared(),
             })
         } else {
-            if !text.contains('/') && !text.contains('.') && !Path::new(text).exists() {
+            // Relative to the declaring file, as the README says (never to
+            // the folder mrbm runs in).
+            let path = dir_of(&src.path).join(text);
+            if !text.contains('/') && !text.contains('.') && !path.exists() {
                 let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
                 return Err(src.locate(span(), format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
             }

@@ -23,6 +23,7 @@ pub mod expand;
 pub mod inputs;
 pub mod overrides;
 pub mod placeholders;
+pub mod prechecks;
 pub mod publish;
 pub mod sweep;
 pub mod tables;
@@ -141,6 +142,7 @@ pub fn build(
     };
     let mut nodes = ctx.nodes()?;
     tables::add(exp, ov, &axes, &project_root, &names, &mut nodes)?;
+    prechecks::table_metrics(registry, &nodes)?;
     publish::check_collisions(exp, &project_root, &nodes)?;
     Ok(Dag {
         experiment: exp.name.clone(),

@@ -102,7 +102,18 @@ pub fn axes(
     for (axis_name, value) in &exp.file.sweep {
         axes.push(file_axis(exp, names, axis_name, value.get_ref())?);
     }
+    let mut given = BTreeSet::new();
     for (stage, param, values) in &ov.sweeps {
+        if !given.insert((stage, param)) {
+            return Err(RunnerError::Usage(format!(
+                "--sweep {stage}.{param} is given twice\n  help: give all its values in one: --sweep {stage}.{param}=A,B,C"
+            )));
+        }
+        if let Some(d) = duplicate_label(values) {
+            return Err(RunnerError::Usage(format!(
+                "--sweep {stage}.{param}: the value {d} is given twice (each value makes one cell)"
+            )));
+        }
         cli_axis(exp, names, &mut axes, stage, param, values)?;
     }
     let mut seen = BTreeSet::new();
@@ -140,6 +151,11 @@ fn file_axis(
             if vals.is_empty() {
                 return Err(bad(format!("sweep axis `{axis_name}` has no values")));
             }
+            if let Some(d) = duplicate_label(vals) {
+                return Err(bad(format!(
+                    "sweep axis `{axis_name}`: the value {d} is given twice (each value makes one cell)"
+                )));
+            }
             Ok(Axis::of_param(
                 param.to_string(),
                 axis_name.to_string(),
@@ -166,6 +182,11 @@ fn file_axis(
             let vals = t["values"].as_array().cloned().unwrap_or_default();
             if vals.is_empty() {
                 return Err(bad(format!("sweep axis `{axis_name}` has no values")));
+            }
+            if let Some(d) = duplicate_label(&vals) {
+                return Err(bad(format!(
+                    "sweep axis `{axis_name}`: the value {d} is given twice (each value makes one cell)"
+                )));
             }
             Ok(Axis::of_param(
                 axis_name.to_string(),
@@ -209,6 +230,15 @@ fn file_axis(
             "sweep axis `{axis_name}`: expected a list of values or a table of named variants"
         ))),
     }
+}
+
+/// The first value whose label (what names its cell) repeats an earlier
+/// one's: two such values would make two stages with one id.
+fn duplicate_label(vals: &[toml::Value]) -> Option<String> {
+    let mut seen = BTreeSet::new();
+    vals.iter()
+        .map(super::label_of)
+        .find(|l| !seen.insert(l.clone()))
 }
 
 /// `--sweep STAGE.PARAM=V1,V2`: new values for the axis over STAGE.PARAM,
@@ -328,6 +358,15 @@ mod tests {
         assert!(!a.sets("train", "optim.momentum"));
         assert!(!a.sets("other", "optim.lr"));
         assert!(a.touches("train") && !a.touches("svm"));
+    }
+
+    #[test]
+    fn a_repeated_value_is_found_by_its_label() {
+        let v = |x: i64| toml::Value::Integer(x);
+        assert_eq!(duplicate_label(&[v(1), v(2), v(1)]).as_deref(), Some("1"));
+        assert_eq!(duplicate_label(&[v(1), v(2)]), None);
+        let s = toml::Value::String("1".into());
+        assert_eq!(duplicate_label(&[v(1), s]).as_deref(), Some("1"));
     }
 
     #[test]
