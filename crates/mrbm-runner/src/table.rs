@@ -324,10 +324,6 @@ pub fn build_grid(
     for r in rows {
         let mut line = vec![r.clone()];
         for (v, m, _) in &cols {
-            let mut matching = p
-                .cells
-                .iter()
-                .filter(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()));
             let cells: Vec<&TableCell> = p
                 .cells
                 .iter()

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
@@ -329,7 +329,6 @@ impl Resolver<'_> {
                 let help = mrbm_stage::nearest(text, names.iter().copied()).map(|n| format!("did you mean stage `{n}`?")).unwrap_or_else(|| "name a stage, `stage/file`, `data:relative/path`, or a path relative to this file".into());
                 return Err(src.locate(span(), format!("stage `{name}`: input `{slot}` = \"{text}\" names no stage and no existing file"), Some(help)));
             }
-            let path = dir_of(&src.path).join(text);
             // `splt/train.safetensors`: no such file, and its first part is
             // one typo away from a stage. Refused now (run would fail on
             // the missing file) with the stage it likely means.
