@@ -10,7 +10,10 @@ use mrbm_eval::judge::{self, batch_grad, fit_temperature, score_probs, Judge, Ju
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const NONE: &(dyn Fn() -> bool + Sync) = &|| false;
+fn never() -> bool {
+    false
+}
+const NONE: &(dyn Fn() -> bool + Sync) = &never;
 
 // ------------------------------------------------------------ closed forms
 
