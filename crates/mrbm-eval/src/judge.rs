@@ -229,7 +229,9 @@ impl Adam {
 
 /// Row-wise log-softmax of `z` (rows of `k`) at temperature `t`, in f64.
 fn log_softmax_row(z: &[f32], t: f64, out: &mut [f64]) {
-    let max = z.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64 / t));
+    let max = z
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64 / t));
     let lse = z
         .iter()
         .map(|&v| (v as f64 / t - max).exp())
@@ -376,9 +378,13 @@ pub fn fit(
     // He initialisation for the ReLU layer, Glorot-like for the read-out.
     let s1 = (2.0 / d as f64).sqrt();
     let s2 = (1.0 / hid as f64).sqrt();
-    let mut w1: Vec<f32> = (0..d * hid).map(|_| (normal(&mut rng) * s1) as f32).collect();
+    let mut w1: Vec<f32> = (0..d * hid)
+        .map(|_| (normal(&mut rng) * s1) as f32)
+        .collect();
     let mut b1 = vec![0.0f32; hid];
-    let mut w2: Vec<f32> = (0..hid * k).map(|_| (normal(&mut rng) * s2) as f32).collect();
+    let mut w2: Vec<f32> = (0..hid * k)
+        .map(|_| (normal(&mut rng) * s2) as f32)
+        .collect();
     let mut b2 = vec![0.0f32; k];
     let (mut aw1, mut ab1, mut aw2, mut ab2) = (
         Adam::new(d * hid),
@@ -417,8 +423,8 @@ pub fn fit(
                 g.w2.iter_mut().zip(&w2).for_each(|(g, w)| *g += wd * w);
             }
             step += 1;
-            let lr_t = (cfg.lr * (1.0 - 0.999f64.powi(step)).sqrt() / (1.0 - 0.9f64.powi(step)))
-                as f32;
+            let lr_t =
+                (cfg.lr * (1.0 - 0.999f64.powi(step)).sqrt() / (1.0 - 0.9f64.powi(step))) as f32;
             aw1.step(&mut w1, &g.w1, lr_t);
             ab1.step(&mut b1, &g.b1, lr_t);
             aw2.step(&mut w2, &g.w2, lr_t);
@@ -469,7 +475,11 @@ pub fn fit(
         let hy: Vec<usize> = hold_idx.iter().map(|&i| y[i]).collect();
         let t = fit_temperature(&hl, k, &hy);
         judge.temperature = t;
-        (accuracy(hold_idx, &hl), nll(&hl, k, &hy, 1.0), nll(&hl, k, &hy, t))
+        (
+            accuracy(hold_idx, &hl),
+            nll(&hl, k, &hy, 1.0),
+            nll(&hl, k, &hy, t),
+        )
     };
     judge.stats = GaussianStats::from_features(&feats, n, hid)?;
     let report = FitReport {
@@ -787,7 +797,10 @@ pub fn score_probs(probs: &[f64], n: usize, k: usize, threshold: f64, frechet: f
         / n as f64;
     let fractions: Vec<f64> = counts.iter().map(|&c| c as f64 / n as f64).collect();
     // A small tolerance so that exactly 5 of 100 counts at 5 %.
-    let coverage = fractions.iter().filter(|&&f| f >= threshold - 1e-12).count() as f64;
+    let coverage = fractions
+        .iter()
+        .filter(|&&f| f >= threshold - 1e-12)
+        .count() as f64;
     SetScore {
         n,
         score: kl.max(0.0).exp(),
@@ -926,7 +939,10 @@ impl Judge {
             format!("{},{},{}", self.shape[0], self.shape[1], self.shape[2]),
         );
         // 17 significant digits: the f64 reads back exactly.
-        meta.insert("temperature".to_string(), format!("{:.17e}", self.temperature));
+        meta.insert(
+            "temperature".to_string(),
+            format!("{:.17e}", self.temperature),
+        );
         meta.insert("count".to_string(), self.stats.count.to_string());
         mrbm_data::artifact::write_tensors(path, tensors, Some(meta))
             .map_err(|e| fail(e.to_string()))
@@ -952,7 +968,10 @@ impl Judge {
                 .tensor(name)
                 .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
             if t.dtype() != dt {
-                return Err(bad(format!("tensor `{name}` is {:?}, expected {dt:?}", t.dtype())));
+                return Err(bad(format!(
+                    "tensor `{name}` is {:?}, expected {dt:?}",
+                    t.dtype()
+                )));
             }
             Ok((t.shape().to_vec(), t.data().to_vec()))
         };
@@ -974,7 +993,10 @@ impl Judge {
             .collect::<Result<_, _>>()
             .map_err(|e| bad(format!("metadata `shape`: {e}")))?;
         if shape.len() != 3 {
-            return Err(bad(format!("metadata `shape` has {} numbers, not 3", shape.len())));
+            return Err(bad(format!(
+                "metadata `shape` has {} numbers, not 3",
+                shape.len()
+            )));
         }
         let temperature: f64 = meta
             .get("temperature")

@@ -46,10 +46,17 @@ impl TypedStage for JudgeFitStage {
     fn validate(p: &JudgeConfig) -> Result<(), ParamError> {
         p.check().map_err(|e| {
             let msg = e.to_string();
-            let key = ["hidden", "epochs", "batch_size", "lr", "weight_decay", "holdout"]
-                .into_iter()
-                .find(|k| msg.contains(&format!("{k} must")))
-                .unwrap_or("hidden");
+            let key = [
+                "hidden",
+                "epochs",
+                "batch_size",
+                "lr",
+                "weight_decay",
+                "holdout",
+            ]
+            .into_iter()
+            .find(|k| msg.contains(&format!("{k} must")))
+            .unwrap_or("hidden");
             ParamError::new(key, msg.trim_start_matches("invalid parameter: "))
         })
     }
