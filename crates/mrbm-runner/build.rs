@@ -15,6 +15,8 @@ const SOURCES: &[&str] = &[
     "../mrbm-core/src/train.rs",
     "../mrbm-eval/src/stages.rs",
     "../mrbm-eval/src/svm.rs",
+    "../mrbm-eval/src/judge.rs",
+    "../mrbm-eval/src/judge_stages.rs",
     "src/command.rs",
     "src/table.rs",
     "src/collect.rs",

@@ -7,6 +7,8 @@ use mrbm_stage::Stage;
 pub mod frechet;
 pub mod inception;
 mod inception_host;
+pub mod judge;
+pub mod judge_stages;
 pub mod linalg;
 pub mod stages;
 pub mod svm;
@@ -17,5 +19,7 @@ pub fn stages() -> Vec<Box<dyn Stage>> {
         Box::new(stages::SvmStage),
         Box::new(stages::FidStatsStage),
         Box::new(stages::FidStage),
+        Box::new(judge_stages::JudgeFitStage),
+        Box::new(judge_stages::JudgeStage),
     ]
 }
