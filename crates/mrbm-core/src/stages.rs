@@ -471,6 +471,10 @@ pub struct SampleParams {
     /// The first beta of the annealed start (default 0.1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anneal_from: Option<f64>,
+    /// Sampling temperature T (default 1): the chains sample p^(1/T), every
+    /// energy term divided by T (an annealed start rises to 1/T).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 impl Default for SampleParams {
@@ -484,6 +488,7 @@ impl Default for SampleParams {
             init: ChainInit::default(),
             anneal_steps: 0,
             anneal_from: None,
+            temperature: None,
         }
     }
 }
@@ -578,6 +583,25 @@ fn insert_quality(
     m.insert("diversity".into(), q.diversity);
     m.insert("contrast".into(), q.contrast);
     m.insert("nearest_reference".into(), q.nearest_reference);
+    if shape[0] == 3 {
+        let (spread, saturation) =
+            quality::colour(pixels, n, reference.pixels(), reference.n, reference.image_len());
+        m.insert("colour_spread".into(), spread);
+        m.insert("saturation".into(), saturation);
+    }
+    if reference.labels.iter().any(|&l| l >= 0) {
+        m.insert(
+            "nearest_classes".into(),
+            quality::nearest_classes(
+                pixels,
+                n,
+                reference.pixels(),
+                &reference.labels,
+                reference.image_len(),
+                shape[0],
+            ),
+        );
+    }
     Ok(())
 }
 
@@ -603,6 +627,14 @@ impl TypedStage for SampleStage {
                     p.anneal_steps, p.steps
                 ),
             ));
+        }
+        if let Some(t) = p.temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(ParamError::new(
+                    "temperature",
+                    format!("temperature must be a positive number, got {t}"),
+                ));
+            }
         }
         if let Some(b) = p.anneal_from {
             if !(b.is_finite() && b > 0.0 && b <= 1.0) {
@@ -663,6 +695,7 @@ impl TypedStage for SampleStage {
             steps: p.anneal_steps,
             from: p.anneal_from.unwrap_or(0.1),
             base,
+            end: p.temperature.map(|t| 1.0 / t),
         };
         let v = in_pool(ctx.threads, || {
             let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(p.seed);
@@ -711,6 +744,14 @@ impl TypedStage for SampleStage {
         m.insert("mean_pixel".into(), mean);
         if let Some(r) = &reference {
             insert_quality(&mut m, set.pixels(), set.n, r, [c, h, w])?;
+            // The largest fraction of stuck hidden channels of any layer, on the reference.
+            let stuck = in_pool(ctx.threads, || {
+                quality::stuck_channels(&dbn, r.pixels(), r.n, device)
+            })?;
+            m.insert(
+                "stuck_channels".into(),
+                stuck.iter().copied().fold(0.0, f64::max),
+            );
         }
         Ok(m)
     }
