@@ -511,7 +511,7 @@ const SAMPLE_INPUTS: &[InputSlot] = &[
     InputSlot::optional(
         "reference",
         Some("data.safetensors"),
-        "real images to score the samples against (diversity, contrast, nearest_reference)",
+        "real images to score the samples against (diversity, contrast, nearest_reference, colour_spread, saturation, nearest_classes, stuck_channels)",
     ),
     InputSlot::optional(
         "start",
@@ -610,7 +610,9 @@ impl TypedStage for SampleStage {
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: an annealed start with a `reference` anneals from its base rate.
     // 4: host_conv's products run on mrbm-kernels' sgemm (other rounding).
-    const VERSION: u32 = 4;
+    // 5: with a reference, also colour_spread, saturation (colour images),
+    //    nearest_classes (labelled references) and stuck_channels.
+    const VERSION: u32 = 5;
     const INPUTS: &'static [InputSlot] = SAMPLE_INPUTS;
     const USES_DEVICE: bool = true;
     type Params = SampleParams;
