@@ -220,9 +220,16 @@ fn standardised_luminance(set: &[Vec<f32>], c: usize) -> Vec<Vec<f32>> {
                 .map(|j| (0..c).map(|k| im[k * plane + j] as f64).sum::<f64>() / c as f64)
                 .collect();
             let m = lum.iter().sum::<f64>() / plane.max(1) as f64;
-            let sd = (lum.iter().map(|x| (x - m).powi(2)).sum::<f64>() / plane.max(1) as f64).sqrt();
+            let sd =
+                (lum.iter().map(|x| (x - m).powi(2)).sum::<f64>() / plane.max(1) as f64).sqrt();
             lum.iter()
-                .map(|x| if sd > 1e-9 { ((x - m) / sd) as f32 } else { 0.0 })
+                .map(|x| {
+                    if sd > 1e-9 {
+                        ((x - m) / sd) as f32
+                    } else {
+                        0.0
+                    }
+                })
                 .collect()
         })
         .collect()
@@ -388,9 +395,7 @@ mod tests {
         assert!((sat - 1.0).abs() < 0.1, "held-out saturation {sat}");
         // The data's mean image, 64 times: no spread, little colour.
         let mean_img: Vec<u8> = (0..len)
-            .map(|j| {
-                ((0..n).map(|i| px[i * len + j] as f64).sum::<f64>() / n as f64).round() as u8
-            })
+            .map(|j| ((0..n).map(|i| px[i * len + j] as f64).sum::<f64>() / n as f64).round() as u8)
             .collect();
         let means: Vec<u8> = mean_img.iter().copied().cycle().take(64 * len).collect();
         let (spread, sat) = colour(&means, 64, px, n, len);
@@ -410,7 +415,12 @@ mod tests {
         let (spread, sat) = colour(&grey, held.n, px, n, len);
         assert!(spread < 1e-9 && sat < 1e-9, "grey {spread} {sat}");
         // One real image repeated: colourful, but no spread.
-        let one: Vec<u8> = held.pixels()[..len].iter().copied().cycle().take(64 * len).collect();
+        let one: Vec<u8> = held.pixels()[..len]
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 * len)
+            .collect();
         let (spread, sat) = colour(&one, 64, px, n, len);
         assert_eq!(spread, 0.0);
         assert!(sat > 0.0);
@@ -440,7 +450,12 @@ mod tests {
         let q = |px: &[u8], n: usize| nearest_classes(px, n, data.pixels(), &data.labels, len, 3);
         assert_eq!(q(held.pixels(), held.n), 4.0);
         // One shape repeated: one class.
-        let one: Vec<u8> = held.pixels()[..len].iter().copied().cycle().take(64 * len).collect();
+        let one: Vec<u8> = held.pixels()[..len]
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 * len)
+            .collect();
         assert_eq!(q(&one, 64), 1.0);
         // Unlabelled references: NaN.
         let none = vec![-1i64; data.n];

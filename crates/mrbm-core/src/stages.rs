@@ -584,8 +584,13 @@ fn insert_quality(
     m.insert("contrast".into(), q.contrast);
     m.insert("nearest_reference".into(), q.nearest_reference);
     if shape[0] == 3 {
-        let (spread, saturation) =
-            quality::colour(pixels, n, reference.pixels(), reference.n, reference.image_len());
+        let (spread, saturation) = quality::colour(
+            pixels,
+            n,
+            reference.pixels(),
+            reference.n,
+            reference.image_len(),
+        );
         m.insert("colour_spread".into(), spread);
         m.insert("saturation".into(), saturation);
     }
