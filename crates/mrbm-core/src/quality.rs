@@ -148,15 +148,11 @@ pub fn fg_bg_chroma(set: &[Vec<f32>]) -> Vec<[[f64; 3]; 2]> {
                 sums[1] = sums[0];
                 counts[1] = counts[0];
             }
-            let mut out = [[0.0; 3]; 2];
-            for p in 0..2 {
-                let col: Vec<f64> = sums[p].iter().map(|s| s / counts[p] as f64).collect();
+            std::array::from_fn(|p| {
+                let col: [f64; 3] = std::array::from_fn(|c| sums[p][c] / counts[p] as f64);
                 let grey = col.iter().sum::<f64>() / 3.0;
-                for c in 0..3 {
-                    out[p][c] = col[c] - grey;
-                }
-            }
-            out
+                col.map(|x| x - grey)
+            })
         })
         .collect()
 }
