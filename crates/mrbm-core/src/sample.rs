@@ -111,21 +111,32 @@ impl UnitSampler {
 /// marginals), the path is AIS's, p_A^(1-beta) p^beta: the visible input is
 /// (1 - beta) base + beta (a + W h), so early states look like the data's
 /// mean instead of uniform noise; without it, plain tempering.
+///
+/// `end` (default 1) is the inverse temperature the chains run at after
+/// the annealed start (and that it rises to): below 1, every step samples
+/// the tempered model p^end (sampling "hot").
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Anneal {
     pub steps: usize,
     pub from: f64,
     pub base: Option<Vec<f64>>,
+    pub end: Option<f64>,
 }
 
 impl Anneal {
-    /// beta at step s (0-based).
-    pub fn beta(&self, s: usize) -> f64 {
+    /// The path's weight at step s (0-based): `from` rising linearly to 1
+    /// over the annealed start, then 1.
+    pub fn mix(&self, s: usize) -> f64 {
         if s >= self.steps || self.steps == 0 {
             1.0
         } else {
             self.from + (1.0 - self.from) * s as f64 / self.steps as f64
         }
+    }
+
+    /// beta at step s (0-based): the weight times `end`.
+    pub fn beta(&self, s: usize) -> f64 {
+        self.mix(s) * self.end.unwrap_or(1.0)
     }
 }
 
@@ -223,7 +234,7 @@ pub fn gibbs_from(
         .map(|z| to_f64(z).iter().map(|x| x.exp()).collect());
     let mut hid = layer.up(v.clone());
     for s in 0..steps {
-        let beta = anneal.beta(s);
+        let (beta, mix) = (anneal.beta(s), anneal.mix(s));
         let x = to_f64(&layer.pre_hidden(v));
         let hv: Vec<f64> = x
             .iter()
@@ -235,14 +246,15 @@ pub fn gibbs_from(
         // Gaussian N(mean, sigma^2), tempered to variance sigma^2 / beta).
         let sig = |i: usize| sigma.as_ref().map_or(1.0, |s| s[(i / (vh * vw)) % vc]);
         let vv: Vec<f64> = match &anneal.base {
-            Some(base) if beta < 1.0 => {
+            Some(base) if mix < 1.0 => {
                 // One bias per visible value of an image; rows are chains.
                 let per = base.len();
                 y.iter()
                     .enumerate()
                     .map(|(i, &yi)| {
                         let s = sig(i);
-                        s * vs.draw(((1.0 - beta) * base[i % per] + beta * yi) / s, rng)
+                        let x = ((1.0 - mix) * base[i % per] + mix * yi) / s;
+                        s * vs.draw_tempered(x, anneal.end.unwrap_or(1.0), rng)
                     })
                     .collect()
             }

@@ -549,6 +549,10 @@ pub struct SampleParams {
     /// sampler = "gibbs_langevin": { steps, step_size, adjust, gradient } (see `langevin`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub langevin: Option<crate::langevin::LangevinParams>,
+    /// Sampling temperature T (default 1): the chains sample p^(1/T), every
+    /// energy term divided by T (an annealed start rises to 1/T).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 impl Default for SampleParams {
@@ -563,6 +567,7 @@ impl Default for SampleParams {
             anneal_steps: 0,
             anneal_from: None,
             langevin: None,
+            temperature: None,
         }
     }
 }
@@ -585,7 +590,7 @@ const SAMPLE_INPUTS: &[InputSlot] = &[
     InputSlot::optional(
         "reference",
         Some("data.safetensors"),
-        "real images to score the samples against (diversity, contrast, nearest_reference)",
+        "real images to score the samples against (diversity, contrast, nearest_reference, colour_spread, saturation, nearest_classes, stuck_channels)",
     ),
     InputSlot::optional(
         "start",
@@ -657,6 +662,30 @@ fn insert_quality(
     m.insert("diversity".into(), q.diversity);
     m.insert("contrast".into(), q.contrast);
     m.insert("nearest_reference".into(), q.nearest_reference);
+    if shape[0] == 3 {
+        let (spread, saturation) = quality::colour(
+            pixels,
+            n,
+            reference.pixels(),
+            reference.n,
+            reference.image_len(),
+        );
+        m.insert("colour_spread".into(), spread);
+        m.insert("saturation".into(), saturation);
+    }
+    if reference.labels.iter().any(|&l| l >= 0) {
+        m.insert(
+            "nearest_classes".into(),
+            quality::nearest_classes(
+                pixels,
+                n,
+                reference.pixels(),
+                &reference.labels,
+                reference.image_len(),
+                shape[0],
+            ),
+        );
+    }
     Ok(())
 }
 
@@ -665,7 +694,9 @@ impl TypedStage for SampleStage {
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: an annealed start with a `reference` anneals from its base rate.
     // 4: host_conv's products run on mrbm-kernels' sgemm (other rounding).
-    const VERSION: u32 = 4;
+    // 5: with a reference, also colour_spread, saturation (colour images),
+    //    nearest_classes (labelled references) and stuck_channels.
+    const VERSION: u32 = 5;
     const INPUTS: &'static [InputSlot] = SAMPLE_INPUTS;
     const USES_DEVICE: bool = true;
     type Params = SampleParams;
@@ -700,6 +731,14 @@ impl TypedStage for SampleStage {
                     p.anneal_steps, p.steps
                 ),
             ));
+        }
+        if let Some(t) = p.temperature {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(ParamError::new(
+                    "temperature",
+                    format!("temperature must be a positive number, got {t}"),
+                ));
+            }
         }
         if let Some(b) = p.anneal_from {
             if !(b.is_finite() && b > 0.0 && b <= 1.0) {
@@ -763,6 +802,7 @@ impl TypedStage for SampleStage {
             steps: p.anneal_steps,
             from: p.anneal_from.unwrap_or(0.1),
             base,
+            end: p.temperature.map(|t| 1.0 / t),
         };
         let gl = p.sampler == Sampler::GibbsLangevin;
         let gl = crate::langevin::StageSampler::new(&dbn, gl, p.langevin.clone())?;
@@ -820,6 +860,14 @@ impl TypedStage for SampleStage {
         m.insert("mean_pixel".into(), mean);
         if let Some(r) = &reference {
             insert_quality(&mut m, set.pixels(), set.n, r, [c, h, w])?;
+            // The largest fraction of stuck hidden channels of any layer, on the reference.
+            let stuck = in_pool(ctx.threads, || {
+                quality::stuck_channels(&dbn, r.pixels(), r.n, device)
+            })?;
+            m.insert(
+                "stuck_channels".into(),
+                stuck.iter().copied().fold(0.0, f64::max),
+            );
         }
         if let Some(gl) = &gl {
             m.insert("acceptance".into(), gl.acceptance());
