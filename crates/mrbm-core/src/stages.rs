@@ -702,12 +702,20 @@ impl TypedStage for SampleStage {
     type Params = SampleParams;
 
     fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
+        // With a reference: the quality metrics, the colour ones for
+        // colour images, nearest_classes for labelled references; acceptance
+        // for the Gibbs-Langevin sampler.
         Some(vec![
             "seconds",
             "mean_pixel",
             "diversity",
             "contrast",
             "nearest_reference",
+            "colour_spread",
+            "saturation",
+            "nearest_classes",
+            "stuck_channels",
+            "acceptance",
         ])
     }
 
