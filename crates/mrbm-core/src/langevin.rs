@@ -247,13 +247,14 @@ impl HostGrbm {
     /// The joint energy E(v, h) of one visible and one hidden row.
     pub fn energy(&self, v: &[f32], h: &[f32]) -> f64 {
         let mut e = 0.0f64;
-        for i in 0..self.d {
-            let s = self.sigma[i] as f64;
-            let r = (v[i] - self.a[i]) as f64 / s;
+        let rows = self.w.chunks_exact(self.h);
+        for (((&vi, &ai), &si), wi) in v.iter().zip(&self.a).zip(&self.sigma).zip(rows) {
+            let s = si as f64;
+            let r = (vi - ai) as f64 / s;
             e += 0.5 * r * r;
-            let vi = v[i] as f64 / s;
-            for j in 0..self.h {
-                e -= vi * self.w[i * self.h + j] as f64 * h[j] as f64;
+            let vs = vi as f64 / s;
+            for (&w, &hj) in wi.iter().zip(h) {
+                e -= vs * w as f64 * hj as f64;
             }
         }
         e - self

@@ -4,7 +4,7 @@
 //!
 //! - [`model`]: the pair of DCIMs sharing weights (transposed) and biases,
 //!   the objectives (16), (21), (22), training with Adam, evaluation.
-//! - [`checkpoint`]: `model.safetensors`.
+//! - [`checkpoint`]: the model file, model.safetensors.
 //! - [`grid`]: the labelled sample grid (the paper's Fig. 2).
 //! - [`stages`]: the stage kinds `dcim` (train) and `dcim_sample`.
 

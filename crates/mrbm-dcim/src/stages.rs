@@ -255,7 +255,7 @@ impl TypedStage for DcimStage {
                 let done: Vec<&StepLoss> =
                     hist.iter().filter(|h| h.0 == epoch).map(|h| &h.1).collect();
                 let mean = |f: fn(&StepLoss) -> f64| {
-                    done.iter().map(|l| f(*l)).sum::<f64>() / done.len().max(1) as f64
+                    done.iter().map(|l| f(l)).sum::<f64>() / done.len().max(1) as f64
                 };
                 ctx.log(format!(
                     "epoch {}: class NLL {:.4}, reverse NLL per pixel {:.4}",

@@ -37,7 +37,7 @@ fn bars(n: usize, seed: u64, path: &Path) {
         let c = i % 3;
         for y in 0..8 {
             for x in 0..8 {
-                let on = x >= 1 + 2 * c && x < 3 + 2 * c && (1..7).contains(&y);
+                let on = x > 2 * c && x < 3 + 2 * c && (1..7).contains(&y);
                 px.push(if on { 230 } else { rng.random_range(0..40u8) });
             }
         }

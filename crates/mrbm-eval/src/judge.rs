@@ -362,7 +362,7 @@ pub fn fit(
     let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, &l)| (l, i)).collect();
     let y: Vec<usize> = labels.iter().map(|l| index[l]).collect();
 
-    let perm = permutation(n, cfg.seed ^ 0x6a75_6467_65);
+    let perm = permutation(n, cfg.seed ^ 0x006a_7564_6765);
     let n_hold = ((n as f64) * cfg.holdout).floor() as usize;
     let (hold_idx, train_idx) = perm.split_at(n_hold);
     if train_idx.len() < k {
