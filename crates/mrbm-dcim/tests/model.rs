@@ -155,7 +155,11 @@ fn remark_2_one_layer_under_21_is_the_rbm_pseudo_likelihood() {
     let w = randn(&mut rng, nv * k, 1.0);
     let c0 = randn(&mut rng, nv, 0.5);
     let c1 = randn(&mut rng, k, 0.5);
-    let m = dense_model(&[nv, k], std::slice::from_ref(&w), &[c0.clone(), c1.clone()]);
+    let m = dense_model(
+        &[nv, k],
+        std::slice::from_ref(&w),
+        &[c0.clone(), c1.clone()],
+    );
     let v: Vec<f32> = (0..batch * nv)
         .map(|_| (rng.random::<f64>() < 0.5) as u8 as f32)
         .collect();
