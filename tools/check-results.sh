@@ -48,6 +48,9 @@ if [ ! -x "$mrbm" ]; then
     echo "check-results: no mrbm binary at $mrbm (cargo build --release -p mrbm-runner, or set MRBM)" >&2
     exit 2
 fi
+# The reruns run in a scratch copy of the project: a relative path (as
+# .ci/run passes, target/release/mrbm) would not be found from there.
+case "$mrbm" in /*) ;; *) mrbm="$root/$mrbm" ;; esac
 if [ ${#names[@]} -eq 0 ]; then
     for p in results/*.provenance; do
         [ -e "$p" ] && names+=("$(basename "$p" .provenance)")
