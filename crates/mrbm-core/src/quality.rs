@@ -284,17 +284,18 @@ pub fn quality(samples: &[u8], n: usize, reference: &[u8], m: usize, len: usize)
     }
 }
 
-/// Per layer, the fraction of hidden channels that are stuck: mean
-/// activation (over at most 512 of `pixels`' images, and the channel's
-/// positions) below 1 % or above 99 % of the unit's range. The criterion
-/// of `train`'s dead-unit warning, as a number.
-pub fn stuck_channels(
+/// Per layer, (stuck channels, channels), judged on the first
+/// `images_used(n)` of `pixels`' images: a channel is stuck when its mean
+/// activation (over those images and its positions) is below 1 % or above
+/// 99 % of the unit's range. The one criterion behind `train`'s dead-unit
+/// warning and refusal and `sample`'s `stuck_channels`.
+pub fn stuck_counts(
     dbn: &crate::stack::Dbn,
     pixels: &[u8],
     n: usize,
     device: &burn::tensor::Device,
-) -> Vec<f64> {
-    let m = n.min(512);
+) -> Vec<(usize, usize)> {
+    let m = images_used(n);
     let len: usize = dbn.spec.input.iter().product();
     let mut t = dbn.pixels_to_visible(&pixels[..m * len], m, device, burn::tensor::DType::F32);
     let mut out = Vec::new();
@@ -310,9 +311,28 @@ pub fn stuck_channels(
             .iter()
             .filter(|&&x| !(x / max > 0.01 && x / max < 0.99))
             .count();
-        out.push(stuck as f64 / means.len().max(1) as f64);
+        out.push((stuck, means.len()));
     }
     out
+}
+
+/// How many of `n` images [`stuck_counts`] looks at.
+pub fn images_used(n: usize) -> usize {
+    n.min(512)
+}
+
+/// Per layer, the fraction of hidden channels that are stuck
+/// ([`stuck_counts`]).
+pub fn stuck_channels(
+    dbn: &crate::stack::Dbn,
+    pixels: &[u8],
+    n: usize,
+    device: &burn::tensor::Device,
+) -> Vec<f64> {
+    stuck_counts(dbn, pixels, n, device)
+        .into_iter()
+        .map(|(stuck, total)| stuck as f64 / total.max(1) as f64)
+        .collect()
 }
 
 #[cfg(test)]

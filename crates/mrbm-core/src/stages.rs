@@ -490,32 +490,18 @@ impl Stuck {
 /// show it (it is unbounded below), so say so; a layer with every unit
 /// stuck fails the stage unless `allow_dead_units`.
 fn stuck_units(dbn: &Dbn, pixels: &[u8], n: usize, device: &Device) -> Vec<Stuck> {
-    let m = n.min(512);
-    let len: usize = dbn.spec.input.iter().product();
-    let mut t = dbn.pixels_to_visible(&pixels[..m * len], m, device, DType::F32);
-    let mut out = Vec::new();
-    for (i, layer) in dbn.layers.iter().enumerate() {
-        t = layer.up(dbn.as_visible_of(i, t));
-        let max = layer.spec.hidden_unit.max_value();
-        let means = crate::layer::to_f64(
-            &t.clone()
-                .mean_dims(&[0, 2, 3])
-                .reshape([layer.spec.hidden_channels()]),
-        );
-        let stuck = means
-            .iter()
-            .filter(|&&x| !(x / max > 0.01 && x / max < 0.99))
-            .count();
-        if stuck * 2 > means.len() {
-            out.push(Stuck {
-                layer: i + 1,
-                stuck,
-                total: means.len(),
-                images: m,
-            });
-        }
-    }
-    out
+    let images = quality::images_used(n);
+    quality::stuck_counts(dbn, pixels, n, device)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (stuck, total))| stuck * 2 > *total)
+        .map(|(i, (stuck, total))| Stuck {
+            layer: i + 1,
+            stuck,
+            total,
+            images,
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- sample
