@@ -40,6 +40,16 @@ const SLOTS: &[InputSlot] = &[
         "a second loglik stage (e.g. more betas, to see AIS converge)",
     ),
     InputSlot::optional("fid", None, "a fid stage"),
+    InputSlot::optional(
+        "sample_a",
+        None,
+        "a first sampling stage of two (e.g. dcim_sample, way a)",
+    ),
+    InputSlot::optional(
+        "sample_b",
+        None,
+        "a second sampling stage of two (e.g. dcim_sample, way b)",
+    ),
 ];
 
 impl Stage for CollectStage {
