@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod grid;
 pub mod model;
+pub mod resume;
 pub mod stages;
 
 pub use model::{Dcim, LayerDef, Objective, Spec};

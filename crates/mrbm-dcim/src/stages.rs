@@ -17,6 +17,7 @@ use crate::grid::{labelled_grid, Cell};
 use crate::model::{
     host, images_tensor, one_hot, Act, Dcim, LayerDef, Objective, Spec, StepLoss, Trainer,
 };
+use crate::resume;
 
 pub fn all() -> Vec<Box<dyn Stage>> {
     vec![Box::new(DcimStage), Box::new(DcimSampleStage)]
@@ -224,16 +225,74 @@ impl TypedStage for DcimStage {
         let test_labels = class_labels(&test, classes, "test")?;
         let len = train.image_len();
         let model = Dcim::init(spec, p.seed, device)?;
-        let mut trainer = Trainer::new(model, p.objective, p.lr, p.reverse_weight);
+        let fresh = Trainer::new(model, p.objective, p.lr, p.reverse_weight);
         let per_epoch = n.div_ceil(p.batch_size);
+        // A checkpoint left by an interrupted run of this stage key: go on
+        // from it (bit for bit the run it interrupted).
+        let params_text = ctx.params.to_string();
+        let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
+        let (mut trainer, start, mut hist, seconds_before) =
+            match resume_file.as_ref().filter(|f| f.exists()) {
+                Some(f) => {
+                    let spare =
+                        Trainer::new(fresh.model.clone(), p.objective, p.lr, p.reverse_weight);
+                    match resume::load(f, &params_text, spare, device) {
+                        Ok(r) => {
+                            ctx.log(format!(
+                                "resumed at epoch {}, batch {} ({} batches done)",
+                                r.cursor.epoch + 1,
+                                r.cursor.batch + 1,
+                                r.hist.len()
+                            ));
+                            (r.trainer, r.cursor, r.hist, r.seconds)
+                        }
+                        Err(e) => {
+                            ctx.warn(format!(
+                                "not resuming from the checkpoint ({e}): training from the start"
+                            ));
+                            (fresh, resume::Cursor::default(), Vec::new(), 0.0)
+                        }
+                    }
+                }
+                None => (fresh, resume::Cursor::default(), Vec::new(), 0.0),
+            };
         let bar = ctx.bar((per_epoch * p.epochs) as u64, "dcim");
+        mrbm_stage::progress::resume_at(&bar, hist.len() as u64);
         let started = Instant::now();
-        let mut hist: Vec<(usize, StepLoss)> = Vec::new();
+        let mut save_failed = false;
+        // Checkpoint at the end of every epoch and when interrupted; a
+        // failed write warns once and training goes on (it just cannot
+        // resume).
+        let mut checkpoint = |tr: &Trainer, cursor: resume::Cursor, hist: &[(usize, StepLoss)]| {
+            let Some(file) = resume_file.as_ref() else {
+                return;
+            };
+            if save_failed {
+                return;
+            }
+            let secs = seconds_before + started.elapsed().as_secs_f64();
+            match resume::save(tr, &params_text, cursor, hist, secs, file) {
+                Ok(()) => ctx.log(format!(
+                    "checkpoint at epoch {}, batch {} ({} batches done)",
+                    cursor.epoch + 1,
+                    cursor.batch + 1,
+                    hist.len()
+                )),
+                Err(e) => {
+                    ctx.warn(format!("could not write a checkpoint: {e}"));
+                    save_failed = true;
+                }
+            }
+        };
         in_pool(ctx.threads, || -> Result<(), StageError> {
-            for epoch in 0..p.epochs {
+            for epoch in start.epoch..p.epochs {
                 let order = batch_order(n, p.seed, epoch);
-                for (b, idx) in order.chunks(p.batch_size).enumerate() {
-                    ctx.check_cancel()?;
+                let skip = if epoch == start.epoch { start.batch } else { 0 };
+                for (b, idx) in order.chunks(p.batch_size).enumerate().skip(skip) {
+                    if let Err(e) = ctx.check_cancel() {
+                        checkpoint(&trainer, resume::Cursor { epoch, batch: b }, &hist);
+                        return Err(e);
+                    }
                     let mut px = Vec::with_capacity(idx.len() * len);
                     let mut ys = Vec::with_capacity(idx.len());
                     for &i in idx {
@@ -258,16 +317,27 @@ impl TypedStage for DcimStage {
                     done.iter().map(|l| f(l)).sum::<f64>() / done.len().max(1) as f64
                 };
                 ctx.log(format!(
-                    "epoch {}: class NLL {:.4}, reverse NLL per pixel {:.4}",
+                    "epoch {} of {}: class NLL {:.4}, reverse NLL per pixel {:.4}",
                     epoch + 1,
+                    p.epochs,
                     mean(|l| l.class),
                     mean(|l| l.reverse_per_pixel)
                 ));
+                if epoch + 1 < p.epochs {
+                    checkpoint(
+                        &trainer,
+                        resume::Cursor {
+                            epoch: epoch + 1,
+                            batch: 0,
+                        },
+                        &hist,
+                    );
+                }
             }
             Ok(())
         })??;
         bar.finish_and_clear();
-        let train_seconds = started.elapsed().as_secs_f64();
+        let train_seconds = seconds_before + started.elapsed().as_secs_f64();
         let model = &trainer.model;
         checkpoint::save(model, &ctx.out("model.safetensors"))?;
         let mut csv =
@@ -329,7 +399,10 @@ impl TypedStage for DcimStage {
         m.insert("reverse_loss_test".into(), own(&te));
         m.insert("reverse_loss_test_class".into(), te.reverse_class);
         m.insert("reverse_loss_test_sampled".into(), te.reverse_sampled);
-        m.insert("seconds".into(), started.elapsed().as_secs_f64());
+        m.insert(
+            "seconds".into(),
+            seconds_before + started.elapsed().as_secs_f64(),
+        );
         m.insert("train_seconds".into(), train_seconds);
         m.insert("epoch_seconds".into(), train_seconds / p.epochs as f64);
         m.insert(
