@@ -9,9 +9,14 @@ use mrbm_dcim::model::{
     host, one_hot, tensor, Act, Dcim, LayerDef, Objective, Shape, Spec, Trainer, Weight,
 };
 
+/// The committed fixture, or the one `MRBM_DCIM_FIXTURE` names (a fresh
+/// `bench/reference/dcim.py fixture` output, as bench/dcim_bench.sh runs).
 fn fixture() -> serde_json::Value {
-    let p =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dcim_parity.json");
+    let p = std::env::var_os("MRBM_DCIM_FIXTURE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dcim_parity.json")
+        });
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
