@@ -3,8 +3,8 @@
 //! bench/reference/dcim.py, which times PyTorch on the same step and prints
 //! the ratio. Prints one JSON line.
 //!
-//!   cargo build --release -p mrbm-dcim --example dcim_bench
-//!   python bench/reference/dcim.py bench --mrbm $CARGO_TARGET_DIR/release/examples/dcim_bench
+//!   bash bench/dcim_bench.sh   (builds this example in the dev profile, then
+//!   runs bench/reference/dcim.py bench --mrbm .../debug/examples/dcim_bench)
 
 use std::time::Instant;
 
