@@ -65,6 +65,11 @@ pub struct Restored {
     pub seconds: f64,
 }
 
+/// Adam's step count, the moments' shape, first and second moment.
+type HostMoments = (usize, Vec<usize>, Vec<f32>, Vec<f32>);
+/// Adam's step count, first and second moment as read back.
+type StoredMoments = (usize, Vec<f32>, Vec<f32>);
+
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -95,7 +100,7 @@ pub fn save(
         put(name, dims, v);
     }
     let mut adam_time = BTreeMap::new();
-    fn moments<const D: usize>(s: &AdamState<D>) -> (usize, Vec<usize>, Vec<f32>, Vec<f32>) {
+    fn moments<const D: usize>(s: &AdamState<D>) -> HostMoments {
         let m = &s.momentum;
         (
             m.time,
@@ -104,7 +109,7 @@ pub fn save(
             host(&m.moment_2),
         )
     }
-    let mut adam = |key: String, x: Option<(usize, Vec<usize>, Vec<f32>, Vec<f32>)>| {
+    let mut adam = |key: String, x: Option<HostMoments>| {
         if let Some((time, dims, m1, m2)) = x {
             put(format!("adam.{key}.m1"), dims.clone(), m1);
             put(format!("adam.{key}.m2"), dims, m2);
@@ -304,17 +309,16 @@ pub fn load(
         let d = model.biases[i].dims().to_vec();
         model.biases[i] = t1(read(&format!("c.{i}"), &d)?, &d, device);
     }
-    let moments =
-        |key: &str, d: &[usize]| -> Result<Option<(usize, Vec<f32>, Vec<f32>)>, DcimError> {
-            let Some(&time) = rec.adam_time.get(key) else {
-                return Ok(None);
-            };
-            Ok(Some((
-                time,
-                read(&format!("adam.{key}.m1"), d)?,
-                read(&format!("adam.{key}.m2"), d)?,
-            )))
+    let moments = |key: &str, d: &[usize]| -> Result<Option<StoredMoments>, DcimError> {
+        let Some(&time) = rec.adam_time.get(key) else {
+            return Ok(None);
         };
+        Ok(Some((
+            time,
+            read(&format!("adam.{key}.m1"), d)?,
+            read(&format!("adam.{key}.m2"), d)?,
+        )))
+    };
     let mut w_states = Vec::new();
     for (i, w) in trainer.model.weights.iter().enumerate() {
         let key = format!("w.{}", i + 1);
