@@ -398,6 +398,9 @@ fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
     Ok(())
 }
 
+/// A loss curve with its legend label.
+type Labelled<'a> = (String, &'a mrbm_plot::LossHistory);
+
 /// One chart per train stage and sweep axis (and setting of its other
 /// axes) with two cells or more: their loss curves overlaid, one line per
 /// value of the axis.
@@ -407,8 +410,7 @@ fn overlays(
     scale: YScale,
 ) -> Result<(), RunnerError> {
     // (stage, axis, other axes' setting) -> [(axis value, curve)]
-    let mut groups: BTreeMap<(&str, &str, String), Vec<(String, &mrbm_plot::LossHistory)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<(&str, &str, String), Vec<Labelled>> = BTreeMap::new();
     for (id, curve) in curves {
         let (stage, ax) = split_id(id);
         for (axis, value) in &ax {
