@@ -40,6 +40,11 @@ const SLOTS: &[InputSlot] = &[
         "a second loglik stage (e.g. more betas, to see AIS converge)",
     ),
     InputSlot::optional("fid", None, "a fid stage"),
+    InputSlot::optional(
+        "bracket",
+        None,
+        "a loglik stage with raise_images set (AIS and RAISE bounds on the same images)",
+    ),
 ];
 
 impl Stage for CollectStage {
