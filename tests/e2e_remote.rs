@@ -265,6 +265,14 @@ fn remote_mistakes_are_named() {
     let out = run(dir, &["push", "experiments/chain.toml"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(stderr(&out).contains("several remotes"), "{}", stderr(&out));
+    // A folder remote that does not exist (yet: a push would create it).
+    let out = run(dir, &["pull", "experiments/chain.toml", "--remote", "team"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("remote `team`") && e.contains("unreachable: no such folder"),
+        "{e}"
+    );
     // No remotes file at all.
     std::fs::remove_file(dir.join("mrbm.remotes.toml")).unwrap();
     let out = run(dir, &["pull", "--all"]);

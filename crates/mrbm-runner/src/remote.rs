@@ -288,7 +288,11 @@ impl Remote {
             Kind::Dir(root) => {
                 let entries = root.join("entries");
                 if !root.exists() {
-                    return Err(self.err("no such folder (a push creates it)"));
+                    return Err(RemoteError::Unreachable {
+                        remote: self.name.clone(),
+                        url: self.url(),
+                        why: "no such folder (a push creates it)".into(),
+                    });
                 }
                 let rd = match std::fs::read_dir(&entries) {
                     Ok(rd) => rd,
@@ -316,6 +320,15 @@ impl Remote {
                     .map(str::to_string)
                     .collect())
             }
+        }
+    }
+
+    /// [`Remote::list`] for a push: a folder remote that does not exist
+    /// yet is empty (the push creates it).
+    pub fn list_for_push(&self) -> Result<BTreeSet<String>, RemoteError> {
+        match &self.kind {
+            Kind::Dir(root) if !root.exists() => Ok(BTreeSet::new()),
+            _ => self.list(),
         }
     }
 

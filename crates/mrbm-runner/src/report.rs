@@ -341,33 +341,21 @@ fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
                 esc(kinds[stage]),
                 esc(axis)
             );
+            let mut constant: Vec<&str> = Vec::new();
             for metric in &metric_names {
-                // One series per setting of the other axes.
-                let mut series: Vec<(String, Vec<Option<f64>>)> = Vec::new();
-                for (ax, m) in cells {
-                    let Some(pos) = ax
-                        .iter()
-                        .find(|(a, _)| a == axis)
-                        .and_then(|(_, v)| values.iter().position(|x| x == v))
-                    else {
-                        continue;
-                    };
-                    let label = ax
-                        .iter()
-                        .filter(|(a, _)| a != axis)
-                        .map(|(a, v)| format!("{a}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let i = match series.iter().position(|(l, _)| *l == label) {
-                        Some(i) => i,
-                        None => {
-                            series.push((label, vec![None; values.len()]));
-                            series.len() - 1
-                        }
-                    };
-                    series[i].1[pos] = m.get(*metric).copied().filter(|v| v.is_finite());
+                let series = series_along(cells, axis, &values, metric);
+                let finite: Vec<f64> = series
+                    .iter()
+                    .flat_map(|(_, v)| v.iter().flatten())
+                    .copied()
+                    .collect();
+                if finite.is_empty() {
+                    continue;
                 }
-                if series.iter().all(|(_, v)| v.iter().all(Option::is_none)) {
+                // A metric with one value in every cell (a count, a
+                // setting echoed back) is named, not drawn as a flat line.
+                if finite.len() > 1 && finite.iter().all(|v| *v == finite[0]) {
+                    constant.push(metric);
                     continue;
                 }
                 let chart = mrbm_plot::axis_chart(
@@ -387,6 +375,13 @@ fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
                     esc(axis)
                 );
                 n_plots += 1;
+            }
+            if !constant.is_empty() {
+                let _ = writeln!(
+                    h,
+                    "<p class=\"note\">The same in every cell, so not drawn: {}.</p>",
+                    esc(&constant.join(", "))
+                );
             }
         }
     }
@@ -442,6 +437,41 @@ fn overlays(
         );
     }
     Ok(())
+}
+
+/// One series per setting of the other axes: the metric's value at each
+/// of the axis's values (None where a cell lacks it or it is not finite).
+fn series_along(
+    cells: &[AxisCell],
+    axis: &str,
+    values: &[&str],
+    metric: &str,
+) -> Vec<(String, Vec<Option<f64>>)> {
+    let mut series: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    for (ax, m) in cells {
+        let Some(pos) = ax
+            .iter()
+            .find(|(a, _)| *a == axis)
+            .and_then(|(_, v)| values.iter().position(|x| x == v))
+        else {
+            continue;
+        };
+        let label = ax
+            .iter()
+            .filter(|(a, _)| *a != axis)
+            .map(|(a, v)| format!("{a}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let i = match series.iter().position(|(l, _)| *l == label) {
+            Some(i) => i,
+            None => {
+                series.push((label, vec![None; values.len()]));
+                series.len() - 1
+            }
+        };
+        series[i].1[pos] = m.get(metric).copied().filter(|v| v.is_finite());
+    }
+    series
 }
 
 fn losses(h: &mut String, entries: &[Entry], scale: YScale) -> Result<(), RunnerError> {

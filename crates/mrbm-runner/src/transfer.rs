@@ -55,11 +55,7 @@ pub fn push_experiment(
     store: &Store,
     remote: &Remote,
 ) -> Result<Vec<Line>, RunnerError> {
-    let on_remote = remote.list().or_else(|e| match e {
-        // A folder remote that does not exist yet: the push creates it.
-        crate::remote::RemoteError::Failed { .. } => Ok(BTreeSet::new()),
-        e => Err(e),
-    })?;
+    let on_remote = remote.list_for_push()?;
     let mut lines = walk(dag, store, &mut |_| Ok(None))?;
     for l in &mut lines {
         if let (Outcome::There, Some(key)) = (&l.outcome, &l.key) {
@@ -71,10 +67,7 @@ pub fn push_experiment(
 
 /// Push every entry of the local cache.
 pub fn push_all(store: &Store, remote: &Remote) -> Result<Vec<Line>, RunnerError> {
-    let on_remote = remote.list().or_else(|e| match e {
-        crate::remote::RemoteError::Failed { .. } => Ok(BTreeSet::new()),
-        e => Err(e),
-    })?;
+    let on_remote = remote.list_for_push()?;
     let mut lines = Vec::new();
     for key in store
         .keys()
