@@ -292,7 +292,7 @@ fn remote_mistakes_are_named() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let e = stderr(&out);
     assert!(
-        e.contains("remote `lab` (ssh://127.0.0.1/c) is unreachable"),
+        e.contains("remote `lab` (127.0.0.1:c) is unreachable"),
         "{e}"
     );
 }

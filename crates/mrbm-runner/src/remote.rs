@@ -252,11 +252,11 @@ impl Remote {
         })
     }
 
-    /// Where it is, for people: a folder, or `ssh://HOST/PATH`.
+    /// Where it is, for people: a folder, or `HOST:PATH` as scp writes it.
     pub fn url(&self) -> String {
         match &self.kind {
             Kind::Dir(p) => p.display().to_string(),
-            Kind::Ssh { host, path, .. } => format!("ssh://{host}/{path}"),
+            Kind::Ssh { host, path, .. } => format!("{host}:{path}"),
         }
     }
 
@@ -602,7 +602,7 @@ mod tests {
         let r = find(d.path(), None).unwrap();
         assert_eq!(
             (r.name.as_str(), r.url()),
-            ("b", "ssh://me@h/c".to_string())
+            ("b", "me@h:c".to_string())
         );
         assert_eq!(find(d.path(), Some("a")).unwrap().name, "a");
     }
