@@ -136,7 +136,10 @@ fn the_report_is_one_self_contained_page_with_tables_plots_and_provenance() {
     // A metric with one value in every cell (here the layer count) is
     // named, not drawn as a flat line.
     assert_eq!(alts("train: layers along N"), 0);
-    assert!(html.contains("The same in every cell, so not drawn: "), "{html}");
+    assert!(
+        html.contains("The same in every cell, so not drawn: "),
+        "{html}"
+    );
     // The loss curves of the axis's cells, overlaid on one chart.
     assert_eq!(alts("loss curves of train along N"), 1, "{html}");
     // Reference values only where the experiment declares them: the

@@ -600,10 +600,7 @@ mod tests {
             "default = \"b\"\n[remote.a]\npath = \"x\"\n[remote.b]\nssh = \"me@h\"\npath = \"c/\"\nport = 2222\n",
         );
         let r = find(d.path(), None).unwrap();
-        assert_eq!(
-            (r.name.as_str(), r.url()),
-            ("b", "me@h:c".to_string())
-        );
+        assert_eq!((r.name.as_str(), r.url()), ("b", "me@h:c".to_string()));
         assert_eq!(find(d.path(), Some("a")).unwrap().name, "a");
     }
 
