@@ -144,6 +144,6 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  status) answers ;;
+  status) answers || exit 1 ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac
