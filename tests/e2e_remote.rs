@@ -7,7 +7,8 @@
 //!
 //! For each kind of remote: push from one cache, pull into an empty one,
 //! and the rerun there computes nothing; two pushes of the same entries at
-//! once leave one whole copy each and no temporary folder; a pulled entry
+//! once leave one whole copy each and no temporary folder (and remove the
+//! upload of a push that died two days before); a pulled entry
 //! whose files do not match its manifest is refused and recomputed.
 //! Errors: an unknown remote (did you mean), an unreachable host, a login
 //! refused.
@@ -155,6 +156,14 @@ fn concurrent_pushes(dir: &Path, remote_dir: &Path) {
         &a,
         &["run", "--quiet", "experiments/chain.toml"],
     ));
+    // What a push that died two days ago left: the next push removes it.
+    let stale = remote_dir.join("tmp/0123abcd.999.0.elsewhere");
+    std::fs::create_dir_all(stale.join("out")).unwrap();
+    let two_days = std::time::Duration::from_secs(2 * 24 * 3600);
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - two_days)
+        .unwrap();
     let spawn = || {
         common::mrbm_in(dir)
             .args(["--cache", a.to_str().unwrap(), "push", "--all"])

@@ -324,12 +324,22 @@ impl Remote {
     }
 
     /// [`Remote::list`] for a push: a folder remote that does not exist
-    /// yet is empty (the push creates it).
+    /// yet is empty (the push creates it). Uploads left in `tmp/` by pushes
+    /// that died (older than [`STALE_UPLOAD_MINUTES`]) are removed first.
     pub fn list_for_push(&self) -> Result<BTreeSet<String>, RemoteError> {
         match &self.kind {
-            Kind::Dir(root) if !root.exists() => Ok(BTreeSet::new()),
-            _ => self.list(),
+            Kind::Dir(root) if !root.exists() => return Ok(BTreeSet::new()),
+            Kind::Dir(root) => remove_stale_uploads(&root.join("tmp")),
+            Kind::Ssh { path, .. } => {
+                let script = format!(
+                    "t={}/tmp; [ -d \"$t\" ] || exit 0; \
+                     find \"$t\" -mindepth 1 -maxdepth 1 -mmin +{STALE_UPLOAD_MINUTES} -exec rm -rf {{}} + ; exit 0",
+                    sh_quote(path)
+                );
+                self.ssh_output(&script, None)?;
+            }
         }
+        self.list()
     }
 
     /// Upload the entry folder `src` as `entries/KEY`: into a temporary
@@ -518,6 +528,26 @@ impl Remote {
     }
 }
 
+/// An upload folder under a remote's `tmp/` untouched for this long is
+/// taken for the leftover of a push that died, and removed by the next push.
+pub const STALE_UPLOAD_MINUTES: u64 = 24 * 60;
+
+/// Remove the folders under `tmp` older than [`STALE_UPLOAD_MINUTES`].
+fn remove_stale_uploads(tmp: &Path) {
+    let limit = std::time::Duration::from_secs(STALE_UPLOAD_MINUTES * 60);
+    for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > limit);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Rename the whole folder `tmp` to `dest`. A rename onto a folder that
 /// is not empty fails, so when two pushes race the first one wins and the
 /// second finds a whole entry there: Ok(false), its copy removed.
@@ -689,6 +719,23 @@ mod tests {
         let (three, blocked) = (mk("tmp3", "three"), d.path().join("entries/j"));
         std::fs::create_dir_all(blocked.join("junk")).unwrap();
         assert!(place(&three, &blocked).is_err());
+    }
+
+    #[test]
+    fn a_push_removes_uploads_left_by_pushes_that_died() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "[remote.r]\npath = \"remote\"\n");
+        let tmp = d.path().join("remote/tmp");
+        let (old, fresh) = (tmp.join("k.1.0.h"), tmp.join("k.2.0.h"));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&fresh).unwrap();
+        let two_days = std::time::Duration::from_secs(2 * 24 * 3600);
+        let t = std::time::SystemTime::now() - two_days;
+        std::fs::File::open(&old).unwrap().set_modified(t).unwrap();
+        let r = find(d.path(), None).unwrap();
+        r.list_for_push().unwrap();
+        assert!(!old.exists(), "a two-day-old upload is removed");
+        assert!(fresh.exists(), "an upload in progress is kept");
     }
 
     #[test]
