@@ -203,12 +203,26 @@ fn sweep_from_the_command_line_adds_or_replaces_an_axis() {
     );
     let runs = ok(&run(d, &["runs"]));
     assert!(runs.contains("sweep other.env.X"), "{runs}");
-    // A new axis on the table's stage: the table must say what to do with it.
-    let o = plan(d, &["--sweep", "calc.env.S=\"0\",\"1\""]);
-    assert_eq!(o.status.code(), Some(2));
-    let e = stderr(&o);
-    assert!(e.contains("`env.S`") && e.contains("aggregate"), "{e}");
-    assert!(e.contains("--sweep calc.env.S"), "{e}");
+    // A new axis on the table's stage that the table does not name: an
+    // extra row level (a column before the rows), no table edit needed,
+    // said so in the provenance; the file still runs without it.
+    let id = run_id(d, &["--sweep", "calc.env.S=\"1\",\"0\""]);
+    let csv = std::fs::read_to_string(d.join("results/calc.csv")).unwrap();
+    assert_eq!(
+        csv,
+        "env.S,K,v,w\n1,1,1.00,1.00\n1,2,2.00,1.00\n0,1,1.00,0.00\n0,2,2.00,0.00\n"
+    );
+    let prov = std::fs::read_to_string(d.join("results/calc.provenance.json")).unwrap();
+    assert!(
+        prov.contains("row_levels") && prov.contains("added by --sweep"),
+        "{prov}"
+    );
+    // Runs record the cell as TABLE/LEVEL=V/ROW.
+    let cmp = ok(&run(d, &["compare", &id]));
+    assert!(cmp.contains("calc/env.S=0/2"), "{cmp}");
+    ok(&run(d, &["run", "--quiet", "experiments/calc.toml"]));
+    let csv = std::fs::read_to_string(d.join("results/calc.csv")).unwrap();
+    assert_eq!(csv, "K,v,w\n1,1.00,0.00\n2,2.00,0.00\n");
     // An axis of one value leaves one cell per row: no ambiguity.
     ok(&plan(d, &["--sweep", "calc.env.S=\"1\""]));
     // Unknown stage.

@@ -123,7 +123,32 @@ fn the_report_is_one_self_contained_page_with_tables_plots_and_provenance() {
     assert_eq!(alts("sample[N="), 2);
     assert!(alts("loglik: test_loglik along N") == 1, "{html}");
     assert!(alts("sample: diversity along N") == 1);
-    assert!(pngs.len() >= 2 + 2 + 2, "{} images", pngs.len());
+    // Every numeric metric along the axis, whatever the stage's kind (the
+    // train stage's own metrics too), never a timing.
+    let along: Vec<&str> = html
+        .split("alt=\"")
+        .skip(1)
+        .filter_map(|r| r.split('"').next())
+        .filter(|a| a.ends_with(" along N") && a.starts_with("train: "))
+        .collect();
+    assert!(!along.is_empty(), "no train metric along N");
+    assert!(!along.iter().any(|a| a.contains("seconds")), "{along:?}");
+    // A metric with one value in every cell (here the layer count) is
+    // named, not drawn as a flat line.
+    assert_eq!(alts("train: layers along N"), 0);
+    assert!(
+        html.contains("The same in every cell, so not drawn: "),
+        "{html}"
+    );
+    // The loss curves of the axis's cells, overlaid on one chart.
+    assert_eq!(alts("loss curves of train along N"), 1, "{html}");
+    // Reference values only where the experiment declares them: the
+    // paper's Table 1 and 2 are not appended to every report.
+    for absent in ["Caltech-101", "The paper's numbers", "CelebA size"] {
+        assert!(!html.contains(absent), "{absent}");
+    }
+    assert_eq!(html.matches("class=\"ref\"").count(), 1 + 2, "{html}");
+    assert!(pngs.len() >= 2 + 1 + 2 + 2, "{} images", pngs.len());
 
     // Each cell's loss curve, published as asked: a 720 x 400 PNG.
     for n in [1, 3] {

@@ -1189,15 +1189,20 @@ impl TypedStage for LoglikStage {
     const INPUTS: &'static [InputSlot] = LOGLIK_INPUTS;
     type Params = LoglikParams;
 
-    fn metrics(_p: &Self::Params) -> Option<Vec<&'static str>> {
-        Some(vec![
+    fn metrics(p: &Self::Params) -> Option<Vec<&'static str>> {
+        let mut m = vec![
             "log_z",
             "log_z_std",
             "test_loglik",
             "train_loglik",
             "lower_bound",
             "seconds",
-        ])
+        ];
+        // RAISE's side of the bracket, so a table may name it directly.
+        if p.raise_images > 0 {
+            m.extend(RAISE_METRICS);
+        }
+        Some(m)
     }
 
     fn validate(p: &LoglikParams) -> Result<(), ParamError> {

@@ -457,6 +457,43 @@ mod tests {
         }
     }
 
+    /// Standard deviation of a unit's exact distribution at input x.
+    fn pmf_sd(u: &UnitType, x: f64) -> f64 {
+        let pmf = u.exact_pmf(x);
+        let mean: f64 = pmf.iter().enumerate().map(|(m, p)| m as f64 * p).sum();
+        pmf.iter()
+            .enumerate()
+            .map(|(m, p)| (m as f64 - mean).powi(2) * p)
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Why N = 255 sub-unit chains collapse (experiments/n255_diagnosis.toml):
+    /// the paper's unit at N = 255, k = 4/N deviates from its mean by at most
+    /// about one level of 255 (its variance is f'(x) = 4 s (1 - s) <= 1), so
+    /// a sampled reconstruction is the mean-field one to 0.4 % of the range;
+    /// the levels unit at the same N spreads over the whole range (uniform
+    /// at x = 0: sd about 1 / sqrt(12) of it).
+    #[test]
+    fn subunits_at_n255_are_nearly_deterministic_levels_are_not() {
+        let n = 255u32;
+        let sub = UnitType::new(n, 4.0 / n as f64);
+        for x in [-200.0, -50.0, 0.0, 30.0, 120.0] {
+            let sd = pmf_sd(&sub, x);
+            assert!(sd <= 1.0 + 1e-9, "x {x}: sd {sd} levels");
+            // Close to the smooth model's f'(x).
+            assert!((sd * sd - sub.mean_slope_f64(x)).abs() < 0.1, "x {x}");
+        }
+        let lev = UnitType::levels(n);
+        let sd0 = pmf_sd(&lev, 0.0) / n as f64;
+        // The discrete uniform over 0..=N: sd sqrt(((N + 1)^2 - 1) / 12) levels.
+        let nf = n as f64;
+        let uniform = (((nf + 1.0).powi(2) - 1.0) / 12.0).sqrt() / nf;
+        assert!((sd0 - uniform).abs() < 1e-9, "{sd0} vs {uniform}");
+        // Even at a mean of 0.9 the levels unit keeps a tenth of the range.
+        assert!(pmf_sd(&lev, 10.0) / n as f64 > 0.09);
+    }
+
     #[test]
     fn pmf_sums_to_one_and_has_exact_mean() {
         let u = UnitType::new(7, 0.5);

@@ -174,3 +174,22 @@ fn raise_is_deterministic_and_uses_every_chain() {
         .raise(&base, &sm_betas(250), &v, 6, 1, 1, &|_| {}, &|| true)
         .is_none());
 }
+
+/// A table may name RAISE's metrics only when the loglik stage computes
+/// them: the kind declares them (for the plan-time check) exactly then.
+#[test]
+fn loglik_declares_the_bracket_metrics_only_with_raise_images() {
+    use mrbm_stage::Stage;
+    let stage = mrbm_core::stages::LoglikStage;
+    let declared = |raw: &str| {
+        let params = stage.params(&toml::from_str(raw).unwrap()).unwrap();
+        stage.metrics(&params).unwrap()
+    };
+    let plain = declared("");
+    assert!(plain.contains(&"test_loglik".to_string()), "{plain:?}");
+    assert!(!plain.contains(&"bracket".to_string()), "{plain:?}");
+    let bracket = declared("raise_images = 10");
+    for m in ["raise_test_loglik", "raise_ais_test_loglik", "bracket"] {
+        assert!(bracket.contains(&m.to_string()), "{m} not in {bracket:?}");
+    }
+}

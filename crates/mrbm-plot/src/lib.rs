@@ -161,6 +161,9 @@ pub enum Style {
     Line(usize),
     /// A line with a marker at each point, in the palette colour.
     Points(usize),
+    /// Markers only, no line (values of a categorical axis, which have no
+    /// order to connect).
+    Markers(usize),
 }
 
 /// One named line of a chart.
@@ -228,7 +231,7 @@ const FAINT: RGBColor = RGBColor(190, 190, 190);
 fn colour(style: Style) -> RGBColor {
     match style {
         Style::Faint => FAINT,
-        Style::Line(i) | Style::Points(i) => PALETTE[i % PALETTE.len()],
+        Style::Line(i) | Style::Points(i) | Style::Markers(i) => PALETTE[i % PALETTE.len()],
     }
 }
 
@@ -306,6 +309,14 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
                     (0.0, 1.0)
                 } else if b - a < 1e-12 {
                     (a - 0.5, b + 0.5)
+                } else if chart
+                    .series
+                    .iter()
+                    .any(|s| s.style != Style::Faint && !matches!(s.style, Style::Line(_)))
+                {
+                    // Markers at the ends stay whole.
+                    let pad = 0.05 * (b - a);
+                    (a - pad, b + pad)
                 } else {
                     (a, b)
                 }
@@ -356,6 +367,19 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
                 Style::Faint => 1,
                 _ => 2,
             };
+            if let Style::Markers(_) = s.style {
+                let dots = pts
+                    .iter()
+                    .copied()
+                    .map(clamp)
+                    .map(|p| Circle::new(p, 5, c.filled()));
+                let anno = cc.draw_series(dots).map_err(draw_err("markers"))?;
+                if !s.label.is_empty() {
+                    anno.label(s.label.clone())
+                        .legend(move |(x, y)| Circle::new((x + 9, y), 5, c.filled()));
+                }
+                continue;
+            }
             let line = LineSeries::new(pts.iter().copied().map(clamp), c.stroke_width(stroke));
             let anno = cc.draw_series(line).map_err(draw_err("a series"))?;
             if !s.label.is_empty() {
@@ -521,8 +545,11 @@ pub fn loss_chart(h: &LossHistory, title: &str, scale: YScale) -> Chart {
     c
 }
 
-/// A metric along a sweep axis: one line per series, the axis values as
-/// categories (in the order given).
+/// A metric along a sweep axis, one series per setting of the other axes.
+/// When every axis value is a number the x axis is numeric and each series
+/// a line through its points; otherwise the values are categories (in the
+/// order given, labels cut to 14 characters) and each series is markers
+/// only, side by side, since categories have no order to connect.
 pub fn axis_chart(
     title: &str,
     axis: &str,
@@ -533,26 +560,134 @@ pub fn axis_chart(
     let mut c = Chart::new(title, axis, metric);
     c.width = 360;
     c.height = 260;
+    let numeric: Option<Vec<f64>> = categories
+        .iter()
+        .map(|v| v.trim().parse::<f64>().ok().filter(|x| x.is_finite()))
+        .collect();
+    let n = series.len();
     c.series = series
         .into_iter()
         .enumerate()
-        .map(|(i, (label, vals))| Series {
-            label,
-            points: vals
+        .map(|(i, (label, vals))| {
+            // Markers of several series at one category sit side by side.
+            let shift = if n > 1 {
+                (i as f64 - (n - 1) as f64 / 2.0) * (0.3 / n as f64)
+            } else {
+                0.0
+            };
+            let x_of = |k: usize| match &numeric {
+                Some(xs) => xs[k],
+                None => k as f64 + shift,
+            };
+            let mut points: Vec<(f64, f64)> = vals
                 .iter()
                 .enumerate()
-                .filter_map(|(x, v)| v.map(|v| (x as f64, v)))
-                .collect(),
-            style: Style::Points(i),
+                .filter_map(|(k, v)| v.map(|v| (x_of(k), v)))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series {
+                label,
+                points,
+                style: if numeric.is_some() {
+                    Style::Points(i)
+                } else {
+                    Style::Markers(i)
+                },
+            }
         })
         .collect();
-    c.x_categories = Some(categories);
+    if numeric.is_none() {
+        c.x_categories = Some(categories.iter().map(|v| cut(v, 14)).collect());
+    }
+    c
+}
+
+/// `s` cut to `n` characters, with an ellipsis when cut.
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+/// Several models' loss curves on one chart (the cells of a sweep axis):
+/// each one's moving mean of the total loss, labelled, y limits as in
+/// [`loss_chart`] over all of them.
+pub fn loss_overlay_chart(title: &str, runs: &[(String, &LossHistory)], scale: YScale) -> Chart {
+    let mut c = Chart::new(title, "training step", "loss, moving mean");
+    c.y_scale = scale;
+    c.y_percentiles = (1.0, 99.0);
+    c.y_fence = Some(3.0);
+    for (i, (label, h)) in runs.iter().enumerate() {
+        let w = (h.total.len() / 50).clamp(1, 501) | 1;
+        c.series.push(Series {
+            label: label.clone(),
+            points: h
+                .steps
+                .iter()
+                .copied()
+                .zip(moving_mean(&h.total, w))
+                .collect(),
+            style: Style::Line(i),
+        });
+    }
     c
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_axes_get_lines_and_categorical_ones_markers_only() {
+        let s = || vec![("a".to_string(), vec![Some(1.0), Some(2.0)])];
+        let c = axis_chart("t", "lr", "err", vec!["0.1".into(), "0.01".into()], s());
+        assert_eq!(c.x_categories, None);
+        assert_eq!(
+            c.series[0].points,
+            vec![(0.01, 2.0), (0.1, 1.0)],
+            "in x order"
+        );
+        assert_eq!(c.series[0].style, Style::Points(0));
+        let long = "a_very_long_dataset_name".to_string();
+        let c = axis_chart("t", "data", "err", vec!["mnist".into(), long], s());
+        assert_eq!(c.series[0].style, Style::Markers(0));
+        assert_eq!(
+            c.x_categories,
+            Some(vec!["mnist".to_string(), "a_very_long_d…".to_string()])
+        );
+        assert_eq!(c.series[0].points, vec![(0.0, 1.0), (1.0, 2.0)]);
+        // Two series at one category do not hide each other.
+        let two = vec![
+            ("a".to_string(), vec![Some(1.0), None]),
+            ("b".to_string(), vec![Some(1.0), None]),
+        ];
+        let c = axis_chart("t", "data", "err", vec!["x".into(), "y".into()], two);
+        assert!(c.series[0].points[0].0 < c.series[1].points[0].0);
+        assert!(render_png(&c).unwrap().starts_with(b"\x89PNG"));
+    }
+
+    #[test]
+    fn an_overlay_has_one_labelled_line_per_model() {
+        let h = |k: f64| LossHistory {
+            steps: (0..20).map(f64::from).collect(),
+            epochs: vec![0.0; 20],
+            total: (0..20).map(|i| k * f64::from(i)).collect(),
+            layers: vec![],
+        };
+        let (a, b) = (h(1.0), h(2.0));
+        let c = loss_overlay_chart(
+            "t",
+            &[("N=1".into(), &a), ("N=3".into(), &b)],
+            YScale::Linear,
+        );
+        let labels: Vec<&str> = c.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["N=1", "N=3"]);
+        assert_ne!(c.series[0].style, c.series[1].style);
+        assert!(render_png(&c).unwrap().starts_with(b"\x89PNG"));
+    }
 
     #[test]
     fn percentiles_interpolate_between_order_statistics() {

@@ -1,8 +1,9 @@
 //! The `collect` stage kind: gathers the metrics of several upstream stages
-//! of one sweep cell into one metrics set, each prefixed by its input slot
+//! of one sweep cell into one metrics set, each prefixed by its input name
 //! (`svm` + `test_error` -> `svm_test_error`), so one `[[tables]]` entry
 //! can show a model's likelihood, its features' SVM error and its training
-//! time side by side. It computes nothing; an absent optional slot adds
+//! time side by side. Any input name is taken (the listed slots are the
+//! usual ones, for `mrbm kinds`). It computes nothing; an absent input adds
 //! nothing.
 
 use std::collections::BTreeMap;
@@ -41,14 +42,9 @@ const SLOTS: &[InputSlot] = &[
     ),
     InputSlot::optional("fid", None, "a fid stage"),
     InputSlot::optional(
-        "sample_a",
+        "bracket",
         None,
-        "a first sampling stage of two (e.g. dcim_sample, way a)",
-    ),
-    InputSlot::optional(
-        "sample_b",
-        None,
-        "a second sampling stage of two (e.g. dcim_sample, way b)",
+        "a loglik stage with raise_images set (AIS and RAISE bounds on the same images)",
     ),
 ];
 
@@ -62,15 +58,16 @@ impl Stage for CollectStage {
     fn inputs(&self) -> &'static [InputSlot] {
         SLOTS
     }
+    /// Any other name is taken too: that stage's metrics, prefixed by it.
+    fn open_inputs(&self) -> bool {
+        true
+    }
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         mrbm_stage::canonical::<CollectParams>(raw)
     }
     fn run(&self, ctx: &StageContext) -> Result<Metrics, StageError> {
         let mut out = Metrics::new();
-        for slot in SLOTS {
-            let Some(dir) = ctx.optional_input(slot.name) else {
-                continue;
-            };
+        for (name, dir) in ctx.inputs {
             let path = dir.join("metrics.json");
             let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
             // JSON has no NaN: a NaN metric was written as null.
@@ -78,7 +75,7 @@ impl Stage for CollectStage {
                 StageError::Failed(format!("{}: not a metrics file: {e}", path.display()))
             })?;
             for (k, v) in m {
-                out.insert(format!("{}_{k}", slot.name), v.unwrap_or(f64::NAN));
+                out.insert(format!("{name}_{k}"), v.unwrap_or(f64::NAN));
             }
         }
         Ok(out)

@@ -224,7 +224,7 @@ pub fn record(dag: &Dag, results: &[NodeResult], req: &Request) -> Run {
             let r = &results[*up];
             cells.push(CellRun {
                 table: tp.name.clone(),
-                row: c.row.clone(),
+                row: c.row_label(&tp),
                 column: c.column.clone(),
                 stage: dag.nodes[*up].id.clone(),
                 key: r.key.clone().filter(|_| r.status.ok()),

@@ -27,6 +27,7 @@ pub mod output;
 pub mod plan;
 pub mod procgroup;
 pub mod registry;
+pub mod remote;
 pub mod report;
 pub mod rundiff;
 pub mod session;
@@ -35,5 +36,6 @@ pub mod store;
 pub mod summary;
 pub mod table;
 pub mod targets;
+pub mod transfer;
 
 pub use error::RunnerError;

@@ -73,6 +73,39 @@ struct Select {
     data_root: Option<PathBuf>,
 }
 
+/// What `push` and `pull` move, and where.
+#[derive(clap::Args, Clone)]
+struct RemoteArgs {
+    /// The experiment whose entries move (omit with --all).
+    #[arg(required_unless_present = "all")]
+    file: Option<PathBuf>,
+    /// Only these stages and what they need (as for `run`).
+    #[arg(value_name = "STAGE")]
+    stages: Vec<String>,
+    /// The remote's name in mrbm.remotes.toml (default: its `default`, or
+    /// the only one declared).
+    #[arg(long, short)]
+    remote: Option<String>,
+    /// Every entry: of the local cache (push) or of the remote (pull).
+    #[arg(long, conflicts_with = "file")]
+    all: bool,
+    /// Project root holding mrbm.remotes.toml, with --all (default: the current directory).
+    #[arg(long)]
+    project: Option<PathBuf>,
+    /// As for `run`: the entries of the experiment with these overrides.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    set: Vec<String>,
+    /// As for `run`.
+    #[arg(long = "sweep", value_name = "STAGE.PARAM=V1,V2,...")]
+    sweep: Vec<String>,
+    /// As for `run`.
+    #[arg(long)]
+    profile: Option<String>,
+    /// As for `run`.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run an experiment: every stage that is not already cached.
@@ -191,6 +224,20 @@ enum Command {
         /// The loss curves' y axis: linear, log or symlog.
         #[arg(long, default_value = "linear", value_name = "SCALE")]
         loss_scale: String,
+    },
+    /// Copy cache entries to a remote cache (declared in mrbm.remotes.toml
+    /// at the project root; README "Remote caches"): the entries an
+    /// experiment's stages produced, or with --all every entry here.
+    Push {
+        #[command(flatten)]
+        args: RemoteArgs,
+    },
+    /// Copy from a remote cache the entries an experiment needs (or with
+    /// --all every entry there), each verified by hash before use; a run
+    /// afterwards computes only what the remote lacked.
+    Pull {
+        #[command(flatten)]
+        args: RemoteArgs,
     },
     /// Delete cache entries that no experiment under experiments/ references
     /// and that neither the last runs of an experiment nor a pinned run used.
@@ -459,6 +506,8 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             };
             gc::collect(&store, &reg, &opts)
         }
+        Command::Push { args } => push_pull(&cli, &reg, args, false),
+        Command::Pull { args } => push_pull(&cli, &reg, args, true),
         Command::Verify => verify(&cli),
         Command::Devices { check } => device::print_devices(*check),
         Command::Kinds => {
@@ -471,6 +520,53 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
     }
+}
+
+/// `mrbm push` / `mrbm pull`.
+fn push_pull(cli: &Cli, reg: &Registry, a: &RemoteArgs, pull: bool) -> Result<u8, RunnerError> {
+    use mrbm_runner::{remote, transfer};
+    let (root, dag) = match &a.file {
+        Some(file) => {
+            let select = Select {
+                file: file.clone(),
+                stages: a.stages.clone(),
+                set: a.set.clone(),
+                sweep: a.sweep.clone(),
+                force_override: false,
+                profile: a.profile.clone(),
+                data_root: a.data_root.clone(),
+            };
+            let dag = build_dag(&select, reg)?.dag;
+            (dag.project_root.clone(), Some(dag))
+        }
+        None => (
+            a.project
+                .clone()
+                .unwrap_or_else(|| std::env::current_dir().unwrap_or_default()),
+            None,
+        ),
+    };
+    let remote = remote::find(&root, a.remote.as_deref())?;
+    let cache = cache_dir(&cli.cache, &root);
+    if !pull && !cache.is_dir() {
+        return Err(RunnerError::Usage(format!(
+            "no cache at {} to push (run the experiment first, or use --cache DIR)",
+            cache.display()
+        )));
+    }
+    let store = Store::open(&cache)?;
+    if pull {
+        store.check_writable()?;
+    }
+    let lines = match (&dag, pull) {
+        (Some(d), false) => transfer::push_experiment(d, &store, &remote)?,
+        (Some(d), true) => transfer::pull_experiment(d, &store, &remote)?,
+        (None, false) => transfer::push_all(&store, &remote)?,
+        (None, true) => transfer::pull_all(&store, &remote)?,
+    };
+    let (text, code) = transfer::render(&lines, pull, &remote);
+    print!("{text}");
+    Ok(code)
 }
 
 /// `mrbm verify`: re-hash every entry, quarantine the corrupt ones.

@@ -1,6 +1,7 @@
 //! `mrbm report`: one self-contained HTML page about one recorded run: its
-//! tables (with the paper's reference values beside them), loss curves,
-//! metrics along each sweep axis, sample and reconstruction grids, and
+//! tables (with the reference values an experiment declares beside them),
+//! loss curves (each model's, and overlaid along each sweep axis), every
+//! numeric metric along each sweep axis, sample and reconstruction grids, and
 //! provenance (commit, device, hosts, timings).
 //!
 //! Everything is inline: images are PNGs in `data:` URIs, the style sheet
@@ -18,22 +19,12 @@ use crate::error::RunnerError;
 use crate::history::{self, Run};
 use crate::store::{self, Manifest, Store};
 
-/// Stage kinds whose metrics are plotted along the sweep axes: AIS
-/// log-likelihood, sample quality and FID.
-const AXIS_KINDS: &[&str] = &["loglik", "sample", "fid"];
+/// Stage kinds whose metrics are not plotted along the sweep axes: a
+/// table's cells are plotted from their own stages.
+const NOT_ALONG_AXES: &[&str] = &["table"];
 
 /// Metrics never plotted along an axis (timings, not results).
 const NOT_PLOTTED: &[&str] = &["seconds"];
-
-/// The paper's numbers (Hwang, Hwang & Jo; README "Results"), shown at
-/// the end of every report for comparison: (dataset, N = 1, N = 255).
-const PAPER_TABLE1: &[(&str, &str, &str)] = &[
-    ("MNIST", "2.44", "1.23"),
-    ("Fashion-MNIST", "13.12", "9.26"),
-    ("CIFAR-10", "58.72", "35.78"),
-    ("Caltech-101", "71.02", "34.74"),
-];
-const PAPER_TABLE2: &[(&str, &str)] = &[("64", "101.05"), ("128", "106.03")];
 
 /// What `mrbm report` was asked for.
 #[derive(Debug, Clone)]
@@ -209,13 +200,12 @@ pub fn render(store: &Store, run: &Run, scale: YScale) -> Result<String, RunnerE
         esc(&run.device),
         esc(&run.mrbm_version)
     );
-    h.push_str("<nav><a href=\"#tables\">Tables</a><a href=\"#axes\">Along the sweep axes</a><a href=\"#loss\">Loss curves</a><a href=\"#images\">Samples and reconstructions</a><a href=\"#provenance\">Provenance</a><a href=\"#paper\">The paper's numbers</a></nav>\n");
+    h.push_str("<nav><a href=\"#tables\">Tables</a><a href=\"#axes\">Along the sweep axes</a><a href=\"#loss\">Loss curves</a><a href=\"#images\">Samples and reconstructions</a><a href=\"#provenance\">Provenance</a></nav>\n");
     tables(&mut h, &entries);
     axes(&mut h, &entries)?;
     losses(&mut h, &entries, scale)?;
     images(&mut h, &entries);
     provenance(&mut h, run, &entries);
-    paper(&mut h);
     h.push_str("</body>\n</html>\n");
     Ok(h)
 }
@@ -278,12 +268,10 @@ fn tables(h: &mut String, entries: &[Entry]) {
             h.push_str("</tr>\n");
         }
         h.push_str("</table>\n");
-        if refs.is_empty() {
-            h.push_str("<p class=\"note\">No reference values in this table (the paper's numbers are at the end of the page).</p>\n");
-        } else {
+        if !refs.is_empty() {
             let _ = writeln!(
                 h,
-                "<p class=\"note\">Shaded, in italics: the paper's values ({}).</p>",
+                "<p class=\"note\">Shaded, in italics: the reference values this table declares ({}).</p>",
                 esc(&refs.join(", "))
             );
         }
@@ -296,8 +284,10 @@ fn tables(h: &mut String, entries: &[Entry]) {
 /// A stage instance's axis values and metrics.
 type AxisCell<'a> = (Vec<(&'a str, &'a str)>, &'a BTreeMap<String, f64>);
 
-/// Small plots of each metric of the AXIS_KINDS stages along each sweep
-/// axis with two values or more; the other axes' values give the series.
+/// Small plots of every numeric metric of every stage (but tables and
+/// timings) along each sweep axis with two values or more; the other
+/// axes' values give the series. Numeric axes are lines, categorical
+/// ones markers only (`mrbm_plot::axis_chart`).
 fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
     h.push_str("<h2 id=\"axes\">Along the sweep axes</h2>\n");
     // stage name -> [(axes, metrics)]
@@ -307,7 +297,7 @@ fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
         let Some(m) = e
             .manifest
             .as_ref()
-            .filter(|m| AXIS_KINDS.contains(&m.kind.as_str()))
+            .filter(|m| !NOT_ALONG_AXES.contains(&m.kind.as_str()))
         else {
             continue;
         };
@@ -328,7 +318,7 @@ fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
         let mut metric_names: Vec<&String> = cells
             .iter()
             .flat_map(|(_, m)| m.keys())
-            .filter(|k| !NOT_PLOTTED.contains(&k.as_str()))
+            .filter(|k| !NOT_PLOTTED.contains(&k.as_str()) && !mrbm_stage::is_timing_metric(k))
             .collect();
         metric_names.sort();
         metric_names.dedup();
@@ -351,33 +341,21 @@ fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
                 esc(kinds[stage]),
                 esc(axis)
             );
+            let mut constant: Vec<&str> = Vec::new();
             for metric in &metric_names {
-                // One series per setting of the other axes.
-                let mut series: Vec<(String, Vec<Option<f64>>)> = Vec::new();
-                for (ax, m) in cells {
-                    let Some(pos) = ax
-                        .iter()
-                        .find(|(a, _)| a == axis)
-                        .and_then(|(_, v)| values.iter().position(|x| x == v))
-                    else {
-                        continue;
-                    };
-                    let label = ax
-                        .iter()
-                        .filter(|(a, _)| a != axis)
-                        .map(|(a, v)| format!("{a}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let i = match series.iter().position(|(l, _)| *l == label) {
-                        Some(i) => i,
-                        None => {
-                            series.push((label, vec![None; values.len()]));
-                            series.len() - 1
-                        }
-                    };
-                    series[i].1[pos] = m.get(*metric).copied().filter(|v| v.is_finite());
+                let series = series_along(cells, axis, &values, metric);
+                let finite: Vec<f64> = series
+                    .iter()
+                    .flat_map(|(_, v)| v.iter().flatten())
+                    .copied()
+                    .collect();
+                if finite.is_empty() {
+                    continue;
                 }
-                if series.iter().all(|(_, v)| v.iter().all(Option::is_none)) {
+                // A metric with one value in every cell (a count, a
+                // setting echoed back) is named, not drawn as a flat line.
+                if finite.len() > 1 && finite.iter().all(|v| *v == finite[0]) {
+                    constant.push(metric);
                     continue;
                 }
                 let chart = mrbm_plot::axis_chart(
@@ -398,36 +376,132 @@ fn axes(h: &mut String, entries: &[Entry]) -> Result<(), RunnerError> {
                 );
                 n_plots += 1;
             }
+            if !constant.is_empty() {
+                let _ = writeln!(
+                    h,
+                    "<p class=\"note\">The same in every cell, so not drawn: {}.</p>",
+                    esc(&constant.join(", "))
+                );
+            }
         }
     }
     if n_plots == 0 {
-        h.push_str("<p class=\"note\">No AIS log-likelihood, sample or FID stage with a sweep axis of two values or more.</p>\n");
+        h.push_str(
+            "<p class=\"note\">No stage with metrics and a sweep axis of two values or more.</p>\n",
+        );
     }
     Ok(())
+}
+
+/// A loss curve with its legend label.
+type Labelled<'a> = (String, &'a mrbm_plot::LossHistory);
+
+/// One chart per train stage and sweep axis (and setting of its other
+/// axes) with two cells or more: their loss curves overlaid, one line per
+/// value of the axis.
+fn overlays(
+    h: &mut String,
+    curves: &[(&str, mrbm_plot::LossHistory)],
+    scale: YScale,
+) -> Result<(), RunnerError> {
+    // (stage, axis, other axes' setting) -> [(axis value, curve)]
+    let mut groups: BTreeMap<(&str, &str, String), Vec<Labelled>> = BTreeMap::new();
+    for (id, curve) in curves {
+        let (stage, ax) = split_id(id);
+        for (axis, value) in &ax {
+            let others = ax
+                .iter()
+                .filter(|(a, _)| a != axis)
+                .map(|(a, v)| format!("{a}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            groups
+                .entry((stage, axis, others))
+                .or_default()
+                .push((format!("{axis}={value}"), curve));
+        }
+    }
+    for ((stage, axis, others), runs) in groups.iter().filter(|(_, r)| r.len() > 1) {
+        let title = if others.is_empty() {
+            format!("{stage} along {axis}")
+        } else {
+            format!("{stage}[{others}] along {axis}")
+        };
+        let png = mrbm_plot::render_png(&mrbm_plot::loss_overlay_chart(&title, runs, scale))
+            .map_err(|err| RunnerError::Data(format!("plotting {title}: {err}")))?;
+        let _ = writeln!(
+            h,
+            "<figure>{}<figcaption>{} (overlaid)</figcaption></figure>",
+            img_tag(&png, &format!("loss curves of {title}")),
+            esc(&title)
+        );
+    }
+    Ok(())
+}
+
+/// One series per setting of the other axes: the metric's value at each
+/// of the axis's values (None where a cell lacks it or it is not finite).
+fn series_along(
+    cells: &[AxisCell],
+    axis: &str,
+    values: &[&str],
+    metric: &str,
+) -> Vec<(String, Vec<Option<f64>>)> {
+    let mut series: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    for (ax, m) in cells {
+        let Some(pos) = ax
+            .iter()
+            .find(|(a, _)| *a == axis)
+            .and_then(|(_, v)| values.iter().position(|x| x == v))
+        else {
+            continue;
+        };
+        let label = ax
+            .iter()
+            .filter(|(a, _)| *a != axis)
+            .map(|(a, v)| format!("{a}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let i = match series.iter().position(|(l, _)| *l == label) {
+            Some(i) => i,
+            None => {
+                series.push((label, vec![None; values.len()]));
+                series.len() - 1
+            }
+        };
+        series[i].1[pos] = m.get(metric).copied().filter(|v| v.is_finite());
+    }
+    series
 }
 
 fn losses(h: &mut String, entries: &[Entry], scale: YScale) -> Result<(), RunnerError> {
     h.push_str("<h2 id=\"loss\">Loss curves</h2>\n");
     let _ = writeln!(
         h,
-        "<p class=\"note\">Grey: the loss per step; lines: moving means. The y axis ({}) spans the 1st to 99th percentile: values beyond are drawn at its edge and counted in the title. Numbers: each stage's <code>loss.csv</code>.</p>",
+        "<p class=\"note\">First the cells of each sweep axis overlaid (moving means), then each model's own chart. Grey: the loss per step; lines: moving means. The y axis ({}) spans the 1st to 99th percentile: values beyond are drawn at its edge and counted in the title. Numbers: each stage's <code>loss.csv</code>.</p>",
         scale.name()
     );
+    let curves: Vec<(&str, mrbm_plot::LossHistory)> = entries
+        .iter()
+        .filter(|e| e.kind() == "train")
+        .filter_map(|e| {
+            let b = e.file("loss.csv")?;
+            Some((
+                e.id,
+                mrbm_plot::LossHistory::parse_csv(&String::from_utf8_lossy(&b))?,
+            ))
+        })
+        .collect();
+    overlays(h, &curves, scale)?;
     let mut any = false;
-    for e in entries.iter().filter(|e| e.kind() == "train") {
-        let Some(h_) = e
-            .file("loss.csv")
-            .and_then(|b| mrbm_plot::LossHistory::parse_csv(&String::from_utf8_lossy(&b)))
-        else {
-            continue;
-        };
-        let png = mrbm_plot::render_png(&mrbm_plot::loss_chart(&h_, e.id, scale))
-            .map_err(|err| RunnerError::Data(format!("plotting the loss of {}: {err}", e.id)))?;
+    for (id, curve) in &curves {
+        let png = mrbm_plot::render_png(&mrbm_plot::loss_chart(curve, id, scale))
+            .map_err(|err| RunnerError::Data(format!("plotting the loss of {id}: {err}")))?;
         let _ = writeln!(
             h,
             "<figure>{}<figcaption>{}</figcaption></figure>",
-            img_tag(&png, &format!("loss curve of {}", e.id)),
-            esc(e.id)
+            img_tag(&png, &format!("loss curve of {id}")),
+            esc(id)
         );
         any = true;
     }
@@ -566,22 +640,6 @@ fn provenance(h: &mut String, run: &Run, entries: &[Entry]) {
             esc(&started),
             esc(&key)
         );
-    }
-    h.push_str("</table>\n");
-}
-
-fn paper(h: &mut String) {
-    h.push_str("<h2 id=\"paper\">The paper's numbers</h2>\n<p class=\"note\">Hwang, Hwang &amp; Jo, multinary RBMs. Table 1: linear-SVM test error (%) on the top-layer features of the conv RBM stack; Table 2: FID of CelebA samples.</p>\n");
-    h.push_str("<h3>Table 1</h3>\n<table class=\"paper\">\n<tr><th>dataset</th><th class=\"ref\">N = 1</th><th class=\"ref\">N = 255</th></tr>\n");
-    for (d, a, b) in PAPER_TABLE1 {
-        let _ = writeln!(
-            h,
-            "<tr><td>{d}</td><td class=\"ref\">{a}</td><td class=\"ref\">{b}</td></tr>"
-        );
-    }
-    h.push_str("</table>\n<h3>Table 2</h3>\n<table class=\"paper\">\n<tr><th>CelebA size</th><th class=\"ref\">FID</th></tr>\n");
-    for (s, f) in PAPER_TABLE2 {
-        let _ = writeln!(h, "<tr><td>{s}</td><td class=\"ref\">{f}</td></tr>");
     }
     h.push_str("</table>\n");
 }

@@ -119,6 +119,46 @@ pub struct Store {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Check the files under an entry's `out` folder against its manifest
+/// (same names, sizes and blake3 hashes; no file added). Returns the bytes
+/// read. Also what `mrbm pull` checks a downloaded entry with.
+pub fn check_out_files(out: &Path, m: &Manifest) -> Result<u64, String> {
+    let on_disk = hashing::list_files(out).map_err(|e| e.to_string())?;
+    if let Some((n, _)) = on_disk.iter().find(|(r, _)| !m.files.contains_key(r)) {
+        return Err(format!("{n}: file not in the manifest"));
+    }
+    if let Some(bad) = m
+        .files
+        .keys()
+        .find(|r| crate::confine::clean_relative(r).is_err())
+    {
+        return Err(format!("the manifest names `{bad}`, outside the entry"));
+    }
+    let mut bytes = 0;
+    for (rel, fe) in &m.files {
+        let p = out.join(rel);
+        let size = std::fs::metadata(&p)
+            .map_err(|e| format!("{rel}: {e}"))?
+            .len();
+        if size != fe.size {
+            return Err(format!(
+                "{rel}: size changed ({size} bytes, {} in the manifest)",
+                fe.size
+            ));
+        }
+        let h = hashing::hash_file(&p).map_err(|e| format!("{rel}: {e}"))?;
+        if h != fe.hash {
+            return Err(format!(
+                "{rel}: content changed (hash {} != {})",
+                &h[..12],
+                fe.hash.get(..12).unwrap_or(&fe.hash)
+            ));
+        }
+        bytes += size;
+    }
+    Ok(bytes)
+}
+
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -661,41 +701,7 @@ impl Store {
     /// Check the files of entry `key` against its manifest: same names,
     /// sizes and blake3 hashes. Returns the bytes read.
     pub fn check_files(&self, key: &str, m: &Manifest) -> Result<u64, String> {
-        let out = self.out_dir(key);
-        let on_disk = hashing::list_files(&out).map_err(|e| e.to_string())?;
-        if let Some((n, _)) = on_disk.iter().find(|(r, _)| !m.files.contains_key(r)) {
-            return Err(format!("{n}: file not in the manifest"));
-        }
-        if let Some(bad) = m
-            .files
-            .keys()
-            .find(|r| crate::confine::clean_relative(r).is_err())
-        {
-            return Err(format!("the manifest names `{bad}`, outside the entry"));
-        }
-        let mut bytes = 0;
-        for (rel, fe) in &m.files {
-            let p = out.join(rel);
-            let size = std::fs::metadata(&p)
-                .map_err(|e| format!("{rel}: {e}"))?
-                .len();
-            if size != fe.size {
-                return Err(format!(
-                    "{rel}: size changed ({size} bytes, {} in the manifest)",
-                    fe.size
-                ));
-            }
-            let h = hashing::hash_file(&p).map_err(|e| format!("{rel}: {e}"))?;
-            if h != fe.hash {
-                return Err(format!(
-                    "{rel}: content changed (hash {} != {})",
-                    &h[..12],
-                    fe.hash.get(..12).unwrap_or(&fe.hash)
-                ));
-            }
-            bytes += size;
-        }
-        Ok(bytes)
+        check_out_files(&self.out_dir(key), m)
     }
 
     /// Check an entry's files against its manifest; Err(reason) if corrupt.

@@ -40,6 +40,24 @@ pub struct TableCell {
     pub id: String,
     pub row: String,
     pub column: Option<String>,
+    /// The cell's values of the table's row levels ([`TableParams::levels`]),
+    /// in their order. Absent from the key when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<String>,
+}
+
+impl TableCell {
+    /// The cell's row for people: `LEVEL=V/.../ROW` with row levels, else ROW.
+    pub fn row_label(&self, p: &TableParams) -> String {
+        let mut parts: Vec<String> = p
+            .levels
+            .iter()
+            .zip(&self.levels)
+            .map(|(a, v)| format!("{a}={v}"))
+            .collect();
+        parts.push(self.row.clone());
+        parts.join("/")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +87,15 @@ pub struct TableParams {
     /// from the key when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<String>,
+    /// Sweep axes from `--sweep` that the table names neither as rows nor
+    /// as columns: each is an extra row level, a column before the row
+    /// axis's, so no table edit is needed (README "Run history, comparing
+    /// runs, sweeps from the command line"). Absent from the key when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<String>,
+    /// Each level's values in sweep order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub level_orders: Vec<Vec<String>>,
 }
 
 /// The values `aggregate` takes.
@@ -131,6 +158,10 @@ pub struct ExtraCell {
     pub header: String,
     pub metric: String,
     pub row: String,
+    /// Its values of the table's row levels, when its stage has them
+    /// (else it fills the row at every level). Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<String>,
 }
 
 pub struct TableStage;
@@ -241,6 +272,9 @@ pub fn provenance<'a>(
         .iter()
         .map(|c| {
             let mut o = serde_json::json!({ "row": c.row, "column": c.column });
+            if !c.levels.is_empty() {
+                o["levels"] = serde_json::json!(c.levels);
+            }
             match entry_of(&c.slot) {
                 Some(m) => {
                     if !devices.contains(&m.device) {
@@ -256,7 +290,14 @@ pub fn provenance<'a>(
             o
         })
         .collect();
-    serde_json::json!({ "table": p.name, "devices": devices, "cells": cells })
+    let mut prov = serde_json::json!({ "table": p.name, "devices": devices, "cells": cells });
+    if !p.levels.is_empty() {
+        prov["row_levels"] = serde_json::json!({
+            "axes": p.levels,
+            "note": "added by --sweep: the table names these axes neither as rows nor as columns, so each is a row level (a column before the rows)",
+        });
+    }
+    prov
 }
 
 fn fmt_value(v: f64, precision: usize) -> String {
@@ -272,12 +313,7 @@ pub fn build_grid(
     p: &TableParams,
     metrics_of: impl Fn(&str) -> Option<BTreeMap<String, f64>>,
 ) -> Vec<Vec<String>> {
-    let mut rows: Vec<String> = p.row_order.clone();
-    for c in &p.cells {
-        if !rows.contains(&c.row) {
-            rows.push(c.row.clone());
-        }
-    }
+    let rows = grid_rows(p);
     // Column headers: per column-axis value (x metric when several), or per metric.
     let mut cols: Vec<(Option<String>, String, String)> = Vec::new(); // (axis value, metric, header)
     if let Some(axis) = &p.columns {
@@ -311,7 +347,8 @@ pub fn build_grid(
         }
     }
     let spread_how = p.aggregate.as_ref().and(p.spread.as_deref());
-    let mut header = vec![p.rows.clone().unwrap_or_else(|| "stage".into())];
+    let mut header = p.levels.clone();
+    header.push(p.rows.clone().unwrap_or_else(|| "stage".into()));
     for (_, _, h) in &cols {
         header.push(h.clone());
         if let Some(how) = spread_how {
@@ -321,18 +358,24 @@ pub fn build_grid(
     header.extend(extra_headers.iter().map(|(h, _)| h.clone()));
     header.extend(p.reference.keys().cloned());
     let mut out = vec![header];
-    for r in rows {
-        let mut line = vec![r.clone()];
+    for (lv, r) in rows {
+        let mut line = lv.clone();
+        line.push(r.clone());
         for (v, m, _) in &cols {
             let cells: Vec<&TableCell> = p
                 .cells
                 .iter()
-                .filter(|c| c.row == r && (v.is_none() || c.column.as_ref() == v.as_ref()))
+                .filter(|c| {
+                    c.row == r && c.levels == lv && (v.is_none() || c.column.as_ref() == v.as_ref())
+                })
                 .collect();
             line.extend(column_texts(p, &cells, m, &metrics_of));
         }
         for (h, m) in &extra_headers {
-            let cell = p.extra.iter().find(|x| &x.header == h && x.row == r);
+            let cell = p
+                .extra
+                .iter()
+                .find(|x| &x.header == h && x.row == r && (x.levels.is_empty() || x.levels == lv));
             let text = cell
                 .and_then(|c| metrics_of(&c.slot))
                 .map(|ms| {
@@ -354,6 +397,39 @@ pub fn build_grid(
         }
         out.push(line);
     }
+    out
+}
+
+/// The table's rows: (row-level values, row), in sweep order. Without row
+/// levels, every value of the row axis (a row whose cells all failed
+/// stays, as `missing`); with them, each combination that has a cell.
+fn grid_rows(p: &TableParams) -> Vec<(Vec<String>, String)> {
+    let mut rows: Vec<String> = p.row_order.clone();
+    for c in &p.cells {
+        if !rows.contains(&c.row) {
+            rows.push(c.row.clone());
+        }
+    }
+    if p.levels.is_empty() {
+        return rows.into_iter().map(|r| (Vec::new(), r)).collect();
+    }
+    let rank = |order: &[String], v: &String| order.iter().position(|x| x == v);
+    let mut out: Vec<(Vec<String>, String)> = Vec::new();
+    for c in &p.cells {
+        let t = (c.levels.clone(), c.row.clone());
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out.sort_by_key(|(lv, r)| {
+        let mut k: Vec<Option<usize>> = lv
+            .iter()
+            .enumerate()
+            .map(|(i, v)| rank(p.level_orders.get(i).map_or(&[][..], |o| o), v))
+            .collect();
+        k.push(rank(&rows, r));
+        k
+    });
     out
 }
 
@@ -484,6 +560,7 @@ mod tests {
             id: slot.into(),
             row: row.into(),
             column: Some(col.into()),
+            levels: vec![],
         };
         let mut reference = BTreeMap::new();
         reference.insert(
@@ -510,9 +587,12 @@ mod tests {
                 header: "baseline".into(),
                 metric: "test_error".into(),
                 row: "mnist".into(),
+                levels: vec![],
             }],
             aggregate: None,
             spread: None,
+            levels: vec![],
+            level_orders: vec![],
         };
         let g = build_grid(&p, |slot| {
             (slot == "a" || slot == "b" || slot == "x").then(|| {
@@ -537,12 +617,79 @@ mod tests {
     }
 
     #[test]
+    fn row_levels_split_rows_and_aggregate_within_them() {
+        let cell = |slot: &str, lv: &str, row: &str| TableCell {
+            slot: slot.into(),
+            id: String::new(),
+            row: row.into(),
+            column: None,
+            levels: vec![lv.into()],
+        };
+        let p = TableParams {
+            name: "t".into(),
+            metrics: vec!["err".into()],
+            rows: Some("N".into()),
+            columns: None,
+            row_order: vec!["1".into(), "2".into()],
+            column_order: vec![],
+            // Two seeds per (lr, N), listed out of order.
+            cells: vec![
+                cell("a", "0.1", "2"),
+                cell("b", "0.1", "2"),
+                cell("c", "0.01", "1"),
+                cell("d", "0.01", "1"),
+                cell("e", "0.1", "1"),
+                cell("f", "0.1", "1"),
+            ],
+            reference: BTreeMap::new(),
+            precision: 2,
+            extra: vec![],
+            aggregate: Some("mean".into()),
+            spread: None,
+            levels: vec!["train.lr".into()],
+            level_orders: vec![vec!["0.01".into(), "0.1".into()]],
+        };
+        let val = |slot: &str| {
+            let x = match slot {
+                "a" => 1.0,
+                "b" => 3.0,
+                "c" => 10.0,
+                "d" => 20.0,
+                "e" => 5.0,
+                _ => 7.0,
+            };
+            Some(BTreeMap::from([("err".to_string(), x)]))
+        };
+        let g = build_grid(&p, val);
+        assert_eq!(
+            g,
+            vec![
+                vec!["train.lr", "N", "err"],
+                vec!["0.01", "1", "15.00"],
+                vec!["0.1", "1", "6.00"],
+                vec!["0.1", "2", "2.00"],
+            ]
+        );
+        assert_eq!(p.cells[0].row_label(&p), "train.lr=0.1/2");
+        let prov = provenance(&p, |_| None);
+        assert_eq!(prov["row_levels"]["axes"][0], "train.lr");
+        // Without levels neither the key nor the provenance changes.
+        let mut q = p.clone();
+        q.levels.clear();
+        q.level_orders.clear();
+        q.cells.iter_mut().for_each(|c| c.levels.clear());
+        let json = serde_json::to_string(&q).unwrap();
+        assert!(!json.contains("level"), "{json}");
+    }
+
+    #[test]
     fn aggregate_combines_the_cells_of_unnamed_axes() {
         let cell = |slot: &str, row: &str| TableCell {
             slot: slot.into(),
             id: String::new(),
             row: row.into(),
             column: None,
+            levels: vec![],
         };
         let mut p = TableParams {
             name: "t".into(),
@@ -563,6 +710,8 @@ mod tests {
             extra: vec![],
             aggregate: Some("mean".into()),
             spread: None,
+            levels: vec![],
+            level_orders: vec![],
         };
         let metrics = |slot: &str| {
             let v = match slot {
@@ -594,6 +743,7 @@ mod tests {
             id: String::new(),
             row: row.into(),
             column: None,
+            levels: vec![],
         };
         let mut p = TableParams {
             name: "t".into(),
@@ -613,6 +763,8 @@ mod tests {
             extra: vec![],
             aggregate: Some("mean".into()),
             spread: Some("std".into()),
+            levels: vec![],
+            level_orders: vec![],
         };
         let metrics = |slot: &str| {
             let v = match slot {
@@ -657,12 +809,14 @@ mod tests {
                     id: String::new(),
                     row: "1".into(),
                     column: None,
+                    levels: vec![],
                 },
                 TableCell {
                     slot: "b".into(),
                     id: String::new(),
                     row: "255".into(),
                     column: None,
+                    levels: vec![],
                 },
             ],
             reference: BTreeMap::new(),
@@ -670,6 +824,8 @@ mod tests {
             extra: vec![],
             aggregate: None,
             spread: None,
+            levels: vec![],
+            level_orders: vec![],
         };
         let a = Upstream {
             key: "k".repeat(64),

@@ -467,3 +467,45 @@ fn publish_collisions_are_config_errors_naming_both() {
     let dag = build(&ok, &reg, &[]).unwrap();
     assert_eq!(dag.nodes.len(), 2);
 }
+
+#[test]
+fn collect_takes_any_input_name_and_prefixes_its_metrics_by_it() {
+    let p = Project::new();
+    let f = p.write(
+        "e.toml",
+        r#"
+[stages.x]
+kind = "num"
+params = { value = 2.0 }
+
+[stages.y]
+kind = "num"
+params = { value = 5.0 }
+
+[stages.both]
+kind = "collect"
+inputs = { judge_annealed = "x", svm = "y" }
+
+[[tables]]
+name = "t"
+stage = "both"
+metrics = ["judge_annealed_value", "svm_value"]
+"#,
+    );
+    let reg = Registry::from_stages(vec![
+        Box::new(Num(1)),
+        Box::new(mrbm_runner::collect::CollectStage),
+        Box::new(mrbm_runner::table::TableStage),
+    ]);
+    let r = run(&p, &f, &reg, &[]);
+    assert!(r.iter().all(|(_, s)| *s == Status::Ran), "{r:?}");
+    let csv = std::fs::read_to_string(p.dir.path().join("results/t.csv")).unwrap();
+    assert!(csv.ends_with("2.00,5.00\n"), "{csv}");
+    // A kind with closed slots still refuses an unknown name.
+    let g = p.write(
+        "g.toml",
+        "[stages.x]\nkind = \"num\"\n[stages.z]\nkind = \"num\"\ninputs = { c = \"x\" }\n",
+    );
+    let e = build(&g, &reg, &[]).unwrap_err().to_string();
+    assert!(e.contains("unknown input `c`"), "{e}");
+}

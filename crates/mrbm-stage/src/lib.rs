@@ -355,6 +355,12 @@ pub trait Stage: Send + Sync {
     /// Bump whenever the outputs for the same parameters and inputs change.
     fn version(&self) -> u32;
     fn inputs(&self) -> &'static [InputSlot];
+    /// Whether inputs under names other than [`Stage::inputs`]' are taken
+    /// too, each a stage's folder (collect: any upstream's metrics, under
+    /// the name the experiment gives it). Default: only the declared slots.
+    fn open_inputs(&self) -> bool {
+        false
+    }
     /// One line saying what the kind does, for `mrbm kinds` (empty: the
     /// runner has its own line for the built-in kinds).
     fn about(&self) -> &'static str {

@@ -11,6 +11,7 @@ use crate::config::{dir_of, LoadedExperiment, Source};
 use crate::confine;
 use crate::error::RunnerError;
 use crate::registry::Registry;
+use mrbm_stage::InputSlot;
 
 use super::sweep::Axis;
 use super::Overrides;
@@ -138,7 +139,10 @@ fn declared_inputs(
     let (decl, _) = &exp.stages[name];
     let decl = decl.get_ref();
     let kind = decl.kind.get_ref();
-    let slots = registry.get(kind).expect("kind checked").inputs();
+    let stage = registry.get(kind).expect("kind checked");
+    let slots = stage.inputs();
+    // An open kind (collect) takes any name: a stage's folder, no default file.
+    let open_slot = InputSlot::optional("", None, "");
     let src = exp.stage_source(name);
     let r = Resolver {
         src,
@@ -150,7 +154,11 @@ fn declared_inputs(
         // The value's own span: re-parsing the file for the key's span
         // on every input made building the DAG quadratic in its size.
         let span = Some(value.span());
-        let Some(spec) = slots.iter().find(|s| s.name == slot) else {
+        let found = slots
+            .iter()
+            .find(|s| s.name == slot)
+            .or_else(|| stage.open_inputs().then_some(&open_slot));
+        let Some(spec) = found else {
             let span = src.span_of(&["stages", name, "inputs", slot]).or(span);
             let valid: Vec<&str> = slots.iter().map(|s| s.name).collect();
             let help = mrbm_stage::nearest(slot, valid.iter().copied())

@@ -103,7 +103,8 @@ impl Tables<'_> {
         let rows = self.find_axis(t, &t.rows)?;
         let columns = self.find_axis(t, &t.columns)?;
         self.check_aggregate(t)?;
-        self.check_unnamed_axes(t, nodes, &rows, &columns)?;
+        let levels = self.sweep_levels(stage, nodes, &rows, &columns);
+        self.check_unnamed_axes(t, nodes, &rows, &columns, &levels)?;
         let mut wired = Wired::default();
         for (i, node) in nodes.iter().enumerate().filter(|(_, n)| &n.stage == stage) {
             let pick = |axis: &Option<String>| cell_value(node, axis);
@@ -113,10 +114,11 @@ impl Tables<'_> {
                 id: node.id.clone(),
                 row: pick(&rows).unwrap_or_else(|| "all".into()),
                 column: pick(&columns),
+                levels: level_values(node, &levels).unwrap_or_default(),
             });
             wired.read(slot, i);
         }
-        self.extra_columns(t, nodes, &rows, &mut wired)?;
+        self.extra_columns(t, nodes, &rows, &levels, &mut wired)?;
         let reference = t
             .reference
             .iter()
@@ -140,6 +142,11 @@ impl Tables<'_> {
             extra: wired.extra,
             aggregate: t.aggregate.as_ref().map(|a| a.get_ref().clone()),
             spread: t.spread.as_ref().map(|a| a.get_ref().clone()),
+            level_orders: levels
+                .iter()
+                .map(|l| axis_order(self.axes, &Some(l.clone())))
+                .collect(),
+            levels,
         };
         let params = serde_json::to_value(&tp).map_err(|e| RunnerError::Usage(e.to_string()))?;
         Ok(Node {
@@ -244,6 +251,35 @@ impl Tables<'_> {
         ))
     }
 
+    /// The axes that `--sweep` added (not in the file's `[sweep]`), of
+    /// several values, that reach `stage` and that the table names neither
+    /// as rows nor as columns: each becomes a row level, so a sweep from
+    /// the command line needs no table edit and the file still runs
+    /// without it. (An axis of the file the table leaves unnamed stays an
+    /// error unless the table aggregates it.)
+    fn sweep_levels(
+        &self,
+        stage: &str,
+        nodes: &[Node],
+        rows: &Option<String>,
+        columns: &Option<String>,
+    ) -> Vec<String> {
+        let from_file = self.exp.file.sweep.len();
+        self.axes
+            .iter()
+            .skip(from_file)
+            .filter(|a| {
+                Some(&a.name) != rows.as_ref()
+                    && Some(&a.name) != columns.as_ref()
+                    && a.values.len() > 1
+                    && nodes
+                        .iter()
+                        .any(|n| n.stage == stage && n.cell.iter().any(|(x, _)| x == &a.name))
+            })
+            .map(|a| a.name.clone())
+            .collect()
+    }
+
     /// Axes of several values that reach the stage but that the table does
     /// not name: their cells would share a row and column, unless the table
     /// says how to aggregate them.
@@ -253,13 +289,16 @@ impl Tables<'_> {
         nodes: &[Node],
         rows: &Option<String>,
         columns: &Option<String>,
+        levels: &[String],
     ) -> Result<(), RunnerError> {
         let stage = t.stage.get_ref();
         let unnamed: Vec<&str> = self
             .axes
             .iter()
             .filter(|a| {
-                let named = Some(&a.name) == rows.as_ref() || Some(&a.name) == columns.as_ref();
+                let named = Some(&a.name) == rows.as_ref()
+                    || Some(&a.name) == columns.as_ref()
+                    || levels.contains(&a.name);
                 !named
                     && a.values.len() > 1
                     && nodes
@@ -309,6 +348,7 @@ impl Tables<'_> {
         t: &TableDecl,
         nodes: &[Node],
         rows: &Option<String>,
+        levels: &[String],
         wired: &mut Wired,
     ) -> Result<(), RunnerError> {
         for (header, x) in &t.extra {
@@ -327,6 +367,7 @@ impl Tables<'_> {
                     header: header.clone(),
                     metric: x.metric.clone(),
                     row: cell_value(node, rows).unwrap_or_else(|| "all".into()),
+                    levels: level_values(node, levels).unwrap_or_default(),
                 });
                 wired.read(slot, i);
             }
@@ -373,4 +414,13 @@ fn cell_value(node: &Node, axis: &Option<String>) -> Option<String> {
         .iter()
         .find(|(n, _)| n == a)
         .map(|(_, v)| v.clone())
+}
+
+/// The node's values of every row level; None when it lacks one (an extra
+/// column's stage that the level's axis does not reach).
+fn level_values(node: &Node, levels: &[String]) -> Option<Vec<String>> {
+    levels
+        .iter()
+        .map(|l| cell_value(node, &Some(l.clone())))
+        .collect()
 }
