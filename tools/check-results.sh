@@ -13,7 +13,10 @@
 # in a temporary copy of the project (experiments/, pipelines/, tools/) with
 # an empty cache, so the work tree and your cache are never touched. Every
 # file the rerun writes under results/ is compared with the committed one:
-#   - NAME.csv (tables): byte for byte;
+#   - NAME.csv (tables): byte for byte, less the values of timing columns
+#     (a header that contains `seconds`, e.g. train_seconds and its spread):
+#     wall time changes with every run and machine load, so those columns
+#     are compared by name only;
 #   - NAME.provenance.json: byte for byte, less the fields that change with
 #     every run (host, started, seconds, slurm_job; a run no longer
 #     publishes them, but older committed files still hold them);
@@ -77,6 +80,8 @@ trap cleanup EXIT
 
 # Lines of a provenance.json that every run changes.
 stable() { grep -v -E '^\s*"(host|started|seconds|slurm_job)":' "$1" | sed -E 's/,$//'; }
+# A table with its timing columns' values blanked (their headers kept).
+timeless() { awk -F, -v OFS=, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i ~ /seconds/) t[i] = 1 } NR > 1 { for (i in t) $i = "-" } { print }' "$1"; }
 
 failed=0
 for name in "${names[@]}"; do
@@ -141,7 +146,13 @@ for name in "${names[@]}"; do
                     sed 's/^/   | /' "$tmp/d"
                     bad=1
                 fi ;;
-            *.csv|*.txt|*.json)
+            *.csv)
+                if ! diff -u --label "committed $rel" --label "rerun $rel" <(timeless "$rel") <(timeless "$f") > "$tmp/d"; then
+                    echo "   DIFFERS $rel:"
+                    sed 's/^/   | /' "$tmp/d"
+                    bad=1
+                fi ;;
+            *.txt|*.json)
                 if ! diff -u --label "committed $rel" --label "rerun $rel" "$rel" "$f" > "$tmp/d"; then
                     echo "   DIFFERS $rel:"
                     sed 's/^/   | /' "$tmp/d"
