@@ -10,6 +10,7 @@ mod inception_host;
 pub mod judge;
 pub mod judge_stages;
 pub mod linalg;
+pub mod manifold;
 pub mod stages;
 pub mod svm;
 
