@@ -59,7 +59,7 @@ use crate::Ctl;
 /// format's default in the canonical form; a key that does not apply to
 /// the format is an error. Order of operations: subset (before decoding),
 /// then crop, resize, grayscale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetParams {
     /// Reader: "synthetic", "idx", "cifar10", "celeba", "caltech101" or "folder".
@@ -301,7 +301,7 @@ pub struct SplitSpec {
 
 /// Parameters of the `transform` stage. Order: subset, crop, resize,
 /// grayscale, split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct TransformParams {
     /// Crop each image: 140 (centre square), [w, h] (centre), "square" (largest centred square) or { x, y, w, h } (box).
@@ -516,6 +516,12 @@ impl Stage for DatasetStage {
     fn kind(&self) -> &'static str {
         "dataset"
     }
+    fn about(&self) -> &'static str {
+        "read a data set (image folder, IDX, CIFAR-10, synthetic) into data.safetensors"
+    }
+    fn param_docs(&self) -> Vec<mrbm_stage::ParamDoc> {
+        <DatasetParams as mrbm_stage::ParamDocs>::param_docs()
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -600,6 +606,12 @@ const TRANSFORM_INPUTS: &[InputSlot] = &[InputSlot::required(
 impl Stage for TransformStage {
     fn kind(&self) -> &'static str {
         "transform"
+    }
+    fn about(&self) -> &'static str {
+        "crop, resize, grayscale, subset and split an image set"
+    }
+    fn param_docs(&self) -> Vec<mrbm_stage::ParamDoc> {
+        <TransformParams as mrbm_stage::ParamDocs>::param_docs()
     }
     fn version(&self) -> u32 {
         1

@@ -39,8 +39,7 @@ use crate::linalg::Cancel;
 
 /// How the judge's classifier is trained: the parameters of the `judge_fit`
 /// stage (`mrbm params judge_fit`).
-// mrbm params: judge_fit
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeConfig {
     /// Hidden ReLU units: the width of the feature space of the Frechet distance.
@@ -315,16 +314,14 @@ impl JudgeConfig {
     }
 }
 
-/// Train a judge on `n` labelled images of `shape` (u8, NCHW).
-pub fn fit(
+/// Check the training images and labels against each other and give the
+/// sorted classes and each image's class index.
+fn class_indices(
     pixels: &[u8],
     n: usize,
     shape: [usize; 3],
     labels: &[i64],
-    cfg: &JudgeConfig,
-    cancel: Cancel,
-) -> Result<(Judge, FitReport), JudgeError> {
-    cfg.check()?;
+) -> Result<(Vec<i64>, Vec<usize>), JudgeError> {
     let [c, h, w] = shape;
     let d = c * h * w;
     if pixels.len() != n * d {
@@ -358,9 +355,66 @@ pub fn fit(
             classes.len()
         )));
     }
-    let k = classes.len();
     let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, &l)| (l, i)).collect();
     let y: Vec<usize> = labels.iter().map(|l| index[l]).collect();
+    Ok((classes, y))
+}
+
+/// Training and holdout accuracy from the network's logits (k per image)
+/// and, with a holdout, the temperature fitted on it (set on `judge`) with
+/// the holdout's negative log-likelihood before and after.
+fn accuracies(
+    judge: &mut Judge,
+    logits: &[f32],
+    y: &[usize],
+    train_idx: &[usize],
+    hold_idx: &[usize],
+) -> (f64, f64, f64, f64) {
+    let k = judge.classes.len();
+    let accuracy = |idx: &[usize], logits: &[f32]| -> f64 {
+        let hits = logits
+            .chunks_exact(k)
+            .zip(idx)
+            .filter(|(z, &i)| argmax(z) == y[i])
+            .count();
+        hits as f64 / idx.len().max(1) as f64
+    };
+    let pick = |idx: &[usize]| -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
+            .collect()
+    };
+    let train_logits = pick(train_idx);
+    let train_accuracy = accuracy(train_idx, &train_logits);
+    let (holdout_accuracy, nll_raw, nll_fit) = if hold_idx.is_empty() {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        let hl = pick(hold_idx);
+        let hy: Vec<usize> = hold_idx.iter().map(|&i| y[i]).collect();
+        let t = fit_temperature(&hl, k, &hy);
+        judge.temperature = t;
+        (
+            accuracy(hold_idx, &hl),
+            nll(&hl, k, &hy, 1.0),
+            nll(&hl, k, &hy, t),
+        )
+    };
+    (train_accuracy, holdout_accuracy, nll_raw, nll_fit)
+}
+
+/// Train a judge on `n` labelled images of `shape` (u8, NCHW).
+pub fn fit(
+    pixels: &[u8],
+    n: usize,
+    shape: [usize; 3],
+    labels: &[i64],
+    cfg: &JudgeConfig,
+    cancel: Cancel,
+) -> Result<(Judge, FitReport), JudgeError> {
+    cfg.check()?;
+    let (classes, y) = class_indices(pixels, n, shape, labels)?;
+    let d = shape.iter().product::<usize>();
+    let k = classes.len();
 
     let perm = permutation(n, cfg.seed ^ 0x006a_7564_6765);
     let n_hold = ((n as f64) * cfg.holdout).floor() as usize;
@@ -450,37 +504,11 @@ pub fn fit(
             sigma: vec![],
         },
     };
-    let accuracy = |idx: &[usize], logits: &[f32]| -> f64 {
-        let hits = logits
-            .chunks_exact(k)
-            .zip(idx)
-            .filter(|(z, &i)| argmax(z) == y[i])
-            .count();
-        hits as f64 / idx.len().max(1) as f64
-    };
     // All images once through the trained network: features for the
     // statistics, logits for the accuracy and the temperature.
     let (feats, logits) = judge.forward_unit(&x, n, cancel)?;
-    let pick = |idx: &[usize]| -> Vec<f32> {
-        idx.iter()
-            .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
-            .collect()
-    };
-    let train_logits = pick(train_idx);
-    let train_accuracy = accuracy(train_idx, &train_logits);
-    let (holdout_accuracy, nll_raw, nll_fit) = if hold_idx.is_empty() {
-        (f64::NAN, f64::NAN, f64::NAN)
-    } else {
-        let hl = pick(hold_idx);
-        let hy: Vec<usize> = hold_idx.iter().map(|&i| y[i]).collect();
-        let t = fit_temperature(&hl, k, &hy);
-        judge.temperature = t;
-        (
-            accuracy(hold_idx, &hl),
-            nll(&hl, k, &hy, 1.0),
-            nll(&hl, k, &hy, t),
-        )
-    };
+    let (train_accuracy, holdout_accuracy, nll_raw, nll_fit) =
+        accuracies(&mut judge, &logits, &y, train_idx, hold_idx);
     judge.stats = GaussianStats::from_features(&feats, n, hid)?;
     let report = FitReport {
         n_train: train_idx.len(),

@@ -113,7 +113,7 @@ impl TypedStage for JudgeFitStage {
 // ---------------------------------------------------------------- judge
 
 /// Parameters of the `judge` stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeParams {
     /// A class counts as covered when it is the classifier's argmax for at least this fraction of the images.
