@@ -469,7 +469,16 @@ pub fn fit(
                 xb[r * d..(r + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
                 yb[r] = y[i];
             }
-            let (l, mut g) = batch_grad(&w1, &b1, &w2, &b2, &xb, &yb, d, hid, k);
+            let net = Weights {
+                w1: &w1,
+                b1: &b1,
+                w2: &w2,
+                b2: &b2,
+                d,
+                hid,
+                k,
+            };
+            let (l, mut g) = batch_grad(&net, &xb, &yb);
             loss += l * bs as f64;
             let wd = cfg.weight_decay as f32;
             if wd > 0.0 {
@@ -532,21 +541,31 @@ pub struct Grads {
     pub b2: Vec<f32>,
 }
 
-/// The mean cross-entropy of the perceptron (w1 [d, hid], b1, w2 [hid, k],
-/// b2) on the batch `xb` ([bs, d], values in [0, 1]) with class indices
+/// The perceptron's weights as [`batch_grad`] reads them: w1 [d, hid], b1
+/// [hid], w2 [hid, k], b2 [k].
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    pub w1: &'a [f32],
+    pub b1: &'a [f32],
+    pub w2: &'a [f32],
+    pub b2: &'a [f32],
+    pub d: usize,
+    pub hid: usize,
+    pub k: usize,
+}
+
+/// The mean cross-entropy of the perceptron `net` on the batch `xb` ([bs, d], values in [0, 1]) with class indices
 /// `yb`, and its gradient (backpropagation, closed form; no weight decay).
-#[allow(clippy::too_many_arguments)]
-pub fn batch_grad(
-    w1: &[f32],
-    b1: &[f32],
-    w2: &[f32],
-    b2: &[f32],
-    xb: &[f32],
-    yb: &[usize],
-    d: usize,
-    hid: usize,
-    k: usize,
-) -> (f64, Grads) {
+pub fn batch_grad(net: &Weights, xb: &[f32], yb: &[usize]) -> (f64, Grads) {
+    let Weights {
+        w1,
+        b1,
+        w2,
+        b2,
+        d,
+        hid,
+        k,
+    } = *net;
     let bs = yb.len();
     let mut z1 = vec![0.0f32; bs * hid];
     let mut lg = vec![0.0f32; bs * k];
@@ -866,15 +885,13 @@ impl Judgement {
     }
 }
 
-/// Score `n` samples and, the same way, up to `max_subsets` disjoint subsets
-/// of `n` reference images drawn by a permutation seeded with `seed`.
-#[allow(clippy::too_many_arguments)]
+/// Score the `n` samples and, the same way, up to `max_subsets` disjoint
+/// subsets of `n` of the `m` reference images drawn by a permutation seeded
+/// with `seed`.
 pub fn judge_against(
     judge: &Judge,
-    samples: &[u8],
-    n: usize,
-    reference: &[u8],
-    m: usize,
+    (samples, n): (&[u8], usize),
+    (reference, m): (&[u8], usize),
     threshold: f64,
     max_subsets: usize,
     seed: u64,

@@ -208,10 +208,8 @@ impl TypedStage for JudgeStage {
         let jd = mrbm_stage::in_pool(ctx.threads, || {
             judge::judge_against(
                 &j,
-                samples.pixels(),
-                samples.n,
-                reference.pixels(),
-                reference.n,
+                (samples.pixels(), samples.n),
+                (reference.pixels(), reference.n),
                 p.coverage_threshold,
                 p.max_subsets,
                 p.seed,
