@@ -1443,7 +1443,7 @@ fn raise_bracket(
     let bar = ctx.bar(rb as u64, "raise");
     let low = in_pool(ctx.threads, || {
         model.raise(
-            &a_base,
+            a_base,
             &rbetas,
             v,
             rows,

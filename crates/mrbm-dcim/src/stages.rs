@@ -425,7 +425,7 @@ fn evaluate(
         );
         let te = model.evaluate(
             test.pixels(),
-            &test_labels,
+            test_labels,
             eval_batch,
             p.seed ^ 0x7e57,
             cancelled,
