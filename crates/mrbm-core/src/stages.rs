@@ -878,8 +878,7 @@ impl TypedStage for SampleStage {
             gibbs_from(
                 &dbn,
                 px,
-                p.chains,
-                p.steps,
+                (p.chains, p.steps),
                 p.sampler,
                 anneal,
                 &mut rng,
@@ -1445,12 +1444,12 @@ fn raise_bracket(
         model.raise(
             a_base,
             &rbetas,
-            v,
-            rows,
+            (v, rows),
             chains,
             p.seed,
-            &|k| bar.set_position(k as u64),
-            &|| ctx.check_cancel().is_err(),
+            (&|k| bar.set_position(k as u64), &|| {
+                ctx.check_cancel().is_err()
+            }),
         )
     })?;
     bar.finish_and_clear();
