@@ -203,9 +203,7 @@ impl HostGrbm {
             .collect();
         let mut x: Vec<f32> = (0..n).flat_map(|_| self.b.iter().copied()).collect();
         sgemm(
-            n,
-            h,
-            d,
+            [n, h, d],
             1.0,
             View::row_major(&scaled, d),
             View::row_major(&self.w, h),
@@ -220,9 +218,7 @@ impl HostGrbm {
     fn apply_wt(&self, h: &[f32], n: usize) -> Vec<f32> {
         let mut y = vec![0.0f32; n * self.d];
         sgemm(
-            n,
-            self.d,
-            self.h,
+            [n, self.d, self.h],
             1.0,
             View::row_major(h, self.h),
             View::row_major(&self.w, self.h).t(),

@@ -170,16 +170,13 @@ fn to_unit(pixels: &[u8]) -> Vec<f32> {
 /// microkernel, so the bits do not depend on the CPU.
 fn mm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], cols: usize) {
     sgemm_isa(
-        Isa::Portable,
-        m,
-        n,
-        k,
+        (Isa::Portable, Par::Rayon),
+        [m, n, k],
         1.0,
         a,
         b,
         0.0,
         ViewMut::row_major(c, cols),
-        Par::Rayon,
     );
 }
 

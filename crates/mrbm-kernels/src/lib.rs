@@ -177,35 +177,20 @@ impl<'a> ViewMut<'a> {
 ///
 /// Panics when a view is too short for its shape or C's strides make two
 /// elements alias (caller bugs, not data errors).
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: View,
-    b: View,
-    beta: f32,
-    c: ViewMut,
-    par: Par,
-) {
-    sgemm_isa(Isa::best(), m, n, k, alpha, a, b, beta, c, par)
+pub fn sgemm([m, n, k]: [usize; 3], alpha: f32, a: View, b: View, beta: f32, c: ViewMut, par: Par) {
+    sgemm_isa((Isa::best(), par), [m, n, k], alpha, a, b, beta, c)
 }
 
-/// [`sgemm`] with the microkernel family given; panics when this CPU
-/// cannot run it (check [`Isa::available`]).
-#[allow(clippy::too_many_arguments)]
+/// [`sgemm`] with the microkernel family given (beside the parallelism);
+/// panics when this CPU cannot run it (check [`Isa::available`]).
 pub fn sgemm_isa(
-    isa: Isa,
-    m: usize,
-    n: usize,
-    k: usize,
+    (isa, par): (Isa, Par),
+    [m, n, k]: [usize; 3],
     alpha: f32,
     a: View,
     b: View,
     beta: f32,
     c: ViewMut,
-    par: Par,
 ) {
     assert!(isa.available(), "sgemm: {} is not available", isa.name());
     check_views(m, n, k, Some(&a), &b, &c);
