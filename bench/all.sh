@@ -20,7 +20,7 @@ export PYTHON
 DATA=${MRBM_SHARED_DATA:-$(cd .. && pwd)/shared/data}
 export MRBM_SHARED_DATA=$DATA
 THREADS=${THREADS:-2}
-ONLY=${ONLY:-noop,decode,svm,train,fid,dag,rules}
+ONLY=${ONLY:-noop,decode,svm,train,fid,dag,rules,sampling}
 TARGET=${CARGO_TARGET_DIR:-target}
 case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 LOG=${LOG:-$(mktemp -d)/bench-all.log}
@@ -72,6 +72,11 @@ if want rules; then
   echo "CD-1/PCD vs numpy..." >&2
   section rules
   THREADS=$THREADS bash bench/rbm_rules_bench.sh >> "$LOG" 2>&1 || echo "(rbm_rules_bench failed)" >> "$LOG"
+fi
+if want sampling; then
+  echo "Gibbs sampling and AIS vs numpy / PyTorch..." >&2
+  section sampling
+  THREADS=$THREADS bash bench/sampling_bench.sh >> "$LOG" 2>&1 || echo "(sampling_bench failed)" >> "$LOG"
 fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -127,6 +132,11 @@ r = re.findall(r"^(\w+)\s+mrbm ([\d.]+) s, numpy ([\d.]+) s per 20 epochs: mrbm 
 if r:
     row("CD-1 / PCD training, dense RBM 784-500, 20 epochs (MNIST t10k)", "bash bench/rbm_rules_bench.sh",
         "; ".join(f"{rule} {x}x ({a} s vs {b} s)" for rule, a, b, x in r) + " a numpy reference")
+s = sections.get("sampling", "")
+r = re.findall(r"^(gibbs|ais)\s+mrbm ([\d.]+) s, (\S+) [\w.+]+ ([\d.]+) s: mrbm ([\d.]+)x", s, re.M)
+if r:
+    row("Gibbs sampling (100 chains x 1,000 steps) / AIS (2,000 betas x 100 runs), RBM 784-500", "bash bench/sampling_bench.sh",
+        "; ".join(f"{t} {x}x {tool} ({a} s vs {b} s)" for t, a, tool, b, x in r))
 print(f"load average before: {before}; after: {after} (1, 5, 15 min); {threads} threads")
 print()
 print("| what | command | mrbm vs reference |")
