@@ -399,6 +399,22 @@ fn accuracies(
     (train_accuracy, holdout_accuracy, nll_raw, nll_fit)
 }
 
+/// The perceptron's first weights [w1, b1, w2, b2]: He initialisation for
+/// the ReLU layer, Glorot-like for the read-out, zero biases.
+fn init_weights(d: usize, hid: usize, k: usize, rng: &mut ChaCha8Rng) -> [Vec<f32>; 4] {
+    let s1 = (2.0 / d as f64).sqrt();
+    let s2 = (1.0 / hid as f64).sqrt();
+    let w1: Vec<f32> = (0..d * hid)
+        .map(|_| (normal(rng) * s1) as f32)
+        .collect();
+    let b1 = vec![0.0f32; hid];
+    let w2: Vec<f32> = (0..hid * k)
+        .map(|_| (normal(rng) * s2) as f32)
+        .collect();
+    let b2 = vec![0.0f32; k];
+    [w1, b1, w2, b2]
+}
+
 /// Train a judge on `n` labelled images of `shape` (u8, NCHW).
 pub fn fit(
     pixels: &[u8],
@@ -426,17 +442,7 @@ pub fn fit(
 
     let hid = cfg.hidden;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    // He initialisation for the ReLU layer, Glorot-like for the read-out.
-    let s1 = (2.0 / d as f64).sqrt();
-    let s2 = (1.0 / hid as f64).sqrt();
-    let mut w1: Vec<f32> = (0..d * hid)
-        .map(|_| (normal(&mut rng) * s1) as f32)
-        .collect();
-    let mut b1 = vec![0.0f32; hid];
-    let mut w2: Vec<f32> = (0..hid * k)
-        .map(|_| (normal(&mut rng) * s2) as f32)
-        .collect();
-    let mut b2 = vec![0.0f32; k];
+    let [mut w1, mut b1, mut w2, mut b2] = init_weights(d, hid, k, &mut rng);
     let (mut aw1, mut ab1, mut aw2, mut ab2) = (
         Adam::new(d * hid),
         Adam::new(hid),
