@@ -404,13 +404,9 @@ fn accuracies(
 fn init_weights(d: usize, hid: usize, k: usize, rng: &mut ChaCha8Rng) -> [Vec<f32>; 4] {
     let s1 = (2.0 / d as f64).sqrt();
     let s2 = (1.0 / hid as f64).sqrt();
-    let w1: Vec<f32> = (0..d * hid)
-        .map(|_| (normal(rng) * s1) as f32)
-        .collect();
+    let w1: Vec<f32> = (0..d * hid).map(|_| (normal(rng) * s1) as f32).collect();
     let b1 = vec![0.0f32; hid];
-    let w2: Vec<f32> = (0..hid * k)
-        .map(|_| (normal(rng) * s2) as f32)
-        .collect();
+    let w2: Vec<f32> = (0..hid * k).map(|_| (normal(rng) * s2) as f32).collect();
     let b2 = vec![0.0f32; k];
     [w1, b1, w2, b2]
 }
