@@ -405,16 +405,13 @@ impl HostDense {
     /// One Gibbs transition that leaves p_beta invariant (and is
     /// reversible with respect to it): h | v, then v | h, on every row of
     /// `v`, with `x` the rows' hidden inputs. Row r draws from `rngs[r]`.
-    #[allow(clippy::too_many_arguments)]
     fn transition(
         &self,
         v: &mut [f32],
         x: &[f32],
         rows: usize,
-        beta: f64,
-        a_base: &[f64],
-        rngs: &mut [ChaCha8Rng],
-        hbuf: &mut [f32],
+        (beta, a_base): (f64, &[f64]),
+        (rngs, hbuf): (&mut [ChaCha8Rng], &mut [f32]),
         vis_sampler: &UnitSampler,
     ) {
         for (r, rng) in rngs.iter_mut().enumerate() {
@@ -482,10 +479,8 @@ impl HostDense {
                         &mut v,
                         &x,
                         rows,
-                        bk,
-                        a_base,
-                        &mut rngs,
-                        &mut hbuf,
+                        (bk, a_base),
+                        (&mut rngs, &mut hbuf),
                         &vis_sampler,
                     );
                     if k % 100 == 0 {
@@ -534,17 +529,14 @@ impl HostDense {
     /// inequality), so the mean over test images sits below the mean
     /// log-likelihood in expectation, as forward AIS's sits above it.
     /// Each (row, chain) has its own seeded stream: thread-count free.
-    #[allow(clippy::too_many_arguments)]
     pub fn raise(
         &self,
         a_base: &[f64],
         betas: &[f64],
-        v: &[f32],
-        rows: usize,
+        (v, rows): (&[f32], usize),
         chains: usize,
         seed: u64,
-        progress: &(dyn Fn(usize) + Sync),
-        cancel: &(dyn Fn() -> bool + Sync),
+        (progress, cancel): (&(dyn Fn(usize) + Sync), &(dyn Fn() -> bool + Sync)),
     ) -> Option<Vec<f64>> {
         const BLOCK: usize = 25;
         let chains = chains.max(1);
@@ -587,10 +579,8 @@ impl HostDense {
                         &mut cur,
                         &x,
                         n,
-                        hi,
-                        a_base,
-                        &mut rngs,
-                        &mut hbuf,
+                        (hi, a_base),
+                        (&mut rngs, &mut hbuf),
                         &vis_sampler,
                     );
                     x = self.pre_hidden(&cur, n);

@@ -106,6 +106,14 @@ pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: 
     let groups = g.batch.div_ceil(per_group);
     let okk = g.o * kk;
     let conv = g.conv();
+    let group = Group {
+        w,
+        a,
+        b,
+        g: &conv,
+        units,
+        chunk,
+    };
     let mut hidden = vec![0.0f32; g.batch * img_h];
     let (sums, gw) = PARTIALS.with(|cell| {
         let mut ws = cell.borrow_mut();
@@ -117,7 +125,7 @@ pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: 
             .map(|((hout, vin), gw)| {
                 WORKSPACE.with(|cell| {
                     let mut ws = cell.borrow_mut();
-                    conv_group(&mut ws, level, vin, hout, gw, w, a, b, &conv, units, chunk)
+                    conv_group(&mut ws, level, vin, hout, gw, &group)
                 })
             })
             .collect();
@@ -166,20 +174,34 @@ fn finish(
 
 /// One thread's images `vin` (whole chunks): writes their hidden means to
 /// `hout` and the sum of [h, -h'] cols^T to `gw`.
-#[allow(clippy::too_many_arguments)]
+/// What every group of images in [`conv_cd`] shares: the layer's
+/// weights and biases, its geometry and units, and the images per chunk.
+#[derive(Clone, Copy)]
+struct Group<'a> {
+    w: &'a [f32],
+    a: &'a [f32],
+    b: &'a [f32],
+    g: &'a Conv,
+    units: Units,
+    chunk: usize,
+}
+
 fn conv_group(
     ws: &mut Workspace,
     level: Level,
     vin: &[f32],
     hout: &mut [f32],
     gw: &mut [f32],
-    w: &[f32],
-    a: &[f32],
-    b: &[f32],
-    g: &Conv,
-    units: Units,
-    chunk: usize,
+    group: &Group,
 ) -> Sums {
+    let Group {
+        w,
+        a,
+        b,
+        g,
+        units,
+        chunk,
+    } = *group;
     let (kk, p, hw) = (g.patch(), g.positions(), g.h * g.w);
     let (img_v, img_h) = (g.c * hw, g.o * p);
     let n_imgs = vin.len() / img_v;
@@ -267,15 +289,12 @@ fn conv_group(
 }
 
 /// The CD-1 step of a dense layer: `v` [B, V], `w` [V, H].
-#[allow(clippy::too_many_arguments)]
 pub fn dense_cd(
     v: &[f32],
     w: &[f32],
     a: &[f32],
     b: &[f32],
-    batch: usize,
-    nv: usize,
-    nh: usize,
+    [batch, nv, nh]: [usize; 3],
     units: Units,
 ) -> HostCd {
     let level = Level::detect();
@@ -295,7 +314,7 @@ pub fn dense_cd(
         let vdv = View::row_major(vd, nv);
         let xdm = ViewMut::row_major(xd, nh);
         matmul([batch, nh, nv], vdv, wv, xdm, false, par);
-        loss -= act_rows(level, xd, nh, b, units.hidden, true, &mut gb, 1.0);
+        loss -= act_rows(level, (xd, nh), b, units.hidden, true, &mut gb, 1.0);
         for row in vd.chunks(nv) {
             loss += visible_row_term(&units, row, a, &mut ga, 1.0);
         }
@@ -305,8 +324,7 @@ pub fn dense_cd(
         matmul([batch, nv, nh], xdv, wv.t(), vrm, false, par);
         act_rows(
             level,
-            vr,
-            nv,
+            (vr, nv),
             a,
             units.visible,
             false,
@@ -320,7 +338,7 @@ pub fn dense_cd(
         let vrv = View::row_major(vr, nv);
         let xrm = ViewMut::row_major(xr, nh);
         matmul([batch, nh, nv], vrv, wv, xrm, false, par);
-        loss += act_rows(level, xr, nh, b, units.hidden, true, &mut gb, -1.0);
+        loss += act_rows(level, (xr, nh), b, units.hidden, true, &mut gb, -1.0);
         for y in xr.iter_mut() {
             *y = -*y;
         }
@@ -347,11 +365,9 @@ pub fn dense_cd(
 /// f(x + bias) on every row of `m` (rows of `n`, one bias per column), in
 /// parallel; adds `sign` times the column sums of f to `col_sums`; returns
 /// the sum of A.
-#[allow(clippy::too_many_arguments)]
 fn act_rows(
     level: Level,
-    m: &mut [f32],
-    n: usize,
+    (m, n): (&mut [f32], usize),
     bias: &[f32],
     act: Act,
     with_a: bool,

@@ -80,7 +80,7 @@ pub(crate) fn matmul(
     par: Par,
 ) {
     let beta = if accumulate { 1.0 } else { 0.0 };
-    sgemm(m, n, k, 1.0, a, b, beta, c, par)
+    sgemm([m, n, k], 1.0, a, b, beta, c, par)
 }
 
 /// conv2d: x [B, C, H, W], w [O, C, K, K], bias [O] -> [B, O, OH, OW].

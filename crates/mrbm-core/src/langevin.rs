@@ -203,9 +203,7 @@ impl HostGrbm {
             .collect();
         let mut x: Vec<f32> = (0..n).flat_map(|_| self.b.iter().copied()).collect();
         sgemm(
-            n,
-            h,
-            d,
+            [n, h, d],
             1.0,
             View::row_major(&scaled, d),
             View::row_major(&self.w, h),
@@ -220,9 +218,7 @@ impl HostGrbm {
     fn apply_wt(&self, h: &[f32], n: usize) -> Vec<f32> {
         let mut y = vec![0.0f32; n * self.d];
         sgemm(
-            n,
-            self.d,
-            self.h,
+            [n, self.d, self.h],
             1.0,
             View::row_major(h, self.h),
             View::row_major(&self.w, self.h).t(),
@@ -455,11 +451,9 @@ impl HostGrbm {
     /// `steps` Gibbs-Langevin steps from `v` (n rows, updated in place);
     /// returns the last h drawn (None when steps = 0). `on_step(step)`
     /// returning false stops early.
-    #[allow(clippy::too_many_arguments)]
     pub fn run_chains(
         &self,
-        v: &mut [f32],
-        n: usize,
+        (v, n): (&mut [f32], usize),
         steps: usize,
         p: &LangevinParams,
         rng: &mut ChaCha8Rng,
@@ -497,7 +491,7 @@ pub fn noise_start_negative(
     let n = dims[0];
     let mut chains = noise(n, model.d, rng);
     let mut acc = Acceptance::default();
-    model.run_chains(&mut chains, n, cd_k, p, rng, &mut acc, |_| true);
+    model.run_chains((&mut chains, n), cd_k, p, rng, &mut acc, |_| true);
     Ok(tensor_from(
         chains.iter().map(|&x| x as f64).collect(),
         dims,
@@ -671,9 +665,14 @@ impl StageSampler {
             None => noise(chains, d, rng),
         };
         let mut acc = Acceptance::default();
-        let h = self
-            .model
-            .run_chains(&mut v, chains, steps, &self.params, rng, &mut acc, on_step);
+        let h = self.model.run_chains(
+            (&mut v, chains),
+            steps,
+            &self.params,
+            rng,
+            &mut acc,
+            on_step,
+        );
         if let Ok(mut a) = self.acc.lock() {
             a.accepted += acc.accepted;
             a.proposed += acc.proposed;

@@ -622,7 +622,7 @@ impl Rbm {
         );
         let out = match &self.spec.kind {
             LayerKind::Dense { visible, hidden } => {
-                crate::host_cd::dense_cd(&vh, &w, &a, &b, bsz, *visible, *hidden, units)
+                crate::host_cd::dense_cd(&vh, &w, &a, &b, [bsz, *visible, *hidden], units)
             }
             LayerKind::Conv { .. } => {
                 let g = self.host_geometry(v)?;

@@ -298,16 +298,13 @@ pub fn verify_dir(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
     bad
 }
 
-/// A trainer for `spec` and `params` restored from the checkpoint at
-/// `path`, with the cursor of its next batch and the history so far. An
-/// error (with the reason) when the file does not read or belongs to
-/// another run.
-pub fn load(
+/// The checkpoint's bytes and resume record, checked against the stack
+/// and training parameters of this run.
+fn read_record(
     path: &Path,
     spec: &StackSpec,
     params: &OptimParams,
-    device: &Device,
-) -> Result<(Trainer, Cursor, History), CoreError> {
+) -> Result<(Vec<u8>, Record), CoreError> {
     let err = |m: String| CoreError::Checkpoint {
         path: path.to_path_buf(),
         message: m,
@@ -331,6 +328,55 @@ pub fn load(
     if record.layers != spec.layers.len() {
         return Err(err("layer count does not match".into()));
     }
+    Ok((bytes, record))
+}
+
+/// The loss history in a checkpoint (a row per batch: epoch, batch and
+/// each of the `layers` losses), which must hold `done` batches.
+fn read_history(st: &SafeTensors, layers: usize, done: u64) -> Result<History, String> {
+    let h = st
+        .tensor("history")
+        .map_err(|e| format!("tensor `history`: {e}"))?;
+    let cols = 2 + layers;
+    if h.dtype() != Dtype::F64 || h.shape().len() != 2 || h.shape()[1] != cols {
+        return Err("tensor `history` has the wrong type or shape".into());
+    }
+    let vals: Vec<f64> = h
+        .data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    let hist = History {
+        batches: vals
+            .chunks_exact(cols)
+            .map(|r| (r[0] as usize, r[1] as usize, r[2..].to_vec()))
+            .collect(),
+    };
+    if hist.batches.len() as u64 != done {
+        return Err(format!(
+            "history has {} batches, the cursor says {}",
+            hist.batches.len(),
+            done
+        ));
+    }
+    Ok(hist)
+}
+
+/// A trainer for `spec` and `params` restored from the checkpoint at
+/// `path`, with the cursor of its next batch and the history so far. An
+/// error (with the reason) when the file does not read or belongs to
+/// another run.
+pub fn load(
+    path: &Path,
+    spec: &StackSpec,
+    params: &OptimParams,
+    device: &Device,
+) -> Result<(Trainer, Cursor, History), CoreError> {
+    let err = |m: String| CoreError::Checkpoint {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let (bytes, record) = read_record(path, spec, params)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
     let get = |name: &str, shape: &[usize]| -> Result<Option<TensorData>, CoreError> {
         let t = match st.tensor(name) {
@@ -430,31 +476,7 @@ pub fn load(
         .parse()
         .map_err(|_| err("bad rng position".into()))?;
     trainer.rng.set_word_pos(pos);
-    let h = st
-        .tensor("history")
-        .map_err(|e| err(format!("tensor `history`: {e}")))?;
-    let cols = 2 + spec.layers.len();
-    if h.dtype() != Dtype::F64 || h.shape().len() != 2 || h.shape()[1] != cols {
-        return Err(err("tensor `history` has the wrong type or shape".into()));
-    }
-    let vals: Vec<f64> = h
-        .data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect();
-    let hist = History {
-        batches: vals
-            .chunks_exact(cols)
-            .map(|r| (r[0] as usize, r[1] as usize, r[2..].to_vec()))
-            .collect(),
-    };
-    if hist.batches.len() as u64 != record.cursor.done {
-        return Err(err(format!(
-            "history has {} batches, the cursor says {}",
-            hist.batches.len(),
-            record.cursor.done
-        )));
-    }
+    let hist = read_history(&st, spec.layers.len(), record.cursor.done).map_err(err)?;
     let cursor = Cursor {
         running: record.running_bits.map(f64::from_bits),
         ..record.cursor

@@ -183,8 +183,7 @@ pub fn gibbs(
     gibbs_from(
         dbn,
         &noise,
-        chains,
-        steps,
+        (chains, steps),
         sampler,
         Anneal::default(),
         &mut rng,
@@ -203,12 +202,10 @@ pub fn noise_start(dbn: &Dbn, chains: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
 
 /// [`gibbs`] with chains started at the given images (u8 NCHW, `chains` of
 /// them) mapped up to the top RBM by mean field, optionally annealed.
-#[allow(clippy::too_many_arguments)]
 pub fn gibbs_from(
     dbn: &Dbn,
     start: &[u8],
-    chains: usize,
-    steps: usize,
+    (chains, steps): (usize, usize),
     sampler: Sampler,
     anneal: Anneal,
     rng: &mut ChaCha8Rng,

@@ -23,8 +23,7 @@ pub enum Coupling {
 }
 
 /// The architecture part of the `train` parameters.
-// mrbm params: train
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct StackParams {
     /// Output channels of the convolutional RBMs, bottom first. Default: the

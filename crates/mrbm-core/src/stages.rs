@@ -59,7 +59,7 @@ fn check_input_shape(dbn: &Dbn, set: &ImageSet) -> Result<(), StageError> {
 /// units) and [`OptimParams`] (optimiser, training rule), and the stage's
 /// [`TrainOptions`], flattened into one table. Their doc comments are what
 /// `mrbm params train` prints; each default is written once, in its struct.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainParams {
     #[serde(flatten)]
@@ -71,8 +71,7 @@ pub struct TrainParams {
 }
 
 /// What only the `train` stage uses (data, Gaussian pixels, checkpoints).
-// mrbm params: train
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainOptions {
     /// Train on the first `max_images` images only (all when unset).
@@ -127,6 +126,8 @@ const TRAIN_INPUTS: &[InputSlot] = &[InputSlot::required(
 
 impl TypedStage for TrainStage {
     const KIND: &'static str = "train";
+    const ABOUT: &'static str =
+        "train a multinary RBM / DBN stack on images; writes model.safetensors";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: its weight gradient sums data and reconstruction apart.
     // 4: the closed-form step runs on the host (host_cd): vectorised
@@ -235,109 +236,14 @@ impl TypedStage for TrainStage {
             .stack
             .build_spec([set.c, set.h, set.w])
             .map_err(StageError::User)?;
-        if p.stack.visible == VisibleKind::Gaussian && p.options.standardise == Standardise::Pixel {
-            // Each pixel position by its own mean and std over the images.
-            let (len, px) = (set.image_len(), &set.pixels()[..n * set.image_len()]);
-            let mut sum = vec![0.0f64; len];
-            let mut sq = vec![0.0f64; len];
-            for img in px.chunks_exact(len) {
-                for (j, &x) in img.iter().enumerate() {
-                    sum[j] += x as f64;
-                    sq[j] += (x as f64) * (x as f64);
-                }
-            }
-            let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
-            let std: Vec<f64> = sq
-                .iter()
-                .zip(&mean)
-                .map(|(q, m)| (q / n as f64 - m * m).max(0.0).sqrt().max(1.0))
-                .collect();
-            spec.pixel_scale = std.iter().map(|s| 1.0 / s).collect();
-            spec.pixel_offset = mean.iter().zip(&std).map(|(m, s)| m / s).collect();
-            let floored = sq
-                .iter()
-                .zip(&mean)
-                .filter(|(q, m)| *q / n as f64 - *m * *m < 1.0)
-                .count();
-            ctx.log(format!(
-                "gaussian visible units: each of the {len} pixels standardised by its own mean and std ({floored} with a std below one grey level use 1)"
-            ));
-        } else if p.stack.visible == VisibleKind::Gaussian {
-            // Standardise: v = (pixel - mean) / std over the training images.
-            let px = &set.pixels()[..n * set.image_len()];
-            let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;
-            let var = px.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / px.len() as f64;
-            let std = var.sqrt().max(1e-6);
-            spec.visible_scale = 1.0 / std;
-            spec.visible_offset = mean / std;
-            ctx.log(format!(
-                "gaussian visible units: pixels standardised by mean {mean:.3}, std {std:.3}"
-            ));
-        }
+        standardise(ctx, &mut spec, &set, n, &p);
         for (i, l) in spec.layers.iter().enumerate() {
             ctx.log(format!("layer {}: {}", i + 1, l.describe()));
         }
-        // Weights with gradient and optimiser state (about 4 copies), plus
-        // a batch's activations through the stack (about 8 copies in flight).
-        let weights: f64 = spec
-            .layers
-            .iter()
-            .map(|l| l.weight_shape().iter().map(|&d| d as f64).product::<f64>())
-            .sum();
-        let acts: f64 = spec
-            .layers
-            .iter()
-            .map(|l| {
-                let v: f64 = l.visible_shape().iter().map(|&d| d as f64).product();
-                let h: f64 = l.hidden_shape().iter().map(|&d| d as f64).product();
-                v + h
-            })
-            .sum();
-        mrbm_stage::check_memory(
-            4.0 * (4.0 * weights + 8.0 * p.optim.batch_size.min(n) as f64 * acts),
-            &format!(
-                "training this stack ({} weights, batch {})",
-                weights,
-                p.optim.batch_size.min(n)
-            ),
-        )?;
+        check_train_memory(&spec, p.optim.batch_size.min(n))?;
         let started = Instant::now();
-        let optim = p.optim.clone();
-        // A checkpoint left by an interrupted run of this stage key: go on
-        // from it (bit for bit the run it interrupted).
         let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
-        let restored = match resume_file.as_ref().filter(|f| f.exists()) {
-            Some(f) => match resume::load(f, &spec, &optim, device) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    ctx.warn(format!(
-                        "not resuming from the checkpoint ({e}): training from the start"
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
-        let (mut trainer, start) = match restored {
-            Some((t, cursor, hist)) => {
-                ctx.log(format!(
-                    "resumed from epoch {} ({} batches done)",
-                    cursor.epochs_done(p.optim.epochs),
-                    cursor.done
-                ));
-                (t, (cursor, hist))
-            }
-            None => {
-                let mut dbn = Dbn::init(spec, p.stack.init_std, p.optim.seed, device, DType::F32);
-                if p.options.learn_sigma {
-                    // log sigma = 0: sigma starts at the data's (standardised) 1.
-                    let c = dbn.layers[0].spec.visible_channels();
-                    dbn.layers[0].log_sigma =
-                        Some(burn::tensor::Tensor::zeros([c], (device, DType::F32)));
-                }
-                (Trainer::new(dbn, optim), Default::default())
-            }
-        };
+        let (mut trainer, start) = start_trainer(ctx, spec, &p, resume_file.as_deref(), device);
         let bs = p.optim.batch_size.min(n);
         let phases = match p.optim.schedule {
             Schedule::Joint => 1,
@@ -413,29 +319,14 @@ impl TypedStage for TrainStage {
         bar.finish_and_clear();
         let hist = hist?;
         let seconds = started.elapsed().as_secs_f64();
-        checkpoint::save(&trainer.dbn, &ctx.out("model.safetensors"))?;
-        let loss_csv = hist.to_csv();
-        mrbm_stage::write_atomic(&ctx.out("loss.csv"), loss_csv.as_bytes())?;
-        let totals: Vec<f64> = hist.batches.iter().map(|b| b.2.iter().sum()).collect();
-        loss_plot(&loss_csv, ctx.stage_id, &ctx.out("loss.png"))?;
-        let epochs = hist.epoch_means();
-        for (e, l) in epochs.iter().enumerate() {
-            ctx.log(format!("epoch {}: mean loss {l:.6}", e + 1));
-        }
-        let stuck = stuck_units(&trainer.dbn, pixels, n, device);
-        for s in &stuck {
-            ctx.warn(s.warning());
-        }
-        if let Some(s) = stuck.iter().find(|s| s.all()) {
-            if p.options.allow_dead_units {
-                ctx.warn(format!(
-                    "layer {} is dead; kept because allow_dead_units = true",
-                    s.layer
-                ));
-            } else {
-                return Err(StageError::User(s.refusal()));
-            }
-        }
+        let (epochs, totals) = write_training(ctx, &trainer.dbn, &hist)?;
+        check_stuck(
+            ctx,
+            &trainer.dbn,
+            (pixels, n),
+            device,
+            p.options.allow_dead_units,
+        )?;
         let mut m = Metrics::new();
         m.insert("final_loss".into(), *epochs.last().unwrap_or(&f64::NAN));
         m.insert(
@@ -450,6 +341,171 @@ impl TypedStage for TrainStage {
         m.insert("layers".into(), trainer.dbn.layers.len() as f64);
         Ok(m)
     }
+}
+
+/// Gaussian visible units: standardise the pixels over the `n` training
+/// images, by each pixel position's own mean and std or by one mean and
+/// std for all (`standardise`), into the spec's scale and offset.
+fn standardise(
+    ctx: &StageContext,
+    spec: &mut crate::stack::StackSpec,
+    set: &ImageSet,
+    n: usize,
+    p: &TrainParams,
+) {
+    if p.stack.visible == VisibleKind::Gaussian && p.options.standardise == Standardise::Pixel {
+        // Each pixel position by its own mean and std over the images.
+        let (len, px) = (set.image_len(), &set.pixels()[..n * set.image_len()]);
+        let mut sum = vec![0.0f64; len];
+        let mut sq = vec![0.0f64; len];
+        for img in px.chunks_exact(len) {
+            for (j, &x) in img.iter().enumerate() {
+                sum[j] += x as f64;
+                sq[j] += (x as f64) * (x as f64);
+            }
+        }
+        let mean: Vec<f64> = sum.iter().map(|s| s / n as f64).collect();
+        let std: Vec<f64> = sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| (q / n as f64 - m * m).max(0.0).sqrt().max(1.0))
+            .collect();
+        spec.pixel_scale = std.iter().map(|s| 1.0 / s).collect();
+        spec.pixel_offset = mean.iter().zip(&std).map(|(m, s)| m / s).collect();
+        let floored = sq
+            .iter()
+            .zip(&mean)
+            .filter(|(q, m)| *q / n as f64 - *m * *m < 1.0)
+            .count();
+        ctx.log(format!(
+            "gaussian visible units: each of the {len} pixels standardised by its own mean and std ({floored} with a std below one grey level use 1)"
+        ));
+    } else if p.stack.visible == VisibleKind::Gaussian {
+        // Standardise: v = (pixel - mean) / std over the training images.
+        let px = &set.pixels()[..n * set.image_len()];
+        let mean = px.iter().map(|&x| x as f64).sum::<f64>() / px.len() as f64;
+        let var = px.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / px.len() as f64;
+        let std = var.sqrt().max(1e-6);
+        spec.visible_scale = 1.0 / std;
+        spec.visible_offset = mean / std;
+        ctx.log(format!(
+            "gaussian visible units: pixels standardised by mean {mean:.3}, std {std:.3}"
+        ));
+    }
+}
+
+/// Refuse a stack whose training would not fit in memory, before
+/// allocating it.
+fn check_train_memory(spec: &crate::stack::StackSpec, batch: usize) -> Result<(), StageError> {
+    // Weights with gradient and optimiser state (about 4 copies), plus
+    // a batch's activations through the stack (about 8 copies in flight).
+    let weights: f64 = spec
+        .layers
+        .iter()
+        .map(|l| l.weight_shape().iter().map(|&d| d as f64).product::<f64>())
+        .sum();
+    let acts: f64 = spec
+        .layers
+        .iter()
+        .map(|l| {
+            let v: f64 = l.visible_shape().iter().map(|&d| d as f64).product();
+            let h: f64 = l.hidden_shape().iter().map(|&d| d as f64).product();
+            v + h
+        })
+        .sum();
+    mrbm_stage::check_memory(
+        4.0 * (4.0 * weights + 8.0 * batch as f64 * acts),
+        &format!("training this stack ({} weights, batch {})", weights, batch),
+    )
+}
+
+/// The trainer to run: from the checkpoint an interrupted run of this
+/// stage key left (bit for bit the run it interrupted), else a fresh
+/// stack.
+fn start_trainer(
+    ctx: &StageContext,
+    spec: crate::stack::StackSpec,
+    p: &TrainParams,
+    resume_file: Option<&std::path::Path>,
+    device: &Device,
+) -> (Trainer, (crate::train::Cursor, crate::train::History)) {
+    let restored = match resume_file.as_ref().filter(|f| f.exists()) {
+        Some(f) => match resume::load(f, &spec, &p.optim, device) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                ctx.warn(format!(
+                    "not resuming from the checkpoint ({e}): training from the start"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    match restored {
+        Some((t, cursor, hist)) => {
+            ctx.log(format!(
+                "resumed from epoch {} ({} batches done)",
+                cursor.epochs_done(p.optim.epochs),
+                cursor.done
+            ));
+            (t, (cursor, hist))
+        }
+        None => {
+            let mut dbn = Dbn::init(spec, p.stack.init_std, p.optim.seed, device, DType::F32);
+            if p.options.learn_sigma {
+                // log sigma = 0: sigma starts at the data's (standardised) 1.
+                let c = dbn.layers[0].spec.visible_channels();
+                dbn.layers[0].log_sigma =
+                    Some(burn::tensor::Tensor::zeros([c], (device, DType::F32)));
+            }
+            (Trainer::new(dbn, p.optim.clone()), Default::default())
+        }
+    }
+}
+
+/// Write the trained model, its loss curve (CSV and PNG) and the epoch
+/// means to the log; the epoch means and the batches' total losses.
+fn write_training(
+    ctx: &StageContext,
+    dbn: &Dbn,
+    hist: &crate::train::History,
+) -> Result<(Vec<f64>, Vec<f64>), StageError> {
+    checkpoint::save(dbn, &ctx.out("model.safetensors"))?;
+    let loss_csv = hist.to_csv();
+    mrbm_stage::write_atomic(&ctx.out("loss.csv"), loss_csv.as_bytes())?;
+    let totals: Vec<f64> = hist.batches.iter().map(|b| b.2.iter().sum()).collect();
+    loss_plot(&loss_csv, ctx.stage_id, &ctx.out("loss.png"))?;
+    let epochs = hist.epoch_means();
+    for (e, l) in epochs.iter().enumerate() {
+        ctx.log(format!("epoch {}: mean loss {l:.6}", e + 1));
+    }
+    Ok((epochs, totals))
+}
+
+/// Warn about layers with mostly stuck hidden units; refuse a dead layer
+/// unless `allow_dead_units`.
+fn check_stuck(
+    ctx: &StageContext,
+    dbn: &Dbn,
+    (pixels, n): (&[u8], usize),
+    device: &Device,
+    allow_dead_units: bool,
+) -> Result<(), StageError> {
+    let stuck = stuck_units(dbn, pixels, n, device);
+    for s in &stuck {
+        ctx.warn(s.warning());
+    }
+    if let Some(s) = stuck.iter().find(|s| s.all()) {
+        if allow_dead_units {
+            ctx.warn(format!(
+                "layer {} is dead; kept because allow_dead_units = true",
+                s.layer
+            ));
+        } else {
+            return Err(StageError::User(s.refusal()));
+        }
+    }
+    Ok(())
 }
 
 /// A layer whose hidden units are mostly stuck: on (at most) the first
@@ -507,7 +563,7 @@ fn stuck_units(dbn: &Dbn, pixels: &[u8], n: usize, device: &Device) -> Vec<Stuck
 // ---------------------------------------------------------------- sample
 
 /// Parameters of `sample`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct SampleParams {
     /// Gibbs steps at the top RBM.
@@ -677,6 +733,7 @@ fn insert_quality(
 
 impl TypedStage for SampleStage {
     const KIND: &'static str = "sample";
+    const ABOUT: &'static str = "draw images from a trained model by Gibbs sampling";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: an annealed start with a `reference` anneals from its base rate.
     // 4: host_conv's products run on mrbm-kernels' sgemm (other rounding).
@@ -821,8 +878,7 @@ impl TypedStage for SampleStage {
             gibbs_from(
                 &dbn,
                 px,
-                p.chains,
-                p.steps,
+                (p.chains, p.steps),
                 p.sampler,
                 anneal,
                 &mut rng,
@@ -873,7 +929,7 @@ impl TypedStage for SampleStage {
 // ---------------------------------------------------------------- reconstruct
 
 /// Parameters of `reconstruct`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReconstructParams {
     /// Number of images (the first ones of the data set).
@@ -922,6 +978,7 @@ pub fn to_grey3(img: &[u8], h: usize, w: usize) -> Vec<u8> {
 
 impl TypedStage for ReconstructStage {
     const KIND: &'static str = "reconstruct";
+    const ABOUT: &'static str = "reconstruct images through a trained model";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: host_conv's products run on mrbm-kernels' sgemm (other rounding).
     const VERSION: u32 = 3;
@@ -1004,7 +1061,7 @@ impl TypedStage for ReconstructStage {
 // ---------------------------------------------------------------- features
 
 /// Parameters of `features`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeaturesParams {
     /// Layer whose hidden means are the features, 1-based (default: top).
@@ -1058,6 +1115,7 @@ pub fn extract_features(
 
 impl TypedStage for FeaturesStage {
     const KIND: &'static str = "features";
+    const ABOUT: &'static str = "hidden-unit features of a trained model for a data set";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).
     // 3: host_conv's products run on mrbm-kernels' sgemm (other rounding).
     const VERSION: u32 = 3;
@@ -1106,7 +1164,7 @@ impl TypedStage for FeaturesStage {
 // ---------------------------------------------------------------- loglik
 
 /// Parameters of `loglik`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoglikParams {
     /// Intermediate distributions of AIS, spaced as Salakhutdinov & Murray
@@ -1185,6 +1243,8 @@ const LOGLIK_INPUTS: &[InputSlot] = &[
 
 impl TypedStage for LoglikStage {
     const KIND: &'static str = "loglik";
+    const ABOUT: &'static str =
+        "log-likelihood of a model on a data set by annealed importance sampling";
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = LOGLIK_INPUTS;
     type Params = LoglikParams;
@@ -1240,20 +1300,7 @@ impl TypedStage for LoglikStage {
 
     fn run(&self, ctx: &StageContext, p: LoglikParams) -> Result<Metrics, StageError> {
         let dbn = read_model(ctx, &Device::flex())?;
-        // One dense RBM: AIS on it. Two dense layers: the DBN's variational
-        // lower bound with the top RBM's AIS (ais::HostDbn2).
-        let model = match dbn.layers.len() {
-            1 => ais::HostDense::from_rbm(&dbn.layers[0]).map(|m| (m, None)),
-            2 => ais::HostDense::from_rbm(&dbn.layers[0])
-                .and_then(|bottom| {
-                    let top = ais::HostDense::from_rbm(&dbn.layers[1])?;
-                    ais::HostDbn2::new(bottom.clone(), top.clone()).map(|d| (top, Some(d)))
-                })
-                .map_err(|e| format!("the two-layer DBN bound needs two dense layers: {e}")),
-            k => Err(format!(
-                "loglik covers one dense RBM (AIS) and a two-layer dense DBN (its variational lower bound); this model has {k} layers"
-            )),
-        };
+        let model = loglik_model(&dbn);
         let (model, deep) = match (model, p.unsupported) {
             (Ok(m), _) => m,
             (Err(e), Unsupported::Error) => return Err(StageError::User(e)),
@@ -1351,45 +1398,77 @@ impl TypedStage for LoglikStage {
                     m.insert(k.into(), f64::NAN);
                 }
             } else {
-                let chains = p.raise_chains.unwrap_or(1);
-                let rb = p.raise_betas.unwrap_or(p.betas);
-                let rbetas = ais::sm_betas(rb);
-                let raise_started = Instant::now();
-                let bar = ctx.bar(rb as u64, "raise");
-                let low = in_pool(ctx.threads, || {
-                    model.raise(
-                        &a_base,
-                        &rbetas,
-                        v,
-                        rows,
-                        chains,
-                        p.seed,
-                        &|k| bar.set_position(k as u64),
-                        &|| ctx.check_cancel().is_err(),
-                    )
-                })?;
-                bar.finish_and_clear();
-                let low = low.ok_or(StageError::Cancelled)?;
-                let lower = low.iter().sum::<f64>() / rows as f64;
-                let upper =
-                    model.log_unnormalised(v, rows).iter().sum::<f64>() / rows as f64 - est.log_z;
-                ctx.log(format!(
-                    "RAISE on the first {rows} test images ({rb} betas, {chains} chain(s) each): lower {lower:.4}, AIS upper {upper:.4} nats/image, bracket {:.4}",
-                    upper - lower
-                ));
-                m.insert("raise_test_loglik".into(), lower);
-                m.insert("raise_ais_test_loglik".into(), upper);
-                m.insert("bracket".into(), upper - lower);
-                m.insert("raise_images".into(), rows as f64);
-                m.insert(
-                    "raise_seconds".into(),
-                    raise_started.elapsed().as_secs_f64(),
-                );
+                raise_bracket(ctx, &model, &a_base, (v, rows), &p, est.log_z, &mut m)?;
             }
         }
         m.insert("seconds".into(), started.elapsed().as_secs_f64());
         Ok(m)
     }
+}
+
+/// The model `loglik` estimates: one dense RBM (AIS on it), or a
+/// two-layer dense DBN (its variational lower bound with the top RBM's
+/// AIS, ais::HostDbn2); the RBM that AIS runs on, and the DBN.
+fn loglik_model(dbn: &Dbn) -> Result<(ais::HostDense, Option<ais::HostDbn2>), String> {
+    match dbn.layers.len() {
+        1 => ais::HostDense::from_rbm(&dbn.layers[0]).map(|m| (m, None)),
+        2 => ais::HostDense::from_rbm(&dbn.layers[0])
+            .and_then(|bottom| {
+                let top = ais::HostDense::from_rbm(&dbn.layers[1])?;
+                ais::HostDbn2::new(bottom.clone(), top.clone()).map(|d| (top, Some(d)))
+            })
+            .map_err(|e| format!("the two-layer DBN bound needs two dense layers: {e}")),
+        k => Err(format!(
+            "loglik covers one dense RBM (AIS) and a two-layer dense DBN (its variational lower bound); this model has {k} layers"
+        )),
+    }
+}
+
+/// RAISE's lower bound on the first `rows` test images `v`, beside AIS's
+/// upper bound (log Z = `log_z`) on the same images, into `m`.
+fn raise_bracket(
+    ctx: &StageContext,
+    model: &ais::HostDense,
+    a_base: &[f64],
+    (v, rows): (&[f32], usize),
+    p: &LoglikParams,
+    log_z: f64,
+    m: &mut Metrics,
+) -> Result<(), StageError> {
+    let chains = p.raise_chains.unwrap_or(1);
+    let rb = p.raise_betas.unwrap_or(p.betas);
+    let rbetas = ais::sm_betas(rb);
+    let raise_started = Instant::now();
+    let bar = ctx.bar(rb as u64, "raise");
+    let low = in_pool(ctx.threads, || {
+        model.raise(
+            a_base,
+            &rbetas,
+            (v, rows),
+            chains,
+            p.seed,
+            (&|k| bar.set_position(k as u64), &|| {
+                ctx.check_cancel().is_err()
+            }),
+        )
+    })?;
+    bar.finish_and_clear();
+    let low = low.ok_or(StageError::Cancelled)?;
+    let lower = low.iter().sum::<f64>() / rows as f64;
+    let upper = model.log_unnormalised(v, rows).iter().sum::<f64>() / rows as f64 - log_z;
+    ctx.log(format!(
+        "RAISE on the first {rows} test images ({rb} betas, {chains} chain(s) each): lower {lower:.4}, AIS upper {upper:.4} nats/image, bracket {:.4}",
+        upper - lower
+    ));
+    m.insert("raise_test_loglik".into(), lower);
+    m.insert("raise_ais_test_loglik".into(), upper);
+    m.insert("bracket".into(), upper - lower);
+    m.insert("raise_images".into(), rows as f64);
+    m.insert(
+        "raise_seconds".into(),
+        raise_started.elapsed().as_secs_f64(),
+    );
+    Ok(())
 }
 
 /// What `raise_images` adds: RAISE's lower bound and AIS's upper bound on
@@ -1412,12 +1491,13 @@ const PIXEL_INPUTS: &[InputSlot] = &[InputSlot::required(
 )];
 
 /// No parameters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct PixelFeaturesParams {}
 
 impl TypedStage for PixelFeaturesStage {
     const KIND: &'static str = "pixel_features";
+    const ABOUT: &'static str = "the baseline features: raw pixels / 255, flattened (no model)";
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = PIXEL_INPUTS;
     type Params = PixelFeaturesParams;

@@ -167,8 +167,7 @@ fn is_fast_decay(d: &f64) -> bool {
 }
 
 /// Optimiser and schedule settings.
-// mrbm params: train
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct OptimParams {
     /// Adam learning rate (paper: 0.03).

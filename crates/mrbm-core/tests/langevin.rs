@@ -85,7 +85,7 @@ fn run(
     let mut v = mrbm_core::langevin::noise(chains, m.d, &mut rng);
     let mut acc = Acceptance::default();
     let h = m
-        .run_chains(&mut v, chains, steps, p, &mut rng, &mut acc, |_| true)
+        .run_chains((&mut v, chains), steps, p, &mut rng, &mut acc, |_| true)
         .unwrap();
     (v, h, acc)
 }

@@ -81,7 +81,7 @@ fn bracket(
     let lp = mean(&m.log_unnormalised(v, n));
     let est = m.ais(&base, &b, runs, seed, &|_| {}, &|| false).unwrap();
     let low = m
-        .raise(&base, &b, v, n, chains, seed, &|_| {}, &|| false)
+        .raise(&base, &b, (v, n), chains, seed, (&|_| {}, &|| false))
         .unwrap();
     (lp - est.log_z, lp - m.exact_log_z().unwrap(), mean(&low))
 }
@@ -163,7 +163,7 @@ fn raise_is_deterministic_and_uses_every_chain() {
     let base = m.base_rate(&v, 6);
     let b = sm_betas(50);
     let run = |chains, seed| {
-        m.raise(&base, &b, &v, 6, chains, seed, &|_| {}, &|| false)
+        m.raise(&base, &b, (&v, 6), chains, seed, (&|_| {}, &|| false))
             .unwrap()
     };
     assert_eq!(run(3, 1), run(3, 1));
@@ -171,7 +171,7 @@ fn raise_is_deterministic_and_uses_every_chain() {
     assert_ne!(run(1, 1), run(3, 1));
     // Cancelling (polled every 100 betas) returns nothing.
     assert!(m
-        .raise(&base, &sm_betas(250), &v, 6, 1, 1, &|_| {}, &|| true)
+        .raise(&base, &sm_betas(250), (&v, 6), 1, 1, (&|_| {}, &|| true))
         .is_none());
 }
 

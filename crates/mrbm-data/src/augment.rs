@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::artifact::ImageSet;
 
 /// Parameters of `augment`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct AugmentParams {
     /// Append each image mirrored left-right (after all the originals,

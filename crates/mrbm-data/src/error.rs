@@ -14,6 +14,10 @@ pub enum DataError {
         source: std::io::Error,
     },
 
+    /// A `format = "..."` that no reader has.
+    #[error("unknown data format \"{name}\"; the formats are {known}")]
+    UnknownFormat { name: String, known: String },
+
     /// A data set folder or file that is not there.
     #[error("{path}: not found; expected {expected}.{hint}")]
     Missing {

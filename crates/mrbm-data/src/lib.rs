@@ -1,6 +1,7 @@
 //! Data sets, image transforms and the tensor artifact format of mrbm.
 //!
-//! - Readers: [`idx`] (MNIST, Fashion-MNIST), [`cifar`] (CIFAR-10 binary),
+//! - Readers: the `format = "..."` of a `dataset` stage, each a [`Reader`]
+//!   listed in [`READERS`] (see [`readers`]), over [`idx`] (MNIST, Fashion-MNIST), [`cifar`] (CIFAR-10 binary),
 //!   [`folder`] (CelebA, Caltech-101, class-per-folder trees) and the built-in
 //!   [`synthetic`] shapes.
 //! - Transforms: [`ops`] (crop, resize with a named filter, grayscale) plus
@@ -18,6 +19,7 @@ pub mod hints;
 pub mod idx;
 pub mod jpeg;
 pub mod ops;
+pub mod readers;
 pub mod resample;
 pub mod stages;
 pub mod synthetic;
@@ -29,9 +31,10 @@ pub use error::DataError;
 pub use folder::{Decoded, Item, Split};
 use mrbm_stage::Stage;
 pub use ops::{Crop, Filter, Gray, ImageOps, Size};
+pub use readers::{Format, Reader, READERS};
 pub use stages::{
-    load_dataset, split_parts, transform, DatasetParams, Format, SplitIndices, SplitSets,
-    SplitSpec, TransformParams, Transformed,
+    load_dataset, split_parts, transform, DatasetParams, SplitIndices, SplitSets, SplitSpec,
+    TransformParams, Transformed,
 };
 
 /// Progress and cancellation for long reads: a progress bar (hidden by

@@ -451,13 +451,9 @@ pub fn process_rgb(
 /// (C' planes of the output size). Each plane is resized on its own: the
 /// convolution treats channels independently, so this equals resizing the
 /// interleaved image.
-#[allow(clippy::too_many_arguments)]
 pub fn process_planar(
     resizer: &mut fr::Resizer,
-    src: &[u8],
-    c: usize,
-    w: u32,
-    h: u32,
+    (src, c, w, h): (&[u8], usize, u32, u32),
     ops: &ImageOps,
     out: &mut [u8],
     what: &dyn Fn() -> String,
@@ -538,7 +534,7 @@ pub fn transform_set(set: &ImageSet, ops: &ImageOps, ctl: &crate::Ctl) -> Result
         .enumerate()
         .try_for_each_init(fr::Resizer::new, |resizer, (i, dst)| {
             ctl.check()?;
-            process_planar(resizer, set.image(i), set.c, w, h, ops, dst, &|| {
+            process_planar(resizer, (set.image(i), set.c, w, h), ops, dst, &|| {
                 format!("image {i}")
             })?;
             ctl.bar.inc(1);

@@ -52,47 +52,14 @@ use crate::artifact::ImageSet;
 use crate::error::{DataError, Result};
 use crate::folder::{self, Decoded, Split};
 use crate::ops::{Crop, Filter, Gray, ImageOps, Size};
-use crate::{cifar, hints, idx, synthetic, Ctl};
-
-/// Which reader a `dataset` stage uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// Built-in coloured shapes, labelled by shape (no files needed).
-    Synthetic,
-    /// IDX files: MNIST, Fashion-MNIST.
-    Idx,
-    /// CIFAR-10 binary batches.
-    Cifar10,
-    /// CelebA aligned faces (labels -1).
-    Celeba,
-    /// Caltech-101, a folder per class, BACKGROUND_Google left out.
-    Caltech101,
-    /// Any class-per-folder image tree.
-    Folder,
-}
-
-impl Format {
-    fn name(self) -> &'static str {
-        match self {
-            Format::Synthetic => "synthetic",
-            Format::Idx => "idx",
-            Format::Cifar10 => "cifar10",
-            Format::Celeba => "celeba",
-            Format::Caltech101 => "caltech101",
-            Format::Folder => "folder",
-        }
-    }
-    fn decodes_files(self) -> bool {
-        matches!(self, Format::Celeba | Format::Caltech101 | Format::Folder)
-    }
-}
+use crate::readers::{self, Format, Source, FORMAT_KEYS};
+use crate::Ctl;
 
 /// Parameters of the `dataset` stage. Per-format keys left out get that
 /// format's default in the canonical form; a key that does not apply to
 /// the format is an error. Order of operations: subset (before decoding),
 /// then crop, resize, grayscale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetParams {
     /// Reader: "synthetic", "idx", "cifar10", "celeba", "caltech101" or "folder".
@@ -171,16 +138,6 @@ fn inside_dir(key: &str, name: &str) -> std::result::Result<(), ParamError> {
     }
 }
 
-fn not_for(key: &str, format: Format, allowed: &str) -> ParamError {
-    ParamError::new(
-        key,
-        format!(
-            "`{key}` does not apply to format = \"{}\" (only to {allowed})",
-            format.name()
-        ),
-    )
-}
-
 /// Shared checks of the image operation keys.
 fn check_ops(
     crop: &Option<Crop>,
@@ -221,93 +178,16 @@ fn check_ops(
 impl DatasetParams {
     /// Fill per-format defaults and reject keys that do not apply.
     pub fn normalise(mut self) -> std::result::Result<Self, ParamError> {
-        use Format::*;
-        let f = self.format;
-        if f != Synthetic {
-            for (key, given) in [
-                ("n", self.n.is_some()),
-                ("size", self.size.is_some()),
-                ("classes", self.classes.is_some()),
-            ] {
-                if given {
-                    return Err(not_for(key, f, "synthetic"));
-                }
-            }
-        }
-        if f != Caltech101 {
-            for (key, given) in [
-                ("per_class", self.per_class.is_some()),
-                ("test_per_class", self.test_per_class.is_some()),
-            ] {
-                if given {
-                    return Err(not_for(key, f, "caltech101"));
-                }
-            }
-        }
-        if f != Idx {
-            for (key, given) in [
-                ("images", self.images.is_some()),
-                ("labels", self.labels.is_some()),
-            ] {
-                if given {
-                    return Err(not_for(key, f, "idx"));
-                }
-            }
-        }
+        let reader = self.format.reader();
+        let (keys, last) = FORMAT_KEYS.split_at(FORMAT_KEYS.len() - 1);
+        readers::check_keys(&self, keys)?;
         for (key, name) in [("images", &self.images), ("labels", &self.labels)] {
             if let Some(name) = name {
                 inside_dir(key, name)?;
             }
         }
-        if !f.decodes_files() && self.skip_corrupt {
-            return Err(not_for("skip_corrupt", f, "celeba, caltech101 and folder"));
-        }
-        match f {
-            Synthetic | Folder => {
-                if self.split.is_some() {
-                    return Err(ParamError::new("split", format!("`split` does not apply to format = \"{}\"; split with a `transform` stage", f.name())));
-                }
-            }
-            Idx | Cifar10 | Caltech101 => match self.split.get_or_insert(Split::Train) {
-                Split::Train | Split::Test => {}
-                other => {
-                    return Err(ParamError::new("split", format!("split = \"{}\" is not available for format = \"{}\": use \"train\" or \"test\"", serde_json::to_value(*other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), f.name())).with_suggestion("test"))
-                }
-            },
-            Celeba => {
-                self.split.get_or_insert(Split::All);
-            }
-        }
-        if f == Synthetic {
-            let n = *self.n.get_or_insert(4000);
-            let size = *self.size.get_or_insert(16);
-            let classes = *self.classes.get_or_insert(4);
-            if n == 0 {
-                return Err(ParamError::new("n", "n must be at least 1"));
-            }
-            if !(4..=1024).contains(&size) {
-                return Err(ParamError::new(
-                    "size",
-                    format!("size = {size}, expected 4..=1024"),
-                ));
-            }
-            if classes == 0 || classes > synthetic::SHAPES.len() {
-                return Err(ParamError::new(
-                    "classes",
-                    format!(
-                        "classes = {classes}, expected 1..={} ({})",
-                        synthetic::SHAPES.len(),
-                        synthetic::SHAPES.join(", ")
-                    ),
-                ));
-            }
-        }
-        if f == Caltech101 {
-            let pc = *self.per_class.get_or_insert(30);
-            if pc == 0 {
-                return Err(ParamError::new("per_class", "per_class must be at least 1"));
-            }
-        }
+        readers::check_keys(&self, last)?;
+        reader.normalise(&mut self)?;
         if self.subset == Some(0) {
             return Err(ParamError::new("subset", "subset must be at least 1"));
         }
@@ -332,23 +212,7 @@ impl DatasetParams {
 
     /// What the `dir` input should hold, and where the data are published.
     pub fn expected_files(&self) -> (String, &'static str) {
-        let train = self.split != Some(Split::Test);
-        match self.format {
-            Format::Synthetic => ("nothing (generated)".into(), ""),
-            Format::Idx => {
-                let p = if train { "train" } else { "t10k" };
-                let images = self.images.clone().unwrap_or(format!("{p}-images-idx3-ubyte.gz"));
-                let labels = self.labels.clone().unwrap_or(format!("{p}-labels-idx1-ubyte.gz"));
-                (format!("a folder holding {images} and {labels} (raw or .gz)"), hints::MNIST)
-            }
-            Format::Cifar10 => (
-                if train { "a folder holding cifar-10-batches-bin/data_batch_1.bin .. data_batch_5.bin".into() } else { "a folder holding cifar-10-batches-bin/test_batch.bin".into() },
-                hints::CIFAR10,
-            ),
-            Format::Celeba => ("a folder holding img_align_celeba/000001.jpg ... (and list_eval_partition.txt for a split)".into(), hints::CELEBA),
-            Format::Caltech101 => ("a folder holding 101_ObjectCategories/<class>/image_0001.jpg ...".into(), hints::CALTECH101),
-            Format::Folder => ("a folder with one sub-folder of images per class".into(), hints::FOLDER),
-        }
+        self.format.reader().expected_files(self)
     }
 }
 
@@ -361,18 +225,19 @@ pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<
         .normalise()
         .map_err(|e| DataError::Invalid(format!("dataset parameters: {}", e.message)))?;
     let ops = p.ops();
-    let dir = match (p.format, dir) {
-        (Format::Synthetic, _) => PathBuf::new(),
-        (_, Some(d)) => d.to_path_buf(),
-        (f, None) => {
+    let reader = p.format.reader();
+    let dir = match dir {
+        _ if !reader.needs_dir() => PathBuf::new(),
+        Some(d) => d.to_path_buf(),
+        None => {
             let (expected, _) = p.expected_files();
             return Err(DataError::Invalid(format!(
                 "format = \"{}\" needs the input `dir`: {expected}",
-                f.name()
+                reader.name()
             )));
         }
     };
-    if p.format != Format::Synthetic && !dir.exists() {
+    if reader.needs_dir() && !dir.exists() {
         let (expected, hint) = p.expected_files();
         return Err(DataError::Missing {
             path: dir,
@@ -380,71 +245,26 @@ pub fn load_dataset(p: &DatasetParams, dir: Option<&Path>, ctl: &Ctl) -> Result<
             hint: hint.into(),
         });
     }
-    let split = p.split.unwrap_or(Split::All);
-    // Array formats: read everything, then subset and transform.
-    let array = |set: ImageSet| -> Result<Decoded> {
-        let set = match p.subset {
-            Some(k) if k < set.n => set.select(&folder::subset_indices(set.n, k, p.seed)),
-            _ => set,
-        };
-        let set = if ops.is_identity() {
-            set
-        } else {
-            ctl.bar.set_length(set.n as u64);
-            crate::ops::transform_set(&set, &ops, ctl)?
-        };
-        Ok(Decoded {
-            set,
-            skipped: Vec::new(),
-        })
-    };
-    match p.format {
-        Format::Synthetic => array(synthetic::synthetic(
-            p.n.unwrap_or(4000),
-            p.size.unwrap_or(16),
-            p.classes.unwrap_or(4),
-            p.seed,
-        )?),
-        Format::Idx => {
-            let (mut images, mut labels) = if dir.is_file() {
-                return Err(DataError::Invalid(format!("{}: format = \"idx\" needs the folder holding the image and label files, not a file", dir.display())));
+    match reader.read(&p, &dir, ctl)? {
+        // Images in memory: subset, then transform.
+        Source::Images(set) => {
+            let set = match p.subset {
+                Some(k) if k < set.n => set.select(&folder::subset_indices(set.n, k, p.seed)),
+                _ => set,
+            };
+            let set = if ops.is_identity() {
+                set
             } else {
-                idx::idx_files(&dir, split == Split::Train)
+                ctl.bar.set_length(set.n as u64);
+                crate::ops::transform_set(&set, &ops, ctl)?
             };
-            if let Some(name) = &p.images {
-                images = dir.join(name);
-            }
-            if let Some(name) = &p.labels {
-                labels = dir.join(name);
-            }
-            for f in [&images, &labels] {
-                if !f.is_file() {
-                    let (expected, hint) = p.expected_files();
-                    return Err(DataError::Missing {
-                        path: f.clone(),
-                        expected,
-                        hint: hint.into(),
-                    });
-                }
-            }
-            array(idx::read_idx(&images, &labels)?)
+            Ok(Decoded {
+                set,
+                skipped: Vec::new(),
+            })
         }
-        Format::Cifar10 => array(cifar::read_cifar10(&dir, split == Split::Train)?),
-        Format::Celeba | Format::Caltech101 | Format::Folder => {
-            let items = match p.format {
-                Format::Celeba => folder::celeba_items(&dir, split)?,
-                Format::Caltech101 => {
-                    folder::caltech101_items(
-                        &dir,
-                        split,
-                        p.per_class.unwrap_or(30),
-                        p.test_per_class,
-                        p.seed,
-                    )?
-                    .0
-                }
-                _ => folder::folder_items(&dir)?.0,
-            };
+        // Image files: subset before decoding.
+        Source::Files(items) => {
             let items: Vec<_> = match p.subset {
                 Some(k) if k < items.len() => folder::subset_indices(items.len(), k, p.seed)
                     .into_iter()
@@ -481,7 +301,7 @@ pub struct SplitSpec {
 
 /// Parameters of the `transform` stage. Order: subset, crop, resize,
 /// grayscale, split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct TransformParams {
     /// Crop each image: 140 (centre square), [w, h] (centre), "square" (largest centred square) or { x, y, w, h } (box).
@@ -696,6 +516,12 @@ impl Stage for DatasetStage {
     fn kind(&self) -> &'static str {
         "dataset"
     }
+    fn about(&self) -> &'static str {
+        "read a data set (image folder, IDX, CIFAR-10, synthetic) into data.safetensors"
+    }
+    fn param_docs(&self) -> Vec<mrbm_stage::ParamDoc> {
+        <DatasetParams as mrbm_stage::ParamDocs>::param_docs()
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -780,6 +606,12 @@ const TRANSFORM_INPUTS: &[InputSlot] = &[InputSlot::required(
 impl Stage for TransformStage {
     fn kind(&self) -> &'static str {
         "transform"
+    }
+    fn about(&self) -> &'static str {
+        "crop, resize, grayscale, subset and split an image set"
+    }
+    fn param_docs(&self) -> Vec<mrbm_stage::ParamDoc> {
+        <TransformParams as mrbm_stage::ParamDocs>::param_docs()
     }
     fn version(&self) -> u32 {
         1

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use mrbm_data::folder::{self, decode_items, Item};
 use mrbm_data::ops::{Crop, ImageOps, Size};
-use mrbm_data::{cifar, idx, load_dataset, Ctl, DataError, DatasetParams, Format, Split};
+use mrbm_data::{cifar, idx, load_dataset, Ctl, DataError, DatasetParams, Split};
 
 fn idx_bytes(ty: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut v = vec![0, 0, ty, dims.len() as u8];
@@ -285,22 +285,18 @@ fn corrupt_jpeg_in_folder_is_an_error_or_skipped() {
     // Through the folder reader too.
     let p = DatasetParams {
         skip_corrupt: true,
-        ..params(Format::Folder)
+        ..params("folder")
     };
     let out = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap();
     assert_eq!((out.set.n, out.skipped.len()), (1, 3));
-    let p = params(Format::Folder);
+    let p = params("folder");
     let e = load_dataset(&p, Some(d.path()), &Ctl::default()).unwrap_err();
     assert!(matches!(e, DataError::CorruptImage { .. }), "{e:?}");
     names(&e, "cut.jpg"); // first bad file in sorted order
 }
 
-fn params(format: Format) -> DatasetParams {
-    let raw: toml::Table = toml::from_str(&format!(
-        "format = \"{}\"",
-        serde_json::to_value(format).unwrap().as_str().unwrap()
-    ))
-    .unwrap();
+fn params(format: &str) -> DatasetParams {
+    let raw: toml::Table = toml::from_str(&format!("format = \"{format}\"")).unwrap();
     mrbm_stage::parse_params::<DatasetParams>(&raw).unwrap().0
 }
 
@@ -310,7 +306,7 @@ fn empty_class_folder() {
     jpeg(d.path(), "cats/1.jpg", 8, 8);
     std::fs::create_dir_all(d.path().join("dogs")).unwrap();
     write(d.path(), "dogs/readme.txt", b"no images here");
-    let e = load_dataset(&params(Format::Folder), Some(d.path()), &Ctl::default()).unwrap_err();
+    let e = load_dataset(&params("folder"), Some(d.path()), &Ctl::default()).unwrap_err();
     assert!(matches!(e, DataError::EmptyClass { .. }), "{e:?}");
     names(&e, "dogs");
 }
@@ -321,11 +317,11 @@ fn folder_labels_follow_sorted_names_and_sizes_must_agree() {
     jpeg(d.path(), "b/1.jpg", 12, 10);
     jpeg(d.path(), "a/1.jpg", 12, 10);
     jpeg(d.path(), "a/2.png", 12, 10);
-    let out = load_dataset(&params(Format::Folder), Some(d.path()), &Ctl::default()).unwrap();
+    let out = load_dataset(&params("folder"), Some(d.path()), &Ctl::default()).unwrap();
     assert_eq!(out.set.shape(), [3, 3, 10, 12]);
     assert_eq!(out.set.labels, vec![0, 0, 1]);
     let odd = jpeg(d.path(), "b/2.jpg", 14, 10);
-    let e = load_dataset(&params(Format::Folder), Some(d.path()), &Ctl::default()).unwrap_err();
+    let e = load_dataset(&params("folder"), Some(d.path()), &Ctl::default()).unwrap_err();
     assert!(
         matches!(
             e,
@@ -341,7 +337,7 @@ fn folder_labels_follow_sorted_names_and_sizes_must_agree() {
     // With a resize the sizes may differ.
     let p = DatasetParams {
         resize: Some(Size { w: 6, h: 5 }),
-        ..params(Format::Folder)
+        ..params("folder")
     };
     assert_eq!(
         load_dataset(&p, Some(d.path()), &Ctl::default())
@@ -370,7 +366,7 @@ fn folder_labels_follow_sorted_names_and_sizes_must_agree() {
 fn missing_data_set_names_folder_files_and_source() {
     let d = tempfile::tempdir().unwrap();
     let gone = d.path().join("mnist");
-    let e = load_dataset(&params(Format::Idx), Some(&gone), &Ctl::default()).unwrap_err();
+    let e = load_dataset(&params("idx"), Some(&gone), &Ctl::default()).unwrap_err();
     assert!(matches!(e, DataError::Missing { .. }), "{e:?}");
     let m = e.to_string();
     assert!(
@@ -381,12 +377,12 @@ fn missing_data_set_names_folder_files_and_source() {
     );
     // Folder exists but a file is missing: that file is named.
     std::fs::create_dir_all(&gone).unwrap();
-    let e = load_dataset(&params(Format::Idx), Some(&gone), &Ctl::default()).unwrap_err();
+    let e = load_dataset(&params("idx"), Some(&gone), &Ctl::default()).unwrap_err();
     names(&e, "train-images-idx3-ubyte.gz");
     for (f, url) in [
-        (Format::Cifar10, "cs.toronto.edu"),
-        (Format::Celeba, "CelebA"),
-        (Format::Caltech101, "caltech.edu"),
+        ("cifar10", "cs.toronto.edu"),
+        ("celeba", "CelebA"),
+        ("caltech101", "caltech.edu"),
     ] {
         let e =
             load_dataset(&params(f), Some(&d.path().join("nothing")), &Ctl::default()).unwrap_err();
@@ -404,7 +400,7 @@ fn celeba_partition_file() {
     for i in 1..=4 {
         jpeg(d.path(), &format!("img_align_celeba/{i:06}.jpg"), 18, 22);
     }
-    let mut p = params(Format::Celeba);
+    let mut p = params("celeba");
     assert_eq!(
         load_dataset(&p, Some(d.path()), &Ctl::default())
             .unwrap()
@@ -443,7 +439,7 @@ fn caltech101_split_is_seeded_and_excludes_background() {
             jpeg(&root, &format!("{c}/image_{i:04}.jpg"), 10 + i, 9);
         }
     }
-    let mut p = params(Format::Caltech101);
+    let mut p = params("caltech101");
     p.per_class = Some(2);
     p.resize = Some(Size { w: 8, h: 8 });
     p.filter = Some(mrbm_data::Filter::Bilinear);
@@ -525,7 +521,7 @@ fn cancelled_folder_read_is_the_stages_cancelled() {
         cancel: Some(&flag),
         ..Ctl::default()
     };
-    let e = load_dataset(&params(Format::Folder), Some(d.path()), &ctl).unwrap_err();
+    let e = load_dataset(&params("folder"), Some(d.path()), &ctl).unwrap_err();
     assert!(
         matches!(e, DataError::Stage(mrbm_stage::StageError::Cancelled)),
         "{e:?}"
@@ -537,7 +533,7 @@ fn cancelled_folder_read_is_the_stages_cancelled() {
     ));
     // Not cancelled: the same read succeeds.
     flag.store(false, std::sync::atomic::Ordering::Relaxed);
-    assert!(load_dataset(&params(Format::Folder), Some(d.path()), &ctl).is_ok());
+    assert!(load_dataset(&params("folder"), Some(d.path()), &ctl).is_ok());
 }
 
 #[test]

@@ -212,16 +212,9 @@ fn put_checkpoint(path: &Path, bytes: &[u8]) -> Result<(), DcimError> {
     write_manifest(path, &Manifest { blake3: vec![new] })
 }
 
-/// The trainer restored from the checkpoint at `path`, checked against its
-/// manifest and against this run (`spec`, `params` as in [`save`]; the
-/// objective, step size and reverse weight come from `fresh`, the trainer
-/// a new run would start with). An error with the reason otherwise.
-pub fn load(
-    path: &Path,
-    params: &str,
-    fresh: Trainer,
-    device: &Device,
-) -> Result<Restored, DcimError> {
+/// The checkpoint's bytes (checked against its manifest) and its resume
+/// record, checked against this run's network and parameters.
+fn read_record(path: &Path, params: &str, spec: &Spec) -> Result<(Vec<u8>, Record), DcimError> {
     let raw = std::fs::read(path).map_err(|e| DcimError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -254,13 +247,54 @@ pub fn load(
     if rec.format != 1 {
         return Err(err(path, format!("unknown format {}", rec.format)));
     }
-    let spec: &Spec = &fresh.model.spec;
     if rec.spec != serde_json::to_string(spec).unwrap_or_default() {
         return Err(err(path, "it holds another network (layers or input)"));
     }
     if rec.params != params {
         return Err(err(path, "it was written with other parameters"));
     }
+    Ok((raw, rec))
+}
+
+/// The (epoch, loss) of every batch run so far, from the `history` tensor.
+fn read_history(st: &SafeTensors, path: &Path) -> Result<Vec<(usize, StepLoss)>, DcimError> {
+    let h = st
+        .tensor("history")
+        .map_err(|e| err(path, format!("tensor `history`: {e}")))?;
+    if h.dtype() != Dtype::F64 || h.shape().len() != 2 || h.shape()[1] != 3 {
+        return Err(err(path, "tensor `history` is not F64 [n, 3]"));
+    }
+    let vals: Vec<f64> = h
+        .data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let hist = vals
+        .chunks_exact(3)
+        .map(|r| {
+            (
+                r[0] as usize,
+                StepLoss {
+                    class: r[1],
+                    reverse_per_pixel: r[2],
+                },
+            )
+        })
+        .collect();
+    Ok(hist)
+}
+
+/// The trainer restored from the checkpoint at `path`, checked against its
+/// manifest and against this run (`spec`, `params` as in [`save`]; the
+/// objective, step size and reverse weight come from `fresh`, the trainer
+/// a new run would start with). An error with the reason otherwise.
+pub fn load(
+    path: &Path,
+    params: &str,
+    fresh: Trainer,
+    device: &Device,
+) -> Result<Restored, DcimError> {
+    let (raw, rec) = read_record(path, params, &fresh.model.spec)?;
     let st = SafeTensors::deserialize(&raw).map_err(|e| err(path, e.to_string()))?;
     let read = |name: &str, want: &[usize]| -> Result<Vec<f32>, DcimError> {
         let t = st
@@ -358,29 +392,7 @@ pub fn load(
     }
     trainer.w_states = w_states;
     trainer.b_states = b_states;
-    let h = st
-        .tensor("history")
-        .map_err(|e| err(path, format!("tensor `history`: {e}")))?;
-    if h.dtype() != Dtype::F64 || h.shape().len() != 2 || h.shape()[1] != 3 {
-        return Err(err(path, "tensor `history` is not F64 [n, 3]"));
-    }
-    let vals: Vec<f64> = h
-        .data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    let hist = vals
-        .chunks_exact(3)
-        .map(|r| {
-            (
-                r[0] as usize,
-                StepLoss {
-                    class: r[1],
-                    reverse_per_pixel: r[2],
-                },
-            )
-        })
-        .collect();
+    let hist = read_history(&st, path)?;
     Ok(Restored {
         trainer,
         cursor: rec.cursor,

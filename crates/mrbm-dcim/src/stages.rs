@@ -48,7 +48,7 @@ fn class_labels(set: &ImageSet, classes: usize, slot: &str) -> Result<Vec<usize>
 // ---------------------------------------------------------------- dcim
 
 /// Parameters of `dcim`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct DcimParams {
     /// Layers from the image up to the classes: a number is a dense layer
@@ -232,30 +232,7 @@ impl TypedStage for DcimStage {
         let params_text = ctx.params.to_string();
         let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
         let (mut trainer, start, mut hist, seconds_before) =
-            match resume_file.as_ref().filter(|f| f.exists()) {
-                Some(f) => {
-                    let spare =
-                        Trainer::new(fresh.model.clone(), p.objective, p.lr, p.reverse_weight);
-                    match resume::load(f, &params_text, spare, device) {
-                        Ok(r) => {
-                            ctx.log(format!(
-                                "resumed at epoch {}, batch {} ({} batches done)",
-                                r.cursor.epoch + 1,
-                                r.cursor.batch + 1,
-                                r.hist.len()
-                            ));
-                            (r.trainer, r.cursor, r.hist, r.seconds)
-                        }
-                        Err(e) => {
-                            ctx.warn(format!(
-                                "not resuming from the checkpoint ({e}): training from the start"
-                            ));
-                            (fresh, resume::Cursor::default(), Vec::new(), 0.0)
-                        }
-                    }
-                }
-                None => (fresh, resume::Cursor::default(), Vec::new(), 0.0),
-            };
+            start_trainer(ctx, fresh, &p, resume_file.as_deref(), &params_text);
         let bar = ctx.bar((per_epoch * p.epochs) as u64, "dcim");
         mrbm_stage::progress::resume_at(&bar, hist.len() as u64);
         let started = Instant::now();
@@ -311,18 +288,7 @@ impl TypedStage for DcimStage {
                     hist.push((epoch, l));
                     bar.inc(1);
                 }
-                let done: Vec<&StepLoss> =
-                    hist.iter().filter(|h| h.0 == epoch).map(|h| &h.1).collect();
-                let mean = |f: fn(&StepLoss) -> f64| {
-                    done.iter().map(|l| f(l)).sum::<f64>() / done.len().max(1) as f64
-                };
-                ctx.log(format!(
-                    "epoch {} of {}: class NLL {:.4}, reverse NLL per pixel {:.4}",
-                    epoch + 1,
-                    p.epochs,
-                    mean(|l| l.class),
-                    mean(|l| l.reverse_per_pixel)
-                ));
+                log_epoch(ctx, &hist, epoch, p.epochs);
                 if epoch + 1 < p.epochs {
                     checkpoint(
                         &trainer,
@@ -340,65 +306,10 @@ impl TypedStage for DcimStage {
         let train_seconds = seconds_before + started.elapsed().as_secs_f64();
         let model = &trainer.model;
         checkpoint::save(model, &ctx.out("model.safetensors"))?;
-        let mut csv =
-            String::from("epoch,batch,step,total,layer1_class_nll,layer2_reverse_nll_per_pixel\n");
-        let mut batch_in_epoch = 0;
-        for (s, (e, l)) in hist.iter().enumerate() {
-            if s > 0 && hist[s - 1].0 != *e {
-                batch_in_epoch = 0;
-            }
-            batch_in_epoch += 1;
-            let rev = if l.reverse_per_pixel.is_finite() {
-                l.reverse_per_pixel
-            } else {
-                0.0
-            };
-            let total = l.class
-                + p.reverse_weight * rev * (p.objective != Objective::Discriminative) as u8 as f64;
-            csv.push_str(&format!(
-                "{},{},{},{},{},{}\n",
-                e + 1,
-                batch_in_epoch,
-                s + 1,
-                total,
-                l.class,
-                l.reverse_per_pixel
-            ));
-        }
+        let csv = loss_csv(&hist, &p);
         mrbm_stage::write_atomic(&ctx.out("loss.csv"), csv.as_bytes())?;
         loss_png(&hist, ctx.stage_id, &ctx.out("loss.png"))?;
-        let eval_batch = 500;
-        let cancelled = || ctx.check_cancel().is_err();
-        let (tr, te) = in_pool(ctx.threads, || {
-            let tr = model.evaluate(
-                &train.pixels()[..n * len],
-                &labels[..n],
-                eval_batch,
-                p.seed ^ 0xe7a1,
-                cancelled,
-            );
-            let te = model.evaluate(
-                test.pixels(),
-                &test_labels,
-                eval_batch,
-                p.seed ^ 0x7e57,
-                cancelled,
-            );
-            (tr, te)
-        })?;
-        let (tr, te) = (tr?, te?);
-        let own = |e: &crate::model::Eval| match p.objective {
-            Objective::Sampled => e.reverse_sampled,
-            _ => e.reverse_class,
-        };
-        let mut m = Metrics::new();
-        m.insert("test_accuracy".into(), te.accuracy);
-        m.insert("train_accuracy".into(), tr.accuracy);
-        m.insert("test_class_nll".into(), te.class_nll);
-        m.insert("reverse_loss_train".into(), own(&tr));
-        m.insert("reverse_loss_test".into(), own(&te));
-        m.insert("reverse_loss_test_class".into(), te.reverse_class);
-        m.insert("reverse_loss_test_sampled".into(), te.reverse_sampled);
+        let mut m = evaluate(ctx, model, &p, (&train, &labels, n), (&test, &test_labels))?;
         m.insert(
             "seconds".into(),
             seconds_before + started.elapsed().as_secs_f64(),
@@ -411,6 +322,130 @@ impl TypedStage for DcimStage {
         );
         Ok(m)
     }
+}
+
+/// loss.csv: a row per batch with its epoch, place, total loss and parts.
+fn loss_csv(hist: &[(usize, StepLoss)], p: &DcimParams) -> String {
+    let mut csv =
+        String::from("epoch,batch,step,total,layer1_class_nll,layer2_reverse_nll_per_pixel\n");
+    let mut batch_in_epoch = 0;
+    for (s, (e, l)) in hist.iter().enumerate() {
+        if s > 0 && hist[s - 1].0 != *e {
+            batch_in_epoch = 0;
+        }
+        batch_in_epoch += 1;
+        let rev = if l.reverse_per_pixel.is_finite() {
+            l.reverse_per_pixel
+        } else {
+            0.0
+        };
+        let total = l.class
+            + p.reverse_weight * rev * (p.objective != Objective::Discriminative) as u8 as f64;
+        csv.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            e + 1,
+            batch_in_epoch,
+            s + 1,
+            total,
+            l.class,
+            l.reverse_per_pixel
+        ));
+    }
+    csv
+}
+
+/// The trainer to run, its cursor, history and seconds so far: from the
+/// checkpoint an interrupted run of this stage key left (bit for bit the
+/// run it interrupted), else `fresh`.
+fn start_trainer(
+    ctx: &StageContext,
+    fresh: Trainer,
+    p: &DcimParams,
+    resume_file: Option<&std::path::Path>,
+    params_text: &str,
+) -> (Trainer, resume::Cursor, Vec<(usize, StepLoss)>, f64) {
+    match resume_file.filter(|f| f.exists()) {
+        Some(f) => {
+            let spare = Trainer::new(fresh.model.clone(), p.objective, p.lr, p.reverse_weight);
+            match resume::load(f, params_text, spare, ctx.device.burn()) {
+                Ok(r) => {
+                    ctx.log(format!(
+                        "resumed at epoch {}, batch {} ({} batches done)",
+                        r.cursor.epoch + 1,
+                        r.cursor.batch + 1,
+                        r.hist.len()
+                    ));
+                    (r.trainer, r.cursor, r.hist, r.seconds)
+                }
+                Err(e) => {
+                    ctx.warn(format!(
+                        "not resuming from the checkpoint ({e}): training from the start"
+                    ));
+                    (fresh, resume::Cursor::default(), Vec::new(), 0.0)
+                }
+            }
+        }
+        None => (fresh, resume::Cursor::default(), Vec::new(), 0.0),
+    }
+}
+
+/// The epoch's mean losses, to the log.
+fn log_epoch(ctx: &StageContext, hist: &[(usize, StepLoss)], epoch: usize, epochs: usize) {
+    let done: Vec<&StepLoss> = hist.iter().filter(|h| h.0 == epoch).map(|h| &h.1).collect();
+    let mean =
+        |f: fn(&StepLoss) -> f64| done.iter().map(|l| f(l)).sum::<f64>() / done.len().max(1) as f64;
+    ctx.log(format!(
+        "epoch {} of {}: class NLL {:.4}, reverse NLL per pixel {:.4}",
+        epoch + 1,
+        epochs,
+        mean(|l| l.class),
+        mean(|l| l.reverse_per_pixel)
+    ));
+}
+
+/// Accuracy, class NLL and reverse losses of the trained `model` on the
+/// first `n` training images and on the test images.
+fn evaluate(
+    ctx: &StageContext,
+    model: &Dcim,
+    p: &DcimParams,
+    (train, labels, n): (&ImageSet, &[usize], usize),
+    (test, test_labels): (&ImageSet, &[usize]),
+) -> Result<Metrics, StageError> {
+    let len = train.image_len();
+    let eval_batch = 500;
+    let cancelled = || ctx.check_cancel().is_err();
+    let (tr, te) = in_pool(ctx.threads, || {
+        let tr = model.evaluate(
+            &train.pixels()[..n * len],
+            &labels[..n],
+            eval_batch,
+            p.seed ^ 0xe7a1,
+            cancelled,
+        );
+        let te = model.evaluate(
+            test.pixels(),
+            test_labels,
+            eval_batch,
+            p.seed ^ 0x7e57,
+            cancelled,
+        );
+        (tr, te)
+    })?;
+    let (tr, te) = (tr?, te?);
+    let own = |e: &crate::model::Eval| match p.objective {
+        Objective::Sampled => e.reverse_sampled,
+        _ => e.reverse_class,
+    };
+    let mut m = Metrics::new();
+    m.insert("test_accuracy".into(), te.accuracy);
+    m.insert("train_accuracy".into(), tr.accuracy);
+    m.insert("test_class_nll".into(), te.class_nll);
+    m.insert("reverse_loss_train".into(), own(&tr));
+    m.insert("reverse_loss_test".into(), own(&te));
+    m.insert("reverse_loss_test_class".into(), te.reverse_class);
+    m.insert("reverse_loss_test_sampled".into(), te.reverse_sampled);
+    Ok(m)
 }
 
 // ---------------------------------------------------------------- dcim_sample
@@ -429,7 +464,7 @@ pub enum Way {
 }
 
 /// Parameters of `dcim_sample`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct DcimSampleParams {
     pub way: Way,

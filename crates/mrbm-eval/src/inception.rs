@@ -111,130 +111,18 @@ fn conv_specs() -> Vec<ConvSpec> {
         spec("Conv2d_3b_1x1", 64, 80, [1, 1], 1, [0, 0]),
         spec("Conv2d_4a_3x3", 80, 192, [3, 3], 1, [0, 0]),
     ];
-    let a = |v: &mut Vec<ConvSpec>, m: &str, cin: usize, pool: usize| {
-        v.push(spec(&format!("{m}.branch1x1"), cin, 64, [1, 1], 1, [0, 0]));
-        v.push(spec(
-            &format!("{m}.branch5x5_1"),
-            cin,
-            48,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-        v.push(spec(&format!("{m}.branch5x5_2"), 48, 64, [5, 5], 1, [2, 2]));
-        v.push(spec(
-            &format!("{m}.branch3x3dbl_1"),
-            cin,
-            64,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3dbl_2"),
-            64,
-            96,
-            [3, 3],
-            1,
-            [1, 1],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3dbl_3"),
-            96,
-            96,
-            [3, 3],
-            1,
-            [1, 1],
-        ));
-        v.push(spec(
-            &format!("{m}.branch_pool"),
-            cin,
-            pool,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-    };
-    a(&mut v, "Mixed_5b", 192, 32);
-    a(&mut v, "Mixed_5c", 256, 64);
-    a(&mut v, "Mixed_5d", 288, 64);
+    inception_a(&mut v, "Mixed_5b", 192, 32);
+    inception_a(&mut v, "Mixed_5c", 256, 64);
+    inception_a(&mut v, "Mixed_5d", 288, 64);
     // InceptionB
     v.push(spec("Mixed_6a.branch3x3", 288, 384, [3, 3], 2, [0, 0]));
     v.push(spec("Mixed_6a.branch3x3dbl_1", 288, 64, [1, 1], 1, [0, 0]));
     v.push(spec("Mixed_6a.branch3x3dbl_2", 64, 96, [3, 3], 1, [1, 1]));
     v.push(spec("Mixed_6a.branch3x3dbl_3", 96, 96, [3, 3], 2, [0, 0]));
-    let c = |v: &mut Vec<ConvSpec>, m: &str, c7: usize| {
-        v.push(spec(&format!("{m}.branch1x1"), 768, 192, [1, 1], 1, [0, 0]));
-        v.push(spec(
-            &format!("{m}.branch7x7_1"),
-            768,
-            c7,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-        v.push(spec(&format!("{m}.branch7x7_2"), c7, c7, [1, 7], 1, [0, 3]));
-        v.push(spec(
-            &format!("{m}.branch7x7_3"),
-            c7,
-            192,
-            [7, 1],
-            1,
-            [3, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch7x7dbl_1"),
-            768,
-            c7,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch7x7dbl_2"),
-            c7,
-            c7,
-            [7, 1],
-            1,
-            [3, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch7x7dbl_3"),
-            c7,
-            c7,
-            [1, 7],
-            1,
-            [0, 3],
-        ));
-        v.push(spec(
-            &format!("{m}.branch7x7dbl_4"),
-            c7,
-            c7,
-            [7, 1],
-            1,
-            [3, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch7x7dbl_5"),
-            c7,
-            192,
-            [1, 7],
-            1,
-            [0, 3],
-        ));
-        v.push(spec(
-            &format!("{m}.branch_pool"),
-            768,
-            192,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-    };
-    c(&mut v, "Mixed_6b", 128);
-    c(&mut v, "Mixed_6c", 160);
-    c(&mut v, "Mixed_6d", 160);
-    c(&mut v, "Mixed_6e", 192);
+    inception_c(&mut v, "Mixed_6b", 128);
+    inception_c(&mut v, "Mixed_6c", 160);
+    inception_c(&mut v, "Mixed_6d", 160);
+    inception_c(&mut v, "Mixed_6e", 192);
     // InceptionD
     v.push(spec("Mixed_7a.branch3x3_1", 768, 192, [1, 1], 1, [0, 0]));
     v.push(spec("Mixed_7a.branch3x3_2", 192, 320, [3, 3], 2, [0, 0]));
@@ -242,76 +130,194 @@ fn conv_specs() -> Vec<ConvSpec> {
     v.push(spec("Mixed_7a.branch7x7x3_2", 192, 192, [1, 7], 1, [0, 3]));
     v.push(spec("Mixed_7a.branch7x7x3_3", 192, 192, [7, 1], 1, [3, 0]));
     v.push(spec("Mixed_7a.branch7x7x3_4", 192, 192, [3, 3], 2, [0, 0]));
-    let e = |v: &mut Vec<ConvSpec>, m: &str, cin: usize| {
-        v.push(spec(&format!("{m}.branch1x1"), cin, 320, [1, 1], 1, [0, 0]));
-        v.push(spec(
-            &format!("{m}.branch3x3_1"),
-            cin,
-            384,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3_2a"),
-            384,
-            384,
-            [1, 3],
-            1,
-            [0, 1],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3_2b"),
-            384,
-            384,
-            [3, 1],
-            1,
-            [1, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3dbl_1"),
-            cin,
-            448,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3dbl_2"),
-            448,
-            384,
-            [3, 3],
-            1,
-            [1, 1],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3dbl_3a"),
-            384,
-            384,
-            [1, 3],
-            1,
-            [0, 1],
-        ));
-        v.push(spec(
-            &format!("{m}.branch3x3dbl_3b"),
-            384,
-            384,
-            [3, 1],
-            1,
-            [1, 0],
-        ));
-        v.push(spec(
-            &format!("{m}.branch_pool"),
-            cin,
-            192,
-            [1, 1],
-            1,
-            [0, 0],
-        ));
-    };
-    e(&mut v, "Mixed_7b", 1280);
-    e(&mut v, "Mixed_7c", 2048);
+    inception_e(&mut v, "Mixed_7b", 1280);
+    inception_e(&mut v, "Mixed_7c", 2048);
     v
+}
+
+/// InceptionA: 1x1, 5x5, double 3x3 and pool branches.
+fn inception_a(v: &mut Vec<ConvSpec>, m: &str, cin: usize, pool: usize) {
+    v.push(spec(&format!("{m}.branch1x1"), cin, 64, [1, 1], 1, [0, 0]));
+    v.push(spec(
+        &format!("{m}.branch5x5_1"),
+        cin,
+        48,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+    v.push(spec(&format!("{m}.branch5x5_2"), 48, 64, [5, 5], 1, [2, 2]));
+    v.push(spec(
+        &format!("{m}.branch3x3dbl_1"),
+        cin,
+        64,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3dbl_2"),
+        64,
+        96,
+        [3, 3],
+        1,
+        [1, 1],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3dbl_3"),
+        96,
+        96,
+        [3, 3],
+        1,
+        [1, 1],
+    ));
+    v.push(spec(
+        &format!("{m}.branch_pool"),
+        cin,
+        pool,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+}
+
+/// InceptionC: 1x1, 7x7, double 7x7 and pool branches.
+fn inception_c(v: &mut Vec<ConvSpec>, m: &str, c7: usize) {
+    v.push(spec(&format!("{m}.branch1x1"), 768, 192, [1, 1], 1, [0, 0]));
+    v.push(spec(
+        &format!("{m}.branch7x7_1"),
+        768,
+        c7,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+    v.push(spec(&format!("{m}.branch7x7_2"), c7, c7, [1, 7], 1, [0, 3]));
+    v.push(spec(
+        &format!("{m}.branch7x7_3"),
+        c7,
+        192,
+        [7, 1],
+        1,
+        [3, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch7x7dbl_1"),
+        768,
+        c7,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch7x7dbl_2"),
+        c7,
+        c7,
+        [7, 1],
+        1,
+        [3, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch7x7dbl_3"),
+        c7,
+        c7,
+        [1, 7],
+        1,
+        [0, 3],
+    ));
+    v.push(spec(
+        &format!("{m}.branch7x7dbl_4"),
+        c7,
+        c7,
+        [7, 1],
+        1,
+        [3, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch7x7dbl_5"),
+        c7,
+        192,
+        [1, 7],
+        1,
+        [0, 3],
+    ));
+    v.push(spec(
+        &format!("{m}.branch_pool"),
+        768,
+        192,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+}
+
+/// InceptionE: 1x1, split 3x3, split double 3x3 and pool branches.
+fn inception_e(v: &mut Vec<ConvSpec>, m: &str, cin: usize) {
+    v.push(spec(&format!("{m}.branch1x1"), cin, 320, [1, 1], 1, [0, 0]));
+    v.push(spec(
+        &format!("{m}.branch3x3_1"),
+        cin,
+        384,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3_2a"),
+        384,
+        384,
+        [1, 3],
+        1,
+        [0, 1],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3_2b"),
+        384,
+        384,
+        [3, 1],
+        1,
+        [1, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3dbl_1"),
+        cin,
+        448,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3dbl_2"),
+        448,
+        384,
+        [3, 3],
+        1,
+        [1, 1],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3dbl_3a"),
+        384,
+        384,
+        [1, 3],
+        1,
+        [0, 1],
+    ));
+    v.push(spec(
+        &format!("{m}.branch3x3dbl_3b"),
+        384,
+        384,
+        [3, 1],
+        1,
+        [1, 0],
+    ));
+    v.push(spec(
+        &format!("{m}.branch_pool"),
+        cin,
+        192,
+        [1, 1],
+        1,
+        [0, 0],
+    ));
 }
 
 /// Every tensor the weights file must hold, with its shape, sorted by name.

@@ -103,7 +103,7 @@ impl HostNet {
         debug_assert_eq!((g.oh(), g.ow()), (out.h, out.w), "{name}");
         let p = out.plane();
         let dst = &mut out.d[off * p..(off + hc.cout) * p];
-        if !g.forward(&x.d, Weights::Packed(&hc.w), &hc.b, true, dst, par, stop) {
+        if !g.forward(&x.d, Weights::Packed(&hc.w), (&hc.b, true), dst, par, stop) {
             return Err(Stopped);
         }
         Ok(off + hc.cout)

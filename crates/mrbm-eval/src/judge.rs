@@ -39,8 +39,7 @@ use crate::linalg::Cancel;
 
 /// How the judge's classifier is trained: the parameters of the `judge_fit`
 /// stage (`mrbm params judge_fit`).
-// mrbm params: judge_fit
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeConfig {
     /// Hidden ReLU units: the width of the feature space of the Frechet distance.
@@ -171,16 +170,13 @@ fn to_unit(pixels: &[u8]) -> Vec<f32> {
 /// microkernel, so the bits do not depend on the CPU.
 fn mm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], cols: usize) {
     sgemm_isa(
-        Isa::Portable,
-        m,
-        n,
-        k,
+        (Isa::Portable, Par::Rayon),
+        [m, n, k],
         1.0,
         a,
         b,
         0.0,
         ViewMut::row_major(c, cols),
-        Par::Rayon,
     );
 }
 
@@ -315,16 +311,14 @@ impl JudgeConfig {
     }
 }
 
-/// Train a judge on `n` labelled images of `shape` (u8, NCHW).
-pub fn fit(
+/// Check the training images and labels against each other and give the
+/// sorted classes and each image's class index.
+fn class_indices(
     pixels: &[u8],
     n: usize,
     shape: [usize; 3],
     labels: &[i64],
-    cfg: &JudgeConfig,
-    cancel: Cancel,
-) -> Result<(Judge, FitReport), JudgeError> {
-    cfg.check()?;
+) -> Result<(Vec<i64>, Vec<usize>), JudgeError> {
     let [c, h, w] = shape;
     let d = c * h * w;
     if pixels.len() != n * d {
@@ -358,9 +352,78 @@ pub fn fit(
             classes.len()
         )));
     }
-    let k = classes.len();
     let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, &l)| (l, i)).collect();
     let y: Vec<usize> = labels.iter().map(|l| index[l]).collect();
+    Ok((classes, y))
+}
+
+/// Training and holdout accuracy from the network's logits (k per image)
+/// and, with a holdout, the temperature fitted on it (set on `judge`) with
+/// the holdout's negative log-likelihood before and after.
+fn accuracies(
+    judge: &mut Judge,
+    logits: &[f32],
+    y: &[usize],
+    train_idx: &[usize],
+    hold_idx: &[usize],
+) -> (f64, f64, f64, f64) {
+    let k = judge.classes.len();
+    let accuracy = |idx: &[usize], logits: &[f32]| -> f64 {
+        let hits = logits
+            .chunks_exact(k)
+            .zip(idx)
+            .filter(|(z, &i)| argmax(z) == y[i])
+            .count();
+        hits as f64 / idx.len().max(1) as f64
+    };
+    let pick = |idx: &[usize]| -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
+            .collect()
+    };
+    let train_logits = pick(train_idx);
+    let train_accuracy = accuracy(train_idx, &train_logits);
+    let (holdout_accuracy, nll_raw, nll_fit) = if hold_idx.is_empty() {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        let hl = pick(hold_idx);
+        let hy: Vec<usize> = hold_idx.iter().map(|&i| y[i]).collect();
+        let t = fit_temperature(&hl, k, &hy);
+        judge.temperature = t;
+        (
+            accuracy(hold_idx, &hl),
+            nll(&hl, k, &hy, 1.0),
+            nll(&hl, k, &hy, t),
+        )
+    };
+    (train_accuracy, holdout_accuracy, nll_raw, nll_fit)
+}
+
+/// The perceptron's first weights [w1, b1, w2, b2]: He initialisation for
+/// the ReLU layer, Glorot-like for the read-out, zero biases.
+fn init_weights(d: usize, hid: usize, k: usize, rng: &mut ChaCha8Rng) -> [Vec<f32>; 4] {
+    let s1 = (2.0 / d as f64).sqrt();
+    let s2 = (1.0 / hid as f64).sqrt();
+    let w1: Vec<f32> = (0..d * hid).map(|_| (normal(rng) * s1) as f32).collect();
+    let b1 = vec![0.0f32; hid];
+    let w2: Vec<f32> = (0..hid * k).map(|_| (normal(rng) * s2) as f32).collect();
+    let b2 = vec![0.0f32; k];
+    [w1, b1, w2, b2]
+}
+
+/// Train a judge on `n` labelled images of `shape` (u8, NCHW).
+pub fn fit(
+    pixels: &[u8],
+    n: usize,
+    shape: [usize; 3],
+    labels: &[i64],
+    cfg: &JudgeConfig,
+    cancel: Cancel,
+) -> Result<(Judge, FitReport), JudgeError> {
+    cfg.check()?;
+    let (classes, y) = class_indices(pixels, n, shape, labels)?;
+    let d = shape.iter().product::<usize>();
+    let k = classes.len();
 
     let perm = permutation(n, cfg.seed ^ 0x006a_7564_6765);
     let n_hold = ((n as f64) * cfg.holdout).floor() as usize;
@@ -375,17 +438,7 @@ pub fn fit(
 
     let hid = cfg.hidden;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    // He initialisation for the ReLU layer, Glorot-like for the read-out.
-    let s1 = (2.0 / d as f64).sqrt();
-    let s2 = (1.0 / hid as f64).sqrt();
-    let mut w1: Vec<f32> = (0..d * hid)
-        .map(|_| (normal(&mut rng) * s1) as f32)
-        .collect();
-    let mut b1 = vec![0.0f32; hid];
-    let mut w2: Vec<f32> = (0..hid * k)
-        .map(|_| (normal(&mut rng) * s2) as f32)
-        .collect();
-    let mut b2 = vec![0.0f32; k];
+    let [mut w1, mut b1, mut w2, mut b2] = init_weights(d, hid, k, &mut rng);
     let (mut aw1, mut ab1, mut aw2, mut ab2) = (
         Adam::new(d * hid),
         Adam::new(hid),
@@ -415,7 +468,16 @@ pub fn fit(
                 xb[r * d..(r + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
                 yb[r] = y[i];
             }
-            let (l, mut g) = batch_grad(&w1, &b1, &w2, &b2, &xb, &yb, d, hid, k);
+            let net = Weights {
+                w1: &w1,
+                b1: &b1,
+                w2: &w2,
+                b2: &b2,
+                d,
+                hid,
+                k,
+            };
+            let (l, mut g) = batch_grad(&net, &xb, &yb);
             loss += l * bs as f64;
             let wd = cfg.weight_decay as f32;
             if wd > 0.0 {
@@ -450,37 +512,11 @@ pub fn fit(
             sigma: vec![],
         },
     };
-    let accuracy = |idx: &[usize], logits: &[f32]| -> f64 {
-        let hits = logits
-            .chunks_exact(k)
-            .zip(idx)
-            .filter(|(z, &i)| argmax(z) == y[i])
-            .count();
-        hits as f64 / idx.len().max(1) as f64
-    };
     // All images once through the trained network: features for the
     // statistics, logits for the accuracy and the temperature.
     let (feats, logits) = judge.forward_unit(&x, n, cancel)?;
-    let pick = |idx: &[usize]| -> Vec<f32> {
-        idx.iter()
-            .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
-            .collect()
-    };
-    let train_logits = pick(train_idx);
-    let train_accuracy = accuracy(train_idx, &train_logits);
-    let (holdout_accuracy, nll_raw, nll_fit) = if hold_idx.is_empty() {
-        (f64::NAN, f64::NAN, f64::NAN)
-    } else {
-        let hl = pick(hold_idx);
-        let hy: Vec<usize> = hold_idx.iter().map(|&i| y[i]).collect();
-        let t = fit_temperature(&hl, k, &hy);
-        judge.temperature = t;
-        (
-            accuracy(hold_idx, &hl),
-            nll(&hl, k, &hy, 1.0),
-            nll(&hl, k, &hy, t),
-        )
-    };
+    let (train_accuracy, holdout_accuracy, nll_raw, nll_fit) =
+        accuracies(&mut judge, &logits, &y, train_idx, hold_idx);
     judge.stats = GaussianStats::from_features(&feats, n, hid)?;
     let report = FitReport {
         n_train: train_idx.len(),
@@ -504,21 +540,31 @@ pub struct Grads {
     pub b2: Vec<f32>,
 }
 
-/// The mean cross-entropy of the perceptron (w1 [d, hid], b1, w2 [hid, k],
-/// b2) on the batch `xb` ([bs, d], values in [0, 1]) with class indices
+/// The perceptron's weights as [`batch_grad`] reads them: w1 [d, hid], b1
+/// [hid], w2 [hid, k], b2 [k].
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    pub w1: &'a [f32],
+    pub b1: &'a [f32],
+    pub w2: &'a [f32],
+    pub b2: &'a [f32],
+    pub d: usize,
+    pub hid: usize,
+    pub k: usize,
+}
+
+/// The mean cross-entropy of the perceptron `net` on the batch `xb` ([bs, d], values in [0, 1]) with class indices
 /// `yb`, and its gradient (backpropagation, closed form; no weight decay).
-#[allow(clippy::too_many_arguments)]
-pub fn batch_grad(
-    w1: &[f32],
-    b1: &[f32],
-    w2: &[f32],
-    b2: &[f32],
-    xb: &[f32],
-    yb: &[usize],
-    d: usize,
-    hid: usize,
-    k: usize,
-) -> (f64, Grads) {
+pub fn batch_grad(net: &Weights, xb: &[f32], yb: &[usize]) -> (f64, Grads) {
+    let Weights {
+        w1,
+        b1,
+        w2,
+        b2,
+        d,
+        hid,
+        k,
+    } = *net;
     let bs = yb.len();
     let mut z1 = vec![0.0f32; bs * hid];
     let mut lg = vec![0.0f32; bs * k];
@@ -838,15 +884,13 @@ impl Judgement {
     }
 }
 
-/// Score `n` samples and, the same way, up to `max_subsets` disjoint subsets
-/// of `n` reference images drawn by a permutation seeded with `seed`.
-#[allow(clippy::too_many_arguments)]
+/// Score the `n` samples and, the same way, up to `max_subsets` disjoint
+/// subsets of `n` of the `m` reference images drawn by a permutation seeded
+/// with `seed`.
 pub fn judge_against(
     judge: &Judge,
-    samples: &[u8],
-    n: usize,
-    reference: &[u8],
-    m: usize,
+    (samples, n): (&[u8], usize),
+    (reference, m): (&[u8], usize),
     threshold: f64,
     max_subsets: usize,
     seed: u64,

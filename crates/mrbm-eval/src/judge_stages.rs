@@ -113,7 +113,7 @@ impl TypedStage for JudgeFitStage {
 // ---------------------------------------------------------------- judge
 
 /// Parameters of the `judge` stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct JudgeParams {
     /// A class counts as covered when it is the classifier's argmax for at least this fraction of the images.
@@ -208,10 +208,8 @@ impl TypedStage for JudgeStage {
         let jd = mrbm_stage::in_pool(ctx.threads, || {
             judge::judge_against(
                 &j,
-                samples.pixels(),
-                samples.n,
-                reference.pixels(),
-                reference.n,
+                (samples.pixels(), samples.n),
+                (reference.pixels(), reference.n),
                 p.coverage_threshold,
                 p.max_subsets,
                 p.seed,

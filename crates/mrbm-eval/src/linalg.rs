@@ -157,34 +157,7 @@ fn tridiagonalize(
         d[i] = h;
     }
     if want_vectors {
-        // Accumulate the Householder reflections into v.
-        for i in 0..n - 1 {
-            v[at(n - 1, i)] = v[at(i, i)];
-            v[at(i, i)] = 1.0;
-            let h = d[i + 1];
-            if h != 0.0 {
-                let (head, tail) = v.split_at_mut((i + 1) * n);
-                let u = &tail[..i + 1]; // column i+1, rows 0..=i
-                for k in 0..=i {
-                    d[k] = u[k] / h;
-                }
-                let dk = &d[..=i];
-                head.par_chunks_mut(n).for_each(|col| {
-                    let g: f64 = u.iter().zip(&col[..=i]).map(|(a, b)| a * b).sum();
-                    for (c, dv) in col[..=i].iter_mut().zip(dk) {
-                        *c -= g * dv;
-                    }
-                });
-            }
-            for k in 0..=i {
-                v[at(k, i + 1)] = 0.0;
-            }
-        }
-        for j in 0..n {
-            d[j] = v[at(n - 1, j)];
-            v[at(n - 1, j)] = 0.0;
-        }
-        v[at(n - 1, n - 1)] = 1.0;
+        accumulate_reflections(v, n, d);
     } else {
         // Without accumulation the tridiagonal's diagonal is still on v's.
         for j in 0..n {
@@ -193,6 +166,40 @@ fn tridiagonalize(
     }
     e[0] = 0.0;
     true
+}
+
+/// The end of [`tridiagonalize`] when vectors are wanted: accumulate the
+/// Householder reflections into v and leave the diagonal in d.
+fn accumulate_reflections(v: &mut [f64], n: usize, d: &mut [f64]) {
+    let at = |r: usize, c: usize| c * n + r;
+    // Accumulate the Householder reflections into v.
+    for i in 0..n - 1 {
+        v[at(n - 1, i)] = v[at(i, i)];
+        v[at(i, i)] = 1.0;
+        let h = d[i + 1];
+        if h != 0.0 {
+            let (head, tail) = v.split_at_mut((i + 1) * n);
+            let u = &tail[..i + 1]; // column i+1, rows 0..=i
+            for k in 0..=i {
+                d[k] = u[k] / h;
+            }
+            let dk = &d[..=i];
+            head.par_chunks_mut(n).for_each(|col| {
+                let g: f64 = u.iter().zip(&col[..=i]).map(|(a, b)| a * b).sum();
+                for (c, dv) in col[..=i].iter_mut().zip(dk) {
+                    *c -= g * dv;
+                }
+            });
+        }
+        for k in 0..=i {
+            v[at(k, i + 1)] = 0.0;
+        }
+    }
+    for j in 0..n {
+        d[j] = v[at(n - 1, j)];
+        v[at(n - 1, j)] = 0.0;
+    }
+    v[at(n - 1, n - 1)] = 1.0;
 }
 
 /// Implicit QL iterations on the tridiagonal (d, e), rotating v along (tql2).

@@ -38,6 +38,7 @@ fn read_features(path: &Path, slot: &str) -> Result<FeatureSet, StageError> {
 
 impl TypedStage for SvmStage {
     const KIND: &'static str = "svm";
+    const ABOUT: &'static str = "train a linear SVM on features and report its test error";
     // 2: LIBLINEAR's switch to the primal Newton solver after 300 dual
     // iterations (and max_iter's default 1000 -> 300) changes unconverged fits.
     const VERSION: u32 = 2;
@@ -255,7 +256,7 @@ fn write_confusion(
 // ---------------------------------------------------------------- fid_stats
 
 /// Parameters of the `fid_stats` stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct FidStatsParams {
     /// Images per forward pass (pytorch-fid's default 50); does not change the result.
@@ -306,6 +307,7 @@ pub fn weights_help() -> String {
 
 impl TypedStage for FidStatsStage {
     const KIND: &'static str = "fid_stats";
+    const ABOUT: &'static str = "Inception statistics (mean, covariance) of an image set";
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = FID_STATS_INPUTS;
     const USES_DEVICE: bool = true;
@@ -476,7 +478,7 @@ pub fn read_stats(path: &Path) -> Result<(Vec<f64>, Vec<f64>), StageError> {
 // ---------------------------------------------------------------- fid
 
 /// The `fid` stage has no parameters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct FidParams {}
 
@@ -497,6 +499,7 @@ const FID_INPUTS: &[InputSlot] = &[
 
 impl TypedStage for FidStage {
     const KIND: &'static str = "fid";
+    const ABOUT: &'static str = "Frechet Inception distance between two sets of statistics";
     const VERSION: u32 = 1;
     const INPUTS: &'static [InputSlot] = FID_INPUTS;
     type Params = FidParams;

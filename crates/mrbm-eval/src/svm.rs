@@ -47,8 +47,7 @@ pub enum Loss {
 /// Solver settings; the names follow LIBLINEAR's command-line options. They
 /// are also the parameters of the `svm` stage (`mrbm params svm` shows the
 /// doc comments below): a key left out takes the value of [`Default`].
-// mrbm params: svm
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(default, deny_unknown_fields)]
 pub struct SvmConfig {
     /// "squared_hinge" (LIBLINEAR -s 1, its default) or "hinge" (-s 3). Assumption: the paper does not say.
@@ -389,7 +388,13 @@ pub fn fit_cancellable(
                 .collect();
             // Each class gets its own stream, so the result does not depend on scheduling.
             let seed = cfg.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            solve_binary(&rows, n, d, &y, cfg, seed, pos, cancel)
+            let problem = Binary {
+                rows: &rows,
+                n,
+                d,
+                y: &y,
+            };
+            solve_binary(&problem, cfg, seed, pos, cancel)
         })
         .collect();
     let (weights, reports) = results
@@ -439,19 +444,35 @@ fn apply_scaler(scaler: &[(f64, f64)], x: &mut [f32], d: usize) {
     }
 }
 
-/// LIBLINEAR's solve_l2r_l1l2_svc on one binary problem. Returns w (with the
-/// bias weight last when cfg.bias >= 0) and the report; None when cancelled.
-#[allow(clippy::too_many_arguments)]
-fn solve_binary(
-    rows: &Rows,
+/// One binary problem of [`solve_binary`]: the rows, their count and
+/// dimension, and the labels (+1 for the class, -1 for the rest).
+#[derive(Clone, Copy)]
+struct Binary<'a> {
+    rows: &'a Rows,
     n: usize,
     d: usize,
-    y: &[i8],
+    y: &'a [i8],
+}
+
+/// Where the dual coordinate descent of [`solve_binary`] stopped.
+struct Dual {
+    w: Vec<f64>,
+    alpha: Vec<f64>,
+    /// The diagonal added to Q (0 for the hinge loss, 1/2C squared).
+    diag: f64,
+    iter: usize,
+    converged: bool,
+}
+
+/// LIBLINEAR's dual coordinate descent with shrinking, up to
+/// `cfg.max_iter` outer iterations; None when cancelled.
+fn dual_coordinate_descent(
+    p: &Binary,
     cfg: &SvmConfig,
     seed: u64,
-    class: i64,
     cancel: &(dyn Fn() -> bool + Sync),
-) -> Option<(Vec<f64>, ClassReport)> {
+) -> Option<Dual> {
+    let Binary { rows, n, d, y } = *p;
     let has_bias = cfg.bias >= 0.0;
     let b = if has_bias { cfg.bias } else { 0.0 };
     let w_size = d + has_bias as usize;
@@ -549,6 +570,34 @@ fn solve_binary(
             pg_min_new
         };
     }
+    Some(Dual {
+        w,
+        alpha,
+        diag,
+        iter,
+        converged,
+    })
+}
+
+/// LIBLINEAR's solve_l2r_l1l2_svc on one binary problem. Returns w (with the
+/// bias weight last when cfg.bias >= 0) and the report; None when cancelled.
+fn solve_binary(
+    p: &Binary,
+    cfg: &SvmConfig,
+    seed: u64,
+    class: i64,
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Option<(Vec<f64>, ClassReport)> {
+    let Binary { rows, n, d, y } = *p;
+    let has_bias = cfg.bias >= 0.0;
+    let b = if has_bias { cfg.bias } else { 0.0 };
+    let Dual {
+        mut w,
+        alpha,
+        diag,
+        iter,
+        mut converged,
+    } = dual_coordinate_descent(p, cfg, seed, cancel)?;
 
     let mut v: f64 = w.iter().map(|x| x * x).sum();
     let mut n_sv = 0;

@@ -6,7 +6,9 @@
 mod common;
 
 use mrbm_data::artifact::ImageSet;
-use mrbm_eval::judge::{self, batch_grad, fit_temperature, score_probs, Judge, JudgeConfig};
+use mrbm_eval::judge::{
+    self, batch_grad, fit_temperature, score_probs, Judge, JudgeConfig, Weights,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -105,10 +107,20 @@ fn backprop_gradient_matches_finite_differences() {
     let b2: Vec<f32> = (0..k).map(|_| r(0.3)).collect();
     let xb: Vec<f32> = (0..bs * d).map(|_| r(1.0).abs()).collect();
     let yb: Vec<usize> = (0..bs).map(|i| i % k).collect();
-    let (_, g) = batch_grad(&w1, &b1, &w2, &b2, &xb, &yb, d, hid, k);
     let f = |w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]| {
-        batch_grad(w1, b1, w2, b2, &xb, &yb, d, hid, k).0
+        let net = Weights {
+            w1,
+            b1,
+            w2,
+            b2,
+            d,
+            hid,
+            k,
+        };
+        batch_grad(&net, &xb, &yb)
     };
+    let (_, g) = f(&w1, &b1, &w2, &b2);
+    let f = |w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32]| f(w1, b1, w2, b2).0;
     let h = 1e-3f32;
     let mut worst = 0.0f64;
     let mut check = |analytic: f32, plus: f64, minus: f64| {
@@ -220,10 +232,8 @@ fn calibrate(
         .map(|(name, px)| {
             let jd = judge::judge_against(
                 j,
-                &px,
-                n,
-                reference.pixels(),
-                reference.n,
+                (&px, n),
+                (reference.pixels(), reference.n),
                 0.05,
                 10,
                 0,

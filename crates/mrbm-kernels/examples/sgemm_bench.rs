@@ -75,16 +75,13 @@ fn main() {
             let flops = 2.0 * (m * n * k) as f64;
             let run = |isa: Isa, c: &mut [f32]| {
                 sgemm_isa(
-                    isa,
-                    m,
-                    n,
-                    k,
+                    (isa, par),
+                    [m, n, k],
                     1.0,
                     View::row_major(&a, k),
                     View::row_major(&b, n),
                     0.0,
                     ViewMut::row_major(c, n),
-                    par,
                 )
             };
             let best = time(flops, || run(Isa::best(), &mut c));

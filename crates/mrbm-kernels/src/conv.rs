@@ -286,13 +286,11 @@ impl Conv {
     /// when `relu`; chunk by chunk of [`Self::chunk`] positions, asking
     /// `stop` before each one. Returns false (out partly written) when it
     /// said stop.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &[f32],
         w: Weights,
-        bias: &[f32],
-        relu: bool,
+        (bias, relu): (&[f32], bool),
         out: &mut [f32],
         par: Par,
         stop: &mut dyn FnMut() -> bool,
@@ -308,7 +306,7 @@ impl Conv {
             ),
         }
         let gemm = |np: usize, b: View, dst: ViewMut| match w {
-            Weights::Plain(w) => sgemm(o, np, kk, 1.0, View::row_major(w, kk), b, 0.0, dst, par),
+            Weights::Plain(w) => sgemm([o, np, kk], 1.0, View::row_major(w, kk), b, 0.0, dst, par),
             Weights::Packed(w) => sgemm_packed(np, 1.0, w, b, 0.0, dst, par),
         };
         assert!(bias.len() >= o, "conv: bias too short");

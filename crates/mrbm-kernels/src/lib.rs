@@ -177,35 +177,20 @@ impl<'a> ViewMut<'a> {
 ///
 /// Panics when a view is too short for its shape or C's strides make two
 /// elements alias (caller bugs, not data errors).
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: View,
-    b: View,
-    beta: f32,
-    c: ViewMut,
-    par: Par,
-) {
-    sgemm_isa(Isa::best(), m, n, k, alpha, a, b, beta, c, par)
+pub fn sgemm([m, n, k]: [usize; 3], alpha: f32, a: View, b: View, beta: f32, c: ViewMut, par: Par) {
+    sgemm_isa((Isa::best(), par), [m, n, k], alpha, a, b, beta, c)
 }
 
-/// [`sgemm`] with the microkernel family given; panics when this CPU
-/// cannot run it (check [`Isa::available`]).
-#[allow(clippy::too_many_arguments)]
+/// [`sgemm`] with the microkernel family given (beside the parallelism);
+/// panics when this CPU cannot run it (check [`Isa::available`]).
 pub fn sgemm_isa(
-    isa: Isa,
-    m: usize,
-    n: usize,
-    k: usize,
+    (isa, par): (Isa, Par),
+    [m, n, k]: [usize; 3],
     alpha: f32,
     a: View,
     b: View,
     beta: f32,
     c: ViewMut,
-    par: Par,
 ) {
     assert!(isa.available(), "sgemm: {} is not available", isa.name());
     check_views(m, n, k, Some(&a), &b, &c);
@@ -219,27 +204,31 @@ pub fn sgemm_isa(
             // Column-major C: compute C^T = B^T A^T, whose rows are contiguous.
             driver(
                 isa,
-                n,
-                m,
-                k,
-                alpha,
-                Source::Strided(Mat::of(b.t())),
-                Mat::of(a.t()),
-                beta,
-                MatMut::of(c.data.as_mut_ptr(), c.cs, c.rs),
+                Product {
+                    m: n,
+                    n: m,
+                    k,
+                    alpha,
+                    a: Source::Strided(Mat::of(b.t())),
+                    b: Mat::of(a.t()),
+                    beta,
+                    c: MatMut::of(c.data.as_mut_ptr(), c.cs, c.rs),
+                },
                 par,
             );
         } else {
             driver(
                 isa,
-                m,
-                n,
-                k,
-                alpha,
-                Source::Strided(Mat::of(a)),
-                Mat::of(b),
-                beta,
-                MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
+                Product {
+                    m,
+                    n,
+                    k,
+                    alpha,
+                    a: Source::Strided(Mat::of(a)),
+                    b: Mat::of(b),
+                    beta,
+                    c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
+                },
                 par,
             );
         }
@@ -317,14 +306,16 @@ pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: Vi
     unsafe {
         driver(
             a.isa,
-            m,
-            n,
-            k,
-            alpha,
-            Source::Packed(pa),
-            Mat::of(b),
-            beta,
-            MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
+            Product {
+                m,
+                n,
+                k,
+                alpha,
+                a: Source::Packed(pa),
+                b: Mat::of(b),
+                beta,
+                c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
+            },
             par,
         )
     }
@@ -464,9 +455,10 @@ fn split_even(total: usize, max_block: usize, multiple: usize) -> usize {
     total.div_ceil(blocks).div_ceil(multiple) * multiple
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn driver(
-    isa: Isa,
+/// One product for [`driver`]: C (m x n) = alpha * A (m x k) * B (k x n)
+/// + beta * C.
+#[derive(Clone, Copy)]
+struct Product {
     m: usize,
     n: usize,
     k: usize,
@@ -475,15 +467,32 @@ unsafe fn driver(
     b: Mat,
     beta: f32,
     c: MatMut,
-    par: Par,
-) {
-    if k == 0 || alpha == 0.0 {
-        for i in 0..m {
-            for j in 0..n {
-                let p = c.p.add(i * c.rs + j * c.cs);
-                *p = if beta == 0.0 { 0.0 } else { beta * *p };
-            }
+}
+
+/// C = beta * C (0 where beta is 0, whatever C held): the whole product
+/// when k = 0 or alpha = 0.
+unsafe fn scale_c(m: usize, n: usize, beta: f32, c: MatMut) {
+    for i in 0..m {
+        for j in 0..n {
+            let p = c.p.add(i * c.rs + j * c.cs);
+            *p = if beta == 0.0 { 0.0 } else { beta * *p };
         }
+    }
+}
+
+unsafe fn driver(isa: Isa, product: Product, par: Par) {
+    let Product {
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+    } = product;
+    if k == 0 || alpha == 0.0 {
+        scale_c(m, n, beta, c);
         return;
     }
     let bl = isa.blocking();

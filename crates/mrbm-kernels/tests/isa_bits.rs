@@ -26,16 +26,13 @@ fn product(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, beta: f32, par: P
     let b = values(k * n, 5 + n as u32);
     let mut c = values(m * n, 11 + k as u32);
     sgemm_isa(
-        isa,
-        m,
-        n,
-        k,
+        (isa, par),
+        [m, n, k],
         alpha,
         View::row_major(&a, k),
         View::row_major(&b, n),
         beta,
         ViewMut::row_major(&mut c, n),
-        par,
     );
     c.iter().map(|x| x.to_bits()).collect()
 }

@@ -62,10 +62,8 @@ fn check(
     let c0 = values(len, 3);
     let mut c = c0.clone();
     sgemm_isa(
-        isa,
-        m,
-        n,
-        k,
+        (isa, par),
+        [m, n, k],
         alpha,
         av,
         bv,
@@ -75,7 +73,6 @@ fn check(
             rs,
             cs,
         },
-        par,
     );
     let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] } as f64;
     let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] } as f64;
@@ -167,16 +164,13 @@ fn beta_zero_ignores_c_and_degenerate_products_scale_it() {
         // C = alpha A B + beta C, all row-major, on one thread.
         let rm = |k: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]| {
             sgemm_isa(
-                isa,
-                m,
-                n,
-                k,
+                (isa, Par::Seq),
+                [m, n, k],
                 alpha,
                 View::row_major(a, k),
                 View::row_major(b, n),
                 beta,
                 ViewMut::row_major(c, n),
-                Par::Seq,
             )
         };
         let mut c = vec![f32::NAN; m * n];
@@ -196,16 +190,13 @@ fn short_views_are_refused() {
     let a = [1.0f32; 6];
     let mut c = [0.0f32; 3];
     sgemm_isa(
-        Isa::Portable,
-        2,
-        2,
-        3,
+        (Isa::Portable, Par::Seq),
+        [2, 2, 3],
         1.0,
         View::row_major(&a, 3),
         View::row_major(&a, 2),
         0.0,
         ViewMut::row_major(&mut c, 2),
-        Par::Seq,
     );
 }
 
@@ -326,7 +317,7 @@ fn conv_matches_the_definition_in_chunks() {
         ] {
             let mut out = vec![f32::NAN; g.o * g.positions()];
             let mut polls = 0;
-            let done = g.forward(&x, wv, &bias, relu, &mut out, Par::Seq, &mut || {
+            let done = g.forward(&x, wv, (&bias, relu), &mut out, Par::Seq, &mut || {
                 polls += 1;
                 false
             });
@@ -372,8 +363,7 @@ fn conv_stops_between_chunks_of_bounded_work() {
     let done = g.forward(
         &x,
         Weights::Plain(&w),
-        &bias,
-        false,
+        (&bias, false),
         &mut out,
         Par::Seq,
         &mut || {
@@ -403,16 +393,13 @@ fn packed_a_matches_sgemm() {
             let c0 = values(m * n, 9);
             let (mut c1, mut c2) = (c0.clone(), c0.clone());
             sgemm_isa(
-                isa,
-                m,
-                n,
-                k,
+                (isa, Par::Seq),
+                [m, n, k],
                 0.5,
                 View::row_major(&a, k),
                 View::row_major(&b, n),
                 0.25,
                 ViewMut::row_major(&mut c1, n),
-                Par::Seq,
             );
             sgemm_packed(
                 n,

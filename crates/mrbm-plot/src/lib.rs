@@ -269,6 +269,63 @@ fn draw_err<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> PlotError + '_ {
     }
 }
 
+/// The x axis' range: the categories' slots, or the points' span (padded
+/// when markers sit at the ends).
+fn x_range(chart: &Chart, all_x: &[f64]) -> (f64, f64) {
+    match &chart.x_categories {
+        Some(c) => (-0.5, c.len().max(1) as f64 - 0.5),
+        None => {
+            let a = all_x.iter().copied().fold(f64::INFINITY, f64::min);
+            let b = all_x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if !a.is_finite() {
+                (0.0, 1.0)
+            } else if b - a < 1e-12 {
+                (a - 0.5, b + 0.5)
+            } else if chart
+                .series
+                .iter()
+                .any(|s| s.style != Style::Faint && !matches!(s.style, Style::Line(_)))
+            {
+                // Markers at the ends stay whole.
+                let pad = 0.05 * (b - a);
+                (a - pad, b + pad)
+            } else {
+                (a, b)
+            }
+        }
+    }
+}
+
+/// The caption: the title, the y scale when not linear, and how many
+/// points lie off the scale.
+fn title(chart: &Chart, clipped: usize) -> String {
+    let mut title = chart.title.clone();
+    if chart.y_scale != YScale::Linear {
+        title.push_str(&format!(" ({} y)", chart.y_scale.name()));
+    }
+    if clipped > 0 {
+        title.push_str(&format!(" [{clipped} off-scale]"));
+    }
+    title
+}
+
+/// An RGB buffer of w x h as PNG bytes.
+fn encode_png(w: u32, h: u32, buf: Vec<u8>) -> Result<Vec<u8>, PlotError> {
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| PlotError::Draw {
+        what: "the picture".into(),
+        message: "buffer size".into(),
+    })?;
+    // Best compression: these pictures are embedded in report pages.
+    let mut out = Cursor::new(Vec::new());
+    let enc = image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Adaptive,
+    );
+    img.write_with_encoder(enc).map_err(draw_err("the PNG"))?;
+    Ok(out.into_inner())
+}
+
 /// Draw `chart` and return it as PNG bytes.
 pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
     font()?;
@@ -293,35 +350,8 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
         root.fill(&WHITE).map_err(draw_err("the background"))?;
         let (lo, hi) = limits(&all_y, chart.y_percentiles, chart.y_fence);
         let clipped = all_y.iter().filter(|&&t| t < lo || t > hi).count();
-        let mut title = chart.title.clone();
-        if chart.y_scale != YScale::Linear {
-            title.push_str(&format!(" ({} y)", chart.y_scale.name()));
-        }
-        if clipped > 0 {
-            title.push_str(&format!(" [{clipped} off-scale]"));
-        }
-        let (x0, x1) = match &chart.x_categories {
-            Some(c) => (-0.5, c.len().max(1) as f64 - 0.5),
-            None => {
-                let a = all_x.iter().copied().fold(f64::INFINITY, f64::min);
-                let b = all_x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                if !a.is_finite() {
-                    (0.0, 1.0)
-                } else if b - a < 1e-12 {
-                    (a - 0.5, b + 0.5)
-                } else if chart
-                    .series
-                    .iter()
-                    .any(|s| s.style != Style::Faint && !matches!(s.style, Style::Line(_)))
-                {
-                    // Markers at the ends stay whole.
-                    let pad = 0.05 * (b - a);
-                    (a - pad, b + pad)
-                } else {
-                    (a, b)
-                }
-            }
-        };
+        let title = title(chart, clipped);
+        let (x0, x1) = x_range(chart, &all_x);
         let mut cc = ChartBuilder::on(&root)
             .caption(&title, (FAMILY, 18).into_font())
             .margin(10)
@@ -408,19 +438,7 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
         }
         root.present().map_err(draw_err("the picture"))?;
     }
-    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| PlotError::Draw {
-        what: "the picture".into(),
-        message: "buffer size".into(),
-    })?;
-    // Best compression: these pictures are embedded in report pages.
-    let mut out = Cursor::new(Vec::new());
-    let enc = image::codecs::png::PngEncoder::new_with_quality(
-        &mut out,
-        image::codecs::png::CompressionType::Best,
-        image::codecs::png::FilterType::Adaptive,
-    );
-    img.write_with_encoder(enc).map_err(draw_err("the PNG"))?;
-    Ok(out.into_inner())
+    encode_png(w, h, buf)
 }
 
 /// Draw `chart` into a PNG file (written beside it, then renamed).

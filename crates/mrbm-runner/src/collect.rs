@@ -52,6 +52,9 @@ impl Stage for CollectStage {
     fn kind(&self) -> &'static str {
         "collect"
     }
+    fn about(&self) -> &'static str {
+        "gather several upstream stages' metrics into one set for a table"
+    }
     fn version(&self) -> u32 {
         1
     }

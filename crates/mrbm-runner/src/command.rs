@@ -53,7 +53,7 @@ const INPUTS: &[InputSlot] = &[
 const STDERR_TAIL: usize = 20;
 
 /// Parameters of `command`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, mrbm_stage::ParamDocs)]
 #[serde(deny_unknown_fields)]
 pub struct CommandParams {
     /// The program and its arguments, run without a shell; `{out}` and
@@ -128,6 +128,9 @@ impl Stage for CommandStage {
     }
     fn about(&self) -> &'static str {
         "run your own program (argv, no shell) on inputs in1..in4; it writes into {out}, optionally metrics.json"
+    }
+    fn param_docs(&self) -> Vec<mrbm_stage::ParamDoc> {
+        <CommandParams as mrbm_stage::ParamDocs>::param_docs()
     }
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         let (p, canon) = mrbm_stage::parse_params::<CommandParams>(raw)?;

@@ -1,18 +1,10 @@
-//! Every stage kind the `mrbm` binary knows, by name.
+//! Every stage kind the `mrbm` binary knows, by name. What a kind does and
+//! what its parameters mean come from the kind itself (`Stage::about`,
+//! `Stage::param_docs`).
 
 use std::collections::BTreeMap;
 
-use mrbm_stage::{JsonValue, Stage};
-
-include!(concat!(env!("OUT_DIR"), "/param_docs.rs"));
-
-/// The type and doc comment of a built-in kind's parameter.
-pub fn param_doc(kind: &str, param: &str) -> Option<(&'static str, &'static str)> {
-    PARAM_DOCS
-        .iter()
-        .find(|(k, p, _, _)| *k == kind && *p == param)
-        .map(|(_, _, t, d)| (*t, *d))
-}
+use mrbm_stage::{JsonValue, ParamDoc, Stage};
 
 pub struct Registry {
     stages: BTreeMap<&'static str, Box<dyn Stage>>,
@@ -63,10 +55,7 @@ impl Registry {
 
     /// What a kind does, in one line.
     pub fn about(&self, kind: &str) -> &'static str {
-        match self.get(kind).map(|s| s.about()) {
-            Some(a) if !a.is_empty() => a,
-            _ => builtin_about(kind),
-        }
+        self.get(kind).map_or("", |s| s.about())
     }
 
     /// `mrbm kinds`: each kind with its crate, one line, and its inputs.
@@ -114,6 +103,8 @@ impl Registry {
     /// struct accepts them, and listed as required with the type expected.
     pub fn describe_params(&self, kind: &str) -> Option<String> {
         let stage = self.get(kind)?;
+        let docs = stage.param_docs();
+        let param_doc = |p: &str| docs.iter().find(|d| d.name == p);
         let mut raw = toml::Table::new();
         let mut required: Vec<(String, String)> = Vec::new();
         let mut problem = None;
@@ -161,12 +152,12 @@ impl Registry {
                         format!(" ({t})")
                     }
                 ));
-                if let Some((_, doc)) = param_doc(kind, k).filter(|(_, d)| !d.is_empty()) {
-                    s.push_str(&format!("      {doc}\n"));
+                if let Some(d) = param_doc(k).filter(|d| !d.doc.is_empty()) {
+                    s.push_str(&format!("      {}\n", d.doc));
                 }
             }
         }
-        let optional = optional_params(kind, canon.as_ref(), &required);
+        let optional = optional_params(&docs, canon.as_ref(), &required);
         match canon {
             Some(JsonValue::Object(map)) => {
                 let defaults: Vec<(&String, &JsonValue)> = map
@@ -180,11 +171,11 @@ impl Registry {
                     let w = defaults.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
                     for (k, v) in defaults {
                         s.push_str(&format!("  {k:<w$} = {}", show_value(v)));
-                        match param_doc(kind, k) {
-                            Some((ty, doc)) => {
-                                s.push_str(&format!("  ({ty})\n"));
-                                if !doc.is_empty() {
-                                    s.push_str(&format!("      {doc}\n"));
+                        match param_doc(k) {
+                            Some(d) => {
+                                s.push_str(&format!("  ({})\n", d.ty));
+                                if !d.doc.is_empty() {
+                                    s.push_str(&format!("      {}\n", d.doc));
                                 }
                             }
                             None => s.push('\n'),
@@ -258,50 +249,29 @@ fn show_value(v: &JsonValue) -> String {
     }
 }
 
-/// One line for the kinds whose crates do not say (Stage::about).
-fn builtin_about(kind: &str) -> &'static str {
-    match kind {
-        "dataset" => {
-            "read a data set (image folder, IDX, CIFAR-10, synthetic) into data.safetensors"
-        }
-        "transform" => "crop, resize, grayscale, subset and split an image set",
-        "train" => "train a multinary RBM / DBN stack on images; writes model.safetensors",
-        "sample" => "draw images from a trained model by Gibbs sampling",
-        "reconstruct" => "reconstruct images through a trained model",
-        "features" => "hidden-unit features of a trained model for a data set",
-        "loglik" => "log-likelihood of a model on a data set by annealed importance sampling",
-        "pixel_features" => "the baseline features: raw pixels / 255, flattened (no model)",
-        "svm" => "train a linear SVM on features and report its test error",
-        "fid_stats" => "Inception statistics (mean, covariance) of an image set",
-        "fid" => "Frechet Inception distance between two sets of statistics",
-        "collect" => "gather several upstream stages' metrics into one set for a table",
-        "table" => "a results table (declared with [[tables]])",
-        _ => "",
-    }
-}
-
 /// The documented parameters that the canonical form leaves out: options
 /// added after a kind's first version stay out of its key at their default
 /// (so old cache entries stay valid), which also hides them from the
 /// canonical form `describe_params` lists. Their docs say the default.
-fn optional_params(kind: &str, canon: Option<&JsonValue>, required: &[(String, String)]) -> String {
+fn optional_params(
+    docs: &[ParamDoc],
+    canon: Option<&JsonValue>,
+    required: &[(String, String)],
+) -> String {
     let shown = |p: &str| {
         required.iter().any(|(r, _)| r == p)
             || matches!(canon, Some(JsonValue::Object(m)) if m.contains_key(p))
     };
-    let rows: Vec<_> = PARAM_DOCS
-        .iter()
-        .filter(|(k, p, _, _)| *k == kind && !shown(p))
-        .collect();
+    let rows: Vec<&ParamDoc> = docs.iter().filter(|d| !shown(d.name)).collect();
     if rows.is_empty() {
         return String::new();
     }
-    let w = rows.iter().map(|(_, p, _, _)| p.len()).max().unwrap_or(0);
+    let w = rows.iter().map(|d| d.name.len()).max().unwrap_or(0);
     let mut s = String::from("options (left out of the cache key at their default):\n");
-    for (_, p, ty, doc) in rows {
-        s.push_str(&format!("  {p:<w$}  ({ty})\n"));
-        if !doc.is_empty() {
-            s.push_str(&format!("      {doc}\n"));
+    for d in rows {
+        s.push_str(&format!("  {:<w$}  ({})\n", d.name, d.ty));
+        if !d.doc.is_empty() {
+            s.push_str(&format!("      {}\n", d.doc));
         }
     }
     s
@@ -327,5 +297,31 @@ mod tests {
         }
         // ...once: a parameter in the canonical form is not repeated.
         assert_eq!(text.matches("\n  epochs ").count(), 1, "{text}");
+    }
+
+    /// Every built-in kind says what it does and documents its
+    /// parameters itself (no line kept for it here).
+    #[test]
+    fn kinds_describe_themselves() {
+        let reg = Registry::builtin();
+        for kind in reg.stages.keys() {
+            let stage = reg.get(kind).unwrap();
+            assert!(
+                !stage.about().is_empty(),
+                "{kind} says nothing about itself"
+            );
+        }
+        let docs = reg.get("dataset").unwrap().param_docs();
+        let format = docs.iter().find(|d| d.name == "format").unwrap();
+        assert_eq!(format.ty, "Format");
+        assert!(
+            format.doc.starts_with("Reader: \"synthetic\""),
+            "{format:?}"
+        );
+        // Flattened structs give their own fields.
+        let train = reg.get("train").unwrap().param_docs();
+        for p in ["epochs", "dense", "max_images"] {
+            assert!(train.iter().any(|d| d.name == p), "train: {p} missing");
+        }
     }
 }

@@ -170,6 +170,9 @@ impl Stage for TableStage {
     fn kind(&self) -> &'static str {
         "table"
     }
+    fn about(&self) -> &'static str {
+        "a results table (declared with [[tables]])"
+    }
     fn version(&self) -> u32 {
         VERSION
     }

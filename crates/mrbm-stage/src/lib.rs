@@ -23,6 +23,29 @@ pub use serde_json::Value as JsonValue;
 
 pub mod progress;
 
+// The derive's code names `::mrbm_stage`, this crate included.
+extern crate self as mrbm_stage;
+
+/// `#[derive(ParamDocs)]` on a stage kind's params struct: each field's
+/// name, type and doc comment for `mrbm params KIND` (see [`ParamDocs`]).
+pub use mrbm_derive::ParamDocs;
+
+/// One parameter of a stage kind as `mrbm params KIND` shows it: the key,
+/// its Rust type and its doc comment (lines joined by spaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamDoc {
+    pub name: &'static str,
+    pub ty: &'static str,
+    pub doc: &'static str,
+}
+
+/// The parameter docs of a params struct, from its fields' doc comments:
+/// `#[derive(ParamDocs)]` writes it (a `#[serde(flatten)]` field gives the
+/// fields of its own type, which derives it too).
+pub trait ParamDocs {
+    fn param_docs() -> Vec<ParamDoc>;
+}
+
 /// Re-exported for the runner and the stages (mrbm-device catches backend
 /// panics with it).
 pub use mrbm_device::panic_message;
@@ -361,10 +384,15 @@ pub trait Stage: Send + Sync {
     fn open_inputs(&self) -> bool {
         false
     }
-    /// One line saying what the kind does, for `mrbm kinds` (empty: the
-    /// runner has its own line for the built-in kinds).
+    /// One line saying what the kind does, for `mrbm kinds` and `mrbm
+    /// params`.
     fn about(&self) -> &'static str {
         ""
+    }
+    /// Each parameter's key, type and doc, for `mrbm params` (see
+    /// [`ParamDocs`]); empty when the kind documents none.
+    fn param_docs(&self) -> Vec<ParamDoc> {
+        Vec::new()
     }
     /// Validate the raw TOML parameters and return their canonical form:
     /// defaults filled in, so that writing a default explicitly changes no key.
@@ -406,11 +434,13 @@ pub trait TypedStage: Send + Sync {
     /// Bump whenever the outputs for the same parameters and inputs change.
     const VERSION: u32;
     const INPUTS: &'static [InputSlot];
-    /// One line for `mrbm kinds`.
-    const ABOUT: &'static str = "";
+    /// One line for `mrbm kinds`: what the kind does.
+    const ABOUT: &'static str;
     /// Whether it runs tensor work on the selected device.
     const USES_DEVICE: bool = false;
-    type Params: DeserializeOwned + Serialize + Default;
+    /// Its parameters: `#[derive(ParamDocs)]` gives `mrbm params` their
+    /// doc comments.
+    type Params: DeserializeOwned + Serialize + Default + ParamDocs;
     /// Every key `Params` accepts, for "did you mean" on a misspelt one.
     /// serde lists them itself for a plain struct; a `Params` that
     /// `#[serde(flatten)]`s library structs lists the union of theirs
@@ -450,6 +480,9 @@ impl<T: TypedStage> Stage for T {
     }
     fn about(&self) -> &'static str {
         T::ABOUT
+    }
+    fn param_docs(&self) -> Vec<ParamDoc> {
+        T::Params::param_docs()
     }
     fn params(&self, raw: &toml::Table) -> Result<JsonValue, ParamError> {
         let (typed, canon) = parse_params::<T::Params>(raw).map_err(|mut e| {
@@ -754,15 +787,19 @@ mod tests {
 
     /// Scales its parameter; refuses a negative factor.
     struct Scale;
-    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[derive(Debug, Default, Serialize, Deserialize, crate::ParamDocs)]
     #[serde(default, deny_unknown_fields)]
     struct ScaleParams {
+        /// The factor y is 2 times.
+        ///
+        /// Not negative.
         factor: f64,
         #[serde(skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     }
     impl TypedStage for Scale {
         const KIND: &'static str = "scale";
+        const ABOUT: &'static str = "twice a factor";
         const VERSION: u32 = 2;
         const INPUTS: &'static [InputSlot] = &[];
         type Params = ScaleParams;
@@ -775,6 +812,45 @@ mod tests {
         fn run(&self, _ctx: &StageContext, p: ScaleParams) -> Result<Metrics, StageError> {
             Ok(Metrics::from([("y".to_string(), 2.0 * p.factor)]))
         }
+    }
+
+    /// The derive reads doc comments, `rename` and `flatten`, and writes
+    /// types as rustfmt does; a typed stage hands them to `Stage`.
+    #[test]
+    fn param_docs_come_from_the_params_struct() {
+        #[derive(Serialize, Deserialize, Default, crate::ParamDocs)]
+        struct Inner {
+            /// Learning rate.
+            lr: f64,
+        }
+        #[derive(Serialize, Deserialize, Default, crate::ParamDocs)]
+        struct Outer {
+            /// Cost, as LIBLINEAR's
+            /// C.
+            #[serde(rename = "C", default)]
+            c: f64,
+            #[serde(flatten)]
+            inner: Inner,
+            path: Option<Vec<(String, std::path::PathBuf)>>,
+        }
+        let d = |name, ty, doc| ParamDoc { name, ty, doc };
+        assert_eq!(
+            Outer::param_docs(),
+            [
+                d("C", "f64", "Cost, as LIBLINEAR's C."),
+                d("lr", "f64", "Learning rate."),
+                d("path", "Option<Vec<(String, std::path::PathBuf)>>", ""),
+            ]
+        );
+        let s: &dyn Stage = &Scale;
+        assert_eq!(s.about(), "twice a factor");
+        assert_eq!(
+            s.param_docs(),
+            [
+                d("factor", "f64", "The factor y is 2 times.  Not negative."),
+                d("note", "Option<String>", "")
+            ]
+        );
     }
 
     #[test]
