@@ -1,7 +1,7 @@
 //! `mrbm`: declare an experiment in TOML, run it, rerun only what changed.
 //!
 //! This file only maps command-line arguments onto the runner's phases:
-//! `config::load` -> `dag::build` (the plan) -> `Session` (`plan`, `run`)
+//! `load::config::load` -> `plan::build` (the plan) -> `Session` (`plan`, `run`)
 //! -> `report`. See ARCHITECTURE.md.
 
 use std::io::IsTerminal;
@@ -12,19 +12,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use mrbm_runner::config::{self, parse_set};
-use mrbm_runner::dag::{self, Dag, Overrides};
-use mrbm_runner::exec::{self, RunOptions, Status};
-use mrbm_runner::gc::{self, GcOptions};
-use mrbm_runner::hashing::Memo;
-use mrbm_runner::history;
-use mrbm_runner::plan;
-use mrbm_runner::registry::Registry;
-use mrbm_runner::session::Session;
-use mrbm_runner::slurm::{self, ExecutorDecl};
+use mrbm_runner::key::preview;
+use mrbm_runner::key::record::RunRecord;
+use mrbm_runner::kinds::registry::Registry;
+use mrbm_runner::kinds::table;
+use mrbm_runner::load::config::{self, parse_set};
+use mrbm_runner::load::executor::ExecutorDecl;
+use mrbm_runner::ops::gc::{self, GcOptions};
+use mrbm_runner::plan::{self, Dag, Overrides};
+use mrbm_runner::report::{history, rundiff, summary};
+use mrbm_runner::run::exec::{self, RunOptions};
+use mrbm_runner::run::executors::slurm;
+use mrbm_runner::run::job::{NodeResult, Status};
+use mrbm_runner::run::session::Session;
+use mrbm_runner::run::{device, output};
+use mrbm_runner::store::hashing::Memo;
 use mrbm_runner::store::Store;
-use mrbm_runner::table;
-use mrbm_runner::{device, output, summary, RunnerError};
+use mrbm_runner::RunnerError;
 
 #[derive(Parser)]
 #[command(
@@ -391,9 +395,9 @@ fn build_dag(select: &Select, reg: &Registry) -> Result<Built, RunnerError> {
             )
         })
         .collect();
-    let mut dag = dag::build(&exp, reg, &ov)?;
+    let mut dag = plan::build(&exp, reg, &ov)?;
     if !select.stages.is_empty() {
-        dag = mrbm_runner::targets::select(&dag, &select.stages)?;
+        dag = mrbm_runner::plan::targets::select(&dag, &select.stages)?;
     }
     Ok(Built {
         dag,
@@ -437,7 +441,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
             let lines = Session::new(&reg, &store, &memo).plan(&dag)?;
-            print!("{}", plan::render(&lines));
+            print!("{}", preview::render(&lines));
             memo.save()?;
             Ok(0)
         }
@@ -478,9 +482,9 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             run,
             out,
             loss_scale,
-        } => mrbm_runner::report::command(
+        } => mrbm_runner::report::html::command(
             &existing_cache(&cli)?,
-            &mrbm_runner::report::ReportRequest {
+            &mrbm_runner::report::html::ReportRequest {
                 run: run.clone(),
                 out: out.clone(),
                 y_scale: loss_scale.clone(),
@@ -524,7 +528,8 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
 
 /// `mrbm push` / `mrbm pull`.
 fn push_pull(cli: &Cli, reg: &Registry, a: &RemoteArgs, pull: bool) -> Result<u8, RunnerError> {
-    use mrbm_runner::{remote, transfer};
+    use mrbm_runner::ops::transfer;
+    use mrbm_runner::store::remote;
     let (root, dag) = match &a.file {
         Some(file) => {
             let select = Select {
@@ -665,7 +670,7 @@ struct RunArgs {
 /// Where the stages of a run go: this machine's threads, or Slurm.
 enum Target {
     Local,
-    Slurm(Box<slurm::SlurmOptions>),
+    Slurm(Box<mrbm_runner::load::executor::SlurmOptions>),
 }
 
 /// The executor asked for (--executor, else the experiment's `[executor]`).
@@ -752,11 +757,11 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         device,
         threads,
         progress,
-        force: mrbm_runner::targets::forced(&dag, &a.force)?,
+        force: mrbm_runner::plan::targets::forced(&dag, &a.force)?,
     };
     if matches!(target, Target::Local) {
         // Sizes from parameters alone, before any stage starts.
-        mrbm_runner::dag::prechecks::memory(reg, &dag)?;
+        mrbm_runner::plan::prechecks::memory(reg, &dag)?;
     }
     let session = Session::new(reg, &store, &memo);
     let (results, timings) = match target {
@@ -764,7 +769,7 @@ fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, Ru
         Target::Slurm(o) => run_on_slurm(cli, &session, &dag, &opts, &cancel, *o, &spec)?,
     };
     drop(ticker);
-    let (entries, bytes, took) = mrbm_runner::integrity::stats();
+    let (entries, bytes, took) = mrbm_runner::store::integrity::stats();
     tracing::info!(
         "integrity: checked {entries} cached entries ({:.1} MB) against their manifests in {:.1} ms",
         bytes as f64 / 1e6,
@@ -803,9 +808,9 @@ fn run_on_slurm(
     dag: &Dag,
     opts: &RunOptions,
     cancel: &AtomicBool,
-    o: slurm::SlurmOptions,
+    o: mrbm_runner::load::executor::SlurmOptions,
     spec: &str,
-) -> Result<(Vec<exec::NodeResult>, Vec<slurm::JobTiming>), RunnerError> {
+) -> Result<(Vec<NodeResult>, Vec<slurm::JobTiming>), RunnerError> {
     if !slurm::available() {
         return Err(RunnerError::Usage(
             "--executor slurm: no Slurm controller answers `sinfo` here (is this a Slurm login node?)\n  help: run without --executor slurm (or with --executor local)".into(),
@@ -836,7 +841,7 @@ fn cancel_on_interrupt() -> Arc<AtomicBool> {
             // process's temporary folders and locks removed, first.
             slurm::scancel(&slurm::in_flight_ids());
             eprintln!("\ninterrupted again: exiting");
-            mrbm_runner::abort::exit_now(130);
+            mrbm_runner::sys::abort::exit_now(130);
         }
         eprintln!("\ninterrupt: finishing nothing new, cleaning up (Ctrl-C again to quit now)");
     });
@@ -871,7 +876,7 @@ fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
         // Look the id up in the records of past runs.
         if let Ok(rd) = std::fs::read_dir(root.join("runs")) {
             for e in rd.flatten() {
-                let rec: exec::RunRecord = std::fs::read(e.path())
+                let rec: RunRecord = std::fs::read(e.path())
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
                     .unwrap_or_default();
@@ -982,7 +987,7 @@ fn compare(
         .map(|p| history::find(&all, p))
         .collect::<Result<Vec<_>, _>>()?;
     if let [one] = picked[..] {
-        let before = mrbm_runner::rundiff::previous(&all, one)?;
+        let before = rundiff::previous(&all, one)?;
         eprintln!(
             "comparing run {} with the run of {} before it, {} ({}); give two or more ids to choose",
             one.id, one.experiment, before.id, before.time
@@ -990,16 +995,13 @@ fn compare(
         picked.insert(0, before);
     }
     let rows = if only_params {
-        mrbm_runner::rundiff::params_diff_rows(&picked)
+        rundiff::params_diff_rows(&picked)
     } else {
         history::compare_rows(&picked, all_metrics)
     };
     if csv {
         print!("{}", history::to_csv(&rows));
-    } else if only_params
-        && rows.len() == 1
-        && mrbm_runner::rundiff::no_params_note(&picked).is_none()
-    {
+    } else if only_params && rows.len() == 1 && rundiff::no_params_note(&picked).is_none() {
         println!(
             "no parameter differs between runs {}",
             picked
@@ -1011,7 +1013,7 @@ fn compare(
     } else {
         print!("{}", table::render_aligned(&rows));
     }
-    if let Some(note) = mrbm_runner::rundiff::no_params_note(&picked) {
+    if let Some(note) = rundiff::no_params_note(&picked) {
         eprintln!("note: {note}");
     }
     Ok(0)
@@ -1023,7 +1025,8 @@ fn compare(
 /// Exit status: 0 published (or already there), 1 the stage failed, 2 a
 /// user error, 130 cancelled (scancel sends SIGTERM).
 fn exec_stage(cli: &Cli, reg: &Registry, key: &str, spec: &str) -> Result<u8, RunnerError> {
-    use mrbm_runner::executor::{run_job, Runtime, StageJob};
+    use mrbm_runner::key::job::StageJob;
+    use mrbm_runner::run::worker::{run_job, Runtime};
     eprintln!(
         "{}{:.3} on {} (key {key})",
         slurm::STARTED,
