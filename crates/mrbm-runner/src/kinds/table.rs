@@ -803,7 +803,7 @@ mod tests {
         assert_eq!(prov["cells"][1]["status"], MISSING);
         assert!(prov["cells"][1].get("device").is_none());
         // Nothing that a rerun changes: the file is pinned in results/.
-        for volatile in ["host", "started", "seconds", "slurm_job"] {
+        for volatile in ["host", "started", "seconds", "executor_job", "slurm_job"] {
             assert!(
                 prov["cells"][0].get(volatile).is_none(),
                 "{volatile}: {prov}"
@@ -813,7 +813,7 @@ mod tests {
             host: "other".into(),
             started: "2027-01-01T00:00:00Z".into(),
             seconds: 9.0,
-            slurm_job: Some("42".into()),
+            executor_job: Some("42".into()),
             ..a.clone()
         };
         assert_eq!(prov, provenance(&p, |slot| (slot == "a").then_some(&b)));

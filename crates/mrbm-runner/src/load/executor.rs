@@ -1,64 +1,35 @@
-//! `[executor]` in an experiment file, as the load phase reads it: the kind
-//! (`local` or `slurm`; `--executor` overrides it) and the Slurm options.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+//! `[executor]` in an experiment file, as the load phase reads it: the
+//! kind (`local` by default; `--executor` overrides it) and the rest of the
+//! table as it stands. Each executor parses its own settings from that
+//! table (`crate::run::executors`), so adding one changes nothing here.
 
 use serde::{Deserialize, Serialize};
 
-/// `[executor]` in an experiment file. `--executor` overrides `kind`.
+/// `[executor]` in an experiment file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ExecutorDecl {
-    /// `local` (default) or `slurm`.
+    /// Which executor runs the stages (`local`, `slurm`, ...).
     #[serde(default)]
     pub kind: Option<String>,
+    /// Its settings: every other key of the table, for that executor to read.
     #[serde(flatten)]
-    pub slurm: SlurmOptions,
+    pub settings: toml::Table,
 }
 
-/// Slurm options, from `[executor]`. Every one is optional: without them
-/// the jobs get the cluster's defaults.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SlurmOptions {
-    #[serde(default)]
-    pub partition: Option<String>,
-    #[serde(default)]
-    pub account: Option<String>,
-    #[serde(default)]
-    pub qos: Option<String>,
-    /// Time limit of each job (Slurm's format: "30", "2:00:00", "1-00:00:00").
-    #[serde(default)]
-    pub time: Option<String>,
-    /// Memory of each job (Slurm's format: "4G", "16000M").
-    #[serde(default)]
-    pub mem: Option<String>,
-    /// GPUs per job for stages that use the accelerator (`--gpus=N`).
-    #[serde(default)]
-    pub gpus: Option<u32>,
-    /// Per stage kind: `[executor.kinds.train] time = "24:00:00", mem = "32G"`.
-    #[serde(default)]
-    pub kinds: BTreeMap<String, KindLimits>,
-    /// More sbatch arguments, each as one word: `["--constraint=a100"]`.
-    #[serde(default)]
-    pub sbatch_args: Vec<String>,
-    /// Jobs in flight at most (default 100).
-    #[serde(default)]
-    pub max_jobs: Option<usize>,
-    /// The mrbm binary the nodes run (default: this one; it must be on a
-    /// path the nodes see). `--mrbm` overrides it.
-    #[serde(default)]
-    pub mrbm: Option<PathBuf>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KindLimits {
-    #[serde(default)]
-    pub time: Option<String>,
-    #[serde(default)]
-    pub mem: Option<String>,
-    #[serde(default)]
-    pub gpus: Option<u32>,
+    #[test]
+    fn the_kind_is_read_and_every_other_key_kept_for_the_executor() {
+        let d: ExecutorDecl =
+            toml::from_str("kind = \"slurm\"\ntime = \"10\"\n[kinds.train]\nmem = \"3G\"\n")
+                .unwrap();
+        assert_eq!(d.kind.as_deref(), Some("slurm"));
+        assert_eq!(d.settings["time"].as_str(), Some("10"));
+        assert_eq!(d.settings["kinds"]["train"]["mem"].as_str(), Some("3G"));
+        assert!(!d.settings.contains_key("kind"));
+        let none: ExecutorDecl = toml::from_str("").unwrap();
+        assert_eq!(none, ExecutorDecl::default());
+    }
 }

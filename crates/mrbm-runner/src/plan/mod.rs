@@ -24,6 +24,7 @@ pub mod inputs;
 pub mod overrides;
 pub mod prechecks;
 pub mod publish;
+pub mod select;
 pub mod sweep;
 pub mod tables;
 pub mod targets;

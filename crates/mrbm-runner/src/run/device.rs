@@ -7,6 +7,7 @@ use mrbm_core::checks;
 use mrbm_device::{self as devices, cuda_env, Device, DeviceError};
 
 use crate::error::{Located, RunnerError};
+use crate::plan::select::DeviceKey;
 
 /// Resolve a device request once for this process. A malformed request is
 /// a usage error, a device this build or machine cannot give a data error
@@ -16,17 +17,6 @@ pub fn resolve(spec: &str) -> Result<Device, RunnerError> {
         DeviceError::BadRequest { .. } => RunnerError::Usage(e.to_string()),
         DeviceError::Unavailable { .. } => RunnerError::Data(e.to_string()),
     })
-}
-
-/// An experiment's `device` key and where it is written, so that a device
-/// this build or machine cannot give is reported at that line of the file
-/// (the user may not know the file asks for one).
-#[derive(Debug, Clone)]
-pub struct DeviceKey {
-    pub spec: String,
-    pub file: std::path::PathBuf,
-    pub line: usize,
-    pub col: usize,
 }
 
 /// [`resolve`] a request from an experiment's `device` key: errors name

@@ -8,7 +8,6 @@
 //! publishes it ([`crate::run::worker::run_job`]). The scheduler then copies
 //! published files to results/ and releases the node's dependants.
 
-use mrbm_stage::Device;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,47 +18,19 @@ use crate::key::record::{RunRecord, StageRecord};
 use crate::key::{self, Cells, Resolved};
 use crate::kinds::registry::Registry;
 use crate::plan::{Dag, InputSource, Node};
-use crate::run::executors::local::LocalExecutor;
 use crate::run::executors::Executor;
 use crate::run::job::{NodeResult, Status};
-use crate::run::worker::Runtime;
 use crate::store::hashing::Memo;
 use crate::store::{self, Manifest, Store};
 
 pub struct RunOptions {
     pub jobs: usize,
     pub keep_going: bool,
-    pub device: Device,
     pub threads: usize,
     pub progress: Option<indicatif::MultiProgress>,
     /// Per node: `--force` recomputes it ([`crate::plan::targets::forced`]);
     /// empty: none.
     pub force: Vec<bool>,
-}
-
-/// Run the DAG with today's local thread pool ([`LocalExecutor`]): nodes in
-/// dependency order, up to `opts.jobs` at a time, accelerator stages one at
-/// a time.
-pub fn execute(
-    dag: &Dag,
-    reg: &Registry,
-    store: &Store,
-    memo: &Memo,
-    opts: &RunOptions,
-    cancel: &AtomicBool,
-) -> Vec<NodeResult> {
-    let rt = Runtime {
-        registry: reg,
-        memo,
-        device: &opts.device,
-        progress: opts.progress.as_ref(),
-        cancel,
-    };
-    std::thread::scope(|scope| {
-        let mut ex = LocalExecutor::start(scope, opts.jobs, store, &rt);
-        let sched = Scheduler::new(dag, reg, store, memo, opts, cancel);
-        sched.run(&mut ex)
-    })
 }
 
 /// The session's side of a run: it keeps the DAG, submits a node to the

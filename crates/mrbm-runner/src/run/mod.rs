@@ -8,5 +8,6 @@ pub mod exec;
 pub mod executors;
 pub mod job;
 pub mod output;
+pub mod resolve;
 pub mod session;
 pub mod worker;

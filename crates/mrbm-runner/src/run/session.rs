@@ -13,10 +13,11 @@ use crate::key::{self, Cells, KeyedNode};
 use crate::kinds::registry::Registry;
 use crate::plan::Dag;
 use crate::run::exec::{self, RunOptions};
-use crate::run::executors::Executor;
+use crate::run::executors::{local, Executor};
 use crate::run::job::NodeResult;
 use crate::store::hashing::Memo;
 use crate::store::{Manifest, Store};
+use mrbm_stage::Device;
 
 /// The stage kinds, the cache and the memo of external file hashes.
 pub struct Session<'a> {
@@ -53,9 +54,23 @@ impl<'a> Session<'a> {
         preview::plan(dag, self.store, self.memo)
     }
 
-    /// Run the plan on the local executor; one result per node.
-    pub fn run(&self, dag: &Dag, opts: &RunOptions, cancel: &AtomicBool) -> Vec<NodeResult> {
-        exec::execute(dag, self.registry, self.store, self.memo, opts, cancel)
+    /// Run the plan on the local executor, on `device`; one result per node.
+    pub fn run(
+        &self,
+        dag: &Dag,
+        device: &Device,
+        opts: &RunOptions,
+        cancel: &AtomicBool,
+    ) -> Vec<NodeResult> {
+        local::execute(
+            dag,
+            self.registry,
+            self.store,
+            self.memo,
+            device,
+            opts,
+            cancel,
+        )
     }
 
     /// Run the plan through another executor (e.g. Slurm); one result per node.

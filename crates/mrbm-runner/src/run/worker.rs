@@ -25,6 +25,7 @@ use crate::error::RunnerError;
 use crate::key::job::StageJob;
 use crate::kinds::registry::Registry;
 use crate::run::job::{NodeResult, Status, TOOL_VERSION};
+use crate::run::output::LogTee;
 use crate::store::hashing::Memo;
 use crate::store::integrity;
 use crate::store::{self, Found, LockOutcome, Manifest, Store};
@@ -38,6 +39,9 @@ pub struct Runtime<'a> {
     pub device: &'a Device,
     pub progress: Option<&'a indicatif::MultiProgress>,
     pub cancel: &'a AtomicBool,
+    /// The executor's id of the job running here (a Slurm job id), if it
+    /// has one: recorded in the manifest as `executor_job`.
+    pub job_id: Option<String>,
 }
 
 pub(crate) fn result(status: Status, t0: Instant) -> NodeResult {
@@ -95,11 +99,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
     // when no terminal display shows them.
     let echo_warnings = matches!(rt.progress, Some(m) if m.is_hidden());
     let log_file: Box<dyn std::io::Write + Send> = match std::fs::File::create(&log_path) {
-        Ok(f) => Box::new(crate::run::output::LogTee::new(
-            f,
-            &job.stage_id,
-            echo_warnings,
-        )),
+        Ok(f) => Box::new(LogTee::new(f, &job.stage_id, echo_warnings)),
         Err(e) => return failed(format!("{}: {e}", log_path.display()), false, None, t0),
     };
     let log = Mutex::new(log_file);
@@ -176,7 +176,7 @@ pub fn run_job(store: &Store, job: &StageJob, rt: &Runtime) -> NodeResult {
         seconds,
     };
     drop(log.lock().map(|mut w| w.flush()));
-    match publish_entry(store, job, rt.memo, &entry) {
+    match publish_entry(store, job, rt, &entry) {
         Ok(m) => {
             drop(lock);
             NodeResult {
@@ -312,9 +312,10 @@ struct Entry<'a> {
 fn publish_entry(
     store: &Store,
     job: &StageJob,
-    memo: &Memo,
+    rt: &Runtime,
     e: &Entry,
 ) -> Result<Manifest, RunnerError> {
+    let memo = rt.memo;
     let bytes =
         serde_json::to_vec_pretty(e.metrics).map_err(|err| RunnerError::cache(e.tmp, err))?;
     store::write_atomic(&e.tmp.join("out").join(store::METRICS), &bytes)?;
@@ -359,8 +360,7 @@ fn publish_entry(
         seconds: e.seconds,
         tool_version: TOOL_VERSION.to_string(),
         host: store::hostname(),
-        // Set by Slurm in a job (`mrbm exec-stage` under `--executor slurm`).
-        slurm_job: std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty()),
+        executor_job: rt.job_id.clone(),
     };
     store.publish(e.tmp, &manifest)?;
     // The entry is published: its resume checkpoints are no longer needed.
@@ -461,6 +461,7 @@ mod tests {
                 memo: &self.memo,
                 device: &self.device,
                 progress: None,
+                job_id: None,
                 cancel: &self.cancel,
             }
         }

@@ -68,9 +68,11 @@ pub struct Manifest {
     pub seconds: f64,
     pub tool_version: String,
     pub host: String,
-    /// The Slurm job that computed it (`--executor slurm`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slurm_job: Option<String>,
+    /// The executor's id of the job that computed it (a Slurm job id under
+    /// `--executor slurm`). Caches written before executors were plugins
+    /// call it `slurm_job`.
+    #[serde(default, alias = "slurm_job", skip_serializing_if = "Option::is_none")]
+    pub executor_job: Option<String>,
 }
 
 impl Manifest {
@@ -87,7 +89,7 @@ impl Manifest {
             started: self.started.clone(),
             seconds: self.seconds,
             tool_version: self.tool_version.clone(),
-            slurm_job: self.slurm_job.clone(),
+            executor_job: self.executor_job.clone(),
         }
     }
 }
@@ -923,6 +925,14 @@ fn sync_tree(dir: &Path) {
     }
 }
 
+/// The cache folder: `--cache`, else `MRBM_CACHE`, else `.mrbm/` in the
+/// project.
+pub fn cache_dir(flag: Option<&Path>, project_root: &Path) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| project_root.join(".mrbm"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1107,7 +1117,7 @@ mod tests {
             seconds: 0.0,
             tool_version: String::new(),
             host: String::new(),
-            slurm_job: None,
+            executor_job: None,
         };
         let tmp = s.tmp_dir("k").unwrap();
         s.publish(&tmp, &m).unwrap();
@@ -1115,6 +1125,46 @@ mod tests {
             Found::Hit(m) => assert!(m.metrics["loglik"].is_nan()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_job_id_is_written_as_executor_job_and_read_from_old_slurm_job() {
+        let m = Manifest {
+            key: "k".into(),
+            stage_id: "a".into(),
+            kind: "a".into(),
+            version: 1,
+            params: serde_json::Value::Null,
+            inputs: BTreeMap::new(),
+            input_sources: BTreeMap::new(),
+            input_keys: BTreeMap::new(),
+            files: BTreeMap::new(),
+            output_hash: String::new(),
+            metrics: BTreeMap::new(),
+            device: "cpu".into(),
+            started: String::new(),
+            seconds: 0.0,
+            tool_version: String::new(),
+            host: String::new(),
+            executor_job: Some("4242".into()),
+        };
+        let new = serde_json::to_string(&m).unwrap();
+        assert!(new.contains("\"executor_job\":\"4242\""), "{new}");
+        assert!(!new.contains("slurm_job"), "{new}");
+        // A manifest a cache written before executors were plugins holds.
+        let old = new.replace("executor_job", "slurm_job");
+        let back: Manifest = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.executor_job.as_deref(), Some("4242"));
+        assert_eq!(back.upstream().executor_job.as_deref(), Some("4242"));
+        // None is left out, and reads back as None.
+        let none = Manifest {
+            executor_job: None,
+            ..m
+        };
+        let text = serde_json::to_string(&none).unwrap();
+        assert!(!text.contains("executor_job"), "{text}");
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.executor_job, None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use mrbm_runner::kinds::registry::Registry;
 use mrbm_runner::load::config;
 use mrbm_runner::plan::{self as dag, Overrides};
 use mrbm_runner::run::exec::{self, RunOptions};
+use mrbm_runner::run::executors::local;
 use mrbm_runner::run::job::{NodeResult, Status};
 use mrbm_runner::store::hashing::Memo;
 use mrbm_runner::store::Store;
@@ -97,12 +98,12 @@ pub fn results(dag: &dag::Dag, reg: &Registry, store: &Store) -> Vec<NodeResult>
     let opts = RunOptions {
         jobs: 2,
         keep_going: true,
-        device: mrbm_stage::Device::cpu(),
         threads: 1,
         progress: None,
         force: Vec::new(),
     };
-    exec::execute(dag, reg, store, &memo, &opts, &AtomicBool::new(false))
+    let cpu = mrbm_stage::Device::cpu();
+    local::execute(dag, reg, store, &memo, &cpu, &opts, &AtomicBool::new(false))
 }
 
 /// [`results`] in `p`'s cache, the run's record saved: each node's id and

@@ -27,14 +27,218 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Executor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{
+    DeviceRequest, Executor, ExecutorFlags, ExecutorKind, Placement, RunContext, RunExecutor,
+};
 use crate::error::RunnerError;
 use crate::key::job::StageJob;
-use crate::load::executor::SlurmOptions;
+use crate::kinds::registry::Registry;
+use crate::run::device;
 use crate::run::job::{NodeResult, Status};
-use crate::run::worker::sanitize;
+use crate::run::worker::{run_job, sanitize, Runtime};
 use crate::store::integrity;
 use crate::store::{self, Found, Store};
+
+/// Slurm options, from `[executor]`. Every one is optional: without them
+/// the jobs get the cluster's defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmOptions {
+    #[serde(default)]
+    pub partition: Option<String>,
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub qos: Option<String>,
+    /// Time limit of each job (Slurm's format: "30", "2:00:00", "1-00:00:00").
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Memory of each job (Slurm's format: "4G", "16000M").
+    #[serde(default)]
+    pub mem: Option<String>,
+    /// GPUs per job for stages that use the accelerator (`--gpus=N`).
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    /// Per stage kind: `[executor.kinds.train] time = "24:00:00", mem = "32G"`.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, KindLimits>,
+    /// More sbatch arguments, each as one word: `["--constraint=a100"]`.
+    #[serde(default)]
+    pub sbatch_args: Vec<String>,
+    /// Jobs in flight at most (default 100).
+    #[serde(default)]
+    pub max_jobs: Option<usize>,
+    /// The mrbm binary the nodes run (default: this one; it must be on a
+    /// path the nodes see). `--mrbm` overrides it.
+    #[serde(default)]
+    pub mrbm: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KindLimits {
+    #[serde(default)]
+    pub time: Option<String>,
+    #[serde(default)]
+    pub mem: Option<String>,
+    #[serde(default)]
+    pub gpus: Option<u32>,
+}
+
+/// `kind = "slurm"`: its settings are [`SlurmOptions`].
+pub struct Slurm;
+
+impl ExecutorKind for Slurm {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+    fn check(&self, settings: &toml::Table) -> Result<(), String> {
+        options(settings).map(|_| ())
+    }
+    fn configure(
+        &self,
+        settings: &toml::Table,
+        flags: &ExecutorFlags,
+    ) -> Result<Box<dyn RunExecutor>, RunnerError> {
+        let mut opts =
+            options(settings).map_err(|e| RunnerError::Usage(format!("[executor]: {e}")))?;
+        if flags.mrbm.is_some() {
+            opts.mrbm = flags.mrbm.clone();
+        }
+        if let Some(j) = flags.jobs {
+            opts.max_jobs = Some(j);
+        }
+        Ok(Box::new(SlurmRun {
+            opts,
+            verbose: flags.verbose,
+            spec: String::new(),
+        }))
+    }
+    fn abort_now(&self) {
+        scancel(&in_flight_ids());
+    }
+}
+
+/// The Slurm options in an `[executor]` table (less `kind`).
+fn options(settings: &toml::Table) -> Result<SlurmOptions, String> {
+    settings
+        .clone()
+        .try_into::<SlurmOptions>()
+        .map_err(|e| e.message().trim().to_string())
+}
+
+/// A run through Slurm: the nodes resolve the device (the machine that
+/// plans, a login node, may have no GPU); `spec` is what they are asked.
+struct SlurmRun {
+    opts: SlurmOptions,
+    verbose: u8,
+    spec: String,
+}
+
+impl RunExecutor for SlurmRun {
+    fn place(&mut self, request: &DeviceRequest) -> Result<Placement, RunnerError> {
+        self.spec = request.spec.clone();
+        Ok(Placement {
+            shown: format!("Slurm (device {} on the nodes)", self.spec),
+            recorded: format!("slurm:{}", self.spec),
+            checks_memory_here: false,
+        })
+    }
+    fn run(&self, ctx: RunContext) -> Result<(Vec<NodeResult>, Option<String>), RunnerError> {
+        if !available() {
+            return Err(RunnerError::Usage(
+                "--executor slurm: no Slurm controller answers `sinfo` here (is this a Slurm login node?)\n  help: run without --executor slurm (or with --executor local)".into(),
+            ));
+        }
+        let say: Box<dyn Fn(String)> = match &ctx.opts.progress {
+            Some(m) if !m.is_hidden() => {
+                let m = m.clone();
+                Box::new(move |line: String| {
+                    let _ = m.println(line);
+                })
+            }
+            _ => Box::new(|line: String| eprintln!("{line}")),
+        };
+        let store = ctx.session.store;
+        let mut ex = SlurmExecutor::new(store, self.opts.clone(), &self.spec, self.verbose, say)?;
+        let r = ctx.session.run_on(&mut ex, ctx.dag, ctx.opts, ctx.cancel);
+        let t = ex.timings();
+        Ok((r, (!t.is_empty()).then(|| timing_summary(t))))
+    }
+}
+
+/// The worker entry, `mrbm exec-stage --cache DIR KEY`: what a Slurm job
+/// runs on its node. It reads the job the planner wrote into the shared
+/// cache and runs it with the same lock, temporary folder and atomic
+/// publish as a local run; the entry records the Slurm job id. Exit status:
+/// 0 published (or already there), 1 the stage failed, 2 a user error, 130
+/// cancelled (scancel sends SIGTERM).
+pub fn exec_stage(
+    cache: Option<PathBuf>,
+    reg: &Registry,
+    key: &str,
+    spec: &str,
+) -> Result<u8, RunnerError> {
+    eprintln!(
+        "{STARTED}{:.3} on {} (key {key})",
+        unix_now(),
+        store::hostname()
+    );
+    let root = cache
+        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
+        .ok_or_else(|| RunnerError::Usage("exec-stage needs --cache DIR".into()))?;
+    let store = Store::open(&root)?;
+    let mut job = StageJob::load(&StageJob::path_in(&store, key))?;
+    let device = device::resolve(spec)?;
+    // The threads of this node, not of the machine that planned.
+    job.threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let memo = crate::store::hashing::Memo::load(&store.root);
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("mrbm exec-stage: cancelled");
+            c.store(true, Ordering::SeqCst);
+        });
+    }
+    let rt = Runtime {
+        registry: reg,
+        memo: &memo,
+        device: &device,
+        progress: None,
+        cancel: &cancel,
+        job_id: std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty()),
+    };
+    let r = run_job(&store, &job, &rt);
+    match &r.status {
+        Status::Ran | Status::Cached => {
+            eprintln!(
+                "mrbm exec-stage: {} {} on {device} in {:.2}s",
+                r.status.word(),
+                job.stage_id,
+                r.seconds
+            );
+            Ok(0)
+        }
+        Status::Failed { message, user } => {
+            eprintln!("error: {}: {message}", job.stage_id);
+            if let Some(l) = &r.log {
+                eprintln!("  log: {}", l.display());
+            }
+            Ok(if *user { 2 } else { 1 })
+        }
+        Status::Cancelled => Err(RunnerError::Interrupted),
+        Status::Skipped { because } => {
+            eprintln!("error: {}: skipped ({because})", job.stage_id);
+            Ok(1)
+        }
+    }
+}
 
 pub const DEFAULT_MAX_JOBS: usize = 100;
 
@@ -1032,7 +1236,6 @@ impl Drop for SlurmExecutor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::executor::ExecutorDecl;
 
     #[test]
     fn scontrol_lines_parse() {
@@ -1080,9 +1283,8 @@ mod tests {
 
     #[test]
     fn sbatch_args_take_the_kinds_limits_over_the_defaults() {
-        let o: ExecutorDecl = toml::from_str(
+        let s: SlurmOptions = toml::from_str(
             r#"
-            kind = "slurm"
             partition = "gpu"
             account = "lab"
             qos = "long"
@@ -1097,8 +1299,6 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(o.kind.as_deref(), Some("slurm"));
-        let s = &o.slurm;
         assert_eq!(s.max_jobs(), 8);
         assert_eq!(
             s.sbatch_args("train", true),
@@ -1126,7 +1326,7 @@ mod tests {
         );
         assert!(SlurmOptions::default().sbatch_args("x", true).is_empty());
         assert_eq!(SlurmOptions::default().max_jobs(), DEFAULT_MAX_JOBS);
-        assert!(toml::from_str::<ExecutorDecl>("partiton = \"x\"").is_err());
+        assert!(toml::from_str::<SlurmOptions>("partiton = \"x\"").is_err());
     }
 
     #[test]
