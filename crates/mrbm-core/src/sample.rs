@@ -228,6 +228,9 @@ pub fn gibbs_from(
     let vs = UnitSampler::new(layer.spec.visible_unit, sampler);
     let [hc, hh, hw] = layer.spec.hidden_shape();
     let [vc, vh, vw] = layer.spec.visible_shape();
+    // The layer's own visible shape: a dense layer on pixels sees them
+    // flattened to [chains, C*H*W, 1, 1] (a learned sigma is per entry).
+    v = v.reshape([chains, vc, vh, vw]);
     let sigma: Option<Vec<f64>> = layer
         .log_sigma
         .as_ref()

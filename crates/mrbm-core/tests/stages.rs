@@ -387,6 +387,19 @@ fn learned_sigma_through_the_stages() {
     )
     .unwrap();
     assert!(m["mse"].is_finite());
+    // A dense layer straight on the pixels sees them flattened: its sigma
+    // is one per pixel value, and the exact sampler must draw with it
+    // (it once divided [chains, 3, H, W] by [1, 3*H*W, 1, 1] and failed).
+    let dense = dir.path().join("dense");
+    let flat = base.replace("conv_channels = [4]", "conv_channels = []");
+    let toy = format!("{flat}\nlearn_sigma = true\nallow_dead_units = true");
+    train(&data, &toy, &dense).unwrap();
+    let z = load_model(&dense).layers[0]
+        .log_sigma
+        .clone()
+        .expect("log sigma stored");
+    assert!(z.dims()[0] > 3, "one sigma per pixel value: {:?}", z.dims());
+    sample(&dense, 4, &dir.path().join("dense_sample"));
 }
 
 /// `train` takes the library's own `StackParams` and `OptimParams`
