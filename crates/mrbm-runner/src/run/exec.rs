@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::error::RunnerError;
 use crate::key::job::StageJob;
@@ -18,7 +19,6 @@ use crate::key::record::{RunRecord, StageRecord};
 use crate::key::{self, Cells, Resolved};
 use crate::kinds::registry::Registry;
 use crate::plan::{Dag, InputSource, Node};
-use crate::run::executors::Executor;
 use crate::run::job::{NodeResult, Status};
 use crate::store::hashing::Memo;
 use crate::store::{self, Manifest, Store};
@@ -31,6 +31,27 @@ pub struct RunOptions {
     /// Per node: `--force` recomputes it ([`crate::plan::targets::forced`]);
     /// empty: none.
     pub force: Vec<bool>,
+}
+
+/// Where ready jobs run. The session submits a job once all its inputs are
+/// published, never more than `capacity()` at a time, and collects results
+/// with `wait_any`.
+pub trait Executor {
+    /// How many jobs may be in flight at once.
+    fn capacity(&self) -> usize;
+    /// Whether jobs that use the accelerator must run one at a time (they
+    /// share one device); the session then submits one such job at a time.
+    fn serial_device(&self) -> bool {
+        false
+    }
+    /// Start a job (it runs in the background).
+    fn submit(&mut self, job: StageJob) -> Result<(), RunnerError>;
+    /// Results of the jobs that finished, by [`StageJob::job`]: waits up to
+    /// `timeout` for the first, then returns every one that is done.
+    fn wait_any(&mut self, timeout: Duration) -> Vec<(usize, NodeResult)>;
+    /// Stop: jobs not yet started come back cancelled; running ones see the
+    /// cancel flag.
+    fn cancel_all(&mut self);
 }
 
 /// The session's side of a run: it keeps the DAG, submits a node to the

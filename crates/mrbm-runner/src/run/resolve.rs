@@ -21,7 +21,6 @@ use crate::run::executors::{
 };
 use crate::run::job::NodeResult;
 use crate::run::output;
-use crate::run::session::Session;
 use crate::store::hashing::Memo;
 use crate::store::{self, Store};
 
@@ -145,9 +144,10 @@ impl RunPlan {
             .map(|_| {
                 output::Ticker::start(std::time::Duration::from_secs_f64(self.progress_interval))
             });
-        let session = Session::new(reg, store, &memo);
         let (results, note) = self.executor.run(RunContext {
-            session: &session,
+            registry: reg,
+            store,
+            memo: &memo,
             dag: &self.dag,
             opts: &self.opts,
             cancel: &self.cancel,

@@ -79,7 +79,7 @@ pub fn cleanup() {
         )
     };
     for g in groups {
-        crate::sys::procgroup::signal_group(g, libc::SIGKILL);
+        signal_group(g, libc::SIGKILL);
     }
     for d in tmp {
         // A stage thread may still be writing there: a few tries.
@@ -96,6 +96,16 @@ pub fn cleanup() {
         // Only our own: a lock broken and taken by another process stays.
         if std::fs::read_to_string(&p).ok().as_deref() == Some(text.as_str()) {
             let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Send `sig` to process group `pgid` (no error when it is gone).
+pub fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 1 {
+        // SAFETY: kill(2) on a negative pid signals that group; no memory is touched.
+        unsafe {
+            libc::kill(-pgid, sig);
         }
     }
 }

@@ -22,20 +22,12 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
 
+use super::abort;
+
 /// A running program in its own process group (see the module docs).
 pub struct Group {
     child: Option<Child>,
     pgid: i32,
-}
-
-/// Send `sig` to process group `pgid` (no error when it is gone).
-pub fn signal_group(pgid: i32, sig: i32) {
-    if pgid > 1 {
-        // SAFETY: kill(2) on a negative pid signals that group; no memory is touched.
-        unsafe {
-            libc::kill(-pgid, sig);
-        }
-    }
 }
 
 /// The watchdog's loop, in the forked child before exec (only
@@ -131,7 +123,7 @@ impl Group {
         }
         let child = cmd.spawn()?;
         let pgid = child.id() as i32;
-        crate::sys::abort::add_group(pgid);
+        abort::add_group(pgid);
         Ok(Group {
             child: Some(child),
             pgid,
@@ -180,7 +172,7 @@ impl Group {
     /// Send `sig` to the whole group.
     pub fn signal(&self, sig: i32) {
         if self.child.is_some() {
-            signal_group(self.pgid, sig);
+            abort::signal_group(self.pgid, sig);
         }
     }
 
@@ -195,9 +187,9 @@ impl Group {
             .child
             .take()
             .ok_or_else(|| io::Error::other("already reaped"))?;
-        signal_group(self.pgid, libc::SIGKILL);
+        abort::signal_group(self.pgid, libc::SIGKILL);
         let st = c.wait();
-        crate::sys::abort::remove_group(self.pgid);
+        abort::remove_group(self.pgid);
         st
     }
 }

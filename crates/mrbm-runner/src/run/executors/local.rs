@@ -69,10 +69,8 @@ impl RunExecutor for LocalRun {
                 "the local executor was asked to run before its device was resolved".into(),
             ));
         };
-        let s = ctx.session;
-        let r = execute(
-            ctx.dag, s.registry, s.store, s.memo, device, ctx.opts, ctx.cancel,
-        );
+        let (reg, store, memo) = (ctx.registry, ctx.store, ctx.memo);
+        let r = execute(ctx.dag, reg, store, memo, device, ctx.opts, ctx.cancel);
         Ok((r, None))
     }
 }

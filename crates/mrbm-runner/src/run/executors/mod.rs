@@ -13,16 +13,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use crate::error::RunnerError;
-use crate::key::job::StageJob;
+use crate::kinds::registry::Registry;
 use crate::load::executor::ExecutorDecl;
 use crate::plan::select::DeviceKey;
 use crate::plan::Dag;
-use crate::run::exec::RunOptions;
+use crate::run::exec::{self, RunOptions};
 use crate::run::job::NodeResult;
-use crate::run::session::Session;
+use crate::store::hashing::Memo;
+use crate::store::Store;
+
+/// What the scheduler submits jobs to (defined beside it).
+pub use crate::run::exec::Executor;
 
 pub mod local;
 pub mod slurm;
@@ -64,11 +67,21 @@ pub struct Placement {
 
 /// What a configured executor runs: the session's plan.
 pub struct RunContext<'a> {
-    pub session: &'a Session<'a>,
+    pub registry: &'a Registry,
+    pub store: &'a Store,
+    pub memo: &'a Memo,
     pub dag: &'a Dag,
     pub opts: &'a RunOptions,
     pub cancel: &'a AtomicBool,
     pub device: &'a DeviceRequest,
+}
+
+impl RunContext<'_> {
+    /// The plan scheduled onto `ex`: one result per node.
+    pub fn schedule(&self, ex: &mut dyn Executor) -> Vec<NodeResult> {
+        let (reg, store, memo) = (self.registry, self.store, self.memo);
+        exec::Scheduler::new(self.dag, reg, store, memo, self.opts, self.cancel).run(ex)
+    }
 }
 
 /// An executor, as `[executor] kind = "NAME"` names it.
@@ -159,27 +172,6 @@ pub fn abort_all_now() {
     for k in KINDS {
         k.abort_now();
     }
-}
-
-/// Where ready jobs run. The session submits a job once all its inputs are
-/// published, never more than `capacity()` at a time, and collects results
-/// with `wait_any`.
-pub trait Executor {
-    /// How many jobs may be in flight at once.
-    fn capacity(&self) -> usize;
-    /// Whether jobs that use the accelerator must run one at a time (they
-    /// share one device); the session then submits one such job at a time.
-    fn serial_device(&self) -> bool {
-        false
-    }
-    /// Start a job (it runs in the background).
-    fn submit(&mut self, job: StageJob) -> Result<(), RunnerError>;
-    /// Results of the jobs that finished, by [`StageJob::job`]: waits up to
-    /// `timeout` for the first, then returns every one that is done.
-    fn wait_any(&mut self, timeout: Duration) -> Vec<(usize, NodeResult)>;
-    /// Stop: jobs not yet started come back cancelled; running ones see the
-    /// cancel flag.
-    fn cancel_all(&mut self);
 }
 
 #[cfg(test)]

@@ -162,9 +162,9 @@ impl RunExecutor for SlurmRun {
             }
             _ => Box::new(|line: String| eprintln!("{line}")),
         };
-        let store = ctx.session.store;
-        let mut ex = SlurmExecutor::new(store, self.opts.clone(), &self.spec, self.verbose, say)?;
-        let r = ctx.session.run_on(&mut ex, ctx.dag, ctx.opts, ctx.cancel);
+        let mut ex =
+            SlurmExecutor::new(ctx.store, self.opts.clone(), &self.spec, self.verbose, say)?;
+        let r = ctx.schedule(&mut ex);
         let t = ex.timings();
         Ok((r, (!t.is_empty()).then(|| timing_summary(t))))
     }
