@@ -3,5 +3,6 @@
 //! of two runs ([`rundiff`]).
 pub mod history;
 pub mod html;
+pub mod record;
 pub mod rundiff;
 pub mod summary;

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::error::RunnerError;
-use crate::report::history::Run;
+use crate::report::record::Run;
 use crate::run::job::{NodeResult, Status};
 
 /// A run whose every stage completed.
@@ -349,7 +349,7 @@ mod tests {
     fn status_comes_from_the_record_or_its_nodes() {
         let mut r = Run::default();
         assert_eq!(recorded_status(&r), OK);
-        r.nodes.push(crate::report::history::NodeRun {
+        r.nodes.push(crate::report::record::NodeRun {
             id: "x".into(),
             key: None,
             status: "FAILED".into(),
