@@ -28,6 +28,8 @@ use crate::store::Manifest;
 
 // 2: writes provenance.json beside table.csv.
 // 3: provenance.json without host, start time, seconds and Slurm job.
+/// The kind's name, which the plan gives the node of each `[[tables]]`.
+pub const KIND: &str = "table";
 pub const VERSION: u32 = 3;
 pub const MISSING: &str = "missing";
 

@@ -72,6 +72,14 @@ pub struct Node {
     pub declared: String,
 }
 
+impl Node {
+    /// Whether it is a `[[tables]]` node (a `table` stage over the cells it
+    /// names): the one test of that kind outside `kinds/`.
+    pub fn is_table(&self) -> bool {
+        self.kind == crate::kinds::table::KIND
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Dag {
     pub experiment: String,

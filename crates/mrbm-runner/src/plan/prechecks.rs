@@ -17,7 +17,7 @@ use super::{Dag, InputSource, Node};
 /// a kind that declares nothing (the user's `command`) turns the check off
 /// for that table: its metrics are known only once it ran.
 pub fn table_metrics(registry: &Registry, nodes: &[Node]) -> Result<(), RunnerError> {
-    for t in nodes.iter().filter(|n| n.kind == "table") {
+    for t in nodes.iter().filter(|n| n.is_table()) {
         let Ok(tp) = serde_json::from_value::<TableParams>(t.params.clone()) else {
             continue;
         };

@@ -91,7 +91,7 @@ fn who(node: &Node) -> String {
 }
 
 fn table_name(node: &Node) -> Option<&str> {
-    if node.kind == "table" {
+    if node.is_table() {
         node.stage.strip_prefix("table:")
     } else {
         None

@@ -153,7 +153,7 @@ impl Tables<'_> {
         Ok(Node {
             id: format!("table:{}", t.name),
             stage: format!("table:{}", t.name),
-            kind: "table".into(),
+            kind: crate::kinds::table::KIND.into(),
             version: crate::kinds::table::VERSION,
             cell: vec![],
             params,

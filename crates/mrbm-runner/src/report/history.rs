@@ -117,7 +117,7 @@ pub fn record(dag: &Dag, results: &[NodeResult], req: &Request) -> Run {
     let params = dag
         .nodes
         .iter()
-        .filter(|n| n.kind != "table")
+        .filter(|n| !n.is_table())
         .map(|n| (n.id.clone(), n.params.clone()))
         .collect();
     let nodes = dag
@@ -131,7 +131,7 @@ pub fn record(dag: &Dag, results: &[NodeResult], req: &Request) -> Run {
         })
         .collect();
     let mut cells = Vec::new();
-    for node in dag.nodes.iter().filter(|n| n.kind == "table") {
+    for node in dag.nodes.iter().filter(|n| n.is_table()) {
         let Ok(tp) = serde_json::from_value::<TableParams>(node.params.clone()) else {
             continue;
         };

@@ -16,12 +16,13 @@ use base64::Engine as _;
 use mrbm_plot::YScale;
 
 use crate::error::RunnerError;
+use crate::kinds::table;
 use crate::report::history::{self, Run};
 use crate::store::{self, Manifest, Store};
 
 /// Stage kinds whose metrics are not plotted along the sweep axes: a
 /// table's cells are plotted from their own stages.
-const NOT_ALONG_AXES: &[&str] = &["table"];
+const NOT_ALONG_AXES: &[&str] = &[table::KIND];
 
 /// Metrics never plotted along an axis (timings, not results).
 const NOT_PLOTTED: &[&str] = &["seconds"];
@@ -213,7 +214,7 @@ pub fn render(store: &Store, run: &Run, scale: YScale) -> Result<String, RunnerE
 fn tables(h: &mut String, entries: &[Entry]) {
     h.push_str("<h2 id=\"tables\">Tables</h2>\n");
     let mut any = false;
-    for e in entries.iter().filter(|e| e.kind() == "table") {
+    for e in entries.iter().filter(|e| e.kind() == table::KIND) {
         let Some(csv_bytes) = e.file("table.csv") else {
             continue;
         };

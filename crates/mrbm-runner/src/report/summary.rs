@@ -18,7 +18,7 @@ use crate::store::Store;
 pub fn tables(dag: &Dag, results: &[NodeResult]) -> String {
     let mut s = String::new();
     for (node, r) in dag.nodes.iter().zip(results) {
-        if node.kind != "table" || !r.status.ok() {
+        if !node.is_table() || !r.status.ok() {
             continue;
         }
         let (Some((_, dest)), Some(grid)) = (node.publish.first(), grid(node, results)) else {

@@ -325,7 +325,7 @@ pub fn keyed_job(
             Err(e) => return Err(e.to_string()),
         }
     }
-    if node.kind == "table" {
+    if node.is_table() {
         if let Some(message) = crate::plan::tables::unknown_metric(dag, node, upstream) {
             return Err(message);
         }
