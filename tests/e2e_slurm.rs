@@ -249,8 +249,8 @@ fn quickstart_through_slurm_matches_a_local_run_byte_for_byte() {
     for e in entries(&cache) {
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(e.join("manifest.json")).unwrap()).unwrap();
-        let job = m["slurm_job"].as_str().unwrap_or_else(|| {
-            panic!("{}: no slurm_job in its manifest", e.display());
+        let job = m["executor_job"].as_str().unwrap_or_else(|| {
+            panic!("{}: no executor_job in its manifest", e.display());
         });
         assert!(
             ids.contains(&job),
@@ -265,7 +265,7 @@ fn quickstart_through_slurm_matches_a_local_run_byte_for_byte() {
     for e in entries(&local.path().join(".mrbm")) {
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(e.join("manifest.json")).unwrap()).unwrap();
-        assert!(m.get("slurm_job").is_none());
+        assert!(m.get("executor_job").is_none());
     }
 }
 

@@ -1,41 +1,35 @@
 //! The mrbm runner owns everything between an experiment file and a CSV
-//! row, as a chain of phases with typed products (ARCHITECTURE.md):
-//! [`config::load`] (the schema, with spans for errors) -> [`dag::build`]
-//! (overrides, sweep, inputs, expansion, tables: the plan) ->
-//! [`session::Session`] (`key` a node, `plan`, `run`) -> [`exec`] (the
-//! scheduler) over an [`executor::Executor`] (local threads, or
-//! [`slurm`]; both call [`executor::run_job`] against the content-addressed
-//! [`store`]) -> [`summary`] and [`history`] (`mrbm report` renders a
-//! recorded run as HTML: [`report`]). It also
-//! owns the built-in `table`, `collect` and `command` kinds, the registry
-//! of all kinds, and the `mrbm` command line (main.rs only dispatches).
-pub mod abort;
-pub mod collect;
-pub mod command;
-pub mod config;
-pub mod confine;
-pub mod dag;
-pub mod device;
+//! row, as a chain of phases, one folder each (ARCHITECTURE.md, "The
+//! runner's folders"). Imports run one way, from a later phase to an
+//! earlier one, never back (`tests/layering.rs` checks it):
+//!
+//! - [`load`]: the experiment file parsed (the schema, with spans for
+//!   errors; placeholders; the raw `[executor]` table);
+//! - [`plan`]: overrides, sweep, inputs, expansion, tables, prechecks,
+//!   targets: the DAG of nodes;
+//! - [`key`]: each node's inputs resolved and its key computed, as a job;
+//!   `mrbm plan`'s preview; the record of the last run;
+//! - [`run`]: the scheduler over an executor (local threads or Slurm), the
+//!   worker that runs one job against the cache, the session, the device;
+//! - [`report`]: the summary, the run history, `mrbm report`'s HTML and
+//!   run comparisons;
+//! - [`ops`]: commands over the cache that plan experiments (gc,
+//!   push/pull).
+//!
+//! Below them all: [`kinds`] (the runner's own stage kinds, `table`,
+//! `collect` and `command`, and the registry of every kind), [`store`] (the
+//! content-addressed cache, file hashes, integrity, remotes) and [`sys`]
+//! (abort on signals, process groups, path confinement). main.rs maps the
+//! `mrbm` command line onto them.
 pub mod error;
-pub mod exec;
-pub mod executor;
-pub mod gc;
-pub mod hashing;
-pub mod history;
-pub mod integrity;
-pub mod output;
+pub mod key;
+pub mod kinds;
+pub mod load;
+pub mod ops;
 pub mod plan;
-pub mod procgroup;
-pub mod registry;
-pub mod remote;
 pub mod report;
-pub mod rundiff;
-pub mod session;
-pub mod slurm;
+pub mod run;
 pub mod store;
-pub mod summary;
-pub mod table;
-pub mod targets;
-pub mod transfer;
+pub mod sys;
 
 pub use error::RunnerError;

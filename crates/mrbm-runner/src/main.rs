@@ -1,30 +1,28 @@
 //! `mrbm`: declare an experiment in TOML, run it, rerun only what changed.
 //!
 //! This file only maps command-line arguments onto the runner's phases:
-//! `config::load` -> `dag::build` (the plan) -> `Session` (`plan`, `run`)
+//! `load::config::load` -> `plan::build` (the plan) -> `Session` (`plan`, `run`)
 //! -> `report`. See ARCHITECTURE.md.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use mrbm_runner::config::{self, parse_set};
-use mrbm_runner::dag::{self, Dag, Overrides};
-use mrbm_runner::exec::{self, RunOptions, Status};
-use mrbm_runner::gc::{self, GcOptions};
-use mrbm_runner::hashing::Memo;
-use mrbm_runner::history;
-use mrbm_runner::plan;
-use mrbm_runner::registry::Registry;
-use mrbm_runner::session::Session;
-use mrbm_runner::slurm::{self, ExecutorDecl};
+use mrbm_runner::key::preview;
+use mrbm_runner::key::record::RunRecord;
+use mrbm_runner::kinds::registry::Registry;
+use mrbm_runner::kinds::table;
+use mrbm_runner::ops::gc::{self, GcOptions};
+use mrbm_runner::plan::select::{self, Selection};
+use mrbm_runner::report::{history, rundiff, summary};
+use mrbm_runner::run::executors::slurm;
+use mrbm_runner::run::resolve::{RunArgs, RunOutcome, RunPlan};
+use mrbm_runner::run::session::Session;
+use mrbm_runner::run::{device, output};
+use mrbm_runner::store::hashing::Memo;
 use mrbm_runner::store::Store;
-use mrbm_runner::table;
-use mrbm_runner::{device, output, summary, RunnerError};
+use mrbm_runner::RunnerError;
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +69,20 @@ struct Select {
     /// Where `data:` inputs are found (overrides data_root and MRBM_DATA).
     #[arg(long)]
     data_root: Option<PathBuf>,
+}
+
+impl Select {
+    fn selection(&self) -> Selection {
+        Selection {
+            file: self.file.clone(),
+            stages: self.stages.clone(),
+            set: self.set.clone(),
+            sweep: self.sweep.clone(),
+            force_override: self.force_override,
+            profile: self.profile.clone(),
+            data_root: self.data_root.clone(),
+        }
+    }
 }
 
 /// What `push` and `pull` move, and where.
@@ -324,84 +336,7 @@ fn main() -> ExitCode {
 }
 
 fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
-    cli_cache
-        .clone()
-        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
-        .unwrap_or_else(|| project_root.join(".mrbm"))
-}
-
-/// What `build_dag` gives: the plan and the experiment's own run settings.
-struct Built {
-    dag: Dag,
-    /// The experiment's `device` key (`--device` overrides it).
-    device: Option<device::DeviceKey>,
-    /// The profile in effect: --profile, or the experiment's default_profile.
-    profile: Option<String>,
-    /// The experiment's `[executor]` (the --executor flag overrides it).
-    executor: Option<ExecutorDecl>,
-    /// blake3 of the experiment file (and its pipeline), by path.
-    sources: std::collections::BTreeMap<String, String>,
-}
-
-/// Load and expand the selected experiment.
-fn build_dag(select: &Select, reg: &Registry) -> Result<Built, RunnerError> {
-    if !select.file.is_file() {
-        return Err(RunnerError::Usage(format!(
-            "{}: no such file",
-            select.file.display()
-        )));
-    }
-    let exp = config::load(&select.file)?;
-    let sets = select
-        .set
-        .iter()
-        .map(|s| parse_set(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sweeps = select
-        .sweep
-        .iter()
-        .map(|s| config::parse_sweep(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ov = Overrides {
-        sets,
-        sweeps,
-        force_override: select.force_override,
-        profile: select.profile.clone(),
-        data_root: select.data_root.clone(),
-    };
-    let device = exp.file.device.clone().map(|spec| {
-        let (line, col) = exp
-            .source
-            .span_of(&["device"])
-            .map(|s| exp.source.line_col(s.start))
-            .unwrap_or((0, 0));
-        device::DeviceKey {
-            spec,
-            file: exp.source.path.clone(),
-            line,
-            col,
-        }
-    });
-    let sources = std::iter::once(&exp.source)
-        .chain(exp.pipeline_source.as_ref())
-        .map(|s| {
-            (
-                s.path.display().to_string(),
-                blake3::hash(s.text.as_bytes()).to_hex().to_string(),
-            )
-        })
-        .collect();
-    let mut dag = dag::build(&exp, reg, &ov)?;
-    if !select.stages.is_empty() {
-        dag = mrbm_runner::targets::select(&dag, &select.stages)?;
-    }
-    Ok(Built {
-        dag,
-        device,
-        profile: ov.profile.clone().or(exp.file.default_profile.clone()),
-        executor: exp.file.executor.clone(),
-        sources,
-    })
+    mrbm_runner::store::cache_dir(cli_cache.as_deref(), project_root)
 }
 
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
@@ -418,7 +353,6 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             mrbm,
             force,
         } => run(
-            &cli,
             &reg,
             select,
             &RunArgs {
@@ -430,19 +364,21 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 executor: executor.clone(),
                 mrbm: mrbm.clone(),
                 force: force.clone(),
+                cache: cli.cache.clone(),
+                verbose: cli.verbose,
             },
         ),
         Command::Plan { select } => {
-            let dag = build_dag(select, &reg)?.dag;
+            let dag = select::build(&select.selection(), &reg)?.dag;
             let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
             let memo = Memo::load(&store.root);
             let lines = Session::new(&reg, &store, &memo).plan(&dag)?;
-            print!("{}", plan::render(&lines));
+            print!("{}", preview::render(&lines));
             memo.save()?;
             Ok(0)
         }
         Command::Dag { select, dot } => {
-            let dag = build_dag(select, &reg)?.dag;
+            let dag = select::build(&select.selection(), &reg)?.dag;
             print!(
                 "{}",
                 if *dot {
@@ -454,7 +390,9 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             Ok(0)
         }
         Command::Show { what } => show(&cli, what),
-        Command::ExecStage { key, device } => exec_stage(&cli, &reg, key, device),
+        Command::ExecStage { key, device } => {
+            slurm::exec_stage(cli.cache.clone(), &reg, key, device)
+        }
         Command::Runs {
             experiment,
             pin,
@@ -478,9 +416,9 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             run,
             out,
             loss_scale,
-        } => mrbm_runner::report::command(
+        } => mrbm_runner::report::html::command(
             &existing_cache(&cli)?,
-            &mrbm_runner::report::ReportRequest {
+            &mrbm_runner::report::html::ReportRequest {
                 run: run.clone(),
                 out: out.clone(),
                 y_scale: loss_scale.clone(),
@@ -524,10 +462,11 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
 
 /// `mrbm push` / `mrbm pull`.
 fn push_pull(cli: &Cli, reg: &Registry, a: &RemoteArgs, pull: bool) -> Result<u8, RunnerError> {
-    use mrbm_runner::{remote, transfer};
+    use mrbm_runner::ops::transfer;
+    use mrbm_runner::store::remote;
     let (root, dag) = match &a.file {
         Some(file) => {
-            let select = Select {
+            let select = Selection {
                 file: file.clone(),
                 stages: a.stages.clone(),
                 set: a.set.clone(),
@@ -536,7 +475,7 @@ fn push_pull(cli: &Cli, reg: &Registry, a: &RemoteArgs, pull: bool) -> Result<u8
                 profile: a.profile.clone(),
                 data_root: a.data_root.clone(),
             };
-            let dag = build_dag(&select, reg)?.dag;
+            let dag = select::build(&select, reg)?.dag;
             (dag.project_root.clone(), Some(dag))
         }
         None => (
@@ -650,213 +589,36 @@ fn params(reg: &Registry, kind: &str) -> Result<u8, RunnerError> {
     Ok(0)
 }
 
-/// What `mrbm run` was asked, besides the experiment.
-struct RunArgs {
-    jobs: Option<usize>,
-    keep_going: bool,
-    device: Option<String>,
-    quiet: bool,
-    progress_interval: f64,
-    executor: Option<String>,
-    mrbm: Option<PathBuf>,
-    force: Vec<String>,
-}
-
-/// Where the stages of a run go: this machine's threads, or Slurm.
-enum Target {
-    Local,
-    Slurm(Box<slurm::SlurmOptions>),
-}
-
-/// The executor asked for (--executor, else the experiment's `[executor]`).
-fn target(select: &Select, a: &RunArgs, decl: Option<ExecutorDecl>) -> Result<Target, RunnerError> {
-    let decl = decl.unwrap_or_default();
-    match a.executor.as_deref().or(decl.kind.as_deref()) {
-        None | Some("local") => Ok(Target::Local),
-        Some("slurm") => {
-            let mut o = decl.slurm;
-            if a.mrbm.is_some() {
-                o.mrbm = a.mrbm.clone();
-            }
-            if let Some(j) = a.jobs {
-                o.max_jobs = Some(j);
-            }
-            Ok(Target::Slurm(Box::new(o)))
-        }
-        Some(other) => Err(RunnerError::Usage(format!(
-            "{}: [executor] kind = \"{other}\": the executors are `local` and `slurm`",
-            select.file.display()
-        ))),
-    }
-}
-
-/// `mrbm run`: expand, resolve the device, run the plan in a session, then
-/// record and report.
-fn run(cli: &Cli, reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, RunnerError> {
+/// `mrbm run`: the run resolved once (executor, device, cache, jobs), run,
+/// then recorded and reported.
+fn run(reg: &Registry, select: &Select, a: &RunArgs) -> Result<u8, RunnerError> {
     let t0 = Instant::now();
-    let Built {
-        dag,
-        device: file_device,
-        profile,
-        executor: file_executor,
-        sources,
-    } = build_dag(select, reg)?;
-    // --device wins over the file's key; an error from the key names its line.
-    let from_file = file_device.filter(|_| a.device.is_none());
-    let spec = a
-        .device
-        .clone()
-        .or(from_file.as_ref().map(|k| k.spec.clone()))
-        .unwrap_or_else(|| "auto".into());
-    let target = target(select, a, file_executor)?;
-    // On Slurm the nodes resolve the device: the machine that plans (a
-    // login node) may have no GPU.
-    let (device, where_, recorded) = match &target {
-        Target::Local => {
-            let d = match &from_file {
-                Some(key) => device::resolve_key(key)?,
-                None => device::resolve(&spec)?,
-            };
-            let name = d.to_string();
-            (d, name.clone(), name)
-        }
-        Target::Slurm(_) => (
-            mrbm_stage::Device::cpu(),
-            format!("Slurm (device {spec} on the nodes)"),
-            format!("slurm:{spec}"),
-        ),
-    };
-    let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
-    store.check_writable()?;
-    // Shared with other runs; `mrbm gc` waits for it.
-    let _in_use = store.use_guard(false, &|| {
-        eprintln!(
-            "waiting for `mrbm gc` to finish with {}",
-            store.root.display()
-        )
-    })?;
-    store.clean_stale();
-    let memo = Memo::load(&store.root);
-    let cancel = cancel_on_interrupt();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let progress = progress_display(a.quiet);
-    let ticker = progress
-        .as_ref()
-        .filter(|m| m.is_hidden())
-        .map(|_| output::Ticker::start(std::time::Duration::from_secs_f64(a.progress_interval)));
-    let opts = RunOptions {
-        jobs: a.jobs.unwrap_or(threads.min(4)),
-        keep_going: a.keep_going,
-        device,
-        threads,
-        progress,
-        force: mrbm_runner::targets::forced(&dag, &a.force)?,
-    };
-    if matches!(target, Target::Local) {
-        // Sizes from parameters alone, before any stage starts.
-        mrbm_runner::dag::prechecks::memory(reg, &dag)?;
-    }
-    let session = Session::new(reg, &store, &memo);
-    let (results, timings) = match target {
-        Target::Local => (session.run(&dag, &opts, &cancel), Vec::new()),
-        Target::Slurm(o) => run_on_slurm(cli, &session, &dag, &opts, &cancel, *o, &spec)?,
-    };
-    drop(ticker);
-    let (entries, bytes, took) = mrbm_runner::integrity::stats();
-    tracing::info!(
-        "integrity: checked {entries} cached entries ({:.1} MB) against their manifests in {:.1} ms",
-        bytes as f64 / 1e6,
-        took.as_secs_f64() * 1e3
-    );
-    memo.save()?;
-    exec::save_record(&store, &dag, &results)?;
+    let built = select::build(&select.selection(), reg)?;
+    let plan = RunPlan::resolve(a, built, reg, &select.file)?;
+    let RunOutcome { results, note } = plan.run(reg)?;
+    let dag = &plan.dag;
     let request = history::Request {
         file: select.file.clone(),
-        profile,
+        profile: plan.profile.clone(),
         sets: select.set.clone(),
         sweeps: select.sweep.clone(),
-        device: recorded,
-        sources,
-        interrupted: cancel.load(Ordering::Relaxed),
+        device: plan.placement.recorded.clone(),
+        sources: plan.sources.clone(),
+        interrupted: plan.interrupted(),
     };
-    let run = history::record(&dag, &results, &request);
-    history::save(&store, &run)?;
-    print!("{}", summary::tables(&dag, &results));
-    summary::print_summary(&dag, &results, &store, t0.elapsed().as_secs_f64(), &where_);
-    if !timings.is_empty() {
-        println!("{}", slurm::timing_summary(&timings));
+    let run = history::record(dag, &results, &request);
+    history::save(&plan.store, &run)?;
+    print!("{}", summary::tables(dag, &results));
+    let seconds = t0.elapsed().as_secs_f64();
+    summary::print_summary(dag, &results, &plan.store, seconds, &plan.placement.shown);
+    if let Some(note) = note {
+        println!("{note}");
     }
     println!("recorded as run {} (mrbm runs, mrbm compare)", run.id);
-    if cancel.load(Ordering::Relaxed) {
+    if plan.interrupted() {
         return Err(RunnerError::Interrupted);
     }
     Ok(summary::exit_code(&results))
-}
-
-/// The session's plan run through the Slurm executor; with its jobs' timings.
-#[allow(clippy::type_complexity)]
-fn run_on_slurm(
-    cli: &Cli,
-    session: &Session,
-    dag: &Dag,
-    opts: &RunOptions,
-    cancel: &AtomicBool,
-    o: slurm::SlurmOptions,
-    spec: &str,
-) -> Result<(Vec<exec::NodeResult>, Vec<slurm::JobTiming>), RunnerError> {
-    if !slurm::available() {
-        return Err(RunnerError::Usage(
-            "--executor slurm: no Slurm controller answers `sinfo` here (is this a Slurm login node?)\n  help: run without --executor slurm (or with --executor local)".into(),
-        ));
-    }
-    let say: Box<dyn Fn(String)> = match &opts.progress {
-        Some(m) if !m.is_hidden() => {
-            let m = m.clone();
-            Box::new(move |line: String| {
-                let _ = m.println(line);
-            })
-        }
-        _ => Box::new(|line: String| eprintln!("{line}")),
-    };
-    let mut ex = slurm::SlurmExecutor::new(session.store, o, spec, cli.verbose, say)?;
-    let r = session.run_on(&mut ex, dag, opts, cancel);
-    Ok((r, ex.timings().to_vec()))
-}
-
-/// A flag Ctrl-C (or SIGTERM, SIGHUP) sets; a second one exits at once.
-fn cancel_on_interrupt() -> Arc<AtomicBool> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let c = cancel.clone();
-    let _ = ctrlc::set_handler(move || {
-        if c.swap(true, Ordering::SeqCst) {
-            // Second Ctrl-C: leave now. Our Slurm jobs go too.
-            // Command stages' process groups are killed, and this
-            // process's temporary folders and locks removed, first.
-            slurm::scancel(&slurm::in_flight_ids());
-            eprintln!("\ninterrupted again: exiting");
-            mrbm_runner::abort::exit_now(130);
-        }
-        eprintln!("\ninterrupt: finishing nothing new, cleaning up (Ctrl-C again to quit now)");
-    });
-    cancel
-}
-
-/// On a terminal: bars. Otherwise the bars are kept hidden and a line per
-/// running stage is printed every --progress-interval.
-fn progress_display(quiet: bool) -> Option<indicatif::MultiProgress> {
-    if quiet {
-        None
-    } else if std::io::stderr().is_terminal() {
-        let m = indicatif::MultiProgress::new();
-        output::set_display(&m);
-        Some(m)
-    } else {
-        Some(indicatif::MultiProgress::with_draw_target(
-            indicatif::ProgressDrawTarget::hidden(),
-        ))
-    }
 }
 
 fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
@@ -871,7 +633,7 @@ fn show(cli: &Cli, what: &str) -> Result<u8, RunnerError> {
         // Look the id up in the records of past runs.
         if let Ok(rd) = std::fs::read_dir(root.join("runs")) {
             for e in rd.flatten() {
-                let rec: exec::RunRecord = std::fs::read(e.path())
+                let rec: RunRecord = std::fs::read(e.path())
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
                     .unwrap_or_default();
@@ -982,7 +744,7 @@ fn compare(
         .map(|p| history::find(&all, p))
         .collect::<Result<Vec<_>, _>>()?;
     if let [one] = picked[..] {
-        let before = mrbm_runner::rundiff::previous(&all, one)?;
+        let before = rundiff::previous(&all, one)?;
         eprintln!(
             "comparing run {} with the run of {} before it, {} ({}); give two or more ids to choose",
             one.id, one.experiment, before.id, before.time
@@ -990,16 +752,13 @@ fn compare(
         picked.insert(0, before);
     }
     let rows = if only_params {
-        mrbm_runner::rundiff::params_diff_rows(&picked)
+        rundiff::params_diff_rows(&picked)
     } else {
         history::compare_rows(&picked, all_metrics)
     };
     if csv {
         print!("{}", history::to_csv(&rows));
-    } else if only_params
-        && rows.len() == 1
-        && mrbm_runner::rundiff::no_params_note(&picked).is_none()
-    {
+    } else if only_params && rows.len() == 1 && rundiff::no_params_note(&picked).is_none() {
         println!(
             "no parameter differs between runs {}",
             picked
@@ -1011,75 +770,8 @@ fn compare(
     } else {
         print!("{}", table::render_aligned(&rows));
     }
-    if let Some(note) = mrbm_runner::rundiff::no_params_note(&picked) {
+    if let Some(note) = rundiff::no_params_note(&picked) {
         eprintln!("note: {note}");
     }
     Ok(0)
-}
-
-/// `mrbm exec-stage --cache DIR KEY`: what a Slurm job runs on its node.
-/// It reads the job the planner wrote into the shared cache and runs it
-/// with the same lock, temporary folder and atomic publish as a local run.
-/// Exit status: 0 published (or already there), 1 the stage failed, 2 a
-/// user error, 130 cancelled (scancel sends SIGTERM).
-fn exec_stage(cli: &Cli, reg: &Registry, key: &str, spec: &str) -> Result<u8, RunnerError> {
-    use mrbm_runner::executor::{run_job, Runtime, StageJob};
-    eprintln!(
-        "{}{:.3} on {} (key {key})",
-        slurm::STARTED,
-        slurm::unix_now(),
-        mrbm_runner::store::hostname()
-    );
-    let root = cli
-        .cache
-        .clone()
-        .or_else(|| std::env::var_os("MRBM_CACHE").map(PathBuf::from))
-        .ok_or_else(|| RunnerError::Usage("exec-stage needs --cache DIR".into()))?;
-    let store = Store::open(&root)?;
-    let mut job = StageJob::load(&StageJob::path_in(&store, key))?;
-    let device = device::resolve(spec)?;
-    // The threads of this node, not of the machine that planned.
-    job.threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let memo = Memo::load(&store.root);
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let c = cancel.clone();
-        let _ = ctrlc::set_handler(move || {
-            eprintln!("mrbm exec-stage: cancelled");
-            c.store(true, Ordering::SeqCst);
-        });
-    }
-    let rt = Runtime {
-        registry: reg,
-        memo: &memo,
-        device: &device,
-        progress: None,
-        cancel: &cancel,
-    };
-    let r = run_job(&store, &job, &rt);
-    match &r.status {
-        Status::Ran | Status::Cached => {
-            eprintln!(
-                "mrbm exec-stage: {} {} on {device} in {:.2}s",
-                r.status.word(),
-                job.stage_id,
-                r.seconds
-            );
-            Ok(0)
-        }
-        Status::Failed { message, user } => {
-            eprintln!("error: {}: {message}", job.stage_id);
-            if let Some(l) = &r.log {
-                eprintln!("  log: {}", l.display());
-            }
-            Ok(if *user { 2 } else { 1 })
-        }
-        Status::Cancelled => Err(RunnerError::Interrupted),
-        Status::Skipped { because } => {
-            eprintln!("error: {}: skipped ({because})", job.stage_id);
-            Ok(1)
-        }
-    }
 }

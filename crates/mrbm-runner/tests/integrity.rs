@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mrbm_runner::dag;
-use mrbm_runner::exec::Status;
-use mrbm_runner::registry::Registry;
+use mrbm_runner::kinds::registry::Registry;
+use mrbm_runner::plan as dag;
+use mrbm_runner::run::job::Status;
 use mrbm_runner::RunnerError;
 use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,7 @@ impl Stage for Num {
 fn registry() -> Registry {
     Registry::from_stages(vec![
         Box::new(Num),
-        Box::new(mrbm_runner::table::TableStage),
+        Box::new(mrbm_runner::kinds::table::TableStage),
     ])
 }
 

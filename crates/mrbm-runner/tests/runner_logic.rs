@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mrbm_runner::exec::Status;
-use mrbm_runner::hashing::Memo;
-use mrbm_runner::plan::{self, PlanStatus};
-use mrbm_runner::registry::Registry;
+use mrbm_runner::key::preview::{self, PlanStatus};
+use mrbm_runner::kinds::registry::Registry;
+use mrbm_runner::run::job::Status;
+use mrbm_runner::store::hashing::Memo;
 use mrbm_stage::{InputSlot, JsonValue, Metrics, ParamError, Stage, StageContext, StageError};
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +66,7 @@ impl Stage for Num {
 fn registry(version: u32) -> Registry {
     Registry::from_stages(vec![
         Box::new(Num(version)),
-        Box::new(mrbm_runner::table::TableStage),
+        Box::new(mrbm_runner::kinds::table::TableStage),
     ])
 }
 
@@ -83,7 +83,7 @@ fn plan_of(
 ) -> BTreeMap<String, PlanStatus> {
     let dag = build(file, reg, sets).unwrap();
     let store = p.store();
-    plan::plan(&dag, &store, &Memo::load(&store.root))
+    preview::plan(&dag, &store, &Memo::load(&store.root))
         .unwrap()
         .into_iter()
         .map(|l| (l.id, l.status))
@@ -149,12 +149,12 @@ fn the_summary_prints_each_table_from_memory_as_published() {
         .collect();
     // Not read back: the summary has the cells' metrics in `results`.
     std::fs::remove_file(&published).unwrap();
-    let printed = mrbm_runner::summary::tables(&dag, &results);
+    let printed = mrbm_runner::report::summary::tables(&dag, &results);
     assert_eq!(
         printed,
         format!(
             "\nt (results/t.csv)\n{}",
-            mrbm_runner::table::render_aligned(&rows)
+            mrbm_runner::kinds::table::render_aligned(&rows)
         )
     );
     assert!(printed.contains("20.0   121.00"), "{printed}");
@@ -494,8 +494,8 @@ metrics = ["judge_annealed_value", "svm_value"]
     );
     let reg = Registry::from_stages(vec![
         Box::new(Num(1)),
-        Box::new(mrbm_runner::collect::CollectStage),
-        Box::new(mrbm_runner::table::TableStage),
+        Box::new(mrbm_runner::kinds::collect::CollectStage),
+        Box::new(mrbm_runner::kinds::table::TableStage),
     ]);
     let r = run(&p, &f, &reg, &[]);
     assert!(r.iter().all(|(_, s)| *s == Status::Ran), "{r:?}");

@@ -203,8 +203,9 @@ pub struct Upstream {
     pub started: String,
     pub seconds: f64,
     pub tool_version: String,
-    /// The Slurm job that computed it, if one did.
-    pub slurm_job: Option<String>,
+    /// The executor's id of the job that computed it (a Slurm job id), if
+    /// it has one.
+    pub executor_job: Option<String>,
 }
 
 /// Everything a running stage may use.

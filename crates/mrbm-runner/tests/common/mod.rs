@@ -8,11 +8,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use mrbm_runner::config;
-use mrbm_runner::dag::{self, Overrides};
-use mrbm_runner::exec::{self, NodeResult, RunOptions, Status};
-use mrbm_runner::hashing::Memo;
-use mrbm_runner::registry::Registry;
+use mrbm_runner::key::record::load_record;
+use mrbm_runner::kinds::registry::Registry;
+use mrbm_runner::load::config;
+use mrbm_runner::plan::{self as dag, Overrides};
+use mrbm_runner::run::exec::{self, RunOptions};
+use mrbm_runner::run::executors::local;
+use mrbm_runner::run::job::{NodeResult, Status};
+use mrbm_runner::store::hashing::Memo;
 use mrbm_runner::store::Store;
 use mrbm_runner::RunnerError;
 
@@ -60,7 +63,7 @@ impl Project {
     }
     /// The cache key of stage `id` in the last run of experiment `exp`.
     pub fn key(&self, exp: &str, id: &str) -> String {
-        exec::load_record(&self.store(), exp).stages[id].key.clone()
+        load_record(&self.store(), exp).stages[id].key.clone()
     }
     /// The cache entry of stage `id` in the last run of experiment `exp`.
     pub fn entry(&self, exp: &str, id: &str) -> PathBuf {
@@ -95,12 +98,12 @@ pub fn results(dag: &dag::Dag, reg: &Registry, store: &Store) -> Vec<NodeResult>
     let opts = RunOptions {
         jobs: 2,
         keep_going: true,
-        device: mrbm_stage::Device::cpu(),
         threads: 1,
         progress: None,
         force: Vec::new(),
     };
-    exec::execute(dag, reg, store, &memo, &opts, &AtomicBool::new(false))
+    let cpu = mrbm_stage::Device::cpu();
+    local::execute(dag, reg, store, &memo, &cpu, &opts, &AtomicBool::new(false))
 }
 
 /// [`results`] in `p`'s cache, the run's record saved: each node's id and
