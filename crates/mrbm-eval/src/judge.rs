@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::frechet::{frechet_distance_polling, FrechetError, GaussianStats};
 use crate::linalg::Cancel;
+use crate::manifold::{precision_recall, PrecisionRecall};
 
 /// How the judge's classifier is trained: the parameters of the `judge_fit`
 /// stage (`mrbm params judge_fit`).
@@ -868,6 +869,13 @@ pub struct Judgement {
     /// Size of each real subset (the sample count, or all the reference
     /// images when there are fewer).
     pub real_subset_size: usize,
+    /// Precision and recall of the samples against the reference images in
+    /// the judge's hidden features ([`crate::manifold`]): are the samples
+    /// realistic, is the data covered.
+    pub samples_pr: PrecisionRecall,
+    /// The same for held-out real subsets of the samples' size against the
+    /// rest of the reference (NaN when nothing is left outside a subset).
+    pub real_pr: PrecisionRecall,
 }
 
 impl Judgement {
@@ -923,12 +931,72 @@ pub fn judge_against(
             *a += v / count as f64;
         }
     }
+    let (samples_pr, real_pr) = manifold_scores(
+        judge,
+        (samples, n),
+        (reference, m),
+        &perm,
+        (size, count),
+        cancel,
+    )?;
     Ok(Judgement {
         samples: s,
         real,
         real_subsets: count,
         real_subset_size: size,
+        samples_pr,
+        real_pr,
     })
+}
+
+/// Precision and recall (k = 3) in the judge's hidden features: the samples
+/// against every reference image, and, as the real baseline, each of the
+/// `count` real subsets of `size` (taken in `perm` order, as the classifier
+/// scores take them) against the reference images outside it, averaged.
+fn manifold_scores(
+    judge: &Judge,
+    (samples, n): (&[u8], usize),
+    (reference, m): (&[u8], usize),
+    perm: &[usize],
+    (size, count): (usize, usize),
+    cancel: Cancel,
+) -> Result<(PrecisionRecall, PrecisionRecall), JudgeError> {
+    const K: usize = 3;
+    let h = judge.hidden;
+    let (fs, _) = judge.embed(samples, n, cancel)?;
+    let (fr, _) = judge.embed(reference, m, cancel)?;
+    let samples_pr = precision_recall(&fs, &fr, h, K);
+    let mut real_pr = PrecisionRecall {
+        precision: 0.0,
+        recall: 0.0,
+    };
+    for b in 0..count {
+        if cancel() {
+            return Err(cancelled());
+        }
+        let inside = &perm[b * size..(b + 1) * size];
+        let mut is_in = vec![false; m];
+        inside.iter().for_each(|&i| is_in[i] = true);
+        let rows = |pick: bool| -> Vec<f32> {
+            (0..m)
+                .filter(|&i| is_in[i] == pick)
+                .flat_map(|i| fr[i * h..(i + 1) * h].iter().copied())
+                .collect()
+        };
+        let (sub, rest) = (rows(true), rows(false));
+        // A reference with no images outside the subset has no baseline.
+        let pr = if rest.len() > K * h {
+            precision_recall(&sub, &rest, h, K)
+        } else {
+            PrecisionRecall {
+                precision: f64::NAN,
+                recall: f64::NAN,
+            }
+        };
+        real_pr.precision += pr.precision / count as f64;
+        real_pr.recall += pr.recall / count as f64;
+    }
+    Ok((samples_pr, real_pr))
 }
 
 // ------------------------------------------------------------ file format

@@ -158,10 +158,11 @@ const JUDGE_INPUTS: &[InputSlot] = &[
 
 impl TypedStage for JudgeStage {
     const KIND: &'static str = "judge";
-    const VERSION: u32 = 1;
+    // 2: precision and recall in the judge's features (metrics and judge.json).
+    const VERSION: u32 = 2;
     const INPUTS: &'static [InputSlot] = JUDGE_INPUTS;
     const ABOUT: &'static str =
-        "score generated images: classifier score exp(E KL(p(y|x)||p(y))), class coverage, Frechet distance in the judge's features, each also relative to held-out real images";
+        "score generated images: classifier score exp(E KL(p(y|x)||p(y))), class coverage, Frechet distance and precision / recall (k = 3) in the judge's features, each beside held-out real images";
     type Params = JudgeParams;
 
     fn validate(p: &JudgeParams) -> Result<(), ParamError> {
@@ -245,6 +246,8 @@ impl TypedStage for JudgeStage {
             "real": jd.real,
             "real_subsets": jd.real_subsets,
             "real_subset_size": jd.real_subset_size,
+            "samples_precision_recall": jd.samples_pr,
+            "real_precision_recall": jd.real_pr,
             "reference_accuracy": ref_accuracy,
         });
         mrbm_stage::write_atomic(
@@ -283,6 +286,10 @@ impl TypedStage for JudgeStage {
         m.insert("frechet_rel".into(), jd.frechet_rel());
         m.insert("confidence".into(), jd.samples.confidence);
         m.insert("confidence_real".into(), jd.real.confidence);
+        m.insert("precision".into(), jd.samples_pr.precision);
+        m.insert("precision_real".into(), jd.real_pr.precision);
+        m.insert("recall".into(), jd.samples_pr.recall);
+        m.insert("recall_real".into(), jd.real_pr.recall);
         if labelled {
             m.insert("reference_accuracy".into(), ref_accuracy);
         }

@@ -14,7 +14,7 @@
 
 /// Precision and recall of `samples` against `real`, both row-major
 /// `[count, dim]` features, with the k-th neighbour radius (`k` >= 1).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct PrecisionRecall {
     pub precision: f64,
     pub recall: f64,

@@ -209,13 +209,14 @@ fn fragments(set: &ImageSet, n: usize, size: usize, seed: u64) -> Vec<u8> {
 }
 
 /// The calibration of one judge on one data set: (name, score_rel,
-/// coverage, frechet_rel) for real held-out images and each bad set.
+/// coverage, frechet_rel, precision, recall) for real held-out images and
+/// each bad set.
 fn calibrate(
     j: &Judge,
     held_out: &ImageSet,
     n: usize,
     fragment: usize,
-) -> Vec<(&'static str, f64, f64, f64)> {
+) -> Vec<(&'static str, f64, f64, f64, f64, f64)> {
     let shape = [held_out.c, held_out.h, held_out.w];
     // The samples are the first n held-out images; the reference the rest.
     let first: Vec<usize> = (0..n).collect();
@@ -241,6 +242,13 @@ fn calibrate(
             )
             .unwrap();
             eprintln!(
+                "{name:>20}: precision {:.3} (real {:.3}), recall {:.3} (real {:.3})",
+                jd.samples_pr.precision,
+                jd.real_pr.precision,
+                jd.samples_pr.recall,
+                jd.real_pr.recall
+            );
+            eprintln!(
                 "{name:>20}: score {:.3} (real {:.3}, rel {:.3}), coverage {} (real {:.1}), \
                  frechet {:.3} (real {:.3}, rel {:.3}), confidence {:.3}",
                 jd.samples.score,
@@ -253,32 +261,47 @@ fn calibrate(
                 jd.frechet_rel(),
                 jd.samples.confidence
             );
-            (name, jd.score_rel(), jd.samples.coverage, jd.frechet_rel())
+            (
+                name,
+                jd.score_rel(),
+                jd.samples.coverage,
+                jd.frechet_rel(),
+                jd.samples_pr.precision,
+                jd.samples_pr.recall,
+            )
         })
         .collect()
 }
 
 /// Real held-out images score as the data do; every bad set scores clearly
-/// lower on the classifier score and clearly higher on the Frechet distance.
+/// lower on the classifier score, clearly higher on the Frechet distance,
+/// and under half the real precision or recall (k = 3 manifolds in the
+/// judge's features: fragments and blobs lie off the data, one image
+/// repeated covers none of it).
 /// `real_frechet` bounds the real set's frechet_rel (small distances are
 /// noisy: on the shapes a real set of 100 measured 0.44); `max_bad_score`
 /// the bad sets' score_rel (4 shape classes leave less room than 10 digits).
 fn assert_calibrated(
-    rows: &[(&str, f64, f64, f64)],
+    rows: &[(&str, f64, f64, f64, f64, f64)],
     classes: f64,
     real_frechet: std::ops::Range<f64>,
     max_bad_score: f64,
 ) {
-    let (_, s, cov, f) = rows[0];
+    let (_, s, cov, f, p, r) = rows[0];
     assert!((0.85..1.15).contains(&s), "real score_rel {s}");
     assert!(real_frechet.contains(&f), "real frechet_rel {f}");
     assert_eq!(cov, classes, "real coverage");
-    for &(name, s, _, f) in &rows[1..] {
+    assert!(p > 0.75 && r > 0.75, "real precision {p}, recall {r}");
+    for &(name, s, _, f, bp, br) in &rows[1..] {
         assert!(
             s < max_bad_score,
             "{name}: score_rel {s} is not clearly below real"
         );
         assert!(f > 3.0, "{name}: frechet_rel {f} is not clearly above real");
+        assert!(
+            bp < 0.5 * p || br < 0.5 * r,
+            "{name}: precision {bp} and recall {br} are not clearly below real ({p}, {r})"
+        );
     }
 }
 
