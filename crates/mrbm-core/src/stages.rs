@@ -126,6 +126,7 @@ const TRAIN_INPUTS: &[InputSlot] = &[InputSlot::required(
 
 impl TypedStage for TrainStage {
     const KIND: &'static str = "train";
+    const LOSS_CURVE: Option<&'static str> = Some("loss.csv");
     const ABOUT: &'static str =
         "train a multinary RBM / DBN stack on images; writes model.safetensors";
     // 2: conv layers on the CPU use host_conv (same maps, other rounding).

@@ -403,6 +403,11 @@ pub trait Stage: Send + Sync {
     fn uses_device(&self) -> bool {
         false
     }
+    /// The output file `mrbm report` draws as this stage's loss curve (a
+    /// `step,loss` CSV), if any: the report asks the kind, it knows no kind.
+    fn loss_curve(&self) -> Option<&'static str> {
+        None
+    }
     /// A friendlier message when an external input path does not exist (e.g.
     /// where a data set is published and which files were expected).
     fn missing_input_hint(&self, _params: &JsonValue, _slot: &str, _path: &Path) -> Option<String> {
@@ -439,6 +444,8 @@ pub trait TypedStage: Send + Sync {
     const ABOUT: &'static str;
     /// Whether it runs tensor work on the selected device.
     const USES_DEVICE: bool = false;
+    /// See [`Stage::loss_curve`].
+    const LOSS_CURVE: Option<&'static str> = None;
     /// Its parameters: `#[derive(ParamDocs)]` gives `mrbm params` their
     /// doc comments.
     type Params: DeserializeOwned + Serialize + Default + ParamDocs;
@@ -504,6 +511,9 @@ impl<T: TypedStage> Stage for T {
     }
     fn uses_device(&self) -> bool {
         T::USES_DEVICE
+    }
+    fn loss_curve(&self) -> Option<&'static str> {
+        T::LOSS_CURVE
     }
     fn missing_input_hint(&self, params: &JsonValue, slot: &str, path: &Path) -> Option<String> {
         TypedStage::missing_input_hint(self, params, slot, path)

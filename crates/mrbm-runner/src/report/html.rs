@@ -479,14 +479,15 @@ fn losses(h: &mut String, entries: &[Entry], scale: YScale) -> Result<(), Runner
     h.push_str("<h2 id=\"loss\">Loss curves</h2>\n");
     let _ = writeln!(
         h,
-        "<p class=\"note\">First the cells of each sweep axis overlaid (moving means), then each model's own chart. Grey: the loss per step; lines: moving means. The y axis ({}) spans the 1st to 99th percentile: values beyond are drawn at its edge and counted in the title. Numbers: each stage's <code>loss.csv</code>.</p>",
+        "<p class=\"note\">First the cells of each sweep axis overlaid (moving means), then each model's own chart. Grey: the loss per step; lines: moving means. The y axis ({}) spans the 1st to 99th percentile: values beyond are drawn at its edge and counted in the title. Numbers: each stage's loss file (<code>loss.csv</code> for train).</p>",
         scale.name()
     );
+    let reg = crate::kinds::registry::Registry::builtin();
     let curves: Vec<(&str, mrbm_plot::LossHistory)> = entries
         .iter()
-        .filter(|e| e.kind() == "train")
         .filter_map(|e| {
-            let b = e.file("loss.csv")?;
+            let file = reg.get(e.kind())?.loss_curve()?;
+            let b = e.file(file)?;
             Some((
                 e.id,
                 mrbm_plot::LossHistory::parse_csv(&String::from_utf8_lossy(&b))?,
