@@ -390,6 +390,24 @@ fn find_cycle(g: &DiGraph<&str, ()>, start: NodeIndex) -> Vec<String> {
     path.into_iter().map(|i| g[i].to_string()).collect()
 }
 
+/// Which sweep axes reach each stage: those touching it or anything upstream.
+pub fn reach<'a>(axes: &[Axis], wiring: &Wiring<'a>) -> HashMap<&'a str, Vec<usize>> {
+    let mut reach: HashMap<&str, Vec<usize>> = HashMap::new();
+    for n in &wiring.order {
+        let name = wiring.graph[*n];
+        let mut set: BTreeSet<usize> = BTreeSet::new();
+        set.extend((0..axes.len()).filter(|ai| axes[*ai].touches(name)));
+        for up in wiring
+            .graph
+            .neighbors_directed(*n, petgraph::Direction::Incoming)
+        {
+            set.extend(reach[wiring.graph[up]].iter().copied());
+        }
+        reach.insert(name, set.into_iter().collect());
+    }
+    reach
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,7 +136,7 @@ pub fn build(
     overrides::check_set_stages(exp, ov, &names)?;
     let data_root = inputs::data_root(exp, ov);
     let wiring = inputs::wire(exp, registry, &names, &axes, &data_root)?;
-    let reach = sweep::reach(&axes, &wiring);
+    let reach = inputs::reach(&axes, &wiring);
     overrides::check_sets_against_axes(ov, &axes)?;
     let project_root = project_root_for(&exp.source.path);
     let ctx = expand::Expansion {

@@ -1,12 +1,11 @@
 //! The sweep's axes, from the experiment's `[sweep]` and `--sweep`, and
 //! which axes reach each stage.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::error::RunnerError;
 use crate::load::config::LoadedExperiment;
 
-use super::inputs::Wiring;
 use super::{check_stage_name, label_of, split_target, Overrides};
 
 /// A sweep axis: its display name and its values.
@@ -280,24 +279,6 @@ fn cli_axis(
     }
     axes.push(axis);
     Ok(())
-}
-
-/// Which axes reach each stage: those touching it or anything upstream.
-pub fn reach<'a>(axes: &[Axis], wiring: &Wiring<'a>) -> HashMap<&'a str, Vec<usize>> {
-    let mut reach: HashMap<&str, Vec<usize>> = HashMap::new();
-    for n in &wiring.order {
-        let name = wiring.graph[*n];
-        let mut set: BTreeSet<usize> = BTreeSet::new();
-        set.extend((0..axes.len()).filter(|ai| axes[*ai].touches(name)));
-        for up in wiring
-            .graph
-            .neighbors_directed(*n, petgraph::Direction::Incoming)
-        {
-            set.extend(reach[wiring.graph[up]].iter().copied());
-        }
-        reach.insert(name, set.into_iter().collect());
-    }
-    reach
 }
 
 /// Every combination of the given axes' values.
