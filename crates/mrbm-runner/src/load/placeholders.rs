@@ -21,15 +21,13 @@ pub fn first_placeholder(s: &str) -> Option<&str> {
     None
 }
 
-/// Refuse a publish target whose template left a placeholder unfilled.
-#[allow(clippy::too_many_arguments)]
+/// Refuse a publish target whose template left a placeholder unfilled:
+/// `(stage, id)` is the node, `(file, template, filled)` its publish entry
+/// (the output file, the path as written, the path with the cell filled in).
 pub fn check_publish(
     src: &Source,
-    stage: &str,
-    id: &str,
-    file: &str,
-    template: &str,
-    filled: &str,
+    (stage, id): (&str, &str),
+    (file, template, filled): (&str, &str, &str),
     cell: &[(String, String)],
     params: &toml::Table,
 ) -> Result<(), RunnerError> {
@@ -95,11 +93,8 @@ mod tests {
         params.insert("seed".into(), toml::Value::Integer(1));
         let e = check_publish(
             &src,
-            "s",
-            "s[N=1]",
-            "grid.png",
-            "results/g_{NN}.png",
-            "results/g_{NN}.png",
+            ("s", "s[N=1]"),
+            ("grid.png", "results/g_{NN}.png", "results/g_{NN}.png"),
             &cell,
             &params,
         )
@@ -111,11 +106,8 @@ mod tests {
         assert!(e.contains("{seed}"), "{e}");
         check_publish(
             &src,
-            "s",
-            "s[N=1]",
-            "grid.png",
-            "results/g_{N}.png",
-            "results/g_1.png",
+            ("s", "s[N=1]"),
+            ("grid.png", "results/g_{N}.png", "results/g_1.png"),
             &cell,
             &params,
         )

@@ -117,16 +117,18 @@ impl Expansion<'_> {
         }
         let before_sets = params.clone();
         apply_sets(self.ov, c.name, &mut params);
-        check_finite(
-            self.exp, c.src, c.name, &c.id, &params, c.combo, self.axes, self.ov,
-        )?;
+        check_finite(self.exp, c, &params, self.axes, self.ov)?;
         let canon = self.canonical(c, &params, &before_sets)?;
         let (inputs, deps) = self.inputs(c, by_cell);
         let mut publish = Vec::new();
         for (file, to) in &decl.publish {
             let filled = fill_template(to, &c.cell, &params);
             crate::load::placeholders::check_publish(
-                c.src, c.name, &c.id, file, to, &filled, &c.cell, &params,
+                c.src,
+                (c.name, &c.id),
+                (file, to, &filled),
+                &c.cell,
+                &params,
             )?;
             let dest = publish_target(self.project_root, file, &filled).map_err(|why| {
                 c.src.locate(
@@ -334,17 +336,14 @@ pub fn publish_target(project_root: &Path, file: &str, to: &str) -> Result<PathB
 
 /// Parameters must be finite numbers: `nan` and `inf` are refused where
 /// they were written (a `--set`, a sweep value, or the stage's own key).
-#[allow(clippy::too_many_arguments)]
 fn check_finite(
     exp: &LoadedExperiment,
-    src: &Source,
-    stage: &str,
-    id: &str,
+    c: &CellOf,
     params: &toml::Table,
-    combo: &[Pick],
     axes: &[Axis],
     ov: &Overrides,
 ) -> Result<(), RunnerError> {
+    let (src, stage, id, combo) = (c.src, c.name, c.id.as_str(), c.combo);
     let sets = &ov.sets;
     fn bad(v: &toml::Value) -> Option<String> {
         match v {
