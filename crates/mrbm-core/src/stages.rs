@@ -19,7 +19,7 @@ use crate::quality;
 use crate::resume;
 use crate::sample::{gibbs_from, noise_start, Anneal, Sampler};
 use crate::stack::{Coupling, Dbn, StackParams, VisibleKind};
-use crate::train::{train_images_from, GradientMode, OptimParams, Schedule, Trainer};
+use crate::train::{fit, FitEnv, FitSetup, Fitted, GradientMode, OptimParams};
 
 pub fn all() -> Vec<Box<dyn Stage>> {
     vec![
@@ -244,81 +244,26 @@ impl TypedStage for TrainStage {
         check_train_memory(&spec, p.optim.batch_size.min(n))?;
         let started = Instant::now();
         let resume_file = ctx.resume_dir.map(|d| d.join(resume::FILE));
-        let (mut trainer, start) = start_trainer(ctx, spec, &p, resume_file.as_deref(), device);
-        let bs = p.optim.batch_size.min(n);
-        let phases = match p.optim.schedule {
-            Schedule::Joint => 1,
-            Schedule::Greedy => trainer.dbn.layers.len(),
+        let setup = FitSetup {
+            init_std: p.stack.init_std,
+            learn_sigma: p.options.learn_sigma,
+            resume_file: resume_file.as_deref(),
+            checkpoint_every: p.options.checkpoint_every,
+            checkpoint_minutes: p.options.checkpoint_minutes,
         };
-        let bar = ctx.bar(((n / bs) * p.optim.epochs * phases) as u64, "training");
-        mrbm_stage::progress::resume_at(&bar, start.0.done);
+        let bs = p.optim.batch_size.min(n);
         let pixels = &set.pixels()[..n * set.image_len()];
-        // Checkpoint cadence: every `checkpoint_every` epochs, every
-        // `checkpoint_minutes` (10 when neither is set), and on Ctrl-C.
-        let every = p.options.checkpoint_every;
-        let minutes =
-            p.options
-                .checkpoint_minutes
-                .or(if every.is_none() { Some(10.0) } else { None });
-        let mut last_save = Instant::now();
-        let mut save_failed = false;
-        let hist = in_pool(ctx.threads, || {
-            train_images_from(
-                &mut trainer,
-                pixels,
-                n,
-                DType::F32,
-                start,
-                |done, total, running| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                    bar.set_message(format!("loss {running:.4}"));
-                    // One log line per epoch as it ends (`mrbm run -v` echoes it).
-                    let per_epoch = (n / bs).max(1) as u64;
-                    if done % per_epoch == 0 {
-                        ctx.log(format!(
-                            "epoch {} of {}: running loss {running:.6}",
-                            done / per_epoch,
-                            total / per_epoch
-                        ));
-                    }
-                    ctx.check_cancel()?;
-                    Ok(())
-                },
-                |tr, cursor, hist| {
-                    let Some(file) = resume_file.as_ref() else {
-                        return Ok(());
-                    };
-                    if cursor.phase >= phases || save_failed {
-                        return Ok(()); // finished: the model itself is next
-                    }
-                    let epoch_end = cursor.batch == 0;
-                    let due = ctx.check_cancel().is_err()
-                        || (epoch_end
-                            && every.is_some_and(|k| cursor.epochs_done(p.optim.epochs) % k == 0))
-                        || minutes.is_some_and(|m| last_save.elapsed().as_secs_f64() >= m * 60.0);
-                    if due {
-                        match resume::save(tr, cursor, hist, file) {
-                            Ok(()) => ctx.log(format!(
-                                "checkpoint at epoch {}, batch {} ({} batches done)",
-                                cursor.epochs_done(p.optim.epochs),
-                                cursor.batch,
-                                cursor.done
-                            )),
-                            Err(e) => {
-                                // Training goes on; it just cannot resume.
-                                ctx.warn(format!("could not write a checkpoint: {e}"));
-                                save_failed = true;
-                            }
-                        }
-                        last_save = Instant::now();
-                    }
-                    Ok(())
-                },
-            )
+        let env = StageFitEnv {
+            ctx,
+            bar: std::sync::OnceLock::new(),
+        };
+        let fitted = in_pool(ctx.threads, || {
+            fit(spec, &p.optim, &setup, (pixels, n), device, &env)
         })?;
-        bar.finish_and_clear();
-        let hist = hist?;
+        if let Some(bar) = env.bar.get() {
+            bar.finish_and_clear();
+        }
+        let Fitted { trainer, hist } = fitted?;
         let seconds = started.elapsed().as_secs_f64();
         let (epochs, totals) = write_training(ctx, &trainer.dbn, &hist)?;
         check_stuck(
@@ -420,47 +365,33 @@ fn check_train_memory(spec: &crate::stack::StackSpec, batch: usize) -> Result<()
     )
 }
 
-/// The trainer to run: from the checkpoint an interrupted run of this
-/// stage key left (bit for bit the run it interrupted), else a fresh
-/// stack.
-fn start_trainer(
-    ctx: &StageContext,
-    spec: crate::stack::StackSpec,
-    p: &TrainParams,
-    resume_file: Option<&std::path::Path>,
-    device: &Device,
-) -> (Trainer, (crate::train::Cursor, crate::train::History)) {
-    let restored = match resume_file.as_ref().filter(|f| f.exists()) {
-        Some(f) => match resume::load(f, &spec, &p.optim, device) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                ctx.warn(format!(
-                    "not resuming from the checkpoint ({e}): training from the start"
-                ));
-                None
-            }
-        },
-        None => None,
-    };
-    match restored {
-        Some((t, cursor, hist)) => {
-            ctx.log(format!(
-                "resumed from epoch {} ({} batches done)",
-                cursor.epochs_done(p.optim.epochs),
-                cursor.done
-            ));
-            (t, (cursor, hist))
+/// The `train` stage's side of [`FitEnv`]: its log, a progress bar made
+/// when training starts, and its cancel flag.
+struct StageFitEnv<'c> {
+    ctx: &'c StageContext<'c>,
+    bar: std::sync::OnceLock<indicatif::ProgressBar>,
+}
+
+impl FitEnv for StageFitEnv<'_> {
+    fn log(&self, line: String) {
+        self.ctx.log(line);
+    }
+    fn warn(&self, line: String) {
+        self.ctx.warn(line);
+    }
+    fn start(&self, total: u64, done: u64) {
+        let bar = self.bar.get_or_init(|| self.ctx.bar(total, "training"));
+        mrbm_stage::progress::resume_at(bar, done);
+    }
+    fn progress(&self, done: u64, total: u64, running: f64) {
+        if let Some(bar) = self.bar.get() {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(format!("loss {running:.4}"));
         }
-        None => {
-            let mut dbn = Dbn::init(spec, p.stack.init_std, p.optim.seed, device, DType::F32);
-            if p.options.learn_sigma {
-                // log sigma = 0: sigma starts at the data's (standardised) 1.
-                let c = dbn.layers[0].spec.visible_channels();
-                dbn.layers[0].log_sigma =
-                    Some(burn::tensor::Tensor::zeros([c], (device, DType::F32)));
-            }
-            (Trainer::new(dbn, p.optim.clone()), Default::default())
-        }
+    }
+    fn cancelled(&self) -> bool {
+        self.ctx.check_cancel().is_err()
     }
 }
 

@@ -927,3 +927,158 @@ pub fn train_images_from(
     trainer.active = None;
     Ok(hist)
 }
+
+/// What [`fit`] reports to and asks of whoever runs it (the `train` stage
+/// adapts its StageContext): messages, progress, cancellation.
+pub trait FitEnv {
+    fn log(&self, line: String);
+    fn warn(&self, line: String);
+    /// Training starts (or resumes) at step `done` of `total`.
+    fn start(&self, total: u64, done: u64);
+    /// `done` of `total` steps, the running loss.
+    fn progress(&self, done: u64, total: u64, running: f64);
+    /// Whether the run was cancelled (Ctrl-C): training checkpoints, stops.
+    fn cancelled(&self) -> bool;
+}
+
+/// How a fresh stack starts and where [`fit`] checkpoints for a resume.
+pub struct FitSetup<'a> {
+    /// Standard deviation of the initial weights.
+    pub init_std: f64,
+    /// Gaussian pixels with a learned sigma (log sigma starts at 0).
+    pub learn_sigma: bool,
+    /// The resume checkpoint (none: no resume, no checkpoints).
+    pub resume_file: Option<&'a std::path::Path>,
+    /// Checkpoint every this many epochs...
+    pub checkpoint_every: Option<usize>,
+    /// ... and/or every this many minutes (10 when neither is given).
+    pub checkpoint_minutes: Option<f64>,
+}
+
+/// A trained stack and its loss history.
+pub struct Fitted {
+    pub trainer: Trainer,
+    pub hist: History,
+}
+
+/// Train a stack of `spec` on the first `n` images of `pixels` with
+/// `optim`: resume from `setup.resume_file` when it holds a checkpoint of
+/// this run, else initialise; checkpoint on the cadence `setup` gives and
+/// on cancellation; report through `env`.
+pub fn fit(
+    spec: crate::stack::StackSpec,
+    optim: &OptimParams,
+    setup: &FitSetup,
+    (pixels, n): (&[u8], usize),
+    device: &Device,
+    env: &dyn FitEnv,
+) -> Result<Fitted, CoreError> {
+    let (mut trainer, start) = start_trainer(spec, optim, setup, device, env);
+    let bs = optim.batch_size.min(n);
+    let phases = match optim.schedule {
+        Schedule::Joint => 1,
+        Schedule::Greedy => trainer.dbn.layers.len(),
+    };
+    env.start(((n / bs) * optim.epochs * phases) as u64, start.0.done);
+    let every = setup.checkpoint_every;
+    let minutes = setup
+        .checkpoint_minutes
+        .or(if every.is_none() { Some(10.0) } else { None });
+    let mut last_save = std::time::Instant::now();
+    let mut save_failed = false;
+    let hist = train_images_from(
+        &mut trainer,
+        pixels,
+        n,
+        DType::F32,
+        start,
+        |done, total, running| {
+            env.progress(done, total, running);
+            // One log line per epoch as it ends (`mrbm run -v` echoes it).
+            let per_epoch = (n / bs).max(1) as u64;
+            if done % per_epoch == 0 {
+                env.log(format!(
+                    "epoch {} of {}: running loss {running:.6}",
+                    done / per_epoch,
+                    total / per_epoch
+                ));
+            }
+            if env.cancelled() {
+                return Err(mrbm_stage::StageError::Cancelled.into());
+            }
+            Ok(())
+        },
+        |tr, cursor, hist| {
+            let Some(file) = setup.resume_file else {
+                return Ok(());
+            };
+            if cursor.phase >= phases || save_failed {
+                return Ok(()); // finished: the model itself is next
+            }
+            let epoch_end = cursor.batch == 0;
+            let due = env.cancelled()
+                || (epoch_end && every.is_some_and(|k| cursor.epochs_done(optim.epochs) % k == 0))
+                || minutes.is_some_and(|m| last_save.elapsed().as_secs_f64() >= m * 60.0);
+            if due {
+                match crate::resume::save(tr, cursor, hist, file) {
+                    Ok(()) => env.log(format!(
+                        "checkpoint at epoch {}, batch {} ({} batches done)",
+                        cursor.epochs_done(optim.epochs),
+                        cursor.batch,
+                        cursor.done
+                    )),
+                    Err(e) => {
+                        // Training goes on; it just cannot resume.
+                        env.warn(format!("could not write a checkpoint: {e}"));
+                        save_failed = true;
+                    }
+                }
+                last_save = std::time::Instant::now();
+            }
+            Ok(())
+        },
+    )?;
+    Ok(Fitted { trainer, hist })
+}
+
+/// The trainer and the cursor to start from: the checkpoint's when
+/// `setup.resume_file` holds one that fits, else a fresh stack.
+fn start_trainer(
+    spec: crate::stack::StackSpec,
+    optim: &OptimParams,
+    setup: &FitSetup,
+    device: &Device,
+    env: &dyn FitEnv,
+) -> (Trainer, (Cursor, History)) {
+    let restored = match setup.resume_file.filter(|f| f.exists()) {
+        Some(f) => match crate::resume::load(f, &spec, optim, device) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                env.warn(format!(
+                    "not resuming from the checkpoint ({e}): training from the start"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    match restored {
+        Some((t, cursor, hist)) => {
+            env.log(format!(
+                "resumed from epoch {} ({} batches done)",
+                cursor.epochs_done(optim.epochs),
+                cursor.done
+            ));
+            (t, (cursor, hist))
+        }
+        None => {
+            let mut dbn = Dbn::init(spec, setup.init_std, optim.seed, device, DType::F32);
+            if setup.learn_sigma {
+                // log sigma = 0: sigma starts at the data's (standardised) 1.
+                let c = dbn.layers[0].spec.visible_channels();
+                dbn.layers[0].log_sigma = Some(Tensor::zeros([c], (device, DType::F32)));
+            }
+            (Trainer::new(dbn, optim.clone()), Default::default())
+        }
+    }
+}
