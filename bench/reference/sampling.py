@@ -16,18 +16,18 @@ with its seconds. Not a test: speed is only measured.
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import rbm_reference  # noqa: E402  (bench/rbm_reference.py: one AIS schedule)
+
 
 def sm_betas(total):
-    n1 = round(total * 500 / 14500)
-    n2 = round(total * 4000 / 14500)
-    n3 = total - n1 - n2
-    return np.concatenate(
-        [[0.0], np.linspace(0, 0.5, n1 + 1)[1:], np.linspace(0.5, 0.9, n2 + 1)[1:], np.linspace(0.9, 1.0, n3 + 1)[1:]]
-    ).astype(np.float32)
+    # The schedule of bench/rbm_reference.py (Salakhutdinov & Murray), in float32.
+    return rbm_reference.sm_betas(total).astype(np.float32)
 
 
 def numpy_gibbs(w, a, b, chains, steps, rng):
