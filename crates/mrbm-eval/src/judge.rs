@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::frechet::{frechet_distance_polling, FrechetError, GaussianStats};
 use crate::linalg::Cancel;
-use crate::manifold::{precision_recall, PrecisionRecall};
+use crate::manifold::{precision_recall, self_distances, subset_against_rest, PrecisionRecall};
 
 /// How the judge's classifier is trained: the parameters of the `judge_fit`
 /// stage (`mrbm params judge_fit`).
@@ -970,23 +970,19 @@ fn manifold_scores(
         precision: 0.0,
         recall: 0.0,
     };
+    // The reference's distances once; each subset is scored against the rest.
+    let d = self_distances(&fr, h);
     for b in 0..count {
         if cancel() {
             return Err(cancelled());
         }
-        let inside = &perm[b * size..(b + 1) * size];
         let mut is_in = vec![false; m];
-        inside.iter().for_each(|&i| is_in[i] = true);
-        let rows = |pick: bool| -> Vec<f32> {
-            (0..m)
-                .filter(|&i| is_in[i] == pick)
-                .flat_map(|i| fr[i * h..(i + 1) * h].iter().copied())
-                .collect()
-        };
-        let (sub, rest) = (rows(true), rows(false));
+        perm[b * size..(b + 1) * size]
+            .iter()
+            .for_each(|&i| is_in[i] = true);
         // A reference with no images outside the subset has no baseline.
-        let pr = if rest.len() > K * h {
-            precision_recall(&sub, &rest, h, K)
+        let pr = if m - size > K {
+            subset_against_rest(&d, &is_in, K)
         } else {
             PrecisionRecall {
                 precision: f64::NAN,

@@ -46,18 +46,60 @@ fn squared_distances(a: &[f32], b: &[f32], dim: usize) -> Vec<f64> {
 /// k or more duplicates of a point the radius is 0.
 fn knn_radii(set: &[f32], dim: usize, k: usize) -> Vec<f64> {
     let n = set.len() / dim;
-    let d = squared_distances(set, set, dim);
-    (0..n)
-        .map(|i| {
-            let mut row: Vec<f64> = (0..n).filter(|&j| j != i).map(|j| d[i * n + j]).collect();
-            let kk = k.min(row.len()).max(1) - 1;
+    let all: Vec<usize> = (0..n).collect();
+    radii_among(&squared_distances(set, set, dim), n, &all, k)
+}
+
+/// [`knn_radii`] of the `members` of a set whose squared distances `d`
+/// (`[n, n]`) are already known, in `members` order.
+fn radii_among(d: &[f64], n: usize, members: &[usize], k: usize) -> Vec<f64> {
+    members
+        .iter()
+        .map(|&i| {
+            let mut row: Vec<f64> = members
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| d[i * n + j])
+                .collect();
             if row.is_empty() {
                 return 0.0;
             }
+            let kk = k.min(row.len()).max(1) - 1;
             let (_, v, _) = row.select_nth_unstable_by(kk, f64::total_cmp);
             *v
         })
         .collect()
+}
+
+/// Pairwise squared distances of one set (`[n, n]`), to score many of its
+/// subsets against the rest with [`subset_against_rest`] without
+/// recomputing them.
+pub fn self_distances(set: &[f32], dim: usize) -> Vec<f64> {
+    squared_distances(set, set, dim)
+}
+
+/// Precision and recall of the points flagged `inside` against the other
+/// points of the same set, from its [`self_distances`] `d`: the same
+/// numbers as [`precision_recall`] on the two parts.
+pub fn subset_against_rest(d: &[f64], inside: &[bool], k: usize) -> PrecisionRecall {
+    let n = inside.len();
+    let sub: Vec<usize> = (0..n).filter(|&i| inside[i]).collect();
+    let rest: Vec<usize> = (0..n).filter(|&i| !inside[i]).collect();
+    let (rest_r, sub_r) = (radii_among(d, n, &rest, k), radii_among(d, n, &sub, k));
+    let covered = |points: &[usize], centres: &[usize], radii: &[f64]| {
+        if points.is_empty() {
+            return 0.0;
+        }
+        let hit = points
+            .iter()
+            .filter(|&&i| centres.iter().zip(radii).any(|(&j, &r)| d[i * n + j] <= r))
+            .count();
+        hit as f64 / points.len() as f64
+    };
+    PrecisionRecall {
+        precision: covered(&sub, &rest, &rest_r),
+        recall: covered(&rest, &sub, &sub_r),
+    }
 }
 
 /// The fraction of `points` that fall inside some ball of `centres` (squared
@@ -118,6 +160,23 @@ mod tests {
         let held_out = gaussian(200, 8, 0.0, 2);
         let pr = precision_recall(&held_out, &real, 8, 3);
         assert!(pr.precision > 0.6 && pr.recall > 0.6, "{pr:?}");
+    }
+
+    #[test]
+    fn a_subset_against_the_rest_scores_as_the_two_parts_do() {
+        let set = gaussian(120, 6, 0.0, 4);
+        let inside: Vec<bool> = (0..120).map(|i| i % 4 == 1).collect();
+        let part = |flag: bool| -> Vec<f32> {
+            (0..120)
+                .filter(|&i| inside[i] == flag)
+                .flat_map(|i| set[i * 6..i * 6 + 6].to_vec())
+                .collect()
+        };
+        let d = self_distances(&set, 6);
+        assert_eq!(
+            subset_against_rest(&d, &inside, 3),
+            precision_recall(&part(true), &part(false), 6, 3)
+        );
     }
 
     #[test]
