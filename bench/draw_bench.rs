@@ -1,0 +1,173 @@
+//! Bernoulli draws, three ways, for deciding whether to change the random
+//! streams of the sampled paths (issue 29). NOT wired into any stage.
+//!
+//! 1. `loop`: today's stream before issue 29's speed-up, one ChaCha8 f64
+//!    uniform and one libm `exp` per unit: `rng.random::<f64>() < sigmoid(z)`.
+//! 2. `batched`: today's stream after it (mrbm-core's `bernoulli_sigmoid`,
+//!    re-stated here): the same uniforms and outcomes, the sigmoid decided by
+//!    a bounded approximation unless the uniform falls within 1e-6 of it.
+//!    One thread (the stages split large batches by seeking the stream).
+//! 3. `philox`: a counter-based f32 draw, as a new stream would be: unit i of
+//!    draw number `step` gets Philox4x32-10(key = seed, counter = (i / 4,
+//!    step)) word i % 4 as a 24-bit uniform, against an f32 sigmoid; any
+//!    thread can draw any unit, so it splits over the rayon pool with no
+//!    seeking, and the result is the same for every thread count.
+//!
+//!   cargo run --release -p mrbm-kernels --example draw_bench -- [N] [THREADS]
+//!
+//! N draws (default 1e8) over a 64 Ki-entry block of inputs in [-8, 8]
+//! reused (cache-resident, so the draws are measured, not memory); prints
+//! draws per second and the fraction of successes of each (they agree to
+//! ~1e-4: the same distribution). Timings on a shared machine are noisy.
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::time::Instant;
+
+fn sigmoid_f64(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+#[inline(always)]
+fn sigmoid_approx(z: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    let t = -z.abs();
+    let t = if t < -40.0 { -40.0 } else { t };
+    let kb = t * std::f64::consts::LOG2_E + MAGIC;
+    let kf = kb - MAGIC;
+    let r = t - kf * std::f64::consts::LN_2;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let k = kb.to_bits().wrapping_sub(MAGIC.to_bits());
+    let e = p * f64::from_bits(k.wrapping_add(1023) << 52);
+    let q = 1.0 / (1.0 + e);
+    if z >= 0.0 {
+        q
+    } else {
+        e * q
+    }
+}
+
+fn batched(z: &[f64], rng: &mut ChaCha8Rng) -> u64 {
+    let mut hits = 0u64;
+    let mut pa = [0.0f64; 256];
+    for zc in z.chunks(256) {
+        let pa = &mut pa[..zc.len()];
+        for (p, &z) in pa.iter_mut().zip(zc) {
+            *p = sigmoid_approx(z);
+        }
+        for (&z, &p) in zc.iter().zip(pa.iter()) {
+            let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            let d = u - p;
+            hits += if d < -1e-6 {
+                1
+            } else if d > 1e-6 {
+                0
+            } else {
+                (u < sigmoid_f64(z)) as u64
+            };
+        }
+    }
+    hits
+}
+
+/// Philox4x32-10 (Salmon et al. 2011): four 32-bit words per counter.
+#[inline(always)]
+fn philox(mut c: [u32; 4], mut k: [u32; 2]) -> [u32; 4] {
+    for _ in 0..10 {
+        let p0 = 0xD251_1F53u64 * c[0] as u64;
+        let p1 = 0xCD9E_8D57u64 * c[2] as u64;
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+        k = [k[0].wrapping_add(0x9E37_79B9), k[1].wrapping_add(0xBB67_AE85)];
+    }
+    c
+}
+
+/// f32 sigmoid with a cheap exp (2^x by bit tricks and a cubic): the kind of
+/// vectorised f32 sigmoid a new stream would pair with.
+#[inline(always)]
+fn sigmoid_f32(z: f32) -> f32 {
+    let t = (-z).clamp(-80.0, 80.0) * std::f32::consts::LOG2_E;
+    let fl = t.floor();
+    let f = t - fl;
+    let p = 1.0 + f * (0.695_971_4 + f * (0.224_895_8 + f * 0.079_440_24));
+    let e = f32::from_bits(((fl as i32 + 127) as u32) << 23) * p;
+    1.0 / (1.0 + e)
+}
+
+fn philox_block(z: &[f32], seed: u64, step: u32, base: usize) -> u64 {
+    let key = [seed as u32, (seed >> 32) as u32];
+    let mut hits = 0u64;
+    for (q, zc) in z.chunks(4).enumerate() {
+        let w = philox([((base / 4) + q) as u32, step, 0, 0], key);
+        for (j, &zj) in zc.iter().enumerate() {
+            let u = (w[j] >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+            hits += (u < sigmoid_f32(zj)) as u64;
+        }
+    }
+    hits
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000_000);
+    let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
+    const BLOCK: usize = 1 << 16;
+    let mut g = ChaCha8Rng::seed_from_u64(7);
+    let z: Vec<f64> = (0..BLOCK).map(|_| (g.random::<f64>() * 2.0 - 1.0) * 8.0).collect();
+    let z32: Vec<f32> = z.iter().map(|&x| x as f32).collect();
+    let passes = n.div_ceil(BLOCK);
+    let total = (passes * BLOCK) as f64;
+    let report = |name: &str, secs: f64, hits: u64| {
+        println!(
+            "{name:8} {:7.1} M draws/s  ({secs:.2} s, success fraction {:.5}, {threads} threads for philox)",
+            total / secs / 1e6,
+            hits as f64 / total
+        );
+    };
+
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let t = Instant::now();
+    let mut hits = 0u64;
+    for _ in 0..passes {
+        for &zi in &z {
+            hits += (rng.random::<f64>() < sigmoid_f64(zi)) as u64;
+        }
+    }
+    report("loop", t.elapsed().as_secs_f64(), hits);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let t = Instant::now();
+    let hits: u64 = (0..passes).map(|_| batched(&z, &mut rng)).sum();
+    report("batched", t.elapsed().as_secs_f64(), hits);
+
+    let t = Instant::now();
+    let hits: u64 = (0..passes)
+        .map(|p| {
+            z32.par_chunks(BLOCK / 16)
+                .enumerate()
+                .map(|(c, zc)| philox_block(zc, 1, p as u32, c * (BLOCK / 16)))
+                .sum::<u64>()
+        })
+        .sum();
+    report("philox", t.elapsed().as_secs_f64(), hits);
+}
