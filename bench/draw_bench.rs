@@ -93,7 +93,10 @@ fn philox(mut c: [u32; 4], mut k: [u32; 2]) -> [u32; 4] {
             (p0 >> 32) as u32 ^ c[3] ^ k[1],
             p0 as u32,
         ];
-        k = [k[0].wrapping_add(0x9E37_79B9), k[1].wrapping_add(0xBB67_AE85)];
+        k = [
+            k[0].wrapping_add(0x9E37_79B9),
+            k[1].wrapping_add(0xBB67_AE85),
+        ];
     }
     c
 }
@@ -125,7 +128,10 @@ fn philox_block(z: &[f32], seed: u64, step: u32, base: usize) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000_000);
+    let n: usize = args
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000_000);
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -133,7 +139,9 @@ fn main() {
         .ok();
     const BLOCK: usize = 1 << 16;
     let mut g = ChaCha8Rng::seed_from_u64(7);
-    let z: Vec<f64> = (0..BLOCK).map(|_| (g.random::<f64>() * 2.0 - 1.0) * 8.0).collect();
+    let z: Vec<f64> = (0..BLOCK)
+        .map(|_| (g.random::<f64>() * 2.0 - 1.0) * 8.0)
+        .collect();
     let z32: Vec<f32> = z.iter().map(|&x| x as f32).collect();
     let passes = n.div_ceil(BLOCK);
     let total = (passes * BLOCK) as f64;

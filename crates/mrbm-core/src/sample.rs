@@ -187,16 +187,17 @@ fn sigmoid_approx_into(z: &[f64], out: &mut [f64]) {
 /// (`rng.random::<f64>()`), given `pa = sigmoid_approx(z)`: decided from
 /// the approximation unless u is within [`APPROX_MARGIN`] of it (or z is
 /// NaN), where the exact value decides.
+/// Branch-free but for the rare uniform near the edge: the outcome itself is
+/// random, so a branch on it would be mispredicted half the time.
 #[inline(always)]
 fn bernoulli_bit(bits: u64, z: f64, pa: f64) -> bool {
     let u = (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
     let d = u - pa;
-    if d < -APPROX_MARGIN {
-        true
-    } else if d > APPROX_MARGIN {
-        false
-    } else {
+    let unsure = !(d.abs() > APPROX_MARGIN); // NaN too
+    if unsure {
         u < sigmoid_f64(z)
+    } else {
+        d < 0.0
     }
 }
 
@@ -215,11 +216,22 @@ pub fn bernoulli_sigmoid(z: &[f64], rng: &mut ChaCha8Rng, hits: &mut [bool]) {
     let threads = rayon::current_num_threads().max(1);
     let one = |z: &[f64], rng: &mut ChaCha8Rng, hits: &mut [bool]| {
         let mut pa = [0.0f64; 256];
+        // 256 uniforms' bits at a time: fill_bytes takes the same 32-bit
+        // words in the same order as 256 next_u64 calls (low word first).
+        let mut bits = [0u8; 256 * 8];
         for (zc, hc) in z.chunks(256).zip(hits.chunks_mut(256)) {
             let pa = &mut pa[..zc.len()];
             sigmoid_approx_into(zc, pa);
-            for ((h, &z), &p) in hc.iter_mut().zip(zc).zip(pa.iter()) {
-                *h = bernoulli_bit(rng.next_u64(), z, p);
+            let bits = &mut bits[..zc.len() * 8];
+            rng.fill_bytes(bits);
+            for (((h, &z), &p), b) in hc
+                .iter_mut()
+                .zip(zc)
+                .zip(pa.iter())
+                .zip(bits.chunks_exact(8))
+            {
+                let b = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                *h = bernoulli_bit(b, z, p);
             }
         }
     };
@@ -251,6 +263,18 @@ pub(crate) fn exact_subunits_batch(
     rng: &mut ChaCha8Rng,
     out: &mut [f64],
 ) {
+    if let [o] = offsets {
+        // The common case, every unit undecided: no gathering.
+        let z: Vec<f64> = xs.iter().map(|&x| beta * (x - o)).collect();
+        if z.iter().all(|&zi| zi <= SURE && zi > -SURE) {
+            let mut hits = vec![false; z.len()];
+            bernoulli_sigmoid(&z, rng, &mut hits);
+            for (o, h) in out.iter_mut().zip(hits) {
+                *o = h as u8 as f64;
+            }
+            return;
+        }
+    }
     let mut z: Vec<f64> = Vec::with_capacity(xs.len() * offsets.len());
     let mut owner: Vec<u32> = Vec::with_capacity(z.capacity());
     let mut base: Vec<u32> = vec![0; xs.len()];
