@@ -6,7 +6,7 @@
 # after the other in one run on the same machine; prints the ratios (above
 # 1: mrbm is faster). Not a test.
 #
-#   bash bench/rbm_rules_bench.sh        # THREADS=2
+#   bash bench/rbm_rules_bench.sh        # THREADS=2; TORCH=0 skips PyTorch
 #
 # Needs: cargo; python with bench/requirements-rbm.txt and, for the PyTorch
 # column, torch (bench/reference/requirements.txt) ($PYTHON, or the .venv
@@ -29,7 +29,7 @@ trap 'rm -rf "$cache"' EXIT
 export OMP_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS
 out=$("$BIN" run bench/rbm_rules.toml --data-root "$DATA" --cache "$cache" --jobs 1 --quiet)
 ref=$(MRBM_SHARED_DATA=$DATA "$PYTHON" bench/rbm_reference.py --rules --no-ais)
-if "$PYTHON" -c 'import torch' 2>/dev/null; then
+if [ "${TORCH:-1}" != 0 ] && "$PYTHON" -c 'import torch' 2>/dev/null; then
   ref+=$'\n'$(MRBM_SHARED_DATA=$DATA "$PYTHON" bench/reference/rbm_rules.py --threads "$THREADS")
 else
   echo "(torch does not import: numpy column only)"
