@@ -82,7 +82,7 @@ fn batched(z: &[f64], rng: &mut ChaCha8Rng) -> u64 {
             let u = (b >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
             let d = u - p;
             // Branch-free but for the rare uniform near the edge.
-            let unsure = !(d.abs() > 1e-6);
+            let unsure = d.abs() <= 1e-6 || d.is_nan();
             hits += if unsure {
                 (u < sigmoid_f64(z)) as u64
             } else {
@@ -103,7 +103,8 @@ fn sigmoid_f32(z: f32) -> f32 {
     let kb = t + MAGIC;
     let k = kb - MAGIC; // round(t)
     let f = t - k; // [-0.5, 0.5]
-    let p = 1.0 + f * (0.693_147_2 + f * (0.240_226_5 + f * (0.055_504_1 + f * 0.009_618_1)));
+    let p = 1.0
+        + f * (std::f32::consts::LN_2 + f * (0.240_226_5 + f * (0.055_504_1 + f * 0.009_618_1)));
     let scale =
         f32::from_bits((kb.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23);
     1.0 / (1.0 + scale * p)

@@ -193,7 +193,7 @@ fn sigmoid_approx_into(z: &[f64], out: &mut [f64]) {
 fn bernoulli_bit(bits: u64, z: f64, pa: f64) -> bool {
     let u = (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
     let d = u - pa;
-    let unsure = !(d.abs() > APPROX_MARGIN); // NaN too
+    let unsure = d.abs() <= APPROX_MARGIN || d.is_nan();
     if unsure {
         u < sigmoid_f64(z)
     } else {
