@@ -38,7 +38,7 @@ for rule in cd:cd1 pcd:pcd; do
   ours=$(printf '%s\n' "$out" | awk -v id="train[algorithm=${rule%%:*}]" '$1 == id && $2 == "ran" {print $3; exit}')
   printf '%s\n' "$ref" | "$PYTHON" -c "
 import json, sys
-for d in map(json.loads, filter(None, sys.stdin)):
+for d in map(json.loads, filter(str.strip, sys.stdin)):
     if d['rule'] == '${rule##*:}':
         tool = d['impl'].split()[0]
         print('%-4s mrbm %.2f s, %s %.2f s per 20 epochs: mrbm %.2fx %s' % (d['rule'], $ours, d['impl'], d['train_seconds'], d['train_seconds'] / $ours, tool))
