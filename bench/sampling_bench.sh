@@ -18,8 +18,13 @@ cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 DATA=${MRBM_SHARED_DATA:-$(cd .. && pwd)/shared/data}
-cargo build --release -q -p mrbm-runner
-BIN=${CARGO_TARGET_DIR:-target}/release/mrbm
+# MRBM=path/to/mrbm times another binary (e.g. an older build) instead.
+if [ -n "${MRBM:-}" ]; then
+  BIN=$MRBM
+else
+  cargo build --release -q -p mrbm-runner
+  BIN=${CARGO_TARGET_DIR:-target}/release/mrbm
+fi
 cache=$(mktemp -d)
 trap 'rm -rf "$cache"' EXIT
 export OMP_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS

@@ -33,14 +33,14 @@
 //! log-likelihood under the annealed model.
 
 use mrbm_kernels::Par::Seq;
-use mrbm_kernels::{View, ViewMut};
+use mrbm_kernels::{sgemm_packed, Isa, PackedA, View, ViewMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::host_conv::matmul;
 use crate::layer::{to_f64, LayerKind, Rbm};
-use crate::sample::{Sampler, UnitSampler};
+use crate::sample::{exact_subunits_batch, Sampler, UnitSampler};
 use crate::unit::{
     levels_draw, levels_log_partition_f64, sigmoid_f64, softplus_f64, UnitKind, UnitType,
 };
@@ -160,6 +160,18 @@ impl Levels {
         }
     }
 
+    /// `out[i] = draw_beta(xs[i], beta)` for every i in order, the same
+    /// values from the same random numbers, batched for sub-units.
+    fn draw_beta_batch(&self, xs: &[f64], beta: f64, rng: &mut ChaCha8Rng, out: &mut [f64]) {
+        if self.unit.kind == UnitKind::Subunits && beta != 0.0 {
+            exact_subunits_batch(&self.offsets, xs, beta, rng, out);
+        } else {
+            for (o, &x) in out.iter_mut().zip(xs) {
+                *o = self.draw_beta(x, beta, rng);
+            }
+        }
+    }
+
     /// log sum_m exp(a val(m) + g(m)): one visible unit's normaliser.
     fn visible_log_norm(&self, a: f64) -> f64 {
         match self.unit.kind {
@@ -250,7 +262,72 @@ pub struct AisEstimate {
     pub betas: usize,
 }
 
+/// The weights packed once for the products of an AIS or RAISE run: W^T
+/// [H, D] (x^T = W^T v^T) and W [D, H] (y^T = W h^T). Each entry of a
+/// product is the same dot product, summed in the same order (the depth
+/// blocks depend on the depth only), as in v W and h W^T unpacked, so the
+/// values are the same bits; only W is no longer packed again per block.
+struct Packs {
+    wt: PackedA,
+    w: PackedA,
+}
+
 impl HostDense {
+    /// The weights packed for [`HostDense::pre_hidden_packed`] and
+    /// [`HostDense::down_linear_packed`].
+    fn packs(&self) -> Packs {
+        let w = View::row_major(&self.w, self.h);
+        Packs {
+            wt: PackedA::new(Isa::best(), self.h, self.d, w.t()),
+            w: PackedA::new(Isa::best(), self.d, self.h, w),
+        }
+    }
+
+    /// [`HostDense::pre_hidden`] with the packed weights.
+    fn pre_hidden_packed(&self, p: &Packs, v: &[f32], rows: usize) -> Vec<f32> {
+        let mut x = vec![0.0f32; rows * self.h];
+        let xt = ViewMut {
+            data: &mut x,
+            rs: 1,
+            cs: self.h,
+        };
+        sgemm_packed(
+            rows,
+            1.0,
+            &p.wt,
+            View::row_major(v, self.d).t(),
+            0.0,
+            xt,
+            Seq,
+        );
+        for r in 0..rows {
+            for j in 0..self.h {
+                x[r * self.h + j] += self.b[j] as f32;
+            }
+        }
+        x
+    }
+
+    /// [`HostDense::down_linear`] with the packed weights.
+    fn down_linear_packed(&self, p: &Packs, h: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; rows * self.d];
+        let yt = ViewMut {
+            data: &mut y,
+            rs: 1,
+            cs: self.d,
+        };
+        sgemm_packed(
+            rows,
+            1.0,
+            &p.w,
+            View::row_major(h, self.h).t(),
+            0.0,
+            yt,
+            Seq,
+        );
+        y
+    }
+
     /// The top (only) layer of a model, which must be dense.
     pub fn from_rbm(r: &Rbm) -> Result<Self, String> {
         if r.spec.visible_unit.kind == UnitKind::Gaussian {
@@ -405,8 +482,13 @@ impl HostDense {
     /// One Gibbs transition that leaves p_beta invariant (and is
     /// reversible with respect to it): h | v, then v | h, on every row of
     /// `v`, with `x` the rows' hidden inputs. Row r draws from `rngs[r]`.
+    /// The draws are batched per row ([`Levels::draw_beta_batch`],
+    /// [`UnitSampler::draw_tempered_batch`]): the same random numbers and
+    /// states as unit by unit.
+    #[allow(clippy::too_many_arguments)]
     fn transition(
         &self,
+        packs: &Packs,
         v: &mut [f32],
         x: &[f32],
         rows: usize,
@@ -414,17 +496,30 @@ impl HostDense {
         (rngs, hbuf): (&mut [ChaCha8Rng], &mut [f32]),
         vis_sampler: &UnitSampler,
     ) {
+        let mut inp = vec![0.0f64; self.h.max(self.d)];
+        let mut out = vec![0.0f64; self.h.max(self.d)];
         for (r, rng) in rngs.iter_mut().enumerate() {
-            for j in 0..self.h {
-                hbuf[r * self.h + j] =
-                    self.hid.draw_beta(x[r * self.h + j] as f64, beta, rng) as f32;
+            let (inp, out) = (&mut inp[..self.h], &mut out[..self.h]);
+            for (t, &xj) in inp.iter_mut().zip(&x[r * self.h..(r + 1) * self.h]) {
+                *t = xj as f64;
+            }
+            self.hid.draw_beta_batch(inp, beta, rng, out);
+            for (hj, &o) in hbuf[r * self.h..(r + 1) * self.h]
+                .iter_mut()
+                .zip(out.iter())
+            {
+                *hj = o as f32;
             }
         }
-        let y = self.down_linear(hbuf, rows);
+        let y = self.down_linear_packed(packs, hbuf, rows);
         for (r, rng) in rngs.iter_mut().enumerate() {
-            for i in 0..self.d {
-                let inp = (1.0 - beta) * a_base[i] + beta * (self.a[i] + y[r * self.d + i] as f64);
-                v[r * self.d + i] = vis_sampler.draw(inp, rng) as f32;
+            let (inp, out) = (&mut inp[..self.d], &mut out[..self.d]);
+            for (i, t) in inp.iter_mut().enumerate() {
+                *t = (1.0 - beta) * a_base[i] + beta * (self.a[i] + y[r * self.d + i] as f64);
+            }
+            vis_sampler.draw_tempered_batch(inp, 1.0, rng, out);
+            for (vi, &o) in v[r * self.d..(r + 1) * self.d].iter_mut().zip(out.iter()) {
+                *vi = o as f32;
             }
         }
     }
@@ -449,6 +544,7 @@ impl HostDense {
             .map(|s| (s, (s + BLOCK).min(runs)))
             .collect();
         let vis_sampler = UnitSampler::new(self.vis.unit, Sampler::Exact);
+        let packs = self.packs();
         let done = std::sync::atomic::AtomicUsize::new(0);
         let weights: Option<Vec<Vec<f64>>> = blocks
             .par_iter()
@@ -468,7 +564,7 @@ impl HostDense {
                 let mut hbuf = vec![0.0f32; rows * self.h];
                 for k in 1..betas.len() {
                     let (bp, bk) = (betas[k - 1], betas[k]);
-                    let x = self.pre_hidden(&v, rows);
+                    let x = self.pre_hidden_packed(&packs, &v, rows);
                     for (r, lw) in logw.iter_mut().enumerate() {
                         *lw += self.log_ratio(&v, &x, r, bp, bk, a_base);
                     }
@@ -476,6 +572,7 @@ impl HostDense {
                         break;
                     }
                     self.transition(
+                        &packs,
                         &mut v,
                         &x,
                         rows,
@@ -548,6 +645,7 @@ impl HostDense {
             .map(|s| (s, (s + BLOCK).min(total)))
             .collect();
         let vis_sampler = UnitSampler::new(self.vis.unit, Sampler::Exact);
+        let packs = self.packs();
         let done = std::sync::atomic::AtomicUsize::new(0);
         let k_top = betas.len() - 1;
         let sums: Option<Vec<Vec<f64>>> = blocks
@@ -571,11 +669,12 @@ impl HostDense {
                 }
                 let mut acc = vec![0.0f64; n];
                 let mut hbuf = vec![0.0f32; n * self.h];
-                let mut x = self.pre_hidden(&cur, n);
+                let mut x = self.pre_hidden_packed(&packs, &cur, n);
                 // From v_{k+1} to v_k with T_{k+1}, then the ratio at v_k.
                 for k in (0..k_top).rev() {
                     let (lo, hi) = (betas[k], betas[k + 1]);
                     self.transition(
+                        &packs,
                         &mut cur,
                         &x,
                         n,
@@ -583,7 +682,7 @@ impl HostDense {
                         (&mut rngs, &mut hbuf),
                         &vis_sampler,
                     );
-                    x = self.pre_hidden(&cur, n);
+                    x = self.pre_hidden_packed(&packs, &cur, n);
                     for (q, a) in acc.iter_mut().enumerate() {
                         *a += self.log_ratio(&cur, &x, q, lo, hi, a_base);
                     }

@@ -406,7 +406,7 @@ impl Rbm {
     /// [`Rbm::pre_visible`]): with a learned sigma, sigma times a draw at
     /// pre / sigma (N(pre, sigma^2), with the same random numbers as a
     /// unit-variance draw); otherwise the unit's own draw.
-    pub fn draw_visible<R: Rng>(&self, pre: Tensor<4>, rng: &mut R) -> Tensor<4> {
+    pub fn draw_visible<R: Rng + 'static>(&self, pre: Tensor<4>, rng: &mut R) -> Tensor<4> {
         let vu = self.spec.visible_unit;
         match self.sigma4() {
             Some(s) => crate::sample::draw_states(vu, pre / s.clone(), rng) * s,

@@ -2,8 +2,9 @@
 //! to pixels.
 
 use burn::tensor::Tensor;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::layer::{tensor_from, to_f64};
@@ -71,6 +72,28 @@ impl UnitSampler {
 }
 
 impl UnitSampler {
+    /// `out[i] = self.draw_tempered(xs[i], beta, rng)` for every i in order:
+    /// the same values from the same random numbers, batched where the unit
+    /// is drawn exactly by sub-units ([`exact_subunits_batch`]); other units
+    /// and samplers draw one by one as before.
+    pub fn draw_tempered_batch(
+        &self,
+        xs: &[f64],
+        beta: f64,
+        rng: &mut ChaCha8Rng,
+        out: &mut [f64],
+    ) {
+        assert_eq!(xs.len(), out.len(), "draw_tempered_batch: lengths differ");
+        let exact = matches!(self.sampler, Sampler::Exact | Sampler::GibbsLangevin);
+        if self.unit.kind == UnitKind::Subunits && exact && beta != 0.0 {
+            exact_subunits_batch(&self.offsets, xs, beta, rng, out);
+        } else {
+            for (o, &x) in out.iter_mut().zip(xs) {
+                *o = self.draw_tempered(x, beta, rng);
+            }
+        }
+    }
+
     /// A draw at inverse temperature `beta` (every energy term, offsets
     /// included, times beta): sub-units Bernoulli(sigmoid(beta (x - o_n))),
     /// levels p(m) proportional to exp(beta m x / N). beta = 1 is [`draw`].
@@ -99,6 +122,190 @@ impl UnitSampler {
             }
         }
         h as f64
+    }
+}
+
+/// Beyond this |z| a sub-unit is settled without a draw (sigmoid(-40) ~
+/// 4e-18: a 53-bit uniform cannot tell it from certain).
+const SURE: f64 = 40.0;
+
+/// How far [`sigmoid_approx`] may be from [`sigmoid_f64`] and still let a
+/// draw be decided without the exact value: the approximation's error is
+/// below 1e-8 (tested), so a uniform farther than this from it falls on
+/// the same side of the exact probability.
+const APPROX_MARGIN: f64 = 1e-6;
+
+/// sigmoid(z) to within ~1e-8 without a libm call, branch-free so that a
+/// loop of it vectorises: exp(-|z|) by range reduction to |r| <= ln 2 / 2
+/// and a degree-7 Taylor polynomial, |z| clamped at 40. NaN in, NaN out.
+#[inline(always)]
+fn sigmoid_approx(z: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: rounds to an integer
+    let t = -z.abs();
+    let t = if t < -SURE { -SURE } else { t };
+    let kb = t * std::f64::consts::LOG2_E + MAGIC;
+    let kf = kb - MAGIC;
+    let r = t - kf * std::f64::consts::LN_2;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // 2^k from k's two's complement bits in kb's mantissa.
+    let k = kb.to_bits().wrapping_sub(MAGIC.to_bits());
+    let scale = f64::from_bits(k.wrapping_add(1023) << 52);
+    let e = p * scale;
+    let q = 1.0 / (1.0 + e);
+    if z >= 0.0 {
+        q
+    } else {
+        e * q
+    }
+}
+
+/// `out[i] = sigmoid_approx(z[i])`, with AVX2 where the CPU has it.
+fn sigmoid_approx_into(z: &[f64], out: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn wide(z: &[f64], out: &mut [f64]) {
+            for (o, &z) in out.iter_mut().zip(z) {
+                *o = sigmoid_approx(z);
+            }
+        }
+        // Safety: the CPU has AVX2 (checked above).
+        unsafe { wide(z, out) };
+        return;
+    }
+    for (o, &z) in out.iter_mut().zip(z) {
+        *o = sigmoid_approx(z);
+    }
+}
+
+/// `u < sigmoid_f64(z)`, exactly, for the uniform u of 64 random bits
+/// (`rng.random::<f64>()`), given `pa = sigmoid_approx(z)`: decided from
+/// the approximation unless u is within [`APPROX_MARGIN`] of it (or z is
+/// NaN), where the exact value decides.
+/// Branch-free but for the rare uniform near the edge: the outcome itself is
+/// random, so a branch on it would be mispredicted half the time.
+#[inline(always)]
+fn bernoulli_bit(bits: u64, z: f64, pa: f64) -> bool {
+    let u = (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    let d = u - pa;
+    let unsure = d.abs() <= APPROX_MARGIN || d.is_nan();
+    if unsure {
+        u < sigmoid_f64(z)
+    } else {
+        d < 0.0
+    }
+}
+
+/// Below this many draws a batch stays on the calling thread.
+const PAR_DRAWS: usize = 1 << 14;
+
+/// `hits[k] = (the k-th next rng.random::<f64>()) < sigmoid_f64(z[k])` for
+/// every k, consuming exactly `z.len()` uniforms (64 bits each) from `rng`,
+/// the same ones a loop of `rng.random::<f64>() < sigmoid_f64(z)` would,
+/// with the same outcomes. Large batches split over the rayon pool: each
+/// part starts a copy of the stream at its own word position (ChaCha is
+/// counter-based), so the outcome does not depend on the thread count.
+pub fn bernoulli_sigmoid(z: &[f64], rng: &mut ChaCha8Rng, hits: &mut [bool]) {
+    assert_eq!(z.len(), hits.len(), "bernoulli_sigmoid: lengths differ");
+    let n = z.len();
+    let threads = rayon::current_num_threads().max(1);
+    let one = |z: &[f64], rng: &mut ChaCha8Rng, hits: &mut [bool]| {
+        let mut pa = [0.0f64; 256];
+        // 256 uniforms' bits at a time: fill_bytes takes the same 32-bit
+        // words in the same order as 256 next_u64 calls (low word first).
+        let mut bits = [0u8; 256 * 8];
+        for (zc, hc) in z.chunks(256).zip(hits.chunks_mut(256)) {
+            let pa = &mut pa[..zc.len()];
+            sigmoid_approx_into(zc, pa);
+            let bits = &mut bits[..zc.len() * 8];
+            rng.fill_bytes(bits);
+            for (((h, &z), &p), b) in hc
+                .iter_mut()
+                .zip(zc)
+                .zip(pa.iter())
+                .zip(bits.chunks_exact(8))
+            {
+                let b = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                *h = bernoulli_bit(b, z, p);
+            }
+        }
+    };
+    if n < PAR_DRAWS || threads == 1 {
+        one(z, rng, hits);
+        return;
+    }
+    let start = rng.get_word_pos();
+    let per = n.div_ceil(threads.min(n.div_ceil(PAR_DRAWS / 2)));
+    z.par_chunks(per)
+        .zip(hits.par_chunks_mut(per))
+        .enumerate()
+        .for_each(|(i, (zc, hc))| {
+            let mut r = rng.clone();
+            r.set_word_pos(start + 2 * (i * per) as u128);
+            one(zc, &mut r, hc);
+        });
+    rng.set_word_pos(start + 2 * n as u128);
+}
+
+/// The exact sub-unit draws of [`UnitSampler::draw_tempered`] (sampler
+/// `exact`, beta != 0) for every input in order, batched: first each unit's
+/// sure sub-units and the inputs z = beta (x - o_n) of the undecided ones
+/// (the same expressions), then one [`bernoulli_sigmoid`] over all of them.
+pub(crate) fn exact_subunits_batch(
+    offsets: &[f64],
+    xs: &[f64],
+    beta: f64,
+    rng: &mut ChaCha8Rng,
+    out: &mut [f64],
+) {
+    if let [o] = offsets {
+        // The common case, every unit undecided: no gathering.
+        let z: Vec<f64> = xs.iter().map(|&x| beta * (x - o)).collect();
+        if z.iter().all(|&zi| zi <= SURE && zi > -SURE) {
+            let mut hits = vec![false; z.len()];
+            bernoulli_sigmoid(&z, rng, &mut hits);
+            for (o, h) in out.iter_mut().zip(hits) {
+                *o = h as u8 as f64;
+            }
+            return;
+        }
+    }
+    let mut z: Vec<f64> = Vec::with_capacity(xs.len() * offsets.len());
+    let mut owner: Vec<u32> = Vec::with_capacity(z.capacity());
+    let mut base: Vec<u32> = vec![0; xs.len()];
+    if let [o] = offsets {
+        for (i, &x) in xs.iter().enumerate() {
+            let zi = beta * (x - o);
+            if zi > SURE {
+                base[i] = 1;
+            } else if zi > -SURE {
+                z.push(zi);
+                owner.push(i as u32);
+            }
+        }
+    } else {
+        for (i, &x) in xs.iter().enumerate() {
+            let lo = offsets.partition_point(|o| beta * (x - o) > SURE);
+            let hi = offsets.partition_point(|o| beta * (x - o) > -SURE);
+            base[i] = lo as u32;
+            for o in &offsets[lo..hi.max(lo)] {
+                z.push(beta * (x - o));
+                owner.push(i as u32);
+            }
+        }
+    }
+    let mut hits = vec![false; z.len()];
+    bernoulli_sigmoid(&z, rng, &mut hits);
+    for (&i, &h) in owner.iter().zip(&hits) {
+        base[i as usize] += h as u32;
+    }
+    for (o, b) in out.iter_mut().zip(base) {
+        *o = b as f64;
     }
 }
 
@@ -149,12 +356,31 @@ pub fn standard_normal<R: Rng>(rng: &mut R) -> f64 {
 
 /// Draw every unit of a tensor of inputs (pre-activations) exactly; the
 /// states come back as a tensor of the same shape, device and dtype.
-pub fn draw_states<R: Rng>(unit: UnitType, pre: Tensor<4>, rng: &mut R) -> Tensor<4> {
+///
+/// With a [`ChaCha8Rng`] (the training rules' stream) the draws are batched
+/// ([`bernoulli_sigmoid`], [`UnitSampler::draw_tempered_batch`]): the same
+/// random numbers and states as the unit-by-unit loop kept for other RNGs.
+pub fn draw_states<R: Rng + 'static>(unit: UnitType, pre: Tensor<4>, rng: &mut R) -> Tensor<4> {
     let s = UnitSampler::new(unit, Sampler::Exact);
     let shape = pre.dims();
     let (device, dtype) = (pre.device(), pre.dtype());
     let x = to_f64(&pre);
-    let out: Vec<f64> = if unit.kind == UnitKind::Subunits && unit.n == 1 && unit.k == 1.0 {
+    let binary = unit.kind == UnitKind::Subunits && unit.n == 1 && unit.k == 1.0;
+    if let Some(chacha) = (rng as &mut dyn std::any::Any).downcast_mut::<ChaCha8Rng>() {
+        let mut out = vec![0.0f64; x.len()];
+        if binary {
+            // Every unit draws (no sure cut on this path).
+            let mut hits = vec![false; x.len()];
+            bernoulli_sigmoid(&x, chacha, &mut hits);
+            for (o, h) in out.iter_mut().zip(hits) {
+                *o = h as u8 as f64;
+            }
+        } else {
+            s.draw_tempered_batch(&x, 1.0, chacha, &mut out);
+        }
+        return tensor_from(out, shape, &device, dtype);
+    }
+    let out: Vec<f64> = if binary {
         // The binary unit: one comparison per unit.
         x.iter()
             .map(|&xi| (rng.random::<f64>() < sigmoid_f64(xi)) as u8 as f64)
@@ -236,37 +462,34 @@ pub fn gibbs_from(
     for s in 0..steps {
         let (beta, mix) = (anneal.beta(s), anneal.mix(s));
         let x = to_f64(&layer.pre_hidden(v));
-        let hv: Vec<f64> = x
-            .iter()
-            .map(|&xi| hs.draw_tempered(xi, beta, rng))
-            .collect();
+        let mut hv = vec![0.0f64; x.len()];
+        hs.draw_tempered_batch(&x, beta, rng, &mut hv);
         hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
         let y = to_f64(&layer.pre_visible(hid.clone()));
         // A learned sigma: draw at input / sigma, scale by sigma (the
         // Gaussian N(mean, sigma^2), tempered to variance sigma^2 / beta).
         let sig = |i: usize| sigma.as_ref().map_or(1.0, |s| s[(i / (vh * vw)) % vc]);
-        let vv: Vec<f64> = match &anneal.base {
+        // The inputs of every visible unit, then one batch of draws.
+        let (inputs, at): (Vec<f64>, f64) = match &anneal.base {
             Some(base) if mix < 1.0 => {
                 // One bias per visible value of an image; rows are chains.
                 let per = base.len();
-                y.iter()
+                let x = y
+                    .iter()
                     .enumerate()
-                    .map(|(i, &yi)| {
-                        let s = sig(i);
-                        let x = ((1.0 - mix) * base[i % per] + mix * yi) / s;
-                        s * vs.draw_tempered(x, anneal.end.unwrap_or(1.0), rng)
-                    })
-                    .collect()
+                    .map(|(i, &yi)| ((1.0 - mix) * base[i % per] + mix * yi) / sig(i));
+                (x.collect(), anneal.end.unwrap_or(1.0))
             }
-            _ => y
-                .iter()
-                .enumerate()
-                .map(|(i, &yi)| {
-                    let s = sig(i);
-                    s * vs.draw_tempered(yi / s, beta, rng)
-                })
-                .collect(),
+            _ => {
+                let x = y.iter().enumerate().map(|(i, &yi)| yi / sig(i));
+                (x.collect(), beta)
+            }
         };
+        let mut vv = vec![0.0f64; inputs.len()];
+        vs.draw_tempered_batch(&inputs, at, rng, &mut vv);
+        for (i, d) in vv.iter_mut().enumerate() {
+            *d *= sig(i);
+        }
         v = tensor_from(vv, [chains, vc, vh, vw], &device, dtype);
         // false: stop early (Ctrl-C); the caller checks for cancellation.
         if !on_step(s + 1) {
@@ -308,4 +531,91 @@ pub fn chi_square(counts: &[u64], pmf: &[f64]) -> (f64, usize) {
     }
     let stat = cells.iter().map(|(o, e)| (o - e) * (o - e) / e).sum();
     (stat, cells.len().saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigmoid_approx_is_within_a_hundredth_of_the_margin() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut worst = 0.0f64;
+        let special = [
+            0.0, -0.0, 1e-300, -1e-300, 39.999, 40.0, 40.001, -40.0, 700.0, -700.0,
+        ];
+        let zs: Vec<f64> = (0..200_000)
+            .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * 45.0)
+            .chain(special)
+            .collect();
+        let mut pa = vec![0.0; zs.len()];
+        sigmoid_approx_into(&zs, &mut pa);
+        for (&z, &p) in zs.iter().zip(&pa) {
+            worst = worst.max((p - sigmoid_f64(z)).abs());
+            assert_eq!(p, sigmoid_approx(z), "the wide loop computes the same");
+        }
+        assert!(worst < APPROX_MARGIN / 100.0, "worst error {worst:e}");
+        assert!(sigmoid_approx(f64::NAN).is_nan());
+        // A uniform right at the exact probability falls back to it.
+        assert!(!bernoulli_bit(0, f64::NAN, f64::NAN));
+    }
+
+    /// The batched draws against the unit-by-unit ones (the code they
+    /// replace), on inputs around the sure cut, for several units, betas,
+    /// sizes (the parallel split included) and thread counts.
+    #[test]
+    fn batched_draws_equal_unit_by_unit_draws() {
+        let mut g = ChaCha8Rng::seed_from_u64(2);
+        for n in [1usize, 7, 1000, 3 * PAR_DRAWS + 17] {
+            let xs: Vec<f64> = (0..n)
+                .map(|i| match i % 50 {
+                    0 => 40.0,
+                    1 => -40.0,
+                    2 => f64::NAN,
+                    3 => f64::INFINITY,
+                    _ => (g.random::<f64>() * 2.0 - 1.0) * 60.0,
+                })
+                .collect();
+            for unit in [
+                UnitType::BINARY,
+                UnitType::new(4, 1.0),
+                UnitType::new(7, 0.3),
+            ] {
+                for beta in [1.0, 0.37] {
+                    for threads in [1, 3] {
+                        let s = UnitSampler::new(unit, Sampler::Exact);
+                        let mut r1 = ChaCha8Rng::seed_from_u64(n as u64);
+                        r1.next_u32(); // an odd word position
+                        let mut r2 = r1.clone();
+                        let want: Vec<f64> = xs
+                            .iter()
+                            .map(|&x| s.draw_tempered(x, beta, &mut r1))
+                            .collect();
+                        let mut got = vec![0.0; n];
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        pool.install(|| s.draw_tempered_batch(&xs, beta, &mut r2, &mut got));
+                        assert_eq!(
+                            got, want,
+                            "n {n} unit {unit:?} beta {beta} threads {threads}"
+                        );
+                        assert_eq!(r1.next_u64(), r2.next_u64(), "the stream moves on the same");
+                    }
+                }
+            }
+            // The binary path of draw_states: every unit draws.
+            let mut r1 = ChaCha8Rng::seed_from_u64(9);
+            let mut r2 = r1.clone();
+            let want: Vec<bool> = xs
+                .iter()
+                .map(|&z| r1.random::<f64>() < sigmoid_f64(z))
+                .collect();
+            let mut got = vec![false; n];
+            bernoulli_sigmoid(&xs, &mut r2, &mut got);
+            assert_eq!(got, want);
+            assert_eq!(r1.next_u64(), r2.next_u64());
+        }
+    }
 }
