@@ -407,17 +407,33 @@ fn check_finite(
 pub fn fill_template(t: &str, cell: &[(String, String)], params: &toml::Table) -> String {
     let mut s = t.to_string();
     for (a, v) in cell {
-        s = s.replace(&format!("{{{a}}}"), v);
+        s = s.replace(&format!("{{{a}}}"), &file_safe(v));
     }
     for (k, v) in params {
-        s = s.replace(&format!("{{{k}}}"), &label_of(v));
+        s = s.replace(&format!("{{{k}}}"), &file_safe(&label_of(v)));
     }
     let all = cell
         .iter()
-        .map(|(a, v)| format!("{a}{v}"))
+        .map(|(a, v)| file_safe(&format!("{a}{v}")))
         .collect::<Vec<_>>()
         .join("_");
     s.replace("{cell}", &all)
+}
+
+/// A value as it may stand in a file name on any system: ASCII letters,
+/// digits and `. _ - + =` kept, anything else (`:` of a `data:` input,
+/// `/` of a path, quotes, spaces) replaced by `-`, so a sweep over inputs
+/// neither publishes `results/x_dirdata:faces.png` nor opens a folder.
+fn file_safe(v: &str) -> String {
+    v.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-+=".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -448,6 +464,17 @@ mod tests {
         assert_eq!(
             fill_template("results/s_{N}_{seed}_{cell}.png", &c, &params),
             "results/s_255_7_N255_lr0.03.png"
+        );
+    }
+
+    #[test]
+    fn template_values_are_made_safe_for_file_names() {
+        let mut params = toml::Table::new();
+        params.insert("dir".into(), toml::Value::String("data:celeba/x y".into()));
+        let c = cell(&[("inputs.dir", "data:celeba-sample"), ("lr", "-0.5e-3")]);
+        assert_eq!(
+            fill_template("results/s_{cell}_{dir}_{lr}.png", &c, &params),
+            "results/s_inputs.dirdata-celeba-sample_lr-0.5e-3_data-celeba-x-y_-0.5e-3.png"
         );
     }
 
