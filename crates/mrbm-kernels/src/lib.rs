@@ -506,7 +506,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
     let npanels = n.div_ceil(bl.nr);
     if threads > 1 && mblocks == 1 && npanels > 1 {
         // A thin product (one block of rows, e.g. a dense layer's batch
-        // at batch <= MC): one parallel region in all, each thread taking
+        // at batch <= MC): one parallel region in all, each task taking
         // a contiguous range of whole NR-wide column panels and running
         // the product on them alone (its own packing of B, every depth
         // block), instead of two regions (packing, tiles) per depth block,
@@ -515,7 +515,9 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
         // the panels start at the same columns, so every tile of C gets
         // the same kernel calls on the same packed values in the same
         // order: the same bits as the serial product (tests/sgemm.rs).
-        let per = npanels.div_ceil(threads.min(npanels)) * bl.nr;
+        // Four parts a thread: one descheduled thread (a loaded machine)
+        // leaves parts that the others can still take.
+        let per = npanels.div_ceil((4 * threads).min(npanels)) * bl.nr;
         let parts = n.div_ceil(per);
         (0..parts).into_par_iter().for_each(|t| {
             let j0 = t * per;
