@@ -521,6 +521,15 @@ impl Trainer {
     /// The negative-phase visible values for layer `i` given its data `v`,
     /// by the configured rule. Advances the persistent chains (PCD, FPCD).
     pub fn negative_phase(&mut self, i: usize, v: &Tensor<4>) -> Tensor<4> {
+        self.negative_phase_with(i, v, None)
+    }
+
+    /// [`Self::negative_phase`] given, when the caller has it, the data's
+    /// hidden input `x = pre_hidden(v)` of layer `i`: the rules whose first
+    /// draw starts at the data (CD-k, the paper's sampled reconstruction)
+    /// take it instead of computing the same product again (the same op on
+    /// the same values: the same bits, which bench/identity.sh checks).
+    fn negative_phase_with(&mut self, i: usize, v: &Tensor<4>, x: Option<&Tensor<4>>) -> Tensor<4> {
         let p = &self.params;
         let layer = &self.dbn.layers[i];
         let hu = layer.spec.hidden_unit;
@@ -529,7 +538,8 @@ impl Trainer {
             Algorithm::Paper => match p.reconstruction {
                 Reconstruction::Mean => layer.down(layer.up(v.clone())),
                 Reconstruction::Sample => {
-                    let h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
+                    let x = x.cloned().unwrap_or_else(|| layer.pre_hidden(v.clone()));
+                    let h = draw_states(hu, x, rng);
                     layer.draw_visible(layer.pre_visible(h), rng)
                 }
             },
@@ -537,7 +547,8 @@ impl Trainer {
                 // k alternations with sampled states; the statistics use the
                 // last visible state and its hidden probabilities, so the
                 // update tends to the likelihood gradient as k grows.
-                let mut h = draw_states(hu, layer.pre_hidden(v.clone()), rng);
+                let x = x.cloned().unwrap_or_else(|| layer.pre_hidden(v.clone()));
+                let mut h = draw_states(hu, x, rng);
                 let mut v_neg = layer.draw_visible(layer.pre_visible(h.clone()), rng);
                 for _ in 1..p.cd_k {
                     h = draw_states(hu, layer.pre_hidden(v_neg), rng);
@@ -583,9 +594,9 @@ impl Trainer {
             let (loss, g, h) = self.dbn.layers[i].cd_grads(v);
             return (to_f64(&loss)[0], g, h);
         }
-        let v_neg = self.negative_phase(i, &v);
+        let x = self.dbn.layers[i].pre_hidden(v.clone());
+        let v_neg = self.negative_phase_with(i, &v, Some(&x));
         let layer = &self.dbn.layers[i];
-        let x = layer.pre_hidden(v.clone());
         let h = layer.spec.hidden_unit.mean(x.clone());
         let x_neg = layer.pre_hidden(v_neg.clone());
         let h_neg = layer.spec.hidden_unit.mean(x_neg.clone());

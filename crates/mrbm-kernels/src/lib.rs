@@ -503,6 +503,40 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
     let nc = split_even(n, bl.nc, bl.nr);
     let (mc, kc) = bl.split_mk(m, k);
     let mblocks = m.div_ceil(mc);
+    let npanels = n.div_ceil(bl.nr);
+    if threads > 1 && mblocks == 1 && npanels > 1 {
+        // A thin product (one block of rows, e.g. a dense layer's batch
+        // at batch <= MC): one parallel region in all, each task taking
+        // a contiguous range of whole NR-wide column panels and running
+        // the product on them alone (its own packing of B, every depth
+        // block), instead of two regions (packing, tiles) per depth block,
+        // each too short at small batches for the second thread to wake
+        // up in time. The depth and row blocks depend only on m and k and
+        // the panels start at the same columns, so every tile of C gets
+        // the same kernel calls on the same packed values in the same
+        // order: the same bits as the serial product (tests/sgemm.rs).
+        // Four parts a thread: one descheduled thread (a loaded machine)
+        // leaves parts that the others can still take.
+        let per = npanels.div_ceil((4 * threads).min(npanels)) * bl.nr;
+        let parts = n.div_ceil(per);
+        (0..parts).into_par_iter().for_each(|t| {
+            let j0 = t * per;
+            let sub = Product {
+                n: per.min(n - j0),
+                b: Mat {
+                    p: product.b.at(j0 * product.b.cs),
+                    ..product.b
+                },
+                c: MatMut {
+                    p: product.c.at(0, j0),
+                    ..product.c
+                },
+                ..product
+            };
+            driver(isa, sub, Par::Seq)
+        });
+        return;
+    }
     for jc in (0..n).step_by(nc) {
         let ncur = nc.min(n - jc);
         let npan = ncur.div_ceil(bl.nr);

@@ -153,6 +153,71 @@ fn sgemm_spanning_several_cache_blocks_in_parallel() {
     });
 }
 
+/// Thin products (one block of rows: the batch of a dense layer), which
+/// split their columns over the threads: the same bits as the serial
+/// product on every pool size, for the shapes of a dense 784-500 and
+/// 3136-500 layer's three products (up, down with W^T, and the weight
+/// gradient's transpose), partial panels, beta = 0 and 1, C column-major.
+#[test]
+fn thin_products_in_parallel_equal_the_serial_product_bit_for_bit() {
+    let bits = |isa: Isa, [m, n, k]: [usize; 3], tb: bool, ccol: bool, beta: f32, par: Par| {
+        let a = values(m * k, 7 + m as u32);
+        let b = values(k * n, 8 + n as u32);
+        let bv = if tb {
+            View::row_major(&b, k).t()
+        } else {
+            View::row_major(&b, n)
+        };
+        let mut c = values(m * n, 9);
+        let cv = if ccol {
+            ViewMut {
+                data: &mut c,
+                rs: 1,
+                cs: m,
+            }
+        } else {
+            ViewMut::row_major(&mut c, n)
+        };
+        sgemm_isa(
+            (isa, par),
+            [m, n, k],
+            1.0,
+            View::row_major(&a, k),
+            bv,
+            beta,
+            cv,
+        );
+        c.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+    };
+    let shapes = [
+        [32, 500, 3136],
+        [32, 3136, 500],
+        [100, 500, 784],
+        [1, 500, 784],
+        [168, 33, 300],
+        [13, 97, 1000],
+    ];
+    for isa in isas() {
+        for shape in shapes {
+            for (tb, ccol, beta) in [(false, false, 0.0), (true, false, 1.0), (false, true, 0.0)] {
+                let seq = bits(isa, shape, tb, ccol, beta, Par::Seq);
+                for threads in [2, 3, 5] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let par = pool.install(|| bits(isa, shape, tb, ccol, beta, Par::Rayon));
+                    assert!(
+                        seq == par,
+                        "{} {shape:?} tb {tb} ccol {ccol} beta {beta}: {threads} threads differ from serial",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// beta = 0 never reads C (NaN there stays out); alpha = 0 or k = 0 only
 /// scales C.
 #[test]
