@@ -505,36 +505,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
     let mblocks = m.div_ceil(mc);
     let npanels = n.div_ceil(bl.nr);
     if threads > 1 && mblocks == 1 && npanels > 1 {
-        // A thin product (one block of rows, e.g. a dense layer's batch
-        // at batch <= MC): one parallel region in all, each task taking
-        // a contiguous range of whole NR-wide column panels and running
-        // the product on them alone (its own packing of B, every depth
-        // block), instead of two regions (packing, tiles) per depth block,
-        // each too short at small batches for the second thread to wake
-        // up in time. The depth and row blocks depend only on m and k and
-        // the panels start at the same columns, so every tile of C gets
-        // the same kernel calls on the same packed values in the same
-        // order: the same bits as the serial product (tests/sgemm.rs).
-        // Four parts a thread: one descheduled thread (a loaded machine)
-        // leaves parts that the others can still take.
-        let per = npanels.div_ceil((4 * threads).min(npanels)) * bl.nr;
-        let parts = n.div_ceil(per);
-        (0..parts).into_par_iter().for_each(|t| {
-            let j0 = t * per;
-            let sub = Product {
-                n: per.min(n - j0),
-                b: Mat {
-                    p: product.b.at(j0 * product.b.cs),
-                    ..product.b
-                },
-                c: MatMut {
-                    p: product.c.at(0, j0),
-                    ..product.c
-                },
-                ..product
-            };
-            driver(isa, sub, Par::Seq)
-        });
+        split_by_column_panels(isa, product, threads, bl.nr, npanels);
         return;
     }
     for jc in (0..n).step_by(nc) {
@@ -544,23 +515,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
             let kcur = kc.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             with_buffer(&PACK_B, npan * kcur * bl.nr, |bbuf| {
-                let panel = kcur * bl.nr;
-                let pack = |(jp, dst): (usize, &mut [f32])| {
-                    pack_b(
-                        b,
-                        pc,
-                        kcur,
-                        jc + jp * bl.nr,
-                        bl.nr.min(ncur - jp * bl.nr),
-                        bl.nr,
-                        dst,
-                    )
-                };
-                if threads > 1 && npan > 1 {
-                    bbuf.par_chunks_mut(panel).enumerate().for_each(pack);
-                } else {
-                    bbuf.chunks_mut(panel).enumerate().for_each(pack);
-                }
+                pack_b_panels(b, (pc, kcur), (jc, ncur), bl.nr, threads > 1, bbuf);
                 let bbuf = Mat {
                     p: bbuf.as_ptr(),
                     rs: 0,
@@ -630,6 +585,67 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
                 }
             });
         }
+    }
+}
+
+/// A thin product (one block of rows, e.g. a dense layer's batch at batch
+/// <= MC) on several threads: one parallel region in all, each task taking
+/// a contiguous range of whole NR-wide column panels and running the
+/// product on them alone (its own packing of B, every depth block), instead
+/// of two regions (packing, tiles) per depth block, each too short at small
+/// batches for the second thread to wake up in time. The depth and row
+/// blocks depend only on m and k and the panels start at the same columns,
+/// so every tile of C gets the same kernel calls on the same packed values
+/// in the same order: the same bits as the serial product (tests/sgemm.rs).
+/// Four parts a thread: one descheduled thread (a loaded machine) leaves
+/// parts that the others can still take.
+unsafe fn split_by_column_panels(
+    isa: Isa,
+    product: Product,
+    threads: usize,
+    nr: usize,
+    npanels: usize,
+) {
+    let n = product.n;
+    let per = npanels.div_ceil((4 * threads).min(npanels)) * nr;
+    let parts = n.div_ceil(per);
+    (0..parts).into_par_iter().for_each(|t| {
+        let j0 = t * per;
+        let sub = Product {
+            n: per.min(n - j0),
+            b: Mat {
+                p: product.b.at(j0 * product.b.cs),
+                ..product.b
+            },
+            c: MatMut {
+                p: product.c.at(0, j0),
+                ..product.c
+            },
+            ..product
+        };
+        driver(isa, sub, Par::Seq)
+    });
+}
+
+/// B's columns `jc..jc + ncur`, depth rows `pc..pc + kcur`, packed into
+/// NR-wide panels of `bbuf` (one panel per chunk, over the pool when
+/// `parallel` and there is more than one).
+unsafe fn pack_b_panels(
+    b: Mat,
+    (pc, kcur): (usize, usize),
+    (jc, ncur): (usize, usize),
+    nr: usize,
+    parallel: bool,
+    bbuf: &mut [f32],
+) {
+    let panel = kcur * nr;
+    let pack = |(jp, dst): (usize, &mut [f32])| {
+        pack_b(b, pc, kcur, jc + jp * nr, nr.min(ncur - jp * nr), nr, dst)
+    };
+    if parallel && ncur.div_ceil(nr) > 1 {
+        bbuf.par_chunks_mut(panel).enumerate().for_each(pack);
+    } else {
+        bbuf.chunks_mut(panel).enumerate().for_each(pack);
     }
 }
 
