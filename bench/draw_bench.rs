@@ -3,8 +3,8 @@
 //!
 //! 1. `loop`: today's stream before issue 29's speed-up, one ChaCha8 f64
 //!    uniform and one libm `exp` per unit: `rng.random::<f64>() < sigmoid(z)`.
-//! 2. `batched`: today's stream after it (mrbm-core's `bernoulli_sigmoid`,
-//!    re-stated here): the same uniforms and outcomes, the sigmoid decided by
+//! 2. `batched`: today's stream after it (mrbm-core's `bernoulli_sigmoid`
+//!    itself): the same uniforms and outcomes, the sigmoid decided by
 //!    a bounded approximation unless the uniform falls within 1e-6 of it.
 //!    One thread (the stages split large batches by seeking the stream).
 //! 3. `philox`: a counter-based f32 draw, as a new stream would be: unit i of
@@ -13,7 +13,7 @@
 //!    thread can draw any unit, so it splits over the rayon pool with no
 //!    seeking, and the result is the same for every thread count.
 //!
-//!   cargo run --release -p mrbm-kernels --example draw_bench -- [N] [THREADS]
+//!   cargo run --release -p mrbm-core --example draw_bench -- [N] [THREADS]
 //!
 //! N draws (default 1e8) over a 64 Ki-entry block of inputs in [-8, 8]
 //! reused (cache-resident, so the draws are measured, not memory); prints
@@ -28,69 +28,18 @@
 //! seeking (which today's stream also does, by seeking); the draws are no
 //! longer where the sampled paths spend their time (see README, speed).
 
-use rand::{Rng, RngCore, SeedableRng};
+use mrbm_core::sample::bernoulli_sigmoid;
+use mrbm_core::unit::sigmoid_f64;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::time::Instant;
 
-fn sigmoid_f64(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
-    }
-}
-
-#[inline(always)]
-fn sigmoid_approx(z: f64) -> f64 {
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
-    let t = -z.abs();
-    let t = if t < -40.0 { -40.0 } else { t };
-    let kb = t * std::f64::consts::LOG2_E + MAGIC;
-    let kf = kb - MAGIC;
-    let r = t - kf * std::f64::consts::LN_2;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let k = kb.to_bits().wrapping_sub(MAGIC.to_bits());
-    let e = p * f64::from_bits(k.wrapping_add(1023) << 52);
-    let q = 1.0 / (1.0 + e);
-    if z >= 0.0 {
-        q
-    } else {
-        e * q
-    }
-}
-
-fn batched(z: &[f64], rng: &mut ChaCha8Rng) -> u64 {
-    let mut hits = 0u64;
-    let mut pa = [0.0f64; 256];
-    let mut bits = [0u8; 256 * 8];
-    for zc in z.chunks(256) {
-        let pa = &mut pa[..zc.len()];
-        for (p, &z) in pa.iter_mut().zip(zc) {
-            *p = sigmoid_approx(z);
-        }
-        let bits = &mut bits[..zc.len() * 8];
-        rng.fill_bytes(bits);
-        for ((&z, &p), b) in zc.iter().zip(pa.iter()).zip(bits.chunks_exact(8)) {
-            let b = u64::from_le_bytes(b.try_into().expect("8 bytes"));
-            let u = (b >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-            let d = u - p;
-            // Branch-free but for the rare uniform near the edge.
-            let unsure = d.abs() <= 1e-6 || d.is_nan();
-            hits += if unsure {
-                (u < sigmoid_f64(z)) as u64
-            } else {
-                (d < 0.0) as u64
-            };
-        }
-    }
-    hits
+/// mrbm-core's batched exact draws (the stages' code, on one thread: a
+/// one-thread pool keeps `bernoulli_sigmoid` from splitting the block).
+fn batched(pool: &rayon::ThreadPool, z: &[f64], rng: &mut ChaCha8Rng, hits: &mut [bool]) -> u64 {
+    pool.install(|| bernoulli_sigmoid(z, rng, hits));
+    hits.iter().map(|&h| h as u64).sum()
 }
 
 /// f32 sigmoid with a cheap exp (2^x by bit tricks and a cubic, rounding by
@@ -203,7 +152,14 @@ fn main() {
 
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let t = Instant::now();
-    let hits: u64 = (0..passes).map(|_| batched(&z, &mut rng)).sum();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    let mut out = vec![false; BLOCK];
+    let hits: u64 = (0..passes)
+        .map(|_| batched(&one, &z, &mut rng, &mut out))
+        .sum();
     report("batched", t.elapsed().as_secs_f64(), hits);
 
     let t = Instant::now();
