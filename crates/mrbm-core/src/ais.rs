@@ -120,7 +120,7 @@ impl Levels {
     fn h_beta(&self, x: f64, beta: f64) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => levels_log_partition_f64(beta * x, self.unit.n),
-            UnitKind::Subunits | UnitKind::Gaussian => {
+            UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => {
                 if beta == 0.0 {
                     return self.offsets.len() as f64 * std::f64::consts::LN_2;
                 }
@@ -141,7 +141,7 @@ impl Levels {
     fn draw_beta<R: Rng>(&self, x: f64, beta: f64, rng: &mut R) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => self.value(levels_draw(beta * x, self.unit.n, rng)),
-            UnitKind::Subunits | UnitKind::Gaussian => {
+            UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => {
                 if beta == 0.0 {
                     return (0..self.offsets.len())
                         .filter(|_| rng.random::<f64>() < 0.5)
@@ -176,6 +176,9 @@ impl Levels {
     fn visible_log_norm(&self, a: f64) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => levels_log_partition_f64(a, self.unit.n),
+            UnitKind::DiscreteGaussian => {
+                crate::discrete_gaussian::log_partition_f64(a, self.unit.dg())
+            }
             UnitKind::Subunits | UnitKind::Gaussian => {
                 self.offsets.iter().map(|o| softplus_f64(a - o)).sum()
             }
@@ -186,6 +189,7 @@ impl Levels {
     fn visible_mean(&self, a: f64) -> f64 {
         match self.unit.kind {
             UnitKind::Levels => crate::unit::levels_mean_f64(a, self.unit.n),
+            UnitKind::DiscreteGaussian => crate::discrete_gaussian::mean_f64(a, self.unit.dg()),
             UnitKind::Subunits | UnitKind::Gaussian => {
                 self.offsets.iter().map(|o| sigmoid_f64(a - o)).sum()
             }
@@ -333,6 +337,11 @@ impl HostDense {
         if r.spec.visible_unit.kind == UnitKind::Gaussian {
             return Err("the AIS log-likelihood is for discrete units; this model has Gaussian (continuous) visible units".into());
         }
+        if r.spec.visible_unit.kind == UnitKind::DiscreteGaussian {
+            // (Gaussian and discrete Gaussian units share the sub-unit arms
+            // below only because they never reach them.)
+            return Err("the AIS log-likelihood does not handle discrete_gaussian visible units yet; use the sample metrics for this model".into());
+        }
         let (d, h) =
             match r.spec.kind {
                 LayerKind::Dense { visible, hidden } => (visible, hidden),
@@ -386,7 +395,7 @@ impl HostDense {
                 let x = x as f64;
                 (match self.hid.unit.kind {
                     UnitKind::Levels => crate::unit::levels_mean_f64(x, self.hid.unit.n),
-                    UnitKind::Subunits | UnitKind::Gaussian => {
+                    UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => {
                         self.hid.offsets.iter().map(|o| sigmoid_f64(x - o)).sum()
                     }
                 }) as f32
@@ -841,7 +850,7 @@ impl HostDbn2 {
                 let val = l.value(levels_draw(x, l.unit.n, rng));
                 (val, 0.0, x * val - levels_log_partition_f64(x, l.unit.n))
             }
-            UnitKind::Subunits | UnitKind::Gaussian => {
+            UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => {
                 let (mut m, mut off, mut lq) = (0usize, 0.0, 0.0);
                 for o in &l.offsets {
                     let z = x - o;

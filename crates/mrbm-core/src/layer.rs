@@ -496,7 +496,8 @@ impl Rbm {
         self.spec.visible_unit.mean(self.pre_visible(h))
     }
 
-    /// F(v) given v and its hidden input x(v): -a.v - sum_j A_h(x_j).
+    /// F(v) given v and its hidden input x(v): -a.v - sum_j A_h(x_j)
+    /// (plus |v|^2 / 2 for discrete Gaussian visible units).
     pub fn free_energy_with_x(&self, v: Tensor<4>, x: Tensor<4>) -> Tensor<1> {
         let bsz = v.dims()[0];
         let a = self
@@ -508,6 +509,9 @@ impl Rbm {
             flat(self.scaled_visible(v - a).powi_scalar(2))
                 .sum_dim(1)
                 .mul_scalar(-0.5)
+        } else if self.spec.visible_unit.kind == crate::unit::UnitKind::DiscreteGaussian {
+            // Discrete Gaussian visible units: a.v - |v|^2 / 2.
+            flat(v.clone() * a).sum_dim(1) - flat(v.powi_scalar(2)).sum_dim(1).mul_scalar(0.5)
         } else {
             flat(v * a).sum_dim(1)
         };
@@ -593,7 +597,7 @@ impl Rbm {
         let hu = self.spec.hidden_unit;
         if self.log_sigma.is_some()
             || hu.kind != UnitKind::Subunits
-            || vu.kind == UnitKind::Levels
+            || matches!(vu.kind, UnitKind::Levels | UnitKind::DiscreteGaussian)
             || v.dtype() != DType::F32
             || self.w.dtype() != DType::F32
             || v.is_tracked()

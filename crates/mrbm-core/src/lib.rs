@@ -14,6 +14,7 @@ use std::path::PathBuf;
 pub mod ais;
 pub mod checkpoint;
 pub mod checks;
+pub mod discrete_gaussian;
 pub mod host_cd;
 pub mod host_conv;
 pub mod langevin;

@@ -53,6 +53,10 @@ impl UnitSampler {
             // Categorical over the N + 1 levels, exactly, whatever the sampler.
             return levels_draw(x, self.unit.n, rng) as f64 / self.unit.n as f64;
         }
+        if self.unit.kind == UnitKind::DiscreteGaussian {
+            let u = self.unit;
+            return crate::discrete_gaussian::draw(x, u.dg(), rng) as f64 * u.k / u.n as f64;
+        }
         match self.sampler {
             Sampler::Gaussian => self.unit.sample_gaussian(x, rng),
             Sampler::Exact | Sampler::GibbsLangevin => {
@@ -107,6 +111,12 @@ impl UnitSampler {
         }
         if self.unit.kind == UnitKind::Levels {
             return levels_draw(beta * x, self.unit.n, rng) as f64 / self.unit.n as f64;
+        }
+        if self.unit.kind == UnitKind::DiscreteGaussian {
+            // beta times the whole energy, quadratic term included.
+            let u = self.unit;
+            let m = crate::discrete_gaussian::draw(x, u.dg().tempered(beta), rng);
+            return m as f64 * u.k / u.n as f64;
         }
         if self.sampler == Sampler::Gaussian {
             // The Gaussian approximation has no exact tempered form: temper its input.

@@ -74,8 +74,13 @@ pub struct StackParams {
     /// pixel / 255). Left out of the key at its default.
     #[serde(default, skip_serializing_if = "is_subunits")]
     pub unit: UnitKind,
-    /// Pixel units: "multinary" (the `unit` model) or "gaussian" (unit
-    /// variance on data standardised by the training set's mean and std).
+    /// Pixel units: "multinary" (the `unit` model), "gaussian" (unit
+    /// variance on data standardised by the training set's mean and std) or
+    /// "discrete_gaussian" (N + 1 levels v = pixel R / 255 in [0, R] with
+    /// p(v | h) proportional to exp(v x - v^2 / 2): a unit-variance
+    /// Gaussian around x, discretised and truncated; the range R is
+    /// `k_visible`, default 10, so the noise is R / 10 of the pixel range;
+    /// the hidden units follow `unit`, `n_hidden` and `k_hidden`).
     #[serde(default, skip_serializing_if = "is_multinary")]
     pub visible: VisibleKind,
 }
@@ -87,7 +92,11 @@ pub enum VisibleKind {
     #[default]
     Multinary,
     Gaussian,
+    DiscreteGaussian,
 }
+
+/// The discrete Gaussian pixels' default range R: noise sd 1 = 1/10 of it.
+pub const DEFAULT_DISCRETE_GAUSSIAN_RANGE: f64 = 10.0;
 
 fn is_multinary(k: &VisibleKind) -> bool {
     *k == VisibleKind::Multinary
@@ -200,13 +209,18 @@ fn is_zero(x: &f64) -> bool {
 
 impl StackParams {
     pub fn visible_unit(&self) -> UnitType {
-        if self.visible == VisibleKind::Gaussian {
-            return UnitType::gaussian();
+        match self.visible {
+            VisibleKind::Gaussian => return UnitType::gaussian(),
+            VisibleKind::DiscreteGaussian => {
+                let k = self.k_visible.unwrap_or(DEFAULT_DISCRETE_GAUSSIAN_RANGE);
+                return UnitType::discrete_gaussian(self.n, k);
+            }
+            VisibleKind::Multinary => {}
         }
         match self.unit {
             UnitKind::Levels => UnitType::levels(self.n),
-            // (unit = "gaussian" is refused by build_spec.)
-            UnitKind::Subunits | UnitKind::Gaussian => {
+            // (unit = "gaussian" / "discrete_gaussian" are refused by build_spec.)
+            UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => {
                 UnitType::new(self.n, self.k_visible.unwrap_or_else(|| default_k(self.n)))
             }
         }
@@ -216,17 +230,19 @@ impl StackParams {
         let n = self.n_hidden.unwrap_or(self.n);
         match self.unit {
             UnitKind::Levels => UnitType::levels(n),
-            UnitKind::Subunits | UnitKind::Gaussian => {
+            UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => {
                 UnitType::new(n, self.k_hidden.unwrap_or_else(|| default_k(n)))
             }
         }
     }
 
-    /// Default N/255 (levels units: 1/255, their values lie in [0, 1]).
+    /// Default N/255 (levels pixels: 1/255, their values lie in [0, 1];
+    /// discrete Gaussian pixels: R/255 over [0, R]).
     pub fn visible_scale(&self) -> f64 {
         let range = match self.unit {
+            _ if self.visible == VisibleKind::DiscreteGaussian => self.visible_unit().k,
             UnitKind::Levels => 1.0,
-            UnitKind::Subunits | UnitKind::Gaussian => self.n as f64,
+            UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => self.n as f64,
         };
         self.visible_scale.unwrap_or(range / 255.0)
     }
@@ -249,6 +265,15 @@ impl StackParams {
         if self.unit == UnitKind::Gaussian {
             return Err(
                 "unit = \"gaussian\" is for visible units only: set visible = \"gaussian\"".into(),
+            );
+        }
+        if self.unit == UnitKind::DiscreteGaussian {
+            return Err("unit = \"discrete_gaussian\" is for pixel units only: set visible = \"discrete_gaussian\" (and n_hidden, e.g. 1, for the hidden units)".into());
+        }
+        if self.visible == VisibleKind::DiscreteGaussian && self.n < 2 {
+            return Err(
+                "visible = \"discrete_gaussian\" needs n >= 2 levels above zero (e.g. n = 255)"
+                    .into(),
             );
         }
         let vu = self.visible_unit();

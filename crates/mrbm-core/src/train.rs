@@ -3,11 +3,11 @@
 use burn::optim::{Adam, AdamConfig, AdamState, Optimizer};
 use burn::tensor::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{to_f64, LayerGrads, Rbm};
+use crate::layer::{tensor_from, to_f64, LayerGrads, Rbm};
 use crate::sample::draw_states;
 use crate::stack::{Coupling, Dbn};
 use crate::unit::UnitKind;
@@ -46,6 +46,12 @@ pub enum Algorithm {
     /// PCD with fast weights (Tieleman & Hinton 2009): the chains run on
     /// W + W_fast, where W_fast learns fast and decays.
     Fpcd,
+    /// CD whose negative chains start from uniform noise at every update
+    /// (not from the data) and run `cd_k` sampled Gibbs steps: short-run
+    /// MCMC learning (Nijkamp et al. 2019), the discrete-unit form of
+    /// Liao et al.'s noise start. It fits what `cd_k` steps from noise
+    /// draw, so sample with the same number of steps from noise.
+    NoiseCd,
     /// Liao et al. 2022's Gaussian-Bernoulli RBM rule: negative chains
     /// start from N(0, I) noise at every update and run `cd_k`
     /// Gibbs-Langevin steps (`langevin` table; see `langevin`).
@@ -403,7 +409,9 @@ pub struct LrScale {
 pub fn binary_equivalent_scale(dbn: &Dbn, layer: usize, optimizer: OptimizerKind) -> LrScale {
     let spec = &dbn.layers[layer].spec;
     let (vu, hu) = (spec.visible_unit, spec.hidden_unit);
-    if vu.kind == UnitKind::Levels || hu.kind == UnitKind::Levels {
+    if matches!(vu.kind, UnitKind::Levels | UnitKind::DiscreteGaussian)
+        || hu.kind == UnitKind::Levels
+    {
         return LrScale {
             w: 1.0,
             a: 1.0,
@@ -578,6 +586,19 @@ impl Trainer {
                 }
                 st.chain = Some(chain.clone());
                 chain
+            }
+            Algorithm::NoiseCd => {
+                // Uniform values over each visible unit's range.
+                let max = layer.spec.visible_unit.max_value();
+                let noise: Vec<f64> = (0..v.dims().iter().product::<usize>())
+                    .map(|_| rng.random::<f64>() * max)
+                    .collect();
+                let mut v_neg = tensor_from(noise, v.dims(), &v.device(), v.dtype());
+                for _ in 0..p.cd_k {
+                    let h = draw_states(hu, layer.pre_hidden(v_neg), rng);
+                    v_neg = layer.draw_visible(layer.pre_visible(h), rng);
+                }
+                v_neg
             }
             Algorithm::GibbsLangevin => {
                 let lp = p.langevin.clone().unwrap_or_default();
@@ -984,7 +1005,7 @@ pub fn fit(
     device: &Device,
     env: &dyn FitEnv,
 ) -> Result<Fitted, CoreError> {
-    let (mut trainer, start) = start_trainer(spec, optim, setup, device, env);
+    let (mut trainer, start) = start_trainer(spec, optim, setup, (pixels, n), device, env);
     let bs = optim.batch_size.min(n);
     let phases = match optim.schedule {
         Schedule::Joint => 1,
@@ -1052,12 +1073,41 @@ pub fn fit(
     Ok(Fitted { trainer, hist })
 }
 
+/// Discrete Gaussian pixels start with the visible bias whose lone unit has
+/// the data's mean value per visible channel: from a zero bias (mode at
+/// black, values up to R) CD's first steps are all positive phase and the
+/// hidden units saturate before the bias catches up. None for other units.
+pub fn data_visible_bias(dbn: &Dbn, (pixels, n): (&[u8], usize)) -> Option<Vec<f32>> {
+    let layer = &dbn.layers[0];
+    let unit = layer.spec.visible_unit;
+    if unit.kind != UnitKind::DiscreteGaussian || n == 0 {
+        return None;
+    }
+    let channels = layer.spec.visible_channels();
+    let len = pixels.len() / n;
+    let per = len / channels.max(1);
+    let rows = n.min(2000);
+    let scale = dbn.spec.visible_scale;
+    let bias = (0..channels)
+        .map(|c| {
+            let sum: f64 = (0..rows)
+                .flat_map(|r| &pixels[r * len + c * per..r * len + (c + 1) * per])
+                .map(|&p| p as f64)
+                .sum();
+            let mean = sum / (rows * per) as f64 * scale;
+            crate::ais::bias_for_mean(unit, mean) as f32
+        })
+        .collect();
+    Some(bias)
+}
+
 /// The trainer and the cursor to start from: the checkpoint's when
 /// `setup.resume_file` holds one that fits, else a fresh stack.
 fn start_trainer(
     spec: crate::stack::StackSpec,
     optim: &OptimParams,
     setup: &FitSetup,
+    data: (&[u8], usize),
     device: &Device,
     env: &dyn FitEnv,
 ) -> (Trainer, (Cursor, History)) {
@@ -1084,6 +1134,12 @@ fn start_trainer(
         }
         None => {
             let mut dbn = Dbn::init(spec, setup.init_std, optim.seed, device, DType::F32);
+            if let Some(a) = data_visible_bias(&dbn, data) {
+                dbn.layers[0].a = Tensor::from_data(
+                    burn::tensor::TensorData::new(a, [dbn.layers[0].a.dims()[0]]),
+                    (device, DType::F32),
+                );
+            }
             if setup.learn_sigma {
                 // log sigma = 0: sigma starts at the data's (standardised) 1.
                 let c = dbn.layers[0].spec.visible_channels();

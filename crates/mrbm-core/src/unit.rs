@@ -33,6 +33,7 @@
 //! exactly (the distribution of h is a Poisson-binomial), or uses the
 //! Gaussian approximation N(f(x), f'(x)) of the smooth form.
 
+use crate::discrete_gaussian as dg;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::Tensor;
 use rand::Rng;
@@ -53,6 +54,11 @@ pub enum UnitKind {
     /// Visible only: a Gaussian with unit variance around its input,
     /// v ~ N(a + W h, 1), for standardised real-valued data (N, k unused).
     Gaussian,
+    /// Visible only: N + 1 levels v = m k / N in [0, k], p(m) proportional
+    /// to exp(v x - v^2 / 2): a unit-variance Gaussian around x, discretised
+    /// and truncated (k is the range; see [`crate::discrete_gaussian`]).
+    /// Unlike the levels unit, its mode can be a mid value.
+    DiscreteGaussian,
 }
 
 impl UnitKind {
@@ -124,6 +130,15 @@ impl UnitType {
         }
     }
 
+    /// The discrete Gaussian unit with N + 1 levels over [0, range].
+    pub fn discrete_gaussian(n: u32, range: f64) -> Self {
+        UnitType {
+            n,
+            k: range,
+            kind: UnitKind::DiscreteGaussian,
+        }
+    }
+
     /// The Gaussian visible unit (unit variance).
     pub fn gaussian() -> Self {
         UnitType {
@@ -139,6 +154,7 @@ impl UnitType {
         match self.kind {
             UnitKind::Subunits => self.nf(),
             UnitKind::Levels | UnitKind::Gaussian => 1.0,
+            UnitKind::DiscreteGaussian => self.k,
         }
     }
 
@@ -147,6 +163,7 @@ impl UnitType {
         match self.kind {
             UnitKind::Subunits | UnitKind::Gaussian => m as f64,
             UnitKind::Levels => m as f64 / self.nf(),
+            UnitKind::DiscreteGaussian => m as f64 * self.k / self.nf(),
         }
     }
 
@@ -172,6 +189,7 @@ impl UnitType {
         match self.kind {
             UnitKind::Levels => return levels_mean(x, self.n),
             UnitKind::Gaussian => return x,
+            UnitKind::DiscreteGaussian => return self.on_host(x, self.dg_fn(dg::mean_f64)),
             UnitKind::Subunits => {}
         }
         let s = if self.k == 1.0 {
@@ -190,6 +208,9 @@ impl UnitType {
     pub fn log_partition<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if self.kind == UnitKind::Levels {
             return levels_log_partition(x, self.n);
+        }
+        if self.kind == UnitKind::DiscreteGaussian {
+            return self.on_host(x, self.dg_fn(dg::log_partition_f64));
         }
         let z = if self.k == 1.0 {
             x
@@ -210,6 +231,7 @@ impl UnitType {
         match self.kind {
             UnitKind::Levels => return levels_mean_f64(x, self.n),
             UnitKind::Gaussian => return x,
+            UnitKind::DiscreteGaussian => return dg::mean_f64(x, self.dg()),
             UnitKind::Subunits => {}
         }
         self.nf() * sigmoid_f64(self.k * x)
@@ -226,6 +248,9 @@ impl UnitType {
     pub fn log_partition_f64(&self, x: f64) -> f64 {
         if self.kind == UnitKind::Levels {
             return levels_log_partition_f64(x, self.n);
+        }
+        if self.kind == UnitKind::DiscreteGaussian {
+            return dg::log_partition_f64(x, self.dg());
         }
         self.nf() / self.k * softplus_f64(self.k * x)
     }
@@ -256,6 +281,9 @@ impl UnitType {
     /// Poisson-binomial pmf over 0..=N, by dynamic programming (levels:
     /// the categorical pmf proportional to exp(m x / N)).
     pub fn exact_pmf(&self, x: f64) -> Vec<f64> {
+        if self.kind == UnitKind::DiscreteGaussian {
+            return dg::pmf(x, self.dg());
+        }
         if self.kind == UnitKind::Levels {
             let logits: Vec<f64> = (0..=self.n).map(|m| m as f64 * x / self.nf()).collect();
             let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -274,6 +302,24 @@ impl UnitType {
             }
         }
         pmf
+    }
+
+    /// `f(x, N, k)` elementwise on the host: the discrete Gaussian unit's
+    /// sums over levels have no tensor form (no gradient flows through them).
+    fn on_host<const D: usize>(&self, x: Tensor<D>, f: impl Fn(f64) -> f64) -> Tensor<D> {
+        let (shape, device, dtype) = (x.dims(), x.device(), x.dtype());
+        let values: Vec<f64> = crate::layer::to_f64(&x).into_iter().map(f).collect();
+        crate::layer::tensor_from(values, shape, &device, dtype)
+    }
+
+    fn dg_fn(&self, f: fn(f64, dg::Dg) -> f64) -> impl Fn(f64) -> f64 {
+        let u = self.dg();
+        move |x| f(x, u)
+    }
+
+    /// The discrete Gaussian unit's parameters (N levels over [0, k]).
+    pub fn dg(&self) -> dg::Dg {
+        dg::Dg::new(self.n, self.k)
     }
 
     /// Draw h exactly: each sub-unit is Bernoulli(sigmoid(x - o_n)).
