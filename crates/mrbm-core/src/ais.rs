@@ -13,7 +13,7 @@
 //! with H(x) = sum_n softplus(x - o_n) (sub-units; the binary unit for
 //! N = 1) or log sum_m exp(m x / N) (levels), and g(m) the log multiplicity
 //! of level m among the visible sub-unit configurations (g = 0 for levels
-//! and for binary units). The base model A has the visible units alone,
+//! and for binary units; -val(m)^2 / 2 for discrete Gaussian pixels). The base model A has the visible units alone,
 //! biases fitted to the training data's marginals (the base-rate model).
 //! Intermediate distributions anneal both the biases and the hidden part:
 //!
@@ -92,7 +92,13 @@ impl Levels {
         // g(m) = log e_m(exp(-o_1), ..., exp(-o_N)), by the elementary
         // symmetric polynomial recursion in log space.
         let n = unit.n as usize;
-        let log_mult = if offsets.is_empty() {
+        let log_mult = if unit.kind == UnitKind::DiscreteGaussian {
+            // The quadratic term -v^2 / 2 is a base measure on the levels:
+            // never annealed, so visible draws at any beta are the unit's own.
+            (0..=unit.n)
+                .map(|m| -0.5 * unit.level_value(m).powi(2))
+                .collect()
+        } else if offsets.is_empty() {
             vec![0.0; n + 1]
         } else {
             let mut e = vec![f64::NEG_INFINITY; n + 1];
@@ -337,10 +343,10 @@ impl HostDense {
         if r.spec.visible_unit.kind == UnitKind::Gaussian {
             return Err("the AIS log-likelihood is for discrete units; this model has Gaussian (continuous) visible units".into());
         }
-        if r.spec.visible_unit.kind == UnitKind::DiscreteGaussian {
+        if r.spec.hidden_unit.kind == UnitKind::DiscreteGaussian {
             // (Gaussian and discrete Gaussian units share the sub-unit arms
-            // below only because they never reach them.)
-            return Err("the AIS log-likelihood does not handle discrete_gaussian visible units yet; use the sample metrics for this model".into());
+            // of the hidden side only because they never reach them.)
+            return Err("discrete_gaussian units are for pixels only".into());
         }
         let (d, h) =
             match r.spec.kind {
