@@ -36,7 +36,12 @@ impl UnitSampler {
     pub fn new(unit: UnitType, sampler: Sampler) -> Self {
         UnitSampler {
             unit,
-            offsets: unit.offsets(),
+            // Only sub-units have offsets; other kinds never read them.
+            offsets: if unit.kind == UnitKind::Subunits {
+                unit.offsets()
+            } else {
+                Vec::new()
+            },
             sampler,
         }
     }

@@ -237,12 +237,13 @@ impl StackParams {
     }
 
     /// Default N/255 (levels pixels: 1/255, their values lie in [0, 1];
-    /// discrete Gaussian pixels: R/255 over [0, R]).
+    /// discrete Gaussian pixels: R/255 over [0, R]). Gaussian pixels are
+    /// standardised from the data instead (`stages::standardise`).
     pub fn visible_scale(&self) -> f64 {
-        let range = match self.unit {
-            _ if self.visible == VisibleKind::DiscreteGaussian => self.visible_unit().k,
-            UnitKind::Levels => 1.0,
-            UnitKind::Subunits | UnitKind::Gaussian | UnitKind::DiscreteGaussian => self.n as f64,
+        let range = match (self.visible, self.unit) {
+            (VisibleKind::DiscreteGaussian, _) => self.visible_unit().max_value(),
+            (_, UnitKind::Levels) => 1.0,
+            _ => self.n as f64,
         };
         self.visible_scale.unwrap_or(range / 255.0)
     }
@@ -330,6 +331,23 @@ pub struct Dbn {
 }
 
 impl Dbn {
+    /// A one-layer stack around a dense RBM on pixels scaled by
+    /// `visible_scale` (input [D, 1, 1], no standardisation): tests and
+    /// tools that build a layer by hand.
+    pub fn of_dense_layer(layer: Rbm, visible_scale: f64) -> Dbn {
+        Dbn {
+            spec: StackSpec {
+                input: [layer.spec.visible_shape()[0], 1, 1],
+                visible_scale,
+                visible_offset: 0.0,
+                layers: vec![layer.spec.clone()],
+                pixel_scale: Vec::new(),
+                pixel_offset: Vec::new(),
+            },
+            layers: vec![layer],
+        }
+    }
+
     /// Fresh stack with weights drawn from a seeded host RNG.
     pub fn init(spec: StackSpec, init_std: f64, seed: u64, device: &Device, dtype: DType) -> Dbn {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

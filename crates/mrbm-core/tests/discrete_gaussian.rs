@@ -63,20 +63,8 @@ fn state_index(row: &[f64]) -> usize {
 }
 
 fn trainer(r: &Rbm, algorithm: Algorithm, cd_k: usize, batch: usize, seed: u64) -> Trainer {
-    let spec = mrbm_core::StackSpec {
-        input: [2, 1, 1],
-        visible_scale: 2.0 / 255.0,
-        visible_offset: 0.0,
-        layers: vec![r.spec.clone()],
-        pixel_scale: vec![],
-        pixel_offset: vec![],
-    };
-    let dbn = Dbn {
-        spec,
-        layers: vec![r.clone()],
-    };
     Trainer::new(
-        dbn,
+        Dbn::of_dense_layer(r.clone(), 2.0 / 255.0),
         OptimParams {
             algorithm,
             cd_k,

@@ -131,20 +131,8 @@ fn exact_pv(r: &Rbm) -> Vec<f64> {
 }
 
 fn trainer_with(r: &Rbm, algorithm: Algorithm, cd_k: usize, batch: usize) -> Trainer {
-    let spec = mrbm_core::StackSpec {
-        input: [r.spec.visible_shape()[0], 1, 1],
-        visible_scale: 1.0 / 255.0,
-        visible_offset: 0.0,
-        layers: vec![r.spec.clone()],
-        pixel_scale: vec![],
-        pixel_offset: vec![],
-    };
-    let dbn = Dbn {
-        spec,
-        layers: vec![r.clone()],
-    };
     Trainer::new(
-        dbn,
+        Dbn::of_dense_layer(r.clone(), 1.0 / 255.0),
         OptimParams {
             algorithm,
             cd_k,
