@@ -18,7 +18,9 @@
 //! and s = N / R; everything below works there. At inverse temperature
 //! beta (beta times the whole energy) s becomes N / (R sqrt(beta)).
 
-use rand::Rng;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// Levels further than this many spreads from the mode carry less than
 /// exp(-40) of its weight: sums and draws leave them out.
@@ -130,49 +132,175 @@ pub fn pmf(x: f64, u: Dg) -> Vec<f64> {
 ///   g(m), as wanted. log C = (8 s - 1/4) / (2 s^2) bounds the ratio for
 ///   |Y - mu| <= 8 s; Y beyond is redrawn (mass below 1e-15).
 pub fn draw<R: Rng>(x: f64, u: Dg, rng: &mut R) -> u32 {
-    let (mu, s) = centre_spread(x, u);
-    let (n, nf) = (u.n, u.n as f64);
-    let (lo, hi) = window(x, u);
-    if ((hi - lo) as usize) < ENUMERATE_MAX || s >= nf / 2.0 {
-        return draw_enumerated(x, u, rng);
-    }
-    let inv2s2 = 1.0 / (2.0 * s * s);
-    if mu > nf + 0.3 * s || mu < -0.3 * s {
-        // The distance beyond the nearer edge sets the geometric rate.
-        let lambda = if mu > nf {
-            (mu - nf) / (s * s)
-        } else {
-            -mu / (s * s)
-        };
+    draw_with(x, u, rng, &mut Normals::default())
+}
+
+/// Standard normal draws by Marsaglia's polar method, which makes them in
+/// pairs (one log, one square root, no cosine): the second of a pair is
+/// kept for the next call, across the draws of a batch.
+#[derive(Debug, Default)]
+pub struct Normals {
+    spare: Option<f64>,
+}
+
+impl Normals {
+    pub fn next<R: Rng>(&mut self, rng: &mut R) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
         loop {
-            let e: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
-            let j = (-e.ln() / lambda).floor();
-            if j > nf {
+            let a = 2.0 * rng.random::<f64>() - 1.0;
+            let b = 2.0 * rng.random::<f64>() - 1.0;
+            let q = a * a + b * b;
+            if q < 1.0 && q > 0.0 {
+                let f = (-2.0 * q.ln() / q).sqrt();
+                self.spare = Some(b * f);
+                return a * f;
+            }
+        }
+    }
+}
+
+/// [`draw`], taking its normals from `normals`. Acceptance tests compare
+/// the uniform with 1 + log r (a lower bound of r = exp(log r)) first and
+/// take the logarithm only when that does not decide.
+pub fn draw_with<R: Rng>(x: f64, u: Dg, rng: &mut R, normals: &mut Normals) -> u32 {
+    let (lo, hi) = window(x, u);
+    match Rejection::of(u) {
+        Some(r) if (hi - lo) as usize >= ENUMERATE_MAX => r.draw(x, rng, normals),
+        _ => draw_enumerated(x, u, rng),
+    }
+}
+
+/// The rejection draws' constants for one unit, computed once per batch.
+#[derive(Debug, Clone, Copy)]
+struct Rejection {
+    /// mu = per_x x.
+    per_x: f64,
+    s: f64,
+    n: u32,
+    nf: f64,
+    /// 1 / (2 s^2).
+    inv2s2: f64,
+    log_c: f64,
+}
+
+/// 1.5 * 2^52: y + MAGIC - MAGIC rounds y to an integer (ties to even, a
+/// set of measure zero for the continuous proposal) without a libm call.
+const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+
+impl Rejection {
+    /// None for very wide pmfs (s at least N / 2), which are enumerated.
+    fn of(u: Dg) -> Option<Self> {
+        let (_, s) = centre_spread(0.0, u);
+        let nf = u.n as f64;
+        if s >= nf / 2.0 {
+            return None;
+        }
+        let inv2s2 = 1.0 / (2.0 * s * s);
+        Some(Rejection {
+            per_x: nf / u.range,
+            s,
+            n: u.n,
+            nf,
+            inv2s2,
+            log_c: (8.0 * s - 0.25) * inv2s2,
+        })
+    }
+
+    /// Whether every input's window is wide enough to draw by rejection:
+    /// windows are at least min(half width, N) levels wide.
+    fn always(&self) -> bool {
+        let half = (SPAN_SD * self.s).ceil() + 2.0;
+        half.min(self.nf) as usize >= ENUMERATE_MAX
+    }
+
+    fn draw<R: Rng>(&self, x: f64, rng: &mut R, normals: &mut Normals) -> u32 {
+        let Rejection {
+            s,
+            n,
+            nf,
+            inv2s2,
+            log_c,
+            ..
+        } = *self;
+        let mu = self.per_x * x;
+        if mu > nf + 0.3 * s || mu < -0.3 * s {
+            // The distance beyond the nearer edge sets the geometric rate.
+            let beyond = if mu > nf { mu - nf } else { -mu };
+            let inv_lambda = s * s / beyond;
+            loop {
+                let e: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+                let j = (-e.ln() * inv_lambda).floor();
+                if j > nf {
+                    continue;
+                }
+                let (log_r, v) = (-j * j * inv2s2, rng.random::<f64>());
+                if v < 1.0 + log_r || v < log_r.exp() {
+                    let j = j as u32;
+                    return if mu > nf { n - j } else { j };
+                }
+            }
+        }
+        loop {
+            let z = normals.next(rng);
+            if z.abs() > 8.0 {
                 continue;
             }
-            if rng.random::<f64>() < (-j * j * inv2s2).exp() {
-                let j = j as u32;
-                return if mu > nf { n - j } else { j };
+            let y = mu + s * z;
+            let m = (y + ROUND_MAGIC) - ROUND_MAGIC;
+            if m < 0.0 || m > nf {
+                continue;
+            }
+            let (d, e) = (y - mu, m - y);
+            let log_ratio = -(2.0 * d * e + e * e) * inv2s2 - log_c;
+            let v = rng.random::<f64>();
+            if v < 1.0 + log_ratio || v.ln() < log_ratio {
+                return m as u32;
             }
         }
     }
-    let log_c = (8.0 * s - 0.25) * inv2s2;
-    loop {
-        let z = crate::sample::standard_normal(rng);
-        if z.abs() > 8.0 {
-            continue;
+}
+
+/// Inputs per stream in [`draw_batch`]: fixed, so the draws do not depend on
+/// how many threads share the chunks.
+pub const BATCH_CHUNK: usize = 2048;
+
+/// `out[i] = draw(xs[i], u) * scale` for every i. Rejection takes a varying
+/// number of uniforms per draw, so the batch cannot be split at known
+/// positions of one stream: it takes a 256-bit key from `rng` (advancing it
+/// by 8 words) and draws chunk c of [`BATCH_CHUNK`] inputs from the ChaCha
+/// stream (key, c), chunks in parallel over the rayon pool. The states
+/// depend on the seed only, not on the thread count.
+pub fn draw_batch(xs: &[f64], u: Dg, scale: f64, rng: &mut ChaCha8Rng, out: &mut [f64]) {
+    assert_eq!(xs.len(), out.len(), "draw_batch: lengths differ");
+    let mut key = [0u8; 32];
+    rng.fill_bytes(&mut key);
+    let rejection = Rejection::of(u).filter(Rejection::always);
+    let chunk = |c: usize, xc: &[f64], oc: &mut [f64]| {
+        let mut r = ChaCha8Rng::from_seed(key);
+        r.set_stream(c as u64);
+        let mut normals = Normals::default();
+        for (o, &x) in oc.iter_mut().zip(xc) {
+            // NaN has no level (and would never be accepted): it stays NaN
+            // for the trainer's divergence check.
+            *o = if x.is_nan() {
+                f64::NAN
+            } else if let Some(rej) = &rejection {
+                rej.draw(x, &mut r, &mut normals) as f64 * scale
+            } else {
+                draw_with(x, u, &mut r, &mut normals) as f64 * scale
+            };
         }
-        let y = mu + s * z;
-        let m = y.round();
-        if m < 0.0 || m > nf {
-            continue;
-        }
-        let (d, e) = (y - mu, m - y);
-        let log_ratio = -(2.0 * d * e + e * e) * inv2s2 - log_c;
-        if rng.random::<f64>().ln() < log_ratio {
-            return m as u32;
-        }
+    };
+    if xs.len() <= BATCH_CHUNK {
+        chunk(0, xs, out);
+        return;
     }
+    xs.par_chunks(BATCH_CHUNK)
+        .zip(out.par_chunks_mut(BATCH_CHUNK))
+        .enumerate()
+        .for_each(|(c, (xc, oc))| chunk(c, xc, oc));
 }
 
 /// Inverse-CDF draw over the window.
@@ -257,36 +385,114 @@ mod tests {
         let draws = 200_000;
         for (x, n, r, beta) in CASES {
             let u = unit(n, r, beta);
-            let p = brute_pmf(x, u);
             let mut counts = vec![0usize; n as usize + 1];
             for _ in 0..draws {
                 counts[draw(x, u, &mut rng) as usize] += 1;
             }
-            for (m, (&c, &q)) in counts.iter().zip(&p).enumerate() {
-                let f = c as f64 / draws as f64;
-                let se = (q * (1.0 - q) / draws as f64).sqrt();
-                assert!(
-                    (f - q).abs() < 5.0 * se + 2e-5,
-                    "{x} {n} {r}: level {m} {f} vs {q}"
-                );
+            check_counts(&counts, x, u);
+        }
+    }
+
+    /// The batched draws (chunked streams, in parallel) follow the same pmf.
+    #[test]
+    fn batched_draws_follow_the_exact_pmf() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let draws = 200_000;
+        for (x, n, r, beta) in CASES {
+            let u = unit(n, r, beta);
+            let mut out = vec![0.0; draws];
+            draw_batch(&vec![x; draws], u, 1.0, &mut rng, &mut out);
+            let mut counts = vec![0usize; n as usize + 1];
+            for m in out {
+                counts[m as usize] += 1;
             }
-            let mean: f64 = p.iter().enumerate().map(|(m, q)| m as f64 * q).sum();
-            let var: f64 = p
-                .iter()
-                .enumerate()
-                .map(|(m, q)| (m as f64 - mean).powi(2) * q)
-                .sum();
-            let emp: f64 = counts
-                .iter()
-                .enumerate()
-                .map(|(m, &c)| m as f64 * c as f64)
-                .sum::<f64>()
-                / draws as f64;
+            check_counts(&counts, x, u);
+        }
+    }
+
+    /// The batch's states depend on the seed, not on the thread count, and
+    /// the stream moves on by the key's 8 words.
+    #[test]
+    fn batched_draws_do_not_depend_on_threads() {
+        let xs: Vec<f64> = (0..5 * BATCH_CHUNK + 13)
+            .map(|i| (i % 97) as f64 * 0.13 - 1.5)
+            .collect();
+        let u = Dg::new(255, 10.0);
+        let mut runs = Vec::new();
+        for threads in [1, 2, 3] {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let mut out = vec![0.0; xs.len()];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| draw_batch(&xs, u, 0.5, &mut rng, &mut out));
+            runs.push((out, rng.get_word_pos()));
+        }
+        assert_eq!(runs[0], runs[1]);
+        assert_eq!(runs[0], runs[2]);
+        assert_eq!(runs[0].1, 8);
+        // A different seed draws differently.
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let mut other = vec![0.0; xs.len()];
+        draw_batch(&xs, u, 0.5, &mut rng, &mut other);
+        assert_ne!(other, runs[0].0);
+    }
+
+    /// Frequencies of each level within 5 binomial standard errors of the
+    /// pmf (plus a floor for levels of tiny mass), and the mean within 5
+    /// standard errors.
+    fn check_counts(counts: &[usize], x: f64, u: Dg) {
+        let (n, r) = (u.n, u.range);
+        let draws: usize = counts.iter().sum();
+        let p = brute_pmf(x, u);
+        for (m, (&c, &q)) in counts.iter().zip(&p).enumerate() {
+            let f = c as f64 / draws as f64;
+            let se = (q * (1.0 - q) / draws as f64).sqrt();
             assert!(
-                (emp - mean).abs() < 5.0 * (var / draws as f64).sqrt() + 1e-9,
-                "{x} {n} {r}: mean {emp} vs {mean}"
+                (f - q).abs() < 5.0 * se + 2e-5,
+                "{x} {n} {r}: level {m} {f} vs {q}"
             );
         }
+        let mean: f64 = p.iter().enumerate().map(|(m, q)| m as f64 * q).sum();
+        let var: f64 = p
+            .iter()
+            .enumerate()
+            .map(|(m, q)| (m as f64 - mean).powi(2) * q)
+            .sum();
+        let emp: f64 = counts
+            .iter()
+            .enumerate()
+            .map(|(m, &c)| m as f64 * c as f64)
+            .sum::<f64>()
+            / draws as f64;
+        assert!(
+            (emp - mean).abs() < 5.0 * (var / draws as f64).sqrt() + 1e-9,
+            "{x} {n} {r}: mean {emp} vs {mean}"
+        );
+    }
+
+    /// Nanoseconds per draw, sequential and batched (run by hand:
+    /// `cargo test --release -p mrbm-core --lib dg_draw_speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn dg_draw_speed() {
+        let u = Dg::new(255, 10.0);
+        let xs: Vec<f64> = (0..1_000_000)
+            .map(|i| (i % 1000) as f64 * 0.014 - 2.0)
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let t = std::time::Instant::now();
+        let mut s = 0u64;
+        for &x in &xs {
+            s += draw(x, u, &mut rng) as u64;
+        }
+        let seq = t.elapsed().as_nanos() as f64 / xs.len() as f64;
+        let mut out = vec![0.0; xs.len()];
+        let t = std::time::Instant::now();
+        draw_batch(&xs, u, 1.0, &mut rng, &mut out);
+        let bat = t.elapsed().as_nanos() as f64 / xs.len() as f64;
+        println!("sequential {seq:.1} ns/draw, batched {bat:.1} ns/draw ({s})");
     }
 
     /// Unlike the levels unit, the mode can sit at a mid value.

@@ -83,8 +83,10 @@ impl UnitSampler {
 impl UnitSampler {
     /// `out[i] = self.draw_tempered(xs[i], beta, rng)` for every i in order:
     /// the same values from the same random numbers, batched where the unit
-    /// is drawn exactly by sub-units ([`exact_subunits_batch`]); other units
-    /// and samplers draw one by one as before.
+    /// is drawn exactly by sub-units ([`exact_subunits_batch`]); discrete
+    /// Gaussian units draw the same distribution from chunked streams
+    /// ([`crate::discrete_gaussian::draw_batch`]); other units and samplers
+    /// draw one by one as before.
     pub fn draw_tempered_batch(
         &self,
         xs: &[f64],
@@ -94,7 +96,12 @@ impl UnitSampler {
     ) {
         assert_eq!(xs.len(), out.len(), "draw_tempered_batch: lengths differ");
         let exact = matches!(self.sampler, Sampler::Exact | Sampler::GibbsLangevin);
-        if self.unit.kind == UnitKind::Subunits && exact && beta != 0.0 {
+        if self.unit.kind == UnitKind::DiscreteGaussian {
+            // Chunked streams, in parallel: not the unit-by-unit numbers.
+            let u = self.unit;
+            let dg = u.dg().tempered(beta);
+            crate::discrete_gaussian::draw_batch(xs, dg, u.k / u.n as f64, rng, out);
+        } else if self.unit.kind == UnitKind::Subunits && exact && beta != 0.0 {
             exact_subunits_batch(&self.offsets, xs, beta, rng, out);
         } else {
             for (o, &x) in out.iter_mut().zip(xs) {

@@ -134,6 +134,15 @@ impl TypedStage for TrainStage {
     // 4: the closed-form step runs on the host (host_cd): vectorised
     //    sigmoid/softplus and both phases in one product (other rounding).
     const VERSION: u32 = 4;
+    // 5, discrete Gaussian pixels only: their draws come from chunked
+    //    streams in parallel (discrete_gaussian::draw_batch), other numbers.
+    fn version_for(p: &TrainParams) -> u32 {
+        if p.stack.visible == VisibleKind::DiscreteGaussian {
+            5
+        } else {
+            Self::VERSION
+        }
+    }
     const INPUTS: &'static [InputSlot] = TRAIN_INPUTS;
     const USES_DEVICE: bool = true;
     type Params = TrainParams;

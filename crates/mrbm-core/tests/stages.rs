@@ -460,3 +460,15 @@ fn train_params_are_the_library_structs() {
     assert_eq!(p.optim.algorithm, mrbm_core::train::Algorithm::Pcd);
     assert_eq!(p.options.checkpoint_every, Some(3));
 }
+
+/// Only discrete Gaussian models key at the train stage's bumped version:
+/// the other cached models stay valid.
+#[test]
+fn train_version_is_bumped_for_discrete_gaussian_pixels_only() {
+    let s = stage("train");
+    let params = |text: &str| s.params(&toml::from_str(text).unwrap()).unwrap();
+    let plain = params("n = 255");
+    let dg = params("n = 255\nvisible = \"discrete_gaussian\"\nn_hidden = 1");
+    assert_eq!(s.version_for(&plain), s.version());
+    assert_eq!(s.version_for(&dg), s.version() + 1);
+}

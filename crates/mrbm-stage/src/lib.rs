@@ -378,6 +378,12 @@ pub trait Stage: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Bump whenever the outputs for the same parameters and inputs change.
     fn version(&self) -> u32;
+    /// The version that keys a run with these canonical parameters: a kind
+    /// whose outputs changed for some parameters only bumps those (see
+    /// [`TypedStage::version_for`]), so its other cached entries stay.
+    fn version_for(&self, _params: &JsonValue) -> u32 {
+        self.version()
+    }
     fn inputs(&self) -> &'static [InputSlot];
     /// Whether inputs under names other than [`Stage::inputs`]' are taken
     /// too, each a stage's folder (collect: any upstream's metrics, under
@@ -439,6 +445,11 @@ pub trait TypedStage: Send + Sync {
     const KIND: &'static str;
     /// Bump whenever the outputs for the same parameters and inputs change.
     const VERSION: u32;
+    /// The version for these parameters: VERSION unless a change moved the
+    /// outputs of some parameters only (say which in a comment).
+    fn version_for(_params: &Self::Params) -> u32 {
+        Self::VERSION
+    }
     const INPUTS: &'static [InputSlot];
     /// One line for `mrbm kinds`: what the kind does.
     const ABOUT: &'static str;
@@ -482,6 +493,12 @@ impl<T: TypedStage> Stage for T {
     }
     fn version(&self) -> u32 {
         T::VERSION
+    }
+    fn version_for(&self, params: &JsonValue) -> u32 {
+        match serde_json::from_value::<T::Params>(params.clone()) {
+            Ok(p) => T::version_for(&p),
+            Err(_) => T::VERSION,
+        }
     }
     fn inputs(&self) -> &'static [InputSlot] {
         T::INPUTS

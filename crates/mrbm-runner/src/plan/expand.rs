@@ -143,7 +143,7 @@ impl Expansion<'_> {
             id: c.id.clone(),
             stage: c.name.to_string(),
             kind: decl.kind.get_ref().clone(),
-            version: c.stage.version(),
+            version: c.stage.version_for(&canon),
             cell: c.cell.clone(),
             params: canon,
             inputs,
