@@ -291,6 +291,14 @@ fn config_errors_name_file_line_col_and_fix() {
         e.contains("bad.toml:4:1") && e.contains("no stage `b`"),
         "{e}"
     );
+    // Two axes setting one parameter: a cell would take either silently.
+    let e = err("[stages.a]\nkind = \"num\"\n[sweep.x.p]\n\"a.value\" = 1\n[sweep.x.q]\n[sweep.y.r]\n\"a.value\" = 2\n");
+    assert!(
+        e.contains("bad.toml:6:")
+            && e.contains("sweep axes `x` and `y` both set `a.value`")
+            && e.contains("in one axis only"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -101,6 +101,7 @@ pub fn axes(
     for (axis_name, value) in &exp.file.sweep {
         axes.push(file_axis(exp, names, axis_name, value.get_ref())?);
     }
+    check_disjoint(exp, &axes)?;
     let mut given = BTreeSet::new();
     for (stage, param, values) in &ov.sweeps {
         if !given.insert((stage, param)) {
@@ -126,6 +127,35 @@ pub fn axes(
         }
     }
     Ok(axes)
+}
+
+/// No two axes of the file set the same parameter (or a part of one): a
+/// cell takes a value from each axis, so one would silently override the
+/// other.
+fn check_disjoint(exp: &LoadedExperiment, axes: &[Axis]) -> Result<(), RunnerError> {
+    for (i, a) in axes.iter().enumerate() {
+        for b in &axes[i + 1..] {
+            let clash = a
+                .values
+                .iter()
+                .flat_map(|v| &v.assigns)
+                .find(|x| b.sets(&x.stage, &x.param));
+            if let Some(x) = clash {
+                return Err(exp.source.locate(
+                    exp.source.span_or_prefix(&["sweep", &b.name]),
+                    format!(
+                        "sweep axes `{}` and `{}` both set `{}.{}`: a cell takes a value from each axis, so one would silently override the other",
+                        a.name, b.name, x.stage, x.param
+                    ),
+                    Some(format!(
+                        "set `{}.{}` in one axis only: give each value of that axis the setting it needs, or split the experiment",
+                        x.stage, x.param
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One axis of the file's `[sweep]`: a list over STAGE.PARAM, a
