@@ -439,6 +439,19 @@ mod tests {
         assert_ne!(other, runs[0].0);
     }
 
+    /// A NaN input (a diverged model) has no level: it stays NaN instead of
+    /// looping for ever in the rejection, and infinities draw the edges.
+    #[test]
+    fn nan_inputs_stay_nan_and_infinities_draw_the_edges() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let xs = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 2.0];
+        let mut out = [0.0; 4];
+        draw_batch(&xs, Dg::new(255, 10.0), 1.0, &mut rng, &mut out);
+        assert!(out[0].is_nan());
+        assert_eq!(&out[1..3], &[255.0, 0.0]);
+        assert!((0.0..=255.0).contains(&out[3]));
+    }
+
     /// Frequencies of each level within 5 binomial standard errors of the
     /// pmf (plus a floor for levels of tiny mass), and the mean within 5
     /// standard errors.

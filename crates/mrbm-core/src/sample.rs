@@ -59,6 +59,9 @@ impl UnitSampler {
             return levels_draw(x, self.unit.n, rng) as f64 / self.unit.n as f64;
         }
         if self.unit.kind == UnitKind::DiscreteGaussian {
+            if x.is_nan() {
+                return f64::NAN; // no level; the rejection would never accept
+            }
             let u = self.unit;
             return crate::discrete_gaussian::draw(x, u.dg(), rng) as f64 * u.k / u.n as f64;
         }
@@ -126,6 +129,9 @@ impl UnitSampler {
         }
         if self.unit.kind == UnitKind::DiscreteGaussian {
             // beta times the whole energy, quadratic term included.
+            if x.is_nan() {
+                return f64::NAN;
+            }
             let u = self.unit;
             let m = crate::discrete_gaussian::draw(x, u.dg().tempered(beta), rng);
             return m as f64 * u.k / u.n as f64;

@@ -28,16 +28,20 @@ use crate::store::Manifest;
 
 // 2: writes provenance.json beside table.csv.
 // 3: provenance.json without host, start time, seconds and Slurm job.
+// 4: provenance.json names each cell by its stage id in this experiment
+//    (a cached entry keeps the id of the run that made it, elsewhere).
 /// The kind's name, which the plan gives the node of each `[[tables]]`.
 pub const KIND: &str = "table";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 pub const MISSING: &str = "missing";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableCell {
     pub slot: String,
-    /// For people only: not serialised, so renaming a stage changes no key.
-    #[serde(skip, default)]
+    /// The cell's stage id in this experiment. Part of the table's key:
+    /// provenance.json names the cells by it, so a renamed stage reruns the
+    /// table (cheap) while its own entry, whose key ignores names, stays.
+    #[serde(default)]
     pub id: String,
     pub row: String,
     pub column: Option<String>,
@@ -243,7 +247,9 @@ pub fn provenance<'a>(
                     if !devices.contains(&m.device) {
                         devices.push(m.device.clone());
                     }
-                    o["stage"] = m.stage_id.as_str().into();
+                    // The cell's id here: keys ignore names, so the entry
+                    // may have been made by another experiment's stage.
+                    o["stage"] = c.id.as_str().into();
                     o["key"] = m.key.as_str().into();
                     o["device"] = m.device.as_str().into();
                     o["mrbm"] = m.tool_version.as_str().into();
@@ -769,7 +775,7 @@ mod tests {
             cells: vec![
                 TableCell {
                     slot: "a".into(),
-                    id: String::new(),
+                    id: "svm[N=1]".into(),
                     row: "1".into(),
                     column: None,
                     levels: vec![],
@@ -792,7 +798,8 @@ mod tests {
         };
         let a = Upstream {
             key: "k".repeat(64),
-            stage_id: "svm[N=1]".into(),
+            // Made by another experiment's stage (keys ignore names).
+            stage_id: "svm[model=elsewhere]".into(),
             kind: "svm".into(),
             device: "wgpu:0 (llvmpipe)".into(),
             started: "2026-11-23T00:00:00Z".into(),
