@@ -262,6 +262,34 @@ impl Rejection {
     }
 }
 
+/// One draw as a pixel value, the level times `scale` (the sequential
+/// path: a fresh pair of normals, the general draw). See [`value`].
+pub fn draw_value<R: Rng>(x: f64, u: Dg, scale: f64, rng: &mut R) -> f64 {
+    value(x, u, scale, rng, &mut Normals::default(), None)
+}
+
+/// A draw as a pixel value: NaN in, NaN out (a diverged model's input has
+/// no level, and the rejection would never accept it), so the trainer's
+/// divergence check sees it. `fast`: the batch's precomputed rejection,
+/// when every input's window is wide.
+fn value<R: Rng>(
+    x: f64,
+    u: Dg,
+    scale: f64,
+    rng: &mut R,
+    normals: &mut Normals,
+    fast: Option<&Rejection>,
+) -> f64 {
+    if x.is_nan() {
+        return f64::NAN;
+    }
+    let m = match fast {
+        Some(r) => r.draw(x, rng, normals),
+        None => draw_with(x, u, rng, normals),
+    };
+    m as f64 * scale
+}
+
 /// Inputs per stream in [`draw_batch`]: fixed, so the draws do not depend on
 /// how many threads share the chunks.
 pub const BATCH_CHUNK: usize = 2048;
@@ -282,15 +310,7 @@ pub fn draw_batch(xs: &[f64], u: Dg, scale: f64, rng: &mut ChaCha8Rng, out: &mut
         r.set_stream(c as u64);
         let mut normals = Normals::default();
         for (o, &x) in oc.iter_mut().zip(xc) {
-            // NaN has no level (and would never be accepted): it stays NaN
-            // for the trainer's divergence check.
-            *o = if x.is_nan() {
-                f64::NAN
-            } else if let Some(rej) = &rejection {
-                rej.draw(x, &mut r, &mut normals) as f64 * scale
-            } else {
-                draw_with(x, u, &mut r, &mut normals) as f64 * scale
-            };
+            *o = value(x, u, scale, &mut r, &mut normals, rejection.as_ref());
         }
     };
     if xs.len() <= BATCH_CHUNK {

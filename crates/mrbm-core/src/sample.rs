@@ -59,11 +59,8 @@ impl UnitSampler {
             return levels_draw(x, self.unit.n, rng) as f64 / self.unit.n as f64;
         }
         if self.unit.kind == UnitKind::DiscreteGaussian {
-            if x.is_nan() {
-                return f64::NAN; // no level; the rejection would never accept
-            }
             let u = self.unit;
-            return crate::discrete_gaussian::draw(x, u.dg(), rng) as f64 * u.k / u.n as f64;
+            return crate::discrete_gaussian::draw_value(x, u.dg(), u.k / u.n as f64, rng);
         }
         match self.sampler {
             Sampler::Gaussian => self.unit.sample_gaussian(x, rng),
@@ -129,12 +126,9 @@ impl UnitSampler {
         }
         if self.unit.kind == UnitKind::DiscreteGaussian {
             // beta times the whole energy, quadratic term included.
-            if x.is_nan() {
-                return f64::NAN;
-            }
             let u = self.unit;
-            let m = crate::discrete_gaussian::draw(x, u.dg().tempered(beta), rng);
-            return m as f64 * u.k / u.n as f64;
+            let dg = u.dg().tempered(beta);
+            return crate::discrete_gaussian::draw_value(x, dg, u.k / u.n as f64, rng);
         }
         if self.sampler == Sampler::Gaussian {
             // The Gaussian approximation has no exact tempered form: temper its input.
