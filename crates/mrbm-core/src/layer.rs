@@ -230,6 +230,41 @@ fn host_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Dev
 /// A `host_conv` map: (input, weights, bias, geometry) -> output values.
 type HostConvOp = fn(&[f32], &[f32], &[f32], &Geometry) -> Vec<f32>;
 
+/// A layer's shape and parameters as host values (`Rbm::host_params`).
+pub struct HostParams {
+    pub shape: crate::host_sampled::Shape,
+    pub w: Vec<f32>,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl HostParams {
+    pub fn layer(&self, spec: &LayerSpec) -> crate::host_sampled::HostLayer<'_> {
+        crate::host_sampled::HostLayer {
+            shape: self.shape.clone(),
+            w: &self.w,
+            a: &self.a,
+            b: &self.b,
+            visible: spec.visible_unit,
+            hidden: spec.hidden_unit,
+        }
+    }
+}
+
+/// Host f32 values -> f32 tensor on `device`.
+pub fn tensor_f32<const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D> {
+    host_tensor(values, shape, device)
+}
+
+/// A tensor's values as host f32.
+pub fn values_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    host_f32(t)
+}
+
 /// Reshape helper: [B, C, H, W] -> [B, C*H*W].
 fn flat(t: Tensor<4>) -> Tensor<2> {
     let [b, c, h, w] = t.dims();
@@ -649,6 +684,36 @@ impl Rbm {
             grads,
             host_tensor(out.hidden, [bsz, hc, hh, hw], &device),
         ))
+    }
+
+    /// This layer's parameters on the host for `host_sampled` when a batch
+    /// `v` can take that path: f32 on the flex CPU device, no autodiff
+    /// graph, no learned sigma, sub-unit hidden units. None: burn's ops.
+    pub fn host_params(&self, v: &Tensor<4>) -> Option<HostParams> {
+        if self.log_sigma.is_some()
+            || !crate::host_sampled::supports(self.spec.hidden_unit)
+            || v.dtype() != DType::F32
+            || self.w.dtype() != DType::F32
+            || v.is_tracked()
+            || self.w.is_tracked()
+            || self.w.is_require_grad()
+            || v.device().without_autodiff() != Device::flex()
+        {
+            return None;
+        }
+        let shape = match &self.spec.kind {
+            LayerKind::Dense { visible, hidden } => crate::host_sampled::Shape::Dense {
+                visible: *visible,
+                hidden: *hidden,
+            },
+            LayerKind::Conv { .. } => crate::host_sampled::Shape::Conv(self.host_geometry(v)?),
+        };
+        Some(HostParams {
+            shape,
+            w: host_f32(&self.w),
+            a: host_f32(&self.a),
+            b: host_f32(&self.b),
+        })
     }
 
     /// The gradient of the loss F(v) - F(v_neg) (v_neg held constant) from

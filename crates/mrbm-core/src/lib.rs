@@ -17,6 +17,7 @@ pub mod checks;
 pub mod discrete_gaussian;
 pub mod host_cd;
 pub mod host_conv;
+pub mod host_sampled;
 pub mod langevin;
 pub mod layer;
 pub mod plot;

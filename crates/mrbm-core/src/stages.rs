@@ -136,8 +136,15 @@ impl TypedStage for TrainStage {
     const VERSION: u32 = 4;
     // 5, discrete Gaussian pixels only: their draws come from chunked
     //    streams in parallel (discrete_gaussian::draw_batch), other numbers.
+    // 6, the sampled rules (CD-k, PCD, FPCD, noise-start CD, the paper's
+    //    sampled reconstruction) but Gibbs-Langevin: on the host
+    //    (host_sampled) with counter-based f32 draws, other numbers.
     fn version_for(p: &TrainParams) -> u32 {
-        if p.stack.visible == VisibleKind::DiscreteGaussian {
+        if p.optim.sampled_negative_phase()
+            && p.optim.algorithm != crate::train::Algorithm::GibbsLangevin
+        {
+            6
+        } else if p.stack.visible == VisibleKind::DiscreteGaussian {
             5
         } else {
             Self::VERSION

@@ -615,6 +615,9 @@ impl Trainer {
             let (loss, g, h) = self.dbn.layers[i].cd_grads(v);
             return (to_f64(&loss)[0], g, h);
         }
+        if let Some(out) = self.host_sampled_step(i, &v) {
+            return out;
+        }
         let x = self.dbn.layers[i].pre_hidden(v.clone());
         let v_neg = self.negative_phase_with(i, &v, Some(&x));
         let layer = &self.dbn.layers[i];
@@ -627,24 +630,108 @@ impl Trainer {
         let g = layer.stats_grads(v, h.clone(), v_neg, h_neg);
         let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
         let g = crate::langevin::clip_grads(g, clip);
-        if self.params.algorithm == Algorithm::Fpcd {
-            let lr = self.params.fast_lr.unwrap_or(self.params.lr);
-            let d = self.params.fast_decay;
-            let st = &mut self.states[i];
-            let (fw, fa, fb) = st.fast.take().unwrap_or_else(|| {
-                (
-                    layer.w.zeros_like(),
-                    layer.a.zeros_like(),
-                    layer.b.zeros_like(),
-                )
-            });
-            st.fast = Some((
-                fw.mul_scalar(d) - g.w.clone().mul_scalar(lr),
-                fa.mul_scalar(d) - g.a.clone().mul_scalar(lr),
-                fb.mul_scalar(d) - g.b.clone().mul_scalar(lr),
-            ));
-        }
+        self.learn_fast_weights(i, &g);
         (to_f64(&loss)[0], g, h)
+    }
+
+    /// FPCD: the fast weights decay and follow the gradient (other rules:
+    /// nothing).
+    fn learn_fast_weights(&mut self, i: usize, g: &LayerGrads) {
+        if self.params.algorithm != Algorithm::Fpcd {
+            return;
+        }
+        let layer = &self.dbn.layers[i];
+        let lr = self.params.fast_lr.unwrap_or(self.params.lr);
+        let d = self.params.fast_decay;
+        let st = &mut self.states[i];
+        let (fw, fa, fb) = st.fast.take().unwrap_or_else(|| {
+            (
+                layer.w.zeros_like(),
+                layer.a.zeros_like(),
+                layer.b.zeros_like(),
+            )
+        });
+        st.fast = Some((
+            fw.mul_scalar(d) - g.w.clone().mul_scalar(lr),
+            fa.mul_scalar(d) - g.a.clone().mul_scalar(lr),
+            fb.mul_scalar(d) - g.b.clone().mul_scalar(lr),
+        ));
+    }
+
+    /// [`Self::layer_step_grads`] for a sampled rule on the host
+    /// (`host_sampled`: packed products, counter-based f32 draws) where the
+    /// layer can take it; None: the burn path (the Gibbs-Langevin rule, a
+    /// learned sigma, level or discrete Gaussian hidden units, autodiff).
+    fn host_sampled_step(
+        &mut self,
+        i: usize,
+        v: &Tensor<4>,
+    ) -> Option<(f64, LayerGrads, Tensor<4>)> {
+        use crate::host_sampled::{sampled_grads, Draws, Start};
+        use crate::layer::{tensor_f32, values_f32};
+        let algorithm = self.params.algorithm;
+        if algorithm == Algorithm::GibbsLangevin {
+            return None;
+        }
+        let layer = &self.dbn.layers[i];
+        let params = layer.host_params(v)?;
+        let spec = layer.spec.clone();
+        let (dims, device) = (v.dims(), v.device());
+        let batch = dims[0];
+        let vh = values_f32(v);
+        // One key per step from the trainer's stream: every draw of the step
+        // is a function of (key, batch number, element).
+        let mut draws = Draws::new(rand::RngCore::next_u64(&mut self.rng));
+        let st = &mut self.states[i];
+        let chain: Option<Vec<f32>> = match algorithm {
+            Algorithm::Pcd | Algorithm::Fpcd => Some(match st.chain.take() {
+                Some(c) if c.dims() == dims => values_f32(&c),
+                // Chains start at the first batch's data.
+                _ => vh.clone(),
+            }),
+            _ => None,
+        };
+        let fast = match (&algorithm, &st.fast) {
+            (Algorithm::Fpcd, Some((fw, fa, fb))) => {
+                let with = layer.with_params(
+                    layer.w.clone() + fw.clone(),
+                    layer.a.clone() + fa.clone(),
+                    layer.b.clone() + fb.clone(),
+                );
+                with.host_params(v)
+            }
+            _ => None,
+        };
+        let (start, k) = match algorithm {
+            Algorithm::Paper => (Start::Data, 1),
+            Algorithm::Cd => (Start::Data, self.params.cd_k),
+            Algorithm::Pcd | Algorithm::Fpcd => (
+                Start::Chain(chain.as_deref().expect("chains of a persistent rule")),
+                self.params.cd_k,
+            ),
+            Algorithm::NoiseCd => (Start::Noise, self.params.cd_k),
+            Algorithm::GibbsLangevin => unreachable!("handled above"),
+        };
+        let host = params.layer(&spec);
+        let chain_layer = fast
+            .as_ref()
+            .map_or_else(|| params.layer(&spec), |f| f.layer(&spec));
+        let out = sampled_grads(&host, &chain_layer, &vh, batch, (start, k), &mut draws);
+        if chain.is_some() {
+            self.states[i].chain = Some(tensor_f32(out.v_neg, dims, &device));
+        }
+        let [hc, hh, hw] = spec.hidden_shape();
+        let g = LayerGrads {
+            w: tensor_f32(out.gw, spec.weight_shape(), &device),
+            a: tensor_f32(out.ga, [spec.visible_channels()], &device),
+            b: tensor_f32(out.gb, [hc], &device),
+            log_sigma: None,
+        };
+        let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
+        let g = crate::langevin::clip_grads(g, clip);
+        self.learn_fast_weights(i, &g);
+        let h = tensor_f32(out.hidden, [batch, hc, hh, hw], &device);
+        Some((out.loss, g, h))
     }
 
     /// One optimiser step on a batch; returns the per-layer losses (before

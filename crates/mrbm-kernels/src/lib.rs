@@ -24,6 +24,7 @@
 use rayon::prelude::*;
 
 pub mod conv;
+pub mod draw;
 pub mod math;
 mod micro;
 
