@@ -115,6 +115,14 @@ pub fn save(
                 adam_time.insert(format!("{i}.{p}"), s.momentum.time);
             }
         }
+        if let Some((w, a, b)) = &st.host_vel {
+            // The fused host SGD step's velocities (the values the tensors
+            // below would hold), in the parameters' shapes.
+            let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            put(format!("sgd.{i}.w"), (l.w.dims().to_vec(), bytes(w)));
+            put(format!("sgd.{i}.a"), (l.a.dims().to_vec(), bytes(a)));
+            put(format!("sgd.{i}.b"), (l.b.dims().to_vec(), bytes(b)));
+        }
         if let Some(v) = &st.vw {
             put(format!("sgd.{i}.w"), host_f32(v));
         }

@@ -385,6 +385,9 @@ pub(crate) struct LayerState {
     pub(crate) vw: Option<Tensor<4>>,
     pub(crate) va: Option<Tensor<1>>,
     pub(crate) vb: Option<Tensor<1>>,
+    // SGD velocities of the fused host step ([`Trainer::apply_host_sgd`]),
+    // kept on the host between steps (w, a, b); the tensors above are then None.
+    pub(crate) host_vel: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
     // PCD / FPCD: the persistent chains' visible states, one row per batch row.
     pub(crate) chain: Option<Tensor<4>>,
     // FPCD: the fast weights.
@@ -611,9 +614,20 @@ impl Trainer {
     /// Loss, gradients and hidden means of layer `i` on its data `v`, by the
     /// configured rule; FPCD's fast weights learn here too.
     pub fn layer_step_grads(&mut self, i: usize, v: Tensor<4>) -> (f64, LayerGrads, Tensor<4>) {
+        let (loss, g, h) = self.layer_step(i, v);
+        let g = match g {
+            StepGrads::Tensors(g) => g,
+            StepGrads::Host(g) => g.tensors(&self.dbn.layers[i]),
+        };
+        (loss, g, h)
+    }
+
+    /// [`Self::layer_step_grads`], with the gradients left on the host where
+    /// the host sampled step made them.
+    fn layer_step(&mut self, i: usize, v: Tensor<4>) -> (f64, StepGrads, Tensor<4>) {
         if !self.params.sampled_negative_phase() {
             let (loss, g, h) = self.dbn.layers[i].cd_grads(v);
-            return (to_f64(&loss)[0], g, h);
+            return (to_f64(&loss)[0], StepGrads::Tensors(g), h);
         }
         if let Some(out) = self.host_sampled_step(i, &v) {
             return out;
@@ -631,7 +645,7 @@ impl Trainer {
         let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
         let g = crate::langevin::clip_grads(g, clip);
         self.learn_fast_weights(i, &g);
-        (to_f64(&loss)[0], g, h)
+        (to_f64(&loss)[0], StepGrads::Tensors(g), h)
     }
 
     /// FPCD: the fast weights decay and follow the gradient (other rules:
@@ -666,7 +680,7 @@ impl Trainer {
         &mut self,
         i: usize,
         v: &Tensor<4>,
-    ) -> Option<(f64, LayerGrads, Tensor<4>)> {
+    ) -> Option<(f64, StepGrads, Tensor<4>)> {
         use crate::host_sampled::{sampled_grads, Draws, Start};
         use crate::layer::{tensor_f32, values_f32};
         let algorithm = self.params.algorithm;
@@ -721,17 +735,30 @@ impl Trainer {
             self.states[i].chain = Some(tensor_f32(out.v_neg, dims, &device));
         }
         let [hc, hh, hw] = spec.hidden_shape();
+        let h = tensor_f32(out.hidden, [batch, hc, hh, hw], &device);
+        let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
+        if self.params.optimizer == OptimizerKind::Sgd
+            && clip.is_none()
+            && algorithm != Algorithm::Fpcd
+        {
+            // The update stays on the host too (`apply_host_sgd`).
+            let g = HostGrads {
+                params,
+                gw: out.gw,
+                ga: out.ga,
+                gb: out.gb,
+            };
+            return Some((out.loss, StepGrads::Host(g), h));
+        }
         let g = LayerGrads {
             w: tensor_f32(out.gw, spec.weight_shape(), &device),
             a: tensor_f32(out.ga, [spec.visible_channels()], &device),
             b: tensor_f32(out.gb, [hc], &device),
             log_sigma: None,
         };
-        let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
         let g = crate::langevin::clip_grads(g, clip);
         self.learn_fast_weights(i, &g);
-        let h = tensor_f32(out.hidden, [batch, hc, hh, hw], &device);
-        Some((out.loss, g, h))
+        Some((out.loss, StepGrads::Tensors(g), h))
     }
 
     /// One optimiser step on a batch; returns the per-layer losses (before
@@ -744,7 +771,7 @@ impl Trainer {
         batch: usize,
     ) -> Result<Vec<f64>, CoreError> {
         let nl = self.dbn.layers.len();
-        let (losses, grads): (Vec<f64>, Vec<Option<LayerGrads>>) = if let Some(act) = self.active {
+        let (losses, grads): (Vec<f64>, Vec<Option<StepGrads>>) = if let Some(act) = self.active {
             // Greedy: map the data up through the frozen layers below.
             let below = if act == 0 {
                 v
@@ -752,10 +779,11 @@ impl Trainer {
                 self.dbn.up_to(v, act - 1)
             };
             let t = self.dbn.as_visible_of(act, below);
-            let (loss, g, _) = self.layer_step_grads(act, t);
+            let (loss, g, _) = self.layer_step(act, t);
             let mut losses = vec![0.0; nl];
             losses[act] = loss;
-            let grads = (0..nl).map(|i| (i == act).then(|| g.clone())).collect();
+            let mut grads: Vec<Option<StepGrads>> = (0..nl).map(|_| None).collect();
+            grads[act] = Some(g);
             (losses, grads)
         } else if self.params.sampled_negative_phase() {
             let mut t = v;
@@ -763,7 +791,7 @@ impl Trainer {
             let mut grads = Vec::new();
             for i in 0..nl {
                 let vi = self.dbn.as_visible_of(i, t);
-                let (loss, g, h) = self.layer_step_grads(i, vi);
+                let (loss, g, h) = self.layer_step(i, vi);
                 losses.push(loss);
                 grads.push(Some(g));
                 t = h;
@@ -771,7 +799,10 @@ impl Trainer {
             (losses, grads)
         } else {
             let (l, g) = self.gradients(v);
-            (l, g.into_iter().map(Some).collect())
+            (
+                l,
+                g.into_iter().map(|g| Some(StepGrads::Tensors(g))).collect(),
+            )
         };
         for (i, l) in losses.iter().enumerate() {
             if !l.is_finite() {
@@ -785,12 +816,18 @@ impl Trainer {
         }
         for (i, g) in grads.into_iter().enumerate() {
             if let Some(g) = g {
-                self.apply(i, g, epoch);
-                let layer = &self.dbn.layers[i];
-                // One read-back per layer: a NaN or Inf anywhere makes the sum non-finite.
-                let check = layer.w.clone().sum() + layer.a.clone().sum() + layer.b.clone().sum();
-                let c = to_f64(&check)[0];
-                if !c.is_finite() {
+                let finite = match g {
+                    StepGrads::Host(g) => self.apply_host_sgd(i, g, epoch),
+                    StepGrads::Tensors(g) => {
+                        self.apply(i, g, epoch);
+                        let layer = &self.dbn.layers[i];
+                        // One read-back per layer: a NaN or Inf anywhere makes the sum non-finite.
+                        let check =
+                            layer.w.clone().sum() + layer.a.clone().sum() + layer.b.clone().sum();
+                        to_f64(&check)[0].is_finite()
+                    }
+                };
+                if !finite {
                     return Err(CoreError::NonFinite {
                         epoch,
                         batch,
@@ -805,6 +842,7 @@ impl Trainer {
 
     /// Update layer `i`'s parameters from its loss gradient.
     fn apply(&mut self, i: usize, mut g: LayerGrads, epoch: usize) {
+        self.velocity_to_tensors(i);
         let p = &self.params;
         let scale = match p.lr_mode {
             LrMode::Plain => LrScale {
@@ -868,6 +906,137 @@ impl Trainer {
             }
         }
     }
+}
+
+/// A layer's gradients from the host sampled step, with the parameters
+/// that step read (so the SGD update reads no tensor).
+pub(crate) struct HostGrads {
+    params: crate::layer::HostParams,
+    gw: Vec<f32>,
+    ga: Vec<f32>,
+    gb: Vec<f32>,
+}
+
+impl HostGrads {
+    fn tensors(self, layer: &Rbm) -> LayerGrads {
+        use crate::layer::tensor_f32;
+        let (spec, device) = (&layer.spec, layer.w.device());
+        LayerGrads {
+            w: tensor_f32(self.gw, spec.weight_shape(), &device),
+            a: tensor_f32(self.ga, [spec.visible_channels()], &device),
+            b: tensor_f32(self.gb, [spec.hidden_channels()], &device),
+            log_sigma: None,
+        }
+    }
+}
+
+/// A layer's gradients for one step: tensors, or host values
+/// ([`Trainer::apply_host_sgd`] updates from those without a tensor op).
+pub(crate) enum StepGrads {
+    Tensors(LayerGrads),
+    Host(HostGrads),
+}
+
+impl Trainer {
+    /// Moves a layer's host SGD velocities back into tensors (before a
+    /// tensor-path update reads them).
+    pub(crate) fn velocity_to_tensors(&mut self, i: usize) {
+        use crate::layer::tensor_f32;
+        let st = &mut self.states[i];
+        if let Some((w, a, b)) = st.host_vel.take() {
+            let layer = &self.dbn.layers[i];
+            let (spec, device) = (&layer.spec, layer.w.device());
+            st.vw = Some(tensor_f32(w, spec.weight_shape(), &device));
+            st.va = Some(tensor_f32(a, [spec.visible_channels()], &device));
+            st.vb = Some(tensor_f32(b, [spec.hidden_channels()], &device));
+        }
+    }
+
+    /// The SGD step of [`Self::apply`] on the host for gradients the host
+    /// sampled step made: per element the same f32 operations as the tensor
+    /// path (g + w wd, v m + g, w - v lr, scalars cast to f32 the same way),
+    /// fused into one pass: the same bits (tested). Returns whether every
+    /// new parameter is finite.
+    fn apply_host_sgd(&mut self, i: usize, g: HostGrads, epoch: usize) -> bool {
+        use crate::layer::{tensor_f32, values_f32};
+        let p = &self.params;
+        let scale = match p.lr_mode {
+            LrMode::Plain => LrScale {
+                w: 1.0,
+                a: 1.0,
+                b: 1.0,
+            },
+            LrMode::BinaryEquivalent => binary_equivalent_scale(&self.dbn, i, p.optimizer),
+        };
+        let m = p.momentum.at(epoch);
+        let (lr, wd) = (p.lr, p.weight_decay);
+        let st = &mut self.states[i];
+        let vel = st
+            .host_vel
+            .take()
+            .or_else(|| match (st.vw.take(), st.va.take(), st.vb.take()) {
+                (Some(w), Some(a), Some(b)) => {
+                    Some((values_f32(&w), values_f32(&a), values_f32(&b)))
+                }
+                _ => None,
+            });
+        // The tensor path ignores the old velocity when m = 0.
+        let vel = vel.filter(|_| m > 0.0);
+        let HostGrads {
+            params,
+            mut gw,
+            mut ga,
+            mut gb,
+        } = g;
+        let crate::layer::HostParams {
+            mut w,
+            mut a,
+            mut b,
+            ..
+        } = params;
+        let m = m as f32;
+        let wd = (wd > 0.0).then_some(wd as f32);
+        let (vw, va, vb) = match &vel {
+            Some((w, a, b)) => (Some(&w[..]), Some(&a[..]), Some(&b[..])),
+            None => (None, None, None),
+        };
+        let finite = sgd_fused(&mut w, &mut gw, vw, wd, m, (lr * scale.w) as f32)
+            & sgd_fused(&mut a, &mut ga, va, None, m, (lr * scale.a) as f32)
+            & sgd_fused(&mut b, &mut gb, vb, None, m, (lr * scale.b) as f32);
+        let layer = &mut self.dbn.layers[i];
+        let device = layer.w.device();
+        layer.w = tensor_f32(w, layer.spec.weight_shape(), &device);
+        layer.a = tensor_f32(a, [layer.spec.visible_channels()], &device);
+        layer.b = tensor_f32(b, [layer.spec.hidden_channels()], &device);
+        // The gradient buffers now hold the new velocities.
+        self.states[i].host_vel = Some((gw, ga, gb));
+        finite
+    }
+}
+
+/// One fused SGD pass: g <- g + w wd (when `wd`), g <- v m + g (when `v`),
+/// w <- w - g lr; `g` ends as the new velocity. Whether every new w is finite.
+pub fn sgd_fused(
+    w: &mut [f32],
+    g: &mut [f32],
+    v: Option<&[f32]>,
+    wd: Option<f32>,
+    m: f32,
+    lr: f32,
+) -> bool {
+    assert_eq!(w.len(), g.len(), "sgd_fused: lengths differ");
+    let mut finite = true;
+    for (k, (wi, gi)) in w.iter_mut().zip(g.iter_mut()).enumerate() {
+        if let Some(d) = wd {
+            *gi += *wi * d;
+        }
+        if let Some(v) = v {
+            *gi = v[k] * m + *gi;
+        }
+        *wi -= *gi * lr;
+        finite &= wi.is_finite();
+    }
+    finite
 }
 
 /// One epoch's batch order: a seeded shuffle (same on every machine).

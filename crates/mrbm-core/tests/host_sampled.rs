@@ -288,3 +288,38 @@ fn sampled_step_is_identical_across_thread_counts() {
         }
     }
 }
+
+/// The fused host SGD step gives the bits of the tensor path's operations
+/// (`Trainer::apply`'s SGD branch: g + w wd, v m + g, w - v lr, each a burn
+/// op with the scalar cast to f32), with and without a velocity.
+#[test]
+fn fused_sgd_equals_the_tensor_ops_bit_for_bit() {
+    let n = 5_000;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut vals = || -> Vec<f64> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+    let (w, g, v) = (vals(), vals(), vals());
+    let t = |x: &[f64]| tensor_from::<1>(x.to_vec(), [n], &dev(), DType::F32);
+    let (wd, m, lr) = (0.0002f64, 0.9f64, 0.005f64 * 0.7);
+    for with_v in [false, true] {
+        let mut g2 = t(&g) + t(&w).mul_scalar(wd);
+        if with_v {
+            g2 = t(&v).mul_scalar(m) + g2;
+        }
+        let w2 = t(&w) - g2.clone().mul_scalar(lr);
+        let f = |x: &[f64]| x.iter().map(|&y| y as f32).collect::<Vec<f32>>();
+        let (mut wh, mut gh, vh) = (f(&w), f(&g), f(&v));
+        let finite = mrbm_core::train::sgd_fused(
+            &mut wh,
+            &mut gh,
+            with_v.then_some(&vh[..]),
+            Some(wd as f32),
+            m as f32,
+            lr as f32,
+        );
+        assert!(finite);
+        let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+        let tensor_bits = |x: Tensor<1>| bits(mrbm_core::layer::values_f32(&x));
+        assert_eq!(bits(wh), tensor_bits(w2), "weights, velocity {with_v}");
+        assert_eq!(bits(gh), tensor_bits(g2), "velocity, velocity {with_v}");
+    }
+}
