@@ -932,6 +932,8 @@ impl HostGrads {
 
 /// A layer's gradients for one step: tensors, or host values
 /// ([`Trainer::apply_host_sgd`] updates from those without a tensor op).
+// One per layer and step: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum StepGrads {
     Tensors(LayerGrads),
     Host(HostGrads),
