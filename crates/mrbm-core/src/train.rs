@@ -1033,7 +1033,8 @@ pub fn sgd_fused(
             *gi += *wi * d;
         }
         if let Some(v) = v {
-            *gi = v[k] * m + *gi;
+            // IEEE addition commutes: the same bits as the tensor path's v m + g.
+            *gi += v[k] * m;
         }
         *wi -= *gi * lr;
         finite &= wi.is_finite();
