@@ -115,6 +115,23 @@ pub fn save(
                 adam_time.insert(format!("{i}.{p}"), s.momentum.time);
             }
         }
+        if let Some(moments) = &st.host_adam {
+            // The fused host Adam step's moments, as the tensors would hold them.
+            let shapes = [
+                l.w.dims().to_vec(),
+                l.a.dims().to_vec(),
+                l.b.dims().to_vec(),
+            ];
+            for ((p, m), shape) in ["w", "a", "b"].iter().zip(moments).zip(shapes) {
+                if m.time > 0 {
+                    let bytes =
+                        |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+                    put(format!("adam.{i}.{p}.m1"), (shape.clone(), bytes(&m.m1)));
+                    put(format!("adam.{i}.{p}.m2"), (shape, bytes(&m.m2)));
+                    adam_time.insert(format!("{i}.{p}"), m.time);
+                }
+            }
+        }
         if let Some((w, a, b)) = &st.host_vel {
             // The fused host SGD step's velocities (the values the tensors
             // below would hold), in the parameters' shapes.

@@ -388,6 +388,9 @@ pub(crate) struct LayerState {
     // SGD velocities of the fused host step ([`Trainer::apply_host_sgd`]),
     // kept on the host between steps (w, a, b); the tensors above are then None.
     pub(crate) host_vel: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+    // Adam's moments of the fused host step (w, a, b); `w`, `a`, `b` above
+    // are then None.
+    pub(crate) host_adam: Option<[HostMoments; 3]>,
     // PCD / FPCD: the persistent chains' visible states, one row per batch row.
     pub(crate) chain: Option<Tensor<4>>,
     // FPCD: the fast weights.
@@ -737,10 +740,7 @@ impl Trainer {
         let [hc, hh, hw] = spec.hidden_shape();
         let h = tensor_f32(out.hidden, [batch, hc, hh, hw], &device);
         let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
-        if self.params.optimizer == OptimizerKind::Sgd
-            && clip.is_none()
-            && algorithm != Algorithm::Fpcd
-        {
+        if clip.is_none() && algorithm != Algorithm::Fpcd {
             // The update stays on the host too (`apply_host_sgd`).
             let g = HostGrads {
                 params,
@@ -817,7 +817,7 @@ impl Trainer {
         for (i, g) in grads.into_iter().enumerate() {
             if let Some(g) = g {
                 let finite = match g {
-                    StepGrads::Host(g) => self.apply_host_sgd(i, g, epoch),
+                    StepGrads::Host(g) => self.apply_host(i, g, epoch),
                     StepGrads::Tensors(g) => {
                         self.apply(i, g, epoch);
                         let layer = &self.dbn.layers[i];
@@ -945,6 +945,13 @@ impl Trainer {
     pub(crate) fn velocity_to_tensors(&mut self, i: usize) {
         use crate::layer::tensor_f32;
         let st = &mut self.states[i];
+        if let Some([mw, ma, mb]) = st.host_adam.take() {
+            let layer = &self.dbn.layers[i];
+            let (spec, device) = (&layer.spec, layer.w.device());
+            st.w = mw.tensors(spec.weight_shape(), &device);
+            st.a = ma.tensors([spec.visible_channels()], &device);
+            st.b = mb.tensors([spec.hidden_channels()], &device);
+        }
         if let Some((w, a, b)) = st.host_vel.take() {
             let layer = &self.dbn.layers[i];
             let (spec, device) = (&layer.spec, layer.w.device());
@@ -959,8 +966,7 @@ impl Trainer {
     /// path (g + w wd, v m + g, w - v lr, scalars cast to f32 the same way),
     /// fused into one pass: the same bits (tested). Returns whether every
     /// new parameter is finite.
-    fn apply_host_sgd(&mut self, i: usize, g: HostGrads, epoch: usize) -> bool {
-        use crate::layer::{tensor_f32, values_f32};
+    fn apply_host(&mut self, i: usize, g: HostGrads, epoch: usize) -> bool {
         let p = &self.params;
         let scale = match p.lr_mode {
             LrMode::Plain => LrScale {
@@ -970,6 +976,78 @@ impl Trainer {
             },
             LrMode::BinaryEquivalent => binary_equivalent_scale(&self.dbn, i, p.optimizer),
         };
+        match p.optimizer {
+            OptimizerKind::Sgd => self.apply_host_sgd(i, g, epoch, scale),
+            OptimizerKind::Adam => self.apply_host_adam(i, g, scale),
+        }
+    }
+
+    /// Burn's `Adam::step` (as configured in [`Trainer::new`]: no decoupled
+    /// weight decay, no AMSGrad) on the host, per element the same f32
+    /// operations: m1 = m1 b1 + g (1 - b1), m2 = m2 b2 + g^2 (1 - b2) (at
+    /// t = 1 only the second terms), s = sqrt(1 - b2^t), c = s / (1 - b1^t),
+    /// w = w - ((m1 c) / (sqrt(m2) + eps s)) lr; after the trainer's own
+    /// weight decay g + w wd. The same bits (tested end to end).
+    fn apply_host_adam(&mut self, i: usize, g: HostGrads, scale: LrScale) -> bool {
+        use crate::layer::{tensor_f32, values_f32};
+        let p = &self.params;
+        let (b1, b2, eps) = (p.beta1 as f32, p.beta2 as f32, p.epsilon as f32);
+        let (lr, wd) = (p.lr, p.weight_decay);
+        let st = &mut self.states[i];
+        let from = |s: Option<AdamState<4>>| {
+            s.map(|s| HostMoments {
+                time: s.momentum.time,
+                m1: values_f32(&s.momentum.moment_1),
+                m2: values_f32(&s.momentum.moment_2),
+            })
+            .unwrap_or_default()
+        };
+        let from1 = |s: Option<AdamState<1>>| {
+            s.map(|s| HostMoments {
+                time: s.momentum.time,
+                m1: values_f32(&s.momentum.moment_1),
+                m2: values_f32(&s.momentum.moment_2),
+            })
+            .unwrap_or_default()
+        };
+        let [mut mw, mut ma, mut mb] = match st.host_adam.take() {
+            Some(m) => m,
+            None => [from(st.w.take()), from1(st.a.take()), from1(st.b.take())],
+        };
+        let HostGrads {
+            params,
+            mut gw,
+            ga,
+            gb,
+        } = g;
+        let crate::layer::HostParams {
+            mut w,
+            mut a,
+            mut b,
+            ..
+        } = params;
+        if wd > 0.0 {
+            let d = wd as f32;
+            for (gi, wi) in gw.iter_mut().zip(&w) {
+                *gi += *wi * d;
+            }
+        }
+        let cfg = (b1, b2, eps);
+        let finite = adam_fused(&mut w, &gw, &mut mw, cfg, (lr * scale.w) as f32)
+            & adam_fused(&mut a, &ga, &mut ma, cfg, (lr * scale.a) as f32)
+            & adam_fused(&mut b, &gb, &mut mb, cfg, (lr * scale.b) as f32);
+        let layer = &mut self.dbn.layers[i];
+        let device = layer.w.device();
+        layer.w = tensor_f32(w, layer.spec.weight_shape(), &device);
+        layer.a = tensor_f32(a, [layer.spec.visible_channels()], &device);
+        layer.b = tensor_f32(b, [layer.spec.hidden_channels()], &device);
+        self.states[i].host_adam = Some([mw, ma, mb]);
+        finite
+    }
+
+    fn apply_host_sgd(&mut self, i: usize, g: HostGrads, epoch: usize, scale: LrScale) -> bool {
+        use crate::layer::{tensor_f32, values_f32};
+        let p = &self.params;
         let m = p.momentum.at(epoch);
         let (lr, wd) = (p.lr, p.weight_decay);
         let st = &mut self.states[i];
@@ -1014,6 +1092,61 @@ impl Trainer {
         self.states[i].host_vel = Some((gw, ga, gb));
         finite
     }
+}
+
+/// Adam's moments of one parameter on the host; time 0: no step yet.
+#[derive(Clone, Default)]
+pub struct HostMoments {
+    pub time: usize,
+    pub m1: Vec<f32>,
+    pub m2: Vec<f32>,
+}
+
+impl HostMoments {
+    fn tensors<const D: usize>(self, shape: [usize; D], device: &Device) -> Option<AdamState<D>> {
+        use crate::layer::tensor_f32;
+        use burn::optim::AdaptiveMomentumState;
+        (self.time > 0).then(|| {
+            AdamState::new(AdaptiveMomentumState::new(
+                self.time,
+                tensor_f32(self.m1, shape, device),
+                tensor_f32(self.m2, shape, device),
+            ))
+        })
+    }
+}
+
+/// One fused Adam step of one parameter (see [`Trainer::apply_host_adam`]).
+/// Whether every new w is finite.
+pub fn adam_fused(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut HostMoments,
+    (b1, b2, eps): (f32, f32, f32),
+    lr: f32,
+) -> bool {
+    let (f1, f2) = (1.0 - b1, 1.0 - b2);
+    if m.time == 0 {
+        m.m1 = g.iter().map(|&gi| gi * f1).collect();
+        m.m2 = g.iter().map(|&gi| (gi * gi) * f2).collect();
+    } else {
+        for ((m1, m2), &gi) in m.m1.iter_mut().zip(m.m2.iter_mut()).zip(g) {
+            *m1 = *m1 * b1 + gi * f1;
+            *m2 = *m2 * b2 + (gi * gi) * f2;
+        }
+    }
+    m.time += 1;
+    let t = m.time as i32;
+    let bc2 = (1.0 - b2.powi(t)).sqrt();
+    let c = bc2 / (1.0 - b1.powi(t));
+    let e = eps * bc2;
+    let mut finite = true;
+    for ((wi, &m1), &m2) in w.iter_mut().zip(&m.m1).zip(&m.m2) {
+        let step = (m1 * c) / (m2.sqrt() + e);
+        *wi -= step * lr;
+        finite &= wi.is_finite();
+    }
+    finite
 }
 
 /// One fused SGD pass: g <- g + w wd (when `wd`), g <- v m + g (when `v`),

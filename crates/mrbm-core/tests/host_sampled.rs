@@ -323,3 +323,48 @@ fn fused_sgd_equals_the_tensor_ops_bit_for_bit() {
         assert_eq!(bits(gh), tensor_bits(g2), "velocity, velocity {with_v}");
     }
 }
+
+/// The fused host Adam step gives the bits of burn's `Adam::step` (the
+/// trainer's configuration: PyTorch's betas and epsilon), over 4 steps.
+#[test]
+fn fused_adam_equals_burn_adam_bit_for_bit() {
+    use burn::optim::{AdamConfig, Optimizer};
+    let n = 3_000;
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let mut vals = |s: f64| -> Vec<f64> { (0..n).map(|_| rng.random_range(-s..s)).collect() };
+    let w0 = vals(1.0);
+    let t = |x: &[f64]| tensor_from::<1>(x.to_vec(), [n], &dev(), DType::F32);
+    let (b1, b2, eps, lr) = (0.9f64, 0.999f64, 1e-8f64, 0.003f64);
+    let adam = AdamConfig::new()
+        .with_beta_1(b1 as f32)
+        .with_beta_2(b2 as f32)
+        .with_epsilon(eps as f32)
+        .build();
+    let mut w = t(&w0);
+    let mut state = None;
+    let mut wh: Vec<f32> = w0.iter().map(|&x| x as f32).collect();
+    let mut m = mrbm_core::train::HostMoments::default();
+    for step in 0..4 {
+        let g = vals(0.5 / (step + 1) as f64);
+        let (w2, s2) = adam.step(lr, w, t(&g), state);
+        (w, state) = (w2, s2);
+        let gh: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+        assert!(mrbm_core::train::adam_fused(
+            &mut wh,
+            &gh,
+            &mut m,
+            (b1 as f32, b2 as f32, eps as f32),
+            lr as f32
+        ));
+        let want: Vec<u32> = mrbm_core::layer::values_f32(&w)
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
+        let got: Vec<u32> = wh.iter().map(|x| x.to_bits()).collect();
+        assert!(
+            want == got,
+            "step {}: the fused Adam step differs from burn's",
+            step + 1
+        );
+    }
+}
