@@ -627,6 +627,33 @@ impl Rbm {
     /// CPU device, no autodiff graph, no learned sigma, sub-unit hidden
     /// units and sub-unit or Gaussian visible units. None: burn's ops.
     fn host_cd_grads(&self, v: &Tensor<4>) -> Option<(Tensor<1>, LayerGrads, Tensor<4>)> {
+        let (out, _) = self.host_cd_raw(v)?;
+        let device = v.device();
+        let bsz = v.dims()[0];
+        let [hc, hh, hw] = self.spec.hidden_shape();
+        let loss = Tensor::from_data(
+            TensorData::new(vec![out.loss], [1]).convert_dtype(DType::F32),
+            (&device, DType::F32),
+        );
+        let grads = LayerGrads {
+            w: host_tensor(out.gw, self.spec.weight_shape(), &device),
+            a: host_tensor(out.ga, [self.spec.visible_channels()], &device),
+            b: host_tensor(out.gb, [hc], &device),
+            log_sigma: None,
+        };
+        Some((
+            loss,
+            grads,
+            host_tensor(out.hidden, [bsz, hc, hh, hw], &device),
+        ))
+    }
+
+    /// [`Rbm::host_cd_grads`]'s host values, with the parameters it read
+    /// (the trainer updates from those without a tensor op).
+    pub(crate) fn host_cd_raw(
+        &self,
+        v: &Tensor<4>,
+    ) -> Option<(crate::host_cd::HostCd, HostParams)> {
         use crate::unit::UnitKind;
         let vu = self.spec.visible_unit;
         let hu = self.spec.hidden_unit;
@@ -651,7 +678,6 @@ impl Rbm {
             visible: act(vu),
             hidden: act(hu),
         };
-        let device = v.device();
         let bsz = v.dims()[0];
         let (vh, w, a, b) = (
             host_f32(v),
@@ -659,31 +685,23 @@ impl Rbm {
             host_f32(&self.a),
             host_f32(&self.b),
         );
-        let out = match &self.spec.kind {
-            LayerKind::Dense { visible, hidden } => {
-                crate::host_cd::dense_cd(&vh, &w, &a, &b, [bsz, *visible, *hidden], units)
-            }
+        let (out, shape) = match &self.spec.kind {
+            LayerKind::Dense { visible, hidden } => (
+                crate::host_cd::dense_cd(&vh, &w, &a, &b, [bsz, *visible, *hidden], units),
+                crate::host_sampled::Shape::Dense {
+                    visible: *visible,
+                    hidden: *hidden,
+                },
+            ),
             LayerKind::Conv { .. } => {
                 let g = self.host_geometry(v)?;
-                crate::host_cd::conv_cd(&vh, &w, &a, &b, &g, units)
+                (
+                    crate::host_cd::conv_cd(&vh, &w, &a, &b, &g, units),
+                    crate::host_sampled::Shape::Conv(g),
+                )
             }
         };
-        let [hc, hh, hw] = self.spec.hidden_shape();
-        let loss = Tensor::from_data(
-            TensorData::new(vec![out.loss], [1]).convert_dtype(DType::F32),
-            (&device, DType::F32),
-        );
-        let grads = LayerGrads {
-            w: host_tensor(out.gw, self.spec.weight_shape(), &device),
-            a: host_tensor(out.ga, [self.spec.visible_channels()], &device),
-            b: host_tensor(out.gb, [hc], &device),
-            log_sigma: None,
-        };
-        Some((
-            loss,
-            grads,
-            host_tensor(out.hidden, [bsz, hc, hh, hw], &device),
-        ))
+        Some((out, HostParams { shape, w, a, b }))
     }
 
     /// This layer's parameters on the host for `host_sampled` when a batch

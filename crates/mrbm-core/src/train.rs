@@ -629,6 +629,22 @@ impl Trainer {
     /// the host sampled step made them.
     fn layer_step(&mut self, i: usize, v: Tensor<4>) -> (f64, StepGrads, Tensor<4>) {
         if !self.params.sampled_negative_phase() {
+            let layer = &self.dbn.layers[i];
+            if let Some((out, params)) = layer.host_cd_raw(&v) {
+                // host_cd's step, its gradients kept on the host for the
+                // fused update; the loss rounded through f32 as the tensor
+                // path's loss tensor is.
+                let [hc, hh, hw] = layer.spec.hidden_shape();
+                let (bsz, device) = (v.dims()[0], v.device());
+                let h = crate::layer::tensor_f32(out.hidden, [bsz, hc, hh, hw], &device);
+                let g = HostGrads {
+                    params,
+                    gw: out.gw,
+                    ga: out.ga,
+                    gb: out.gb,
+                };
+                return (out.loss as f32 as f64, StepGrads::Host(g), h);
+            }
             let (loss, g, h) = self.dbn.layers[i].cd_grads(v);
             return (to_f64(&loss)[0], StepGrads::Tensors(g), h);
         }
@@ -785,7 +801,10 @@ impl Trainer {
             let mut grads: Vec<Option<StepGrads>> = (0..nl).map(|_| None).collect();
             grads[act] = Some(g);
             (losses, grads)
-        } else if self.params.sampled_negative_phase() {
+        } else if self.params.sampled_negative_phase() || self.params.use_closed_form() {
+            // Layer by layer, each on the layer below's hidden means (the
+            // closed-form gradients of [`Self::gradients`], kept on the
+            // host where host_cd made them).
             let mut t = v;
             let mut losses = Vec::new();
             let mut grads = Vec::new();
