@@ -75,6 +75,47 @@ fn host_f32<const D: usize>(t: &Tensor<D>) -> (Vec<usize>, Vec<u8>) {
     )
 }
 
+/// A checkpoint entry: (shape, little-endian f32 bytes).
+type Entry = (Vec<usize>, Vec<u8>);
+/// A named entry, with (Adam time key, time) for an Adam m1 entry.
+type NamedEntry = (String, Entry, Option<(String, usize)>);
+
+/// The entries of a layer's optimiser state kept on the host by the fused
+/// host step (Adam's moments, SGD's velocities), under the names and
+/// shapes the tensors would have; Adam's m1 entries carry (time key, time).
+fn host_optimiser_entries(
+    i: usize,
+    l: &crate::layer::Rbm,
+    st: &crate::train::LayerState,
+) -> Vec<NamedEntry> {
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let shapes = [
+        l.w.dims().to_vec(),
+        l.a.dims().to_vec(),
+        l.b.dims().to_vec(),
+    ];
+    let mut out = Vec::new();
+    if let Some(moments) = &st.host_adam {
+        for ((p, m), shape) in ["w", "a", "b"].iter().zip(moments).zip(shapes.clone()) {
+            if m.time > 0 {
+                let time = Some((format!("{i}.{p}"), m.time));
+                out.push((
+                    format!("adam.{i}.{p}.m1"),
+                    (shape.clone(), bytes(&m.m1)),
+                    time,
+                ));
+                out.push((format!("adam.{i}.{p}.m2"), (shape, bytes(&m.m2)), None));
+            }
+        }
+    }
+    if let Some((w, a, b)) = &st.host_vel {
+        for ((p, v), shape) in ["w", "a", "b"].iter().zip([w, a, b]).zip(shapes) {
+            out.push((format!("sgd.{i}.{p}"), (shape, bytes(v)), None));
+        }
+    }
+    out
+}
+
 /// Write the trainer's state at `cursor` (the next batch to run) with the
 /// history so far to `path`, atomically.
 pub fn save(
@@ -115,30 +156,11 @@ pub fn save(
                 adam_time.insert(format!("{i}.{p}"), s.momentum.time);
             }
         }
-        if let Some(moments) = &st.host_adam {
-            // The fused host Adam step's moments, as the tensors would hold them.
-            let shapes = [
-                l.w.dims().to_vec(),
-                l.a.dims().to_vec(),
-                l.b.dims().to_vec(),
-            ];
-            for ((p, m), shape) in ["w", "a", "b"].iter().zip(moments).zip(shapes) {
-                if m.time > 0 {
-                    let bytes =
-                        |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-                    put(format!("adam.{i}.{p}.m1"), (shape.clone(), bytes(&m.m1)));
-                    put(format!("adam.{i}.{p}.m2"), (shape, bytes(&m.m2)));
-                    adam_time.insert(format!("{i}.{p}"), m.time);
-                }
+        for (name, entry, time) in host_optimiser_entries(i, l, st) {
+            if let Some((key, t)) = time {
+                adam_time.insert(key, t);
             }
-        }
-        if let Some((w, a, b)) = &st.host_vel {
-            // The fused host SGD step's velocities (the values the tensors
-            // below would hold), in the parameters' shapes.
-            let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            put(format!("sgd.{i}.w"), (l.w.dims().to_vec(), bytes(w)));
-            put(format!("sgd.{i}.a"), (l.a.dims().to_vec(), bytes(a)));
-            put(format!("sgd.{i}.b"), (l.b.dims().to_vec(), bytes(b)));
+            put(name, entry);
         }
         if let Some(v) = &st.vw {
             put(format!("sgd.{i}.w"), host_f32(v));
