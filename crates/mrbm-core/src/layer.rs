@@ -648,6 +648,19 @@ impl Rbm {
         ))
     }
 
+    /// Whether a step of this layer on batch `v` can run on the host in f32:
+    /// both on the flex CPU device, f32, outside any autodiff graph, and no
+    /// learned sigma (what host_cd and host_sampled both need).
+    fn on_plain_host(&self, v: &Tensor<4>) -> bool {
+        self.log_sigma.is_none()
+            && v.dtype() == DType::F32
+            && self.w.dtype() == DType::F32
+            && !v.is_tracked()
+            && !self.w.is_tracked()
+            && !self.w.is_require_grad()
+            && v.device().without_autodiff() == Device::flex()
+    }
+
     /// [`Rbm::host_cd_grads`]'s host values, with the parameters it read
     /// (the trainer updates from those without a tensor op).
     pub(crate) fn host_cd_raw(
@@ -657,15 +670,9 @@ impl Rbm {
         use crate::unit::UnitKind;
         let vu = self.spec.visible_unit;
         let hu = self.spec.hidden_unit;
-        if self.log_sigma.is_some()
+        if !self.on_plain_host(v)
             || hu.kind != UnitKind::Subunits
             || matches!(vu.kind, UnitKind::Levels | UnitKind::DiscreteGaussian)
-            || v.dtype() != DType::F32
-            || self.w.dtype() != DType::F32
-            || v.is_tracked()
-            || self.w.is_tracked()
-            || self.w.is_require_grad()
-            || v.device().without_autodiff() != Device::flex()
         {
             return None;
         }
@@ -708,15 +715,7 @@ impl Rbm {
     /// `v` can take that path: f32 on the flex CPU device, no autodiff
     /// graph, no learned sigma, sub-unit hidden units. None: burn's ops.
     pub fn host_params(&self, v: &Tensor<4>) -> Option<HostParams> {
-        if self.log_sigma.is_some()
-            || !crate::host_sampled::supports(self.spec.hidden_unit)
-            || v.dtype() != DType::F32
-            || self.w.dtype() != DType::F32
-            || v.is_tracked()
-            || self.w.is_tracked()
-            || self.w.is_require_grad()
-            || v.device().without_autodiff() != Device::flex()
-        {
+        if !self.on_plain_host(v) || !crate::host_sampled::supports(self.spec.hidden_unit) {
             return None;
         }
         let shape = match &self.spec.kind {

@@ -863,14 +863,7 @@ impl Trainer {
     fn apply(&mut self, i: usize, mut g: LayerGrads, epoch: usize) {
         self.velocity_to_tensors(i);
         let p = &self.params;
-        let scale = match p.lr_mode {
-            LrMode::Plain => LrScale {
-                w: 1.0,
-                a: 1.0,
-                b: 1.0,
-            },
-            LrMode::BinaryEquivalent => binary_equivalent_scale(&self.dbn, i, p.optimizer),
-        };
+        let scale = self.lr_scale(i);
         let lr = p.lr;
         let layer = &mut self.dbn.layers[i];
         if p.weight_decay > 0.0 {
@@ -985,16 +978,23 @@ impl Trainer {
     /// path (g + w wd, v m + g, w - v lr, scalars cast to f32 the same way),
     /// fused into one pass: the same bits (tested). Returns whether every
     /// new parameter is finite.
-    fn apply_host(&mut self, i: usize, g: HostGrads, epoch: usize) -> bool {
-        let p = &self.params;
-        let scale = match p.lr_mode {
+    /// Layer i's learning-rate factors for w, a and b.
+    fn lr_scale(&self, i: usize) -> LrScale {
+        match self.params.lr_mode {
             LrMode::Plain => LrScale {
                 w: 1.0,
                 a: 1.0,
                 b: 1.0,
             },
-            LrMode::BinaryEquivalent => binary_equivalent_scale(&self.dbn, i, p.optimizer),
-        };
+            LrMode::BinaryEquivalent => {
+                binary_equivalent_scale(&self.dbn, i, self.params.optimizer)
+            }
+        }
+    }
+
+    fn apply_host(&mut self, i: usize, g: HostGrads, epoch: usize) -> bool {
+        let p = &self.params;
+        let scale = self.lr_scale(i);
         match p.optimizer {
             OptimizerKind::Sgd => self.apply_host_sgd(i, g, epoch, scale),
             OptimizerKind::Adam => self.apply_host_adam(i, g, scale),
