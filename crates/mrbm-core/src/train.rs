@@ -1008,30 +1008,18 @@ impl Trainer {
     /// w = w - ((m1 c) / (sqrt(m2) + eps s)) lr; after the trainer's own
     /// weight decay g + w wd. The same bits (tested end to end).
     fn apply_host_adam(&mut self, i: usize, g: HostGrads, scale: LrScale) -> bool {
-        use crate::layer::{tensor_f32, values_f32};
+        use crate::layer::tensor_f32;
         let p = &self.params;
         let (b1, b2, eps) = (p.beta1 as f32, p.beta2 as f32, p.epsilon as f32);
         let (lr, wd) = (p.lr, p.weight_decay);
         let st = &mut self.states[i];
-        let from = |s: Option<AdamState<4>>| {
-            s.map(|s| HostMoments {
-                time: s.momentum.time,
-                m1: values_f32(&s.momentum.moment_1),
-                m2: values_f32(&s.momentum.moment_2),
-            })
-            .unwrap_or_default()
-        };
-        let from1 = |s: Option<AdamState<1>>| {
-            s.map(|s| HostMoments {
-                time: s.momentum.time,
-                m1: values_f32(&s.momentum.moment_1),
-                m2: values_f32(&s.momentum.moment_2),
-            })
-            .unwrap_or_default()
-        };
         let [mut mw, mut ma, mut mb] = match st.host_adam.take() {
             Some(m) => m,
-            None => [from(st.w.take()), from1(st.a.take()), from1(st.b.take())],
+            None => [
+                HostMoments::of(st.w.take()),
+                HostMoments::of(st.a.take()),
+                HostMoments::of(st.b.take()),
+            ],
         };
         let HostGrads {
             params,
@@ -1122,6 +1110,17 @@ pub struct HostMoments {
 }
 
 impl HostMoments {
+    /// The host copy of burn's Adam state (none yet: time 0).
+    fn of<const D: usize>(s: Option<AdamState<D>>) -> HostMoments {
+        use crate::layer::values_f32;
+        s.map(|s| HostMoments {
+            time: s.momentum.time,
+            m1: values_f32(&s.momentum.moment_1),
+            m2: values_f32(&s.momentum.moment_2),
+        })
+        .unwrap_or_default()
+    }
+
     fn tensors<const D: usize>(self, shape: [usize; D], device: &Device) -> Option<AdamState<D>> {
         use crate::layer::tensor_f32;
         use burn::optim::AdaptiveMomentumState;
