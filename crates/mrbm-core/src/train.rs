@@ -973,11 +973,6 @@ impl Trainer {
         }
     }
 
-    /// The SGD step of [`Self::apply`] on the host for gradients the host
-    /// sampled step made: per element the same f32 operations as the tensor
-    /// path (g + w wd, v m + g, w - v lr, scalars cast to f32 the same way),
-    /// fused into one pass: the same bits (tested). Returns whether every
-    /// new parameter is finite.
     /// Layer i's learning-rate factors for w, a and b.
     fn lr_scale(&self, i: usize) -> LrScale {
         match self.params.lr_mode {
@@ -1052,6 +1047,11 @@ impl Trainer {
         finite
     }
 
+    /// The SGD step of [`Self::apply`] on the host for gradients the host
+    /// sampled step made: per element the same f32 operations as the tensor
+    /// path (g + w wd, v m + g, w - v lr, scalars cast to f32 the same way),
+    /// fused into one pass: the same bits (tested). Returns whether every
+    /// new parameter is finite.
     fn apply_host_sgd(&mut self, i: usize, g: HostGrads, epoch: usize, scale: LrScale) -> bool {
         use crate::layer::{tensor_f32, values_f32};
         let p = &self.params;
