@@ -16,9 +16,8 @@
 
 use mrbm_kernels::draw::{self, Key};
 use mrbm_kernels::math::{self as host_math, Act, Level};
-use mrbm_kernels::{Isa, PackedB, Par, View, ViewMut};
+use mrbm_kernels::{Par, View, ViewMut};
 use rayon::prelude::*;
-use std::cell::OnceCell;
 
 use crate::host_conv::{self, Geometry};
 use crate::sample::UnitSampler;
@@ -114,28 +113,18 @@ impl HostLayer<'_> {
 
     /// x = b + v W (conv: conv2d) for `batch` rows.
     pub fn pre_hidden(&self, v: &[f32], batch: usize) -> Vec<f32> {
-        self.pre_hidden_with(v, batch, None)
-    }
-
-    /// [`Self::pre_hidden`], with a dense layer's W already packed (the
-    /// same bits).
-    fn pre_hidden_with(&self, v: &[f32], batch: usize, packed: Option<&PackedB>) -> Vec<f32> {
         match &self.shape {
             Shape::Dense { visible, hidden } => {
                 let mut x = vec![0.0f32; batch * hidden];
                 for row in x.chunks_mut(*hidden) {
                     row.copy_from_slice(self.b);
                 }
-                let vv = View::row_major(v, *visible);
+                let (vv, wv) = (
+                    View::row_major(v, *visible),
+                    View::row_major(self.w, *hidden),
+                );
                 let xm = ViewMut::row_major(&mut x, *hidden);
-                match packed {
-                    Some(w) => mrbm_kernels::sgemm_packed_b(batch, 1.0, vv, w, 1.0, xm, Par::Rayon),
-                    None => {
-                        let wv = View::row_major(self.w, *hidden);
-                        let shape = [batch, *hidden, *visible];
-                        mrbm_kernels::sgemm(shape, 1.0, vv, wv, 1.0, xm, Par::Rayon)
-                    }
-                }
+                mrbm_kernels::sgemm([batch, *hidden, *visible], 1.0, vv, wv, 1.0, xm, Par::Rayon);
                 x
             }
             Shape::Conv(g) => host_conv::conv2d(v, self.w, self.b, &Self::geometry(g, batch)),
@@ -144,30 +133,26 @@ impl HostLayer<'_> {
 
     /// y = a + h W^T (conv: the transposed convolution).
     pub fn pre_visible(&self, h: &[f32], batch: usize) -> Vec<f32> {
-        self.pre_visible_with(h, batch, None)
-    }
-
-    /// [`Self::pre_visible`], with a dense layer's W^T already packed (the
-    /// same bits).
-    fn pre_visible_with(&self, h: &[f32], batch: usize, packed: Option<&PackedB>) -> Vec<f32> {
         match &self.shape {
             Shape::Dense { visible, hidden } => {
                 let mut y = vec![0.0f32; batch * visible];
                 for row in y.chunks_mut(*visible) {
                     row.copy_from_slice(self.a);
                 }
-                let hv = View::row_major(h, *hidden);
+                let (hv, wv) = (
+                    View::row_major(h, *hidden),
+                    View::row_major(self.w, *hidden),
+                );
                 let ym = ViewMut::row_major(&mut y, *visible);
-                match packed {
-                    Some(wt) => {
-                        mrbm_kernels::sgemm_packed_b(batch, 1.0, hv, wt, 1.0, ym, Par::Rayon)
-                    }
-                    None => {
-                        let wt = View::row_major(self.w, *hidden).t();
-                        let shape = [batch, *visible, *hidden];
-                        mrbm_kernels::sgemm(shape, 1.0, hv, wt, 1.0, ym, Par::Rayon)
-                    }
-                }
+                mrbm_kernels::sgemm(
+                    [batch, *visible, *hidden],
+                    1.0,
+                    hv,
+                    wv.t(),
+                    1.0,
+                    ym,
+                    Par::Rayon,
+                );
                 y
             }
             Shape::Conv(g) => {
@@ -199,17 +184,21 @@ impl HostLayer<'_> {
             Shape::Conv(g) => g.h * g.w,
         };
         let kind = self.visible.kind;
+        // Plane by plane (no division per element), in element order: the
+        // same sum.
         v.par_chunks(nv)
             .map(|row| {
                 let mut t = 0.0f64;
-                for (i, &vi) in row.iter().enumerate() {
-                    let ai = self.a[i / plane] as f64;
-                    let vi = vi as f64;
-                    t += match kind {
-                        UnitKind::Gaussian => -0.5 * (vi - ai) * (vi - ai),
-                        UnitKind::DiscreteGaussian => ai * vi - 0.5 * vi * vi,
-                        _ => ai * vi,
-                    };
+                for (plane_values, &ai) in row.chunks(plane).zip(self.a) {
+                    let ai = ai as f64;
+                    for &vi in plane_values {
+                        let vi = vi as f64;
+                        t += match kind {
+                            UnitKind::Gaussian => -0.5 * (vi - ai) * (vi - ai),
+                            UnitKind::DiscreteGaussian => ai * vi - 0.5 * vi * vi,
+                            _ => ai * vi,
+                        };
+                    }
                 }
                 t
             })
@@ -267,56 +256,6 @@ impl HostLayer<'_> {
     }
 }
 
-/// A layer's products within one step. A dense layer's W is packed once
-/// for x = b + v W and once for y = a + h W^T, on first use, and every
-/// batch of the step reuses them: a CD-k step packs W twice instead of
-/// 2k + 1 times, PCD's twice instead of four times. `PackedB` holds the
-/// panels the product would pack, so the bits are the same.
-struct Products<'l, 'a> {
-    layer: &'l HostLayer<'a>,
-    w: OnceCell<PackedB>,
-    wt: OnceCell<PackedB>,
-}
-
-impl<'l, 'a> Products<'l, 'a> {
-    fn new(layer: &'l HostLayer<'a>) -> Self {
-        Products {
-            layer,
-            w: OnceCell::new(),
-            wt: OnceCell::new(),
-        }
-    }
-
-    fn pre_hidden(&self, v: &[f32], batch: usize) -> Vec<f32> {
-        let l = self.layer;
-        let packed = match l.shape {
-            Shape::Dense { visible, hidden } => Some(self.w.get_or_init(|| {
-                PackedB::new(
-                    Isa::best(),
-                    visible,
-                    hidden,
-                    View::row_major(l.w, hidden),
-                    Par::Rayon,
-                )
-            })),
-            Shape::Conv(_) => None,
-        };
-        l.pre_hidden_with(v, batch, packed)
-    }
-
-    fn pre_visible(&self, h: &[f32], batch: usize) -> Vec<f32> {
-        let l = self.layer;
-        let packed = match l.shape {
-            Shape::Dense { visible, hidden } => Some(self.wt.get_or_init(|| {
-                let wt = View::row_major(l.w, hidden).t();
-                PackedB::new(Isa::best(), hidden, visible, wt, Par::Rayon)
-            })),
-            Shape::Conv(_) => None,
-        };
-        l.pre_visible_with(h, batch, packed)
-    }
-}
-
 /// One draw per input by the unit's exact conditional.
 pub fn draw_units(unit: UnitType, x: &[f32], key: Key) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
@@ -360,22 +299,13 @@ pub fn sampled_grads(
     draws: &mut Draws,
 ) -> SampledStep {
     let (nv, _) = layer.sizes();
-    let own = Products::new(layer);
-    let other;
-    // FPCD's chains run on other weights; every other rule's on the layer's.
-    let chain = if std::ptr::eq(layer.w, chain_layer.w) {
-        &own
-    } else {
-        other = Products::new(chain_layer);
-        &other
-    };
-    let x = own.pre_hidden(v, batch);
+    let x = layer.pre_hidden(v, batch);
     // The first hidden draw: from the data's hidden input when the chain
     // starts there and runs on the same weights.
     let (mut h_state, first) = match start {
         Start::Data => (chain_layer.draw_hidden(&x, draws.take()), true),
         Start::Chain(c) => {
-            let xc = chain.pre_hidden(c, batch);
+            let xc = chain_layer.pre_hidden(c, batch);
             (chain_layer.draw_hidden(&xc, draws.take()), true)
         }
         Start::Noise => {
@@ -385,32 +315,31 @@ pub fn sampled_grads(
         }
     };
     let mut v_neg = if first {
-        let y = chain.pre_visible(&h_state, batch);
+        let y = chain_layer.pre_visible(&h_state, batch);
         chain_layer.draw_visible(&y, draws.take())
     } else {
         std::mem::take(&mut h_state)
     };
     let steps = if first { k.saturating_sub(1) } else { k };
     for _ in 0..steps {
-        let xn = chain.pre_hidden(&v_neg, batch);
+        let xn = chain_layer.pre_hidden(&v_neg, batch);
         h_state = chain_layer.draw_hidden(&xn, draws.take());
-        let y = chain.pre_visible(&h_state, batch);
+        let y = chain_layer.pre_visible(&h_state, batch);
         v_neg = chain_layer.draw_visible(&y, draws.take());
     }
-    statistics(&own, v, x, v_neg, batch)
+    statistics(layer, v, x, v_neg, batch)
 }
 
 /// The closed-form part: hidden means of both phases, the loss and the
 /// three gradients.
 fn statistics(
-    products: &Products,
+    layer: &HostLayer,
     v: &[f32],
     mut x: Vec<f32>,
     v_neg: Vec<f32>,
     batch: usize,
 ) -> SampledStep {
-    let layer = products.layer;
-    let mut xn = products.pre_hidden(&v_neg, batch);
+    let mut xn = layer.pre_hidden(&v_neg, batch);
     let a_data = layer.hidden_means(&mut x, batch);
     let a_neg = layer.hidden_means(&mut xn, batch);
     let (vis_data, vis_neg) = (layer.visible_terms(v), layer.visible_terms(&v_neg));
@@ -449,6 +378,16 @@ fn statistics(
 /// see the same difference (their mean shift cancels).
 fn column_diffs(p: &[f32], q: &[f32], channels: usize, plane: usize, batch: usize) -> Vec<f32> {
     let mut acc = vec![0.0f64; channels];
+    if plane == 1 {
+        // Dense: one value per channel a row, a loop that vectorises (each
+        // channel still sums its rows in order: the same bits).
+        for (rp, rq) in p.chunks(channels).zip(q.chunks(channels)) {
+            for ((a, &x), &y) in acc.iter_mut().zip(rp).zip(rq) {
+                *a += (x - y) as f64;
+            }
+        }
+        return acc.iter().map(|a| (-a / batch as f64) as f32).collect();
+    }
     for (rp, rq) in p.chunks(channels * plane).zip(q.chunks(channels * plane)) {
         for (c, a) in acc.iter_mut().enumerate() {
             let s = c * plane;

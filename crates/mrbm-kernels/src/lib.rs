@@ -194,7 +194,7 @@ pub fn sgemm_isa(
     c: ViewMut,
 ) {
     assert!(isa.available(), "sgemm: {} is not available", isa.name());
-    check_views(m, n, k, Some(&a), Some(&b), &c);
+    check_views(m, n, k, Some(&a), &b, &c);
     if m == 0 || n == 0 {
         return;
     }
@@ -211,7 +211,7 @@ pub fn sgemm_isa(
                     k,
                     alpha,
                     a: Source::Strided(Mat::of(b.t())),
-                    b: BSource::Strided(Mat::of(a.t())),
+                    b: Mat::of(a.t()),
                     beta,
                     c: MatMut::of(c.data.as_mut_ptr(), c.cs, c.rs),
                 },
@@ -226,7 +226,7 @@ pub fn sgemm_isa(
                     k,
                     alpha,
                     a: Source::Strided(Mat::of(a)),
-                    b: BSource::Strided(Mat::of(b)),
+                    b: Mat::of(b),
                     beta,
                     c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
                 },
@@ -294,7 +294,7 @@ impl PackedA {
 /// m and k from `a`.
 pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: ViewMut, par: Par) {
     let (m, k) = (a.m, a.k);
-    check_views(m, n, k, None, Some(&b), &c);
+    check_views(m, n, k, None, &b, &c);
     if m == 0 || n == 0 {
         return;
     }
@@ -313,7 +313,7 @@ pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: Vi
                 k,
                 alpha,
                 a: Source::Packed(pa),
-                b: BSource::Strided(Mat::of(b)),
+                b: Mat::of(b),
                 beta,
                 c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
             },
@@ -322,94 +322,7 @@ pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: Vi
     }
 }
 
-/// A right operand packed once for many products (a layer's weights against
-/// each batch of one training step): [`sgemm_packed_b`] then skips packing
-/// it. The panels are the ones the driver would pack (the depth blocks
-/// depend on k only, the column panels start at multiples of NR), so a
-/// product gives the same bits packed or not. Tied to the microkernel
-/// family it was packed for.
-pub struct PackedB {
-    isa: Isa,
-    k: usize,
-    n: usize,
-    /// Columns padded to a whole number of register tiles.
-    npad: usize,
-    buf: Vec<f32>,
-}
-
-impl PackedB {
-    /// Pack B (k x n) for `isa`'s microkernels, over the rayon pool when
-    /// `par` says so; panics when this CPU cannot run them or the view is
-    /// too short.
-    pub fn new(isa: Isa, k: usize, n: usize, b: View, par: Par) -> Self {
-        assert!(isa.available(), "sgemm: {} is not available", isa.name());
-        assert!(
-            n == 0 || k == 0 || b.data.len() > (k - 1) * b.rs + (n - 1) * b.cs,
-            "sgemm: B too short"
-        );
-        let bl = isa.blocking();
-        let kc = split_even(k, bl.kc, 1);
-        let npad = n.div_ceil(bl.nr) * bl.nr;
-        let mut buf = vec![0.0f32; npad * k];
-        let src = Mat::of(b);
-        for pc in (0..k).step_by(kc.max(1)) {
-            let kcur = kc.min(k - pc);
-            let block = &mut buf[pc * npad..pc * npad + npad * kcur];
-            // Safety: the assert above bounds every read.
-            unsafe { pack_b_panels(src, (pc, kcur), (0, n), bl.nr, par == Par::Rayon, block) };
-        }
-        PackedB {
-            isa,
-            k,
-            n,
-            npad,
-            buf,
-        }
-    }
-    pub fn rows(&self) -> usize {
-        self.k
-    }
-    pub fn cols(&self) -> usize {
-        self.n
-    }
-    pub fn isa(&self) -> Isa {
-        self.isa
-    }
-}
-
-/// [`sgemm`] with B packed beforehand: C (m x n) = alpha * A * B + beta * C,
-/// k and n from `b`. The same bits as [`sgemm_isa`] with `b.isa()` on the
-/// unpacked B.
-pub fn sgemm_packed_b(m: usize, alpha: f32, a: View, b: &PackedB, beta: f32, c: ViewMut, par: Par) {
-    let (k, n) = (b.k, b.n);
-    check_views(m, n, k, Some(&a), None, &c);
-    if m == 0 || n == 0 {
-        return;
-    }
-    // Safety: as in sgemm_isa; the packed buffer holds npad * k values.
-    unsafe {
-        driver(
-            b.isa,
-            Product {
-                m,
-                n,
-                k,
-                alpha,
-                a: Source::Strided(Mat::of(a)),
-                b: BSource::Packed {
-                    p: b.buf.as_ptr(),
-                    npad: b.npad,
-                    j0: 0,
-                },
-                beta,
-                c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
-            },
-            par,
-        )
-    }
-}
-
-fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: Option<&View>, c: &ViewMut) {
+fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: &View, c: &ViewMut) {
     let span = |rows: usize, cols: usize, rs: usize, cs: usize| {
         if rows == 0 || cols == 0 {
             0
@@ -420,9 +333,7 @@ fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: Option<&View>,
     if let Some(a) = a {
         assert!(a.data.len() >= span(m, k, a.rs, a.cs), "sgemm: A too short");
     }
-    if let Some(b) = b {
-        assert!(b.data.len() >= span(k, n, b.rs, b.cs), "sgemm: B too short");
-    }
+    assert!(b.data.len() >= span(k, n, b.rs, b.cs), "sgemm: B too short");
     assert!(c.data.len() >= span(m, n, c.rs, c.cs), "sgemm: C too short");
     // No aliasing in C: one of the strides must step over the whole other
     // dimension (the layouts any caller means; checked, not assumed).
@@ -442,22 +353,6 @@ enum Source {
     Strided(Mat),
     Packed(Mat),
 }
-
-/// Where the driver gets B's panels: packed per block as it goes, or from
-/// a [`PackedB`] (`npad` its padded column count, `j0` the first column of
-/// this product, a multiple of NR).
-#[derive(Clone, Copy)]
-enum BSource {
-    Strided(Mat),
-    Packed {
-        p: *const f32,
-        npad: usize,
-        j0: usize,
-    },
-}
-// Safety: read-only views shared between rayon tasks.
-unsafe impl Send for BSource {}
-unsafe impl Sync for BSource {}
 
 /// Microkernel: the C tile `out` names = alpha * Apanel * Bpanel + beta *
 /// C tile, over `kc` steps of packed panels.
@@ -570,7 +465,7 @@ struct Product {
     k: usize,
     alpha: f32,
     a: Source,
-    b: BSource,
+    b: Mat,
     beta: f32,
     c: MatMut,
 }
@@ -620,7 +515,13 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
         for pc in (0..k).step_by(kc) {
             let kcur = kc.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
-            let run = |bbuf: Mat| {
+            with_buffer(&PACK_B, npan * kcur * bl.nr, |bbuf| {
+                pack_b_panels(b, (pc, kcur), (jc, ncur), bl.nr, threads > 1, bbuf);
+                let bbuf = Mat {
+                    p: bbuf.as_ptr(),
+                    rs: 0,
+                    cs: 0,
+                };
                 // Tasks: (block of rows, range of B panels), enough of them
                 // to give every thread one.
                 let nsplit = threads.div_ceil(mblocks).clamp(1, npan);
@@ -683,23 +584,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
                 } else {
                     (0..tasks).for_each(task);
                 }
-            };
-            match b {
-                BSource::Strided(b) => with_buffer(&PACK_B, npan * kcur * bl.nr, |bbuf| {
-                    pack_b_panels(b, (pc, kcur), (jc, ncur), bl.nr, threads > 1, bbuf);
-                    run(Mat {
-                        p: bbuf.as_ptr(),
-                        rs: 0,
-                        cs: 0,
-                    })
-                }),
-                // Block (pc, jc) of a PackedB: pc * npad + column * kcur.
-                BSource::Packed { p, npad, j0 } => run(Mat {
-                    p: p.add(pc * npad + (j0 + jc) * kcur),
-                    rs: 0,
-                    cs: 0,
-                }),
-            }
+            });
         }
     }
 }
@@ -707,8 +592,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
 /// A thin product (one block of rows, e.g. a dense layer's batch at batch
 /// <= MC) on several threads: one parallel region in all, each task taking
 /// a contiguous range of whole NR-wide column panels and running the
-/// product on them alone (its own packing of B, every depth block, unless B
-/// comes packed), instead
+/// product on them alone (its own packing of B, every depth block), instead
 /// of two regions (packing, tiles) per depth block, each too short at small
 /// batches for the second thread to wake up in time. The depth and row
 /// blocks depend only on m and k and the panels start at the same columns,
@@ -730,16 +614,9 @@ unsafe fn split_by_column_panels(
         let j0 = t * per;
         let sub = Product {
             n: per.min(n - j0),
-            b: match product.b {
-                BSource::Strided(b) => BSource::Strided(Mat {
-                    p: b.at(j0 * b.cs),
-                    ..b
-                }),
-                BSource::Packed { p, npad, j0: first } => BSource::Packed {
-                    p,
-                    npad,
-                    j0: first + j0,
-                },
+            b: Mat {
+                p: product.b.at(j0 * product.b.cs),
+                ..product.b
             },
             c: MatMut {
                 p: product.c.at(0, j0),
