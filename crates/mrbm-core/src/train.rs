@@ -987,6 +987,16 @@ impl Trainer {
         }
     }
 
+    /// Layer i's parameters from the host values a fused step updated.
+    fn set_host_params(&mut self, i: usize, w: Vec<f32>, a: Vec<f32>, b: Vec<f32>) {
+        use crate::layer::tensor_f32;
+        let layer = &mut self.dbn.layers[i];
+        let device = layer.w.device();
+        layer.w = tensor_f32(w, layer.spec.weight_shape(), &device);
+        layer.a = tensor_f32(a, [layer.spec.visible_channels()], &device);
+        layer.b = tensor_f32(b, [layer.spec.hidden_channels()], &device);
+    }
+
     fn apply_host(&mut self, i: usize, g: HostGrads, epoch: usize) -> bool {
         let p = &self.params;
         let scale = self.lr_scale(i);
@@ -1003,7 +1013,6 @@ impl Trainer {
     /// w = w - ((m1 c) / (sqrt(m2) + eps s)) lr; after the trainer's own
     /// weight decay g + w wd. The same bits (tested end to end).
     fn apply_host_adam(&mut self, i: usize, g: HostGrads, scale: LrScale) -> bool {
-        use crate::layer::tensor_f32;
         let p = &self.params;
         let (b1, b2, eps) = (p.beta1 as f32, p.beta2 as f32, p.epsilon as f32);
         let (lr, wd) = (p.lr, p.weight_decay);
@@ -1038,11 +1047,7 @@ impl Trainer {
         let finite = adam_fused(&mut w, &gw, &mut mw, cfg, (lr * scale.w) as f32)
             & adam_fused(&mut a, &ga, &mut ma, cfg, (lr * scale.a) as f32)
             & adam_fused(&mut b, &gb, &mut mb, cfg, (lr * scale.b) as f32);
-        let layer = &mut self.dbn.layers[i];
-        let device = layer.w.device();
-        layer.w = tensor_f32(w, layer.spec.weight_shape(), &device);
-        layer.a = tensor_f32(a, [layer.spec.visible_channels()], &device);
-        layer.b = tensor_f32(b, [layer.spec.hidden_channels()], &device);
+        self.set_host_params(i, w, a, b);
         self.states[i].host_adam = Some([mw, ma, mb]);
         finite
     }
@@ -1053,7 +1058,7 @@ impl Trainer {
     /// fused into one pass: the same bits (tested). Returns whether every
     /// new parameter is finite.
     fn apply_host_sgd(&mut self, i: usize, g: HostGrads, epoch: usize, scale: LrScale) -> bool {
-        use crate::layer::{tensor_f32, values_f32};
+        use crate::layer::values_f32;
         let p = &self.params;
         let m = p.momentum.at(epoch);
         let (lr, wd) = (p.lr, p.weight_decay);
@@ -1090,11 +1095,7 @@ impl Trainer {
         let finite = sgd_fused(&mut w, &mut gw, vw, wd, m, (lr * scale.w) as f32)
             & sgd_fused(&mut a, &mut ga, va, None, m, (lr * scale.a) as f32)
             & sgd_fused(&mut b, &mut gb, vb, None, m, (lr * scale.b) as f32);
-        let layer = &mut self.dbn.layers[i];
-        let device = layer.w.device();
-        layer.w = tensor_f32(w, layer.spec.weight_shape(), &device);
-        layer.a = tensor_f32(a, [layer.spec.visible_channels()], &device);
-        layer.b = tensor_f32(b, [layer.spec.hidden_channels()], &device);
+        self.set_host_params(i, w, a, b);
         // The gradient buffers now hold the new velocities.
         self.states[i].host_vel = Some((gw, ga, gb));
         finite
