@@ -651,7 +651,7 @@ impl Rbm {
     /// Whether a step of this layer on batch `v` can run on the host in f32:
     /// both on the flex CPU device, f32, outside any autodiff graph, and no
     /// learned sigma (what host_cd and host_sampled both need).
-    fn on_plain_host(&self, v: &Tensor<4>) -> bool {
+    pub(crate) fn on_plain_host(&self, v: &Tensor<4>) -> bool {
         self.log_sigma.is_none()
             && v.dtype() == DType::F32
             && self.w.dtype() == DType::F32

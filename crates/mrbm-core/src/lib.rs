@@ -15,6 +15,7 @@ pub mod ais;
 pub mod checkpoint;
 pub mod checks;
 pub mod discrete_gaussian;
+mod gibbs_host;
 pub mod host_cd;
 pub mod host_conv;
 pub mod host_sampled;

@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{tensor_from, to_f64};
+use crate::layer::{tensor_from, to_f64, Rbm};
 use crate::stack::Dbn;
 use crate::unit::{levels_draw, sigmoid_f64, UnitKind, UnitType};
 
@@ -480,33 +480,33 @@ pub fn gibbs_from(
         .log_sigma
         .as_ref()
         .map(|z| to_f64(z).iter().map(|x| x.exp()).collect());
+    if let Some(products) = crate::gibbs_host::DenseChainProducts::new(layer, &v) {
+        let hid = gibbs_dense_host(
+            layer,
+            products,
+            (
+                v.to_data().try_into_vec::<f32>().unwrap_or_default(),
+                chains,
+                steps,
+            ),
+            (&hs, &vs),
+            &anneal,
+            rng,
+            &mut on_step,
+        );
+        return finish(dbn, hid, chains);
+    }
     let mut hid = layer.up(v.clone());
     for s in 0..steps {
-        let (beta, mix) = (anneal.beta(s), anneal.mix(s));
         let x = to_f64(&layer.pre_hidden(v));
         let mut hv = vec![0.0f64; x.len()];
-        hs.draw_tempered_batch(&x, beta, rng, &mut hv);
+        hs.draw_tempered_batch(&x, anneal.beta(s), rng, &mut hv);
         hid = tensor_from(hv, [chains, hc, hh, hw], &device, dtype);
         let y = to_f64(&layer.pre_visible(hid.clone()));
         // A learned sigma: draw at input / sigma, scale by sigma (the
         // Gaussian N(mean, sigma^2), tempered to variance sigma^2 / beta).
         let sig = |i: usize| sigma.as_ref().map_or(1.0, |s| s[(i / (vh * vw)) % vc]);
-        // The inputs of every visible unit, then one batch of draws.
-        let (inputs, at): (Vec<f64>, f64) = match &anneal.base {
-            Some(base) if mix < 1.0 => {
-                // One bias per visible value of an image; rows are chains.
-                let per = base.len();
-                let x = y
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &yi)| ((1.0 - mix) * base[i % per] + mix * yi) / sig(i));
-                (x.collect(), anneal.end.unwrap_or(1.0))
-            }
-            _ => {
-                let x = y.iter().enumerate().map(|(i, &yi)| yi / sig(i));
-                (x.collect(), beta)
-            }
-        };
+        let (inputs, at) = visible_inputs(&y, &anneal, s, sig);
         let mut vv = vec![0.0f64; inputs.len()];
         vs.draw_tempered_batch(&inputs, at, rng, &mut vv);
         for (i, d) in vv.iter_mut().enumerate() {
@@ -518,7 +518,91 @@ pub fn gibbs_from(
             break;
         }
     }
-    let v_mean = layer.down(hid);
+    finish(dbn, hid, chains)
+}
+
+/// The visible units' inputs at step `s` (one row per chain) from their
+/// inputs y = a + h W^T, and the inverse temperature to draw them at: on an
+/// annealed start with a base, the AIS path's mix of base and y at the
+/// chains' final beta; otherwise y at step s's beta. `sig(i)`: entry i's
+/// learned sigma (1 without), which the inputs are divided by.
+fn visible_inputs(
+    y: &[f64],
+    anneal: &Anneal,
+    s: usize,
+    sig: impl Fn(usize) -> f64,
+) -> (Vec<f64>, f64) {
+    let (beta, mix) = (anneal.beta(s), anneal.mix(s));
+    match &anneal.base {
+        Some(base) if mix < 1.0 => {
+            // One bias per visible value of an image; rows are chains.
+            let per = base.len();
+            let x = y
+                .iter()
+                .enumerate()
+                .map(|(i, &yi)| ((1.0 - mix) * base[i % per] + mix * yi) / sig(i));
+            (x.collect(), anneal.end.unwrap_or(1.0))
+        }
+        _ => {
+            let x = y.iter().enumerate().map(|(i, &yi)| yi / sig(i));
+            (x.collect(), beta)
+        }
+    }
+}
+
+/// [`gibbs_from`]'s chain on a dense top layer with host products
+/// ([`crate::gibbs_host`]): the same draws from the same inputs, the
+/// states kept as host values (exact: levels and bits are small integers
+/// times a step). Returns the last hidden states as a tensor.
+fn gibbs_dense_host(
+    layer: &Rbm,
+    mut products: crate::gibbs_host::DenseChainProducts,
+    (mut v, chains, steps): (Vec<f32>, usize, usize),
+    (hs, vs): (&UnitSampler, &UnitSampler),
+    anneal: &Anneal,
+    rng: &mut ChaCha8Rng,
+    on_step: &mut impl FnMut(usize) -> bool,
+) -> Tensor<4> {
+    let device = layer.w.device();
+    let (d, h) = products.dims();
+    let as_tensor = |values: &[f32], width: usize| {
+        crate::layer::tensor_f32(values.to_vec(), [chains, width, 1, 1], &device)
+    };
+    let burn_values = |t: Tensor<4>| t.to_data().try_into_vec::<f32>().unwrap_or_default();
+    let mut hid: Option<Vec<f32>> = None;
+    for s in 0..steps {
+        let x = products.pre_hidden(&v, chains, || {
+            burn_values(layer.pre_hidden(as_tensor(&v, d)))
+        });
+        let x: Vec<f64> = x.iter().map(|&t| t as f64).collect();
+        let mut hv = vec![0.0f64; x.len()];
+        hs.draw_tempered_batch(&x, anneal.beta(s), rng, &mut hv);
+        let hf: Vec<f32> = hv.iter().map(|&t| t as f32).collect();
+        let y = products.pre_visible(&hf, chains, || {
+            burn_values(layer.pre_visible(as_tensor(&hf, h)))
+        });
+        hid = Some(hf);
+        let y: Vec<f64> = y.iter().map(|&t| t as f64).collect();
+        let (inputs, at) = visible_inputs(&y, anneal, s, |_| 1.0);
+        let mut vv = vec![0.0f64; inputs.len()];
+        vs.draw_tempered_batch(&inputs, at, rng, &mut vv);
+        v = vv.iter().map(|&t| t as f32).collect();
+        // false: stop early (Ctrl-C); the caller checks for cancellation.
+        if !on_step(s + 1) {
+            break;
+        }
+    }
+    match hid {
+        Some(hf) => as_tensor(&hf, h),
+        None => layer.up(as_tensor(&v, d)),
+    }
+}
+
+/// The visible means of the top layer's hidden states `hid`, taken down the
+/// stack by mean field to pixel-level values [chains, C, H, W].
+fn finish(dbn: &Dbn, hid: Tensor<4>, chains: usize) -> Tensor<4> {
+    let top = dbn.layers.len() - 1;
+    let v_mean = dbn.layers[top].down(hid);
     if top == 0 {
         v_mean
     } else {

@@ -245,6 +245,8 @@ pub struct PackedA {
     k: usize,
     /// Rows padded to a whole number of register tiles.
     mpad: usize,
+    /// The depth block the buffer is laid out in (and products run in).
+    kc: usize,
     buf: Vec<f32>,
 }
 
@@ -252,13 +254,24 @@ impl PackedA {
     /// Pack A (m x k) for `isa`'s microkernels; panics when this CPU
     /// cannot run them or the view is too short.
     pub fn new(isa: Isa, m: usize, k: usize, a: View) -> Self {
+        let (_, kc) = isa.blocking().split_mk(m, k);
+        Self::with_depth_block(isa, m, k, a, kc)
+    }
+
+    /// [`PackedA::new`] with the depth split into blocks of at most
+    /// `max_kc` (evenly, as [`sgemm`] splits by its own maximum). Each
+    /// entry of a product is a sequence of fused multiply-adds from zero
+    /// within a block, the blocks' sums added in order, so the block size
+    /// fixes the rounding: another library that sums the same way (gemm's
+    /// f32 kernels) gives the same bits at the same block size.
+    pub fn with_depth_block(isa: Isa, m: usize, k: usize, a: View, max_kc: usize) -> Self {
         assert!(isa.available(), "sgemm: {} is not available", isa.name());
         assert!(
             m == 0 || k == 0 || a.data.len() > (m - 1) * a.rs + (k - 1) * a.cs,
             "sgemm: A too short"
         );
         let bl = isa.blocking();
-        let (_, kc) = bl.split_mk(m, k);
+        let kc = split_even(k, max_kc.max(1), 1);
         let mpad = m.div_ceil(bl.mr) * bl.mr;
         let mut buf = vec![0.0f32; mpad * k];
         let src = Mat::of(a);
@@ -276,6 +289,7 @@ impl PackedA {
             m,
             k,
             mpad,
+            kc,
             buf,
         }
     }
@@ -312,7 +326,7 @@ pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: Vi
                 n,
                 k,
                 alpha,
-                a: Source::Packed(pa),
+                a: Source::Packed(pa, a.kc),
                 b: Mat::of(b),
                 beta,
                 c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
@@ -347,11 +361,11 @@ fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: &View, c: &Vie
 }
 
 /// Where the driver gets A's panels: packed per block as it goes, or
-/// from a [`PackedA`] (rs = its padded row count).
+/// from a [`PackedA`] (rs = its padded row count; its depth block).
 #[derive(Clone, Copy)]
 enum Source {
     Strided(Mat),
-    Packed(Mat),
+    Packed(Mat, usize),
 }
 
 /// Microkernel: the C tile `out` names = alpha * Apanel * Bpanel + beta *
@@ -503,6 +517,10 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
     };
     let nc = split_even(n, bl.nc, bl.nr);
     let (mc, kc) = bl.split_mk(m, k);
+    let kc = match a {
+        Source::Packed(_, packed_kc) => packed_kc,
+        Source::Strided(_) => kc,
+    };
     let mblocks = m.div_ceil(mc);
     let npanels = n.div_ceil(bl.nr);
     if threads > 1 && mblocks == 1 && npanels > 1 {
@@ -553,7 +571,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
                     };
                     match a {
                         // Block (pc, ic) of a PackedA: pc * mpad + ic * kcur.
-                        Source::Packed(pa) => panels(Mat {
+                        Source::Packed(pa, _) => panels(Mat {
                             p: pa.at(pc * pa.rs + ic * kcur),
                             rs: 0,
                             cs: 0,

@@ -617,3 +617,52 @@ fn col2im_and_row2im_are_the_adjoints_and_sum_in_their_orders() {
     }
     assert!(orders_differ, "no geometry tells the two orders apart");
 }
+
+/// With a depth block given, every entry of C = A B is the sum the FMA
+/// kernels promise: within each block a chain of fused multiply-adds from
+/// zero in depth order, the blocks' sums added in order (the rounding of
+/// gemm's f32 kernels at the same block, which the sampler relies on).
+/// Checked bit for bit against that sum written out, at blocks that split
+/// the depth evenly, unevenly and not at all.
+#[test]
+fn depth_block_fixes_the_rounding_of_every_entry() {
+    for isa in isas().into_iter().filter(|&i| i != Isa::Portable) {
+        for &(m, n, k, max_kc) in &[
+            (37, 19, 784, 512),
+            (500, 100, 784, 392),
+            (29, 41, 500, 256),
+            (20, 7, 300, 1000),
+        ] {
+            let a = values(m * k, 21);
+            let b = values(k * n, 22);
+            let pa = PackedA::with_depth_block(isa, m, k, View::row_major(&a, k), max_kc);
+            let mut c = vec![f32::NAN; m * n];
+            sgemm_packed(
+                n,
+                1.0,
+                &pa,
+                View::row_major(&b, n),
+                0.0,
+                ViewMut::row_major(&mut c, n),
+                Par::Rayon,
+            );
+            let blocks = k.div_ceil(max_kc);
+            let kc = k.div_ceil(blocks);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut total = 0.0f32;
+                    for (bi, p0) in (0..k).step_by(kc).enumerate() {
+                        let acc = (p0..(p0 + kc).min(k))
+                            .fold(0.0f32, |acc, p| a[i * k + p].mul_add(b[p * n + j], acc));
+                        total = if bi == 0 { acc } else { total + acc };
+                    }
+                    assert_eq!(
+                        c[i * n + j].to_bits(),
+                        total.to_bits(),
+                        "{isa:?} {m}x{n}x{k} kc {max_kc} ({i}, {j})"
+                    );
+                }
+            }
+        }
+    }
+}
