@@ -42,7 +42,8 @@ use crate::host_conv::matmul;
 use crate::layer::{to_f64, LayerKind, Rbm};
 use crate::sample::{exact_subunits_batch, Sampler, UnitSampler};
 use crate::unit::{
-    levels_draw, levels_log_partition_f64, sigmoid_f64, softplus_f64, UnitKind, UnitType,
+    levels_draw, levels_log_partition_f64, sigmoid_f64, softplus_f64, softplus_f64_fast, UnitKind,
+    UnitType,
 };
 
 /// Beyond this |z|, softplus(z) is max(z, 0) and sigmoid(z) is 0 or 1 to
@@ -120,6 +121,14 @@ impl Levels {
 
     fn value(&self, m: u32) -> f64 {
         self.unit.level_value(m)
+    }
+
+    /// The one sub-unit's offset of a binary-like unit (N = 1 sub-units).
+    fn single_offset(&self) -> Option<f64> {
+        match self.offsets[..] {
+            [o] if self.unit.kind == UnitKind::Subunits => Some(o),
+            _ => None,
+        }
     }
 
     /// log sum_m exp(beta (x val(m) - energy offsets)): H_beta(x).
@@ -244,6 +253,67 @@ fn log_add(a: f64, b: f64) -> f64 {
     }
     let m = a.max(b);
     m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// sum_j [H_bk(x_j) - H_bp(x_j)] for a unit of one sub-unit with offset
+/// `o`, H_beta(x) = softplus(beta (x - o)) ([`Levels::h_beta`]'s cuts:
+/// ln 2 at beta = 0, linear above SURE, 0 below -SURE), with
+/// [`softplus_f64_fast`] in eight lanes. The lanes' partial sums are added
+/// in a fixed order, so the value is the same on every instruction set.
+fn binary_log_ratio(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
+    #[inline(always)]
+    fn h(x: f64, o: f64, beta: f64) -> f64 {
+        let z = beta * (x - o);
+        let sp = softplus_f64_fast(z);
+        let cut = if z > SURE {
+            z
+        } else if z > -SURE {
+            sp
+        } else {
+            0.0
+        };
+        if beta == 0.0 {
+            std::f64::consts::LN_2
+        } else {
+            cut
+        }
+    }
+    #[inline(always)]
+    fn sum(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
+        let mut acc = [0.0f64; 8];
+        let mut chunks = xs.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                let x = x as f64;
+                *a += h(x, o, bk) - h(x, o, bp);
+            }
+        }
+        for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+            let x = x as f64;
+            *a += h(x, o, bk) - h(x, o, bp);
+        }
+        ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn wide(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
+                sum(xs, o, bk, bp)
+            }
+            // Safety: the CPU has AVX-512F (checked above).
+            return unsafe { wide(xs, o, bk, bp) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn wide(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
+                sum(xs, o, bk, bp)
+            }
+            // Safety: the CPU has AVX2 (checked above).
+            return unsafe { wide(xs, o, bk, bp) };
+        }
+    }
+    sum(xs, o, bk, bp)
 }
 
 /// A dense RBM on the host, in the AIS model's terms.
@@ -487,8 +557,12 @@ impl HostDense {
         for i in 0..self.d {
             lw += (bk - bp) * (self.a[i] - a_base[i]) * vr[i] as f64;
         }
-        for j in 0..self.h {
-            let xj = x[r * self.h + j] as f64;
+        let xr = &x[r * self.h..(r + 1) * self.h];
+        if let Some(o) = self.hid.single_offset() {
+            return lw + binary_log_ratio(xr, o, bk, bp);
+        }
+        for &xj in xr {
+            let xj = xj as f64;
             lw += self.hid.h_beta(xj, bk) - self.hid.h_beta(xj, bp);
         }
         lw
