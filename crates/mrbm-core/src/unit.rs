@@ -102,13 +102,17 @@ pub fn softplus_f64(z: f64) -> f64 {
 /// - log1p(u), u in (0, 1], as 2 atanh(s) with s = u / (2 + u) in
 ///   (0, 1/3], atanh's series to s^35 (the first term left out is below
 ///   2^-57 relative).
+///
 /// |z| is clamped at 700 (e^-700 is far below any sum it joins). NaN in,
 /// NaN out.
 #[inline(always)]
 pub fn softplus_f64_fast(z: f64) -> f64 {
-    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52: rounds to an integer
-    const LN2_HI: f64 = 0.693_147_180_369_123_816_49; // ln 2's first 32 bits
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10; // ln 2 - LN2_HI
+    // 1.5 * 2^52: adding it rounds to an integer.
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    // ln 2 with its low 32 mantissa bits cleared (k LN2_HI is exact), and
+    // the rest of ln 2.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     let a = z.abs();
     let t = -(if a > 700.0 { 700.0 } else { a });
     let kb = t * std::f64::consts::LOG2_E + MAGIC;
