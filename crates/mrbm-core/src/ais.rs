@@ -32,6 +32,7 @@
 //! Grosse & Salakhutdinov 2015), a stochastic lower bound on each image's
 //! log-likelihood under the annealed model.
 
+use mrbm_kernels::math::{softplus_beta_diff_sum, Level};
 use mrbm_kernels::Par::Seq;
 use mrbm_kernels::{sgemm_packed, Isa, PackedA, View, ViewMut};
 use rand::{Rng, SeedableRng};
@@ -42,8 +43,7 @@ use crate::host_conv::matmul;
 use crate::layer::{to_f64, LayerKind, Rbm};
 use crate::sample::{exact_subunits_batch, Sampler, UnitSampler};
 use crate::unit::{
-    levels_draw, levels_log_partition_f64, sigmoid_f64, softplus_f64, softplus_f64_fast, UnitKind,
-    UnitType,
+    levels_draw, levels_log_partition_f64, sigmoid_f64, softplus_f64, UnitKind, UnitType,
 };
 
 /// Beyond this |z|, softplus(z) is max(z, 0) and sigmoid(z) is 0 or 1 to
@@ -253,67 +253,6 @@ fn log_add(a: f64, b: f64) -> f64 {
     }
     let m = a.max(b);
     m + ((a - m).exp() + (b - m).exp()).ln()
-}
-
-/// sum_j [H_bk(x_j) - H_bp(x_j)] for a unit of one sub-unit with offset
-/// `o`, H_beta(x) = softplus(beta (x - o)) ([`Levels::h_beta`]'s cuts:
-/// ln 2 at beta = 0, linear above SURE, 0 below -SURE), with
-/// [`softplus_f64_fast`] in eight lanes. The lanes' partial sums are added
-/// in a fixed order, so the value is the same on every instruction set.
-fn binary_log_ratio(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
-    #[inline(always)]
-    fn h(x: f64, o: f64, beta: f64) -> f64 {
-        let z = beta * (x - o);
-        let sp = softplus_f64_fast(z);
-        let cut = if z > SURE {
-            z
-        } else if z > -SURE {
-            sp
-        } else {
-            0.0
-        };
-        if beta == 0.0 {
-            std::f64::consts::LN_2
-        } else {
-            cut
-        }
-    }
-    #[inline(always)]
-    fn sum(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
-        let mut acc = [0.0f64; 8];
-        let mut chunks = xs.chunks_exact(8);
-        for c in &mut chunks {
-            for (a, &x) in acc.iter_mut().zip(c) {
-                let x = x as f64;
-                *a += h(x, o, bk) - h(x, o, bp);
-            }
-        }
-        for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
-            let x = x as f64;
-            *a += h(x, o, bk) - h(x, o, bp);
-        }
-        ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn wide(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
-                sum(xs, o, bk, bp)
-            }
-            // Safety: the CPU has AVX-512F (checked above).
-            return unsafe { wide(xs, o, bk, bp) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            unsafe fn wide(xs: &[f32], o: f64, bk: f64, bp: f64) -> f64 {
-                sum(xs, o, bk, bp)
-            }
-            // Safety: the CPU has AVX2 (checked above).
-            return unsafe { wide(xs, o, bk, bp) };
-        }
-    }
-    sum(xs, o, bk, bp)
 }
 
 /// A dense RBM on the host, in the AIS model's terms.
@@ -559,7 +498,9 @@ impl HostDense {
         }
         let xr = &x[r * self.h..(r + 1) * self.h];
         if let Some(o) = self.hid.single_offset() {
-            return lw + binary_log_ratio(xr, o, bk, bp);
+            // Binary hidden units (most AIS runs): h_beta's two softplus
+            // terms per unit in eight lanes, without libm.
+            return lw + softplus_beta_diff_sum(Level::detect(), xr, o, bk, bp, SURE);
         }
         for &xj in xr {
             let xj = xj as f64;

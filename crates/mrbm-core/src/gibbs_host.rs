@@ -16,7 +16,7 @@
 use burn::tensor::Tensor;
 use mrbm_kernels::{sgemm_packed, Isa, PackedA, Par, View, ViewMut};
 
-use crate::layer::{LayerKind, Rbm};
+use crate::layer::{host_f32, LayerKind, Rbm};
 
 /// How one product is computed: not yet decided (the next call compares),
 /// on the host at gemm's depth block, or by burn.
@@ -54,14 +54,12 @@ impl DenseChainProducts {
         if !layer.on_plain_host(v) {
             return None;
         }
-        let host = |t: &Tensor<1>| t.to_data().try_into_vec::<f32>().ok();
-        let w = layer.w.to_data().try_into_vec::<f32>().ok()?;
         Some(DenseChainProducts {
             d: visible,
             h: hidden,
-            w,
-            a: host(&layer.a)?,
-            b: host(&layer.b)?,
+            w: host_f32(&layer.w),
+            a: host_f32(&layer.a),
+            b: host_f32(&layer.b),
             up: Route::Pending,
             down: Route::Pending,
         })
@@ -75,12 +73,7 @@ impl DenseChainProducts {
         rows: usize,
         burn: impl FnOnce() -> Vec<f32>,
     ) -> Vec<f32> {
-        let left = Left {
-            w: &self.w,
-            cols: self.h,
-            transposed: true,
-        };
-        apply(&mut self.up, left, (v, rows), &self.b, burn)
+        self.apply(true, (v, rows), burn)
     }
 
     /// y = h W^T + a for `rows` rows of hidden values.
@@ -90,12 +83,36 @@ impl DenseChainProducts {
         rows: usize,
         burn: impl FnOnce() -> Vec<f32>,
     ) -> Vec<f32> {
-        let left = Left {
-            w: &self.w,
-            cols: self.h,
-            transposed: false,
+        self.apply(false, (h, rows), burn)
+    }
+
+    /// One of the two products by its route, deciding the route on the
+    /// first call: `up` is x (W^T on the left, bias b), else y (W, bias a).
+    fn apply(
+        &mut self,
+        up: bool,
+        input: (&[f32], usize),
+        burn: impl FnOnce() -> Vec<f32>,
+    ) -> Vec<f32> {
+        let (route, bias) = if up {
+            (&mut self.up, &self.b)
+        } else {
+            (&mut self.down, &self.a)
         };
-        apply(&mut self.down, left, (h, rows), &self.a, burn)
+        match route {
+            Route::Host(packed) => product(packed, input, bias),
+            Route::Burn => burn(),
+            Route::Pending => {
+                let want = burn();
+                let left = Left {
+                    w: &self.w,
+                    cols: self.h,
+                    transposed: up,
+                };
+                *route = decide(left, input, bias, &want);
+                want
+            }
+        }
     }
 
     /// Whether both products run on the host (tests).
@@ -134,24 +151,6 @@ impl Left<'_> {
         let w = View::row_major(self.w, self.cols);
         let view = if self.transposed { w.t() } else { w };
         PackedA::with_depth_block(Isa::best(), m, k, view, max_kc)
-    }
-}
-
-fn apply(
-    route: &mut Route,
-    left: Left,
-    input: (&[f32], usize),
-    bias: &[f32],
-    burn: impl FnOnce() -> Vec<f32>,
-) -> Vec<f32> {
-    match route {
-        Route::Host(packed) => product(packed, input, bias),
-        Route::Burn => burn(),
-        Route::Pending => {
-            let want = burn();
-            *route = decide(left, input, bias, &want);
-            want
-        }
     }
 }
 

@@ -218,7 +218,7 @@ pub fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
 }
 
 /// Tensor -> host f32 values (row-major), for `host_conv`.
-fn host_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+pub(crate) fn host_f32<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.to_data().try_into_vec::<f32>().unwrap_or_default()
 }
 

@@ -484,11 +484,7 @@ pub fn gibbs_from(
         let hid = gibbs_dense_host(
             layer,
             products,
-            (
-                v.to_data().try_into_vec::<f32>().unwrap_or_default(),
-                chains,
-                steps,
-            ),
+            (crate::layer::host_f32(&v), chains, steps),
             (&hs, &vs),
             &anneal,
             rng,
@@ -568,18 +564,17 @@ fn gibbs_dense_host(
     let as_tensor = |values: &[f32], width: usize| {
         crate::layer::tensor_f32(values.to_vec(), [chains, width, 1, 1], &device)
     };
-    let burn_values = |t: Tensor<4>| t.to_data().try_into_vec::<f32>().unwrap_or_default();
     let mut hid: Option<Vec<f32>> = None;
     for s in 0..steps {
         let x = products.pre_hidden(&v, chains, || {
-            burn_values(layer.pre_hidden(as_tensor(&v, d)))
+            crate::layer::host_f32(&layer.pre_hidden(as_tensor(&v, d)))
         });
         let x: Vec<f64> = x.iter().map(|&t| t as f64).collect();
         let mut hv = vec![0.0f64; x.len()];
         hs.draw_tempered_batch(&x, anneal.beta(s), rng, &mut hv);
         let hf: Vec<f32> = hv.iter().map(|&t| t as f32).collect();
         let y = products.pre_visible(&hf, chains, || {
-            burn_values(layer.pre_visible(as_tensor(&hf, h)))
+            crate::layer::host_f32(&layer.pre_visible(as_tensor(&hf, h)))
         });
         hid = Some(hf);
         let y: Vec<f64> = y.iter().map(|&t| t as f64).collect();

@@ -92,70 +92,6 @@ pub fn softplus_f64(z: f64) -> f64 {
     }
 }
 
-/// softplus(z) to within a few ulp without a libm call, branch-free so
-/// that a loop of it vectorises (AIS's weights call it for every hidden
-/// unit at every beta; glibc's exp and log1p were a third of its time):
-/// max(z, 0) + log1p(e^-|z|), with
-/// - e^t (t = -|z| <= 0) by t = k ln 2 + r, |r| <= ln 2 / 2 (ln 2 in two
-///   parts, so r is exact to the last bits), and Taylor's series of e^r to
-///   r^13 / 13! (the first term left out is below 2^-53), times 2^k;
-/// - log1p(u), u in (0, 1], as 2 atanh(s) with s = u / (2 + u) in
-///   (0, 1/3], atanh's series to s^35 (the first term left out is below
-///   2^-57 relative).
-///
-/// |z| is clamped at 700 (e^-700 is far below any sum it joins). NaN in,
-/// NaN out.
-#[inline(always)]
-pub fn softplus_f64_fast(z: f64) -> f64 {
-    // 1.5 * 2^52: adding it rounds to an integer.
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
-    // ln 2 with its low 32 mantissa bits cleared (k LN2_HI is exact), and
-    // the rest of ln 2.
-    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
-    let a = z.abs();
-    let t = -(if a > 700.0 { 700.0 } else { a });
-    let kb = t * std::f64::consts::LOG2_E + MAGIC;
-    let kf = kb - MAGIC;
-    let r = (t - kf * LN2_HI) - kf * LN2_LO;
-    // e^r: Horner on 1/n!, n = 13 down to 0.
-    let mut p = 1.0 / 6_227_020_800.0;
-    for d in [
-        479_001_600.0,
-        39_916_800.0,
-        3_628_800.0,
-        362_880.0,
-        40_320.0,
-        5_040.0,
-        720.0,
-        120.0,
-        24.0,
-        6.0,
-        2.0,
-        1.0,
-        1.0,
-    ] {
-        p = p * r + 1.0 / d;
-    }
-    // 2^k from k's two's complement bits in kb's mantissa (k >= -1010).
-    let k = kb.to_bits().wrapping_sub(MAGIC.to_bits());
-    let u = p * f64::from_bits(k.wrapping_add(1023) << 52);
-    // log1p(u) = 2 atanh(s) = 2 s sum_n s^2n / (2n + 1).
-    let s = u / (2.0 + u);
-    let s2 = s * s;
-    let mut q = 1.0 / 35.0;
-    for n in (0..17).rev() {
-        q = q * s2 + 1.0 / (2 * n + 1) as f64;
-    }
-    let pos = if z > 0.0 { z } else { 0.0 };
-    let out = pos + 2.0 * s * q;
-    if z.is_nan() {
-        z
-    } else {
-        out
-    }
-}
-
 pub fn sigmoid_f64(z: f64) -> f64 {
     if z >= 0.0 {
         1.0 / (1.0 + (-z).exp())
@@ -515,48 +451,6 @@ fn levels_mean<const D: usize>(x: Tensor<D>, n: u32) -> Tensor<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The vectorisable softplus is libm's to within 4 ulp everywhere that
-    /// matters: a dense sweep of [-60, 60], tiny and huge inputs, both
-    /// signs of zero; NaN stays NaN.
-    #[test]
-    fn fast_softplus_is_libms_to_a_few_ulp() {
-        let mut worst = 0.0f64;
-        let mut check = |z: f64| {
-            let (got, want) = (softplus_f64_fast(z), softplus_f64(z));
-            let err = (got - want).abs() / (want.abs() * f64::EPSILON).max(f64::MIN_POSITIVE);
-            assert!(
-                err <= 4.0,
-                "softplus({z:e}) = {got:e}, libm {want:e}: {err} ulp"
-            );
-            worst = worst.max(err);
-        };
-        for i in -600_000..=600_000 {
-            check(i as f64 * 1e-4 + 3.3e-6);
-        }
-        for z in [
-            0.0,
-            -0.0,
-            1e-300,
-            -1e-300,
-            1e-20,
-            -1e-20,
-            36.0,
-            40.0,
-            700.0,
-            701.0,
-            1e6,
-            f64::MAX,
-        ] {
-            check(z);
-        }
-        for z in [-36.0, -40.0, -200.0, -699.0] {
-            check(z);
-        }
-        assert!(softplus_f64_fast(f64::NAN).is_nan());
-        assert!(softplus_f64_fast(f64::NEG_INFINITY) < 1e-300);
-        println!("worst error {worst:.2} ulp");
-    }
 
     #[test]
     fn offsets_are_where_f_crosses_half_levels() {
