@@ -254,8 +254,8 @@ impl PackedA {
     /// Pack A (m x k) for `isa`'s microkernels; panics when this CPU
     /// cannot run them or the view is too short.
     pub fn new(isa: Isa, m: usize, k: usize, a: View) -> Self {
-        let (_, kc) = isa.blocking().split_mk(m, k);
-        Self::with_depth_block(isa, m, k, a, kc)
+        // The same depth blocks as sgemm's (`Blocking::split_mk`).
+        Self::with_depth_block(isa, m, k, a, isa.blocking().kc)
     }
 
     /// [`PackedA::new`] with the depth split into blocks of at most
