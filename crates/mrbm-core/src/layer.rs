@@ -311,14 +311,18 @@ impl Rbm {
         self.w.device()
     }
 
-    /// Copy with parameters detached from any autodiff graph.
+    /// Copy with parameters detached from any autodiff graph. (burn's
+    /// `detach` keeps a leaf's require-grad flag, which made every use of
+    /// the copy record ops and compute gradients nobody reads.)
     pub fn detached(&self) -> Rbm {
+        let off = |t: &Tensor<4>| t.clone().detach().set_require_grad(false);
+        let off1 = |t: &Tensor<1>| t.clone().detach().set_require_grad(false);
         Rbm {
             spec: self.spec.clone(),
-            w: self.w.clone().detach(),
-            a: self.a.clone().detach(),
-            b: self.b.clone().detach(),
-            log_sigma: self.log_sigma.clone().map(|t| t.detach()),
+            w: off(&self.w),
+            a: off1(&self.a),
+            b: off1(&self.b),
+            log_sigma: self.log_sigma.as_ref().map(off1),
         }
     }
 
@@ -416,6 +420,33 @@ impl Rbm {
         Some(host_tensor(values, out(&g), &t.device()))
     }
 
+    /// Up (`down` false) or down of `t` by `autodiff_host`'s op, when `t`
+    /// or the weights are on the flex autodiff device in f32 (the batch
+    /// itself may be a plain tensor: the autodiff device's view of the
+    /// same memory; the weights decide then). None: the other paths.
+    fn on_autodiff_host(&self, t: &Tensor<4>, bias: &Tensor<1>, down: bool) -> Option<Tensor<4>> {
+        use crate::autodiff_host::{linear, serves, Linear};
+        let ad = serves(t) || serves(&self.w);
+        if !ad || t.dtype() != DType::F32 || self.w.dtype() != DType::F32 {
+            return None;
+        }
+        let conv = match &self.spec.kind {
+            LayerKind::Dense { .. } => None,
+            LayerKind::Conv {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => Some([*kernel, *stride, *padding]),
+        };
+        let l = Linear {
+            conv,
+            visible: self.spec.visible_shape(),
+            down,
+        };
+        Some(linear(t.clone(), self.w.clone(), bias.clone(), l))
+    }
+
     fn dense_w(&self) -> Tensor<2> {
         let [v, h, _, _] = self.spec.weight_shape();
         self.w.clone().reshape([v, h])
@@ -453,6 +484,9 @@ impl Rbm {
     /// b + (v / sigma) W.
     pub fn pre_hidden(&self, v: Tensor<4>) -> Tensor<4> {
         let v = self.scaled_visible(v);
+        if let Some(x) = self.on_autodiff_host(&v, &self.b, false) {
+            return x;
+        }
         match &self.spec.kind {
             LayerKind::Dense { hidden, .. } => {
                 let bsz = v.dims()[0];
@@ -484,6 +518,9 @@ impl Rbm {
                 ..self.clone()
             };
             return plain.apply_wt(h) * s + a;
+        }
+        if let Some(y) = self.on_autodiff_host(&h, &self.a, true) {
+            return y;
         }
         match &self.spec.kind {
             LayerKind::Dense { visible, .. } => {
@@ -547,10 +584,18 @@ impl Rbm {
         } else if self.spec.visible_unit.kind == crate::unit::UnitKind::DiscreteGaussian {
             // Discrete Gaussian visible units: a.v - |v|^2 / 2.
             flat(v.clone() * a).sum_dim(1) - flat(v.powi_scalar(2)).sum_dim(1).mul_scalar(0.5)
+        } else if crate::autodiff_host::serves(&v) || crate::autodiff_host::serves(&self.a) {
+            crate::autodiff_host::visible_dot(v, self.a.clone()).reshape([bsz, 1])
         } else {
             flat(v * a).sum_dim(1)
         };
-        let hid = flat(self.spec.hidden_unit.log_partition(x)).sum_dim(1);
+        let hu = self.spec.hidden_unit;
+        let hid = if hu.kind == crate::unit::UnitKind::Subunits && crate::autodiff_host::serves(&x)
+        {
+            crate::autodiff_host::log_partition_rows(x, hu.n as f32, hu.k as f32).reshape([bsz, 1])
+        } else {
+            flat(hu.log_partition(x)).sum_dim(1)
+        };
         (vis + hid).neg().reshape([bsz])
     }
 
@@ -724,6 +769,52 @@ impl Rbm {
                 hidden: *hidden,
             },
             LayerKind::Conv { .. } => crate::host_sampled::Shape::Conv(self.host_geometry(v)?),
+        };
+        Some(HostParams {
+            shape,
+            w: host_f32(&self.w),
+            a: host_f32(&self.a),
+            b: host_f32(&self.b),
+        })
+    }
+
+    /// The parameters as host values when they are plain f32 tensors on the
+    /// flex device without a learned sigma (the geometry's batch unset).
+    pub fn host_param_values(&self) -> Option<HostParams> {
+        let plain = self.log_sigma.is_none()
+            && self.w.dtype() == DType::F32
+            && !self.w.is_tracked()
+            && !self.w.is_require_grad()
+            && self.w.device() == Device::flex();
+        if !plain {
+            return None;
+        }
+        let shape = match &self.spec.kind {
+            LayerKind::Dense { visible, hidden } => crate::host_sampled::Shape::Dense {
+                visible: *visible,
+                hidden: *hidden,
+            },
+            LayerKind::Conv {
+                input,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let [_, oh, ow] = self.spec.hidden_shape();
+                crate::host_sampled::Shape::Conv(Geometry {
+                    batch: 0,
+                    c: input[0],
+                    h: input[1],
+                    w: input[2],
+                    o: *out_channels,
+                    k: *kernel,
+                    stride: *stride,
+                    pad: *padding,
+                    oh,
+                    ow,
+                })
+            }
         };
         Some(HostParams {
             shape,

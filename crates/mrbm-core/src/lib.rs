@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 pub mod ais;
+pub mod autodiff_host;
 pub mod checkpoint;
 pub mod checks;
 pub mod discrete_gaussian;

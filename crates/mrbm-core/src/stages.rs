@@ -139,8 +139,13 @@ impl TypedStage for TrainStage {
     // 6, the sampled rules (CD-k, PCD, FPCD, noise-start CD, the paper's
     //    sampled reconstruction) but Gibbs-Langevin: on the host
     //    (host_sampled) with counter-based f32 draws, other numbers.
+    // 7, the autodiff gradient (gradient = "autodiff", or coupling =
+    //    "backprop"): its products, unit means and log-partitions are host
+    //    ops with their own backward passes (autodiff_host), other rounding.
     fn version_for(p: &TrainParams) -> u32 {
-        if p.optim.sampled_negative_phase()
+        if p.optim.uses_autodiff() {
+            7
+        } else if p.optim.sampled_negative_phase()
             && p.optim.algorithm != crate::train::Algorithm::GibbsLangevin
         {
             6

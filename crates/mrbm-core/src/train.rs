@@ -363,6 +363,12 @@ impl OptimParams {
         self.algorithm != Algorithm::Paper || self.reconstruction == Reconstruction::Sample
     }
 
+    /// Whether the gradient comes from burn's autodiff graph (anything
+    /// but the closed form).
+    pub fn uses_autodiff(&self) -> bool {
+        !self.use_closed_form()
+    }
+
     fn use_closed_form(&self) -> bool {
         match self.gradient {
             GradientMode::Auto => self.coupling == Coupling::Detached,
@@ -818,10 +824,27 @@ impl Trainer {
             (losses, grads)
         } else {
             let (l, g) = self.gradients(v);
-            (
-                l,
-                g.into_iter().map(|g| Some(StepGrads::Tensors(g))).collect(),
-            )
+            // Adam's update on the host where the parameters are host
+            // values (the same bits as burn's Adam, tested), as the
+            // closed-form path does.
+            let host = self.params.optimizer == OptimizerKind::Adam;
+            let g = g
+                .into_iter()
+                .zip(&self.dbn.layers)
+                .map(|(g, layer)| {
+                    let params = host.then(|| layer.host_param_values()).flatten();
+                    Some(match params {
+                        Some(params) if g.w.dtype() == DType::F32 => StepGrads::Host(HostGrads {
+                            params,
+                            gw: crate::layer::values_f32(&g.w),
+                            ga: crate::layer::values_f32(&g.a),
+                            gb: crate::layer::values_f32(&g.b),
+                        }),
+                        _ => StepGrads::Tensors(g),
+                    })
+                })
+                .collect();
+            (l, g)
         };
         for (i, l) in losses.iter().enumerate() {
             if !l.is_finite() {

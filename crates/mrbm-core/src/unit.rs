@@ -192,6 +192,9 @@ impl UnitType {
             UnitKind::DiscreteGaussian => return self.on_host(x, self.dg_fn(dg::mean_f64)),
             UnitKind::Subunits => {}
         }
+        if crate::autodiff_host::serves(&x) {
+            return crate::autodiff_host::unit_mean(x, self.n as f32, self.k as f32);
+        }
         let s = if self.k == 1.0 {
             sigmoid(x)
         } else {
