@@ -183,7 +183,33 @@ fn chunking(g: &Geometry, columns: usize) -> (usize, usize) {
     (chunk, nchunks.div_ceil(threads.min(nchunks).max(1)) * chunk)
 }
 
+/// Columns per chunk of the weight gradient's products (their depth).
 const WG_COLS: usize = 512;
+
+thread_local! {
+    /// A thread's two scratch matrices, kept across calls: no allocation,
+    /// page faults or zeroing per chunk.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 2]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// `f` on two scratch slices of `n0` and `n1` elements, their contents
+/// left from earlier calls (every use writes them before reading).
+fn with_scratch<R>(n0: usize, n1: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let [a, b] = &mut *s;
+            if a.len() < n0 {
+                a.resize(n0, 0.0);
+            }
+            if b.len() < n1 {
+                b.resize(n1, 0.0);
+            }
+            f(&mut a[..n0], &mut b[..n1])
+        }
+        Err(_) => f(&mut vec![0.0; n0], &mut vec![0.0; n1]),
+    })
+}
 
 /// conv2d(v, w) + b: v [B, C, H, W] -> [B, O, OH, OW], a chunk of images
 /// per product (X = W cols, cols the chunk's patches side by side).
@@ -195,35 +221,35 @@ fn conv_up(v: &[f32], w: &[f32], b: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     out.par_chunks_mut(per_group * img_h)
         .zip(v.par_chunks(per_group * img_v))
         .for_each(|(out, vin)| {
-            let n_imgs = vin.len() / img_v;
-            let mut cols = vec![0.0f32; kk * chunk * p];
-            let mut x = vec![0.0f32; g.o * chunk * p];
-            for start in (0..n_imgs).step_by(chunk) {
-                let nb = chunk.min(n_imgs - start);
-                let cp = nb * p;
-                for i in 0..nb {
-                    let img = &vin[(start + i) * img_v..][..img_v];
-                    conv.im2col_ld(img, 0, p, &mut cols[i * p..], cp);
-                }
-                let (wv, cv) = (View::row_major(w, kk), View::row_major(&cols, cp));
-                host_conv::matmul(
-                    [g.o, cp, kk],
-                    wv,
-                    cv,
-                    ViewMut::row_major(&mut x, cp),
-                    false,
-                    Par::Seq,
-                );
-                for i in 0..nb {
-                    let dst = &mut out[(start + i) * img_h..][..img_h];
-                    for (o, plane) in dst.chunks_mut(p).enumerate() {
-                        let bias = b.map_or(0.0, |b| b[o]);
-                        for (d, s) in plane.iter_mut().zip(&x[o * cp + i * p..][..p]) {
-                            *d = s + bias;
+            with_scratch(kk * chunk * p, g.o * chunk * p, |cols, x| {
+                let n_imgs = vin.len() / img_v;
+                for start in (0..n_imgs).step_by(chunk) {
+                    let nb = chunk.min(n_imgs - start);
+                    let cp = nb * p;
+                    for i in 0..nb {
+                        let img = &vin[(start + i) * img_v..][..img_v];
+                        conv.im2col_ld(img, 0, p, &mut cols[i * p..], cp);
+                    }
+                    let (wv, cv) = (View::row_major(w, kk), View::row_major(cols, cp));
+                    host_conv::matmul(
+                        [g.o, cp, kk],
+                        wv,
+                        cv,
+                        ViewMut::row_major(x, cp),
+                        false,
+                        Par::Seq,
+                    );
+                    for i in 0..nb {
+                        let dst = &mut out[(start + i) * img_h..][..img_h];
+                        for (o, plane) in dst.chunks_mut(p).enumerate() {
+                            let bias = b.map_or(0.0, |b| b[o]);
+                            for (d, s) in plane.iter_mut().zip(&x[o * cp + i * p..][..p]) {
+                                *d = s + bias;
+                            }
                         }
                     }
                 }
-            }
+            })
         });
     out
 }
@@ -238,35 +264,35 @@ fn conv_down(h: &[f32], w: &[f32], a: Option<&[f32]>, g: &Geometry) -> Vec<f32> 
     out.par_chunks_mut(per_group * img_v)
         .zip(h.par_chunks(per_group * img_h))
         .for_each(|(out, hin)| {
-            let n_imgs = hin.len() / img_h;
-            let mut hc = vec![0.0f32; g.o * chunk * p];
-            let mut r = vec![0.0f32; kk * chunk * p];
-            for start in (0..n_imgs).step_by(chunk) {
-                let nb = chunk.min(n_imgs - start);
-                let cp = nb * p;
-                for i in 0..nb {
-                    let src = &hin[(start + i) * img_h..][..img_h];
-                    for (o, plane) in src.chunks(p).enumerate() {
-                        hc[o * cp + i * p..][..p].copy_from_slice(plane);
+            with_scratch(g.o * chunk * p, kk * chunk * p, |hc, r| {
+                let n_imgs = hin.len() / img_h;
+                for start in (0..n_imgs).step_by(chunk) {
+                    let nb = chunk.min(n_imgs - start);
+                    let cp = nb * p;
+                    for i in 0..nb {
+                        let src = &hin[(start + i) * img_h..][..img_h];
+                        for (o, plane) in src.chunks(p).enumerate() {
+                            hc[o * cp + i * p..][..p].copy_from_slice(plane);
+                        }
+                    }
+                    let (wt, hv) = (View::row_major(w, kk).t(), View::row_major(hc, cp));
+                    host_conv::matmul(
+                        [kk, cp, g.o],
+                        wt,
+                        hv,
+                        ViewMut::row_major(r, cp),
+                        false,
+                        Par::Seq,
+                    );
+                    for i in 0..nb {
+                        let img = &mut out[(start + i) * img_v..][..img_v];
+                        for (ci, plane) in img.chunks_mut(hw).enumerate() {
+                            plane.fill(a.map_or(0.0, |a| a[ci]));
+                        }
+                        conv.col2im(&r[i * p..], cp, img);
                     }
                 }
-                let (wt, hv) = (View::row_major(w, kk).t(), View::row_major(&hc, cp));
-                host_conv::matmul(
-                    [kk, cp, g.o],
-                    wt,
-                    hv,
-                    ViewMut::row_major(&mut r, cp),
-                    false,
-                    Par::Seq,
-                );
-                for i in 0..nb {
-                    let img = &mut out[(start + i) * img_v..][..img_v];
-                    for (ci, plane) in img.chunks_mut(hw).enumerate() {
-                        plane.fill(a.map_or(0.0, |a| a[ci]));
-                    }
-                    conv.col2im(&r[i * p..], cp, img);
-                }
-            }
+            })
         });
     out
 }
@@ -281,33 +307,33 @@ fn conv_weight_grad(v: &[f32], x: &[f32], g: &Geometry) -> Vec<f32> {
         .par_chunks(per_group * img_v)
         .zip(x.par_chunks(per_group * img_h))
         .map(|(vin, xin)| {
-            let n_imgs = vin.len() / img_v;
-            let mut cols = vec![0.0f32; kk * chunk * p];
-            let mut xc = vec![0.0f32; g.o * chunk * p];
-            let mut acc = vec![0.0f32; g.o * kk];
-            for start in (0..n_imgs).step_by(chunk) {
-                let nb = chunk.min(n_imgs - start);
-                let cp = nb * p;
-                for i in 0..nb {
-                    let img = &vin[(start + i) * img_v..][..img_v];
-                    conv.im2col_ld(img, 0, p, &mut cols[i * p..], cp);
-                    let src = &xin[(start + i) * img_h..][..img_h];
-                    for (o, plane) in src.chunks(p).enumerate() {
-                        xc[o * cp + i * p..][..p].copy_from_slice(plane);
+            with_scratch(kk * chunk * p, g.o * chunk * p, |cols, xc| {
+                let n_imgs = vin.len() / img_v;
+                let mut acc = vec![0.0f32; g.o * kk];
+                for start in (0..n_imgs).step_by(chunk) {
+                    let nb = chunk.min(n_imgs - start);
+                    let cp = nb * p;
+                    for i in 0..nb {
+                        let img = &vin[(start + i) * img_v..][..img_v];
+                        conv.im2col_ld(img, 0, p, &mut cols[i * p..], cp);
+                        let src = &xin[(start + i) * img_h..][..img_h];
+                        for (o, plane) in src.chunks(p).enumerate() {
+                            xc[o * cp + i * p..][..p].copy_from_slice(plane);
+                        }
                     }
+                    // acc [O, kk] += X [O, cp] cols^T [cp, kk].
+                    let (xv, ct) = (View::row_major(xc, cp), View::row_major(cols, cp).t());
+                    host_conv::matmul(
+                        [g.o, kk, cp],
+                        xv,
+                        ct,
+                        ViewMut::row_major(&mut acc, kk),
+                        true,
+                        Par::Seq,
+                    );
                 }
-                // acc [O, kk] += X [O, cp] cols^T [cp, kk].
-                let (xv, ct) = (View::row_major(&xc, cp), View::row_major(&cols, cp).t());
-                host_conv::matmul(
-                    [g.o, kk, cp],
-                    xv,
-                    ct,
-                    ViewMut::row_major(&mut acc, kk),
-                    true,
-                    Par::Seq,
-                );
-            }
-            acc
+                acc
+            })
         })
         .collect();
     let mut out = partials[0].clone();
