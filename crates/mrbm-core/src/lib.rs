@@ -12,7 +12,8 @@
 use std::path::PathBuf;
 
 pub mod ais;
-pub mod autodiff_host;
+/// The autodiff gradient's host ops (the `mrbm-autodiff` crate).
+pub use mrbm_autodiff as autodiff_host;
 pub mod checkpoint;
 pub mod checks;
 pub mod discrete_gaussian;

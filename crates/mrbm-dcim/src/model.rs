@@ -168,7 +168,18 @@ impl Act {
             Act::Flat(t) => Act::Flat(g(t)),
         }
     }
+    /// The logistic sigmoid; in an autodiff graph on the flex CPU device
+    /// (f32), mrbm-autodiff's vectorised op with its own backward pass.
     pub fn sigmoid(self) -> Act {
+        let host = match &self {
+            Act::Map(t) => mrbm_autodiff::serves(t),
+            Act::Flat(t) => mrbm_autodiff::serves(t),
+        };
+        if host {
+            let mean4 = |t: Tensor<4>| mrbm_autodiff::unit_mean(t, 1.0, 1.0);
+            let mean2 = |t: Tensor<2>| mrbm_autodiff::unit_mean(t, 1.0, 1.0);
+            return self.apply(mean4, mean2);
+        }
         self.apply(sigmoid, sigmoid)
     }
     pub fn detach(self) -> Act {
@@ -314,6 +325,9 @@ impl Dcim {
     /// Pre-activation of x^k given x^(k-1) (k = 1..d).
     pub fn pre_up(&self, k: usize, x: Act) -> Act {
         let b = self.biases[k].clone();
+        if let Some(out) = self.host_linear(k, &x, &b, false) {
+            return out;
+        }
         match &self.weights[k - 1] {
             Weight::Conv(w) => {
                 let (_, s) = self.conv_geometry(k);
@@ -329,6 +343,9 @@ impl Dcim {
     pub fn pre_down(&self, k: usize, x: Act) -> Act {
         let b = self.biases[k - 1].clone();
         let below = self.shapes[k - 1];
+        if let Some(out) = self.host_linear(k, &x, &b, true) {
+            return out;
+        }
         match &self.weights[k - 1] {
             Weight::Conv(w) => {
                 let (win, s) = self.conv_geometry(k);
@@ -351,6 +368,70 @@ impl Dcim {
                     Shape::Map([c, h, ww]) => {
                         let n = f.dims()[0];
                         Act::Map(f.reshape([n, c, h, ww]) + b.reshape([1, c, 1, 1]))
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::pre_up`] (or [`Self::pre_down`] when `down`) of layer k by
+    /// mrbm-autodiff's linear op, when the batch or the weights are in an
+    /// autodiff graph on the flex CPU device in f32 (training); None: burn's
+    /// ops (evaluation, sampling, other devices keep their bits).
+    fn host_linear(&self, k: usize, x: &Act, b: &Tensor<1>, down: bool) -> Option<Act> {
+        use mrbm_autodiff::{linear, serves, Linear};
+        let (below, above) = (self.shapes[k - 1], self.shapes[k]);
+        let (x_in, x_f32) = match x {
+            Act::Map(t) => (serves(t), t.dtype() == burn::tensor::DType::F32),
+            Act::Flat(t) => (serves(t), t.dtype() == burn::tensor::DType::F32),
+        };
+        let w_in = match &self.weights[k - 1] {
+            Weight::Conv(w) => serves(w),
+            Weight::Dense(w) => serves(w),
+        };
+        if !(x_in || w_in) || !x_f32 {
+            return None;
+        }
+        let visible = match below {
+            Shape::Map(s) => s,
+            Shape::Flat(n) => [n, 1, 1],
+        };
+        let input = x.clone().map(if down { above } else { below });
+        match &self.weights[k - 1] {
+            Weight::Conv(w) => {
+                let (win, s) = self.conv_geometry(k);
+                let l = Linear {
+                    conv: Some([win, s, 0]),
+                    visible,
+                    down,
+                };
+                Some(Act::Map(linear(input, w.clone(), b.clone(), l)))
+            }
+            Weight::Dense(w) => {
+                let l = Linear {
+                    conv: None,
+                    visible: [visible.iter().product(), 1, 1],
+                    down,
+                };
+                let n = input.dims()[0];
+                if !down {
+                    let out = linear(input, w.clone(), b.clone(), l);
+                    let units = out.dims()[1];
+                    return Some(Act::Flat(out.reshape([n, units])));
+                }
+                match below {
+                    Shape::Flat(units) => {
+                        let out = linear(input, w.clone(), b.clone(), l);
+                        Some(Act::Flat(out.reshape([n, units])))
+                    }
+                    // A dense layer above a map: its bias is per channel of
+                    // the map, added after the unbiased map.
+                    Shape::Map([c, h, ww]) => {
+                        let zero = Tensor::<1>::zeros([c * h * ww], (&b.device(), b.dtype()));
+                        let out = linear(input, w.clone(), zero, l);
+                        Some(Act::Map(
+                            out.reshape([n, c, h, ww]) + b.clone().reshape([1, c, 1, 1]),
+                        ))
                     }
                 }
             }

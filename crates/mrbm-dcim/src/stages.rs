@@ -158,7 +158,9 @@ fn loss_png(
 
 impl TypedStage for DcimStage {
     const KIND: &'static str = "dcim";
-    const VERSION: u32 = 1;
+    // 2: training's products and sigmoids on mrbm-autodiff's host ops
+    //    (other rounding).
+    const VERSION: u32 = 2;
     const INPUTS: &'static [InputSlot] = DCIM_INPUTS;
     const ABOUT: &'static str =
         "train a coupled forward/backward sigmoid network (DCIM) under objective 16, 21 or 22";

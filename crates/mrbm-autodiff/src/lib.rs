@@ -1,29 +1,31 @@
-//! The autodiff path's three costly ops on the host, as burn custom ops
-//! with their own backward passes (`gradient = "autodiff"`,
-//! `coupling = "backprop"`).
+//! burn custom ops on mrbm's host kernels, each with a hand-written
+//! backward pass, for burn's autodiff graph on the flex CPU backend in f32:
+//! mrbm-core's autodiff gradient (`gradient = "autodiff"`, `coupling =
+//! "backprop"`) and mrbm-dcim's coupled sigmoid networks.
 //!
-//! Why: through burn's own ops one autodiff training step ran 4-5x slower
-//! than PyTorch (bench/train_step.sh): burn flex's conv and matmul, and
+//! Why: through burn's own ops one autodiff RBM training step ran 4-5x
+//! slower than PyTorch (bench/train_step.sh): burn flex's conv and matmul,
 //! scalar libm `expf` / `log1pf` for every sigmoid and softplus, each op a
-//! fresh tensor. Here, on the flex CPU backend in f32:
+//! fresh tensor. The ops ([`RbmHostOps`], a burn backend extension routed
+//! for `Flex` and `Autodiff<Flex>`):
 //!
 //! - [`RbmHostOps::rbm_linear`]: up, x = b + v W (dense) or conv2d(v, W) + b,
 //!   and down, a + h W^T or the transposed convolution, by im2col + packed
-//!   sgemm over a chunk of images at a time (as `host_cd`); its backward
-//!   gives the input's gradient (the other map), dW and the bias's the
-//!   same way;
+//!   sgemm over a chunk of images at a time (as mrbm-core's `host_cd`); its
+//!   backward gives the input's gradient (the other map), dW and the
+//!   bias's the same way;
 //! - [`RbmHostOps::rbm_unit_mean`]: f(x) = N sigmoid(k x), vectorised; its
 //!   backward multiplies by f'(x) = k f (1 - f / N);
 //! - [`RbmHostOps::rbm_log_partition_rows`]: the sum over each row of
 //!   A(x) = (N / k) softplus(k x), vectorised; its backward is the upstream
-//!   value times A'(x) = f(x), kept from the forward pass.
+//!   value times A'(x) = f(x), kept from the forward pass;
+//! - [`RbmHostOps::rbm_visible_dot`]: each row's a.v, a per channel.
 //!
-//! Everything else of the loss (the visible term, means, sums) stays burn's
-//! differentiable ops, and the graph is still burn's: these ops are its
-//! nodes, with hand-written derivatives that `tests/autodiff_host.rs` checks
-//! against burn's own ops and against the closed-form gradient. Other
-//! backends, dtypes and unit kinds keep burn's ops (`layer.rs`, `unit.rs`
-//! decide with [`serves`]).
+//! Everything else stays burn's differentiable ops, and the graph is
+//! burn's: these ops are its nodes. mrbm-core's `tests/autodiff_host.rs`
+//! checks every op's values and gradients against burn's own ops. Callers
+//! use them only where [`serves`] says so; other backends, dtypes and
+//! tensors outside an autodiff graph keep burn's ops and their bits.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -39,7 +41,47 @@ use mrbm_kernels::Par;
 use mrbm_kernels::{View, ViewMut};
 use rayon::prelude::*;
 
-use crate::host_conv::{self, Geometry};
+use mrbm_kernels::conv::Conv;
+
+/// Shapes of one conv layer: input [B, C, H, W], kernel [O, C, K, K],
+/// stride S, zero padding P, output [B, O, OH, OW].
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// One image's geometry for mrbm-kernels' im2col and col2im.
+    fn conv(&self) -> Conv {
+        Conv {
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            kh: self.k,
+            kw: self.k,
+            sh: self.stride,
+            sw: self.stride,
+            ph: self.pad,
+            pw: self.pad,
+        }
+    }
+}
+
+/// C = A B, or C += A B when `accumulate` (A m x k, B k x n).
+fn matmul([m, n, k]: [usize; 3], a: View, b: View, c: ViewMut, accumulate: bool, par: Par) {
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    mrbm_kernels::sgemm([m, n, k], 1.0, a, b, beta, c, par)
+}
 
 /// Which of a layer's two linear maps an [`RbmHostOps::rbm_linear`] call
 /// computes, and the layer's shape.
@@ -84,7 +126,15 @@ pub fn serves<const D: usize>(t: &Tensor<D>) -> bool {
 }
 
 /// [`RbmHostOps::rbm_linear`] on burn tensors.
-pub fn linear(input: Tensor<4>, w: Tensor<4>, bias: Tensor<1>, linear: Linear) -> Tensor<4> {
+/// The output is [B, C, H, W] (dense: [B, units, 1, 1]); `input` and `w`
+/// may have any rank with their values in that order (a dense weight
+/// [V, H] or [V, H, 1, 1]).
+pub fn linear<const DI: usize, const DW: usize>(
+    input: Tensor<DI>,
+    w: Tensor<DW>,
+    bias: Tensor<1>,
+    linear: Linear,
+) -> Tensor<4> {
     let out = <Dispatch as RbmHostOps>::rbm_linear(
         input.into_dispatch(),
         w.into_dispatch(),
@@ -161,7 +211,7 @@ fn geometry(batch: usize, l: &Linear, w: &[usize]) -> Geometry {
 /// C = A B for A [m, kk] and B [kk, n] (views), on the caller's pool.
 fn product(m: usize, n: usize, kk: usize, a: View, b: View) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
-    host_conv::matmul(
+    matmul(
         [m, n, kk],
         a,
         b,
@@ -231,7 +281,7 @@ fn conv_up(v: &[f32], w: &[f32], b: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
                         conv.im2col_ld(img, 0, p, &mut cols[i * p..], cp);
                     }
                     let (wv, cv) = (View::row_major(w, kk), View::row_major(cols, cp));
-                    host_conv::matmul(
+                    matmul(
                         [g.o, cp, kk],
                         wv,
                         cv,
@@ -276,7 +326,7 @@ fn conv_down(h: &[f32], w: &[f32], a: Option<&[f32]>, g: &Geometry) -> Vec<f32> 
                         }
                     }
                     let (wt, hv) = (View::row_major(w, kk).t(), View::row_major(hc, cp));
-                    host_conv::matmul(
+                    matmul(
                         [kk, cp, g.o],
                         wt,
                         hv,
@@ -323,7 +373,7 @@ fn conv_weight_grad(v: &[f32], x: &[f32], g: &Geometry) -> Vec<f32> {
                     }
                     // acc [O, kk] += X [O, cp] cols^T [cp, kk].
                     let (xv, ct) = (View::row_major(xc, cp), View::row_major(cols, cp).t());
-                    host_conv::matmul(
+                    matmul(
                         [g.o, kk, cp],
                         xv,
                         ct,
@@ -347,6 +397,16 @@ fn conv_weight_grad(v: &[f32], x: &[f32], g: &Geometry) -> Vec<f32> {
 
 /// Sum over the batch and positions of `t` [B, C, P...] per channel.
 fn channel_sums(t: &[f32], channels: usize, plane: usize) -> Vec<f32> {
+    if plane == 1 {
+        // Dense: column sums, row by row (a loop that vectorises).
+        let mut s = vec![0.0f64; channels];
+        for row in t.chunks(channels) {
+            for (acc, &x) in s.iter_mut().zip(row) {
+                *acc += x as f64;
+            }
+        }
+        return s.into_iter().map(|x| x as f32).collect();
+    }
     let mut s = vec![0.0f64; channels];
     for image in t.chunks(channels * plane) {
         for (acc, p) in s.iter_mut().zip(image.chunks(plane)) {
