@@ -110,7 +110,13 @@ impl Conv {
                             seg[..lo].fill(0.0);
                             seg[hi..].fill(0.0);
                             if hi > lo {
-                                let from = &src[lo * self.sw + kx - self.pw..];
+                                let first = lo * self.sw + kx - self.pw;
+                                if self.sw == 1 {
+                                    // A plain copy (step_by does not become one).
+                                    seg[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                                    continue;
+                                }
+                                let from = &src[first..];
                                 for (d, s) in
                                     seg[lo..hi].iter_mut().zip(from.iter().step_by(self.sw))
                                 {
@@ -187,6 +193,13 @@ impl Conv {
                         };
                         let dst = &mut plane[iy * self.w..][..self.w];
                         let to = &mut dst[lo * self.sw + kx - self.pw..];
+                        if self.sw == 1 {
+                            // Contiguous: a loop that vectorises (step_by's does not).
+                            for (d, s) in to[..hi - lo].iter_mut().zip(&seg[lo..hi]) {
+                                *d += *s;
+                            }
+                            continue;
+                        }
                         for (d, s) in to.iter_mut().step_by(self.sw).zip(&seg[lo..hi]) {
                             *d += *s;
                         }
