@@ -44,25 +44,38 @@ use rayon::prelude::*;
 use mrbm_kernels::conv::Conv;
 
 /// Shapes of one conv layer: input [B, C, H, W], kernel [O, C, K, K],
-/// stride S, zero padding P, output [B, O, OH, OW].
+/// stride S, zero padding P, output [B, O, OH, OW] (mrbm-core's host
+/// paths use it too).
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
+pub struct Geometry {
+    pub batch: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
 }
 
 impl Geometry {
+    /// Patch length C K K (the products' inner dimension).
+    pub fn patch(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// Output positions OH OW.
+    pub fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// One input image's length C H W.
+    pub fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
     /// One image's geometry for mrbm-kernels' im2col and col2im.
-    fn conv(&self) -> Conv {
-        Conv {
+    pub fn conv(&self) -> Conv {
+        let conv = Conv {
             c: self.c,
             h: self.h,
             w: self.w,
@@ -73,7 +86,13 @@ impl Geometry {
             sw: self.stride,
             ph: self.pad,
             pw: self.pad,
-        }
+        };
+        assert_eq!(
+            (conv.oh(), conv.ow()),
+            (self.oh, self.ow),
+            "conv geometry: output shape"
+        );
+        conv
     }
 }
 
@@ -81,6 +100,35 @@ impl Geometry {
 fn matmul([m, n, k]: [usize; 3], a: View, b: View, c: ViewMut, accumulate: bool, par: Par) {
     let beta = if accumulate { 1.0 } else { 0.0 };
     mrbm_kernels::sgemm([m, n, k], 1.0, a, b, beta, c, par)
+}
+
+/// A chunk's product on the calling thread: c [m, n] = a b (+= when
+/// `accumulate`), c row-major.
+fn chunk_product(dims: [usize; 3], a: View, b: View, c: &mut [f32], accumulate: bool) {
+    let n = dims[1];
+    matmul(dims, a, b, ViewMut::row_major(c, n), accumulate, Par::Seq)
+}
+
+/// The patches of consecutive images side by side: cols [C K K, nb P]
+/// (image i at columns i P..).
+fn chunk_patches(conv: &Conv, imgs: &[f32], cols: &mut [f32]) {
+    let (img, p) = (conv.c * conv.h * conv.w, conv.positions());
+    let cp = imgs.len() / img.max(1) * p;
+    for (i, x) in imgs.chunks(img).enumerate() {
+        conv.im2col_ld(x, 0, p, &mut cols[i * p..], cp);
+    }
+}
+
+/// The [O, P] planes of consecutive images in `src` side by side in `dst`
+/// [O, nb P] (a chunk's columns: image i at columns i P..).
+fn gather_planes(src: &[f32], o: usize, p: usize, dst: &mut [f32]) {
+    let nb = src.len() / (o * p).max(1);
+    let cp = nb * p;
+    for (i, image) in src.chunks(o * p).enumerate() {
+        for (oi, plane) in image.chunks(p).enumerate() {
+            dst[oi * cp + i * p..][..p].copy_from_slice(plane);
+        }
+    }
 }
 
 /// Which of a layer's two linear maps an [`RbmHostOps::rbm_linear`] call
@@ -276,19 +324,9 @@ fn conv_up(v: &[f32], w: &[f32], b: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
                 for start in (0..n_imgs).step_by(chunk) {
                     let nb = chunk.min(n_imgs - start);
                     let cp = nb * p;
-                    for i in 0..nb {
-                        let img = &vin[(start + i) * img_v..][..img_v];
-                        conv.im2col_ld(img, 0, p, &mut cols[i * p..], cp);
-                    }
+                    chunk_patches(&conv, &vin[start * img_v..][..nb * img_v], cols);
                     let (wv, cv) = (View::row_major(w, kk), View::row_major(cols, cp));
-                    matmul(
-                        [g.o, cp, kk],
-                        wv,
-                        cv,
-                        ViewMut::row_major(x, cp),
-                        false,
-                        Par::Seq,
-                    );
+                    chunk_product([g.o, cp, kk], wv, cv, x, false);
                     for i in 0..nb {
                         let dst = &mut out[(start + i) * img_h..][..img_h];
                         for (o, plane) in dst.chunks_mut(p).enumerate() {
@@ -319,21 +357,9 @@ fn conv_down(h: &[f32], w: &[f32], a: Option<&[f32]>, g: &Geometry) -> Vec<f32> 
                 for start in (0..n_imgs).step_by(chunk) {
                     let nb = chunk.min(n_imgs - start);
                     let cp = nb * p;
-                    for i in 0..nb {
-                        let src = &hin[(start + i) * img_h..][..img_h];
-                        for (o, plane) in src.chunks(p).enumerate() {
-                            hc[o * cp + i * p..][..p].copy_from_slice(plane);
-                        }
-                    }
+                    gather_planes(&hin[start * img_h..][..nb * img_h], g.o, p, hc);
                     let (wt, hv) = (View::row_major(w, kk).t(), View::row_major(hc, cp));
-                    matmul(
-                        [kk, cp, g.o],
-                        wt,
-                        hv,
-                        ViewMut::row_major(r, cp),
-                        false,
-                        Par::Seq,
-                    );
+                    chunk_product([kk, cp, g.o], wt, hv, r, false);
                     for i in 0..nb {
                         let img = &mut out[(start + i) * img_v..][..img_v];
                         for (ci, plane) in img.chunks_mut(hw).enumerate() {
@@ -363,24 +389,11 @@ fn conv_weight_grad(v: &[f32], x: &[f32], g: &Geometry) -> Vec<f32> {
                 for start in (0..n_imgs).step_by(chunk) {
                     let nb = chunk.min(n_imgs - start);
                     let cp = nb * p;
-                    for i in 0..nb {
-                        let img = &vin[(start + i) * img_v..][..img_v];
-                        conv.im2col_ld(img, 0, p, &mut cols[i * p..], cp);
-                        let src = &xin[(start + i) * img_h..][..img_h];
-                        for (o, plane) in src.chunks(p).enumerate() {
-                            xc[o * cp + i * p..][..p].copy_from_slice(plane);
-                        }
-                    }
+                    chunk_patches(&conv, &vin[start * img_v..][..nb * img_v], cols);
+                    gather_planes(&xin[start * img_h..][..nb * img_h], g.o, p, xc);
                     // acc [O, kk] += X [O, cp] cols^T [cp, kk].
                     let (xv, ct) = (View::row_major(xc, cp), View::row_major(cols, cp).t());
-                    matmul(
-                        [g.o, kk, cp],
-                        xv,
-                        ct,
-                        ViewMut::row_major(&mut acc, kk),
-                        true,
-                        Par::Seq,
-                    );
+                    chunk_product([g.o, kk, cp], xv, ct, &mut acc, true);
                 }
                 acc
             })

@@ -14,59 +14,12 @@
 //! autodiff path and every accelerator keep burn's ops, and the tests
 //! compare the two.
 
-use mrbm_kernels::conv::Conv;
 use mrbm_kernels::Par::{self, Seq};
 use mrbm_kernels::{sgemm, View, ViewMut};
 use rayon::prelude::*;
 
-/// Shapes of one conv layer: input [B, C, H, W], kernel [O, C, K, K],
-/// stride S, zero padding P, output [B, O, OH, OW].
-#[derive(Debug, Clone, Copy)]
-pub struct Geometry {
-    pub batch: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub o: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub oh: usize,
-    pub ow: usize,
-}
-
-impl Geometry {
-    fn patch(&self) -> usize {
-        self.c * self.k * self.k
-    }
-    fn positions(&self) -> usize {
-        self.oh * self.ow
-    }
-    fn image(&self) -> usize {
-        self.c * self.h * self.w
-    }
-    /// One image's geometry for mrbm-kernels' im2col and col2im.
-    pub(crate) fn conv(&self) -> Conv {
-        let conv = Conv {
-            c: self.c,
-            h: self.h,
-            w: self.w,
-            o: self.o,
-            kh: self.k,
-            kw: self.k,
-            sh: self.stride,
-            sw: self.stride,
-            ph: self.pad,
-            pw: self.pad,
-        };
-        assert_eq!(
-            (conv.oh(), conv.ow()),
-            (self.oh, self.ow),
-            "conv geometry: output shape"
-        );
-        conv
-    }
-}
+/// Shapes of one conv layer (shared with the autodiff path's host ops).
+pub use mrbm_autodiff::Geometry;
 
 /// C = A B, or C += A B when `accumulate`, for A m x k and B k x n
 /// (`[m, n, k]`): mrbm-kernels' sgemm with alpha 1, on the caller's rayon

@@ -67,6 +67,33 @@ impl LayerSpec {
         }
     }
 
+    /// The conv geometry for a batch of `batch` (None: a dense layer).
+    pub fn conv_geometry(&self, batch: usize) -> Option<Geometry> {
+        let LayerKind::Conv {
+            input,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        } = &self.kind
+        else {
+            return None;
+        };
+        let [_, oh, ow] = self.hidden_shape();
+        Some(Geometry {
+            batch,
+            c: input[0],
+            h: input[1],
+            w: input[2],
+            o: *out_channels,
+            k: *kernel,
+            stride: *stride,
+            pad: *padding,
+            oh,
+            ow,
+        })
+    }
+
     /// Weight shape: conv [C_h, C_v, k, k], dense [V, H, 1, 1].
     pub fn weight_shape(&self) -> [usize; 4] {
         match &self.kind {
@@ -371,16 +398,6 @@ impl Rbm {
     /// im2col + gemm path of `host_conv`: f32, on the flex CPU device, and
     /// neither it nor the weights in an autodiff graph. None: burn's ops.
     fn host_geometry(&self, t: &Tensor<4>) -> Option<Geometry> {
-        let LayerKind::Conv {
-            input,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-        } = &self.spec.kind
-        else {
-            return None;
-        };
         if t.dtype() != DType::F32
             || self.w.dtype() != DType::F32
             || t.is_tracked()
@@ -390,19 +407,7 @@ impl Rbm {
         {
             return None;
         }
-        let [_, oh, ow] = self.spec.hidden_shape();
-        Some(Geometry {
-            batch: t.dims()[0],
-            c: input[0],
-            h: input[1],
-            w: input[2],
-            o: *out_channels,
-            k: *kernel,
-            stride: *stride,
-            pad: *padding,
-            oh,
-            ow,
-        })
+        self.spec.conv_geometry(t.dims()[0])
     }
 
     /// `op` (a `host_conv` map of `t`, the weights and `bias`) on the host,
@@ -789,32 +794,13 @@ impl Rbm {
         if !plain {
             return None;
         }
-        let shape = match &self.spec.kind {
-            LayerKind::Dense { visible, hidden } => crate::host_sampled::Shape::Dense {
+        let shape = match (&self.spec.kind, self.spec.conv_geometry(0)) {
+            (LayerKind::Dense { visible, hidden }, _) => crate::host_sampled::Shape::Dense {
                 visible: *visible,
                 hidden: *hidden,
             },
-            LayerKind::Conv {
-                input,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let [_, oh, ow] = self.spec.hidden_shape();
-                crate::host_sampled::Shape::Conv(Geometry {
-                    batch: 0,
-                    c: input[0],
-                    h: input[1],
-                    w: input[2],
-                    o: *out_channels,
-                    k: *kernel,
-                    stride: *stride,
-                    pad: *padding,
-                    oh,
-                    ow,
-                })
-            }
+            (LayerKind::Conv { .. }, Some(g)) => crate::host_sampled::Shape::Conv(g),
+            (LayerKind::Conv { .. }, None) => return None,
         };
         Some(HostParams {
             shape,
