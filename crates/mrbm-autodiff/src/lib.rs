@@ -73,6 +73,18 @@ impl Geometry {
     pub fn image(&self) -> usize {
         self.c * self.h * self.w
     }
+    /// Images per chunk, so that a chunk's products have at least
+    /// `columns` columns (fewer when the batch is short), and images per
+    /// thread's group of whole chunks, on the caller's rayon pool.
+    pub fn chunking(&self, columns: usize) -> (usize, usize) {
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = columns
+            .div_ceil(self.positions())
+            .clamp(1, self.batch.div_ceil(threads).max(1));
+        let nchunks = self.batch.div_ceil(chunk);
+        (chunk, nchunks.div_ceil(threads.min(nchunks).max(1)) * chunk)
+    }
+
     /// One image's geometry for mrbm-kernels' im2col and col2im.
     pub fn conv(&self) -> Conv {
         let conv = Conv {
@@ -270,16 +282,9 @@ fn product(m: usize, n: usize, kk: usize, a: View, b: View) -> Vec<f32> {
     c
 }
 
-/// Images per chunk (so a chunk's products have at least ~256 columns,
-/// as in `host_cd`) and per thread's group of chunks.
-fn chunking(g: &Geometry, columns: usize) -> (usize, usize) {
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = columns
-        .div_ceil(g.oh * g.ow)
-        .clamp(1, g.batch.div_ceil(threads).max(1));
-    let nchunks = g.batch.div_ceil(chunk);
-    (chunk, nchunks.div_ceil(threads.min(nchunks).max(1)) * chunk)
-}
+/// Columns per chunk of the up and down products (as in mrbm-core's
+/// `host_cd`).
+const CHUNK_COLS: usize = 256;
 
 /// Columns per chunk of the weight gradient's products (their depth).
 const WG_COLS: usize = 512;
@@ -314,7 +319,7 @@ fn with_scratch<R>(n0: usize, n1: usize, f: impl FnOnce(&mut [f32], &mut [f32]) 
 fn conv_up(v: &[f32], w: &[f32], b: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let (kk, p, conv) = (g.c * g.k * g.k, g.oh * g.ow, g.conv());
     let (img_v, img_h) = (g.c * g.h * g.w, g.o * p);
-    let (chunk, per_group) = chunking(g, 256);
+    let (chunk, per_group) = g.chunking(CHUNK_COLS);
     let mut out = vec![0.0f32; g.batch * img_h];
     out.par_chunks_mut(per_group * img_h)
         .zip(v.par_chunks(per_group * img_v))
@@ -347,7 +352,7 @@ fn conv_up(v: &[f32], w: &[f32], b: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
 fn conv_down(h: &[f32], w: &[f32], a: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let (kk, p, conv) = (g.c * g.k * g.k, g.oh * g.ow, g.conv());
     let (img_v, img_h, hw) = (g.c * g.h * g.w, g.o * p, g.h * g.w);
-    let (chunk, per_group) = chunking(g, 256);
+    let (chunk, per_group) = g.chunking(CHUNK_COLS);
     let mut out = vec![0.0f32; g.batch * img_v];
     out.par_chunks_mut(per_group * img_v)
         .zip(h.par_chunks(per_group * img_h))
@@ -378,7 +383,7 @@ fn conv_down(h: &[f32], w: &[f32], a: Option<&[f32]>, g: &Geometry) -> Vec<f32> 
 fn conv_weight_grad(v: &[f32], x: &[f32], g: &Geometry) -> Vec<f32> {
     let (kk, p, conv) = (g.c * g.k * g.k, g.oh * g.ow, g.conv());
     let (img_v, img_h) = (g.c * g.h * g.w, g.o * p);
-    let (chunk, per_group) = chunking(g, WG_COLS);
+    let (chunk, per_group) = g.chunking(WG_COLS);
     let partials: Vec<Vec<f32>> = v
         .par_chunks(per_group * img_v)
         .zip(x.par_chunks(per_group * img_h))

@@ -97,12 +97,7 @@ pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: 
     let level = Level::detect();
     let (kk, p) = (g.c * g.k * g.k, g.oh * g.ow);
     let (img_v, img_h) = (g.c * g.h * g.w, g.o * p);
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = 256usize
-        .div_ceil(p)
-        .clamp(1, g.batch.div_ceil(threads).max(1));
-    let nchunks = g.batch.div_ceil(chunk);
-    let per_group = nchunks.div_ceil(threads.min(nchunks).max(1)) * chunk;
+    let (chunk, per_group) = g.chunking(256);
     let groups = g.batch.div_ceil(per_group);
     let okk = g.o * kk;
     let conv = g.conv();

@@ -342,14 +342,15 @@ impl Rbm {
     /// `detach` keeps a leaf's require-grad flag, which made every use of
     /// the copy record ops and compute gradients nobody reads.)
     pub fn detached(&self) -> Rbm {
-        let off = |t: &Tensor<4>| t.clone().detach().set_require_grad(false);
-        let off1 = |t: &Tensor<1>| t.clone().detach().set_require_grad(false);
+        fn off<const D: usize>(t: &Tensor<D>) -> Tensor<D> {
+            t.clone().detach().set_require_grad(false)
+        }
         Rbm {
             spec: self.spec.clone(),
             w: off(&self.w),
-            a: off1(&self.a),
-            b: off1(&self.b),
-            log_sigma: self.log_sigma.as_ref().map(off1),
+            a: off(&self.a),
+            b: off(&self.b),
+            log_sigma: self.log_sigma.as_ref().map(off),
         }
     }
 
@@ -435,17 +436,8 @@ impl Rbm {
         if !ad || t.dtype() != DType::F32 || self.w.dtype() != DType::F32 {
             return None;
         }
-        let conv = match &self.spec.kind {
-            LayerKind::Dense { .. } => None,
-            LayerKind::Conv {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => Some([*kernel, *stride, *padding]),
-        };
         let l = Linear {
-            conv,
+            conv: self.spec.conv_geometry(0).map(|g| [g.k, g.stride, g.pad]),
             visible: self.spec.visible_shape(),
             down,
         };
@@ -768,19 +760,7 @@ impl Rbm {
         if !self.on_plain_host(v) || !crate::host_sampled::supports(self.spec.hidden_unit) {
             return None;
         }
-        let shape = match &self.spec.kind {
-            LayerKind::Dense { visible, hidden } => crate::host_sampled::Shape::Dense {
-                visible: *visible,
-                hidden: *hidden,
-            },
-            LayerKind::Conv { .. } => crate::host_sampled::Shape::Conv(self.host_geometry(v)?),
-        };
-        Some(HostParams {
-            shape,
-            w: host_f32(&self.w),
-            a: host_f32(&self.a),
-            b: host_f32(&self.b),
-        })
+        self.host_param_values()
     }
 
     /// The parameters as host values when they are plain f32 tensors on the

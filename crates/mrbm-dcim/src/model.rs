@@ -168,14 +168,24 @@ impl Act {
             Act::Flat(t) => Act::Flat(g(t)),
         }
     }
+    /// Whether mrbm-autodiff's host ops serve it (f32 in an autodiff
+    /// graph on the flex CPU device).
+    fn on_autodiff_host(&self) -> bool {
+        match self {
+            Act::Map(t) => mrbm_autodiff::serves(t),
+            Act::Flat(t) => mrbm_autodiff::serves(t),
+        }
+    }
+    fn dtype(&self) -> burn::tensor::DType {
+        match self {
+            Act::Map(t) => t.dtype(),
+            Act::Flat(t) => t.dtype(),
+        }
+    }
     /// The logistic sigmoid; in an autodiff graph on the flex CPU device
     /// (f32), mrbm-autodiff's vectorised op with its own backward pass.
     pub fn sigmoid(self) -> Act {
-        let host = match &self {
-            Act::Map(t) => mrbm_autodiff::serves(t),
-            Act::Flat(t) => mrbm_autodiff::serves(t),
-        };
-        if host {
+        if self.on_autodiff_host() {
             let mean4 = |t: Tensor<4>| mrbm_autodiff::unit_mean(t, 1.0, 1.0);
             let mean2 = |t: Tensor<2>| mrbm_autodiff::unit_mean(t, 1.0, 1.0);
             return self.apply(mean4, mean2);
@@ -380,25 +390,22 @@ impl Dcim {
     /// ops (evaluation, sampling, other devices keep their bits).
     fn host_linear(&self, k: usize, x: &Act, b: &Tensor<1>, down: bool) -> Option<Act> {
         use mrbm_autodiff::{linear, serves, Linear};
-        let (below, above) = (self.shapes[k - 1], self.shapes[k]);
-        let (x_in, x_f32) = match x {
-            Act::Map(t) => (serves(t), t.dtype() == burn::tensor::DType::F32),
-            Act::Flat(t) => (serves(t), t.dtype() == burn::tensor::DType::F32),
-        };
         let w_in = match &self.weights[k - 1] {
             Weight::Conv(w) => serves(w),
             Weight::Dense(w) => serves(w),
         };
-        if !(x_in || w_in) || !x_f32 {
+        if !(x.on_autodiff_host() || w_in) || x.dtype() != burn::tensor::DType::F32 {
             return None;
         }
+        let (below, above) = (self.shapes[k - 1], self.shapes[k]);
         let visible = match below {
             Shape::Map(s) => s,
             Shape::Flat(n) => [n, 1, 1],
         };
         let input = x.clone().map(if down { above } else { below });
-        match &self.weights[k - 1] {
-            Weight::Conv(w) => {
+        let n = input.dims()[0];
+        match (&self.weights[k - 1], down, below) {
+            (Weight::Conv(w), _, _) => {
                 let (win, s) = self.conv_geometry(k);
                 let l = Linear {
                     conv: Some([win, s, 0]),
@@ -407,33 +414,27 @@ impl Dcim {
                 };
                 Some(Act::Map(linear(input, w.clone(), b.clone(), l)))
             }
-            Weight::Dense(w) => {
+            // The down map of a dense layer above a map: its bias is per
+            // channel of the map, added after the unbiased map.
+            (Weight::Dense(w), true, Shape::Map([c, h, ww])) => {
+                let l = Linear {
+                    conv: None,
+                    visible: [c * h * ww, 1, 1],
+                    down,
+                };
+                let zero = Tensor::<1>::zeros([c * h * ww], (&b.device(), b.dtype()));
+                let out = linear(input, w.clone(), zero, l).reshape([n, c, h, ww]);
+                Some(Act::Map(out + b.clone().reshape([1, c, 1, 1])))
+            }
+            (Weight::Dense(w), _, _) => {
                 let l = Linear {
                     conv: None,
                     visible: [visible.iter().product(), 1, 1],
                     down,
                 };
-                let n = input.dims()[0];
-                if !down {
-                    let out = linear(input, w.clone(), b.clone(), l);
-                    let units = out.dims()[1];
-                    return Some(Act::Flat(out.reshape([n, units])));
-                }
-                match below {
-                    Shape::Flat(units) => {
-                        let out = linear(input, w.clone(), b.clone(), l);
-                        Some(Act::Flat(out.reshape([n, units])))
-                    }
-                    // A dense layer above a map: its bias is per channel of
-                    // the map, added after the unbiased map.
-                    Shape::Map([c, h, ww]) => {
-                        let zero = Tensor::<1>::zeros([c * h * ww], (&b.device(), b.dtype()));
-                        let out = linear(input, w.clone(), zero, l);
-                        Some(Act::Map(
-                            out.reshape([n, c, h, ww]) + b.clone().reshape([1, c, 1, 1]),
-                        ))
-                    }
-                }
+                let out = linear(input, w.clone(), b.clone(), l);
+                let units = out.dims()[1];
+                Some(Act::Flat(out.reshape([n, units])))
             }
         }
     }
