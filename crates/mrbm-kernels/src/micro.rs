@@ -51,10 +51,14 @@ pub(crate) unsafe fn portable(kc: usize, a: *const f32, b: *const f32, out: &Til
 #[cfg(target_arch = "x86_64")]
 pub(crate) const AVX512: Kernel = x86::avx512_14x32;
 #[cfg(target_arch = "x86_64")]
+pub(crate) const AVX512_16X16: Kernel = x86::avx512_16x16;
+#[cfg(target_arch = "x86_64")]
 pub(crate) const AVX2: Kernel = x86::avx2_6x16;
 // Never selected off x86_64 (`Isa::available` is false there).
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) const AVX512: Kernel = portable;
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) const AVX512_16X16: Kernel = portable;
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) const AVX2: Kernel = portable;
 
@@ -63,15 +67,15 @@ mod x86 {
     use super::{store_tile, Tile};
     use std::arch::x86_64::*;
 
-    /// One register-tile microkernel: MR rows of two W-lane vectors each
-    /// (NR = 2 W): 2 MR accumulators, two B vectors, one broadcast of A per
+    /// One register-tile microkernel: MR rows of NV W-lane vectors each
+    /// (NR = NV W): NV MR accumulators, NV B vectors, one broadcast of A per
     /// row. A full tile of row-major C is stored straight from the
     /// registers; an edge tile (or strided C) goes through a buffer and
     /// [`store_tile`].
     macro_rules! microkernel {
         (
             $(#[$attr:meta])*
-            $name:ident, MR = $mr:literal, W = $w:literal,
+            $name:ident, MR = $mr:literal, NV = $nv:literal, W = $w:literal,
             setzero = $setzero:ident, load = $load:ident, store = $store:ident,
             fmadd = $fmadd:ident, mul = $mul:ident, set1 = $set1:ident,
             broadcast = |$ap:ident| $broadcast:expr
@@ -79,55 +83,68 @@ mod x86 {
             $(#[$attr])*
             pub(super) unsafe fn $name(kc: usize, a: *const f32, b: *const f32, out: &Tile) {
                 const MR: usize = $mr;
+                const NV: usize = $nv;
                 const W: usize = $w;
-                let mut c0 = [$setzero(); MR];
-                let mut c1 = [$setzero(); MR];
+                let mut c = [[$setzero(); NV]; MR];
                 let (mut a, mut b) = (a, b);
                 for _ in 0..kc {
-                    let b0 = $load(b);
-                    let b1 = $load(b.add(W));
+                    let mut bv = [$setzero(); NV];
+                    for v in 0..NV {
+                        bv[v] = $load(b.add(v * W));
+                    }
                     for r in 0..MR {
                         let av = {
                             let $ap = a.add(r);
                             $broadcast
                         };
-                        c0[r] = $fmadd(av, b0, c0[r]);
-                        c1[r] = $fmadd(av, b1, c1[r]);
+                        for v in 0..NV {
+                            c[r][v] = $fmadd(av, bv[v], c[r][v]);
+                        }
                     }
                     a = a.add(MR);
-                    b = b.add(2 * W);
+                    b = b.add(NV * W);
                 }
                 let (alpha, beta) = (out.alpha, out.beta);
                 let va = $set1(alpha);
-                if out.mr == MR && out.nr == 2 * W && out.cs == 1 {
+                if out.mr == MR && out.nr == NV * W && out.cs == 1 {
                     let vb = $set1(beta);
                     for r in 0..MR {
                         let p = out.c.add(r * out.rs);
-                        let mut v0 = $mul(c0[r], va);
-                        let mut v1 = $mul(c1[r], va);
-                        if beta != 0.0 {
-                            v0 = $fmadd($load(p), vb, v0);
-                            v1 = $fmadd($load(p.add(W)), vb, v1);
+                        for v in 0..NV {
+                            let mut x = $mul(c[r][v], va);
+                            if beta != 0.0 {
+                                x = $fmadd($load(p.add(v * W)), vb, x);
+                            }
+                            $store(p.add(v * W), x);
                         }
-                        $store(p, v0);
-                        $store(p.add(W), v1);
                     }
                 } else {
-                    let mut t = [0.0f32; MR * 2 * W];
+                    let mut t = [0.0f32; MR * NV * W];
                     for r in 0..MR {
-                        $store(t.as_mut_ptr().add(r * 2 * W), c0[r]);
-                        $store(t.as_mut_ptr().add(r * 2 * W + W), c1[r]);
+                        for v in 0..NV {
+                            $store(t.as_mut_ptr().add(r * NV * W + v * W), c[r][v]);
+                        }
                     }
-                    store_tile(&t, 2 * W, out);
+                    store_tile(&t, NV * W, out);
                 }
             }
         };
     }
 
     microkernel! {
+        /// 16 x 16: 16 zmm accumulators, one B vector, one broadcast (the
+        /// faster tile on Zen 4, whose 512-bit FMAs are double-pumped).
+        #[target_feature(enable = "avx512f")]
+        avx512_16x16, MR = 16, NV = 1, W = 16,
+        setzero = _mm512_setzero_ps, load = _mm512_loadu_ps, store = _mm512_storeu_ps,
+        fmadd = _mm512_fmadd_ps, mul = _mm512_mul_ps, set1 = _mm512_set1_ps,
+        broadcast = |ap| _mm512_set1_ps(*ap)
+    }
+
+    microkernel! {
         /// 14 x 32: 28 zmm accumulators, two B vectors, one broadcast.
         #[target_feature(enable = "avx512f")]
-        avx512_14x32, MR = 14, W = 16,
+        avx512_14x32, MR = 14, NV = 2, W = 16,
         setzero = _mm512_setzero_ps, load = _mm512_loadu_ps, store = _mm512_storeu_ps,
         fmadd = _mm512_fmadd_ps, mul = _mm512_mul_ps, set1 = _mm512_set1_ps,
         broadcast = |ap| _mm512_set1_ps(*ap)
@@ -136,7 +153,7 @@ mod x86 {
     microkernel! {
         /// 6 x 16: 12 ymm accumulators, two B vectors, one broadcast.
         #[target_feature(enable = "avx2,fma")]
-        avx2_6x16, MR = 6, W = 8,
+        avx2_6x16, MR = 6, NV = 2, W = 8,
         setzero = _mm256_setzero_ps, load = _mm256_loadu_ps, store = _mm256_storeu_ps,
         fmadd = _mm256_fmadd_ps, mul = _mm256_mul_ps, set1 = _mm256_set1_ps,
         broadcast = |ap| _mm256_broadcast_ss(&*ap)

@@ -1,10 +1,10 @@
-//! AVX-512 and AVX2 products are the same bits (issue 26: results pinned in
-//! results/ must not depend on which of the two a machine has). Both
-//! microkernels accumulate each element with one FMA per k in the same
-//! order over the same kc blocks, so only the final store could differ: the
-//! full-tile store fuses beta * C into an FMA, and an edge tile (which ones
-//! are edges depends on MR x NR: 14 x 32 against 6 x 16) must round the
-//! same way. Shapes here leave edges in one family and not the other,
+//! AVX-512 (both tiles) and AVX2 products are the same bits (issue 26:
+//! results pinned in results/ must not depend on which family or tile a
+//! machine runs). Every microkernel accumulates each element with one FMA
+//! per k in the same order over the same kc blocks, so only the final store
+//! could differ: the full-tile store fuses beta * C into an FMA, and an edge
+//! tile (which ones are edges depends on MR x NR: 14 x 32, 16 x 16 and
+//! 6 x 16) must round the same way. Shapes here leave edges in one family and not the other,
 //! span several kc blocks, and use alpha and beta that round.
 
 use mrbm_kernels::{sgemm_isa, Isa, Par, View, ViewMut};
@@ -43,6 +43,7 @@ fn avx512_and_avx2_products_are_bit_identical() {
         eprintln!("skipped: this CPU lacks AVX-512 or AVX2 (nothing to compare)");
         return;
     }
+    let wide = [Isa::Avx512, Isa::Avx512Narrow];
     let mut compared = 0;
     let mut beta_rounds = false;
     for &(m, n, k) in &[
@@ -51,18 +52,24 @@ fn avx512_and_avx2_products_are_bit_identical() {
         (20, 40, 257),
         (42, 96, 600),
         (13, 33, 513),
+        (16, 16, 256),
+        (33, 17, 520),
         (1, 1, 1),
     ] {
         for &(alpha, beta) in &[(1.0, 0.0), (1.0, 1.0), (0.7, 0.3), (-1.3, 0.9)] {
             for par in [Par::Seq, Par::Rayon] {
-                let x = product(Isa::Avx512, m, n, k, alpha, beta, par);
                 let y = product(Isa::Avx2, m, n, k, alpha, beta, par);
-                let differ = x.iter().zip(&y).filter(|(a, b)| a != b).count();
-                assert_eq!(
-                    differ, 0,
-                    "{m}x{n}x{k} alpha {alpha} beta {beta} {par:?}: {differ} elements differ"
-                );
-                compared += x.len();
+                for isa in wide {
+                    let x = product(isa, m, n, k, alpha, beta, par);
+                    let differ = x.iter().zip(&y).filter(|(a, b)| a != b).count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{} {m}x{n}x{k} alpha {alpha} beta {beta} {par:?}: {differ} elements differ",
+                        isa.name()
+                    );
+                    compared += x.len();
+                }
             }
         }
         // The test can fail: beta = 0.3 rounds differently fused and unfused
