@@ -110,6 +110,7 @@ impl Isa {
                 kc: 256,
                 nc: 32 * 64,
                 kernel: micro::AVX512,
+                transpose16: true,
             },
             Isa::Avx512Narrow => Blocking {
                 mr: 16,
@@ -118,6 +119,7 @@ impl Isa {
                 kc: 256,
                 nc: 16 * 128,
                 kernel: micro::AVX512_16X16,
+                transpose16: true,
             },
             Isa::Avx2 => Blocking {
                 mr: 6,
@@ -126,6 +128,7 @@ impl Isa {
                 kc: 256,
                 nc: 16 * 128,
                 kernel: micro::AVX2,
+                transpose16: false,
             },
             Isa::Portable => Blocking {
                 mr: micro::PORTABLE_MR,
@@ -134,6 +137,7 @@ impl Isa {
                 kc: 256,
                 nc: 2048,
                 kernel: micro::portable,
+                transpose16: false,
             },
         }
     }
@@ -324,7 +328,7 @@ impl PackedA {
             for (ip, dst) in block.chunks_mut(kcur * bl.mr).enumerate() {
                 let i0 = ip * bl.mr;
                 // Safety: the assert above bounds every read.
-                unsafe { pack_a(src, i0, bl.mr.min(m - i0), pc, kcur, bl.mr, dst) };
+                unsafe { pack_a(src, i0, bl.mr.min(m - i0), (pc, kcur), &bl, dst) };
             }
         }
         PackedA {
@@ -435,6 +439,8 @@ struct Blocking {
     kc: usize,
     nc: usize,
     kernel: Kernel,
+    /// Packing may transpose 16 x 16 blocks with AVX-512 shuffles.
+    transpose16: bool,
 }
 
 impl Blocking {
@@ -577,7 +583,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
             let kcur = kc.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             with_buffer(&PACK_B, npan * kcur * bl.nr, |bbuf| {
-                pack_b_panels(b, (pc, kcur), (jc, ncur), bl.nr, threads > 1, bbuf);
+                pack_b_panels(b, (pc, kcur), (jc, ncur), &bl, threads > 1, bbuf);
                 let bbuf = Mat {
                     p: bbuf.as_ptr(),
                     rs: 0,
@@ -625,9 +631,8 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
                                     a,
                                     ic + ip * bl.mr,
                                     bl.mr.min(mcur - ip * bl.mr),
-                                    pc,
-                                    kcur,
-                                    bl.mr,
+                                    (pc, kcur),
+                                    &bl,
                                     dst,
                                 );
                             }
@@ -696,13 +701,14 @@ unsafe fn pack_b_panels(
     b: Mat,
     (pc, kcur): (usize, usize),
     (jc, ncur): (usize, usize),
-    nr: usize,
+    bl: &Blocking,
     parallel: bool,
     bbuf: &mut [f32],
 ) {
+    let nr = bl.nr;
     let panel = kcur * nr;
     let pack = |(jp, dst): (usize, &mut [f32])| {
-        pack_b(b, pc, kcur, jc + jp * nr, nr.min(ncur - jp * nr), nr, dst)
+        pack_b(b, (pc, kcur), jc + jp * nr, nr.min(ncur - jp * nr), bl, dst)
     };
     if parallel && ncur.div_ceil(nr) > 1 {
         bbuf.par_chunks_mut(panel).enumerate().for_each(pack);
@@ -711,13 +717,44 @@ unsafe fn pack_b_panels(
     }
 }
 
+/// `kc` rows of N consecutive floats of row-major B (from row `p0`,
+/// column `j0`) into an N-wide panel.
+#[inline(always)]
+unsafe fn copy_rows<const N: usize>(b: Mat, p0: usize, kc: usize, j0: usize, dst: &mut [f32]) {
+    for (p, d) in dst.chunks_exact_mut(N).take(kc).enumerate() {
+        let src = &*(b.p.add((p0 + p) * b.rs + j0) as *const [f32; N]);
+        d.copy_from_slice(src);
+    }
+}
+
 /// One MR-row panel of A: dst[p * mr + r] = A[i0 + r, p0 + p], zero past
 /// the `rows` valid rows.
-unsafe fn pack_a(a: Mat, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+unsafe fn pack_a(
+    a: Mat,
+    i0: usize,
+    rows: usize,
+    (p0, kc): (usize, usize),
+    bl: &Blocking,
+    dst: &mut [f32],
+) {
+    let mr = bl.mr;
     if rows < mr {
         dst.fill(0.0);
     }
-    if a.cs == 1 {
+    if a.cs == 1 && bl.transpose16 && mr == 16 && rows == 16 {
+        // Row-major A: 16 rows by 16 depth steps at a time, transposed in
+        // registers (a scalar loop stores 16 floats apart, slowly).
+        let whole = kc / 16 * 16;
+        let src = a.p.add(i0 * a.rs + p0);
+        for p in (0..whole).step_by(16) {
+            micro::transpose16(src.add(p), a.rs, dst.as_mut_ptr().add(p * 16), 16);
+        }
+        for r in 0..16 {
+            for p in whole..kc {
+                *dst.get_unchecked_mut(p * 16 + r) = *src.add(r * a.rs + p);
+            }
+        }
+    } else if a.cs == 1 {
         for r in 0..rows {
             let src = a.p.add((i0 + r) * a.rs + p0);
             for p in 0..kc {
@@ -737,14 +774,45 @@ unsafe fn pack_a(a: Mat, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize
 
 /// One NR-column panel of B: dst[p * nr + j] = B[p0 + p, j0 + j], zero past
 /// the `cols` valid columns.
-unsafe fn pack_b(b: Mat, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
+unsafe fn pack_b(
+    b: Mat,
+    (p0, kc): (usize, usize),
+    j0: usize,
+    cols: usize,
+    bl: &Blocking,
+    dst: &mut [f32],
+) {
+    let nr = bl.nr;
     if cols < nr {
         dst.fill(0.0);
     }
-    if b.cs == 1 {
-        for p in 0..kc {
-            let src = std::slice::from_raw_parts(b.p.add((p0 + p) * b.rs + j0), cols);
-            dst[p * nr..p * nr + cols].copy_from_slice(src);
+    if b.rs == 1 && bl.transpose16 && cols == nr && nr % 16 == 0 {
+        // A transposed B (each column contiguous): 16 columns by 16 depth
+        // steps at a time, transposed in registers.
+        let whole = kc / 16 * 16;
+        for g in (0..nr).step_by(16) {
+            let src = b.p.add(p0 + (j0 + g) * b.cs);
+            for p in (0..whole).step_by(16) {
+                micro::transpose16(src.add(p), b.cs, dst.as_mut_ptr().add(p * nr + g), nr);
+            }
+            for j in 0..16 {
+                for p in whole..kc {
+                    *dst.get_unchecked_mut(p * nr + g + j) = *src.add(j * b.cs + p);
+                }
+            }
+        }
+    } else if b.cs == 1 {
+        match (cols, nr) {
+            // A whole panel row of a width known here is a few vector moves;
+            // `copy_from_slice` of a run-time length calls memmove per row.
+            (16, 16) => copy_rows::<16>(b, p0, kc, j0, dst),
+            (32, 32) => copy_rows::<32>(b, p0, kc, j0, dst),
+            _ => {
+                for p in 0..kc {
+                    let src = std::slice::from_raw_parts(b.p.add((p0 + p) * b.rs + j0), cols);
+                    dst[p * nr..p * nr + cols].copy_from_slice(src);
+                }
+            }
         }
     } else {
         for j in 0..cols {

@@ -52,6 +52,21 @@ pub(crate) unsafe fn portable(kc: usize, a: *const f32, b: *const f32, out: &Til
 pub(crate) const AVX512: Kernel = x86::avx512_14x32;
 #[cfg(target_arch = "x86_64")]
 pub(crate) const AVX512_16X16: Kernel = x86::avx512_16x16;
+
+/// dst[q * ds + r] = src[r * ss + q] for r, q < 16: a 16 x 16 block
+/// transposed (packing a row-major A, or a transposed B, into panels).
+/// AVX-512 shuffles on x86_64 (the caller checks the CPU has them); the
+/// values are only moved, so any version gives the same panels.
+pub(crate) unsafe fn transpose16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    #[cfg(target_arch = "x86_64")]
+    x86::transpose16(src, ss, dst, ds);
+    #[cfg(not(target_arch = "x86_64"))]
+    for r in 0..16 {
+        for q in 0..16 {
+            *dst.add(q * ds + r) = *src.add(r * ss + q);
+        }
+    }
+}
 #[cfg(target_arch = "x86_64")]
 pub(crate) const AVX2: Kernel = x86::avx2_6x16;
 // Never selected off x86_64 (`Isa::available` is false there).
@@ -157,5 +172,42 @@ mod x86 {
         setzero = _mm256_setzero_ps, load = _mm256_loadu_ps, store = _mm256_storeu_ps,
         fmadd = _mm256_fmadd_ps, mul = _mm256_mul_ps, set1 = _mm256_set1_ps,
         broadcast = |ap| _mm256_broadcast_ss(&*ap)
+    }
+
+    /// 16 x 16 transpose in registers: 32-bit and 64-bit interleaves within
+    /// 128-bit lanes, then two rounds of lane shuffles.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * ss)));
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4i + j], lane k: rows 4i..4i+4 of column 4k + j.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let pd = |x: __m512| _mm512_castps_pd(x);
+            let (a, b, c, d) = (
+                pd(t[4 * i]),
+                pd(t[4 * i + 2]),
+                pd(t[4 * i + 1]),
+                pd(t[4 * i + 3]),
+            );
+            u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+            u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+            u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+        }
+        for j in 0..4 {
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+            let v1 = _mm512_shuffle_f32x4::<0xDD>(u[j], u[4 + j]);
+            let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+            let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + j], u[12 + j]);
+            _mm512_storeu_ps(dst.add(j * ds), _mm512_shuffle_f32x4::<0x88>(v0, v2));
+            _mm512_storeu_ps(dst.add((4 + j) * ds), _mm512_shuffle_f32x4::<0x88>(v1, v3));
+            _mm512_storeu_ps(dst.add((8 + j) * ds), _mm512_shuffle_f32x4::<0xDD>(v0, v2));
+            _mm512_storeu_ps(dst.add((12 + j) * ds), _mm512_shuffle_f32x4::<0xDD>(v1, v3));
+        }
     }
 }
