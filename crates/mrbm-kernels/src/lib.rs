@@ -786,7 +786,7 @@ unsafe fn pack_b(
     if cols < nr {
         dst.fill(0.0);
     }
-    if b.rs == 1 && bl.transpose16 && cols == nr && nr % 16 == 0 {
+    if b.rs == 1 && bl.transpose16 && cols == nr && nr.is_multiple_of(16) {
         // A transposed B (each column contiguous): 16 columns by 16 depth
         // steps at a time, transposed in registers.
         let whole = kc / 16 * 16;
