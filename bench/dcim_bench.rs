@@ -21,6 +21,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 }
 
 fn main() {
+    // The allocator as the `mrbm` binary sets it.
+    mrbm_device::host_memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let arch = arg(&args, "--arch", "mlp");
     let batch: usize = arg(&args, "--batch", "64").parse().expect("--batch");

@@ -8,7 +8,7 @@
 # and PyTorch, same threads and batch; prints images/s and the ratio.
 # Not a test: speed is measured here, never asserted.
 #
-#   bash bench/dcim_bench.sh            # THREADS=2 BATCH=64 MLP=40 CNN=8 batches
+#   bash bench/dcim_bench.sh            # THREADS=2 BATCH=64 MLP=40 CNN=8 batches, ROUNDS=3
 #
 # Needs: cargo; python with bench/reference/dcim_requirements.txt
 # (tools/reference-env.sh bench/reference/dcim_requirements.txt makes
@@ -19,6 +19,7 @@ THREADS=${THREADS:-2}
 BATCH=${BATCH:-64}
 MLP=${MLP:-40}
 CNN=${CNN:-8}
+ROUNDS=${ROUNDS:-3}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -36,5 +37,5 @@ echo "== epoch time, $THREADS threads, batch $BATCH, load $(cut -d' ' -f1-3 /pro
 cargo build --release -q -p mrbm-dcim -p mrbm-runner --example dcim_bench
 export OMP_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS
 "$PYTHON" bench/reference/dcim.py bench --mrbm "${CARGO_TARGET_DIR:-target}/release/examples/dcim_bench" \
-    --threads "$THREADS" --batch "$BATCH" --batches-mlp "$MLP" --batches-cnn "$CNN"
+    --threads "$THREADS" --batch "$BATCH" --batches-mlp "$MLP" --batches-cnn "$CNN" --rounds "$ROUNDS"
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -20,6 +20,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 }
 
 fn main() {
+    // The allocator as the `mrbm` binary sets it.
+    mrbm_device::host_memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let stack = arg(&args, "--stack", "generation");
     let batch: usize = arg(&args, "--batch", "128").parse().expect("--batch");

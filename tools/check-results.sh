@@ -64,15 +64,20 @@ if [ ${#names[@]} -eq 0 ]; then
     exit 2
 fi
 
-# The instruction set the kernels use here (MRBM_SGEMM_ISA narrows it).
-isa=portable
-if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then isa=avx512
-elif grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null; then isa=avx2; fi
-# (A family the CPU lacks is ignored by the kernels, so here too.)
-case "${MRBM_SGEMM_ISA:-}" in
-    avx2) [ "$isa" = avx512 ] && isa=avx2 ;;
-    portable) isa=portable ;;
-esac
+# The microkernels the products run on here, as the binary reports them
+# (MRBM_SGEMM_ISA overrides its choice); a guess from /proc/cpuinfo for a
+# binary that does not say.
+isa=$("$mrbm" devices 2>/dev/null | sed -n 's/.*sgemm kernels \([a-z0-9x-]*\).*/\1/p' | head -1)
+if [ -z "$isa" ]; then
+    isa=portable
+    if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then isa=avx512
+    elif grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null; then isa=avx2; fi
+    # (A family the CPU lacks is ignored by the kernels, so here too.)
+    case "${MRBM_SGEMM_ISA:-}" in
+        avx2) [ "$isa" = avx512 ] && isa=avx2 ;;
+        portable) isa=portable ;;
+    esac
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mrbm-check.XXXXXX")
 cleanup() { if [ "$keep" = 1 ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi; }

@@ -190,21 +190,33 @@ def bench_torch(arch, batch, batches, threads):
 
 
 def bench(args):
+    """`args.rounds` rounds, each timing both tools on both networks, so a
+    slow minute of a shared machine hits both alike; prints the medians and
+    the lowest and highest ratio of one round."""
+    from statistics import median
+    rates = {arch: ([], []) for arch in ["mlp", "cnn"]}
+    for _ in range(args.rounds):
+        for arch in ["mlp", "cnn"]:
+            batches = args.batches_mlp if arch == "mlp" else args.batches_cnn
+            ref = bench_torch(arch, args.batch, batches, args.threads)
+            out = subprocess.run(
+                [args.mrbm, "--arch", arch, "--batch", str(args.batch), "--batches", str(batches),
+                 "--threads", str(args.threads)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            ours = json.loads(out.strip().splitlines()[-1])["images_per_s"]
+            rates[arch][0].append(ours)
+            rates[arch][1].append(ref)
     rows = []
-    for arch in ["mlp", "cnn"]:
-        batches = args.batches_mlp if arch == "mlp" else args.batches_cnn
-        ref = bench_torch(arch, args.batch, batches, args.threads)
-        out = subprocess.run(
-            [args.mrbm, "--arch", arch, "--batch", str(args.batch), "--batches", str(batches),
-             "--threads", str(args.threads)],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        ours = json.loads(out.strip().splitlines()[-1])["images_per_s"]
+    for arch, (ours_all, ref_all) in rates.items():
+        ours, ref = median(ours_all), median(ref_all)
+        per_round = [a / b for a, b in zip(ours_all, ref_all)]
         rows.append((arch, ours, ref))
         epoch = 8000
         print(f"{arch}: mrbm {ours:8.1f} img/s ({epoch / ours:6.1f} s/epoch of 8,000)   "
               f"pytorch {torch.__version__} {ref:8.1f} img/s ({epoch / ref:6.1f} s/epoch)   "
-              f"ratio {ours / ref:.2f}x", flush=True)
+              f"ratio {ours / ref:.2f}x   [rounds: {min(per_round):.2f}-{max(per_round):.2f}x over {len(per_round)}]",
+              flush=True)
     return rows
 
 
@@ -219,6 +231,7 @@ def main():
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--batches-mlp", type=int, default=40)
     b.add_argument("--batches-cnn", type=int, default=8)
+    b.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     if a.cmd == "fixture":
         fixture(a.out)

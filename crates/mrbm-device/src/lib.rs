@@ -24,6 +24,7 @@ use std::fmt;
 
 mod cuda_env;
 mod found;
+pub mod host_memory;
 mod probe;
 
 pub use cuda_env::{cuda_env, CudaEnv};

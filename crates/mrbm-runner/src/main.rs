@@ -318,6 +318,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Freed tensors stay in the process for the next training step instead
+    // of going back to the kernel (mrbm-device's host_memory says why).
+    mrbm_device::host_memory::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -66,7 +66,10 @@ fn list_devices() -> Vec<Device> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!("cpu: {threads} threads");
+    println!(
+        "cpu: {threads} threads; sgemm kernels {} (MRBM_SGEMM_ISA overrides)",
+        mrbm_kernels::Isa::best().name()
+    );
     let mut listed = vec![Device::cpu()];
     for backend in ["wgpu", "cuda"] {
         if !backends.contains(&backend) {
