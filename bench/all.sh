@@ -79,10 +79,13 @@ if want sampling; then
   THREADS=$THREADS bash bench/sampling_bench.sh >> "$LOG" 2>&1 || echo "(sampling_bench failed)" >> "$LOG"
 fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+# Which CPU: the kernels' speed against the references differs between CPU
+# generations (README, "Issue 29, eighth step"), so every table names it.
+cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), family $(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -1) model $(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -1); $("$TARGET/release/mrbm" devices 2>/dev/null | sed -n 's/^cpu: .*; \(sgemm kernels [a-z0-9x-]*\).*/\1/p')"
 
-"$PYTHON" - "$LOG" "$load_before" "$load_after" "$THREADS" <<'PY'
+"$PYTHON" - "$LOG" "$load_before" "$load_after" "$THREADS" "$cpu" <<'PY'
 import re, sys
-log, before, after, threads = sys.argv[1:]
+log, before, after, threads, cpu = sys.argv[1:]
 text = open(log).read()
 sections = dict(re.findall(r"\n=== (\w+)\n(.*?)(?=\n=== |\Z)", "\n" + text, re.S))
 rows = []
@@ -137,6 +140,7 @@ r = re.findall(r"^(gibbs|ais)\s+mrbm ([\d.]+) s, (\S+) [\w.+]+ ([\d.]+) s: mrbm 
 if r:
     row("Gibbs sampling (100 chains x 1,000 steps) / AIS (2,000 betas x 100 runs), RBM 784-500", "bash bench/sampling_bench.sh",
         "; ".join(f"{t} {x}x {tool} ({a} s vs {b} s)" for t, a, tool, b, x in r))
+print(f"CPU: {cpu}")
 print(f"load average before: {before}; after: {after} (1, 5, 15 min); {threads} threads")
 print()
 print("| what | command | mrbm vs reference |")

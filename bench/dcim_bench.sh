@@ -8,7 +8,7 @@
 # and PyTorch, same threads and batch; prints images/s and the ratio.
 # Not a test: speed is measured here, never asserted.
 #
-#   bash bench/dcim_bench.sh            # THREADS=2 BATCH=64 MLP=40 CNN=8 batches, ROUNDS=3
+#   bash bench/dcim_bench.sh            # THREADS=2 BATCH=64 MLP=200 CNN=16 batches, ROUNDS=3
 #
 # Needs: cargo; python with bench/reference/dcim_requirements.txt
 # (tools/reference-env.sh bench/reference/dcim_requirements.txt makes
@@ -17,8 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
 BATCH=${BATCH:-64}
-MLP=${MLP:-40}
-CNN=${CNN:-8}
+MLP=${MLP:-200}
+CNN=${CNN:-16}
 ROUNDS=${ROUNDS:-3}
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 tmp=$(mktemp -d)

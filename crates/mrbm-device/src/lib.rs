@@ -1,7 +1,8 @@
 //! mrbm-device owns the compute device: which backends this build has
 //! ([`compiled_backends`]), what each finds on this machine ([`found`]),
 //! proving a device runs kernels ([`smoke`]), and the one choice from
-//! `--device auto|cpu|wgpu[:INDEX]|cuda[:INDEX]` ([`resolve`]).
+//! `--device auto|cpu|wgpu[:INDEX]|cuda[:INDEX]` ([`resolve`]), and on the
+//! host how the allocator keeps freed tensors ([`host_memory`]).
 //!
 //! A process resolves its device once and passes the live [`Device`] down:
 //! the runner puts it in every stage's `StageContext`, and stages take
