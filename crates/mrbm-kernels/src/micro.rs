@@ -146,23 +146,29 @@ mod x86 {
         };
     }
 
-    microkernel! {
-        /// 16 x 16: 16 zmm accumulators, one B vector, one broadcast (the
-        /// faster tile on Zen 4, whose 512-bit FMAs are double-pumped).
-        #[target_feature(enable = "avx512f")]
-        avx512_16x16, MR = 16, NV = 1, W = 16,
-        setzero = _mm512_setzero_ps, load = _mm512_loadu_ps, store = _mm512_storeu_ps,
-        fmadd = _mm512_fmadd_ps, mul = _mm512_mul_ps, set1 = _mm512_set1_ps,
-        broadcast = |ap| _mm512_set1_ps(*ap)
+    /// An AVX-512 tile: MR rows of NV zmm vectors.
+    macro_rules! avx512_microkernel {
+        ($(#[$attr:meta])* $name:ident, MR = $mr:literal, NV = $nv:literal) => {
+            microkernel! {
+                $(#[$attr])*
+                #[target_feature(enable = "avx512f")]
+                $name, MR = $mr, NV = $nv, W = 16,
+                setzero = _mm512_setzero_ps, load = _mm512_loadu_ps, store = _mm512_storeu_ps,
+                fmadd = _mm512_fmadd_ps, mul = _mm512_mul_ps, set1 = _mm512_set1_ps,
+                broadcast = |ap| _mm512_set1_ps(*ap)
+            }
+        };
     }
 
-    microkernel! {
+    avx512_microkernel! {
+        /// 16 x 16: 16 zmm accumulators, one B vector, one broadcast (the
+        /// faster tile on Zen 4, whose 512-bit FMAs are double-pumped).
+        avx512_16x16, MR = 16, NV = 1
+    }
+
+    avx512_microkernel! {
         /// 14 x 32: 28 zmm accumulators, two B vectors, one broadcast.
-        #[target_feature(enable = "avx512f")]
-        avx512_14x32, MR = 14, NV = 2, W = 16,
-        setzero = _mm512_setzero_ps, load = _mm512_loadu_ps, store = _mm512_storeu_ps,
-        fmadd = _mm512_fmadd_ps, mul = _mm512_mul_ps, set1 = _mm512_set1_ps,
-        broadcast = |ap| _mm512_set1_ps(*ap)
+        avx512_14x32, MR = 14, NV = 2
     }
 
     microkernel! {
