@@ -100,15 +100,21 @@ impl Conv {
                     let dst = &mut cols[row * ld..][..np];
                     row += 1;
                     if p0 == 0 && np == oh * ow && ow > 0 {
-                        // The whole image: one output row at a time.
+                        // The whole image: one output row at a time. Where
+                        // this tap reaches into the padding, the row is
+                        // zeroed once first (a padding run is one or two
+                        // floats a row, and a memset call for each cost
+                        // more than the copies).
+                        let padded =
+                            lo > 0 || hi < ow || (0..oh).any(|oy| self.input_row(oy, ky).is_none());
+                        if padded {
+                            dst.fill(0.0);
+                        }
                         for (oy, seg) in dst.chunks_exact_mut(ow).enumerate() {
                             let Some(iy) = self.input_row(oy, ky) else {
-                                seg.fill(0.0);
                                 continue;
                             };
                             let src = &plane[iy * self.w..][..self.w];
-                            seg[..lo].fill(0.0);
-                            seg[hi..].fill(0.0);
                             if hi > lo {
                                 let first = lo * self.sw + kx - self.pw;
                                 if self.sw == 1 {
