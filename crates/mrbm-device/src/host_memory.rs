@@ -17,13 +17,13 @@ const MMAP_THRESHOLD: i32 = 64 << 20;
 const TRIM_THRESHOLD: i32 = 512 << 20;
 
 /// Keep freed memory for reuse (glibc only; elsewhere nothing changes).
-/// Call it first in `main`, before threads start. Returns whether the
-/// allocator took both settings.
+/// Call it first in `main`, so that every later block follows it. Returns
+/// whether the allocator took both settings.
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt only sets allocator parameters; called before
-        // other threads allocate.
+        // SAFETY: mallopt only sets two allocator parameters, under
+        // glibc's own arena lock; no memory is touched.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
