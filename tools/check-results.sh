@@ -24,7 +24,7 @@
 #   - a file the rerun writes that results/ lacks is a difference too.
 #
 # Instruction sets: the CPU kernels (crates/mrbm-kernels) pick AVX-512, AVX2
-# or portable code at run time. AVX-512 and AVX2 give the same bits (tested
+# or portable code at run time. AVX-512 (either tile) and AVX2 give the same bits (tested
 # in crates/mrbm-kernels/tests/isa_bits.rs), so results are pinned for both;
 # the portable kernels (no AVX2+FMA) round differently: there this script
 # prints the differences and exits 0 (MRBM_CHECK_ANY_ISA=1 makes them fail).
