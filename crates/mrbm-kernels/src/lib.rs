@@ -144,7 +144,7 @@ impl Isa {
 }
 
 /// AMD Zen 4 (family 19h): AVX-512 on 256-bit units, where the 16 x 16
-/// tile measured faster than 14 x 32 (README, "Speed on another CPU").
+/// tile measured faster than 14 x 32 (README, "Issue 29, eighth step").
 fn double_pumped_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -727,6 +727,21 @@ unsafe fn copy_rows<const N: usize>(b: Mat, p0: usize, kc: usize, j0: usize, dst
     }
 }
 
+/// dst[p * ds + r] = src[r * ss + p] for 16 rows r and `kc` depth steps p:
+/// 16 x 16 blocks by [`micro::transpose16`], the last `kc % 16` steps one
+/// value at a time. Both packings that read across rows use it.
+unsafe fn transpose_rows16(src: *const f32, ss: usize, kc: usize, dst: &mut [f32], ds: usize) {
+    let whole = kc / 16 * 16;
+    for p in (0..whole).step_by(16) {
+        micro::transpose16(src.add(p), ss, dst.as_mut_ptr().add(p * ds), ds);
+    }
+    for r in 0..16 {
+        for p in whole..kc {
+            *dst.get_unchecked_mut(p * ds + r) = *src.add(r * ss + p);
+        }
+    }
+}
+
 /// One MR-row panel of A: dst[p * mr + r] = A[i0 + r, p0 + p], zero past
 /// the `rows` valid rows.
 unsafe fn pack_a(
@@ -742,18 +757,9 @@ unsafe fn pack_a(
         dst.fill(0.0);
     }
     if a.cs == 1 && bl.transpose16 && mr == 16 && rows == 16 {
-        // Row-major A: 16 rows by 16 depth steps at a time, transposed in
-        // registers (a scalar loop stores 16 floats apart, slowly).
-        let whole = kc / 16 * 16;
-        let src = a.p.add(i0 * a.rs + p0);
-        for p in (0..whole).step_by(16) {
-            micro::transpose16(src.add(p), a.rs, dst.as_mut_ptr().add(p * 16), 16);
-        }
-        for r in 0..16 {
-            for p in whole..kc {
-                *dst.get_unchecked_mut(p * 16 + r) = *src.add(r * a.rs + p);
-            }
-        }
+        // Row-major A: its 16 rows transposed in registers (a scalar loop
+        // stores 16 floats apart, slowly).
+        transpose_rows16(a.p.add(i0 * a.rs + p0), a.rs, kc, dst, 16);
     } else if a.cs == 1 {
         for r in 0..rows {
             let src = a.p.add((i0 + r) * a.rs + p0);
@@ -787,19 +793,10 @@ unsafe fn pack_b(
         dst.fill(0.0);
     }
     if b.rs == 1 && bl.transpose16 && cols == nr && nr.is_multiple_of(16) {
-        // A transposed B (each column contiguous): 16 columns by 16 depth
-        // steps at a time, transposed in registers.
-        let whole = kc / 16 * 16;
+        // A transposed B (each column contiguous): 16 columns at a time,
+        // transposed in registers.
         for g in (0..nr).step_by(16) {
-            let src = b.p.add(p0 + (j0 + g) * b.cs);
-            for p in (0..whole).step_by(16) {
-                micro::transpose16(src.add(p), b.cs, dst.as_mut_ptr().add(p * nr + g), nr);
-            }
-            for j in 0..16 {
-                for p in whole..kc {
-                    *dst.get_unchecked_mut(p * nr + g + j) = *src.add(j * b.cs + p);
-                }
-            }
+            transpose_rows16(b.p.add(p0 + (j0 + g) * b.cs), b.cs, kc, &mut dst[g..], nr);
         }
     } else if b.cs == 1 {
         match (cols, nr) {
