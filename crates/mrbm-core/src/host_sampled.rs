@@ -124,7 +124,15 @@ impl HostLayer<'_> {
                     View::row_major(self.w, *hidden),
                 );
                 let xm = ViewMut::row_major(&mut x, *hidden);
-                mrbm_kernels::sgemm([batch, *hidden, *visible], 1.0, vv, wv, 1.0, xm, Par::Rayon);
+                mrbm_kernels::sgemm_sparse_a(
+                    [batch, *hidden, *visible],
+                    1.0,
+                    vv,
+                    wv,
+                    1.0,
+                    xm,
+                    Par::Rayon,
+                );
                 x
             }
             Shape::Conv(g) => host_conv::conv2d(v, self.w, self.b, &Self::geometry(g, batch)),
@@ -144,7 +152,7 @@ impl HostLayer<'_> {
                     View::row_major(self.w, *hidden),
                 );
                 let ym = ViewMut::row_major(&mut y, *visible);
-                mrbm_kernels::sgemm(
+                mrbm_kernels::sgemm_sparse_a(
                     [batch, *visible, *hidden],
                     1.0,
                     hv,
@@ -222,7 +230,7 @@ impl HostLayer<'_> {
                     View::row_major(&h2, *hidden),
                 );
                 let gm = ViewMut::row_major(&mut gw, *hidden);
-                mrbm_kernels::sgemm(
+                mrbm_kernels::sgemm_sparse_a(
                     [*visible, *hidden, 2 * batch],
                     1.0,
                     vt,

@@ -127,5 +127,85 @@ fn main() {
                 best / g
             );
         }
+        sparse_rows(par);
     });
+}
+
+/// The sparse walk (`sgemm_sparse_a`) against the packed product of the
+/// best family on the RBM rules' products, by the share of nonzeros in A:
+/// the speed-up of the walk (> 1: the walk is faster). Picks
+/// `sparse::MAX_DENSITY`.
+fn sparse_rows(par: Par) {
+    use mrbm_kernels::sparse::sgemm_sparse_a_with;
+    if !Isa::Avx512.available() {
+        println!("(no AVX-512: the sparse walk is not used on this CPU)");
+        return;
+    }
+    let shapes: &[(&str, usize, usize, usize, bool, bool)] = &[
+        ("v W 100x784x500", 100, 500, 784, false, false),
+        ("h W^T 100x500x784", 100, 784, 500, false, true),
+        ("[v;v']^T [h;-h'] 784x200x500", 784, 500, 200, true, false),
+    ];
+    let densities = [0.05f32, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7];
+    print!("\n{:<34}", "sparse walk / packed (density)");
+    for d in densities {
+        print!(" {d:>6}");
+    }
+    println!();
+    let isa = Isa::best();
+    for &(name, m, n, k, a_t, b_t) in shapes {
+        print!("{name:<34}");
+        for d in densities {
+            let mut s = 0x9e37_79b9u32;
+            let a: Vec<f32> = (0..m * k)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 17;
+                    s ^= s << 5;
+                    if (s >> 8) as f32 / (1u32 << 24) as f32 <= d {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut c = vec![0.0f32; m * n];
+            let av = if a_t {
+                View::row_major(&a, m).t()
+            } else {
+                View::row_major(&a, k)
+            };
+            let bv = if b_t {
+                View::row_major(&b, k).t()
+            } else {
+                View::row_major(&b, n)
+            };
+            let flops = 2.0 * (m * n * k) as f64;
+            let dense = time(flops, || {
+                sgemm_isa(
+                    (isa, par),
+                    [m, n, k],
+                    1.0,
+                    av,
+                    bv,
+                    0.0,
+                    ViewMut::row_major(&mut c, n),
+                )
+            });
+            let walk = time(flops, || {
+                sgemm_sparse_a_with(
+                    (isa, par, 1.0),
+                    [m, n, k],
+                    1.0,
+                    av,
+                    bv,
+                    0.0,
+                    ViewMut::row_major(&mut c, n),
+                );
+            });
+            print!(" {:>5.2}x", walk / dense);
+        }
+        println!();
+    }
 }

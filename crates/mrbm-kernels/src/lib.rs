@@ -34,6 +34,9 @@ pub mod conv;
 pub mod draw;
 pub mod math;
 mod micro;
+pub mod sparse;
+
+pub use sparse::sgemm_sparse_a;
 
 /// Which microkernel family runs the products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

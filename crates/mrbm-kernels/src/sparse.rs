@@ -1,0 +1,307 @@
+//! Products whose left operand is mostly zeros: the data and the sampled
+//! states of the RBM rules (MNIST digits are four-fifths zeros; sampled
+//! visible states of them about as many), where a dense product spends
+//! most of its multiply-adds on zeros.
+//!
+//! [`sgemm_sparse_a`] walks each row of A's nonzeros and adds
+//! `a[i, p] * B[p, :]` into registers holding a strip of C's row. It keeps
+//! the dense product's arithmetic exactly: per element, one FMA per
+//! nonzero, from zero within the same depth blocks, in increasing p, the
+//! blocks' sums combined as [`crate::sgemm`] combines them. A zero of A
+//! contributes `fma(0, b, acc) = acc` there, so skipping it gives the same
+//! bits (tests/sparse.rs), with two exceptions no training reaches: an
+//! infinity or NaN in B opposite a zero of A (the dense product gives NaN,
+//! this one does not), and the sign of a sum that underflowed to -0.
+//!
+//! Above [`MAX_DENSITY`] nonzeros, or where the CPU lacks AVX-512, or C is
+//! not row-major, it runs the dense [`crate::sgemm`] instead.
+
+use rayon::prelude::*;
+
+use crate::{sgemm_isa, split_even, Isa, Par, View, ViewMut};
+
+/// The largest share of nonzeros in A at which the sparse walk is used.
+/// Measured on Zen 4 (`sgemm_bench`'s last table): the walk does its
+/// multiply-adds at about 40 % of the packed kernel's rate (it reads a row
+/// of B from L2 for each nonzero), so it is 2x faster at density 0.2 and
+/// breaks even near 0.4; 0.35 keeps a margin.
+pub const MAX_DENSITY: f32 = 0.35;
+
+/// [`crate::sgemm`] for an A that is mostly zeros: C (m x n) = alpha *
+/// A (m x k) * B (k x n) + beta * C, the same bits (see the module
+/// documentation for the two exceptions).
+pub fn sgemm_sparse_a(
+    shape: [usize; 3],
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    c: ViewMut,
+    par: Par,
+) {
+    sgemm_sparse_a_with((Isa::best(), par, MAX_DENSITY), shape, alpha, a, b, beta, c);
+}
+
+/// [`sgemm_sparse_a`] with the microkernel family (for the dense fallback
+/// and the depth blocks), the parallelism and the density limit given.
+/// Returns whether the sparse walk ran.
+pub fn sgemm_sparse_a_with(
+    (isa, par, max_density): (Isa, Par, f32),
+    [m, n, k]: [usize; 3],
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    c: ViewMut,
+) -> bool {
+    let walk = cfg!(target_arch = "x86_64")
+        && matches!(isa, Isa::Avx512 | Isa::Avx512Narrow)
+        && isa.available()
+        && c.cs == 1
+        && m > 0
+        && n > 0
+        && k > 0
+        && alpha != 0.0;
+    if !walk {
+        sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, c);
+        return false;
+    }
+    crate::check_views(m, n, k, Some(&a), &b, &c);
+    // A row-major (a copy when it is a transposed view), and its nonzeros
+    // counted on the way.
+    let owned_a;
+    let (a_rows, nnz) = if a.cs == 1 && a.rs == k {
+        let rows = &a.data[..m * k];
+        (rows, count_nonzeros(rows))
+    } else {
+        owned_a = gather(m, k, a);
+        let nnz = count_nonzeros(&owned_a);
+        (&owned_a[..], nnz)
+    };
+    if nnz as f64 > max_density as f64 * (m * k) as f64 {
+        sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, c);
+        return false;
+    }
+    // B's rows contiguous (a copy when it is a transposed view).
+    let owned_b;
+    let (b_rows, b_rs) = if b.cs == 1 {
+        (b.data, b.rs)
+    } else {
+        owned_b = gather(k, n, b);
+        (&owned_b[..], n)
+    };
+    let kc = split_even(k, isa.blocking().kc, 1);
+    let threads = match par {
+        Par::Seq => 1,
+        Par::Rayon => rayon::current_num_threads().max(1),
+    };
+    // A few chunks of rows a thread (a descheduled thread leaves work the
+    // others can take); each chunk runs every depth block, so a block of
+    // B is reused by the chunk's rows while it is in cache.
+    let chunks = (4 * threads).min(m);
+    let per = m.div_ceil(chunks);
+    let c_rs = c.rs;
+    let c_ptr = CPtr(c.data.as_mut_ptr());
+    let run = |chunk: usize| {
+        let rows = chunk * per..((chunk + 1) * per).min(m);
+        let mut idx = vec![0u32; kc];
+        let mut val = vec![0.0f32; kc];
+        for pc in (0..k).step_by(kc) {
+            let kcur = kc.min(k - pc);
+            let beta_eff = if pc == 0 { beta } else { 1.0 };
+            let b_block = &b_rows[pc * b_rs..];
+            for i in rows.clone() {
+                // Branch-free: every value is written, and the count only
+                // moves past the nonzeros (a branch per value mispredicts
+                // on data like this about as often as it is taken).
+                let mut nz = 0;
+                for (p, &x) in a_rows[i * k + pc..i * k + pc + kcur].iter().enumerate() {
+                    idx[nz] = p as u32;
+                    val[nz] = x;
+                    nz += (x != 0.0) as usize;
+                }
+                let (idx, val) = (&idx[..nz], &val[..nz]);
+                // Safety: rows of C are disjoint between chunks; the view
+                // checks bound row i's n elements and B's block.
+                unsafe {
+                    let c_row = c_ptr.row(i, c_rs, n);
+                    x86::row(idx, val, b_block, b_rs, n, alpha, beta_eff, c_row);
+                }
+            }
+        }
+    };
+    if threads > 1 && chunks > 1 {
+        (0..chunks).into_par_iter().for_each(run);
+    } else {
+        (0..chunks).for_each(run);
+    }
+    true
+}
+
+/// C's base pointer, shared by the tasks that write its disjoint rows.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// Safety: tasks write disjoint rows.
+unsafe impl Send for CPtr {}
+unsafe impl Sync for CPtr {}
+impl CPtr {
+    /// Row i's first n elements (a method, so closures capture the whole
+    /// Sync wrapper).
+    unsafe fn row<'a>(self, i: usize, rs: usize, n: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(i * rs), n)
+    }
+}
+
+fn count_nonzeros(x: &[f32]) -> usize {
+    x.iter().filter(|&&v| v != 0.0).count()
+}
+
+/// A strided rows x cols view copied row-major.
+fn gather(rows: usize, cols: usize, v: View) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * cols];
+    if v.rs == 1 {
+        // A transposed row-major matrix: 16 x 16 blocks transposed in
+        // registers (the walk only runs with AVX-512), the edges one value
+        // at a time.
+        let (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
+        assert!(
+            cols == 0 || v.data.len() >= (cols - 1) * v.cs + rows,
+            "sgemm: view too short"
+        );
+        for j0 in (0..c16).step_by(16) {
+            for i0 in (0..r16).step_by(16) {
+                // Safety: the assert bounds the 16 source rows; out holds
+                // rows x cols.
+                unsafe {
+                    crate::micro::transpose16(
+                        v.data.as_ptr().add(j0 * v.cs + i0),
+                        v.cs,
+                        out.as_mut_ptr().add(i0 * cols + j0),
+                        cols,
+                    )
+                };
+            }
+        }
+        for j in 0..cols {
+            let src = &v.data[j * v.cs..j * v.cs + rows];
+            let from = if j < c16 { r16 } else { 0 };
+            for (i, &x) in src.iter().enumerate().skip(from) {
+                out[i * cols + j] = x;
+            }
+        }
+    } else {
+        for (i, row) in out.chunks_mut(cols).enumerate() {
+            for (j, d) in row.iter_mut().enumerate() {
+                *d = v.data[i * v.rs + j * v.cs];
+            }
+        }
+    }
+    out
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    /// Never called off x86_64 (the walk is only chosen with AVX-512).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn row(
+        _: &[u32],
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: f32,
+        _: f32,
+        _: &mut [f32],
+    ) {
+        unreachable!("the sparse walk needs AVX-512")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// The most zmm accumulators a strip holds (16 of the 32 registers).
+    const MAX_NV: usize = 16;
+
+    /// One row of C over one depth block: c = alpha * sum_p val[p] *
+    /// B[idx[p], :] + beta * c, in strips of at most 16 vectors.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn row(
+        idx: &[u32],
+        val: &[f32],
+        b: &[f32],
+        b_rs: usize,
+        n: usize,
+        alpha: f32,
+        beta: f32,
+        c: &mut [f32],
+    ) {
+        if let Some(&last) = idx.last() {
+            assert!(b.len() >= last as usize * b_rs + n, "sgemm: B too short");
+        }
+        let vectors = n.div_ceil(16);
+        let strips = vectors.div_ceil(MAX_NV);
+        let per = vectors.div_ceil(strips);
+        for s in 0..strips {
+            let v0 = s * per;
+            let nv = per.min(vectors - v0);
+            let j0 = v0 * 16;
+            let cols = (n - j0).min(nv * 16);
+            let tail = cols - (nv - 1) * 16;
+            let mask: __mmask16 = if tail == 16 {
+                0xffff
+            } else {
+                (1u16 << tail) - 1
+            };
+            let (bp, cp) = (b.as_ptr().add(j0), c.as_mut_ptr().add(j0));
+            macro_rules! dispatch {
+                ($($nv:literal)*) => {
+                    match nv {
+                        $($nv => strip::<$nv>(idx, val, bp, b_rs, mask, alpha, beta, cp),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        }
+    }
+
+    /// NV vectors of one row of C (the last one masked): the accumulators
+    /// stay in registers over the row's nonzeros.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn strip<const NV: usize>(
+        idx: &[u32],
+        val: &[f32],
+        b: *const f32,
+        b_rs: usize,
+        mask: __mmask16,
+        alpha: f32,
+        beta: f32,
+        c: *mut f32,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); NV];
+        for (&p, &x) in idx.iter().zip(val) {
+            let av = _mm512_set1_ps(x);
+            let row = b.add(p as usize * b_rs);
+            for (v, a) in acc.iter_mut().enumerate().take(NV - 1) {
+                *a = _mm512_fmadd_ps(av, _mm512_loadu_ps(row.add(16 * v)), *a);
+            }
+            let last = _mm512_maskz_loadu_ps(mask, row.add(16 * (NV - 1)));
+            acc[NV - 1] = _mm512_fmadd_ps(av, last, acc[NV - 1]);
+        }
+        // The dense kernels' combine: fma(C, beta, alpha * acc), C unread
+        // when beta is 0.
+        let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+        for (v, &s) in acc.iter().enumerate() {
+            let m = if v == NV - 1 { mask } else { 0xffff };
+            let p = c.add(16 * v);
+            let mut x = _mm512_mul_ps(s, va);
+            if beta != 0.0 {
+                x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p), vb, x);
+            }
+            _mm512_mask_storeu_ps(p, m, x);
+        }
+    }
+}

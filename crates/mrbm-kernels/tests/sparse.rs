@@ -1,0 +1,172 @@
+//! The sparse walk (`sgemm_sparse_a`) gives the dense product's bits.
+
+use mrbm_kernels::sparse::sgemm_sparse_a_with;
+use mrbm_kernels::{sgemm_isa, Isa, Par, View, ViewMut};
+
+/// Deterministic values in [-1, 1), a share `zeros` of them exactly 0 (and,
+/// with `binary`, the rest exactly 1).
+fn values(len: usize, seed: u32, zeros: f32, binary: bool) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 8) as f32 / (1u32 << 24) as f32
+    };
+    (0..len)
+        .map(|_| {
+            let (u, x) = (next(), next());
+            if u < zeros {
+                0.0
+            } else if binary {
+                1.0
+            } else {
+                2.0 * x - 1.0
+            }
+        })
+        .collect()
+}
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    zeros: f32,
+    binary: bool,
+    a_t: bool,
+    b_t: bool,
+    alpha: f32,
+    beta: f32,
+}
+
+/// (dense bits, sparse bits, whether the walk ran).
+fn both(isa: Isa, par: Par, c: &Case) -> (Vec<u32>, Vec<u32>, bool) {
+    let (m, n, k) = (c.m, c.n, c.k);
+    let a = values(m * k, 1, c.zeros, c.binary);
+    let b = values(k * n, 2, 0.0, false);
+    let c0 = values(m * n, 3, 0.0, false);
+    let av = if c.a_t {
+        View::row_major(&a, m).t()
+    } else {
+        View::row_major(&a, k)
+    };
+    let bv = if c.b_t {
+        View::row_major(&b, k).t()
+    } else {
+        View::row_major(&b, n)
+    };
+    let mut dense = c0.clone();
+    sgemm_isa(
+        (isa, par),
+        [m, n, k],
+        c.alpha,
+        av,
+        bv,
+        c.beta,
+        ViewMut::row_major(&mut dense, n),
+    );
+    let mut sparse = c0;
+    let ran = sgemm_sparse_a_with(
+        (isa, par, 1.0),
+        [m, n, k],
+        c.alpha,
+        av,
+        bv,
+        c.beta,
+        ViewMut::row_major(&mut sparse, n),
+    );
+    let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    (bits(dense), bits(sparse), ran)
+}
+
+#[test]
+fn the_walk_gives_the_dense_products_bits() {
+    let wide = [Isa::Avx512, Isa::Avx512Narrow];
+    if !Isa::Avx512.available() {
+        eprintln!("note: no AVX-512 on this CPU; the sparse walk is not used here");
+        return;
+    }
+    let mut cases = Vec::new();
+    // Shapes: one depth block and several (k > 256, split evenly), widths
+    // of one partial vector, whole strips and two strips with a tail.
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (7, 5, 3),
+        (100, 500, 784),
+        (33, 17, 520),
+        (200, 256, 300),
+        (16, 513, 257),
+    ] {
+        for &(zeros, binary) in &[(0.8, false), (0.5, true), (1.0, false), (0.0, false)] {
+            for &(a_t, b_t) in &[(false, false), (true, false), (false, true)] {
+                for &(alpha, beta) in &[(1.0, 0.0), (1.0, 1.0), (-0.25, 0.7)] {
+                    cases.push(Case {
+                        m,
+                        n,
+                        k,
+                        zeros,
+                        binary,
+                        a_t,
+                        b_t,
+                        alpha,
+                        beta,
+                    });
+                }
+            }
+        }
+    }
+    for isa in wide {
+        for par in [Par::Seq, Par::Rayon] {
+            for c in &cases {
+                let (dense, sparse, ran) = both(isa, par, c);
+                assert!(ran, "the walk did not run at density limit 1");
+                let differ = dense.iter().zip(&sparse).filter(|(x, y)| x != y).count();
+                assert_eq!(
+                    differ, 0,
+                    "{} {:?}: m {} n {} k {} zeros {} binary {} a_t {} b_t {} alpha {} beta {}: {differ} elements differ",
+                    isa.name(), par, c.m, c.n, c.k, c.zeros, c.binary, c.a_t, c.b_t, c.alpha, c.beta
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dense_operands_take_the_packed_product() {
+    let c = Case {
+        m: 20,
+        n: 30,
+        k: 40,
+        zeros: 0.1,
+        binary: false,
+        a_t: false,
+        b_t: false,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let (m, n, k) = (c.m, c.n, c.k);
+    let a = values(m * k, 1, c.zeros, false);
+    let b = values(k * n, 2, 0.0, false);
+    let mut out = vec![0.0f32; m * n];
+    let ran = sgemm_sparse_a_with(
+        (Isa::best(), Par::Seq, 0.4),
+        [m, n, k],
+        1.0,
+        View::row_major(&a, k),
+        View::row_major(&b, n),
+        0.0,
+        ViewMut::row_major(&mut out, n),
+    );
+    assert!(!ran, "a 90 % dense A should not take the walk");
+    let mut want = vec![0.0f32; m * n];
+    sgemm_isa(
+        (Isa::best(), Par::Seq),
+        [m, n, k],
+        1.0,
+        View::row_major(&a, k),
+        View::row_major(&b, n),
+        0.0,
+        ViewMut::row_major(&mut want, n),
+    );
+    assert_eq!(out, want);
+}
