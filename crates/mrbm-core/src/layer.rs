@@ -265,6 +265,11 @@ pub struct HostParams {
     pub b: Vec<f32>,
 }
 
+/// A layer's w, a and b as host values, held by the trainer between steps:
+/// exactly the values its last fused host update wrote into the tensors
+/// (reading them back out of burn costs three copies of W a step).
+pub(crate) type HostWab = (Vec<f32>, Vec<f32>, Vec<f32>);
+
 impl HostParams {
     pub fn layer(&self, spec: &LayerSpec) -> crate::host_sampled::HostLayer<'_> {
         crate::host_sampled::HostLayer {
@@ -669,7 +674,7 @@ impl Rbm {
     /// CPU device, no autodiff graph, no learned sigma, sub-unit hidden
     /// units and sub-unit or Gaussian visible units. None: burn's ops.
     fn host_cd_grads(&self, v: &Tensor<4>) -> Option<(Tensor<1>, LayerGrads, Tensor<4>)> {
-        let (out, _) = self.host_cd_raw(v)?;
+        let (out, _) = self.host_cd_raw(v, None)?;
         let device = v.device();
         let bsz = v.dims()[0];
         let [hc, hh, hw] = self.spec.hidden_shape();
@@ -708,6 +713,7 @@ impl Rbm {
     pub(crate) fn host_cd_raw(
         &self,
         v: &Tensor<4>,
+        cached: Option<HostWab>,
     ) -> Option<(crate::host_cd::HostCd, HostParams)> {
         use crate::unit::UnitKind;
         let vu = self.spec.visible_unit;
@@ -728,12 +734,8 @@ impl Rbm {
             hidden: act(hu),
         };
         let bsz = v.dims()[0];
-        let (vh, w, a, b) = (
-            host_f32(v),
-            host_f32(&self.w),
-            host_f32(&self.a),
-            host_f32(&self.b),
-        );
+        let vh = host_f32(v);
+        let (w, a, b) = self.host_wab(cached);
         let (out, shape) = match &self.spec.kind {
             LayerKind::Dense { visible, hidden } => (
                 crate::host_cd::dense_cd(&vh, &w, &a, &b, [bsz, *visible, *hidden], units),
@@ -757,15 +759,33 @@ impl Rbm {
     /// `v` can take that path: f32 on the flex CPU device, no autodiff
     /// graph, no learned sigma, sub-unit hidden units. None: burn's ops.
     pub fn host_params(&self, v: &Tensor<4>) -> Option<HostParams> {
+        self.host_params_cached(v, None)
+    }
+
+    /// [`Rbm::host_params`], taking w, a and b from `cached` when given.
+    pub(crate) fn host_params_cached(
+        &self,
+        v: &Tensor<4>,
+        cached: Option<HostWab>,
+    ) -> Option<HostParams> {
         if !self.on_plain_host(v) || !crate::host_sampled::supports(self.spec.hidden_unit) {
             return None;
         }
-        self.host_param_values()
+        self.host_param_values_cached(cached)
+    }
+
+    /// w, a and b from `cached`, or read from the tensors.
+    fn host_wab(&self, cached: Option<HostWab>) -> HostWab {
+        cached.unwrap_or_else(|| (host_f32(&self.w), host_f32(&self.a), host_f32(&self.b)))
     }
 
     /// The parameters as host values when they are plain f32 tensors on the
     /// flex device without a learned sigma (the geometry's batch unset).
     pub fn host_param_values(&self) -> Option<HostParams> {
+        self.host_param_values_cached(None)
+    }
+
+    fn host_param_values_cached(&self, cached: Option<HostWab>) -> Option<HostParams> {
         let plain = self.log_sigma.is_none()
             && self.w.dtype() == DType::F32
             && !self.w.is_tracked()
@@ -782,12 +802,8 @@ impl Rbm {
             (LayerKind::Conv { .. }, Some(g)) => crate::host_sampled::Shape::Conv(g),
             (LayerKind::Conv { .. }, None) => return None,
         };
-        Some(HostParams {
-            shape,
-            w: host_f32(&self.w),
-            a: host_f32(&self.a),
-            b: host_f32(&self.b),
-        })
+        let (w, a, b) = self.host_wab(cached);
+        Some(HostParams { shape, w, a, b })
     }
 
     /// The gradient of the loss F(v) - F(v_neg) (v_neg held constant) from

@@ -397,6 +397,10 @@ pub(crate) struct LayerState {
     // Adam's moments of the fused host step (w, a, b); `w`, `a`, `b` above
     // are then None.
     pub(crate) host_adam: Option<[HostMoments; 3]>,
+    // The layer's w, a, b as the last fused host update wrote them (taken by
+    // the next host step instead of reading the tensors back; cleared by
+    // any other update).
+    pub(crate) host_wab: Option<crate::layer::HostWab>,
     // PCD / FPCD: the persistent chains' visible states, one row per batch row.
     pub(crate) chain: Option<Tensor<4>>,
     // FPCD: the fast weights.
@@ -635,8 +639,9 @@ impl Trainer {
     /// the host sampled step made them.
     fn layer_step(&mut self, i: usize, v: Tensor<4>) -> (f64, StepGrads, Tensor<4>) {
         if !self.params.sampled_negative_phase() {
+            let cached = self.states[i].host_wab.take();
             let layer = &self.dbn.layers[i];
-            if let Some((out, params)) = layer.host_cd_raw(&v) {
+            if let Some((out, params)) = layer.host_cd_raw(&v, cached) {
                 // host_cd's step, its gradients kept on the host for the
                 // fused update; the loss rounded through f32 as the tensor
                 // path's loss tensor is.
@@ -712,8 +717,9 @@ impl Trainer {
         if algorithm == Algorithm::GibbsLangevin {
             return None;
         }
+        let cached = self.states[i].host_wab.take();
         let layer = &self.dbn.layers[i];
-        let params = layer.host_params(v)?;
+        let params = layer.host_params_cached(v, cached)?;
         let spec = layer.spec.clone();
         let (dims, device) = (v.dims(), v.device());
         let batch = dims[0];
@@ -884,6 +890,7 @@ impl Trainer {
 
     /// Update layer `i`'s parameters from its loss gradient.
     fn apply(&mut self, i: usize, mut g: LayerGrads, epoch: usize) {
+        self.states[i].host_wab = None;
         self.velocity_to_tensors(i);
         let p = &self.params;
         let scale = self.lr_scale(i);
@@ -1011,13 +1018,16 @@ impl Trainer {
     }
 
     /// Layer i's parameters from the host values a fused step updated.
+    /// The values stay with the trainer for the next host step
+    /// (`LayerState::host_wab`).
     fn set_host_params(&mut self, i: usize, w: Vec<f32>, a: Vec<f32>, b: Vec<f32>) {
         use crate::layer::tensor_f32;
         let layer = &mut self.dbn.layers[i];
         let device = layer.w.device();
-        layer.w = tensor_f32(w, layer.spec.weight_shape(), &device);
-        layer.a = tensor_f32(a, [layer.spec.visible_channels()], &device);
-        layer.b = tensor_f32(b, [layer.spec.hidden_channels()], &device);
+        layer.w = tensor_f32(w.clone(), layer.spec.weight_shape(), &device);
+        layer.a = tensor_f32(a.clone(), [layer.spec.visible_channels()], &device);
+        layer.b = tensor_f32(b.clone(), [layer.spec.hidden_channels()], &device);
+        self.states[i].host_wab = Some((w, a, b));
     }
 
     fn apply_host(&mut self, i: usize, g: HostGrads, epoch: usize) -> bool {
@@ -1580,6 +1590,97 @@ fn start_trainer(
                 dbn.layers[0].log_sigma = Some(Tensor::zeros([c], (device, DType::F32)));
             }
             (Trainer::new(dbn, optim.clone()), Default::default())
+        }
+    }
+}
+
+#[cfg(test)]
+mod host_values_between_steps {
+    use super::*;
+    use crate::layer::values_f32;
+    use crate::stack::StackParams;
+
+    fn trainer(algorithm: Algorithm, optimizer: OptimizerKind) -> (Trainer, Tensor<4>) {
+        let params = StackParams {
+            conv_channels: vec![],
+            dense: vec![24, 12],
+            ..StackParams::default()
+        };
+        let spec = params.build_spec([1, 6, 6]).expect("spec");
+        let device = Device::flex();
+        let dbn = Dbn::init(spec, 0.1, 3, &device, DType::F32);
+        let tr = Trainer::new(
+            dbn,
+            OptimParams {
+                batch_size: 8,
+                algorithm,
+                optimizer,
+                momentum: Momentum::Constant(0.9),
+                weight_decay: 0.001,
+                lr: 0.05,
+                ..OptimParams::default()
+            },
+        );
+        // Mostly zeros, as digits are (the sparse products' case).
+        let px: Vec<u8> = (0..8 * 36)
+            .map(|i| {
+                if (i * 7919) % 5 == 0 {
+                    ((i * 31) % 256) as u8
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let v = tr.dbn.pixels_to_visible(&px, 8, &device, DType::F32);
+        (tr, v)
+    }
+
+    fn bits(tr: &Trainer) -> Vec<Vec<u32>> {
+        tr.dbn
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [values_f32(&l.w), values_f32(&l.a), values_f32(&l.b)]
+                    .map(|x| x.into_iter().map(f32::to_bits).collect::<Vec<u32>>())
+            })
+            .collect()
+    }
+
+    /// The w, a, b a fused host update leaves with the trainer are the
+    /// values it wrote into the tensors, and training from them gives the
+    /// bits of training that reads the tensors back every step.
+    #[test]
+    fn kept_values_match_the_tensors_and_give_the_same_training() {
+        for (algorithm, optimizer) in [
+            (Algorithm::Cd, OptimizerKind::Sgd),
+            (Algorithm::Pcd, OptimizerKind::Sgd),
+            (Algorithm::Paper, OptimizerKind::Adam),
+        ] {
+            let (mut kept, v) = trainer(algorithm, optimizer);
+            let (mut read, _) = trainer(algorithm, optimizer);
+            for step in 0..4 {
+                kept.step(v.clone(), 1, step).expect("step");
+                for st in &mut read.states {
+                    st.host_wab = None;
+                }
+                read.step(v.clone(), 1, step).expect("step");
+                for (i, layer) in kept.dbn.layers.iter().enumerate() {
+                    let (w, a, b) = kept.states[i]
+                        .host_wab
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("{algorithm:?}: layer {i} kept no host values"));
+                    assert_eq!(
+                        (w, a, b),
+                        (
+                            &values_f32(&layer.w),
+                            &values_f32(&layer.a),
+                            &values_f32(&layer.b)
+                        ),
+                        "{algorithm:?}: layer {i}'s kept values differ from its tensors"
+                    );
+                }
+            }
+            assert_eq!(bits(&kept), bits(&read), "{algorithm:?}: training moved");
         }
     }
 }

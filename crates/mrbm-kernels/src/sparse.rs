@@ -74,7 +74,7 @@ pub fn sgemm_sparse_a_with(
         let rows = &a.data[..m * k];
         (rows, count_nonzeros(rows))
     } else {
-        owned_a = gather(m, k, a);
+        owned_a = gather(m, k, a, par == Par::Rayon);
         let nnz = count_nonzeros(&owned_a);
         (&owned_a[..], nnz)
     };
@@ -87,7 +87,7 @@ pub fn sgemm_sparse_a_with(
     let (b_rows, b_rs) = if b.cs == 1 {
         (b.data, b.rs)
     } else {
-        owned_b = gather(k, n, b);
+        owned_b = gather(k, n, b, par == Par::Rayon);
         (&owned_b[..], n)
     };
     let kc = split_even(k, isa.blocking().kc, 1);
@@ -104,22 +104,17 @@ pub fn sgemm_sparse_a_with(
     let c_ptr = CPtr(c.data.as_mut_ptr());
     let run = |chunk: usize| {
         let rows = chunk * per..((chunk + 1) * per).min(m);
-        let mut idx = vec![0u32; kc];
-        let mut val = vec![0.0f32; kc];
+        // Room for a whole vector stored past the last nonzero.
+        let mut idx = vec![0u32; kc + 16];
+        let mut val = vec![0.0f32; kc + 16];
         for pc in (0..k).step_by(kc) {
             let kcur = kc.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             let b_block = &b_rows[pc * b_rs..];
             for i in rows.clone() {
-                // Branch-free: every value is written, and the count only
-                // moves past the nonzeros (a branch per value mispredicts
-                // on data like this about as often as it is taken).
-                let mut nz = 0;
-                for (p, &x) in a_rows[i * k + pc..i * k + pc + kcur].iter().enumerate() {
-                    idx[nz] = p as u32;
-                    val[nz] = x;
-                    nz += (x != 0.0) as usize;
-                }
+                let row = &a_rows[i * k + pc..i * k + pc + kcur];
+                // Safety: the walk only runs on AVX-512 CPUs.
+                let nz = unsafe { x86::nonzeros(row, &mut idx, &mut val) };
                 let (idx, val) = (&idx[..nz], &val[..nz]);
                 // Safety: rows of C are disjoint between chunks; the view
                 // checks bound row i's n elements and B's block.
@@ -156,51 +151,61 @@ fn count_nonzeros(x: &[f32]) -> usize {
     x.iter().filter(|&&v| v != 0.0).count()
 }
 
-/// A strided rows x cols view copied row-major.
-fn gather(rows: usize, cols: usize, v: View) -> Vec<f32> {
+/// A strided rows x cols view copied row-major (bands of 16 rows over the
+/// pool when `par`).
+fn gather(rows: usize, cols: usize, v: View, par: bool) -> Vec<f32> {
     let mut out = vec![0.0f32; rows * cols];
-    if v.rs == 1 {
-        // A transposed row-major matrix: 16 x 16 blocks transposed in
-        // registers (the walk only runs with AVX-512), the edges one value
-        // at a time.
-        let (r16, c16) = (rows / 16 * 16, cols / 16 * 16);
-        assert!(
-            cols == 0 || v.data.len() >= (cols - 1) * v.cs + rows,
-            "sgemm: view too short"
-        );
-        for j0 in (0..c16).step_by(16) {
-            for i0 in (0..r16).step_by(16) {
-                // Safety: the assert bounds the 16 source rows; out holds
-                // rows x cols.
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    let band = |(r0, dst): (usize, &mut [f32])| {
+        let i0 = r0 * 16;
+        let n = dst.len() / cols;
+        if v.rs == 1 && n == 16 {
+            // A transposed row-major matrix: 16 x 16 blocks transposed in
+            // registers (the walk only runs with AVX-512), the last columns
+            // one value at a time.
+            let c16 = cols / 16 * 16;
+            for j0 in (0..c16).step_by(16) {
+                // The last source row read is j0 + 15 < cols, from i0 to
+                // i0 + 15 < rows: inside the view (checked by the caller).
                 unsafe {
                     crate::micro::transpose16(
                         v.data.as_ptr().add(j0 * v.cs + i0),
                         v.cs,
-                        out.as_mut_ptr().add(i0 * cols + j0),
+                        dst.as_mut_ptr().add(j0),
                         cols,
                     )
                 };
             }
-        }
-        for j in 0..cols {
-            let src = &v.data[j * v.cs..j * v.cs + rows];
-            let from = if j < c16 { r16 } else { 0 };
-            for (i, &x) in src.iter().enumerate().skip(from) {
-                out[i * cols + j] = x;
+            for (i, row) in dst.chunks_mut(cols).enumerate() {
+                for (j, d) in row.iter_mut().enumerate().skip(c16) {
+                    *d = v.data[(i0 + i) * v.rs + j * v.cs];
+                }
+            }
+        } else {
+            for (i, row) in dst.chunks_mut(cols).enumerate() {
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = v.data[(i0 + i) * v.rs + j * v.cs];
+                }
             }
         }
+    };
+    if par && rows > 16 {
+        out.par_chunks_mut(16 * cols).enumerate().for_each(band);
     } else {
-        for (i, row) in out.chunks_mut(cols).enumerate() {
-            for (j, d) in row.iter_mut().enumerate() {
-                *d = v.data[i * v.rs + j * v.cs];
-            }
-        }
+        out.chunks_mut(16 * cols).enumerate().for_each(band);
     }
     out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
+    /// Never called off x86_64 (the walk is only chosen with AVX-512).
+    pub(super) unsafe fn nonzeros(_: &[f32], _: &mut [u32], _: &mut [f32]) -> usize {
+        unreachable!("the sparse walk needs AVX-512")
+    }
+
     /// Never called off x86_64 (the walk is only chosen with AVX-512).
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn row(
@@ -220,6 +225,37 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// The nonzeros of `row` (positions and values, in order) into `idx`
+    /// and `val`, which hold at least `row.len() + 16`; returns how many.
+    /// A vector at a time: compare, compress in registers, store whole,
+    /// advance by the count (a branch per value mispredicts on data like
+    /// this about as often as it is taken).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn nonzeros(row: &[f32], idx: &mut [u32], val: &mut [f32]) -> usize {
+        assert!(idx.len() >= row.len() + 16 && val.len() >= row.len() + 16);
+        let whole = row.len() / 16 * 16;
+        let mut nz = 0;
+        let mut pos = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let step = _mm512_set1_epi32(16);
+        for p in (0..whole).step_by(16) {
+            let x = _mm512_loadu_ps(row.as_ptr().add(p));
+            let m = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(x, _mm512_setzero_ps());
+            _mm512_storeu_ps(val.as_mut_ptr().add(nz), _mm512_maskz_compress_ps(m, x));
+            _mm512_storeu_si512(
+                idx.as_mut_ptr().add(nz) as *mut __m512i,
+                _mm512_maskz_compress_epi32(m, pos),
+            );
+            nz += m.count_ones() as usize;
+            pos = _mm512_add_epi32(pos, step);
+        }
+        for (p, &x) in row.iter().enumerate().skip(whole) {
+            idx[nz] = p as u32;
+            val[nz] = x;
+            nz += (x != 0.0) as usize;
+        }
+        nz
+    }
 
     /// The most zmm accumulators a strip holds (16 of the 32 registers).
     const MAX_NV: usize = 16;
