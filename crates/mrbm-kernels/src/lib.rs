@@ -24,6 +24,8 @@
 //! the same bits (tests/isa_bits.rs): each element is one FMA per k from
 //! zero within a depth block, the depth blocks (256 deep) fixed, so the
 //! tile shape, which is chosen per machine, never moves a result.
+//! [`sgemm_sparse_a`] (module [`sparse`]) is the same product for a
+//! mostly-zero A, walking its nonzeros, with the same bits.
 //! [`Par::Rayon`] splits the work over the caller's rayon pool; [`Par::Seq`]
 //! keeps it on the calling thread (when the caller already runs one product
 //! per thread, e.g. one per image).

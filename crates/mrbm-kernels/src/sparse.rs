@@ -1,5 +1,5 @@
 //! Products whose left operand is mostly zeros: the data and the sampled
-//! states of the RBM rules (MNIST digits are four-fifths zeros; sampled
+//! states of the RBM rules (MNIST digits are about five-sixths zeros; sampled
 //! visible states of them about as many), where a dense product spends
 //! most of its multiply-adds on zeros.
 //!
