@@ -14,6 +14,7 @@
 //! grids and metrics are therefore those of burn's products, only sooner.
 
 use burn::tensor::Tensor;
+use mrbm_kernels::sparse::{sparse_walk, MAX_DENSITY};
 use mrbm_kernels::{sgemm_packed, Isa, PackedA, Par, View, ViewMut};
 
 use crate::layer::{host_f32, LayerKind, Rbm};
@@ -32,6 +33,8 @@ pub(crate) struct DenseChainProducts {
     h: usize,
     /// W row-major [D, H].
     w: Vec<f32>,
+    /// W^T row-major [H, D] (the sparse walk's right operand down).
+    wt: Vec<f32>,
     a: Vec<f32>,
     b: Vec<f32>,
     /// x = v W + b: W^T [H, D] on the left, depth D.
@@ -54,10 +57,18 @@ impl DenseChainProducts {
         if !layer.on_plain_host(v) {
             return None;
         }
+        let w = host_f32(&layer.w);
+        let mut wt = vec![0.0f32; w.len()];
+        for (i, row) in w.chunks(hidden).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                wt[j * visible + i] = x;
+            }
+        }
         Some(DenseChainProducts {
             d: visible,
             h: hidden,
-            w: host_f32(&layer.w),
+            w,
+            wt,
             a: host_f32(&layer.a),
             b: host_f32(&layer.b),
             up: Route::Pending,
@@ -94,13 +105,13 @@ impl DenseChainProducts {
         input: (&[f32], usize),
         burn: impl FnOnce() -> Vec<f32>,
     ) -> Vec<f32> {
-        let (route, bias) = if up {
-            (&mut self.up, &self.b)
+        let (route, bias, right) = if up {
+            (&mut self.up, &self.b, &self.w)
         } else {
-            (&mut self.down, &self.a)
+            (&mut self.down, &self.a, &self.wt)
         };
         match route {
-            Route::Host(packed) => product(packed, input, bias),
+            Route::Host(packed) => product(packed, input, bias, right),
             Route::Burn => burn(),
             Route::Pending => {
                 let want = burn();
@@ -109,7 +120,7 @@ impl DenseChainProducts {
                     cols: self.h,
                     transposed: up,
                 };
-                *route = decide(left, input, bias, &want);
+                *route = decide(left, input, (bias, right), &want);
                 want
             }
         }
@@ -156,7 +167,12 @@ impl Left<'_> {
 
 /// The host product at the first depth block that reproduces `want`
 /// (burn's product of the same input) bit for bit, else burn.
-fn decide(left: Left, input: (&[f32], usize), bias: &[f32], want: &[f32]) -> Route {
+fn decide(
+    left: Left,
+    input: (&[f32], usize),
+    (bias, right): (&[f32], &[f32]),
+    want: &[f32],
+) -> Route {
     let (m, k) = left.shape();
     let rows = input.1;
     // gemm runs small or thin products through other kernels (horizontal
@@ -175,7 +191,7 @@ fn decide(left: Left, input: (&[f32], usize), bias: &[f32], want: &[f32]) -> Rou
         }
         tried.push(kc);
         let packed = left.pack(kc);
-        let got = product(&packed, input, bias);
+        let got = product(&packed, input, bias, right);
         if got
             .iter()
             .map(|x| x.to_bits())
@@ -187,10 +203,31 @@ fn decide(left: Left, input: (&[f32], usize), bias: &[f32], want: &[f32]) -> Rou
     Route::Burn
 }
 
-/// out[r, j] = sum_p input[r, p] A[j, p] + bias[j], row-major [rows, m].
-fn product(packed: &PackedA, (input, rows): (&[f32], usize), bias: &[f32]) -> Vec<f32> {
+/// out[r, j] = sum_p input[r, p] A[j, p] + bias[j], row-major [rows, m];
+/// `right` is A^T row-major [k, m]. Sparse states (digits' visible states
+/// are about five-sixths zeros) take the walk over their nonzeros at the
+/// packed A's depth block: the same bits.
+fn product(
+    packed: &PackedA,
+    (input, rows): (&[f32], usize),
+    bias: &[f32],
+    right: &[f32],
+) -> Vec<f32> {
     let (m, k) = (packed.rows(), packed.cols());
     let mut out = vec![0.0f32; rows * m];
+    let walked = sparse_walk(
+        (packed.isa(), Par::Rayon, MAX_DENSITY, packed.depth_block()),
+        [rows, m, k],
+        1.0,
+        View::row_major(input, k),
+        View::row_major(right, m),
+        0.0,
+        ViewMut::row_major(&mut out, m),
+    );
+    if walked {
+        add_bias(&mut out, bias);
+        return out;
+    }
     // out^T [m, rows] = A [m, k] input^T [k, rows], stored transposed.
     let c = ViewMut {
         data: &mut out,
@@ -206,12 +243,16 @@ fn product(packed: &PackedA, (input, rows): (&[f32], usize), bias: &[f32]) -> Ve
         c,
         Par::Rayon,
     );
-    for row in out.chunks_exact_mut(m) {
+    add_bias(&mut out, bias);
+    out
+}
+
+fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
         for (o, &b) in row.iter_mut().zip(bias) {
             *o += b;
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -249,7 +290,8 @@ mod tests {
     }
 
     /// After deciding on one real-valued input, the host products give
-    /// burn's bits on other (binary) inputs too, and on a CPU with FMA
+    /// burn's bits on other (binary) inputs too, sparse ones (the walk over
+    /// their nonzeros) and denser ones (the packed product), and on a CPU with FMA
     /// kernels they did take over: at the sampler's sizes (MNIST 784-500,
     /// 100 chains; depth 784 spans gemm's depth blocks) and at small ones.
     #[test]
@@ -277,14 +319,15 @@ mod tests {
                     "{d}-{h}: the host products did not match burn's"
                 );
             }
-            for seed in 10..13 {
+            // Shares of ones: below and above the walk's limit, both ways.
+            for (seed, up, down) in [(10, 0.3, 0.15), (11, 0.6, 0.5), (12, 0.15, 0.3)] {
                 let v: Vec<f32> = uniform(chains * d, seed)
                     .iter()
-                    .map(|&u| (u < 0.3) as u8 as f32)
+                    .map(|&u| (u < up) as u8 as f32)
                     .collect();
                 let hb: Vec<f32> = uniform(chains * h, seed + 5)
                     .iter()
-                    .map(|&u| (u < 0.5) as u8 as f32)
+                    .map(|&u| (u < down) as u8 as f32)
                     .collect();
                 assert_eq!(
                     bits(&p.pre_hidden(&v, chains, || burn_x(&v))),

@@ -354,6 +354,11 @@ impl PackedA {
     pub fn isa(&self) -> Isa {
         self.isa
     }
+    /// The depth block its products run in ([`sparse::sparse_walk`] takes
+    /// it to give their bits).
+    pub fn depth_block(&self) -> usize {
+        self.kc
+    }
 }
 
 /// [`sgemm`] with A packed beforehand: C (m x n) = alpha * A * B + beta * C,

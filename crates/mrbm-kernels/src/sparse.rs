@@ -54,6 +54,41 @@ pub fn sgemm_sparse_a_with(
     beta: f32,
     c: ViewMut,
 ) -> bool {
+    let kc = split_even(k, isa.blocking().kc, 1);
+    let (rs, cs) = (c.rs, c.cs);
+    let again = ViewMut {
+        data: &mut *c.data,
+        rs,
+        cs,
+    };
+    let ran = sparse_walk(
+        (isa, par, max_density, kc),
+        [m, n, k],
+        alpha,
+        a,
+        b,
+        beta,
+        again,
+    );
+    if !ran {
+        sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, c);
+    }
+    ran
+}
+
+/// The walk alone, in depth blocks of `kc` (a [`crate::PackedA`]'s
+/// [`crate::PackedA::depth_block`], to give the bits of products with it);
+/// false, with C untouched, where the walk does not apply (A too dense, no
+/// AVX-512, C not row-major, an empty product).
+pub fn sparse_walk(
+    (isa, par, max_density, kc): (Isa, Par, f32, usize),
+    [m, n, k]: [usize; 3],
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    c: ViewMut,
+) -> bool {
     let walk = cfg!(target_arch = "x86_64")
         && matches!(isa, Isa::Avx512 | Isa::Avx512Narrow)
         && isa.available()
@@ -61,9 +96,9 @@ pub fn sgemm_sparse_a_with(
         && m > 0
         && n > 0
         && k > 0
-        && alpha != 0.0;
+        && alpha != 0.0
+        && kc > 0;
     if !walk {
-        sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, c);
         return false;
     }
     crate::check_views(m, n, k, Some(&a), &b, &c);
@@ -79,7 +114,6 @@ pub fn sgemm_sparse_a_with(
         (&owned_a[..], nnz)
     };
     if nnz as f64 > max_density as f64 * (m * k) as f64 {
-        sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, c);
         return false;
     }
     // B's rows contiguous (a copy when it is a transposed view).
@@ -90,7 +124,6 @@ pub fn sgemm_sparse_a_with(
         owned_b = gather(k, n, b, par == Par::Rayon);
         (&owned_b[..], n)
     };
-    let kc = split_even(k, isa.blocking().kc, 1);
     let threads = match par {
         Par::Seq => 1,
         Par::Rayon => rayon::current_num_threads().max(1),
