@@ -222,7 +222,7 @@ fn product(
         View::row_major(input, k),
         View::row_major(right, m),
         0.0,
-        ViewMut::row_major(&mut out, m),
+        &mut ViewMut::row_major(&mut out, m),
     );
     if walked {
         add_bias(&mut out, bias);

@@ -52,15 +52,9 @@ pub fn sgemm_sparse_a_with(
     a: View,
     b: View,
     beta: f32,
-    c: ViewMut,
+    mut c: ViewMut,
 ) -> bool {
     let kc = split_even(k, isa.blocking().kc, 1);
-    let (rs, cs) = (c.rs, c.cs);
-    let again = ViewMut {
-        data: &mut *c.data,
-        rs,
-        cs,
-    };
     let ran = sparse_walk(
         (isa, par, max_density, kc),
         [m, n, k],
@@ -68,7 +62,7 @@ pub fn sgemm_sparse_a_with(
         a,
         b,
         beta,
-        again,
+        &mut c,
     );
     if !ran {
         sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, c);
@@ -87,7 +81,7 @@ pub fn sparse_walk(
     a: View,
     b: View,
     beta: f32,
-    c: ViewMut,
+    c: &mut ViewMut,
 ) -> bool {
     let walk = cfg!(target_arch = "x86_64")
         && matches!(isa, Isa::Avx512 | Isa::Avx512Narrow)
@@ -101,7 +95,7 @@ pub fn sparse_walk(
     if !walk {
         return false;
     }
-    crate::check_views(m, n, k, Some(&a), &b, &c);
+    crate::check_views(m, n, k, Some(&a), &b, c);
     // A row-major (a copy when it is a transposed view), and its nonzeros
     // counted on the way.
     let owned_a;
