@@ -318,3 +318,49 @@ fn plan_refuses_bad_placeholders_misspelt_stages_and_set_names() {
         stderr(&out)
     );
 }
+
+/// `--threads N` is the thread count every stage is given (a command stage
+/// sees it as MRBM_THREADS); without it, RAYON_NUM_THREADS when set, as
+/// rayon's own pools read it. 0 is refused.
+#[test]
+fn threads_flag_and_rayon_num_threads_set_the_stages_threads() {
+    const ONE: &str = r#"
+name = "chain"
+[stages.t]
+kind = "command"
+params = { argv = ["sh", "-c", 'echo "$MRBM_THREADS" > "$MRBM_OUT/t.txt"'] }
+"#;
+    let seen = |args: &[&str], env: Option<&str>| {
+        let p = project(ONE);
+        let mut c = common::mrbm_in(p.path());
+        c.args(["run", "--quiet", "experiments/chain.toml"])
+            .args(args);
+        match env {
+            Some(n) => c.env("RAYON_NUM_THREADS", n),
+            None => c.env_remove("RAYON_NUM_THREADS"),
+        };
+        ok(&c.output().unwrap());
+        let entry = common::entry_of(&p.path().join(".mrbm"), "t").expect("an entry for t");
+        std::fs::read_to_string(entry.join("out/t.txt"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(seen(&["--threads", "3"], None), "3");
+    assert_eq!(seen(&[], Some("5")), "5");
+    assert_eq!(seen(&["--threads", "2"], Some("5")), "2");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(seen(&[], None), cores.to_string());
+    assert_eq!(seen(&[], Some("0")), cores.to_string());
+    let p = project(ONE);
+    let out = run(
+        p.path(),
+        &["run", "experiments/chain.toml", "--threads", "0"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
+}

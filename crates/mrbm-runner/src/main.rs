@@ -128,6 +128,11 @@ enum Command {
         /// time). Default: the number of cores, at most 4.
         #[arg(short, long, value_parser = parse_jobs)]
         jobs: Option<usize>,
+        /// Threads for each stage's parallel work, at least 1 (as PyTorch's
+        /// set_num_threads). Default: RAYON_NUM_THREADS when set, else the
+        /// number of cores.
+        #[arg(long, value_parser = parse_threads)]
+        threads: Option<usize>,
         /// After a failure, finish the stages that do not depend on it.
         #[arg(short = 'k', long)]
         keep_going: bool,
@@ -300,6 +305,15 @@ fn parse_jobs(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--threads`: a whole number, at least 1.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number of threads")),
+    }
+}
+
 /// `--progress-interval`: seconds, more than zero.
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -348,6 +362,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
         Command::Run {
             select,
             jobs,
+            threads,
             keep_going,
             device: dev_flag,
             quiet,
@@ -360,6 +375,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
             select,
             &RunArgs {
                 jobs: *jobs,
+                threads: *threads,
                 keep_going: *keep_going,
                 device: dev_flag.clone(),
                 quiet: *quiet,

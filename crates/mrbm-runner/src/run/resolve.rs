@@ -28,6 +28,8 @@ use crate::store::{self, Store};
 #[derive(Debug, Clone, Default)]
 pub struct RunArgs {
     pub jobs: Option<usize>,
+    /// `--threads` (each stage's parallel work).
+    pub threads: Option<usize>,
     pub keep_going: bool,
     /// `--device` (over the experiment's `device` key).
     pub device: Option<String>,
@@ -94,11 +96,14 @@ impl RunPlan {
         let store = Store::open(&store::cache_dir(args.cache.as_deref(), &dag.project_root))?;
         store.check_writable()?;
         let cancel = cancel_on_interrupt();
-        let threads = std::thread::available_parallelism()
+        let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let threads = args
+            .threads
+            .unwrap_or_else(|| threads_from_env().unwrap_or(cores));
         let opts = RunOptions {
-            jobs: args.jobs.unwrap_or(threads.min(4)),
+            jobs: args.jobs.unwrap_or(cores.min(4)),
             keep_going: args.keep_going,
             threads,
             progress: progress_display(args.quiet),
@@ -218,4 +223,15 @@ fn progress_display(quiet: bool) -> Option<indicatif::MultiProgress> {
             indicatif::ProgressDrawTarget::hidden(),
         ))
     }
+}
+
+/// RAYON_NUM_THREADS, as rayon's own pools read it: a whole number above 0
+/// (0 or anything else: not set).
+fn threads_from_env() -> Option<usize> {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()?
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
 }
