@@ -66,6 +66,7 @@ pub enum Start<'a> {
 pub struct SampledStep {
     /// Mean over the batch of F(v) - F(v_neg).
     pub loss: f64,
+    /// W's gradient (empty where a [`FusedSgd`] stepped W instead).
     pub gw: Vec<f32>,
     pub ga: Vec<f32>,
     pub gb: Vec<f32>,
@@ -73,6 +74,49 @@ pub struct SampledStep {
     pub hidden: Vec<f32>,
     /// The negative phase's last visible states (PCD's next chains).
     pub v_neg: Vec<f32>,
+    /// The negative phase's hidden means.
+    pub hidden_neg: Vec<f32>,
+    /// Whether W's gradient was left to [`dense_weight_step`] (asked for,
+    /// a dense layer and a finite loss); `gw` is then empty.
+    pub gw_deferred: bool,
+}
+
+/// The SGD step of a dense layer's weights, fused into the product that
+/// makes their gradient (`mrbm_kernels::sparse::sgemm_sparse_a_then`):
+/// each row of the gradient is scaled by -1 / batch and W's row stepped in
+/// place while the gradient's row is in cache, on the thread that computed
+/// it, instead of passes over W on one thread afterwards. Per element the
+/// same f32 operations as the gradient's scaling followed by
+/// `train::sgd_fused`: the same bits (`train`'s tests).
+pub struct FusedSgd<'a> {
+    /// The weights, stepped in place.
+    pub w: &'a mut [f32],
+    /// Ends as the new velocity (its old values are not read).
+    pub vel_new: &'a mut [f32],
+    /// Last step's velocity (None: no momentum term).
+    pub vel: Option<&'a [f32]>,
+    /// Weight decay (None: none).
+    pub wd: Option<f32>,
+    /// Momentum.
+    pub m: f32,
+    /// W's learning rate.
+    pub lr: f32,
+}
+
+/// A buffer's base pointer, shared by the product's tasks, which write
+/// disjoint rows of it.
+#[derive(Clone, Copy)]
+struct RowsPtr(*mut f32);
+// Safety: each row is written by one task only (`sgemm_sparse_a_then`
+// calls its epilogue once per row).
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+impl RowsPtr {
+    /// Values `off..off + len` (a method, so closures capture the whole
+    /// Sync wrapper).
+    unsafe fn slice<'a>(self, off: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
 }
 
 /// The draws of one step: a key from the trainer's stream, and a counter
@@ -194,6 +238,24 @@ impl HostLayer<'_> {
             Shape::Conv(g) => g.h * g.w,
         };
         let kind = self.visible.kind;
+        if plane == 1 && !matches!(kind, UnitKind::Gaussian | UnitKind::DiscreteGaussian) {
+            // A dense layer's a.v: the nonzero terms only, in element order.
+            // A zero term adds +-0 to a sum that is never -0 (it starts at
+            // +0, and x + -x is +0), so the sum has the same bits; most of
+            // the data's values are zeros.
+            return v
+                .par_chunks(nv)
+                .map(|row| {
+                    let mut t = 0.0f64;
+                    for (&vi, &ai) in row.iter().zip(self.a) {
+                        if vi != 0.0 {
+                            t += ai as f64 * vi as f64;
+                        }
+                    }
+                    t
+                })
+                .collect();
+        }
         // Plane by plane (no division per element), in element order: the
         // same sum.
         v.par_chunks(nv)
@@ -219,28 +281,8 @@ impl HostLayer<'_> {
     fn weight_stats(&self, v: &[f32], h: &[f32], vn: &[f32], hn: &[f32], batch: usize) -> Vec<f32> {
         match &self.shape {
             Shape::Dense { visible, hidden } => {
-                // One product of the stacked phases: [v; v']^T [h; -h'].
-                let mut v2 = Vec::with_capacity(2 * batch * visible);
-                v2.extend_from_slice(v);
-                v2.extend_from_slice(vn);
-                let mut h2 = Vec::with_capacity(2 * batch * hidden);
-                h2.extend_from_slice(h);
-                h2.extend(hn.iter().map(|x| -x));
                 let mut gw = vec![0.0f32; visible * hidden];
-                let (vt, hv) = (
-                    View::row_major(&v2, *visible).t(),
-                    View::row_major(&h2, *hidden),
-                );
-                let gm = ViewMut::row_major(&mut gw, *hidden);
-                mrbm_kernels::sgemm_sparse_a(
-                    [*visible, *hidden, 2 * batch],
-                    1.0,
-                    vt,
-                    hv,
-                    0.0,
-                    gm,
-                    Par::Rayon,
-                );
+                dense_weight_stats((v, h, vn, hn), batch, (*visible, *hidden), &mut gw, None);
                 gw
             }
             Shape::Conv(g) => {
@@ -263,6 +305,92 @@ impl HostLayer<'_> {
     /// Visible states drawn from their inputs.
     fn draw_visible(&self, y: &[f32], key: Key) -> Vec<f32> {
         draw_units(self.visible, y, key)
+    }
+}
+
+/// W's gradient of a dense layer (`visible` x `hidden`) from a sampled
+/// step's states and hidden means (`SampledStep::gw_deferred`), with the
+/// [`FusedSgd`] step of W run on each of its rows as they are made; returns
+/// whether every new weight is finite.
+pub fn dense_weight_step(
+    (visible, hidden): (usize, usize),
+    (v, h, vn, hn): (&[f32], &[f32], &[f32], &[f32]),
+    batch: usize,
+    sgd: FusedSgd,
+) -> bool {
+    let n = hidden;
+    assert_eq!(sgd.w.len(), visible * n, "fused step: w's size");
+    assert_eq!(sgd.vel_new.len(), visible * n, "fused step: vel_new's size");
+    assert!(
+        sgd.vel.is_none_or(|v| v.len() == visible * n),
+        "fused step: vel's size"
+    );
+    let neg_inv_b = -(1.0 / batch as f32);
+    let (vel, wd, m, lr) = (sgd.vel, sgd.wd, sgd.m, sgd.lr);
+    let w = RowsPtr(sgd.w.as_mut_ptr());
+    let finite = std::sync::atomic::AtomicBool::new(true);
+    let then = |i: usize, g: &mut [f32]| {
+        let off = i * n;
+        // Safety: the product calls this once per row (rows are disjoint),
+        // and w holds visible x n values (checked).
+        let w_row = unsafe { w.slice(off, n) };
+        let ok = crate::train::sgd_row(
+            w_row,
+            g,
+            vel.map(|v| &v[off..off + n]),
+            (neg_inv_b, wd, m, lr),
+        );
+        if !ok {
+            finite.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    dense_weight_stats(
+        (v, h, vn, hn),
+        batch,
+        (visible, n),
+        sgd.vel_new,
+        Some(&then),
+    );
+    finite.into_inner()
+}
+
+/// One product of the stacked phases of a dense layer into `gw` (every
+/// value written): [v; v']^T [h; -h'], then `then` on each finished row.
+fn dense_weight_stats(
+    (v, h, vn, hn): (&[f32], &[f32], &[f32], &[f32]),
+    batch: usize,
+    (visible, hidden): (usize, usize),
+    gw: &mut [f32],
+    then: Option<mrbm_kernels::sparse::RowThen>,
+) {
+    let mut v2 = Vec::with_capacity(2 * batch * visible);
+    v2.extend_from_slice(v);
+    v2.extend_from_slice(vn);
+    let mut h2 = Vec::with_capacity(2 * batch * hidden);
+    h2.extend_from_slice(h);
+    h2.extend(hn.iter().map(|x| -x));
+    let (vt, hv) = (
+        View::row_major(&v2, visible).t(),
+        View::row_major(&h2, hidden),
+    );
+    let gm = ViewMut::row_major(gw, hidden);
+    let shape = [visible, hidden, 2 * batch];
+    match then {
+        Some(then) => {
+            mrbm_kernels::sparse::sgemm_sparse_a_then(
+                shape,
+                1.0,
+                vt,
+                hv,
+                0.0,
+                gm,
+                Par::Rayon,
+                then,
+            );
+        }
+        None => {
+            mrbm_kernels::sgemm_sparse_a(shape, 1.0, vt, hv, 0.0, gm, Par::Rayon);
+        }
     }
 }
 
@@ -308,6 +436,21 @@ pub fn sampled_grads(
     (start, k): (Start, usize),
     draws: &mut Draws,
 ) -> SampledStep {
+    sampled_step(layer, chain_layer, v, batch, (start, k), draws, false)
+}
+
+/// [`sampled_grads`], with W's gradient left to [`dense_weight_step`] where
+/// `defer_w`, the layer is dense and the loss finite
+/// ([`SampledStep::gw_deferred`]).
+pub fn sampled_step(
+    layer: &HostLayer,
+    chain_layer: &HostLayer,
+    v: &[f32],
+    batch: usize,
+    (start, k): (Start, usize),
+    draws: &mut Draws,
+    defer_w: bool,
+) -> SampledStep {
     let (nv, _) = layer.sizes();
     let x = layer.pre_hidden(v, batch);
     // The first hidden draw: from the data's hidden input when the chain
@@ -337,7 +480,7 @@ pub fn sampled_grads(
         let y = chain_layer.pre_visible(&h_state, batch);
         v_neg = chain_layer.draw_visible(&y, draws.take());
     }
-    statistics(layer, v, x, v_neg, batch)
+    statistics(layer, v, x, v_neg, batch, defer_w)
 }
 
 /// The closed-form part: hidden means of both phases, the loss and the
@@ -348,6 +491,7 @@ fn statistics(
     mut x: Vec<f32>,
     v_neg: Vec<f32>,
     batch: usize,
+    defer_w: bool,
 ) -> SampledStep {
     let mut xn = layer.pre_hidden(&v_neg, batch);
     let a_data = layer.hidden_means(&mut x, batch);
@@ -359,10 +503,16 @@ fn statistics(
         .sum::<f64>()
         / batch as f64;
     let inv_b = 1.0 / batch as f32;
-    let mut gw = layer.weight_stats(v, &x, &v_neg, &xn, batch);
-    for g in gw.iter_mut() {
-        *g *= -inv_b;
-    }
+    let gw_deferred = defer_w && matches!(layer.shape, Shape::Dense { .. }) && loss.is_finite();
+    let gw = if gw_deferred {
+        Vec::new()
+    } else {
+        let mut gw = layer.weight_stats(v, &x, &v_neg, &xn, batch);
+        for g in gw.iter_mut() {
+            *g *= -inv_b;
+        }
+        gw
+    };
     let (ga, gb) = match &layer.shape {
         Shape::Dense { visible, hidden } => (
             column_diffs(v, &v_neg, *visible, 1, batch),
@@ -380,6 +530,8 @@ fn statistics(
         gb,
         hidden: x,
         v_neg,
+        hidden_neg: xn,
+        gw_deferred,
     }
 }
 

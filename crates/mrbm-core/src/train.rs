@@ -401,6 +401,10 @@ pub(crate) struct LayerState {
     // the next host step instead of reading the tensors back; cleared by
     // any other update).
     pub(crate) host_wab: Option<crate::layer::HostWab>,
+    // The fused sampled step's spare buffer for W's velocity (the one
+    // before last), written whole by the next step instead of allocating
+    // and zeroing a new one.
+    pub(crate) spare_vel: Option<Vec<f32>>,
     // PCD / FPCD: the persistent chains' visible states, one row per batch row.
     pub(crate) chain: Option<Tensor<4>>,
     // FPCD: the fast weights.
@@ -627,17 +631,24 @@ impl Trainer {
     /// Loss, gradients and hidden means of layer `i` on its data `v`, by the
     /// configured rule; FPCD's fast weights learn here too.
     pub fn layer_step_grads(&mut self, i: usize, v: Tensor<4>) -> (f64, LayerGrads, Tensor<4>) {
-        let (loss, g, h) = self.layer_step(i, v);
+        let (loss, g, h) = self.layer_step(i, v, None);
         let g = match g {
             StepGrads::Tensors(g) => g,
             StepGrads::Host(g) => g.tensors(&self.dbn.layers[i]),
+            StepGrads::Applied(_) => unreachable!("no update without an epoch"),
         };
         (loss, g, h)
     }
 
     /// [`Self::layer_step_grads`], with the gradients left on the host where
-    /// the host sampled step made them.
-    fn layer_step(&mut self, i: usize, v: Tensor<4>) -> (f64, StepGrads, Tensor<4>) {
+    /// the host sampled step made them. With `apply` (the epoch), a step
+    /// that can update the layer itself does (`StepGrads::Applied`).
+    fn layer_step(
+        &mut self,
+        i: usize,
+        v: Tensor<4>,
+        apply: Option<usize>,
+    ) -> (f64, StepGrads, Tensor<4>) {
         if !self.params.sampled_negative_phase() {
             let cached = self.states[i].host_wab.take();
             let layer = &self.dbn.layers[i];
@@ -659,7 +670,7 @@ impl Trainer {
             let (loss, g, h) = self.dbn.layers[i].cd_grads(v);
             return (to_f64(&loss)[0], StepGrads::Tensors(g), h);
         }
-        if let Some(out) = self.host_sampled_step(i, &v) {
+        if let Some(out) = self.host_sampled_step(i, &v, apply) {
             return out;
         }
         let x = self.dbn.layers[i].pre_hidden(v.clone());
@@ -710,8 +721,9 @@ impl Trainer {
         &mut self,
         i: usize,
         v: &Tensor<4>,
+        apply: Option<usize>,
     ) -> Option<(f64, StepGrads, Tensor<4>)> {
-        use crate::host_sampled::{sampled_grads, Draws, Start};
+        use crate::host_sampled::{dense_weight_step, sampled_step, Draws, FusedSgd, Start};
         use crate::layer::{tensor_f32, values_f32};
         let algorithm = self.params.algorithm;
         if algorithm == Algorithm::GibbsLangevin {
@@ -761,13 +773,90 @@ impl Trainer {
         let chain_layer = fast
             .as_ref()
             .map_or_else(|| params.layer(&spec), |f| f.layer(&spec));
-        let out = sampled_grads(&host, &chain_layer, &vh, batch, (start, k), &mut draws);
+        let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
+        // SGD on W fused into its gradient's product (`FusedSgd`), where the
+        // step may update the layer and the update is plain SGD.
+        let fuse = apply.filter(|_| {
+            clip.is_none()
+                && algorithm != Algorithm::Fpcd
+                && self.params.optimizer == OptimizerKind::Sgd
+        });
+        let out = sampled_step(
+            &host,
+            &chain_layer,
+            &vh,
+            batch,
+            (start, k),
+            &mut draws,
+            fuse.is_some(),
+        );
+        let [hc, hh, hw] = spec.hidden_shape();
+        if let (true, Some(epoch), crate::host_sampled::Shape::Dense { visible, hidden }) =
+            (out.gw_deferred, fuse, params.shape.clone())
+        {
+            let m = self.params.momentum.at(epoch);
+            let vel = self.take_host_velocity(i, m);
+            let mut vel_new = self.states[i].spare_vel.take().unwrap_or_default();
+            vel_new.resize(visible * hidden, 0.0);
+            let scale = self.lr_scale(i);
+            let (lr, wd) = (self.params.lr, self.params.weight_decay);
+            let crate::layer::HostParams {
+                mut w,
+                mut a,
+                mut b,
+                ..
+            } = params;
+            let finite_w = dense_weight_step(
+                (visible, hidden),
+                (&vh, &out.hidden, &out.v_neg, &out.hidden_neg),
+                batch,
+                FusedSgd {
+                    w: &mut w,
+                    vel_new: &mut vel_new,
+                    vel: vel.as_ref().map(|v| &v.0[..]),
+                    wd: (wd > 0.0).then_some(wd as f32),
+                    m: m as f32,
+                    lr: (lr * scale.w) as f32,
+                },
+            );
+            // a and b as `apply_host_sgd` steps them; W is done.
+            let m = m as f32;
+            let (va, vb, old_vw) = match vel {
+                Some((w, a, b)) => (Some(a), Some(b), Some(w)),
+                None => (None, None, None),
+            };
+            let (mut ga, mut gb) = (out.ga, out.gb);
+            let finite = finite_w
+                & sgd_fused(
+                    &mut a,
+                    &mut ga,
+                    va.as_deref(),
+                    None,
+                    m,
+                    (lr * scale.a) as f32,
+                )
+                & sgd_fused(
+                    &mut b,
+                    &mut gb,
+                    vb.as_deref(),
+                    None,
+                    m,
+                    (lr * scale.b) as f32,
+                );
+            self.set_host_params(i, w, a, b);
+            let st = &mut self.states[i];
+            st.host_vel = Some((vel_new, ga, gb));
+            st.spare_vel = old_vw;
+            if chain.is_some() {
+                st.chain = Some(tensor_f32(out.v_neg, dims, &device));
+            }
+            let h = tensor_f32(out.hidden, [batch, hc, hh, hw], &device);
+            return Some((out.loss, StepGrads::Applied(finite), h));
+        }
         if chain.is_some() {
             self.states[i].chain = Some(tensor_f32(out.v_neg, dims, &device));
         }
-        let [hc, hh, hw] = spec.hidden_shape();
         let h = tensor_f32(out.hidden, [batch, hc, hh, hw], &device);
-        let clip = self.params.langevin.as_ref().and_then(|l| l.clip_norm);
         if clip.is_none() && algorithm != Algorithm::Fpcd {
             // The update stays on the host too (`apply_host_sgd`).
             let g = HostGrads {
@@ -807,7 +896,7 @@ impl Trainer {
                 self.dbn.up_to(v, act - 1)
             };
             let t = self.dbn.as_visible_of(act, below);
-            let (loss, g, _) = self.layer_step(act, t);
+            let (loss, g, _) = self.layer_step(act, t, Some(epoch));
             let mut losses = vec![0.0; nl];
             losses[act] = loss;
             let mut grads: Vec<Option<StepGrads>> = (0..nl).map(|_| None).collect();
@@ -820,9 +909,12 @@ impl Trainer {
             let mut t = v;
             let mut losses = Vec::new();
             let mut grads = Vec::new();
+            // One layer: its step may update it at once (no other layer's
+            // loss can then stop the update).
+            let apply = (nl == 1).then_some(epoch);
             for i in 0..nl {
                 let vi = self.dbn.as_visible_of(i, t);
-                let (loss, g, h) = self.layer_step(i, vi);
+                let (loss, g, h) = self.layer_step(i, vi, apply);
                 losses.push(loss);
                 grads.push(Some(g));
                 t = h;
@@ -865,6 +957,7 @@ impl Trainer {
         for (i, g) in grads.into_iter().enumerate() {
             if let Some(g) = g {
                 let finite = match g {
+                    StepGrads::Applied(finite) => finite,
                     StepGrads::Host(g) => self.apply_host(i, g, epoch),
                     StepGrads::Tensors(g) => {
                         self.apply(i, g, epoch);
@@ -979,6 +1072,9 @@ impl HostGrads {
 pub(crate) enum StepGrads {
     Tensors(LayerGrads),
     Host(HostGrads),
+    /// The step already updated the layer (the fused host SGD step):
+    /// whether every new parameter is finite.
+    Applied(bool),
 }
 
 impl Trainer {
@@ -1085,16 +1181,11 @@ impl Trainer {
         finite
     }
 
-    /// The SGD step of [`Self::apply`] on the host for gradients the host
-    /// sampled step made: per element the same f32 operations as the tensor
-    /// path (g + w wd, v m + g, w - v lr, scalars cast to f32 the same way),
-    /// fused into one pass: the same bits (tested). Returns whether every
-    /// new parameter is finite.
-    fn apply_host_sgd(&mut self, i: usize, g: HostGrads, epoch: usize, scale: LrScale) -> bool {
+    /// Layer i's SGD velocities as host values (w, a, b), taken out of the
+    /// state; None before the first step, and when the momentum `m` is 0
+    /// (the tensor path ignores the old velocity then).
+    fn take_host_velocity(&mut self, i: usize, m: f64) -> Option<crate::layer::HostWab> {
         use crate::layer::values_f32;
-        let p = &self.params;
-        let m = p.momentum.at(epoch);
-        let (lr, wd) = (p.lr, p.weight_decay);
         let st = &mut self.states[i];
         let vel = st
             .host_vel
@@ -1105,8 +1196,19 @@ impl Trainer {
                 }
                 _ => None,
             });
-        // The tensor path ignores the old velocity when m = 0.
-        let vel = vel.filter(|_| m > 0.0);
+        vel.filter(|_| m > 0.0)
+    }
+
+    /// The SGD step of [`Self::apply`] on the host for gradients the host
+    /// sampled step made: per element the same f32 operations as the tensor
+    /// path (g + w wd, v m + g, w - v lr, scalars cast to f32 the same way),
+    /// fused into one pass: the same bits (tested). Returns whether every
+    /// new parameter is finite.
+    fn apply_host_sgd(&mut self, i: usize, g: HostGrads, epoch: usize, scale: LrScale) -> bool {
+        let p = &self.params;
+        let m = p.momentum.at(epoch);
+        let (lr, wd) = (p.lr, p.weight_decay);
+        let vel = self.take_host_velocity(i, m);
         let HostGrads {
             params,
             mut gw,
@@ -1212,19 +1314,89 @@ pub fn sgd_fused(
     lr: f32,
 ) -> bool {
     assert_eq!(w.len(), g.len(), "sgd_fused: lengths differ");
-    let mut finite = true;
-    for (k, (wi, gi)) in w.iter_mut().zip(g.iter_mut()).enumerate() {
-        if let Some(d) = wd {
-            *gi += *wi * d;
+    let n = w.len();
+    let rows = w.iter_mut().zip(g.iter_mut());
+    // One loop per case (no branch inside, so each vectorises), each
+    // sgd_element's arithmetic.
+    match (v, wd) {
+        (Some(v), Some(d)) => {
+            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
+                *wi = sgd_element(*wi, gi, Some(vi), Some(d), m, lr);
+            }
         }
-        if let Some(v) = v {
-            // IEEE addition commutes: the same bits as the tensor path's v m + g.
-            *gi += v[k] * m;
+        (Some(v), None) => {
+            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
+                *wi = sgd_element(*wi, gi, Some(vi), None, m, lr);
+            }
         }
-        *wi -= *gi * lr;
-        finite &= wi.is_finite();
+        (None, Some(d)) => {
+            for (wi, gi) in rows {
+                *wi = sgd_element(*wi, gi, None, Some(d), m, lr);
+            }
+        }
+        (None, None) => {
+            for (wi, gi) in rows {
+                *wi = sgd_element(*wi, gi, None, None, m, lr);
+            }
+        }
     }
-    finite
+    w.iter().fold(true, |ok, x| ok & x.is_finite())
+}
+
+/// One element of [`sgd_fused`]: the new w, with `g` left as the new
+/// velocity.
+#[inline(always)]
+fn sgd_element(w: f32, g: &mut f32, v: Option<f32>, wd: Option<f32>, m: f32, lr: f32) -> f32 {
+    if let Some(d) = wd {
+        *g += w * d;
+    }
+    if let Some(v) = v {
+        // IEEE addition commutes: the same bits as the tensor path's v m + g.
+        *g += v * m;
+    }
+    w - *g * lr
+}
+
+/// One row of the fused gradient-and-SGD step (`host_sampled::FusedSgd`):
+/// g <- g * scale, then [`sgd_fused`]'s element step of w in place.
+/// Whether every new w is finite. One loop per case, without
+/// branches or bounds checks inside, so that it vectorises.
+pub(crate) fn sgd_row(
+    w: &mut [f32],
+    g: &mut [f32],
+    v: Option<&[f32]>,
+    (scale, wd, m, lr): (f32, Option<f32>, f32, f32),
+) -> bool {
+    let n = g.len();
+    let w = &mut w[..n];
+    let rows = w.iter_mut().zip(g.iter_mut());
+    match (v, wd) {
+        (Some(v), Some(d)) => {
+            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, Some(vi), Some(d), m, lr);
+            }
+        }
+        (Some(v), None) => {
+            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, Some(vi), None, m, lr);
+            }
+        }
+        (None, Some(d)) => {
+            for (wi, gi) in rows {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, None, Some(d), m, lr);
+            }
+        }
+        (None, None) => {
+            for (wi, gi) in rows {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, None, None, m, lr);
+            }
+        }
+    }
+    w.iter().fold(true, |ok, x| ok & x.is_finite())
 }
 
 /// One epoch's batch order: a seeded shuffle (same on every machine).
@@ -1681,6 +1853,91 @@ mod host_values_between_steps {
                 }
             }
             assert_eq!(bits(&kept), bits(&read), "{algorithm:?}: training moved");
+        }
+    }
+
+    /// A one-layer dense RBM trained by SGD steps W inside its gradient's
+    /// product (`host_sampled::FusedSgd`): the same loss and the same bits
+    /// as the gradient followed by the separate SGD passes, for every
+    /// sampled rule (the paper's with its sampled reconstruction), with and without momentum and weight decay, the
+    /// momentum switching on the way.
+    #[test]
+    fn the_fused_sgd_step_gives_the_bits_of_the_separate_passes() {
+        let momenta = [
+            Momentum::Switch {
+                initial: 0.5,
+                final_: 0.9,
+                switch_after: 1,
+            },
+            Momentum::Constant(0.0),
+        ];
+        for algorithm in [
+            Algorithm::Cd,
+            Algorithm::Pcd,
+            Algorithm::NoiseCd,
+            Algorithm::Paper,
+        ] {
+            for (momentum, weight_decay) in [(&momenta[0], 0.001), (&momenta[1], 0.0)] {
+                let one_layer = |tr: Trainer| {
+                    let params = StackParams {
+                        conv_channels: vec![],
+                        dense: vec![24],
+                        ..StackParams::default()
+                    };
+                    let spec = params.build_spec([1, 6, 6]).expect("spec");
+                    let dbn = Dbn::init(spec, 0.1, 3, &Device::flex(), DType::F32);
+                    Trainer::new(
+                        dbn,
+                        OptimParams {
+                            momentum: *momentum,
+                            weight_decay,
+                            // The paper's sampled reconstruction.
+                            reconstruction: Reconstruction::Sample,
+                            ..tr.params
+                        },
+                    )
+                };
+                let (fused, v) = trainer(algorithm, OptimizerKind::Sgd);
+                let (separate, _) = trainer(algorithm, OptimizerKind::Sgd);
+                let (mut fused, mut separate) = (one_layer(fused), one_layer(separate));
+                for (step, epoch) in [(0, 0), (1, 0), (2, 1), (3, 2), (4, 2)] {
+                    let vi = fused.dbn.as_visible_of(0, v.clone());
+                    let (l1, g, _) = fused.layer_step(0, vi, Some(epoch));
+                    assert!(
+                        matches!(g, StepGrads::Applied(true)),
+                        "{algorithm:?}: the fused step did not run"
+                    );
+                    let vi = separate.dbn.as_visible_of(0, v.clone());
+                    let (l2, g, _) = separate.layer_step(0, vi, None);
+                    let StepGrads::Host(g) = g else {
+                        panic!("{algorithm:?}: the separate step left no host gradients")
+                    };
+                    assert!(separate.apply_host(0, g, epoch));
+                    assert_eq!(
+                        l1.to_bits(),
+                        l2.to_bits(),
+                        "{algorithm:?}: loss, step {step}"
+                    );
+                    assert_eq!(
+                        bits(&fused),
+                        bits(&separate),
+                        "{algorithm:?}, {momentum:?}: parameters after step {step}"
+                    );
+                }
+                assert_eq!(
+                    fused.states[0].host_vel.as_ref().map(|v| v
+                        .0
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect::<Vec<_>>()),
+                    separate.states[0].host_vel.as_ref().map(|v| v
+                        .0
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect::<Vec<_>>()),
+                    "{algorithm:?}: velocities"
+                );
+            }
         }
     }
 }

@@ -75,6 +75,20 @@ pub fn sgemm_sparse_a_with(
 /// false, with C untouched, where the walk does not apply (A too dense, no
 /// AVX-512, C not row-major, an empty product).
 pub fn sparse_walk(
+    cfg: (Isa, Par, f32, usize),
+    shape: [usize; 3],
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    c: &mut ViewMut,
+) -> bool {
+    walk(cfg, shape, alpha, a, b, beta, c, None)
+}
+
+/// [`sparse_walk`] with an optional epilogue on each finished row.
+#[allow(clippy::too_many_arguments)]
+fn walk(
     (isa, par, max_density, kc): (Isa, Par, f32, usize),
     [m, n, k]: [usize; 3],
     alpha: f32,
@@ -82,6 +96,7 @@ pub fn sparse_walk(
     b: View,
     beta: f32,
     c: &mut ViewMut,
+    then: Option<RowThen>,
 ) -> bool {
     let walk = cfg!(target_arch = "x86_64")
         && matches!(isa, Isa::Avx512 | Isa::Avx512Narrow)
@@ -145,9 +160,12 @@ pub fn sparse_walk(
                 let (idx, val) = (&idx[..nz], &val[..nz]);
                 // Safety: rows of C are disjoint between chunks; the view
                 // checks bound row i's n elements and B's block.
-                unsafe {
-                    let c_row = c_ptr.row(i, c_rs, n);
-                    x86::row(idx, val, b_block, b_rs, n, alpha, beta_eff, c_row);
+                let c_row = unsafe { c_ptr.row(i, c_rs, n) };
+                unsafe { x86::row(idx, val, b_block, b_rs, n, alpha, beta_eff, c_row) };
+                if pc + kcur == k {
+                    if let Some(then) = then {
+                        then(i, c_row);
+                    }
                 }
             }
         }
@@ -158,6 +176,66 @@ pub fn sparse_walk(
         (0..chunks).for_each(run);
     }
     true
+}
+
+/// What runs on each finished row of C: its index and its n values, once
+/// per row, on the thread that finished it (so while the row is in cache).
+pub type RowThen<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
+
+/// [`sgemm_sparse_a`], then `then` on every row of C (a fused epilogue:
+/// e.g. an optimiser step on the gradient's rows). Where the walk does not
+/// apply, the dense product runs first and `then` over its rows afterwards,
+/// so the values `then` sees are the same bits either way. C must be
+/// row-major. Returns whether the sparse walk ran.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_sparse_a_then(
+    shape: [usize; 3],
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    mut c: ViewMut,
+    par: Par,
+    then: RowThen,
+) -> bool {
+    let [m, n, k] = shape;
+    assert!(
+        c.cs == 1 || m == 0 || n == 0,
+        "sgemm_sparse_a_then: C must be row-major"
+    );
+    let isa = Isa::best();
+    let kc = split_even(k, isa.blocking().kc, 1);
+    let ran = walk(
+        (isa, par, MAX_DENSITY, kc),
+        shape,
+        alpha,
+        a,
+        b,
+        beta,
+        &mut c,
+        Some(then),
+    );
+    if !ran {
+        let c_rs = c.rs;
+        let rows = |(i, row): (usize, &mut [f32])| then(i, &mut row[..n]);
+        {
+            let cm = ViewMut {
+                data: &mut *c.data,
+                rs: c.rs,
+                cs: c.cs,
+            };
+            sgemm_isa((isa, par), shape, alpha, a, b, beta, cm);
+        }
+        if m > 0 && n > 0 {
+            let data = &mut c.data[..(m - 1) * c_rs + n];
+            if par == Par::Rayon {
+                data.par_chunks_mut(c_rs.max(1)).enumerate().for_each(rows);
+            } else {
+                data.chunks_mut(c_rs.max(1)).enumerate().for_each(rows);
+            }
+        }
+    }
+    ran
 }
 
 /// C's base pointer, shared by the tasks that write its disjoint rows.

@@ -170,3 +170,69 @@ fn dense_operands_take_the_packed_product() {
     );
     assert_eq!(out, want);
 }
+
+/// `sgemm_sparse_a_then` runs its epilogue once on every row, after the
+/// row's last depth block: the result is the dense product with the
+/// epilogue applied afterwards, bit for bit, whether the walk ran (sparse
+/// A) or the dense product (dense A), on one thread or over the pool, with
+/// more than one depth block (k = 600).
+#[test]
+fn the_epilogue_sees_each_finished_row_once() {
+    use mrbm_kernels::sparse::sgemm_sparse_a_then;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let (m, n, k) = (37, 70, 600);
+    for (zeros, walked) in [(0.9, true), (0.0, false)] {
+        for par in [Par::Seq, Par::Rayon] {
+            let a = values(m * k, 11, zeros, true);
+            let b = values(k * n, 12, 0.0, false);
+            // The epilogue: a function of the row index and every value.
+            let epi = |i: usize, row: &mut [f32]| {
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = *x * 0.37 - (i * n + j) as f32 * 1e-3;
+                }
+            };
+            let mut want = vec![0.0f32; m * n];
+            sgemm_isa(
+                (Isa::best(), Par::Seq),
+                [m, n, k],
+                0.5,
+                View::row_major(&a, k),
+                View::row_major(&b, n),
+                0.0,
+                ViewMut::row_major(&mut want, n),
+            );
+            for (i, row) in want.chunks_mut(n).enumerate() {
+                epi(i, row);
+            }
+            let calls: Vec<AtomicUsize> = (0..m).map(|_| AtomicUsize::new(0)).collect();
+            let then = |i: usize, row: &mut [f32]| {
+                assert_eq!(row.len(), n);
+                calls[i].fetch_add(1, Ordering::Relaxed);
+                epi(i, row);
+            };
+            // C starts as garbage: beta = 0 must not read it.
+            let mut got = vec![f32::NAN; m * n];
+            let ran = pool.install(|| {
+                sgemm_sparse_a_then(
+                    [m, n, k],
+                    0.5,
+                    View::row_major(&a, k),
+                    View::row_major(&b, n),
+                    0.0,
+                    ViewMut::row_major(&mut got, n),
+                    par,
+                    &then,
+                )
+            });
+            let avx512 = Isa::best() == Isa::Avx512 || Isa::best() == Isa::Avx512Narrow;
+            assert_eq!(ran, walked && avx512, "zeros {zeros} {par:?}");
+            assert!(calls.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "zeros {zeros} {par:?}");
+        }
+    }
+}
