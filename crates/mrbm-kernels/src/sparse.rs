@@ -4,7 +4,10 @@
 //! most of its multiply-adds on zeros.
 //!
 //! [`sgemm_sparse_a`] walks each row of A's nonzeros and adds
-//! `a[i, p] * B[p, :]` into registers holding a strip of C's row. It keeps
+//! `a[i, p] * B[p, :]` into registers holding a strip of C's row; four
+//! rows at a time where it can, over the union of their nonzeros, so that
+//! each row of B it reads serves four rows of C (a row's FMAs by the
+//! others' nonzeros are FMAs by zero, which keep its sums). It keeps
 //! the dense product's arithmetic exactly: per element, one FMA per
 //! nonzero, from zero within the same depth blocks, in increasing p, the
 //! blocks' sums combined as [`crate::sgemm`] combines them. A zero of A
@@ -21,11 +24,11 @@ use rayon::prelude::*;
 use crate::{sgemm_isa, split_even, Isa, Par, View, ViewMut};
 
 /// The largest share of nonzeros in A at which the sparse walk is used.
-/// Measured on Zen 4 (`sgemm_bench`'s last table): the walk does its
-/// multiply-adds at about 40 % of the packed kernel's rate (it reads a row
-/// of B from L2 for each nonzero), so it is 2x faster at density 0.2 and
-/// breaks even near 0.4; 0.35 keeps a margin.
-pub const MAX_DENSITY: f32 = 0.35;
+/// Measured on Zen 4 (`sgemm_bench`'s last table, random zeros): walking
+/// four rows of A at a time, the walk is about 1.6-1.9x faster than the
+/// packed product at density 0.2, 1.1-1.3x at 0.4 and breaks even near
+/// 0.5; 0.45 keeps a margin.
+pub const MAX_DENSITY: f32 = 0.45;
 
 /// [`crate::sgemm`] for an A that is mostly zeros: C (m x n) = alpha *
 /// A (m x k) * B (k x n) + beta * C, the same bits (see the module
@@ -149,14 +152,45 @@ fn walk(
         // Room for a whole vector stored past the last nonzero.
         let mut idx = vec![0u32; kc + 16];
         let mut val = vec![0.0f32; kc + 16];
+        let mut vals4 = vec![0.0f32; 4 * (kc + 16)];
         for pc in (0..k).step_by(kc) {
             let kcur = kc.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             let b_block = &b_rows[pc * b_rs..];
-            for i in rows.clone() {
-                let row = &a_rows[i * k + pc..i * k + pc + kcur];
+            let a_of = |i: usize| &a_rows[i * k + pc..i * k + pc + kcur];
+            let mut i = rows.start;
+            while i < rows.end {
+                if i + 4 <= rows.end {
+                    // Four rows at once over the union of their nonzeros:
+                    // each row of B read is used four times (neighbouring
+                    // pixels, and digits, share most of their nonzeros).
+                    // Safety: the walk only runs on AVX-512 CPUs.
+                    let nz = unsafe {
+                        x86::union4(
+                            [a_of(i), a_of(i + 1), a_of(i + 2), a_of(i + 3)],
+                            &mut idx,
+                            &mut vals4,
+                        )
+                    };
+                    let w = vals4.len() / 4;
+                    let vals = [0, 1, 2, 3].map(|r| &vals4[r * w..r * w + nz]);
+                    // Safety: as below, for rows i..i + 4.
+                    let c_rows = [0, 1, 2, 3].map(|r| unsafe { c_ptr.row(i + r, c_rs, n) });
+                    unsafe {
+                        x86::rows4(&idx[..nz], vals, b_block, b_rs, n, alpha, beta_eff, c_rows)
+                    };
+                    if pc + kcur == k {
+                        if let Some(then) = then {
+                            for r in 0..4 {
+                                then(i + r, unsafe { c_ptr.row(i + r, c_rs, n) });
+                            }
+                        }
+                    }
+                    i += 4;
+                    continue;
+                }
                 // Safety: the walk only runs on AVX-512 CPUs.
-                let nz = unsafe { x86::nonzeros(row, &mut idx, &mut val) };
+                let nz = unsafe { x86::nonzeros(a_of(i), &mut idx, &mut val) };
                 let (idx, val) = (&idx[..nz], &val[..nz]);
                 // Safety: rows of C are disjoint between chunks; the view
                 // checks bound row i's n elements and B's block.
@@ -167,6 +201,7 @@ fn walk(
                         then(i, c_row);
                     }
                 }
+                i += 1;
             }
         }
     };
@@ -325,6 +360,25 @@ mod x86 {
     ) {
         unreachable!("the sparse walk needs AVX-512")
     }
+    /// Never called off x86_64.
+    pub(super) unsafe fn union4(_: [&[f32]; 4], _: &mut [u32], _: &mut [f32]) -> usize {
+        unreachable!("the sparse walk needs AVX-512")
+    }
+
+    /// Never called off x86_64.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows4(
+        _: &[u32],
+        _: [&[f32]; 4],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: f32,
+        _: f32,
+        _: [&mut [f32]; 4],
+    ) {
+        unreachable!("the sparse walk needs AVX-512")
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -443,6 +497,144 @@ mod x86 {
                 x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p), vb, x);
             }
             _mm512_mask_storeu_ps(p, m, x);
+        }
+    }
+
+    /// The union of four rows' nonzeros: their positions into `idx` and,
+    /// for each row r, its values there (zeros where only another row is
+    /// nonzero) into `vals[r * w..]`, w = vals.len() / 4; `idx` and w hold
+    /// at least len + 16. Returns how many.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn union4(rows: [&[f32]; 4], idx: &mut [u32], vals: &mut [f32]) -> usize {
+        let len = rows[0].len();
+        let w = vals.len() / 4;
+        assert!(rows.iter().all(|r| r.len() == len));
+        assert!(idx.len() >= len + 16 && w >= len + 16);
+        let whole = len / 16 * 16;
+        let mut nz = 0;
+        let mut pos = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let step = _mm512_set1_epi32(16);
+        let zero = _mm512_setzero_ps();
+        for p in (0..whole).step_by(16) {
+            let x = rows.map(|r| _mm512_loadu_ps(r.as_ptr().add(p)));
+            let m = x
+                .iter()
+                .fold(0, |m, &x| m | _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(x, zero));
+            for (r, &xr) in x.iter().enumerate() {
+                _mm512_storeu_ps(
+                    vals.as_mut_ptr().add(r * w + nz),
+                    _mm512_maskz_compress_ps(m, xr),
+                );
+            }
+            _mm512_storeu_si512(
+                idx.as_mut_ptr().add(nz) as *mut __m512i,
+                _mm512_maskz_compress_epi32(m, pos),
+            );
+            nz += m.count_ones() as usize;
+            pos = _mm512_add_epi32(pos, step);
+        }
+        for p in whole..len {
+            idx[nz] = p as u32;
+            for r in 0..4 {
+                vals[r * w + nz] = rows[r][p];
+            }
+            nz += rows.iter().any(|r| r[p] != 0.0) as usize;
+        }
+        nz
+    }
+
+    /// The most zmm accumulators a row of a four-row strip holds (4 x 6
+    /// accumulators, 4 broadcasts and a row of B: 29 of the 32 registers).
+    const MAX_NV4: usize = 6;
+
+    /// [`row`] for four rows of C over their union of nonzeros (`vals[r]`:
+    /// row r's values at `idx`, zeros included). Each row gets the FMAs
+    /// [`row`] gives it plus FMAs by zero, which leave its sums unchanged:
+    /// the same bits (the module documentation's two exceptions apart).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows4(
+        idx: &[u32],
+        vals: [&[f32]; 4],
+        b: &[f32],
+        b_rs: usize,
+        n: usize,
+        alpha: f32,
+        beta: f32,
+        c: [&mut [f32]; 4],
+    ) {
+        assert!(vals.iter().all(|v| v.len() == idx.len()) && c.iter().all(|c| c.len() >= n));
+        if let Some(&last) = idx.last() {
+            assert!(b.len() >= last as usize * b_rs + n, "sgemm: B too short");
+        }
+        let vectors = n.div_ceil(16);
+        let strips = vectors.div_ceil(MAX_NV4);
+        let per = vectors.div_ceil(strips);
+        let cp = c.map(|c| c.as_mut_ptr());
+        for s in 0..strips {
+            let v0 = s * per;
+            let nv = per.min(vectors - v0);
+            let j0 = v0 * 16;
+            let cols = (n - j0).min(nv * 16);
+            let tail = cols - (nv - 1) * 16;
+            let mask: __mmask16 = if tail == 16 {
+                0xffff
+            } else {
+                (1u16 << tail) - 1
+            };
+            let (bp, cs) = (b.as_ptr().add(j0), cp.map(|p| p.add(j0)));
+            macro_rules! dispatch {
+                ($($nv:literal)*) => {
+                    match nv {
+                        $($nv => strip4::<$nv>(idx, vals, bp, b_rs, mask, alpha, beta, cs),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            dispatch!(1 2 3 4 5 6);
+        }
+    }
+
+    /// NV vectors of four rows of C (the last vector masked), accumulated
+    /// in registers over the union of the rows' nonzeros.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn strip4<const NV: usize>(
+        idx: &[u32],
+        vals: [&[f32]; 4],
+        b: *const f32,
+        b_rs: usize,
+        mask: __mmask16,
+        alpha: f32,
+        beta: f32,
+        c: [*mut f32; 4],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NV]; 4];
+        for (t, &p) in idx.iter().enumerate() {
+            let av = [0, 1, 2, 3].map(|r| _mm512_set1_ps(*vals[r].get_unchecked(t)));
+            let row = b.add(p as usize * b_rs);
+            for v in 0..NV {
+                let bv = if v == NV - 1 {
+                    _mm512_maskz_loadu_ps(mask, row.add(16 * v))
+                } else {
+                    _mm512_loadu_ps(row.add(16 * v))
+                };
+                for r in 0..4 {
+                    acc[r][v] = _mm512_fmadd_ps(av[r], bv, acc[r][v]);
+                }
+            }
+        }
+        // The dense kernels' combine, as in `strip`.
+        let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+        for r in 0..4 {
+            for (v, &s) in acc[r].iter().enumerate() {
+                let m = if v == NV - 1 { mask } else { 0xffff };
+                let p = c[r].add(16 * v);
+                let mut x = _mm512_mul_ps(s, va);
+                if beta != 0.0 {
+                    x = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p), vb, x);
+                }
+                _mm512_mask_storeu_ps(p, m, x);
+            }
         }
     }
 }
