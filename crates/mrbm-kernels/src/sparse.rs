@@ -596,7 +596,7 @@ mod x86 {
 
     /// NV vectors of four rows of C (the last vector masked), accumulated
     /// in registers over the union of the rows' nonzeros.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     unsafe fn strip4<const NV: usize>(
         idx: &[u32],
