@@ -215,66 +215,65 @@ impl HostLayer<'_> {
         }
     }
 
-    /// Hidden means f(x) in place; returns the sum of A(x) per row.
-    fn hidden_means(&self, x: &mut [f32], batch: usize) -> Vec<f64> {
+    /// Both phases' per-row terms of the free energy, in one parallel
+    /// region: the hidden means f(x) in place of x and xn (which hold the
+    /// bias already), with each row's sum of A(x), and each row's visible
+    /// part of -F (see [`Self::visible_term`]). Returns (sum A over the
+    /// data's rows, over the negative rows, visible terms of v, of v_neg),
+    /// one value a row.
+    fn phase_terms(
+        &self,
+        (x, xn): (&mut [f32], &mut [f32]),
+        (v, v_neg): (&[f32], &[f32]),
+        batch: usize,
+    ) -> [Vec<f64>; 4] {
         let level = Level::detect();
         let act = act_of(self.hidden);
-        let (_, nh) = self.sizes();
-        // x holds the bias already: one activation for every element.
-        let sums: Vec<f64> = x
+        let (nv, nh) = self.sizes();
+        let rows = x
             .par_chunks_mut(nh)
-            .map(|row| host_math::act_row(level, row, 0.0, act, true).1)
+            .zip(v.par_chunks(nv))
+            .chain(xn.par_chunks_mut(nh).zip(v_neg.par_chunks(nv)));
+        let terms: Vec<(f64, f64)> = rows
+            .map(|(h, v)| {
+                let a = host_math::act_row(level, h, 0.0, act, true).1;
+                (a, self.visible_term(v))
+            })
             .collect();
-        debug_assert_eq!(sums.len(), batch);
-        sums
+        debug_assert_eq!(terms.len(), 2 * batch);
+        let (a, vis): (Vec<f64>, Vec<f64>) = terms.into_iter().unzip();
+        let (a_neg, vis_neg) = (a[batch..].to_vec(), vis[batch..].to_vec());
+        [a[..batch].to_vec(), a_neg, vis[..batch].to_vec(), vis_neg]
     }
 
-    /// The visible part of -F per row: a.v (Gaussian: -(v - a)^2 / 2;
+    /// The visible part of -F of one row: a.v (Gaussian: -(v - a)^2 / 2;
     /// discrete Gaussian: a.v - v^2 / 2).
-    fn visible_terms(&self, v: &[f32]) -> Vec<f64> {
-        let (nv, _) = self.sizes();
+    fn visible_term(&self, row: &[f32]) -> f64 {
         let plane = match &self.shape {
             Shape::Dense { .. } => 1,
             Shape::Conv(g) => g.h * g.w,
         };
         let kind = self.visible.kind;
         if plane == 1 && !matches!(kind, UnitKind::Gaussian | UnitKind::DiscreteGaussian) {
-            // A dense layer's a.v: the nonzero terms only, in element order.
-            // A zero term adds +-0 to a sum that is never -0 (it starts at
-            // +0, and x + -x is +0), so the sum has the same bits; most of
-            // the data's values are zeros.
-            return v
-                .par_chunks(nv)
-                .map(|row| {
-                    let mut t = 0.0f64;
-                    for (&vi, &ai) in row.iter().zip(self.a) {
-                        if vi != 0.0 {
-                            t += ai as f64 * vi as f64;
-                        }
-                    }
-                    t
-                })
-                .collect();
+            // A dense layer's a.v: the nonzero terms only, in element order:
+            // the same sum, as a is finite (every update checks it); most
+            // of the data's values are zeros.
+            return mrbm_kernels::sparse::dot_nonzeros_f64(row, self.a);
         }
-        // Plane by plane (no division per element), in element order: the
-        // same sum.
-        v.par_chunks(nv)
-            .map(|row| {
-                let mut t = 0.0f64;
-                for (plane_values, &ai) in row.chunks(plane).zip(self.a) {
-                    let ai = ai as f64;
-                    for &vi in plane_values {
-                        let vi = vi as f64;
-                        t += match kind {
-                            UnitKind::Gaussian => -0.5 * (vi - ai) * (vi - ai),
-                            UnitKind::DiscreteGaussian => ai * vi - 0.5 * vi * vi,
-                            _ => ai * vi,
-                        };
-                    }
-                }
-                t
-            })
-            .collect()
+        // Plane by plane (no division per element), in element order.
+        let mut t = 0.0f64;
+        for (plane_values, &ai) in row.chunks(plane).zip(self.a) {
+            let ai = ai as f64;
+            for &vi in plane_values {
+                let vi = vi as f64;
+                t += match kind {
+                    UnitKind::Gaussian => -0.5 * (vi - ai) * (vi - ai),
+                    UnitKind::DiscreteGaussian => ai * vi - 0.5 * vi * vi,
+                    _ => ai * vi,
+                };
+            }
+        }
+        t
     }
 
     /// <v h> - <v' h'> summed over the batch (and positions), in W's layout.
@@ -494,9 +493,8 @@ fn statistics(
     defer_w: bool,
 ) -> SampledStep {
     let mut xn = layer.pre_hidden(&v_neg, batch);
-    let a_data = layer.hidden_means(&mut x, batch);
-    let a_neg = layer.hidden_means(&mut xn, batch);
-    let (vis_data, vis_neg) = (layer.visible_terms(v), layer.visible_terms(&v_neg));
+    let [a_data, a_neg, vis_data, vis_neg] =
+        layer.phase_terms((&mut x, &mut xn), (v, &v_neg), batch);
     // F(v) = -(visible term) - sum A(x): the loss is the mean of the difference.
     let loss: f64 = (0..batch)
         .map(|r| -(vis_data[r] + a_data[r]) + (vis_neg[r] + a_neg[r]))

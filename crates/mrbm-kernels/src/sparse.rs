@@ -30,6 +30,36 @@ use crate::{sgemm_isa, split_even, Isa, Par, View, ViewMut};
 /// 0.5; 0.45 keeps a margin.
 pub const MAX_DENSITY: f32 = 0.45;
 
+/// sum over i with x[i] != 0 of a[i] * x[i], in f64 and in index order:
+/// the sequential sum over all i (`t += a[i] * x[i]`, from +0) to the bit
+/// where every a[i] is finite, since a zero term adds +-0 to a sum that is
+/// never -0. With AVX-512 the nonzeros are found a vector at a time, so
+/// only they cost an addition (a data row of a dense RBM's a.v).
+pub fn dot_nonzeros_f64(x: &[f32], a: &[f32]) -> f64 {
+    assert!(a.len() >= x.len(), "dot_nonzeros_f64: a too short");
+    let mut t = 0.0f64;
+    if cfg!(target_arch = "x86_64") && Isa::Avx512.available() {
+        const BLOCK: usize = 256;
+        let mut idx = [0u32; BLOCK + 16];
+        let mut val = [0.0f32; BLOCK + 16];
+        for (b, xs) in x.chunks(BLOCK).enumerate() {
+            // Safety: AVX-512 is available (checked above).
+            let nz = unsafe { x86::nonzeros(xs, &mut idx, &mut val) };
+            let a = &a[b * BLOCK..];
+            for (&p, &v) in idx[..nz].iter().zip(&val[..nz]) {
+                t += a[p as usize] as f64 * v as f64;
+            }
+        }
+    } else {
+        for (&v, &ai) in x.iter().zip(a) {
+            if v != 0.0 {
+                t += ai as f64 * v as f64;
+            }
+        }
+    }
+    t
+}
+
 /// [`crate::sgemm`] for an A that is mostly zeros: C (m x n) = alpha *
 /// A (m x k) * B (k x n) + beta * C, the same bits (see the module
 /// documentation for the two exceptions).

@@ -236,3 +236,23 @@ fn the_epilogue_sees_each_finished_row_once() {
         }
     }
 }
+
+/// `dot_nonzeros_f64` is the plain sequential f64 sum over every element,
+/// bit for bit, on rows with many zeros, none, only zeros, negative
+/// values (whose zero terms are -0), and lengths around its 256 block.
+#[test]
+fn the_nonzero_dot_is_the_sequential_sum() {
+    use mrbm_kernels::sparse::dot_nonzeros_f64;
+    for len in [0, 1, 15, 16, 17, 255, 256, 257, 784, 1000] {
+        for (zeros, binary) in [(0.85, true), (0.85, false), (0.0, false), (1.0, false)] {
+            let x = values(len, 21, zeros, binary);
+            let a = values(len, 22, 0.0, false);
+            let mut want = 0.0f64;
+            for (&xi, &ai) in x.iter().zip(&a) {
+                want += ai as f64 * xi as f64;
+            }
+            let got = dot_nonzeros_f64(&x, &a);
+            assert_eq!(got.to_bits(), want.to_bits(), "len {len} zeros {zeros}");
+        }
+    }
+}
