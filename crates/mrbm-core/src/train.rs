@@ -1120,7 +1120,13 @@ impl Trainer {
         use crate::layer::tensor_f32;
         let layer = &mut self.dbn.layers[i];
         let device = layer.w.device();
-        layer.w = tensor_f32(w.clone(), layer.spec.weight_shape(), &device);
+        // W's copy over the pool: one copy of W a step, on the critical
+        // path of a step that is otherwise parallel.
+        let wc = {
+            use rayon::prelude::*;
+            w.par_iter().with_min_len(1 << 16).copied().collect::<Vec<f32>>()
+        };
+        layer.w = tensor_f32(wc, layer.spec.weight_shape(), &device);
         layer.a = tensor_f32(a.clone(), [layer.spec.visible_channels()], &device);
         layer.b = tensor_f32(b.clone(), [layer.spec.hidden_channels()], &device);
         self.states[i].host_wab = Some((w, a, b));

@@ -170,11 +170,13 @@ fn walk(
         Par::Seq => 1,
         Par::Rayon => rayon::current_num_threads().max(1),
     };
-    // A few chunks of rows a thread (a descheduled thread leaves work the
-    // others can take); each chunk runs every depth block, so a block of
-    // B is reused by the chunk's rows while it is in cache.
-    let chunks = (4 * threads).min(m);
-    let per = m.div_ceil(chunks);
+    // Sixteen chunks of rows a thread, whole groups of four rows: rows'
+    // work differs (a digit's border pixels are all zeros), and a
+    // descheduled thread leaves work the others can take. Each chunk runs
+    // every depth block, so a block of B is reused by the chunk's rows
+    // while it is in cache.
+    let per = m.div_ceil(16 * threads).next_multiple_of(4);
+    let chunks = m.div_ceil(per);
     let c_rs = c.rs;
     let c_ptr = CPtr(c.data.as_mut_ptr());
     let run = |chunk: usize| {
