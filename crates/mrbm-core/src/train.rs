@@ -1124,7 +1124,10 @@ impl Trainer {
         // path of a step that is otherwise parallel.
         let wc = {
             use rayon::prelude::*;
-            w.par_iter().with_min_len(1 << 16).copied().collect::<Vec<f32>>()
+            w.par_iter()
+                .with_min_len(1 << 16)
+                .copied()
+                .collect::<Vec<f32>>()
         };
         layer.w = tensor_f32(wc, layer.spec.weight_shape(), &device);
         layer.a = tensor_f32(a.clone(), [layer.spec.visible_channels()], &device);
