@@ -5,11 +5,15 @@
 //! inputs to f64 for the draws and back, and drew from one sequential
 //! ChaCha stream; the rules ran at 0.4x numpy. Here one half-step is one
 //! product (a dense layer's through `mrbm_kernels::sgemm_sparse_a`, which
-//! skips the zeros of the data and of the sampled states, about four
-//! fifths of them on MNIST, with the packed product's bits; `host_conv`
+//! skips the zeros of the data and of the sampled states, about five
+//! sixths of them on MNIST, with the packed product's bits; `host_conv`
 //! for a conv layer) and one batch of counter-based f32 draws
 //! (`mrbm_kernels::draw`), and the statistics are the closed-form step's:
-//! one weight-gradient product of the stacked phases.
+//! one weight-gradient product of the stacked phases. Where the trainer
+//! steps one dense layer by plain SGD, that product also runs the SGD step
+//! of W on each of its rows as it is made ([`FusedSgd`],
+//! [`dense_weight_step`]), so the update runs over the pool instead of
+//! after the product on one thread.
 //!
 //! The draws are a function of (the step's key, the element): the states do
 //! not depend on the thread count. The maths is `Trainer`'s burn path
