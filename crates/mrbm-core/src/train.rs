@@ -723,7 +723,7 @@ impl Trainer {
         v: &Tensor<4>,
         apply: Option<usize>,
     ) -> Option<(f64, StepGrads, Tensor<4>)> {
-        use crate::host_sampled::{dense_weight_step, sampled_step, Draws, FusedSgd, Start};
+        use crate::host_sampled::{sampled_step, Draws, Start};
         use crate::layer::{tensor_f32, values_f32};
         let algorithm = self.params.algorithm;
         if algorithm == Algorithm::GibbsLangevin {
@@ -781,7 +781,7 @@ impl Trainer {
                 && algorithm != Algorithm::Fpcd
                 && self.params.optimizer == OptimizerKind::Sgd
         });
-        let out = sampled_step(
+        let mut out = sampled_step(
             &host,
             &chain_layer,
             &vh,
@@ -794,61 +794,10 @@ impl Trainer {
         if let (true, Some(epoch), crate::host_sampled::Shape::Dense { visible, hidden }) =
             (out.gw_deferred, fuse, params.shape.clone())
         {
-            let m = self.params.momentum.at(epoch);
-            let vel = self.take_host_velocity(i, m);
-            let mut vel_new = self.states[i].spare_vel.take().unwrap_or_default();
-            vel_new.resize(visible * hidden, 0.0);
-            let scale = self.lr_scale(i);
-            let (lr, wd) = (self.params.lr, self.params.weight_decay);
-            let crate::layer::HostParams {
-                mut w,
-                mut a,
-                mut b,
-                ..
-            } = params;
-            let finite_w = dense_weight_step(
-                (visible, hidden),
-                (&vh, &out.hidden, &out.v_neg, &out.hidden_neg),
-                batch,
-                FusedSgd {
-                    w: &mut w,
-                    vel_new: &mut vel_new,
-                    vel: vel.as_ref().map(|v| &v.0[..]),
-                    wd: (wd > 0.0).then_some(wd as f32),
-                    m: m as f32,
-                    lr: (lr * scale.w) as f32,
-                },
-            );
-            // a and b as `apply_host_sgd` steps them; W is done.
-            let m = m as f32;
-            let (va, vb, old_vw) = match vel {
-                Some((w, a, b)) => (Some(a), Some(b), Some(w)),
-                None => (None, None, None),
-            };
-            let (mut ga, mut gb) = (out.ga, out.gb);
-            let finite = finite_w
-                & sgd_fused(
-                    &mut a,
-                    &mut ga,
-                    va.as_deref(),
-                    None,
-                    m,
-                    (lr * scale.a) as f32,
-                )
-                & sgd_fused(
-                    &mut b,
-                    &mut gb,
-                    vb.as_deref(),
-                    None,
-                    m,
-                    (lr * scale.b) as f32,
-                );
-            self.set_host_params(i, w, a, b);
-            let st = &mut self.states[i];
-            st.host_vel = Some((vel_new, ga, gb));
-            st.spare_vel = old_vw;
+            let dims_w = (visible, hidden);
+            let finite = self.fused_sgd_update(i, epoch, dims_w, params, (&vh, &mut out), batch);
             if chain.is_some() {
-                st.chain = Some(tensor_f32(out.v_neg, dims, &device));
+                self.states[i].chain = Some(tensor_f32(out.v_neg, dims, &device));
             }
             let h = tensor_f32(out.hidden, [batch, hc, hh, hw], &device);
             return Some((out.loss, StepGrads::Applied(finite), h));
@@ -1190,6 +1139,63 @@ impl Trainer {
         finite
     }
 
+    /// The fused SGD update of a dense layer after a sampled step that left
+    /// W's gradient to it (`SampledStep::gw_deferred`): W stepped inside its
+    /// gradient's product (`host_sampled::dense_weight_step`), a and b as
+    /// [`Self::apply_host_sgd`] steps them, the new parameters and
+    /// velocities kept. Whether every new parameter is finite.
+    fn fused_sgd_update(
+        &mut self,
+        i: usize,
+        epoch: usize,
+        (visible, hidden): (usize, usize),
+        params: crate::layer::HostParams,
+        (vh, out): (&[f32], &mut crate::host_sampled::SampledStep),
+        batch: usize,
+    ) -> bool {
+        use crate::host_sampled::{dense_weight_step, FusedSgd};
+        let m = self.params.momentum.at(epoch);
+        let vel = self.take_host_velocity(i, m);
+        let mut vel_new = self.states[i].spare_vel.take().unwrap_or_default();
+        vel_new.resize(visible * hidden, 0.0);
+        let scale = self.lr_scale(i);
+        let (lr, wd) = (self.params.lr, self.params.weight_decay);
+        let crate::layer::HostParams {
+            mut w,
+            mut a,
+            mut b,
+            ..
+        } = params;
+        let finite_w = dense_weight_step(
+            (visible, hidden),
+            (vh, &out.hidden, &out.v_neg, &out.hidden_neg),
+            batch,
+            FusedSgd {
+                w: &mut w,
+                vel_new: &mut vel_new,
+                vel: vel.as_ref().map(|v| &v.0[..]),
+                wd: (wd > 0.0).then_some(wd as f32),
+                m: m as f32,
+                lr: (lr * scale.w) as f32,
+            },
+        );
+        let m = m as f32;
+        let (va, vb, old_vw) = match vel {
+            Some((w, a, b)) => (Some(a), Some(b), Some(w)),
+            None => (None, None, None),
+        };
+        let (mut ga, mut gb) = (std::mem::take(&mut out.ga), std::mem::take(&mut out.gb));
+        let (lr_a, lr_b) = ((lr * scale.a) as f32, (lr * scale.b) as f32);
+        let finite = finite_w
+            & sgd_fused(&mut a, &mut ga, va.as_deref(), None, m, lr_a)
+            & sgd_fused(&mut b, &mut gb, vb.as_deref(), None, m, lr_b);
+        self.set_host_params(i, w, a, b);
+        let st = &mut self.states[i];
+        st.host_vel = Some((vel_new, ga, gb));
+        st.spare_vel = old_vw;
+        finite
+    }
+
     /// Layer i's SGD velocities as host values (w, a, b), taken out of the
     /// state; None before the first step, and when the momentum `m` is 0
     /// (the tensor path ignores the old velocity then).
@@ -1323,33 +1329,8 @@ pub fn sgd_fused(
     lr: f32,
 ) -> bool {
     assert_eq!(w.len(), g.len(), "sgd_fused: lengths differ");
-    let n = w.len();
-    let rows = w.iter_mut().zip(g.iter_mut());
-    // One loop per case (no branch inside, so each vectorises), each
-    // sgd_element's arithmetic.
-    match (v, wd) {
-        (Some(v), Some(d)) => {
-            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
-                *wi = sgd_element(*wi, gi, Some(vi), Some(d), m, lr);
-            }
-        }
-        (Some(v), None) => {
-            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
-                *wi = sgd_element(*wi, gi, Some(vi), None, m, lr);
-            }
-        }
-        (None, Some(d)) => {
-            for (wi, gi) in rows {
-                *wi = sgd_element(*wi, gi, None, Some(d), m, lr);
-            }
-        }
-        (None, None) => {
-            for (wi, gi) in rows {
-                *wi = sgd_element(*wi, gi, None, None, m, lr);
-            }
-        }
-    }
-    w.iter().fold(true, |ok, x| ok & x.is_finite())
+    // g * 1 is g: the same bits as without the scaling.
+    sgd_row(w, g, v, (1.0, wd, m, lr))
 }
 
 /// One element of [`sgd_fused`]: the new w, with `g` left as the new
@@ -1366,10 +1347,10 @@ fn sgd_element(w: f32, g: &mut f32, v: Option<f32>, wd: Option<f32>, m: f32, lr:
     w - *g * lr
 }
 
-/// One row of the fused gradient-and-SGD step (`host_sampled::FusedSgd`):
-/// g <- g * scale, then [`sgd_fused`]'s element step of w in place.
-/// Whether every new w is finite. One loop per case, without
-/// branches or bounds checks inside, so that it vectorises.
+/// g <- g * scale, then [`sgd_fused`]'s element step of w in place (a row
+/// of the fused gradient-and-SGD step, `host_sampled::FusedSgd`, or a whole
+/// parameter with scale 1). Whether every new w is finite. One loop per
+/// case, without branches or bounds checks inside, so that it vectorises.
 pub(crate) fn sgd_row(
     w: &mut [f32],
     g: &mut [f32],

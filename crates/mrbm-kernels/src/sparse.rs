@@ -181,59 +181,28 @@ fn walk(
     let c_ptr = CPtr(c.data.as_mut_ptr());
     let run = |chunk: usize| {
         let rows = chunk * per..((chunk + 1) * per).min(m);
-        // Room for a whole vector stored past the last nonzero.
-        let mut idx = vec![0u32; kc + 16];
-        let mut val = vec![0.0f32; kc + 16];
-        let mut vals4 = vec![0.0f32; 4 * (kc + 16)];
+        let mut scratch = Scratch::new(kc);
         for pc in (0..k).step_by(kc) {
             let kcur = kc.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
-            let b_block = &b_rows[pc * b_rs..];
+            let b_block = (&b_rows[pc * b_rs..], b_rs, n);
             let a_of = |i: usize| &a_rows[i * k + pc..i * k + pc + kcur];
             let mut i = rows.start;
             while i < rows.end {
-                if i + 4 <= rows.end {
-                    // Four rows at once over the union of their nonzeros:
-                    // each row of B read is used four times (neighbouring
-                    // pixels, and digits, share most of their nonzeros).
-                    // Safety: the walk only runs on AVX-512 CPUs.
-                    let nz = unsafe {
-                        x86::union4(
-                            [a_of(i), a_of(i + 1), a_of(i + 2), a_of(i + 3)],
-                            &mut idx,
-                            &mut vals4,
-                        )
-                    };
-                    let w = vals4.len() / 4;
-                    let vals = [0, 1, 2, 3].map(|r| &vals4[r * w..r * w + nz]);
-                    // Safety: as below, for rows i..i + 4.
-                    let c_rows = [0, 1, 2, 3].map(|r| unsafe { c_ptr.row(i + r, c_rs, n) });
-                    unsafe {
-                        x86::rows4(&idx[..nz], vals, b_block, b_rs, n, alpha, beta_eff, c_rows)
-                    };
-                    if pc + kcur == k {
-                        if let Some(then) = then {
-                            for r in 0..4 {
-                                then(i + r, unsafe { c_ptr.row(i + r, c_rs, n) });
-                            }
-                        }
-                    }
-                    i += 4;
-                    continue;
-                }
-                // Safety: the walk only runs on AVX-512 CPUs.
-                let nz = unsafe { x86::nonzeros(a_of(i), &mut idx, &mut val) };
-                let (idx, val) = (&idx[..nz], &val[..nz]);
-                // Safety: rows of C are disjoint between chunks; the view
-                // checks bound row i's n elements and B's block.
-                let c_row = unsafe { c_ptr.row(i, c_rs, n) };
-                unsafe { x86::row(idx, val, b_block, b_rs, n, alpha, beta_eff, c_row) };
+                // Four rows at once where there are four left.
+                let g = if i + 4 <= rows.end { 4 } else { 1 };
+                // Safety: the walk only runs on AVX-512 CPUs; rows of C
+                // are disjoint between chunks; the view checks bound each
+                // row's n elements and B's block.
+                unsafe { scratch.rows(g, i, &a_of, b_block, (alpha, beta_eff), (c_ptr, c_rs)) };
                 if pc + kcur == k {
                     if let Some(then) = then {
-                        then(i, c_row);
+                        for r in i..i + g {
+                            then(r, unsafe { c_ptr.row(r, c_rs, n) });
+                        }
                     }
                 }
-                i += 1;
+                i += g;
             }
         }
     };
@@ -303,6 +272,65 @@ pub fn sgemm_sparse_a_then(
         }
     }
     ran
+}
+
+/// A walking task's room for the nonzeros of its rows' blocks: positions
+/// and values of one row, or of four over their union, each with room for
+/// a whole vector stored past the last.
+struct Scratch {
+    idx: Vec<u32>,
+    val: Vec<f32>,
+    vals4: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(kc: usize) -> Scratch {
+        Scratch {
+            idx: vec![0; kc + 16],
+            val: vec![0.0; kc + 16],
+            vals4: vec![0.0; 4 * (kc + 16)],
+        }
+    }
+
+    /// Rows `first..first + g` of C (g = 4, or 1) over one depth block:
+    /// `a(i)` is row i of A's block, `b` the block of B (rows, row stride,
+    /// n). Four rows walk the union of their nonzeros, so that each row of
+    /// B read serves all four (neighbouring pixels, and digits, share most
+    /// of their nonzeros).
+    ///
+    /// Safety: AVX-512; rows `first..first + g` of C are this task's and
+    /// hold n values each; B's block holds every row A's block names.
+    unsafe fn rows<'a>(
+        &mut self,
+        g: usize,
+        first: usize,
+        a: &dyn Fn(usize) -> &'a [f32],
+        (b, b_rs, n): (&[f32], usize, usize),
+        (alpha, beta): (f32, f32),
+        (c, c_rs): (CPtr, usize),
+    ) {
+        if g == 4 {
+            let rows = [0, 1, 2, 3].map(|r| a(first + r));
+            let nz = x86::union4(rows, &mut self.idx, &mut self.vals4);
+            let w = self.vals4.len() / 4;
+            let vals = [0, 1, 2, 3].map(|r| &self.vals4[r * w..r * w + nz]);
+            let c_rows = [0, 1, 2, 3].map(|r| c.row(first + r, c_rs, n));
+            x86::rows4(&self.idx[..nz], vals, b, b_rs, n, alpha, beta, c_rows);
+        } else {
+            let nz = x86::nonzeros(a(first), &mut self.idx, &mut self.val);
+            let c_row = c.row(first, c_rs, n);
+            x86::row(
+                &self.idx[..nz],
+                &self.val[..nz],
+                b,
+                b_rs,
+                n,
+                alpha,
+                beta,
+                c_row,
+            );
+        }
+    }
 }
 
 /// C's base pointer, shared by the tasks that write its disjoint rows.
@@ -448,6 +476,26 @@ mod x86 {
         nz
     }
 
+    /// A row of n columns cut into strips of at most `max_nv` vectors of 16,
+    /// as even as can be: (first column, vectors, mask of the last vector).
+    fn strips(n: usize, max_nv: usize) -> impl Iterator<Item = (usize, usize, __mmask16)> {
+        let vectors = n.div_ceil(16);
+        let count = vectors.div_ceil(max_nv);
+        let per = vectors.div_ceil(count.max(1));
+        (0..count).map(move |s| {
+            let v0 = s * per;
+            let nv = per.min(vectors - v0);
+            let j0 = v0 * 16;
+            let tail = (n - j0).min(nv * 16) - (nv - 1) * 16;
+            let mask = if tail == 16 {
+                0xffff
+            } else {
+                (1u16 << tail) - 1
+            };
+            (j0, nv, mask)
+        })
+    }
+
     /// The most zmm accumulators a strip holds (16 of the 32 registers).
     const MAX_NV: usize = 16;
 
@@ -467,20 +515,7 @@ mod x86 {
         if let Some(&last) = idx.last() {
             assert!(b.len() >= last as usize * b_rs + n, "sgemm: B too short");
         }
-        let vectors = n.div_ceil(16);
-        let strips = vectors.div_ceil(MAX_NV);
-        let per = vectors.div_ceil(strips);
-        for s in 0..strips {
-            let v0 = s * per;
-            let nv = per.min(vectors - v0);
-            let j0 = v0 * 16;
-            let cols = (n - j0).min(nv * 16);
-            let tail = cols - (nv - 1) * 16;
-            let mask: __mmask16 = if tail == 16 {
-                0xffff
-            } else {
-                (1u16 << tail) - 1
-            };
+        for (j0, nv, mask) in strips(n, MAX_NV) {
             let (bp, cp) = (b.as_ptr().add(j0), c.as_mut_ptr().add(j0));
             macro_rules! dispatch {
                 ($($nv:literal)*) => {
@@ -598,21 +633,8 @@ mod x86 {
         if let Some(&last) = idx.last() {
             assert!(b.len() >= last as usize * b_rs + n, "sgemm: B too short");
         }
-        let vectors = n.div_ceil(16);
-        let strips = vectors.div_ceil(MAX_NV4);
-        let per = vectors.div_ceil(strips);
         let cp = c.map(|c| c.as_mut_ptr());
-        for s in 0..strips {
-            let v0 = s * per;
-            let nv = per.min(vectors - v0);
-            let j0 = v0 * 16;
-            let cols = (n - j0).min(nv * 16);
-            let tail = cols - (nv - 1) * 16;
-            let mask: __mmask16 = if tail == 16 {
-                0xffff
-            } else {
-                (1u16 << tail) - 1
-            };
+        for (j0, nv, mask) in strips(n, MAX_NV4) {
             let (bp, cs) = (b.as_ptr().add(j0), cp.map(|p| p.add(j0)));
             macro_rules! dispatch {
                 ($($nv:literal)*) => {

@@ -356,6 +356,17 @@ fn cache_dir(cli_cache: &Option<PathBuf>, project_root: &Path) -> PathBuf {
     mrbm_runner::store::cache_dir(cli_cache.as_deref(), project_root)
 }
 
+/// `mrbm plan`: one line per stage, run (and why) or cached.
+fn plan(cli: &Cli, reg: &Registry, select: &Select) -> Result<u8, RunnerError> {
+    let dag = select::build(&select.selection(), reg)?.dag;
+    let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
+    let memo = Memo::load(&store.root);
+    let lines = Session::new(reg, &store, &memo).plan(&dag)?;
+    print!("{}", preview::render(&lines));
+    memo.save()?;
+    Ok(0)
+}
+
 fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
     let reg = Registry::builtin();
     match &cli.command {
@@ -387,15 +398,7 @@ fn dispatch(cli: Cli) -> Result<u8, RunnerError> {
                 verbose: cli.verbose,
             },
         ),
-        Command::Plan { select } => {
-            let dag = select::build(&select.selection(), &reg)?.dag;
-            let store = Store::open(&cache_dir(&cli.cache, &dag.project_root))?;
-            let memo = Memo::load(&store.root);
-            let lines = Session::new(&reg, &store, &memo).plan(&dag)?;
-            print!("{}", preview::render(&lines));
-            memo.save()?;
-            Ok(0)
-        }
+        Command::Plan { select } => plan(&cli, &reg, select),
         Command::Dag { select, dot } => {
             let dag = select::build(&select.selection(), &reg)?.dag;
             print!(
