@@ -85,22 +85,55 @@ pub fn sgemm_sparse_a_with(
     a: View,
     b: View,
     beta: f32,
-    mut c: ViewMut,
+    c: ViewMut,
 ) -> bool {
-    let kc = split_even(k, isa.blocking().kc, 1);
-    let ran = sparse_walk(
-        (isa, par, max_density, kc),
+    walk_or_dense(
+        (isa, par, max_density),
         [m, n, k],
         alpha,
         a,
         b,
         beta,
-        &mut c,
-    );
-    if !ran {
-        sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, c);
+        c,
+        None,
+    )
+}
+
+/// The walk where it applies, else the dense product; then `then` on the
+/// rows of C the dense product made (the walk runs it itself).
+#[allow(clippy::too_many_arguments)]
+fn walk_or_dense(
+    (isa, par, max_density): (Isa, Par, f32),
+    [m, n, k]: [usize; 3],
+    alpha: f32,
+    a: View,
+    b: View,
+    beta: f32,
+    mut c: ViewMut,
+    then: Option<RowThen>,
+) -> bool {
+    let kc = split_even(k, isa.blocking().kc, 1);
+    let cfg = (isa, par, max_density, kc);
+    if walk(cfg, [m, n, k], alpha, a, b, beta, &mut c, then) {
+        return true;
     }
-    ran
+    let c_rs = c.rs;
+    let cm = ViewMut {
+        data: &mut *c.data,
+        rs: c_rs,
+        cs: c.cs,
+    };
+    sgemm_isa((isa, par), [m, n, k], alpha, a, b, beta, cm);
+    if let (Some(then), true) = (then, m > 0 && n > 0) {
+        let rows = |(i, row): (usize, &mut [f32])| then(i, &mut row[..n]);
+        let data = &mut c.data[..(m - 1) * c_rs + n];
+        if par == Par::Rayon {
+            data.par_chunks_mut(c_rs.max(1)).enumerate().for_each(rows);
+        } else {
+            data.chunks_mut(c_rs.max(1)).enumerate().for_each(rows);
+        }
+    }
+    false
 }
 
 /// The walk alone, in depth blocks of `kc` (a [`crate::PackedA`]'s
@@ -230,48 +263,17 @@ pub fn sgemm_sparse_a_then(
     a: View,
     b: View,
     beta: f32,
-    mut c: ViewMut,
+    c: ViewMut,
     par: Par,
     then: RowThen,
 ) -> bool {
-    let [m, n, k] = shape;
+    let [m, n, _] = shape;
     assert!(
         c.cs == 1 || m == 0 || n == 0,
         "sgemm_sparse_a_then: C must be row-major"
     );
-    let isa = Isa::best();
-    let kc = split_even(k, isa.blocking().kc, 1);
-    let ran = walk(
-        (isa, par, MAX_DENSITY, kc),
-        shape,
-        alpha,
-        a,
-        b,
-        beta,
-        &mut c,
-        Some(then),
-    );
-    if !ran {
-        let c_rs = c.rs;
-        let rows = |(i, row): (usize, &mut [f32])| then(i, &mut row[..n]);
-        {
-            let cm = ViewMut {
-                data: &mut *c.data,
-                rs: c.rs,
-                cs: c.cs,
-            };
-            sgemm_isa((isa, par), shape, alpha, a, b, beta, cm);
-        }
-        if m > 0 && n > 0 {
-            let data = &mut c.data[..(m - 1) * c_rs + n];
-            if par == Par::Rayon {
-                data.par_chunks_mut(c_rs.max(1)).enumerate().for_each(rows);
-            } else {
-                data.chunks_mut(c_rs.max(1)).enumerate().for_each(rows);
-            }
-        }
-    }
-    ran
+    let cfg = (Isa::best(), par, MAX_DENSITY);
+    walk_or_dense(cfg, shape, alpha, a, b, beta, c, Some(then))
 }
 
 /// A walking task's room for the nonzeros of its rows' blocks: positions
