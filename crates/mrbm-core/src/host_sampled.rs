@@ -165,9 +165,10 @@ impl HostLayer<'_> {
     pub fn pre_hidden(&self, v: &[f32], batch: usize) -> Vec<f32> {
         match &self.shape {
             Shape::Dense { visible, hidden } => {
-                let mut x = vec![0.0f32; batch * hidden];
-                for row in x.chunks_mut(*hidden) {
-                    row.copy_from_slice(self.b);
+                // The bias in every row (written once, not zeroed first).
+                let mut x = Vec::with_capacity(batch * hidden);
+                for _ in 0..batch {
+                    x.extend_from_slice(self.b);
                 }
                 let (vv, wv) = (
                     View::row_major(v, *visible),
@@ -193,9 +194,10 @@ impl HostLayer<'_> {
     pub fn pre_visible(&self, h: &[f32], batch: usize) -> Vec<f32> {
         match &self.shape {
             Shape::Dense { visible, hidden } => {
-                let mut y = vec![0.0f32; batch * visible];
-                for row in y.chunks_mut(*visible) {
-                    row.copy_from_slice(self.a);
+                // The bias in every row (written once, not zeroed first).
+                let mut y = Vec::with_capacity(batch * visible);
+                for _ in 0..batch {
+                    y.extend_from_slice(self.a);
                 }
                 let (hv, wv) = (
                     View::row_major(h, *hidden),
@@ -366,14 +368,14 @@ fn dense_weight_stats(
     gw: &mut [f32],
     then: Option<mrbm_kernels::sparse::RowThen>,
 ) {
-    let mut v2 = Vec::with_capacity(2 * batch * visible);
-    v2.extend_from_slice(v);
-    v2.extend_from_slice(vn);
+    // A = [v; v_neg]^T made row-major in one parallel pass (the walk would
+    // otherwise copy the two together and then transpose the copy).
+    let vt = mrbm_kernels::sparse::transpose_stacked(&[v, vn], visible, true);
     let mut h2 = Vec::with_capacity(2 * batch * hidden);
     h2.extend_from_slice(h);
     h2.extend(hn.iter().map(|x| -x));
     let (vt, hv) = (
-        View::row_major(&v2, visible).t(),
+        View::row_major(&vt, 2 * batch),
         View::row_major(&h2, hidden),
     );
     let gm = ViewMut::row_major(gw, hidden);

@@ -182,10 +182,10 @@ fn walk(
     let owned_a;
     let (a_rows, nnz) = if a.cs == 1 && a.rs == k {
         let rows = &a.data[..m * k];
-        (rows, count_nonzeros(rows))
+        (rows, count_nonzeros(rows, par == Par::Rayon))
     } else {
         owned_a = gather(m, k, a, par == Par::Rayon);
-        let nnz = count_nonzeros(&owned_a);
+        let nnz = count_nonzeros(&owned_a, par == Par::Rayon);
         (&owned_a[..], nnz)
     };
     if nnz as f64 > max_density as f64 * (m * k) as f64 {
@@ -349,55 +349,107 @@ impl CPtr {
     }
 }
 
-fn count_nonzeros(x: &[f32]) -> usize {
-    x.iter().filter(|&&v| v != 0.0).count()
+/// The nonzeros of x, counted in parallel blocks over the pool when `par`
+/// and x is large (the walk's density test; on one thread it was serial
+/// work between two parallel products).
+fn count_nonzeros(x: &[f32], par: bool) -> usize {
+    const BLOCK: usize = 1 << 14;
+    let count = |x: &[f32]| x.iter().filter(|&&v| v != 0.0).count();
+    if par && x.len() > 2 * BLOCK {
+        x.par_chunks(BLOCK).map(count).sum()
+    } else {
+        count(x)
+    }
 }
 
 /// A strided rows x cols view copied row-major (bands of 16 rows over the
 /// pool when `par`).
 fn gather(rows: usize, cols: usize, v: View, par: bool) -> Vec<f32> {
-    let mut out = vec![0.0f32; rows * cols];
-    if rows == 0 || cols == 0 {
+    if v.rs == 1 && cols > 0 {
+        // A transposed row-major matrix: its `cols` rows, `v.cs` apart.
+        return transposed_blocks(rows, &[(v.data, v.cs, cols)], par);
+    }
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        out.extend((0..cols).map(|j| v.data[i * v.rs + j * v.cs]));
+    }
+    out
+}
+
+/// The transpose of row-major blocks stacked on each other: block b holds
+/// `rows_b` rows of `width` values (`stride` apart) and the result is
+/// width x (sum of rows_b), row-major, with block b's rows as its columns
+/// after the earlier blocks'. The walk's A of a weight gradient, v^T
+/// stacked with v_neg^T, without first copying v and v_neg together.
+pub fn transpose_stacked(blocks: &[&[f32]], width: usize, par: bool) -> Vec<f32> {
+    let parts: Vec<(&[f32], usize, usize)> = blocks
+        .iter()
+        .map(|b| {
+            assert!(
+                width > 0 && b.len() % width == 0,
+                "transpose_stacked: ragged block"
+            );
+            (*b, width, b.len() / width)
+        })
+        .collect();
+    transposed_blocks(width, &parts, par)
+}
+
+/// [`transpose_stacked`] for blocks (data, row stride, rows) whose first
+/// `width` columns are read. Bands of 16 output rows (over the pool when
+/// `par`); with AVX-512, 16 x 16 tiles transposed in registers, the rest
+/// one value at a time. Every output value is written once, so the result
+/// is never zeroed first.
+fn transposed_blocks(width: usize, blocks: &[(&[f32], usize, usize)], par: bool) -> Vec<f32> {
+    let total: usize = blocks.iter().map(|b| b.2).sum();
+    for &(data, stride, rows) in blocks {
+        assert!(
+            rows == 0 || (stride >= width && data.len() >= (rows - 1) * stride + width),
+            "transpose: block out of bounds"
+        );
+    }
+    let len = width * total;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
         return out;
     }
-    let band = |(r0, dst): (usize, &mut [f32])| {
+    let tiles = Isa::Avx512.available();
+    let band = |(r0, dst): (usize, &mut [std::mem::MaybeUninit<f32>])| {
         let i0 = r0 * 16;
-        let n = dst.len() / cols;
-        if v.rs == 1 && n == 16 {
-            // A transposed row-major matrix: 16 x 16 blocks transposed in
-            // registers (the walk only runs with AVX-512), the last columns
-            // one value at a time.
-            let c16 = cols / 16 * 16;
-            for j0 in (0..c16).step_by(16) {
-                // The last source row read is j0 + 15 < cols, from i0 to
-                // i0 + 15 < rows: inside the view (checked by the caller).
+        let n = dst.len() / total;
+        let mut off = 0;
+        for &(data, stride, rows) in blocks {
+            let whole = if tiles && n == 16 { rows / 16 * 16 } else { 0 };
+            for j0 in (0..whole).step_by(16) {
+                // Safety: AVX-512 (`tiles`); source rows j0..j0 + 16 <=
+                // rows, columns i0..i0 + 16 <= width (asserted above); the
+                // destination's 16 rows of `total` hold columns off + j0 +
+                // 16 <= total.
                 unsafe {
                     crate::micro::transpose16(
-                        v.data.as_ptr().add(j0 * v.cs + i0),
-                        v.cs,
-                        dst.as_mut_ptr().add(j0),
-                        cols,
+                        data.as_ptr().add(j0 * stride + i0),
+                        stride,
+                        dst.as_mut_ptr().add(off + j0).cast::<f32>(),
+                        total,
                     )
                 };
             }
-            for (i, row) in dst.chunks_mut(cols).enumerate() {
-                for (j, d) in row.iter_mut().enumerate().skip(c16) {
-                    *d = v.data[(i0 + i) * v.rs + j * v.cs];
+            for i in 0..n {
+                for j in whole..rows {
+                    dst[i * total + off + j].write(data[j * stride + i0 + i]);
                 }
             }
-        } else {
-            for (i, row) in dst.chunks_mut(cols).enumerate() {
-                for (j, d) in row.iter_mut().enumerate() {
-                    *d = v.data[(i0 + i) * v.rs + j * v.cs];
-                }
-            }
+            off += rows;
         }
     };
-    if par && rows > 16 {
-        out.par_chunks_mut(16 * cols).enumerate().for_each(band);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if par && width > 16 {
+        spare.par_chunks_mut(16 * total).enumerate().for_each(band);
     } else {
-        out.chunks_mut(16 * cols).enumerate().for_each(band);
+        spare.chunks_mut(16 * total).enumerate().for_each(band);
     }
+    // Safety: the bands cover all `len` values and write each one.
+    unsafe { out.set_len(len) };
     out
 }
 

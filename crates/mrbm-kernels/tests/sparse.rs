@@ -256,3 +256,45 @@ fn the_nonzero_dot_is_the_sequential_sum() {
         }
     }
 }
+
+#[test]
+fn the_stacked_transpose_puts_each_blocks_rows_in_its_columns() {
+    // Widths and row counts around the 16 x 16 tiles, blocks whose rows do
+    // not fill a tile (the tiles must not cross into the next block), an
+    // empty block, and both the pool and one thread.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for width in [1, 15, 16, 17, 40, 784] {
+        for rows in [[0, 5], [16, 16], [100, 100], [33, 1], [7, 50]] {
+            let blocks: Vec<Vec<f32>> = rows
+                .iter()
+                .enumerate()
+                .map(|(b, &r)| values(r * width, 11 + b as u32, 0.5, false))
+                .collect();
+            let total: usize = rows.iter().sum();
+            let mut want = vec![f32::NAN; width * total];
+            let mut off = 0;
+            for (b, &r) in blocks.iter().zip(&rows) {
+                for j in 0..r {
+                    for i in 0..width {
+                        want[i * total + off + j] = b[j * width + i];
+                    }
+                }
+                off += r;
+            }
+            let refs: Vec<&[f32]> = blocks.iter().map(|b| &b[..]).collect();
+            for par in [false, true] {
+                let got =
+                    pool.install(|| mrbm_kernels::sparse::transpose_stacked(&refs, width, par));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "width {width}, rows {rows:?}, par {par}"
+                );
+            }
+        }
+    }
+}
