@@ -370,10 +370,16 @@ fn dense_weight_stats(
 ) {
     // A = [v; v_neg]^T made row-major in one parallel pass (the walk would
     // otherwise copy the two together and then transpose the copy).
-    let vt = mrbm_kernels::sparse::transpose_stacked(&[v, vn], visible, true);
-    let mut h2 = Vec::with_capacity(2 * batch * hidden);
-    h2.extend_from_slice(h);
-    h2.extend(hn.iter().map(|x| -x));
+    // B = [h; -h_neg] beside it.
+    let (vt, h2) = rayon::join(
+        || mrbm_kernels::sparse::transpose_stacked(&[v, vn], visible, true),
+        || {
+            let mut h2 = Vec::with_capacity(2 * batch * hidden);
+            h2.extend_from_slice(h);
+            h2.extend(hn.iter().map(|x| -x));
+            h2
+        },
+    );
     let (vt, hv) = (
         View::row_major(&vt, 2 * batch),
         View::row_major(&h2, hidden),
@@ -517,16 +523,15 @@ fn statistics(
         }
         gw
     };
-    let (ga, gb) = match &layer.shape {
-        Shape::Dense { visible, hidden } => (
-            column_diffs(v, &v_neg, *visible, 1, batch),
-            column_diffs(&x, &xn, *hidden, 1, batch),
-        ),
-        Shape::Conv(g) => (
-            column_diffs(v, &v_neg, g.c, g.h * g.w, batch),
-            column_diffs(&x, &xn, g.o, g.oh * g.ow, batch),
-        ),
+    // The two bias gradients side by side (each is a serial sum per unit).
+    let ((vc, vp), (hc, hp)) = match &layer.shape {
+        Shape::Dense { visible, hidden } => ((*visible, 1), (*hidden, 1)),
+        Shape::Conv(g) => ((g.c, g.h * g.w), (g.o, g.oh * g.ow)),
     };
+    let (ga, gb) = rayon::join(
+        || column_diffs(v, &v_neg, vc, vp, batch),
+        || column_diffs(&x, &xn, hc, hp, batch),
+    );
     SampledStep {
         loss,
         gw,

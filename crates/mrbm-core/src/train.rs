@@ -1355,6 +1355,50 @@ pub(crate) fn sgd_row(
     w: &mut [f32],
     g: &mut [f32],
     v: Option<&[f32]>,
+    hyper: (f32, Option<f32>, f32, f32),
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use mrbm_kernels::math::Level;
+        // The same element expressions in wider vectors (no contraction
+        // into FMAs: the same bits); this crate is built for the baseline.
+        match Level::detect() {
+            // Safety: `detect` returned the level only where the CPU has it.
+            Level::Avx512 => return unsafe { sgd_row_avx512(w, g, v, hyper) },
+            Level::Avx2 => return unsafe { sgd_row_avx2(w, g, v, hyper) },
+            Level::Scalar => {}
+        }
+    }
+    sgd_row_body(w, g, v, hyper)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+unsafe fn sgd_row_avx512(
+    w: &mut [f32],
+    g: &mut [f32],
+    v: Option<&[f32]>,
+    hyper: (f32, Option<f32>, f32, f32),
+) -> bool {
+    sgd_row_body(w, g, v, hyper)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sgd_row_avx2(
+    w: &mut [f32],
+    g: &mut [f32],
+    v: Option<&[f32]>,
+    hyper: (f32, Option<f32>, f32, f32),
+) -> bool {
+    sgd_row_body(w, g, v, hyper)
+}
+
+#[inline(always)]
+fn sgd_row_body(
+    w: &mut [f32],
+    g: &mut [f32],
+    v: Option<&[f32]>,
     (scale, wd, m, lr): (f32, Option<f32>, f32, f32),
 ) -> bool {
     let n = g.len();
@@ -1927,6 +1971,32 @@ mod host_values_between_steps {
                         .collect::<Vec<_>>()),
                     "{algorithm:?}: velocities"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_wide_sgd_row_gives_the_baseline_bits() {
+        // Values over many magnitudes, with a NaN and an infinity; a
+        // length that leaves a tail after every vector width.
+        let n = 203;
+        let val = |i: usize, s: f32| (i as f32 * s).sin() * 10f32.powi((i % 7) as i32 - 3);
+        let w0: Vec<f32> = (0..n)
+            .map(|i| if i == 50 { f32::INFINITY } else { val(i, 0.7) })
+            .collect();
+        let g0: Vec<f32> = (0..n)
+            .map(|i| if i == 90 { f32::NAN } else { val(i, 1.3) })
+            .collect();
+        let vel: Vec<f32> = (0..n).map(|i| val(i, 2.1)).collect();
+        for v in [None, Some(&vel[..])] {
+            for wd in [None, Some(2e-4)] {
+                let hyper = (-0.01f32, wd, 0.9f32, 0.005f32);
+                let (mut w1, mut g1) = (w0.clone(), g0.clone());
+                let (mut w2, mut g2) = (w0.clone(), g0.clone());
+                let ok1 = sgd_row(&mut w1, &mut g1, v, hyper);
+                let ok2 = sgd_row_body(&mut w2, &mut g2, v, hyper);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!((bits(&w1), bits(&g1), ok1), (bits(&w2), bits(&g2), ok2));
             }
         }
     }
