@@ -374,10 +374,229 @@ pub fn softplus_beta_diff_sum(
     softplus_beta_diff::run(level, xs, o, bk, bp, sure)
 }
 
+/// The sub-unit mean and log-partition in explicit 16-lane AVX-512 vectors:
+/// the compiler keeps [`act_body`]'s 16 lanes in pairs of 256-bit registers
+/// (this crate is built for the baseline CPU, whose tuning prefers them),
+/// and runs out of registers. The same operations in the same order on
+/// each lane, the same per-lane f64 sums and the same final order: the
+/// bits of the other levels (the tests compare them).
+#[cfg(target_arch = "x86_64")]
+mod act512 {
+    use super::{sigmoid_softplus, Act, LANES};
+    use std::arch::x86_64::*;
+
+    /// The bias of each element: one for the row, or one per element.
+    #[derive(Clone, Copy)]
+    pub(super) enum Bias<'a> {
+        Row(f32),
+        Each(&'a [f32]),
+    }
+
+    /// [`super::exp_nonpos`] on 16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_nonpos16(x: __m512) -> __m512 {
+        let c = _mm512_set1_ps;
+        let xc = _mm512_max_ps(x, c(-87.0));
+        let magic = c(12_582_912.0);
+        let t = _mm512_add_ps(_mm512_mul_ps(xc, c(std::f32::consts::LOG2_E)), magic);
+        let n = _mm512_sub_ps(t, magic);
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(xc, _mm512_mul_ps(n, c(0.693_359_4))),
+            _mm512_mul_ps(n, c(-2.121_944_4e-4)),
+        );
+        let z = _mm512_mul_ps(r, r);
+        let mut q = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3f32,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
+            q = _mm512_add_ps(_mm512_mul_ps(q, r), c(k));
+        }
+        let p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(q, z), r), c(1.0));
+        let bits = _mm512_slli_epi32::<23>(_mm512_sub_epi32(
+            _mm512_castps_si512(t),
+            _mm512_set1_epi32(0x4B40_0000 - 127),
+        ));
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, c(-87.0));
+        _mm512_mask_blend_ps(under, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)), c(0.0))
+    }
+
+    /// [`super::log1p_unit`] on 16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn log1p_unit16(e: __m512) -> __m512 {
+        let c = _mm512_set1_ps;
+        let one = c(1.0);
+        let u = _mm512_add_ps(one, e);
+        let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(u, c(std::f32::consts::SQRT_2));
+        let m = _mm512_mask_blend_ps(big, u, _mm512_mul_ps(u, c(0.5)));
+        let ex = _mm512_mask_blend_ps(big, c(0.0), one);
+        let x = _mm512_sub_ps(m, one);
+        let z = _mm512_mul_ps(x, x);
+        let mut p = c(7.037_683_6e-2);
+        for k in [
+            -1.151_461e-1f32,
+            1.167_699_9e-1,
+            -1.242_014_1e-1,
+            1.424_932_3e-1,
+            -1.666_805_8e-1,
+            2.000_071_4e-1,
+            -2.499_999_4e-1,
+            3.333_333e-1,
+        ] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, x), c(k));
+        }
+        let y = _mm512_sub_ps(
+            _mm512_add_ps(
+                _mm512_mul_ps(_mm512_mul_ps(x, z), p),
+                _mm512_mul_ps(ex, c(-2.121_944_4e-4)),
+            ),
+            _mm512_mul_ps(c(0.5), z),
+        );
+        let l = _mm512_add_ps(_mm512_add_ps(x, y), _mm512_mul_ps(ex, c(0.693_359_4)));
+        let d = _mm512_sub_ps(u, one);
+        let zero_d = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(d, c(0.0));
+        _mm512_mask_blend_ps(zero_d, _mm512_mul_ps(l, _mm512_div_ps(e, d)), e)
+    }
+
+    /// [`super::act_body`] for sub-units (not the identity mean).
+    ///
+    /// Safety: the CPU has AVX-512F; with `Bias::Each`, it holds at least
+    /// `x.len()` values.
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq")]
+    pub(super) unsafe fn body<const SP: bool>(x: &mut [f32], bias: Bias, act: Act) -> (f64, f64) {
+        let c = _mm512_set1_ps;
+        let (n, k, cn) = (act.n, act.k, act.n / act.k);
+        let (mut h_lo, mut h_hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        let (mut s_lo, mut s_hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        let len = x.len();
+        let full = len - len % LANES;
+        let mut i = 0;
+        let xp = x.as_mut_ptr();
+        // Block i's means and (when SP) log-partitions.
+        let values = |i: usize| {
+            let v = _mm512_loadu_ps(xp.add(i));
+            let b = match bias {
+                Bias::Row(b) => c(b),
+                Bias::Each(bs) => _mm512_loadu_ps(bs.as_ptr().add(i)),
+            };
+            let z = _mm512_mul_ps(c(k), _mm512_add_ps(v, b));
+            // sigmoid_softplus: e = exp(-|z|), the mean (z >= 0 ? 1 : e) / (1 + e).
+            let neg_abs = _mm512_castsi512_ps(_mm512_or_si512(
+                _mm512_castps_si512(z),
+                _mm512_set1_epi32(i32::MIN),
+            ));
+            let e = exp_nonpos16(neg_abs);
+            let nonneg = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(z, c(0.0));
+            let num = _mm512_mask_blend_ps(nonneg, e, c(1.0));
+            let h = _mm512_mul_ps(c(n), _mm512_div_ps(num, _mm512_add_ps(c(1.0), e)));
+            let a = if SP {
+                // max(z, 0) + log1p(e); a NaN z gives 0 there, as f32::max does.
+                let sp = _mm512_add_ps(_mm512_max_ps(z, c(0.0)), log1p_unit16(e));
+                _mm512_mul_ps(c(cn), sp)
+            } else {
+                c(0.0)
+            };
+            (h, a)
+        };
+        // Stores block i's values and adds them to the lanes' sums.
+        let mut take = |i: usize, (h, a): (__m512, __m512)| {
+            _mm512_storeu_ps(xp.add(i), h);
+            h_lo = _mm512_add_pd(h_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(h)));
+            h_hi = _mm512_add_pd(h_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(h)));
+            if SP {
+                s_lo = _mm512_add_pd(s_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(a)));
+                s_hi = _mm512_add_pd(s_hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(a)));
+            }
+        };
+        // Two blocks at a time: their long dependency chains (two
+        // polynomials and two divisions) overlap; the sums still take
+        // block i before block i + 16.
+        while i + 2 * LANES <= full {
+            let (first, second) = (values(i), values(i + LANES));
+            take(i, first);
+            take(i + LANES, second);
+            i += 2 * LANES;
+        }
+        if i < full {
+            take(i, values(i));
+        }
+        let mut acc_h = [0.0f64; LANES];
+        let mut acc_s = [0.0f64; LANES];
+        _mm512_storeu_pd(acc_h.as_mut_ptr(), h_lo);
+        _mm512_storeu_pd(acc_h.as_mut_ptr().add(8), h_hi);
+        _mm512_storeu_pd(acc_s.as_mut_ptr(), s_lo);
+        _mm512_storeu_pd(acc_s.as_mut_ptr().add(8), s_hi);
+        let (mut sh, mut ss) = (0.0f64, 0.0f64);
+        for l in 0..LANES {
+            sh += acc_h[l];
+            ss += acc_s[l];
+        }
+        // The tail one element at a time, as the other levels do it.
+        for (j, v) in x.iter_mut().enumerate().skip(full) {
+            let b = match bias {
+                Bias::Row(b) => b,
+                Bias::Each(bs) => bs[j],
+            };
+            let (s, sp) = sigmoid_softplus(k * (*v + b));
+            let h = n * s;
+            *v = h;
+            sh += h as f64;
+            if SP {
+                ss += (cn * sp) as f64;
+            }
+        }
+        (sh, ss)
+    }
+}
+
+/// The AVX-512 sub-unit path where it applies ([`act512`]); None otherwise.
+#[inline]
+fn act512_run(
+    level: Level,
+    x: &mut [f32],
+    bias: BiasOf,
+    act: Act,
+    with_a: bool,
+) -> Option<(f64, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 && !act.identity {
+        let bias = match bias {
+            BiasOf::Row(b) => act512::Bias::Row(b),
+            BiasOf::Each(bs) => act512::Bias::Each(bs),
+        };
+        // Safety: `Level::detect` returned Avx512 only where the CPU has
+        // it; the callers check a per-element bias is long enough.
+        return Some(unsafe {
+            if with_a {
+                act512::body::<true>(x, bias, act)
+            } else {
+                act512::body::<false>(x, bias, act)
+            }
+        });
+    }
+    let _ = (level, x, bias, act, with_a);
+    None
+}
+
+/// A row's biases, for [`act512_run`].
+#[derive(Clone, Copy)]
+enum BiasOf<'a> {
+    Row(f32),
+    Each(&'a [f32]),
+}
+
 /// x <- f(x + bias) on a row with one bias (a conv channel); returns
 /// (sum of f, sum of A) where A is the log-partition, or (x+b)^2/2 for the
 /// identity mean; the second sum only when `with_a`.
 pub fn act_row(level: Level, x: &mut [f32], bias: f32, act: Act, with_a: bool) -> (f64, f64) {
+    if let Some(sums) = act512_run(level, x, BiasOf::Row(bias), act, with_a) {
+        return sums;
+    }
     if with_a {
         row_scalar_bias::run(level, x, bias, act)
     } else {
@@ -395,6 +614,9 @@ pub fn act_row_biases(
     with_a: bool,
 ) -> (f64, f64) {
     assert!(bias.len() >= x.len(), "act_row_biases: bias too short");
+    if let Some(sums) = act512_run(level, x, BiasOf::Each(bias), act, with_a) {
+        return sums;
+    }
     if with_a {
         row_vec_bias::run(level, x, bias, act)
     } else {
@@ -590,6 +812,59 @@ mod tests {
                     "{level:?} differs from the scalar path"
                 );
                 assert_eq!((sh.to_bits(), sa.to_bits()), (sh0.to_bits(), sa0.to_bits()));
+            }
+        }
+    }
+
+    /// Every level gives the scalar path's bits on special values too (NaN,
+    /// infinities, both zeros, subnormals, exp's cut at -87), with one bias
+    /// and with a bias per element, on lengths around the 16 lanes.
+    #[test]
+    fn levels_agree_bitwise_on_special_values() {
+        let mut xs = inputs();
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            1e-40,
+            -1e-40,
+            f32::MAX,
+            f32::MIN,
+            -87.0 / 0.5,
+            -87.000_01,
+        ]);
+        let bias: Vec<f32> = (0..xs.len())
+            .map(|i| [0.0, -0.0, 0.5, -3.0][i % 4])
+            .collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (n, k) in [(1.0f32, 1.0f32), (255.0, 4.0 / 255.0), (7.0, 0.5)] {
+            let act = Act {
+                n,
+                k,
+                identity: false,
+            };
+            for len in [0, 1, 15, 16, 17, 33, xs.len()] {
+                for with_a in [true, false] {
+                    let run = |level: Level, each: bool| {
+                        let mut x = xs[xs.len() - len..].to_vec();
+                        let sums = if each {
+                            act_row_biases(level, &mut x, &bias[..len], act, with_a)
+                        } else {
+                            act_row(level, &mut x, -0.0, act, with_a)
+                        };
+                        (bits(&x), sums.0.to_bits(), sums.1.to_bits())
+                    };
+                    for each in [false, true] {
+                        let want = run(Level::Scalar, each);
+                        for level in Level::available() {
+                            assert!(
+                                run(level, each) == want,
+                                "{level:?} n {n} k {k} len {len} with_a {with_a} each {each}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
