@@ -131,10 +131,12 @@ if r:
     row("plan a chain of " + " / ".join(n for n, _ in r) + " stages", "bash bench/dag_scale.sh",
         " / ".join(f"{t} s" for _, t in r))
 s = sections.get("rules", "")
-r = re.findall(r"^(\w+)\s+mrbm ([\d.]+) s, (\S+)(?: [\w.+]+)? ([\d.]+) s per 20 epochs: mrbm ([\d.]+)x", s, re.M)
+r = re.findall(r"^(\w+)\s+mrbm ([\d.]+) s, (\S+)(?: [\w.+]+)? ([\d.]+) s per 20 epochs: mrbm ([\d.]+)x\s+\S+(?:\s+\[rounds: ([\d.]+-[\d.]+x) over (\d+))?", s, re.M)
 if r:
     row("CD-1 / PCD training, dense RBM 784-500, 20 epochs (MNIST t10k)", "bash bench/rbm_rules_bench.sh",
-        "; ".join(f"{rule} {x}x {tool} ({a} s vs {b} s)" for rule, a, tool, b, x in r) + " (numpy reference; PyTorch CPU where torch imports)")
+        "; ".join(f"{rule} {x}x {tool} ({a} s vs {b} s" + (f"; rounds {rng}" if rng else "") + ")"
+                  for rule, a, tool, b, x, rng, n in r)
+        + " (medians of " + (r[0][6] or "1") + " rounds; numpy reference; PyTorch CPU where torch imports)")
 s = sections.get("sampling", "")
 r = re.findall(r"^(gibbs|ais)\s+mrbm ([\d.]+) s, (\S+) [\w.+]+ ([\d.]+) s: mrbm ([\d.]+)x", s, re.M)
 if r:
