@@ -1333,104 +1333,18 @@ pub fn sgd_fused(
     sgd_row(w, g, v, (1.0, wd, m, lr))
 }
 
-/// One element of [`sgd_fused`]: the new w, with `g` left as the new
-/// velocity.
-#[inline(always)]
-fn sgd_element(w: f32, g: &mut f32, v: Option<f32>, wd: Option<f32>, m: f32, lr: f32) -> f32 {
-    if let Some(d) = wd {
-        *g += w * d;
-    }
-    if let Some(v) = v {
-        // IEEE addition commutes: the same bits as the tensor path's v m + g.
-        *g += v * m;
-    }
-    w - *g * lr
-}
-
 /// g <- g * scale, then [`sgd_fused`]'s element step of w in place (a row
 /// of the fused gradient-and-SGD step, `host_sampled::FusedSgd`, or a whole
-/// parameter with scale 1). Whether every new w is finite. One loop per
-/// case, without branches or bounds checks inside, so that it vectorises.
+/// parameter with scale 1). Whether every new w is finite.
+/// [`mrbm_kernels::math::sgd_row`] at the CPU's widest level (this crate is
+/// built for the baseline, so its own loops ran in 128-bit vectors).
 pub(crate) fn sgd_row(
     w: &mut [f32],
     g: &mut [f32],
     v: Option<&[f32]>,
     hyper: (f32, Option<f32>, f32, f32),
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use mrbm_kernels::math::Level;
-        // The same element expressions in wider vectors (no contraction
-        // into FMAs: the same bits); this crate is built for the baseline.
-        match Level::detect() {
-            // Safety: `detect` returned the level only where the CPU has it.
-            Level::Avx512 => return unsafe { sgd_row_avx512(w, g, v, hyper) },
-            Level::Avx2 => return unsafe { sgd_row_avx2(w, g, v, hyper) },
-            Level::Scalar => {}
-        }
-    }
-    sgd_row_body(w, g, v, hyper)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn sgd_row_avx512(
-    w: &mut [f32],
-    g: &mut [f32],
-    v: Option<&[f32]>,
-    hyper: (f32, Option<f32>, f32, f32),
-) -> bool {
-    sgd_row_body(w, g, v, hyper)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sgd_row_avx2(
-    w: &mut [f32],
-    g: &mut [f32],
-    v: Option<&[f32]>,
-    hyper: (f32, Option<f32>, f32, f32),
-) -> bool {
-    sgd_row_body(w, g, v, hyper)
-}
-
-#[inline(always)]
-fn sgd_row_body(
-    w: &mut [f32],
-    g: &mut [f32],
-    v: Option<&[f32]>,
-    (scale, wd, m, lr): (f32, Option<f32>, f32, f32),
-) -> bool {
-    let n = g.len();
-    let w = &mut w[..n];
-    let rows = w.iter_mut().zip(g.iter_mut());
-    match (v, wd) {
-        (Some(v), Some(d)) => {
-            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
-                *gi *= scale;
-                *wi = sgd_element(*wi, gi, Some(vi), Some(d), m, lr);
-            }
-        }
-        (Some(v), None) => {
-            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
-                *gi *= scale;
-                *wi = sgd_element(*wi, gi, Some(vi), None, m, lr);
-            }
-        }
-        (None, Some(d)) => {
-            for (wi, gi) in rows {
-                *gi *= scale;
-                *wi = sgd_element(*wi, gi, None, Some(d), m, lr);
-            }
-        }
-        (None, None) => {
-            for (wi, gi) in rows {
-                *gi *= scale;
-                *wi = sgd_element(*wi, gi, None, None, m, lr);
-            }
-        }
-    }
-    w.iter().fold(true, |ok, x| ok & x.is_finite())
+    mrbm_kernels::math::sgd_row(mrbm_kernels::math::Level::detect(), w, g, v, hyper)
 }
 
 /// One epoch's batch order: a seeded shuffle (same on every machine).
@@ -1971,32 +1885,6 @@ mod host_values_between_steps {
                         .collect::<Vec<_>>()),
                     "{algorithm:?}: velocities"
                 );
-            }
-        }
-    }
-
-    #[test]
-    fn the_wide_sgd_row_gives_the_baseline_bits() {
-        // Values over many magnitudes, with a NaN and an infinity; a
-        // length that leaves a tail after every vector width.
-        let n = 203;
-        let val = |i: usize, s: f32| (i as f32 * s).sin() * 10f32.powi((i % 7) as i32 - 3);
-        let w0: Vec<f32> = (0..n)
-            .map(|i| if i == 50 { f32::INFINITY } else { val(i, 0.7) })
-            .collect();
-        let g0: Vec<f32> = (0..n)
-            .map(|i| if i == 90 { f32::NAN } else { val(i, 1.3) })
-            .collect();
-        let vel: Vec<f32> = (0..n).map(|i| val(i, 2.1)).collect();
-        for v in [None, Some(&vel[..])] {
-            for wd in [None, Some(2e-4)] {
-                let hyper = (-0.01f32, wd, 0.9f32, 0.005f32);
-                let (mut w1, mut g1) = (w0.clone(), g0.clone());
-                let (mut w2, mut g2) = (w0.clone(), g0.clone());
-                let ok1 = sgd_row(&mut w1, &mut g1, v, hyper);
-                let ok2 = sgd_row_body(&mut w2, &mut g2, v, hyper);
-                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!((bits(&w1), bits(&g1), ok1), (bits(&w2), bits(&g2), ok2));
             }
         }
     }

@@ -11,6 +11,30 @@
 //! contraction into FMAs: Rust never fuses a * b + c on its own), which the
 //! tests check, together with the accuracy against f64.
 
+/// exp(r)'s polynomial on |r| <= ln 2 / 2 (Cephes' expf), Horner from the
+/// highest coefficient; the scalar and the AVX-512 paths share it.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// log(1 + x)'s polynomial (Cephes' logf), Horner from the highest.
+const LOG1P_POLY: [f32; 9] = [
+    7.037_683_6e-2,
+    -1.151_461e-1,
+    1.167_699_9e-1,
+    -1.242_014_1e-1,
+    1.424_932_3e-1,
+    -1.666_805_8e-1,
+    2.000_071_4e-1,
+    -2.499_999_4e-1,
+    3.333_333e-1,
+];
+
 /// exp(x) for x <= 0 (x below -87: 0).
 #[inline(always)]
 pub(crate) fn exp_nonpos(x: f32) -> f32 {
@@ -22,14 +46,8 @@ pub(crate) fn exp_nonpos(x: f32) -> f32 {
     let n = t - MAGIC;
     let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let z = r * r;
-    let mut q = 1.987_569_1e-4f32;
-    for c in [
-        1.398_199_9e-3f32,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    let mut q = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
         q = q * r + c;
     }
     let p = q * z + r + 1.0;
@@ -52,17 +70,8 @@ fn log1p_unit(e: f32) -> f32 {
     let ex = if big { 1.0 } else { 0.0 };
     let x = m - 1.0;
     let z = x * x;
-    let mut p = 7.037_683_6e-2f32;
-    for c in [
-        -1.151_461e-1f32,
-        1.167_699_9e-1,
-        -1.242_014_1e-1,
-        1.424_932_3e-1,
-        -1.666_805_8e-1,
-        2.000_071_4e-1,
-        -2.499_999_4e-1,
-        3.333_333e-1,
-    ] {
+    let mut p = LOG1P_POLY[0];
+    for &c in &LOG1P_POLY[1..] {
         p = p * x + c;
     }
     let y = x * z * p + ex * -2.121_944_4e-4 - 0.5 * z;
@@ -382,7 +391,7 @@ pub fn softplus_beta_diff_sum(
 /// bits of the other levels (the tests compare them).
 #[cfg(target_arch = "x86_64")]
 mod act512 {
-    use super::{sigmoid_softplus, Act, LANES};
+    use super::{sigmoid_softplus, Act, EXP_POLY, LANES, LOG1P_POLY};
     use std::arch::x86_64::*;
 
     /// The bias of each element: one for the row, or one per element.
@@ -406,14 +415,8 @@ mod act512 {
             _mm512_mul_ps(n, c(-2.121_944_4e-4)),
         );
         let z = _mm512_mul_ps(r, r);
-        let mut q = c(1.987_569_1e-4);
-        for k in [
-            1.398_199_9e-3f32,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
+        let mut q = c(EXP_POLY[0]);
+        for &k in &EXP_POLY[1..] {
             q = _mm512_add_ps(_mm512_mul_ps(q, r), c(k));
         }
         let p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(q, z), r), c(1.0));
@@ -437,17 +440,8 @@ mod act512 {
         let ex = _mm512_mask_blend_ps(big, c(0.0), one);
         let x = _mm512_sub_ps(m, one);
         let z = _mm512_mul_ps(x, x);
-        let mut p = c(7.037_683_6e-2);
-        for k in [
-            -1.151_461e-1f32,
-            1.167_699_9e-1,
-            -1.242_014_1e-1,
-            1.424_932_3e-1,
-            -1.666_805_8e-1,
-            2.000_071_4e-1,
-            -2.499_999_4e-1,
-            3.333_333e-1,
-        ] {
+        let mut p = c(LOG1P_POLY[0]);
+        for &k in &LOG1P_POLY[1..] {
             p = _mm512_add_ps(_mm512_mul_ps(p, x), c(k));
         }
         let y = _mm512_sub_ps(
@@ -622,6 +616,86 @@ pub fn act_row_biases(
     } else {
         row_vec_bias_nosp::run(level, x, bias, act)
     }
+}
+
+/// One SGD element: the new w, with `g` left as the new velocity
+/// (g + w d + v m, in that order; IEEE addition commutes, so the same bits
+/// as a tensor path's v m + g).
+#[inline(always)]
+fn sgd_element(w: f32, g: &mut f32, v: Option<f32>, wd: Option<f32>, m: f32, lr: f32) -> f32 {
+    if let Some(d) = wd {
+        *g += w * d;
+    }
+    if let Some(v) = v {
+        *g += v * m;
+    }
+    w - *g * lr
+}
+
+/// The body of [`sgd_row`]: one loop per case, without branches or bounds
+/// checks inside, so that it vectorises.
+#[inline(always)]
+fn sgd_row_body(
+    w: &mut [f32],
+    g: &mut [f32],
+    v: Option<&[f32]>,
+    (scale, wd, m, lr): (f32, Option<f32>, f32, f32),
+) -> bool {
+    let n = g.len();
+    let w = &mut w[..n];
+    let rows = w.iter_mut().zip(g.iter_mut());
+    match (v, wd) {
+        (Some(v), Some(d)) => {
+            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, Some(vi), Some(d), m, lr);
+            }
+        }
+        (Some(v), None) => {
+            for ((wi, gi), &vi) in rows.zip(&v[..n]) {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, Some(vi), None, m, lr);
+            }
+        }
+        (None, Some(d)) => {
+            for (wi, gi) in rows {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, None, Some(d), m, lr);
+            }
+        }
+        (None, None) => {
+            for (wi, gi) in rows {
+                *gi *= scale;
+                *wi = sgd_element(*wi, gi, None, None, m, lr);
+            }
+        }
+    }
+    w.iter().fold(true, |ok, x| ok & x.is_finite())
+}
+
+mod sgd {
+    use super::*;
+    dispatch!(
+        run,
+        sgd_row_body(w, g, v, hyper),
+        (w: &mut [f32], g: &mut [f32], v: Option<&[f32]>, hyper: (f32, Option<f32>, f32, f32)) -> bool
+    );
+}
+
+/// SGD with momentum and weight decay on a row of w in place: g <- g *
+/// scale, then g <- g + w wd + v m (the new velocity, left in g) and
+/// w <- w - g lr, each without contraction into FMAs, so every level gives
+/// the same bits. `v` (the old velocity) and `wd` are optional. Returns
+/// whether every new w is finite. mrbm-core's SGD (the fused gradient step
+/// of the sampled rules among others) runs it.
+pub fn sgd_row(
+    level: Level,
+    w: &mut [f32],
+    g: &mut [f32],
+    v: Option<&[f32]>,
+    hyper: (f32, Option<f32>, f32, f32),
+) -> bool {
+    sgd::run(level, w, g, v, hyper)
 }
 
 /// Sum of a row in f64 (lane-wise f32 partial sums, vectorised).
@@ -812,6 +886,38 @@ mod tests {
                     "{level:?} differs from the scalar path"
                 );
                 assert_eq!((sh.to_bits(), sa.to_bits()), (sh0.to_bits(), sa0.to_bits()));
+            }
+        }
+    }
+
+    /// The SGD row gives the same bits at every level: values over many
+    /// magnitudes with a NaN and an infinity, every momentum / weight-decay
+    /// case, a length that leaves a tail after every vector width.
+    #[test]
+    fn sgd_row_is_level_independent() {
+        let n = 203;
+        let val = |i: usize, s: f32| (i as f32 * s).sin() * 10f32.powi((i % 7) as i32 - 3);
+        let w0: Vec<f32> = (0..n)
+            .map(|i| if i == 50 { f32::INFINITY } else { val(i, 0.7) })
+            .collect();
+        let g0: Vec<f32> = (0..n)
+            .map(|i| if i == 90 { f32::NAN } else { val(i, 1.3) })
+            .collect();
+        let vel: Vec<f32> = (0..n).map(|i| val(i, 2.1)).collect();
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for v in [None, Some(&vel[..])] {
+            for wd in [None, Some(2e-4)] {
+                let hyper = (-0.01f32, wd, 0.9f32, 0.005f32);
+                let run = |level| {
+                    let (mut w, mut g) = (w0.clone(), g0.clone());
+                    let ok = sgd_row(level, &mut w, &mut g, v, hyper);
+                    (bits(&w), bits(&g), ok)
+                };
+                let want = run(Level::Scalar);
+                assert!(!want.2, "the infinity makes a w non-finite");
+                for level in Level::available() {
+                    assert!(run(level) == want, "{level:?} v {} wd {wd:?}", v.is_some());
+                }
             }
         }
     }
