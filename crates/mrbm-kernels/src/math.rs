@@ -391,15 +391,8 @@ pub fn softplus_beta_diff_sum(
 /// bits of the other levels (the tests compare them).
 #[cfg(target_arch = "x86_64")]
 mod act512 {
-    use super::{sigmoid_softplus, Act, EXP_POLY, LANES, LOG1P_POLY};
+    use super::{sigmoid_softplus, Act, Bias, EXP_POLY, LANES, LOG1P_POLY};
     use std::arch::x86_64::*;
-
-    /// The bias of each element: one for the row, or one per element.
-    #[derive(Clone, Copy)]
-    pub(super) enum Bias<'a> {
-        Row(f32),
-        Each(&'a [f32]),
-    }
 
     /// [`super::exp_nonpos`] on 16 lanes.
     #[inline]
@@ -553,16 +546,12 @@ mod act512 {
 fn act512_run(
     level: Level,
     x: &mut [f32],
-    bias: BiasOf,
+    bias: Bias,
     act: Act,
     with_a: bool,
 ) -> Option<(f64, f64)> {
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 && !act.identity {
-        let bias = match bias {
-            BiasOf::Row(b) => act512::Bias::Row(b),
-            BiasOf::Each(bs) => act512::Bias::Each(bs),
-        };
         // Safety: `Level::detect` returned Avx512 only where the CPU has
         // it; the callers check a per-element bias is long enough.
         return Some(unsafe {
@@ -577,9 +566,10 @@ fn act512_run(
     None
 }
 
-/// A row's biases, for [`act512_run`].
+/// The bias of each element of a row, for [`act512_run`]: one for the
+/// row, or one per element.
 #[derive(Clone, Copy)]
-enum BiasOf<'a> {
+enum Bias<'a> {
     Row(f32),
     Each(&'a [f32]),
 }
@@ -588,7 +578,7 @@ enum BiasOf<'a> {
 /// (sum of f, sum of A) where A is the log-partition, or (x+b)^2/2 for the
 /// identity mean; the second sum only when `with_a`.
 pub fn act_row(level: Level, x: &mut [f32], bias: f32, act: Act, with_a: bool) -> (f64, f64) {
-    if let Some(sums) = act512_run(level, x, BiasOf::Row(bias), act, with_a) {
+    if let Some(sums) = act512_run(level, x, Bias::Row(bias), act, with_a) {
         return sums;
     }
     if with_a {
@@ -608,7 +598,7 @@ pub fn act_row_biases(
     with_a: bool,
 ) -> (f64, f64) {
     assert!(bias.len() >= x.len(), "act_row_biases: bias too short");
-    if let Some(sums) = act512_run(level, x, BiasOf::Each(bias), act, with_a) {
+    if let Some(sums) = act512_run(level, x, Bias::Each(bias), act, with_a) {
         return sums;
     }
     if with_a {

@@ -377,9 +377,9 @@ fn gather(rows: usize, cols: usize, v: View, par: bool) -> Vec<f32> {
 }
 
 /// The transpose of row-major blocks stacked on each other: block b holds
-/// `rows_b` rows of `width` values (`stride` apart) and the result is
-/// width x (sum of rows_b), row-major, with block b's rows as its columns
-/// after the earlier blocks'. The walk's A of a weight gradient, v^T
+/// `rows_b` rows of `width` values and the result is width x (sum of
+/// rows_b), row-major, with block b's rows as its columns after the
+/// earlier blocks'. The walk's A of a weight gradient, v^T
 /// stacked with v_neg^T, without first copying v and v_neg together.
 pub fn transpose_stacked(blocks: &[&[f32]], width: usize, par: bool) -> Vec<f32> {
     let parts: Vec<(&[f32], usize, usize)> = blocks
