@@ -25,9 +25,9 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::host_conv::{matmul, Geometry};
-use mrbm_kernels::conv::Conv;
+use mrbm_kernels::conv::{Conv, Patches};
 use mrbm_kernels::math::{self as host_math, Act, Level};
-use mrbm_kernels::{Par, View, ViewMut};
+use mrbm_kernels::{sgemm_implicit, Isa, Par, View, ViewMut};
 
 /// What the step of one layer returns, as host values.
 pub struct HostCd {
@@ -200,6 +200,7 @@ fn conv_group(
     let (kk, p, hw) = (g.patch(), g.positions(), g.h * g.w);
     let (img_v, img_h) = (g.c * hw, g.o * p);
     let n_imgs = vin.len() / img_v;
+    let isa = Isa::best();
     let mut s = Sums {
         loss: 0.0,
         ga: vec![0.0; g.c],
@@ -210,19 +211,16 @@ fn conv_group(
         let nb = chunk.min(n_imgs - start);
         let cp = nb * p;
         let ld = 2 * cp;
-        let cols = grown(&mut ws.cols, kk * ld);
         let x = grown(&mut ws.x, g.o * ld);
         let r = grown(&mut ws.r, kk * cp);
         let vrec = grown(&mut ws.vrec, nb * img_v);
         let imgs = &vin[start * img_v..][..nb * img_v];
-        // Data: patches, hidden inputs, hidden means, visible statistics.
-        for i in 0..nb {
-            g.im2col_ld(&imgs[i * img_v..][..img_v], 0, p, &mut cols[i * p..], ld);
-        }
+        // Data: hidden inputs (the patches gathered as the product packs
+        // them), hidden means, visible statistics.
         let (wv, seq) = (View::row_major(w, kk), Par::Seq);
-        let patches = View::row_major(cols, ld);
         let xm = ViewMut::row_major(x, ld);
-        matmul([g.o, cp, kk], wv, patches, xm, false, seq);
+        let data: [&[f32]; 1] = [imgs];
+        sgemm_implicit((isa, seq), g.o, 1.0, wv, &Patches::new(*g, &data, false), 0.0, xm);
         for oi in 0..g.o {
             let (sh, sa) =
                 host_math::act_row(level, &mut x[oi * ld..][..cp], b[oi], units.hidden, true);
@@ -252,13 +250,10 @@ fn conv_group(
                 s.loss -= visible_term(&units, row, a[ci], sv);
             }
         }
-        // Reconstruction: patches into the second half, hidden means.
-        for (i, img) in vrec.chunks(img_v).enumerate() {
-            g.im2col_ld(img, 0, p, &mut cols[cp + i * p..], ld);
-        }
-        let (patches, xr) = (View::row_major(&cols[cp..], ld), &mut x[cp..]);
-        let xrm = ViewMut::row_major(xr, ld);
-        matmul([g.o, cp, kk], wv, patches, xrm, false, seq);
+        // Reconstruction: hidden means into the second half.
+        let xrm = ViewMut::row_major(&mut x[cp..], ld);
+        let recon: [&[f32]; 1] = [vrec];
+        sgemm_implicit((isa, seq), g.o, 1.0, wv, &Patches::new(*g, &recon, false), 0.0, xrm);
         for oi in 0..g.o {
             let row = &mut x[oi * ld + cp..][..cp];
             let (sh, sa) = host_math::act_row(level, row, b[oi], units.hidden, true);
@@ -275,10 +270,11 @@ fn conv_group(
                 out[oi * p..][..p].copy_from_slice(&x[oi * ld + i * p..][..p]);
             }
         }
-        // Both phases' weight statistics in one product.
-        let (hv, patches_t) = (View::row_major(x, ld), View::row_major(cols, ld).t());
-        let gwm = ViewMut::row_major(gw, kk);
-        matmul([g.o, kk, ld], hv, patches_t, gwm, true, seq);
+        // Both phases' weight statistics in one product: the data's
+        // positions, then the reconstruction's, as its depth.
+        let (hv, gwm) = (View::row_major(x, ld), ViewMut::row_major(gw, kk));
+        let both: [&[f32]; 2] = [imgs, vrec];
+        sgemm_implicit((isa, seq), g.o, 1.0, hv, &Patches::new(*g, &both, true), 1.0, gwm);
     }
     s
 }

@@ -6,7 +6,7 @@
 //! adjoints ([`Conv::col2im`], [`Conv::row2im`]) are also what mrbm-core's
 //! host CD-1 step and host convolutions build on.
 
-use crate::{sgemm, sgemm_packed, with_buffer, PackedA, Par, View, ViewMut};
+use crate::{sgemm, sgemm_packed, with_buffer, ImplicitB, PackedA, Par, View, ViewMut};
 
 /// A conv's weights [O, C*KH*KW]: row-major, or packed once for sgemm.
 #[derive(Clone, Copy)]
@@ -381,4 +381,369 @@ fn span(rows: usize, cols: usize, ld: usize) -> usize {
 
 thread_local! {
     static COLS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The patch matrix of runs of whole images as an [`ImplicitB`]: each
+/// panel is gathered straight from the images, so the matrix is never
+/// written out (im2col's writes and the packing's reads of them were a
+/// fifth of a convolutional training step). Columns, or with
+/// `transposed` rows, are the output positions of the first run's images,
+/// then the next run's; the other dimension is the taps (ci, ky, kx), as
+/// in [`Conv::im2col`]. The values are im2col's bit for bit, so a product
+/// with it gives sgemm's bits on that matrix.
+pub struct Patches<'a> {
+    conv: Conv,
+    runs: &'a [&'a [f32]],
+    transposed: bool,
+    /// Images over all runs.
+    images: usize,
+}
+
+/// One output position: the run and the offset in it of its image, and
+/// the top-left input pixel of its window (may be in the padding).
+#[derive(Clone, Copy)]
+struct Window {
+    run: usize,
+    at: usize,
+    iy0: isize,
+    ix0: isize,
+}
+
+impl<'a> Patches<'a> {
+    /// The patches of `runs` (each a whole number of [C, H, W] images).
+    /// Panics when a run is not, or an image is too large for 32-bit
+    /// gather offsets.
+    pub fn new(conv: Conv, runs: &'a [&'a [f32]], transposed: bool) -> Self {
+        let len = conv.c * conv.h * conv.w;
+        assert!(len > 0 && len < i32::MAX as usize / 2, "patches: image size");
+        let mut images = 0;
+        for r in runs {
+            assert!(r.len().is_multiple_of(len), "patches: a run of part images");
+            images += r.len() / len;
+        }
+        Patches {
+            conv,
+            runs,
+            transposed,
+            images,
+        }
+    }
+
+    /// The window of output position `q` (over all runs).
+    fn window(&self, q: usize) -> Window {
+        let g = &self.conv;
+        let (p, len) = (g.positions(), g.c * g.h * g.w);
+        let (mut img, pos) = (q / p, q % p);
+        let mut run = 0;
+        while img * len >= self.runs[run].len() {
+            img -= self.runs[run].len() / len;
+            run += 1;
+        }
+        let (oy, ox) = (pos / g.ow(), pos % g.ow());
+        Window {
+            run,
+            at: img * len,
+            iy0: (oy * g.sh) as isize - g.ph as isize,
+            ix0: (ox * g.sw) as isize - g.pw as isize,
+        }
+    }
+
+    /// Tap t = (ci, ky, kx): its offset in an image from a window's corner,
+    /// and (ky, kx).
+    fn tap(&self, t: usize) -> (isize, isize, isize) {
+        let g = &self.conv;
+        let (ci, ky, kx) = (t / (g.kh * g.kw), t / g.kw % g.kh, t % g.kw);
+        let (ky, kx) = (ky as isize, kx as isize);
+        (((ci * g.h) as isize + ky) * g.w as isize + kx, ky, kx)
+    }
+
+    /// The value of tap `t` at window `w`: the pixel, or 0 in the padding.
+    ///
+    /// Safety: `w` from [`Self::window`].
+    unsafe fn value(&self, w: Window, t: usize) -> f32 {
+        let (off, ky, kx) = self.tap(t);
+        let (iy, ix) = (w.iy0 + ky, w.ix0 + kx);
+        if iy < 0 || ix < 0 || iy >= self.conv.h as isize || ix >= self.conv.w as isize {
+            return 0.0;
+        }
+        let pixel = off + w.iy0 * self.conv.w as isize + w.ix0;
+        *self.runs[w.run].get_unchecked(w.at + pixel as usize)
+    }
+}
+
+impl ImplicitB for Patches<'_> {
+    fn shape(&self) -> (usize, usize) {
+        let (taps, positions) = (self.conv.patch(), self.images * self.conv.positions());
+        if self.transposed {
+            (positions, taps)
+        } else {
+            (taps, positions)
+        }
+    }
+
+    fn pack(&self, (p0, kc): (usize, usize), j0: usize, cols: usize, nr: usize, wide: bool, dst: &mut [f32]) {
+        let (k, n) = self.shape();
+        assert!(p0 + kc <= k && j0 + cols <= n && cols <= nr, "patches: panel out of range");
+        assert!(dst.len() >= kc * nr, "patches: panel buffer too short");
+        #[cfg(target_arch = "x86_64")]
+        if wide && nr.is_multiple_of(16) && is_x86_feature_detected!("avx512f") {
+            // Safety: AVX-512F checked; windows and taps are in range.
+            unsafe {
+                if self.transposed {
+                    for g in (0..cols).step_by(16) {
+                        let lanes = (cols - g).min(16);
+                        gather::taps_by_position(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
+                    }
+                } else {
+                    for g in (0..cols).step_by(16) {
+                        let lanes = (cols - g).min(16);
+                        gather::positions_by_tap(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
+                    }
+                }
+            }
+            return;
+        }
+        let _ = wide;
+        // Safety: windows from `window`, taps below the patch length.
+        unsafe {
+            if self.transposed {
+                for p in 0..kc {
+                    let w = self.window(p0 + p);
+                    for j in 0..cols {
+                        dst[p * nr + j] = self.value(w, j0 + j);
+                    }
+                }
+            } else {
+                for j in 0..cols {
+                    let w = self.window(j0 + j);
+                    for p in 0..kc {
+                        dst[p * nr + j] = self.value(w, p0 + p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX-512 packing behind [`Patches`]: masked loads of runs of
+/// consecutive pixels (masked-off lanes read nothing and give 0), so
+/// padding costs no branch per value. (The hardware gather instruction, one
+/// lane at a time, took as long as im2col and the packing together.)
+#[cfg(target_arch = "x86_64")]
+mod gather {
+    use super::{Patches, Window};
+    use std::arch::x86_64::*;
+
+    /// Bitwise or (AVX-512F's integer one: the float one needs AVX512DQ).
+    #[inline(always)]
+    unsafe fn or(a: __m512, b: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+    }
+
+    /// Lanes lo..hi of 16 (clamped), as a mask.
+    fn lanes(lo: isize, hi: isize) -> u32 {
+        let (lo, hi) = (lo.clamp(0, 32), hi.clamp(0, 32));
+        if hi <= lo {
+            0
+        } else {
+            ((1u64 << hi) - (1u64 << lo)) as u32
+        }
+    }
+
+    /// Output positions one after another from position `q`, without a
+    /// division each.
+    struct Walk<'p, 'a> {
+        pt: &'p Patches<'a>,
+        w: Window,
+        oy: usize,
+        ox: usize,
+        /// OH, OW and C * H * W (each a division or more to compute).
+        oh: usize,
+        ow: usize,
+        len: usize,
+    }
+
+    impl<'p, 'a> Walk<'p, 'a> {
+        fn new(pt: &'p Patches<'a>, q: usize) -> Self {
+            let pos = q % pt.conv.positions();
+            let ow = pt.conv.ow();
+            Walk {
+                pt,
+                w: pt.window(q),
+                oy: pos / ow,
+                ox: pos % ow,
+                oh: pt.conv.oh(),
+                ow,
+                len: pt.conv.c * pt.conv.h * pt.conv.w,
+            }
+        }
+        #[inline(always)]
+        fn next(&mut self) {
+            let g = &self.pt.conv;
+            self.ox += 1;
+            if self.ox == self.ow {
+                self.ox = 0;
+                self.oy += 1;
+                if self.oy == self.oh {
+                    self.oy = 0;
+                    self.w.at += self.len;
+                    if self.w.at == self.pt.runs[self.w.run].len() && self.w.run + 1 < self.pt.runs.len() {
+                        self.w.run += 1;
+                        self.w.at = 0;
+                    }
+                }
+            }
+            self.w.iy0 = (self.oy * g.sh) as isize - g.ph as isize;
+            self.w.ix0 = (self.ox * g.sw) as isize - g.pw as isize;
+        }
+        fn image(&self) -> *const f32 {
+            self.pt.runs[self.w.run].as_ptr().wrapping_add(self.w.at)
+        }
+    }
+
+    /// Not transposed: taps p0.. as rows, `count` positions j0.. as
+    /// columns, into dst[p * nr + lane]. The lanes split into segments,
+    /// one per output row they cover; a tap of a segment is one input row
+    /// read at stride SW (1 or 2: one or two masked loads, the second
+    /// picked apart by a permute; other strides go value by value).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn positions_by_tap(
+        pt: &Patches,
+        (p0, kc): (usize, usize),
+        j0: usize,
+        count: usize,
+        dst: &mut [f32],
+        nr: usize,
+    ) {
+        let g = &pt.conv;
+        if g.sw > 2 {
+            for j in 0..count {
+                let w = pt.window(j0 + j);
+                for p in 0..kc {
+                    dst[p * nr + j] = pt.value(w, p0 + p);
+                }
+            }
+            return;
+        }
+        // Segments: (first lane, lanes, image, oy, first ox).
+        let mut segs = [(0usize, 0usize, std::ptr::null::<f32>(), 0usize, 0usize); 16];
+        let mut nseg = 0;
+        let mut walk = Walk::new(pt, j0);
+        for j in 0..count {
+            if j == 0 || walk.ox == 0 {
+                segs[nseg] = (j, 0, walk.image(), walk.oy, walk.ox);
+                nseg += 1;
+            }
+            segs[nseg - 1].1 += 1;
+            if j + 1 < count {
+                walk.next();
+            }
+        }
+        let valid = lanes(0, count as isize) as u16;
+        let (h, w) = (g.h as isize, g.w as isize);
+        let (sw, plane) = (g.sw as isize, g.h * g.w);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        // Tap (ci, ky, kx), counted up without a division each.
+        let (mut ci, mut ky, mut kx) = (p0 / (g.kh * g.kw), (p0 / g.kw % g.kh) as isize, (p0 % g.kw) as isize);
+        let (kh, kw) = (g.kh as isize, g.kw as isize);
+        for p in 0..kc {
+            if p > 0 {
+                kx += 1;
+                if kx == kw {
+                    kx = 0;
+                    ky += 1;
+                    if ky == kh {
+                        ky = 0;
+                        ci += 1;
+                    }
+                }
+            }
+            let mut v = _mm512_setzero_ps();
+            for &(la, len, image, oy, ox) in &segs[..nseg] {
+                let iy = (oy * g.sh) as isize + ky - g.ph as isize;
+                if iy < 0 || iy >= h {
+                    continue;
+                }
+                let row = image.wrapping_add(ci * plane).wrapping_offset(iy * w);
+                let (la, lb) = (la as isize, (la + len) as isize);
+                // Lane i reads column c0 + sw * i.
+                let c0 = ox as isize * sw + kx - g.pw as isize - sw * la;
+                let at = row.wrapping_offset(c0);
+                let inside = lanes(sw * la, sw * lb) & lanes(-c0, w - c0);
+                // Each segment's lanes are zero outside it, so OR joins
+                // them bit for bit (and the loads do not wait on each other,
+                // as merging loads into one register would).
+                let part = if sw == 1 {
+                    _mm512_maskz_loadu_ps(inside as u16, at)
+                } else {
+                    let lo = _mm512_maskz_loadu_ps(inside as u16, at);
+                    let hi = _mm512_maskz_loadu_ps((inside >> 16) as u16, at.wrapping_add(16));
+                    _mm512_permutex2var_ps(lo, even, hi)
+                };
+                v = or(v, part);
+            }
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(p * nr), valid, v);
+        }
+    }
+
+    /// Transposed: positions p0.. as rows, `count` taps j0.. as columns,
+    /// into dst[p * nr + lane]. The taps split into segments of
+    /// consecutive kx (one input row each, e.g. four of four for a 4 x 4
+    /// kernel); a position reads each with one masked load.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn taps_by_position(
+        pt: &Patches,
+        (p0, kc): (usize, usize),
+        j0: usize,
+        count: usize,
+        dst: &mut [f32],
+        nr: usize,
+    ) {
+        let g = &pt.conv;
+        let (h, w) = (g.h as isize, g.w as isize);
+        // Segments: (first lane, lanes, offset of its first tap from a
+        // window's corner, ky).
+        let mut segs = [(0isize, 0usize, 0isize, 0isize); 16];
+        let mut nseg = 0;
+        let mut kxs = [0i32; 16];
+        for j in 0..count {
+            let (off, ky, kx) = pt.tap(j0 + j);
+            kxs[j] = kx as i32;
+            if j == 0 || kx == 0 {
+                segs[nseg] = (j as isize, 0, off, ky);
+                nseg += 1;
+            }
+            segs[nseg - 1].1 += 1;
+        }
+        // Each segment's lanes as a mask, in place of its length.
+        for seg in &mut segs[..nseg] {
+            seg.1 = lanes(seg.0, seg.0 + seg.1 as isize) as usize;
+        }
+        let valid = lanes(0, count as isize) as u16;
+        let kx = _mm512_loadu_si512(kxs.as_ptr().cast());
+        let wv = _mm512_set1_epi32(g.w as i32);
+        let mut walk = Walk::new(pt, p0);
+        for p in 0..kc {
+            let win = walk.w;
+            let image = walk.image();
+            // Lanes whose column ix0 + kx is inside.
+            let ix = _mm512_add_epi32(kx, _mm512_set1_epi32(win.ix0 as i32));
+            let cols = _mm512_mask_cmplt_epu32_mask(valid, ix, wv);
+            let corner = win.iy0 * w + win.ix0;
+            let mut v = _mm512_setzero_ps();
+            for &(la, mask, off, ky) in &segs[..nseg] {
+                let iy = win.iy0 + ky;
+                if iy < 0 || iy >= h {
+                    continue;
+                }
+                let at = image.wrapping_offset(off + corner - la);
+                // OR: as in positions_by_tap.
+                v = or(v, _mm512_maskz_loadu_ps(cols & mask as u16, at));
+            }
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(p * nr), valid, v);
+            if p + 1 < kc {
+                walk.next();
+            }
+        }
+    }
 }

@@ -263,7 +263,7 @@ pub fn sgemm_isa(
                     k,
                     alpha,
                     a: Source::Strided(Mat::of(b.t())),
-                    b: Mat::of(a.t()),
+                    b: BSource::Strided(Mat::of(a.t())),
                     beta,
                     c: MatMut::of(c.data.as_mut_ptr(), c.cs, c.rs),
                 },
@@ -278,7 +278,7 @@ pub fn sgemm_isa(
                     k,
                     alpha,
                     a: Source::Strided(Mat::of(a)),
-                    b: Mat::of(b),
+                    b: BSource::Strided(Mat::of(b)),
                     beta,
                     c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
                 },
@@ -384,7 +384,7 @@ pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: Vi
                 k,
                 alpha,
                 a: Source::Packed(pa, a.kc),
-                b: Mat::of(b),
+                b: BSource::Strided(Mat::of(b)),
                 beta,
                 c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
             },
@@ -529,16 +529,101 @@ fn split_even(total: usize, max_block: usize, multiple: usize) -> usize {
     total.div_ceil(blocks).div_ceil(multiple) * multiple
 }
 
+/// Where the driver gets B's panels: packed from a strided view, or by an
+/// [`ImplicitB`] (from its column `j0` on).
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    Strided(Mat),
+    Implicit(&'a dyn ImplicitB, usize),
+}
+
+impl BSource<'_> {
+    /// The same operand from column `j` on.
+    unsafe fn from_column(self, j: usize) -> Self {
+        match self {
+            BSource::Strided(b) => BSource::Strided(Mat {
+                p: b.at(j * b.cs),
+                ..b
+            }),
+            BSource::Implicit(src, j0) => BSource::Implicit(src, j0 + j),
+        }
+    }
+}
+
+/// A right operand B (k x n) that packs its own panels, instead of being
+/// read through a strided view: e.g. a convolution's patch matrix gathered
+/// straight from the images ([`conv::Patches`]), never written out whole.
+/// Any values it gives are fine; the product's bits then are those of
+/// [`sgemm`] on the matrix those values make.
+pub trait ImplicitB: Sync {
+    /// (k, n).
+    fn shape(&self) -> (usize, usize);
+    /// One panel: dst[p * nr + j] = B[p0 + p, j0 + j] for p < kc and
+    /// j < cols (cols <= nr, dst's other entries are zero already).
+    /// `wide` says the caller's microkernels are AVX-512's (so this CPU
+    /// has AVX-512F).
+    fn pack(&self, rows: (usize, usize), j0: usize, cols: usize, nr: usize, wide: bool, dst: &mut [f32]);
+}
+
+/// [`sgemm_isa`] with B given by an [`ImplicitB`]; C must not be
+/// column-major (a strided view with `cs == 1`, or any other with
+/// `cs != 1` unless `rs == 1`).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_implicit(
+    (isa, par): (Isa, Par),
+    m: usize,
+    alpha: f32,
+    a: View,
+    b: &dyn ImplicitB,
+    beta: f32,
+    c: ViewMut,
+) {
+    assert!(isa.available(), "sgemm: {} is not available", isa.name());
+    let (k, n) = b.shape();
+    assert!(
+        !(c.cs != 1 && c.rs == 1) || m <= 1,
+        "sgemm_implicit: column-major C"
+    );
+    let no_b = View {
+        data: &[],
+        rs: 0,
+        cs: 0,
+    };
+    check_views(m, 0, k, Some(&a), &no_b, &c);
+    check_views(m, n, 0, None, &no_b, &c);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Safety: the asserts above keep every access inside A and C, C's
+    // elements distinct; B's reads are the source's own.
+    unsafe {
+        driver(
+            isa,
+            Product {
+                m,
+                n,
+                k,
+                alpha,
+                a: Source::Strided(Mat::of(a)),
+                b: BSource::Implicit(b, 0),
+                beta,
+                c: MatMut::of(c.data.as_mut_ptr(), c.rs, c.cs),
+            },
+            par,
+        )
+    }
+}
+
 /// One product for [`driver`]: C (m x n) = alpha * A (m x k) * B (k x n)
 /// + beta * C.
 #[derive(Clone, Copy)]
-struct Product {
+struct Product<'a> {
     m: usize,
     n: usize,
     k: usize,
     alpha: f32,
     a: Source,
-    b: Mat,
+    b: BSource<'a>,
     beta: f32,
     c: MatMut,
 }
@@ -554,7 +639,7 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: MatMut) {
     }
 }
 
-unsafe fn driver(isa: Isa, product: Product, par: Par) {
+unsafe fn driver(isa: Isa, product: Product<'_>, par: Par) {
     let Product {
         m,
         n,
@@ -678,7 +763,7 @@ unsafe fn driver(isa: Isa, product: Product, par: Par) {
 /// parts that the others can still take.
 unsafe fn split_by_column_panels(
     isa: Isa,
-    product: Product,
+    product: Product<'_>,
     threads: usize,
     nr: usize,
     npanels: usize,
@@ -690,10 +775,7 @@ unsafe fn split_by_column_panels(
         let j0 = t * per;
         let sub = Product {
             n: per.min(n - j0),
-            b: Mat {
-                p: product.b.at(j0 * product.b.cs),
-                ..product.b
-            },
+            b: product.b.from_column(j0),
             c: MatMut {
                 p: product.c.at(0, j0),
                 ..product.c
@@ -708,7 +790,7 @@ unsafe fn split_by_column_panels(
 /// NR-wide panels of `bbuf` (one panel per chunk, over the pool when
 /// `parallel` and there is more than one).
 unsafe fn pack_b_panels(
-    b: Mat,
+    b: BSource<'_>,
     (pc, kcur): (usize, usize),
     (jc, ncur): (usize, usize),
     bl: &Blocking,
@@ -717,8 +799,18 @@ unsafe fn pack_b_panels(
 ) {
     let nr = bl.nr;
     let panel = kcur * nr;
+    let wide = bl.transpose16;
     let pack = |(jp, dst): (usize, &mut [f32])| {
-        pack_b(b, (pc, kcur), jc + jp * nr, nr.min(ncur - jp * nr), bl, dst)
+        let (j0, cols) = (jc + jp * nr, nr.min(ncur - jp * nr));
+        match b {
+            BSource::Strided(b) => pack_b(b, (pc, kcur), j0, cols, bl, dst),
+            BSource::Implicit(src, at) => {
+                if cols < nr {
+                    dst.fill(0.0);
+                }
+                src.pack((pc, kcur), at + j0, cols, nr, wide, dst)
+            }
+        }
     };
     if parallel && ncur.div_ceil(nr) > 1 {
         bbuf.par_chunks_mut(panel).enumerate().for_each(pack);

@@ -3,8 +3,10 @@
 //! CPU can run: odd shapes that leave partial register tiles and partial
 //! cache blocks, transposed and strided views, alpha/beta, both Par modes.
 
-use mrbm_kernels::conv::{Conv, Weights};
-use mrbm_kernels::{sgemm_isa, sgemm_packed, Isa, PackedA, Par, View, ViewMut};
+use mrbm_kernels::conv::{Conv, Patches, Weights};
+use mrbm_kernels::{
+    sgemm_implicit, sgemm_isa, sgemm_packed, ImplicitB, Isa, PackedA, Par, View, ViewMut,
+};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
@@ -502,6 +504,7 @@ fn patch_geometries() -> Vec<Conv> {
         g(2, 7, 7, 4, 4, 2, 2, 1, 1),
         g(2, 3, 3, 4, 4, 2, 2, 2, 2),
         g(3, 8, 6, 4, 3, 3, 2, 1, 0),
+        g(2, 7, 10, 2, 3, 1, 3, 1, 1),
     ]
 }
 
@@ -663,6 +666,117 @@ fn depth_block_fixes_the_rounding_of_every_entry() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// `count` images of `g` with a NaN, a -0 and an infinity among them (so a
+/// copy that is not bit for bit shows), and their patch matrix by im2col,
+/// [C*KH*KW, count * OH*OW], images side by side.
+fn images_and_patches(g: &Conv, count: usize, seed: u32) -> (Vec<f32>, Vec<f32>) {
+    let len = g.c * g.h * g.w;
+    let mut x = values(count * len, seed);
+    x[1] = f32::NAN;
+    x[len / 2] = -0.0;
+    x[count * len - 1] = f32::NEG_INFINITY;
+    let (p, ld) = (g.positions(), count * g.positions());
+    let mut cols = vec![0.0; g.patch() * ld];
+    for i in 0..count {
+        g.im2col_ld(&x[i * len..][..len], 0, p, &mut cols[i * p..], ld);
+    }
+    (x, cols)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Panels of the implicit patch matrix (images in two runs, a panel
+/// crossing from one to the other, partial panels, both orientations, the
+/// AVX-512 gathers and the scalar path) hold im2col's values bit for bit,
+/// and leave the lanes past the panel's columns alone.
+#[test]
+fn implicit_patch_panels_are_im2col_bit_for_bit() {
+    for g in patch_geometries() {
+        let (count, len) = (5, g.c * g.h * g.w);
+        let (x, cols) = images_and_patches(&g, count, 11);
+        let (kk, ld) = (g.patch(), count * g.positions());
+        let runs: [&[f32]; 2] = [&x[..3 * len], &x[3 * len..]];
+        for transposed in [false, true] {
+            let pt = Patches::new(g, &runs, transposed);
+            let (k, n) = pt.shape();
+            assert_eq!((k, n), if transposed { (ld, kk) } else { (kk, ld) });
+            let at = |r: usize, c: usize| if transposed { cols[c * ld + r] } else { cols[r * ld + c] };
+            for nr in [16, 32] {
+                for (p0, kc) in [(0, k), (1, k - 1), (k / 2, k - k / 2), (k - 1, 1)] {
+                    for (j0, width) in [(0, n.min(nr)), (n - n.min(nr), n.min(nr)), (n / 3, 1), (1, n.min(nr - 3).min(n - 1))] {
+                        for wide in [false, true] {
+                            let mut dst = vec![f32::NAN; kc * nr];
+                            pt.pack((p0, kc), j0, width, nr, wide, &mut dst);
+                            for p in 0..kc {
+                                for j in 0..nr {
+                                    let got = dst[p * nr + j];
+                                    if j < width {
+                                        assert_eq!(
+                                            got.to_bits(),
+                                            at(p0 + p, j0 + j).to_bits(),
+                                            "{g:?} t={transposed} wide={wide} p0={p0} j0={j0} p={p} j={j}"
+                                        );
+                                    } else {
+                                        assert!(got.is_nan(), "{g:?} lane {j} past {width} written");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A product with the implicit patch matrix, either way round, gives the
+/// bits of the same product on im2col's matrix, on every microkernel
+/// family, with several depth blocks and both Par modes.
+#[test]
+fn sgemm_with_implicit_patches_gives_the_materialised_bits() {
+    let g = Conv {
+        c: 20,
+        h: 9,
+        w: 8,
+        o: 1,
+        kh: 4,
+        kw: 4,
+        sh: 2,
+        sw: 2,
+        ph: 1,
+        pw: 1,
+    };
+    let count = 37;
+    let (x, cols) = images_and_patches(&g, count, 5);
+    let (kk, ld) = (g.patch(), count * g.positions());
+    let runs: [&[f32]; 2] = [&x[..20 * g.c * g.h * g.w], &x[20 * g.c * g.h * g.w..]];
+    let o = 19;
+    let w = values(o * kk, 7);
+    let h = values(o * ld, 8);
+    for isa in isas() {
+        for par in [Par::Seq, Par::Rayon] {
+            // Forward: W [o, kk] * patches [kk, ld].
+            let mut want = vec![0.5; o * ld];
+            let mut got = want.clone();
+            let (a, b) = (View::row_major(&w, kk), View::row_major(&cols, ld));
+            sgemm_isa((isa, par), [o, ld, kk], 1.5, a, b, 0.5, ViewMut::row_major(&mut want, ld));
+            let pt = Patches::new(g, &runs, false);
+            sgemm_implicit((isa, par), o, 1.5, a, &pt, 0.5, ViewMut::row_major(&mut got, ld));
+            assert_eq!(bits(&want), bits(&got), "{isa:?} {par:?} forward");
+            // Weight statistics: H [o, ld] * patches^T [ld, kk].
+            let mut want = vec![0.25; o * kk];
+            let mut got = want.clone();
+            let (a, b) = (View::row_major(&h, ld), View::row_major(&cols, ld).t());
+            sgemm_isa((isa, par), [o, kk, ld], 1.0, a, b, 1.0, ViewMut::row_major(&mut want, kk));
+            let pt = Patches::new(g, &runs, true);
+            sgemm_implicit((isa, par), o, 1.0, a, &pt, 1.0, ViewMut::row_major(&mut got, kk));
+            assert_eq!(bits(&want), bits(&got), "{isa:?} {par:?} transposed");
         }
     }
 }
