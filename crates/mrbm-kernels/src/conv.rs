@@ -174,6 +174,19 @@ impl Conv {
     /// tap by tap: a pixel receives its taps (ky, kx) in ascending order
     /// ([`Self::row2im`] adds the same values position by position).
     pub fn col2im(&self, cols: &[f32], ld: usize, x: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        let wide = is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
+        self.col2im_on(cols, ld, x, wide)
+    }
+
+    /// [`Self::col2im`], with stride-2 rows added by AVX-512 when `wide`
+    /// (and the CPU has it), else value by value: the same bits (a test
+    /// compares the two).
+    pub fn col2im_on(&self, cols: &[f32], ld: usize, x: &mut [f32], wide: bool) {
+        #[cfg(target_arch = "x86_64")]
+        let wide = wide && self.sw == 2 && is_x86_feature_detected!("avx512f");
         let (p, ow) = (self.positions(), self.ow());
         assert!(x.len() >= self.c * self.h * self.w, "col2im: x too short");
         assert!(
@@ -204,6 +217,13 @@ impl Conv {
                             for (d, s) in to[..hi - lo].iter_mut().zip(&seg[lo..hi]) {
                                 *d += *s;
                             }
+                            continue;
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        if wide {
+                            // Safety: AVX-512F checked; `to` holds the
+                            // 2 (hi - lo) - 1 values the row reaches.
+                            unsafe { avx512::add_stride2(&seg[lo..hi], to) };
                             continue;
                         }
                         for (d, s) in to.iter_mut().step_by(self.sw).zip(&seg[lo..hi]) {
@@ -492,12 +512,12 @@ impl ImplicitB for Patches<'_> {
                 if self.transposed {
                     for g in (0..cols).step_by(16) {
                         let lanes = (cols - g).min(16);
-                        gather::taps_by_position(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
+                        avx512::taps_by_position(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
                     }
                 } else {
                     for g in (0..cols).step_by(16) {
                         let lanes = (cols - g).min(16);
-                        gather::positions_by_tap(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
+                        avx512::positions_by_tap(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
                     }
                 }
             }
@@ -530,7 +550,7 @@ impl ImplicitB for Patches<'_> {
 /// padding costs no branch per value. (The hardware gather instruction, one
 /// lane at a time, took as long as im2col and the packing together.)
 #[cfg(target_arch = "x86_64")]
-mod gather {
+mod avx512 {
     use super::{Patches, Window};
     use std::arch::x86_64::*;
 
@@ -538,6 +558,33 @@ mod gather {
     #[inline(always)]
     unsafe fn or(a: __m512, b: __m512) -> __m512 {
         _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+    }
+
+    /// dst[2 i] += src[i] for every i: 16 values a time, spread to the even
+    /// lanes of two vectors and added to those lanes alone (masked, so the
+    /// odd lanes keep their bits).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_stride2(src: &[f32], dst: &mut [f32]) {
+        let n = src.len();
+        assert!(n == 0 || dst.len() > 2 * (n - 1), "add_stride2: dst too short");
+        let low = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        let high = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+        for i in (0..n).step_by(16) {
+            let len = (n - i).min(16) as isize;
+            let s = _mm512_maskz_loadu_ps(lanes(0, len) as u16, src.as_ptr().add(i));
+            // Dst values 2i .. 2i + 2 len - 1, the even ones added to.
+            let reach = lanes(0, 2 * len - 1);
+            let even = reach & 0x5555_5555;
+            let d = dst.as_mut_ptr().add(2 * i);
+            let (m0, m1) = (reach as u16, (reach >> 16) as u16);
+            let (e0, e1) = (even as u16, (even >> 16) as u16);
+            let a = _mm512_maskz_loadu_ps(m0, d);
+            let a = _mm512_mask_add_ps(a, e0, a, _mm512_permutexvar_ps(low, s));
+            _mm512_mask_storeu_ps(d, m0, a);
+            let b = _mm512_maskz_loadu_ps(m1, d.wrapping_add(16));
+            let b = _mm512_mask_add_ps(b, e1, b, _mm512_permutexvar_ps(high, s));
+            _mm512_mask_storeu_ps(d.wrapping_add(16), m1, b);
+        }
     }
 
     /// Lanes lo..hi of 16 (clamped), as a mask.

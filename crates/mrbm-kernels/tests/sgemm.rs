@@ -566,7 +566,12 @@ fn im2col_of_any_position_range_matches_the_definition() {
 #[test]
 fn col2im_and_row2im_are_the_adjoints_and_sum_in_their_orders() {
     let mut orders_differ = false;
-    for g in patch_geometries() {
+    // Also rows of more than 16 positions (col2im's vector path).
+    let wide = [
+        Conv { c: 2, h: 40, w: 37, o: 1, kh: 4, kw: 4, sh: 2, sw: 2, ph: 1, pw: 1 },
+        Conv { c: 1, h: 9, w: 70, o: 1, kh: 3, kw: 5, sh: 1, sw: 2, ph: 0, pw: 2 },
+    ];
+    for g in patch_geometries().into_iter().chain(wide) {
         let (p, kk, n) = (g.positions(), g.patch(), g.c * g.h * g.w);
         let ld = p + 2;
         let x = values(n, 5);
@@ -587,6 +592,10 @@ fn col2im_and_row2im_are_the_adjoints_and_sum_in_their_orders() {
         let (mut by_tap, mut by_position) = (start.clone(), start.clone());
         g.col2im(&y, ld, &mut by_tap);
         g.row2im(&yt, &mut by_position);
+        let mut value_by_value = start.clone();
+        g.col2im_on(&y, ld, &mut value_by_value, false);
+        let same = by_tap.iter().zip(&value_by_value).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{g:?} col2im's two paths");
         let lhs: f64 = (0..kk)
             .flat_map(|r| (0..p).map(move |q| r * ld + q))
             .map(|i| cols[i] as f64 * y[i] as f64)
