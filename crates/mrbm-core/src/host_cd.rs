@@ -92,6 +92,10 @@ struct Sums {
     gb: Vec<f64>,
 }
 
+/// Taps per block of the down pass (r = W^T h then col2im, block by block):
+/// a block's r of 256 taps x 256 positions is 256 KiB, in L2.
+const DOWN_TAPS: usize = 256;
+
 /// The CD-1 step of a conv layer: `v` [B, C, H, W], `w` [O, C, K, K].
 pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: Units) -> HostCd {
     let level = Level::detect();
@@ -212,7 +216,7 @@ fn conv_group(
         let cp = nb * p;
         let ld = 2 * cp;
         let x = grown(&mut ws.x, g.o * ld);
-        let r = grown(&mut ws.r, kk * cp);
+        let r = grown(&mut ws.r, kk.min(DOWN_TAPS.max(g.kh * g.kw)) * cp);
         let vrec = grown(&mut ws.vrec, nb * img_v);
         let imgs = &vin[start * img_v..][..nb * img_v];
         // Data: hidden inputs (the patches gathered as the product packs
@@ -234,14 +238,25 @@ fn conv_group(
                 s.loss += visible_term(&units, row, a[ci], sv);
             }
         }
-        // Down: r = W^T h, col2im, visible means.
+        // Down: r = W^T h, col2im, visible means; a few channels' taps at
+        // a time, so that col2im reads r while it is in cache (each entry
+        // of r is its own sum, and each pixel gets its own channel's taps
+        // in the same order: the same bits as one product).
         let hv = View::row_major(x, ld);
-        let rm = ViewMut::row_major(r, cp);
-        matmul([kk, cp, g.o], wv.t(), hv, rm, false, seq);
         vrec.fill(0.0);
-        for i in 0..nb {
-            let img = &mut vrec[i * img_v..][..img_v];
-            g.col2im(&r[i * p..], cp, img);
+        let window = g.kh * g.kw;
+        let per_block = (DOWN_TAPS / window).max(1);
+        for c0 in (0..g.c).step_by(per_block) {
+            let cn = per_block.min(g.c - c0);
+            let taps = cn * window;
+            let rm = ViewMut::row_major(&mut r[..taps * cp], cp);
+            let wt = View::row_major(&w[c0 * window..], kk).t();
+            matmul([taps, cp, g.o], wt, hv, rm, false, seq);
+            let sub = Conv { c: cn, ..*g };
+            for i in 0..nb {
+                let img = &mut vrec[i * img_v + c0 * hw..][..cn * hw];
+                sub.col2im(&r[i * p..], cp, img);
+            }
         }
         for img in vrec.chunks_mut(img_v) {
             for (ci, row) in img.chunks_mut(hw).enumerate() {

@@ -206,6 +206,12 @@ impl Conv {
                     if hi == lo {
                         continue;
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if wide {
+                        // Safety: AVX-512F checked.
+                        unsafe { avx512::add_tap_stride2(self, src, plane, (ky, kx), (lo, hi), ow) };
+                        continue;
+                    }
                     for (oy, seg) in src.chunks_exact(ow).enumerate() {
                         let Some(iy) = self.input_row(oy, ky) else {
                             continue;
@@ -217,13 +223,6 @@ impl Conv {
                             for (d, s) in to[..hi - lo].iter_mut().zip(&seg[lo..hi]) {
                                 *d += *s;
                             }
-                            continue;
-                        }
-                        #[cfg(target_arch = "x86_64")]
-                        if wide {
-                            // Safety: AVX-512F checked; `to` holds the
-                            // 2 (hi - lo) - 1 values the row reaches.
-                            unsafe { avx512::add_stride2(&seg[lo..hi], to) };
                             continue;
                         }
                         for (d, s) in to.iter_mut().step_by(self.sw).zip(&seg[lo..hi]) {
@@ -551,7 +550,7 @@ impl ImplicitB for Patches<'_> {
 /// lane at a time, took as long as im2col and the packing together.)
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Patches, Window};
+    use super::{Conv, Patches, Window};
     use std::arch::x86_64::*;
 
     /// Bitwise or (AVX-512F's integer one: the float one needs AVX512DQ).
@@ -560,11 +559,33 @@ mod avx512 {
         _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
     }
 
+    /// [`Conv::col2im`]'s loop over output rows for one tap (ky, kx) of a
+    /// stride-2 conv: `src` is the tap's row of the patch matrix, `plane`
+    /// its channel, lo..hi the output columns inside the image.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_tap_stride2(
+        g: &Conv,
+        src: &[f32],
+        plane: &mut [f32],
+        (ky, kx): (usize, usize),
+        (lo, hi): (usize, usize),
+        ow: usize,
+    ) {
+        for (oy, seg) in src.chunks_exact(ow).enumerate() {
+            let Some(iy) = g.input_row(oy, ky) else {
+                continue;
+            };
+            let row = &mut plane[iy * g.w..][..g.w];
+            add_stride2(&seg[lo..hi], &mut row[lo * 2 + kx - g.pw..]);
+        }
+    }
+
     /// dst[2 i] += src[i] for every i: 16 values a time, spread to the even
     /// lanes of two vectors and added to those lanes alone (masked, so the
     /// odd lanes keep their bits).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn add_stride2(src: &[f32], dst: &mut [f32]) {
+    #[inline]
+    unsafe fn add_stride2(src: &[f32], dst: &mut [f32]) {
         let n = src.len();
         assert!(n == 0 || dst.len() > 2 * (n - 1), "add_stride2: dst too short");
         let low = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -663,7 +684,7 @@ mod avx512 {
         nr: usize,
     ) {
         let g = &pt.conv;
-        if g.sw > 2 {
+        if g.sw > 2 || g.kw > 16 {
             for j in 0..count {
                 let w = pt.window(j0 + j);
                 for p in 0..kc {
@@ -672,27 +693,49 @@ mod avx512 {
             }
             return;
         }
-        // Segments: (first lane, lanes, image, oy, first ox).
-        let mut segs = [(0usize, 0usize, std::ptr::null::<f32>(), 0usize, 0usize); 16];
+        let (h, w, sw) = (g.h as isize, g.w as isize, g.sw as isize);
+        // Segments: the input row of their window's top (iy0), a pointer
+        // from which tap t's values start (at its offset from a window's
+        // corner), and for each kx the values of the (one or two) loads
+        // that are inside the image and the segment.
+        struct Segment {
+            iy0: isize,
+            base: *const f32,
+            inside: [u32; 16],
+        }
+        let mut segs: [Segment; 16] = std::array::from_fn(|_| Segment {
+            iy0: 0,
+            base: std::ptr::null(),
+            inside: [0; 16],
+        });
         let mut nseg = 0;
         let mut walk = Walk::new(pt, j0);
-        for j in 0..count {
-            if j == 0 || walk.ox == 0 {
-                segs[nseg] = (j, 0, walk.image(), walk.oy, walk.ox);
-                nseg += 1;
+        let mut j = 0;
+        while j < count {
+            let (la, ox, win) = (j as isize, walk.ox as isize, walk.w);
+            let len = (walk.ow - walk.ox).min(count - j) as isize;
+            // Lane i reads column c0 + kx + sw * i.
+            let c0 = ox * sw - g.pw as isize - sw * la;
+            let seg = &mut segs[nseg];
+            seg.iy0 = win.iy0;
+            seg.base = walk.image().wrapping_offset(win.iy0 * w + c0);
+            for kx in 0..g.kw as isize {
+                let c = c0 + kx;
+                seg.inside[kx as usize] = lanes(sw * la, sw * (la + len)) & lanes(-c, w - c);
             }
-            segs[nseg - 1].1 += 1;
-            if j + 1 < count {
-                walk.next();
+            nseg += 1;
+            j += len as usize;
+            for _ in 0..len {
+                if j < count {
+                    walk.next();
+                }
             }
         }
         let valid = lanes(0, count as isize) as u16;
-        let (h, w) = (g.h as isize, g.w as isize);
-        let (sw, plane) = (g.sw as isize, g.h * g.w);
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         // Tap (ci, ky, kx), counted up without a division each.
-        let (mut ci, mut ky, mut kx) = (p0 / (g.kh * g.kw), (p0 / g.kw % g.kh) as isize, (p0 % g.kw) as isize);
-        let (kh, kw) = (g.kh as isize, g.kw as isize);
+        let (mut ci, mut ky, mut kx) = (p0 / (g.kh * g.kw), (p0 / g.kw % g.kh) as isize, p0 % g.kw);
+        let (kh, kw, plane) = (g.kh as isize, g.kw, (g.h * g.w) as isize);
         for p in 0..kc {
             if p > 0 {
                 kx += 1;
@@ -705,18 +748,14 @@ mod avx512 {
                     }
                 }
             }
+            let t_off = ci as isize * plane + ky * w + kx as isize;
             let mut v = _mm512_setzero_ps();
-            for &(la, len, image, oy, ox) in &segs[..nseg] {
-                let iy = (oy * g.sh) as isize + ky - g.ph as isize;
+            for seg in &segs[..nseg] {
+                let iy = seg.iy0 + ky;
                 if iy < 0 || iy >= h {
                     continue;
                 }
-                let row = image.wrapping_add(ci * plane).wrapping_offset(iy * w);
-                let (la, lb) = (la as isize, (la + len) as isize);
-                // Lane i reads column c0 + sw * i.
-                let c0 = ox as isize * sw + kx - g.pw as isize - sw * la;
-                let at = row.wrapping_offset(c0);
-                let inside = lanes(sw * la, sw * lb) & lanes(-c0, w - c0);
+                let (at, inside) = (seg.base.wrapping_offset(t_off), seg.inside[kx]);
                 // Each segment's lanes are zero outside it, so OR joins
                 // them bit for bit (and the loads do not wait on each other,
                 // as merging loads into one register would).
