@@ -710,7 +710,10 @@ fn implicit_patch_panels_are_im2col_bit_for_bit() {
         let (count, len) = (5, g.c * g.h * g.w);
         let (x, cols) = images_and_patches(&g, count, 11);
         let (kk, ld) = (g.patch(), count * g.positions());
-        let runs: [&[f32]; 2] = [&x[..3 * len], &x[3 * len..]];
+        // Two allocations, so that reading past the first run's end
+        // cannot land on the second run by chance.
+        let (first, second) = (x[..3 * len].to_vec(), x[3 * len..].to_vec());
+        let runs: [&[f32]; 2] = [&first, &second];
         for transposed in [false, true] {
             let pt = Patches::new(g, &runs, transposed);
             let (k, n) = pt.shape();
@@ -764,7 +767,9 @@ fn sgemm_with_implicit_patches_gives_the_materialised_bits() {
     let count = 37;
     let (x, cols) = images_and_patches(&g, count, 5);
     let (kk, ld) = (g.patch(), count * g.positions());
-    let runs: [&[f32]; 2] = [&x[..20 * g.c * g.h * g.w], &x[20 * g.c * g.h * g.w..]];
+    let split = 20 * g.c * g.h * g.w;
+    let (first, second) = (x[..split].to_vec(), x[split..].to_vec());
+    let runs: [&[f32]; 2] = [&first, &second];
     let o = 19;
     let w = values(o * kk, 7);
     let h = values(o * ld, 8);
