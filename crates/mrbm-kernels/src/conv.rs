@@ -197,6 +197,12 @@ impl Conv {
             return;
         }
         let inside = self.inside_columns();
+        #[cfg(target_arch = "x86_64")]
+        if wide && ow <= 16 && self.kw <= 16 {
+            // Safety: AVX-512F checked; the asserts above bound x and cols.
+            unsafe { avx512::col2im_narrow_stride2(self, cols, ld, x, &inside) };
+            return;
+        }
         for ci in 0..self.c {
             let plane = &mut x[ci * self.h * self.w..][..self.h * self.w];
             for ky in 0..self.kh {
@@ -557,6 +563,75 @@ mod avx512 {
     #[inline(always)]
     unsafe fn or(a: __m512, b: __m512) -> __m512 {
         _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+    }
+
+    /// [`Conv::col2im`] of a stride-2 conv whose output rows are at most
+    /// 16 wide (KW <= 16): an input row's 48-value window is loaded once
+    /// per (ci, ky, output row), every kx added to it in registers, in
+    /// ascending kx (each pixel gets its taps in col2im's order), and
+    /// stored once. Adding tap by tap instead re-read each row a few
+    /// stores after writing it, shifted by one value, which the CPU could
+    /// not forward from its store queue (a stall every row).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn col2im_narrow_stride2(
+        g: &Conv,
+        cols: &[f32],
+        ld: usize,
+        x: &mut [f32],
+        inside: &[(usize, usize)],
+    ) {
+        let (ow, w, pw) = (g.ow(), g.w as isize, g.pw as isize);
+        debug_assert!(g.sw == 2 && ow <= 16 && g.kw <= 16);
+        // The window starts at input column -PW (output column 0's kx = 0);
+        // lane l of its vector v is column 16 v + l - PW. Tap kx of output
+        // column i lands on lane 2 i + kx: per (kx, v), which value of the
+        // row each lane takes and whether it takes one.
+        let mut take = [[(_mm512_setzero_si512(), 0u16); 3]; 16];
+        for (kx, &(lo, hi)) in inside.iter().enumerate() {
+            for (v, t) in take[kx].iter_mut().enumerate() {
+                let (mut idx, mut mask) = ([0i32; 16], 0u16);
+                for (l, slot) in idx.iter_mut().enumerate() {
+                    let q = (16 * v + l) as isize - kx as isize;
+                    if q >= 0 && q % 2 == 0 && (q / 2) as usize >= lo && ((q / 2) as usize) < hi {
+                        *slot = (q / 2) as i32;
+                        mask |= 1 << l;
+                    }
+                }
+                *t = (_mm512_loadu_si512(idx.as_ptr().cast()), mask);
+            }
+        }
+        // The window's lanes inside the row [0, W).
+        let row_lanes: [u16; 3] = std::array::from_fn(|v| {
+            let first = 16 * v as isize - pw;
+            lanes(-first, w - first) as u16
+        });
+        let src_lanes = lanes(0, ow as isize) as u16;
+        let (hw, kwin) = (g.h * g.w, g.kh * g.kw);
+        for ci in 0..g.c {
+            let plane = x.as_mut_ptr().add(ci * hw);
+            for ky in 0..g.kh {
+                let taps = cols.as_ptr().add((ci * kwin + ky * g.kw) * ld);
+                for oy in 0..g.oh() {
+                    let Some(iy) = g.input_row(oy, ky) else {
+                        continue;
+                    };
+                    let row = plane.add(iy * g.w).wrapping_offset(-pw);
+                    let mut win = [_mm512_setzero_ps(); 3];
+                    for (v, acc) in win.iter_mut().enumerate() {
+                        *acc = _mm512_maskz_loadu_ps(row_lanes[v], row.wrapping_add(16 * v));
+                    }
+                    for (kx, t) in take.iter().enumerate().take(g.kw) {
+                        let s = _mm512_maskz_loadu_ps(src_lanes, taps.add(kx * ld + oy * ow));
+                        for (acc, &(idx, mask)) in win.iter_mut().zip(t) {
+                            *acc = _mm512_mask_add_ps(*acc, mask, *acc, _mm512_permutexvar_ps(idx, s));
+                        }
+                    }
+                    for (v, acc) in win.iter().enumerate() {
+                        _mm512_mask_storeu_ps(row.wrapping_add(16 * v), row_lanes[v], *acc);
+                    }
+                }
+            }
+        }
     }
 
     /// [`Conv::col2im`]'s loop over output rows for one tap (ky, kx) of a
