@@ -224,7 +224,15 @@ fn conv_group(
         let (wv, seq) = (View::row_major(w, kk), Par::Seq);
         let xm = ViewMut::row_major(x, ld);
         let data: [&[f32]; 1] = [imgs];
-        sgemm_implicit((isa, seq), g.o, 1.0, wv, &Patches::new(*g, &data, false), 0.0, xm);
+        sgemm_implicit(
+            (isa, seq),
+            g.o,
+            1.0,
+            wv,
+            &Patches::new(*g, &data, false),
+            0.0,
+            xm,
+        );
         for oi in 0..g.o {
             let (sh, sa) =
                 host_math::act_row(level, &mut x[oi * ld..][..cp], b[oi], units.hidden, true);
@@ -268,7 +276,15 @@ fn conv_group(
         // Reconstruction: hidden means into the second half.
         let xrm = ViewMut::row_major(&mut x[cp..], ld);
         let recon: [&[f32]; 1] = [vrec];
-        sgemm_implicit((isa, seq), g.o, 1.0, wv, &Patches::new(*g, &recon, false), 0.0, xrm);
+        sgemm_implicit(
+            (isa, seq),
+            g.o,
+            1.0,
+            wv,
+            &Patches::new(*g, &recon, false),
+            0.0,
+            xrm,
+        );
         for oi in 0..g.o {
             let row = &mut x[oi * ld + cp..][..cp];
             let (sh, sa) = host_math::act_row(level, row, b[oi], units.hidden, true);
@@ -289,7 +305,15 @@ fn conv_group(
         // positions, then the reconstruction's, as its depth.
         let (hv, gwm) = (View::row_major(x, ld), ViewMut::row_major(gw, kk));
         let both: [&[f32]; 2] = [imgs, vrec];
-        sgemm_implicit((isa, seq), g.o, 1.0, hv, &Patches::new(*g, &both, true), 1.0, gwm);
+        sgemm_implicit(
+            (isa, seq),
+            g.o,
+            1.0,
+            hv,
+            &Patches::new(*g, &both, true),
+            1.0,
+            gwm,
+        );
     }
     s
 }

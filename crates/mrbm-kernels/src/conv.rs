@@ -215,7 +215,9 @@ impl Conv {
                     #[cfg(target_arch = "x86_64")]
                     if wide {
                         // Safety: AVX-512F checked.
-                        unsafe { avx512::add_tap_stride2(self, src, plane, (ky, kx), (lo, hi), ow) };
+                        unsafe {
+                            avx512::add_tap_stride2(self, src, plane, (ky, kx), (lo, hi), ow)
+                        };
                         continue;
                     }
                     for (oy, seg) in src.chunks_exact(ow).enumerate() {
@@ -440,7 +442,10 @@ impl<'a> Patches<'a> {
     /// gather offsets.
     pub fn new(conv: Conv, runs: &'a [&'a [f32]], transposed: bool) -> Self {
         let len = conv.c * conv.h * conv.w;
-        assert!(len > 0 && len < i32::MAX as usize / 2, "patches: image size");
+        assert!(
+            len > 0 && len < i32::MAX as usize / 2,
+            "patches: image size"
+        );
         let mut images = 0;
         for r in runs {
             assert!(r.len().is_multiple_of(len), "patches: a run of part images");
@@ -506,9 +511,20 @@ impl ImplicitB for Patches<'_> {
         }
     }
 
-    fn pack(&self, (p0, kc): (usize, usize), j0: usize, cols: usize, nr: usize, wide: bool, dst: &mut [f32]) {
+    fn pack(
+        &self,
+        (p0, kc): (usize, usize),
+        j0: usize,
+        cols: usize,
+        nr: usize,
+        wide: bool,
+        dst: &mut [f32],
+    ) {
         let (k, n) = self.shape();
-        assert!(p0 + kc <= k && j0 + cols <= n && cols <= nr, "patches: panel out of range");
+        assert!(
+            p0 + kc <= k && j0 + cols <= n && cols <= nr,
+            "patches: panel out of range"
+        );
         assert!(dst.len() >= kc * nr, "patches: panel buffer too short");
         #[cfg(target_arch = "x86_64")]
         if wide && nr.is_multiple_of(16) && is_x86_feature_detected!("avx512f") {
@@ -562,7 +578,10 @@ mod avx512 {
     /// Bitwise or (AVX-512F's integer one: the float one needs AVX512DQ).
     #[inline(always)]
     unsafe fn or(a: __m512, b: __m512) -> __m512 {
-        _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+        _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(a),
+            _mm512_castps_si512(b),
+        ))
     }
 
     /// [`Conv::col2im`] of a stride-2 conv whose output rows are at most
@@ -623,7 +642,8 @@ mod avx512 {
                     for (kx, t) in take.iter().enumerate().take(g.kw) {
                         let s = _mm512_maskz_loadu_ps(src_lanes, taps.add(kx * ld + oy * ow));
                         for (acc, &(idx, mask)) in win.iter_mut().zip(t) {
-                            *acc = _mm512_mask_add_ps(*acc, mask, *acc, _mm512_permutexvar_ps(idx, s));
+                            *acc =
+                                _mm512_mask_add_ps(*acc, mask, *acc, _mm512_permutexvar_ps(idx, s));
                         }
                     }
                     for (v, acc) in win.iter().enumerate() {
@@ -662,7 +682,10 @@ mod avx512 {
     #[inline]
     unsafe fn add_stride2(src: &[f32], dst: &mut [f32]) {
         let n = src.len();
-        assert!(n == 0 || dst.len() > 2 * (n - 1), "add_stride2: dst too short");
+        assert!(
+            n == 0 || dst.len() > 2 * (n - 1),
+            "add_stride2: dst too short"
+        );
         let low = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
         let high = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
         for i in (0..n).step_by(16) {
@@ -730,7 +753,9 @@ mod avx512 {
                 if self.oy == self.oh {
                     self.oy = 0;
                     self.w.at += self.len;
-                    if self.w.at == self.pt.runs[self.w.run].len() && self.w.run + 1 < self.pt.runs.len() {
+                    if self.w.at == self.pt.runs[self.w.run].len()
+                        && self.w.run + 1 < self.pt.runs.len()
+                    {
                         self.w.run += 1;
                         self.w.at = 0;
                     }

@@ -562,7 +562,15 @@ pub trait ImplicitB: Sync {
     /// j < cols (cols <= nr, dst's other entries are zero already).
     /// `wide` says the caller's microkernels are AVX-512's (so this CPU
     /// has AVX-512F).
-    fn pack(&self, rows: (usize, usize), j0: usize, cols: usize, nr: usize, wide: bool, dst: &mut [f32]);
+    fn pack(
+        &self,
+        rows: (usize, usize),
+        j0: usize,
+        cols: usize,
+        nr: usize,
+        wide: bool,
+        dst: &mut [f32],
+    );
 }
 
 /// [`sgemm_isa`] with B given by an [`ImplicitB`]; C must not be

@@ -568,8 +568,30 @@ fn col2im_and_row2im_are_the_adjoints_and_sum_in_their_orders() {
     let mut orders_differ = false;
     // Also rows of more than 16 positions (col2im's vector path).
     let wide = [
-        Conv { c: 2, h: 40, w: 37, o: 1, kh: 4, kw: 4, sh: 2, sw: 2, ph: 1, pw: 1 },
-        Conv { c: 1, h: 9, w: 70, o: 1, kh: 3, kw: 5, sh: 1, sw: 2, ph: 0, pw: 2 },
+        Conv {
+            c: 2,
+            h: 40,
+            w: 37,
+            o: 1,
+            kh: 4,
+            kw: 4,
+            sh: 2,
+            sw: 2,
+            ph: 1,
+            pw: 1,
+        },
+        Conv {
+            c: 1,
+            h: 9,
+            w: 70,
+            o: 1,
+            kh: 3,
+            kw: 5,
+            sh: 1,
+            sw: 2,
+            ph: 0,
+            pw: 2,
+        },
     ];
     for g in patch_geometries().into_iter().chain(wide) {
         let (p, kk, n) = (g.positions(), g.patch(), g.c * g.h * g.w);
@@ -594,7 +616,10 @@ fn col2im_and_row2im_are_the_adjoints_and_sum_in_their_orders() {
         g.row2im(&yt, &mut by_position);
         let mut value_by_value = start.clone();
         g.col2im_on(&y, ld, &mut value_by_value, false);
-        let same = by_tap.iter().zip(&value_by_value).all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = by_tap
+            .iter()
+            .zip(&value_by_value)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{g:?} col2im's two paths");
         let lhs: f64 = (0..kk)
             .flat_map(|r| (0..p).map(move |q| r * ld + q))
@@ -718,10 +743,21 @@ fn implicit_patch_panels_are_im2col_bit_for_bit() {
             let pt = Patches::new(g, &runs, transposed);
             let (k, n) = pt.shape();
             assert_eq!((k, n), if transposed { (ld, kk) } else { (kk, ld) });
-            let at = |r: usize, c: usize| if transposed { cols[c * ld + r] } else { cols[r * ld + c] };
+            let at = |r: usize, c: usize| {
+                if transposed {
+                    cols[c * ld + r]
+                } else {
+                    cols[r * ld + c]
+                }
+            };
             for nr in [16, 32] {
                 for (p0, kc) in [(0, k), (1, k - 1), (k / 2, k - k / 2), (k - 1, 1)] {
-                    for (j0, width) in [(0, n.min(nr)), (n - n.min(nr), n.min(nr)), (n / 3, 1), (1, n.min(nr - 3).min(n - 1))] {
+                    for (j0, width) in [
+                        (0, n.min(nr)),
+                        (n - n.min(nr), n.min(nr)),
+                        (n / 3, 1),
+                        (1, n.min(nr - 3).min(n - 1)),
+                    ] {
                         for wide in [false, true] {
                             let mut dst = vec![f32::NAN; kc * nr];
                             pt.pack((p0, kc), j0, width, nr, wide, &mut dst);
@@ -735,7 +771,10 @@ fn implicit_patch_panels_are_im2col_bit_for_bit() {
                                             "{g:?} t={transposed} wide={wide} p0={p0} j0={j0} p={p} j={j}"
                                         );
                                     } else {
-                                        assert!(got.is_nan(), "{g:?} lane {j} past {width} written");
+                                        assert!(
+                                            got.is_nan(),
+                                            "{g:?} lane {j} past {width} written"
+                                        );
                                     }
                                 }
                             }
@@ -779,17 +818,49 @@ fn sgemm_with_implicit_patches_gives_the_materialised_bits() {
             let mut want = vec![0.5; o * ld];
             let mut got = want.clone();
             let (a, b) = (View::row_major(&w, kk), View::row_major(&cols, ld));
-            sgemm_isa((isa, par), [o, ld, kk], 1.5, a, b, 0.5, ViewMut::row_major(&mut want, ld));
+            sgemm_isa(
+                (isa, par),
+                [o, ld, kk],
+                1.5,
+                a,
+                b,
+                0.5,
+                ViewMut::row_major(&mut want, ld),
+            );
             let pt = Patches::new(g, &runs, false);
-            sgemm_implicit((isa, par), o, 1.5, a, &pt, 0.5, ViewMut::row_major(&mut got, ld));
+            sgemm_implicit(
+                (isa, par),
+                o,
+                1.5,
+                a,
+                &pt,
+                0.5,
+                ViewMut::row_major(&mut got, ld),
+            );
             assert_eq!(bits(&want), bits(&got), "{isa:?} {par:?} forward");
             // Weight statistics: H [o, ld] * patches^T [ld, kk].
             let mut want = vec![0.25; o * kk];
             let mut got = want.clone();
             let (a, b) = (View::row_major(&h, ld), View::row_major(&cols, ld).t());
-            sgemm_isa((isa, par), [o, kk, ld], 1.0, a, b, 1.0, ViewMut::row_major(&mut want, kk));
+            sgemm_isa(
+                (isa, par),
+                [o, kk, ld],
+                1.0,
+                a,
+                b,
+                1.0,
+                ViewMut::row_major(&mut want, kk),
+            );
             let pt = Patches::new(g, &runs, true);
-            sgemm_implicit((isa, par), o, 1.0, a, &pt, 1.0, ViewMut::row_major(&mut got, kk));
+            sgemm_implicit(
+                (isa, par),
+                o,
+                1.0,
+                a,
+                &pt,
+                1.0,
+                ViewMut::row_major(&mut got, kk),
+            );
             assert_eq!(bits(&want), bits(&got), "{isa:?} {par:?} transposed");
         }
     }
