@@ -9,12 +9,15 @@
 //! matrix products have at least ~256 columns) with buffers that live for
 //! the thread and are reused across steps:
 //!
-//! 1. im2col of the data into the first half of `cols` [C*K*K, 2 * n];
-//! 2. X = W cols (the hidden inputs, [O, n]), then h = f(X + b) in place,
-//!    summing A(X + b) for the loss (mrbm-kernels' `math`, vectorised);
-//! 3. the down pass: W^T h, col2im, v' = f_v(. + a);
-//! 4. im2col of v' into the second half of `cols`, its hidden means h';
-//! 5. one weight-gradient product [h, -h'] cols^T for both phases.
+//! 1. X = W patches(data) (the hidden inputs, [O, n]), the patches gathered
+//!    from the images as the product packs them (`conv::Patches`, never
+//!    written out), then h = f(X + b) in place, summing A(X + b) for the
+//!    loss (mrbm-kernels' `math`, vectorised);
+//! 2. the down pass: W^T h and col2im, a few channels at a time (each
+//!    block's W^T h still in cache for col2im), then v' = f_v(. + a);
+//! 3. the same product of v''s patches into the second half of X, its
+//!    hidden means h';
+//! 4. one weight-gradient product [h, -h'] patches^T for both phases.
 //!
 //! Dense layers do the same with the whole batch as one matrix. The maths is
 //! `Rbm::cd_grads`'s (tests/model.rs compares the two, and both against the
@@ -65,7 +68,8 @@ fn visible_term(units: &Units, row: &[f32], a: f32, row_sum: f64) -> f64 {
 /// A thread's buffers, grown as needed and kept across steps.
 #[derive(Default)]
 struct Workspace {
-    cols: Vec<f32>,
+    /// The per-group weight-gradient partials (in PARTIALS only).
+    partials: Vec<f32>,
     x: Vec<f32>,
     r: Vec<f32>,
     vrec: Vec<f32>,
@@ -116,7 +120,7 @@ pub fn conv_cd(v: &[f32], w: &[f32], a: &[f32], b: &[f32], g: &Geometry, units: 
     let mut hidden = vec![0.0f32; g.batch * img_h];
     let (sums, gw) = PARTIALS.with(|cell| {
         let mut ws = cell.borrow_mut();
-        let partials = grown(&mut ws.cols, groups * okk);
+        let partials = grown(&mut ws.partials, groups * okk);
         let sums: Vec<Sums> = hidden
             .par_chunks_mut(per_group * img_h)
             .zip(v.par_chunks(per_group * img_v))
@@ -171,8 +175,6 @@ fn finish(
     }
 }
 
-/// One thread's images `vin` (whole chunks): writes their hidden means to
-/// `hout` and the sum of [h, -h'] cols^T to `gw`.
 /// What every group of images in [`conv_cd`] shares: the layer's
 /// weights and biases, its geometry and units, and the images per chunk.
 #[derive(Clone, Copy)]
@@ -185,6 +187,8 @@ struct Group<'a> {
     chunk: usize,
 }
 
+/// One thread's images `vin` (whole chunks): writes their hidden means to
+/// `hout` and the sum of [h, -h'] patches^T to `gw`.
 fn conv_group(
     ws: &mut Workspace,
     level: Level,

@@ -26,6 +26,9 @@
 //! tile shape, which is chosen per machine, never moves a result.
 //! [`sgemm_sparse_a`] (module [`sparse`]) is the same product for a
 //! mostly-zero A, walking its nonzeros, with the same bits.
+//! [`sgemm_implicit`] takes a B that packs its own panels ([`ImplicitB`]),
+//! e.g. [`conv::Patches`], a convolution's patch matrix read straight from
+//! the images.
 //! [`Par::Rayon`] splits the work over the caller's rayon pool; [`Par::Seq`]
 //! keeps it on the calling thread (when the caller already runs one product
 //! per thread, e.g. one per image).
