@@ -187,6 +187,33 @@ struct Group<'a> {
     chunk: usize,
 }
 
+/// The down pass of a chunk: `vrec` [nb, C, H, W] = col2im(W^T h) for the
+/// hidden means `h` [O, nb * P]; a few channels' taps at a time, so that
+/// col2im reads W^T h while it is in cache (each entry of W^T h is its own
+/// sum, and each pixel gets its channel's taps in the same order: the same
+/// bits as one product). `r` holds one block.
+fn down(g: &Conv, w: &[f32], h: View, r: &mut [f32], vrec: &mut [f32]) {
+    let (kk, p, hw) = (g.patch(), g.positions(), g.h * g.w);
+    let img_v = g.c * hw;
+    let nb = vrec.len() / img_v;
+    let cp = nb * p;
+    vrec.fill(0.0);
+    let window = g.kh * g.kw;
+    let per_block = (DOWN_TAPS / window).max(1);
+    for c0 in (0..g.c).step_by(per_block) {
+        let cn = per_block.min(g.c - c0);
+        let taps = cn * window;
+        let rm = ViewMut::row_major(&mut r[..taps * cp], cp);
+        let wt = View::row_major(&w[c0 * window..], kk).t();
+        matmul([taps, cp, g.o], wt, h, rm, false, Par::Seq);
+        let sub = Conv { c: cn, ..*g };
+        for i in 0..nb {
+            let img = &mut vrec[i * img_v + c0 * hw..][..cn * hw];
+            sub.col2im(&r[i * p..], cp, img);
+        }
+    }
+}
+
 /// One thread's images `vin` (whole chunks): writes their hidden means to
 /// `hout` and the sum of [h, -h'] patches^T to `gw`.
 fn conv_group(
@@ -250,26 +277,8 @@ fn conv_group(
                 s.loss += visible_term(&units, row, a[ci], sv);
             }
         }
-        // Down: r = W^T h, col2im, visible means; a few channels' taps at
-        // a time, so that col2im reads r while it is in cache (each entry
-        // of r is its own sum, and each pixel gets its own channel's taps
-        // in the same order: the same bits as one product).
-        let hv = View::row_major(x, ld);
-        vrec.fill(0.0);
-        let window = g.kh * g.kw;
-        let per_block = (DOWN_TAPS / window).max(1);
-        for c0 in (0..g.c).step_by(per_block) {
-            let cn = per_block.min(g.c - c0);
-            let taps = cn * window;
-            let rm = ViewMut::row_major(&mut r[..taps * cp], cp);
-            let wt = View::row_major(&w[c0 * window..], kk).t();
-            matmul([taps, cp, g.o], wt, hv, rm, false, seq);
-            let sub = Conv { c: cn, ..*g };
-            for i in 0..nb {
-                let img = &mut vrec[i * img_v + c0 * hw..][..cn * hw];
-                sub.col2im(&r[i * p..], cp, img);
-            }
-        }
+        // Down: W^T h, col2im, visible means.
+        down(g, w, View::row_major(x, ld), r, vrec);
         for img in vrec.chunks_mut(img_v) {
             for (ci, row) in img.chunks_mut(hw).enumerate() {
                 let (sv, _) = host_math::act_row(level, row, a[ci], units.visible, false);

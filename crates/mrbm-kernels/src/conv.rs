@@ -413,7 +413,7 @@ thread_local! {
 /// The patch matrix of runs of whole images as an [`ImplicitB`]: each
 /// panel is gathered straight from the images, so the matrix is never
 /// written out (im2col's writes and the packing's reads of them were a
-/// fifth of a convolutional training step). Columns, or with
+/// sixth of the generation stack's training step). Columns, or with
 /// `transposed` rows, are the output positions of the first run's images,
 /// then the next run's; the other dimension is the taps (ci, ky, kx), as
 /// in [`Conv::im2col`]. The values are im2col's bit for bit, so a product
@@ -438,14 +438,10 @@ struct Window {
 
 impl<'a> Patches<'a> {
     /// The patches of `runs` (each a whole number of [C, H, W] images).
-    /// Panics when a run is not, or an image is too large for 32-bit
-    /// gather offsets.
+    /// Panics when a run is not.
     pub fn new(conv: Conv, runs: &'a [&'a [f32]], transposed: bool) -> Self {
         let len = conv.c * conv.h * conv.w;
-        assert!(
-            len > 0 && len < i32::MAX as usize / 2,
-            "patches: image size"
-        );
+        assert!(len > 0, "patches: empty images");
         let mut images = 0;
         for r in runs {
             assert!(r.len().is_multiple_of(len), "patches: a run of part images");
@@ -544,8 +540,9 @@ impl ImplicitB for Patches<'_> {
             }
             return;
         }
-        let _ = wide;
-        // Safety: windows from `window`, taps below the patch length.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = wide; // AVX-512 is x86-64's only.
+                      // Safety: windows from `window`, taps below the patch length.
         unsafe {
             if self.transposed {
                 for p in 0..kc {
@@ -566,10 +563,11 @@ impl ImplicitB for Patches<'_> {
     }
 }
 
-/// The AVX-512 packing behind [`Patches`]: masked loads of runs of
-/// consecutive pixels (masked-off lanes read nothing and give 0), so
-/// padding costs no branch per value. (The hardware gather instruction, one
-/// lane at a time, took as long as im2col and the packing together.)
+/// This module's AVX-512 code: the packing behind [`Patches`], by masked
+/// loads of runs of consecutive pixels (masked-off lanes read nothing and
+/// give 0, so padding costs no branch per value; the hardware gather
+/// instruction, one lane at a time, took as long as im2col and the packing
+/// together), and [`Conv::col2im`]'s stride-2 rows.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Conv, Patches, Window};

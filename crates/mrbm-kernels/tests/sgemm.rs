@@ -812,56 +812,41 @@ fn sgemm_with_implicit_patches_gives_the_materialised_bits() {
     let o = 19;
     let w = values(o * kk, 7);
     let h = values(o * ld, 8);
+    // Forward: W [o, kk] * patches [kk, ld]; weight statistics:
+    // H [o, ld] * patches^T [ld, kk].
+    let cases = [
+        (
+            false,
+            View::row_major(&w, kk),
+            View::row_major(&cols, ld),
+            1.5,
+            0.5,
+        ),
+        (
+            true,
+            View::row_major(&h, ld),
+            View::row_major(&cols, ld).t(),
+            1.0,
+            1.0,
+        ),
+    ];
     for isa in isas() {
         for par in [Par::Seq, Par::Rayon] {
-            // Forward: W [o, kk] * patches [kk, ld].
-            let mut want = vec![0.5; o * ld];
-            let mut got = want.clone();
-            let (a, b) = (View::row_major(&w, kk), View::row_major(&cols, ld));
-            sgemm_isa(
-                (isa, par),
-                [o, ld, kk],
-                1.5,
-                a,
-                b,
-                0.5,
-                ViewMut::row_major(&mut want, ld),
-            );
-            let pt = Patches::new(g, &runs, false);
-            sgemm_implicit(
-                (isa, par),
-                o,
-                1.5,
-                a,
-                &pt,
-                0.5,
-                ViewMut::row_major(&mut got, ld),
-            );
-            assert_eq!(bits(&want), bits(&got), "{isa:?} {par:?} forward");
-            // Weight statistics: H [o, ld] * patches^T [ld, kk].
-            let mut want = vec![0.25; o * kk];
-            let mut got = want.clone();
-            let (a, b) = (View::row_major(&h, ld), View::row_major(&cols, ld).t());
-            sgemm_isa(
-                (isa, par),
-                [o, kk, ld],
-                1.0,
-                a,
-                b,
-                1.0,
-                ViewMut::row_major(&mut want, kk),
-            );
-            let pt = Patches::new(g, &runs, true);
-            sgemm_implicit(
-                (isa, par),
-                o,
-                1.0,
-                a,
-                &pt,
-                1.0,
-                ViewMut::row_major(&mut got, kk),
-            );
-            assert_eq!(bits(&want), bits(&got), "{isa:?} {par:?} transposed");
+            for (transposed, a, b, alpha, beta) in cases {
+                let pt = Patches::new(g, &runs, transposed);
+                let (k, n) = pt.shape();
+                let mut want = vec![0.25; o * n];
+                let mut got = want.clone();
+                let c = ViewMut::row_major(&mut want, n);
+                sgemm_isa((isa, par), [o, n, k], alpha, a, b, beta, c);
+                let c = ViewMut::row_major(&mut got, n);
+                sgemm_implicit((isa, par), o, alpha, a, &pt, beta, c);
+                assert_eq!(
+                    bits(&want),
+                    bits(&got),
+                    "{isa:?} {par:?} transposed={transposed}"
+                );
+            }
         }
     }
 }
