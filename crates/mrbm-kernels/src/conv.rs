@@ -890,9 +890,9 @@ mod avx512 {
         let mut segs = [(0isize, 0usize, 0isize, 0isize); 16];
         let mut nseg = 0;
         let mut kxs = [0i32; 16];
-        for j in 0..count {
+        for (j, lane_kx) in kxs.iter_mut().enumerate().take(count) {
             let (off, ky, kx) = pt.tap(j0 + j);
-            kxs[j] = kx as i32;
+            *lane_kx = kx as i32;
             if j == 0 || kx == 0 {
                 segs[nseg] = (j as isize, 0, off, ky);
                 nseg += 1;

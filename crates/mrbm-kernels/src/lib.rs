@@ -542,7 +542,7 @@ enum BSource<'a> {
 
 impl BSource<'_> {
     /// The same operand from column `j` on.
-    unsafe fn from_column(self, j: usize) -> Self {
+    unsafe fn shifted_by(self, j: usize) -> Self {
         match self {
             BSource::Strided(b) => BSource::Strided(Mat {
                 p: b.at(j * b.cs),
@@ -786,7 +786,7 @@ unsafe fn split_by_column_panels(
         let j0 = t * per;
         let sub = Product {
             n: per.min(n - j0),
-            b: product.b.from_column(j0),
+            b: product.b.shifted_by(j0),
             c: MatMut {
                 p: product.c.at(0, j0),
                 ..product.c
