@@ -482,10 +482,21 @@ fn packed_a_matches_sgemm() {
     }
 }
 
-/// Geometries for im2col / col2im: non-square kernels and strides,
-/// padding wider than the kernel's reach, 1 x k, no padding.
-fn patch_geometries() -> Vec<Conv> {
-    let g = |c, h, w, kh, kw, sh, sw, ph, pw| Conv {
+/// A conv of one output channel: input C x H x W, kernel KH x KW, strides,
+/// padding.
+#[allow(clippy::too_many_arguments)]
+fn geometry(
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+) -> Conv {
+    Conv {
         c,
         h,
         w,
@@ -496,7 +507,13 @@ fn patch_geometries() -> Vec<Conv> {
         sw,
         ph,
         pw,
-    };
+    }
+}
+
+/// Geometries for im2col / col2im: non-square kernels and strides,
+/// padding wider than the kernel's reach, 1 x k, no padding.
+fn patch_geometries() -> Vec<Conv> {
+    let g = geometry;
     vec![
         g(2, 9, 7, 3, 5, 2, 2, 1, 2),
         g(3, 6, 8, 1, 7, 1, 1, 0, 3),
@@ -568,30 +585,8 @@ fn col2im_and_row2im_are_the_adjoints_and_sum_in_their_orders() {
     let mut orders_differ = false;
     // Also rows of more than 16 positions (col2im's vector path).
     let wide = [
-        Conv {
-            c: 2,
-            h: 40,
-            w: 37,
-            o: 1,
-            kh: 4,
-            kw: 4,
-            sh: 2,
-            sw: 2,
-            ph: 1,
-            pw: 1,
-        },
-        Conv {
-            c: 1,
-            h: 9,
-            w: 70,
-            o: 1,
-            kh: 3,
-            kw: 5,
-            sh: 1,
-            sw: 2,
-            ph: 0,
-            pw: 2,
-        },
+        geometry(2, 40, 37, 4, 4, 2, 2, 1, 1),
+        geometry(1, 9, 70, 3, 5, 1, 2, 0, 2),
     ];
     for g in patch_geometries().into_iter().chain(wide) {
         let (p, kk, n) = (g.positions(), g.patch(), g.c * g.h * g.w);
@@ -791,18 +786,7 @@ fn implicit_patch_panels_are_im2col_bit_for_bit() {
 /// family, with several depth blocks and both Par modes.
 #[test]
 fn sgemm_with_implicit_patches_gives_the_materialised_bits() {
-    let g = Conv {
-        c: 20,
-        h: 9,
-        w: 8,
-        o: 1,
-        kh: 4,
-        kw: 4,
-        sh: 2,
-        sw: 2,
-        ph: 1,
-        pw: 1,
-    };
+    let g = geometry(20, 9, 8, 4, 4, 2, 2, 1, 1);
     let count = 37;
     let (x, cols) = images_and_patches(&g, count, 5);
     let (kk, ld) = (g.patch(), count * g.positions());
