@@ -214,6 +214,15 @@ fn down(g: &Conv, w: &[f32], h: View, r: &mut [f32], vrec: &mut [f32]) {
     }
 }
 
+/// On this thread: C = A patches(runs) (overwritten), or with `transposed`
+/// C += A patches(runs)^T (the weight statistics, summed over chunks).
+fn patch_product(g: &Conv, a: View, runs: &[&[f32]], transposed: bool, c: ViewMut) {
+    let patches = Patches::new(*g, runs, transposed);
+    let beta = if transposed { 1.0 } else { 0.0 };
+    let m = g.o;
+    sgemm_implicit((Isa::best(), Par::Seq), m, 1.0, a, &patches, beta, c);
+}
+
 /// One thread's images `vin` (whole chunks): writes their hidden means to
 /// `hout` and the sum of [h, -h'] patches^T to `gw`.
 fn conv_group(
@@ -235,7 +244,6 @@ fn conv_group(
     let (kk, p, hw) = (g.patch(), g.positions(), g.h * g.w);
     let (img_v, img_h) = (g.c * hw, g.o * p);
     let n_imgs = vin.len() / img_v;
-    let isa = Isa::best();
     let mut s = Sums {
         loss: 0.0,
         ga: vec![0.0; g.c],
@@ -252,18 +260,8 @@ fn conv_group(
         let imgs = &vin[start * img_v..][..nb * img_v];
         // Data: hidden inputs (the patches gathered as the product packs
         // them), hidden means, visible statistics.
-        let (wv, seq) = (View::row_major(w, kk), Par::Seq);
-        let xm = ViewMut::row_major(x, ld);
-        let data: [&[f32]; 1] = [imgs];
-        sgemm_implicit(
-            (isa, seq),
-            g.o,
-            1.0,
-            wv,
-            &Patches::new(*g, &data, false),
-            0.0,
-            xm,
-        );
+        let wv = View::row_major(w, kk);
+        patch_product(g, wv, &[imgs], false, ViewMut::row_major(x, ld));
         for oi in 0..g.o {
             let (sh, sa) =
                 host_math::act_row(level, &mut x[oi * ld..][..cp], b[oi], units.hidden, true);
@@ -287,17 +285,7 @@ fn conv_group(
             }
         }
         // Reconstruction: hidden means into the second half.
-        let xrm = ViewMut::row_major(&mut x[cp..], ld);
-        let recon: [&[f32]; 1] = [vrec];
-        sgemm_implicit(
-            (isa, seq),
-            g.o,
-            1.0,
-            wv,
-            &Patches::new(*g, &recon, false),
-            0.0,
-            xrm,
-        );
+        patch_product(g, wv, &[vrec], false, ViewMut::row_major(&mut x[cp..], ld));
         for oi in 0..g.o {
             let row = &mut x[oi * ld + cp..][..cp];
             let (sh, sa) = host_math::act_row(level, row, b[oi], units.hidden, true);
@@ -317,16 +305,7 @@ fn conv_group(
         // Both phases' weight statistics in one product: the data's
         // positions, then the reconstruction's, as its depth.
         let (hv, gwm) = (View::row_major(x, ld), ViewMut::row_major(gw, kk));
-        let both: [&[f32]; 2] = [imgs, vrec];
-        sgemm_implicit(
-            (isa, seq),
-            g.o,
-            1.0,
-            hv,
-            &Patches::new(*g, &both, true),
-            1.0,
-            gwm,
-        );
+        patch_product(g, hv, &[imgs, vrec], true, gwm);
     }
     s
 }

@@ -526,23 +526,22 @@ impl ImplicitB for Patches<'_> {
         if wide && nr.is_multiple_of(16) && is_x86_feature_detected!("avx512f") {
             // Safety: AVX-512F checked; windows and taps are in range.
             unsafe {
-                if self.transposed {
-                    for g in (0..cols).step_by(16) {
-                        let lanes = (cols - g).min(16);
-                        avx512::taps_by_position(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
-                    }
+                let sixteen = if self.transposed {
+                    avx512::taps_by_position
                 } else {
-                    for g in (0..cols).step_by(16) {
-                        let lanes = (cols - g).min(16);
-                        avx512::positions_by_tap(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
-                    }
+                    avx512::positions_by_tap
+                };
+                for g in (0..cols).step_by(16) {
+                    let lanes = (cols - g).min(16);
+                    sixteen(self, (p0, kc), j0 + g, lanes, &mut dst[g..], nr);
                 }
             }
             return;
         }
+        // AVX-512 is x86-64's only.
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = wide; // AVX-512 is x86-64's only.
-                      // Safety: windows from `window`, taps below the patch length.
+        let _ = wide;
+        // Safety: windows from `window`, taps below the patch length.
         unsafe {
             if self.transposed {
                 for p in 0..kc {

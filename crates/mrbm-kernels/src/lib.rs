@@ -249,7 +249,7 @@ pub fn sgemm_isa(
     c: ViewMut,
 ) {
     assert!(isa.available(), "sgemm: {} is not available", isa.name());
-    check_views(m, n, k, Some(&a), &b, &c);
+    check_views(m, n, k, Some(&a), Some(&b), &c);
     if m == 0 || n == 0 {
         return;
     }
@@ -368,7 +368,7 @@ impl PackedA {
 /// m and k from `a`.
 pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: ViewMut, par: Par) {
     let (m, k) = (a.m, a.k);
-    check_views(m, n, k, None, &b, &c);
+    check_views(m, n, k, None, Some(&b), &c);
     if m == 0 || n == 0 {
         return;
     }
@@ -396,7 +396,9 @@ pub fn sgemm_packed(n: usize, alpha: f32, a: &PackedA, b: View, beta: f32, c: Vi
     }
 }
 
-fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: &View, c: &ViewMut) {
+/// Panics unless the views (those given) fit an m x k by k x n product
+/// into C and C's elements are distinct.
+fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: Option<&View>, c: &ViewMut) {
     let span = |rows: usize, cols: usize, rs: usize, cs: usize| {
         if rows == 0 || cols == 0 {
             0
@@ -407,7 +409,9 @@ fn check_views(m: usize, n: usize, k: usize, a: Option<&View>, b: &View, c: &Vie
     if let Some(a) = a {
         assert!(a.data.len() >= span(m, k, a.rs, a.cs), "sgemm: A too short");
     }
-    assert!(b.data.len() >= span(k, n, b.rs, b.cs), "sgemm: B too short");
+    if let Some(b) = b {
+        assert!(b.data.len() >= span(k, n, b.rs, b.cs), "sgemm: B too short");
+    }
     assert!(c.data.len() >= span(m, n, c.rs, c.cs), "sgemm: C too short");
     // No aliasing in C: one of the strides must step over the whole other
     // dimension (the layouts any caller means; checked, not assumed).
@@ -577,8 +581,8 @@ pub trait ImplicitB: Sync {
 }
 
 /// [`sgemm_isa`] with B given by an [`ImplicitB`]; C must not be
-/// column-major (a strided view with `cs == 1`, or any other with
-/// `cs != 1` unless `rs == 1`).
+/// column-major (rs == 1 with cs != 1: sgemm turns that product round,
+/// which an implicit B cannot be).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_implicit(
     (isa, par): (Isa, Par),
@@ -592,16 +596,10 @@ pub fn sgemm_implicit(
     assert!(isa.available(), "sgemm: {} is not available", isa.name());
     let (k, n) = b.shape();
     assert!(
-        !(c.cs != 1 && c.rs == 1) || m <= 1,
+        c.cs == 1 || c.rs != 1 || m <= 1,
         "sgemm_implicit: column-major C"
     );
-    let no_b = View {
-        data: &[],
-        rs: 0,
-        cs: 0,
-    };
-    check_views(m, 0, k, Some(&a), &no_b, &c);
-    check_views(m, n, 0, None, &no_b, &c);
+    check_views(m, n, k, Some(&a), None, &c);
     if m == 0 || n == 0 {
         return;
     }
@@ -810,6 +808,7 @@ unsafe fn pack_b_panels(
 ) {
     let nr = bl.nr;
     let panel = kcur * nr;
+    // transpose16 is set for exactly the AVX-512 families.
     let wide = bl.transpose16;
     let pack = |(jp, dst): (usize, &mut [f32])| {
         let (j0, cols) = (jc + jp * nr, nr.min(ncur - jp * nr));

@@ -176,7 +176,7 @@ fn walk(
     if !walk {
         return false;
     }
-    crate::check_views(m, n, k, Some(&a), &b, c);
+    crate::check_views(m, n, k, Some(&a), Some(&b), c);
     // A row-major (a copy when it is a transposed view), and its nonzeros
     // counted on the way.
     let owned_a;
